@@ -1,0 +1,189 @@
+//! Decode errors and the wire error codes.
+
+/// Why bytes could not be decoded. Every decoder in this crate returns this
+/// instead of panicking, whatever the input.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// The input ended early.
+    #[error("unexpected end of input at byte {offset}: need {need} bytes, have {have}")]
+    UnexpectedEof {
+        /// Where the missing field starts.
+        offset: usize,
+        /// Bytes the field needs.
+        need: usize,
+        /// Bytes left.
+        have: usize,
+    },
+    /// A varint ran past ten bytes or past 64 bits.
+    #[error("varint at byte {offset} overflows 64 bits")]
+    VarintOverflow {
+        /// Where the varint starts.
+        offset: usize,
+    },
+    /// The batch format version is not one this build reads.
+    #[error("unsupported batch format version {0}")]
+    UnsupportedMagic(u8),
+    /// A length or count field holds an impossible value.
+    #[error("invalid {field}: {value}")]
+    InvalidLength {
+        /// The field.
+        field: &'static str,
+        /// Its value.
+        value: u64,
+    },
+    /// The batch length field disagrees with the bytes given.
+    #[error("batch declares {declared} bytes but {actual} were given")]
+    LengthMismatch {
+        /// Length from the header.
+        declared: usize,
+        /// Length of the input.
+        actual: usize,
+    },
+    /// The CRC32C does not match the bytes: the batch is corrupt.
+    #[error("CRC mismatch: stored {stored:#010x}, computed {computed:#010x}")]
+    CrcMismatch {
+        /// CRC in the header.
+        stored: u32,
+        /// CRC of the bytes.
+        computed: u32,
+    },
+    /// A record's offset delta is not its index.
+    #[error("record {index} has offset delta {found}")]
+    OffsetDelta {
+        /// Record index in the batch.
+        index: u32,
+        /// Delta found.
+        found: u64,
+    },
+    /// Bytes left over after the last field.
+    #[error("{extra} trailing bytes at byte {offset}")]
+    TrailingBytes {
+        /// Where they start.
+        offset: usize,
+        /// How many.
+        extra: usize,
+    },
+    /// A string is not UTF-8.
+    #[error("invalid UTF-8 at byte {offset}")]
+    InvalidUtf8 {
+        /// Where the string starts.
+        offset: usize,
+    },
+    /// An enum tag has no meaning.
+    #[error("unknown {field} tag {tag}")]
+    UnknownTag {
+        /// The enum.
+        field: &'static str,
+        /// The tag.
+        tag: u64,
+    },
+}
+
+impl DecodeError {
+    /// The same error with byte positions moved by `by`, for errors found in
+    /// a slice of a larger buffer.
+    pub fn shifted(self, by: usize) -> Self {
+        match self {
+            DecodeError::UnexpectedEof { offset, need, have } => DecodeError::UnexpectedEof {
+                offset: offset + by,
+                need,
+                have,
+            },
+            DecodeError::VarintOverflow { offset } => DecodeError::VarintOverflow {
+                offset: offset + by,
+            },
+            DecodeError::TrailingBytes { offset, extra } => DecodeError::TrailingBytes {
+                offset: offset + by,
+                extra,
+            },
+            DecodeError::InvalidUtf8 { offset } => DecodeError::InvalidUtf8 {
+                offset: offset + by,
+            },
+            other => other,
+        }
+    }
+}
+
+/// Error codes carried in responses. Numbers are part of the protocol: a
+/// retired code is never reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u16)]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// The frame could not be decoded.
+    MalformedFrame = 1,
+    /// The frame is larger than the broker's `max_frame_bytes`.
+    FrameTooLarge = 2,
+    /// The frame version is not supported.
+    UnsupportedVersion = 3,
+    /// The request kind is unknown.
+    UnknownRequest = 4,
+    /// The topic does not exist.
+    UnknownTopic = 5,
+    /// The partition does not exist.
+    UnknownPartition = 6,
+    /// A topic with that name exists.
+    TopicExists = 7,
+    /// The topic name or configuration is invalid.
+    InvalidTopicConfig = 8,
+    /// A record is larger than the topic's `max.message.bytes`.
+    RecordTooLarge = 9,
+    /// A batch failed validation (CRC, lengths, offsets).
+    CorruptBatch = 10,
+    /// The connection has more in-flight requests than `max_inflight_per_connection`.
+    TooManyInFlight = 11,
+    /// The requested offset is outside the log.
+    OffsetOutOfRange = 12,
+    /// The producer epoch is older than the one the broker knows.
+    ProducerFenced = 13,
+    /// A sequence number skipped ahead: earlier batches were lost.
+    OutOfOrderSequence = 14,
+    /// The storage layer failed; the request was not applied.
+    StorageError = 15,
+    /// The broker is shutting down.
+    ShuttingDown = 16,
+    /// A field of the request is invalid.
+    InvalidRequest = 17,
+}
+
+impl ErrorCode {
+    /// The code for a wire number, if it is known.
+    pub fn from_u16(code: u16) -> Option<ErrorCode> {
+        use ErrorCode::*;
+        Some(match code {
+            1 => MalformedFrame,
+            2 => FrameTooLarge,
+            3 => UnsupportedVersion,
+            4 => UnknownRequest,
+            5 => UnknownTopic,
+            6 => UnknownPartition,
+            7 => TopicExists,
+            8 => InvalidTopicConfig,
+            9 => RecordTooLarge,
+            10 => CorruptBatch,
+            11 => TooManyInFlight,
+            12 => OffsetOutOfRange,
+            13 => ProducerFenced,
+            14 => OutOfOrderSequence,
+            15 => StorageError,
+            16 => ShuttingDown,
+            17 => InvalidRequest,
+            _ => return None,
+        })
+    }
+
+    /// Whether a client may retry the same request and expect it to work.
+    pub fn is_retriable(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::TooManyInFlight | ErrorCode::StorageError | ErrorCode::ShuttingDown
+        )
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{self:?}")
+    }
+}

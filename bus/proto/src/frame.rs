@@ -1,0 +1,872 @@
+//! Request and response frames.
+//!
+//! # Layout
+//!
+//! Every frame on a QUIC stream is length-prefixed. Integers are big-endian.
+//!
+//! ```text
+//! offset size field
+//!      0    4 length          u32, bytes after this field; capped by the peer's max frame size
+//!      4    1 version         u8, currently 1
+//!      5    2 kind            u16, request kind; responses set bit 15
+//!      7    4 correlation_id  u32, echoed in the response
+//!     11    . payload
+//! ```
+//!
+//! Payload fields, per kind, are written in the order of the struct fields
+//! below. A `str` is `u16 length + UTF-8`, `bytes` is `u32 length + bytes`,
+//! a `Position` is a `u8` tag (0 earliest, 1 latest, 2 offset, 3 timestamp)
+//! followed by a `u64`/`i64` for the last two. An error response
+//! (kind `0xFFFF`) holds `u16 code + str message`; see [`ErrorCode`].
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use crate::error::{DecodeError, ErrorCode};
+
+/// Frame format version.
+pub const VERSION: u8 = 1;
+/// Bytes before the payload, length prefix included.
+pub const HEADER_LEN: usize = 11;
+/// The default cap on a frame's length field.
+pub const DEFAULT_MAX_FRAME_BYTES: u32 = 8 * 1024 * 1024;
+
+const KIND_RESPONSE: u16 = 0x8000;
+const KIND_ERROR: u16 = 0xFFFF;
+
+/// How durable a write must be before the broker acknowledges it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Acks {
+    /// No acknowledgement is sent.
+    None = 0,
+    /// Acknowledged once the write transaction commits, without fsync.
+    Leader = 1,
+    /// Acknowledged once the write transaction is fsync'd.
+    #[default]
+    Durable = 2,
+}
+
+/// Where a read starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Position {
+    /// The oldest retained record.
+    Earliest,
+    /// The end of the log: only records appended from now on.
+    Latest,
+    /// An absolute offset.
+    Offset(u64),
+    /// The first record with a timestamp at or after this one (ms).
+    Timestamp(i64),
+}
+
+/// A topic's configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicSpec {
+    /// Topic name.
+    pub name: String,
+    /// Number of partitions.
+    pub partitions: u32,
+    /// Delete batches older than this; -1 keeps them forever.
+    pub retention_ms: i64,
+    /// Delete the oldest batches while a partition is larger; -1 means no limit.
+    pub retention_bytes: i64,
+    /// Largest record (key + value + headers) accepted.
+    pub max_message_bytes: u32,
+}
+
+/// Per-partition offsets of a topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionInfo {
+    /// Partition index.
+    pub partition: u32,
+    /// Oldest retained offset.
+    pub log_start: u64,
+    /// Offset the next record will get.
+    pub log_end: u64,
+}
+
+/// A request from a client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// Create a topic.
+    CreateTopic(TopicSpec),
+    /// Delete a topic and all its records.
+    DeleteTopic {
+        /// Topic name.
+        name: String,
+    },
+    /// List all topics.
+    ListTopics,
+    /// Configuration and offsets of one topic.
+    DescribeTopic {
+        /// Topic name.
+        name: String,
+    },
+    /// Allocate a producer id for idempotent produce.
+    InitProducer,
+    /// Append one batch.
+    Produce {
+        /// Topic name.
+        topic: String,
+        /// Partition index.
+        partition: u32,
+        /// Acknowledgement level.
+        acks: Acks,
+        /// One encoded batch (see [`crate::batch`]).
+        batch: Bytes,
+    },
+    /// Read batches once.
+    Fetch {
+        /// Topic name.
+        topic: String,
+        /// Partition index.
+        partition: u32,
+        /// Where to start.
+        from: Position,
+        /// Upper bound on returned bytes; at least one batch is returned.
+        max_bytes: u32,
+    },
+    /// Read batches continuously: the broker pushes `Fetched` frames on
+    /// this stream as records arrive, until the client closes it.
+    Subscribe {
+        /// Topic name.
+        topic: String,
+        /// Partition index.
+        partition: u32,
+        /// Where to start.
+        from: Position,
+        /// Upper bound on bytes per pushed frame.
+        max_bytes: u32,
+    },
+    /// Resolve a position to an offset.
+    ListOffsets {
+        /// Topic name.
+        topic: String,
+        /// Partition index.
+        partition: u32,
+        /// The position to resolve.
+        position: Position,
+    },
+}
+
+/// A response from the broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Response {
+    /// The request failed.
+    Error {
+        /// Wire error code; see [`ErrorCode::from_u16`].
+        code: u16,
+        /// Human-readable detail.
+        message: String,
+    },
+    /// Reply to `CreateTopic`.
+    TopicCreated,
+    /// Reply to `DeleteTopic`.
+    TopicDeleted,
+    /// Reply to `ListTopics`.
+    Topics(Vec<TopicSpec>),
+    /// Reply to `DescribeTopic`.
+    TopicDescription {
+        /// Configuration.
+        spec: TopicSpec,
+        /// Offsets per partition.
+        partitions: Vec<PartitionInfo>,
+    },
+    /// Reply to `InitProducer`.
+    ProducerInit {
+        /// The new producer id.
+        producer_id: i64,
+        /// Its epoch.
+        producer_epoch: i16,
+    },
+    /// Reply to `Produce`.
+    Produced {
+        /// Offset of the first record of the batch.
+        base_offset: u64,
+        /// True when the batch was a retry of one already stored.
+        duplicate: bool,
+    },
+    /// Reply to `Fetch`, and each push of a `Subscribe`.
+    Fetched {
+        /// Oldest retained offset.
+        log_start: u64,
+        /// Offset the next record will get.
+        log_end: u64,
+        /// Zero or more whole batches, back to back.
+        batches: Bytes,
+    },
+    /// Reply to `ListOffsets`.
+    Offset {
+        /// The resolved offset.
+        offset: u64,
+    },
+}
+
+impl Response {
+    /// An error response.
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
+        Response::Error {
+            code: code as u16,
+            message: message.into(),
+        }
+    }
+}
+
+/// The fixed part of a frame after the length prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameHeader {
+    /// Frame version.
+    pub version: u8,
+    /// Request or response kind.
+    pub kind: u16,
+    /// Echoed in the response.
+    pub correlation_id: u32,
+}
+
+impl FrameHeader {
+    /// Parses the header at the start of a frame body (after the length).
+    pub fn parse(body: &[u8]) -> Result<FrameHeader, DecodeError> {
+        if body.len() < HEADER_LEN - 4 {
+            return Err(DecodeError::UnexpectedEof {
+                offset: 4,
+                need: HEADER_LEN - 4,
+                have: body.len(),
+            });
+        }
+        Ok(FrameHeader {
+            version: body[0],
+            kind: u16::from_be_bytes([body[1], body[2]]),
+            correlation_id: u32::from_be_bytes([body[3], body[4], body[5], body[6]]),
+        })
+    }
+}
+
+/// Why a frame body could not be turned into a message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FrameError {
+    /// The frame version is not supported.
+    #[error("unsupported frame version {0}")]
+    UnsupportedVersion(u8),
+    /// The kind is not a known request or response.
+    #[error("unknown frame kind {0:#06x}")]
+    UnknownKind(u16),
+    /// The payload is malformed.
+    #[error("malformed frame: {0}")]
+    Decode(#[from] DecodeError),
+}
+
+impl FrameError {
+    /// The error code a broker answers this with.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            FrameError::UnsupportedVersion(_) => ErrorCode::UnsupportedVersion,
+            FrameError::UnknownKind(_) => ErrorCode::UnknownRequest,
+            FrameError::Decode(_) => ErrorCode::MalformedFrame,
+        }
+    }
+}
+
+fn begin(buf: &mut BytesMut, kind: u16, correlation_id: u32) -> usize {
+    let start = buf.len();
+    buf.put_u32(0);
+    buf.put_u8(VERSION);
+    buf.put_u16(kind);
+    buf.put_u32(correlation_id);
+    start
+}
+
+fn end(buf: &mut BytesMut, start: usize) {
+    let len = (buf.len() - start - 4) as u32;
+    buf[start..start + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+fn put_str(buf: &mut BytesMut, s: &str) {
+    let len = u16::try_from(s.len()).unwrap_or(u16::MAX);
+    buf.put_u16(len);
+    buf.put_slice(&s.as_bytes()[..usize::from(len)]);
+}
+
+fn put_bytes(buf: &mut BytesMut, b: &[u8]) {
+    buf.put_u32(b.len() as u32);
+    buf.put_slice(b);
+}
+
+fn put_position(buf: &mut BytesMut, p: Position) {
+    match p {
+        Position::Earliest => buf.put_u8(0),
+        Position::Latest => buf.put_u8(1),
+        Position::Offset(o) => {
+            buf.put_u8(2);
+            buf.put_u64(o);
+        }
+        Position::Timestamp(t) => {
+            buf.put_u8(3);
+            buf.put_i64(t);
+        }
+    }
+}
+
+fn put_spec(buf: &mut BytesMut, s: &TopicSpec) {
+    put_str(buf, &s.name);
+    buf.put_u32(s.partitions);
+    buf.put_i64(s.retention_ms);
+    buf.put_i64(s.retention_bytes);
+    buf.put_u32(s.max_message_bytes);
+}
+
+impl Request {
+    fn kind(&self) -> u16 {
+        match self {
+            Request::CreateTopic(_) => 1,
+            Request::DeleteTopic { .. } => 2,
+            Request::ListTopics => 3,
+            Request::DescribeTopic { .. } => 4,
+            Request::InitProducer => 5,
+            Request::Produce { .. } => 6,
+            Request::Fetch { .. } => 7,
+            Request::Subscribe { .. } => 8,
+            Request::ListOffsets { .. } => 9,
+        }
+    }
+
+    /// Appends this request as one frame.
+    pub fn encode(&self, correlation_id: u32, buf: &mut BytesMut) {
+        let start = begin(buf, self.kind(), correlation_id);
+        match self {
+            Request::CreateTopic(spec) => put_spec(buf, spec),
+            Request::DeleteTopic { name } | Request::DescribeTopic { name } => put_str(buf, name),
+            Request::ListTopics | Request::InitProducer => {}
+            Request::Produce {
+                topic,
+                partition,
+                acks,
+                batch,
+            } => {
+                put_str(buf, topic);
+                buf.put_u32(*partition);
+                buf.put_u8(*acks as u8);
+                put_bytes(buf, batch);
+            }
+            Request::Fetch {
+                topic,
+                partition,
+                from,
+                max_bytes,
+            }
+            | Request::Subscribe {
+                topic,
+                partition,
+                from,
+                max_bytes,
+            } => {
+                put_str(buf, topic);
+                buf.put_u32(*partition);
+                put_position(buf, *from);
+                buf.put_u32(*max_bytes);
+            }
+            Request::ListOffsets {
+                topic,
+                partition,
+                position,
+            } => {
+                put_str(buf, topic);
+                buf.put_u32(*partition);
+                put_position(buf, *position);
+            }
+        }
+        end(buf, start);
+    }
+
+    /// Decodes a frame body (everything after the length prefix).
+    pub fn decode(body: Bytes) -> Result<(FrameHeader, Request), FrameError> {
+        let header = FrameHeader::parse(&body)?;
+        if header.version != VERSION {
+            return Err(FrameError::UnsupportedVersion(header.version));
+        }
+        let mut r = Reader::new(body, HEADER_LEN - 4);
+        let req = match header.kind {
+            1 => Request::CreateTopic(r.spec()?),
+            2 => Request::DeleteTopic { name: r.str()? },
+            3 => Request::ListTopics,
+            4 => Request::DescribeTopic { name: r.str()? },
+            5 => Request::InitProducer,
+            6 => Request::Produce {
+                topic: r.str()?,
+                partition: r.u32()?,
+                acks: match r.u8()? {
+                    0 => Acks::None,
+                    1 => Acks::Leader,
+                    2 => Acks::Durable,
+                    tag => {
+                        return Err(DecodeError::UnknownTag {
+                            field: "acks",
+                            tag: u64::from(tag),
+                        }
+                        .into());
+                    }
+                },
+                batch: r.bytes()?,
+            },
+            7 | 8 => {
+                let topic = r.str()?;
+                let partition = r.u32()?;
+                let from = r.position()?;
+                let max_bytes = r.u32()?;
+                if header.kind == 7 {
+                    Request::Fetch {
+                        topic,
+                        partition,
+                        from,
+                        max_bytes,
+                    }
+                } else {
+                    Request::Subscribe {
+                        topic,
+                        partition,
+                        from,
+                        max_bytes,
+                    }
+                }
+            }
+            9 => Request::ListOffsets {
+                topic: r.str()?,
+                partition: r.u32()?,
+                position: r.position()?,
+            },
+            other => return Err(FrameError::UnknownKind(other)),
+        };
+        r.finish()?;
+        Ok((header, req))
+    }
+}
+
+impl Response {
+    fn kind(&self) -> u16 {
+        match self {
+            Response::Error { .. } => KIND_ERROR,
+            Response::TopicCreated => KIND_RESPONSE | 1,
+            Response::TopicDeleted => KIND_RESPONSE | 2,
+            Response::Topics(_) => KIND_RESPONSE | 3,
+            Response::TopicDescription { .. } => KIND_RESPONSE | 4,
+            Response::ProducerInit { .. } => KIND_RESPONSE | 5,
+            Response::Produced { .. } => KIND_RESPONSE | 6,
+            Response::Fetched { .. } => KIND_RESPONSE | 7,
+            Response::Offset { .. } => KIND_RESPONSE | 9,
+        }
+    }
+
+    /// Appends this response as one frame.
+    pub fn encode(&self, correlation_id: u32, buf: &mut BytesMut) {
+        let start = begin(buf, self.kind(), correlation_id);
+        match self {
+            Response::Error { code, message } => {
+                buf.put_u16(*code);
+                put_str(buf, message);
+            }
+            Response::TopicCreated | Response::TopicDeleted => {}
+            Response::Topics(specs) => {
+                buf.put_u32(specs.len() as u32);
+                for s in specs {
+                    put_spec(buf, s);
+                }
+            }
+            Response::TopicDescription { spec, partitions } => {
+                put_spec(buf, spec);
+                buf.put_u32(partitions.len() as u32);
+                for p in partitions {
+                    buf.put_u32(p.partition);
+                    buf.put_u64(p.log_start);
+                    buf.put_u64(p.log_end);
+                }
+            }
+            Response::ProducerInit {
+                producer_id,
+                producer_epoch,
+            } => {
+                buf.put_i64(*producer_id);
+                buf.put_i16(*producer_epoch);
+            }
+            Response::Produced {
+                base_offset,
+                duplicate,
+            } => {
+                buf.put_u64(*base_offset);
+                buf.put_u8(u8::from(*duplicate));
+            }
+            Response::Fetched {
+                log_start,
+                log_end,
+                batches,
+            } => {
+                buf.put_u64(*log_start);
+                buf.put_u64(*log_end);
+                put_bytes(buf, batches);
+            }
+            Response::Offset { offset } => buf.put_u64(*offset),
+        }
+        end(buf, start);
+    }
+
+    /// Decodes a frame body (everything after the length prefix).
+    pub fn decode(body: Bytes) -> Result<(FrameHeader, Response), FrameError> {
+        let header = FrameHeader::parse(&body)?;
+        if header.version != VERSION {
+            return Err(FrameError::UnsupportedVersion(header.version));
+        }
+        let mut r = Reader::new(body, HEADER_LEN - 4);
+        let resp = match header.kind {
+            KIND_ERROR => Response::Error {
+                code: r.u16()?,
+                message: r.str()?,
+            },
+            0x8001 => Response::TopicCreated,
+            0x8002 => Response::TopicDeleted,
+            0x8003 => {
+                let n = r.count(HEADER_LEN)?;
+                let mut specs = Vec::with_capacity(n);
+                for _ in 0..n {
+                    specs.push(r.spec()?);
+                }
+                Response::Topics(specs)
+            }
+            0x8004 => {
+                let spec = r.spec()?;
+                let n = r.count(20)?;
+                let mut partitions = Vec::with_capacity(n);
+                for _ in 0..n {
+                    partitions.push(PartitionInfo {
+                        partition: r.u32()?,
+                        log_start: r.u64()?,
+                        log_end: r.u64()?,
+                    });
+                }
+                Response::TopicDescription { spec, partitions }
+            }
+            0x8005 => Response::ProducerInit {
+                producer_id: r.u64()? as i64,
+                producer_epoch: r.u16()? as i16,
+            },
+            0x8006 => Response::Produced {
+                base_offset: r.u64()?,
+                duplicate: r.u8()? != 0,
+            },
+            0x8007 => Response::Fetched {
+                log_start: r.u64()?,
+                log_end: r.u64()?,
+                batches: r.bytes()?,
+            },
+            0x8009 => Response::Offset { offset: r.u64()? },
+            other => return Err(FrameError::UnknownKind(other)),
+        };
+        r.finish()?;
+        Ok((header, resp))
+    }
+}
+
+/// A cursor over a frame body that reports exactly where input ran out.
+struct Reader {
+    buf: Bytes,
+    pos: usize,
+}
+
+impl Reader {
+    fn new(buf: Bytes, pos: usize) -> Self {
+        Reader { buf, pos }
+    }
+
+    fn need(&self, n: usize) -> Result<(), DecodeError> {
+        let have = self.buf.len() - self.pos;
+        if have < n {
+            return Err(DecodeError::UnexpectedEof {
+                offset: self.pos + 4,
+                need: n,
+                have,
+            });
+        }
+        Ok(())
+    }
+
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        self.need(1)?;
+        self.pos += 1;
+        Ok(self.buf[self.pos - 1])
+    }
+
+    fn u16(&mut self) -> Result<u16, DecodeError> {
+        self.need(2)?;
+        let v = (&self.buf[self.pos..]).get_u16();
+        self.pos += 2;
+        Ok(v)
+    }
+
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        self.need(4)?;
+        let v = (&self.buf[self.pos..]).get_u32();
+        self.pos += 4;
+        Ok(v)
+    }
+
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        self.need(8)?;
+        let v = (&self.buf[self.pos..]).get_u64();
+        self.pos += 8;
+        Ok(v)
+    }
+
+    /// A element count, rejected early if the rest of the frame cannot hold
+    /// `count * min_item_bytes`, so a hostile count never drives allocation.
+    fn count(&mut self, min_item_bytes: usize) -> Result<usize, DecodeError> {
+        let n = self.u32()? as usize;
+        self.need(n.saturating_mul(min_item_bytes))?;
+        Ok(n)
+    }
+
+    fn str(&mut self) -> Result<String, DecodeError> {
+        let len = usize::from(self.u16()?);
+        self.need(len)?;
+        let at = self.pos;
+        let s = std::str::from_utf8(&self.buf[at..at + len])
+            .map_err(|_| DecodeError::InvalidUtf8 { offset: at + 4 })?
+            .to_owned();
+        self.pos += len;
+        Ok(s)
+    }
+
+    fn bytes(&mut self) -> Result<Bytes, DecodeError> {
+        let len = self.u32()? as usize;
+        self.need(len)?;
+        let b = self.buf.slice(self.pos..self.pos + len);
+        self.pos += len;
+        Ok(b)
+    }
+
+    fn position(&mut self) -> Result<Position, DecodeError> {
+        Ok(match self.u8()? {
+            0 => Position::Earliest,
+            1 => Position::Latest,
+            2 => Position::Offset(self.u64()?),
+            3 => Position::Timestamp(self.u64()? as i64),
+            tag => {
+                return Err(DecodeError::UnknownTag {
+                    field: "position",
+                    tag: u64::from(tag),
+                });
+            }
+        })
+    }
+
+    fn spec(&mut self) -> Result<TopicSpec, DecodeError> {
+        Ok(TopicSpec {
+            name: self.str()?,
+            partitions: self.u32()?,
+            retention_ms: self.u64()? as i64,
+            retention_bytes: self.u64()? as i64,
+            max_message_bytes: self.u32()?,
+        })
+    }
+
+    fn finish(&self) -> Result<(), DecodeError> {
+        if self.pos != self.buf.len() {
+            return Err(DecodeError::TrailingBytes {
+                offset: self.pos + 4,
+                extra: self.buf.len() - self.pos,
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn arb_position() -> impl Strategy<Value = Position> {
+        prop_oneof![
+            Just(Position::Earliest),
+            Just(Position::Latest),
+            any::<u64>().prop_map(Position::Offset),
+            any::<i64>().prop_map(Position::Timestamp),
+        ]
+    }
+
+    fn arb_spec() -> impl Strategy<Value = TopicSpec> {
+        (
+            "[a-z.]{0,20}",
+            any::<u32>(),
+            any::<i64>(),
+            any::<i64>(),
+            any::<u32>(),
+        )
+            .prop_map(
+                |(name, partitions, retention_ms, retention_bytes, max_message_bytes)| TopicSpec {
+                    name,
+                    partitions,
+                    retention_ms,
+                    retention_bytes,
+                    max_message_bytes,
+                },
+            )
+    }
+
+    fn arb_bytes() -> impl Strategy<Value = Bytes> {
+        proptest::collection::vec(any::<u8>(), 0..64).prop_map(Bytes::from)
+    }
+
+    fn arb_request() -> impl Strategy<Value = Request> {
+        let acks = prop_oneof![Just(Acks::None), Just(Acks::Leader), Just(Acks::Durable)];
+        prop_oneof![
+            arb_spec().prop_map(Request::CreateTopic),
+            "\\PC{0,10}".prop_map(|name| Request::DeleteTopic { name }),
+            Just(Request::ListTopics),
+            "\\PC{0,10}".prop_map(|name| Request::DescribeTopic { name }),
+            Just(Request::InitProducer),
+            ("[a-z]{1,8}", any::<u32>(), acks, arb_bytes()).prop_map(
+                |(topic, partition, acks, batch)| Request::Produce {
+                    topic,
+                    partition,
+                    acks,
+                    batch
+                }
+            ),
+            ("[a-z]{1,8}", any::<u32>(), arb_position(), any::<u32>()).prop_map(
+                |(topic, partition, from, max_bytes)| Request::Fetch {
+                    topic,
+                    partition,
+                    from,
+                    max_bytes
+                }
+            ),
+            ("[a-z]{1,8}", any::<u32>(), arb_position(), any::<u32>()).prop_map(
+                |(topic, partition, from, max_bytes)| Request::Subscribe {
+                    topic,
+                    partition,
+                    from,
+                    max_bytes
+                }
+            ),
+            ("[a-z]{1,8}", any::<u32>(), arb_position()).prop_map(
+                |(topic, partition, position)| Request::ListOffsets {
+                    topic,
+                    partition,
+                    position
+                }
+            ),
+        ]
+    }
+
+    fn arb_response() -> impl Strategy<Value = Response> {
+        prop_oneof![
+            (any::<u16>(), "\\PC{0,30}")
+                .prop_map(|(code, message)| Response::Error { code, message }),
+            Just(Response::TopicCreated),
+            Just(Response::TopicDeleted),
+            proptest::collection::vec(arb_spec(), 0..4).prop_map(Response::Topics),
+            (
+                arb_spec(),
+                proptest::collection::vec((any::<u32>(), any::<u64>(), any::<u64>()), 0..4)
+            )
+                .prop_map(|(spec, ps)| Response::TopicDescription {
+                    spec,
+                    partitions: ps
+                        .into_iter()
+                        .map(|(partition, log_start, log_end)| PartitionInfo {
+                            partition,
+                            log_start,
+                            log_end
+                        })
+                        .collect()
+                }),
+            (any::<i64>(), any::<i16>()).prop_map(|(producer_id, producer_epoch)| {
+                Response::ProducerInit {
+                    producer_id,
+                    producer_epoch,
+                }
+            }),
+            (any::<u64>(), any::<bool>()).prop_map(|(base_offset, duplicate)| Response::Produced {
+                base_offset,
+                duplicate
+            }),
+            (any::<u64>(), any::<u64>(), arb_bytes()).prop_map(|(log_start, log_end, batches)| {
+                Response::Fetched {
+                    log_start,
+                    log_end,
+                    batches,
+                }
+            }),
+            any::<u64>().prop_map(|offset| Response::Offset { offset }),
+        ]
+    }
+
+    fn body(mut frame: BytesMut) -> Bytes {
+        let len = u32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]) as usize;
+        assert_eq!(len + 4, frame.len());
+        frame.split_off(4).freeze()
+    }
+
+    proptest! {
+        #[test]
+        fn request_roundtrip(req in arb_request(), corr in any::<u32>()) {
+            let mut buf = BytesMut::new();
+            req.encode(corr, &mut buf);
+            let (h, back) = Request::decode(body(buf)).unwrap();
+            prop_assert_eq!(h.correlation_id, corr);
+            prop_assert_eq!(back, req);
+        }
+
+        #[test]
+        fn response_roundtrip(resp in arb_response(), corr in any::<u32>()) {
+            let mut buf = BytesMut::new();
+            resp.encode(corr, &mut buf);
+            let (h, back) = Response::decode(body(buf)).unwrap();
+            prop_assert_eq!(h.correlation_id, corr);
+            prop_assert_eq!(back, resp);
+        }
+
+        #[test]
+        fn frame_decoders_never_panic(data in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = Request::decode(Bytes::from(data.clone()));
+            let _ = Response::decode(Bytes::from(data));
+        }
+
+        #[test]
+        fn truncated_requests_are_errors_not_panics(req in arb_request(), cut in any::<prop::sample::Index>()) {
+            let mut buf = BytesMut::new();
+            req.encode(7, &mut buf);
+            let full = body(buf);
+            let cut = cut.index(full.len());
+            let truncated = full.slice(..cut);
+            let decoded = Request::decode(truncated);
+            // A prefix can only decode if it is the whole frame minus nothing
+            // for kinds with no payload; anything else must be an error.
+            if let Ok((_, r)) = decoded {
+                prop_assert!(matches!(r, Request::ListTopics | Request::InitProducer));
+            }
+        }
+    }
+
+    #[test]
+    fn wrong_version_is_rejected() {
+        let mut buf = BytesMut::new();
+        Request::ListTopics.encode(1, &mut buf);
+        let mut b = body(buf).to_vec();
+        b[0] = 9;
+        assert_eq!(
+            Request::decode(Bytes::from(b)),
+            Err(FrameError::UnsupportedVersion(9))
+        );
+    }
+
+    #[test]
+    fn hostile_count_is_rejected_before_allocating() {
+        let mut buf = BytesMut::new();
+        Response::Topics(vec![]).encode(1, &mut buf);
+        let mut b = body(buf).to_vec();
+        let n = b.len();
+        b[n - 4..].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert!(matches!(
+            Response::decode(Bytes::from(b)),
+            Err(FrameError::Decode(DecodeError::UnexpectedEof { .. }))
+        ));
+    }
+}
