@@ -247,6 +247,12 @@ fn be_u64(buf: &[u8], at: usize) -> u64 {
 /// The broker runs this on every produced batch before it is stored, and
 /// consumers run it on every batch they receive.
 pub fn validate(batch: &[u8]) -> Result<BatchHeader, DecodeError> {
+    inspect(batch).map(|(header, _)| header)
+}
+
+/// [`validate`], also returning the encoded size of the largest record, so
+/// the broker can enforce a record size limit without decoding twice.
+pub fn inspect(batch: &[u8]) -> Result<(BatchHeader, usize), DecodeError> {
     let header = BatchHeader::parse(batch)?;
     if header.total_len() != batch.len() {
         return Err(DecodeError::LengthMismatch {
@@ -262,8 +268,10 @@ pub fn validate(batch: &[u8]) -> Result<BatchHeader, DecodeError> {
         });
     }
     let mut pos = HEADER_LEN;
+    let mut largest = 0;
     for index in 0..header.record_count {
         let (_, next) = decode_record(batch, pos, &header, index)?;
+        largest = largest.max(next - pos);
         pos = next;
     }
     if pos != batch.len() {
@@ -272,7 +280,7 @@ pub fn validate(batch: &[u8]) -> Result<BatchHeader, DecodeError> {
             extra: batch.len() - pos,
         });
     }
-    Ok(header)
+    Ok((header, largest))
 }
 
 /// Overwrites the base offset of an encoded batch. The CRC stays valid.

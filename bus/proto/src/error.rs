@@ -145,6 +145,9 @@ pub enum ErrorCode {
     ShuttingDown = 16,
     /// A field of the request is invalid.
     InvalidRequest = 17,
+    /// A retry of a batch older than the broker's dedup window; it was
+    /// stored before, but its offset is no longer known.
+    DuplicateSequence = 18,
 }
 
 impl ErrorCode {
@@ -169,6 +172,7 @@ impl ErrorCode {
             15 => StorageError,
             16 => ShuttingDown,
             17 => InvalidRequest,
+            18 => DuplicateSequence,
             _ => return None,
         })
     }

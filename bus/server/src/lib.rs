@@ -1,1 +1,154 @@
+//! # edgebus
+//!
+//! The broker: a thin IO shell around the storage seam. It owns the QUIC
+//! endpoint, the single group-commit writer, retention, configuration and
+//! the `edgebus` command line.
+//!
+//! ```text
+//!           QUIC (quinn + rustls, ALPN edgebus/1)
+//!  clients ───────────────▶ server ──▶ broker ──▶ writer thread ──▶ LogStore (redb)
+//!                            ▲  │         │                            │
+//!                            │  └─ fetch / subscribe ◀── read txns ◀───┘
+//!                            └──── notifier (log-end watches) ◀── writer
+//! ```
+//!
+//! ## Layout
+//!
+//! - [`config`]: TOML configuration and limits.
+//! - [`tls`]: local CA on first start, operator certificates, mTLS.
+//! - [`server`]: endpoint, connections, streams, request framing.
+//! - [`broker`]: what each request does.
+//! - [`writer`]: the single writer with group commit.
+//! - [`notify`]: wakes subscriptions when partitions grow.
+//! - [`retention`]: the background retention task.
+//! - [`cli`]: the `edgebus` commands.
+#![warn(missing_docs)]
 
+pub mod broker;
+pub mod cli;
+pub mod config;
+pub mod notify;
+pub mod retention;
+pub mod server;
+pub mod tls;
+pub mod writer;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use edgebus_store::{LogStore, RedbStore};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::broker::Broker;
+use crate::config::Config;
+
+/// Why a broker could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The data directory could not be created.
+    #[error("data dir {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] edgebus_store::StoreError),
+    /// TLS could not be set up.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// The QUIC endpoint could not be set up.
+    #[error("QUIC endpoint on {addr}: {detail}")]
+    Endpoint {
+        /// Listen address.
+        addr: SocketAddr,
+        /// Why.
+        detail: String,
+    },
+}
+
+/// A broker running on the current tokio runtime.
+pub struct RunningBroker {
+    /// The bound address (useful with port 0).
+    pub addr: SocketAddr,
+    /// The CA clients should trust, when the broker made its own.
+    pub local_ca: Option<PathBuf>,
+    /// True when this start created the local CA.
+    pub created_ca: bool,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+    retention: JoinHandle<()>,
+}
+
+impl RunningBroker {
+    /// Stops accepting, closes connections and waits for the endpoint.
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.retention.abort();
+        let _ = (&mut self.task).await;
+    }
+
+    /// Waits until the broker stops by itself (it does not, unless the
+    /// endpoint fails).
+    pub async fn wait(&mut self) {
+        let _ = (&mut self.task).await;
+    }
+}
+
+/// Opens `data_dir/edgebus.redb` and starts a broker on it.
+pub async fn start(config: Config) -> Result<RunningBroker, StartError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    })?;
+    let path = config.data_dir.join("edgebus.redb");
+    let store = tokio::task::spawn_blocking(move || RedbStore::open(&path))
+        .await
+        .map_err(|e| edgebus_store::StoreError::Backend(e.to_string()))??;
+    start_with_store(config, Arc::new(store)).await
+}
+
+/// Starts a broker on any [`LogStore`].
+pub async fn start_with_store(
+    config: Config,
+    store: Arc<dyn LogStore>,
+) -> Result<RunningBroker, StartError> {
+    let files = tls::resolve(&config)?;
+    let tls = tls::server_config(&files, config.tls.client_ca.as_deref())?;
+    let endpoint_err = |detail: String| StartError::Endpoint {
+        addr: config.listen,
+        detail,
+    };
+    let quic = server::quic_config(tls, &config.limits).map_err(endpoint_err)?;
+    let endpoint =
+        quinn::Endpoint::server(quic, config.listen).map_err(|e| endpoint_err(e.to_string()))?;
+    let addr = endpoint
+        .local_addr()
+        .map_err(|e| endpoint_err(e.to_string()))?;
+    let broker = Broker::new(store, config.limits.clone())?;
+    let retention = tokio::spawn(retention::run(
+        broker.writer().clone(),
+        Duration::from_millis(config.retention_check_interval_ms.max(1)),
+    ));
+    let (shutdown, rx) = oneshot::channel();
+    let task = tokio::spawn(server::run(endpoint, broker, async move {
+        let _ = rx.await;
+    }));
+    tracing::info!(%addr, "edgebus listening");
+    Ok(RunningBroker {
+        addr,
+        local_ca: files.local_ca,
+        created_ca: files.created,
+        shutdown: Some(shutdown),
+        task,
+        retention,
+    })
+}

@@ -1,0 +1,349 @@
+//! Request handling: what each request does, independent of how it arrived.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use bytes::{Bytes, BytesMut};
+use edgebus_proto::ErrorCode;
+use edgebus_proto::batch;
+use edgebus_proto::frame::{Acks, PartitionInfo, Position, Request, Response, TopicSpec};
+use edgebus_store::{Append, AppendError, LogStore, ReadBatches, ReadError, TopicError};
+use tokio::sync::oneshot;
+
+use crate::config::Limits;
+use crate::notify::Notifier;
+use crate::writer::{AppendResult, WriteError, Writer};
+
+/// Shared broker state: the store, the writer, and a cache of topic specs
+/// so a produce never waits on a read transaction to validate.
+#[derive(Clone)]
+pub struct Broker {
+    store: Arc<dyn LogStore>,
+    writer: Writer,
+    notifier: Notifier,
+    topics: Arc<RwLock<HashMap<String, TopicSpec>>>,
+    limits: Arc<Limits>,
+}
+
+/// A response, or nothing for `acks=none`.
+pub type Reply = Option<Response>;
+
+impl Broker {
+    /// Wraps a store, loading its topics and starting the writer.
+    pub fn new(
+        store: Arc<dyn LogStore>,
+        limits: Limits,
+    ) -> Result<Broker, edgebus_store::StoreError> {
+        let topics = store
+            .topics()?
+            .into_iter()
+            .map(|t| (t.name.clone(), t))
+            .collect();
+        let notifier = Notifier::default();
+        let writer = Writer::spawn(
+            store.clone(),
+            notifier.clone(),
+            limits.max_group_commit_bytes,
+        );
+        Ok(Broker {
+            store,
+            writer,
+            notifier,
+            topics: Arc::new(RwLock::new(topics)),
+            limits: Arc::new(limits),
+        })
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The group-commit writer.
+    pub fn writer(&self) -> &Writer {
+        &self.writer
+    }
+
+    /// The log-end notifier.
+    pub fn notifier(&self) -> &Notifier {
+        &self.notifier
+    }
+
+    fn spec(&self, topic: &str) -> Option<TopicSpec> {
+        self.topics
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(topic)
+            .cloned()
+    }
+
+    /// Validates a produce and hands it to the writer. Errors found before
+    /// the writer (unknown topic, corrupt batch, oversized record) come back
+    /// at once.
+    pub async fn produce(
+        &self,
+        topic: String,
+        partition: u32,
+        acks: Acks,
+        batch: Bytes,
+    ) -> Result<oneshot::Receiver<AppendResult>, Response> {
+        let Some(spec) = self.spec(&topic) else {
+            return Err(Response::error(
+                ErrorCode::UnknownTopic,
+                format!("unknown topic {topic:?}"),
+            ));
+        };
+        if partition >= spec.partitions {
+            return Err(Response::error(
+                ErrorCode::UnknownPartition,
+                format!("topic {topic:?} has {} partitions", spec.partitions),
+            ));
+        }
+        let (header, largest) = batch::inspect(&batch)
+            .map_err(|e| Response::error(ErrorCode::CorruptBatch, e.to_string()))?;
+        if largest > spec.max_message_bytes as usize {
+            return Err(Response::error(
+                ErrorCode::RecordTooLarge,
+                format!(
+                    "record of {largest} bytes exceeds max.message.bytes {} of topic {topic:?}",
+                    spec.max_message_bytes
+                ),
+            ));
+        }
+        let append = Append {
+            topic,
+            partition,
+            batch,
+            header,
+        };
+        Ok(self.writer.append(append, acks == Acks::Durable).await)
+    }
+
+    /// Handles every request except `Produce` and `Subscribe`, which are
+    /// stream-shaped and live in [`crate::server`].
+    pub async fn handle(&self, request: Request) -> Response {
+        let this = self.clone();
+        match request {
+            Request::CreateTopic(mut spec) => {
+                if spec.max_message_bytes == 0 {
+                    spec.max_message_bytes = self.limits.max_message_bytes;
+                }
+                this.blocking(move |b| {
+                    b.store.create_topic(&spec).map(|()| {
+                        b.topics_mut().insert(spec.name.clone(), spec);
+                        Response::TopicCreated
+                    })
+                })
+                .await
+            }
+            Request::DeleteTopic { name } => {
+                this.blocking(move |b| {
+                    b.store.delete_topic(&name).map(|()| {
+                        b.topics_mut().remove(&name);
+                        Response::TopicDeleted
+                    })
+                })
+                .await
+            }
+            Request::ListTopics => {
+                let mut topics: Vec<TopicSpec> = self
+                    .topics
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .values()
+                    .cloned()
+                    .collect();
+                topics.sort_by(|a, b| a.name.cmp(&b.name));
+                Response::Topics(topics)
+            }
+            Request::DescribeTopic { name } => {
+                let Some(spec) = self.spec(&name) else {
+                    return unknown_topic(&name);
+                };
+                this.blocking(move |b| {
+                    let mut partitions = Vec::with_capacity(spec.partitions as usize);
+                    for p in 0..spec.partitions {
+                        let o = b.store.offsets(&spec.name, p)?;
+                        partitions.push(PartitionInfo {
+                            partition: p,
+                            log_start: o.log_start,
+                            log_end: o.log_end,
+                        });
+                    }
+                    Ok::<_, ReadError>(Response::TopicDescription { spec, partitions })
+                })
+                .await
+            }
+            Request::InitProducer => {
+                this.blocking(|b| {
+                    b.store
+                        .allocate_producer_id()
+                        .map(|producer_id| Response::ProducerInit {
+                            producer_id,
+                            producer_epoch: 0,
+                        })
+                        .map_err(ReadError::from)
+                })
+                .await
+            }
+            Request::Fetch {
+                topic,
+                partition,
+                from,
+                max_bytes,
+            } => match self.read(&topic, partition, from, max_bytes).await {
+                Ok(read) => fetched(read),
+                Err(e) => e,
+            },
+            Request::ListOffsets {
+                topic,
+                partition,
+                position,
+            } => match self.resolve(&topic, partition, position).await {
+                Ok(offset) => Response::Offset { offset },
+                Err(e) => e,
+            },
+            Request::Produce { .. } | Request::Subscribe { .. } => Response::error(
+                ErrorCode::InvalidRequest,
+                "produce and subscribe are stream requests",
+            ),
+        }
+    }
+
+    fn topics_mut(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, TopicSpec>> {
+        self.topics.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs a store call on the blocking pool and maps its error.
+    async fn blocking<E: Into<Failure> + Send + 'static>(
+        self,
+        f: impl FnOnce(&Broker) -> Result<Response, E> + Send + 'static,
+    ) -> Response {
+        match tokio::task::spawn_blocking(move || f(&self)).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => e.into().0,
+            Err(e) => Response::error(ErrorCode::StorageError, format!("store task failed: {e}")),
+        }
+    }
+
+    /// Resolves a position to an offset in the partition.
+    pub async fn resolve(
+        &self,
+        topic: &str,
+        partition: u32,
+        position: Position,
+    ) -> Result<u64, Response> {
+        let (t, store) = (topic.to_owned(), self.store.clone());
+        let result = tokio::task::spawn_blocking(move || -> Result<u64, Response> {
+            let o = store
+                .offsets(&t, partition)
+                .map_err(|e| Failure::from(e).0)?;
+            Ok(match position {
+                Position::Earliest => o.log_start,
+                Position::Latest => o.log_end,
+                Position::Offset(n) if n > o.log_end => {
+                    return Err(Response::error(
+                        ErrorCode::OffsetOutOfRange,
+                        format!("offset {n} is past the log end {}", o.log_end),
+                    ));
+                }
+                Position::Offset(n) => n.max(o.log_start),
+                Position::Timestamp(ts) => store
+                    .offset_for_timestamp(&t, partition, ts)
+                    .map_err(|e| Failure::from(e).0)?,
+            })
+        })
+        .await;
+        result.unwrap_or_else(|e| Err(Response::error(ErrorCode::StorageError, e.to_string())))
+    }
+
+    /// Reads batches from a resolved position.
+    pub async fn read(
+        &self,
+        topic: &str,
+        partition: u32,
+        from: Position,
+        max_bytes: u32,
+    ) -> Result<ReadBatches, Response> {
+        let offset = self.resolve(topic, partition, from).await?;
+        self.read_at(topic, partition, offset, max_bytes).await
+    }
+
+    /// Reads batches from an absolute offset.
+    pub async fn read_at(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        max_bytes: u32,
+    ) -> Result<ReadBatches, Response> {
+        let max_bytes = max_bytes.clamp(1, self.limits.max_fetch_bytes) as usize;
+        let (t, store) = (topic.to_owned(), self.store.clone());
+        tokio::task::spawn_blocking(move || store.read(&t, partition, offset, max_bytes))
+            .await
+            .map_err(|e| Response::error(ErrorCode::StorageError, e.to_string()))?
+            .map_err(|e| Failure::from(e).0)
+    }
+}
+
+/// A `Fetched` response holding every batch of a read.
+pub fn fetched(read: ReadBatches) -> Response {
+    let len = read.batches.iter().map(Bytes::len).sum();
+    let mut buf = BytesMut::with_capacity(len);
+    for b in &read.batches {
+        buf.extend_from_slice(b);
+    }
+    Response::Fetched {
+        log_start: read.offsets.log_start,
+        log_end: read.offsets.log_end,
+        batches: buf.freeze(),
+    }
+}
+
+fn unknown_topic(name: &str) -> Response {
+    Response::error(ErrorCode::UnknownTopic, format!("unknown topic {name:?}"))
+}
+
+/// An error already turned into its wire response.
+pub struct Failure(pub Response);
+
+impl From<TopicError> for Failure {
+    fn from(e: TopicError) -> Self {
+        let code = match &e {
+            TopicError::Exists(_) => ErrorCode::TopicExists,
+            TopicError::NotFound(_) => ErrorCode::UnknownTopic,
+            TopicError::Invalid(_) => ErrorCode::InvalidTopicConfig,
+            _ => ErrorCode::StorageError,
+        };
+        Failure(Response::error(code, e.to_string()))
+    }
+}
+
+impl From<ReadError> for Failure {
+    fn from(e: ReadError) -> Self {
+        let code = match &e {
+            ReadError::UnknownTopic(_) => ErrorCode::UnknownTopic,
+            ReadError::UnknownPartition { .. } => ErrorCode::UnknownPartition,
+            _ => ErrorCode::StorageError,
+        };
+        Failure(Response::error(code, e.to_string()))
+    }
+}
+
+impl From<WriteError> for Failure {
+    fn from(e: WriteError) -> Self {
+        let code = match &e {
+            WriteError::Append(a) => match a {
+                AppendError::UnknownTopic(_) => ErrorCode::UnknownTopic,
+                AppendError::UnknownPartition { .. } => ErrorCode::UnknownPartition,
+                AppendError::ProducerFenced { .. } => ErrorCode::ProducerFenced,
+                AppendError::OutOfOrderSequence { .. } => ErrorCode::OutOfOrderSequence,
+                AppendError::StaleDuplicate { .. } => ErrorCode::DuplicateSequence,
+                _ => ErrorCode::StorageError,
+            },
+            WriteError::Store(_) => ErrorCode::StorageError,
+            WriteError::Stopped => ErrorCode::ShuttingDown,
+        };
+        Failure(Response::error(code, e.to_string()))
+    }
+}

@@ -1,0 +1,399 @@
+//! `edgebus bench produce | consume | e2e`.
+//!
+//! Starts its own broker in a temporary directory unless `--broker` is
+//! given, creates a fresh topic, and reports records/s, MB/s (10^6 bytes of
+//! record value) and latency percentiles from an HDR histogram.
+//!
+//! - `produce`: latency is send-to-ack per record.
+//! - `consume`: the records are produced first (untimed); the timed part is
+//!   reading them all back from the earliest offset. No latency is reported.
+//! - `e2e`: producer and consumers run together; latency is send-to-receive
+//!   per record, read from a timestamp the producer writes into each value.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use clap::{Args, ValueEnum};
+use edgebus_client::{
+    Client, ClientConfig, ClientError, DeliveryFuture, Position, Producer, ProducerConfig, Record,
+    SubscribeConfig, Subscription, TopicSpec,
+};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use super::{AcksArg, Failure, Output};
+use crate::config::Config;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// Time producing.
+    Produce,
+    /// Time reading back records produced beforehand.
+    Consume,
+    /// Time producing and consuming together; latency is end to end.
+    E2e,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// What to measure.
+    #[arg(value_enum)]
+    mode: Mode,
+    /// Records to send.
+    #[arg(long, default_value_t = 200_000)]
+    records: u64,
+    /// Value size in bytes.
+    #[arg(long, default_value_t = 1024)]
+    size: usize,
+    /// Partitions of the bench topic.
+    #[arg(long, default_value_t = 1)]
+    partitions: u32,
+    /// Acknowledgement level.
+    #[arg(long, value_enum, default_value_t)]
+    acks: AcksArg,
+    /// Batches in flight per partition.
+    #[arg(long, default_value_t = 16)]
+    window: usize,
+    /// Producer batch size in bytes.
+    #[arg(long, default_value_t = 256 * 1024)]
+    batch_bytes: usize,
+    /// Producer linger in milliseconds.
+    #[arg(long, default_value_t = 2)]
+    linger_ms: u64,
+    /// Send at this steady rate (records/s); 0 sends as fast as possible.
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// Use this broker instead of starting one in a temp dir.
+    #[arg(long)]
+    broker: Option<SocketAddr>,
+    /// CA of `--broker` (default: the local CA of the default data dir).
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// `json` prints one object with the results.
+    #[arg(long, value_enum, default_value_t)]
+    output: Output,
+}
+
+struct Report {
+    records: u64,
+    value_bytes: u64,
+    elapsed: Duration,
+    latency_us: Option<Histogram<u64>>,
+}
+
+pub async fn run(args: BenchArgs) -> Result<(), Failure> {
+    let (client, local) = connect(&args).await?;
+    let topic = format!(
+        "bench-{}-{}",
+        std::process::id(),
+        crate::retention::now_ms()
+    );
+    client
+        .create_topic(TopicSpec {
+            name: topic.clone(),
+            partitions: args.partitions,
+            retention_ms: -1,
+            retention_bytes: -1,
+            max_message_bytes: (args.size as u32).saturating_add(1024).max(1 << 20),
+        })
+        .await?;
+    let report = match args.mode {
+        Mode::Produce => produce(&client, &topic, &args, progress(&args)).await?,
+        Mode::Consume => {
+            produce(&client, &topic, &args, ProgressBar::hidden()).await?;
+            consume(&client, &topic, &args, progress(&args), false).await?
+        }
+        Mode::E2e => {
+            let consumer = {
+                let (client, topic) = (client.clone(), topic.clone());
+                let bench = args_clone(&args);
+                tokio::spawn(async move {
+                    consume(&client, &topic, &bench, ProgressBar::hidden(), true).await
+                })
+            };
+            produce(&client, &topic, &args, progress(&args)).await?;
+            consumer.await.map_err(Failure::other)??
+        }
+    };
+    print_report(&args, &report);
+    client.delete_topic(&topic).await?;
+    if let Some((broker, _dir)) = local {
+        broker.shutdown().await;
+    }
+    Ok(())
+}
+
+fn args_clone(a: &BenchArgs) -> BenchArgs {
+    BenchArgs {
+        mode: a.mode,
+        records: a.records,
+        size: a.size,
+        partitions: a.partitions,
+        acks: a.acks,
+        window: a.window,
+        batch_bytes: a.batch_bytes,
+        linger_ms: a.linger_ms,
+        rate: a.rate,
+        broker: a.broker,
+        ca: a.ca.clone(),
+        output: a.output,
+    }
+}
+
+type LocalBroker = Option<(crate::RunningBroker, tempfile::TempDir)>;
+
+async fn connect(args: &BenchArgs) -> Result<(Client, LocalBroker), Failure> {
+    if let Some(addr) = args.broker {
+        let ca = args
+            .ca
+            .clone()
+            .unwrap_or_else(|| crate::config::local_ca_path(&crate::config::default_data_dir()));
+        let client = Client::connect(ClientConfig::new(addr, ca)).await?;
+        return Ok((client, None));
+    }
+    let dir = tempfile::tempdir().map_err(Failure::other)?;
+    let config = Config {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        data_dir: dir.path().to_owned(),
+        ..Config::default()
+    };
+    let broker = crate::start(config).await.map_err(Failure::other)?;
+    let ca = broker
+        .local_ca
+        .clone()
+        .ok_or_else(|| Failure::other("bench broker has no local CA"))?;
+    let client = Client::connect(ClientConfig::new(broker.addr, ca)).await?;
+    Ok((client, Some((broker, dir))))
+}
+
+fn progress(args: &BenchArgs) -> ProgressBar {
+    if args.output == Output::Json {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(args.records);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} records {per_sec} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+/// The value of record `i`; in e2e mode its first 8 bytes carry the send
+/// time in microseconds since `base`.
+fn value(template: &Bytes, base: Instant, stamp: bool) -> Bytes {
+    if !stamp || template.len() < 8 {
+        return template.clone();
+    }
+    let mut v = BytesMut::with_capacity(template.len());
+    v.put_u64(base.elapsed().as_micros() as u64);
+    v.extend_from_slice(&template[8..]);
+    v.freeze()
+}
+
+async fn produce(
+    client: &Client,
+    topic: &str,
+    args: &BenchArgs,
+    bar: ProgressBar,
+) -> Result<Report, Failure> {
+    let producer = Producer::new(
+        client.clone(),
+        ProducerConfig {
+            acks: args.acks.into(),
+            linger: Duration::from_millis(args.linger_ms),
+            batch_max_bytes: args.batch_bytes,
+            window: args.window,
+            ..ProducerConfig::default()
+        },
+    )
+    .await?;
+    let template = Bytes::from((0..args.size).map(|i| (i % 251) as u8).collect::<Vec<_>>());
+    let (tx, rx) = mpsc::channel::<(Instant, DeliveryFuture)>(65536);
+    let collector = tokio::spawn(collect_acks(rx, bar.clone()));
+    let start = Instant::now();
+    let base = *BASE;
+    let stamp = args.mode == Mode::E2e;
+    for i in 0..args.records {
+        if args.rate > 0 {
+            let due = start + Duration::from_secs_f64(i as f64 / args.rate as f64);
+            tokio::time::sleep_until(due.into()).await;
+        }
+        let record = Record::new(value(&template, base, stamp), 0);
+        let fut = producer.send(topic, record).await?;
+        if tx.send((Instant::now(), fut)).await.is_err() {
+            break;
+        }
+    }
+    producer.flush().await?;
+    drop(tx);
+    let histogram = collector.await.map_err(Failure::other)??;
+    let elapsed = start.elapsed();
+    bar.finish_and_clear();
+    Ok(Report {
+        records: args.records,
+        value_bytes: args.records * args.size as u64,
+        elapsed,
+        latency_us: (args.acks != AcksArg::None).then_some(histogram),
+    })
+}
+
+static BASE: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
+
+async fn collect_acks(
+    mut rx: mpsc::Receiver<(Instant, DeliveryFuture)>,
+    bar: ProgressBar,
+) -> Result<Histogram<u64>, ClientError> {
+    let mut histogram = new_histogram();
+    let mut pending = FuturesUnordered::new();
+    let mut open = true;
+    let mut done = 0u64;
+    while open || !pending.is_empty() {
+        tokio::select! {
+            item = rx.recv(), if open => match item {
+                Some((sent, fut)) => pending.push(async move { (sent, fut.await) }),
+                None => open = false,
+            },
+            Some((sent, result)) = pending.next() => {
+                result?;
+                let _ = histogram.record(sent.elapsed().as_micros() as u64);
+                done += 1;
+                if done % 1024 == 0 {
+                    bar.set_position(done);
+                }
+            }
+        }
+    }
+    Ok(histogram)
+}
+
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("static histogram bounds are valid")
+}
+
+async fn consume(
+    client: &Client,
+    topic: &str,
+    args: &BenchArgs,
+    bar: ProgressBar,
+    measure_latency: bool,
+) -> Result<Report, Failure> {
+    let received = Arc::new(AtomicU64::new(0));
+    let (tx, mut rx) =
+        mpsc::channel::<Result<Histogram<u64>, ClientError>>(args.partitions as usize);
+    let start = Instant::now();
+    for p in 0..args.partitions {
+        let mut sub = Subscription::start(
+            client.clone(),
+            topic,
+            p,
+            Position::Earliest,
+            SubscribeConfig::default(),
+        )
+        .await?;
+        let (received, tx, total) = (received.clone(), tx.clone(), args.records);
+        let base = *BASE;
+        tokio::spawn(async move {
+            let mut histogram = new_histogram();
+            while received.load(Ordering::Relaxed) < total {
+                let item = tokio::time::timeout(Duration::from_millis(200), sub.next()).await;
+                match item {
+                    Ok(Some(Ok(record))) => {
+                        if measure_latency && record.value.len() >= 8 {
+                            let sent = u64::from_be_bytes(
+                                record.value[..8].try_into().expect("8 bytes checked"),
+                            );
+                            let now = base.elapsed().as_micros() as u64;
+                            let _ = histogram.record(now.saturating_sub(sent).max(1));
+                        }
+                        received.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(Some(Err(e))) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                    Ok(None) => break,
+                    Err(_) => {}
+                }
+            }
+            let _ = tx.send(Ok(histogram)).await;
+        });
+    }
+    drop(tx);
+    let mut histogram = new_histogram();
+    let mut finished = 0;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    while finished < args.partitions {
+        tokio::select! {
+            part = rx.recv() => match part {
+                Some(part) => {
+                    histogram.add(part?).map_err(Failure::other)?;
+                    finished += 1;
+                }
+                None => break,
+            },
+            _ = tick.tick() => bar.set_position(received.load(Ordering::Relaxed)),
+        }
+    }
+    let elapsed = start.elapsed();
+    bar.finish_and_clear();
+    let records = received.load(Ordering::Relaxed);
+    if records < args.records {
+        return Err(Failure::other(format!(
+            "consumed {records} of {} records",
+            args.records
+        )));
+    }
+    Ok(Report {
+        records,
+        value_bytes: records * args.size as u64,
+        elapsed,
+        latency_us: measure_latency.then_some(histogram),
+    })
+}
+
+fn print_report(args: &BenchArgs, r: &Report) {
+    let secs = r.elapsed.as_secs_f64().max(1e-9);
+    let records_per_s = r.records as f64 / secs;
+    let mb_per_s = r.value_bytes as f64 / 1e6 / secs;
+    let pct = |q: f64| {
+        r.latency_us
+            .as_ref()
+            .map(|h| h.value_at_quantile(q) as f64 / 1000.0)
+    };
+    match args.output {
+        Output::Json => println!(
+            "{}",
+            json!({
+                "mode": format!("{:?}", args.mode).to_lowercase(),
+                "records": r.records,
+                "size": args.size,
+                "partitions": args.partitions,
+                "acks": format!("{:?}", args.acks).to_lowercase(),
+                "window": args.window,
+                "elapsed_s": secs,
+                "records_per_s": records_per_s,
+                "mb_per_s": mb_per_s,
+                "p50_ms": pct(0.5),
+                "p99_ms": pct(0.99),
+                "p999_ms": pct(0.999),
+            })
+        ),
+        Output::Text => {
+            println!(
+                "{:?}: {} records of {} B in {:.2} s: {:.0} records/s, {:.1} MB/s",
+                args.mode, r.records, args.size, secs, records_per_s, mb_per_s
+            );
+            if let (Some(p50), Some(p99), Some(p999)) = (pct(0.5), pct(0.99), pct(0.999)) {
+                println!("latency ms: p50 {p50:.3}  p99 {p99:.3}  p99.9 {p999:.3}");
+            }
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! The `edgebus` command line.
+//!
+//! Exit codes a script can rely on:
+//!
+//! | code | meaning |
+//! |---|---|
+//! | 0 | success |
+//! | 1 | any other failure (I/O, bad configuration) |
+//! | 2 | bad usage (unknown flag, bad value) |
+//! | 3 | cannot reach or authenticate the broker |
+//! | 4 | the broker refused the request (unknown topic, topic exists, …) |
+//! | 5 | `produce`: some records were not acknowledged |
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use edgebus_client::ClientError;
+
+mod bench;
+mod connect;
+mod consume;
+mod produce;
+mod serve;
+mod topic;
+
+pub use connect::ConnectArgs;
+
+/// edgebus: a durable commit-log message bus for the edge, over QUIC.
+#[derive(Debug, Parser)]
+#[command(name = "edgebus", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a broker.
+    Serve(serve::ServeArgs),
+    /// Create, list, describe and delete topics.
+    #[command(subcommand)]
+    Topic(topic::TopicCommand),
+    /// Produce one record per stdin line.
+    Produce(produce::ProduceArgs),
+    /// Print records of a topic.
+    Consume(consume::ConsumeArgs),
+    /// Measure throughput and latency.
+    Bench(bench::BenchArgs),
+}
+
+/// A command's failure, with the exit code it maps to.
+#[derive(Debug)]
+pub struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl Failure {
+    fn new(code: u8, message: impl Into<String>) -> Self {
+        Failure {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// Some produced records were not acknowledged.
+    fn unacknowledged(message: impl Into<String>) -> Self {
+        Failure::new(5, message)
+    }
+
+    fn other(e: impl std::fmt::Display) -> Self {
+        Failure::new(1, e.to_string())
+    }
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Self {
+        let code = match &e {
+            ClientError::Connection { .. } | ClientError::Config(_) => 3,
+            ClientError::Broker { .. } => 4,
+            _ => 1,
+        };
+        Failure::new(code, e.to_string())
+    }
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> ExitCode {
+    let result = match cli.command {
+        Command::Serve(args) => serve::run(args).await,
+        Command::Topic(cmd) => topic::run(cmd).await,
+        Command::Produce(args) => produce::run(args).await,
+        Command::Consume(args) => consume::run(args).await,
+        Command::Bench(args) => bench::run(args).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("error: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+/// `--output` choices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
+pub enum Output {
+    /// Human-readable text.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `--acks` choices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
+pub enum AcksArg {
+    /// Fire and forget.
+    None,
+    /// Committed, not yet fsync'd.
+    Leader,
+    /// fsync'd before the ack.
+    #[default]
+    Durable,
+}
+
+impl From<AcksArg> for edgebus_client::Acks {
+    fn from(a: AcksArg) -> Self {
+        match a {
+            AcksArg::None => edgebus_client::Acks::None,
+            AcksArg::Leader => edgebus_client::Acks::Leader,
+            AcksArg::Durable => edgebus_client::Acks::Durable,
+        }
+    }
+}
+
+fn default_data_dir() -> PathBuf {
+    crate::config::default_data_dir()
+}

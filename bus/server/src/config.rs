@@ -1,0 +1,169 @@
+//! Broker configuration: TOML on disk, CLI flags on top, sane defaults for
+//! a laptop or an edge box with no file at all.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The port a broker listens on by default.
+pub const DEFAULT_PORT: u16 = 7171;
+
+/// Everything `edgebus serve` can be told.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// UDP address of the QUIC endpoint.
+    pub listen: SocketAddr,
+    /// Holds `edgebus.redb` and, unless `tls` says otherwise, `tls/`.
+    pub data_dir: PathBuf,
+    /// How often retention runs, in milliseconds.
+    pub retention_check_interval_ms: u64,
+    /// Resource limits.
+    pub limits: Limits,
+    /// Certificates.
+    pub tls: TlsConfig,
+}
+
+/// Every limit the broker enforces. A request over a limit gets a typed
+/// error, never a panic.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest frame accepted on any stream.
+    pub max_frame_bytes: u32,
+    /// Default `max.message.bytes` of new topics.
+    pub max_message_bytes: u32,
+    /// Requests a connection may have outstanding at once.
+    pub max_inflight_per_connection: usize,
+    /// Concurrent client connections.
+    pub max_connections: usize,
+    /// Concurrent bidirectional streams per connection.
+    pub max_streams_per_connection: u32,
+    /// Bytes of batches committed in one write transaction.
+    pub max_group_commit_bytes: usize,
+    /// Largest fetch or subscription push, in bytes.
+    pub max_fetch_bytes: u32,
+    /// Close connections idle for this long, in milliseconds.
+    pub idle_timeout_ms: u32,
+}
+
+/// TLS material. Without `cert` and `key`, the broker makes a local CA and
+/// a certificate for localhost in `data_dir/tls`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain of the broker.
+    pub cert: Option<PathBuf>,
+    /// PEM private key of the broker.
+    pub key: Option<PathBuf>,
+    /// Require client certificates signed by this CA (mTLS).
+    pub client_ca: Option<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)),
+            data_dir: default_data_dir(),
+            retention_check_interval_ms: 10_000,
+            limits: Limits::default(),
+            tls: TlsConfig::default(),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_frame_bytes: edgebus_proto::frame::DEFAULT_MAX_FRAME_BYTES,
+            max_message_bytes: 1 << 20,
+            max_inflight_per_connection: 1024,
+            max_connections: 1024,
+            max_streams_per_connection: 1024,
+            max_group_commit_bytes: 16 << 20,
+            max_fetch_bytes: 4 << 20,
+            idle_timeout_ms: 30_000,
+        }
+    }
+}
+
+/// Why a config could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid config TOML.
+    #[error("parsing {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: Box<toml::de::Error>,
+    },
+}
+
+impl Config {
+    /// Reads a TOML config file; missing keys keep their defaults.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })
+    }
+
+    /// Where the local CA certificate is (or will be) written.
+    pub fn local_ca_path(&self) -> PathBuf {
+        local_ca_path(&self.data_dir)
+    }
+}
+
+/// The local CA certificate of a broker using `data_dir`.
+pub fn local_ca_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("tls").join("ca.pem")
+}
+
+/// `$EDGEBUS_DATA`, else `$XDG_DATA_HOME/edgebus`, else
+/// `~/.local/share/edgebus`, else `./edgebus-data`. The CLI looks for the
+/// local CA here, so `serve` and the other commands agree without flags.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("EDGEBUS_DATA") {
+        return PathBuf::from(dir);
+    }
+    if let Some(dir) = std::env::var_os("XDG_DATA_HOME") {
+        return PathBuf::from(dir).join("edgebus");
+    }
+    if let Some(home) = std::env::var_os("HOME") {
+        return PathBuf::from(home).join(".local/share/edgebus");
+    }
+    PathBuf::from("edgebus-data")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_partial_toml_keeps_other_defaults() {
+        let c: Config = toml::from_str("[limits]\nmax_connections = 3\n").unwrap();
+        assert_eq!(c.limits.max_connections, 3);
+        assert_eq!(c.limits.max_frame_bytes, Limits::default().max_frame_bytes);
+        assert_eq!(c.listen.port(), DEFAULT_PORT);
+    }
+
+    #[test]
+    fn config_unknown_key_is_rejected() {
+        assert!(toml::from_str::<Config>("[limits]\nmax_conections = 3\n").is_err());
+    }
+}

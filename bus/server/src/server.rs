@@ -1,0 +1,380 @@
+//! The QUIC shell: accept connections, read frames, answer in order.
+//!
+//! Every bidirectional stream carries requests and their responses in
+//! order, so a producer can pipeline batches on one stream and read ordered
+//! acks. A `Subscribe` turns its stream into a push feed until the client
+//! closes it.
+//!
+//! Limits applied here: connections (`max_connections`, refused at the
+//! handshake), streams per connection (QUIC flow control), frame size
+//! (`max_frame_bytes`, answered with `FrameTooLarge`), and outstanding
+//! requests per connection (`max_inflight_per_connection`, answered with
+//! `TooManyInFlight`).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use edgebus_client::wire::{self, WireError};
+use edgebus_proto::ErrorCode;
+use edgebus_proto::frame::{FrameHeader, Position, Request, Response};
+use quinn::crypto::rustls::QuicServerConfig;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+
+use crate::broker::{Broker, Failure, fetched};
+use crate::config::Limits;
+
+/// QUIC application error codes used when closing connections and streams.
+pub mod close_code {
+    /// Normal shutdown.
+    pub const SHUTDOWN: u32 = 0;
+    /// The broker has `max_connections` connections.
+    pub const TOO_MANY_CONNECTIONS: u32 = 1;
+    /// The stream sent a frame over `max_frame_bytes`.
+    pub const FRAME_TOO_LARGE: u32 = 2;
+}
+
+/// Builds the quinn server config from TLS and limits.
+pub fn quic_config(
+    tls: rustls::ServerConfig,
+    limits: &Limits,
+) -> Result<quinn::ServerConfig, String> {
+    let crypto = QuicServerConfig::try_from(tls).map_err(|e| e.to_string())?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .max_concurrent_bidi_streams(limits.max_streams_per_connection.into())
+        .max_concurrent_uni_streams(0u32.into())
+        .stream_receive_window((8u32 << 20).into())
+        .receive_window((32u32 << 20).into())
+        .send_window(32 << 20)
+        .max_idle_timeout(Some(
+            quinn::IdleTimeout::try_from(Duration::from_millis(limits.idle_timeout_ms.into()))
+                .map_err(|e| e.to_string())?,
+        ));
+    config.transport_config(Arc::new(transport));
+    Ok(config)
+}
+
+/// Accepts connections until `shutdown` resolves, then closes the endpoint
+/// and waits for connections to drain.
+pub async fn run(endpoint: quinn::Endpoint, broker: Broker, shutdown: impl Future<Output = ()>) {
+    let connections = Arc::new(AtomicUsize::new(0));
+    tokio::pin!(shutdown);
+    loop {
+        let incoming = tokio::select! {
+            incoming = endpoint.accept() => incoming,
+            () = &mut shutdown => break,
+        };
+        let Some(incoming) = incoming else { break };
+        let limit = broker.limits().max_connections;
+        if connections.load(Ordering::Acquire) >= limit {
+            tracing::warn!(remote = %incoming.remote_address(), limit, "connection refused: max_connections");
+            incoming.refuse();
+            continue;
+        }
+        connections.fetch_add(1, Ordering::AcqRel);
+        let (broker, connections) = (broker.clone(), connections.clone());
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            match incoming.await {
+                Ok(conn) => serve_connection(conn, broker).await,
+                Err(e) => tracing::info!(%remote, error = %e, "handshake failed"),
+            }
+            connections.fetch_sub(1, Ordering::AcqRel);
+        });
+    }
+    endpoint.close(close_code::SHUTDOWN.into(), b"shutting down");
+    endpoint.wait_idle().await;
+}
+
+async fn serve_connection(conn: quinn::Connection, broker: Broker) {
+    let remote = conn.remote_address();
+    tracing::debug!(%remote, "connection open");
+    let in_flight = Arc::new(Semaphore::new(broker.limits().max_inflight_per_connection));
+    loop {
+        match conn.accept_bi().await {
+            Ok((send, recv)) => {
+                let (broker, in_flight) = (broker.clone(), in_flight.clone());
+                tokio::spawn(serve_stream(broker, in_flight, send, recv));
+            }
+            Err(e) => {
+                tracing::debug!(%remote, reason = %e, "connection closed");
+                return;
+            }
+        }
+    }
+}
+
+type PendingReply = Pin<Box<dyn Future<Output = Option<Response>> + Send>>;
+
+/// What the reading half hands the writing half, in request order.
+enum Outgoing {
+    Reply {
+        correlation_id: u32,
+        reply: PendingReply,
+        permit: Option<OwnedSemaphorePermit>,
+    },
+    Subscribe {
+        correlation_id: u32,
+        topic: String,
+        partition: u32,
+        from: Position,
+        max_bytes: u32,
+        recv: quinn::RecvStream,
+    },
+}
+
+async fn serve_stream(
+    broker: Broker,
+    in_flight: Arc<Semaphore>,
+    send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    let (tx, rx) = mpsc::channel(broker.limits().max_inflight_per_connection.max(1));
+    let responder = tokio::spawn(respond(broker.clone(), send, rx));
+    let max_frame = broker.limits().max_frame_bytes;
+    loop {
+        let body = match wire::read_frame(&mut recv, max_frame).await {
+            Ok(Some(body)) => body,
+            Ok(None) => break,
+            Err(WireError::FrameTooLarge { len, max }) => {
+                // The rest of the stream cannot be framed any more: answer,
+                // then stop reading it. The connection lives on.
+                let error = Response::error(
+                    ErrorCode::FrameTooLarge,
+                    format!("frame of {len} bytes exceeds max_frame_bytes {max}"),
+                );
+                let _ = tx.send(ready(0, error, None)).await;
+                let _ = recv.stop(close_code::FRAME_TOO_LARGE.into());
+                break;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "stream read failed");
+                break;
+            }
+        };
+        let correlation_id = FrameHeader::parse(&body).map_or(0, |h| h.correlation_id);
+        let request = match Request::decode(body) {
+            Ok((_, request)) => request,
+            Err(e) => {
+                let error = Response::error(e.code(), e.to_string());
+                if tx.send(ready(correlation_id, error, None)).await.is_err() {
+                    break;
+                }
+                continue;
+            }
+        };
+        let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+            let error = Response::error(
+                ErrorCode::TooManyInFlight,
+                format!(
+                    "more than max_inflight_per_connection ({}) requests outstanding",
+                    broker.limits().max_inflight_per_connection
+                ),
+            );
+            if tx.send(ready(correlation_id, error, None)).await.is_err() {
+                break;
+            }
+            continue;
+        };
+        let outgoing = match request {
+            Request::Subscribe {
+                topic,
+                partition,
+                from,
+                max_bytes,
+            } => {
+                drop(permit);
+                let _ = tx
+                    .send(Outgoing::Subscribe {
+                        correlation_id,
+                        topic,
+                        partition,
+                        from,
+                        max_bytes,
+                        recv,
+                    })
+                    .await;
+                break;
+            }
+            Request::Produce {
+                topic,
+                partition,
+                acks,
+                batch,
+            } => {
+                let reply: PendingReply = match broker.produce(topic, partition, acks, batch).await
+                {
+                    Err(error) => Box::pin(std::future::ready(Some(error))),
+                    Ok(rx) => Box::pin(async move {
+                        let response = match rx.await {
+                            Ok(Ok(outcome)) => Response::Produced {
+                                base_offset: outcome.base_offset(),
+                                duplicate: matches!(
+                                    outcome,
+                                    edgebus_store::AppendOutcome::Duplicate { .. }
+                                ),
+                            },
+                            Ok(Err(e)) => Failure::from(e).0,
+                            Err(_) => Response::error(ErrorCode::ShuttingDown, "writer stopped"),
+                        };
+                        if acks == edgebus_proto::frame::Acks::None {
+                            None
+                        } else {
+                            Some(response)
+                        }
+                    }),
+                };
+                Outgoing::Reply {
+                    correlation_id,
+                    reply,
+                    permit: Some(permit),
+                }
+            }
+            other => {
+                let broker = broker.clone();
+                Outgoing::Reply {
+                    correlation_id,
+                    reply: Box::pin(async move { Some(broker.handle(other).await) }),
+                    permit: Some(permit),
+                }
+            }
+        };
+        if tx.send(outgoing).await.is_err() {
+            break;
+        }
+    }
+    drop(tx);
+    let _ = responder.await;
+}
+
+fn ready(
+    correlation_id: u32,
+    response: Response,
+    permit: Option<OwnedSemaphorePermit>,
+) -> Outgoing {
+    Outgoing::Reply {
+        correlation_id,
+        reply: Box::pin(std::future::ready(Some(response))),
+        permit,
+    }
+}
+
+/// Writes replies in request order, then finishes the stream.
+async fn respond(broker: Broker, mut send: quinn::SendStream, mut rx: mpsc::Receiver<Outgoing>) {
+    let mut buf = BytesMut::new();
+    while let Some(outgoing) = rx.recv().await {
+        match outgoing {
+            Outgoing::Reply {
+                correlation_id,
+                reply,
+                permit,
+            } => {
+                let response = reply.await;
+                drop(permit);
+                let Some(response) = response else { continue };
+                if send_response(&mut send, correlation_id, response, &mut buf)
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            Outgoing::Subscribe {
+                correlation_id,
+                topic,
+                partition,
+                from,
+                max_bytes,
+                recv,
+            } => {
+                push(
+                    &broker,
+                    &mut send,
+                    recv,
+                    correlation_id,
+                    (&topic, partition),
+                    from,
+                    max_bytes,
+                )
+                .await;
+                return;
+            }
+        }
+    }
+    let _ = send.finish();
+}
+
+/// Pushes batches down `send` as the partition grows, until the client goes.
+async fn push(
+    broker: &Broker,
+    send: &mut quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    correlation_id: u32,
+    (topic, partition): (&str, u32),
+    from: Position,
+    max_bytes: u32,
+) {
+    let mut buf = BytesMut::new();
+    let mut cursor = match broker.resolve(topic, partition, from).await {
+        Ok(offset) => offset,
+        Err(error) => {
+            let _ = send_response(send, correlation_id, error, &mut buf).await;
+            let _ = send.finish();
+            return;
+        }
+    };
+    let mut log_end = broker.notifier().watch(topic, partition);
+    let mut idle_sent = false;
+    let mut scratch = [0u8; 64];
+    loop {
+        let read = match broker.read_at(topic, partition, cursor, max_bytes).await {
+            Ok(read) => read,
+            Err(error) => {
+                let _ = send_response(send, correlation_id, error, &mut buf).await;
+                let _ = send.finish();
+                return;
+            }
+        };
+        if let Some(last) = read.batches.last() {
+            let next = edgebus_proto::batch::BatchHeader::parse(last)
+                .map(|h| h.next_offset())
+                .unwrap_or(cursor);
+            cursor = next.max(cursor);
+            idle_sent = false;
+        } else if idle_sent {
+            // Caught up: wait for an append, the client leaving, or a tick
+            // (which notices retention and deleted topics).
+            tokio::select! {
+                changed = log_end.changed() => if changed.is_err() { return },
+                r = recv.read(&mut scratch) => if !matches!(r, Ok(Some(_))) { return },
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            continue;
+        } else {
+            // One empty frame tells the client where the log ends.
+            idle_sent = true;
+        }
+        if send_response(send, correlation_id, fetched(read), &mut buf)
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+async fn send_response(
+    send: &mut quinn::SendStream,
+    correlation_id: u32,
+    response: Response,
+    buf: &mut BytesMut,
+) -> Result<(), WireError> {
+    buf.clear();
+    response.encode(correlation_id, buf);
+    wire::write_frames(send, buf).await
+}

@@ -1,0 +1,175 @@
+//! Broker TLS: a local CA made on first start, or the operator's own
+//! certificate, and optional client-certificate verification (mTLS).
+//!
+//! The local CA exists so that TLS is always on and always verified, even on
+//! a laptop with no setup: clients trust `data_dir/tls/ca.pem`, not "any
+//! certificate".
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use edgebus_client::tls::{ALPN, load_certs, load_key, provider};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use rustls::server::WebPkiClientVerifier;
+
+use crate::config::Config;
+
+/// Why TLS could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsError {
+    /// Writing or reading certificate files failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Certificate generation failed.
+    #[error("generating certificates: {0}")]
+    Generate(#[from] rcgen::Error),
+    /// A certificate or key is unusable.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The files a broker serves with.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// Broker certificate chain.
+    pub cert: PathBuf,
+    /// Broker private key.
+    pub key: PathBuf,
+    /// The local CA that signed `cert`, when the broker made it.
+    pub local_ca: Option<PathBuf>,
+    /// True when this start created the local CA.
+    pub created: bool,
+}
+
+/// Resolves the broker's certificate: the configured one, or the local CA's
+/// (created on first start).
+pub fn resolve(config: &Config) -> Result<TlsFiles, TlsError> {
+    match (&config.tls.cert, &config.tls.key) {
+        (Some(cert), Some(key)) => Ok(TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            local_ca: None,
+            created: false,
+        }),
+        (None, None) => ensure_local_ca(&config.data_dir.join("tls")),
+        _ => Err(TlsError::Invalid(
+            "tls.cert and tls.key must be given together".into(),
+        )),
+    }
+}
+
+/// Creates `dir/ca.pem`, `dir/ca.key`, `dir/server.pem` and `dir/server.key`
+/// unless they exist. The server certificate names localhost, 127.0.0.1 and
+/// ::1.
+pub fn ensure_local_ca(dir: &Path) -> Result<TlsFiles, TlsError> {
+    let files = TlsFiles {
+        cert: dir.join("server.pem"),
+        key: dir.join("server.key"),
+        local_ca: Some(dir.join("ca.pem")),
+        created: false,
+    };
+    if files.cert.exists() && files.key.exists() && dir.join("ca.pem").exists() {
+        return Ok(files);
+    }
+    std::fs::create_dir_all(dir).map_err(|source| TlsError::Io {
+        path: dir.to_owned(),
+        source,
+    })?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "edgebus local development CA");
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    ca_params.not_before = rcgen::date_time_ymd(2024, 1, 1);
+    ca_params.not_after = rcgen::date_time_ymd(2036, 1, 1);
+    let ca_key = KeyPair::generate()?;
+    let ca_cert = ca_params.self_signed(&ca_key)?;
+    let issuer = Issuer::new(ca_params, &ca_key);
+
+    let (server_pem, server_key) = issue(
+        &issuer,
+        &["localhost", "127.0.0.1", "::1"],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    )?;
+    write(&dir.join("ca.key"), &ca_key.serialize_pem())?;
+    write(&dir.join("ca.pem"), &ca_cert.pem())?;
+    write(&files.key, &server_key)?;
+    write(&files.cert, &server_pem)?;
+    Ok(TlsFiles {
+        created: true,
+        ..files
+    })
+}
+
+/// Issues a leaf certificate for `names` signed by `issuer`; returns the
+/// certificate and key as PEM. Used for the broker's certificate and, by
+/// tests and operators, for client certificates.
+pub fn issue(
+    issuer: &Issuer<'_, &KeyPair>,
+    names: &[&str],
+    usage: ExtendedKeyUsagePurpose,
+) -> Result<(String, String), TlsError> {
+    let mut params =
+        CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
+    params.distinguished_name.push(
+        DnType::CommonName,
+        names.first().copied().unwrap_or("edgebus"),
+    );
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![usage];
+    params.use_authority_key_identifier_extension = true;
+    params.not_before = rcgen::date_time_ymd(2024, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2036, 1, 1);
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, issuer)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+fn write(path: &Path, contents: &str) -> Result<(), TlsError> {
+    std::fs::write(path, contents).map_err(|source| TlsError::Io {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// The rustls server config: TLS 1.3, ALPN `edgebus/1`, and client
+/// certificates required when `client_ca` is set.
+pub fn server_config(
+    files: &TlsFiles,
+    client_ca: Option<&Path>,
+) -> Result<rustls::ServerConfig, TlsError> {
+    let invalid = |e: &dyn std::fmt::Display| TlsError::Invalid(e.to_string());
+    let certs = load_certs(&files.cert).map_err(|e| invalid(&e))?;
+    let key = load_key(&files.key).map_err(|e| invalid(&e))?;
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| invalid(&e))?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in load_certs(ca).map_err(|e| invalid(&e))? {
+                roots.add(cert).map_err(|e| invalid(&e))?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+                .build()
+                .map_err(|e| invalid(&e))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder
+        .with_single_cert(certs, key)
+        .map_err(|e| invalid(&e))?;
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    Ok(config)
+}

@@ -1,0 +1,163 @@
+//! The single writer: group commit.
+//!
+//! redb allows one write transaction at a time, and each durable commit
+//! costs an fsync. So one thread owns writing: it takes every append that is
+//! waiting, across all connections and partitions, commits them in one
+//! transaction, and only then answers each one. Under load a commit carries
+//! many batches and the fsync is shared; at low load a lone append commits
+//! at once, with no timer to wait for.
+//!
+//! ```text
+//!  conn A ─┐                        ┌─▶ ack A
+//!  conn B ─┼─▶ queue ─▶ writer ─▶ txn + fsync ─┼─▶ ack B
+//!  conn C ─┘                        └─▶ ack C, wake subscribers
+//! ```
+
+use std::sync::Arc;
+
+use edgebus_store::{Append, AppendError, AppendOutcome, LogStore, RetentionReport, StoreError};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::notify::Notifier;
+
+/// Appends queued for the writer before producers wait.
+const QUEUE_DEPTH: usize = 8192;
+
+/// Result of one append, as the writer reports it.
+pub type AppendResult = Result<AppendOutcome, WriteError>;
+
+/// Why an append was not stored.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// The store refused this append; others in the group are unaffected.
+    #[error(transparent)]
+    Append(#[from] AppendError),
+    /// The transaction failed; nothing in it was stored.
+    #[error("{0}")]
+    Store(String),
+    /// The writer has stopped.
+    #[error("writer stopped")]
+    Stopped,
+}
+
+enum Op {
+    Append {
+        append: Append,
+        durable: bool,
+        reply: oneshot::Sender<AppendResult>,
+    },
+    Retention {
+        now_ms: i64,
+        reply: oneshot::Sender<Result<RetentionReport, StoreError>>,
+    },
+}
+
+/// A handle to the writer thread. Cheap to clone.
+#[derive(Clone)]
+pub struct Writer {
+    tx: mpsc::Sender<Op>,
+}
+
+impl Writer {
+    /// Starts the writer thread. It stops when every handle is dropped.
+    pub fn spawn(store: Arc<dyn LogStore>, notifier: Notifier, max_group_bytes: usize) -> Writer {
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        std::thread::Builder::new()
+            .name("edgebus-writer".into())
+            .spawn(move || run(store, notifier, max_group_bytes, rx))
+            .expect("spawning the writer thread");
+        Writer { tx }
+    }
+
+    /// Queues an append; the receiver resolves after the commit that holds it.
+    pub async fn append(&self, append: Append, durable: bool) -> oneshot::Receiver<AppendResult> {
+        let (reply, rx) = oneshot::channel();
+        // If the writer is gone, `reply` is dropped and the receiver reports it.
+        let _ = self
+            .tx
+            .send(Op::Append {
+                append,
+                durable,
+                reply,
+            })
+            .await;
+        rx
+    }
+
+    /// Runs retention inside the writer, so it never races an append.
+    pub async fn enforce_retention(&self, now_ms: i64) -> Result<RetentionReport, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Op::Retention { now_ms, reply })
+            .await
+            .map_err(|_| StoreError::Backend("writer stopped".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Backend("writer stopped".into()))?
+    }
+}
+
+fn run(
+    store: Arc<dyn LogStore>,
+    notifier: Notifier,
+    max_group_bytes: usize,
+    mut rx: mpsc::Receiver<Op>,
+) {
+    let mut appends = Vec::new();
+    let mut replies = Vec::new();
+    while let Some(first) = rx.blocking_recv() {
+        let mut next = Some(first);
+        let mut durable = false;
+        let mut bytes = 0;
+        while let Some(op) = next.take() {
+            match op {
+                Op::Append {
+                    append,
+                    durable: d,
+                    reply,
+                } => {
+                    durable |= d;
+                    bytes += append.batch.len();
+                    appends.push(append);
+                    replies.push(reply);
+                }
+                Op::Retention { now_ms, reply } => {
+                    let _ = reply.send(store.enforce_retention(now_ms));
+                }
+            }
+            if bytes < max_group_bytes {
+                next = rx.try_recv().ok();
+            }
+        }
+        if appends.is_empty() {
+            continue;
+        }
+        commit(&*store, &notifier, &mut appends, &mut replies, durable);
+    }
+}
+
+fn commit(
+    store: &dyn LogStore,
+    notifier: &Notifier,
+    appends: &mut Vec<Append>,
+    replies: &mut Vec<oneshot::Sender<AppendResult>>,
+    durable: bool,
+) {
+    match store.append(appends, durable) {
+        Ok(results) => {
+            for ((append, reply), result) in appends.drain(..).zip(replies.drain(..)).zip(results) {
+                if let Ok(AppendOutcome::Appended { base_offset }) = result {
+                    let end = base_offset + u64::from(append.header.record_count);
+                    notifier.publish(&append.topic, append.partition, end);
+                }
+                let _ = reply.send(result.map_err(WriteError::from));
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, batches = appends.len(), "group commit failed");
+            appends.clear();
+            for reply in replies.drain(..) {
+                let _ = reply.send(Err(WriteError::Store(e.to_string())));
+            }
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! Subscriptions: the broker pushes batches down a stream as they are
+//! appended, and QUIC flow control is the backpressure.
+//!
+//! A [`Subscription`] reads one partition. It holds at most a small buffer
+//! of decoded records; while the application does not call
+//! [`Subscription::next`], the reader stops reading the stream, the
+//! stream's receive window fills, and the broker stops sending. After a lost
+//! connection the subscription resumes from the offset after the last record
+//! it delivered.
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use edgebus_proto::batch::StoredRecord;
+use edgebus_proto::frame::{Position, Request, Response};
+use tokio::sync::{mpsc, watch};
+
+use crate::client::{Client, decode_records, decode_response, unexpected};
+use crate::error::ClientError;
+use crate::wire;
+
+/// Subscription settings.
+#[derive(Debug, Clone)]
+pub struct SubscribeConfig {
+    /// Upper bound on bytes per pushed frame.
+    pub max_bytes: u32,
+    /// Decoded records buffered ahead of the application.
+    pub buffer_records: usize,
+    /// Reconnect after a lost connection instead of ending with an error.
+    pub reconnect: bool,
+}
+
+impl Default for SubscribeConfig {
+    fn default() -> Self {
+        SubscribeConfig {
+            max_bytes: 1 << 20,
+            buffer_records: 4096,
+            reconnect: true,
+        }
+    }
+}
+
+/// A live feed of one partition's records.
+#[derive(Debug)]
+pub struct Subscription {
+    records: mpsc::Receiver<Result<StoredRecord, ClientError>>,
+    log_end: watch::Receiver<u64>,
+}
+
+impl Subscription {
+    /// Subscribes to `topic`/`partition` from `from`.
+    pub async fn start(
+        client: Client,
+        topic: &str,
+        partition: u32,
+        from: Position,
+        config: SubscribeConfig,
+    ) -> Result<Subscription, ClientError> {
+        let (tx, records) = mpsc::channel(config.buffer_records.max(1));
+        let (end_tx, log_end) = watch::channel(0);
+        let mut reader = Reader {
+            client,
+            topic: topic.to_owned(),
+            partition,
+            config,
+            records: tx,
+            log_end: end_tx,
+        };
+        let stream = reader.open(from).await?;
+        tokio::spawn(reader.run(stream));
+        Ok(Subscription { records, log_end })
+    }
+
+    /// The next record, waiting for one to be appended if needed. `None`
+    /// once the subscription has ended; an error ends it.
+    pub async fn next(&mut self) -> Option<Result<StoredRecord, ClientError>> {
+        self.records.recv().await
+    }
+
+    /// The partition's log end as of the last frame the broker pushed.
+    pub fn log_end(&self) -> u64 {
+        *self.log_end.borrow()
+    }
+}
+
+struct Reader {
+    client: Client,
+    topic: String,
+    partition: u32,
+    config: SubscribeConfig,
+    records: mpsc::Sender<Result<StoredRecord, ClientError>>,
+    log_end: watch::Sender<u64>,
+}
+
+type Stream = (quinn::SendStream, quinn::RecvStream, u32);
+
+impl Reader {
+    async fn open(&mut self, from: Position) -> Result<Stream, ClientError> {
+        let (mut send, recv) = self.client.open_stream().await?;
+        let corr = self.client.next_correlation_id();
+        let mut buf = BytesMut::new();
+        Request::Subscribe {
+            topic: self.topic.clone(),
+            partition: self.partition,
+            from,
+            max_bytes: self.config.max_bytes,
+        }
+        .encode(corr, &mut buf);
+        wire::write_frames(&mut send, &buf).await?;
+        Ok((send, recv, corr))
+    }
+
+    async fn run(mut self, mut stream: Stream) {
+        let mut next_offset: Option<u64> = None;
+        let mut attempt = 0u32;
+        loop {
+            let error = self.pump(&mut stream, &mut next_offset).await;
+            if self.records.is_closed() {
+                return;
+            }
+            let retriable = error.is_retriable();
+            if !(self.config.reconnect && retriable) {
+                let _ = self.records.send(Err(error)).await;
+                return;
+            }
+            tracing::debug!(error = %error, "subscription lost, resubscribing");
+            loop {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(50u64 << attempt.min(5))).await;
+                let from = next_offset.map_or(Position::Earliest, Position::Offset);
+                match self.open(from).await {
+                    Ok(s) => {
+                        stream = s;
+                        break;
+                    }
+                    Err(e) if e.is_retriable() && !self.records.is_closed() => continue,
+                    Err(e) => {
+                        let _ = self.records.send(Err(e)).await;
+                        return;
+                    }
+                }
+            }
+            attempt = 0;
+        }
+    }
+
+    /// Forwards pushed records until the stream fails; returns why.
+    async fn pump(&mut self, stream: &mut Stream, next_offset: &mut Option<u64>) -> ClientError {
+        let max = self.client.max_frame_bytes();
+        loop {
+            let body = match wire::read_frame(&mut stream.1, max).await {
+                Ok(Some(body)) => body,
+                Ok(None) => return ClientError::Closed,
+                Err(e) => return e.into(),
+            };
+            let batches = match decode_response(body, stream.2) {
+                Ok(Response::Fetched {
+                    log_end, batches, ..
+                }) => {
+                    self.log_end.send_replace(log_end);
+                    batches
+                }
+                Ok(other) => return unexpected(&other),
+                Err(e) => return e,
+            };
+            let records = match decode_records(&batches, next_offset.unwrap_or(0)) {
+                Ok(r) => r,
+                Err(e) => return e,
+            };
+            for record in records {
+                *next_offset = Some(record.offset + 1);
+                if self.records.send(Ok(record)).await.is_err() {
+                    return ClientError::Closed;
+                }
+            }
+        }
+    }
+}

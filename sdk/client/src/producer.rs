@@ -1,0 +1,597 @@
+//! The producer: batching, partitioning, pipelined acks, retries and
+//! idempotence.
+//!
+//! ```text
+//!  send() ──▶ accumulator task ──sealed batch──▶ lane (topic, partition) ──▶ QUIC stream
+//!               (linger, size)                    ▲ window of in-flight     │
+//!                                                 └──── ordered acks ◀──────┘
+//! ```
+//!
+//! Each partition gets one lane: a long-lived stream on which batches are
+//! pipelined up to `window` deep and acknowledged in order. When a stream
+//! or connection fails, the lane reconnects and resends every unacknowledged
+//! batch with its original sequence number; the broker's dedup state turns a
+//! resend of a batch it already stored into a `Duplicate` ack, so a retry
+//! after a lost ack never duplicates a record.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use edgebus_proto::ErrorCode;
+use edgebus_proto::batch::{BatchBuilder, ProducerStamp, Record};
+use edgebus_proto::frame::{Acks, Request, Response};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::client::{Client, decode_response, unexpected};
+use crate::error::ClientError;
+use crate::wire;
+
+/// Producer settings.
+#[derive(Debug, Clone)]
+pub struct ProducerConfig {
+    /// Acknowledgement level; `Durable` (fsync before ack) by default.
+    pub acks: Acks,
+    /// How long a batch waits for more records before it is sent.
+    pub linger: Duration,
+    /// A batch is sent once it reaches this many encoded bytes.
+    pub batch_max_bytes: usize,
+    /// Batches in flight per partition.
+    pub window: usize,
+    /// Stamp batches with a producer id and sequence so retries never
+    /// duplicate. Requires acks other than `None`.
+    pub idempotent: bool,
+    /// Give up on a batch that could not be delivered within this time.
+    pub delivery_timeout: Duration,
+}
+
+impl Default for ProducerConfig {
+    fn default() -> Self {
+        ProducerConfig {
+            acks: Acks::Durable,
+            linger: Duration::from_millis(5),
+            batch_max_bytes: 256 * 1024,
+            window: 8,
+            idempotent: true,
+            delivery_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Where an acknowledged record was stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordMetadata {
+    /// Partition the record went to.
+    pub partition: u32,
+    /// Its offset; `None` with `acks=none`, where the broker does not answer.
+    pub offset: Option<u64>,
+}
+
+type Ack = oneshot::Sender<Result<RecordMetadata, ClientError>>;
+
+/// Resolves when the broker acknowledges one record.
+#[derive(Debug)]
+pub struct DeliveryFuture(oneshot::Receiver<Result<RecordMetadata, ClientError>>);
+
+impl Future for DeliveryFuture {
+    type Output = Result<RecordMetadata, ClientError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|r| r.unwrap_or(Err(ClientError::Closed)))
+    }
+}
+
+enum Command {
+    Send {
+        topic: String,
+        partition: Option<u32>,
+        record: Record,
+        ack: Ack,
+    },
+    Flush(oneshot::Sender<()>),
+}
+
+/// Sends records to a broker. Cheap to clone; clones share batches.
+#[derive(Debug, Clone)]
+pub struct Producer {
+    tx: mpsc::Sender<Command>,
+}
+
+impl Producer {
+    /// Starts a producer. With `idempotent`, asks the broker for a producer id.
+    pub async fn new(client: Client, config: ProducerConfig) -> Result<Producer, ClientError> {
+        let stamp = if config.idempotent && config.acks != Acks::None {
+            match client.request(&Request::InitProducer).await? {
+                Response::ProducerInit {
+                    producer_id,
+                    producer_epoch,
+                } => Some((producer_id, producer_epoch)),
+                other => return Err(unexpected(&other)),
+            }
+        } else {
+            None
+        };
+        let (tx, rx) = mpsc::channel(4096);
+        let acc = Accumulator {
+            client,
+            config,
+            producer: stamp,
+            partitions: HashMap::new(),
+            sticky: HashMap::new(),
+            open: HashMap::new(),
+            lanes: HashMap::new(),
+        };
+        tokio::spawn(acc.run(rx));
+        Ok(Producer { tx })
+    }
+
+    /// Queues a record for `topic`; the partition comes from the key's hash,
+    /// or sticks to one partition per batch for keyless records. Waits only
+    /// when the producer's buffer is full. The returned future resolves when
+    /// the record is acknowledged.
+    pub async fn send(&self, topic: &str, record: Record) -> Result<DeliveryFuture, ClientError> {
+        self.enqueue(topic, None, record).await
+    }
+
+    /// Like [`Producer::send`], to an explicit partition.
+    pub async fn send_to(
+        &self,
+        topic: &str,
+        partition: u32,
+        record: Record,
+    ) -> Result<DeliveryFuture, ClientError> {
+        self.enqueue(topic, Some(partition), record).await
+    }
+
+    async fn enqueue(
+        &self,
+        topic: &str,
+        partition: Option<u32>,
+        record: Record,
+    ) -> Result<DeliveryFuture, ClientError> {
+        let (ack, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Send {
+                topic: topic.to_owned(),
+                partition,
+                record,
+                ack,
+            })
+            .await
+            .map_err(|_| ClientError::Closed)?;
+        Ok(DeliveryFuture(rx))
+    }
+
+    /// Sends every open batch now, without waiting for linger. Await the
+    /// delivery futures to know they were acknowledged.
+    pub async fn flush(&self) -> Result<(), ClientError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Flush(tx))
+            .await
+            .map_err(|_| ClientError::Closed)?;
+        rx.await.map_err(|_| ClientError::Closed)
+    }
+}
+
+/// The stable partition for a key: CRC32C of the key modulo partitions.
+pub fn partition_for_key(key: &[u8], partitions: u32) -> u32 {
+    crc32c::crc32c(key) % partitions.max(1)
+}
+
+struct OpenBatch {
+    builder: BatchBuilder,
+    acks: Vec<Ack>,
+    deadline: Instant,
+}
+
+struct Sealed {
+    batch: Bytes,
+    acks: Vec<Ack>,
+    created: Instant,
+}
+
+type Key = (String, u32);
+
+struct Accumulator {
+    client: Client,
+    config: ProducerConfig,
+    producer: Option<(i64, i16)>,
+    partitions: HashMap<String, TopicLimits>,
+    sticky: HashMap<String, u32>,
+    open: HashMap<Key, OpenBatch>,
+    lanes: HashMap<Key, Lane>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct TopicLimits {
+    partitions: u32,
+    max_message_bytes: usize,
+}
+
+struct Lane {
+    tx: mpsc::Sender<Sealed>,
+    next_sequence: i32,
+}
+
+impl Accumulator {
+    async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        loop {
+            let deadline = self.open.values().map(|b| b.deadline).min();
+            tokio::select! {
+                cmd = rx.recv() => match cmd {
+                    Some(Command::Send { topic, partition, record, ack }) => {
+                        self.add(topic, partition, record, ack).await;
+                    }
+                    Some(Command::Flush(done)) => {
+                        let keys: Vec<Key> = self.open.keys().cloned().collect();
+                        for key in keys {
+                            self.seal(&key).await;
+                        }
+                        let _ = done.send(());
+                    }
+                    None => break,
+                },
+                () = sleep_until(deadline) => {
+                    let now = Instant::now();
+                    let due: Vec<Key> = self
+                        .open
+                        .iter()
+                        .filter(|(_, b)| b.deadline <= now)
+                        .map(|(k, _)| k.clone())
+                        .collect();
+                    for key in due {
+                        self.seal(&key).await;
+                    }
+                }
+            }
+        }
+        let keys: Vec<Key> = self.open.keys().cloned().collect();
+        for key in keys {
+            self.seal(&key).await;
+        }
+    }
+
+    /// The topic's partition count and record size limit, cached.
+    async fn topic_limits(&mut self, topic: &str) -> Result<TopicLimits, ClientError> {
+        if let Some(limits) = self.partitions.get(topic) {
+            return Ok(*limits);
+        }
+        let (spec, _) = self.client.describe_topic(topic).await?;
+        let limits = TopicLimits {
+            partitions: spec.partitions,
+            max_message_bytes: spec.max_message_bytes as usize,
+        };
+        self.partitions.insert(topic.to_owned(), limits);
+        Ok(limits)
+    }
+
+    async fn add(&mut self, topic: String, partition: Option<u32>, record: Record, ack: Ack) {
+        let limits = match self.topic_limits(&topic).await {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = ack.send(Err(e));
+                return;
+            }
+        };
+        // Checked here, with the widest possible varints, so the broker never
+        // refuses a batch for size: a refused batch would leave a gap in the
+        // idempotent sequence and fail every batch behind it.
+        let size = BatchBuilder::record_size(&record, i64::MIN, u32::MAX);
+        if size > limits.max_message_bytes {
+            let _ = ack.send(Err(ClientError::broker(
+                ErrorCode::RecordTooLarge as u16,
+                format!(
+                    "record of {size} bytes exceeds max.message.bytes {} of topic {topic:?}",
+                    limits.max_message_bytes
+                ),
+            )));
+            return;
+        }
+        let count = limits.partitions;
+        let partition = match (partition, &record.key) {
+            (Some(p), _) => p,
+            (None, Some(key)) => partition_for_key(key, count),
+            (None, None) => *self
+                .sticky
+                .entry(topic.clone())
+                .or_insert_with(|| rand_partition(count)),
+        };
+        if partition >= count {
+            let _ = ack.send(Err(ClientError::Config(format!(
+                "topic {topic:?} has {count} partitions, not {}",
+                partition + 1
+            ))));
+            return;
+        }
+        let key = (topic, partition);
+        let delta = self
+            .open
+            .get(&key)
+            .map(|b| {
+                BatchBuilder::record_size(&record, 0, b.builder.len()) + b.builder.size_bytes()
+            })
+            .unwrap_or(0);
+        if delta > self.config.batch_max_bytes {
+            self.seal(&key).await;
+        }
+        let linger = self.config.linger;
+        let cap = self.config.batch_max_bytes;
+        let open = self.open.entry(key.clone()).or_insert_with(|| OpenBatch {
+            builder: BatchBuilder::with_capacity(cap),
+            acks: Vec::new(),
+            deadline: Instant::now() + linger,
+        });
+        open.builder.push(&record);
+        open.acks.push(ack);
+        if open.builder.size_bytes() >= self.config.batch_max_bytes {
+            self.seal(&key).await;
+        }
+    }
+
+    async fn seal(&mut self, key: &Key) {
+        let Some(open) = self.open.remove(key) else {
+            return;
+        };
+        let count = open.builder.len();
+        if self.sticky.get(&key.0) == Some(&key.1) {
+            let partitions = self.partitions.get(&key.0).map_or(1, |l| l.partitions);
+            self.sticky
+                .insert(key.0.clone(), (key.1 + 1) % partitions.max(1));
+        }
+        let lane = self.lanes.entry(key.clone()).or_insert_with(|| Lane {
+            tx: LaneTask::spawn(self.client.clone(), key.clone(), self.config.clone()),
+            next_sequence: 0,
+        });
+        let stamp = match self.producer {
+            Some((producer_id, producer_epoch)) => ProducerStamp {
+                producer_id,
+                producer_epoch,
+                base_sequence: lane.next_sequence,
+            },
+            None => ProducerStamp::NONE,
+        };
+        lane.next_sequence = lane.next_sequence.wrapping_add(count as i32) & i32::MAX;
+        let sealed = Sealed {
+            batch: open.builder.finish(stamp),
+            acks: open.acks,
+            created: Instant::now(),
+        };
+        if let Err(mpsc::error::SendError(sealed)) = lane.tx.send(sealed).await {
+            fail_all(sealed.acks, || ClientError::Closed);
+        }
+    }
+}
+
+fn rand_partition(count: u32) -> u32 {
+    // The sticky partitioner only needs producers to start at different
+    // partitions; the clock's sub-second nanos are enough for that.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    nanos % count.max(1)
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn fail_all(acks: Vec<Ack>, err: impl Fn() -> ClientError) {
+    for ack in acks {
+        let _ = ack.send(Err(err()));
+    }
+}
+
+/// One partition's pipeline of batches on one stream.
+struct LaneTask {
+    client: Client,
+    topic: String,
+    partition: u32,
+    config: ProducerConfig,
+    in_flight: VecDeque<(u32, Sealed)>,
+}
+
+/// A stream's write half, and a channel fed by a task that reads its
+/// responses (so reading never has to be cancelled mid-frame).
+struct LaneStream {
+    send: quinn::SendStream,
+    responses: mpsc::Receiver<Result<bytes::Bytes, ClientError>>,
+}
+
+impl LaneTask {
+    fn spawn(client: Client, key: Key, config: ProducerConfig) -> mpsc::Sender<Sealed> {
+        let (tx, rx) = mpsc::channel(config.window.max(1));
+        let task = LaneTask {
+            client,
+            topic: key.0,
+            partition: key.1,
+            config,
+            in_flight: VecDeque::new(),
+        };
+        tokio::spawn(task.run(rx));
+        tx
+    }
+
+    async fn run(mut self, mut rx: mpsc::Receiver<Sealed>) {
+        let mut stream: Option<LaneStream> = None;
+        let mut attempt = 0u32;
+        let mut input_open = true;
+        loop {
+            if !input_open && self.in_flight.is_empty() {
+                return;
+            }
+            if stream.is_none() {
+                match self.reconnect().await {
+                    Ok(s) => {
+                        stream = Some(s);
+                        attempt = 0;
+                    }
+                    Err(e) => {
+                        attempt += 1;
+                        self.expire(&e);
+                        if !input_open && self.in_flight.is_empty() {
+                            return;
+                        }
+                        tokio::time::sleep(backoff(attempt)).await;
+                        continue;
+                    }
+                }
+            }
+            let Some(s) = stream.as_mut() else { continue };
+            let room = self.in_flight.len() < self.config.window.max(1);
+            tokio::select! {
+                sealed = rx.recv(), if input_open && room => match sealed {
+                    Some(sealed) => {
+                        if let Err(e) = self.write(s, sealed).await {
+                            tracing::debug!(error = %e, "producer stream failed, resending");
+                            stream = None;
+                        }
+                    }
+                    None => input_open = false,
+                },
+                response = s.responses.recv(), if !self.in_flight.is_empty() => {
+                    let outcome = match response {
+                        Some(Ok(body)) => self.complete(body),
+                        Some(Err(e)) => Err(e),
+                        None => Err(ClientError::Closed),
+                    };
+                    if let Err(e) = outcome {
+                        tracing::debug!(error = %e, "producer stream failed, resending");
+                        attempt += 1;
+                        self.expire(&e);
+                        stream = None;
+                        tokio::time::sleep(backoff(attempt)).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Opens a stream and resends everything in flight, in order.
+    async fn reconnect(&mut self) -> Result<LaneStream, ClientError> {
+        let (send, mut recv) = self.client.open_stream().await?;
+        let (tx, responses) = mpsc::channel(self.config.window.max(1) + 1);
+        let max = self.client.max_frame_bytes();
+        tokio::spawn(async move {
+            loop {
+                let item = match wire::read_frame(&mut recv, max).await {
+                    Ok(Some(body)) => Ok(body),
+                    Ok(None) => Err(ClientError::Closed),
+                    Err(e) => Err(e.into()),
+                };
+                let stop = item.is_err();
+                if tx.send(item).await.is_err() || stop {
+                    return;
+                }
+            }
+        });
+        let mut stream = LaneStream { send, responses };
+        let mut buf = BytesMut::new();
+        let resend: Vec<(u32, Bytes)> = self
+            .in_flight
+            .iter_mut()
+            .map(|(corr, sealed)| {
+                *corr = self.client.next_correlation_id();
+                (*corr, sealed.batch.clone())
+            })
+            .collect();
+        for (corr, batch) in resend {
+            self.produce_request(batch).encode(corr, &mut buf);
+        }
+        if !buf.is_empty() {
+            wire::write_frames(&mut stream.send, &buf).await?;
+        }
+        Ok(stream)
+    }
+
+    fn produce_request(&self, batch: Bytes) -> Request {
+        Request::Produce {
+            topic: self.topic.clone(),
+            partition: self.partition,
+            acks: self.config.acks,
+            batch,
+        }
+    }
+
+    async fn write(&mut self, s: &mut LaneStream, sealed: Sealed) -> Result<(), ClientError> {
+        let corr = self.client.next_correlation_id();
+        let mut buf = BytesMut::with_capacity(sealed.batch.len() + 64);
+        self.produce_request(sealed.batch.clone())
+            .encode(corr, &mut buf);
+        if self.config.acks == Acks::None {
+            let result = wire::write_frames(&mut s.send, &buf).await;
+            let partition = self.partition;
+            for ack in sealed.acks {
+                let _ = ack.send(match &result {
+                    Ok(()) => Ok(RecordMetadata {
+                        partition,
+                        offset: None,
+                    }),
+                    Err(e) => Err(ClientError::Protocol(e.to_string())),
+                });
+            }
+            return Ok(());
+        }
+        self.in_flight.push_back((corr, sealed));
+        wire::write_frames(&mut s.send, &buf).await?;
+        Ok(())
+    }
+
+    /// Handles the response to the oldest in-flight batch. `Err` means the
+    /// stream must be replaced and the remaining batches resent.
+    fn complete(&mut self, body: bytes::Bytes) -> Result<(), ClientError> {
+        let Some((corr, _)) = self.in_flight.front() else {
+            return Err(ClientError::Protocol(
+                "response with nothing in flight".into(),
+            ));
+        };
+        match decode_response(body, *corr) {
+            Ok(Response::Produced { base_offset, .. }) => {
+                let (_, sealed) = self.in_flight.pop_front().expect("front exists");
+                for (i, ack) in sealed.acks.into_iter().enumerate() {
+                    let _ = ack.send(Ok(RecordMetadata {
+                        partition: self.partition,
+                        offset: Some(base_offset + i as u64),
+                    }));
+                }
+                Ok(())
+            }
+            Ok(other) => Err(unexpected(&other)),
+            Err(e) if e.is_retriable() => Err(e),
+            Err(e) => {
+                let (_, sealed) = self.in_flight.pop_front().expect("front exists");
+                let message = e.to_string();
+                let code = e.code().map(|c| c as u16).unwrap_or(0);
+                fail_all(sealed.acks, || ClientError::broker(code, message.clone()));
+                Ok(())
+            }
+        }
+    }
+
+    /// Fails batches that have waited longer than the delivery timeout.
+    fn expire(&mut self, cause: &ClientError) {
+        let timeout = self.config.delivery_timeout;
+        while let Some((_, sealed)) = self.in_flight.front() {
+            if sealed.created.elapsed() < timeout {
+                break;
+            }
+            let (_, sealed) = self.in_flight.pop_front().expect("front exists");
+            let detail = format!("delivery timeout after {timeout:?}: {cause}");
+            fail_all(sealed.acks, || ClientError::Timeout(detail.clone()));
+        }
+    }
+}
+
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(50u64 << attempt.min(5))
+}
