@@ -105,10 +105,7 @@ impl RunningBroker {
 
 /// Opens `data_dir/edgebus.redb` and starts a broker on it.
 pub async fn start(config: Config) -> Result<RunningBroker, StartError> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
-        path: config.data_dir.clone(),
-        source,
-    })?;
+    ensure_data_dir(&config)?;
     let path = config.data_dir.join("edgebus.redb");
     let store = tokio::task::spawn_blocking(move || RedbStore::open(&path))
         .await
@@ -121,6 +118,7 @@ pub async fn start_with_store(
     config: Config,
     store: Arc<dyn LogStore>,
 ) -> Result<RunningBroker, StartError> {
+    ensure_data_dir(&config)?;
     let files = tls::resolve(&config)?;
     let tls = tls::server_config(&files, config.tls.client_ca.as_deref())?;
     let endpoint_err = |detail: String| StartError::Endpoint {
@@ -128,8 +126,18 @@ pub async fn start_with_store(
         detail,
     };
     let quic = server::quic_config(tls, &config.limits).map_err(endpoint_err)?;
-    let endpoint =
-        quinn::Endpoint::server(quic, config.listen).map_err(|e| endpoint_err(e.to_string()))?;
+    let reset_key = tls::stateless_reset_key(&config.data_dir)?;
+    let socket =
+        std::net::UdpSocket::bind(config.listen).map_err(|e| endpoint_err(e.to_string()))?;
+    let runtime =
+        quinn::default_runtime().ok_or_else(|| endpoint_err("no tokio runtime".into()))?;
+    let endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::new(reset_key),
+        Some(quic),
+        socket,
+        runtime,
+    )
+    .map_err(|e| endpoint_err(e.to_string()))?;
     let addr = endpoint
         .local_addr()
         .map_err(|e| endpoint_err(e.to_string()))?;
@@ -150,5 +158,12 @@ pub async fn start_with_store(
         shutdown: Some(shutdown),
         task,
         retention,
+    })
+}
+
+fn ensure_data_dir(config: &Config) -> Result<(), StartError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
+        path: config.data_dir.clone(),
+        source,
     })
 }

@@ -142,6 +142,41 @@ fn write(path: &Path, contents: &str) -> Result<(), TlsError> {
     })
 }
 
+/// The key that signs QUIC stateless resets, kept in `data_dir` so that it
+/// survives a restart. A broker restarted after a crash then answers packets
+/// of connections it no longer knows with a reset the client accepts, and
+/// clients reconnect at once instead of waiting out their idle timeout.
+pub fn stateless_reset_key(data_dir: &Path) -> Result<Arc<ring::hmac::Key>, TlsError> {
+    let path = data_dir.join("stateless-reset.key");
+    let io = |source| TlsError::Io {
+        path: path.clone(),
+        source,
+    };
+    let secret = match std::fs::read(&path) {
+        Ok(bytes) if bytes.len() == 32 => bytes,
+        Ok(_) => {
+            return Err(TlsError::Invalid(format!(
+                "{} is not 32 bytes",
+                path.display()
+            )));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut bytes = vec![0u8; 32];
+            provider()
+                .secure_random
+                .fill(&mut bytes)
+                .map_err(|_| TlsError::Invalid("no secure random source".into()))?;
+            std::fs::write(&path, &bytes).map_err(io)?;
+            bytes
+        }
+        Err(e) => return Err(io(e)),
+    };
+    Ok(Arc::new(ring::hmac::Key::new(
+        ring::hmac::HMAC_SHA256,
+        &secret,
+    )))
+}
+
 /// The rustls server config: TLS 1.3, ALPN `edgebus/1`, and client
 /// certificates required when `client_ca` is set.
 pub fn server_config(

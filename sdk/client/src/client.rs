@@ -92,7 +92,12 @@ impl Client {
             .map_err(|e| ClientError::Config(format!("QUIC TLS config: {e}")))?;
         let mut quic = quinn::ClientConfig::new(Arc::new(quic));
         let mut transport = quinn::TransportConfig::default();
-        transport.keep_alive_interval(Some(Duration::from_secs(5)));
+        transport.keep_alive_interval(Some(Duration::from_secs(2)));
+        transport.max_idle_timeout(Some(
+            Duration::from_secs(10)
+                .try_into()
+                .expect("10 s is a valid idle timeout"),
+        ));
         transport.stream_receive_window((8u32 << 20).into());
         transport.receive_window((32u32 << 20).into());
         transport.send_window(32 << 20);
