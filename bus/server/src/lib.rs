@@ -84,6 +84,7 @@ pub struct RunningBroker {
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
     retention: JoinHandle<()>,
+    store: Arc<dyn LogStore>,
 }
 
 impl RunningBroker {
@@ -93,7 +94,22 @@ impl RunningBroker {
             let _ = tx.send(());
         }
         self.retention.abort();
+        let _ = (&mut self.retention).await;
         let _ = (&mut self.task).await;
+        // Stream tasks and the writer thread let go of the store shortly
+        // after the endpoint is idle. Waiting until this handle holds the
+        // last reference, then dropping it here, closes the database before
+        // `shutdown` returns, so the same data dir can be opened again.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while Arc::strong_count(&self.store) > 1 {
+            if tokio::time::Instant::now() > deadline {
+                tracing::warn!("store still in use 10 s after shutdown");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let store = self.store;
+        let _ = tokio::task::spawn_blocking(move || drop(store)).await;
     }
 
     /// Waits until the broker stops by itself (it does not, unless the
@@ -141,7 +157,7 @@ pub async fn start_with_store(
     let addr = endpoint
         .local_addr()
         .map_err(|e| endpoint_err(e.to_string()))?;
-    let broker = Broker::new(store, config.limits.clone())?;
+    let broker = Broker::new(store.clone(), config.limits.clone())?;
     let retention = tokio::spawn(retention::run(
         broker.writer().clone(),
         Duration::from_millis(config.retention_check_interval_ms.max(1)),
@@ -158,6 +174,7 @@ pub async fn start_with_store(
         shutdown: Some(shutdown),
         task,
         retention,
+        store,
     })
 }
 
