@@ -117,13 +117,15 @@ async fn subscription_receives_records_appended_after_it_started() {
     let producer = Producer::new(client.clone(), ProducerConfig::default())
         .await
         .unwrap();
+    let mut acks = Vec::new();
     for i in 0..20 {
-        let _ = producer
-            .send("live", Record::new(format!("m{i}"), now_ms()))
-            .await
-            .unwrap();
+        let record = Record::new(format!("m{i}"), now_ms());
+        acks.push(producer.send("live", record).await.unwrap());
     }
     producer.flush().await.unwrap();
+    for ack in acks {
+        ack.await.unwrap();
+    }
     for i in 0..20u64 {
         let r = tokio::time::timeout(Duration::from_secs(10), sub.next())
             .await

@@ -6,8 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-/// The port a broker listens on by default.
-pub const DEFAULT_PORT: u16 = 7171;
+pub use edgebus_client::local::{DEFAULT_PORT, default_data_dir, local_ca_path};
 
 /// Everything `edgebus serve` can be told.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -127,27 +126,6 @@ impl Config {
     pub fn local_ca_path(&self) -> PathBuf {
         local_ca_path(&self.data_dir)
     }
-}
-
-/// The local CA certificate of a broker using `data_dir`.
-pub fn local_ca_path(data_dir: &Path) -> PathBuf {
-    data_dir.join("tls").join("ca.pem")
-}
-
-/// `$EDGEBUS_DATA`, else `$XDG_DATA_HOME/edgebus`, else
-/// `~/.local/share/edgebus`, else `./edgebus-data`. The CLI looks for the
-/// local CA here, so `serve` and the other commands agree without flags.
-pub fn default_data_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("EDGEBUS_DATA") {
-        return PathBuf::from(dir);
-    }
-    if let Some(dir) = std::env::var_os("XDG_DATA_HOME") {
-        return PathBuf::from(dir).join("edgebus");
-    }
-    if let Some(home) = std::env::var_os("HOME") {
-        return PathBuf::from(home).join(".local/share/edgebus");
-    }
-    PathBuf::from("edgebus-data")
 }
 
 #[cfg(test)]

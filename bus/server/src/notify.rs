@@ -5,11 +5,13 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
+type Watches = HashMap<(String, u32), watch::Sender<u64>>;
+
 /// Per-partition log-end watches. The writer publishes after each commit;
 /// subscriptions wait on them instead of polling the store.
 #[derive(Clone, Default)]
 pub struct Notifier {
-    watches: Arc<Mutex<HashMap<(String, u32), watch::Sender<u64>>>>,
+    watches: Arc<Mutex<Watches>>,
 }
 
 impl Notifier {

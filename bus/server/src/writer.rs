@@ -142,7 +142,15 @@ fn commit(
     replies: &mut Vec<oneshot::Sender<AppendResult>>,
     durable: bool,
 ) {
-    match store.append(appends, durable) {
+    let started = std::time::Instant::now();
+    let outcome = store.append(appends, durable);
+    tracing::trace!(
+        batches = appends.len(),
+        durable,
+        elapsed_us = started.elapsed().as_micros() as u64,
+        "group commit"
+    );
+    match outcome {
         Ok(results) => {
             for ((append, reply), result) in appends.drain(..).zip(replies.drain(..)).zip(results) {
                 if let Ok(AppendOutcome::Appended { base_offset }) = result {

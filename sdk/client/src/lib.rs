@@ -21,6 +21,7 @@
 //! - [`producer`]: [`Producer`]: linger, batch size, key-hash partitioner,
 //!   pipelined acks, retries and idempotence.
 //! - [`consumer`]: [`Subscription`], a pushed feed of one partition.
+//! - [`local`]: where a broker on this machine keeps its data and CA.
 //! - [`tls`]: CA and client identity loading.
 //! - [`wire`]: length-prefixed frames on QUIC streams, shared with the broker.
 #![warn(missing_docs)]
@@ -28,6 +29,7 @@
 pub mod client;
 pub mod consumer;
 pub mod error;
+pub mod local;
 pub mod producer;
 pub mod tls;
 pub mod wire;

@@ -31,6 +31,11 @@ use crate::client::{Client, decode_response, unexpected};
 use crate::error::ClientError;
 use crate::wire;
 
+/// Default batch size: a little under 256 KiB, because redb stores a value
+/// in a power-of-two run of pages and a batch just over 256 KiB would take
+/// 512 KiB of file.
+pub const DEFAULT_BATCH_MAX_BYTES: usize = 250_000;
+
 /// Producer settings.
 #[derive(Debug, Clone)]
 pub struct ProducerConfig {
@@ -54,7 +59,7 @@ impl Default for ProducerConfig {
         ProducerConfig {
             acks: Acks::Durable,
             linger: Duration::from_millis(5),
-            batch_max_bytes: 256 * 1024,
+            batch_max_bytes: DEFAULT_BATCH_MAX_BYTES,
             window: 8,
             idempotent: true,
             delivery_timeout: Duration::from_secs(120),
@@ -330,7 +335,9 @@ impl Accumulator {
         });
         open.builder.push(&record);
         open.acks.push(ack);
-        if open.builder.size_bytes() >= self.config.batch_max_bytes {
+        // With no linger, seal now rather than arm a timer: tokio's timer
+        // has millisecond granularity and would add up to 1 ms per batch.
+        if linger.is_zero() || open.builder.size_bytes() >= self.config.batch_max_bytes {
             self.seal(&key).await;
         }
     }

@@ -63,7 +63,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 16)]
     window: usize,
     /// Producer batch size in bytes.
-    #[arg(long, default_value_t = 256 * 1024)]
+    #[arg(long, default_value_t = edgebus_client::producer::DEFAULT_BATCH_MAX_BYTES)]
     batch_bytes: usize,
     /// Producer linger in milliseconds.
     #[arg(long, default_value_t = 2)]
@@ -265,7 +265,7 @@ async fn collect_acks(
                 result?;
                 let _ = histogram.record(sent.elapsed().as_micros() as u64);
                 done += 1;
-                if done % 1024 == 0 {
+                if done.is_multiple_of(1024) {
                     bar.set_position(done);
                 }
             }

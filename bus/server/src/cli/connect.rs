@@ -7,8 +7,8 @@ use clap::Args;
 use edgebus_client::tls::Identity;
 use edgebus_client::{Client, ClientConfig};
 
-use super::{Failure, default_data_dir};
-use crate::config::{DEFAULT_PORT, local_ca_path};
+use super::Failure;
+use crate::config::{DEFAULT_PORT, default_data_dir, local_ca_path};
 
 /// Connection flags shared by every client command.
 #[derive(Debug, Clone, Args)]

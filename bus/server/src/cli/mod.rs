@@ -11,7 +11,6 @@
 //! | 4 | the broker refused the request (unknown topic, topic exists, …) |
 //! | 5 | `produce`: some records were not acknowledged |
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -133,8 +132,4 @@ impl From<AcksArg> for edgebus_client::Acks {
             AcksArg::Durable => edgebus_client::Acks::Durable,
         }
     }
-}
-
-fn default_data_dir() -> PathBuf {
-    crate::config::default_data_dir()
 }

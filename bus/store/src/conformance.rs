@@ -1,0 +1,1054 @@
+//! The suite every [`LogStore`] must pass.
+//!
+//! A store plugs in through a [`Harness`] that can make a fresh store,
+//! "restart" one, and arm a fault that makes writes fail after N more
+//! operations. [`run_all`] runs every check; each check is also a `pub fn`
+//! so a failing one can be run alone. Checks panic with a message naming
+//! what broke, like any test.
+//!
+//! ```
+//! use edgebus_store::MemStore;
+//! use edgebus_store::conformance::{self, Harness};
+//!
+//! struct Mem;
+//!
+//! impl Harness for Mem {
+//!     type Store = MemStore;
+//!     fn fresh(&mut self) -> MemStore {
+//!         MemStore::new()
+//!     }
+//!     fn reopen(&mut self, store: MemStore) -> MemStore {
+//!         store.reopen()
+//!     }
+//!     fn fail_after_writes(&mut self, store: &MemStore, n: u64) {
+//!         store.fail_after_writes(n)
+//!     }
+//! }
+//!
+//! conformance::run_all(&mut Mem);
+//! ```
+
+use bytes::{Bytes, BytesMut};
+use edgebus_proto::batch::{self, BatchBuilder, ProducerStamp, Record};
+
+use crate::topic::{DEFAULT_MAX_MESSAGE_BYTES, UNLIMITED};
+use crate::{
+    Append, AppendError, AppendOutcome, LogStore, PartitionOffsets, ReadError, TopicError,
+    TopicSpec,
+};
+
+/// How a store under test is made, restarted and broken.
+pub trait Harness {
+    /// The store under test.
+    type Store: LogStore;
+
+    /// A new, empty store with no faults armed.
+    fn fresh(&mut self) -> Self::Store;
+
+    /// Closes `store` as a crash or restart would and opens what is left:
+    /// only what the store committed may survive.
+    fn reopen(&mut self, store: Self::Store) -> Self::Store;
+
+    /// Arms a fault on `store`: after `n` more units of write work (the
+    /// store's choice of unit, such as write operations or IO calls), every
+    /// write fails and, from then on, nothing more reaches storage.
+    fn fail_after_writes(&mut self, store: &Self::Store, n: u64);
+}
+
+/// Runs every check, each on fresh stores.
+pub fn run_all<H: Harness>(h: &mut H) {
+    topic_create_then_list_and_describe_returns_spec(h);
+    topic_create_existing_returns_exists(h);
+    topic_create_invalid_returns_invalid_and_stores_nothing(h);
+    topic_delete_unknown_returns_not_found(h);
+    topic_delete_then_recreate_starts_empty_without_producer_state(h);
+    append_assigns_dense_offsets(h);
+    append_group_across_topics_and_partitions_assigns_offsets_per_partition(h);
+    append_unknown_topic_or_partition_fails_only_that_entry(h);
+    append_batch_not_matching_header_fails_only_that_entry(h);
+    append_non_durable_is_readable_and_survives_clean_reopen(h);
+    read_from_middle_of_batch_returns_holding_batch(h);
+    read_max_bytes_bounds_batches_but_returns_at_least_one(h);
+    read_at_or_past_log_end_returns_nothing(h);
+    read_unknown_topic_or_partition_returns_typed_error(h);
+    reopen_keeps_offsets_and_identical_records(h);
+    dedup_exact_retry_returns_duplicate_and_writes_nothing(h);
+    dedup_retry_in_same_group_returns_duplicate(h);
+    dedup_older_epoch_is_fenced(h);
+    dedup_sequence_gap_is_out_of_order(h);
+    dedup_state_survives_reopen(h);
+    offset_for_timestamp_returns_first_batch_at_or_after(h);
+    retention_by_time_deletes_only_expired_batches(h);
+    retention_by_bytes_keeps_partition_at_limit(h);
+    retention_of_everything_keeps_log_end_and_never_reuses_offsets(h);
+    retention_keeps_timestamp_lookup_conservative(h);
+    read_below_log_start_reads_from_log_start(h);
+    allocate_producer_id_is_unique_across_reopen(h);
+    crash_after_n_writes_keeps_exactly_the_acknowledged_batches(h);
+}
+
+// ---- helpers ---------------------------------------------------------------
+
+fn spec(name: &str, partitions: u32) -> TopicSpec {
+    TopicSpec {
+        name: name.to_owned(),
+        partitions,
+        retention_ms: UNLIMITED,
+        retention_bytes: UNLIMITED,
+        max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+    }
+}
+
+fn create(store: &impl LogStore, spec: &TopicSpec) {
+    store
+        .create_topic(spec)
+        .unwrap_or_else(|e| panic!("create_topic({}) failed: {e}", spec.name));
+}
+
+/// A batch of `count` records stamped `timestamp_ms`, values `"{tag}-{i}"`.
+fn batch_of(tag: &str, count: u32, timestamp_ms: i64, stamp: ProducerStamp) -> Bytes {
+    let mut builder = BatchBuilder::new();
+    for i in 0..count {
+        builder.push(&Record::new(format!("{tag}-{i}"), timestamp_ms));
+    }
+    builder.finish(stamp)
+}
+
+fn append_of(topic: &str, partition: u32, batch: Bytes) -> Append {
+    let header = batch::validate(&batch).expect("the suite builds valid batches");
+    Append {
+        topic: topic.to_owned(),
+        partition,
+        batch,
+        header,
+    }
+}
+
+fn append_all(store: &impl LogStore, appends: &[Append]) -> Vec<AppendOutcome> {
+    store
+        .append(appends, true)
+        .expect("append transaction failed")
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| r.unwrap_or_else(|e| panic!("append #{i} was refused: {e}")))
+        .collect()
+}
+
+fn append_one(store: &impl LogStore, topic: &str, partition: u32, batch: Bytes) -> AppendOutcome {
+    append_all(store, &[append_of(topic, partition, batch)])[0]
+}
+
+/// The batch as the store must hold it: with its base offset written in.
+fn stored(batch: &Bytes, base_offset: u64) -> Bytes {
+    let mut copy = BytesMut::from(&batch[..]);
+    batch::set_base_offset(&mut copy, base_offset);
+    copy.freeze()
+}
+
+fn read_all(store: &impl LogStore, topic: &str, partition: u32) -> Vec<Bytes> {
+    store
+        .read(topic, partition, 0, usize::MAX)
+        .unwrap_or_else(|e| panic!("read {topic}/{partition} failed: {e}"))
+        .batches
+}
+
+fn offsets(store: &impl LogStore, topic: &str, partition: u32) -> PartitionOffsets {
+    store
+        .offsets(topic, partition)
+        .unwrap_or_else(|e| panic!("offsets {topic}/{partition} failed: {e}"))
+}
+
+fn base_offsets(batches: &[Bytes]) -> Vec<u64> {
+    batches
+        .iter()
+        .map(|b| {
+            batch::validate(b)
+                .expect("stored batch is valid")
+                .base_offset
+        })
+        .collect()
+}
+
+fn stamp(producer_id: i64, producer_epoch: i16, base_sequence: i32) -> ProducerStamp {
+    ProducerStamp {
+        producer_id,
+        producer_epoch,
+        base_sequence,
+    }
+}
+
+// ---- topics ------------------------------------------------------------------
+
+/// A created topic is listed, sorted by name, and described as created.
+pub fn topic_create_then_list_and_describe_returns_spec<H: Harness>(h: &mut H) {
+    let store = h.fresh();
+    let b = TopicSpec {
+        retention_ms: 60_000,
+        retention_bytes: 1 << 30,
+        max_message_bytes: 512,
+        ..spec("b-topic", 3)
+    };
+    let a = spec("a.topic", 1);
+    create(&store, &b);
+    create(&store, &a);
+    assert_eq!(
+        store.topics().expect("topics"),
+        vec![a.clone(), b.clone()],
+        "topics() lists every topic sorted by name"
+    );
+    assert_eq!(store.topic("b-topic").expect("topic"), Some(b));
+    assert_eq!(store.topic("missing").expect("topic"), None);
+    for partition in 0..3 {
+        assert_eq!(
+            offsets(&store, "b-topic", partition),
+            PartitionOffsets::default(),
+            "a new partition is empty at offset 0"
+        );
+    }
+}
+
+/// Creating a topic twice is refused and keeps the first spec.
+pub fn topic_create_existing_returns_exists<H: Harness>(h: &mut H) {
+    let store = h.fresh();
+    create(&store, &spec("t", 1));
+    let again = store.create_topic(&spec("t", 4));
+    assert!(
+        matches!(again, Err(TopicError::Exists(ref n)) if n == "t"),
+        "second create_topic should be Exists, got {again:?}"
+    );
+    assert_eq!(store.topic("t").expect("topic"), Some(spec("t", 1)));
+}
+
+/// An invalid spec is refused before anything is stored.
+pub fn topic_create_invalid_returns_invalid_and_stores_nothing<H: Harness>(h: &mut H) {
+    let store = h.fresh();
+    for bad in [spec("a/b", 1), spec("..", 1), spec("t", 0)] {
+        let result = store.create_topic(&bad);
+        assert!(
+            matches!(result, Err(TopicError::Invalid(_))),
+            "{bad:?} should be Invalid, got {result:?}"
+        );
+    }
+    assert_eq!(store.topics().expect("topics"), vec![]);
+}
+
+/// Deleting a topic that does not exist is NotFound.
+pub fn topic_delete_unknown_returns_not_found<H: Harness>(h: &mut H) {
+    let store = h.fresh();
+    let result = store.delete_topic("ghost");
+    assert!(
+        matches!(result, Err(TopicError::NotFound(ref n)) if n == "ghost"),
+        "delete of a missing topic should be NotFound, got {result:?}"
+    );
+}
+
+/// A deleted topic is gone with its records and dedup state: recreated, it
+/// starts at offset 0 and the old producer's sequence is not remembered.
+pub fn topic_delete_then_recreate_starts_empty_without_producer_state<H: Harness>(h: &mut H) {
+    let store = h.fresh();
+    create(&store, &spec("t", 2));
+    create(&store, &spec("other", 1));
+    let pid = store.allocate_producer_id().expect("producer id");
+    let first = batch_of("x", 3, 10, stamp(pid, 0, 0));
+    append_one(&store, "t", 1, first.clone());
+    append_one(&store, "other", 0, batch_of("o", 1, 10, stamp(pid, 0, 0)));
+    store.delete_topic("t").expect("delete_topic");
+    assert_eq!(store.topic("t").expect("topic"), None);
+    assert!(
+        matches!(store.offsets("t", 1), Err(ReadError::UnknownTopic(_))),
+        "a deleted topic's partitions are gone"
+    );
+    create(&store, &spec("t", 2));
+    assert_eq!(offsets(&store, "t", 1), PartitionOffsets::default());
+    assert_eq!(read_all(&store, "t", 1), Vec::<Bytes>::new());
+    assert_eq!(
+        append_one(&store, "t", 1, first),
+        AppendOutcome::Appended { base_offset: 0 },
+        "the old dedup state must not make the retry a duplicate"
+    );
+    assert_eq!(
+        append_one(&store, "other", 0, batch_of("o", 1, 10, stamp(pid, 0, 0))),
+        AppendOutcome::Duplicate { base_offset: 0 },
+        "other topics keep their dedup state"
+    );
+}
+
+// ---- append ------------------------------------------------------------------
+
+/// Batches get dense offsets: each base offset is the previous log end.
+pub fn append_assigns_dense_offsets<H: Harness>(h: &mut H) {
+    let store = h.fresh();
+    create(&store, &spec("t", 1));
+    let batches: Vec<Bytes> = [3, 1, 5, 2]
+        .iter()
+        .enumerate()
+        .map(|(i, n)| batch_of(&format!("b{i}"), *n, 1_000, ProducerStamp::NONE))
+        .collect();
+    let mut expected_base = 0;
+    for b in &batches {
+        assert_eq!(
+            append_one(&store, "t", 0, b.clone()),
+            AppendOutcome::Appended {
+                base_offset: expected_base
+            },
+            "offsets must be dense"
+        );
+        expected_base += u64::from(batch::validate(b).expect("valid").record_count);
+    }
+    assert_eq!(
+        offsets(&store, "t", 0),
+        PartitionOffsets {
+            log_start: 0,
+            log_end: 11
+        }
+    );
+    let expected: Vec<Bytes> = batches
+        .iter()
+        .zip([0, 3, 4, 9])
+        .map(|(b, base)| stored(b, base))
+        .collect();
+    assert_eq!(
+        read_all(&store, "t", 0),
+        expected,
+        "stored batches are the appended bytes with base offsets written in"
+    );
+}
+
+/// One group spanning topics and partitions: each partition gets its own
+/// dense offsets, in slice order.
+pub fn append_group_across_topics_and_partitions_assigns_offsets_per_partition<H: Harness>(
+    h: &mut H,
+) {
+    let store = h.fresh();
+    create(&store, &spec("a", 2));
+    create(&store, &spec("b", 1));
+    let group = [
+        append_of("a", 0, batch_of("a0-1", 2, 1, ProducerStamp::NONE)),
+        append_of("b", 0, batch_of("b0-1", 4, 1, ProducerStamp::NONE)),
+        append_of("a", 1, batch_of("a1-1", 1, 1, ProducerStamp::NONE)),
+        append_of("a", 0, batch_of("a0-2", 3, 1, ProducerStamp::NONE)),
+        append_of("b", 0, batch_of("b0-2", 1, 1, ProducerStamp::NONE)),
+    ];
+    let bases: Vec<u64> = append_all(&store, &group)
+        .iter()
+        .map(AppendOutcome::base_offset)
+        .collect();
+    assert_eq!(bases, vec![0, 0, 0, 2, 4], "per-partition dense offsets");
+    assert_eq!(offsets(&store, "a", 0).log_end, 5);
+    assert_eq!(offsets(&store, "a", 1).log_end, 1);
+    assert_eq!(offsets(&store, "b", 0).log_end, 5);
+    assert_eq!(
+        read_all(&store, "a", 0),
+        vec![stored(&group[0].batch, 0), stored(&group[3].batch, 2)]
+    );
+}
+
+/// A bad entry in a group gets its own error; the rest are stored.
+pub fn append_unknown_topic_or_partition_fails_only_that_entry<H: Harness>(h: &mut H) {
+    let store = h.fresh();
+    create(&store, &spec("t", 1));
+    let good = batch_of("ok", 2, 1, ProducerStamp::NONE);
+    let group = [
+        append_of("t", 0, good.clone()),
+        append_of("nope", 0, batch_of("x", 1, 1, ProducerStamp::NONE)),
+        append_of("t", 7, batch_of("y", 1, 1, ProducerStamp::NONE)),
+        append_of("t", 0, good.clone()),
+    ];
+    let results = store.append(&group, true).expect("append transaction");
+    assert_eq!(
+        results,
+        vec![
+            Ok(AppendOutcome::Appended { base_offset: 0 }),
+            Err(AppendError::UnknownTopic("nope".to_owned())),
+            Err(AppendError::UnknownPartition {
+                topic: "t".to_owned(),
+                partition: 7
+            }),
+            Ok(AppendOutcome::Appended { base_offset: 2 }),
+        ]
+    );
+    assert_eq!(offsets(&store, "t", 0).log_end, 4);
+}
+
+/// An append whose header does not describe its bytes is refused alone,
+/// so a caller bug cannot break offset density.
+pub fn append_batch_not_matching_header_fails_only_that_entry<H: Harness>(h: &mut H) {
+    let store = h.fresh();
+    create(&store, &spec("t", 1));
+    let mut lying = append_of("t", 0, batch_of("a", 2, 1, ProducerStamp::NONE));
+    lying.header.record_count = 5;
+    let mut truncated = append_of("t", 0, batch_of("b", 2, 1, ProducerStamp::NONE));
+    truncated.batch = truncated.batch.slice(..truncated.batch.len() - 1);
+    let fine = append_of("t", 0, batch_of("c", 1, 1, ProducerStamp::NONE));
+    let results = store
+        .append(&[lying, truncated, fine], true)
+        .expect("append transaction");
+    assert!(
+        matches!(results[0], Err(AppendError::InvalidBatch(_))),
+        "header/record count mismatch should be InvalidBatch, got {:?}",
+        results[0]
+    );
+    assert!(
+        matches!(results[1], Err(AppendError::InvalidBatch(_))),
+        "truncated batch should be InvalidBatch, got {:?}",
+        results[1]
+    );
+    assert_eq!(results[2], Ok(AppendOutcome::Appended { base_offset: 0 }));
+    assert_eq!(offsets(&store, "t", 0).log_end, 1);
+}
+
+/// A non-durable append is visible at once and kept by a clean restart.
+pub fn append_non_durable_is_readable_and_survives_clean_reopen<H: Harness>(h: &mut H) {
+    let store = h.fresh();
+    create(&store, &spec("t", 1));
+    let b = batch_of("fast", 2, 5, ProducerStamp::NONE);
+    let results = store
+        .append(&[append_of("t", 0, b.clone())], false)
+        .expect("append");
+    assert_eq!(
+        results,
+        vec![Ok(AppendOutcome::Appended { base_offset: 0 })]
+    );
+    assert_eq!(read_all(&store, "t", 0), vec![stored(&b, 0)]);
+    let store = h.reopen(store);
+    assert_eq!(
+        read_all(&store, "t", 0),
+        vec![stored(&b, 0)],
+        "a clean close keeps non-durable commits"
+    );
+}
+
+// ---- read ------------------------------------------------------------------
+
+/// Reading from an offset inside a batch returns that whole batch first.
+pub fn read_from_middle_of_batch_returns_holding_batch<H: Harness>(h: &mut H) {
+    let store = h.fresh();
+    create(&store, &spec("t", 1));
+    for (tag, n) in [("a", 3), ("b", 4), ("c", 2)] {
+        append_one(&store, "t", 0, batch_of(tag, n, 1, ProducerStamp::NONE));
+    }
+    for (from, first_base) in [
+        (0, 0),
+        (1, 0),
+        (2, 0),
+        (3, 3),
+        (5, 3),
+        (6, 3),
+        (7, 7),
+        (8, 7),
+    ] {
+        let read = store.read("t", 0, from, usize::MAX).expect("read");
+        assert_eq!(
+            base_offsets(&read.batches).first(),
+            Some(&first_base),
+            "read from {from} should start with the batch at {first_base}"
+        );
+        assert_eq!(
+            read.offsets,
+            PartitionOffsets {
+                log_start: 0,
+                log_end: 9
+            }
+        );
+    }
+}
+
+/// `max_bytes` stops a read before it is exceeded, but one batch is always
+/// returned, however large.
+pub fn read_max_bytes_bounds_batches_but_returns_at_least_one<H: Harness>(h: &mut H) {
+    let store = h.fresh();
+    create(&store, &spec("t", 1));
+    let b = batch_of("same", 2, 1, ProducerStamp::NONE);
+    for _ in 0..4 {
+        append_one(&store, "t", 0, b.clone());
+    }
+    let size = b.len();
+    for (max_bytes, expected) in [
+        (0, 1),
+        (1, 1),
+        (size, 1),
+        (2 * size - 1, 1),
+        (2 * size, 2),
+        (3 * size + 1, 3),
+        (usize::MAX, 4),
+    ] {
+        let read = store.read("t", 0, 0, max_bytes).expect("read");
+        assert_eq!(
+            read.batches.len(),
+            expected,
+            "max_bytes {max_bytes} with {size}-byte batches"
+        );
+    }
+    let tail = store.read("t", 0, 6, 0).expect("read");
+    assert_eq!(base_offsets(&tail.batches), vec![6]);
+}
+
+/// Reading at or past the log end returns no batches and the offsets.
+pub fn read_at_or_past_log_end_returns_nothing<H: Harness>(h: &mut H) {
+    let store = h.fresh();
+    create(&store, &spec("t", 1));
+    let empty = store.read("t", 0, 0, usize::MAX).expect("read");
+    assert!(empty.batches.is_empty(), "an empty partition reads nothing");
+    append_one(&store, "t", 0, batch_of("a", 2, 1, ProducerStamp::NONE));
+    for from in [2, 3, u64::MAX] {
+        let read = store.read("t", 0, from, usize::MAX).expect("read");
+        assert!(read.batches.is_empty(), "read from {from} past log end 2");
+        assert_eq!(read.offsets.log_end, 2);
+    }
+}
+
+/// Reads of unknown topics and partitions are typed errors.
+pub fn read_unknown_topic_or_partition_returns_typed_error<H: Harness>(h: &mut H) {
+    let store = h.fresh();
+    create(&store, &spec("t", 2));
+    assert!(matches!(
+        store.read("nope", 0, 0, 100),
+        Err(ReadError::UnknownTopic(ref t)) if t == "nope"
+    ));
+    assert!(matches!(
+        store.read("t", 2, 0, 100),
+        Err(ReadError::UnknownPartition { partition: 2, .. })
+    ));
+    assert!(matches!(
+        store.offsets("nope", 0),
+        Err(ReadError::UnknownTopic(_))
+    ));
+    assert!(matches!(
+        store.offset_for_timestamp("t", 9, 0),
+        Err(ReadError::UnknownPartition { partition: 9, .. })
+    ));
+}
+
+// ---- durability ----------------------------------------------------------------
+
+/// After a restart, offsets and every record are exactly as committed, and
+/// appends continue at the old log end.
+pub fn reopen_keeps_offsets_and_identical_records<H: Harness>(h: &mut H) {
+    let store = h.fresh();
+    create(&store, &spec("t", 2));
+    for round in 0..3 {
+        let group: Vec<Append> = (0..4)
+            .map(|i| {
+                append_of(
+                    "t",
+                    i % 2,
+                    batch_of(
+                        &format!("r{round}-{i}"),
+                        1 + i,
+                        100 * i64::from(round),
+                        ProducerStamp::NONE,
+                    ),
+                )
+            })
+            .collect();
+        append_all(&store, &group);
+    }
+    let before: Vec<(PartitionOffsets, Vec<Bytes>)> = (0..2)
+        .map(|p| (offsets(&store, "t", p), read_all(&store, "t", p)))
+        .collect();
+    let store = h.reopen(store);
+    for (p, (offsets_before, batches_before)) in (0..2).zip(&before) {
+        assert_eq!(
+            &offsets(&store, "t", p),
+            offsets_before,
+            "offsets of partition {p} changed across reopen"
+        );
+        let after = read_all(&store, "t", p);
+        assert_eq!(
+            &after, batches_before,
+            "records of partition {p} changed across reopen"
+        );
+        for b in &after {
+            batch::records(b).expect("a stored batch decodes after reopen");
+        }
+    }
+    let next = append_one(&store, "t", 0, batch_of("next", 1, 1, ProducerStamp::NONE));
+    assert_eq!(
+        next.base_offset(),
+        before[0].0.log_end,
+        "appends continue at the old log end"
+    );
+}
+
+// ---- dedup -------------------------------------------------------------------
+
+/// An exact retry is a duplicate of the original and stores nothing.
+pub fn dedup_exact_retry_returns_duplicate_and_writes_nothing<H: Harness>(h: &mut H) {
+    let store = h.fresh();
+    create(&store, &spec("t", 1));
+    let pid = store.allocate_producer_id().expect("producer id");
+    append_one(&store, "t", 0, batch_of("pre", 2, 1, ProducerStamp::NONE));
+    let b1 = batch_of("one", 3, 1, stamp(pid, 0, 0));
+    let b2 = batch_of("two", 2, 1, stamp(pid, 0, 3));
+    assert_eq!(
+        append_one(&store, "t", 0, b1.clone()),
+        AppendOutcome::Appended { base_offset: 2 }
+    );
+    assert_eq!(
+        append_one(&store, "t", 0, b2.clone()),
+        AppendOutcome::Appended { base_offset: 5 }
+    );
+    let before = read_all(&store, "t", 0);
+    assert_eq!(
+        append_one(&store, "t", 0, b1),
+        AppendOutcome::Duplicate { base_offset: 2 },
+        "retry of the first batch"
+    );
+    assert_eq!(
+        append_one(&store, "t", 0, b2),
+        AppendOutcome::Duplicate { base_offset: 5 },
+        "retry of the second batch"
+    );
+    assert_eq!(
+        read_all(&store, "t", 0),
+        before,
+        "a duplicate writes nothing"
+    );
+    assert_eq!(offsets(&store, "t", 0).log_end, 7);
+}
+
+/// A retry inside the same group as its original is a duplicate too: the
+/// check sees the group's own earlier appends.
+pub fn dedup_retry_in_same_group_returns_duplicate<H: Harness>(h: &mut H) {
+    let store = h.fresh();
+    create(&store, &spec("t", 2));
+    let pid = store.allocate_producer_id().expect("producer id");
+    let b = batch_of("once", 2, 1, stamp(pid, 0, 0));
+    let next = batch_of("next", 1, 1, stamp(pid, 0, 2));
+    let group = [
+        append_of("t", 0, b.clone()),
+        append_of("t", 1, b.clone()),
+        append_of("t", 0, b.clone()),
+        append_of("t", 0, next),
+    ];
+    let outcomes = append_all(&store, &group);
+    assert_eq!(
+        outcomes,
+        vec![
+            AppendOutcome::Appended { base_offset: 0 },
+            AppendOutcome::Appended { base_offset: 0 },
+            AppendOutcome::Duplicate { base_offset: 0 },
+            AppendOutcome::Appended { base_offset: 2 },
+        ],
+        "dedup state is per partition and sees earlier appends of the group"
+    );
+    assert_eq!(offsets(&store, "t", 0).log_end, 3);
+}
+
+/// A batch from an older epoch of a producer is fenced.
+pub fn dedup_older_epoch_is_fenced<H: Harness>(h: &mut H) {
+    let store = h.fresh();
+    create(&store, &spec("t", 1));
+    let pid = store.allocate_producer_id().expect("producer id");
+    append_one(&store, "t", 0, batch_of("e1", 1, 1, stamp(pid, 1, 0)));
+    let results = store
+        .append(
+            &[append_of("t", 0, batch_of("e0", 1, 1, stamp(pid, 0, 1)))],
+            true,
+        )
+        .expect("append transaction");
+    assert_eq!(
+        results,
+        vec![Err(AppendError::ProducerFenced {
+            producer_id: pid,
+            epoch: 0,
+            current: 1
+        })]
+    );
+    assert_eq!(
+        append_one(&store, "t", 0, batch_of("e2", 1, 1, stamp(pid, 2, 0))),
+        AppendOutcome::Appended { base_offset: 1 },
+        "a newer epoch starts fresh"
+    );
+}
+
+/// A sequence gap is refused as out of order and stores nothing.
+pub fn dedup_sequence_gap_is_out_of_order<H: Harness>(h: &mut H) {
+    let store = h.fresh();
+    create(&store, &spec("t", 1));
+    let pid = store.allocate_producer_id().expect("producer id");
+    append_one(&store, "t", 0, batch_of("a", 2, 1, stamp(pid, 0, 0)));
+    let results = store
+        .append(
+            &[append_of("t", 0, batch_of("gap", 1, 1, stamp(pid, 0, 5)))],
+            true,
+        )
+        .expect("append transaction");
+    assert_eq!(
+        results,
+        vec![Err(AppendError::OutOfOrderSequence {
+            producer_id: pid,
+            expected: 2,
+            got: 5
+        })]
+    );
+    assert_eq!(offsets(&store, "t", 0).log_end, 2);
+}
+
+/// Dedup state commits with the records, so it survives a restart.
+pub fn dedup_state_survives_reopen<H: Harness>(h: &mut H) {
+    let store = h.fresh();
+    create(&store, &spec("t", 1));
+    let pid = store.allocate_producer_id().expect("producer id");
+    let b = batch_of("keep", 2, 1, stamp(pid, 3, 10));
+    append_one(&store, "t", 0, b.clone());
+    let store = h.reopen(store);
+    assert_eq!(
+        append_one(&store, "t", 0, b),
+        AppendOutcome::Duplicate { base_offset: 0 }
+    );
+    assert_eq!(
+        append_one(&store, "t", 0, batch_of("more", 1, 1, stamp(pid, 3, 12))),
+        AppendOutcome::Appended { base_offset: 2 }
+    );
+}
+
+// ---- time index ----------------------------------------------------------------
+
+/// Seek by time returns the first batch that may hold a record at or after
+/// the timestamp, or the log end.
+pub fn offset_for_timestamp_returns_first_batch_at_or_after<H: Harness>(h: &mut H) {
+    let store = h.fresh();
+    create(&store, &spec("t", 1));
+    assert_eq!(
+        store.offset_for_timestamp("t", 0, 0).expect("lookup"),
+        0,
+        "an empty partition answers its log end"
+    );
+    // Bases 0, 2, 4, 6 with max timestamps 100, 300, 200, 400.
+    for ts in [100, 300, 200, 400] {
+        append_one(&store, "t", 0, batch_of("x", 2, ts, ProducerStamp::NONE));
+    }
+    for (ts, expected) in [
+        (i64::MIN, 0),
+        (100, 0),
+        (101, 2),
+        (150, 2),
+        (300, 2),
+        (301, 6),
+        (400, 6),
+        (401, 8),
+        (i64::MAX, 8),
+    ] {
+        assert_eq!(
+            store.offset_for_timestamp("t", 0, ts).expect("lookup"),
+            expected,
+            "offset_for_timestamp({ts})"
+        );
+    }
+}
+
+// ---- retention ----------------------------------------------------------------
+
+/// Time retention deletes expired batches from the front and stops at the
+/// first unexpired one, even if older-stamped batches follow it.
+pub fn retention_by_time_deletes_only_expired_batches<H: Harness>(h: &mut H) {
+    let store = h.fresh();
+    create(
+        &store,
+        &TopicSpec {
+            retention_ms: 1_000,
+            ..spec("t", 1)
+        },
+    );
+    create(&store, &spec("forever", 1));
+    let batches: Vec<Bytes> = [100, 200, 300, 50]
+        .iter()
+        .map(|ts| batch_of("x", 2, *ts, ProducerStamp::NONE))
+        .collect();
+    for b in &batches {
+        append_one(&store, "t", 0, b.clone());
+        append_one(&store, "forever", 0, b.clone());
+    }
+    let nothing = store.enforce_retention(1_100).expect("retention");
+    assert_eq!(nothing.batches, 0, "nothing is older than 1000 ms at 1100");
+    let report = store.enforce_retention(1_250).expect("retention");
+    assert_eq!(report.batches, 2, "batches stamped 100 and 200 expire");
+    assert_eq!(
+        report.bytes,
+        (batches[0].len() + batches[1].len()) as u64,
+        "reported bytes are the deleted batches' sizes"
+    );
+    assert_eq!(
+        offsets(&store, "t", 0),
+        PartitionOffsets {
+            log_start: 4,
+            log_end: 8
+        }
+    );
+    assert_eq!(
+        read_all(&store, "t", 0),
+        vec![stored(&batches[2], 4), stored(&batches[3], 6)],
+        "the unexpired batch and everything after it stay"
+    );
+    assert_eq!(
+        read_all(&store, "forever", 0).len(),
+        4,
+        "topics without retention keep everything"
+    );
+}
+
+/// Size retention deletes the oldest batches only while the partition stays
+/// at or above `retention_bytes` without them.
+pub fn retention_by_bytes_keeps_partition_at_limit<H: Harness>(h: &mut H) {
+    let store = h.fresh();
+    let b = batch_of("same", 3, 1, ProducerStamp::NONE);
+    let size = b.len() as i64;
+    create(
+        &store,
+        &TopicSpec {
+            retention_bytes: 2 * size,
+            ..spec("exact", 1)
+        },
+    );
+    create(
+        &store,
+        &TopicSpec {
+            retention_bytes: 2 * size + 1,
+            ..spec("over", 1)
+        },
+    );
+    create(
+        &store,
+        &TopicSpec {
+            retention_bytes: 1,
+            ..spec("tiny", 1)
+        },
+    );
+    for _ in 0..4 {
+        append_one(&store, "exact", 0, b.clone());
+        append_one(&store, "over", 0, b.clone());
+    }
+    append_one(&store, "tiny", 0, b.clone());
+    let report = store.enforce_retention(0).expect("retention");
+    assert_eq!(report.batches, 3, "2 from 'exact', 1 from 'over'");
+    assert_eq!(report.bytes, 3 * size as u64);
+    assert_eq!(base_offsets(&read_all(&store, "exact", 0)), vec![6, 9]);
+    assert_eq!(base_offsets(&read_all(&store, "over", 0)), vec![3, 6, 9]);
+    assert_eq!(
+        read_all(&store, "tiny", 0).len(),
+        1,
+        "a lone batch larger than the limit stays"
+    );
+    assert_eq!(
+        store.enforce_retention(0).expect("retention").batches,
+        0,
+        "retention is idempotent"
+    );
+}
+
+/// Deleting every batch keeps the log end; the next append continues there
+/// (offsets are never reused), also after a restart.
+pub fn retention_of_everything_keeps_log_end_and_never_reuses_offsets<H: Harness>(h: &mut H) {
+    let store = h.fresh();
+    create(
+        &store,
+        &TopicSpec {
+            retention_ms: 10,
+            ..spec("t", 1)
+        },
+    );
+    for ts in [1, 2, 3] {
+        append_one(&store, "t", 0, batch_of("old", 2, ts, ProducerStamp::NONE));
+    }
+    assert_eq!(
+        store.enforce_retention(1_000).expect("retention").batches,
+        3
+    );
+    let empty = PartitionOffsets {
+        log_start: 6,
+        log_end: 6,
+    };
+    assert_eq!(offsets(&store, "t", 0), empty);
+    assert!(read_all(&store, "t", 0).is_empty());
+    assert_eq!(store.offset_for_timestamp("t", 0, 0).expect("lookup"), 6);
+    let store = h.reopen(store);
+    assert_eq!(
+        offsets(&store, "t", 0),
+        empty,
+        "log end survives reopen when empty"
+    );
+    let b = batch_of("new", 1, 2_000, ProducerStamp::NONE);
+    assert_eq!(
+        append_one(&store, "t", 0, b.clone()),
+        AppendOutcome::Appended { base_offset: 6 },
+        "offsets are never reused"
+    );
+    assert_eq!(read_all(&store, "t", 0), vec![stored(&b, 6)]);
+    assert_eq!(store.offset_for_timestamp("t", 0, 0).expect("lookup"), 6);
+}
+
+/// After retention, a seek by time for a timestamp the remaining batches may
+/// hold still lands on them, even when the deleted batch carried the
+/// largest timestamp so far.
+pub fn retention_keeps_timestamp_lookup_conservative<H: Harness>(h: &mut H) {
+    let store = h.fresh();
+    let late = batch_of("late", 2, 100, ProducerStamp::NONE);
+    let early = batch_of("erly", 2, 50, ProducerStamp::NONE);
+    assert_eq!(late.len(), early.len(), "the suite needs equal sizes here");
+    create(
+        &store,
+        &TopicSpec {
+            retention_bytes: late.len() as i64,
+            ..spec("t", 1)
+        },
+    );
+    append_one(&store, "t", 0, late);
+    append_one(&store, "t", 0, early);
+    assert_eq!(store.enforce_retention(0).expect("retention").batches, 1);
+    assert_eq!(offsets(&store, "t", 0).log_start, 2);
+    for (ts, expected) in [(40, 2), (50, 2), (100, 2), (101, 4)] {
+        assert_eq!(
+            store.offset_for_timestamp("t", 0, ts).expect("lookup"),
+            expected,
+            "offset_for_timestamp({ts}) after retention"
+        );
+    }
+    append_one(&store, "t", 0, batch_of("mid", 1, 80, ProducerStamp::NONE));
+    append_one(&store, "t", 0, batch_of("new", 1, 200, ProducerStamp::NONE));
+    for (ts, expected) in [(60, 2), (150, 5), (201, 6)] {
+        assert_eq!(
+            store.offset_for_timestamp("t", 0, ts).expect("lookup"),
+            expected,
+            "offset_for_timestamp({ts}) after more appends"
+        );
+    }
+}
+
+/// A read from below the log start starts at the log start.
+pub fn read_below_log_start_reads_from_log_start<H: Harness>(h: &mut H) {
+    let store = h.fresh();
+    create(
+        &store,
+        &TopicSpec {
+            retention_ms: 100,
+            ..spec("t", 1)
+        },
+    );
+    for ts in [1, 2, 500] {
+        append_one(&store, "t", 0, batch_of("x", 3, ts, ProducerStamp::NONE));
+    }
+    store.enforce_retention(300).expect("retention");
+    for from in [0, 1, 5, 6] {
+        let read = store.read("t", 0, from, usize::MAX).expect("read");
+        assert_eq!(
+            base_offsets(&read.batches),
+            vec![6],
+            "read from {from} below log start 6"
+        );
+        assert_eq!(read.offsets.log_start, 6);
+    }
+}
+
+// ---- producer ids ----------------------------------------------------------------
+
+/// Producer ids are never handed out twice, across restarts.
+pub fn allocate_producer_id_is_unique_across_reopen<H: Harness>(h: &mut H) {
+    let store = h.fresh();
+    let mut seen: Vec<i64> = (0..3)
+        .map(|_| store.allocate_producer_id().expect("producer id"))
+        .collect();
+    let store = h.reopen(store);
+    seen.extend((0..3).map(|_| store.allocate_producer_id().expect("producer id")));
+    assert!(
+        seen.iter().all(|id| *id >= 0),
+        "ids are non-negative: {seen:?}"
+    );
+    let mut unique = seen.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(
+        unique.len(),
+        seen.len(),
+        "duplicate producer id in {seen:?}"
+    );
+}
+
+// ---- crashes -------------------------------------------------------------------
+
+/// Fault points tried by the crash check.
+const CRASH_POINTS: u64 = 40;
+/// Appends attempted per fault point.
+const CRASH_APPENDS: u32 = 8;
+
+/// Invariants 1, 2 and 4 under crashes: with writes failing after N units
+/// of work, for many N, a restart finds every acknowledged batch exactly
+/// once, in order, byte for byte, with the log end right after the last;
+/// and the dedup state committed with them, so a retry of the last
+/// acknowledged batch is a duplicate and a retry of the failed one is new.
+pub fn crash_after_n_writes_keeps_exactly_the_acknowledged_batches<H: Harness>(h: &mut H) {
+    for n in 0..CRASH_POINTS {
+        let store = h.fresh();
+        create(&store, &spec("crash", 1));
+        let pid = store.allocate_producer_id().expect("producer id");
+        h.fail_after_writes(&store, n);
+        let mut acked: Vec<(Bytes, u64)> = Vec::new();
+        let mut failed = None;
+        let mut sequence = 0;
+        for i in 0..CRASH_APPENDS {
+            let count = 1 + i % 3;
+            let b = batch_of(
+                &format!("n{n}-{i}"),
+                count,
+                i64::from(i),
+                stamp(pid, 0, sequence),
+            );
+            match store.append(&[append_of("crash", 0, b.clone())], true) {
+                Ok(results) => {
+                    let expected_base =
+                        acked.last().map_or(0, |(b, base)| *base + batch_records(b));
+                    assert_eq!(
+                        results,
+                        vec![Ok(AppendOutcome::Appended {
+                            base_offset: expected_base
+                        })],
+                        "fault point {n}: append {i}"
+                    );
+                    acked.push((b, expected_base));
+                    sequence += count as i32;
+                }
+                Err(_) => {
+                    failed = Some(b);
+                    break;
+                }
+            }
+        }
+        let store = h.reopen(store);
+        let expected: Vec<Bytes> = acked.iter().map(|(b, base)| stored(b, *base)).collect();
+        assert_eq!(
+            read_all(&store, "crash", 0),
+            expected,
+            "fault point {n}: the log after reopen must be exactly the {} acknowledged batches",
+            acked.len()
+        );
+        let log_end: u64 = acked.iter().map(|(b, _)| batch_records(b)).sum();
+        assert_eq!(
+            offsets(&store, "crash", 0),
+            PartitionOffsets {
+                log_start: 0,
+                log_end
+            },
+            "fault point {n}: log end after reopen"
+        );
+        if let Some((last, base)) = acked.last() {
+            assert_eq!(
+                append_one(&store, "crash", 0, last.clone()),
+                AppendOutcome::Duplicate { base_offset: *base },
+                "fault point {n}: retry of the last acknowledged batch"
+            );
+        }
+        if let Some(b) = failed {
+            assert_eq!(
+                append_one(&store, "crash", 0, b),
+                AppendOutcome::Appended {
+                    base_offset: log_end
+                },
+                "fault point {n}: retry of the failed batch"
+            );
+        }
+    }
+}
+
+fn batch_records(b: &Bytes) -> u64 {
+    u64::from(batch::validate(b).expect("valid batch").record_count)
+}

@@ -1,0 +1,432 @@
+//! Idempotent-producer state: the sequence check that turns producer
+//! retries into no-ops (invariant 4), shared by both stores.
+//!
+//! Each `(producer_id, topic, partition)` keeps a [`ProducerState`]: the
+//! producer's epoch and the sequence ranges of its last
+//! [`DEDUP_WINDOW`] batches with their base offsets. A store loads it,
+//! asks [`check`] what to do with a batch, and after an append stores
+//! [`record`]'s result in the same transaction as the batch, so the records
+//! and the state that deduplicates them can never disagree.
+//!
+//! The rules are Kafka's:
+//!
+//! | situation                                     | decision |
+//! |-----------------------------------------------|----------|
+//! | not idempotent, or no state yet               | append |
+//! | epoch older than the stored one               | [`AppendError::ProducerFenced`] |
+//! | epoch newer than the stored one               | append, the new epoch starts fresh |
+//! | same sequence range as a recent batch         | duplicate of that batch |
+//! | `base_sequence` = last stored sequence + 1    | append |
+//! | `base_sequence` behind that                   | [`AppendError::StaleDuplicate`] |
+//! | anything else (a gap)                         | [`AppendError::OutOfOrderSequence`] |
+//!
+//! Sequences wrap from `i32::MAX` to 0, as in Kafka.
+
+use edgebus_proto::batch::ProducerStamp;
+
+use crate::{AppendError, StoreError};
+
+/// How many recent batches per producer and partition are remembered for
+/// duplicate detection; a producer has at most this many batches in flight.
+pub const DEDUP_WINDOW: usize = 5;
+
+/// Number of distinct sequence values: sequences run 0..=i32::MAX.
+const SEQUENCE_SPACE: i64 = i32::MAX as i64 + 1;
+
+/// The stored dedup state of one producer on one partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProducerState {
+    /// The newest epoch seen; older epochs are fenced.
+    pub epoch: i16,
+    /// Sequence ranges of the last batches, oldest first, at most
+    /// [`DEDUP_WINDOW`].
+    recent: Vec<BatchSequence>,
+}
+
+/// The sequence range of one stored batch and where it was stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct BatchSequence {
+    first_seq: i32,
+    last_seq: i32,
+    base_offset: u64,
+}
+
+/// What to do with a batch that passed the sequence check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Store it.
+    Append,
+    /// A retry of a recent batch: store nothing and answer with the original
+    /// batch's base offset.
+    Duplicate {
+        /// Base offset of the original batch.
+        base_offset: u64,
+    },
+}
+
+/// Decides what to do with a batch stamped `stamp` holding `record_count`
+/// records, given the producer's stored state on the partition.
+pub fn check(
+    state: Option<&ProducerState>,
+    stamp: ProducerStamp,
+    record_count: u32,
+) -> Result<Decision, AppendError> {
+    if !stamp.is_idempotent() {
+        return Ok(Decision::Append);
+    }
+    let got = stamp.base_sequence;
+    let out_of_order = |expected: i32| AppendError::OutOfOrderSequence {
+        producer_id: stamp.producer_id,
+        expected,
+        got,
+    };
+    let state = match state {
+        Some(state) if stamp.producer_epoch < state.epoch => {
+            return Err(AppendError::ProducerFenced {
+                producer_id: stamp.producer_id,
+                epoch: stamp.producer_epoch,
+                current: state.epoch,
+            });
+        }
+        Some(state) if stamp.producer_epoch == state.epoch => state,
+        _ if got < 0 => return Err(out_of_order(0)),
+        _ => return Ok(Decision::Append),
+    };
+    let last = last_sequence(got, record_count);
+    if let Some(original) = state
+        .recent
+        .iter()
+        .find(|b| b.first_seq == got && b.last_seq == last)
+    {
+        return Ok(Decision::Duplicate {
+            base_offset: original.base_offset,
+        });
+    }
+    let Some(newest) = state.recent.last() else {
+        return Ok(Decision::Append);
+    };
+    let expected = next_sequence(newest.last_seq);
+    if got == expected {
+        Ok(Decision::Append)
+    } else if got >= 0 && is_behind(got, expected) {
+        Err(AppendError::StaleDuplicate {
+            producer_id: stamp.producer_id,
+            sequence: got,
+        })
+    } else {
+        Err(out_of_order(expected))
+    }
+}
+
+/// The state after appending a batch that [`check`] allowed, stored at
+/// `base_offset`.
+pub fn record(
+    state: Option<ProducerState>,
+    stamp: ProducerStamp,
+    record_count: u32,
+    base_offset: u64,
+) -> ProducerState {
+    let entry = BatchSequence {
+        first_seq: stamp.base_sequence,
+        last_seq: last_sequence(stamp.base_sequence, record_count),
+        base_offset,
+    };
+    match state {
+        Some(mut state) if state.epoch == stamp.producer_epoch => {
+            if state.recent.len() == DEDUP_WINDOW {
+                state.recent.remove(0);
+            }
+            state.recent.push(entry);
+            state
+        }
+        _ => ProducerState {
+            epoch: stamp.producer_epoch,
+            recent: vec![entry],
+        },
+    }
+}
+
+/// Sequence of the last record of a batch, wrapping past `i32::MAX` to 0.
+fn last_sequence(base_sequence: i32, record_count: u32) -> i32 {
+    let last = (i64::from(base_sequence) + i64::from(record_count) - 1).rem_euclid(SEQUENCE_SPACE);
+    // `rem_euclid` keeps it in 0..=i32::MAX.
+    last as i32
+}
+
+/// The sequence after `seq`, wrapping `i32::MAX` to 0.
+fn next_sequence(seq: i32) -> i32 {
+    if seq == i32::MAX { 0 } else { seq + 1 }
+}
+
+/// Whether `seq` lies behind `expected` on the sequence circle, that is
+/// within half the sequence space before it; this reads "lower" correctly
+/// across the wrap to 0.
+fn is_behind(seq: i32, expected: i32) -> bool {
+    let distance = (i64::from(expected) - i64::from(seq)).rem_euclid(SEQUENCE_SPACE);
+    distance > 0 && distance <= SEQUENCE_SPACE / 2
+}
+
+/// Encoding version, so a later layout can be told apart.
+const ENCODING_VERSION: u8 = 1;
+const FIXED_LEN: usize = 4;
+const ENTRY_LEN: usize = 16;
+
+impl ProducerState {
+    /// Encodes the state for the `producers` table. Big-endian throughout:
+    ///
+    /// ```text
+    /// offset   size field
+    ///      0      1 version        1
+    ///      1      2 epoch          i16
+    ///      3      1 count          u8, 0..=DEDUP_WINDOW
+    ///      4  16*count entries, oldest first:
+    ///               first_seq i32, last_seq i32, base_offset u64
+    /// ```
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(FIXED_LEN + ENTRY_LEN * self.recent.len());
+        out.push(ENCODING_VERSION);
+        out.extend_from_slice(&self.epoch.to_be_bytes());
+        // `recent` never exceeds DEDUP_WINDOW (5), which fits a u8.
+        out.push(self.recent.len() as u8);
+        for b in &self.recent {
+            out.extend_from_slice(&b.first_seq.to_be_bytes());
+            out.extend_from_slice(&b.last_seq.to_be_bytes());
+            out.extend_from_slice(&b.base_offset.to_be_bytes());
+        }
+        out
+    }
+
+    /// Decodes what [`ProducerState::encode`] wrote; anything else is
+    /// [`StoreError::Corrupt`].
+    pub fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
+        let corrupt = |detail: String| StoreError::Corrupt {
+            table: "producers".to_owned(),
+            detail,
+        };
+        let [version, e0, e1, count, entries @ ..] = bytes else {
+            return Err(corrupt(format!("{} bytes, too short", bytes.len())));
+        };
+        if *version != ENCODING_VERSION {
+            return Err(corrupt(format!("unknown encoding version {version}")));
+        }
+        let count = usize::from(*count);
+        if count > DEDUP_WINDOW || entries.len() != count * ENTRY_LEN {
+            return Err(corrupt(format!(
+                "{count} entries in {} bytes",
+                entries.len()
+            )));
+        }
+        let recent = entries
+            .chunks_exact(ENTRY_LEN)
+            .map(|e| {
+                let mut offset = [0u8; 8];
+                offset.copy_from_slice(&e[8..16]);
+                BatchSequence {
+                    first_seq: i32::from_be_bytes([e[0], e[1], e[2], e[3]]),
+                    last_seq: i32::from_be_bytes([e[4], e[5], e[6], e[7]]),
+                    base_offset: u64::from_be_bytes(offset),
+                }
+            })
+            .collect();
+        Ok(ProducerState {
+            epoch: i16::from_be_bytes([*e0, *e1]),
+            recent,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PID: i64 = 42;
+
+    fn stamp(epoch: i16, seq: i32) -> ProducerStamp {
+        ProducerStamp {
+            producer_id: PID,
+            producer_epoch: epoch,
+            base_sequence: seq,
+        }
+    }
+
+    /// State after batches of `count` records at the given sequences, each
+    /// stored at `10 * seq`.
+    fn state_after(epoch: i16, batches: &[(i32, u32)]) -> ProducerState {
+        let mut state = None;
+        for &(seq, count) in batches {
+            state = Some(record(state, stamp(epoch, seq), count, 10 * seq as u64));
+        }
+        state.unwrap()
+    }
+
+    #[test]
+    fn check_non_idempotent_batch_appends() {
+        let state = state_after(0, &[(0, 1)]);
+        assert_eq!(
+            check(Some(&state), ProducerStamp::NONE, 1),
+            Ok(Decision::Append)
+        );
+    }
+
+    #[test]
+    fn check_without_state_appends() {
+        assert_eq!(check(None, stamp(0, 17), 3), Ok(Decision::Append));
+    }
+
+    #[test]
+    fn check_negative_sequence_is_out_of_order() {
+        assert_eq!(
+            check(None, stamp(0, -5), 1),
+            Err(AppendError::OutOfOrderSequence {
+                producer_id: PID,
+                expected: 0,
+                got: -5
+            })
+        );
+    }
+
+    #[test]
+    fn check_older_epoch_is_fenced() {
+        let state = state_after(3, &[(0, 1)]);
+        assert_eq!(
+            check(Some(&state), stamp(2, 1), 1),
+            Err(AppendError::ProducerFenced {
+                producer_id: PID,
+                epoch: 2,
+                current: 3
+            })
+        );
+    }
+
+    #[test]
+    fn check_newer_epoch_appends_and_starts_fresh() {
+        let state = state_after(3, &[(0, 5), (5, 5)]);
+        assert_eq!(check(Some(&state), stamp(4, 0), 1), Ok(Decision::Append));
+        let next = record(Some(state), stamp(4, 0), 1, 100);
+        assert_eq!(next.epoch, 4);
+        assert_eq!(
+            next.recent.len(),
+            1,
+            "the old epoch's batches are forgotten"
+        );
+    }
+
+    #[test]
+    fn check_next_sequence_appends() {
+        let state = state_after(0, &[(0, 5)]);
+        assert_eq!(check(Some(&state), stamp(0, 5), 2), Ok(Decision::Append));
+    }
+
+    #[test]
+    fn check_retry_of_recent_batch_is_duplicate_with_original_offset() {
+        let state = state_after(0, &[(0, 2), (2, 2), (4, 2)]);
+        assert_eq!(
+            check(Some(&state), stamp(0, 2), 2),
+            Ok(Decision::Duplicate { base_offset: 20 })
+        );
+        assert_eq!(
+            check(Some(&state), stamp(0, 4), 2),
+            Ok(Decision::Duplicate { base_offset: 40 })
+        );
+    }
+
+    #[test]
+    fn check_same_first_sequence_with_other_length_is_not_duplicate() {
+        let state = state_after(0, &[(0, 2), (2, 2)]);
+        assert_eq!(
+            check(Some(&state), stamp(0, 2), 3),
+            Err(AppendError::StaleDuplicate {
+                producer_id: PID,
+                sequence: 2
+            })
+        );
+    }
+
+    #[test]
+    fn check_retry_older_than_window_is_stale() {
+        let batches: Vec<(i32, u32)> = (0..=DEDUP_WINDOW as i32).map(|s| (s, 1)).collect();
+        let state = state_after(0, &batches);
+        assert_eq!(
+            check(Some(&state), stamp(0, 0), 1),
+            Err(AppendError::StaleDuplicate {
+                producer_id: PID,
+                sequence: 0
+            })
+        );
+        assert_eq!(
+            check(Some(&state), stamp(0, 1), 1),
+            Ok(Decision::Duplicate { base_offset: 10 }),
+            "the last DEDUP_WINDOW batches are still remembered"
+        );
+    }
+
+    #[test]
+    fn check_sequence_gap_is_out_of_order() {
+        let state = state_after(0, &[(0, 3)]);
+        assert_eq!(
+            check(Some(&state), stamp(0, 5), 1),
+            Err(AppendError::OutOfOrderSequence {
+                producer_id: PID,
+                expected: 3,
+                got: 5
+            })
+        );
+    }
+
+    #[test]
+    fn check_sequence_wraps_from_max_to_zero() {
+        let state = state_after(0, &[(i32::MAX - 1, 2)]);
+        assert_eq!(check(Some(&state), stamp(0, 0), 1), Ok(Decision::Append));
+        let wrapped = state_after(0, &[(i32::MAX - 1, 4)]);
+        assert_eq!(
+            check(Some(&wrapped), stamp(0, 2), 1),
+            Ok(Decision::Append),
+            "a batch spanning the wrap ends at sequence 1"
+        );
+        assert_eq!(
+            check(Some(&wrapped), stamp(0, i32::MAX - 1), 4),
+            Ok(Decision::Duplicate {
+                base_offset: 10 * (i32::MAX - 1) as u64
+            })
+        );
+        assert!(matches!(
+            check(Some(&wrapped), stamp(0, i32::MAX), 1),
+            Err(AppendError::StaleDuplicate { .. })
+        ));
+    }
+
+    #[test]
+    fn record_keeps_only_the_window() {
+        let batches: Vec<(i32, u32)> = (0..10).map(|s| (s, 1)).collect();
+        let state = state_after(0, &batches);
+        assert_eq!(state.recent.len(), DEDUP_WINDOW);
+        assert_eq!(state.recent[0].first_seq, 10 - DEDUP_WINDOW as i32);
+        assert_eq!(state.recent[DEDUP_WINDOW - 1].first_seq, 9);
+    }
+
+    #[test]
+    fn producer_state_encoding_roundtrips() {
+        let state = state_after(-7, &[(0, 3), (3, 1), (i32::MAX, 2)]);
+        assert_eq!(ProducerState::decode(&state.encode()).unwrap(), state);
+    }
+
+    #[test]
+    fn producer_state_decoding_bad_bytes_is_corrupt() {
+        let good = state_after(1, &[(0, 1), (1, 1)]).encode();
+        let mut wrong_version = good.clone();
+        wrong_version[0] = 2;
+        let mut too_many = good.clone();
+        too_many[3] = DEDUP_WINDOW as u8 + 1;
+        for bad in [
+            &good[..3],
+            &good[..good.len() - 1],
+            &wrong_version[..],
+            &too_many[..],
+        ] {
+            assert!(
+                matches!(ProducerState::decode(bad), Err(StoreError::Corrupt { .. })),
+                "{bad:?} should be corrupt"
+            );
+        }
+    }
+}

@@ -1,0 +1,468 @@
+//! [`MemStore`]: the whole store in memory, behind one mutex, with
+//! fail-after-N-writes fault injection.
+//!
+//! It has the same semantics as [`crate::RedbStore`] (the
+//! [`crate::conformance`] suite holds both to them) and exists so the broker
+//! and replication cores can be tested fast, and so crash handling above the
+//! store can be tested by making writes fail on cue.
+
+use std::collections::BTreeMap;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use bytes::{Bytes, BytesMut};
+use edgebus_proto::batch::set_base_offset;
+
+use crate::dedup::{self, Decision, ProducerState};
+use crate::topic;
+use crate::{
+    Append, AppendError, AppendOutcome, LogStore, PartitionOffsets, ReadBatches, ReadError,
+    RetentionReport, StoreError, TopicError, TopicSpec,
+};
+
+/// An in-memory [`LogStore`] with fault injection.
+///
+/// Every write operation (`create_topic`, `delete_topic`, `append`,
+/// `enforce_retention`, `allocate_producer_id`) either applies completely
+/// or not at all, under one lock, so there is never uncommitted state:
+/// what a reader sees is what a "restart" ([`MemStore::reopen`]) keeps.
+#[derive(Debug, Default)]
+pub struct MemStore {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    state: State,
+    faults: Faults,
+}
+
+/// Committed state: everything that survives [`MemStore::reopen`].
+#[derive(Debug, Clone, Default)]
+struct State {
+    topics: BTreeMap<String, TopicSpec>,
+    partitions: BTreeMap<(String, u32), Partition>,
+    producers: BTreeMap<(i64, String, u32), ProducerState>,
+    next_producer_id: i64,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Partition {
+    offsets: PartitionOffsets,
+    /// Sum of the stored batch sizes, for size retention.
+    bytes: u64,
+    /// base offset → batch, base offset written in.
+    log: BTreeMap<u64, StoredBatch>,
+    /// Running max timestamp → base offset of the batch that raised it.
+    time: BTreeMap<i64, u64>,
+}
+
+#[derive(Debug, Clone)]
+struct StoredBatch {
+    bytes: Bytes,
+    record_count: u32,
+    max_timestamp_ms: i64,
+}
+
+/// The fail-after-N countdown.
+#[derive(Debug, Default)]
+struct Faults {
+    /// Writes still allowed; `None` when no fault is armed.
+    remaining: Option<u64>,
+    /// The N the countdown was armed with, reported in the error.
+    armed_with: u64,
+}
+
+impl MemStore {
+    /// An empty store with no faults armed.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Lets `n` more write operations succeed, then makes every write
+    /// return [`StoreError::Injected`] without applying anything, until
+    /// [`MemStore::clear_faults`]. Reads keep working, as they would on a
+    /// disk that refuses writes.
+    pub fn fail_after_writes(&self, n: u64) {
+        let mut inner = self.lock();
+        inner.faults = Faults {
+            remaining: Some(n),
+            armed_with: n,
+        };
+    }
+
+    /// Disarms fault injection.
+    pub fn clear_faults(&self) {
+        self.lock().faults = Faults::default();
+    }
+
+    /// A store holding exactly this store's committed state, with no faults
+    /// armed: what a process restart would find. Since every write applies
+    /// atomically under the lock, the committed state is the whole state,
+    /// so this is a copy; it exists so tests written against a real store's
+    /// crash-and-reopen cycle run unchanged here.
+    pub fn reopen(&self) -> MemStore {
+        MemStore {
+            inner: Mutex::new(Inner {
+                state: self.lock().state.clone(),
+                faults: Faults::default(),
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Writes validate before they mutate and nothing in them panics on
+        // input, so a poisoned lock still guards consistent state.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Inner {
+    /// Counts one write against the armed fault, or refuses it.
+    fn begin_write(&mut self) -> Result<&mut State, StoreError> {
+        match &mut self.faults.remaining {
+            Some(0) => Err(StoreError::Injected(self.faults.armed_with)),
+            Some(left) => {
+                *left -= 1;
+                Ok(&mut self.state)
+            }
+            None => Ok(&mut self.state),
+        }
+    }
+}
+
+impl State {
+    fn partition(&self, topic: &str, partition: u32) -> Result<&Partition, ReadError> {
+        self.partitions
+            .get(&(topic.to_owned(), partition))
+            .ok_or_else(|| {
+                if self.topics.contains_key(topic) {
+                    ReadError::UnknownPartition {
+                        topic: topic.to_owned(),
+                        partition,
+                    }
+                } else {
+                    ReadError::UnknownTopic(topic.to_owned())
+                }
+            })
+    }
+
+    fn append_one(&mut self, append: &Append) -> Result<AppendOutcome, AppendError> {
+        append.check_shape()?;
+        let key = (append.topic.clone(), append.partition);
+        let Some(part) = self.partitions.get_mut(&key) else {
+            return Err(if self.topics.contains_key(&append.topic) {
+                AppendError::UnknownPartition {
+                    topic: append.topic.clone(),
+                    partition: append.partition,
+                }
+            } else {
+                AppendError::UnknownTopic(append.topic.clone())
+            });
+        };
+        let header = &append.header;
+        let stamp = header.producer;
+        let producer_key = (stamp.producer_id, key.0, key.1);
+        let state = self.producers.get(&producer_key);
+        if let Decision::Duplicate { base_offset } =
+            dedup::check(state, stamp, header.record_count)?
+        {
+            return Ok(AppendOutcome::Duplicate { base_offset });
+        }
+        let base_offset = part.offsets.log_end;
+        let mut bytes = BytesMut::from(&append.batch[..]);
+        set_base_offset(&mut bytes, base_offset);
+        part.bytes += bytes.len() as u64;
+        part.log.insert(
+            base_offset,
+            StoredBatch {
+                bytes: bytes.freeze(),
+                record_count: header.record_count,
+                max_timestamp_ms: header.max_timestamp_ms,
+            },
+        );
+        part.offsets.log_end += u64::from(header.record_count);
+        let running_max = part.time.last_key_value().map(|(ts, _)| *ts);
+        if running_max.is_none_or(|max| header.max_timestamp_ms > max) {
+            part.time.insert(header.max_timestamp_ms, base_offset);
+        }
+        if stamp.is_idempotent() {
+            let state = self.producers.remove(&producer_key);
+            let next = dedup::record(state, stamp, header.record_count, base_offset);
+            self.producers.insert(producer_key, next);
+        }
+        Ok(AppendOutcome::Appended { base_offset })
+    }
+}
+
+impl Partition {
+    fn delete_oldest(&mut self, report: &mut RetentionReport) {
+        if let Some((_, batch)) = self.log.pop_first() {
+            let size = batch.bytes.len() as u64;
+            self.bytes -= size;
+            report.batches += 1;
+            report.bytes += size;
+        }
+    }
+
+    /// Moves the log start to the first remaining batch and drops time
+    /// index entries below it, keeping the largest dropped timestamp
+    /// pointed at the new log start so the running max (and lookups for
+    /// timestamps the remaining batches may hold) stay right.
+    fn advance_log_start(&mut self) {
+        let log_start = self
+            .log
+            .first_key_value()
+            .map_or(self.offsets.log_end, |(base, _)| *base);
+        self.offsets.log_start = log_start;
+        let mut largest_dropped = None;
+        self.time.retain(|ts, base| {
+            let keep = *base >= log_start;
+            if !keep {
+                largest_dropped = Some(*ts);
+            }
+            keep
+        });
+        if let Some(ts) = largest_dropped.filter(|_| !self.log.is_empty()) {
+            self.time.insert(ts, log_start);
+        }
+    }
+}
+
+impl LogStore for MemStore {
+    fn create_topic(&self, spec: &TopicSpec) -> Result<(), TopicError> {
+        topic::validate(spec)?;
+        let mut inner = self.lock();
+        if inner.state.topics.contains_key(&spec.name) {
+            return Err(TopicError::Exists(spec.name.clone()));
+        }
+        let state = inner.begin_write()?;
+        state.topics.insert(spec.name.clone(), spec.clone());
+        for partition in 0..spec.partitions {
+            state
+                .partitions
+                .insert((spec.name.clone(), partition), Partition::default());
+        }
+        Ok(())
+    }
+
+    fn delete_topic(&self, name: &str) -> Result<(), TopicError> {
+        let mut inner = self.lock();
+        if !inner.state.topics.contains_key(name) {
+            return Err(TopicError::NotFound(name.to_owned()));
+        }
+        let state = inner.begin_write()?;
+        state.topics.remove(name);
+        state.partitions.retain(|(topic, _), _| topic != name);
+        state.producers.retain(|(_, topic, _), _| topic != name);
+        Ok(())
+    }
+
+    fn topics(&self) -> Result<Vec<TopicSpec>, StoreError> {
+        Ok(self.lock().state.topics.values().cloned().collect())
+    }
+
+    fn topic(&self, name: &str) -> Result<Option<TopicSpec>, StoreError> {
+        Ok(self.lock().state.topics.get(name).cloned())
+    }
+
+    fn append(
+        &self,
+        appends: &[Append],
+        _durable: bool,
+    ) -> Result<Vec<Result<AppendOutcome, AppendError>>, StoreError> {
+        let mut inner = self.lock();
+        let state = inner.begin_write()?;
+        Ok(appends.iter().map(|a| state.append_one(a)).collect())
+    }
+
+    fn read(
+        &self,
+        topic: &str,
+        partition: u32,
+        from: u64,
+        max_bytes: usize,
+    ) -> Result<ReadBatches, ReadError> {
+        let inner = self.lock();
+        let part = inner.state.partition(topic, partition)?;
+        let offsets = part.offsets;
+        let from = from.max(offsets.log_start);
+        let start = part
+            .log
+            .range(..=from)
+            .next_back()
+            .filter(|(base, batch)| *base + u64::from(batch.record_count) > from)
+            .map_or(from, |(base, _)| *base);
+        let mut batches = Vec::new();
+        let mut total = 0usize;
+        for batch in part.log.range(start..).map(|(_, b)| &b.bytes) {
+            if !batches.is_empty() && total + batch.len() > max_bytes {
+                break;
+            }
+            total += batch.len();
+            batches.push(batch.clone());
+        }
+        Ok(ReadBatches { batches, offsets })
+    }
+
+    fn offsets(&self, topic: &str, partition: u32) -> Result<PartitionOffsets, ReadError> {
+        Ok(self.lock().state.partition(topic, partition)?.offsets)
+    }
+
+    fn offset_for_timestamp(
+        &self,
+        topic: &str,
+        partition: u32,
+        timestamp_ms: i64,
+    ) -> Result<u64, ReadError> {
+        let inner = self.lock();
+        let part = inner.state.partition(topic, partition)?;
+        Ok(part
+            .time
+            .range(timestamp_ms..)
+            .next()
+            .map_or(part.offsets.log_end, |(_, base)| {
+                (*base).max(part.offsets.log_start)
+            }))
+    }
+
+    fn allocate_producer_id(&self) -> Result<i64, StoreError> {
+        let mut inner = self.lock();
+        let state = inner.begin_write()?;
+        let id = state.next_producer_id;
+        state.next_producer_id += 1;
+        Ok(id)
+    }
+
+    fn enforce_retention(&self, now_ms: i64) -> Result<RetentionReport, StoreError> {
+        let mut inner = self.lock();
+        let state = inner.begin_write()?;
+        let mut report = RetentionReport::default();
+        for ((name, _), part) in &mut state.partitions {
+            let Some(spec) = state.topics.get(name) else {
+                continue;
+            };
+            let before = report.batches;
+            if let Some(cutoff) = topic::retention_cutoff_ms(spec, now_ms) {
+                while part
+                    .log
+                    .first_key_value()
+                    .is_some_and(|(_, b)| b.max_timestamp_ms < cutoff)
+                {
+                    part.delete_oldest(&mut report);
+                }
+            }
+            while part.log.first_key_value().is_some_and(|(_, b)| {
+                topic::oldest_over_size(spec, part.bytes, b.bytes.len() as u64)
+            }) {
+                part.delete_oldest(&mut report);
+            }
+            if report.batches > before {
+                part.advance_log_start();
+            }
+        }
+        Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use edgebus_proto::batch::{BatchBuilder, ProducerStamp, Record, validate};
+
+    use super::*;
+
+    fn spec(name: &str) -> TopicSpec {
+        TopicSpec {
+            name: name.to_owned(),
+            partitions: 1,
+            retention_ms: topic::UNLIMITED,
+            retention_bytes: topic::UNLIMITED,
+            max_message_bytes: topic::DEFAULT_MAX_MESSAGE_BYTES,
+        }
+    }
+
+    fn append(topic: &str) -> Append {
+        let mut builder = BatchBuilder::new();
+        builder.push(&Record::new("v", 1));
+        let batch = builder.finish(ProducerStamp::NONE);
+        Append {
+            topic: topic.to_owned(),
+            partition: 0,
+            header: validate(&batch).unwrap(),
+            batch,
+        }
+    }
+
+    #[test]
+    fn fail_after_writes_counts_every_write_operation_then_refuses() {
+        let store = MemStore::new();
+        store.fail_after_writes(3);
+        store.create_topic(&spec("t")).unwrap();
+        store.append(&[append("t")], true).unwrap();
+        store.allocate_producer_id().unwrap();
+        assert!(matches!(
+            store.append(&[append("t")], true),
+            Err(StoreError::Injected(3))
+        ));
+        assert!(matches!(
+            store.create_topic(&spec("u")),
+            Err(TopicError::Store(StoreError::Injected(3)))
+        ));
+        assert!(matches!(
+            store.delete_topic("t"),
+            Err(TopicError::Store(StoreError::Injected(3)))
+        ));
+        assert!(matches!(
+            store.enforce_retention(0),
+            Err(StoreError::Injected(3))
+        ));
+        assert!(matches!(
+            store.allocate_producer_id(),
+            Err(StoreError::Injected(3))
+        ));
+    }
+
+    #[test]
+    fn fail_after_writes_refused_write_applies_nothing_and_reads_still_work() {
+        let store = MemStore::new();
+        store.create_topic(&spec("t")).unwrap();
+        store.fail_after_writes(0);
+        assert!(store.append(&[append("t"), append("t")], true).is_err());
+        assert_eq!(store.offsets("t", 0).unwrap(), PartitionOffsets::default());
+        assert!(
+            store
+                .read("t", 0, 0, usize::MAX)
+                .unwrap()
+                .batches
+                .is_empty()
+        );
+        assert_eq!(store.topics().unwrap(), vec![spec("t")]);
+    }
+
+    #[test]
+    fn clear_faults_lets_writes_through_again() {
+        let store = MemStore::new();
+        store.fail_after_writes(0);
+        assert!(store.allocate_producer_id().is_err());
+        store.clear_faults();
+        assert_eq!(store.allocate_producer_id().unwrap(), 0);
+    }
+
+    #[test]
+    fn reopen_keeps_committed_state_and_drops_faults() {
+        let store = MemStore::new();
+        store.create_topic(&spec("t")).unwrap();
+        store.append(&[append("t")], true).unwrap();
+        store.fail_after_writes(0);
+        let reopened = store.reopen();
+        assert_eq!(reopened.offsets("t", 0).unwrap().log_end, 1);
+        assert_eq!(
+            reopened.append(&[append("t")], true).unwrap(),
+            vec![Ok(AppendOutcome::Appended { base_offset: 1 })]
+        );
+        assert_eq!(
+            store.offsets("t", 0).unwrap().log_end,
+            1,
+            "the reopened store is independent of the old one"
+        );
+    }
+}

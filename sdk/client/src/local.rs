@@ -1,0 +1,48 @@
+//! Where a broker on this machine keeps its data and its local CA, so that
+//! `edgebus serve`, the CLI and programs using this crate agree without flags.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use crate::client::ClientConfig;
+use crate::error::ClientError;
+
+/// The port a broker listens on by default.
+pub const DEFAULT_PORT: u16 = 7171;
+
+/// `$EDGEBUS_DATA`, else `$XDG_DATA_HOME/edgebus`, else
+/// `~/.local/share/edgebus`, else `./edgebus-data`.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("EDGEBUS_DATA") {
+        return PathBuf::from(dir);
+    }
+    if let Some(dir) = std::env::var_os("XDG_DATA_HOME") {
+        return PathBuf::from(dir).join("edgebus");
+    }
+    if let Some(home) = std::env::var_os("HOME") {
+        return PathBuf::from(home).join(".local/share/edgebus");
+    }
+    PathBuf::from("edgebus-data")
+}
+
+/// The local CA certificate of a broker using `data_dir`.
+pub fn local_ca_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("tls").join("ca.pem")
+}
+
+impl ClientConfig {
+    /// The broker at `$EDGEBUS_BROKER` (default `127.0.0.1:7171`), trusting
+    /// `$EDGEBUS_CA` or else the local CA in the default data dir.
+    pub fn local() -> Result<ClientConfig, ClientError> {
+        let broker = match std::env::var("EDGEBUS_BROKER") {
+            Ok(addr) => addr
+                .parse()
+                .map_err(|e| ClientError::Config(format!("EDGEBUS_BROKER={addr:?}: {e}")))?,
+            Err(_) => SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)),
+        };
+        let ca = std::env::var_os("EDGEBUS_CA")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| local_ca_path(&default_data_dir()));
+        Ok(ClientConfig::new(broker, ca))
+    }
+}
