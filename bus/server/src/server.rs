@@ -24,7 +24,7 @@ use edgebus_proto::frame::{FrameHeader, Position, Request, Response};
 use quinn::crypto::rustls::QuicServerConfig;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
-use crate::broker::{Broker, Failure, fetched};
+use crate::broker::{Broker, Failure};
 use crate::config::Limits;
 
 /// QUIC application error codes used when closing connections and streams.
@@ -359,13 +359,36 @@ async fn push(
             // One empty frame tells the client where the log ends.
             idle_sent = true;
         }
-        if send_response(send, correlation_id, fetched(read), &mut buf)
+        if send_fetched(send, correlation_id, read, &mut buf)
             .await
             .is_err()
         {
             return;
         }
     }
+}
+
+/// Sends a `Fetched` frame whose stored batches go out as their own chunks,
+/// never copied into the frame buffer.
+async fn send_fetched(
+    send: &mut quinn::SendStream,
+    correlation_id: u32,
+    read: edgebus_store::ReadBatches,
+    buf: &mut BytesMut,
+) -> Result<(), quinn::WriteError> {
+    buf.clear();
+    let len = read.batches.iter().map(bytes::Bytes::len).sum();
+    edgebus_proto::frame::encode_fetched_head(
+        correlation_id,
+        read.offsets.log_start,
+        read.offsets.log_end,
+        len,
+        buf,
+    );
+    let mut chunks = Vec::with_capacity(read.batches.len() + 1);
+    chunks.push(buf.split().freeze());
+    chunks.extend(read.batches);
+    send.write_all_chunks(&mut chunks).await
 }
 
 async fn send_response(

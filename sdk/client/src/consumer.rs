@@ -1,8 +1,8 @@
 //! Subscriptions: the broker pushes batches down a stream as they are
 //! appended, and QUIC flow control is the backpressure.
 //!
-//! A [`Subscription`] reads one partition. It holds at most a small buffer
-//! of decoded records; while the application does not call
+//! A [`Subscription`] reads one partition. It holds at most a few pushed
+//! frames of decoded records; while the application does not call
 //! [`Subscription::next`], the reader stops reading the stream, the
 //! stream's receive window fills, and the broker stops sending. After a lost
 //! connection the subscription resumes from the offset after the last record
@@ -24,8 +24,9 @@ use crate::wire;
 pub struct SubscribeConfig {
     /// Upper bound on bytes per pushed frame.
     pub max_bytes: u32,
-    /// Decoded records buffered ahead of the application.
-    pub buffer_records: usize,
+    /// Pushed frames (each up to `max_bytes`) buffered ahead of the
+    /// application; beyond this, flow control stops the broker.
+    pub buffer_frames: usize,
     /// Reconnect after a lost connection instead of ending with an error.
     pub reconnect: bool,
 }
@@ -34,16 +35,21 @@ impl Default for SubscribeConfig {
     fn default() -> Self {
         SubscribeConfig {
             max_bytes: 1 << 20,
-            buffer_records: 4096,
+            buffer_frames: 4,
             reconnect: true,
         }
     }
 }
 
+/// Records cross from the reader task to the application a pushed frame at a
+/// time, so the channel costs one operation per frame, not per record.
+type Chunk = Result<Vec<StoredRecord>, ClientError>;
+
 /// A live feed of one partition's records.
 #[derive(Debug)]
 pub struct Subscription {
-    records: mpsc::Receiver<Result<StoredRecord, ClientError>>,
+    chunks: mpsc::Receiver<Chunk>,
+    ready: std::vec::IntoIter<StoredRecord>,
     log_end: watch::Receiver<u64>,
 }
 
@@ -56,7 +62,7 @@ impl Subscription {
         from: Position,
         config: SubscribeConfig,
     ) -> Result<Subscription, ClientError> {
-        let (tx, records) = mpsc::channel(config.buffer_records.max(1));
+        let (tx, chunks) = mpsc::channel(config.buffer_frames.max(1));
         let (end_tx, log_end) = watch::channel(0);
         let mut reader = Reader {
             client,
@@ -68,13 +74,25 @@ impl Subscription {
         };
         let stream = reader.open(from).await?;
         tokio::spawn(reader.run(stream));
-        Ok(Subscription { records, log_end })
+        Ok(Subscription {
+            chunks,
+            ready: Vec::new().into_iter(),
+            log_end,
+        })
     }
 
     /// The next record, waiting for one to be appended if needed. `None`
     /// once the subscription has ended; an error ends it.
     pub async fn next(&mut self) -> Option<Result<StoredRecord, ClientError>> {
-        self.records.recv().await
+        loop {
+            if let Some(record) = self.ready.next() {
+                return Some(Ok(record));
+            }
+            match self.chunks.recv().await? {
+                Ok(records) => self.ready = records.into_iter(),
+                Err(e) => return Some(Err(e)),
+            }
+        }
     }
 
     /// The partition's log end as of the last frame the broker pushed.
@@ -88,7 +106,7 @@ struct Reader {
     topic: String,
     partition: u32,
     config: SubscribeConfig,
-    records: mpsc::Sender<Result<StoredRecord, ClientError>>,
+    records: mpsc::Sender<Chunk>,
     log_end: watch::Sender<u64>,
 }
 
@@ -167,11 +185,12 @@ impl Reader {
                 Ok(r) => r,
                 Err(e) => return e,
             };
-            for record in records {
-                *next_offset = Some(record.offset + 1);
-                if self.records.send(Ok(record)).await.is_err() {
-                    return ClientError::Closed;
-                }
+            let Some(last) = records.last() else {
+                continue;
+            };
+            *next_offset = Some(last.offset + 1);
+            if self.records.send(Ok(records)).await.is_err() {
+                return ClientError::Closed;
             }
         }
     }
