@@ -263,3 +263,35 @@ async fn acks_leader_and_none_are_stored_too() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Regression: a subscription from an offset inside a batch delivered the
+/// batch's earlier records too.
+#[tokio::test]
+async fn subscription_from_offset_inside_a_batch_starts_at_that_offset() {
+    let broker = TestBroker::start().await.unwrap();
+    let client = broker.client().await.unwrap();
+    client.create_topic(spec("mid", 1)).await.unwrap();
+    let producer = Producer::new(client.clone(), ProducerConfig::default())
+        .await
+        .unwrap();
+    let mut acks = Vec::new();
+    for i in 0..10 {
+        let record = Record::new(format!("{i}"), now_ms());
+        acks.push(producer.send("mid", record).await.unwrap());
+    }
+    producer.flush().await.unwrap();
+    for a in acks {
+        a.await.unwrap();
+    }
+    let mut sub = Subscription::start(
+        client.clone(),
+        "mid",
+        0,
+        Position::Offset(7),
+        SubscribeConfig::default(),
+    )
+    .await
+    .unwrap();
+    let first = sub.next().await.unwrap().unwrap();
+    assert_eq!(first.offset, 7);
+}

@@ -148,6 +148,17 @@ pub enum ErrorCode {
     /// A retry of a batch older than the broker's dedup window; it was
     /// stored before, but its offset is no longer known.
     DuplicateSequence = 18,
+    /// The consumer-group member is unknown: it never joined, left, or was
+    /// expired after missing its session timeout.
+    UnknownMember = 19,
+    /// The request carries a member epoch that is no longer current.
+    StaleGeneration = 20,
+    /// An offset commit names a partition the member does not own.
+    NotAssigned = 21,
+    /// The group has active members; the operation needs it empty.
+    GroupNotEmpty = 22,
+    /// The group has no members and no committed offsets.
+    UnknownGroup = 23,
 }
 
 impl ErrorCode {
@@ -173,6 +184,11 @@ impl ErrorCode {
             16 => ShuttingDown,
             17 => InvalidRequest,
             18 => DuplicateSequence,
+            19 => UnknownMember,
+            20 => StaleGeneration,
+            21 => NotAssigned,
+            22 => GroupNotEmpty,
+            23 => UnknownGroup,
             _ => return None,
         })
     }

@@ -84,6 +84,62 @@ pub struct PartitionInfo {
     pub log_end: u64,
 }
 
+/// A partition of a topic, on the wire.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TopicPartition {
+    /// Topic name.
+    pub topic: String,
+    /// Partition index.
+    pub partition: u32,
+}
+
+/// An offset of a topic partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionOffset {
+    /// Topic name.
+    pub topic: String,
+    /// Partition index.
+    pub partition: u32,
+    /// The offset.
+    pub offset: u64,
+}
+
+/// How a group spreads partitions over its members.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AssignmentStrategy {
+    /// Contiguous ranges per topic.
+    Range = 0,
+    /// Partitions dealt in turn.
+    RoundRobin = 1,
+    /// Balanced, moving as few partitions as possible.
+    #[default]
+    Sticky = 2,
+}
+
+/// A group member as `DescribeGroup` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberInfo {
+    /// Member id.
+    pub member_id: String,
+    /// Subscribed topics.
+    pub topics: Vec<String>,
+    /// Partitions it owns.
+    pub owned: Vec<TopicPartition>,
+}
+
+/// A group's progress on one partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupLag {
+    /// Topic name.
+    pub topic: String,
+    /// Partition index.
+    pub partition: u32,
+    /// Committed offset, if any.
+    pub committed: Option<u64>,
+    /// The partition's log end.
+    pub log_end: u64,
+}
+
 /// A request from a client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
@@ -146,6 +202,78 @@ pub enum Request {
         /// The position to resolve.
         position: Position,
     },
+    /// Join a consumer group (or rejoin with a known member id).
+    JoinGroup {
+        /// Group name.
+        group: String,
+        /// Empty for a new member.
+        member_id: String,
+        /// Topics to consume.
+        topics: Vec<String>,
+        /// Expire the member after this long without a heartbeat.
+        session_timeout_ms: u32,
+        /// Strategy, used when the group forms.
+        strategy: AssignmentStrategy,
+    },
+    /// Keep membership alive, report owned partitions, learn the current
+    /// assignment. The broker answers at once if the assignment changed,
+    /// else within `wait_ms`.
+    Heartbeat {
+        /// Group name.
+        group: String,
+        /// Member id.
+        member_id: String,
+        /// Partitions the member currently owns.
+        owned: Vec<TopicPartition>,
+        /// How long the broker may hold the answer waiting for a change.
+        wait_ms: u32,
+    },
+    /// Leave a group.
+    LeaveGroup {
+        /// Group name.
+        group: String,
+        /// Member id.
+        member_id: String,
+    },
+    /// Commit offsets for a group. With an empty `member_id` the group must
+    /// have no members (a standalone consumer or a tool).
+    CommitOffsets {
+        /// Group name.
+        group: String,
+        /// Member id, or empty.
+        member_id: String,
+        /// The member's current epoch.
+        epoch: u32,
+        /// Offsets: the next offset to read, per partition.
+        offsets: Vec<PartitionOffset>,
+    },
+    /// A group's committed offsets.
+    FetchOffsets {
+        /// Group name.
+        group: String,
+    },
+    /// Groups with members or committed offsets.
+    ListGroups,
+    /// Members, assignment and lag of a group.
+    DescribeGroup {
+        /// Group name.
+        group: String,
+    },
+    /// Set a group's offsets for every partition of a topic; only while the
+    /// group has no members.
+    ResetOffsets {
+        /// Group name.
+        group: String,
+        /// Topic name.
+        topic: String,
+        /// Where to point each partition.
+        to: Position,
+    },
+    /// Delete a group's committed offsets; only while it has no members.
+    DeleteGroup {
+        /// Group name.
+        group: String,
+    },
 }
 
 /// A response from the broker.
@@ -198,6 +326,36 @@ pub enum Response {
     Offset {
         /// The resolved offset.
         offset: u64,
+    },
+    /// Reply to `JoinGroup` and `Heartbeat`.
+    GroupAssignment {
+        /// Member id.
+        member_id: String,
+        /// The member's epoch; commits carry it.
+        epoch: u32,
+        /// The group's generation.
+        generation: u32,
+        /// Heartbeat at least this often.
+        heartbeat_interval_ms: u32,
+        /// Partitions the member may consume now.
+        partitions: Vec<TopicPartition>,
+    },
+    /// Reply to `LeaveGroup`, `CommitOffsets` and `DeleteGroup`.
+    Done,
+    /// Reply to `FetchOffsets` and `ResetOffsets`.
+    CommittedOffsets(Vec<PartitionOffset>),
+    /// Reply to `ListGroups`.
+    Groups(Vec<String>),
+    /// Reply to `DescribeGroup`.
+    GroupDescription {
+        /// Generation (0 when the group has no members).
+        generation: u32,
+        /// Assignment strategy.
+        strategy: AssignmentStrategy,
+        /// Members.
+        members: Vec<MemberInfo>,
+        /// Committed offset and log end per partition of the group's topics.
+        lag: Vec<GroupLag>,
     },
 }
 
@@ -324,6 +482,30 @@ fn put_position(buf: &mut BytesMut, p: Position) {
     }
 }
 
+fn put_tps(buf: &mut BytesMut, tps: &[TopicPartition]) {
+    buf.put_u32(tps.len() as u32);
+    for tp in tps {
+        put_str(buf, &tp.topic);
+        buf.put_u32(tp.partition);
+    }
+}
+
+fn put_offsets(buf: &mut BytesMut, offsets: &[PartitionOffset]) {
+    buf.put_u32(offsets.len() as u32);
+    for o in offsets {
+        put_str(buf, &o.topic);
+        buf.put_u32(o.partition);
+        buf.put_u64(o.offset);
+    }
+}
+
+fn put_strs(buf: &mut BytesMut, strs: &[String]) {
+    buf.put_u32(strs.len() as u32);
+    for s in strs {
+        put_str(buf, s);
+    }
+}
+
 fn put_spec(buf: &mut BytesMut, s: &TopicSpec) {
     put_str(buf, &s.name);
     buf.put_u32(s.partitions);
@@ -344,6 +526,15 @@ impl Request {
             Request::Fetch { .. } => 7,
             Request::Subscribe { .. } => 8,
             Request::ListOffsets { .. } => 9,
+            Request::JoinGroup { .. } => 10,
+            Request::Heartbeat { .. } => 11,
+            Request::LeaveGroup { .. } => 12,
+            Request::CommitOffsets { .. } => 13,
+            Request::FetchOffsets { .. } => 14,
+            Request::ListGroups => 15,
+            Request::DescribeGroup { .. } => 16,
+            Request::ResetOffsets { .. } => 17,
+            Request::DeleteGroup { .. } => 18,
         }
     }
 
@@ -390,6 +581,54 @@ impl Request {
                 put_str(buf, topic);
                 buf.put_u32(*partition);
                 put_position(buf, *position);
+            }
+            Request::JoinGroup {
+                group,
+                member_id,
+                topics,
+                session_timeout_ms,
+                strategy,
+            } => {
+                put_str(buf, group);
+                put_str(buf, member_id);
+                put_strs(buf, topics);
+                buf.put_u32(*session_timeout_ms);
+                buf.put_u8(*strategy as u8);
+            }
+            Request::Heartbeat {
+                group,
+                member_id,
+                owned,
+                wait_ms,
+            } => {
+                put_str(buf, group);
+                put_str(buf, member_id);
+                put_tps(buf, owned);
+                buf.put_u32(*wait_ms);
+            }
+            Request::LeaveGroup { group, member_id } => {
+                put_str(buf, group);
+                put_str(buf, member_id);
+            }
+            Request::CommitOffsets {
+                group,
+                member_id,
+                epoch,
+                offsets,
+            } => {
+                put_str(buf, group);
+                put_str(buf, member_id);
+                buf.put_u32(*epoch);
+                put_offsets(buf, offsets);
+            }
+            Request::FetchOffsets { group }
+            | Request::DescribeGroup { group }
+            | Request::DeleteGroup { group } => put_str(buf, group),
+            Request::ListGroups => {}
+            Request::ResetOffsets { group, topic, to } => {
+                put_str(buf, group);
+                put_str(buf, topic);
+                put_position(buf, *to);
             }
         }
         end(buf, start);
@@ -451,6 +690,38 @@ impl Request {
                 partition: r.u32()?,
                 position: r.position()?,
             },
+            10 => Request::JoinGroup {
+                group: r.str()?,
+                member_id: r.str()?,
+                topics: r.strs()?,
+                session_timeout_ms: r.u32()?,
+                strategy: r.strategy()?,
+            },
+            11 => Request::Heartbeat {
+                group: r.str()?,
+                member_id: r.str()?,
+                owned: r.tps()?,
+                wait_ms: r.u32()?,
+            },
+            12 => Request::LeaveGroup {
+                group: r.str()?,
+                member_id: r.str()?,
+            },
+            13 => Request::CommitOffsets {
+                group: r.str()?,
+                member_id: r.str()?,
+                epoch: r.u32()?,
+                offsets: r.offsets()?,
+            },
+            14 => Request::FetchOffsets { group: r.str()? },
+            15 => Request::ListGroups,
+            16 => Request::DescribeGroup { group: r.str()? },
+            17 => Request::ResetOffsets {
+                group: r.str()?,
+                topic: r.str()?,
+                to: r.position()?,
+            },
+            18 => Request::DeleteGroup { group: r.str()? },
             other => return Err(FrameError::UnknownKind(other)),
         };
         r.finish()?;
@@ -470,6 +741,11 @@ impl Response {
             Response::Produced { .. } => KIND_RESPONSE | 6,
             Response::Fetched { .. } => KIND_RESPONSE | 7,
             Response::Offset { .. } => KIND_RESPONSE | 9,
+            Response::GroupAssignment { .. } => KIND_RESPONSE | 10,
+            Response::Done => KIND_RESPONSE | 12,
+            Response::CommittedOffsets(_) => KIND_RESPONSE | 14,
+            Response::Groups(_) => KIND_RESPONSE | 15,
+            Response::GroupDescription { .. } => KIND_RESPONSE | 16,
         }
     }
 
@@ -521,6 +797,44 @@ impl Response {
                 put_bytes(buf, batches);
             }
             Response::Offset { offset } => buf.put_u64(*offset),
+            Response::GroupAssignment {
+                member_id,
+                epoch,
+                generation,
+                heartbeat_interval_ms,
+                partitions,
+            } => {
+                put_str(buf, member_id);
+                buf.put_u32(*epoch);
+                buf.put_u32(*generation);
+                buf.put_u32(*heartbeat_interval_ms);
+                put_tps(buf, partitions);
+            }
+            Response::Done => {}
+            Response::CommittedOffsets(offsets) => put_offsets(buf, offsets),
+            Response::Groups(groups) => put_strs(buf, groups),
+            Response::GroupDescription {
+                generation,
+                strategy,
+                members,
+                lag,
+            } => {
+                buf.put_u32(*generation);
+                buf.put_u8(*strategy as u8);
+                buf.put_u32(members.len() as u32);
+                for m in members {
+                    put_str(buf, &m.member_id);
+                    put_strs(buf, &m.topics);
+                    put_tps(buf, &m.owned);
+                }
+                buf.put_u32(lag.len() as u32);
+                for l in lag {
+                    put_str(buf, &l.topic);
+                    buf.put_u32(l.partition);
+                    buf.put_u64(l.committed.unwrap_or(u64::MAX));
+                    buf.put_u64(l.log_end);
+                }
+            }
         }
         end(buf, start);
     }
@@ -574,6 +888,45 @@ impl Response {
                 batches: r.bytes()?,
             },
             0x8009 => Response::Offset { offset: r.u64()? },
+            0x800a => Response::GroupAssignment {
+                member_id: r.str()?,
+                epoch: r.u32()?,
+                generation: r.u32()?,
+                heartbeat_interval_ms: r.u32()?,
+                partitions: r.tps()?,
+            },
+            0x800c => Response::Done,
+            0x800e => Response::CommittedOffsets(r.offsets()?),
+            0x800f => Response::Groups(r.strs()?),
+            0x8010 => {
+                let generation = r.u32()?;
+                let strategy = r.strategy()?;
+                let n = r.count(14)?;
+                let mut members = Vec::with_capacity(n);
+                for _ in 0..n {
+                    members.push(MemberInfo {
+                        member_id: r.str()?,
+                        topics: r.strs()?,
+                        owned: r.tps()?,
+                    });
+                }
+                let n = r.count(22)?;
+                let mut lag = Vec::with_capacity(n);
+                for _ in 0..n {
+                    lag.push(GroupLag {
+                        topic: r.str()?,
+                        partition: r.u32()?,
+                        committed: Some(r.u64()?).filter(|c| *c != u64::MAX),
+                        log_end: r.u64()?,
+                    });
+                }
+                Response::GroupDescription {
+                    generation,
+                    strategy,
+                    members,
+                    lag,
+                }
+            }
             other => return Err(FrameError::UnknownKind(other)),
         };
         r.finish()?;
@@ -667,6 +1020,50 @@ impl Reader {
             tag => {
                 return Err(DecodeError::UnknownTag {
                     field: "position",
+                    tag: u64::from(tag),
+                });
+            }
+        })
+    }
+
+    fn strs(&mut self) -> Result<Vec<String>, DecodeError> {
+        let n = self.count(2)?;
+        (0..n).map(|_| self.str()).collect()
+    }
+
+    fn tps(&mut self) -> Result<Vec<TopicPartition>, DecodeError> {
+        let n = self.count(6)?;
+        (0..n)
+            .map(|_| {
+                Ok(TopicPartition {
+                    topic: self.str()?,
+                    partition: self.u32()?,
+                })
+            })
+            .collect()
+    }
+
+    fn offsets(&mut self) -> Result<Vec<PartitionOffset>, DecodeError> {
+        let n = self.count(14)?;
+        (0..n)
+            .map(|_| {
+                Ok(PartitionOffset {
+                    topic: self.str()?,
+                    partition: self.u32()?,
+                    offset: self.u64()?,
+                })
+            })
+            .collect()
+    }
+
+    fn strategy(&mut self) -> Result<AssignmentStrategy, DecodeError> {
+        Ok(match self.u8()? {
+            0 => AssignmentStrategy::Range,
+            1 => AssignmentStrategy::RoundRobin,
+            2 => AssignmentStrategy::Sticky,
+            tag => {
+                return Err(DecodeError::UnknownTag {
+                    field: "strategy",
                     tag: u64::from(tag),
                 });
             }
@@ -770,7 +1167,78 @@ mod tests {
                     position
                 }
             ),
+            (
+                "[a-z]{1,8}",
+                "[a-z0-9-]{0,8}",
+                proptest::collection::vec("[a-z]{1,8}", 0..4),
+                any::<u32>(),
+                arb_strategy()
+            )
+                .prop_map(
+                    |(group, member_id, topics, session_timeout_ms, strategy)| {
+                        Request::JoinGroup {
+                            group,
+                            member_id,
+                            topics,
+                            session_timeout_ms,
+                            strategy,
+                        }
+                    }
+                ),
+            ("[a-z]{1,8}", "[a-z0-9-]{0,8}", arb_tps(), any::<u32>()).prop_map(
+                |(group, member_id, owned, wait_ms)| Request::Heartbeat {
+                    group,
+                    member_id,
+                    owned,
+                    wait_ms
+                }
+            ),
+            ("[a-z]{1,8}", "[a-z0-9-]{0,8}")
+                .prop_map(|(group, member_id)| Request::LeaveGroup { group, member_id }),
+            ("[a-z]{1,8}", "[a-z0-9-]{0,8}", any::<u32>(), arb_offsets()).prop_map(
+                |(group, member_id, epoch, offsets)| Request::CommitOffsets {
+                    group,
+                    member_id,
+                    epoch,
+                    offsets
+                }
+            ),
+            "[a-z]{1,8}".prop_map(|group| Request::FetchOffsets { group }),
+            Just(Request::ListGroups),
+            "[a-z]{1,8}".prop_map(|group| Request::DescribeGroup { group }),
+            ("[a-z]{1,8}", "[a-z]{1,8}", arb_position())
+                .prop_map(|(group, topic, to)| Request::ResetOffsets { group, topic, to }),
+            "[a-z]{1,8}".prop_map(|group| Request::DeleteGroup { group }),
         ]
+    }
+
+    fn arb_strategy() -> impl Strategy<Value = AssignmentStrategy> {
+        prop_oneof![
+            Just(AssignmentStrategy::Range),
+            Just(AssignmentStrategy::RoundRobin),
+            Just(AssignmentStrategy::Sticky),
+        ]
+    }
+
+    fn arb_tps() -> impl Strategy<Value = Vec<TopicPartition>> {
+        proptest::collection::vec(
+            ("[a-z]{1,8}", any::<u32>())
+                .prop_map(|(topic, partition)| TopicPartition { topic, partition }),
+            0..4,
+        )
+    }
+
+    fn arb_offsets() -> impl Strategy<Value = Vec<PartitionOffset>> {
+        proptest::collection::vec(
+            ("[a-z]{1,8}", any::<u32>(), any::<u64>()).prop_map(|(topic, partition, offset)| {
+                PartitionOffset {
+                    topic,
+                    partition,
+                    offset,
+                }
+            }),
+            0..4,
+        )
     }
 
     fn arb_response() -> impl Strategy<Value = Response> {
@@ -813,6 +1281,69 @@ mod tests {
                 }
             }),
             any::<u64>().prop_map(|offset| Response::Offset { offset }),
+            (
+                "[a-z0-9-]{0,8}",
+                any::<u32>(),
+                any::<u32>(),
+                any::<u32>(),
+                arb_tps()
+            )
+                .prop_map(
+                    |(member_id, epoch, generation, heartbeat_interval_ms, partitions)| {
+                        Response::GroupAssignment {
+                            member_id,
+                            epoch,
+                            generation,
+                            heartbeat_interval_ms,
+                            partitions,
+                        }
+                    }
+                ),
+            Just(Response::Done),
+            arb_offsets().prop_map(Response::CommittedOffsets),
+            proptest::collection::vec("[a-z]{1,8}", 0..4).prop_map(Response::Groups),
+            (
+                any::<u32>(),
+                arb_strategy(),
+                proptest::collection::vec(
+                    (
+                        "[a-z0-9-]{0,8}",
+                        proptest::collection::vec("[a-z]{1,8}", 0..3),
+                        arb_tps()
+                    )
+                        .prop_map(|(member_id, topics, owned)| MemberInfo {
+                            member_id,
+                            topics,
+                            owned
+                        }),
+                    0..3
+                ),
+                proptest::collection::vec(
+                    (
+                        "[a-z]{1,8}",
+                        any::<u32>(),
+                        proptest::option::of(0u64..u64::MAX),
+                        any::<u64>()
+                    )
+                        .prop_map(|(topic, partition, committed, log_end)| {
+                            GroupLag {
+                                topic,
+                                partition,
+                                committed,
+                                log_end,
+                            }
+                        }),
+                    0..3
+                )
+            )
+                .prop_map(|(generation, strategy, members, lag)| {
+                    Response::GroupDescription {
+                        generation,
+                        strategy,
+                        members,
+                        lag,
+                    }
+                }),
         ]
     }
 
@@ -858,7 +1389,10 @@ mod tests {
             // A prefix can only decode if it is the whole frame minus nothing
             // for kinds with no payload; anything else must be an error.
             if let Ok((_, r)) = decoded {
-                prop_assert!(matches!(r, Request::ListTopics | Request::InitProducer));
+                prop_assert!(matches!(
+                    r,
+                    Request::ListTopics | Request::InitProducer | Request::ListGroups
+                ));
             }
         }
     }

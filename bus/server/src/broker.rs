@@ -6,11 +6,14 @@ use std::sync::{Arc, RwLock};
 use bytes::{Bytes, BytesMut};
 use edgebus_proto::ErrorCode;
 use edgebus_proto::batch;
-use edgebus_proto::frame::{Acks, PartitionInfo, Position, Request, Response, TopicSpec};
+use edgebus_proto::frame::{
+    Acks, PartitionInfo, PartitionOffset, Position, Request, Response, TopicSpec,
+};
 use edgebus_store::{Append, AppendError, LogStore, ReadBatches, ReadError, TopicError};
 use tokio::sync::oneshot;
 
 use crate::config::Limits;
+use crate::groups::Groups;
 use crate::notify::Notifier;
 use crate::writer::{AppendResult, WriteError, Writer};
 
@@ -23,6 +26,7 @@ pub struct Broker {
     notifier: Notifier,
     topics: Arc<RwLock<HashMap<String, TopicSpec>>>,
     limits: Arc<Limits>,
+    groups: Groups,
 }
 
 /// A response, or nothing for `acks=none`.
@@ -34,10 +38,14 @@ impl Broker {
         store: Arc<dyn LogStore>,
         limits: Limits,
     ) -> Result<Broker, edgebus_store::StoreError> {
+        let groups = Groups::default();
         let topics = store
             .topics()?
             .into_iter()
-            .map(|t| (t.name.clone(), t))
+            .map(|t| {
+                groups.set_topic(&t.name, t.partitions);
+                (t.name.clone(), t)
+            })
             .collect();
         let notifier = Notifier::default();
         let writer = Writer::spawn(
@@ -51,7 +59,13 @@ impl Broker {
             notifier,
             topics: Arc::new(RwLock::new(topics)),
             limits: Arc::new(limits),
+            groups,
         })
+    }
+
+    /// The consumer-group coordinator.
+    pub fn groups(&self) -> &Groups {
+        &self.groups
     }
 
     /// The limits in force.
@@ -69,7 +83,8 @@ impl Broker {
         &self.notifier
     }
 
-    fn spec(&self, topic: &str) -> Option<TopicSpec> {
+    /// A topic's configuration, from the cache.
+    pub fn topic_spec(&self, topic: &str) -> Option<TopicSpec> {
         self.topics
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -87,7 +102,7 @@ impl Broker {
         acks: Acks,
         batch: Bytes,
     ) -> Result<oneshot::Receiver<AppendResult>, Response> {
-        let Some(spec) = self.spec(&topic) else {
+        let Some(spec) = self.topic_spec(&topic) else {
             return Err(Response::error(
                 ErrorCode::UnknownTopic,
                 format!("unknown topic {topic:?}"),
@@ -130,6 +145,7 @@ impl Broker {
                 }
                 this.blocking(move |b| {
                     b.store.create_topic(&spec).map(|()| {
+                        b.groups.set_topic(&spec.name, spec.partitions);
                         b.topics_mut().insert(spec.name.clone(), spec);
                         Response::TopicCreated
                     })
@@ -140,6 +156,7 @@ impl Broker {
                 this.blocking(move |b| {
                     b.store.delete_topic(&name).map(|()| {
                         b.topics_mut().remove(&name);
+                        b.groups.remove_topic(&name);
                         Response::TopicDeleted
                     })
                 })
@@ -157,7 +174,7 @@ impl Broker {
                 Response::Topics(topics)
             }
             Request::DescribeTopic { name } => {
-                let Some(spec) = self.spec(&name) else {
+                let Some(spec) = self.topic_spec(&name) else {
                     return unknown_topic(&name);
                 };
                 this.blocking(move |b| {
@@ -203,6 +220,71 @@ impl Broker {
                 Ok(offset) => Response::Offset { offset },
                 Err(e) => e,
             },
+            Request::JoinGroup {
+                group,
+                member_id,
+                topics,
+                session_timeout_ms,
+                strategy,
+            } => self
+                .groups
+                .join(&group, &member_id, &topics, session_timeout_ms, strategy),
+            Request::Heartbeat {
+                group,
+                member_id,
+                owned,
+                wait_ms,
+            } => {
+                self.groups
+                    .heartbeat(&group, &member_id, &owned, wait_ms)
+                    .await
+            }
+            Request::LeaveGroup { group, member_id } => self.groups.leave(&group, &member_id),
+            Request::CommitOffsets {
+                group,
+                member_id,
+                epoch,
+                offsets,
+            } => {
+                self.groups
+                    .commit(self, &group, &member_id, epoch, offsets)
+                    .await
+            }
+            Request::FetchOffsets { group } => {
+                this.blocking(move |b| {
+                    b.store
+                        .committed_offsets(&group)
+                        .map(|offsets| {
+                            Response::CommittedOffsets(
+                                offsets
+                                    .into_iter()
+                                    .map(|c| PartitionOffset {
+                                        topic: c.topic,
+                                        partition: c.partition,
+                                        offset: c.offset,
+                                    })
+                                    .collect(),
+                            )
+                        })
+                        .map_err(ReadError::from)
+                })
+                .await
+            }
+            Request::ListGroups => {
+                this.blocking(|b| Ok::<_, ReadError>(b.groups.list(&*b.store)))
+                    .await
+            }
+            Request::DescribeGroup { group } => {
+                this.blocking(move |b| Ok::<_, ReadError>(b.groups.describe(&*b.store, &group)))
+                    .await
+            }
+            Request::ResetOffsets { group, topic, to } => {
+                self.groups.reset(self, &group, &topic, to).await
+            }
+            Request::DeleteGroup { group } => {
+                this.blocking(move |b| Ok::<_, ReadError>(b.groups.delete(&*b.store, &group)))
+                    .await
+            }
             Request::Produce { .. } | Request::Subscribe { .. } => Response::error(
                 ErrorCode::InvalidRequest,
                 "produce and subscribe are stream requests",

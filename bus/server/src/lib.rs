@@ -18,6 +18,7 @@
 //! - [`tls`]: local CA on first start, operator certificates, mTLS.
 //! - [`server`]: endpoint, connections, streams, request framing.
 //! - [`broker`]: what each request does.
+//! - [`groups`]: consumer groups: coordinator timer, held heartbeats, commits.
 //! - [`writer`]: the single writer with group commit.
 //! - [`notify`]: wakes subscriptions when partitions grow.
 //! - [`retention`]: the background retention task.
@@ -27,6 +28,7 @@
 pub mod broker;
 pub mod cli;
 pub mod config;
+pub mod groups;
 pub mod notify;
 pub mod retention;
 pub mod server;
@@ -84,6 +86,7 @@ pub struct RunningBroker {
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
     retention: JoinHandle<()>,
+    group_timer: JoinHandle<()>,
     store: Arc<dyn LogStore>,
 }
 
@@ -93,8 +96,10 @@ impl RunningBroker {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        self.retention.abort();
-        let _ = (&mut self.retention).await;
+        for task in [&mut self.retention, &mut self.group_timer] {
+            task.abort();
+            let _ = task.await;
+        }
         let _ = (&mut self.task).await;
         // Stream tasks and the writer thread let go of the store shortly
         // after the endpoint is idle. Waiting until this handle holds the
@@ -162,6 +167,7 @@ pub async fn start_with_store(
         broker.writer().clone(),
         Duration::from_millis(config.retention_check_interval_ms.max(1)),
     ));
+    let group_timer = tokio::spawn(broker.groups().clone().run_timer());
     let (shutdown, rx) = oneshot::channel();
     let task = tokio::spawn(server::run(endpoint, broker, async move {
         let _ = rx.await;
@@ -174,6 +180,7 @@ pub async fn start_with_store(
         shutdown: Some(shutdown),
         task,
         retention,
+        group_timer,
         store,
     })
 }

@@ -15,7 +15,12 @@
 
 use std::sync::Arc;
 
-use edgebus_store::{Append, AppendError, AppendOutcome, LogStore, RetentionReport, StoreError};
+use edgebus_proto::ErrorCode;
+use edgebus_proto::frame::Response;
+use edgebus_store::{
+    Append, AppendError, AppendOutcome, CommitError, LogStore, OffsetCommit, RetentionReport,
+    StoreError,
+};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::notify::Notifier;
@@ -49,6 +54,10 @@ enum Op {
     Retention {
         now_ms: i64,
         reply: oneshot::Sender<Result<RetentionReport, StoreError>>,
+    },
+    Commit {
+        commits: Vec<OffsetCommit>,
+        reply: oneshot::Sender<Result<(), CommitError>>,
     },
 }
 
@@ -84,6 +93,21 @@ impl Writer {
         rx
     }
 
+    /// Stores consumer-group offsets. Every commit waiting when the writer
+    /// gets to it shares one transaction and one fsync.
+    pub async fn commit_offsets(&self, commits: Vec<OffsetCommit>) -> Result<(), Response> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Op::Commit { commits, reply })
+            .await
+            .map_err(|_| Response::error(ErrorCode::ShuttingDown, "writer stopped"))?;
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(commit_error(e)),
+            Err(_) => Err(Response::error(ErrorCode::ShuttingDown, "writer stopped")),
+        }
+    }
+
     /// Runs retention inside the writer, so it never races an append.
     pub async fn enforce_retention(&self, now_ms: i64) -> Result<RetentionReport, StoreError> {
         let (reply, rx) = oneshot::channel();
@@ -104,6 +128,7 @@ fn run(
 ) {
     let mut appends = Vec::new();
     let mut replies = Vec::new();
+    let mut commits = Vec::new();
     while let Some(first) = rx.blocking_recv() {
         let mut next = Some(first);
         let mut durable = false;
@@ -123,16 +148,61 @@ fn run(
                 Op::Retention { now_ms, reply } => {
                     let _ = reply.send(store.enforce_retention(now_ms));
                 }
+                Op::Commit { commits: c, reply } => commits.push((c, reply)),
             }
-            if bytes < max_group_bytes {
+            if bytes < max_group_bytes && commits.len() < MAX_GROUP_OFFSET_COMMITS {
                 next = rx.try_recv().ok();
             }
         }
-        if appends.is_empty() {
-            continue;
+        if !appends.is_empty() {
+            commit(&*store, &notifier, &mut appends, &mut replies, durable);
         }
-        commit(&*store, &notifier, &mut appends, &mut replies, durable);
+        if !commits.is_empty() {
+            commit_offsets(&*store, &mut commits);
+        }
     }
+}
+
+/// Offset-commit requests sharing one transaction at most.
+const MAX_GROUP_OFFSET_COMMITS: usize = 4096;
+
+type PendingCommit = (Vec<OffsetCommit>, oneshot::Sender<Result<(), CommitError>>);
+
+/// Stores every waiting offset commit in one transaction. If the store
+/// refuses the whole group because of one request (an unknown topic), each
+/// request is retried alone so the others still land.
+fn commit_offsets(store: &dyn LogStore, pending: &mut Vec<PendingCommit>) {
+    let all: Vec<OffsetCommit> = pending
+        .iter()
+        .flat_map(|(c, _)| c.iter().cloned())
+        .collect();
+    match store.commit_offsets(&all) {
+        Ok(()) => {
+            for (_, reply) in pending.drain(..) {
+                let _ = reply.send(Ok(()));
+            }
+        }
+        Err(CommitError::Store(e)) => {
+            for (_, reply) in pending.drain(..) {
+                let _ = reply.send(Err(CommitError::Store(e.clone())));
+            }
+        }
+        Err(_) => {
+            for (commits, reply) in pending.drain(..) {
+                let _ = reply.send(store.commit_offsets(&commits));
+            }
+        }
+    }
+}
+
+fn commit_error(e: CommitError) -> Response {
+    let code = match &e {
+        CommitError::UnknownTopic(_) => ErrorCode::UnknownTopic,
+        CommitError::UnknownPartition { .. } => ErrorCode::UnknownPartition,
+        CommitError::InvalidGroup(_) => ErrorCode::InvalidRequest,
+        _ => ErrorCode::StorageError,
+    };
+    Response::error(code, e.to_string())
 }
 
 fn commit(

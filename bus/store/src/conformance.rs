@@ -33,8 +33,8 @@ use edgebus_proto::batch::{self, BatchBuilder, ProducerStamp, Record};
 
 use crate::topic::{DEFAULT_MAX_MESSAGE_BYTES, UNLIMITED};
 use crate::{
-    Append, AppendError, AppendOutcome, LogStore, PartitionOffsets, ReadError, TopicError,
-    TopicSpec,
+    Append, AppendError, AppendOutcome, CommitError, CommittedOffset, LogStore, OffsetCommit,
+    PartitionOffsets, ReadError, TopicError, TopicSpec,
 };
 
 /// How a store under test is made, restarted and broken.
@@ -84,7 +84,15 @@ pub fn run_all<H: Harness>(h: &mut H) {
     retention_keeps_timestamp_lookup_conservative(h);
     read_below_log_start_reads_from_log_start(h);
     allocate_producer_id_is_unique_across_reopen(h);
+    group_commit_then_read_back_returns_offsets_sorted_per_group(h);
+    group_commit_later_entry_replaces_earlier(h);
+    group_list_returns_groups_with_offsets_sorted(h);
+    group_delete_removes_offsets_and_reports_whether_any(h);
+    group_offsets_survive_reopen(h);
+    topic_delete_removes_its_offsets_from_every_group(h);
+    group_commit_unknown_target_or_invalid_group_applies_nothing(h);
     crash_after_n_writes_keeps_exactly_the_acknowledged_batches(h);
+    crash_after_n_writes_keeps_exactly_the_acknowledged_offset_commits(h);
 }
 
 // ---- helpers ---------------------------------------------------------------
@@ -964,6 +972,234 @@ pub fn allocate_producer_id_is_unique_across_reopen<H: Harness>(h: &mut H) {
     );
 }
 
+// ---- consumer-group offsets ------------------------------------------------------
+
+fn offset_commit(group: &str, topic: &str, partition: u32, offset: u64) -> OffsetCommit {
+    OffsetCommit {
+        group: group.to_owned(),
+        topic: topic.to_owned(),
+        partition,
+        offset,
+    }
+}
+
+fn committed_offset(topic: &str, partition: u32, offset: u64) -> CommittedOffset {
+    CommittedOffset {
+        topic: topic.to_owned(),
+        partition,
+        offset,
+    }
+}
+
+fn commit_all(store: &impl LogStore, commits: &[OffsetCommit]) {
+    store
+        .commit_offsets(commits)
+        .unwrap_or_else(|e| panic!("commit_offsets({commits:?}) failed: {e}"));
+}
+
+fn committed(store: &impl LogStore, group: &str) -> Vec<CommittedOffset> {
+    store
+        .committed_offsets(group)
+        .unwrap_or_else(|e| panic!("committed_offsets({group}) failed: {e}"))
+}
+
+fn groups(store: &impl LogStore) -> Vec<String> {
+    store.groups().expect("groups")
+}
+
+/// A group reads back what it committed, sorted by topic and partition
+/// whatever the commit order, and never another group's offsets, even one
+/// whose name it prefixes.
+pub fn group_commit_then_read_back_returns_offsets_sorted_per_group<H: Harness>(h: &mut H) {
+    let store = h.fresh();
+    create(&store, &spec("b", 2));
+    create(&store, &spec("a", 1));
+    commit_all(
+        &store,
+        &[
+            offset_commit("g1", "b", 1, 7),
+            offset_commit("g1", "a", 0, 3),
+            offset_commit("g", "b", 0, 1),
+            offset_commit("g1", "b", 0, 5),
+        ],
+    );
+    assert_eq!(
+        committed(&store, "g1"),
+        vec![
+            committed_offset("a", 0, 3),
+            committed_offset("b", 0, 5),
+            committed_offset("b", 1, 7),
+        ]
+    );
+    assert_eq!(committed(&store, "g"), vec![committed_offset("b", 0, 1)]);
+    assert_eq!(committed(&store, "nobody"), vec![], "an unknown group");
+    assert_eq!(committed(&store, "not/a group"), vec![], "an invalid name");
+    commit_all(&store, &[]);
+    assert_eq!(
+        committed(&store, "g1").len(),
+        3,
+        "an empty commit is a no-op"
+    );
+}
+
+/// A later commit for the same group, topic and partition replaces the
+/// earlier one: in slice order within a call, and across calls, backwards
+/// too (a reset to an earlier offset is a commit like any other).
+pub fn group_commit_later_entry_replaces_earlier<H: Harness>(h: &mut H) {
+    let store = h.fresh();
+    create(&store, &spec("t", 2));
+    commit_all(
+        &store,
+        &[
+            offset_commit("g", "t", 0, 10),
+            offset_commit("g", "t", 1, 4),
+            offset_commit("g", "t", 0, 12),
+        ],
+    );
+    assert_eq!(
+        committed(&store, "g"),
+        vec![committed_offset("t", 0, 12), committed_offset("t", 1, 4)],
+        "the later entry of one call wins"
+    );
+    commit_all(&store, &[offset_commit("g", "t", 0, 2)]);
+    assert_eq!(
+        committed(&store, "g"),
+        vec![committed_offset("t", 0, 2), committed_offset("t", 1, 4)],
+        "a later call replaces, even with a smaller offset"
+    );
+}
+
+/// `groups()` lists each group that has an offset once, sorted.
+pub fn group_list_returns_groups_with_offsets_sorted<H: Harness>(h: &mut H) {
+    let store = h.fresh();
+    assert_eq!(groups(&store), Vec::<String>::new());
+    create(&store, &spec("t", 2));
+    commit_all(
+        &store,
+        &[
+            offset_commit("zeta", "t", 0, 1),
+            offset_commit("alpha", "t", 1, 1),
+            offset_commit("mid", "t", 0, 1),
+            offset_commit("mid", "t", 1, 1),
+        ],
+    );
+    assert_eq!(groups(&store), vec!["alpha", "mid", "zeta"]);
+}
+
+/// `delete_group` removes every offset of the group and says it had some;
+/// other groups keep theirs; a group without offsets reports false.
+pub fn group_delete_removes_offsets_and_reports_whether_any<H: Harness>(h: &mut H) {
+    let store = h.fresh();
+    create(&store, &spec("t", 2));
+    commit_all(
+        &store,
+        &[
+            offset_commit("gone", "t", 0, 5),
+            offset_commit("gone", "t", 1, 6),
+            offset_commit("kept", "t", 0, 7),
+        ],
+    );
+    assert!(store.delete_group("gone").expect("delete_group"));
+    assert_eq!(committed(&store, "gone"), vec![]);
+    assert_eq!(committed(&store, "kept"), vec![committed_offset("t", 0, 7)]);
+    assert_eq!(groups(&store), vec!["kept"]);
+    assert!(
+        !store.delete_group("gone").expect("delete_group"),
+        "a second delete finds nothing"
+    );
+    assert!(
+        !store.delete_group("never").expect("delete_group"),
+        "a group never committed has nothing to delete"
+    );
+}
+
+/// Committed offsets and group deletions are durable: a restart keeps them.
+pub fn group_offsets_survive_reopen<H: Harness>(h: &mut H) {
+    let store = h.fresh();
+    create(&store, &spec("t", 3));
+    commit_all(
+        &store,
+        &[
+            offset_commit("g", "t", 2, 30),
+            offset_commit("g", "t", 0, 10),
+            offset_commit("old", "t", 0, 1),
+        ],
+    );
+    assert!(store.delete_group("old").expect("delete_group"));
+    let store = h.reopen(store);
+    assert_eq!(
+        committed(&store, "g"),
+        vec![committed_offset("t", 0, 10), committed_offset("t", 2, 30)]
+    );
+    assert_eq!(groups(&store), vec!["g"], "the deleted group stays deleted");
+}
+
+/// Deleting a topic removes its offsets from every group, keeps other
+/// topics' offsets, drops a group left with none from `groups()`, and a
+/// topic recreated under the name starts with no committed offsets, so no
+/// group is pointed into a log that no longer exists.
+pub fn topic_delete_removes_its_offsets_from_every_group<H: Harness>(h: &mut H) {
+    let store = h.fresh();
+    create(&store, &spec("doomed", 2));
+    create(&store, &spec("other", 1));
+    commit_all(
+        &store,
+        &[
+            offset_commit("both", "doomed", 1, 9),
+            offset_commit("both", "other", 0, 4),
+            offset_commit("only", "doomed", 0, 3),
+        ],
+    );
+    store.delete_topic("doomed").expect("delete_topic");
+    assert_eq!(
+        committed(&store, "both"),
+        vec![committed_offset("other", 0, 4)]
+    );
+    assert_eq!(committed(&store, "only"), vec![]);
+    assert_eq!(groups(&store), vec!["both"]);
+    create(&store, &spec("doomed", 2));
+    assert_eq!(
+        committed(&store, "both"),
+        vec![committed_offset("other", 0, 4)]
+    );
+}
+
+/// A commit with an invalid group name or an unknown topic or partition in
+/// any entry is refused with that entry's typed error, and none of its
+/// entries are stored, not even the valid ones before it.
+pub fn group_commit_unknown_target_or_invalid_group_applies_nothing<H: Harness>(h: &mut H) {
+    let store = h.fresh();
+    create(&store, &spec("t", 2));
+    commit_all(&store, &[offset_commit("g", "t", 0, 1)]);
+    let good = offset_commit("g", "t", 0, 50);
+    let unknown_topic = store.commit_offsets(&[good.clone(), offset_commit("g", "nope", 0, 1)]);
+    assert!(
+        matches!(unknown_topic, Err(CommitError::UnknownTopic(ref t)) if t == "nope"),
+        "expected UnknownTopic, got {unknown_topic:?}"
+    );
+    let unknown_partition = store.commit_offsets(&[good.clone(), offset_commit("g", "t", 2, 1)]);
+    assert!(
+        matches!(
+            unknown_partition,
+            Err(CommitError::UnknownPartition { ref topic, partition: 2 }) if topic == "t"
+        ),
+        "expected UnknownPartition, got {unknown_partition:?}"
+    );
+    for bad in ["", "a/b", ".."] {
+        let invalid = store.commit_offsets(&[good.clone(), offset_commit(bad, "t", 1, 1)]);
+        assert!(
+            matches!(invalid, Err(CommitError::InvalidGroup(_))),
+            "group {bad:?}: expected InvalidGroup, got {invalid:?}"
+        );
+    }
+    assert_eq!(
+        committed(&store, "g"),
+        vec![committed_offset("t", 0, 1)],
+        "a refused commit applies none of its entries"
+    );
+    assert_eq!(groups(&store), vec!["g"]);
+}
+
 // ---- crashes -------------------------------------------------------------------
 
 /// Fault points tried by the crash check.
@@ -1046,6 +1282,60 @@ pub fn crash_after_n_writes_keeps_exactly_the_acknowledged_batches<H: Harness>(h
                 "fault point {n}: retry of the failed batch"
             );
         }
+    }
+}
+
+/// Offset commits attempted per fault point.
+const CRASH_COMMITS: u64 = 8;
+
+/// Committed offsets under crashes: with writes failing after N units of
+/// work, for many N, a restart finds exactly the acknowledged commits (the
+/// last acknowledged offset of every key, across groups), nothing of the
+/// failed one, and takes commits again.
+pub fn crash_after_n_writes_keeps_exactly_the_acknowledged_offset_commits<H: Harness>(h: &mut H) {
+    for n in 0..CRASH_POINTS {
+        let store = h.fresh();
+        create(&store, &spec("crash", 2));
+        h.fail_after_writes(&store, n);
+        let mut acked: Vec<OffsetCommit> = Vec::new();
+        for i in 0..CRASH_COMMITS {
+            let partition = u32::try_from(i % 2).expect("0 or 1");
+            let commits = [
+                offset_commit("g1", "crash", partition, 100 + i),
+                offset_commit("g2", "crash", 0, i),
+            ];
+            if store.commit_offsets(&commits).is_err() {
+                break;
+            }
+            acked.extend(commits);
+        }
+        let store = h.reopen(store);
+        let last_of = |group: &str, partition: u32| {
+            acked
+                .iter()
+                .rev()
+                .find(|c| c.group == group && c.partition == partition)
+                .map(|c| committed_offset("crash", partition, c.offset))
+        };
+        let g1: Vec<CommittedOffset> = [last_of("g1", 0), last_of("g1", 1)]
+            .into_iter()
+            .flatten()
+            .collect();
+        let g2: Vec<CommittedOffset> = last_of("g2", 0).into_iter().collect();
+        assert_eq!(committed(&store, "g1"), g1, "fault point {n}: group g1");
+        assert_eq!(committed(&store, "g2"), g2, "fault point {n}: group g2");
+        let expected_groups: Vec<&str> = if acked.is_empty() {
+            vec![]
+        } else {
+            vec!["g1", "g2"]
+        };
+        assert_eq!(groups(&store), expected_groups, "fault point {n}: groups");
+        commit_all(&store, &[offset_commit("g1", "crash", 1, 999)]);
+        assert_eq!(
+            committed(&store, "g1").last(),
+            Some(&committed_offset("crash", 1, 999)),
+            "fault point {n}: commits work after the restart"
+        );
     }
 }
 

@@ -16,8 +16,10 @@
 //! ## Layout
 //!
 //! - [`topic`]: topic validation and defaults.
+//! - [`group`]: consumer-group name validation.
 //! - [`dedup`]: the idempotent-producer sequence check, shared by both stores.
-//! - [`redb_store`]: [`RedbStore`] and its tables.
+//! - [`redb_store`]: [`RedbStore`], its tables, and its reopen after IO
+//!   errors.
 //! - [`mem`]: [`MemStore`] with fail-after-N-writes.
 //! - [`conformance`]: the suite every store must pass.
 #![warn(missing_docs)]
@@ -28,6 +30,7 @@ pub use edgebus_proto::frame::TopicSpec;
 
 pub mod conformance;
 pub mod dedup;
+pub mod group;
 pub mod mem;
 pub mod redb_store;
 pub mod topic;
@@ -195,13 +198,61 @@ pub enum ReadError {
     Store(#[from] StoreError),
 }
 
-/// The storage layer failed. A failed write transaction applied nothing.
-#[derive(Debug, thiserror::Error)]
+/// Why a consumer-group offset commit was refused. A refused commit applied
+/// none of its entries.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum CommitError {
+    /// An entry names a topic that does not exist.
+    #[error("unknown topic {0:?}")]
+    UnknownTopic(String),
+    /// An entry names a partition its topic does not have.
+    #[error("topic {topic:?} has no partition {partition}")]
+    UnknownPartition {
+        /// Topic name.
+        topic: String,
+        /// Requested partition.
+        partition: u32,
+    },
+    /// An entry's group name breaks the rules of [`group::validate_name`];
+    /// holds the reason, naming the rule broken.
+    #[error("invalid group: {0}")]
+    InvalidGroup(String),
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The storage layer failed. A failed write transaction applied nothing
+/// (but see [`StoreError::Io`] for a failure at the very end of a commit).
+///
+/// `Clone`, so a writer that failed a group commit can hand the same error,
+/// variant intact, to every request that shared the transaction.
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
-    /// redb (or the file under it) failed.
+    /// redb failed for a reason other than IO (an unexpected table layout,
+    /// an internal error).
     #[error("storage: {0}")]
     Backend(String),
+    /// The file or device failed an IO call: a full disk, a failing drive.
+    /// The store recovers by itself (see [`redb_store`]), so the same call
+    /// may succeed once the cause is gone; callers should retry with
+    /// backoff.
+    ///
+    /// A write that failed this way is atomic like any other, but its
+    /// outcome is unknown in one case: when the IO failed at the very end of
+    /// the commit (the final fsync), the commit may be on disk anyway and be
+    /// found after the reopen, as after a crash at that moment. A retry is
+    /// still safe where retries are: an idempotent producer's batch comes
+    /// back as a duplicate, an offset commit simply applies again.
+    #[error("storage IO: {0}")]
+    Io(String),
+    /// The store is between two opens of its file while it recovers from an
+    /// IO error, or could not finish switching to the new open; nothing was
+    /// read or written. Retry with backoff.
+    #[error("storage recovering from an IO error: {0}")]
+    Recovering(String),
     /// Stored bytes failed validation.
     #[error("corrupt data in {table}: {detail}")]
     Corrupt {
@@ -252,7 +303,10 @@ pub trait LogStore: Send + Sync + 'static {
     /// Creates a topic with all its partitions, empty.
     fn create_topic(&self, spec: &TopicSpec) -> Result<(), TopicError>;
 
-    /// Deletes a topic, its records and its dedup state.
+    /// Deletes a topic, its records, its dedup state and every group's
+    /// committed offsets for it, in one transaction: a topic recreated under
+    /// the same name starts at offset 0, and an old committed offset must
+    /// not point a group into the new log.
     fn delete_topic(&self, name: &str) -> Result<(), TopicError>;
 
     /// All topics, sorted by name.
@@ -306,4 +360,56 @@ pub trait LogStore: Send + Sync + 'static {
     /// oldest batches while a partition exceeds `retention.bytes`. Never
     /// deletes a batch that neither rule covers.
     fn enforce_retention(&self, now_ms: i64) -> Result<RetentionReport, StoreError>;
+
+    /// Stores committed consumer-group offsets, all in one durable
+    /// transaction (the broker's writer passes every commit that is waiting,
+    /// from any group, so one fsync serves them all). A later commit for the
+    /// same (group, topic, partition) replaces the earlier one, in slice
+    /// order. Fencing by generation is the coordinator's job, not the
+    /// store's, and so is checking the offset against the log: Kafka lets a
+    /// group commit any offset.
+    ///
+    /// All or nothing: if any entry has an invalid group name or names an
+    /// unknown topic or partition, the call is refused with the first such
+    /// error (every group name is checked before any topic) and no entry is
+    /// stored, so one stale commit cannot half-apply a batch the writer
+    /// gathered from many groups. An empty slice is a
+    /// no-op that touches no storage.
+    fn commit_offsets(&self, commits: &[OffsetCommit]) -> Result<(), CommitError>;
+
+    /// Every committed offset of a group, sorted by topic and partition.
+    /// Empty for a group without offsets (or with an invalid name).
+    fn committed_offsets(&self, group: &str) -> Result<Vec<CommittedOffset>, StoreError>;
+
+    /// Names of all groups with at least one committed offset, sorted.
+    fn groups(&self) -> Result<Vec<String>, StoreError>;
+
+    /// Removes every committed offset of a group, durably. Returns whether
+    /// it had any.
+    fn delete_group(&self, group: &str) -> Result<bool, StoreError>;
+}
+
+/// One committed offset to store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OffsetCommit {
+    /// Consumer group.
+    pub group: String,
+    /// Topic name.
+    pub topic: String,
+    /// Partition index.
+    pub partition: u32,
+    /// The next offset the group will read (Kafka's convention: the offset
+    /// after the last processed record).
+    pub offset: u64,
+}
+
+/// One committed offset as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommittedOffset {
+    /// Topic name.
+    pub topic: String,
+    /// Partition index.
+    pub partition: u32,
+    /// The next offset the group will read.
+    pub offset: u64,
 }

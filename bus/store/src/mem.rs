@@ -13,18 +13,19 @@ use bytes::{Bytes, BytesMut};
 use edgebus_proto::batch::set_base_offset;
 
 use crate::dedup::{self, Decision, ProducerState};
-use crate::topic;
 use crate::{
-    Append, AppendError, AppendOutcome, LogStore, PartitionOffsets, ReadBatches, ReadError,
-    RetentionReport, StoreError, TopicError, TopicSpec,
+    Append, AppendError, AppendOutcome, CommitError, CommittedOffset, LogStore, OffsetCommit,
+    PartitionOffsets, ReadBatches, ReadError, RetentionReport, StoreError, TopicError, TopicSpec,
 };
+use crate::{group, topic};
 
 /// An in-memory [`LogStore`] with fault injection.
 ///
 /// Every write operation (`create_topic`, `delete_topic`, `append`,
-/// `enforce_retention`, `allocate_producer_id`) either applies completely
-/// or not at all, under one lock, so there is never uncommitted state:
-/// what a reader sees is what a "restart" ([`MemStore::reopen`]) keeps.
+/// `enforce_retention`, `allocate_producer_id`, `commit_offsets`,
+/// `delete_group`) either applies completely or not at all, under one lock,
+/// so there is never uncommitted state: what a reader sees is what a
+/// "restart" ([`MemStore::reopen`]) keeps.
 #[derive(Debug, Default)]
 pub struct MemStore {
     inner: Mutex<Inner>,
@@ -43,6 +44,9 @@ struct State {
     partitions: BTreeMap<(String, u32), Partition>,
     producers: BTreeMap<(i64, String, u32), ProducerState>,
     next_producer_id: i64,
+    /// (group, topic, partition) → committed offset, ordered as
+    /// `committed_offsets` and `groups` answer.
+    group_offsets: BTreeMap<(String, String, u32), u64>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -131,6 +135,33 @@ impl Inner {
 }
 
 impl State {
+    /// The committed offsets of one group, in key order.
+    fn offsets_of_group<'a>(
+        &'a self,
+        group: &'a str,
+    ) -> impl Iterator<Item = (&'a (String, String, u32), &'a u64)> + 'a {
+        self.group_offsets
+            .range((group.to_owned(), String::new(), 0)..)
+            .take_while(move |((g, _, _), _)| g == group)
+    }
+
+    /// Refuses a commit naming a topic or partition that does not exist.
+    fn check_commit_target(&self, commit: &OffsetCommit) -> Result<(), CommitError> {
+        if self
+            .partitions
+            .contains_key(&(commit.topic.clone(), commit.partition))
+        {
+            Ok(())
+        } else if self.topics.contains_key(&commit.topic) {
+            Err(CommitError::UnknownPartition {
+                topic: commit.topic.clone(),
+                partition: commit.partition,
+            })
+        } else {
+            Err(CommitError::UnknownTopic(commit.topic.clone()))
+        }
+    }
+
     fn partition(&self, topic: &str, partition: u32) -> Result<&Partition, ReadError> {
         self.partitions
             .get(&(topic.to_owned(), partition))
@@ -254,6 +285,7 @@ impl LogStore for MemStore {
         state.topics.remove(name);
         state.partitions.retain(|(topic, _), _| topic != name);
         state.producers.retain(|(_, topic, _), _| topic != name);
+        state.group_offsets.retain(|(_, topic, _), _| topic != name);
         Ok(())
     }
 
@@ -362,6 +394,57 @@ impl LogStore for MemStore {
         }
         Ok(report)
     }
+
+    fn commit_offsets(&self, commits: &[OffsetCommit]) -> Result<(), CommitError> {
+        group::validate_commits(commits)?;
+        if commits.is_empty() {
+            return Ok(());
+        }
+        let mut inner = self.lock();
+        for commit in commits {
+            inner.state.check_commit_target(commit)?;
+        }
+        let state = inner.begin_write()?;
+        for commit in commits {
+            let key = (commit.group.clone(), commit.topic.clone(), commit.partition);
+            state.group_offsets.insert(key, commit.offset);
+        }
+        Ok(())
+    }
+
+    fn committed_offsets(&self, group: &str) -> Result<Vec<CommittedOffset>, StoreError> {
+        let inner = self.lock();
+        Ok(inner
+            .state
+            .offsets_of_group(group)
+            .map(|((_, topic, partition), offset)| CommittedOffset {
+                topic: topic.clone(),
+                partition: *partition,
+                offset: *offset,
+            })
+            .collect())
+    }
+
+    fn groups(&self) -> Result<Vec<String>, StoreError> {
+        let inner = self.lock();
+        let mut groups: Vec<String> = Vec::new();
+        for (group, _, _) in inner.state.group_offsets.keys() {
+            if groups.last() != Some(group) {
+                groups.push(group.clone());
+            }
+        }
+        Ok(groups)
+    }
+
+    fn delete_group(&self, group: &str) -> Result<bool, StoreError> {
+        let mut inner = self.lock();
+        if inner.state.offsets_of_group(group).next().is_none() {
+            return Ok(false);
+        }
+        let state = inner.begin_write()?;
+        state.group_offsets.retain(|(g, _, _), _| g != group);
+        Ok(true)
+    }
 }
 
 #[cfg(test)]
@@ -392,33 +475,49 @@ mod tests {
         }
     }
 
+    fn commit(group: &str, offset: u64) -> OffsetCommit {
+        OffsetCommit {
+            group: group.to_owned(),
+            topic: "t".to_owned(),
+            partition: 0,
+            offset,
+        }
+    }
+
     #[test]
     fn fail_after_writes_counts_every_write_operation_then_refuses() {
         let store = MemStore::new();
-        store.fail_after_writes(3);
+        store.fail_after_writes(5);
         store.create_topic(&spec("t")).unwrap();
         store.append(&[append("t")], true).unwrap();
         store.allocate_producer_id().unwrap();
+        store.commit_offsets(&[commit("g", 1)]).unwrap();
+        assert!(store.delete_group("g").unwrap());
         assert!(matches!(
             store.append(&[append("t")], true),
-            Err(StoreError::Injected(3))
+            Err(StoreError::Injected(5))
         ));
         assert!(matches!(
             store.create_topic(&spec("u")),
-            Err(TopicError::Store(StoreError::Injected(3)))
+            Err(TopicError::Store(StoreError::Injected(5)))
         ));
         assert!(matches!(
             store.delete_topic("t"),
-            Err(TopicError::Store(StoreError::Injected(3)))
+            Err(TopicError::Store(StoreError::Injected(5)))
         ));
         assert!(matches!(
             store.enforce_retention(0),
-            Err(StoreError::Injected(3))
+            Err(StoreError::Injected(5))
         ));
         assert!(matches!(
             store.allocate_producer_id(),
-            Err(StoreError::Injected(3))
+            Err(StoreError::Injected(5))
         ));
+        assert!(matches!(
+            store.commit_offsets(&[commit("g", 2)]),
+            Err(CommitError::Store(StoreError::Injected(5)))
+        ));
+        assert_eq!(store.committed_offsets("g").unwrap(), vec![]);
     }
 
     #[test]

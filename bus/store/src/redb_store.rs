@@ -6,7 +6,8 @@
 //! topics                 &str            → topic settings (topic::encode_spec)
 //! partitions             (&str, u32)     → (log_start u64, log_end u64, bytes u64)
 //! producers              (i64, &str, u32)→ ProducerState::encode
-//! node                   &str            → u64   ("next_producer_id")
+//! group_offsets          (&str, &str, u32) → u64 (group, topic, partition → offset)
+//! node                   &str            → u64   ("next_producer_id", "store_id")
 //! log/{topic}/{p}        u64 base_offset → whole batch, base offset written in
 //! time/{topic}/{p}       i64 max_ts_ms   → u64 base offset
 //! ```
@@ -24,42 +25,120 @@
 //! forged by a topic name.
 //!
 //! Every write is one redb write transaction: a group append, a retention
-//! pass, a topic creation or deletion all apply completely or not at all,
-//! and dedup state commits with the batches it describes (invariant 4).
+//! pass, a topic creation or deletion, an offset commit all apply completely
+//! or not at all, and dedup state commits with the batches it describes
+//! (invariant 4).
+//!
+//! # Recovering from IO errors
+//!
+//! After any failed IO call redb refuses every later operation that reaches
+//! the file ("Previous I/O error occurred") until the [`Database`] is closed
+//! and opened again. A broker on an edge box whose disk filled up must take
+//! writes again once space is freed, without a restart, so [`RedbStore`]
+//! reopens itself:
+//!
+//! 1. An operation (write or read) that fails with an IO error returns
+//!    [`StoreError::Io`] and marks the store for reopening. The failed write
+//!    transaction applied nothing.
+//! 2. The next write operation, before doing anything else, takes the old
+//!    database out of service (new reads now fail fast with
+//!    [`StoreError::Recovering`]), waits up to [`REOPEN_DRAIN_MAX`] for reads
+//!    still using it to finish, closes it, and opens the same file again;
+//!    redb repairs it on open, back to its last durable commit. Then the
+//!    write proceeds on the new database. One attempt per write call: the
+//!    call that hit the error returns at once instead of retrying, because
+//!    the cause (a full disk) rarely clears within a call.
+//! 3. If the reopen fails (the disk is still full: repair itself writes),
+//!    that write returns the error and the store stays closed; reads fail
+//!    with [`StoreError::Recovering`] and every later write tries again. Each
+//!    attempt repairs, walking the whole file, so callers should back off
+//!    between retries.
+//!
+//! Reads never reopen: they only mark. Until a write reopens the store,
+//! reads of pages redb still caches succeed and others fail with
+//! [`StoreError::Io`]. A reopen must reach the same storage: the `store_id`
+//! written at the first open is checked after every reopen, and a mismatch
+//! (a file replaced under the broker, a backend factory returning new empty
+//! storage) is refused, because serving it would restart offsets at 0.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::fmt;
+use std::hash::{BuildHasher, RandomState};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockWriteGuard};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use edgebus_proto::batch::{self, BatchHeader};
 use redb::{
-    Database, Durability, ReadableDatabase, ReadableTable, StorageBackend, Table, TableDefinition,
-    WriteTransaction,
+    Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, StorageBackend, Table,
+    TableDefinition, TableError, WriteTransaction,
 };
 
 use crate::dedup::{self, Decision, ProducerState};
-use crate::topic;
 use crate::{
-    Append, AppendError, AppendOutcome, LogStore, PartitionOffsets, ReadBatches, ReadError,
-    RetentionReport, StoreError, TopicError, TopicSpec,
+    Append, AppendError, AppendOutcome, CommitError, CommittedOffset, LogStore, OffsetCommit,
+    PartitionOffsets, ReadBatches, ReadError, RetentionReport, StoreError, TopicError, TopicSpec,
 };
+use crate::{group, topic};
 
 const TOPICS: TableDefinition<&str, &[u8]> = TableDefinition::new("topics");
 const PARTITIONS: TableDefinition<(&str, u32), (u64, u64, u64)> =
     TableDefinition::new("partitions");
 const PRODUCERS: TableDefinition<(i64, &str, u32), &[u8]> = TableDefinition::new("producers");
+const GROUP_OFFSETS: TableDefinition<(&str, &str, u32), u64> =
+    TableDefinition::new("group_offsets");
 const NODE: TableDefinition<&str, u64> = TableDefinition::new("node");
 const NEXT_PRODUCER_ID: &str = "next_producer_id";
+/// Random identity of the store, written at its first open, so a reopen
+/// can tell it reached the same storage.
+const STORE_ID: &str = "store_id";
+
+/// How long a reopen waits for reads still running on the old database
+/// before giving up with [`StoreError::Recovering`] (and leaving the old
+/// database in place for the next write to try again). Reads hold the
+/// database for one call, which normally takes milliseconds.
+pub const REOPEN_DRAIN_MAX: Duration = Duration::from_secs(5);
+/// Poll interval while a reopen waits for reads to finish.
+const REOPEN_DRAIN_POLL: Duration = Duration::from_millis(1);
+
+/// Opens the store's storage again after an IO error.
+type Opener = Box<dyn Fn() -> Result<Database, StoreError> + Send + Sync>;
 
 /// The redb-backed [`LogStore`]: one file per node, one writer.
 ///
-/// Callers serialize writes themselves (the broker has a single writer
-/// task); redb would block a second concurrent writer until the first
-/// commits. Reads run in MVCC read transactions and never block the writer.
-#[derive(Debug)]
+/// Write operations are serialized by a lock (the broker has a single
+/// writer task anyway, and redb allows one write transaction at a time).
+/// Reads run in MVCC read transactions and never block the writer.
+///
+/// The store reopens its file by itself after an IO error: see the
+/// [module docs](self) for when and what callers see meanwhile.
 pub struct RedbStore {
-    db: Database,
+    /// The open database; `None` between closing a failed database and
+    /// opening its replacement. Every operation holds its own `Arc` for
+    /// its whole duration, so a reopen knows when the old database is no
+    /// longer used.
+    db: RwLock<Option<Arc<Database>>>,
+    /// Opens the same storage again.
+    open: Opener,
+    /// Serializes write operations, so a reopen never races a write.
+    writer: Mutex<()>,
+    /// Set when an operation hit an IO error; the next write reopens.
+    needs_reopen: AtomicBool,
+    /// The identity read or written at the first open.
+    store_id: u64,
+}
+
+impl fmt::Debug for RedbStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedbStore")
+            .field("store_id", &self.store_id)
+            .field("needs_reopen", &self.needs_reopen.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
 }
 
 /// Names of one partition's two tables.
@@ -121,24 +200,81 @@ struct ProducerSlot {
     dirty: bool,
 }
 
-macro_rules! backend_error {
-    ($($error:ty),* $(,)?) => {$(
-        impl From<$error> for StoreError {
-            fn from(e: $error) -> Self {
-                StoreError::Backend(e.to_string())
+impl From<redb::StorageError> for StoreError {
+    /// Sorts out the errors a reopen may cure: those of the file or device
+    /// under redb, and redb's refusal to go on after one.
+    fn from(e: redb::StorageError) -> Self {
+        match e {
+            redb::StorageError::Io(_)
+            | redb::StorageError::PreviousIo
+            | redb::StorageError::DatabaseClosed
+            | redb::StorageError::Backend(_) => StoreError::Io(e.to_string()),
+            _ => StoreError::Backend(e.to_string()),
+        }
+    }
+}
+
+/// Converts redb errors that wrap a [`redb::StorageError`] through it, so
+/// IO failures become [`StoreError::Io`] whichever call reported them.
+macro_rules! storage_wrapping_error {
+    ($($error:ident),* $(,)?) => {$(
+        impl From<redb::$error> for StoreError {
+            fn from(e: redb::$error) -> Self {
+                match e {
+                    redb::$error::Storage(storage) => storage.into(),
+                    other => StoreError::Backend(other.to_string()),
+                }
             }
         }
     )*};
 }
 
-backend_error!(
-    redb::DatabaseError,
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError,
-    redb::SetDurabilityError,
-);
+storage_wrapping_error!(DatabaseError, TransactionError, TableError, CommitError);
+
+impl From<redb::SetDurabilityError> for StoreError {
+    fn from(e: redb::SetDurabilityError) -> Self {
+        StoreError::Backend(e.to_string())
+    }
+}
+
+/// An operation's error type that may carry a [`StoreError`], so the store
+/// can notice an IO failure whatever the operation returns.
+trait StoreFailure {
+    fn store_error(&self) -> Option<&StoreError>;
+}
+
+impl StoreFailure for StoreError {
+    fn store_error(&self) -> Option<&StoreError> {
+        Some(self)
+    }
+}
+
+impl StoreFailure for TopicError {
+    fn store_error(&self) -> Option<&StoreError> {
+        match self {
+            TopicError::Store(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl StoreFailure for ReadError {
+    fn store_error(&self) -> Option<&StoreError> {
+        match self {
+            ReadError::Store(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl StoreFailure for CommitError {
+    fn store_error(&self) -> Option<&StoreError> {
+        match self {
+            CommitError::Store(e) => Some(e),
+            _ => None,
+        }
+    }
+}
 
 /// Converts a redb result for functions whose error type wraps
 /// [`StoreError`], where `?` alone would need two conversions.
@@ -156,6 +292,54 @@ fn corrupt(table: &str, detail: impl Into<String>) -> StoreError {
     StoreError::Corrupt {
         table: table.to_owned(),
         detail: detail.into(),
+    }
+}
+
+/// A fresh identity for a new store. Uniqueness matters, secrecy does not:
+/// std's randomly keyed hasher over the time and process id is enough.
+fn new_store_id() -> u64 {
+    let now_ns = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_nanos());
+    RandomState::new().hash_one((now_ns, std::process::id()))
+}
+
+/// The store id in `db`, `None` if it has none (or no `node` table).
+fn stored_store_id(db: &Database) -> Result<Option<u64>, StoreError> {
+    let txn = db.begin_read()?;
+    let node = match txn.open_table(NODE) {
+        Ok(node) => node,
+        Err(TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    Ok(node.get(STORE_ID)?.map(|id| id.value()))
+}
+
+/// Closes `db` once no read holds it any more, waiting at most `max_wait`;
+/// hands it back if reads still hold it then.
+///
+/// Closing must finish before the file is opened again: redb locks the file
+/// while a `Database` is open. Reads take no lock the writer holds, so
+/// waiting for them cannot deadlock.
+fn close_when_unshared(mut db: Arc<Database>, max_wait: Duration) -> Result<(), Arc<Database>> {
+    let deadline = Instant::now() + max_wait;
+    loop {
+        match Arc::try_unwrap(db) {
+            Ok(db) => {
+                // After an IO error redb writes nothing on close and leaves
+                // the file for the next open to repair; its error only
+                // repeats the one that got the database closed.
+                if let Err(e) = db.close() {
+                    tracing::debug!(error = %e, "closing the failed database");
+                }
+                return Ok(());
+            }
+            Err(shared) if Instant::now() >= deadline => return Err(shared),
+            Err(shared) => {
+                db = shared;
+                thread::sleep(REOPEN_DRAIN_POLL);
+            }
+        }
     }
 }
 
@@ -185,26 +369,167 @@ impl RedbStore {
     ///
     /// After a crash redb repairs the file during this call (it walks the
     /// database to rebuild its allocator state), so recovery is opening;
-    /// only transactions whose commit returned are found.
+    /// only transactions whose commit returned are found. A reopen after an
+    /// IO error opens the same path but never creates it: a file that
+    /// vanished is an error, not a new empty store.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        Self::init(Database::create(path)?)
+        let db = Database::create(path)?;
+        let path = path.to_owned();
+        Self::init(db, Box::new(move || Ok(Database::open(&path)?)))
     }
 
-    /// Opens the store on a caller-supplied redb backend: a fault-injecting
-    /// one in crash tests, or redb's in-memory backend.
-    pub fn open_with_backend(backend: impl StorageBackend) -> Result<Self, StoreError> {
-        Self::init(Database::builder().create_with_backend(backend)?)
+    /// Opens the store on caller-supplied redb backends: a fault-injecting
+    /// one in crash tests, for instance.
+    ///
+    /// `backend` is called for the first open and again for every reopen
+    /// after an IO error, because a backend that failed stays with the
+    /// database that used it. Each call must return a backend over the same
+    /// storage (a new handle to the same file, say). One over new storage,
+    /// such as a fresh `redb::backends::InMemoryBackend`, is refused at
+    /// reopen, since it would hold none of the acknowledged data.
+    pub fn open_with_backend<B, F>(backend: F) -> Result<Self, StoreError>
+    where
+        B: StorageBackend,
+        F: Fn() -> Result<B, std::io::Error> + Send + Sync + 'static,
+    {
+        let open = move || -> Result<Database, StoreError> {
+            let backend = backend().map_err(|e| StoreError::Io(e.to_string()))?;
+            Ok(Database::builder().create_with_backend(backend)?)
+        };
+        let db = open()?;
+        Self::init(db, Box::new(open))
     }
 
-    /// Creates the fixed tables, so read transactions can always open them.
-    fn init(db: Database) -> Result<Self, StoreError> {
+    /// Creates the fixed tables, so read transactions can always open them,
+    /// and reads or writes the store id.
+    fn init(db: Database, open: Opener) -> Result<Self, StoreError> {
         let txn = db.begin_write()?;
         txn.open_table(TOPICS)?;
         txn.open_table(PARTITIONS)?;
         txn.open_table(PRODUCERS)?;
-        txn.open_table(NODE)?;
+        txn.open_table(GROUP_OFFSETS)?;
+        let store_id = {
+            let mut node = txn.open_table(NODE)?;
+            let stored = node.get(STORE_ID)?.map(|id| id.value());
+            match stored {
+                Some(id) => id,
+                None => {
+                    let id = new_store_id();
+                    node.insert(STORE_ID, id)?;
+                    id
+                }
+            }
+        };
         txn.commit()?;
-        Ok(RedbStore { db })
+        Ok(RedbStore {
+            db: RwLock::new(Some(Arc::new(db))),
+            open,
+            writer: Mutex::new(()),
+            needs_reopen: AtomicBool::new(false),
+            store_id,
+        })
+    }
+
+    /// The open database, for one operation.
+    fn database(&self) -> Result<Arc<Database>, StoreError> {
+        self.db
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .ok_or_else(|| {
+                StoreError::Recovering(
+                    "the database was closed after an IO error; the next write reopens it"
+                        .to_owned(),
+                )
+            })
+    }
+
+    /// The database slot, for a reopen. Nothing panics while holding it and
+    /// its value is always whole, so a poisoned lock is still usable.
+    fn slot(&self) -> RwLockWriteGuard<'_, Option<Arc<Database>>> {
+        self.db.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs one write operation: reopens first if an earlier operation hit
+    /// an IO error, and marks the store for reopening if this one does.
+    fn writing<T, E>(&self, op: impl FnOnce(&Database) -> Result<T, E>) -> Result<T, E>
+    where
+        E: From<StoreError> + StoreFailure,
+    {
+        // Nothing panics while holding it, and it guards no data.
+        let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.needs_reopen.load(Ordering::Acquire) {
+            self.reopen()?;
+        }
+        let db = self.database()?;
+        let result = op(&db);
+        self.note(&result);
+        result
+    }
+
+    /// Runs one read operation on a read transaction, holding the database
+    /// until the transaction is done so a reopen cannot close it mid-read.
+    fn snapshot<T, E>(&self, op: impl FnOnce(&ReadTransaction) -> Result<T, E>) -> Result<T, E>
+    where
+        E: From<StoreError> + StoreFailure,
+    {
+        let result = self.database().map_err(E::from).and_then(|db| {
+            let txn = db.begin_read().map_err(|e| E::from(e.into()))?;
+            op(&txn)
+        });
+        self.note(&result);
+        result
+    }
+
+    /// Marks the store for reopening if `result` is an IO failure.
+    fn note<T, E: StoreFailure>(&self, result: &Result<T, E>) {
+        if let Some(StoreError::Io(detail)) = result.as_ref().err().and_then(E::store_error)
+            && !self.needs_reopen.swap(true, Ordering::AcqRel)
+        {
+            tracing::warn!(%detail, "storage IO failed; the next write reopens the database");
+        }
+    }
+
+    /// Replaces a database that hit an IO error with a fresh open of the
+    /// same storage. Called by [`Self::writing`] with the writer lock held,
+    /// so no write uses the old database meanwhile.
+    fn reopen(&self) -> Result<(), StoreError> {
+        let old = self.slot().take();
+        if let Some(old) = old {
+            match close_when_unshared(old, REOPEN_DRAIN_MAX) {
+                Ok(()) => {}
+                Err(old) => {
+                    *self.slot() = Some(old);
+                    return Err(StoreError::Recovering(format!(
+                        "reads still held the failed database after {REOPEN_DRAIN_MAX:?}; \
+                         the next write tries again"
+                    )));
+                }
+            }
+        }
+        let db = (self.open)()?;
+        match stored_store_id(&db)? {
+            Some(id) if id == self.store_id => {}
+            found => {
+                return Err(corrupt(
+                    "node",
+                    format!(
+                        "reopened storage has store id {found:?}, expected {}; \
+                         refusing storage that is not this store's",
+                        self.store_id
+                    ),
+                ));
+            }
+        }
+        *self.slot() = Some(Arc::new(db));
+        self.needs_reopen.store(false, Ordering::Release);
+        // redb rolled the file back to its last durable commit, so any
+        // non-durable append after it is gone: the operator should know.
+        tracing::warn!(
+            "database reopened after an IO error; any append acknowledged without \
+             durability after the last durable commit is lost"
+        );
+        Ok(())
     }
 
     /// Creates the topic in `txn`; `false` if it already exists.
@@ -244,7 +569,57 @@ impl RedbStore {
         }
         txn.open_table(PRODUCERS)?
             .retain(|(_, topic, _), _| topic != name)?;
+        txn.open_table(GROUP_OFFSETS)?
+            .retain(|(_, topic, _), _| topic != name)?;
         Ok(true)
+    }
+
+    /// Refuses, in `txn`, commits of which any names a topic or partition
+    /// that does not exist, reporting the first.
+    fn check_commit_targets(
+        txn: &WriteTransaction,
+        commits: &[OffsetCommit],
+    ) -> Result<(), CommitError> {
+        let partitions = txn.open_table(PARTITIONS).or_backend()?;
+        let topics = txn.open_table(TOPICS).or_backend()?;
+        for commit in commits {
+            let key = (commit.topic.as_str(), commit.partition);
+            if partitions.get(key).or_backend()?.is_some() {
+                continue;
+            }
+            return Err(
+                if topics.get(commit.topic.as_str()).or_backend()?.is_some() {
+                    CommitError::UnknownPartition {
+                        topic: commit.topic.clone(),
+                        partition: commit.partition,
+                    }
+                } else {
+                    CommitError::UnknownTopic(commit.topic.clone())
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// The (topic, partition, offset) entries of one group, in key order.
+    fn group_entries(
+        table: &impl ReadableTable<(&'static str, &'static str, u32), u64>,
+        group: &str,
+    ) -> Result<Vec<CommittedOffset>, StoreError> {
+        let mut entries = Vec::new();
+        for entry in table.range((group, "", 0)..)? {
+            let (key, offset) = entry?;
+            let (entry_group, topic, partition) = key.value();
+            if entry_group != group {
+                break;
+            }
+            entries.push(CommittedOffset {
+                topic: topic.to_owned(),
+                partition,
+                offset: offset.value(),
+            });
+        }
+        Ok(entries)
     }
 
     /// Appends one partition's share of a group, in slice order, pushing
@@ -393,212 +768,10 @@ impl RedbStore {
         Ok(row)
     }
 
-    /// Reads the `partitions` row, telling an unknown topic from an unknown
-    /// partition.
-    fn partition_row(
-        txn: &redb::ReadTransaction,
-        topic: &str,
-        partition: u32,
-    ) -> Result<PartitionRow, ReadError> {
-        let partitions = txn.open_table(PARTITIONS).or_backend()?;
-        if let Some(row) = partitions.get((topic, partition)).or_backend()? {
-            return Ok(PartitionRow::from_value(row.value()));
-        }
-        let topics = txn.open_table(TOPICS).or_backend()?;
-        if topics.get(topic).or_backend()?.is_some() {
-            Err(ReadError::UnknownPartition {
-                topic: topic.to_owned(),
-                partition,
-            })
-        } else {
-            Err(ReadError::UnknownTopic(topic.to_owned()))
-        }
-    }
-}
-
-impl LogStore for RedbStore {
-    fn create_topic(&self, spec: &TopicSpec) -> Result<(), TopicError> {
-        topic::validate(spec)?;
-        let txn = self.db.begin_write().or_backend()?;
-        if !Self::create_in(&txn, spec)? {
-            return Err(TopicError::Exists(spec.name.clone()));
-        }
-        txn.commit().or_backend()?;
-        Ok(())
-    }
-
-    fn delete_topic(&self, name: &str) -> Result<(), TopicError> {
-        let txn = self.db.begin_write().or_backend()?;
-        if !Self::delete_in(&txn, name)? {
-            return Err(TopicError::NotFound(name.to_owned()));
-        }
-        txn.commit().or_backend()?;
-        Ok(())
-    }
-
-    fn topics(&self) -> Result<Vec<TopicSpec>, StoreError> {
-        let txn = self.db.begin_read()?;
-        let topics = txn.open_table(TOPICS)?;
-        topics
-            .iter()?
-            .map(|entry| {
-                let (name, spec) = entry?;
-                topic::decode_spec(name.value(), spec.value())
-            })
-            .collect()
-    }
-
-    fn topic(&self, name: &str) -> Result<Option<TopicSpec>, StoreError> {
-        let txn = self.db.begin_read()?;
-        let topics = txn.open_table(TOPICS)?;
-        topics
-            .get(name)?
-            .map(|spec| topic::decode_spec(name, spec.value()))
-            .transpose()
-    }
-
-    fn append(
-        &self,
-        appends: &[Append],
-        durable: bool,
-    ) -> Result<Vec<Result<AppendOutcome, AppendError>>, StoreError> {
-        let mut results = Vec::with_capacity(appends.len());
-        // Group by partition, keeping slice order within each, so each
-        // partition's tables are opened once per group commit.
-        let mut groups: Vec<((&str, u32), Vec<usize>)> = Vec::new();
-        let mut group_of: HashMap<(&str, u32), usize> = HashMap::new();
-        for (index, append) in appends.iter().enumerate() {
-            if let Err(e) = append.check_shape() {
-                results.push((index, Err(e)));
-                continue;
-            }
-            let key = (append.topic.as_str(), append.partition);
-            let group = *group_of.entry(key).or_insert_with(|| {
-                groups.push((key, Vec::new()));
-                groups.len() - 1
-            });
-            groups[group].1.push(index);
-        }
-
-        let mut txn = self.db.begin_write()?;
-        txn.set_durability(if durable {
-            Durability::Immediate
-        } else {
-            Durability::None
-        })?;
-        {
-            let topics = txn.open_table(TOPICS)?;
-            let mut partitions = txn.open_table(PARTITIONS)?;
-            let mut producers = txn.open_table(PRODUCERS)?;
-            for ((topic, partition), members) in groups {
-                let row = partitions.get((topic, partition))?.map(|r| r.value());
-                let Some(row) = row else {
-                    let error = if topics.get(topic)?.is_some() {
-                        AppendError::UnknownPartition {
-                            topic: topic.to_owned(),
-                            partition,
-                        }
-                    } else {
-                        AppendError::UnknownTopic(topic.to_owned())
-                    };
-                    results.extend(members.into_iter().map(|i| (i, Err(error.clone()))));
-                    continue;
-                };
-                let mut row = PartitionRow::from_value(row);
-                Self::append_partition(
-                    &txn,
-                    &mut producers,
-                    &mut row,
-                    (topic, partition),
-                    members.into_iter().map(|i| (i, &appends[i])),
-                    &mut results,
-                )?;
-                partitions.insert((topic, partition), row.value())?;
-            }
-        }
-        txn.commit()?;
-        results.sort_unstable_by_key(|(index, _)| *index);
-        Ok(results.into_iter().map(|(_, result)| result).collect())
-    }
-
-    fn read(
-        &self,
-        topic: &str,
-        partition: u32,
-        from: u64,
-        max_bytes: usize,
-    ) -> Result<ReadBatches, ReadError> {
-        let txn = self.db.begin_read().or_backend()?;
-        let row = Self::partition_row(&txn, topic, partition)?;
-        let offsets = row.offsets();
-        let from = from.max(row.log_start);
-        let mut batches = Vec::new();
-        if from >= row.log_end {
-            return Ok(ReadBatches { batches, offsets });
-        }
-        let tables = PartitionTables::new(topic, partition);
-        let log = txn.open_table(tables.log()).or_backend()?;
-        let holding = match log.range(..=from).or_backend()?.next_back() {
-            Some(entry) => {
-                let (key, value) = entry.or_backend()?;
-                let header = stored_header(&tables.log, key.value(), value.value())?;
-                (header.next_offset() > from).then_some(key.value())
-            }
-            None => None,
-        };
-        let mut total = 0usize;
-        for entry in log.range(holding.unwrap_or(from)..).or_backend()? {
-            let (key, value) = entry.or_backend()?;
-            let bytes = value.value();
-            if !batches.is_empty() && total + bytes.len() > max_bytes {
-                break;
-            }
-            // Invariant 3: a batch damaged on disk is reported, never served.
-            let header = batch::verify_crc(bytes)
-                .map_err(|e| corrupt(&tables.log, format!("batch at {}: {e}", key.value())))?;
-            check_position(&tables.log, key.value(), &header)?;
-            total += bytes.len();
-            batches.push(Bytes::copy_from_slice(bytes));
-        }
-        Ok(ReadBatches { batches, offsets })
-    }
-
-    fn offsets(&self, topic: &str, partition: u32) -> Result<PartitionOffsets, ReadError> {
-        let txn = self.db.begin_read().or_backend()?;
-        Ok(Self::partition_row(&txn, topic, partition)?.offsets())
-    }
-
-    fn offset_for_timestamp(
-        &self,
-        topic: &str,
-        partition: u32,
-        timestamp_ms: i64,
-    ) -> Result<u64, ReadError> {
-        let txn = self.db.begin_read().or_backend()?;
-        let row = Self::partition_row(&txn, topic, partition)?;
-        let tables = PartitionTables::new(topic, partition);
-        let time = txn.open_table(tables.time()).or_backend()?;
-        let found = match time.range(timestamp_ms..).or_backend()?.next() {
-            Some(entry) => Some(entry.or_backend()?.1.value()),
-            None => None,
-        };
-        Ok(found.map_or(row.log_end, |base| base.max(row.log_start)))
-    }
-
-    fn allocate_producer_id(&self) -> Result<i64, StoreError> {
-        let txn = self.db.begin_write()?;
-        let id = {
-            let mut node = txn.open_table(NODE)?;
-            let id = node.get(NEXT_PRODUCER_ID)?.map_or(0, |v| v.value());
-            node.insert(NEXT_PRODUCER_ID, id + 1)?;
-            id
-        };
-        txn.commit()?;
-        i64::try_from(id).map_err(|_| corrupt("node", format!("next_producer_id {id}")))
-    }
-
-    fn enforce_retention(&self, now_ms: i64) -> Result<RetentionReport, StoreError> {
-        let txn = self.db.begin_write()?;
+    /// One retention pass over every topic that has a limit, in one write
+    /// transaction.
+    fn retain_all(db: &Database, now_ms: i64) -> Result<RetentionReport, StoreError> {
+        let txn = db.begin_write()?;
         let mut report = RetentionReport::default();
         {
             let specs: Vec<TopicSpec> = txn
@@ -643,5 +816,355 @@ impl LogStore for RedbStore {
         }
         txn.commit()?;
         Ok(report)
+    }
+
+    /// Reads whole batches of one partition in `txn`: see [`LogStore::read`].
+    fn read_in(
+        txn: &ReadTransaction,
+        topic: &str,
+        partition: u32,
+        from: u64,
+        max_bytes: usize,
+    ) -> Result<ReadBatches, ReadError> {
+        let row = Self::partition_row(txn, topic, partition)?;
+        let offsets = row.offsets();
+        let from = from.max(row.log_start);
+        let mut batches = Vec::new();
+        if from >= row.log_end {
+            return Ok(ReadBatches { batches, offsets });
+        }
+        let tables = PartitionTables::new(topic, partition);
+        let log = txn.open_table(tables.log()).or_backend()?;
+        let holding = match log.range(..=from).or_backend()?.next_back() {
+            Some(entry) => {
+                let (key, value) = entry.or_backend()?;
+                let header = stored_header(&tables.log, key.value(), value.value())?;
+                (header.next_offset() > from).then_some(key.value())
+            }
+            None => None,
+        };
+        let mut total = 0usize;
+        for entry in log.range(holding.unwrap_or(from)..).or_backend()? {
+            let (key, value) = entry.or_backend()?;
+            let bytes = value.value();
+            if !batches.is_empty() && total + bytes.len() > max_bytes {
+                break;
+            }
+            // Invariant 3: a batch damaged on disk is reported, never served.
+            let header = batch::verify_crc(bytes)
+                .map_err(|e| corrupt(&tables.log, format!("batch at {}: {e}", key.value())))?;
+            check_position(&tables.log, key.value(), &header)?;
+            total += bytes.len();
+            batches.push(Bytes::copy_from_slice(bytes));
+        }
+        Ok(ReadBatches { batches, offsets })
+    }
+
+    /// Reads the `partitions` row, telling an unknown topic from an unknown
+    /// partition.
+    fn partition_row(
+        txn: &ReadTransaction,
+        topic: &str,
+        partition: u32,
+    ) -> Result<PartitionRow, ReadError> {
+        let partitions = txn.open_table(PARTITIONS).or_backend()?;
+        if let Some(row) = partitions.get((topic, partition)).or_backend()? {
+            return Ok(PartitionRow::from_value(row.value()));
+        }
+        let topics = txn.open_table(TOPICS).or_backend()?;
+        if topics.get(topic).or_backend()?.is_some() {
+            Err(ReadError::UnknownPartition {
+                topic: topic.to_owned(),
+                partition,
+            })
+        } else {
+            Err(ReadError::UnknownTopic(topic.to_owned()))
+        }
+    }
+}
+
+impl LogStore for RedbStore {
+    fn create_topic(&self, spec: &TopicSpec) -> Result<(), TopicError> {
+        topic::validate(spec)?;
+        self.writing(|db| {
+            let txn = db.begin_write().or_backend()?;
+            if !Self::create_in(&txn, spec)? {
+                return Err(TopicError::Exists(spec.name.clone()));
+            }
+            txn.commit().or_backend()?;
+            Ok(())
+        })
+    }
+
+    fn delete_topic(&self, name: &str) -> Result<(), TopicError> {
+        self.writing(|db| {
+            let txn = db.begin_write().or_backend()?;
+            if !Self::delete_in(&txn, name)? {
+                return Err(TopicError::NotFound(name.to_owned()));
+            }
+            txn.commit().or_backend()?;
+            Ok(())
+        })
+    }
+
+    fn topics(&self) -> Result<Vec<TopicSpec>, StoreError> {
+        self.snapshot(|txn| {
+            let topics = txn.open_table(TOPICS)?;
+            topics
+                .iter()?
+                .map(|entry| {
+                    let (name, spec) = entry?;
+                    topic::decode_spec(name.value(), spec.value())
+                })
+                .collect()
+        })
+    }
+
+    fn topic(&self, name: &str) -> Result<Option<TopicSpec>, StoreError> {
+        self.snapshot(|txn| {
+            let topics = txn.open_table(TOPICS)?;
+            topics
+                .get(name)?
+                .map(|spec| topic::decode_spec(name, spec.value()))
+                .transpose()
+        })
+    }
+
+    fn append(
+        &self,
+        appends: &[Append],
+        durable: bool,
+    ) -> Result<Vec<Result<AppendOutcome, AppendError>>, StoreError> {
+        let mut results = Vec::with_capacity(appends.len());
+        // Group by partition, keeping slice order within each, so each
+        // partition's tables are opened once per group commit.
+        let mut groups: Vec<((&str, u32), Vec<usize>)> = Vec::new();
+        let mut group_of: HashMap<(&str, u32), usize> = HashMap::new();
+        for (index, append) in appends.iter().enumerate() {
+            if let Err(e) = append.check_shape() {
+                results.push((index, Err(e)));
+                continue;
+            }
+            let key = (append.topic.as_str(), append.partition);
+            let group = *group_of.entry(key).or_insert_with(|| {
+                groups.push((key, Vec::new()));
+                groups.len() - 1
+            });
+            groups[group].1.push(index);
+        }
+
+        self.writing(|db| -> Result<(), StoreError> {
+            let mut txn = db.begin_write()?;
+            txn.set_durability(if durable {
+                Durability::Immediate
+            } else {
+                Durability::None
+            })?;
+            {
+                let topics = txn.open_table(TOPICS)?;
+                let mut partitions = txn.open_table(PARTITIONS)?;
+                let mut producers = txn.open_table(PRODUCERS)?;
+                for ((topic, partition), members) in groups {
+                    let row = partitions.get((topic, partition))?.map(|r| r.value());
+                    let Some(row) = row else {
+                        let error = if topics.get(topic)?.is_some() {
+                            AppendError::UnknownPartition {
+                                topic: topic.to_owned(),
+                                partition,
+                            }
+                        } else {
+                            AppendError::UnknownTopic(topic.to_owned())
+                        };
+                        results.extend(members.into_iter().map(|i| (i, Err(error.clone()))));
+                        continue;
+                    };
+                    let mut row = PartitionRow::from_value(row);
+                    Self::append_partition(
+                        &txn,
+                        &mut producers,
+                        &mut row,
+                        (topic, partition),
+                        members.into_iter().map(|i| (i, &appends[i])),
+                        &mut results,
+                    )?;
+                    partitions.insert((topic, partition), row.value())?;
+                }
+            }
+            txn.commit()?;
+            Ok(())
+        })?;
+        results.sort_unstable_by_key(|(index, _)| *index);
+        Ok(results.into_iter().map(|(_, result)| result).collect())
+    }
+
+    fn read(
+        &self,
+        topic: &str,
+        partition: u32,
+        from: u64,
+        max_bytes: usize,
+    ) -> Result<ReadBatches, ReadError> {
+        self.snapshot(|txn| Self::read_in(txn, topic, partition, from, max_bytes))
+    }
+
+    fn offsets(&self, topic: &str, partition: u32) -> Result<PartitionOffsets, ReadError> {
+        self.snapshot(|txn| Ok(Self::partition_row(txn, topic, partition)?.offsets()))
+    }
+
+    fn offset_for_timestamp(
+        &self,
+        topic: &str,
+        partition: u32,
+        timestamp_ms: i64,
+    ) -> Result<u64, ReadError> {
+        self.snapshot(|txn| {
+            let row = Self::partition_row(txn, topic, partition)?;
+            let tables = PartitionTables::new(topic, partition);
+            let time = txn.open_table(tables.time()).or_backend()?;
+            let found = match time.range(timestamp_ms..).or_backend()?.next() {
+                Some(entry) => Some(entry.or_backend()?.1.value()),
+                None => None,
+            };
+            Ok(found.map_or(row.log_end, |base| base.max(row.log_start)))
+        })
+    }
+
+    fn allocate_producer_id(&self) -> Result<i64, StoreError> {
+        self.writing(|db| {
+            let txn = db.begin_write()?;
+            let id = {
+                let mut node = txn.open_table(NODE)?;
+                let id = node.get(NEXT_PRODUCER_ID)?.map_or(0, |v| v.value());
+                node.insert(NEXT_PRODUCER_ID, id + 1)?;
+                id
+            };
+            txn.commit()?;
+            i64::try_from(id).map_err(|_| corrupt("node", format!("next_producer_id {id}")))
+        })
+    }
+
+    fn enforce_retention(&self, now_ms: i64) -> Result<RetentionReport, StoreError> {
+        self.writing(|db| Self::retain_all(db, now_ms))
+    }
+
+    fn commit_offsets(&self, commits: &[OffsetCommit]) -> Result<(), CommitError> {
+        group::validate_commits(commits)?;
+        if commits.is_empty() {
+            return Ok(());
+        }
+        self.writing(|db| {
+            let mut txn = db.begin_write().or_backend()?;
+            // The default today, stated because the trait promises it: an
+            // acknowledged commit survives a power cut.
+            txn.set_durability(Durability::Immediate).or_backend()?;
+            Self::check_commit_targets(&txn, commits)?;
+            {
+                let mut offsets = txn.open_table(GROUP_OFFSETS).or_backend()?;
+                for commit in commits {
+                    let key = (
+                        commit.group.as_str(),
+                        commit.topic.as_str(),
+                        commit.partition,
+                    );
+                    offsets.insert(key, commit.offset).or_backend()?;
+                }
+            }
+            txn.commit().or_backend()?;
+            Ok(())
+        })
+    }
+
+    fn committed_offsets(&self, group: &str) -> Result<Vec<CommittedOffset>, StoreError> {
+        self.snapshot(|txn| Self::group_entries(&txn.open_table(GROUP_OFFSETS)?, group))
+    }
+
+    fn groups(&self) -> Result<Vec<String>, StoreError> {
+        self.snapshot(|txn| {
+            let table = txn.open_table(GROUP_OFFSETS)?;
+            let mut groups: Vec<String> = Vec::new();
+            for entry in table.iter()? {
+                let (key, _) = entry?;
+                let (group, _, _) = key.value();
+                if groups.last().is_none_or(|last| last != group) {
+                    groups.push(group.to_owned());
+                }
+            }
+            Ok(groups)
+        })
+    }
+
+    fn delete_group(&self, group: &str) -> Result<bool, StoreError> {
+        self.writing(|db| {
+            let txn = db.begin_write()?;
+            let removed = {
+                let mut table = txn.open_table(GROUP_OFFSETS)?;
+                let entries = Self::group_entries(&table, group)?;
+                for entry in &entries {
+                    table.remove((group, entry.topic.as_str(), entry.partition))?;
+                }
+                !entries.is_empty()
+            };
+            if removed {
+                txn.commit()?;
+            } else {
+                txn.abort()?;
+            }
+            Ok(removed)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use redb::backends::InMemoryBackend;
+
+    use super::*;
+
+    fn in_memory() -> Database {
+        Database::builder()
+            .create_with_backend(InMemoryBackend::new())
+            .unwrap()
+    }
+
+    #[test]
+    fn close_when_unshared_reader_finishing_in_time_closes() {
+        let db = Arc::new(in_memory());
+        let reader = Arc::clone(&db);
+        let finishing = thread::spawn(move || {
+            thread::sleep(Duration::from_millis(20));
+            drop(reader);
+        });
+        assert!(close_when_unshared(db, Duration::from_secs(5)).is_ok());
+        finishing.join().unwrap();
+    }
+
+    #[test]
+    fn close_when_unshared_reader_outlasting_the_wait_hands_database_back() {
+        let db = Arc::new(in_memory());
+        let reader = Arc::clone(&db);
+        let handed_back = close_when_unshared(db, Duration::from_millis(20)).unwrap_err();
+        assert_eq!(
+            Arc::strong_count(&handed_back),
+            2,
+            "still shared, not closed"
+        );
+        drop(reader);
+        assert!(close_when_unshared(handed_back, Duration::ZERO).is_ok());
+    }
+
+    /// Guards against a reopen that reaches new, empty storage serving it:
+    /// offsets would restart at 0 and acknowledged data would be gone.
+    #[test]
+    fn redb_store_reopen_onto_other_storage_refuses_it_and_keeps_failing() {
+        let store = RedbStore::open_with_backend(|| Ok(InMemoryBackend::new())).unwrap();
+        store.allocate_producer_id().unwrap();
+        store.needs_reopen.store(true, Ordering::Release);
+        for _ in 0..2 {
+            assert!(matches!(
+                store.allocate_producer_id(),
+                Err(StoreError::Corrupt { ref table, .. }) if table == "node"
+            ));
+            assert!(matches!(store.topics(), Err(StoreError::Recovering(_))));
+        }
     }
 }

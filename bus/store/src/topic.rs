@@ -26,24 +26,7 @@ pub const UNLIMITED: i64 = -1;
 /// (zero would delete data as soon as it is written, which is never what a
 /// user meant). `max_message_bytes` is 1 to [`MAX_MESSAGE_BYTES_LIMIT`].
 pub fn validate(spec: &TopicSpec) -> Result<(), TopicError> {
-    let name = &spec.name;
-    if name.is_empty() || name.len() > MAX_NAME_LEN {
-        return Err(invalid(format!(
-            "name must be 1..={MAX_NAME_LEN} characters, got {}",
-            name.len()
-        )));
-    }
-    if let Some(c) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-    {
-        return Err(invalid(format!(
-            "name {name:?} contains {c:?}; allowed are A-Z a-z 0-9 . _ -"
-        )));
-    }
-    if name == "." || name == ".." {
-        return Err(invalid(format!("name {name:?} is reserved")));
-    }
+    check_name(&spec.name).map_err(invalid)?;
     if spec.partitions == 0 || spec.partitions > MAX_PARTITIONS {
         return Err(invalid(format!(
             "partitions must be 1..={MAX_PARTITIONS}, got {}",
@@ -65,6 +48,31 @@ pub fn validate(spec: &TopicSpec) -> Result<(), TopicError> {
             "max_message_bytes must be 1..={MAX_MESSAGE_BYTES_LIMIT}, got {}",
             spec.max_message_bytes
         )));
+    }
+    Ok(())
+}
+
+/// Checks a name against the rules [`validate`] states, returning the
+/// reason it is refused. Consumer groups follow the same rules
+/// ([`crate::group::validate_name`]), so a name that is valid in one role is
+/// valid in the other and both can be table keys without escaping.
+pub(crate) fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_NAME_LEN {
+        return Err(format!(
+            "name must be 1..={MAX_NAME_LEN} characters, got {}",
+            name.len()
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!(
+            "name {name:?} contains {c:?}; allowed are A-Z a-z 0-9 . _ -"
+        ));
+    }
+    if name == "." || name == ".." {
+        return Err(format!("name {name:?} is reserved"));
     }
     Ok(())
 }

@@ -6,23 +6,30 @@
 //! `sync_data` is rolled back (the file returns to its last synced bytes)
 //! and every later call fails, so the reopened file is exactly what a disk
 //! would hold after losing its unsynced page cache.
+//!
+//! [`DiskFullBackend`] instead fails writes while a flag is set and rolls
+//! nothing back, as a full disk does, to test that the store recovers by
+//! itself once space is freed.
 
 use std::fs::OpenOptions;
 use std::io;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use edgebus_proto::batch::{self, BatchBuilder, ProducerStamp, Record};
 use edgebus_store::conformance::{self, Harness};
 use edgebus_store::{
-    Append, LogStore, MemStore, ReadError, RedbStore, StoreError, TopicSpec, topic,
+    Append, AppendOutcome, CommitError, CommittedOffset, LogStore, MemStore, OffsetCommit,
+    PartitionOffsets, ReadError, RedbStore, StoreError, TopicSpec, topic,
 };
 use redb::backends::FileBackend;
 use redb::{BackendError, StorageBackend};
 use tempfile::TempDir;
 
-/// Fault state shared by a [`CrashBackend`] and the harness that arms it.
+/// Fault state shared by the [`CrashBackend`]s of one file (the store opens
+/// a new one when it reopens) and the harness that arms it.
 #[derive(Debug, Default)]
 struct Fault {
     /// IO calls still allowed; `None` while unarmed.
@@ -45,19 +52,23 @@ fn crashed() -> io::Error {
     io::Error::other("simulated power cut")
 }
 
-impl CrashBackend {
-    /// Wraps `file`, taking its current contents as synced.
-    fn new(file: std::fs::File) -> (Self, Arc<Mutex<Fault>>) {
-        let inner = FileBackend::new(file).expect("file backend");
-        let fault = Arc::new(Mutex::new(Fault {
-            synced_len: inner.len().expect("file length"),
+impl Fault {
+    /// Unarmed fault state for the file at `path`, taking its current
+    /// contents as synced.
+    fn for_file(path: &Path) -> Arc<Mutex<Fault>> {
+        let synced_len = std::fs::metadata(path).map_or(0, |m| m.len());
+        Arc::new(Mutex::new(Fault {
+            synced_len,
             ..Fault::default()
-        }));
-        let backend = CrashBackend {
-            inner,
-            fault: fault.clone(),
-        };
-        (backend, fault)
+        }))
+    }
+}
+
+impl CrashBackend {
+    /// Opens the file at `path` under the shared `fault`.
+    fn open(path: &Path, fault: Arc<Mutex<Fault>>) -> io::Result<Self> {
+        let inner = FileBackend::new(open_rw(path)?).map_err(io::Error::other)?;
+        Ok(CrashBackend { inner, fault })
     }
 
     /// Spends one IO call of the budget; at zero, rolls the file back to
@@ -165,14 +176,20 @@ impl StorageBackend for CrashBackend {
     }
 }
 
-fn open_rw(path: &Path) -> std::fs::File {
+fn open_rw(path: &Path) -> io::Result<std::fs::File> {
     OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
         .open(path)
-        .expect("open file")
+}
+
+/// A store on [`CrashBackend`]s over `path`, all sharing `fault`, so a
+/// reopen after the simulated power cut fails as the first backend does.
+fn crash_store(path: &Path, fault: &Arc<Mutex<Fault>>) -> Result<RedbStore, StoreError> {
+    let (path, fault) = (path.to_owned(), fault.clone());
+    RedbStore::open_with_backend(move || CrashBackend::open(&path, fault.clone()))
 }
 
 /// redb stores in temp dirs; faults count backend IO calls.
@@ -190,9 +207,10 @@ impl Harness for RedbHarness {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("node.redb");
         self.dirs.push(dir);
-        let (backend, fault) = CrashBackend::new(open_rw(&path));
+        let fault = Fault::for_file(&path);
+        let store = crash_store(&path, &fault).expect("open fresh redb store");
         self.current = Some((path, fault));
-        RedbStore::open_with_backend(backend).expect("open fresh redb store")
+        store
     }
 
     fn reopen(&mut self, store: RedbStore) -> RedbStore {
@@ -295,7 +313,8 @@ fn redb_read_batch_damaged_on_disk_returns_corrupt() {
 fn crash_backend_crash_restores_last_synced_bytes() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("raw");
-    let (backend, fault) = CrashBackend::new(open_rw(&path));
+    let fault = Fault::for_file(&path);
+    let backend = CrashBackend::open(&path, fault.clone()).expect("open backend");
     backend.write(0, b"synced").expect("write");
     backend.sync_data().expect("sync");
     backend.write(2, b"XXXXXXXX").expect("write");
@@ -345,9 +364,9 @@ fn redb_crash_during_recovery_keeps_acknowledged_batches() {
     for n in 0..40 {
         let path = dir.path().join(format!("recover-{n}.redb"));
         std::fs::copy(&crashed, &path).expect("copy crashed file");
-        let (backend, fault) = CrashBackend::new(open_rw(&path));
+        let fault = Fault::for_file(&path);
         fault.lock().expect("fault state lock").remaining = Some(n);
-        if let Ok(store) = RedbStore::open_with_backend(backend) {
+        if let Ok(store) = crash_store(&path, &fault) {
             recovered_without_fault = !fault.lock().expect("fault state lock").crashed;
             drop(store);
         }
@@ -370,5 +389,295 @@ fn redb_crash_during_recovery_keeps_acknowledged_batches() {
     assert!(
         recovered_without_fault,
         "the fault points cover the whole recovery"
+    );
+}
+
+/// Fails every write, length change and sync while the shared `full` flag
+/// is set, as a full disk does, and rolls nothing back: what was written
+/// before stays written.
+#[derive(Debug)]
+struct DiskFullBackend {
+    inner: FileBackend,
+    full: Arc<AtomicBool>,
+}
+
+impl DiskFullBackend {
+    fn open(path: &Path, full: Arc<AtomicBool>) -> io::Result<Self> {
+        let inner = FileBackend::new(open_rw(path)?).map_err(io::Error::other)?;
+        Ok(DiskFullBackend { inner, full })
+    }
+
+    fn check_space(&self) -> io::Result<()> {
+        if self.full.load(Ordering::SeqCst) {
+            Err(io::Error::new(
+                io::ErrorKind::StorageFull,
+                "no space left on device (simulated)",
+            ))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl StorageBackend for DiskFullBackend {
+    fn len(&self) -> io::Result<u64> {
+        self.inner.len()
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
+        self.inner.read(offset, out)
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.check_space()?;
+        self.inner.set_len(len)
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        self.check_space()?;
+        self.inner.sync_data()
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.check_space()?;
+        self.inner.write(offset, data)
+    }
+
+    fn close(&self) -> io::Result<()> {
+        self.inner.close()
+    }
+
+    fn try_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, BackendError> {
+        self.inner.try_lock_range(start, end)
+    }
+
+    fn try_lock_shared_range(
+        &self,
+        start: Bound<u64>,
+        end: Bound<u64>,
+    ) -> Result<bool, BackendError> {
+        self.inner.try_lock_shared_range(start, end)
+    }
+
+    fn lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
+        self.inner.lock_range(start, end)
+    }
+
+    fn lock_shared_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
+        self.inner.lock_shared_range(start, end)
+    }
+
+    fn unlock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
+        self.inner.unlock_range(start, end)
+    }
+
+    fn query_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, BackendError> {
+        self.inner.query_lock_range(start, end)
+    }
+}
+
+fn idempotent_batch(tag: &str, records: i32, producer_id: i64, base_sequence: i32) -> bytes::Bytes {
+    let mut builder = BatchBuilder::new();
+    for i in 0..records {
+        builder.push(&Record::new(format!("{tag}-{i}"), i64::from(i)));
+    }
+    builder.finish(ProducerStamp {
+        producer_id,
+        producer_epoch: 0,
+        base_sequence,
+    })
+}
+
+fn stored_at(batch: &bytes::Bytes, base_offset: u64) -> bytes::Bytes {
+    let mut copy = bytes::BytesMut::from(&batch[..]);
+    batch::set_base_offset(&mut copy, base_offset);
+    copy.freeze()
+}
+
+fn group_commit(offset: u64) -> OffsetCommit {
+    OffsetCommit {
+        group: "g".to_owned(),
+        topic: "t".to_owned(),
+        partition: 0,
+        offset,
+    }
+}
+
+/// Invariants 1 and 2 through a full disk. Guards the bug where redb,
+/// after one failed write, refused every write ("Previous I/O error
+/// occurred") until the broker restarted: the store must reopen itself once
+/// space is freed, on the same `RedbStore`, with every acknowledged batch
+/// and commit intact, nothing of the refused ones, and offsets continuing
+/// right after the last acknowledged batch.
+#[test]
+fn redb_store_after_disk_full_recovers_without_losing_acknowledged_batches() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("node.redb");
+    let full = Arc::new(AtomicBool::new(false));
+    let store = {
+        let (path, full) = (path.clone(), full.clone());
+        RedbStore::open_with_backend(move || DiskFullBackend::open(&path, full.clone()))
+            .expect("open")
+    };
+    store
+        .create_topic(&one_partition_topic("t"))
+        .expect("create");
+    let pid = store.allocate_producer_id().expect("producer id");
+    let mut acked: Vec<bytes::Bytes> = Vec::new();
+    for i in 0..3 {
+        let b = idempotent_batch(&format!("acked{i}"), 2, pid, 2 * i);
+        let outcome = store
+            .append(&[append_of("t", b.clone())], true)
+            .expect("append");
+        assert_eq!(
+            outcome,
+            vec![Ok(AppendOutcome::Appended {
+                base_offset: 2 * u64::try_from(i).expect("small")
+            })]
+        );
+        acked.push(stored_at(&b, 2 * u64::try_from(i).expect("small")));
+    }
+    store.commit_offsets(&[group_commit(2)]).expect("commit");
+
+    full.store(true, Ordering::SeqCst);
+    let refused = idempotent_batch("refused", 3, pid, 6);
+    for attempt in 0..3 {
+        let append = store.append(&[append_of("t", refused.clone())], true);
+        assert!(
+            matches!(append, Err(StoreError::Io(_))),
+            "attempt {attempt}: an append on a full disk is an IO error, got {append:?}"
+        );
+        let commit = store.commit_offsets(&[group_commit(6)]);
+        assert!(
+            matches!(commit, Err(CommitError::Store(StoreError::Io(_)))),
+            "attempt {attempt}: a commit on a full disk is an IO error, got {commit:?}"
+        );
+        match store.read("t", 0, 0, usize::MAX) {
+            Ok(read) => assert_eq!(read.batches, acked, "attempt {attempt}: a read"),
+            Err(ReadError::Store(_)) => {}
+            Err(other) => panic!("attempt {attempt}: a read failed with {other}"),
+        }
+    }
+
+    full.store(false, Ordering::SeqCst);
+    assert_eq!(
+        store
+            .append(&[append_of("t", refused.clone())], true)
+            .expect("append once space is back"),
+        vec![Ok(AppendOutcome::Appended { base_offset: 6 })],
+        "offsets continue right after the last acknowledged batch"
+    );
+    acked.push(stored_at(&refused, 6));
+    let check = |store: &RedbStore, when: &str, committed: u64| {
+        let read = store.read("t", 0, 0, usize::MAX).expect("read");
+        assert_eq!(
+            read.batches, acked,
+            "{when}: the log is exactly the acknowledged batches"
+        );
+        assert_eq!(
+            read.offsets,
+            PartitionOffsets {
+                log_start: 0,
+                log_end: 9
+            },
+            "{when}: offsets"
+        );
+        assert_eq!(
+            store.committed_offsets("g").expect("committed offsets"),
+            vec![CommittedOffset {
+                topic: "t".to_owned(),
+                partition: 0,
+                offset: committed
+            }],
+            "{when}: the last acknowledged commit"
+        );
+        let retry = idempotent_batch("acked2", 2, pid, 4);
+        assert_eq!(
+            store
+                .append(&[append_of("t", retry)], true)
+                .expect("append"),
+            vec![Ok(AppendOutcome::Duplicate { base_offset: 4 })],
+            "{when}: dedup state committed with the batches survives"
+        );
+    };
+    check(&store, "after recovery", 2);
+    store
+        .commit_offsets(&[group_commit(9)])
+        .expect("commit after recovery");
+    drop(store);
+    let reopened = RedbStore::open(&path).expect("reopen from disk");
+    check(&reopened, "after a restart", 9);
+}
+
+/// Reads racing a full disk and the reopen that follows it never panic,
+/// never block the recovery, and never see anything but acknowledged
+/// batches: each read either fails with a storage error or returns a prefix
+/// of the final log.
+#[test]
+fn redb_store_reads_during_disk_full_recovery_see_only_acknowledged_batches() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("node.redb");
+    let full = Arc::new(AtomicBool::new(false));
+    let store = Arc::new({
+        let full = full.clone();
+        RedbStore::open_with_backend(move || DiskFullBackend::open(&path, full.clone()))
+            .expect("open")
+    });
+    store
+        .create_topic(&one_partition_topic("t"))
+        .expect("create");
+    let batches: Vec<bytes::Bytes> = (0..6)
+        .map(|i| {
+            let mut builder = BatchBuilder::new();
+            builder.push(&Record::new(format!("record-{i}"), i));
+            builder.finish(ProducerStamp::NONE)
+        })
+        .collect();
+    let final_log: Vec<bytes::Bytes> = batches
+        .iter()
+        .zip(0..)
+        .map(|(b, offset)| stored_at(b, offset))
+        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (store, stop, final_log) = (store.clone(), stop.clone(), final_log.clone());
+        std::thread::spawn(move || {
+            let mut served = 0u32;
+            while !stop.load(Ordering::SeqCst) {
+                match store.read("t", 0, 0, usize::MAX) {
+                    Ok(read) => {
+                        assert_eq!(
+                            read.batches[..],
+                            final_log[..read.batches.len()],
+                            "a read served something other than acknowledged batches"
+                        );
+                        served += 1;
+                    }
+                    Err(ReadError::Store(StoreError::Io(_) | StoreError::Recovering(_))) => {}
+                    Err(other) => panic!("a read failed with {other}"),
+                }
+            }
+            served
+        })
+    };
+    let append = |b: &bytes::Bytes| store.append(&[append_of("t", b.clone())], true);
+    for b in &batches[..3] {
+        append(b).expect("append").remove(0).expect("appended");
+    }
+    full.store(true, Ordering::SeqCst);
+    for _ in 0..5 {
+        assert!(append(&batches[3]).is_err(), "the disk is full");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    full.store(false, Ordering::SeqCst);
+    for b in &batches[3..] {
+        append(b).expect("append").remove(0).expect("appended");
+    }
+    stop.store(true, Ordering::SeqCst);
+    let served = reader.join().expect("the reader thread panicked");
+    assert!(served > 0, "reads were served");
+    assert_eq!(
+        store.read("t", 0, 0, usize::MAX).expect("read").batches,
+        final_log
     );
 }

@@ -50,7 +50,7 @@ type Chunk = Result<Vec<StoredRecord>, ClientError>;
 pub struct Subscription {
     chunks: mpsc::Receiver<Chunk>,
     ready: std::vec::IntoIter<StoredRecord>,
-    log_end: watch::Receiver<u64>,
+    log_end: watch::Receiver<Option<u64>>,
 }
 
 impl Subscription {
@@ -63,7 +63,7 @@ impl Subscription {
         config: SubscribeConfig,
     ) -> Result<Subscription, ClientError> {
         let (tx, chunks) = mpsc::channel(config.buffer_frames.max(1));
-        let (end_tx, log_end) = watch::channel(0);
+        let (end_tx, log_end) = watch::channel(None);
         let mut reader = Reader {
             client,
             topic: topic.to_owned(),
@@ -73,7 +73,13 @@ impl Subscription {
             log_end: end_tx,
         };
         let stream = reader.open(from).await?;
-        tokio::spawn(reader.run(stream));
+        // A batch is served whole: records before an explicit start offset
+        // in the same batch are skipped here.
+        let floor = match from {
+            Position::Offset(o) => Some(o),
+            _ => None,
+        };
+        tokio::spawn(reader.run(stream, floor));
         Ok(Subscription {
             chunks,
             ready: Vec::new().into_iter(),
@@ -95,9 +101,15 @@ impl Subscription {
         }
     }
 
-    /// The partition's log end as of the last frame the broker pushed.
-    pub fn log_end(&self) -> u64 {
+    /// The partition's log end as of the last frame the broker pushed;
+    /// `None` before the first frame.
+    pub fn log_end(&self) -> Option<u64> {
         *self.log_end.borrow()
+    }
+
+    /// A watch of [`Subscription::log_end`], readable from other tasks.
+    pub fn log_end_watch(&self) -> watch::Receiver<Option<u64>> {
+        self.log_end.clone()
     }
 }
 
@@ -107,7 +119,7 @@ struct Reader {
     partition: u32,
     config: SubscribeConfig,
     records: mpsc::Sender<Chunk>,
-    log_end: watch::Sender<u64>,
+    log_end: watch::Sender<Option<u64>>,
 }
 
 type Stream = (quinn::SendStream, quinn::RecvStream, u32);
@@ -128,8 +140,7 @@ impl Reader {
         Ok((send, recv, corr))
     }
 
-    async fn run(mut self, mut stream: Stream) {
-        let mut next_offset: Option<u64> = None;
+    async fn run(mut self, mut stream: Stream, mut next_offset: Option<u64>) {
         let mut attempt = 0u32;
         loop {
             let error = self.pump(&mut stream, &mut next_offset).await;
@@ -175,7 +186,7 @@ impl Reader {
                 Ok(Response::Fetched {
                     log_end, batches, ..
                 }) => {
-                    self.log_end.send_replace(log_end);
+                    self.log_end.send_replace(Some(log_end));
                     batches
                 }
                 Ok(other) => return unexpected(&other),

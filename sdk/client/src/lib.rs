@@ -21,6 +21,8 @@
 //! - [`producer`]: [`Producer`]: linger, batch size, key-hash partitioner,
 //!   pipelined acks, retries and idempotence.
 //! - [`consumer`]: [`Subscription`], a pushed feed of one partition.
+//! - [`group`]: [`GroupConsumer`], a member of a consumer group with
+//!   committed offsets.
 //! - [`local`]: where a broker on this machine keeps its data and CA.
 //! - [`tls`]: CA and client identity loading.
 //! - [`wire`]: length-prefixed frames on QUIC streams, shared with the broker.
@@ -29,6 +31,7 @@
 pub mod client;
 pub mod consumer;
 pub mod error;
+pub mod group;
 pub mod local;
 pub mod producer;
 pub mod tls;
@@ -37,6 +40,10 @@ pub mod wire;
 pub use client::{Client, ClientConfig, Fetched};
 pub use consumer::{SubscribeConfig, Subscription};
 pub use edgebus_proto::batch::{Header, Record, StoredRecord};
-pub use edgebus_proto::frame::{Acks, PartitionInfo, Position, TopicSpec};
+pub use edgebus_proto::frame::{
+    Acks, AssignmentStrategy, GroupLag, MemberInfo, PartitionInfo, PartitionOffset, Position,
+    TopicPartition, TopicSpec,
+};
 pub use error::ClientError;
+pub use group::{GroupConfig, GroupConsumer, GroupRecord, OffsetReset};
 pub use producer::{DeliveryFuture, Producer, ProducerConfig, RecordMetadata};

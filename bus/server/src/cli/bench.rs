@@ -9,6 +9,9 @@
 //!   reading them all back from the earliest offset. No latency is reported.
 //! - `e2e`: producer and consumers run together; latency is send-to-receive
 //!   per record, read from a timestamp the producer writes into each value.
+//! - `commit`: consumer-group offset commits/s; latency is per commit.
+//! - `rebalance`: time from a member's death to a completed rebalance; the
+//!   latency figures are those times.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -19,9 +22,10 @@ use std::time::{Duration, Instant};
 use bytes::{BufMut, Bytes, BytesMut};
 use clap::{Args, ValueEnum};
 use edgebus_client::{
-    Client, ClientConfig, ClientError, DeliveryFuture, Position, Producer, ProducerConfig, Record,
-    SubscribeConfig, Subscription, TopicSpec,
+    Client, ClientConfig, ClientError, DeliveryFuture, GroupConfig, GroupConsumer, PartitionOffset,
+    Position, Producer, ProducerConfig, Record, SubscribeConfig, Subscription, TopicSpec,
 };
+use edgebus_proto::frame::Request;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use hdrhistogram::Histogram;
@@ -40,6 +44,12 @@ pub enum Mode {
     Consume,
     /// Time producing and consuming together; latency is end to end.
     E2e,
+    /// Offset commits/s from `--window` concurrent committers, `--records`
+    /// commits in all.
+    Commit,
+    /// Time from a group member's death to the other two owning all
+    /// partitions, over `--rounds` rounds.
+    Rebalance,
 }
 
 #[derive(Debug, Args)]
@@ -71,6 +81,12 @@ pub struct BenchArgs {
     /// Send at this steady rate (records/s); 0 sends as fast as possible.
     #[arg(long, default_value_t = 0)]
     rate: u64,
+    /// `rebalance`: how many deaths to time.
+    #[arg(long, default_value_t = 5)]
+    rounds: u32,
+    /// `rebalance`: the members' session timeout in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    session_ms: u64,
     /// Use this broker instead of starting one in a temp dir.
     #[arg(long)]
     broker: Option<SocketAddr>,
@@ -122,6 +138,8 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
             produce(&client, &topic, &args, progress(&args)).await?;
             consumer.await.map_err(Failure::other)??
         }
+        Mode::Commit => commits(&client, &topic, &args, progress(&args)).await?,
+        Mode::Rebalance => rebalance(&client, &topic, &args).await?,
     };
     print_report(&args, &report);
     client.delete_topic(&topic).await?;
@@ -142,6 +160,8 @@ fn args_clone(a: &BenchArgs) -> BenchArgs {
         batch_bytes: a.batch_bytes,
         linger_ms: a.linger_ms,
         rate: a.rate,
+        rounds: a.rounds,
+        session_ms: a.session_ms,
         broker: a.broker,
         ca: a.ca.clone(),
         output: a.output,
@@ -359,6 +379,119 @@ async fn consume(
     })
 }
 
+/// `--window` tasks each commit offsets for a group of their own in a loop;
+/// the broker's writer puts every commit waiting at once into one fsync.
+async fn commits(
+    client: &Client,
+    topic: &str,
+    args: &BenchArgs,
+    bar: ProgressBar,
+) -> Result<Report, Failure> {
+    let tasks = args.window.max(1) as u64;
+    let per_task = args.records.div_ceil(tasks);
+    let start = Instant::now();
+    let mut handles = Vec::new();
+    for t in 0..tasks {
+        let (client, topic, bar) = (client.clone(), topic.to_owned(), bar.clone());
+        handles.push(tokio::spawn(async move {
+            let mut histogram = new_histogram();
+            for i in 0..per_task {
+                let request = Request::CommitOffsets {
+                    group: format!("bench-{t}"),
+                    member_id: String::new(),
+                    epoch: 0,
+                    offsets: vec![PartitionOffset {
+                        topic: topic.clone(),
+                        partition: 0,
+                        offset: i,
+                    }],
+                };
+                let sent = Instant::now();
+                client.request(&request).await?;
+                let _ = histogram.record(sent.elapsed().as_micros() as u64);
+                bar.inc(1);
+            }
+            Ok::<_, ClientError>(histogram)
+        }));
+    }
+    let mut histogram = new_histogram();
+    for h in handles {
+        histogram
+            .add(h.await.map_err(Failure::other)??)
+            .map_err(Failure::other)?;
+    }
+    bar.finish_and_clear();
+    Ok(Report {
+        records: per_task * tasks,
+        value_bytes: 0,
+        elapsed: start.elapsed(),
+        latency_us: Some(histogram),
+    })
+}
+
+/// Three members share the topic; one dies (no commit, no leave) and the
+/// time until the other two own every partition is recorded. Latency
+/// figures are those times; throughput figures are meaningless here.
+async fn rebalance(client: &Client, topic: &str, args: &BenchArgs) -> Result<Report, Failure> {
+    let session = Duration::from_millis(args.session_ms);
+    let config = || {
+        let mut c = GroupConfig::new(format!("bench-rebalance-{topic}"), vec![topic.to_owned()]);
+        c.session_timeout = session;
+        c
+    };
+    let mut histogram = new_histogram();
+    let mut members = Vec::new();
+    for _ in 0..3 {
+        members.push(GroupConsumer::join(client.clone(), config()).await?);
+    }
+    let start = Instant::now();
+    for _ in 0..args.rounds {
+        wait_owned(&members, args.partitions, |sets| {
+            sets.iter().all(|s| !s.is_empty())
+        })
+        .await?;
+        let died = Instant::now();
+        members.remove(0).abort();
+        wait_owned(&members, args.partitions, |_| true).await?;
+        let _ = histogram.record(died.elapsed().as_micros() as u64);
+        members.push(GroupConsumer::join(client.clone(), config()).await?);
+    }
+    for m in members {
+        m.close().await?;
+    }
+    Ok(Report {
+        records: u64::from(args.rounds),
+        value_bytes: 0,
+        elapsed: start.elapsed(),
+        latency_us: Some(histogram),
+    })
+}
+
+/// Waits until the members own every partition exactly once and `also`
+/// holds for their sets.
+async fn wait_owned(
+    members: &[GroupConsumer],
+    partitions: u32,
+    also: impl Fn(&[Vec<edgebus_client::TopicPartition>]) -> bool,
+) -> Result<(), Failure> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let sets: Vec<_> = members
+            .iter()
+            .map(|m| m.assignment().borrow().clone())
+            .collect();
+        let total: usize = sets.iter().map(Vec::len).sum();
+        let unique: std::collections::BTreeSet<_> = sets.iter().flatten().collect();
+        if total == partitions as usize && unique.len() == total && also(&sets) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(Failure::other(format!("group never settled: {sets:?}")));
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
 fn print_report(args: &BenchArgs, r: &Report) {
     let secs = r.elapsed.as_secs_f64().max(1e-9);
     let records_per_s = r.records as f64 / secs;
@@ -387,10 +520,20 @@ fn print_report(args: &BenchArgs, r: &Report) {
             })
         ),
         Output::Text => {
-            println!(
-                "{:?}: {} records of {} B in {:.2} s: {:.0} records/s, {:.1} MB/s",
-                args.mode, r.records, args.size, secs, records_per_s, mb_per_s
-            );
+            match args.mode {
+                Mode::Commit => println!(
+                    "commit: {} offset commits in {secs:.2} s: {records_per_s:.0} commits/s",
+                    r.records
+                ),
+                Mode::Rebalance => println!(
+                    "rebalance: {} member deaths, session timeout {} ms",
+                    r.records, args.session_ms
+                ),
+                _ => println!(
+                    "{:?}: {} records of {} B in {:.2} s: {:.0} records/s, {:.1} MB/s",
+                    args.mode, r.records, args.size, secs, records_per_s, mb_per_s
+                ),
+            }
             if let (Some(p50), Some(p99), Some(p999)) = (pct(0.5), pct(0.99), pct(0.999)) {
                 println!("latency ms: p50 {p50:.3}  p99 {p99:.3}  p99.9 {p999:.3}");
             }

@@ -2,7 +2,9 @@
 
 use base64::Engine;
 use clap::Args;
-use edgebus_client::{Client, Position, StoredRecord, SubscribeConfig, Subscription};
+use edgebus_client::{
+    Client, GroupConfig, GroupConsumer, Position, StoredRecord, SubscribeConfig, Subscription,
+};
 use serde_json::json;
 use tokio::sync::mpsc;
 
@@ -24,6 +26,11 @@ pub struct ConsumeArgs {
     /// Keep waiting for new records instead of stopping at the log end.
     #[arg(long)]
     follow: bool,
+    /// Consume as a member of this group: resume from its committed
+    /// offsets, share partitions with its other members, and commit as
+    /// records are printed.
+    #[arg(long, conflicts_with_all = ["from", "partition"])]
+    group: Option<String>,
     /// `json` prints one object per record.
     #[arg(long, value_enum, default_value_t)]
     output: Output,
@@ -55,6 +62,9 @@ pub fn parse_from(s: &str) -> Result<Position, String> {
 
 pub async fn run(args: ConsumeArgs) -> Result<(), Failure> {
     let client = args.connect.connect().await?;
+    if let Some(group) = &args.group {
+        return run_group(client, group, &args).await;
+    }
     let (spec, offsets) = client.describe_topic(&args.topic).await?;
     let partitions: Vec<u32> = match args.partition {
         Some(p) if p >= spec.partitions => {
@@ -68,13 +78,22 @@ pub async fn run(args: ConsumeArgs) -> Result<(), Failure> {
     };
     let (tx, mut rx) = mpsc::channel(1024);
     for p in partitions {
+        let log_end = offsets[p as usize].log_end;
         // Without --follow, stop at the log end as it was when we started.
-        let stop_at = (!args.follow).then(|| offsets[p as usize].log_end);
+        let stop_at = (!args.follow).then_some(log_end);
+        let from = match args.from {
+            // Across all partitions, an offset past one partition's end
+            // means "nothing yet" there, not an error.
+            Position::Offset(n) if args.partition.is_none() && n > log_end => {
+                Position::Offset(log_end)
+            }
+            from => from,
+        };
         tokio::spawn(read_partition(
             client.clone(),
             args.topic.clone(),
             p,
-            args.from,
+            from,
             stop_at,
             tx.clone(),
         ));
@@ -89,6 +108,38 @@ pub async fn run(args: ConsumeArgs) -> Result<(), Failure> {
             break;
         }
     }
+    Ok(())
+}
+
+/// Consumes as a group member. Without `--follow`, stops once every
+/// assigned partition has been read to its log end, then commits and leaves.
+async fn run_group(client: Client, group: &str, args: &ConsumeArgs) -> Result<(), Failure> {
+    let mut consumer = GroupConsumer::join(
+        client,
+        GroupConfig::new(group.to_owned(), vec![args.topic.clone()]),
+    )
+    .await?;
+    let mut printed = 0u64;
+    let mut check = tokio::time::interval(std::time::Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            item = consumer.next() => {
+                let Some(item) = item else { break };
+                let r = item?;
+                print_record(&r.topic, r.partition, &r.record, args.output);
+                printed += 1;
+                if args.max.is_some_and(|m| printed >= m) {
+                    break;
+                }
+            }
+            _ = check.tick(), if !args.follow => {
+                if consumer.caught_up() {
+                    break;
+                }
+            }
+        }
+    }
+    consumer.close().await?;
     Ok(())
 }
 

@@ -19,6 +19,7 @@ use edgebus_client::ClientError;
 mod bench;
 mod connect;
 mod consume;
+mod group;
 mod produce;
 mod serve;
 mod topic;
@@ -44,6 +45,9 @@ enum Command {
     Produce(produce::ProduceArgs),
     /// Print records of a topic.
     Consume(consume::ConsumeArgs),
+    /// List, describe, reset and delete consumer groups.
+    #[command(subcommand)]
+    Group(group::GroupCommand),
     /// Measure throughput and latency.
     Bench(bench::BenchArgs),
 }
@@ -91,6 +95,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Topic(cmd) => topic::run(cmd).await,
         Command::Produce(args) => produce::run(args).await,
         Command::Consume(args) => consume::run(args).await,
+        Command::Group(cmd) => group::run(cmd).await,
         Command::Bench(args) => bench::run(args).await,
     };
     match result {
