@@ -164,3 +164,23 @@ pub fn client_ca(dir: &std::path::Path) -> Result<(PathBuf, Identity)> {
     std::fs::write(&identity.key, key_pem)?;
     Ok((ca, identity))
 }
+
+/// The bytes of a built plugin (`json_filter`, `spin`, …), building
+/// `plugins/` first.
+pub fn plugin_wasm(name: &str) -> Vec<u8> {
+    edgebus::bundled::wasm(name).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Registers a built plugin under `name`.
+pub async fn add_plugin(client: &Client, name: &str, file: &str) -> Result<u32> {
+    let response = client
+        .request(&edgebus_proto::frame::Request::PluginAdd {
+            name: name.into(),
+            wasm: plugin_wasm(file).into(),
+        })
+        .await?;
+    match response {
+        Response::Plugins(p) => Ok(p[0].version),
+        other => bail!("unexpected {other:?}"),
+    }
+}

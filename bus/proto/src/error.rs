@@ -159,6 +159,21 @@ pub enum ErrorCode {
     GroupNotEmpty = 22,
     /// The group has no members and no committed offsets.
     UnknownGroup = 23,
+    /// A plugin could not be loaded or initialised (bad component, wrong
+    /// world, `init` error).
+    PluginInvalid = 24,
+    /// A plugin rejected the batch; the message is the plugin's.
+    PluginRejected = 25,
+    /// No plugin with that name is registered.
+    UnknownPlugin = 26,
+    /// The plugin is attached somewhere; the message names where.
+    PluginInUse = 27,
+    /// The attach point is halted after plugin failures and backing off.
+    PluginHalted = 28,
+    /// No pipeline with that name.
+    UnknownPipeline = 29,
+    /// A pipeline with that name exists.
+    PipelineExists = 30,
 }
 
 impl ErrorCode {
@@ -189,6 +204,13 @@ impl ErrorCode {
             21 => NotAssigned,
             22 => GroupNotEmpty,
             23 => UnknownGroup,
+            24 => PluginInvalid,
+            25 => PluginRejected,
+            26 => UnknownPlugin,
+            27 => PluginInUse,
+            28 => PluginHalted,
+            29 => UnknownPipeline,
+            30 => PipelineExists,
             _ => return None,
         })
     }
@@ -197,7 +219,10 @@ impl ErrorCode {
     pub fn is_retriable(self) -> bool {
         matches!(
             self,
-            ErrorCode::TooManyInFlight | ErrorCode::StorageError | ErrorCode::ShuttingDown
+            ErrorCode::TooManyInFlight
+                | ErrorCode::StorageError
+                | ErrorCode::ShuttingDown
+                | ErrorCode::PluginHalted
         )
     }
 }

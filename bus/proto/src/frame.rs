@@ -140,6 +140,84 @@ pub struct GroupLag {
     pub log_end: u64,
 }
 
+/// A plugin attached somewhere, with its parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginRef {
+    /// Registry name.
+    pub name: String,
+    /// `key=value` parameters passed to the plugin's `init`.
+    pub params: Vec<(String, String)>,
+}
+
+/// What an attach point does with a record a plugin failed on (trap,
+/// deadline, memory cap).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FailurePolicy {
+    /// Count the failure and move on.
+    Skip = 0,
+    /// Write the input record to `<topic>.dlq` with headers naming the
+    /// error, plugin, version and source offset.
+    #[default]
+    DeadLetter = 1,
+    /// Stop the attach point, retrying with backoff from 1 s to 30 s.
+    Halt = 2,
+}
+
+/// Record counters of one attach point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AttachCounters {
+    /// Records that entered the chain.
+    pub records_in: u64,
+    /// Records that came out.
+    pub records_out: u64,
+    /// Inputs that produced no output.
+    pub filtered: u64,
+    /// Inputs a plugin failed on.
+    pub failed: u64,
+    /// Failed inputs written to the dead-letter topic.
+    pub dead_lettered: u64,
+}
+
+/// A registered plugin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginDescription {
+    /// Registry name.
+    pub name: String,
+    /// Version, bumped on every replacement.
+    pub version: u32,
+    /// Hex SHA-256 of the component.
+    pub hash: String,
+    /// `filter` or `transform`.
+    pub kind: String,
+    /// Component size.
+    pub size_bytes: u64,
+    /// When this version was added (ms since the Unix epoch).
+    pub added_ms: i64,
+    /// Where it is attached (`topic:T`, `pipeline:P`).
+    pub users: Vec<String>,
+}
+
+/// A pipeline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PipelineDescription {
+    /// Name.
+    pub name: String,
+    /// Source topic.
+    pub from: String,
+    /// Destination topic.
+    pub to: String,
+    /// Plugin chain.
+    pub chain: Vec<PluginRef>,
+    /// Failure policy.
+    pub on_failure: FailurePolicy,
+    /// `running`, or why not.
+    pub status: String,
+    /// Next source offset per partition.
+    pub positions: Vec<(u32, u64)>,
+    /// Record counters since the broker started.
+    pub counters: AttachCounters,
+}
+
 /// A request from a client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
@@ -192,6 +270,12 @@ pub enum Request {
         from: Position,
         /// Upper bound on bytes per pushed frame.
         max_bytes: u32,
+        /// Plugins the broker runs on the records before sending them; only
+        /// their results cross the wire, with the source offsets. Empty for
+        /// none.
+        chain: Vec<PluginRef>,
+        /// What the chain does with records a plugin fails on.
+        on_failure: FailurePolicy,
     },
     /// Resolve a position to an offset.
     ListOffsets {
@@ -274,6 +358,64 @@ pub enum Request {
         /// Group name.
         group: String,
     },
+    /// Register a plugin, or replace it (bumping its version).
+    PluginAdd {
+        /// Registry name.
+        name: String,
+        /// The component bytes.
+        wasm: Bytes,
+    },
+    /// List plugins.
+    PluginList,
+    /// One plugin, with where it is used.
+    PluginDescribe {
+        /// Registry name.
+        name: String,
+    },
+    /// Remove a plugin that nothing uses.
+    PluginRemove {
+        /// Registry name.
+        name: String,
+    },
+    /// Set (or, with an empty chain, clear) a topic's ingest chain.
+    SetIngest {
+        /// Topic name.
+        topic: String,
+        /// Plugins applied in order before append.
+        chain: Vec<PluginRef>,
+        /// What happens to records a plugin fails on.
+        on_failure: FailurePolicy,
+    },
+    /// A topic's ingest chain and plugin counters.
+    TopicPlugins {
+        /// Topic name.
+        topic: String,
+    },
+    /// Create a continuous, exactly-once pipeline from one topic to another.
+    PipelineCreate {
+        /// Pipeline name.
+        name: String,
+        /// Source topic.
+        from: String,
+        /// Destination topic.
+        to: String,
+        /// Plugins applied in order.
+        chain: Vec<PluginRef>,
+        /// What happens to records a plugin fails on.
+        on_failure: FailurePolicy,
+    },
+    /// List pipelines.
+    PipelineList,
+    /// One pipeline.
+    PipelineDescribe {
+        /// Pipeline name.
+        name: String,
+    },
+    /// Stop and delete a pipeline (its output stays).
+    PipelineDelete {
+        /// Pipeline name.
+        name: String,
+    },
 }
 
 /// A response from the broker.
@@ -319,6 +461,10 @@ pub enum Response {
         log_start: u64,
         /// Offset the next record will get.
         log_end: u64,
+        /// Where the broker reads next on this subscription: after the
+        /// source records these batches came from, including any a plugin
+        /// filtered out.
+        next_offset: u64,
         /// Zero or more whole batches, back to back.
         batches: Bytes,
     },
@@ -346,6 +492,22 @@ pub enum Response {
     CommittedOffsets(Vec<PartitionOffset>),
     /// Reply to `ListGroups`.
     Groups(Vec<String>),
+    /// Reply to `PluginAdd`, `PluginList` and `PluginDescribe`.
+    Plugins(Vec<PluginDescription>),
+    /// Reply to `TopicPlugins`.
+    TopicPlugins {
+        /// The ingest chain (empty for none).
+        ingest: Vec<PluginRef>,
+        /// Its failure policy.
+        on_failure: FailurePolicy,
+        /// Ingest counters since the broker started.
+        ingest_counters: AttachCounters,
+        /// Read-path counters of all subscriptions with a chain, since the
+        /// broker started.
+        read_counters: AttachCounters,
+    },
+    /// Reply to `PipelineList` and `PipelineDescribe`.
+    Pipelines(Vec<PipelineDescription>),
     /// Reply to `DescribeGroup`.
     GroupDescription {
         /// Generation (0 when the group has no members).
@@ -376,12 +538,14 @@ pub fn encode_fetched_head(
     correlation_id: u32,
     log_start: u64,
     log_end: u64,
+    next_offset: u64,
     batches_len: usize,
     buf: &mut BytesMut,
 ) {
     let start = begin(buf, KIND_RESPONSE | 7, correlation_id);
     buf.put_u64(log_start);
     buf.put_u64(log_end);
+    buf.put_u64(next_offset);
     buf.put_u32(batches_len as u32);
     let len = (buf.len() - start - 4 + batches_len) as u32;
     buf[start..start + 4].copy_from_slice(&len.to_be_bytes());
@@ -506,6 +670,30 @@ fn put_strs(buf: &mut BytesMut, strs: &[String]) {
     }
 }
 
+fn put_chain(buf: &mut BytesMut, chain: &[PluginRef]) {
+    buf.put_u32(chain.len() as u32);
+    for p in chain {
+        put_str(buf, &p.name);
+        buf.put_u32(p.params.len() as u32);
+        for (k, v) in &p.params {
+            put_str(buf, k);
+            put_str(buf, v);
+        }
+    }
+}
+
+fn put_counters(buf: &mut BytesMut, c: &AttachCounters) {
+    for v in [
+        c.records_in,
+        c.records_out,
+        c.filtered,
+        c.failed,
+        c.dead_lettered,
+    ] {
+        buf.put_u64(v);
+    }
+}
+
 fn put_spec(buf: &mut BytesMut, s: &TopicSpec) {
     put_str(buf, &s.name);
     buf.put_u32(s.partitions);
@@ -535,6 +723,16 @@ impl Request {
             Request::DescribeGroup { .. } => 16,
             Request::ResetOffsets { .. } => 17,
             Request::DeleteGroup { .. } => 18,
+            Request::PluginAdd { .. } => 19,
+            Request::PluginList => 20,
+            Request::PluginDescribe { .. } => 21,
+            Request::PluginRemove { .. } => 22,
+            Request::SetIngest { .. } => 23,
+            Request::TopicPlugins { .. } => 24,
+            Request::PipelineCreate { .. } => 25,
+            Request::PipelineList => 26,
+            Request::PipelineDescribe { .. } => 27,
+            Request::PipelineDelete { .. } => 28,
         }
     }
 
@@ -561,17 +759,26 @@ impl Request {
                 partition,
                 from,
                 max_bytes,
-            }
-            | Request::Subscribe {
-                topic,
-                partition,
-                from,
-                max_bytes,
             } => {
                 put_str(buf, topic);
                 buf.put_u32(*partition);
                 put_position(buf, *from);
                 buf.put_u32(*max_bytes);
+            }
+            Request::Subscribe {
+                topic,
+                partition,
+                from,
+                max_bytes,
+                chain,
+                on_failure,
+            } => {
+                put_str(buf, topic);
+                buf.put_u32(*partition);
+                put_position(buf, *from);
+                buf.put_u32(*max_bytes);
+                put_chain(buf, chain);
+                buf.put_u8(*on_failure as u8);
             }
             Request::ListOffsets {
                 topic,
@@ -630,6 +837,38 @@ impl Request {
                 put_str(buf, topic);
                 put_position(buf, *to);
             }
+            Request::PluginAdd { name, wasm } => {
+                put_str(buf, name);
+                put_bytes(buf, wasm);
+            }
+            Request::PluginList | Request::PipelineList => {}
+            Request::PluginDescribe { name }
+            | Request::PluginRemove { name }
+            | Request::PipelineDescribe { name }
+            | Request::PipelineDelete { name }
+            | Request::TopicPlugins { topic: name } => put_str(buf, name),
+            Request::SetIngest {
+                topic,
+                chain,
+                on_failure,
+            } => {
+                put_str(buf, topic);
+                put_chain(buf, chain);
+                buf.put_u8(*on_failure as u8);
+            }
+            Request::PipelineCreate {
+                name,
+                from,
+                to,
+                chain,
+                on_failure,
+            } => {
+                put_str(buf, name);
+                put_str(buf, from);
+                put_str(buf, to);
+                put_chain(buf, chain);
+                buf.put_u8(*on_failure as u8);
+            }
         }
         end(buf, start);
     }
@@ -664,27 +903,20 @@ impl Request {
                 },
                 batch: r.bytes()?,
             },
-            7 | 8 => {
-                let topic = r.str()?;
-                let partition = r.u32()?;
-                let from = r.position()?;
-                let max_bytes = r.u32()?;
-                if header.kind == 7 {
-                    Request::Fetch {
-                        topic,
-                        partition,
-                        from,
-                        max_bytes,
-                    }
-                } else {
-                    Request::Subscribe {
-                        topic,
-                        partition,
-                        from,
-                        max_bytes,
-                    }
-                }
-            }
+            7 => Request::Fetch {
+                topic: r.str()?,
+                partition: r.u32()?,
+                from: r.position()?,
+                max_bytes: r.u32()?,
+            },
+            8 => Request::Subscribe {
+                topic: r.str()?,
+                partition: r.u32()?,
+                from: r.position()?,
+                max_bytes: r.u32()?,
+                chain: r.chain()?,
+                on_failure: r.policy()?,
+            },
             9 => Request::ListOffsets {
                 topic: r.str()?,
                 partition: r.u32()?,
@@ -722,6 +954,29 @@ impl Request {
                 to: r.position()?,
             },
             18 => Request::DeleteGroup { group: r.str()? },
+            19 => Request::PluginAdd {
+                name: r.str()?,
+                wasm: r.bytes()?,
+            },
+            20 => Request::PluginList,
+            21 => Request::PluginDescribe { name: r.str()? },
+            22 => Request::PluginRemove { name: r.str()? },
+            23 => Request::SetIngest {
+                topic: r.str()?,
+                chain: r.chain()?,
+                on_failure: r.policy()?,
+            },
+            24 => Request::TopicPlugins { topic: r.str()? },
+            25 => Request::PipelineCreate {
+                name: r.str()?,
+                from: r.str()?,
+                to: r.str()?,
+                chain: r.chain()?,
+                on_failure: r.policy()?,
+            },
+            26 => Request::PipelineList,
+            27 => Request::PipelineDescribe { name: r.str()? },
+            28 => Request::PipelineDelete { name: r.str()? },
             other => return Err(FrameError::UnknownKind(other)),
         };
         r.finish()?;
@@ -746,6 +1001,9 @@ impl Response {
             Response::CommittedOffsets(_) => KIND_RESPONSE | 14,
             Response::Groups(_) => KIND_RESPONSE | 15,
             Response::GroupDescription { .. } => KIND_RESPONSE | 16,
+            Response::Plugins(_) => KIND_RESPONSE | 20,
+            Response::TopicPlugins { .. } => KIND_RESPONSE | 24,
+            Response::Pipelines(_) => KIND_RESPONSE | 26,
         }
     }
 
@@ -790,10 +1048,12 @@ impl Response {
             Response::Fetched {
                 log_start,
                 log_end,
+                next_offset,
                 batches,
             } => {
                 buf.put_u64(*log_start);
                 buf.put_u64(*log_end);
+                buf.put_u64(*next_offset);
                 put_bytes(buf, batches);
             }
             Response::Offset { offset } => buf.put_u64(*offset),
@@ -833,6 +1093,46 @@ impl Response {
                     buf.put_u32(l.partition);
                     buf.put_u64(l.committed.unwrap_or(u64::MAX));
                     buf.put_u64(l.log_end);
+                }
+            }
+            Response::Plugins(plugins) => {
+                buf.put_u32(plugins.len() as u32);
+                for p in plugins {
+                    put_str(buf, &p.name);
+                    buf.put_u32(p.version);
+                    put_str(buf, &p.hash);
+                    put_str(buf, &p.kind);
+                    buf.put_u64(p.size_bytes);
+                    buf.put_i64(p.added_ms);
+                    put_strs(buf, &p.users);
+                }
+            }
+            Response::TopicPlugins {
+                ingest,
+                on_failure,
+                ingest_counters,
+                read_counters,
+            } => {
+                put_chain(buf, ingest);
+                buf.put_u8(*on_failure as u8);
+                put_counters(buf, ingest_counters);
+                put_counters(buf, read_counters);
+            }
+            Response::Pipelines(pipelines) => {
+                buf.put_u32(pipelines.len() as u32);
+                for p in pipelines {
+                    put_str(buf, &p.name);
+                    put_str(buf, &p.from);
+                    put_str(buf, &p.to);
+                    put_chain(buf, &p.chain);
+                    buf.put_u8(p.on_failure as u8);
+                    put_str(buf, &p.status);
+                    buf.put_u32(p.positions.len() as u32);
+                    for (partition, offset) in &p.positions {
+                        buf.put_u32(*partition);
+                        buf.put_u64(*offset);
+                    }
+                    put_counters(buf, &p.counters);
                 }
             }
         }
@@ -885,6 +1185,7 @@ impl Response {
             0x8007 => Response::Fetched {
                 log_start: r.u64()?,
                 log_end: r.u64()?,
+                next_offset: r.u64()?,
                 batches: r.bytes()?,
             },
             0x8009 => Response::Offset { offset: r.u64()? },
@@ -926,6 +1227,56 @@ impl Response {
                     members,
                     lag,
                 }
+            }
+            0x8014 => {
+                let n = r.count(30)?;
+                let mut plugins = Vec::with_capacity(n);
+                for _ in 0..n {
+                    plugins.push(PluginDescription {
+                        name: r.str()?,
+                        version: r.u32()?,
+                        hash: r.str()?,
+                        kind: r.str()?,
+                        size_bytes: r.u64()?,
+                        added_ms: r.u64()? as i64,
+                        users: r.strs()?,
+                    });
+                }
+                Response::Plugins(plugins)
+            }
+            0x8018 => Response::TopicPlugins {
+                ingest: r.chain()?,
+                on_failure: r.policy()?,
+                ingest_counters: r.counters()?,
+                read_counters: r.counters()?,
+            },
+            0x801a => {
+                let n = r.count(56)?;
+                let mut pipelines = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let name = r.str()?;
+                    let from = r.str()?;
+                    let to = r.str()?;
+                    let chain = r.chain()?;
+                    let on_failure = r.policy()?;
+                    let status = r.str()?;
+                    let m = r.count(12)?;
+                    let mut positions = Vec::with_capacity(m);
+                    for _ in 0..m {
+                        positions.push((r.u32()?, r.u64()?));
+                    }
+                    pipelines.push(PipelineDescription {
+                        name,
+                        from,
+                        to,
+                        chain,
+                        on_failure,
+                        status,
+                        positions,
+                        counters: r.counters()?,
+                    });
+                }
+                Response::Pipelines(pipelines)
             }
             other => return Err(FrameError::UnknownKind(other)),
         };
@@ -1056,6 +1407,44 @@ impl Reader {
             .collect()
     }
 
+    fn chain(&mut self) -> Result<Vec<PluginRef>, DecodeError> {
+        let n = self.count(6)?;
+        (0..n)
+            .map(|_| {
+                let name = self.str()?;
+                let m = self.count(4)?;
+                let params = (0..m)
+                    .map(|_| Ok((self.str()?, self.str()?)))
+                    .collect::<Result<_, DecodeError>>()?;
+                Ok(PluginRef { name, params })
+            })
+            .collect()
+    }
+
+    fn policy(&mut self) -> Result<FailurePolicy, DecodeError> {
+        Ok(match self.u8()? {
+            0 => FailurePolicy::Skip,
+            1 => FailurePolicy::DeadLetter,
+            2 => FailurePolicy::Halt,
+            tag => {
+                return Err(DecodeError::UnknownTag {
+                    field: "failure policy",
+                    tag: u64::from(tag),
+                });
+            }
+        })
+    }
+
+    fn counters(&mut self) -> Result<AttachCounters, DecodeError> {
+        Ok(AttachCounters {
+            records_in: self.u64()?,
+            records_out: self.u64()?,
+            filtered: self.u64()?,
+            failed: self.u64()?,
+            dead_lettered: self.u64()?,
+        })
+    }
+
     fn strategy(&mut self) -> Result<AssignmentStrategy, DecodeError> {
         Ok(match self.u8()? {
             0 => AssignmentStrategy::Range,
@@ -1152,14 +1541,55 @@ mod tests {
                     max_bytes
                 }
             ),
-            ("[a-z]{1,8}", any::<u32>(), arb_position(), any::<u32>()).prop_map(
-                |(topic, partition, from, max_bytes)| Request::Subscribe {
+            (
+                "[a-z]{1,8}",
+                any::<u32>(),
+                arb_position(),
+                any::<u32>(),
+                arb_chain(),
+                arb_policy()
+            )
+                .prop_map(|(topic, partition, from, max_bytes, chain, on_failure)| {
+                    Request::Subscribe {
+                        topic,
+                        partition,
+                        from,
+                        max_bytes,
+                        chain,
+                        on_failure,
+                    }
+                }),
+            ("[a-z]{1,8}", arb_bytes()).prop_map(|(name, wasm)| Request::PluginAdd { name, wasm }),
+            Just(Request::PluginList),
+            "[a-z]{1,8}".prop_map(|name| Request::PluginDescribe { name }),
+            "[a-z]{1,8}".prop_map(|name| Request::PluginRemove { name }),
+            ("[a-z]{1,8}", arb_chain(), arb_policy()).prop_map(|(topic, chain, on_failure)| {
+                Request::SetIngest {
                     topic,
-                    partition,
-                    from,
-                    max_bytes
+                    chain,
+                    on_failure,
                 }
-            ),
+            }),
+            "[a-z]{1,8}".prop_map(|topic| Request::TopicPlugins { topic }),
+            (
+                "[a-z]{1,8}",
+                "[a-z]{1,8}",
+                "[a-z]{1,8}",
+                arb_chain(),
+                arb_policy()
+            )
+                .prop_map(|(name, from, to, chain, on_failure)| {
+                    Request::PipelineCreate {
+                        name,
+                        from,
+                        to,
+                        chain,
+                        on_failure,
+                    }
+                }),
+            Just(Request::PipelineList),
+            "[a-z]{1,8}".prop_map(|name| Request::PipelineDescribe { name }),
+            "[a-z]{1,8}".prop_map(|name| Request::PipelineDelete { name }),
             ("[a-z]{1,8}", any::<u32>(), arb_position()).prop_map(
                 |(topic, partition, position)| Request::ListOffsets {
                     topic,
@@ -1210,6 +1640,35 @@ mod tests {
                 .prop_map(|(group, topic, to)| Request::ResetOffsets { group, topic, to }),
             "[a-z]{1,8}".prop_map(|group| Request::DeleteGroup { group }),
         ]
+    }
+
+    fn arb_chain() -> impl Strategy<Value = Vec<PluginRef>> {
+        proptest::collection::vec(
+            (
+                "[a-z-]{1,8}",
+                proptest::collection::vec(("[a-z]{1,4}", "[a-z0-9=,]{0,6}"), 0..3),
+            )
+                .prop_map(|(name, params)| PluginRef { name, params }),
+            0..3,
+        )
+    }
+
+    fn arb_policy() -> impl Strategy<Value = FailurePolicy> {
+        prop_oneof![
+            Just(FailurePolicy::Skip),
+            Just(FailurePolicy::DeadLetter),
+            Just(FailurePolicy::Halt),
+        ]
+    }
+
+    fn arb_counters() -> impl Strategy<Value = AttachCounters> {
+        any::<[u64; 5]>().prop_map(|c| AttachCounters {
+            records_in: c[0],
+            records_out: c[1],
+            filtered: c[2],
+            failed: c[3],
+            dead_lettered: c[4],
+        })
     }
 
     fn arb_strategy() -> impl Strategy<Value = AssignmentStrategy> {
@@ -1273,13 +1732,14 @@ mod tests {
                 base_offset,
                 duplicate
             }),
-            (any::<u64>(), any::<u64>(), arb_bytes()).prop_map(|(log_start, log_end, batches)| {
-                Response::Fetched {
+            (any::<u64>(), any::<u64>(), any::<u64>(), arb_bytes()).prop_map(
+                |(log_start, log_end, next_offset, batches)| Response::Fetched {
                     log_start,
                     log_end,
+                    next_offset,
                     batches,
                 }
-            }),
+            ),
             any::<u64>().prop_map(|offset| Response::Offset { offset }),
             (
                 "[a-z0-9-]{0,8}",
@@ -1300,6 +1760,66 @@ mod tests {
                     }
                 ),
             Just(Response::Done),
+            proptest::collection::vec(
+                (
+                    "[a-z]{1,8}",
+                    any::<u32>(),
+                    "[0-9a-f]{0,8}",
+                    "[a-z]{1,8}",
+                    any::<u64>(),
+                    any::<i64>(),
+                    proptest::collection::vec("[a-z:]{1,8}", 0..3)
+                )
+                    .prop_map(
+                        |(name, version, hash, kind, size_bytes, added_ms, users)| {
+                            PluginDescription {
+                                name,
+                                version,
+                                hash,
+                                kind,
+                                size_bytes,
+                                added_ms,
+                                users,
+                            }
+                        }
+                    ),
+                0..3
+            )
+            .prop_map(Response::Plugins),
+            (arb_chain(), arb_policy(), arb_counters(), arb_counters()).prop_map(
+                |(ingest, on_failure, ingest_counters, read_counters)| Response::TopicPlugins {
+                    ingest,
+                    on_failure,
+                    ingest_counters,
+                    read_counters
+                }
+            ),
+            proptest::collection::vec(
+                (
+                    ("[a-z]{1,8}", "[a-z]{1,8}", "[a-z]{1,8}"),
+                    arb_chain(),
+                    arb_policy(),
+                    "[a-z ]{0,12}",
+                    proptest::collection::vec((any::<u32>(), any::<u64>()), 0..3),
+                    arb_counters()
+                )
+                    .prop_map(
+                        |((name, from, to), chain, on_failure, status, positions, counters)| {
+                            PipelineDescription {
+                                name,
+                                from,
+                                to,
+                                chain,
+                                on_failure,
+                                status,
+                                positions,
+                                counters,
+                            }
+                        }
+                    ),
+                0..3
+            )
+            .prop_map(Response::Pipelines),
             arb_offsets().prop_map(Response::CommittedOffsets),
             proptest::collection::vec("[a-z]{1,8}", 0..4).prop_map(Response::Groups),
             (
@@ -1391,7 +1911,11 @@ mod tests {
             if let Ok((_, r)) = decoded {
                 prop_assert!(matches!(
                     r,
-                    Request::ListTopics | Request::InitProducer | Request::ListGroups
+                    Request::ListTopics
+                        | Request::InitProducer
+                        | Request::ListGroups
+                        | Request::PluginList
+                        | Request::PipelineList
                 ));
             }
         }
@@ -1404,11 +1928,12 @@ mod tests {
         Response::Fetched {
             log_start: 3,
             log_end: 9,
+            next_offset: 7,
             batches: batches.clone(),
         }
         .encode(42, &mut whole);
         let mut parts = BytesMut::new();
-        encode_fetched_head(42, 3, 9, batches.len(), &mut parts);
+        encode_fetched_head(42, 3, 9, 7, batches.len(), &mut parts);
         parts.extend_from_slice(&batches);
         assert_eq!(parts, whole);
     }

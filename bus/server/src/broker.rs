@@ -6,15 +6,20 @@ use std::sync::{Arc, RwLock};
 use bytes::{Bytes, BytesMut};
 use edgebus_proto::ErrorCode;
 use edgebus_proto::batch;
+use edgebus_proto::batch::{BatchHeader, Record};
 use edgebus_proto::frame::{
     Acks, PartitionInfo, PartitionOffset, Position, Request, Response, TopicSpec,
 };
-use edgebus_store::{Append, AppendError, LogStore, ReadBatches, ReadError, TopicError};
+use edgebus_store::{
+    Append, AppendError, AppendOutcome, LogStore, ReadBatches, ReadError, SequenceSpan, TopicError,
+};
 use tokio::sync::oneshot;
 
 use crate::config::Limits;
 use crate::groups::Groups;
 use crate::notify::Notifier;
+use crate::pipelines::Pipelines;
+use crate::plugins::{Attachment, Ingested, Plugins, batches, dlq_topic};
 use crate::writer::{AppendResult, WriteError, Writer};
 
 /// Shared broker state: the store, the writer, and a cache of topic specs
@@ -27,6 +32,8 @@ pub struct Broker {
     topics: Arc<RwLock<HashMap<String, TopicSpec>>>,
     limits: Arc<Limits>,
     groups: Groups,
+    plugins: Arc<Plugins>,
+    pipelines: Pipelines,
 }
 
 /// A response, or nothing for `acks=none`.
@@ -37,6 +44,7 @@ impl Broker {
     pub fn new(
         store: Arc<dyn LogStore>,
         limits: Limits,
+        plugins: Arc<Plugins>,
     ) -> Result<Broker, edgebus_store::StoreError> {
         let groups = Groups::default();
         let topics = store
@@ -60,7 +68,24 @@ impl Broker {
             topics: Arc::new(RwLock::new(topics)),
             limits: Arc::new(limits),
             groups,
+            plugins,
+            pipelines: Pipelines::default(),
         })
+    }
+
+    /// The plugin registry and attachments.
+    pub fn plugins(&self) -> &Arc<Plugins> {
+        &self.plugins
+    }
+
+    /// The running pipelines.
+    pub fn pipelines(&self) -> &Pipelines {
+        &self.pipelines
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn LogStore> {
+        &self.store
     }
 
     /// The consumer-group coordinator.
@@ -125,13 +150,145 @@ impl Broker {
                 ),
             ));
         }
+        let durable = acks == Acks::Durable;
+        if let Some(chain) = self.plugins.ingest_chain(&topic) {
+            return self
+                .produce_through_chain(topic, partition, durable, batch, header, chain)
+                .await;
+        }
         let append = Append {
             topic,
             partition,
             batch,
             header,
+            sequence: None,
         };
-        Ok(self.writer.append(append, acks == Acks::Durable).await)
+        Ok(self.writer.append(append, durable).await)
+    }
+
+    /// Runs the topic's ingest chain, then appends what it produced. An
+    /// idempotent producer's sequence advances by its original batch even
+    /// when the chain drops, rewrites or rejects records, so its next batch
+    /// is still in order and a retry is still recognised.
+    async fn produce_through_chain(
+        &self,
+        topic: String,
+        partition: u32,
+        durable: bool,
+        batch: Bytes,
+        header: BatchHeader,
+        chain: Arc<Attachment>,
+    ) -> Result<oneshot::Receiver<AppendResult>, Response> {
+        let records = batch::records(&batch)
+            .map_err(|e| Response::error(ErrorCode::CorruptBatch, e.to_string()))?;
+        let (plugins, t) = (self.plugins.clone(), topic.clone());
+        let ingested = tokio::task::spawn_blocking(move || plugins.run_ingest(&t, &chain, records))
+            .await
+            .map_err(|e| Response::error(ErrorCode::StorageError, format!("plugin task: {e}")))?;
+        let sequence = header.producer.is_idempotent().then_some(SequenceSpan {
+            producer: header.producer,
+            record_count: header.record_count,
+        });
+        let (records, dead_letters) = match ingested {
+            Ingested::Refused(response) => {
+                if sequence.is_some() {
+                    let skip = Append {
+                        topic,
+                        partition,
+                        batch: Bytes::new(),
+                        header,
+                        sequence,
+                    };
+                    let _ = self.writer.append(skip, durable).await.await;
+                }
+                return Err(response);
+            }
+            Ingested::Records {
+                records,
+                dead_letters,
+            } => (records, dead_letters),
+        };
+        if !dead_letters.is_empty() {
+            self.append_dead_letters(&topic, &dead_letters, durable)
+                .await?;
+        }
+        let (batch, header) = match plugins_batches(&records) {
+            Some(b) => {
+                let h = BatchHeader::parse(&b)
+                    .map_err(|e| Response::error(ErrorCode::CorruptBatch, e.to_string()))?;
+                (b, h)
+            }
+            None if sequence.is_some() => (Bytes::new(), header),
+            None => {
+                // Nothing to store and no sequence to advance: acknowledge
+                // at the current log end.
+                let end = self
+                    .read_at(&topic, partition, u64::MAX, 1)
+                    .await
+                    .map(|r| r.offsets.log_end)?;
+                let (tx, rx) = oneshot::channel();
+                let _ = tx.send(Ok(AppendOutcome::Appended { base_offset: end }));
+                return Ok(rx);
+            }
+        };
+        let append = Append {
+            topic,
+            partition,
+            batch,
+            header,
+            sequence,
+        };
+        Ok(self.writer.append(append, durable).await)
+    }
+
+    /// The dead-letter topic of `topic`, created (one partition, kept
+    /// forever) on first use.
+    pub async fn ensure_dlq(&self, topic: &str) -> Result<String, Response> {
+        let dlq = dlq_topic(topic);
+        if self.topic_spec(&dlq).is_none() {
+            let spec = TopicSpec {
+                name: dlq.clone(),
+                partitions: 1,
+                retention_ms: -1,
+                retention_bytes: -1,
+                max_message_bytes: self.limits.max_message_bytes,
+            };
+            match Box::pin(self.handle(Request::CreateTopic(spec))).await {
+                Response::TopicCreated => {}
+                Response::Error { code, .. } if code == ErrorCode::TopicExists as u16 => {}
+                other => return Err(other),
+            }
+        }
+        Ok(dlq)
+    }
+
+    /// Writes dead letters to `<topic>.dlq`, creating it on first use, and
+    /// waits for the commit: a failed record is never acknowledged as
+    /// handled before its dead letter is stored.
+    pub async fn append_dead_letters(
+        &self,
+        topic: &str,
+        letters: &[Record],
+        durable: bool,
+    ) -> Result<(), Response> {
+        let dlq = self.ensure_dlq(topic).await?;
+        for batch in batches(letters, edgebus_client::producer::DEFAULT_BATCH_MAX_BYTES) {
+            let header = BatchHeader::parse(&batch)
+                .map_err(|e| Response::error(ErrorCode::CorruptBatch, e.to_string()))?;
+            let append = Append {
+                topic: dlq.clone(),
+                partition: 0,
+                batch,
+                header,
+                sequence: None,
+            };
+            match self.writer.append(append, durable).await.await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(Failure::from(e).0),
+                Err(_) => return Err(Response::error(ErrorCode::ShuttingDown, "writer stopped")),
+            }
+        }
+        Ok(())
     }
 
     /// Handles every request except `Produce` and `Subscribe`, which are
@@ -157,6 +314,7 @@ impl Broker {
                     b.store.delete_topic(&name).map(|()| {
                         b.topics_mut().remove(&name);
                         b.groups.remove_topic(&name);
+                        b.plugins.topic_deleted(&name);
                         Response::TopicDeleted
                     })
                 })
@@ -285,11 +443,71 @@ impl Broker {
                 this.blocking(move |b| Ok::<_, ReadError>(b.groups.delete(&*b.store, &group)))
                     .await
             }
+            Request::PluginAdd { name, wasm } => {
+                this.blocking(move |b| {
+                    Ok::<_, ReadError>(b.plugins.add(&name, &wasm, crate::retention::now_ms()))
+                })
+                .await
+            }
+            Request::PluginList => {
+                this.blocking(|b| Ok::<_, ReadError>(b.plugins.list(None, |n| b.plugin_users(n))))
+                    .await
+            }
+            Request::PluginDescribe { name } => {
+                this.blocking(move |b| {
+                    Ok::<_, ReadError>(b.plugins.list(Some(&name), |n| b.plugin_users(n)))
+                })
+                .await
+            }
+            Request::PluginRemove { name } => {
+                this.blocking(move |b| {
+                    Ok::<_, ReadError>(b.plugins.remove(&name, b.plugin_users(&name)))
+                })
+                .await
+            }
+            Request::SetIngest {
+                topic,
+                chain,
+                on_failure,
+            } => {
+                if self.topic_spec(&topic).is_none() {
+                    return unknown_topic(&topic);
+                }
+                this.blocking(move |b| {
+                    Ok::<_, ReadError>(b.plugins.set_ingest(&topic, chain, on_failure))
+                })
+                .await
+            }
+            Request::TopicPlugins { topic } => {
+                if self.topic_spec(&topic).is_none() {
+                    return unknown_topic(&topic);
+                }
+                self.plugins.topic_plugins(&topic)
+            }
+            Request::PipelineCreate {
+                name,
+                from,
+                to,
+                chain,
+                on_failure,
+            } => {
+                self.pipelines
+                    .create(self, &name, &from, &to, chain, on_failure)
+                    .await
+            }
+            Request::PipelineList => self.pipelines.describe(self, None),
+            Request::PipelineDescribe { name } => self.pipelines.describe(self, Some(&name)),
+            Request::PipelineDelete { name } => self.pipelines.delete(self, &name).await,
             Request::Produce { .. } | Request::Subscribe { .. } => Response::error(
                 ErrorCode::InvalidRequest,
                 "produce and subscribe are stream requests",
             ),
         }
+    }
+
+    /// Everywhere a plugin is attached: ingest chains and pipelines.
+    pub fn plugin_users(&self, name: &str) -> Vec<String> {
+        self.plugins.users(name, self.pipelines.users(name))
     }
 
     fn topics_mut(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, TopicSpec>> {
@@ -375,9 +593,15 @@ pub fn fetched(read: ReadBatches) -> Response {
     for b in &read.batches {
         buf.extend_from_slice(b);
     }
+    let next_offset = read
+        .batches
+        .last()
+        .and_then(|b| BatchHeader::parse(b).ok())
+        .map_or(read.offsets.log_end, |h| h.next_offset());
     Response::Fetched {
         log_start: read.offsets.log_start,
         log_end: read.offsets.log_end,
+        next_offset,
         batches: buf.freeze(),
     }
 }
@@ -428,4 +652,11 @@ impl From<WriteError> for Failure {
         };
         Failure(Response::error(code, e.to_string()))
     }
+}
+
+/// All of a chain's output records as one batch, or `None` if there are none.
+fn plugins_batches(records: &[Record]) -> Option<Bytes> {
+    let mut all = batches(records, usize::MAX);
+    debug_assert!(all.len() <= 1);
+    all.pop()
 }

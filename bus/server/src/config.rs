@@ -22,6 +22,30 @@ pub struct Config {
     pub limits: Limits,
     /// Certificates.
     pub tls: TlsConfig,
+    /// Sandbox limits of WebAssembly plugins.
+    pub plugins: PluginLimits,
+}
+
+/// Limits every plugin call and instance runs under.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PluginLimits {
+    /// Wall-time deadline of one plugin call on one batch, in milliseconds.
+    pub deadline_ms: u64,
+    /// Linear memory one plugin instance may grow to.
+    pub memory_max_bytes: usize,
+    /// Plugin instances alive at once (the pooling allocator's size).
+    pub max_instances: u32,
+}
+
+impl Default for PluginLimits {
+    fn default() -> Self {
+        PluginLimits {
+            deadline_ms: 50,
+            memory_max_bytes: 64 << 20,
+            max_instances: 256,
+        }
+    }
 }
 
 /// Every limit the broker enforces. A request over a limit gets a typed
@@ -68,6 +92,7 @@ impl Default for Config {
             retention_check_interval_ms: 10_000,
             limits: Limits::default(),
             tls: TlsConfig::default(),
+            plugins: PluginLimits::default(),
         }
     }
 }

@@ -14,11 +14,14 @@
 //!
 //! ## Layout
 //!
+//! - [`bundled`]: the plugins of this source tree, built on demand.
 //! - [`config`]: TOML configuration and limits.
 //! - [`tls`]: local CA on first start, operator certificates, mTLS.
 //! - [`server`]: endpoint, connections, streams, request framing.
 //! - [`broker`]: what each request does.
 //! - [`groups`]: consumer groups: coordinator timer, held heartbeats, commits.
+//! - [`plugins`]: the plugin registry, ingest and read-path chains, dead letters.
+//! - [`pipelines`]: exactly-once pipelines between topics.
 //! - [`writer`]: the single writer with group commit.
 //! - [`notify`]: wakes subscriptions when partitions grow.
 //! - [`retention`]: the background retention task.
@@ -26,10 +29,13 @@
 #![warn(missing_docs)]
 
 pub mod broker;
+pub mod bundled;
 pub mod cli;
 pub mod config;
 pub mod groups;
 pub mod notify;
+pub mod pipelines;
+pub mod plugins;
 pub mod retention;
 pub mod server;
 pub mod tls;
@@ -65,6 +71,9 @@ pub enum StartError {
     /// TLS could not be set up.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    /// The plugin engine could not start, or stored plugin config is unreadable.
+    #[error("plugins: {0}")]
+    Plugins(String),
     /// The QUIC endpoint could not be set up.
     #[error("QUIC endpoint on {addr}: {detail}")]
     Endpoint {
@@ -87,6 +96,7 @@ pub struct RunningBroker {
     task: JoinHandle<()>,
     retention: JoinHandle<()>,
     group_timer: JoinHandle<()>,
+    pipelines: pipelines::Pipelines,
     store: Arc<dyn LogStore>,
 }
 
@@ -100,6 +110,7 @@ impl RunningBroker {
             task.abort();
             let _ = task.await;
         }
+        self.pipelines.stop_all().await;
         let _ = (&mut self.task).await;
         // Stream tasks and the writer thread let go of the store shortly
         // after the endpoint is idle. Waiting until this handle holds the
@@ -162,7 +173,18 @@ pub async fn start_with_store(
     let addr = endpoint
         .local_addr()
         .map_err(|e| endpoint_err(e.to_string()))?;
-    let broker = Broker::new(store.clone(), config.limits.clone())?;
+    let engine = edgebus_wasm::Engine::new(edgebus_wasm::EngineConfig {
+        cache_dir: Some(config.data_dir.join("plugin-cache")),
+        deadline: Duration::from_millis(config.plugins.deadline_ms),
+        memory_max_bytes: config.plugins.memory_max_bytes,
+        max_instances: config.plugins.max_instances,
+    })
+    .map_err(|e| StartError::Plugins(e.to_string()))?;
+    let plugins =
+        Arc::new(plugins::Plugins::new(engine, store.clone()).map_err(StartError::Plugins)?);
+    let broker = Broker::new(store.clone(), config.limits.clone(), plugins)?;
+    broker.pipelines().restore(&broker);
+    let pipelines = broker.pipelines().clone();
     let retention = tokio::spawn(retention::run(
         broker.writer().clone(),
         Duration::from_millis(config.retention_check_interval_ms.max(1)),
@@ -181,6 +203,7 @@ pub async fn start_with_store(
         task,
         retention,
         group_timer,
+        pipelines,
         store,
     })
 }

@@ -17,15 +17,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
 use bytes::BytesMut;
 use edgebus_client::wire::{self, WireError};
 use edgebus_proto::ErrorCode;
-use edgebus_proto::frame::{FrameHeader, Position, Request, Response};
+use edgebus_proto::batch::{BatchBuilder, ProducerStamp, StoredRecord};
+use edgebus_proto::frame::{FailurePolicy, FrameHeader, PluginRef, Position, Request, Response};
+use edgebus_wasm::PluginRecord;
 use quinn::crypto::rustls::QuicServerConfig;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use crate::broker::{Broker, Failure};
 use crate::config::Limits;
+use crate::plugins::{Halt, LiveChain, dead_letter, from_plugin, to_plugin};
 
 /// QUIC application error codes used when closing connections and streams.
 pub mod close_code {
@@ -124,6 +128,8 @@ enum Outgoing {
         partition: u32,
         from: Position,
         max_bytes: u32,
+        chain: Vec<PluginRef>,
+        on_failure: FailurePolicy,
         recv: quinn::RecvStream,
     },
 }
@@ -187,6 +193,8 @@ async fn serve_stream(
                 partition,
                 from,
                 max_bytes,
+                chain,
+                on_failure,
             } => {
                 drop(permit);
                 let _ = tx
@@ -196,6 +204,8 @@ async fn serve_stream(
                         partition,
                         from,
                         max_bytes,
+                        chain,
+                        on_failure,
                         recv,
                     })
                     .await;
@@ -290,18 +300,26 @@ async fn respond(broker: Broker, mut send: quinn::SendStream, mut rx: mpsc::Rece
                 partition,
                 from,
                 max_bytes,
+                chain,
+                on_failure,
                 recv,
             } => {
-                push(
-                    &broker,
-                    &mut send,
-                    recv,
+                let mut feed = Feed {
+                    send: &mut send,
                     correlation_id,
-                    (&topic, partition),
-                    from,
-                    max_bytes,
-                )
-                .await;
+                    topic: &topic,
+                    partition,
+                    buf,
+                };
+                let chain = if chain.is_empty() {
+                    None
+                } else {
+                    match ReadChain::build(&broker, chain, on_failure).await {
+                        Ok(c) => Some(c),
+                        Err(error) => return feed.fail(error).await,
+                    }
+                };
+                push(&broker, &mut feed, recv, from, max_bytes, chain).await;
                 return;
             }
         }
@@ -309,37 +327,47 @@ async fn respond(broker: Broker, mut send: quinn::SendStream, mut rx: mpsc::Rece
     let _ = send.finish();
 }
 
-/// Pushes batches down `send` as the partition grows, until the client goes.
+/// A subscription's stream and where it reads.
+struct Feed<'a> {
+    send: &'a mut quinn::SendStream,
+    correlation_id: u32,
+    topic: &'a str,
+    partition: u32,
+    buf: BytesMut,
+}
+
+impl Feed<'_> {
+    async fn fail(&mut self, error: Response) {
+        let _ = send_response(self.send, self.correlation_id, error, &mut self.buf).await;
+        let _ = self.send.finish();
+    }
+}
+
+/// Pushes batches down the feed as the partition grows, until the client
+/// goes. With a plugin chain, only its results are sent, each with the
+/// offset of the source record it came from.
 async fn push(
     broker: &Broker,
-    send: &mut quinn::SendStream,
+    feed: &mut Feed<'_>,
     mut recv: quinn::RecvStream,
-    correlation_id: u32,
-    (topic, partition): (&str, u32),
     from: Position,
     max_bytes: u32,
+    mut chain: Option<ReadChain>,
 ) {
-    let mut buf = BytesMut::new();
+    let (topic, partition) = (feed.topic, feed.partition);
     let mut cursor = match broker.resolve(topic, partition, from).await {
         Ok(offset) => offset,
-        Err(error) => {
-            let _ = send_response(send, correlation_id, error, &mut buf).await;
-            let _ = send.finish();
-            return;
-        }
+        Err(error) => return feed.fail(error).await,
     };
     let mut log_end = broker.notifier().watch(topic, partition);
     let mut idle_sent = false;
     let mut scratch = [0u8; 64];
     loop {
-        let read = match broker.read_at(topic, partition, cursor, max_bytes).await {
+        let mut read = match broker.read_at(topic, partition, cursor, max_bytes).await {
             Ok(read) => read,
-            Err(error) => {
-                let _ = send_response(send, correlation_id, error, &mut buf).await;
-                let _ = send.finish();
-                return;
-            }
+            Err(error) => return feed.fail(error).await,
         };
+        let start = cursor;
         if let Some(last) = read.batches.last() {
             let next = edgebus_proto::batch::BatchHeader::parse(last)
                 .map(|h| h.next_offset())
@@ -359,36 +387,193 @@ async fn push(
             // One empty frame tells the client where the log ends.
             idle_sent = true;
         }
-        if send_fetched(send, correlation_id, read, &mut buf)
-            .await
-            .is_err()
+        if let Some(c) = chain.as_mut()
+            && !read.batches.is_empty()
         {
+            match c.run(broker, topic, partition, start, &read.batches).await {
+                Ok(batches) => read.batches = batches,
+                Err(error) => return feed.fail(error).await,
+            }
+        }
+        if send_fetched(feed, read, cursor).await.is_err() {
             return;
         }
     }
 }
 
-/// Sends a `Fetched` frame whose stored batches go out as their own chunks,
-/// never copied into the frame buffer.
+/// A subscription's read-path plugin chain.
+struct ReadChain {
+    refs: Vec<PluginRef>,
+    policy: FailurePolicy,
+    live: Option<LiveChain>,
+    halt: Halt,
+}
+
+impl ReadChain {
+    /// Builds the chain (checking every plugin initialises).
+    async fn build(
+        broker: &Broker,
+        refs: Vec<PluginRef>,
+        policy: FailurePolicy,
+    ) -> Result<ReadChain, Response> {
+        let live = build_live(broker, &refs).await?;
+        Ok(ReadChain {
+            refs,
+            policy,
+            live: Some(live),
+            halt: Halt::default(),
+        })
+    }
+
+    /// Runs the chain on stored batches and returns the batches to send.
+    /// Under `halt`, a failure pauses with backoff and retries the same
+    /// records on a rebuilt chain.
+    async fn run(
+        &mut self,
+        broker: &Broker,
+        topic: &str,
+        partition: u32,
+        from: u64,
+        stored: &[Bytes],
+    ) -> Result<Vec<Bytes>, Response> {
+        let mut inputs = Vec::new();
+        for b in stored {
+            let records = edgebus_proto::batch::records(b)
+                .map_err(|e| Response::error(ErrorCode::CorruptBatch, e.to_string()))?;
+            inputs.extend(records.into_iter().filter(|r| r.offset >= from));
+        }
+        let counters = broker.plugins().read_counters(topic);
+        loop {
+            let mut live = match self.live.take() {
+                Some(live) => live,
+                None => build_live(broker, &self.refs).await?,
+            };
+            let plugins = broker.plugins().clone();
+            let refs = self.refs.clone();
+            let batch: Vec<PluginRecord> = inputs
+                .iter()
+                .map(|r| {
+                    let mut p = to_plugin(r, true);
+                    p.partition = Some(partition);
+                    p
+                })
+                .collect();
+            let (live, out) = tokio::task::spawn_blocking(move || {
+                let out = plugins
+                    .refresh(&mut live, &refs)
+                    .map(|()| live.chain_mut().process(batch));
+                (live, out)
+            })
+            .await
+            .map_err(|e| Response::error(ErrorCode::PluginInvalid, e.to_string()))?;
+            let out = out?;
+            if let Some((plugin, message)) = &out.rejected {
+                return Err(Response::error(
+                    ErrorCode::PluginRejected,
+                    format!("plugin {plugin:?} rejected the batch: {message}"),
+                ));
+            }
+            if !out.failed.is_empty() && self.policy == FailurePolicy::Halt {
+                let pause = self.halt.trip(std::time::Instant::now());
+                counters.record(inputs.len(), &out, 0);
+                tracing::warn!(%topic, partition, ?pause, "read-path chain halted");
+                tokio::time::sleep(pause).await;
+                continue;
+            }
+            self.halt.clear();
+            self.live = Some(live);
+            let mut dead = 0;
+            if self.policy == FailurePolicy::DeadLetter && !out.failed.is_empty() {
+                let letters: Vec<_> = out
+                    .failed
+                    .iter()
+                    .map(|(i, plugin, error)| {
+                        let version = broker
+                            .plugins()
+                            .load(plugin)
+                            .map_or(0, |(info, _)| info.version);
+                        let input = &inputs[*i];
+                        let at = Some((partition, input.offset));
+                        dead_letter(input, topic, at, plugin, version, error)
+                    })
+                    .collect();
+                dead = letters.len();
+                broker.append_dead_letters(topic, &letters, true).await?;
+            }
+            counters.record(inputs.len(), &out, dead);
+            return Ok(offset_batches(&inputs, out.outputs));
+        }
+    }
+}
+
+/// Builds a chain with in-memory state on the blocking pool.
+async fn build_live(broker: &Broker, refs: &[PluginRef]) -> Result<LiveChain, Response> {
+    let (plugins, refs) = (broker.plugins().clone(), refs.to_vec());
+    tokio::task::spawn_blocking(move || {
+        plugins.build_chain(&refs, |_| Box::new(edgebus_wasm::MemState::default()))
+    })
+    .await
+    .map_err(|e| Response::error(ErrorCode::PluginInvalid, e.to_string()))?
+}
+
+/// Encodes outputs so each keeps the offset of its source record: a run of
+/// one-output-per-input records with consecutive source offsets shares a
+/// batch; anything else gets a batch of its own at the source offset.
+fn offset_batches(inputs: &[StoredRecord], outputs: Vec<(usize, PluginRecord)>) -> Vec<Bytes> {
+    let mut out = Vec::new();
+    let mut run: Option<(BatchBuilder, u64, u64)> = None;
+    let flush = |run: &mut Option<(BatchBuilder, u64, u64)>, out: &mut Vec<Bytes>| {
+        if let Some((builder, base, _)) = run.take() {
+            let mut bytes = BytesMut::from(&builder.finish(ProducerStamp::NONE)[..]);
+            edgebus_proto::batch::set_base_offset(&mut bytes, base);
+            out.push(bytes.freeze());
+        }
+    };
+    let mut i = 0;
+    while i < outputs.len() {
+        let index = outputs[i].0;
+        let group = outputs[i..].iter().take_while(|(j, _)| *j == index).count();
+        let offset = inputs[index].offset;
+        for (_, record) in &outputs[i..i + group] {
+            let continues = group == 1 && run.as_ref().is_some_and(|(_, _, next)| *next == offset);
+            if !continues {
+                flush(&mut run, &mut out);
+                run = Some((BatchBuilder::new(), offset, offset));
+            }
+            let (builder, _, next) = run.as_mut().expect("set above");
+            builder.push(&from_plugin(record.clone()));
+            *next = offset + 1;
+            if group > 1 {
+                flush(&mut run, &mut out);
+            }
+        }
+        i += group;
+    }
+    flush(&mut run, &mut out);
+    out
+}
+
+/// Sends a `Fetched` frame whose batches go out as their own chunks, never
+/// copied into the frame buffer.
 async fn send_fetched(
-    send: &mut quinn::SendStream,
-    correlation_id: u32,
+    feed: &mut Feed<'_>,
     read: edgebus_store::ReadBatches,
-    buf: &mut BytesMut,
+    next_offset: u64,
 ) -> Result<(), quinn::WriteError> {
-    buf.clear();
-    let len = read.batches.iter().map(bytes::Bytes::len).sum();
+    feed.buf.clear();
+    let len = read.batches.iter().map(Bytes::len).sum();
     edgebus_proto::frame::encode_fetched_head(
-        correlation_id,
+        feed.correlation_id,
         read.offsets.log_start,
         read.offsets.log_end,
+        next_offset,
         len,
-        buf,
+        &mut feed.buf,
     );
     let mut chunks = Vec::with_capacity(read.batches.len() + 1);
-    chunks.push(buf.split().freeze());
+    chunks.push(feed.buf.split().freeze());
     chunks.extend(read.batches);
-    send.write_all_chunks(&mut chunks).await
+    feed.send.write_all_chunks(&mut chunks).await
 }
 
 async fn send_response(

@@ -18,8 +18,8 @@ use std::sync::Arc;
 use edgebus_proto::ErrorCode;
 use edgebus_proto::frame::Response;
 use edgebus_store::{
-    Append, AppendError, AppendOutcome, CommitError, LogStore, OffsetCommit, RetentionReport,
-    StoreError,
+    Append, AppendError, AppendOutcome, CommitError, LogStore, OffsetCommit, PipelineCommit,
+    PipelineError, RetentionReport, StoreError,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -58,6 +58,10 @@ enum Op {
     Commit {
         commits: Vec<OffsetCommit>,
         reply: oneshot::Sender<Result<(), CommitError>>,
+    },
+    Pipeline {
+        commit: Box<PipelineCommit>,
+        reply: oneshot::Sender<Result<Vec<u64>, PipelineError>>,
     },
 }
 
@@ -108,6 +112,22 @@ impl Writer {
         }
     }
 
+    /// Commits one exactly-once pipeline step (outputs, plugin state and
+    /// source position in one transaction), then wakes subscribers of the
+    /// partitions it wrote.
+    pub async fn commit_pipeline(&self, commit: PipelineCommit) -> Result<Vec<u64>, PipelineError> {
+        let (reply, rx) = oneshot::channel();
+        let stopped = || PipelineError::Store(StoreError::Backend("writer stopped".into()));
+        self.tx
+            .send(Op::Pipeline {
+                commit: Box::new(commit),
+                reply,
+            })
+            .await
+            .map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+
     /// Runs retention inside the writer, so it never races an append.
     pub async fn enforce_retention(&self, now_ms: i64) -> Result<RetentionReport, StoreError> {
         let (reply, rx) = oneshot::channel();
@@ -149,6 +169,16 @@ fn run(
                     let _ = reply.send(store.enforce_retention(now_ms));
                 }
                 Op::Commit { commits: c, reply } => commits.push((c, reply)),
+                Op::Pipeline { commit, reply } => {
+                    let result = store.commit_pipeline(&commit);
+                    if let Ok(bases) = &result {
+                        for (append, base) in commit.appends.iter().zip(bases) {
+                            let end = base + u64::from(append.header.record_count);
+                            notifier.publish(&append.topic, append.partition, end);
+                        }
+                    }
+                    let _ = reply.send(result);
+                }
             }
             if bytes < max_group_bytes && commits.len() < MAX_GROUP_OFFSET_COMMITS {
                 next = rx.try_recv().ok();

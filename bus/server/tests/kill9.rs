@@ -3,69 +3,17 @@
 //! acknowledged record must be in the log exactly once, in order, with its
 //! value; no record may appear twice.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::UdpSocket;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
+mod common;
 
-const BIN: &str = env!("CARGO_BIN_EXE_edgebus");
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::Duration;
+
+use common::{BIN, cli, free_port, spawn_broker, wait_with_deadline};
+
 const RECORDS: u64 = 3000;
 const KILLS: usize = 3;
-
-fn free_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map(|a| a.port())
-        .expect("a free UDP port")
-}
-
-/// Starts `edgebus serve` and waits for its "listening" line.
-fn spawn_broker(data: &Path, addr: &str) -> Child {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--data"])
-        .arg(data)
-        .args(["--listen", addr])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawning edgebus serve");
-    let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
-    let first = lines.next().expect("broker printed a line").expect("utf-8");
-    assert!(
-        first.contains("listening"),
-        "unexpected first line: {first}"
-    );
-    // Keep draining so the broker never blocks on a full pipe.
-    thread::spawn(move || for _ in lines {});
-    child
-}
-
-/// Waits for a child, killing it if it overruns `limit`.
-fn wait_with_deadline(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("process {} did not finish within {limit:?}", child.id());
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn cli(args: &[&str], addr: &str, ca: &Path) -> std::process::Output {
-    Command::new(BIN)
-        .args(args)
-        .args(["--broker", addr, "--ca"])
-        .arg(ca)
-        .output()
-        .expect("running edgebus")
-}
 
 #[test]
 fn kill9_during_durable_produce_loses_and_duplicates_nothing_acknowledged() {

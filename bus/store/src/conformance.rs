@@ -33,8 +33,9 @@ use edgebus_proto::batch::{self, BatchBuilder, ProducerStamp, Record};
 
 use crate::topic::{DEFAULT_MAX_MESSAGE_BYTES, UNLIMITED};
 use crate::{
-    Append, AppendError, AppendOutcome, CommitError, CommittedOffset, LogStore, OffsetCommit,
-    PartitionOffsets, ReadError, TopicError, TopicSpec,
+    Append, AppendError, AppendOutcome, CommitError, CommittedOffset, ConfigKind, LogStore,
+    OffsetCommit, PartitionOffsets, PipelineCommit, PipelineError, PluginInfo, ReadError,
+    SequenceSpan, TopicError, TopicSpec,
 };
 
 /// How a store under test is made, restarted and broken.
@@ -66,6 +67,7 @@ pub fn run_all<H: Harness>(h: &mut H) {
     append_group_across_topics_and_partitions_assigns_offsets_per_partition(h);
     append_unknown_topic_or_partition_fails_only_that_entry(h);
     append_batch_not_matching_header_fails_only_that_entry(h);
+    append_empty_batch_or_empty_span_fails_only_that_entry(h);
     append_non_durable_is_readable_and_survives_clean_reopen(h);
     read_from_middle_of_batch_returns_holding_batch(h);
     read_max_bytes_bounds_batches_but_returns_at_least_one(h);
@@ -77,6 +79,8 @@ pub fn run_all<H: Harness>(h: &mut H) {
     dedup_older_epoch_is_fenced(h);
     dedup_sequence_gap_is_out_of_order(h);
     dedup_state_survives_reopen(h);
+    dedup_rewritten_batch_with_other_record_count_keeps_sequence_continuous(h);
+    dedup_sequence_only_append_advances_sequence_without_writing(h);
     offset_for_timestamp_returns_first_batch_at_or_after(h);
     retention_by_time_deletes_only_expired_batches(h);
     retention_by_bytes_keeps_partition_at_limit(h);
@@ -91,8 +95,16 @@ pub fn run_all<H: Harness>(h: &mut H) {
     group_offsets_survive_reopen(h);
     topic_delete_removes_its_offsets_from_every_group(h);
     group_commit_unknown_target_or_invalid_group_applies_nothing(h);
+    plugin_put_replace_get_list_and_remove_keep_versions(h);
+    plugin_registry_survives_reopen(h);
+    config_put_list_replace_and_delete_per_kind(h);
+    topic_delete_removes_its_ingest_config_only(h);
+    pipeline_commit_applies_outputs_state_and_position_and_survives_reopen(h);
+    pipeline_commit_with_refused_append_applies_nothing(h);
+    pipeline_delete_data_removes_only_that_pipeline(h);
     crash_after_n_writes_keeps_exactly_the_acknowledged_batches(h);
     crash_after_n_writes_keeps_exactly_the_acknowledged_offset_commits(h);
+    crash_after_n_writes_pipeline_position_implies_exactly_its_steps(h);
 }
 
 // ---- helpers ---------------------------------------------------------------
@@ -129,6 +141,7 @@ fn append_of(topic: &str, partition: u32, batch: Bytes) -> Append {
         partition,
         batch,
         header,
+        sequence: None,
     }
 }
 
@@ -426,6 +439,36 @@ pub fn append_non_durable_is_readable_and_survives_clean_reopen<H: Harness>(h: &
     );
 }
 
+/// An empty batch is refused unless it is a sequence-only append, and a
+/// sequence span must cover at least one sequence number; each refusal
+/// touches only its own entry.
+pub fn append_empty_batch_or_empty_span_fails_only_that_entry<H: Harness>(h: &mut H) {
+    let store = h.fresh();
+    create(&store, &spec("t", 1));
+    let mut empty = append_of("t", 0, batch_of("e", 1, 1, ProducerStamp::NONE));
+    empty.batch = Bytes::new();
+    let empty_span = Append {
+        sequence: Some(SequenceSpan {
+            producer: stamp(7, 0, 0),
+            record_count: 0,
+        }),
+        ..sequence_only("t", 0, stamp(7, 0, 0), 1)
+    };
+    let fine = append_of("t", 0, batch_of("f", 1, 1, ProducerStamp::NONE));
+    let results = store
+        .append(&[empty, empty_span, fine], true)
+        .expect("append transaction");
+    for (i, what) in [(0, "an empty batch without a span"), (1, "an empty span")] {
+        assert!(
+            matches!(results[i], Err(AppendError::InvalidBatch(_))),
+            "{what} should be InvalidBatch, got {:?}",
+            results[i]
+        );
+    }
+    assert_eq!(results[2], Ok(AppendOutcome::Appended { base_offset: 0 }));
+    assert_eq!(offsets(&store, "t", 0).log_end, 1);
+}
+
 // ---- read ------------------------------------------------------------------
 
 /// Reading from an offset inside a batch returns that whole batch first.
@@ -709,6 +752,144 @@ pub fn dedup_state_survives_reopen<H: Harness>(h: &mut H) {
         append_one(&store, "t", 0, batch_of("more", 1, 1, stamp(pid, 3, 12))),
         AppendOutcome::Appended { base_offset: 2 }
     );
+}
+
+/// `append` with an explicit sequence span, as the broker sends a batch an
+/// ingest chain rewrote: dedup follows the producer's span, not the batch.
+fn with_sequence(append: Append, producer: ProducerStamp, record_count: u32) -> Append {
+    Append {
+        sequence: Some(SequenceSpan {
+            producer,
+            record_count,
+        }),
+        ..append
+    }
+}
+
+/// A sequence-only append: every record of the producer's batch of
+/// `record_count` was dropped. It carries the original header, as the
+/// broker would; the store writes nothing of it.
+fn sequence_only(
+    topic: &str,
+    partition: u32,
+    producer: ProducerStamp,
+    record_count: u32,
+) -> Append {
+    let original = append_of(
+        topic,
+        partition,
+        batch_of("dropped", record_count, 1, producer),
+    );
+    with_sequence(
+        Append {
+            batch: Bytes::new(),
+            ..original
+        },
+        producer,
+        record_count,
+    )
+}
+
+/// A batch rewritten to another record count still consumes the producer's
+/// original sequence range: the producer's next batch follows on, and a
+/// retry of the original is a duplicate at the rewritten batch's offset.
+pub fn dedup_rewritten_batch_with_other_record_count_keeps_sequence_continuous<H: Harness>(
+    h: &mut H,
+) {
+    let store = h.fresh();
+    create(&store, &spec("t", 1));
+    let pid = store.allocate_producer_id().expect("producer id");
+    // The producer sent 3 records at sequence 0; the chain kept one and
+    // stripped the stamp.
+    let shrunk = with_sequence(
+        append_of("t", 0, batch_of("kept", 1, 1, ProducerStamp::NONE)),
+        stamp(pid, 0, 0),
+        3,
+    );
+    // Then 4 records at sequence 3, rewritten into 2 that keep the stamp.
+    let rewritten = with_sequence(
+        append_of("t", 0, batch_of("split", 2, 1, stamp(pid, 0, 3))),
+        stamp(pid, 0, 3),
+        4,
+    );
+    let untouched = batch_of("plain", 2, 1, stamp(pid, 0, 7));
+    assert_eq!(
+        append_all(&store, std::slice::from_ref(&shrunk)),
+        vec![AppendOutcome::Appended { base_offset: 0 }]
+    );
+    assert_eq!(
+        append_all(&store, std::slice::from_ref(&rewritten)),
+        vec![AppendOutcome::Appended { base_offset: 1 }],
+        "sequence 3 follows the producer's 3 records, not the 1 stored"
+    );
+    assert_eq!(
+        append_one(&store, "t", 0, untouched.clone()),
+        AppendOutcome::Appended { base_offset: 3 },
+        "sequence 7 follows the producer's 4 records, not the 2 stored"
+    );
+    let before = read_all(&store, "t", 0);
+    assert_eq!(
+        append_all(&store, &[shrunk, rewritten]),
+        vec![
+            AppendOutcome::Duplicate { base_offset: 0 },
+            AppendOutcome::Duplicate { base_offset: 1 },
+        ],
+        "retries of rewritten batches are duplicates at their original offsets"
+    );
+    assert_eq!(
+        append_one(&store, "t", 0, untouched),
+        AppendOutcome::Duplicate { base_offset: 3 }
+    );
+    assert_eq!(read_all(&store, "t", 0), before, "retries write nothing");
+    assert_eq!(offsets(&store, "t", 0).log_end, 5);
+}
+
+/// A sequence-only append writes nothing, answers the log end, and still
+/// moves the producer's sequence on, durably; its retry is a duplicate at
+/// the log end it was first given, even after the log has moved.
+pub fn dedup_sequence_only_append_advances_sequence_without_writing<H: Harness>(h: &mut H) {
+    let store = h.fresh();
+    create(&store, &spec("t", 1));
+    let pid = store.allocate_producer_id().expect("producer id");
+    append_one(&store, "t", 0, batch_of("pre", 2, 1, ProducerStamp::NONE));
+    let before = read_all(&store, "t", 0);
+    let dropped = sequence_only("t", 0, stamp(pid, 0, 0), 4);
+    assert_eq!(
+        append_all(&store, std::slice::from_ref(&dropped)),
+        vec![AppendOutcome::Appended { base_offset: 2 }],
+        "the outcome carries the log end"
+    );
+    assert_eq!(read_all(&store, "t", 0), before, "nothing is written");
+    assert_eq!(offsets(&store, "t", 0).log_end, 2);
+    let next = batch_of("after", 1, 1, stamp(pid, 0, 4));
+    assert_eq!(
+        append_one(&store, "t", 0, next.clone()),
+        AppendOutcome::Appended { base_offset: 2 },
+        "the producer's next batch follows the dropped one"
+    );
+    let store = h.reopen(store);
+    assert_eq!(
+        append_all(&store, &[dropped]),
+        vec![AppendOutcome::Duplicate { base_offset: 2 }],
+        "a retry after a restart answers the original log end, not the current one"
+    );
+    assert_eq!(
+        append_one(&store, "t", 0, next),
+        AppendOutcome::Duplicate { base_offset: 2 }
+    );
+    let group = [
+        sequence_only("t", 0, stamp(pid, 0, 5), 2),
+        append_of("t", 0, batch_of("last", 1, 1, stamp(pid, 0, 7))),
+    ];
+    assert_eq!(
+        append_all(&store, &group),
+        vec![
+            AppendOutcome::Appended { base_offset: 3 },
+            AppendOutcome::Appended { base_offset: 3 },
+        ],
+        "in a group, a sequence-only append takes no offsets"
+    );
+    assert_eq!(offsets(&store, "t", 0).log_end, 4);
 }
 
 // ---- time index ----------------------------------------------------------------
@@ -1200,6 +1381,475 @@ pub fn group_commit_unknown_target_or_invalid_group_applies_nothing<H: Harness>(
     assert_eq!(groups(&store), vec!["g"]);
 }
 
+// ---- plugin registry -------------------------------------------------------------
+
+fn put_plugin(
+    store: &impl LogStore,
+    name: &str,
+    kind: &str,
+    hash: &str,
+    wasm: &[u8],
+    now_ms: i64,
+) -> PluginInfo {
+    store
+        .put_plugin(name, kind, hash, wasm, now_ms)
+        .unwrap_or_else(|e| panic!("put_plugin({name}) failed: {e}"))
+}
+
+fn plugin_info(
+    name: &str,
+    version: u32,
+    kind: &str,
+    hash: &str,
+    wasm: &[u8],
+    ms: i64,
+) -> PluginInfo {
+    PluginInfo {
+        name: name.to_owned(),
+        version,
+        hash: hash.to_owned(),
+        kind: kind.to_owned(),
+        size_bytes: wasm.len() as u64,
+        added_ms: ms,
+    }
+}
+
+/// A new plugin is version 1; each replacement bumps the version and keeps
+/// only the new bytes; the list is sorted and carries no bytes; a removed
+/// plugin is gone, and its name starts again at version 1.
+pub fn plugin_put_replace_get_list_and_remove_keep_versions<H: Harness>(h: &mut H) {
+    let store = h.fresh();
+    assert_eq!(store.plugins().expect("plugins"), vec![]);
+    assert_eq!(store.plugin("redact").expect("plugin"), None);
+    let first = put_plugin(&store, "redact", "transform", "aa", b"wasm-v1", 1_000);
+    assert_eq!(
+        first,
+        plugin_info("redact", 1, "transform", "aa", b"wasm-v1", 1_000)
+    );
+    let filter = put_plugin(&store, "drop-nulls", "filter", "bb", b"filter", 1_001);
+    assert_eq!(
+        store.plugins().expect("plugins"),
+        vec![filter.clone(), first.clone()],
+        "plugins() lists every plugin sorted by name"
+    );
+    assert_eq!(
+        store.plugin("redact").expect("plugin"),
+        Some((first, b"wasm-v1".to_vec()))
+    );
+    let second = put_plugin(&store, "redact", "filter", "cc", b"wasm-version-2", 2_000);
+    assert_eq!(
+        second,
+        plugin_info("redact", 2, "filter", "cc", b"wasm-version-2", 2_000),
+        "a replacement bumps the version and describes the new bytes"
+    );
+    assert_eq!(
+        store.plugin("redact").expect("plugin"),
+        Some((second, b"wasm-version-2".to_vec())),
+        "only the new bytes are kept"
+    );
+    assert_eq!(
+        put_plugin(&store, "redact", "filter", "dd", b"v3", 3_000).version,
+        3
+    );
+    assert!(store.remove_plugin("redact").expect("remove_plugin"));
+    assert_eq!(store.plugin("redact").expect("plugin"), None);
+    assert!(
+        !store.remove_plugin("redact").expect("remove_plugin"),
+        "a second remove finds nothing"
+    );
+    assert_eq!(store.plugins().expect("plugins"), vec![filter]);
+    assert_eq!(
+        put_plugin(&store, "redact", "filter", "ee", b"again", 4_000).version,
+        1,
+        "a removed name is new again"
+    );
+}
+
+/// Uploads, replacements and removals are durable.
+pub fn plugin_registry_survives_reopen<H: Harness>(h: &mut H) {
+    let store = h.fresh();
+    put_plugin(&store, "a", "filter", "h1", b"one", 1);
+    put_plugin(&store, "b", "transform", "h2", b"two", 2);
+    let replaced = put_plugin(&store, "a", "transform", "h3", b"three", 3);
+    assert!(store.remove_plugin("b").expect("remove_plugin"));
+    let store = h.reopen(store);
+    assert_eq!(store.plugins().expect("plugins"), vec![replaced.clone()]);
+    assert_eq!(
+        store.plugin("a").expect("plugin"),
+        Some((replaced, b"three".to_vec()))
+    );
+    assert_eq!(store.plugin("b").expect("plugin"), None);
+    assert_eq!(
+        put_plugin(&store, "a", "filter", "h4", b"four", 4).version,
+        3,
+        "versions continue after a restart"
+    );
+}
+
+// ---- configuration blobs ---------------------------------------------------------
+
+fn put_config(store: &impl LogStore, kind: ConfigKind, key: &str, value: Option<&[u8]>) {
+    store
+        .put_config(kind, key, value)
+        .unwrap_or_else(|e| panic!("put_config({kind:?}, {key}) failed: {e}"));
+}
+
+fn configs(store: &impl LogStore, kind: ConfigKind) -> Vec<(String, Vec<u8>)> {
+    store
+        .configs(kind)
+        .unwrap_or_else(|e| panic!("configs({kind:?}) failed: {e}"))
+}
+
+fn blob(key: &str, value: &[u8]) -> (String, Vec<u8>) {
+    (key.to_owned(), value.to_vec())
+}
+
+/// Blobs are listed per kind, sorted by key; a put replaces, `None`
+/// deletes (a missing key is no error), one kind never shows another's
+/// blob under the same key, and all of it survives a restart.
+pub fn config_put_list_replace_and_delete_per_kind<H: Harness>(h: &mut H) {
+    let store = h.fresh();
+    assert_eq!(configs(&store, ConfigKind::Ingest), vec![]);
+    put_config(&store, ConfigKind::Ingest, "t", Some(b"chain-t"));
+    put_config(&store, ConfigKind::Pipeline, "p2", Some(b"def-2"));
+    put_config(&store, ConfigKind::Pipeline, "t", Some(b"def-t"));
+    put_config(&store, ConfigKind::Ingest, "a", Some(b"chain-a"));
+    assert_eq!(
+        configs(&store, ConfigKind::Ingest),
+        vec![blob("a", b"chain-a"), blob("t", b"chain-t")]
+    );
+    assert_eq!(
+        configs(&store, ConfigKind::Pipeline),
+        vec![blob("p2", b"def-2"), blob("t", b"def-t")]
+    );
+    put_config(&store, ConfigKind::Pipeline, "p2", Some(b"def-2-new"));
+    put_config(&store, ConfigKind::Ingest, "t", None);
+    put_config(&store, ConfigKind::Ingest, "missing", None);
+    let store = h.reopen(store);
+    assert_eq!(
+        configs(&store, ConfigKind::Ingest),
+        vec![blob("a", b"chain-a")]
+    );
+    assert_eq!(
+        configs(&store, ConfigKind::Pipeline),
+        vec![blob("p2", b"def-2-new"), blob("t", b"def-t")],
+        "deleting an ingest blob keeps the pipeline blob of the same key"
+    );
+}
+
+/// Deleting a topic deletes its ingest chain in the same transaction, and
+/// nothing else: not another topic's, not a pipeline that shares its name.
+/// A topic recreated under the name starts without a chain.
+pub fn topic_delete_removes_its_ingest_config_only<H: Harness>(h: &mut H) {
+    let store = h.fresh();
+    create(&store, &spec("t", 1));
+    create(&store, &spec("t2", 1));
+    put_config(&store, ConfigKind::Ingest, "t", Some(b"chain-t"));
+    put_config(&store, ConfigKind::Ingest, "t2", Some(b"chain-t2"));
+    put_config(&store, ConfigKind::Pipeline, "t", Some(b"def-t"));
+    store.delete_topic("t").expect("delete_topic");
+    assert_eq!(
+        configs(&store, ConfigKind::Ingest),
+        vec![blob("t2", b"chain-t2")]
+    );
+    assert_eq!(
+        configs(&store, ConfigKind::Pipeline),
+        vec![blob("t", b"def-t")]
+    );
+    create(&store, &spec("t", 1));
+    assert_eq!(
+        configs(&store, ConfigKind::Ingest),
+        vec![blob("t2", b"chain-t2")]
+    );
+}
+
+// ---- pipelines -------------------------------------------------------------------
+
+/// Source offsets one scripted pipeline step consumes.
+const SOURCE_OFFSETS_PER_STEP: u64 = 10;
+
+/// Step `i` of the scripted pipeline the pipeline checks run, reading
+/// source partition 0 and writing topic `out` (2 partitions): one batch of
+/// `1 + i % 3` records to partition 0, and on odd steps 2 records to
+/// partition 1; state `steps` becomes `i + 1`, and `even` is set to `i` on
+/// even steps and deleted on odd ones; the position moves to
+/// `SOURCE_OFFSETS_PER_STEP * (i + 1)`.
+fn pipeline_step(pipeline: &str, i: u32) -> PipelineCommit {
+    let ts = i64::from(i);
+    let mut appends = vec![append_of(
+        "out",
+        0,
+        batch_of(
+            &format!("{pipeline}-{i}-a"),
+            1 + i % 3,
+            ts,
+            ProducerStamp::NONE,
+        ),
+    )];
+    if i % 2 == 1 {
+        appends.push(append_of(
+            "out",
+            1,
+            batch_of(&format!("{pipeline}-{i}-b"), 2, ts, ProducerStamp::NONE),
+        ));
+    }
+    PipelineCommit {
+        pipeline: pipeline.to_owned(),
+        appends,
+        state: vec![
+            (b"steps".to_vec(), Some((i + 1).to_be_bytes().to_vec())),
+            (
+                b"even".to_vec(),
+                i.is_multiple_of(2).then(|| i.to_be_bytes().to_vec()),
+            ),
+        ],
+        source_partition: 0,
+        source_next_offset: SOURCE_OFFSETS_PER_STEP * u64::from(i + 1),
+    }
+}
+
+/// The first `steps` steps of the scripted pipeline, each with the base
+/// offsets its outputs get when the steps before it are all there is.
+fn pipeline_script(pipeline: &str, steps: u32) -> Vec<(PipelineCommit, Vec<u64>)> {
+    let mut log_ends = [0u64; 2];
+    (0..steps)
+        .map(|i| {
+            let step = pipeline_step(pipeline, i);
+            let bases = step
+                .appends
+                .iter()
+                .map(|a| {
+                    let end = &mut log_ends[a.partition as usize];
+                    let base = *end;
+                    *end += u64::from(a.header.record_count);
+                    base
+                })
+                .collect();
+            (step, bases)
+        })
+        .collect()
+}
+
+/// Commits one step, checking it is accepted with the expected offsets.
+fn commit_step(store: &impl LogStore, step: &PipelineCommit, bases: &[u64]) {
+    let committed = store
+        .commit_pipeline(step)
+        .unwrap_or_else(|e| panic!("commit_pipeline({}) failed: {e}", step.source_next_offset));
+    assert_eq!(committed, bases, "base offsets of the step's outputs");
+}
+
+/// Asserts that the store holds exactly the first `steps` steps of the
+/// scripted pipeline: every output of those steps and nothing else, their
+/// plugin state, and their position.
+fn assert_pipeline_steps(store: &impl LogStore, pipeline: &str, steps: u32, context: &str) {
+    let mut outputs: [Vec<Bytes>; 2] = Default::default();
+    for (step, bases) in pipeline_script(pipeline, steps) {
+        for (append, base) in step.appends.iter().zip(bases) {
+            outputs[append.partition as usize].push(stored(&append.batch, base));
+        }
+    }
+    for (partition, expected) in (0..).zip(&outputs) {
+        assert_eq!(
+            &read_all(store, "out", partition),
+            expected,
+            "{context}: outputs in out/{partition}"
+        );
+        let log_end: u64 = expected.iter().map(batch_records).sum();
+        assert_eq!(
+            offsets(store, "out", partition).log_end,
+            log_end,
+            "{context}: log end of out/{partition}"
+        );
+    }
+    let positions: Vec<(u32, u64)> = if steps == 0 {
+        vec![]
+    } else {
+        vec![(0, SOURCE_OFFSETS_PER_STEP * u64::from(steps))]
+    };
+    assert_eq!(
+        store.pipeline_positions(pipeline).expect("positions"),
+        positions,
+        "{context}: position"
+    );
+    let state = |key: &[u8]| store.pipeline_state(pipeline, key).expect("state");
+    let last = steps.checked_sub(1);
+    assert_eq!(
+        state(b"steps"),
+        last.map(|_| steps.to_be_bytes().to_vec()),
+        "{context}: state 'steps'"
+    );
+    assert_eq!(
+        state(b"even"),
+        last.filter(|i| i.is_multiple_of(2))
+            .map(|i| i.to_be_bytes().to_vec()),
+        "{context}: state 'even'"
+    );
+}
+
+/// A step's outputs, state changes (sets and deletes, in order) and
+/// position are all applied, each step's outputs get dense offsets after
+/// the previous step's, one pipeline's data is invisible to another's, and
+/// all of it survives a restart.
+pub fn pipeline_commit_applies_outputs_state_and_position_and_survives_reopen<H: Harness>(
+    h: &mut H,
+) {
+    let store = h.fresh();
+    create(&store, &spec("out", 2));
+    let script = pipeline_script("p", 4);
+    for (i, (step, bases)) in (1..).zip(&script[..3]) {
+        commit_step(&store, step, bases);
+        assert_pipeline_steps(&store, "p", i, &format!("after step {i}"));
+    }
+    assert_eq!(store.pipeline_positions("p2").expect("positions"), vec![]);
+    assert_eq!(store.pipeline_state("p2", b"steps").expect("state"), None);
+    let store = h.reopen(store);
+    assert_pipeline_steps(&store, "p", 3, "after a restart");
+    let (step, bases) = &script[3];
+    commit_step(&store, step, bases);
+    assert_pipeline_steps(&store, "p", 4, "after a step past the restart");
+}
+
+/// A step with any refused output (unknown topic or partition, invalid
+/// batch, wherever it stands in the step) is refused with that output's
+/// index and applies nothing: no output before or after it, no state, no
+/// position, not even a time index entry or dedup state; the same step
+/// without the bad output then commits where it would have.
+pub fn pipeline_commit_with_refused_append_applies_nothing<H: Harness>(h: &mut H) {
+    let store = h.fresh();
+    create(&store, &spec("out", 2));
+    let script = pipeline_script("p", 2);
+    commit_step(&store, &script[0].0, &script[0].1);
+    let good = &script[1].0;
+    // Stamped far in the future, so an index entry it left would show.
+    let late = append_of(
+        "out",
+        0,
+        batch_of("late", 1, 1_000_000, ProducerStamp::NONE),
+    );
+    let mut lying = late.clone();
+    lying.header.record_count = 9;
+    // An output stamped by an idempotent producer, which pipelines do not
+    // send but must not break on: its dedup state must roll back too.
+    create(&store, &spec("side", 1));
+    let pid = store.allocate_producer_id().expect("producer id");
+    let stamped = batch_of("stamped", 2, 1, stamp(pid, 0, 0));
+    type Expected = fn(&AppendError) -> bool;
+    let cases: Vec<(&str, Vec<Append>, usize, Expected)> = vec![
+        (
+            "unknown topic last",
+            [
+                good.appends.clone(),
+                vec![append_of("nope", 0, late.batch.clone())],
+            ]
+            .concat(),
+            good.appends.len(),
+            |e| matches!(e, AppendError::UnknownTopic(t) if t == "nope"),
+        ),
+        (
+            "unknown partition first",
+            [
+                vec![append_of("out", 5, late.batch.clone())],
+                good.appends.clone(),
+            ]
+            .concat(),
+            0,
+            |e| matches!(e, AppendError::UnknownPartition { partition: 5, .. }),
+        ),
+        (
+            "invalid batch between valid ones",
+            vec![late.clone(), lying, good.appends[0].clone()],
+            1,
+            |e| matches!(e, AppendError::InvalidBatch(_)),
+        ),
+        (
+            "idempotent output before an unknown topic",
+            vec![
+                append_of("side", 0, stamped.clone()),
+                append_of("nope", 0, late.batch.clone()),
+            ],
+            1,
+            |e| matches!(e, AppendError::UnknownTopic(t) if t == "nope"),
+        ),
+    ];
+    for (case, appends, index, expected) in cases {
+        let refused = store.commit_pipeline(&PipelineCommit {
+            appends,
+            ..good.clone()
+        });
+        assert!(
+            matches!(
+                refused,
+                Err(PipelineError::Append { index: got, ref error }) if got == index && expected(error)
+            ),
+            "{case}: expected output {index} to be refused, got {refused:?}"
+        );
+        assert_pipeline_steps(&store, "p", 1, &format!("after the refused step ({case})"));
+    }
+    commit_step(&store, good, &script[1].1);
+    assert_pipeline_steps(&store, "p", 2, "after the good step");
+    assert_eq!(
+        store
+            .offset_for_timestamp("out", 0, 500_000)
+            .expect("lookup"),
+        offsets(&store, "out", 0).log_end,
+        "a refused step leaves no time index entry behind"
+    );
+    assert_eq!(read_all(&store, "side", 0), Vec::<Bytes>::new());
+    assert_eq!(
+        append_one(&store, "side", 0, stamped),
+        AppendOutcome::Appended { base_offset: 0 },
+        "a refused step leaves no dedup state behind"
+    );
+}
+
+/// A step without outputs still moves state and position; positions list
+/// every source partition, sorted; and deleting one pipeline's data removes
+/// its positions and state only, not another pipeline's (even one whose
+/// name it prefixes), durably.
+pub fn pipeline_delete_data_removes_only_that_pipeline<H: Harness>(h: &mut H) {
+    let store = h.fresh();
+    let step = |pipeline: &str, partition: u32, next: u64, value: &[u8]| PipelineCommit {
+        pipeline: pipeline.to_owned(),
+        appends: vec![],
+        state: vec![(b"k".to_vec(), Some(value.to_vec()))],
+        source_partition: partition,
+        source_next_offset: next,
+    };
+    for commit in [
+        step("p", 1, 7, b"v1"),
+        step("p", 0, 5, b"v2"),
+        step("p2", 0, 9, b"w"),
+    ] {
+        assert_eq!(
+            store.commit_pipeline(&commit).expect("commit_pipeline"),
+            Vec::<u64>::new()
+        );
+    }
+    assert_eq!(
+        store.pipeline_positions("p").expect("positions"),
+        vec![(0, 5), (1, 7)]
+    );
+    assert_eq!(
+        store.pipeline_state("p", b"k").expect("state"),
+        Some(b"v2".to_vec()),
+        "the later step's state wins"
+    );
+    store
+        .delete_pipeline_data("p")
+        .expect("delete_pipeline_data");
+    let store = h.reopen(store);
+    assert_eq!(store.pipeline_positions("p").expect("positions"), vec![]);
+    assert_eq!(store.pipeline_state("p", b"k").expect("state"), None);
+    assert_eq!(
+        store.pipeline_positions("p2").expect("positions"),
+        vec![(0, 9)]
+    );
+    assert_eq!(
+        store.pipeline_state("p2", b"k").expect("state"),
+        Some(b"w".to_vec())
+    );
+}
+
 // ---- crashes -------------------------------------------------------------------
 
 /// Fault points tried by the crash check.
@@ -1335,6 +1985,71 @@ pub fn crash_after_n_writes_keeps_exactly_the_acknowledged_offset_commits<H: Har
             committed(&store, "g1").last(),
             Some(&committed_offset("crash", 1, 999)),
             "fault point {n}: commits work after the restart"
+        );
+    }
+}
+
+/// Pipeline steps attempted per fault point.
+const CRASH_STEPS: u32 = 8;
+
+/// Pipelines are exactly-once under crashes: with writes failing after N
+/// units of work, for many N, the position found after a restart names
+/// some number of steps P, and the store holds exactly the outputs and
+/// state of those P steps: every acknowledged step (so P is at least their
+/// count), nothing of a later one, and no step in part. P may count the
+/// one failed step only when its failure came after its commit reached
+/// disk. The pipeline then goes on from P.
+pub fn crash_after_n_writes_pipeline_position_implies_exactly_its_steps<H: Harness>(h: &mut H) {
+    let script = pipeline_script("p", CRASH_STEPS + 1);
+    for n in 0..CRASH_POINTS {
+        let store = h.fresh();
+        create(&store, &spec("out", 2));
+        h.fail_after_writes(&store, n);
+        let mut acked = 0u32;
+        let mut failed = false;
+        for (step, bases) in &script[..CRASH_STEPS as usize] {
+            match store.commit_pipeline(step) {
+                Ok(committed) => {
+                    assert_eq!(&committed, bases, "fault point {n}: step {acked}");
+                    acked += 1;
+                }
+                Err(PipelineError::Store(_)) => {
+                    failed = true;
+                    break;
+                }
+                Err(refused) => panic!("fault point {n}: step {acked} refused: {refused}"),
+            }
+        }
+        let store = h.reopen(store);
+        let steps = match store.pipeline_positions("p").expect("positions")[..] {
+            [] => 0,
+            [(0, next)] if next % SOURCE_OFFSETS_PER_STEP == 0 => {
+                u32::try_from(next / SOURCE_OFFSETS_PER_STEP).expect("a few steps")
+            }
+            ref other => panic!("fault point {n}: positions {other:?}"),
+        };
+        assert!(
+            steps >= acked,
+            "fault point {n}: the position names {steps} steps, {acked} were acknowledged"
+        );
+        assert!(
+            steps <= acked + u32::from(failed),
+            "fault point {n}: the position names {steps} steps, only {} were attempted",
+            acked + u32::from(failed)
+        );
+        assert_pipeline_steps(
+            &store,
+            "p",
+            steps,
+            &format!("fault point {n}, position after {steps} steps"),
+        );
+        let (step, bases) = &script[steps as usize];
+        commit_step(&store, step, bases);
+        assert_pipeline_steps(
+            &store,
+            "p",
+            steps + 1,
+            &format!("fault point {n}, the step after the restart"),
         );
     }
 }

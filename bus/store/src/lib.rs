@@ -18,6 +18,7 @@
 //! - [`topic`]: topic validation and defaults.
 //! - [`group`]: consumer-group name validation.
 //! - [`dedup`]: the idempotent-producer sequence check, shared by both stores.
+//! - `plugin`: the stored form of a registered plugin's description.
 //! - [`redb_store`]: [`RedbStore`], its tables, and its reopen after IO
 //!   errors.
 //! - [`mem`]: [`MemStore`] with fail-after-N-writes.
@@ -25,13 +26,14 @@
 #![warn(missing_docs)]
 
 use bytes::Bytes;
-use edgebus_proto::batch::BatchHeader;
+use edgebus_proto::batch::{BatchHeader, ProducerStamp};
 pub use edgebus_proto::frame::TopicSpec;
 
 pub mod conformance;
 pub mod dedup;
 pub mod group;
 pub mod mem;
+mod plugin;
 pub mod redb_store;
 pub mod topic;
 
@@ -50,6 +52,24 @@ pub struct Append {
     pub batch: Bytes,
     /// The batch's parsed header.
     pub header: BatchHeader,
+    /// The producer sequence this append consumes, when it is not the
+    /// batch's own: an ingest plugin chain may have dropped or rewritten the
+    /// producer's records, yet the producer's next batch still follows the
+    /// original. `None` uses `header.producer` and `header.record_count`.
+    ///
+    /// With `Some`, `batch` may be empty: nothing is appended, the
+    /// producer's sequence still advances (every record was dropped, or the
+    /// batch was rejected), and the outcome carries the current log end.
+    pub sequence: Option<SequenceSpan>,
+}
+
+/// The idempotent-producer sequence range an append accounts for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SequenceSpan {
+    /// Producer id, epoch and first sequence, as the producer sent them.
+    pub producer: ProducerStamp,
+    /// How many sequence numbers the producer's batch used.
+    pub record_count: u32,
 }
 
 impl Append {
@@ -57,7 +77,19 @@ impl Append {
     /// records, so a store can trust `header.record_count` to advance the log
     /// end and can overwrite the base offset in place. The full check
     /// (CRC, every record) is the caller's [`edgebus_proto::batch::validate`].
+    ///
+    /// A sequence-only append (see [`Append::sequence`]) has no bytes to
+    /// check, but its span must cover at least one sequence number: an empty
+    /// span would make the producer's last sequence precede its first.
     pub(crate) fn check_shape(&self) -> Result<(), AppendError> {
+        if self.sequence.is_some_and(|span| span.record_count == 0) {
+            return Err(AppendError::InvalidBatch(
+                "sequence span holds no records".to_owned(),
+            ));
+        }
+        if self.is_sequence_only() {
+            return Ok(());
+        }
         let parsed = BatchHeader::parse(&self.batch)
             .map_err(|e| AppendError::InvalidBatch(e.to_string()))?;
         let expected = BatchHeader {
@@ -80,6 +112,21 @@ impl Append {
             return Err(AppendError::InvalidBatch("no records".to_owned()));
         }
         Ok(())
+    }
+
+    /// Whether this append only advances a producer's sequence and writes
+    /// nothing to the log.
+    pub(crate) fn is_sequence_only(&self) -> bool {
+        self.sequence.is_some() && self.batch.is_empty()
+    }
+
+    /// The sequence range the dedup check and record use: the explicit
+    /// [`Append::sequence`], else the batch's own stamp and record count.
+    pub(crate) fn dedup_span(&self) -> SequenceSpan {
+        self.sequence.unwrap_or(SequenceSpan {
+            producer: self.header.producer,
+            record_count: self.header.record_count,
+        })
     }
 }
 
@@ -297,8 +344,9 @@ pub struct RetentionReport {
 ///
 /// Invariants every implementation keeps (and [`conformance`] checks):
 /// offsets are dense and never reused, a committed append survives reopen,
-/// a failed `append` applies nothing, and dedup state commits together with
-/// the batches it describes.
+/// a failed `append` applies nothing, dedup state commits together with
+/// the batches it describes, and a pipeline step's outputs, plugin state
+/// and source position commit together or not at all.
 pub trait LogStore: Send + Sync + 'static {
     /// Creates a topic with all its partitions, empty.
     fn create_topic(&self, spec: &TopicSpec) -> Result<(), TopicError>;
@@ -387,6 +435,144 @@ pub trait LogStore: Send + Sync + 'static {
     /// Removes every committed offset of a group, durably. Returns whether
     /// it had any.
     fn delete_group(&self, group: &str) -> Result<bool, StoreError>;
+
+    /// Stores a plugin's component bytes under `name`, durably. A new name
+    /// gets version 1; replacing bumps the version and keeps only the new
+    /// bytes.
+    fn put_plugin(
+        &self,
+        name: &str,
+        kind: &str,
+        hash: &str,
+        wasm: &[u8],
+        now_ms: i64,
+    ) -> Result<PluginInfo, StoreError>;
+
+    /// A plugin's description and bytes.
+    fn plugin(&self, name: &str) -> Result<Option<(PluginInfo, Vec<u8>)>, StoreError>;
+
+    /// Every plugin, sorted by name, without bytes.
+    fn plugins(&self) -> Result<Vec<PluginInfo>, StoreError>;
+
+    /// Removes a plugin. Returns whether it existed. Refusing to remove a
+    /// plugin in use is the broker's job.
+    fn remove_plugin(&self, name: &str) -> Result<bool, StoreError>;
+
+    /// Stores (`Some`) or deletes (`None`) a broker configuration blob, such
+    /// as a topic's ingest chain or a pipeline definition, durably.
+    fn put_config(
+        &self,
+        kind: ConfigKind,
+        key: &str,
+        value: Option<&[u8]>,
+    ) -> Result<(), StoreError>;
+
+    /// Every blob of a kind, sorted by key.
+    fn configs(&self, kind: ConfigKind) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+
+    /// Commits one pipeline step in ONE durable transaction: the output
+    /// appends, the plugin state changes, and the source position. All or
+    /// nothing: if any append is refused, nothing is applied. This is what
+    /// makes pipelines exactly-once: after a crash, the stored position,
+    /// state and outputs always agree.
+    ///
+    /// Returns the base offset of each append.
+    fn commit_pipeline(&self, commit: &PipelineCommit) -> Result<Vec<u64>, PipelineError>;
+
+    /// A pipeline's next source offset per source partition, sorted.
+    fn pipeline_positions(&self, pipeline: &str) -> Result<Vec<(u32, u64)>, StoreError>;
+
+    /// A pipeline's stored plugin state under `key`.
+    fn pipeline_state(&self, pipeline: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Deletes a pipeline's positions and state.
+    fn delete_pipeline_data(&self, pipeline: &str) -> Result<(), StoreError>;
+}
+
+/// A stored plugin's description.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginInfo {
+    /// Registry name.
+    pub name: String,
+    /// 1 for the first upload, then +1 per replacement.
+    pub version: u32,
+    /// Hex SHA-256 of the component bytes.
+    pub hash: String,
+    /// `filter` or `transform`.
+    pub kind: String,
+    /// Size of the component.
+    pub size_bytes: u64,
+    /// When this version was stored (ms since the Unix epoch).
+    pub added_ms: i64,
+}
+
+/// Kinds of broker configuration blobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ConfigKind {
+    /// A topic's ingest plugin chain, keyed by topic. Deleted with the topic.
+    Ingest,
+    /// A pipeline definition, keyed by pipeline name.
+    Pipeline,
+}
+
+impl ConfigKind {
+    /// The kind's number in stored keys. Stored data outlives code, so a
+    /// number is never reassigned, even when its kind is retired.
+    pub(crate) fn tag(self) -> u8 {
+        match self {
+            ConfigKind::Ingest => 1,
+            ConfigKind::Pipeline => 2,
+        }
+    }
+}
+
+/// One exactly-once pipeline step.
+#[derive(Debug, Clone)]
+pub struct PipelineCommit {
+    /// Pipeline name.
+    pub pipeline: String,
+    /// Output batches (and dead letters), without idempotence stamps.
+    pub appends: Vec<Append>,
+    /// Plugin state changes in order: `Some` sets, `None` deletes.
+    pub state: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// The source partition this step read.
+    pub source_partition: u32,
+    /// The next source offset to read after this step.
+    pub source_next_offset: u64,
+}
+
+/// Why a pipeline step was not committed. Nothing of it was applied.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum PipelineError {
+    /// An output append was refused.
+    #[error("output {index}: {error}")]
+    Append {
+        /// Index into `PipelineCommit::appends`.
+        index: usize,
+        /// Why.
+        error: AppendError,
+    },
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The base offset of each of a pipeline step's appends, or the first
+/// refusal: a step commits whole or not at all, so one refused output
+/// refuses the step.
+pub(crate) fn pipeline_base_offsets(
+    results: Vec<Result<AppendOutcome, AppendError>>,
+) -> Result<Vec<u64>, PipelineError> {
+    results
+        .into_iter()
+        .enumerate()
+        .map(|(index, result)| {
+            result
+                .map(|outcome| outcome.base_offset())
+                .map_err(|error| PipelineError::Append { index, error })
+        })
+        .collect()
 }
 
 /// One committed offset to store.

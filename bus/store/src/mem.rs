@@ -14,18 +14,21 @@ use edgebus_proto::batch::set_base_offset;
 
 use crate::dedup::{self, Decision, ProducerState};
 use crate::{
-    Append, AppendError, AppendOutcome, CommitError, CommittedOffset, LogStore, OffsetCommit,
-    PartitionOffsets, ReadBatches, ReadError, RetentionReport, StoreError, TopicError, TopicSpec,
+    Append, AppendError, AppendOutcome, CommitError, CommittedOffset, ConfigKind, LogStore,
+    OffsetCommit, PartitionOffsets, PipelineCommit, PipelineError, PluginInfo, ReadBatches,
+    ReadError, RetentionReport, StoreError, TopicError, TopicSpec,
 };
-use crate::{group, topic};
+use crate::{group, plugin, topic};
 
 /// An in-memory [`LogStore`] with fault injection.
 ///
 /// Every write operation (`create_topic`, `delete_topic`, `append`,
 /// `enforce_retention`, `allocate_producer_id`, `commit_offsets`,
-/// `delete_group`) either applies completely or not at all, under one lock,
-/// so there is never uncommitted state: what a reader sees is what a
-/// "restart" ([`MemStore::reopen`]) keeps.
+/// `delete_group`, `put_plugin`, `remove_plugin`, `put_config`,
+/// `commit_pipeline`, `delete_pipeline_data`) either applies completely or
+/// not at all, under one lock, so there is never uncommitted state: what a
+/// reader sees is what a "restart" ([`MemStore::reopen`]) keeps. Each counts
+/// as one write for [`MemStore::fail_after_writes`].
 #[derive(Debug, Default)]
 pub struct MemStore {
     inner: Mutex<Inner>,
@@ -47,6 +50,24 @@ struct State {
     /// (group, topic, partition) → committed offset, ordered as
     /// `committed_offsets` and `groups` answer.
     group_offsets: BTreeMap<(String, String, u32), u64>,
+    /// name → description and component bytes.
+    plugins: BTreeMap<String, (PluginInfo, Bytes)>,
+    /// ([`ConfigKind::tag`], key) → blob, ordered as `configs` answers.
+    configs: BTreeMap<(u8, String), Vec<u8>>,
+    /// (pipeline, key) → plugin state.
+    pipeline_state: BTreeMap<(String, Vec<u8>), Vec<u8>>,
+    /// (pipeline, source partition) → next source offset.
+    pipeline_positions: BTreeMap<(String, u32), u64>,
+}
+
+/// What a pipeline step's appends can change, saved before them so a
+/// refused step can be undone without copying whole logs.
+#[derive(Debug, Default)]
+struct Checkpoint {
+    /// Offsets and stored bytes of each partition the step appends to.
+    partitions: BTreeMap<(String, u32), (PartitionOffsets, u64)>,
+    /// Dedup state of each producer the step's appends name.
+    producers: BTreeMap<(i64, String, u32), Option<ProducerState>>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -190,20 +211,72 @@ impl State {
                 AppendError::UnknownTopic(append.topic.clone())
             });
         };
-        let header = &append.header;
-        let stamp = header.producer;
+        let span = append.dedup_span();
+        let stamp = span.producer;
         let producer_key = (stamp.producer_id, key.0, key.1);
         let state = self.producers.get(&producer_key);
-        if let Decision::Duplicate { base_offset } =
-            dedup::check(state, stamp, header.record_count)?
+        if let Decision::Duplicate { base_offset } = dedup::check(state, stamp, span.record_count)?
         {
             return Ok(AppendOutcome::Duplicate { base_offset });
         }
         let base_offset = part.offsets.log_end;
+        if !append.is_sequence_only() {
+            part.push(append);
+        }
+        if stamp.is_idempotent() {
+            let state = self.producers.remove(&producer_key);
+            let next = dedup::record(state, stamp, span.record_count, base_offset);
+            self.producers.insert(producer_key, next);
+        }
+        Ok(AppendOutcome::Appended { base_offset })
+    }
+
+    /// Saves what `appends` may change: see [`Checkpoint`].
+    fn checkpoint(&self, appends: &[Append]) -> Checkpoint {
+        let mut checkpoint = Checkpoint::default();
+        for append in appends {
+            let key = (append.topic.clone(), append.partition);
+            if let Some(part) = self.partitions.get(&key) {
+                checkpoint
+                    .partitions
+                    .insert(key, (part.offsets, part.bytes));
+            }
+            let producer = append.dedup_span().producer;
+            if producer.is_idempotent() {
+                let producer_key = (producer.producer_id, append.topic.clone(), append.partition);
+                let saved = self.producers.get(&producer_key).cloned();
+                checkpoint.producers.insert(producer_key, saved);
+            }
+        }
+        checkpoint
+    }
+
+    /// Undoes every append made since `checkpoint` was taken.
+    fn restore(&mut self, checkpoint: Checkpoint) {
+        for (key, (offsets, bytes)) in checkpoint.partitions {
+            if let Some(part) = self.partitions.get_mut(&key) {
+                part.truncate(offsets, bytes);
+            }
+        }
+        for (key, saved) in checkpoint.producers {
+            match saved {
+                Some(state) => self.producers.insert(key, state),
+                None => self.producers.remove(&key),
+            };
+        }
+    }
+}
+
+impl Partition {
+    /// Stores a checked batch at the log end, with its base offset written
+    /// in, and advances the offsets and the time index past it.
+    fn push(&mut self, append: &Append) {
+        let header = &append.header;
+        let base_offset = self.offsets.log_end;
         let mut bytes = BytesMut::from(&append.batch[..]);
         set_base_offset(&mut bytes, base_offset);
-        part.bytes += bytes.len() as u64;
-        part.log.insert(
+        self.bytes += bytes.len() as u64;
+        self.log.insert(
             base_offset,
             StoredBatch {
                 bytes: bytes.freeze(),
@@ -211,21 +284,23 @@ impl State {
                 max_timestamp_ms: header.max_timestamp_ms,
             },
         );
-        part.offsets.log_end += u64::from(header.record_count);
-        let running_max = part.time.last_key_value().map(|(ts, _)| *ts);
+        self.offsets.log_end += u64::from(header.record_count);
+        let running_max = self.time.last_key_value().map(|(ts, _)| *ts);
         if running_max.is_none_or(|max| header.max_timestamp_ms > max) {
-            part.time.insert(header.max_timestamp_ms, base_offset);
+            self.time.insert(header.max_timestamp_ms, base_offset);
         }
-        if stamp.is_idempotent() {
-            let state = self.producers.remove(&producer_key);
-            let next = dedup::record(state, stamp, header.record_count, base_offset);
-            self.producers.insert(producer_key, next);
-        }
-        Ok(AppendOutcome::Appended { base_offset })
     }
-}
 
-impl Partition {
+    /// Goes back to `offsets` and `bytes`, taken before some appends.
+    /// Appends only add batches, and index entries pointing at them, at or
+    /// past the old log end, so dropping those undoes them exactly.
+    fn truncate(&mut self, offsets: PartitionOffsets, bytes: u64) {
+        self.log.split_off(&offsets.log_end);
+        self.time.retain(|_, base| *base < offsets.log_end);
+        self.offsets = offsets;
+        self.bytes = bytes;
+    }
+
     fn delete_oldest(&mut self, report: &mut RetentionReport) {
         if let Some((_, batch)) = self.log.pop_first() {
             let size = batch.bytes.len() as u64;
@@ -286,6 +361,9 @@ impl LogStore for MemStore {
         state.partitions.retain(|(topic, _), _| topic != name);
         state.producers.retain(|(_, topic, _), _| topic != name);
         state.group_offsets.retain(|(_, topic, _), _| topic != name);
+        state
+            .configs
+            .remove(&(ConfigKind::Ingest.tag(), name.to_owned()));
         Ok(())
     }
 
@@ -445,6 +523,138 @@ impl LogStore for MemStore {
         state.group_offsets.retain(|(g, _, _), _| g != group);
         Ok(true)
     }
+
+    fn put_plugin(
+        &self,
+        name: &str,
+        kind: &str,
+        hash: &str,
+        wasm: &[u8],
+        now_ms: i64,
+    ) -> Result<PluginInfo, StoreError> {
+        let mut inner = self.lock();
+        let previous = inner.state.plugins.get(name).map(|(info, _)| info);
+        let info = plugin::next_info(previous, name, kind, hash, wasm, now_ms)?;
+        let state = inner.begin_write()?;
+        state.plugins.insert(
+            name.to_owned(),
+            (info.clone(), Bytes::copy_from_slice(wasm)),
+        );
+        Ok(info)
+    }
+
+    fn plugin(&self, name: &str) -> Result<Option<(PluginInfo, Vec<u8>)>, StoreError> {
+        let inner = self.lock();
+        Ok(inner
+            .state
+            .plugins
+            .get(name)
+            .map(|(info, wasm)| (info.clone(), wasm.to_vec())))
+    }
+
+    fn plugins(&self) -> Result<Vec<PluginInfo>, StoreError> {
+        let inner = self.lock();
+        Ok(inner
+            .state
+            .plugins
+            .values()
+            .map(|(info, _)| info.clone())
+            .collect())
+    }
+
+    fn remove_plugin(&self, name: &str) -> Result<bool, StoreError> {
+        let mut inner = self.lock();
+        if !inner.state.plugins.contains_key(name) {
+            return Ok(false);
+        }
+        inner.begin_write()?.plugins.remove(name);
+        Ok(true)
+    }
+
+    fn put_config(
+        &self,
+        kind: ConfigKind,
+        key: &str,
+        value: Option<&[u8]>,
+    ) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        let state = inner.begin_write()?;
+        let key = (kind.tag(), key.to_owned());
+        match value {
+            Some(value) => state.configs.insert(key, value.to_vec()),
+            None => state.configs.remove(&key),
+        };
+        Ok(())
+    }
+
+    fn configs(&self, kind: ConfigKind) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let inner = self.lock();
+        Ok(inner
+            .state
+            .configs
+            .range((kind.tag(), String::new())..)
+            .take_while(|((tag, _), _)| *tag == kind.tag())
+            .map(|((_, key), value)| (key.clone(), value.clone()))
+            .collect())
+    }
+
+    fn commit_pipeline(&self, commit: &PipelineCommit) -> Result<Vec<u64>, PipelineError> {
+        let mut inner = self.lock();
+        let state = inner.begin_write()?;
+        let checkpoint = state.checkpoint(&commit.appends);
+        let results = commit
+            .appends
+            .iter()
+            .map(|append| state.append_one(append))
+            .collect();
+        let base_offsets = match crate::pipeline_base_offsets(results) {
+            Ok(base_offsets) => base_offsets,
+            Err(refused) => {
+                state.restore(checkpoint);
+                return Err(refused);
+            }
+        };
+        for (key, value) in &commit.state {
+            let key = (commit.pipeline.clone(), key.clone());
+            match value {
+                Some(value) => state.pipeline_state.insert(key, value.clone()),
+                None => state.pipeline_state.remove(&key),
+            };
+        }
+        state.pipeline_positions.insert(
+            (commit.pipeline.clone(), commit.source_partition),
+            commit.source_next_offset,
+        );
+        Ok(base_offsets)
+    }
+
+    fn pipeline_positions(&self, pipeline: &str) -> Result<Vec<(u32, u64)>, StoreError> {
+        let inner = self.lock();
+        let range = (pipeline.to_owned(), 0)..=(pipeline.to_owned(), u32::MAX);
+        Ok(inner
+            .state
+            .pipeline_positions
+            .range(range)
+            .map(|((_, partition), offset)| (*partition, *offset))
+            .collect())
+    }
+
+    fn pipeline_state(&self, pipeline: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let inner = self.lock();
+        Ok(inner
+            .state
+            .pipeline_state
+            .get(&(pipeline.to_owned(), key.to_vec()))
+            .cloned())
+    }
+
+    fn delete_pipeline_data(&self, pipeline: &str) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        let state = inner.begin_write()?;
+        state.pipeline_positions.retain(|(p, _), _| p != pipeline);
+        state.pipeline_state.retain(|(p, _), _| p != pipeline);
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -472,6 +682,7 @@ mod tests {
             partition: 0,
             header: validate(&batch).unwrap(),
             batch,
+            sequence: None,
         }
     }
 
@@ -484,40 +695,68 @@ mod tests {
         }
     }
 
+    fn step(next: u64) -> PipelineCommit {
+        PipelineCommit {
+            pipeline: "p".to_owned(),
+            appends: vec![append("t")],
+            state: vec![(b"k".to_vec(), Some(b"v".to_vec()))],
+            source_partition: 0,
+            source_next_offset: next,
+        }
+    }
+
     #[test]
     fn fail_after_writes_counts_every_write_operation_then_refuses() {
         let store = MemStore::new();
-        store.fail_after_writes(5);
+        store.fail_after_writes(10);
         store.create_topic(&spec("t")).unwrap();
         store.append(&[append("t")], true).unwrap();
         store.allocate_producer_id().unwrap();
         store.commit_offsets(&[commit("g", 1)]).unwrap();
         assert!(store.delete_group("g").unwrap());
-        assert!(matches!(
-            store.append(&[append("t")], true),
-            Err(StoreError::Injected(5))
-        ));
+        store.put_plugin("f", "filter", "h", b"wasm", 1).unwrap();
+        assert!(store.remove_plugin("f").unwrap());
+        store
+            .put_config(ConfigKind::Ingest, "t", Some(b"c"))
+            .unwrap();
+        store.commit_pipeline(&step(1)).unwrap();
+        store.delete_pipeline_data("p").unwrap();
+        let injected = |result: Result<(), StoreError>| {
+            assert!(
+                matches!(result, Err(StoreError::Injected(10))),
+                "{result:?}"
+            );
+        };
+        injected(store.append(&[append("t")], true).map(drop));
+        injected(store.enforce_retention(0).map(drop));
+        injected(store.allocate_producer_id().map(drop));
+        injected(store.put_plugin("f", "filter", "h", b"wasm", 2).map(drop));
+        injected(store.put_config(ConfigKind::Ingest, "t", None));
+        injected(store.delete_pipeline_data("p"));
         assert!(matches!(
             store.create_topic(&spec("u")),
-            Err(TopicError::Store(StoreError::Injected(5)))
+            Err(TopicError::Store(StoreError::Injected(10)))
         ));
         assert!(matches!(
             store.delete_topic("t"),
-            Err(TopicError::Store(StoreError::Injected(5)))
-        ));
-        assert!(matches!(
-            store.enforce_retention(0),
-            Err(StoreError::Injected(5))
-        ));
-        assert!(matches!(
-            store.allocate_producer_id(),
-            Err(StoreError::Injected(5))
+            Err(TopicError::Store(StoreError::Injected(10)))
         ));
         assert!(matches!(
             store.commit_offsets(&[commit("g", 2)]),
-            Err(CommitError::Store(StoreError::Injected(5)))
+            Err(CommitError::Store(StoreError::Injected(10)))
+        ));
+        assert!(matches!(
+            store.commit_pipeline(&step(2)),
+            Err(PipelineError::Store(StoreError::Injected(10)))
         ));
         assert_eq!(store.committed_offsets("g").unwrap(), vec![]);
+        assert_eq!(store.plugins().unwrap(), vec![]);
+        assert_eq!(
+            store.configs(ConfigKind::Ingest).unwrap(),
+            vec![("t".to_owned(), b"c".to_vec())]
+        );
+        assert_eq!(store.pipeline_positions("p").unwrap(), vec![]);
+        assert_eq!(store.offsets("t", 0).unwrap().log_end, 2);
     }
 
     #[test]

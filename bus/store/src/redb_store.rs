@@ -8,6 +8,11 @@
 //! producers              (i64, &str, u32)→ ProducerState::encode
 //! group_offsets          (&str, &str, u32) → u64 (group, topic, partition → offset)
 //! node                   &str            → u64   ("next_producer_id", "store_id")
+//! plugins                &str            → plugin description (plugin::encode_info)
+//! plugin_wasm            &str            → component bytes
+//! configs                (u8, &str)      → config blob (ConfigKind::tag, key)
+//! pipeline_state         (&str, &[u8])   → &[u8] (pipeline, plugin state key)
+//! pipeline_positions     (&str, u32)     → u64 (pipeline, source partition → next offset)
 //! log/{topic}/{p}        u64 base_offset → whole batch, base offset written in
 //! time/{topic}/{p}       i64 max_ts_ms   → u64 base offset
 //! ```
@@ -24,10 +29,16 @@
 //! Topic names are `[A-Za-z0-9._-]`, so the `/` in table names cannot be
 //! forged by a topic name.
 //!
+//! A plugin's description and its component bytes sit in two tables, so
+//! listing the registry never reads the components.
+//!
 //! Every write is one redb write transaction: a group append, a retention
 //! pass, a topic creation or deletion, an offset commit all apply completely
 //! or not at all, and dedup state commits with the batches it describes
-//! (invariant 4).
+//! (invariant 4). A pipeline step's outputs, plugin state and source
+//! position share one durable transaction too, which is what makes a
+//! pipeline exactly-once: whatever a crash interrupts, the stored position
+//! names exactly the steps whose outputs and state are stored.
 //!
 //! # Recovering from IO errors
 //!
@@ -80,10 +91,11 @@ use redb::{
 
 use crate::dedup::{self, Decision, ProducerState};
 use crate::{
-    Append, AppendError, AppendOutcome, CommitError, CommittedOffset, LogStore, OffsetCommit,
-    PartitionOffsets, ReadBatches, ReadError, RetentionReport, StoreError, TopicError, TopicSpec,
+    Append, AppendError, AppendOutcome, CommitError, CommittedOffset, ConfigKind, LogStore,
+    OffsetCommit, PartitionOffsets, PipelineCommit, PipelineError, PluginInfo, ReadBatches,
+    ReadError, RetentionReport, StoreError, TopicError, TopicSpec,
 };
-use crate::{group, topic};
+use crate::{group, plugin, topic};
 
 const TOPICS: TableDefinition<&str, &[u8]> = TableDefinition::new("topics");
 const PARTITIONS: TableDefinition<(&str, u32), (u64, u64, u64)> =
@@ -92,6 +104,13 @@ const PRODUCERS: TableDefinition<(i64, &str, u32), &[u8]> = TableDefinition::new
 const GROUP_OFFSETS: TableDefinition<(&str, &str, u32), u64> =
     TableDefinition::new("group_offsets");
 const NODE: TableDefinition<&str, u64> = TableDefinition::new("node");
+const PLUGINS: TableDefinition<&str, &[u8]> = TableDefinition::new("plugins");
+const PLUGIN_WASM: TableDefinition<&str, &[u8]> = TableDefinition::new("plugin_wasm");
+const CONFIGS: TableDefinition<(u8, &str), &[u8]> = TableDefinition::new("configs");
+const PIPELINE_STATE: TableDefinition<(&str, &[u8]), &[u8]> =
+    TableDefinition::new("pipeline_state");
+const PIPELINE_POSITIONS: TableDefinition<(&str, u32), u64> =
+    TableDefinition::new("pipeline_positions");
 const NEXT_PRODUCER_ID: &str = "next_producer_id";
 /// Random identity of the store, written at its first open, so a reopen
 /// can tell it reached the same storage.
@@ -276,6 +295,15 @@ impl StoreFailure for CommitError {
     }
 }
 
+impl StoreFailure for PipelineError {
+    fn store_error(&self) -> Option<&StoreError> {
+        match self {
+            PipelineError::Store(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
 /// Converts a redb result for functions whose error type wraps
 /// [`StoreError`], where `?` alone would need two conversions.
 trait OrBackend<T> {
@@ -408,6 +436,11 @@ impl RedbStore {
         txn.open_table(PARTITIONS)?;
         txn.open_table(PRODUCERS)?;
         txn.open_table(GROUP_OFFSETS)?;
+        txn.open_table(PLUGINS)?;
+        txn.open_table(PLUGIN_WASM)?;
+        txn.open_table(CONFIGS)?;
+        txn.open_table(PIPELINE_STATE)?;
+        txn.open_table(PIPELINE_POSITIONS)?;
         let store_id = {
             let mut node = txn.open_table(NODE)?;
             let stored = node.get(STORE_ID)?.map(|id| id.value());
@@ -571,6 +604,8 @@ impl RedbStore {
             .retain(|(_, topic, _), _| topic != name)?;
         txn.open_table(GROUP_OFFSETS)?
             .retain(|(_, topic, _), _| topic != name)?;
+        txn.open_table(CONFIGS)?
+            .remove((ConfigKind::Ingest.tag(), name))?;
         Ok(true)
     }
 
@@ -622,6 +657,85 @@ impl RedbStore {
         Ok(entries)
     }
 
+    /// Begins a write transaction that is fsync'd at commit, for the writes
+    /// the trait promises are durable. Immediate is redb's default today;
+    /// it is stated so a change of default cannot weaken a promise.
+    fn begin_durable(db: &Database) -> Result<WriteTransaction, StoreError> {
+        let mut txn = db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        Ok(txn)
+    }
+
+    /// Commits `txn` if it `changed` anything, else aborts it, so a write
+    /// that found nothing to do costs no fsync.
+    fn commit_if_changed(txn: WriteTransaction, changed: bool) -> Result<(), StoreError> {
+        if changed {
+            txn.commit()?;
+        } else {
+            txn.abort()?;
+        }
+        Ok(())
+    }
+
+    /// Appends a group of batches in `txn`, returning one result per input:
+    /// see [`LogStore::append`]. Both `append` and `commit_pipeline` store
+    /// batches through it, so a pipeline's outputs get the same offsets,
+    /// index entries and accounting as produced batches.
+    fn append_in(
+        txn: &WriteTransaction,
+        appends: &[Append],
+    ) -> Result<Vec<Result<AppendOutcome, AppendError>>, StoreError> {
+        let mut results = Vec::with_capacity(appends.len());
+        // Group by partition, keeping slice order within each, so each
+        // partition's tables are opened once per group commit.
+        let mut groups: Vec<((&str, u32), Vec<usize>)> = Vec::new();
+        let mut group_of: HashMap<(&str, u32), usize> = HashMap::new();
+        for (index, append) in appends.iter().enumerate() {
+            if let Err(e) = append.check_shape() {
+                results.push((index, Err(e)));
+                continue;
+            }
+            let key = (append.topic.as_str(), append.partition);
+            let group = *group_of.entry(key).or_insert_with(|| {
+                groups.push((key, Vec::new()));
+                groups.len() - 1
+            });
+            groups[group].1.push(index);
+        }
+        {
+            let topics = txn.open_table(TOPICS)?;
+            let mut partitions = txn.open_table(PARTITIONS)?;
+            let mut producers = txn.open_table(PRODUCERS)?;
+            for ((topic, partition), members) in groups {
+                let row = partitions.get((topic, partition))?.map(|r| r.value());
+                let Some(row) = row else {
+                    let error = if topics.get(topic)?.is_some() {
+                        AppendError::UnknownPartition {
+                            topic: topic.to_owned(),
+                            partition,
+                        }
+                    } else {
+                        AppendError::UnknownTopic(topic.to_owned())
+                    };
+                    results.extend(members.into_iter().map(|i| (i, Err(error.clone()))));
+                    continue;
+                };
+                let mut row = PartitionRow::from_value(row);
+                Self::append_partition(
+                    txn,
+                    &mut producers,
+                    &mut row,
+                    (topic, partition),
+                    members.into_iter().map(|i| (i, &appends[i])),
+                    &mut results,
+                )?;
+                partitions.insert((topic, partition), row.value())?;
+            }
+        }
+        results.sort_unstable_by_key(|(index, _)| *index);
+        Ok(results.into_iter().map(|(_, result)| result).collect())
+    }
+
     /// Appends one partition's share of a group, in slice order, pushing
     /// `(index, result)` for each.
     fn append_partition<'a>(
@@ -638,8 +752,8 @@ impl RedbStore {
         let mut running_max_ms = time.last()?.map(|(ts, _)| ts.value());
         let mut states: HashMap<i64, ProducerSlot> = HashMap::new();
         for (index, append) in members {
-            let header = &append.header;
-            let stamp = header.producer;
+            let span = append.dedup_span();
+            let stamp = span.producer;
             let slot = if stamp.is_idempotent() {
                 Some(match states.entry(stamp.producer_id) {
                     Entry::Occupied(e) => e.into_mut(),
@@ -658,30 +772,21 @@ impl RedbStore {
                 None
             };
             let state = slot.as_ref().and_then(|s| s.state.as_ref());
-            let outcome = match dedup::check(state, stamp, header.record_count) {
+            let outcome = match dedup::check(state, stamp, span.record_count) {
                 Err(e) => Err(e),
                 Ok(Decision::Duplicate { base_offset }) => {
                     Ok(AppendOutcome::Duplicate { base_offset })
                 }
                 Ok(Decision::Append) => {
                     let base_offset = row.log_end;
-                    {
-                        let mut stored = log.insert_reserve(base_offset, append.batch.len())?;
-                        let stored = stored.as_mut();
-                        stored.copy_from_slice(&append.batch);
-                        batch::set_base_offset(stored, base_offset);
-                    }
-                    row.log_end += u64::from(header.record_count);
-                    row.bytes += append.batch.len() as u64;
-                    if running_max_ms.is_none_or(|max| header.max_timestamp_ms > max) {
-                        time.insert(header.max_timestamp_ms, base_offset)?;
-                        running_max_ms = Some(header.max_timestamp_ms);
+                    if !append.is_sequence_only() {
+                        Self::write_batch(&mut log, &mut time, &mut running_max_ms, row, append)?;
                     }
                     if let Some(slot) = slot {
                         slot.state = Some(dedup::record(
                             slot.state.take(),
                             stamp,
-                            header.record_count,
+                            span.record_count,
                             base_offset,
                         ));
                         slot.dirty = true;
@@ -696,6 +801,56 @@ impl RedbStore {
                 producers.insert((producer_id, topic, partition), state.encode().as_slice())?;
             }
         }
+        Ok(())
+    }
+
+    /// Stores one batch at the log end, with its base offset written in, and
+    /// advances `row` and the time index past it.
+    fn write_batch(
+        log: &mut Table<u64, &'static [u8]>,
+        time: &mut Table<i64, u64>,
+        running_max_ms: &mut Option<i64>,
+        row: &mut PartitionRow,
+        append: &Append,
+    ) -> Result<(), StoreError> {
+        let header = &append.header;
+        let base_offset = row.log_end;
+        {
+            let mut stored = log.insert_reserve(base_offset, append.batch.len())?;
+            let stored = stored.as_mut();
+            stored.copy_from_slice(&append.batch);
+            batch::set_base_offset(stored, base_offset);
+        }
+        row.log_end += u64::from(header.record_count);
+        row.bytes += append.batch.len() as u64;
+        if running_max_ms.is_none_or(|max| header.max_timestamp_ms > max) {
+            time.insert(header.max_timestamp_ms, base_offset)?;
+            *running_max_ms = Some(header.max_timestamp_ms);
+        }
+        Ok(())
+    }
+
+    /// Applies a pipeline step's plugin state changes, in order, and moves
+    /// its source position, in `txn`.
+    fn apply_pipeline_progress(
+        txn: &WriteTransaction,
+        commit: &PipelineCommit,
+    ) -> Result<(), StoreError> {
+        let pipeline = commit.pipeline.as_str();
+        {
+            let mut state = txn.open_table(PIPELINE_STATE)?;
+            for (key, value) in &commit.state {
+                let key = (pipeline, key.as_slice());
+                match value {
+                    Some(value) => state.insert(key, value.as_slice())?,
+                    None => state.remove(key)?,
+                };
+            }
+        }
+        txn.open_table(PIPELINE_POSITIONS)?.insert(
+            (pipeline, commit.source_partition),
+            commit.source_next_offset,
+        )?;
         Ok(())
     }
 
@@ -935,66 +1090,17 @@ impl LogStore for RedbStore {
         appends: &[Append],
         durable: bool,
     ) -> Result<Vec<Result<AppendOutcome, AppendError>>, StoreError> {
-        let mut results = Vec::with_capacity(appends.len());
-        // Group by partition, keeping slice order within each, so each
-        // partition's tables are opened once per group commit.
-        let mut groups: Vec<((&str, u32), Vec<usize>)> = Vec::new();
-        let mut group_of: HashMap<(&str, u32), usize> = HashMap::new();
-        for (index, append) in appends.iter().enumerate() {
-            if let Err(e) = append.check_shape() {
-                results.push((index, Err(e)));
-                continue;
-            }
-            let key = (append.topic.as_str(), append.partition);
-            let group = *group_of.entry(key).or_insert_with(|| {
-                groups.push((key, Vec::new()));
-                groups.len() - 1
-            });
-            groups[group].1.push(index);
-        }
-
-        self.writing(|db| -> Result<(), StoreError> {
+        self.writing(|db| {
             let mut txn = db.begin_write()?;
             txn.set_durability(if durable {
                 Durability::Immediate
             } else {
                 Durability::None
             })?;
-            {
-                let topics = txn.open_table(TOPICS)?;
-                let mut partitions = txn.open_table(PARTITIONS)?;
-                let mut producers = txn.open_table(PRODUCERS)?;
-                for ((topic, partition), members) in groups {
-                    let row = partitions.get((topic, partition))?.map(|r| r.value());
-                    let Some(row) = row else {
-                        let error = if topics.get(topic)?.is_some() {
-                            AppendError::UnknownPartition {
-                                topic: topic.to_owned(),
-                                partition,
-                            }
-                        } else {
-                            AppendError::UnknownTopic(topic.to_owned())
-                        };
-                        results.extend(members.into_iter().map(|i| (i, Err(error.clone()))));
-                        continue;
-                    };
-                    let mut row = PartitionRow::from_value(row);
-                    Self::append_partition(
-                        &txn,
-                        &mut producers,
-                        &mut row,
-                        (topic, partition),
-                        members.into_iter().map(|i| (i, &appends[i])),
-                        &mut results,
-                    )?;
-                    partitions.insert((topic, partition), row.value())?;
-                }
-            }
+            let results = Self::append_in(&txn, appends)?;
             txn.commit()?;
-            Ok(())
-        })?;
-        results.sort_unstable_by_key(|(index, _)| *index);
-        Ok(results.into_iter().map(|(_, result)| result).collect())
+            Ok(results)
+        })
     }
 
     fn read(
@@ -1053,10 +1159,7 @@ impl LogStore for RedbStore {
             return Ok(());
         }
         self.writing(|db| {
-            let mut txn = db.begin_write().or_backend()?;
-            // The default today, stated because the trait promises it: an
-            // acknowledged commit survives a power cut.
-            txn.set_durability(Durability::Immediate).or_backend()?;
+            let txn = Self::begin_durable(db)?;
             Self::check_commit_targets(&txn, commits)?;
             {
                 let mut offsets = txn.open_table(GROUP_OFFSETS).or_backend()?;
@@ -1104,12 +1207,179 @@ impl LogStore for RedbStore {
                 }
                 !entries.is_empty()
             };
-            if removed {
-                txn.commit()?;
-            } else {
-                txn.abort()?;
-            }
+            Self::commit_if_changed(txn, removed)?;
             Ok(removed)
+        })
+    }
+
+    fn put_plugin(
+        &self,
+        name: &str,
+        kind: &str,
+        hash: &str,
+        wasm: &[u8],
+        now_ms: i64,
+    ) -> Result<PluginInfo, StoreError> {
+        self.writing(|db| {
+            let txn = Self::begin_durable(db)?;
+            let info = {
+                let mut plugins = txn.open_table(PLUGINS)?;
+                let previous = plugins
+                    .get(name)?
+                    .map(|v| plugin::decode_info(name, v.value()))
+                    .transpose()?;
+                let info = plugin::next_info(previous.as_ref(), name, kind, hash, wasm, now_ms)?;
+                plugins.insert(name, plugin::encode_info(&info).as_slice())?;
+                txn.open_table(PLUGIN_WASM)?.insert(name, wasm)?;
+                info
+            };
+            txn.commit()?;
+            Ok(info)
+        })
+    }
+
+    fn plugin(&self, name: &str) -> Result<Option<(PluginInfo, Vec<u8>)>, StoreError> {
+        self.snapshot(|txn| {
+            let plugins = txn.open_table(PLUGINS)?;
+            let Some(info) = plugins.get(name)? else {
+                return Ok(None);
+            };
+            let info = plugin::decode_info(name, info.value())?;
+            let wasm = txn.open_table(PLUGIN_WASM)?;
+            let wasm = wasm.get(name)?.map(|w| w.value().to_vec());
+            // The description and the bytes are written together; a
+            // mismatch means one of them was damaged.
+            match wasm {
+                Some(wasm) if wasm.len() as u64 == info.size_bytes => Ok(Some((info, wasm))),
+                found => Err(corrupt(
+                    "plugin_wasm",
+                    format!(
+                        "plugin {name:?} is described as {} bytes, found {}",
+                        info.size_bytes,
+                        found.map_or("none".to_owned(), |w| format!("{} bytes", w.len()))
+                    ),
+                )),
+            }
+        })
+    }
+
+    fn plugins(&self) -> Result<Vec<PluginInfo>, StoreError> {
+        self.snapshot(|txn| {
+            txn.open_table(PLUGINS)?
+                .iter()?
+                .map(|entry| {
+                    let (name, info) = entry?;
+                    plugin::decode_info(name.value(), info.value())
+                })
+                .collect()
+        })
+    }
+
+    fn remove_plugin(&self, name: &str) -> Result<bool, StoreError> {
+        self.writing(|db| {
+            let txn = Self::begin_durable(db)?;
+            let removed = txn.open_table(PLUGINS)?.remove(name)?.is_some();
+            txn.open_table(PLUGIN_WASM)?.remove(name)?;
+            Self::commit_if_changed(txn, removed)?;
+            Ok(removed)
+        })
+    }
+
+    fn put_config(
+        &self,
+        kind: ConfigKind,
+        key: &str,
+        value: Option<&[u8]>,
+    ) -> Result<(), StoreError> {
+        self.writing(|db| {
+            let txn = Self::begin_durable(db)?;
+            {
+                let mut configs = txn.open_table(CONFIGS)?;
+                match value {
+                    Some(value) => configs.insert((kind.tag(), key), value)?,
+                    None => configs.remove((kind.tag(), key))?,
+                };
+            }
+            txn.commit()?;
+            Ok(())
+        })
+    }
+
+    fn configs(&self, kind: ConfigKind) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.snapshot(|txn| {
+            let configs = txn.open_table(CONFIGS)?;
+            let mut found = Vec::new();
+            for entry in configs.range((kind.tag(), "")..)? {
+                let (key, value) = entry?;
+                let (tag, name) = key.value();
+                if tag != kind.tag() {
+                    break;
+                }
+                found.push((name.to_owned(), value.value().to_vec()));
+            }
+            Ok(found)
+        })
+    }
+
+    fn commit_pipeline(&self, commit: &PipelineCommit) -> Result<Vec<u64>, PipelineError> {
+        self.writing(|db| {
+            let txn = Self::begin_durable(db)?;
+            let results = Self::append_in(&txn, &commit.appends)?;
+            let base_offsets = match crate::pipeline_base_offsets(results) {
+                Ok(base_offsets) => base_offsets,
+                Err(refused) => {
+                    // Earlier outputs of the step are in the transaction.
+                    txn.abort().or_backend()?;
+                    return Err(refused);
+                }
+            };
+            Self::apply_pipeline_progress(&txn, commit)?;
+            txn.commit().or_backend()?;
+            Ok(base_offsets)
+        })
+    }
+
+    fn pipeline_positions(&self, pipeline: &str) -> Result<Vec<(u32, u64)>, StoreError> {
+        self.snapshot(|txn| {
+            txn.open_table(PIPELINE_POSITIONS)?
+                .range((pipeline, 0)..=(pipeline, u32::MAX))?
+                .map(|entry| {
+                    let (key, offset) = entry?;
+                    Ok((key.value().1, offset.value()))
+                })
+                .collect()
+        })
+    }
+
+    fn pipeline_state(&self, pipeline: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.snapshot(|txn| {
+            let state = txn.open_table(PIPELINE_STATE)?;
+            Ok(state.get((pipeline, key))?.map(|v| v.value().to_vec()))
+        })
+    }
+
+    fn delete_pipeline_data(&self, pipeline: &str) -> Result<(), StoreError> {
+        self.writing(|db| {
+            let txn = Self::begin_durable(db)?;
+            txn.open_table(PIPELINE_POSITIONS)?
+                .retain_in((pipeline, 0)..=(pipeline, u32::MAX), |_, _| false)?;
+            {
+                let mut state = txn.open_table(PIPELINE_STATE)?;
+                let mut keys = Vec::new();
+                for entry in state.range((pipeline, &[][..])..)? {
+                    let (key, _) = entry?;
+                    let (owner, key) = key.value();
+                    if owner != pipeline {
+                        break;
+                    }
+                    keys.push(key.to_vec());
+                }
+                for key in &keys {
+                    state.remove((pipeline, key.as_slice()))?;
+                }
+            }
+            txn.commit()?;
+            Ok(())
         })
     }
 }

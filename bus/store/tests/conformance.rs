@@ -21,8 +21,9 @@ use std::sync::{Arc, Mutex};
 use edgebus_proto::batch::{self, BatchBuilder, ProducerStamp, Record};
 use edgebus_store::conformance::{self, Harness};
 use edgebus_store::{
-    Append, AppendOutcome, CommitError, CommittedOffset, LogStore, MemStore, OffsetCommit,
-    PartitionOffsets, ReadError, RedbStore, StoreError, TopicSpec, topic,
+    Append, AppendOutcome, CommitError, CommittedOffset, ConfigKind, LogStore, MemStore,
+    OffsetCommit, PartitionOffsets, PipelineCommit, PipelineError, ReadError, RedbStore,
+    StoreError, TopicSpec, topic,
 };
 use redb::backends::FileBackend;
 use redb::{BackendError, StorageBackend};
@@ -269,6 +270,7 @@ fn append_of(topic: &str, batch: bytes::Bytes) -> Append {
         partition: 0,
         header: batch::validate(&batch).expect("valid batch"),
         batch,
+        sequence: None,
     }
 }
 
@@ -476,6 +478,21 @@ impl StorageBackend for DiskFullBackend {
     }
 }
 
+/// A store on [`DiskFullBackend`]s over `path` with the one-partition
+/// topic `t`, and the flag that fills its disk.
+fn disk_full_store_with_topic_t(path: &Path) -> (RedbStore, Arc<AtomicBool>) {
+    let full = Arc::new(AtomicBool::new(false));
+    let store = {
+        let (path, full) = (path.to_owned(), full.clone());
+        RedbStore::open_with_backend(move || DiskFullBackend::open(&path, full.clone()))
+            .expect("open")
+    };
+    store
+        .create_topic(&one_partition_topic("t"))
+        .expect("create");
+    (store, full)
+}
+
 fn idempotent_batch(tag: &str, records: i32, producer_id: i64, base_sequence: i32) -> bytes::Bytes {
     let mut builder = BatchBuilder::new();
     for i in 0..records {
@@ -513,15 +530,7 @@ fn group_commit(offset: u64) -> OffsetCommit {
 fn redb_store_after_disk_full_recovers_without_losing_acknowledged_batches() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("node.redb");
-    let full = Arc::new(AtomicBool::new(false));
-    let store = {
-        let (path, full) = (path.clone(), full.clone());
-        RedbStore::open_with_backend(move || DiskFullBackend::open(&path, full.clone()))
-            .expect("open")
-    };
-    store
-        .create_topic(&one_partition_topic("t"))
-        .expect("create");
+    let (store, full) = disk_full_store_with_topic_t(&path);
     let pid = store.allocate_producer_id().expect("producer id");
     let mut acked: Vec<bytes::Bytes> = Vec::new();
     for i in 0..3 {
@@ -616,16 +625,8 @@ fn redb_store_after_disk_full_recovers_without_losing_acknowledged_batches() {
 #[test]
 fn redb_store_reads_during_disk_full_recovery_see_only_acknowledged_batches() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("node.redb");
-    let full = Arc::new(AtomicBool::new(false));
-    let store = Arc::new({
-        let full = full.clone();
-        RedbStore::open_with_backend(move || DiskFullBackend::open(&path, full.clone()))
-            .expect("open")
-    });
-    store
-        .create_topic(&one_partition_topic("t"))
-        .expect("create");
+    let (store, full) = disk_full_store_with_topic_t(&dir.path().join("node.redb"));
+    let store = Arc::new(store);
     let batches: Vec<bytes::Bytes> = (0..6)
         .map(|i| {
             let mut builder = BatchBuilder::new();
@@ -680,4 +681,118 @@ fn redb_store_reads_during_disk_full_recovery_see_only_acknowledged_batches() {
         store.read("t", 0, 0, usize::MAX).expect("read").batches,
         final_log
     );
+}
+
+/// A pipeline step of one output batch to `t`, moving source partition 0 to
+/// `next` and state `k` to `next`.
+fn pipeline_step(tag: &str, next: u64) -> PipelineCommit {
+    let mut builder = BatchBuilder::new();
+    builder.push(&Record::new(tag.to_owned(), 1));
+    PipelineCommit {
+        pipeline: "p".to_owned(),
+        appends: vec![append_of("t", builder.finish(ProducerStamp::NONE))],
+        state: vec![(b"k".to_vec(), Some(next.to_be_bytes().to_vec()))],
+        source_partition: 0,
+        source_next_offset: next,
+    }
+}
+
+/// The plugin registry, config blobs and pipeline steps take part in the
+/// recovery from a full disk like appends do: while the disk is full each
+/// of them fails with an IO error and applies nothing, and once space is
+/// freed the same store takes them again, with what was acknowledged
+/// before intact, without a restart.
+#[test]
+fn redb_store_registry_config_and_pipeline_writes_after_disk_full_recover() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("node.redb");
+    let (store, full) = disk_full_store_with_topic_t(&path);
+    store
+        .put_plugin("f", "filter", "h1", b"v1", 1)
+        .expect("put_plugin");
+    store
+        .put_config(ConfigKind::Pipeline, "p", Some(b"def"))
+        .expect("put_config");
+    assert_eq!(
+        store
+            .commit_pipeline(&pipeline_step("first", 1))
+            .expect("commit_pipeline"),
+        vec![0]
+    );
+
+    full.store(true, Ordering::SeqCst);
+    for attempt in 0..2 {
+        let io = |what: &str, result: Result<(), StoreError>| {
+            assert!(
+                matches!(result, Err(StoreError::Io(_))),
+                "attempt {attempt}: {what} on a full disk is an IO error, got {result:?}"
+            );
+        };
+        io(
+            "put_plugin",
+            store.put_plugin("f", "filter", "h2", b"v2", 2).map(drop),
+        );
+        io("remove_plugin", store.remove_plugin("f").map(drop));
+        io(
+            "put_config",
+            store.put_config(ConfigKind::Pipeline, "p", None),
+        );
+        io("delete_pipeline_data", store.delete_pipeline_data("p"));
+        let step = store.commit_pipeline(&pipeline_step("refused", 2));
+        assert!(
+            matches!(step, Err(PipelineError::Store(StoreError::Io(_)))),
+            "attempt {attempt}: commit_pipeline on a full disk is an IO error, got {step:?}"
+        );
+    }
+
+    full.store(false, Ordering::SeqCst);
+    assert_eq!(
+        store
+            .commit_pipeline(&pipeline_step("second", 2))
+            .expect("commit_pipeline once space is back"),
+        vec![1],
+        "outputs continue right after the last acknowledged step"
+    );
+    assert_eq!(
+        store
+            .put_plugin("f", "filter", "h3", b"v3", 3)
+            .expect("put_plugin once space is back")
+            .version,
+        2,
+        "the refused replacements bumped no version"
+    );
+    let check = |store: &RedbStore, when: &str| {
+        assert_eq!(
+            store.pipeline_positions("p").expect("positions"),
+            vec![(0, 2)],
+            "{when}: position"
+        );
+        assert_eq!(
+            store.pipeline_state("p", b"k").expect("state"),
+            Some(2u64.to_be_bytes().to_vec()),
+            "{when}: state"
+        );
+        assert_eq!(
+            store
+                .read("t", 0, 0, usize::MAX)
+                .expect("read")
+                .offsets
+                .log_end,
+            2,
+            "{when}: outputs of the two acknowledged steps"
+        );
+        assert_eq!(
+            store.configs(ConfigKind::Pipeline).expect("configs"),
+            vec![("p".to_owned(), b"def".to_vec())],
+            "{when}: the refused delete left the blob"
+        );
+        assert_eq!(
+            store.plugin("f").expect("plugin").map(|(_, wasm)| wasm),
+            Some(b"v3".to_vec()),
+            "{when}: plugin bytes"
+        );
+    };
+    check(&store, "after recovery");
+    drop(store);
+    check(&RedbStore::open(&path).expect("reopen"), "after a restart");
 }

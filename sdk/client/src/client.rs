@@ -59,6 +59,8 @@ pub struct Fetched {
     pub log_start: u64,
     /// Offset the next appended record will get.
     pub log_end: u64,
+    /// Where to fetch next.
+    pub next_offset: u64,
 }
 
 /// A handle to one broker. Cheap to clone; clones share the connection,
@@ -266,6 +268,7 @@ impl Client {
             Response::Fetched {
                 log_start,
                 log_end,
+                next_offset,
                 batches,
             } => {
                 let floor = match from {
@@ -276,6 +279,7 @@ impl Client {
                     records: decode_records(&batches, floor)?,
                     log_start,
                     log_end,
+                    next_offset,
                 })
             }
             other => Err(unexpected(&other)),

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use edgebus_proto::batch::StoredRecord;
-use edgebus_proto::frame::{Position, Request, Response};
+use edgebus_proto::frame::{FailurePolicy, PluginRef, Position, Request, Response};
 use tokio::sync::{mpsc, watch};
 
 use crate::client::{Client, decode_records, decode_response, unexpected};
@@ -29,6 +29,12 @@ pub struct SubscribeConfig {
     pub buffer_frames: usize,
     /// Reconnect after a lost connection instead of ending with an error.
     pub reconnect: bool,
+    /// Plugins the broker runs on this subscription's records (read-path
+    /// filter or transform); only their results cross the wire, with the
+    /// source offsets. Empty for none.
+    pub chain: Vec<PluginRef>,
+    /// What the chain does with records a plugin fails on.
+    pub on_failure: FailurePolicy,
 }
 
 impl Default for SubscribeConfig {
@@ -37,20 +43,28 @@ impl Default for SubscribeConfig {
             max_bytes: 1 << 20,
             buffer_frames: 4,
             reconnect: true,
+            chain: Vec::new(),
+            on_failure: FailurePolicy::default(),
         }
     }
 }
 
 /// Records cross from the reader task to the application a pushed frame at a
-/// time, so the channel costs one operation per frame, not per record.
-type Chunk = Result<Vec<StoredRecord>, ClientError>;
+/// time, so the channel costs one operation per frame, not per record. Each
+/// carries the broker's position after that frame.
+type Chunk = Result<(Vec<StoredRecord>, u64), ClientError>;
 
 /// A live feed of one partition's records.
 #[derive(Debug)]
 pub struct Subscription {
     chunks: mpsc::Receiver<Chunk>,
     ready: std::vec::IntoIter<StoredRecord>,
+    /// The position after the records in `ready`, published once the
+    /// application has taken them all.
+    pending: Option<u64>,
     log_end: watch::Receiver<Option<u64>>,
+    position_tx: watch::Sender<Option<u64>>,
+    position: watch::Receiver<Option<u64>>,
 }
 
 impl Subscription {
@@ -64,6 +78,7 @@ impl Subscription {
     ) -> Result<Subscription, ClientError> {
         let (tx, chunks) = mpsc::channel(config.buffer_frames.max(1));
         let (end_tx, log_end) = watch::channel(None);
+        let (position_tx, position) = watch::channel(None);
         let mut reader = Reader {
             client,
             topic: topic.to_owned(),
@@ -83,7 +98,10 @@ impl Subscription {
         Ok(Subscription {
             chunks,
             ready: Vec::new().into_iter(),
+            pending: None,
             log_end,
+            position_tx,
+            position,
         })
     }
 
@@ -94,8 +112,14 @@ impl Subscription {
             if let Some(record) = self.ready.next() {
                 return Some(Ok(record));
             }
+            if let Some(position) = self.pending.take() {
+                self.position_tx.send_replace(Some(position));
+            }
             match self.chunks.recv().await? {
-                Ok(records) => self.ready = records.into_iter(),
+                Ok((records, position)) => {
+                    self.ready = records.into_iter();
+                    self.pending = Some(position);
+                }
                 Err(e) => return Some(Err(e)),
             }
         }
@@ -105,6 +129,19 @@ impl Subscription {
     /// `None` before the first frame.
     pub fn log_end(&self) -> Option<u64> {
         *self.log_end.borrow()
+    }
+
+    /// The offset this subscription has read up to: every record before it
+    /// has been returned by [`Subscription::next`] or filtered out by a
+    /// read-path plugin. Advances while `next` waits, so a caller can tell
+    /// it has reached an offset even when the last records were filtered.
+    pub fn position(&self) -> Option<u64> {
+        *self.position.borrow()
+    }
+
+    /// A watch of [`Subscription::position`], readable from other tasks.
+    pub fn position_watch(&self) -> watch::Receiver<Option<u64>> {
+        self.position.clone()
     }
 
     /// A watch of [`Subscription::log_end`], readable from other tasks.
@@ -134,6 +171,8 @@ impl Reader {
             partition: self.partition,
             from,
             max_bytes: self.config.max_bytes,
+            chain: self.config.chain.clone(),
+            on_failure: self.config.on_failure,
         }
         .encode(corr, &mut buf);
         wire::write_frames(&mut send, &buf).await?;
@@ -182,12 +221,15 @@ impl Reader {
                 Ok(None) => return ClientError::Closed,
                 Err(e) => return e.into(),
             };
-            let batches = match decode_response(body, stream.2) {
+            let (batches, broker_next) = match decode_response(body, stream.2) {
                 Ok(Response::Fetched {
-                    log_end, batches, ..
+                    log_end,
+                    next_offset,
+                    batches,
+                    ..
                 }) => {
                     self.log_end.send_replace(Some(log_end));
-                    batches
+                    (batches, next_offset)
                 }
                 Ok(other) => return unexpected(&other),
                 Err(e) => return e,
@@ -196,11 +238,18 @@ impl Reader {
                 Ok(r) => r,
                 Err(e) => return e,
             };
-            let Some(last) = records.last() else {
-                continue;
-            };
-            *next_offset = Some(last.offset + 1);
-            if self.records.send(Ok(records)).await.is_err() {
+            // The broker's position covers records a read-path plugin
+            // filtered out; a resubscription starts after them too.
+            let before = *next_offset;
+            let after = records.last().map_or(0, |r| r.offset + 1).max(broker_next);
+            *next_offset = Some(next_offset.map_or(after, |n| n.max(after)));
+            if (!records.is_empty() || *next_offset != before)
+                && self
+                    .records
+                    .send(Ok((records, next_offset.unwrap_or(after))))
+                    .await
+                    .is_err()
+            {
                 return ClientError::Closed;
             }
         }

@@ -41,8 +41,9 @@ pub use client::{Client, ClientConfig, Fetched};
 pub use consumer::{SubscribeConfig, Subscription};
 pub use edgebus_proto::batch::{Header, Record, StoredRecord};
 pub use edgebus_proto::frame::{
-    Acks, AssignmentStrategy, GroupLag, MemberInfo, PartitionInfo, PartitionOffset, Position,
-    TopicPartition, TopicSpec,
+    Acks, AssignmentStrategy, AttachCounters, FailurePolicy, GroupLag, MemberInfo, PartitionInfo,
+    PartitionOffset, PipelineDescription, PluginDescription, PluginRef, Position, TopicPartition,
+    TopicSpec,
 };
 pub use error::ClientError;
 pub use group::{GroupConfig, GroupConsumer, GroupRecord, OffsetReset};

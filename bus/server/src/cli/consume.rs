@@ -3,12 +3,14 @@
 use base64::Engine;
 use clap::Args;
 use edgebus_client::{
-    Client, GroupConfig, GroupConsumer, Position, StoredRecord, SubscribeConfig, Subscription,
+    Client, GroupConfig, GroupConsumer, PluginRef, Position, StoredRecord, SubscribeConfig,
+    Subscription,
 };
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use super::{ConnectArgs, Failure, Output};
+use super::plugin::{parse_param, parse_plugin_ref};
+use super::{ConnectArgs, Failure, Output, PolicyArg};
 
 #[derive(Debug, Args)]
 pub struct ConsumeArgs {
@@ -31,11 +33,35 @@ pub struct ConsumeArgs {
     /// records are printed.
     #[arg(long, conflicts_with_all = ["from", "partition"])]
     group: Option<String>,
+    /// Have the broker run this plugin on the records and send only its
+    /// results, `NAME[:key=value,…]`; repeat for a chain.
+    #[arg(long = "filter", value_parser = parse_plugin_ref)]
+    filters: Vec<PluginRef>,
+    /// A `key=value` parameter for the last `--filter`.
+    #[arg(long = "param", value_parser = parse_param, requires = "filters")]
+    params: Vec<(String, String)>,
+    /// What the broker does with records a filter plugin fails on.
+    #[arg(long, value_enum, default_value_t)]
+    on_failure: PolicyArg,
     /// `json` prints one object per record.
     #[arg(long, value_enum, default_value_t)]
     output: Output,
     #[command(flatten)]
     connect: ConnectArgs,
+}
+
+impl ConsumeArgs {
+    fn subscribe_config(&self) -> SubscribeConfig {
+        let mut chain = self.filters.clone();
+        if let Some(last) = chain.last_mut() {
+            last.params.extend(self.params.iter().cloned());
+        }
+        SubscribeConfig {
+            chain,
+            on_failure: self.on_failure.into(),
+            ..SubscribeConfig::default()
+        }
+    }
 }
 
 /// Parses `earliest | latest | N | @RFC3339`.
@@ -91,10 +117,10 @@ pub async fn run(args: ConsumeArgs) -> Result<(), Failure> {
         };
         tokio::spawn(read_partition(
             client.clone(),
-            args.topic.clone(),
-            p,
+            (args.topic.clone(), p),
             from,
             stop_at,
+            args.subscribe_config(),
             tx.clone(),
         ));
     }
@@ -147,10 +173,10 @@ type Item = Result<(u32, StoredRecord), Failure>;
 
 async fn read_partition(
     client: Client,
-    topic: String,
-    partition: u32,
+    (topic, partition): (String, u32),
     from: Position,
     stop_at: Option<u64>,
+    config: SubscribeConfig,
     tx: mpsc::Sender<Item>,
 ) {
     if let Some(end) = stop_at {
@@ -163,22 +189,28 @@ async fn read_partition(
             }
         }
     }
-    let mut sub = match Subscription::start(
-        client,
-        &topic,
-        partition,
-        from,
-        SubscribeConfig::default(),
-    )
-    .await
-    {
+    let mut sub = match Subscription::start(client, &topic, partition, from, config).await {
         Ok(s) => s,
         Err(e) => {
             let _ = tx.send(Err(e.into())).await;
             return;
         }
     };
-    while let Some(item) = sub.next().await {
+    let mut position = sub.position_watch();
+    loop {
+        let item = tokio::select! {
+            item = sub.next() => item,
+            // With a read-path filter the last records before the end may
+            // never arrive; the broker's position says when it passed them.
+            changed = position.changed(), if stop_at.is_some() => {
+                let passed = *position.borrow();
+                if changed.is_err() || passed.zip(stop_at).is_some_and(|(p, end)| p >= end) {
+                    return;
+                }
+                continue;
+            }
+        };
+        let Some(item) = item else { return };
         let record = match item {
             Ok(r) => r,
             Err(e) => {

@@ -19,7 +19,10 @@ use edgebus_client::ClientError;
 mod bench;
 mod connect;
 mod consume;
+mod demo;
 mod group;
+mod pipeline;
+mod plugin;
 mod produce;
 mod serve;
 mod topic;
@@ -48,8 +51,17 @@ enum Command {
     /// List, describe, reset and delete consumer groups.
     #[command(subcommand)]
     Group(group::GroupCommand),
+    /// Register, list, describe and remove WebAssembly plugins.
+    #[command(subcommand)]
+    Plugin(plugin::PluginCommand),
+    /// Create, list, describe and delete exactly-once pipelines.
+    #[command(subcommand)]
+    Pipeline(pipeline::PipelineCommand),
     /// Measure throughput and latency.
     Bench(bench::BenchArgs),
+    /// Run a broker in a temp dir with simulated sensors, ingest plugins, a
+    /// pipeline and a read-path filter, and print what consumers see.
+    Demo(demo::DemoArgs),
 }
 
 /// A command's failure, with the exit code it maps to.
@@ -96,7 +108,10 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Produce(args) => produce::run(args).await,
         Command::Consume(args) => consume::run(args).await,
         Command::Group(cmd) => group::run(cmd).await,
+        Command::Plugin(cmd) => plugin::run(cmd).await,
+        Command::Pipeline(cmd) => pipeline::run(cmd).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Demo(args) => demo::run(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -135,6 +150,28 @@ impl From<AcksArg> for edgebus_client::Acks {
             AcksArg::None => edgebus_client::Acks::None,
             AcksArg::Leader => edgebus_client::Acks::Leader,
             AcksArg::Durable => edgebus_client::Acks::Durable,
+        }
+    }
+}
+
+/// `--on-failure` choices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
+pub enum PolicyArg {
+    /// Count the failure and move on.
+    Skip,
+    /// Write the record to `<topic>.dlq` with headers naming the error.
+    #[default]
+    DeadLetter,
+    /// Stop, retrying with backoff from 1 s to 30 s.
+    Halt,
+}
+
+impl From<PolicyArg> for edgebus_client::FailurePolicy {
+    fn from(p: PolicyArg) -> Self {
+        match p {
+            PolicyArg::Skip => edgebus_client::FailurePolicy::Skip,
+            PolicyArg::DeadLetter => edgebus_client::FailurePolicy::DeadLetter,
+            PolicyArg::Halt => edgebus_client::FailurePolicy::Halt,
         }
     }
 }

@@ -1,15 +1,19 @@
 //! `edgebus topic create | list | describe | delete`.
 
 use clap::{Args, Subcommand};
-use edgebus_client::TopicSpec;
+use edgebus_client::{AttachCounters, Client, FailurePolicy, PluginRef, TopicSpec};
+use edgebus_proto::frame::{Request, Response};
 use serde_json::json;
 
-use super::{ConnectArgs, Failure, Output};
+use super::plugin::{chain_text, parse_plugin_ref};
+use super::{ConnectArgs, Failure, Output, PolicyArg};
 
 #[derive(Debug, Subcommand)]
 pub enum TopicCommand {
     /// Create a topic.
     Create(CreateArgs),
+    /// Change a topic's ingest plugin chain.
+    Alter(AlterArgs),
     /// List topics.
     List(CommonArgs),
     /// Show a topic's settings and per-partition offsets.
@@ -52,7 +56,44 @@ pub struct CreateArgs {
     #[arg(long)]
     max_message_bytes: Option<u32>,
     #[command(flatten)]
+    ingest: IngestArgs,
+    #[command(flatten)]
     common: CommonArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct IngestArgs {
+    /// Plugin run on every produced batch before append,
+    /// `NAME[:key=value,…]`; repeat for a chain, applied in order.
+    #[arg(long = "ingest", value_parser = parse_plugin_ref)]
+    ingest: Vec<PluginRef>,
+    /// What to do with records an ingest plugin fails on.
+    #[arg(long, value_enum, default_value_t)]
+    on_failure: PolicyArg,
+}
+
+#[derive(Debug, Args)]
+pub struct AlterArgs {
+    /// Topic name.
+    name: String,
+    #[command(flatten)]
+    ingest: IngestArgs,
+    /// Remove the ingest chain.
+    #[arg(long, conflicts_with = "ingest")]
+    clear_ingest: bool,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+async fn set_ingest(client: &Client, topic: &str, ingest: IngestArgs) -> Result<(), Failure> {
+    client
+        .request(&Request::SetIngest {
+            topic: topic.to_owned(),
+            chain: ingest.ingest,
+            on_failure: FailurePolicy::from(ingest.on_failure),
+        })
+        .await?;
+    Ok(())
 }
 
 fn spec_json(s: &TopicSpec) -> serde_json::Value {
@@ -95,9 +136,23 @@ pub async fn run(cmd: TopicCommand) -> Result<(), Failure> {
                 max_message_bytes: a.max_message_bytes.unwrap_or(0),
             };
             client.create_topic(spec).await?;
+            if !a.ingest.ingest.is_empty() {
+                set_ingest(&client, &a.name, a.ingest).await?;
+            }
             match a.common.output {
                 Output::Json => println!("{}", json!({"created": a.name})),
                 Output::Text => println!("created topic {}", a.name),
+            }
+        }
+        TopicCommand::Alter(a) => {
+            let client = a.common.connect.connect().await?;
+            if !a.clear_ingest && a.ingest.ingest.is_empty() {
+                return Err(Failure::new(2, "give --ingest PLUGIN… or --clear-ingest"));
+            }
+            set_ingest(&client, &a.name, a.ingest).await?;
+            match a.common.output {
+                Output::Json => println!("{}", json!({"altered": a.name})),
+                Output::Text => println!("altered topic {}", a.name),
             }
         }
         TopicCommand::List(a) => {
@@ -112,9 +167,28 @@ pub async fn run(cmd: TopicCommand) -> Result<(), Failure> {
         TopicCommand::Describe(a) => {
             let client = a.common.connect.connect().await?;
             let (spec, partitions) = client.describe_topic(&a.name).await?;
+            let plugins = client
+                .request(&Request::TopicPlugins {
+                    topic: a.name.clone(),
+                })
+                .await?;
+            let Response::TopicPlugins {
+                ingest,
+                on_failure,
+                ingest_counters: i,
+                read_counters: r,
+            } = plugins
+            else {
+                return Err(Failure::other(format!("unexpected response {plugins:?}")));
+            };
+            let counters = |c: &AttachCounters| json!({"in": c.records_in, "out": c.records_out, "filtered": c.filtered, "failed": c.failed, "dead_lettered": c.dead_lettered});
             match a.common.output {
                 Output::Json => {
                     let mut v = spec_json(&spec);
+                    v["ingest"] = json!(chain_text(&ingest));
+                    v["on_failure"] = json!(format!("{on_failure:?}").to_lowercase());
+                    v["ingest_counters"] = counters(&i);
+                    v["read_counters"] = counters(&r);
                     v["partition_offsets"] = partitions
                         .iter()
                         .map(|p| json!({"partition": p.partition, "log_start": p.log_start, "log_end": p.log_end}))
@@ -123,6 +197,22 @@ pub async fn run(cmd: TopicCommand) -> Result<(), Failure> {
                 }
                 Output::Text => {
                     println!("{}", spec_text(&spec));
+                    if !ingest.is_empty() {
+                        println!(
+                            "  ingest: {} (on failure: {on_failure:?})",
+                            chain_text(&ingest)
+                        );
+                        println!(
+                            "  ingest counters: in={} out={} filtered={} failed={} dead-lettered={}",
+                            i.records_in, i.records_out, i.filtered, i.failed, i.dead_lettered
+                        );
+                    }
+                    if r.records_in > 0 {
+                        println!(
+                            "  read-path counters: in={} out={} filtered={} failed={} dead-lettered={}",
+                            r.records_in, r.records_out, r.filtered, r.failed, r.dead_lettered
+                        );
+                    }
                     for p in partitions {
                         println!(
                             "  partition {}\tlog_start={}\tlog_end={}",

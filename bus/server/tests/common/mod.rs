@@ -1,0 +1,66 @@
+//! Helpers for tests that run `edgebus` as separate processes.
+
+use std::io::{BufRead, BufReader};
+use std::net::UdpSocket;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// The `edgebus` binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_edgebus");
+
+/// A UDP port free right now on 127.0.0.1.
+pub fn free_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("a free UDP port")
+}
+
+/// Starts `edgebus serve` and waits for its "listening" line.
+pub fn spawn_broker(data: &Path, addr: &str) -> Child {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--data"])
+        .arg(data)
+        .args(["--listen", addr])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawning edgebus serve");
+    let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+    let first = lines.next().expect("broker printed a line").expect("utf-8");
+    assert!(
+        first.contains("listening"),
+        "unexpected first line: {first}"
+    );
+    // Keep draining so the broker never blocks on a full pipe.
+    thread::spawn(move || for _ in lines {});
+    child
+}
+
+/// Waits for a child, killing it if it overruns `limit`.
+pub fn wait_with_deadline(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("process {} did not finish within {limit:?}", child.id());
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs an `edgebus` client command against `addr`.
+pub fn cli(args: &[&str], addr: &str, ca: &Path) -> std::process::Output {
+    Command::new(BIN)
+        .args(args)
+        .args(["--broker", addr, "--ca"])
+        .arg(ca)
+        .output()
+        .expect("running edgebus")
+}

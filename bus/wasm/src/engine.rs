@@ -1,0 +1,291 @@
+//! The shared runtime: one wasmtime engine with its pooling allocator,
+//! compile cache, linker and epoch ticker.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::mpsc::{self, RecvTimeoutError, Sender};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use wasmtime::component::{Component, Linker};
+use wasmtime::{
+    Cache, CacheConfig, Config, InstanceAllocationStrategy, PoolingAllocationConfig, Strategy,
+};
+
+use crate::error::PluginError;
+use crate::host::{self, HostState};
+use crate::plugin::{self, Plugin};
+
+/// One Wasm page: linear memories grow in these units.
+const WASM_PAGE_BYTES: usize = 64 * 1024;
+/// The longest interval between two epoch ticks. Shorter deadlines tick
+/// faster (a tenth of the deadline, at least 1 ms).
+const TICK_MAX: Duration = Duration::from_millis(5);
+const TICK_MIN: Duration = Duration::from_millis(1);
+/// Core instances one component may create. A Rust `wasm32-wasip2`
+/// component has three or four (the program, and the shims `wit-component`
+/// adds for indirect calls); the rest is headroom.
+const CORE_INSTANCES_PER_COMPONENT: u32 = 16;
+/// Tables one component may create (the program's and the shims').
+const TABLES_PER_COMPONENT: u32 = 8;
+
+/// Limits every plugin runs under, fixed for the life of an [`Engine`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineConfig {
+    /// Where compiled plugins are cached on disk, keyed by a hash of the
+    /// Wasm bytes and of the engine's settings. `None` compiles on every
+    /// load. The directory must be writable only by the broker: a cached
+    /// artifact is native code and is loaded without re-validation.
+    pub cache_dir: Option<PathBuf>,
+    /// How long one call (`init` or one batch) may run before it is
+    /// interrupted with [`PluginError::Deadline`].
+    pub deadline: Duration,
+    /// The most linear memory one instance may have, in bytes; growing past
+    /// it fails the call with [`PluginError::MemoryLimit`].
+    pub memory_max_bytes: usize,
+    /// The most instances alive at once across all plugins: the pooling
+    /// allocator reserves this many slots up front.
+    pub max_instances: u32,
+}
+
+impl Default for EngineConfig {
+    fn default() -> EngineConfig {
+        EngineConfig {
+            cache_dir: None,
+            deadline: Duration::from_millis(50),
+            memory_max_bytes: 64 * 1024 * 1024,
+            max_instances: 256,
+        }
+    }
+}
+
+/// The plugin runtime: compiles plugins and hosts their instances.
+///
+/// One per broker. Cloning is cheap and shares everything. A background
+/// thread advances the engine's epoch every few milliseconds, which is how
+/// calls meet their deadline; it stops once the `Engine` and every
+/// [`Plugin`] and [`Instance`](crate::Instance) made from it are dropped.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<EngineInner>,
+}
+
+pub(crate) struct EngineInner {
+    pub(crate) engine: wasmtime::Engine,
+    pub(crate) linker: Linker<HostState>,
+    pub(crate) config: EngineConfig,
+    /// Epoch ticks a call may run: the deadline, rounded up, plus one tick
+    /// so that a call is never cut short of its deadline.
+    pub(crate) deadline_ticks: u64,
+    cache: Option<Cache>,
+    _ticker: Ticker,
+}
+
+impl Engine {
+    /// Builds the engine: Cranelift, the component model, epoch
+    /// interruption, and a pooling allocator sized by `config`.
+    ///
+    /// Each linear memory slot reserves `memory_max_bytes` (rounded up to a
+    /// Wasm page) plus a guard region, instead of wasmtime's default 4 GiB:
+    /// the pool then fits the 39-bit address space of small ARM boards, at
+    /// the price of explicit bounds checks in compiled code.
+    pub fn new(config: EngineConfig) -> Result<Engine, PluginError> {
+        validate(&config)?;
+        let memory_slot_bytes = config.memory_max_bytes.next_multiple_of(WASM_PAGE_BYTES);
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_component_instances(config.max_instances)
+            .total_core_instances(
+                config
+                    .max_instances
+                    .saturating_mul(CORE_INSTANCES_PER_COMPONENT),
+            )
+            .total_memories(config.max_instances)
+            .total_tables(config.max_instances.saturating_mul(TABLES_PER_COMPONENT))
+            .max_core_instances_per_component(CORE_INSTANCES_PER_COMPONENT)
+            .max_memories_per_component(1)
+            .max_tables_per_component(TABLES_PER_COMPONENT)
+            .max_memory_size(memory_slot_bytes);
+
+        let cache = match &config.cache_dir {
+            Some(dir) => {
+                let mut cache_config = CacheConfig::new();
+                cache_config.with_directory(dir);
+                Some(Cache::new(cache_config).map_err(|e| {
+                    PluginError::Internal(format!(
+                        "compile cache at {} unusable: {e:#}",
+                        dir.display()
+                    ))
+                })?)
+            }
+            None => None,
+        };
+
+        let mut wasm_config = Config::new();
+        wasm_config
+            .strategy(Strategy::Cranelift)
+            .wasm_component_model(true)
+            .epoch_interruption(true)
+            .memory_reservation(memory_slot_bytes as u64)
+            .memory_reservation_for_growth(0)
+            .memory_may_move(false)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+            .cache(cache.clone());
+        let engine = wasmtime::Engine::new(&wasm_config)
+            .map_err(|e| PluginError::Internal(format!("wasmtime engine setup failed: {e:#}")))?;
+        let linker = host::linker(&engine)
+            .map_err(|e| PluginError::Internal(format!("linking host imports failed: {e:#}")))?;
+
+        let tick = (config.deadline / 10).clamp(TICK_MIN, TICK_MAX);
+        let deadline_ticks = config.deadline.as_nanos().div_ceil(tick.as_nanos()) as u64 + 1;
+        let ticker = Ticker::start(engine.clone(), tick)?;
+        Ok(Engine {
+            inner: Arc::new(EngineInner {
+                engine,
+                linker,
+                config,
+                deadline_ticks,
+                cache,
+                _ticker: ticker,
+            }),
+        })
+    }
+
+    /// Loads a plugin from the bytes of a Wasm component.
+    ///
+    /// Validates and compiles the component (or, with a cache directory,
+    /// loads the native code compiled earlier for the same bytes), checks
+    /// that the broker provides every import, and checks that it exports
+    /// `init` and either `filter` or `transform` of `edgebus:plugin@0.1.0`
+    /// with the right types. Anything else is [`PluginError::Invalid`].
+    ///
+    /// Compiling is CPU work that can take a second or more for a large
+    /// plugin: call this from a blocking thread.
+    pub fn load(&self, wasm: &[u8]) -> Result<Plugin, PluginError> {
+        check_component_header(wasm)?;
+        let started = Instant::now();
+        let component = Component::new(&self.inner.engine, wasm)
+            .map_err(|e| PluginError::Invalid(format!("cannot compile component: {e:#}")))?;
+        let load_time = started.elapsed();
+        plugin::link(Arc::clone(&self.inner), &component, wasm, load_time)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn inner(&self) -> &EngineInner {
+        &self.inner
+    }
+
+    /// The limits this engine was built with.
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.config
+    }
+
+    /// Loads served from the on-disk compile cache since this engine was
+    /// built, or 0 without a cache directory.
+    pub fn cache_hits(&self) -> usize {
+        self.inner.cache.as_ref().map_or(0, Cache::cache_hits)
+    }
+
+    /// Loads that compiled and stored a new artifact in the on-disk cache.
+    pub fn cache_misses(&self) -> usize {
+        self.inner.cache.as_ref().map_or(0, Cache::cache_misses)
+    }
+}
+
+fn validate(config: &EngineConfig) -> Result<(), PluginError> {
+    let problem = if config.deadline.is_zero() {
+        Some("deadline must be positive")
+    } else if config.memory_max_bytes < WASM_PAGE_BYTES {
+        Some("memory_max_bytes must be at least one 64 KiB Wasm page")
+    } else if config.max_instances == 0 {
+        Some("max_instances must be positive")
+    } else {
+        None
+    };
+    match problem {
+        Some(problem) => Err(PluginError::Internal(format!(
+            "invalid engine config: {problem}"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Rejects what is plainly not a component before handing it to the
+/// compiler, so the operator gets a message that says what to do.
+fn check_component_header(wasm: &[u8]) -> Result<(), PluginError> {
+    const MAGIC: &[u8] = b"\0asm";
+    const CORE_VERSION: &[u8] = &[1, 0, 0, 0];
+    if wasm.len() < 8 || &wasm[..4] != MAGIC {
+        return Err(PluginError::Invalid(
+            "not a WebAssembly binary (no \\0asm header)".to_string(),
+        ));
+    }
+    if &wasm[4..8] == CORE_VERSION {
+        return Err(PluginError::Invalid(
+            "this is a core Wasm module, not a component: build the plugin for \
+             wasm32-wasip2 (or wrap it with `wasm-tools component new`)"
+                .to_string(),
+        ));
+    }
+    Ok(())
+}
+
+/// The thread that advances the engine's epoch. Dropping the `Ticker`
+/// closes the channel, which wakes the thread at once, and joins it.
+struct Ticker {
+    stop: Option<Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Ticker {
+    fn start(engine: wasmtime::Engine, tick: Duration) -> Result<Ticker, PluginError> {
+        let (stop, stopped) = mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("edgebus-wasm-epoch".to_string())
+            .spawn(move || {
+                while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(tick) {
+                    engine.increment_epoch();
+                }
+            })
+            .map_err(|e| PluginError::Internal(format!("cannot start epoch ticker: {e}")))?;
+        Ok(Ticker {
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            // The loop cannot panic; a join error would only repeat one.
+            let _ = thread.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_component_header_core_module_is_invalid() {
+        let err = check_component_header(b"\0asm\x01\0\0\0");
+        assert!(matches!(err, Err(PluginError::Invalid(m)) if m.contains("core Wasm module")));
+    }
+
+    #[test]
+    fn check_component_header_garbage_is_invalid() {
+        let err = check_component_header(b"hello, world");
+        assert!(matches!(err, Err(PluginError::Invalid(m)) if m.contains("not a WebAssembly")));
+    }
+
+    #[test]
+    fn engine_new_zero_instances_is_rejected() {
+        let config = EngineConfig {
+            max_instances: 0,
+            ..EngineConfig::default()
+        };
+        assert!(matches!(Engine::new(config), Err(PluginError::Internal(_))));
+    }
+}

@@ -1,0 +1,270 @@
+//! A running plugin instance: one `Store`, one guest, one state store.
+
+use std::fmt;
+use std::sync::Arc;
+
+use wasmtime::{PoolConcurrencyLimitError, Store, Trap};
+use wasmtime_wasi::I32Exit;
+
+use crate::engine::EngineConfig;
+use crate::error::PluginError;
+use crate::host::HostState;
+use crate::plugin::Plugin;
+use crate::record::PluginRecord;
+use crate::state::{StateLayer, StateStore};
+use crate::world;
+
+/// The typed exports of an instance, by world.
+pub(crate) enum Bindings {
+    Filter(world::filter::Filter),
+    Transform(world::transform::Transform),
+}
+
+/// What one call on a batch produced, in the shape the guest returned it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BatchOutput {
+    /// From a filter: one flag per input record, `true` keeps it. Lets the
+    /// caller keep records without copying them.
+    Keep(Vec<bool>),
+    /// From a transform: for each input record, in order, the records it
+    /// became (offset and partition unset).
+    Emit(Vec<Vec<PluginRecord>>),
+}
+
+/// One instance of a plugin, with its own memory, state store and limits.
+///
+/// Calls are synchronous CPU work bounded by the engine's deadline: run
+/// them on a blocking thread (`spawn_blocking`). An `Instance` is `Send`
+/// but not `Sync`; it serves one call at a time.
+///
+/// After [`PluginError::Trap`], [`PluginError::Deadline`] or
+/// [`PluginError::MemoryLimit`] the instance is poisoned: its memory may
+/// be inconsistent, so every later call fails and the owner must make a
+/// new one (the [`Chain`](crate::chain::Chain) does this itself). State
+/// writes of a failed call are dropped, so the replacement starts from the
+/// state as it was before that call.
+pub struct Instance {
+    plugin: Plugin,
+    name: Arc<str>,
+    store: Store<HostState>,
+    bindings: Bindings,
+    poisoned: bool,
+}
+
+impl Instance {
+    pub(crate) fn new(
+        plugin: Plugin,
+        name: Arc<str>,
+        store: Store<HostState>,
+        bindings: Bindings,
+    ) -> Instance {
+        Instance {
+            plugin,
+            name,
+            store,
+            bindings,
+            poisoned: false,
+        }
+    }
+
+    /// The name this instance logs under.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The plugin this is an instance of.
+    pub fn plugin(&self) -> &Plugin {
+        &self.plugin
+    }
+
+    /// Runs the plugin on `batch` and returns, for each input in order, its
+    /// outputs: for a filter the input itself or nothing, for a transform
+    /// what the guest returned.
+    ///
+    /// A guest `err(message)` is [`PluginError::Rejected`]. State writes
+    /// the call made are committed to the store only if it succeeds.
+    pub fn process(
+        &mut self,
+        batch: &[PluginRecord],
+    ) -> Result<Vec<Vec<PluginRecord>>, PluginError> {
+        Ok(match self.call(batch)? {
+            BatchOutput::Keep(mask) => batch
+                .iter()
+                .zip(mask)
+                .map(|(record, keep)| {
+                    if keep {
+                        vec![record.clone()]
+                    } else {
+                        Vec::new()
+                    }
+                })
+                .collect(),
+            BatchOutput::Emit(outputs) => outputs,
+        })
+    }
+
+    /// Like [`process`](Instance::process), but returns a filter's verdict
+    /// as a mask, so kept records need not be cloned.
+    pub fn call(&mut self, batch: &[PluginRecord]) -> Result<BatchOutput, PluginError> {
+        let outcome = self.call_uncommitted(batch);
+        match outcome {
+            Ok(_) => self.commit_state(),
+            Err(_) => self.rollback_state(),
+        }
+        outcome
+    }
+
+    /// Whether an earlier trap, deadline or memory error has made this
+    /// instance unusable.
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned
+    }
+
+    /// The state store, for a pipeline that flushes it in its transaction.
+    pub fn state_mut(&mut self) -> &mut dyn StateStore {
+        self.store.data_mut().state.store_mut()
+    }
+
+    /// Gives the state store back, with every committed write applied.
+    pub fn into_state(self) -> Box<dyn StateStore> {
+        self.into_layer().into_store()
+    }
+
+    pub(crate) fn into_layer(self) -> StateLayer {
+        self.store.into_data().state
+    }
+
+    pub(crate) fn commit_state(&mut self) {
+        self.store.data_mut().state.commit();
+    }
+
+    pub(crate) fn rollback_state(&mut self) {
+        self.store.data_mut().state.rollback();
+    }
+
+    /// Runs one call; on success its state writes join the pending batch
+    /// layer, on failure they are dropped.
+    pub(crate) fn call_uncommitted(
+        &mut self,
+        batch: &[PluginRecord],
+    ) -> Result<BatchOutput, PluginError> {
+        if self.poisoned {
+            return Err(PluginError::Internal(format!(
+                "instance {} was poisoned by an earlier failure and must be replaced",
+                self.name
+            )));
+        }
+        let Instance {
+            plugin,
+            store,
+            bindings,
+            ..
+        } = self;
+        if batch.is_empty() {
+            return Ok(match bindings {
+                Bindings::Filter(_) => BatchOutput::Keep(Vec::new()),
+                Bindings::Transform(_) => BatchOutput::Emit(Vec::new()),
+            });
+        }
+        let engine = plugin.engine();
+        store.set_epoch_deadline(engine.deadline_ticks);
+        store.data_mut().begin_call();
+        let returned = match bindings {
+            Bindings::Filter(guest) => {
+                world::with_filter_records(batch, |records| guest.call_filter(&mut *store, records))
+                    .map(|verdict| verdict.map(BatchOutput::Keep))
+            }
+            Bindings::Transform(guest) => world::with_transform_records(batch, |records| {
+                guest.call_transform(&mut *store, records)
+            })
+            .map(|verdict| {
+                verdict.map(|outputs| {
+                    BatchOutput::Emit(
+                        outputs
+                            .into_iter()
+                            .map(|records| {
+                                records
+                                    .into_iter()
+                                    .map(world::from_transform_record)
+                                    .collect()
+                            })
+                            .collect(),
+                    )
+                })
+            }),
+        };
+        let outcome = match returned {
+            Ok(Ok(output)) => check_shape(output, batch.len()),
+            Ok(Err(message)) => Err(PluginError::Rejected(message)),
+            Err(e) => Err(classify(e, store.data(), &engine.config, "call")),
+        };
+        store.data_mut().end_call(outcome.is_ok());
+        if let Err(error) = &outcome
+            && error.poisons_instance()
+        {
+            self.poisoned = true;
+            tracing::warn!(
+                target: "edgebus::plugin",
+                plugin = &*self.name,
+                "plugin instance poisoned: {error}"
+            );
+        }
+        outcome
+    }
+}
+
+/// A guest that answers for a different number of records than it was
+/// given has broken the WIT contract; that is treated as a trap.
+fn check_shape(output: BatchOutput, inputs: usize) -> Result<BatchOutput, PluginError> {
+    let (what, returned) = match &output {
+        BatchOutput::Keep(mask) => ("flags", mask.len()),
+        BatchOutput::Emit(outputs) => ("output lists", outputs.len()),
+    };
+    if returned == inputs {
+        Ok(output)
+    } else {
+        Err(PluginError::Trap(format!(
+            "the guest returned {returned} {what} for {inputs} records"
+        )))
+    }
+}
+
+/// Turns a failed wasmtime call into the error the caller acts on.
+///
+/// The limiter's flag is checked first: hitting the memory cap traps, and
+/// the trap alone would not say why.
+pub(crate) fn classify(
+    error: wasmtime::Error,
+    host: &HostState,
+    config: &EngineConfig,
+    during: &str,
+) -> PluginError {
+    if host.limiter.exceeded {
+        return PluginError::MemoryLimit(config.memory_max_bytes);
+    }
+    if error.downcast_ref::<PoolConcurrencyLimitError>().is_some() {
+        return PluginError::Internal(format!("{during}: {error:#}"));
+    }
+    let message = match error.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => return PluginError::Deadline(config.deadline),
+        Some(trap) => format!("{during}: {trap}"),
+        None => match error.downcast_ref::<I32Exit>() {
+            Some(exit) => format!("{during}: the guest called exit({})", exit.0),
+            None => format!("{during}: {error:#}"),
+        },
+    };
+    PluginError::Trap(match host.stderr_tail() {
+        Some(stderr) => format!("{message} (guest stderr: {stderr})"),
+        None => message,
+    })
+}
+
+impl fmt::Debug for Instance {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Instance")
+            .field("name", &self.name)
+            .field("plugin", &self.plugin)
+            .field("poisoned", &self.poisoned)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,272 @@
+//! Plugins in a chain: failure isolation, rejection, fan-out, hot swap.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{engine, engine_with, params, plugin_wasm, records, values};
+use edgebus_wasm::{Chain, ChainError, EngineConfig, MemState, Plugin, PluginError, StageSpec};
+
+/// A small cap, so hogs fail fast.
+const HOG_MEMORY_MAX_BYTES: usize = 16 * 1024 * 1024;
+
+fn load(name: &str) -> Plugin {
+    engine().load(&plugin_wasm(name)).expect("load")
+}
+
+fn stage(plugin: &Plugin, name: &str, pairs: &[(&str, &str)]) -> StageSpec {
+    (
+        plugin.clone(),
+        name.to_string(),
+        params(pairs),
+        Box::new(MemState::new()),
+    )
+}
+
+fn header(record: &edgebus_wasm::PluginRecord, name: &str) -> Option<String> {
+    record
+        .header(name)
+        .map(|value| String::from_utf8_lossy(value).into_owned())
+}
+
+#[test]
+fn chain_trap_in_one_record_fails_only_that_record() {
+    let mut chain = Chain::new(vec![
+        stage(&load("trap_on"), "trap", &[]),
+        stage(&load("tag_version"), "tag", &[("version", "3")]),
+    ])
+    .expect("chain");
+
+    let output = chain.process(records(&["a", "b boom", "c", "boom again", "d"]));
+
+    let failed: Vec<(usize, &str)> = output
+        .failed
+        .iter()
+        .map(|(index, name, error)| {
+            assert!(matches!(error, PluginError::Trap(_)), "{error:?}");
+            (*index, name.as_str())
+        })
+        .collect();
+    assert_eq!(failed, vec![(1, "trap"), (3, "trap")]);
+    let indices: Vec<usize> = output.outputs.iter().map(|(index, _)| *index).collect();
+    assert_eq!(indices, vec![0, 2, 4]);
+    assert_eq!(
+        values(output.outputs.iter().map(|(_, record)| record)),
+        vec!["a", "c", "d"]
+    );
+    assert!(
+        output
+            .outputs
+            .iter()
+            .all(|(_, record)| header(record, "plugin-version").as_deref() == Some("3"))
+    );
+    assert_eq!(
+        output.replaced, 3,
+        "the batch's instance, then one per failing record"
+    );
+    assert_eq!(output.rejected, None);
+
+    let next = chain.process(records(&["e"]));
+    assert_eq!(values(next.outputs.iter().map(|(_, r)| r)), vec!["e"]);
+    assert!(next.failed.is_empty());
+}
+
+#[test]
+fn chain_spin_deadline_fails_record_and_next_batch_still_runs() {
+    let mut chain = Chain::new(vec![stage(&load("spin"), "spin", &[])]).expect("chain");
+
+    for _ in 0..2 {
+        let started = Instant::now();
+        let output = chain.process(records(&["x"]));
+        let elapsed = started.elapsed();
+        assert_eq!(
+            output.failed,
+            vec![(
+                0,
+                "spin".to_string(),
+                PluginError::Deadline(Duration::from_millis(50))
+            )]
+        );
+        assert!(output.outputs.is_empty());
+        assert_eq!(output.replaced, 1);
+        assert!(elapsed < Duration::from_millis(100), "took {elapsed:?}");
+    }
+}
+
+#[test]
+fn chain_guest_err_rejects_whole_batch_and_drops_state_writes() {
+    let rejecting = engine()
+        .load(&wat::parse_str(common::REJECTING_FILTER_WAT).expect("wat"))
+        .expect("load");
+    let counts = Arc::new(Mutex::new(MemState::new()));
+    let mut chain = Chain::new(vec![
+        (
+            load("downsample"),
+            "sample".to_string(),
+            params(&[("every", "2")]),
+            Box::new(Arc::clone(&counts)),
+        ),
+        stage(&rejecting, "gate", &[]),
+    ])
+    .expect("chain");
+
+    let output = chain.process(records(&["1", "2", "3"]));
+
+    assert_eq!(
+        output.rejected,
+        Some(("gate".to_string(), "wat rejected!".to_string()))
+    );
+    assert!(output.outputs.is_empty());
+    assert!(output.failed.is_empty());
+    assert!(
+        counts.lock().expect("state lock").is_empty(),
+        "a rejected batch must leave no state behind"
+    );
+}
+
+#[test]
+fn chain_fan_out_keeps_origin_input_index() {
+    let mut chain = Chain::new(vec![stage(
+        &load("csv_to_json"),
+        "csv",
+        &[("columns", "n")],
+    )])
+    .expect("chain");
+
+    let output = chain.process(records(&["1\n2\n3", "", "4"]));
+
+    let indexed: Vec<(usize, String)> = output
+        .outputs
+        .iter()
+        .map(|(index, record)| (*index, String::from_utf8_lossy(&record.value).into_owned()))
+        .collect();
+    assert_eq!(
+        indexed,
+        vec![
+            (0, r#"{"n":"1"}"#.to_string()),
+            (0, r#"{"n":"2"}"#.to_string()),
+            (0, r#"{"n":"3"}"#.to_string()),
+            (2, r#"{"n":"4"}"#.to_string()),
+        ]
+    );
+    assert_eq!(output.filtered, 1);
+}
+
+#[test]
+fn chain_replace_takes_effect_from_next_batch() {
+    let mut chain =
+        Chain::new(vec![stage(&load("trap_on"), "stamp", &[("version", "9")])]).expect("chain");
+    let before = chain.process(records(&["a"]));
+    assert_eq!(header(&before.outputs[0].1, "plugin-version"), None);
+
+    chain.replace(0, load("tag_version")).expect("replace");
+    let after = chain.process(records(&["b"]));
+
+    assert_eq!(
+        header(&after.outputs[0].1, "plugin-version").as_deref(),
+        Some("9"),
+        "the new version runs with the stage's params"
+    );
+    assert_eq!(chain.names().collect::<Vec<_>>(), vec!["stamp"]);
+}
+
+#[test]
+fn chain_replace_carries_state_to_new_version() {
+    let downsample = load("downsample");
+    let mut chain =
+        Chain::new(vec![stage(&downsample, "sample", &[("every", "3")])]).expect("chain");
+    let first = chain.process(records(&["1", "2"]));
+
+    chain.replace(0, downsample.clone()).expect("replace");
+    let second = chain.process(records(&["3", "4", "5", "6", "7"]));
+
+    assert_eq!(values(first.outputs.iter().map(|(_, r)| r)), vec!["1"]);
+    assert_eq!(
+        values(second.outputs.iter().map(|(_, r)| r)),
+        vec!["4", "7"]
+    );
+}
+
+#[test]
+fn chain_replace_with_failing_init_keeps_old_version_running() {
+    let mut chain = Chain::new(vec![stage(
+        &load("tag_version"),
+        "tag",
+        &[("version", "5")],
+    )])
+    .expect("chain");
+
+    let error = chain
+        .replace(0, load("init_fails"))
+        .expect_err("init_fails cannot start");
+
+    assert!(
+        matches!(
+            &error,
+            ChainError::Stage {
+                position: 0,
+                error: PluginError::Init(_),
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    let output = chain.process(records(&["a"]));
+    assert_eq!(
+        header(&output.outputs[0].1, "plugin-version").as_deref(),
+        Some("5")
+    );
+    assert!(matches!(
+        chain.replace(4, load("tag_version")),
+        Err(ChainError::NoStage {
+            position: 4,
+            len: 1
+        })
+    ));
+}
+
+#[test]
+fn chain_new_with_failing_init_names_the_stage() {
+    let error = Chain::new(vec![
+        stage(&load("tag_version"), "tag", &[]),
+        stage(&load("init_fails"), "broken", &[]),
+    ])
+    .err()
+    .expect("init_fails cannot start");
+    assert!(
+        matches!(&error, ChainError::Stage { position: 1, name, .. } if name == "broken"),
+        "{error:?}"
+    );
+}
+
+#[test]
+fn chain_memory_hog_reports_memory_limit_per_record() {
+    let engine = engine_with(EngineConfig {
+        memory_max_bytes: HOG_MEMORY_MAX_BYTES,
+        ..EngineConfig::default()
+    });
+    let plugin = engine.load(&plugin_wasm("memory_hog")).expect("load");
+    let mut chain = Chain::new(vec![(
+        plugin,
+        "hog".to_string(),
+        Vec::new(),
+        Box::new(MemState::new()),
+    )])
+    .expect("chain");
+
+    let output = chain.process(records(&["a", "b"]));
+
+    let failed: Vec<(usize, PluginError)> = output
+        .failed
+        .into_iter()
+        .map(|(index, _, error)| (index, error))
+        .collect();
+    assert_eq!(
+        failed,
+        vec![
+            (0, PluginError::MemoryLimit(HOG_MEMORY_MAX_BYTES)),
+            (1, PluginError::MemoryLimit(HOG_MEMORY_MAX_BYTES)),
+        ]
+    );
+}

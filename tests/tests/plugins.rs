@@ -1,0 +1,543 @@
+//! WebAssembly plugins through a real broker, with components built from
+//! `plugins/`: ingest chains, read-path filters, pipelines, failure
+//! policies, sandbox limits and the registry.
+
+use std::time::Duration;
+
+use edgebus_client::{
+    AttachCounters, Client, FailurePolicy, PluginRef, Position, Producer, ProducerConfig, Record,
+    StoredRecord, SubscribeConfig, Subscription, TopicSpec,
+};
+use edgebus_proto::ErrorCode;
+use edgebus_proto::frame::{Request, Response};
+use edgebus_tests::{TestBroker, add_plugin, plugin_wasm};
+
+fn pref(name: &str, params: &[(&str, &str)]) -> PluginRef {
+    PluginRef {
+        name: name.into(),
+        params: params
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    }
+}
+
+async fn topic(client: &Client, name: &str) {
+    client
+        .create_topic(TopicSpec {
+            name: name.into(),
+            partitions: 1,
+            retention_ms: -1,
+            retention_bytes: -1,
+            max_message_bytes: 0,
+        })
+        .await
+        .unwrap();
+}
+
+async fn set_ingest(
+    client: &Client,
+    topic: &str,
+    chain: Vec<PluginRef>,
+    on_failure: FailurePolicy,
+) -> Result<Response, edgebus_client::ClientError> {
+    client
+        .request(&Request::SetIngest {
+            topic: topic.into(),
+            chain,
+            on_failure,
+        })
+        .await
+}
+
+/// Produces each value as one batch and returns each ack's result.
+async fn produce(
+    client: &Client,
+    topic: &str,
+    values: &[String],
+) -> Vec<Result<Option<u64>, ErrorCode>> {
+    let producer = Producer::new(client.clone(), ProducerConfig::default())
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    for v in values {
+        let ack = producer
+            .send(topic, Record::new(v.clone(), 1_000))
+            .await
+            .unwrap();
+        producer.flush().await.unwrap();
+        out.push(
+            ack.await
+                .map(|m| m.offset)
+                .map_err(|e| e.code().expect("a broker error")),
+        );
+    }
+    out
+}
+
+async fn read_all(client: &Client, topic: &str) -> Vec<StoredRecord> {
+    client
+        .fetch(topic, 0, Position::Earliest, 1 << 20)
+        .await
+        .unwrap()
+        .records
+}
+
+async fn counters(client: &Client, topic: &str) -> (AttachCounters, AttachCounters) {
+    match client
+        .request(&Request::TopicPlugins {
+            topic: topic.into(),
+        })
+        .await
+        .unwrap()
+    {
+        Response::TopicPlugins {
+            ingest_counters,
+            read_counters,
+            ..
+        } => (ingest_counters, read_counters),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn header<'a>(r: &'a StoredRecord, key: &str) -> Option<&'a [u8]> {
+    r.headers
+        .iter()
+        .find(|h| h.key == key)
+        .map(|h| h.value.as_ref())
+}
+
+#[tokio::test]
+async fn ingest_chain_filters_and_redacts_before_append() {
+    let broker = TestBroker::start().await.unwrap();
+    let client = broker.client().await.unwrap();
+    add_plugin(&client, "json-filter", "json_filter")
+        .await
+        .unwrap();
+    add_plugin(&client, "redact", "redact").await.unwrap();
+    topic(&client, "readings").await;
+    let chain = vec![
+        pref(
+            "json-filter",
+            &[("field", "temp"), ("op", ">"), ("value", "10")],
+        ),
+        pref("redact", &[("fields", "owner"), ("mode", "mask")]),
+    ];
+    set_ingest(&client, "readings", chain, FailurePolicy::DeadLetter)
+        .await
+        .unwrap();
+    let values: Vec<String> = [
+        r#"{"temp":5,"owner":"a"}"#,
+        r#"{"temp":20,"owner":"b"}"#,
+        "not json",
+        r#"{"temp":30,"owner":"c"}"#,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    for ack in produce(&client, "readings", &values).await {
+        ack.unwrap();
+    }
+    let stored = read_all(&client, "readings").await;
+    let temps: Vec<serde_json::Value> = stored
+        .iter()
+        .map(|r| serde_json::from_slice(&r.value).unwrap())
+        .collect();
+    assert_eq!(temps.len(), 2, "{temps:?}");
+    assert_eq!(temps[0]["temp"], 20);
+    assert_eq!(temps[1]["owner"], "***");
+    let (ingest, _) = counters(&client, "readings").await;
+    assert_eq!(
+        (ingest.records_in, ingest.records_out, ingest.filtered),
+        (4, 2, 2)
+    );
+}
+
+#[tokio::test]
+async fn ingest_init_error_is_shown_to_the_operator() {
+    let broker = TestBroker::start().await.unwrap();
+    let client = broker.client().await.unwrap();
+    add_plugin(&client, "json-filter", "json_filter")
+        .await
+        .unwrap();
+    topic(&client, "t").await;
+    let err = set_ingest(
+        &client,
+        "t",
+        vec![pref("json-filter", &[])],
+        FailurePolicy::Skip,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::PluginInvalid), "{err}");
+    assert!(
+        err.to_string().contains("field"),
+        "message names the missing parameter: {err}"
+    );
+    let err = set_ingest(&client, "t", vec![pref("nope", &[])], FailurePolicy::Skip)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::UnknownPlugin), "{err}");
+}
+
+#[tokio::test]
+async fn read_path_filter_sends_only_matches_with_source_offsets() {
+    let broker = TestBroker::start().await.unwrap();
+    let client = broker.client().await.unwrap();
+    add_plugin(&client, "json-filter", "json_filter")
+        .await
+        .unwrap();
+    topic(&client, "numbers").await;
+    let values: Vec<String> = (0..10).map(|n| format!(r#"{{"n":{n}}}"#)).collect();
+    produce(&client, "numbers", &values).await;
+    let mut sub = Subscription::start(
+        client.clone(),
+        "numbers",
+        0,
+        Position::Earliest,
+        SubscribeConfig {
+            chain: vec![pref(
+                "json-filter",
+                &[("field", "n"), ("op", ">="), ("value", "7")],
+            )],
+            ..SubscribeConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let mut offsets = Vec::new();
+    for _ in 0..3 {
+        let r = tokio::time::timeout(Duration::from_secs(10), sub.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        offsets.push(r.offset);
+    }
+    assert_eq!(offsets, vec![7, 8, 9]);
+    let (_, read) = counters(&client, "numbers").await;
+    assert_eq!(
+        (read.records_in, read.records_out, read.filtered),
+        (10, 3, 7)
+    );
+}
+
+#[tokio::test]
+async fn spinning_plugin_is_stopped_and_topics_keep_accepting() {
+    let broker = TestBroker::start().await.unwrap();
+    let client = broker.client().await.unwrap();
+    add_plugin(&client, "spin", "spin").await.unwrap();
+    topic(&client, "looping").await;
+    topic(&client, "other").await;
+    set_ingest(
+        &client,
+        "looping",
+        vec![pref("spin", &[])],
+        FailurePolicy::Skip,
+    )
+    .await
+    .unwrap();
+    let started = std::time::Instant::now();
+    let acks = produce(&client, "looping", &["a".into(), "b".into()]).await;
+    assert!(acks.iter().all(Result::is_ok), "{acks:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "deadline did not stop the loop"
+    );
+    let (ingest, _) = counters(&client, "looping").await;
+    assert_eq!((ingest.records_in, ingest.failed), (2, 2));
+    assert!(read_all(&client, "looping").await.is_empty());
+    // Other topics are unaffected.
+    assert_eq!(
+        produce(&client, "other", &["x".into()]).await[0],
+        Ok(Some(0))
+    );
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn memory_hog_fails_at_its_cap_and_broker_memory_stays_bounded() {
+    let broker = TestBroker::start().await.unwrap();
+    let client = broker.client().await.unwrap();
+    add_plugin(&client, "hog", "memory_hog").await.unwrap();
+    topic(&client, "hungry").await;
+    set_ingest(
+        &client,
+        "hungry",
+        vec![pref("hog", &[])],
+        FailurePolicy::Skip,
+    )
+    .await
+    .unwrap();
+    produce(&client, "hungry", &["warm-up".into()]).await;
+    let before = rss_kib();
+    let values: Vec<String> = (0..10).map(|i| format!("r{i}")).collect();
+    let acks = produce(&client, "hungry", &values).await;
+    assert!(acks.iter().all(Result::is_ok), "{acks:?}");
+    let grown_mib = rss_kib().saturating_sub(before) / 1024;
+    assert!(
+        grown_mib <= 8,
+        "RSS grew by {grown_mib} MiB over 10 capped failures"
+    );
+    let (ingest, _) = counters(&client, "hungry").await;
+    assert_eq!(ingest.failed, 11);
+}
+
+#[tokio::test]
+async fn trapping_plugin_dead_letters_and_loses_nothing() {
+    let broker = TestBroker::start().await.unwrap();
+    let client = broker.client().await.unwrap();
+    add_plugin(&client, "trap", "trap_on").await.unwrap();
+    topic(&client, "events").await;
+    set_ingest(
+        &client,
+        "events",
+        vec![pref("trap", &[("needle", "boom")])],
+        FailurePolicy::DeadLetter,
+    )
+    .await
+    .unwrap();
+    // Five batches of four records, one of each four trapping.
+    let producer = Producer::new(client.clone(), ProducerConfig::default())
+        .await
+        .unwrap();
+    for b in 0..5 {
+        let mut acks = Vec::new();
+        for i in 0..4 {
+            let value = if i == 2 {
+                format!("boom-{b}")
+            } else {
+                format!("ok-{b}-{i}")
+            };
+            acks.push(
+                producer
+                    .send("events", Record::new(value, 1))
+                    .await
+                    .unwrap(),
+            );
+        }
+        producer.flush().await.unwrap();
+        for a in acks {
+            a.await.unwrap();
+        }
+    }
+    let (c, _) = counters(&client, "events").await;
+    assert_eq!(c.records_in, 20);
+    assert_eq!(
+        c.records_in,
+        c.records_out + c.filtered + c.dead_lettered,
+        "{c:?}"
+    );
+    assert_eq!((c.records_out, c.dead_lettered, c.failed), (15, 5, 5));
+    assert_eq!(read_all(&client, "events").await.len(), 15);
+    let letters = read_all(&client, "events.dlq").await;
+    assert_eq!(letters.len(), 5);
+    assert!(letters[0].value.starts_with(b"boom"));
+    assert_eq!(header(&letters[0], "edgebus-plugin"), Some(&b"trap"[..]));
+    assert_eq!(
+        header(&letters[0], "edgebus-plugin-version"),
+        Some(&b"1"[..])
+    );
+    assert!(header(&letters[0], "edgebus-error").is_some());
+}
+
+#[tokio::test]
+async fn halt_policy_refuses_produce_until_backoff_passes() {
+    let broker = TestBroker::start().await.unwrap();
+    let client = broker.client().await.unwrap();
+    add_plugin(&client, "trap", "trap_on").await.unwrap();
+    topic(&client, "strict").await;
+    topic(&client, "calm").await;
+    set_ingest(
+        &client,
+        "strict",
+        vec![pref("trap", &[])],
+        FailurePolicy::Halt,
+    )
+    .await
+    .unwrap();
+    let producer = Producer::new(
+        client.clone(),
+        ProducerConfig {
+            delivery_timeout: Duration::from_millis(300),
+            ..ProducerConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let ack = producer
+        .send("strict", Record::new("boom", 1))
+        .await
+        .unwrap();
+    producer.flush().await.unwrap();
+    let err = ack.await.unwrap_err();
+    assert!(
+        err.code() == Some(ErrorCode::PluginHalted) || err.to_string().contains("halted"),
+        "{err}"
+    );
+    assert!(read_all(&client, "strict").await.is_empty());
+    assert_eq!(
+        produce(&client, "calm", &["fine".into()]).await[0],
+        Ok(Some(0))
+    );
+}
+
+#[tokio::test]
+async fn malformed_component_is_refused_by_plugin_add() {
+    let broker = TestBroker::start().await.unwrap();
+    let client = broker.client().await.unwrap();
+    for bytes in [b"not wasm at all".to_vec(), b"\0asm\x01\0\0\0".to_vec()] {
+        let err = client
+            .request(&Request::PluginAdd {
+                name: "bad".into(),
+                wasm: bytes.into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::PluginInvalid), "{err}");
+    }
+    let listed = client.request(&Request::PluginList).await.unwrap();
+    assert_eq!(listed, Response::Plugins(vec![]));
+}
+
+#[tokio::test]
+async fn plugin_in_use_cannot_be_removed_and_error_names_the_user() {
+    let broker = TestBroker::start().await.unwrap();
+    let client = broker.client().await.unwrap();
+    add_plugin(&client, "json-filter", "json_filter")
+        .await
+        .unwrap();
+    topic(&client, "guarded").await;
+    let chain = vec![pref("json-filter", &[("field", "a"), ("op", "exists")])];
+    set_ingest(&client, "guarded", chain, FailurePolicy::Skip)
+        .await
+        .unwrap();
+    let err = client
+        .request(&Request::PluginRemove {
+            name: "json-filter".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::PluginInUse), "{err}");
+    assert!(err.to_string().contains("topic:guarded"), "{err}");
+    set_ingest(&client, "guarded", vec![], FailurePolicy::Skip)
+        .await
+        .unwrap();
+    client
+        .request(&Request::PluginRemove {
+            name: "json-filter".into(),
+        })
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn replaced_plugin_takes_effect_from_the_next_batch() {
+    let broker = TestBroker::start().await.unwrap();
+    let client = broker.client().await.unwrap();
+    assert_eq!(add_plugin(&client, "tag", "tag_version").await.unwrap(), 1);
+    topic(&client, "tagged").await;
+    set_ingest(
+        &client,
+        "tagged",
+        vec![pref("tag", &[])],
+        FailurePolicy::Skip,
+    )
+    .await
+    .unwrap();
+    produce(&client, "tagged", &["before".into()]).await;
+    assert_eq!(
+        add_plugin(&client, "tag", "tag_version_two").await.unwrap(),
+        2
+    );
+    produce(&client, "tagged", &["after".into()]).await;
+    let stored = read_all(&client, "tagged").await;
+    assert_eq!(header(&stored[0], "plugin-version"), Some(&b"1"[..]));
+    assert_eq!(header(&stored[1], "plugin-version"), Some(&b"2"[..]));
+}
+
+#[tokio::test]
+async fn pipeline_downsamples_into_another_topic_and_survives_restart() {
+    let mut broker = TestBroker::start().await.unwrap();
+    let client = broker.client().await.unwrap();
+    add_plugin(&client, "downsample", "downsample")
+        .await
+        .unwrap();
+    topic(&client, "raw").await;
+    topic(&client, "thin").await;
+    client
+        .request(&Request::PipelineCreate {
+            name: "thinning".into(),
+            from: "raw".into(),
+            to: "thin".into(),
+            chain: vec![pref("downsample", &[("every", "2")])],
+            on_failure: FailurePolicy::DeadLetter,
+        })
+        .await
+        .unwrap();
+    let values: Vec<String> = (0..6).map(|i| format!("v{i}")).collect();
+    produce(&client, "raw", &values).await;
+    wait_for_len(&client, "thin", 3).await;
+    broker.restart().await.unwrap();
+    let client = broker.client().await.unwrap();
+    let values: Vec<String> = (6..10).map(|i| format!("v{i}")).collect();
+    produce(&client, "raw", &values).await;
+    wait_for_len(&client, "thin", 5).await;
+    let thin: Vec<_> = read_all(&client, "thin")
+        .await
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.value).into_owned())
+        .collect();
+    assert_eq!(
+        thin,
+        vec!["v0", "v2", "v4", "v6", "v8"],
+        "state and position survived"
+    );
+}
+
+async fn wait_for_len(client: &Client, topic: &str, len: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let n = read_all(client, topic).await.len();
+        if n >= len {
+            assert_eq!(n, len, "more records than expected in {topic}");
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{topic} has {n} of {len}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The bytes built for a plugin are the bytes the broker stores.
+#[tokio::test]
+async fn plugin_describe_reports_hash_version_and_users() {
+    let broker = TestBroker::start().await.unwrap();
+    let client = broker.client().await.unwrap();
+    add_plugin(&client, "redact", "redact").await.unwrap();
+    match client
+        .request(&Request::PluginDescribe {
+            name: "redact".into(),
+        })
+        .await
+        .unwrap()
+    {
+        Response::Plugins(p) => {
+            assert_eq!(p[0].version, 1);
+            assert_eq!(p[0].kind, "transform");
+            assert_eq!(p[0].size_bytes, plugin_wasm("redact").len() as u64);
+            assert_eq!(p[0].hash.len(), 64);
+        }
+        other => panic!("{other:?}"),
+    }
+}
