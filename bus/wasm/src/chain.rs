@@ -49,7 +49,7 @@ pub enum ChainError {
 }
 
 /// What a chain did with one batch.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ChainOutput {
     /// The surviving records in input order, each with the index of the
     /// input record it came from (a fanned-out record keeps its origin's
@@ -252,7 +252,7 @@ impl Stage {
         }
         let (indices, records): (Vec<usize>, Vec<PluginRecord>) = items.into_iter().unzip();
         let error = match self.call(&records, output) {
-            Ok(result) => return Ok(self.expand(indices, records, result, output)),
+            Ok(result) => return Ok(expand(indices, records, result, output)),
             Err(PluginError::Rejected(message)) => return Err(message),
             Err(error) => error,
         };
@@ -274,9 +274,7 @@ impl Stage {
         for (index, record) in indices.into_iter().zip(records) {
             let single = std::slice::from_ref(&record);
             match self.call(single, output) {
-                Ok(result) => {
-                    survivors.extend(self.expand(vec![index], vec![record], result, output))
-                }
+                Ok(result) => survivors.extend(expand(vec![index], vec![record], result, output)),
                 Err(PluginError::Rejected(message)) => return Err(message),
                 Err(error) => output.failed.push((index, self.name.to_string(), error)),
             }
@@ -305,37 +303,6 @@ impl Stage {
             let _ = self.respawn();
         }
         result
-    }
-
-    /// Pairs each output with the index of the input it came from.
-    fn expand(
-        &self,
-        indices: Vec<usize>,
-        records: Vec<PluginRecord>,
-        result: BatchOutput,
-        output: &mut ChainOutput,
-    ) -> Vec<(usize, PluginRecord)> {
-        let mut survivors = Vec::with_capacity(records.len());
-        match result {
-            BatchOutput::Keep(mask) => {
-                for ((index, record), keep) in indices.into_iter().zip(records).zip(mask) {
-                    if keep {
-                        survivors.push((index, record));
-                    } else {
-                        output.filtered += 1;
-                    }
-                }
-            }
-            BatchOutput::Emit(lists) => {
-                for (index, list) in indices.into_iter().zip(lists) {
-                    if list.is_empty() {
-                        output.filtered += 1;
-                    }
-                    survivors.extend(list.into_iter().map(|record| (index, record)));
-                }
-            }
-        }
-        survivors
     }
 
     /// Replaces the instance with a fresh one, same params, same state
@@ -393,4 +360,34 @@ impl Stage {
             Slot::Vacant => {}
         }
     }
+}
+
+/// Pairs each output with the index of the input it came from.
+fn expand(
+    indices: Vec<usize>,
+    records: Vec<PluginRecord>,
+    result: BatchOutput,
+    output: &mut ChainOutput,
+) -> Vec<(usize, PluginRecord)> {
+    let mut survivors = Vec::with_capacity(records.len());
+    match result {
+        BatchOutput::Keep(mask) => {
+            for ((index, record), keep) in indices.into_iter().zip(records).zip(mask) {
+                if keep {
+                    survivors.push((index, record));
+                } else {
+                    output.filtered += 1;
+                }
+            }
+        }
+        BatchOutput::Emit(lists) => {
+            for (index, list) in indices.into_iter().zip(lists) {
+                if list.is_empty() {
+                    output.filtered += 1;
+                }
+                survivors.extend(list.into_iter().map(|record| (index, record)));
+            }
+        }
+    }
+    survivors
 }

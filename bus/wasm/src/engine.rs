@@ -136,7 +136,9 @@ impl Engine {
             .map_err(|e| PluginError::Internal(format!("linking host imports failed: {e:#}")))?;
 
         let tick = (config.deadline / 10).clamp(TICK_MIN, TICK_MAX);
-        let deadline_ticks = config.deadline.as_nanos().div_ceil(tick.as_nanos()) as u64 + 1;
+        let deadline_ticks = u64::try_from(config.deadline.as_nanos().div_ceil(tick.as_nanos()))
+            .unwrap_or(u64::MAX)
+            .saturating_add(1);
         let ticker = Ticker::start(engine.clone(), tick)?;
         Ok(Engine {
             inner: Arc::new(EngineInner {
@@ -188,6 +190,14 @@ impl Engine {
     /// Loads that compiled and stored a new artifact in the on-disk cache.
     pub fn cache_misses(&self) -> usize {
         self.inner.cache.as_ref().map_or(0, Cache::cache_misses)
+    }
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -278,6 +288,16 @@ mod tests {
     fn check_component_header_garbage_is_invalid() {
         let err = check_component_header(b"hello, world");
         assert!(matches!(err, Err(PluginError::Invalid(m)) if m.contains("not a WebAssembly")));
+    }
+
+    #[test]
+    fn ticker_drop_stops_thread_promptly() {
+        let engine = wasmtime::Engine::default();
+        let ticker = Ticker::start(engine, Duration::from_millis(1)).expect("ticker");
+        std::thread::sleep(Duration::from_millis(10));
+        let started = Instant::now();
+        drop(ticker);
+        assert!(started.elapsed() < Duration::from_millis(100));
     }
 
     #[test]

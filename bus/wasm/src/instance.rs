@@ -1,6 +1,7 @@
 //! A running plugin instance: one `Store`, one guest, one state store.
 
 use std::fmt;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use wasmtime::{PoolConcurrencyLimitError, Store, Trap};
@@ -34,8 +35,13 @@ pub enum BatchOutput {
 /// One instance of a plugin, with its own memory, state store and limits.
 ///
 /// Calls are synchronous CPU work bounded by the engine's deadline: run
-/// them on a blocking thread (`spawn_blocking`). An `Instance` is `Send`
-/// but not `Sync`; it serves one call at a time.
+/// them on a blocking thread (`spawn_blocking`), never inside an async
+/// task. `wasmtime-wasi`'s synchronous bindings block on Tokio for some
+/// guest calls (writing to stdout, dropping a stream); on a runtime worker
+/// that panics, which is caught and reported as a trap. Outside any Tokio
+/// runtime, `wasmtime-wasi` starts a process-wide runtime of its own the
+/// first time it needs one. An `Instance` is `Send` but not `Sync`; it
+/// serves one call at a time.
 ///
 /// After [`PluginError::Trap`], [`PluginError::Deadline`] or
 /// [`PluginError::MemoryLimit`] the instance is poisoned: its memory may
@@ -170,12 +176,14 @@ impl Instance {
         store.set_epoch_deadline(engine.deadline_ticks);
         store.data_mut().begin_call();
         let returned = match bindings {
-            Bindings::Filter(guest) => {
+            Bindings::Filter(guest) => catch_host_panic(|| {
                 world::with_filter_records(batch, |records| guest.call_filter(&mut *store, records))
-                    .map(|verdict| verdict.map(BatchOutput::Keep))
-            }
-            Bindings::Transform(guest) => world::with_transform_records(batch, |records| {
-                guest.call_transform(&mut *store, records)
+            })
+            .map(|verdict| verdict.map(BatchOutput::Keep)),
+            Bindings::Transform(guest) => catch_host_panic(|| {
+                world::with_transform_records(batch, |records| {
+                    guest.call_transform(&mut *store, records)
+                })
             })
             .map(|verdict| {
                 verdict.map(|outputs| {
@@ -211,6 +219,28 @@ impl Instance {
         }
         outcome
     }
+}
+
+/// Runs a guest call, turning a panic in host code into an error so that
+/// it poisons the instance instead of unwinding into the broker.
+///
+/// wasmtime carries a host function's panic back out through the guest's
+/// frames. The likely cause is calling from an async task:
+/// `wasmtime-wasi`'s synchronous bindings block on Tokio (for instance when
+/// the guest writes to stdout), and blocking panics on a runtime worker.
+pub(crate) fn catch_host_panic<R>(
+    call: impl FnOnce() -> wasmtime::Result<R>,
+) -> wasmtime::Result<R> {
+    std::panic::catch_unwind(AssertUnwindSafe(call)).unwrap_or_else(|payload| {
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|message| message.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a non-string panic payload".to_string());
+        Err(wasmtime::format_err!(
+            "host code panicked during the call: {message}"
+        ))
+    })
 }
 
 /// A guest that answers for a different number of records than it was

@@ -35,7 +35,7 @@
 //!   compile cache, the epoch ticker.
 //! - [`plugin`]: [`Plugin`], a compiled and type-checked component.
 //! - [`instance`]: [`Instance`], one sandboxed guest and its calls.
-//! - [`chain`]: [`Chain`](chain::Chain), plugins in order with failure
+//! - [`chain`]: [`Chain`], plugins in order with failure
 //!   isolation and hot swap.
 //! - [`record`]: [`PluginRecord`], the host's record type.
 //! - [`state`]: [`StateStore`] and the in-memory [`MemState`].

@@ -11,7 +11,7 @@ use wasmtime::component::Component;
 use crate::engine::EngineInner;
 use crate::error::PluginError;
 use crate::host::{self, HostState};
-use crate::instance::{self, Bindings, Instance};
+use crate::instance::{self, Bindings, Instance, catch_host_panic};
 use crate::state::{StateLayer, StateStore};
 use crate::world::{self, filter::FilterPre, transform::TransformPre};
 
@@ -193,10 +193,10 @@ impl Plugin {
         store.set_epoch_deadline(engine.deadline_ticks);
         store.data_mut().begin_call();
 
-        let instantiated = match &self.inner.pre {
+        let instantiated = catch_host_panic(|| match &self.inner.pre {
             Pre::Filter(pre) => pre.instantiate(&mut store).map(Bindings::Filter),
             Pre::Transform(pre) => pre.instantiate(&mut store).map(Bindings::Transform),
-        };
+        });
         let bindings = match instantiated {
             Ok(bindings) => bindings,
             Err(e) => {
@@ -206,12 +206,12 @@ impl Plugin {
             }
         };
 
-        let init = match &bindings {
+        let init = catch_host_panic(|| match &bindings {
             Bindings::Filter(guest) => guest.call_init(&mut store, &world::filter_params(params)),
             Bindings::Transform(guest) => {
                 guest.call_init(&mut store, &world::transform_params(params))
             }
-        };
+        });
         let error = match init {
             Ok(Ok(())) => None,
             Ok(Err(message)) => Some(PluginError::Init(message)),

@@ -290,3 +290,47 @@ fn instantiate_beyond_pool_capacity_fails_without_panicking() {
             .is_ok()
     );
 }
+
+/// The broker runs plugins on Tokio's blocking pool; `wasmtime-wasi`
+/// bridges the guest's stdio through Tokio there (the panic message goes
+/// to stderr on its way to the trap).
+#[test]
+fn trap_on_from_spawn_blocking_reports_trap_with_stderr() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let plugin = engine().load(&plugin_wasm("trap_on")).expect("load");
+    let result = runtime.block_on(async move {
+        tokio::task::spawn_blocking(move || {
+            let mut instance = plugin.instantiate("trap", &[], Box::new(MemState::new()))?;
+            instance.process(&records(&["boom"]))
+        })
+        .await
+    });
+    assert!(
+        matches!(&result, Ok(Err(PluginError::Trap(m))) if m.contains("contains `boom`")),
+        "{result:?}"
+    );
+}
+
+/// Calling from an async task is a host bug (`wasmtime-wasi` blocks on
+/// Tokio inside a runtime worker and panics); it must poison the instance,
+/// not unwind into the broker.
+#[test]
+fn trap_on_from_async_task_fails_call_instead_of_panicking() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let plugin = engine().load(&plugin_wasm("trap_on")).expect("load");
+    let mut instance = plugin
+        .instantiate("trap", &[], Box::new(MemState::new()))
+        .expect("instantiate");
+
+    let result = runtime.block_on(async { instance.process(&records(&["boom"])) });
+
+    assert!(
+        matches!(&result, Err(PluginError::Trap(m)) if m.contains("host code panicked")),
+        "{result:?}"
+    );
+    assert!(instance.is_poisoned());
+}

@@ -23,7 +23,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use clap::{Args, ValueEnum};
 use edgebus_client::{
     Client, ClientConfig, ClientError, DeliveryFuture, GroupConfig, GroupConsumer, PartitionOffset,
-    Position, Producer, ProducerConfig, Record, SubscribeConfig, Subscription, TopicSpec,
+    PluginRef, Position, Producer, ProducerConfig, Record, SubscribeConfig, Subscription,
+    TopicSpec,
 };
 use edgebus_proto::frame::Request;
 use futures::StreamExt;
@@ -33,6 +34,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use tokio::sync::mpsc;
 
+use super::plugin::parse_plugin_ref;
 use super::{AcksArg, Failure, Output};
 use crate::config::Config;
 
@@ -87,6 +89,18 @@ pub struct BenchArgs {
     /// `rebalance`: the members' session timeout in milliseconds.
     #[arg(long, default_value_t = 1000)]
     session_ms: u64,
+    /// Run this bundled plugin on the bench topic's ingest path,
+    /// `NAME[:key=value,…]`; repeat for a chain.
+    #[arg(long = "ingest", value_parser = parse_plugin_ref)]
+    ingest: Vec<PluginRef>,
+    /// `consume`/`e2e`: have the broker run this bundled plugin on the read
+    /// path, `NAME[:key=value,…]`; repeat for a chain.
+    #[arg(long = "filter", value_parser = parse_plugin_ref)]
+    filters: Vec<PluginRef>,
+    /// Values are JSON objects `{"n":…,"pad":"…"}` of about `--size` bytes
+    /// (for plugin benches) instead of raw bytes.
+    #[arg(long)]
+    json: bool,
     /// Use this broker instead of starting one in a temp dir.
     #[arg(long)]
     broker: Option<SocketAddr>,
@@ -121,6 +135,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
             max_message_bytes: (args.size as u32).saturating_add(1024).max(1 << 20),
         })
         .await?;
+    attach_plugins(&client, &topic, &args).await?;
     let report = match args.mode {
         Mode::Produce => produce(&client, &topic, &args, progress(&args)).await?,
         Mode::Consume => {
@@ -162,6 +177,9 @@ fn args_clone(a: &BenchArgs) -> BenchArgs {
         rate: a.rate,
         rounds: a.rounds,
         session_ms: a.session_ms,
+        ingest: a.ingest.clone(),
+        filters: a.filters.clone(),
+        json: a.json,
         broker: a.broker,
         ca: a.ca.clone(),
         output: a.output,
@@ -206,6 +224,42 @@ fn progress(args: &BenchArgs) -> ProgressBar {
     bar
 }
 
+/// Registers the bundled plugins the bench names and attaches `--ingest`.
+async fn attach_plugins(client: &Client, topic: &str, args: &BenchArgs) -> Result<(), Failure> {
+    let names: std::collections::BTreeSet<&str> = args
+        .ingest
+        .iter()
+        .chain(&args.filters)
+        .map(|p| p.name.as_str())
+        .collect();
+    for name in names {
+        let wasm = crate::bundled::wasm(&name.replace('-', "_")).map_err(Failure::other)?;
+        client
+            .request(&Request::PluginAdd {
+                name: name.to_owned(),
+                wasm: wasm.into(),
+            })
+            .await?;
+    }
+    if !args.ingest.is_empty() {
+        client
+            .request(&Request::SetIngest {
+                topic: topic.to_owned(),
+                chain: args.ingest.clone(),
+                on_failure: edgebus_client::FailurePolicy::DeadLetter,
+            })
+            .await?;
+    }
+    Ok(())
+}
+
+/// A JSON object of `size` bytes with a numeric field `n` (= 42) and padding.
+fn json_template(size: usize) -> Bytes {
+    let head = r#"{"n":42,"pad":""#;
+    let pad = size.saturating_sub(head.len() + 2);
+    Bytes::from(format!("{head}{}\"}}", "x".repeat(pad)))
+}
+
 /// The value of record `i`; in e2e mode its first 8 bytes carry the send
 /// time in microseconds since `base`.
 fn value(template: &Bytes, base: Instant, stamp: bool) -> Bytes {
@@ -235,7 +289,11 @@ async fn produce(
         },
     )
     .await?;
-    let template = Bytes::from((0..args.size).map(|i| (i % 251) as u8).collect::<Vec<_>>());
+    let template = if args.json {
+        json_template(args.size)
+    } else {
+        Bytes::from((0..args.size).map(|i| (i % 251) as u8).collect::<Vec<_>>())
+    };
     let (tx, rx) = mpsc::channel::<(Instant, DeliveryFuture)>(65536);
     let collector = tokio::spawn(collect_acks(rx, bar.clone()));
     let start = Instant::now();
@@ -315,14 +373,27 @@ async fn consume(
             topic,
             p,
             Position::Earliest,
-            SubscribeConfig::default(),
+            SubscribeConfig {
+                chain: args.filters.clone(),
+                ..SubscribeConfig::default()
+            },
         )
         .await?;
         let (received, tx, total) = (received.clone(), tx.clone(), args.records);
         let base = *BASE;
+        // With a read-path filter fewer records arrive than were produced;
+        // the subscription's position says when the broker has scanned
+        // everything produced (`consume` produces before it starts).
+        let scan_end = if args.filters.is_empty() || measure_latency {
+            None
+        } else {
+            Some(client.list_offset(topic, p, Position::Latest).await?)
+        };
         tokio::spawn(async move {
             let mut histogram = new_histogram();
-            while received.load(Ordering::Relaxed) < total {
+            while received.load(Ordering::Relaxed) < total
+                && scan_end.is_none_or(|end| sub.position().is_none_or(|at| at < end))
+            {
                 let item = tokio::time::timeout(Duration::from_millis(200), sub.next()).await;
                 match item {
                     Ok(Some(Ok(record))) => {
@@ -364,7 +435,19 @@ async fn consume(
     }
     let elapsed = start.elapsed();
     bar.finish_and_clear();
-    let records = received.load(Ordering::Relaxed);
+    let delivered = received.load(Ordering::Relaxed);
+    if !args.filters.is_empty() {
+        eprintln!(
+            "read-path filter delivered {delivered} of {} records scanned",
+            args.records
+        );
+    }
+    // Throughput counts the source records the broker scanned.
+    let records = if args.filters.is_empty() {
+        delivered
+    } else {
+        args.records
+    };
     if records < args.records {
         return Err(Failure::other(format!(
             "consumed {records} of {} records",

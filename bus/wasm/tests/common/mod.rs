@@ -6,7 +6,7 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 
 use edgebus_wasm::{Engine, EngineConfig, PluginRecord};
 
@@ -100,10 +100,9 @@ pub fn shared_cache_dir() -> PathBuf {
 
 /// An engine with default limits and the shared compile cache.
 pub fn engine() -> Engine {
-    static ENGINE: Mutex<Option<Engine>> = Mutex::new(None);
-    let mut engine = ENGINE.lock().unwrap_or_else(|e| e.into_inner());
-    engine
-        .get_or_insert_with(|| engine_with(EngineConfig::default()))
+    static ENGINE: OnceLock<Engine> = OnceLock::new();
+    ENGINE
+        .get_or_init(|| engine_with(EngineConfig::default()))
         .clone()
 }
 
