@@ -190,6 +190,16 @@ impl Broker {
             record_count: header.record_count,
         });
         let (records, dead_letters) = match ingested {
+            Ingested::Unchanged => {
+                let append = Append {
+                    topic,
+                    partition,
+                    batch,
+                    header,
+                    sequence: None,
+                };
+                return Ok(self.writer.append(append, durable).await);
+            }
             Ingested::Refused(response) => {
                 if sequence.is_some() {
                     let skip = Append {

@@ -67,6 +67,15 @@ pub struct LiveChain {
 }
 
 impl LiveChain {
+    /// Whether every stage is a filter, so outputs are always inputs.
+    pub fn only_filters(&self) -> bool {
+        (0..self.chain.len()).all(|i| {
+            self.chain
+                .plugin(i)
+                .is_some_and(|p| p.kind() == edgebus_wasm::PluginKind::Filter)
+        })
+    }
+
     /// The chain, to run batches through.
     pub fn chain_mut(&mut self) -> &mut Chain {
         &mut self.chain
@@ -114,6 +123,9 @@ pub struct Attachment {
 
 /// What an ingest chain did to a produced batch.
 pub enum Ingested {
+    /// Only filters ran and they kept every record: store the producer's
+    /// batch as it is, without re-encoding it.
+    Unchanged,
     /// Append these records (possibly none) in place of the batch.
     Records {
         /// Output records.
@@ -448,6 +460,7 @@ impl Plugins {
         if let Err(e) = self.refresh(live, &a.refs) {
             return Ingested::Refused(e);
         }
+        let only_filters = live.only_filters();
         let out = live.chain.process(inputs);
         if let Some((plugin, message)) = &out.rejected {
             a.counters.record(count, &out, 0);
@@ -481,6 +494,9 @@ impl Plugins {
             Vec::new()
         };
         a.counters.record(count, &out, dead_letters.len());
+        if only_filters && out.outputs.len() == count {
+            return Ingested::Unchanged;
+        }
         Ingested::Records {
             records: out
                 .outputs

@@ -391,10 +391,17 @@ async fn consume(
         };
         tokio::spawn(async move {
             let mut histogram = new_histogram();
+            let mut position = sub.position_watch();
             while received.load(Ordering::Relaxed) < total
                 && scan_end.is_none_or(|end| sub.position().is_none_or(|at| at < end))
             {
-                let item = tokio::time::timeout(Duration::from_millis(200), sub.next()).await;
+                // Wake on a record, on the scan position moving (a filter may
+                // deliver nothing), or on another partition finishing the count.
+                let item = tokio::select! {
+                    item = sub.next() => Ok(item),
+                    _ = position.changed() => Err(()),
+                    () = tokio::time::sleep(Duration::from_millis(200)) => Err(()),
+                };
                 match item {
                     Ok(Some(Ok(record))) => {
                         if measure_latency && record.value.len() >= 8 {
