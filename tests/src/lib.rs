@@ -37,6 +37,10 @@ impl TestBroker {
             data_dir: dir.path().join("data"),
             ..Config::default()
         };
+        // Tests share one compile cache, so each plugin is compiled once
+        // per test run rather than once per broker.
+        config.plugins.cache_dir =
+            Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/test-plugin-cache"));
         tweak(&mut config);
         let running = edgebus::start(config.clone()).await?;
         config.listen = running.addr;

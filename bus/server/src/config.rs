@@ -36,6 +36,10 @@ pub struct PluginLimits {
     pub memory_max_bytes: usize,
     /// Plugin instances alive at once (the pooling allocator's size).
     pub max_instances: u32,
+    /// Where compiled plugins are cached, by content hash (default:
+    /// `data_dir/plugin-cache`). Holds native code loaded without
+    /// re-validation: only the broker may write there.
+    pub cache_dir: Option<PathBuf>,
 }
 
 impl Default for PluginLimits {
@@ -44,6 +48,7 @@ impl Default for PluginLimits {
             deadline_ms: 50,
             memory_max_bytes: 64 << 20,
             max_instances: 256,
+            cache_dir: None,
         }
     }
 }

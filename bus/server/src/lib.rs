@@ -174,7 +174,13 @@ pub async fn start_with_store(
         .local_addr()
         .map_err(|e| endpoint_err(e.to_string()))?;
     let engine = edgebus_wasm::Engine::new(edgebus_wasm::EngineConfig {
-        cache_dir: Some(config.data_dir.join("plugin-cache")),
+        cache_dir: Some(
+            config
+                .plugins
+                .cache_dir
+                .clone()
+                .unwrap_or_else(|| config.data_dir.join("plugin-cache")),
+        ),
         deadline: Duration::from_millis(config.plugins.deadline_ms),
         memory_max_bytes: config.plugins.memory_max_bytes,
         max_instances: config.plugins.max_instances,

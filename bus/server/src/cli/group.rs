@@ -6,7 +6,7 @@ use edgebus_proto::frame::{Request, Response};
 use serde_json::json;
 
 use super::consume::parse_from;
-use super::{ConnectArgs, Failure, Output};
+use super::{CommonArgs, Failure, Output};
 
 #[derive(Debug, Subcommand)]
 pub enum GroupCommand {
@@ -19,15 +19,6 @@ pub enum GroupCommand {
     ResetOffsets(ResetArgs),
     /// Delete a group's committed offsets (group must be empty).
     Delete(NamedArgs),
-}
-
-#[derive(Debug, Args)]
-pub struct CommonArgs {
-    #[command(flatten)]
-    connect: ConnectArgs,
-    /// Output format.
-    #[arg(long, value_enum, default_value_t)]
-    output: Output,
 }
 
 #[derive(Debug, Args)]

@@ -122,6 +122,16 @@ pub async fn run(cli: Cli) -> ExitCode {
     }
 }
 
+/// Connection flags plus `--output`, shared by the admin commands.
+#[derive(Debug, clap::Args)]
+pub struct CommonArgs {
+    #[command(flatten)]
+    connect: ConnectArgs,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t)]
+    output: Output,
+}
+
 /// `--output` choices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
 pub enum Output {

@@ -6,7 +6,7 @@ use edgebus_proto::frame::{Request, Response};
 use serde_json::json;
 
 use super::plugin::{chain_text, parse_plugin_ref};
-use super::{ConnectArgs, Failure, Output, PolicyArg};
+use super::{CommonArgs, Failure, Output, PolicyArg};
 
 #[derive(Debug, Subcommand)]
 pub enum PipelineCommand {
@@ -19,15 +19,6 @@ pub enum PipelineCommand {
     Describe(NamedArgs),
     /// Stop and delete a pipeline (its output stays).
     Delete(NamedArgs),
-}
-
-#[derive(Debug, Args)]
-pub struct CommonArgs {
-    #[command(flatten)]
-    connect: ConnectArgs,
-    /// Output format.
-    #[arg(long, value_enum, default_value_t)]
-    output: Output,
 }
 
 #[derive(Debug, Args)]

@@ -8,7 +8,7 @@ use edgebus_client::{PluginDescription, PluginRef};
 use edgebus_proto::frame::{Request, Response};
 use serde_json::json;
 
-use super::{ConnectArgs, Failure, Output};
+use super::{CommonArgs, Failure, Output};
 
 /// Parses `NAME[:key=value,key=value…]`. A piece without `=` continues the
 /// previous value, so `redact:fields=a.b,c,mode=mask` keeps `a.b,c`.
@@ -70,15 +70,6 @@ pub enum PluginCommand {
     Describe(NamedArgs),
     /// Remove a plugin nothing uses.
     Remove(NamedArgs),
-}
-
-#[derive(Debug, Args)]
-pub struct CommonArgs {
-    #[command(flatten)]
-    connect: ConnectArgs,
-    /// Output format.
-    #[arg(long, value_enum, default_value_t)]
-    output: Output,
 }
 
 #[derive(Debug, Args)]

@@ -6,7 +6,7 @@ use edgebus_proto::frame::{Request, Response};
 use serde_json::json;
 
 use super::plugin::{chain_text, parse_plugin_ref};
-use super::{ConnectArgs, Failure, Output, PolicyArg};
+use super::{CommonArgs, Failure, Output, PolicyArg};
 
 #[derive(Debug, Subcommand)]
 pub enum TopicCommand {
@@ -20,15 +20,6 @@ pub enum TopicCommand {
     Describe(NamedArgs),
     /// Delete a topic and all its records.
     Delete(NamedArgs),
-}
-
-#[derive(Debug, Args)]
-pub struct CommonArgs {
-    #[command(flatten)]
-    connect: ConnectArgs,
-    /// Output format.
-    #[arg(long, value_enum, default_value_t)]
-    output: Output,
 }
 
 #[derive(Debug, Args)]
