@@ -33,6 +33,7 @@ declare -A worlds=(
     [trap_on]=filter
     [tag_version]=transform
     [tag_version_two]=transform
+    [reject_on]=filter
     [init_fails]=filter
 )
 

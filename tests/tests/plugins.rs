@@ -504,3 +504,41 @@ async fn plugin_describe_reports_hash_version_and_users() {
         other => panic!("{other:?}"),
     }
 }
+
+/// A rejection reaches the producer with the plugin's message, nothing of
+/// that batch is stored, and the same idempotent producer's next batch is
+/// still accepted (its sequence advanced past the rejected batch).
+#[tokio::test]
+async fn ingest_rejection_reaches_producer_and_sequence_stays_continuous() {
+    let broker = TestBroker::start().await.unwrap();
+    let client = broker.client().await.unwrap();
+    add_plugin(&client, "gate", "reject_on").await.unwrap();
+    topic(&client, "gated").await;
+    set_ingest(
+        &client,
+        "gated",
+        vec![pref("gate", &[])],
+        FailurePolicy::Skip,
+    )
+    .await
+    .unwrap();
+    let acks = produce(
+        &client,
+        "gated",
+        &["first".into(), "please reject me".into(), "third".into()],
+    )
+    .await;
+    assert_eq!(acks[0], Ok(Some(0)));
+    assert_eq!(acks[1], Err(ErrorCode::PluginRejected));
+    assert_eq!(
+        acks[2],
+        Ok(Some(1)),
+        "the producer's next batch is in sequence"
+    );
+    let values: Vec<_> = read_all(&client, "gated")
+        .await
+        .iter()
+        .map(|r| r.value.clone())
+        .collect();
+    assert_eq!(values, vec!["first", "third"]);
+}
