@@ -379,6 +379,13 @@ impl GroupCoordinator {
         }
     }
 
+    /// Whether `member_id` is a live member of `group`.
+    pub fn is_member(&self, group: &str, member_id: &str) -> bool {
+        self.groups
+            .get(group)
+            .is_some_and(|g| g.members.contains_key(member_id))
+    }
+
     /// Names of groups that have members.
     pub fn active_groups(&self) -> Vec<String> {
         self.groups.keys().cloned().collect()

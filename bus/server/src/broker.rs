@@ -201,7 +201,17 @@ impl Broker {
                 return Ok(self.writer.append(append, durable).await);
             }
             Ingested::Refused(response) => {
-                if sequence.is_some() {
+                // A final refusal is never retried, so the producer's next
+                // batch follows it: advance the sequence past it. A
+                // retriable one (halted, storage) will be resent with the
+                // same sequence and must then be stored, not deduplicated.
+                let retriable = match &response {
+                    Response::Error { code, .. } => {
+                        ErrorCode::from_u16(*code).is_some_and(ErrorCode::is_retriable)
+                    }
+                    _ => false,
+                };
+                if sequence.is_some() && !retriable {
                     let skip = Append {
                         topic,
                         partition,
@@ -505,8 +515,8 @@ impl Broker {
                     .create(self, &name, &from, &to, chain, on_failure)
                     .await
             }
-            Request::PipelineList => self.pipelines.describe(self, None),
-            Request::PipelineDescribe { name } => self.pipelines.describe(self, Some(&name)),
+            Request::PipelineList => self.pipelines.describe(None),
+            Request::PipelineDescribe { name } => self.pipelines.describe(Some(&name)),
             Request::PipelineDelete { name } => self.pipelines.delete(self, &name).await,
             Request::Produce { .. } | Request::Subscribe { .. } => Response::error(
                 ErrorCode::InvalidRequest,
@@ -658,7 +668,6 @@ impl From<WriteError> for Failure {
                 _ => ErrorCode::StorageError,
             },
             WriteError::Store(_) => ErrorCode::StorageError,
-            WriteError::Stopped => ErrorCode::ShuttingDown,
         };
         Failure(Response::error(code, e.to_string()))
     }

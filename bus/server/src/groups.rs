@@ -114,7 +114,18 @@ impl Groups {
             tick.tick().await;
             self.lock().tick(Instant::now());
             self.wake();
+            self.forget_expired();
         }
+    }
+
+    /// Drops the wakers of members that were expired rather than leaving,
+    /// so crashed consumers do not leave entries behind.
+    fn forget_expired(&self) {
+        let coordinator = self.lock();
+        self.wakers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(group, member), _| coordinator.is_member(group, member));
     }
 
     /// Wakes the held heartbeats of members whose answer may have changed.

@@ -95,6 +95,21 @@ struct Running {
 #[derive(Clone, Default)]
 pub struct Pipelines {
     running: Arc<Mutex<HashMap<String, Running>>>,
+    /// Names being created: reserved before `create` awaits anything, so
+    /// two concurrent creates of one name cannot both start a task.
+    creating: Arc<Mutex<std::collections::HashSet<String>>>,
+}
+
+/// Releases a name reservation however `create` returns.
+struct Reservation<'a> {
+    creating: &'a Mutex<std::collections::HashSet<String>>,
+    name: String,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        lock(self.creating).remove(&self.name);
+    }
 }
 
 impl Pipelines {
@@ -139,12 +154,20 @@ impl Pipelines {
         chain: Vec<PluginRef>,
         on_failure: FailurePolicy,
     ) -> Response {
-        if lock(&self.running).contains_key(name) {
-            return Response::error(
-                ErrorCode::PipelineExists,
-                format!("pipeline {name:?} exists"),
-            );
-        }
+        let _reservation = {
+            let running = lock(&self.running);
+            let mut creating = lock(&self.creating);
+            if running.contains_key(name) || !creating.insert(name.to_owned()) {
+                return Response::error(
+                    ErrorCode::PipelineExists,
+                    format!("pipeline {name:?} exists"),
+                );
+            }
+            Reservation {
+                creating: &self.creating,
+                name: name.to_owned(),
+            }
+        };
         if let Err(e) = edgebus_store::topic::validate(&edgebus_proto::frame::TopicSpec {
             name: name.to_owned(),
             partitions: 1,
@@ -189,31 +212,29 @@ impl Pipelines {
             Ok(Err(e)) => return e,
             Err(e) => return Response::error(ErrorCode::PluginInvalid, e.to_string()),
         }
-        let blob = definition.encode();
-        if let Err(e) = broker
-            .store()
-            .put_config(ConfigKind::Pipeline, name, Some(&blob))
-        {
-            return Response::error(ErrorCode::StorageError, e.to_string());
+        let (store, blob, key) = (broker.store().clone(), definition.encode(), name.to_owned());
+        let stored = tokio::task::spawn_blocking(move || {
+            store.put_config(ConfigKind::Pipeline, &key, Some(&blob))
+        })
+        .await;
+        match stored {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Response::error(ErrorCode::StorageError, e.to_string()),
+            Err(e) => return Response::error(ErrorCode::StorageError, e.to_string()),
         }
         self.spawn(broker, definition);
         Response::Done
     }
 
     /// `PipelineList` / `PipelineDescribe`.
-    pub fn describe(&self, broker: &Broker, only: Option<&str>) -> Response {
+    pub fn describe(&self, only: Option<&str>) -> Response {
         let running = lock(&self.running);
         let mut out: Vec<PipelineDescription> = running
             .values()
             .filter(|r| only.is_none_or(|n| n == r.definition.name))
             .map(|r| {
                 let d = &r.definition;
-                let mut positions: BTreeMap<u32, u64> = broker
-                    .store()
-                    .pipeline_positions(&d.name)
-                    .map(|p| p.into_iter().collect())
-                    .unwrap_or_default();
-                positions.extend(lock(&r.shared.positions).iter());
+                let positions = lock(&r.shared.positions).clone();
                 PipelineDescription {
                     name: d.name.clone(),
                     from: d.from.clone(),
@@ -247,16 +268,10 @@ impl Pipelines {
         };
         running.task.abort();
         let _ = running.task.await;
-        let store = broker.store().clone();
-        let name = name.to_owned();
-        let deleted = tokio::task::spawn_blocking(move || {
-            store.put_config(ConfigKind::Pipeline, &name, None)?;
-            store.delete_pipeline_data(&name)
-        })
-        .await;
-        match deleted {
-            Ok(Ok(())) => Response::Done,
-            Ok(Err(e)) => Response::error(ErrorCode::StorageError, e.to_string()),
+        // Through the writer, so a step the task queued before it was
+        // stopped commits first and cannot write its position back after.
+        match broker.writer().delete_pipeline(name.to_owned()).await {
+            Ok(()) => Response::Done,
             Err(e) => Response::error(ErrorCode::StorageError, e.to_string()),
         }
     }
@@ -366,13 +381,20 @@ async fn run(broker: Broker, def: Definition, shared: Arc<Shared>) {
                 continue;
             }
         };
-        let mut positions: BTreeMap<u32, u64> = match broker.store().pipeline_positions(&def.name) {
-            Ok(p) => p.into_iter().collect(),
+        let (store, name) = (broker.store().clone(), def.name.clone());
+        let stored = tokio::task::spawn_blocking(move || store.pipeline_positions(&name)).await;
+        let mut positions: BTreeMap<u32, u64> = match stored {
+            Ok(Ok(p)) => p.into_iter().collect(),
+            Ok(Err(e)) => {
+                backoff(&shared, &mut halt, format!("cannot read positions: {e}")).await;
+                continue;
+            }
             Err(e) => {
                 backoff(&shared, &mut halt, format!("cannot read positions: {e}")).await;
                 continue;
             }
         };
+        lock(&shared.positions).clone_from(&positions);
         *lock(&shared.status) = "running".into();
         loop {
             let Some(spec) = broker.topic_spec(&def.from) else {

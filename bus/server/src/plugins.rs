@@ -196,11 +196,6 @@ impl Plugins {
         Ok(plugins)
     }
 
-    /// The store the registry lives in.
-    pub fn store(&self) -> &Arc<dyn LogStore> {
-        &self.store
-    }
-
     fn registry(&self) -> std::sync::MutexGuard<'_, HashMap<String, (PluginInfo, Plugin)>> {
         self.registry.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -35,8 +35,6 @@ use crate::plugins::{Halt, LiveChain, dead_letter, from_plugin, to_plugin};
 pub mod close_code {
     /// Normal shutdown.
     pub const SHUTDOWN: u32 = 0;
-    /// The broker has `max_connections` connections.
-    pub const TOO_MANY_CONNECTIONS: u32 = 1;
     /// The stream sent a frame over `max_frame_bytes`.
     pub const FRAME_TOO_LARGE: u32 = 2;
 }
@@ -390,7 +388,10 @@ async fn push(
         if let Some(c) = chain.as_mut()
             && !read.batches.is_empty()
         {
-            match c.run(broker, topic, partition, start, &read.batches).await {
+            match c
+                .run(broker, (topic, partition), start, &read.batches, &mut recv)
+                .await
+            {
                 Ok(batches) => read.batches = batches,
                 Err(error) => return feed.fail(error).await,
             }
@@ -431,10 +432,10 @@ impl ReadChain {
     async fn run(
         &mut self,
         broker: &Broker,
-        topic: &str,
-        partition: u32,
+        (topic, partition): (&str, u32),
         from: u64,
         stored: &[Bytes],
+        recv: &mut quinn::RecvStream,
     ) -> Result<Vec<Bytes>, Response> {
         let mut inputs = Vec::new();
         for b in stored {
@@ -477,7 +478,14 @@ impl ReadChain {
                 let pause = self.halt.trip(std::time::Instant::now());
                 counters.record(inputs.len(), &out, 0);
                 tracing::warn!(%topic, partition, ?pause, "read-path chain halted");
-                tokio::time::sleep(pause).await;
+                // Pause, but stop at once if the subscriber goes away.
+                let mut probe = [0u8; 1];
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => {}
+                    r = recv.read(&mut probe) => if !matches!(r, Ok(Some(_))) {
+                        return Err(Response::error(ErrorCode::ShuttingDown, "subscriber left"));
+                    },
+                }
                 continue;
             }
             self.halt.clear();

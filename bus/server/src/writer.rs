@@ -18,8 +18,8 @@ use std::sync::Arc;
 use edgebus_proto::ErrorCode;
 use edgebus_proto::frame::Response;
 use edgebus_store::{
-    Append, AppendError, AppendOutcome, CommitError, LogStore, OffsetCommit, PipelineCommit,
-    PipelineError, RetentionReport, StoreError,
+    Append, AppendError, AppendOutcome, CommitError, ConfigKind, LogStore, OffsetCommit,
+    PipelineCommit, PipelineError, RetentionReport, StoreError,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -40,9 +40,6 @@ pub enum WriteError {
     /// The transaction failed; nothing in it was stored.
     #[error("{0}")]
     Store(String),
-    /// The writer has stopped.
-    #[error("writer stopped")]
-    Stopped,
 }
 
 enum Op {
@@ -62,6 +59,10 @@ enum Op {
     Pipeline {
         commit: Box<PipelineCommit>,
         reply: oneshot::Sender<Result<Vec<u64>, PipelineError>>,
+    },
+    DeletePipeline {
+        name: String,
+        reply: oneshot::Sender<Result<(), StoreError>>,
     },
 }
 
@@ -128,6 +129,18 @@ impl Writer {
         rx.await.map_err(|_| stopped())?
     }
 
+    /// Deletes a pipeline's definition, positions and state, after every
+    /// step already queued.
+    pub async fn delete_pipeline(&self, name: String) -> Result<(), StoreError> {
+        let (reply, rx) = oneshot::channel();
+        let stopped = || StoreError::Backend("writer stopped".into());
+        self.tx
+            .send(Op::DeletePipeline { name, reply })
+            .await
+            .map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+
     /// Runs retention inside the writer, so it never races an append.
     pub async fn enforce_retention(&self, now_ms: i64) -> Result<RetentionReport, StoreError> {
         let (reply, rx) = oneshot::channel();
@@ -178,6 +191,12 @@ fn run(
                         }
                     }
                     let _ = reply.send(result);
+                }
+                Op::DeletePipeline { name, reply } => {
+                    let deleted = store
+                        .put_config(ConfigKind::Pipeline, &name, None)
+                        .and_then(|()| store.delete_pipeline_data(&name));
+                    let _ = reply.send(deleted);
                 }
             }
             if bytes < max_group_bytes && commits.len() < MAX_GROUP_OFFSET_COMMITS {

@@ -94,7 +94,7 @@ impl Subscription {
             Position::Offset(o) => Some(o),
             _ => None,
         };
-        tokio::spawn(reader.run(stream, floor));
+        tokio::spawn(reader.run(stream, from, floor));
         Ok(Subscription {
             chunks,
             ready: Vec::new().into_iter(),
@@ -179,7 +179,7 @@ impl Reader {
         Ok((send, recv, corr))
     }
 
-    async fn run(mut self, mut stream: Stream, mut next_offset: Option<u64>) {
+    async fn run(mut self, mut stream: Stream, start: Position, mut next_offset: Option<u64>) {
         let mut attempt = 0u32;
         loop {
             let error = self.pump(&mut stream, &mut next_offset).await;
@@ -195,7 +195,9 @@ impl Reader {
             loop {
                 attempt += 1;
                 tokio::time::sleep(Duration::from_millis(50u64 << attempt.min(5))).await;
-                let from = next_offset.map_or(Position::Earliest, Position::Offset);
+                // Before the first frame, resume where the caller asked to
+                // start, not from the beginning of the log.
+                let from = next_offset.map_or(start, Position::Offset);
                 match self.open(from).await {
                     Ok(s) => {
                         stream = s;

@@ -468,14 +468,9 @@ impl MemberTask {
     ) -> Result<(), ClientError> {
         self.incarnation += 1;
         let incarnation = self.incarnation;
-        {
-            let mut shared = lock(&self.shared);
-            shared.owned.insert(tp.clone(), incarnation);
-            if let Some(c) = committed {
-                shared.processed.insert(tp.clone(), c);
-                self.committed.insert(tp.clone(), c);
-            }
-        }
+        // Own the partition only once its subscription is up: a partition
+        // recorded as owned but without a reader would be reported in every
+        // heartbeat and never handed on.
         let mut sub = Subscription::start(
             self.client.clone(),
             &tp.topic,
@@ -484,9 +479,15 @@ impl MemberTask {
             self.config.subscribe.clone(),
         )
         .await?;
-        lock(&self.shared)
-            .log_end
-            .insert(tp.clone(), sub.log_end_watch());
+        {
+            let mut shared = lock(&self.shared);
+            shared.owned.insert(tp.clone(), incarnation);
+            if let Some(c) = committed {
+                shared.processed.insert(tp.clone(), c);
+                self.committed.insert(tp.clone(), c);
+            }
+            shared.log_end.insert(tp.clone(), sub.log_end_watch());
+        }
         let (records, key) = (self.records.clone(), tp.clone());
         let reader = tokio::spawn(async move {
             loop {
