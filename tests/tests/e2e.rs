@@ -295,3 +295,52 @@ async fn subscription_from_offset_inside_a_batch_starts_at_that_offset() {
     let first = sub.next().await.unwrap().unwrap();
     assert_eq!(first.offset, 7);
 }
+
+/// Regression: after an idempotent producer gave up on a batch (delivery
+/// timeout while the broker was down), every later batch of that partition
+/// failed with OutOfOrderSequence, because the abandoned sequence numbers
+/// never reached the broker.
+#[tokio::test]
+async fn producer_recovers_after_giving_up_on_a_batch() {
+    let mut broker = TestBroker::start().await.unwrap();
+    let client = broker.client().await.unwrap();
+    client.create_topic(spec("flaky", 1)).await.unwrap();
+    let producer = Producer::new(
+        client.clone(),
+        ProducerConfig {
+            delivery_timeout: Duration::from_millis(500),
+            ..ProducerConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let first = producer
+        .send("flaky", Record::new("kept", 1))
+        .await
+        .unwrap();
+    producer.flush().await.unwrap();
+    assert_eq!(first.await.unwrap().offset, Some(0));
+
+    broker.stop().await;
+    let lost = producer
+        .send("flaky", Record::new("lost", 2))
+        .await
+        .unwrap();
+    producer.flush().await.unwrap();
+    assert!(
+        lost.await.is_err(),
+        "delivery times out while the broker is down"
+    );
+
+    broker.restart().await.unwrap();
+    let after = producer
+        .send("flaky", Record::new("after", 3))
+        .await
+        .unwrap();
+    producer.flush().await.unwrap();
+    let offset = tokio::time::timeout(Duration::from_secs(30), after)
+        .await
+        .expect("ack arrives")
+        .expect("the producer recovers instead of failing every later batch");
+    assert_eq!(offset.offset, Some(1));
+}

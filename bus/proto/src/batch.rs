@@ -292,6 +292,22 @@ pub fn verify_crc(batch: &[u8]) -> Result<BatchHeader, DecodeError> {
     Ok(header)
 }
 
+/// A copy of a batch with new idempotence fields and a CRC to match. A
+/// producer that had to give up on a batch restarts its sequence under a
+/// new producer id, and its batches still in flight move with it.
+pub fn restamp(batch: &[u8], producer: ProducerStamp) -> Bytes {
+    let mut out = BytesMut::from(batch);
+    if out.len() < HEADER_LEN {
+        return out.freeze();
+    }
+    out[38..46].copy_from_slice(&producer.producer_id.to_be_bytes());
+    out[46..48].copy_from_slice(&producer.producer_epoch.to_be_bytes());
+    out[48..52].copy_from_slice(&producer.base_sequence.to_be_bytes());
+    let crc = crc32c::crc32c(&out[CRC_START..]);
+    out[12..16].copy_from_slice(&crc.to_be_bytes());
+    out.freeze()
+}
+
 /// Overwrites the base offset of an encoded batch. The CRC stays valid.
 pub fn set_base_offset(batch: &mut [u8], base_offset: u64) {
     batch[..8].copy_from_slice(&base_offset.to_be_bytes());
@@ -684,6 +700,19 @@ mod tests {
             bytes[i] ^= mask;
             prop_assert!(validate(&bytes).is_err());
         }
+    }
+
+    #[test]
+    fn restamp_changes_idempotence_fields_and_keeps_crc_valid() {
+        let batch = build(&[Record::new("v", 1)], ProducerStamp::NONE);
+        let stamp = ProducerStamp {
+            producer_id: 9,
+            producer_epoch: 2,
+            base_sequence: 40,
+        };
+        let restamped = restamp(&batch, stamp);
+        assert_eq!(validate(&restamped).unwrap().producer, stamp);
+        assert_eq!(super::records(&restamped).unwrap()[0].value, "v");
     }
 
     #[test]

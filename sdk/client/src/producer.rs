@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use edgebus_proto::ErrorCode;
-use edgebus_proto::batch::{BatchBuilder, ProducerStamp, Record};
+use edgebus_proto::batch::{BatchBuilder, BatchHeader, ProducerStamp, Record};
 use edgebus_proto::frame::{Acks, Request, Response};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -406,6 +406,14 @@ struct LaneTask {
     partition: u32,
     config: ProducerConfig,
     in_flight: VecDeque<(u32, Sealed)>,
+    /// Set once a batch was given up on (or the broker reported a sequence
+    /// gap): its sequence numbers may never reach the broker, so every
+    /// later batch would be out of order. The lane then restarts under a
+    /// producer id of its own.
+    needs_identity: bool,
+    /// The lane's own identity after such a restart: every batch is
+    /// restamped with it and its next sequence.
+    identity: Option<ProducerStamp>,
 }
 
 /// A stream's write half, and a channel fed by a task that reads its
@@ -424,6 +432,8 @@ impl LaneTask {
             partition: key.1,
             config,
             in_flight: VecDeque::new(),
+            needs_identity: false,
+            identity: None,
         };
         tokio::spawn(task.run(rx));
         tx
@@ -436,6 +446,14 @@ impl LaneTask {
         loop {
             if !input_open && self.in_flight.is_empty() {
                 return;
+            }
+            if self.needs_identity
+                && let Err(e) = self.new_identity().await
+            {
+                attempt += 1;
+                self.expire(&e);
+                tokio::time::sleep(backoff(attempt)).await;
+                continue;
             }
             if stream.is_none() {
                 match self.reconnect().await {
@@ -530,7 +548,8 @@ impl LaneTask {
         }
     }
 
-    async fn write(&mut self, s: &mut LaneStream, sealed: Sealed) -> Result<(), ClientError> {
+    async fn write(&mut self, s: &mut LaneStream, mut sealed: Sealed) -> Result<(), ClientError> {
+        sealed.batch = restamp_next(&mut self.identity, &sealed.batch);
         let corr = self.client.next_correlation_id();
         let mut buf = BytesMut::with_capacity(sealed.batch.len() + 64);
         self.produce_request(sealed.batch.clone())
@@ -575,6 +594,12 @@ impl LaneTask {
             }
             Ok(other) => Err(unexpected(&other)),
             Err(e) if e.is_retriable() => Err(e),
+            // A gap before this batch (an earlier one was given up on):
+            // restart the sequence and resend everything in flight.
+            Err(e) if e.code() == Some(ErrorCode::OutOfOrderSequence) && self.idempotent() => {
+                self.needs_identity = true;
+                Err(e)
+            }
             Err(e) => {
                 let (_, sealed) = self.in_flight.pop_front().expect("front exists");
                 let message = e.to_string();
@@ -595,8 +620,55 @@ impl LaneTask {
             let (_, sealed) = self.in_flight.pop_front().expect("front exists");
             let detail = format!("delivery timeout after {timeout:?}: {cause}");
             fail_all(sealed.acks, || ClientError::Timeout(detail.clone()));
+            self.needs_identity |= self.idempotent();
         }
     }
+
+    fn idempotent(&self) -> bool {
+        self.config.idempotent && self.config.acks != Acks::None
+    }
+
+    /// Restarts the lane's sequence under a new producer id and restamps
+    /// the batches still in flight, in order. A batch whose ack was lost
+    /// before the restart may then be stored twice: the price of giving up
+    /// on a batch, as with Kafka's epoch bump.
+    async fn new_identity(&mut self) -> Result<(), ClientError> {
+        let (producer_id, producer_epoch) =
+            match self.client.request(&Request::InitProducer).await? {
+                Response::ProducerInit {
+                    producer_id,
+                    producer_epoch,
+                } => (producer_id, producer_epoch),
+                other => return Err(unexpected(&other)),
+            };
+        self.identity = Some(ProducerStamp {
+            producer_id,
+            producer_epoch,
+            base_sequence: 0,
+        });
+        for (_, sealed) in self.in_flight.iter_mut() {
+            sealed.batch = restamp_next(&mut self.identity, &sealed.batch);
+        }
+        self.needs_identity = false;
+        tracing::info!(
+            topic = %self.topic,
+            partition = self.partition,
+            producer_id,
+            "producer lane restarted its sequence"
+        );
+        Ok(())
+    }
+}
+
+/// Restamps a batch with the lane's identity and advances its sequence.
+fn restamp_next(identity: &mut Option<ProducerStamp>, batch: &Bytes) -> Bytes {
+    let Some(stamp) = identity.as_mut() else {
+        return batch.clone();
+    };
+    let count = BatchHeader::parse(batch).map_or(0, |h| h.record_count);
+    let out = edgebus_proto::batch::restamp(batch, *stamp);
+    stamp.base_sequence = stamp.base_sequence.wrapping_add(count as i32) & i32::MAX;
+    out
 }
 
 fn backoff(attempt: u32) -> Duration {
