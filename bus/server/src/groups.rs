@@ -74,19 +74,12 @@ pub fn group_error(e: GroupError) -> Response {
 }
 
 fn validate_group(group: &str) -> Result<(), Response> {
-    let ok = !group.is_empty()
-        && group.len() <= 200
-        && group
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(Response::error(
+    edgebus_store::topic::check_name(group).map_err(|reason| {
+        Response::error(
             ErrorCode::InvalidRequest,
-            format!("invalid group name {group:?}: use 1..=200 of [A-Za-z0-9._-]"),
-        ))
-    }
+            format!("invalid group name: {reason}"),
+        )
+    })
 }
 
 impl Groups {

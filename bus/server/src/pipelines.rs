@@ -168,16 +168,10 @@ impl Pipelines {
                 name: name.to_owned(),
             }
         };
-        if let Err(e) = edgebus_store::topic::validate(&edgebus_proto::frame::TopicSpec {
-            name: name.to_owned(),
-            partitions: 1,
-            retention_ms: -1,
-            retention_bytes: -1,
-            max_message_bytes: 1,
-        }) {
+        if let Err(reason) = edgebus_store::topic::check_name(name) {
             return Response::error(
                 ErrorCode::InvalidRequest,
-                format!("invalid pipeline name: {e}"),
+                format!("invalid pipeline name: {reason}"),
             );
         }
         for topic in [from, to] {

@@ -16,7 +16,7 @@ use bytes::{Bytes, BytesMut};
 use edgebus_proto::ErrorCode;
 use edgebus_proto::batch::{BatchBuilder, Header, ProducerStamp, Record, StoredRecord};
 use edgebus_proto::frame::{
-    AttachCounters, FailurePolicy, PluginDescription, PluginRef, Request, Response, TopicSpec,
+    AttachCounters, FailurePolicy, PluginDescription, PluginRef, Request, Response,
 };
 use edgebus_store::{ConfigKind, LogStore, PluginInfo};
 use edgebus_wasm::{Chain, ChainOutput, Engine, MemState, Plugin, PluginError, PluginRecord};
@@ -221,16 +221,10 @@ impl Plugins {
     /// transform of `edgebus:plugin@0.1`), stores it and makes it the
     /// current version.
     pub fn add(&self, name: &str, wasm: &[u8], now_ms: i64) -> Response {
-        if let Err(e) = edgebus_store::topic::validate(&TopicSpec {
-            name: name.to_owned(),
-            partitions: 1,
-            retention_ms: -1,
-            retention_bytes: -1,
-            max_message_bytes: 1,
-        }) {
+        if let Err(reason) = edgebus_store::topic::check_name(name) {
             return Response::error(
                 ErrorCode::InvalidRequest,
-                format!("invalid plugin name: {e}"),
+                format!("invalid plugin name: {reason}"),
             );
         }
         let plugin = match self.engine.load(wasm) {

@@ -53,10 +53,11 @@ pub fn validate(spec: &TopicSpec) -> Result<(), TopicError> {
 }
 
 /// Checks a name against the rules [`validate`] states, returning the
-/// reason it is refused. Consumer groups follow the same rules
-/// ([`crate::group::validate_name`]), so a name that is valid in one role is
-/// valid in the other and both can be table keys without escaping.
-pub(crate) fn check_name(name: &str) -> Result<(), String> {
+/// reason it is refused. Consumer groups ([`crate::group::validate_name`]),
+/// plugins and pipelines follow the same rules, so a name that is valid in
+/// one role is valid in the others and all can be table keys without
+/// escaping.
+pub fn check_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > MAX_NAME_LEN {
         return Err(format!(
             "name must be 1..={MAX_NAME_LEN} characters, got {}",
