@@ -163,7 +163,7 @@ async fn clean_handoff_does_not_redeliver_committed_records() {
         .await
         .unwrap();
     wait_for(&[&a], "both partitions", |s| s[0].len() == 2).await;
-    let first = drain(&mut a, Duration::from_millis(300)).await;
+    let first = drain(&mut a, Duration::from_millis(1500)).await;
     assert_eq!(first.len(), 80);
     let mut b = GroupConsumer::join(client.clone(), config("g", "handoff"))
         .await
