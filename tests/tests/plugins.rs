@@ -542,3 +542,69 @@ async fn ingest_rejection_reaches_producer_and_sequence_stays_continuous() {
         .collect();
     assert_eq!(values, vec!["first", "third"]);
 }
+
+/// Regression: a producer retry of a batch whose ack was lost ran the
+/// ingest chain again and wrote its dead letters a second time.
+#[tokio::test]
+async fn retried_batch_does_not_dead_letter_twice() {
+    use edgebus_proto::batch::{BatchBuilder, ProducerStamp};
+    let broker = TestBroker::start().await.unwrap();
+    let client = broker.client().await.unwrap();
+    add_plugin(&client, "trap", "trap_on").await.unwrap();
+    topic(&client, "retried").await;
+    set_ingest(
+        &client,
+        "retried",
+        vec![pref("trap", &[])],
+        FailurePolicy::DeadLetter,
+    )
+    .await
+    .unwrap();
+    let Response::ProducerInit { producer_id, .. } =
+        client.request(&Request::InitProducer).await.unwrap()
+    else {
+        panic!("no producer id");
+    };
+    let mut b = BatchBuilder::new();
+    b.push(&Record::new("fine", 1));
+    b.push(&Record::new("boom", 1));
+    let batch = b.finish(ProducerStamp {
+        producer_id,
+        producer_epoch: 0,
+        base_sequence: 0,
+    });
+    let produce = Request::Produce {
+        topic: "retried".into(),
+        partition: 0,
+        acks: edgebus_client::Acks::Durable,
+        batch,
+    };
+    let first = client.request(&produce).await.unwrap();
+    let retry = client.request(&produce).await.unwrap();
+    assert!(
+        matches!(
+            first,
+            Response::Produced {
+                base_offset: 0,
+                duplicate: false
+            }
+        ),
+        "{first:?}"
+    );
+    assert!(
+        matches!(
+            retry,
+            Response::Produced {
+                base_offset: 0,
+                duplicate: true
+            }
+        ),
+        "{retry:?}"
+    );
+    assert_eq!(read_all(&client, "retried").await.len(), 1);
+    assert_eq!(
+        read_all(&client, "retried.dlq").await.len(),
+        1,
+        "one dead letter, not two"
+    );
+}

@@ -179,6 +179,28 @@ impl Broker {
         header: BatchHeader,
         chain: Arc<Attachment>,
     ) -> Result<oneshot::Receiver<AppendResult>, Response> {
+        // A retry of a batch already stored is answered from the dedup
+        // state, without running the chain again: its dead letters and
+        // plugin state changes would otherwise happen twice.
+        if header.producer.is_idempotent() {
+            let (store, t, stamp, count) = (
+                self.store.clone(),
+                topic.clone(),
+                header.producer,
+                header.record_count,
+            );
+            let stored = tokio::task::spawn_blocking(move || {
+                store.stored_batch(&t, partition, stamp, count)
+            })
+            .await
+            .map_err(|e| Response::error(ErrorCode::StorageError, e.to_string()))?
+            .map_err(|e| Response::error(ErrorCode::StorageError, e.to_string()))?;
+            if let Some(base_offset) = stored {
+                let (tx, rx) = oneshot::channel();
+                let _ = tx.send(Ok(AppendOutcome::Duplicate { base_offset }));
+                return Ok(rx);
+            }
+        }
         let records = batch::records(&batch)
             .map_err(|e| Response::error(ErrorCode::CorruptBatch, e.to_string()))?;
         let (plugins, t) = (self.plugins.clone(), topic.clone());

@@ -75,6 +75,7 @@ pub fn run_all<H: Harness>(h: &mut H) {
     read_unknown_topic_or_partition_returns_typed_error(h);
     reopen_keeps_offsets_and_identical_records(h);
     dedup_exact_retry_returns_duplicate_and_writes_nothing(h);
+    dedup_stored_batch_finds_retries_only(h);
     dedup_retry_in_same_group_returns_duplicate(h);
     dedup_older_epoch_is_fenced(h);
     dedup_sequence_gap_is_out_of_order(h);
@@ -622,6 +623,25 @@ pub fn reopen_keeps_offsets_and_identical_records<H: Harness>(h: &mut H) {
 }
 
 // ---- dedup -------------------------------------------------------------------
+
+/// `stored_batch` reports the offset of an exact retry of a stored batch,
+/// and nothing for the next batch, another producer, or a plain batch.
+pub fn dedup_stored_batch_finds_retries_only<H: Harness>(h: &mut H) {
+    let store = h.fresh();
+    create(&store, &spec("t", 1));
+    let pid = store.allocate_producer_id().expect("producer id");
+    append_one(&store, "t", 0, batch_of("pre", 2, 1, ProducerStamp::NONE));
+    append_one(&store, "t", 0, batch_of("one", 3, 1, stamp(pid, 0, 0)));
+    let found = |stamp: ProducerStamp, count: u32| {
+        store
+            .stored_batch("t", 0, stamp, count)
+            .expect("stored_batch reads")
+    };
+    assert_eq!(found(stamp(pid, 0, 0), 3), Some(2), "exact retry");
+    assert_eq!(found(stamp(pid, 0, 3), 2), None, "the next batch is new");
+    assert_eq!(found(stamp(pid + 1, 0, 0), 3), None, "another producer");
+    assert_eq!(found(ProducerStamp::NONE, 3), None, "not idempotent");
+}
 
 /// An exact retry is a duplicate of the original and stores nothing.
 pub fn dedup_exact_retry_returns_duplicate_and_writes_nothing<H: Harness>(h: &mut H) {

@@ -430,3 +430,16 @@ mod tests {
         }
     }
 }
+
+/// The base offset of an exact retry of a recent batch, else `None` (new,
+/// out of order, fenced or not idempotent: `check` tells those apart).
+pub fn stored_offset(
+    state: Option<&ProducerState>,
+    stamp: ProducerStamp,
+    record_count: u32,
+) -> Option<u64> {
+    match check(state, stamp, record_count) {
+        Ok(Decision::Duplicate { base_offset }) => Some(base_offset),
+        _ => None,
+    }
+}

@@ -436,6 +436,19 @@ pub trait LogStore: Send + Sync + 'static {
     /// it had any.
     fn delete_group(&self, group: &str) -> Result<bool, StoreError>;
 
+    /// The base offset of this exact producer batch (producer id, epoch and
+    /// sequence range) if it is among the recent batches stored in the
+    /// partition: the batch is a retry. Lets the broker answer a retry
+    /// without running an ingest chain again, whose dead letters and state
+    /// changes would otherwise happen twice.
+    fn stored_batch(
+        &self,
+        topic: &str,
+        partition: u32,
+        producer: ProducerStamp,
+        record_count: u32,
+    ) -> Result<Option<u64>, StoreError>;
+
     /// Stores a plugin's component bytes under `name`, durably. A new name
     /// gets version 1; replacing bumps the version and keeps only the new
     /// bytes.

@@ -418,6 +418,21 @@ impl LogStore for MemStore {
         Ok(self.lock().state.partition(topic, partition)?.offsets)
     }
 
+    fn stored_batch(
+        &self,
+        topic: &str,
+        partition: u32,
+        producer: edgebus_proto::batch::ProducerStamp,
+        record_count: u32,
+    ) -> Result<Option<u64>, StoreError> {
+        let inner = self.lock();
+        let state = inner
+            .state
+            .producers
+            .get(&(producer.producer_id, topic.to_owned(), partition));
+        Ok(dedup::stored_offset(state, producer, record_count))
+    }
+
     fn offset_for_timestamp(
         &self,
         topic: &str,

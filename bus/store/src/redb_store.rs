@@ -1117,6 +1117,26 @@ impl LogStore for RedbStore {
         self.snapshot(|txn| Ok(Self::partition_row(txn, topic, partition)?.offsets()))
     }
 
+    fn stored_batch(
+        &self,
+        topic: &str,
+        partition: u32,
+        producer: edgebus_proto::batch::ProducerStamp,
+        record_count: u32,
+    ) -> Result<Option<u64>, StoreError> {
+        if !producer.is_idempotent() {
+            return Ok(None);
+        }
+        self.snapshot(|txn| {
+            let producers = txn.open_table(PRODUCERS)?;
+            let state = producers
+                .get((producer.producer_id, topic, partition))?
+                .map(|v| ProducerState::decode(v.value()))
+                .transpose()?;
+            Ok(dedup::stored_offset(state.as_ref(), producer, record_count))
+        })
+    }
+
     fn offset_for_timestamp(
         &self,
         topic: &str,
