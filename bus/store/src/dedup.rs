@@ -235,6 +235,19 @@ impl ProducerState {
     }
 }
 
+/// The base offset of an exact retry of a recent batch, else `None` (new,
+/// out of order, fenced or not idempotent: `check` tells those apart).
+pub fn stored_offset(
+    state: Option<&ProducerState>,
+    stamp: ProducerStamp,
+    record_count: u32,
+) -> Option<u64> {
+    match check(state, stamp, record_count) {
+        Ok(Decision::Duplicate { base_offset }) => Some(base_offset),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -428,18 +441,5 @@ mod tests {
                 "{bad:?} should be corrupt"
             );
         }
-    }
-}
-
-/// The base offset of an exact retry of a recent batch, else `None` (new,
-/// out of order, fenced or not idempotent: `check` tells those apart).
-pub fn stored_offset(
-    state: Option<&ProducerState>,
-    stamp: ProducerStamp,
-    record_count: u32,
-) -> Option<u64> {
-    match check(state, stamp, record_count) {
-        Ok(Decision::Duplicate { base_offset }) => Some(base_offset),
-        _ => None,
     }
 }
