@@ -1,4 +1,6 @@
-//! Decode errors and the wire error codes.
+//! Decode and compression errors, and the wire error codes.
+
+use crate::compression::Compression;
 
 /// Why bytes could not be decoded. Every decoder in this crate returns this
 /// instead of panicking, whatever the input.
@@ -29,8 +31,8 @@ pub enum DecodeError {
     InvalidLength {
         /// The field.
         field: &'static str,
-        /// Its value.
-        value: u64,
+        /// Its value (Kafka's lengths and counts are signed).
+        value: i64,
     },
     /// The batch length field disagrees with the bytes given.
     #[error("batch declares {declared} bytes but {actual} were given")]
@@ -54,7 +56,34 @@ pub enum DecodeError {
         /// Record index in the batch.
         index: u32,
         /// Delta found.
-        found: u64,
+        found: i32,
+    },
+    /// The batch's `lastOffsetDelta` is not `record_count - 1`: its offsets
+    /// would not be dense.
+    #[error("last offset delta {found} in a batch of {record_count} records")]
+    LastOffsetDelta {
+        /// `lastOffsetDelta` from the header.
+        found: i32,
+        /// `recordsCount` from the header.
+        record_count: u32,
+    },
+    /// The batch is compressed with a codec this build does not decode.
+    #[error("{0} compression is not supported")]
+    UnsupportedCompression(Compression),
+    /// The compressed records section is corrupt.
+    #[error("{codec} records section does not decompress: {reason}")]
+    Decompress {
+        /// The batch's codec.
+        codec: Compression,
+        /// What the decompressor said.
+        reason: String,
+    },
+    /// The records section decompresses to more than the cap: a batch that
+    /// large is refused rather than held in memory.
+    #[error("records section decompresses to more than {limit} bytes")]
+    DecompressedTooLarge {
+        /// The cap, [`crate::compression::MAX_DECOMPRESSED_BYTES`].
+        limit: usize,
     },
     /// Bytes left over after the last field.
     #[error("{extra} trailing bytes at byte {offset}")]
@@ -103,6 +132,31 @@ impl DecodeError {
             other => other,
         }
     }
+}
+
+/// Why a batch could not be compressed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CompressError {
+    /// This build does not write the codec.
+    #[error("{0} compression is not supported")]
+    Unsupported(Compression),
+    /// The records section is larger than any reader would decompress.
+    #[error("records section of {bytes} bytes exceeds the {limit}-byte decompression cap")]
+    TooLarge {
+        /// Uncompressed size of the records section.
+        bytes: usize,
+        /// The cap, [`crate::compression::MAX_DECOMPRESSED_BYTES`].
+        limit: usize,
+    },
+    /// The compressor failed.
+    #[error("{codec} compression failed: {reason}")]
+    Codec {
+        /// The codec.
+        codec: Compression,
+        /// What the compressor said.
+        reason: String,
+    },
 }
 
 /// Error codes carried in responses. Numbers are part of the protocol: a
@@ -174,6 +228,9 @@ pub enum ErrorCode {
     UnknownPipeline = 29,
     /// A pipeline with that name exists.
     PipelineExists = 30,
+    /// The batch is compressed with a codec the broker does not decode
+    /// (gzip or snappy); the producer should use none, lz4 or zstd.
+    UnsupportedCompression = 31,
 }
 
 impl ErrorCode {
@@ -211,6 +268,7 @@ impl ErrorCode {
             28 => PluginHalted,
             29 => UnknownPipeline,
             30 => PipelineExists,
+            31 => UnsupportedCompression,
             _ => return None,
         })
     }

@@ -10,15 +10,19 @@
 //!
 //! ## Layout
 //!
-//! - [`batch`]: record batches, with their byte layout and CRC32C.
+//! - [`batch`]: Kafka's RecordBatch v2, with its byte layout and CRC32C.
+//! - [`compression`]: the codecs of a batch's records section, and the cap
+//!   on what one batch may decompress to.
 //! - [`frame`]: length-prefixed request and response frames.
-//! - [`error`]: decode errors and the numbered wire [`ErrorCode`]s.
-//! - [`varint`]: LEB128 and zigzag varints used inside records.
+//! - [`error`]: decode and compression errors, and the numbered wire
+//!   [`ErrorCode`]s.
+//! - [`varint`]: Kafka's zigzag varints and varlongs, used inside records.
 #![warn(missing_docs)]
 
 pub mod batch;
+pub mod compression;
 pub mod error;
 pub mod frame;
 pub mod varint;
 
-pub use error::{DecodeError, ErrorCode};
+pub use error::{CompressError, DecodeError, ErrorCode};
