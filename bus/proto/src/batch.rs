@@ -15,7 +15,8 @@
 //!     17    4 crc                     uint32, CRC32C (Castagnoli) of bytes [21, end)
 //!     21    2 attributes              int16, see below
 //!     23    4 lastOffsetDelta         int32, recordsCount - 1
-//!     27    8 baseTimestamp           int64, timestamp of the first record (ms)
+//!     27    8 baseTimestamp           int64, what timestamp deltas are relative to (ms); edgebus and
+//!                                     Kafka's producer write the first record's timestamp
 //!     35    8 maxTimestamp            int64, largest record timestamp (ms)
 //!     43    8 producerId              int64, -1 when the producer is not idempotent
 //!     51    2 producerEpoch           int16, -1 when not idempotent
@@ -288,7 +289,8 @@ pub struct BatchHeader {
     pub last_offset_delta: i32,
     /// Number of records, at least 1.
     pub record_count: u32,
-    /// Timestamp of the first record (`baseTimestamp`).
+    /// `baseTimestamp`, which record timestamps are relative to: the first
+    /// record's, as written by [`BatchBuilder`] and Kafka's producer.
     pub first_timestamp_ms: i64,
     /// Largest timestamp in the batch (`maxTimestamp`).
     pub max_timestamp_ms: i64,
@@ -1100,6 +1102,47 @@ mod tests {
             prop_assert!(verify_crc(&bytes).is_err());
             prop_assert!(validate(&bytes).is_err());
         }
+    }
+
+    /// The layout table above, written out byte by byte for one record.
+    #[test]
+    fn builder_writes_the_documented_layout() {
+        let mut b = BatchBuilder::new();
+        b.push(&Record::new("v", 1000).with_key("k").with_header("h", "x"));
+        let stamp = ProducerStamp {
+            producer_id: 7,
+            producer_epoch: 1,
+            base_sequence: 0,
+        };
+        let batch = b.finish(stamp);
+        #[rustfmt::skip]
+        let mut expected = vec![
+            0, 0, 0, 0, 0, 0, 0, 0,             // baseOffset 0
+            0, 0, 0, 62,                        // batchLength: 74 - 12
+            0xff, 0xff, 0xff, 0xff,             // partitionLeaderEpoch -1
+            2,                                  // magic
+            0, 0, 0, 0,                         // crc, filled in below
+            0, 0,                               // attributes: none, CreateTime
+            0, 0, 0, 0,                         // lastOffsetDelta 0
+            0, 0, 0, 0, 0, 0, 0x03, 0xe8,       // baseTimestamp 1000
+            0, 0, 0, 0, 0, 0, 0x03, 0xe8,       // maxTimestamp 1000
+            0, 0, 0, 0, 0, 0, 0, 7,             // producerId 7
+            0, 1,                               // producerEpoch 1
+            0, 0, 0, 0,                         // baseSequence 0
+            0, 0, 0, 1,                         // recordsCount 1
+            24,                                 // length 12, zigzag
+            0,                                  // attributes
+            0,                                  // timestampDelta 0
+            0,                                  // offsetDelta 0
+            2, b'k',                            // keyLength 1, key
+            2, b'v',                            // valueLength 1, value
+            2,                                  // headersCount 1
+            2, b'h',                            // headerKeyLength 1, key
+            2, b'x',                            // headerValueLength 1, value
+        ];
+        let crc = crc32c::crc32c(&expected[CRC_START..]);
+        expected[CRC_AT..CRC_START].copy_from_slice(&crc.to_be_bytes());
+        assert_eq!(batch[..], expected[..]);
     }
 
     #[test]
