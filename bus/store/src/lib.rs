@@ -1,23 +1,30 @@
 //! # edgebus-store
 //!
-//! Partition logs on disk. One trait, [`LogStore`], is the seam between the
-//! broker and storage; [`RedbStore`] is the real implementation (one redb
-//! file per node) and [`MemStore`] an in-memory one with fault injection.
-//! Both pass the same [`conformance`] suite.
+//! Partition logs and broker metadata on disk. The seam between the broker
+//! and storage is two traits: [`PartitionLog`] (batches written at offsets
+//! the caller chose, truncation, the leader-epoch table, reads bounded by
+//! the high watermark) and [`MetaStore`] (topics, groups, producer ids,
+//! plugins, configuration, pipeline progress). [`LogStore`] is both, plus
+//! the one write that must span them atomically (a pipeline step).
+//! [`RedbStore`] is the real implementation (one redb file per node) and
+//! [`MemStore`] an in-memory one with fault injection. Both pass the same
+//! [`conformance`] suite.
 //!
 //! ```text
-//!   broker writer task ──append(group)──▶ LogStore ──▶ redb write txn ──▶ fsync
-//!   fetch / subscribe  ──read──────────▶ LogStore ──▶ redb read txn (MVCC)
+//!   partition engine (edgebus-core) decides offsets, epochs, dedup
+//!        │ commands
+//!   broker writer ──append_at(group)──▶ PartitionLog ──▶ redb write txn ──▶ fsync
+//!   fetch / subscribe ──read(.., hw)──▶ PartitionLog ──▶ redb read txn (MVCC)
 //! ```
 //!
-//! The store is synchronous: redb is, and the broker calls it from a
-//! dedicated writer thread and from blocking tasks.
+//! The store never picks an offset: [`PartitionLog::append_at`] refuses
+//! anything but the log end. It is synchronous: redb is, and the broker
+//! calls it from a dedicated writer thread and from blocking tasks.
 //!
 //! ## Layout
 //!
 //! - [`topic`]: topic validation and defaults.
 //! - [`group`]: consumer-group name validation.
-//! - [`dedup`]: the idempotent-producer sequence check, shared by both stores.
 //! - `plugin`: the stored form of a registered plugin's description.
 //! - [`redb_store`]: [`RedbStore`], its tables, and its reopen after IO
 //!   errors.
@@ -26,11 +33,10 @@
 #![warn(missing_docs)]
 
 use bytes::Bytes;
-use edgebus_proto::batch::{BatchHeader, ProducerStamp};
+use edgebus_proto::batch::BatchHeader;
 pub use edgebus_proto::frame::TopicSpec;
 
 pub mod conformance;
-pub mod dedup;
 pub mod group;
 pub mod mem;
 mod plugin;
@@ -40,127 +46,67 @@ pub mod topic;
 pub use mem::MemStore;
 pub use redb_store::RedbStore;
 
-/// One batch to append, already validated by the caller with
-/// [`edgebus_proto::batch::validate`].
+/// One write to a partition log at an offset the caller chose (the
+/// partition engine in `edgebus-core` decides offsets; the store only
+/// refuses anything but the current log end).
 #[derive(Debug, Clone)]
-pub struct Append {
+pub struct LogWrite {
     /// Topic name.
     pub topic: String,
     /// Partition index.
     pub partition: u32,
-    /// The encoded batch; its base offset is assigned by the store.
+    /// Where the batch goes: must equal the partition's log end.
+    pub base_offset: u64,
+    /// The leader epoch the batch is stamped with. The first batch of an
+    /// epoch newer than every epoch in the partition's epoch table adds
+    /// `epoch → base_offset` to it.
+    pub leader_epoch: i32,
+    /// The encoded batch, already validated by the caller with
+    /// [`edgebus_proto::batch::validate`]; the store writes `base_offset`
+    /// and `leader_epoch` into it in place. Empty when the write only
+    /// stores producer state (an ingest chain dropped every record).
     pub batch: Bytes,
-    /// The batch's parsed header.
-    pub header: BatchHeader,
-    /// The producer sequence this append consumes, when it is not the
-    /// batch's own: an ingest plugin chain may have dropped or rewritten the
-    /// producer's records, yet the producer's next batch still follows the
-    /// original. `None` uses `header.producer` and `header.record_count`.
-    ///
-    /// With `Some`, `batch` may be empty: nothing is appended, the
-    /// producer's sequence still advances (every record was dropped, or the
-    /// batch was rejected), and the outcome carries the current log end.
-    pub sequence: Option<SequenceSpan>,
+    /// Producer dedup state to store in the same transaction as the batch
+    /// (invariant 4): `(producer id, state)`. The store keeps the state as
+    /// opaque bytes; `edgebus-core` encodes and decodes it.
+    pub producer: Option<(i64, Bytes)>,
 }
 
-/// The idempotent-producer sequence range an append accounts for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SequenceSpan {
-    /// Producer id, epoch and first sequence, as the producer sent them.
-    pub producer: ProducerStamp,
-    /// How many sequence numbers the producer's batch used.
-    pub record_count: u32,
-}
-
-impl Append {
-    /// Checks, cheaply, that the batch bytes match the parsed header and hold
-    /// records, so a store can trust `header.record_count` to advance the log
-    /// end and can overwrite the base offset in place. The full check
-    /// (CRC, every record) is the caller's [`edgebus_proto::batch::validate`].
-    ///
-    /// A sequence-only append (see [`Append::sequence`]) has no bytes to
-    /// check, but its span must cover at least one sequence number: an empty
-    /// span would make the producer's last sequence precede its first.
-    pub(crate) fn check_shape(&self) -> Result<(), AppendError> {
-        if self.sequence.is_some_and(|span| span.record_count == 0) {
-            return Err(AppendError::InvalidBatch(
-                "sequence span holds no records".to_owned(),
-            ));
+impl LogWrite {
+    /// Checks, cheaply, that the bytes are one whole batch holding records,
+    /// so a store can trust its header to advance the log end and can
+    /// stamp the offset and epoch in place. The full check (CRC, every
+    /// record) is the caller's [`edgebus_proto::batch::validate`]. `None`
+    /// for a write that stores producer state only.
+    pub(crate) fn header(&self) -> Result<Option<BatchHeader>, WriteError> {
+        if self.batch.is_empty() {
+            return Ok(None);
         }
-        if self.is_sequence_only() {
-            return Ok(());
-        }
-        let parsed = BatchHeader::parse(&self.batch)
-            .map_err(|e| AppendError::InvalidBatch(e.to_string()))?;
-        let expected = BatchHeader {
-            base_offset: parsed.base_offset,
-            ..self.header
-        };
-        if parsed != expected {
-            return Err(AppendError::InvalidBatch(
-                "header does not match the batch bytes".to_owned(),
-            ));
-        }
-        if parsed.total_len() != self.batch.len() {
-            return Err(AppendError::InvalidBatch(format!(
+        let header =
+            BatchHeader::parse(&self.batch).map_err(|e| WriteError::InvalidBatch(e.to_string()))?;
+        if header.total_len() != self.batch.len() {
+            return Err(WriteError::InvalidBatch(format!(
                 "batch is {} bytes, its header says {}",
                 self.batch.len(),
-                parsed.total_len()
+                header.total_len()
             )));
         }
-        if parsed.record_count == 0 {
-            return Err(AppendError::InvalidBatch("no records".to_owned()));
-        }
-        Ok(())
+        Ok(Some(header))
     }
 
-    /// Whether this append only advances a producer's sequence and writes
-    /// nothing to the log.
-    pub(crate) fn is_sequence_only(&self) -> bool {
-        self.sequence.is_some() && self.batch.is_empty()
-    }
-
-    /// The sequence range the dedup check and record use: the explicit
-    /// [`Append::sequence`], else the batch's own stamp and record count.
-    pub(crate) fn dedup_span(&self) -> SequenceSpan {
-        self.sequence.unwrap_or(SequenceSpan {
-            producer: self.header.producer,
-            record_count: self.header.record_count,
+    /// The log end after this write.
+    pub(crate) fn end(&self, header: Option<&BatchHeader>) -> u64 {
+        header.map_or(self.base_offset, |h| {
+            self.base_offset + u64::from(h.record_count)
         })
     }
 }
 
-/// What happened to one append of a group.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AppendOutcome {
-    /// Stored at this base offset.
-    Appended {
-        /// Offset of the first record.
-        base_offset: u64,
-    },
-    /// A retry of a batch already stored at this base offset; nothing written.
-    Duplicate {
-        /// Offset of the first record of the original batch.
-        base_offset: u64,
-    },
-}
-
-impl AppendOutcome {
-    /// Base offset of the stored batch, new or original.
-    pub fn base_offset(&self) -> u64 {
-        match self {
-            AppendOutcome::Appended { base_offset } | AppendOutcome::Duplicate { base_offset } => {
-                *base_offset
-            }
-        }
-    }
-}
-
-/// Why one append of a group was refused. The others in the group are not
-/// affected.
+/// Why a group of log writes was refused. A refused group applied nothing:
+/// every write of a group commits in one transaction or none does.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum AppendError {
+pub enum WriteError {
     /// No such topic.
     #[error("unknown topic {0:?}")]
     UnknownTopic(String),
@@ -172,39 +118,72 @@ pub enum AppendError {
         /// Requested partition.
         partition: u32,
     },
-    /// The producer's epoch is older than the one stored.
-    #[error("producer {producer_id} epoch {epoch} is fenced by epoch {current}")]
-    ProducerFenced {
-        /// Producer id.
-        producer_id: i64,
-        /// Epoch of the batch.
-        epoch: i16,
-        /// Epoch the store knows.
-        current: i16,
+    /// A write's base offset is not the partition's log end: writing it
+    /// would leave a gap or overwrite records (invariant 2).
+    #[error("write to {topic}/{partition} at offset {base_offset}, but the log ends at {log_end}")]
+    NotAtLogEnd {
+        /// Topic name.
+        topic: String,
+        /// Partition index.
+        partition: u32,
+        /// Offset the write asked for.
+        base_offset: u64,
+        /// The partition's log end.
+        log_end: u64,
     },
-    /// The batch's sequence is not the next one expected, and is not a
-    /// retry of a recent batch.
-    #[error("out-of-order sequence {got} for producer {producer_id}, expected {expected}")]
-    OutOfOrderSequence {
-        /// Producer id.
-        producer_id: i64,
-        /// Sequence expected next.
-        expected: i32,
-        /// Sequence received.
-        got: i32,
-    },
-    /// The batch bytes disagree with the parsed header, or the batch holds
-    /// no records; storing it could break offset density.
+    /// The batch bytes are not a batch with records: storing it could
+    /// break offset density.
     #[error("invalid batch: {0}")]
     InvalidBatch(String),
-    /// A retry of a batch too old to still be in the dedup window.
-    #[error("duplicate of an old batch of producer {producer_id} (sequence {sequence})")]
-    StaleDuplicate {
-        /// Producer id.
-        producer_id: i64,
-        /// Sequence received.
-        sequence: i32,
+    /// A batch stamped with a leader epoch older than the partition's
+    /// newest: a deposed leader is still writing.
+    #[error("write to {topic}/{partition} in leader epoch {epoch}, but epoch {latest} has begun")]
+    EpochBehind {
+        /// Topic name.
+        topic: String,
+        /// Partition index.
+        partition: u32,
+        /// Epoch of the write.
+        epoch: i32,
+        /// Newest epoch in the partition's epoch table.
+        latest: i32,
     },
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<ReadError> for WriteError {
+    fn from(e: ReadError) -> Self {
+        match e {
+            ReadError::UnknownTopic(topic) => WriteError::UnknownTopic(topic),
+            ReadError::UnknownPartition { topic, partition } => {
+                WriteError::UnknownPartition { topic, partition }
+            }
+            ReadError::Store(e) => WriteError::Store(e),
+        }
+    }
+}
+
+/// One entry of a partition's leader-epoch table: the first offset written
+/// under `epoch`. Kafka's leader-epoch checkpoint, used to truncate a
+/// diverged replica by epoch rather than by high watermark (KIP-101/279).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EpochStart {
+    /// Leader epoch.
+    pub epoch: i32,
+    /// Offset of the first record written in that epoch.
+    pub start_offset: u64,
+}
+
+/// The answer to Kafka's "end offset for epoch" question.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EpochEnd {
+    /// The largest epoch in the table at or below the one asked for.
+    pub epoch: i32,
+    /// The offset after the last record of that epoch: the start of the
+    /// next epoch in the table, or the log end for the latest epoch.
+    pub end_offset: u64,
 }
 
 /// Why a topic operation failed.
@@ -275,7 +254,7 @@ pub enum CommitError {
 ///
 /// `Clone`, so a writer that failed a group commit can hand the same error,
 /// variant intact, to every request that shared the transaction.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
     /// redb failed for a reason other than IO (an unexpected table layout,
@@ -311,6 +290,20 @@ pub enum StoreError {
     /// A fault injected by a test.
     #[error("injected fault after {0} writes")]
     Injected(u64),
+    /// The data was written in an on-disk format this release does not
+    /// read. Nothing was read or changed.
+    #[error(
+        "the data directory holds storage format {found}, this release reads format {supported}: \
+         {advice}"
+    )]
+    IncompatibleFormat {
+        /// The format found.
+        found: u64,
+        /// The format this release reads and writes.
+        supported: u64,
+        /// What the operator can do.
+        advice: &'static str,
+    },
 }
 
 /// The offsets bounding a partition's log.
@@ -322,12 +315,25 @@ pub struct PartitionOffsets {
     pub log_end: u64,
 }
 
+impl PartitionOffsets {
+    /// The offsets a reader bounded by `upper` (the high watermark) sees:
+    /// the log seems to end there.
+    pub fn bounded(self, upper: u64) -> PartitionOffsets {
+        let log_end = self.log_end.min(upper);
+        PartitionOffsets {
+            log_start: self.log_start.min(log_end),
+            log_end,
+        }
+    }
+}
+
 /// Batches read from a partition.
 #[derive(Debug, Clone, Default)]
 pub struct ReadBatches {
     /// Whole batches in offset order, base offsets filled in.
     pub batches: Vec<Bytes>,
-    /// The partition's offsets as of the read transaction.
+    /// The partition's offsets as of the read transaction, bounded by the
+    /// read's upper offset (see [`PartitionOffsets::bounded`]).
     pub offsets: PartitionOffsets,
 }
 
@@ -340,52 +346,48 @@ pub struct RetentionReport {
     pub bytes: u64,
 }
 
-/// The storage seam of the broker.
+/// The partition logs: the half of the storage seam that replication
+/// drives.
 ///
 /// Invariants every implementation keeps (and [`conformance`] checks):
-/// offsets are dense and never reused, a committed append survives reopen,
-/// a failed `append` applies nothing, dedup state commits together with
-/// the batches it describes, and a pipeline step's outputs, plugin state
-/// and source position commit together or not at all.
-pub trait LogStore: Send + Sync + 'static {
-    /// Creates a topic with all its partitions, empty.
-    fn create_topic(&self, spec: &TopicSpec) -> Result<(), TopicError>;
-
-    /// Deletes a topic, its records, its dedup state and every group's
-    /// committed offsets for it, in one transaction: a topic recreated under
-    /// the same name starts at offset 0, and an old committed offset must
-    /// not point a group into the new log.
-    fn delete_topic(&self, name: &str) -> Result<(), TopicError>;
-
-    /// All topics, sorted by name.
-    fn topics(&self) -> Result<Vec<TopicSpec>, StoreError>;
-
-    /// One topic's configuration.
-    fn topic(&self, name: &str) -> Result<Option<TopicSpec>, StoreError>;
-
-    /// Appends a group of batches, from any topics and partitions, in one
-    /// transaction (group commit). Batches for one partition are applied in
-    /// slice order. The transaction is fsync'd before returning when
-    /// `durable` is true.
+/// offsets are dense and never reused, a write lands only at the log end, a
+/// committed write survives reopen, a refused or failed write applies
+/// nothing, and producer state commits together with the batches it
+/// describes.
+pub trait PartitionLog: Send + Sync + 'static {
+    /// Writes a group of batches, from any topics and partitions, in one
+    /// transaction (group commit), in slice order: each write's
+    /// `base_offset` must be its partition's log end once the earlier
+    /// writes of the group are applied. The transaction is fsync'd before
+    /// returning when `durable` is true.
     ///
-    /// Returns one result per input. `Err` means the transaction failed and
-    /// nothing was applied.
-    fn append(
-        &self,
-        appends: &[Append],
-        durable: bool,
-    ) -> Result<Vec<Result<AppendOutcome, AppendError>>, StoreError>;
+    /// All or nothing: any refused write refuses the group.
+    fn append_at(&self, writes: &[LogWrite], durable: bool) -> Result<(), WriteError>;
+
+    /// Removes every batch holding an offset at or after `offset`, durably,
+    /// and every epoch-table entry starting at or after the new log end.
+    /// Batches are whole, so the new log end is the base offset of the
+    /// batch holding `offset` (or `offset` itself at a batch boundary); it
+    /// is returned. Truncating at or past the log end changes nothing.
+    ///
+    /// Producer state is the caller's: the partition engine decides what
+    /// dedup state survives a truncation and writes it with its next
+    /// [`PartitionLog::append_at`].
+    fn truncate_from(&self, topic: &str, partition: u32, offset: u64) -> Result<u64, ReadError>;
 
     /// Reads whole batches starting with the one holding `from`, stopping
     /// before `max_bytes` would be exceeded, but always returning at least
-    /// one batch when any exists at or after `from`. A `from` below the log
-    /// start reads from the log start.
+    /// one batch when any exists at or after `from`. Only batches that end
+    /// at or below `upper` are returned: readers pass the high watermark,
+    /// so they never see records that are not yet committed. A `from` below
+    /// the log start reads from the log start.
     fn read(
         &self,
         topic: &str,
         partition: u32,
         from: u64,
         max_bytes: usize,
+        upper: u64,
     ) -> Result<ReadBatches, ReadError>;
 
     /// The partition's log start and end.
@@ -400,14 +402,51 @@ pub trait LogStore: Send + Sync + 'static {
         timestamp_ms: i64,
     ) -> Result<u64, ReadError>;
 
-    /// Allocates a new producer id, durably, so no id is handed out twice.
-    fn allocate_producer_id(&self) -> Result<i64, StoreError>;
+    /// The partition's leader-epoch table, oldest epoch first.
+    fn epochs(&self, topic: &str, partition: u32) -> Result<Vec<EpochStart>, ReadError>;
+
+    /// Kafka's "end offset for epoch": for the largest epoch in the table
+    /// at or below `epoch`, the offset after its last record. `None` when
+    /// the table holds no such epoch.
+    fn end_offset_for_epoch(
+        &self,
+        topic: &str,
+        partition: u32,
+        epoch: i32,
+    ) -> Result<Option<EpochEnd>, ReadError>;
+
+    /// Every producer's stored dedup state on the partition, by producer
+    /// id: what the partition engine starts from after a restart.
+    fn producer_states(&self, topic: &str, partition: u32) -> Result<Vec<(i64, Bytes)>, ReadError>;
 
     /// Deletes whole batches that retention allows deleting as of `now_ms`:
     /// batches whose max timestamp is older than `retention.ms`, and the
     /// oldest batches while a partition exceeds `retention.bytes`. Never
     /// deletes a batch that neither rule covers.
     fn enforce_retention(&self, now_ms: i64) -> Result<RetentionReport, StoreError>;
+}
+
+/// Everything that is not a partition log: topics, consumer-group offsets,
+/// producer ids, the plugin registry, saved configuration and pipeline
+/// progress.
+pub trait MetaStore: Send + Sync + 'static {
+    /// Creates a topic with all its partitions, empty.
+    fn create_topic(&self, spec: &TopicSpec) -> Result<(), TopicError>;
+
+    /// Deletes a topic, its records, its producer state, its epoch table
+    /// and every group's committed offsets for it, in one transaction: a
+    /// topic recreated under the same name starts at offset 0, and an old
+    /// committed offset must not point a group into the new log.
+    fn delete_topic(&self, name: &str) -> Result<(), TopicError>;
+
+    /// All topics, sorted by name.
+    fn topics(&self) -> Result<Vec<TopicSpec>, StoreError>;
+
+    /// One topic's configuration.
+    fn topic(&self, name: &str) -> Result<Option<TopicSpec>, StoreError>;
+
+    /// Allocates a new producer id, durably, so no id is handed out twice.
+    fn allocate_producer_id(&self) -> Result<i64, StoreError>;
 
     /// Stores committed consumer-group offsets, all in one durable
     /// transaction (the broker's writer passes every commit that is waiting,
@@ -435,19 +474,6 @@ pub trait LogStore: Send + Sync + 'static {
     /// Removes every committed offset of a group, durably. Returns whether
     /// it had any.
     fn delete_group(&self, group: &str) -> Result<bool, StoreError>;
-
-    /// The base offset of this exact producer batch (producer id, epoch and
-    /// sequence range) if it is among the recent batches stored in the
-    /// partition: the batch is a retry. Lets the broker answer a retry
-    /// without running an ingest chain again, whose dead letters and state
-    /// changes would otherwise happen twice.
-    fn stored_batch(
-        &self,
-        topic: &str,
-        partition: u32,
-        producer: ProducerStamp,
-        record_count: u32,
-    ) -> Result<Option<u64>, StoreError>;
 
     /// Stores a plugin's component bytes under `name`, durably. A new name
     /// gets version 1; replacing bumps the version and keeps only the new
@@ -483,15 +509,6 @@ pub trait LogStore: Send + Sync + 'static {
     /// Every blob of a kind, sorted by key.
     fn configs(&self, kind: ConfigKind) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
 
-    /// Commits one pipeline step in ONE durable transaction: the output
-    /// appends, the plugin state changes, and the source position. All or
-    /// nothing: if any append is refused, nothing is applied. This is what
-    /// makes pipelines exactly-once: after a crash, the stored position,
-    /// state and outputs always agree.
-    ///
-    /// Returns the base offset of each append.
-    fn commit_pipeline(&self, commit: &PipelineCommit) -> Result<Vec<u64>, PipelineError>;
-
     /// A pipeline's next source offset per source partition, sorted.
     fn pipeline_positions(&self, pipeline: &str) -> Result<Vec<(u32, u64)>, StoreError>;
 
@@ -500,6 +517,17 @@ pub trait LogStore: Send + Sync + 'static {
 
     /// Deletes a pipeline's positions and state.
     fn delete_pipeline_data(&self, pipeline: &str) -> Result<(), StoreError>;
+}
+
+/// The whole storage seam of a node: its partition logs and its metadata,
+/// in one file, so the writes that must span both commit atomically.
+pub trait LogStore: PartitionLog + MetaStore {
+    /// Commits one pipeline step in ONE durable transaction: the output
+    /// writes (and dead letters), the plugin state changes, and the source
+    /// position. All or nothing: if any write is refused, nothing is
+    /// applied. This is what makes pipelines exactly-once: after a crash,
+    /// the stored position, state and outputs always agree.
+    fn commit_pipeline(&self, commit: &PipelineCommit) -> Result<(), WriteError>;
 }
 
 /// A stored plugin's description.
@@ -544,8 +572,9 @@ impl ConfigKind {
 pub struct PipelineCommit {
     /// Pipeline name.
     pub pipeline: String,
-    /// Output batches (and dead letters), without idempotence stamps.
-    pub appends: Vec<Append>,
+    /// Output batches (and dead letters) at the offsets their partition
+    /// engines chose.
+    pub writes: Vec<LogWrite>,
     /// Plugin state changes in order: `Some` sets, `None` deletes.
     pub state: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     /// The source partition this step read.
@@ -554,38 +583,21 @@ pub struct PipelineCommit {
     pub source_next_offset: u64,
 }
 
-/// Why a pipeline step was not committed. Nothing of it was applied.
-#[derive(Debug, Clone, thiserror::Error)]
-#[non_exhaustive]
-pub enum PipelineError {
-    /// An output append was refused.
-    #[error("output {index}: {error}")]
-    Append {
-        /// Index into `PipelineCommit::appends`.
-        index: usize,
-        /// Why.
-        error: AppendError,
-    },
-    /// Storage failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
-/// The base offset of each of a pipeline step's appends, or the first
-/// refusal: a step commits whole or not at all, so one refused output
-/// refuses the step.
-pub(crate) fn pipeline_base_offsets(
-    results: Vec<Result<AppendOutcome, AppendError>>,
-) -> Result<Vec<u64>, PipelineError> {
-    results
-        .into_iter()
-        .enumerate()
-        .map(|(index, result)| {
-            result
-                .map(|outcome| outcome.base_offset())
-                .map_err(|error| PipelineError::Append { index, error })
-        })
-        .collect()
+/// Kafka's "end offset for epoch" over an epoch table (oldest first) of a
+/// log ending at `log_end`: shared by both stores so they answer alike.
+pub(crate) fn end_offset_for_epoch(
+    epochs: &[EpochStart],
+    log_end: u64,
+    epoch: i32,
+) -> Option<EpochEnd> {
+    let found = epochs.iter().rposition(|e| e.epoch <= epoch)?;
+    let end_offset = epochs
+        .get(found + 1)
+        .map_or(log_end, |next| next.start_offset);
+    Some(EpochEnd {
+        epoch: epochs[found].epoch,
+        end_offset,
+    })
 }
 
 /// One committed offset to store.

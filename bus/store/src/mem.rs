@@ -10,20 +10,19 @@ use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use bytes::{Bytes, BytesMut};
-use edgebus_proto::batch::set_base_offset;
+use edgebus_proto::batch::{BatchHeader, set_base_offset, set_partition_leader_epoch};
 
-use crate::dedup::{self, Decision, ProducerState};
 use crate::{
-    Append, AppendError, AppendOutcome, CommitError, CommittedOffset, ConfigKind, LogStore,
-    OffsetCommit, PartitionOffsets, PipelineCommit, PipelineError, PluginInfo, ReadBatches,
-    ReadError, RetentionReport, StoreError, TopicError, TopicSpec,
+    CommitError, CommittedOffset, ConfigKind, EpochEnd, EpochStart, LogStore, LogWrite, MetaStore,
+    OffsetCommit, PartitionLog, PartitionOffsets, PipelineCommit, PluginInfo, ReadBatches,
+    ReadError, RetentionReport, StoreError, TopicError, TopicSpec, WriteError,
 };
 use crate::{group, plugin, topic};
 
 /// An in-memory [`LogStore`] with fault injection.
 ///
-/// Every write operation (`create_topic`, `delete_topic`, `append`,
-/// `enforce_retention`, `allocate_producer_id`, `commit_offsets`,
+/// Every write operation (`create_topic`, `delete_topic`, `append_at`,
+/// `truncate_from`, `enforce_retention`, `allocate_producer_id`, `commit_offsets`,
 /// `delete_group`, `put_plugin`, `remove_plugin`, `put_config`,
 /// `commit_pipeline`, `delete_pipeline_data`) either applies completely or
 /// not at all, under one lock, so there is never uncommitted state: what a
@@ -45,7 +44,8 @@ struct Inner {
 struct State {
     topics: BTreeMap<String, TopicSpec>,
     partitions: BTreeMap<(String, u32), Partition>,
-    producers: BTreeMap<(i64, String, u32), ProducerState>,
+    /// (producer id, topic, partition) → opaque dedup state.
+    producers: BTreeMap<(i64, String, u32), Bytes>,
     next_producer_id: i64,
     /// (group, topic, partition) → committed offset, ordered as
     /// `committed_offsets` and `groups` answer.
@@ -60,16 +60,6 @@ struct State {
     pipeline_positions: BTreeMap<(String, u32), u64>,
 }
 
-/// What a pipeline step's appends can change, saved before them so a
-/// refused step can be undone without copying whole logs.
-#[derive(Debug, Default)]
-struct Checkpoint {
-    /// Offsets and stored bytes of each partition the step appends to.
-    partitions: BTreeMap<(String, u32), (PartitionOffsets, u64)>,
-    /// Dedup state of each producer the step's appends name.
-    producers: BTreeMap<(i64, String, u32), Option<ProducerState>>,
-}
-
 #[derive(Debug, Clone, Default)]
 struct Partition {
     offsets: PartitionOffsets,
@@ -79,6 +69,8 @@ struct Partition {
     log: BTreeMap<u64, StoredBatch>,
     /// Running max timestamp → base offset of the batch that raised it.
     time: BTreeMap<i64, u64>,
+    /// Leader epoch → offset of its first record.
+    epochs: BTreeMap<i32, u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -198,83 +190,76 @@ impl State {
             })
     }
 
-    fn append_one(&mut self, append: &Append) -> Result<AppendOutcome, AppendError> {
-        append.check_shape()?;
-        let key = (append.topic.clone(), append.partition);
-        let Some(part) = self.partitions.get_mut(&key) else {
-            return Err(if self.topics.contains_key(&append.topic) {
-                AppendError::UnknownPartition {
-                    topic: append.topic.clone(),
-                    partition: append.partition,
+    /// Checks a group of writes against the logs as the earlier writes of
+    /// the group would leave them, applying nothing: see
+    /// [`PartitionLog::append_at`]. Returns each write's batch header.
+    fn check_writes(&self, writes: &[LogWrite]) -> Result<Vec<Option<BatchHeader>>, WriteError> {
+        let mut tails: BTreeMap<(&str, u32), (u64, Option<i32>)> = BTreeMap::new();
+        writes
+            .iter()
+            .map(|write| {
+                let header = write.header()?;
+                let part = self.partition(&write.topic, write.partition)?;
+                let (log_end, latest_epoch) = tails
+                    .entry((write.topic.as_str(), write.partition))
+                    .or_insert_with(|| (part.offsets.log_end, part.latest_epoch()));
+                if write.base_offset != *log_end {
+                    return Err(WriteError::NotAtLogEnd {
+                        topic: write.topic.clone(),
+                        partition: write.partition,
+                        base_offset: write.base_offset,
+                        log_end: *log_end,
+                    });
                 }
-            } else {
-                AppendError::UnknownTopic(append.topic.clone())
-            });
-        };
-        let span = append.dedup_span();
-        let stamp = span.producer;
-        let producer_key = (stamp.producer_id, key.0, key.1);
-        let state = self.producers.get(&producer_key);
-        if let Decision::Duplicate { base_offset } = dedup::check(state, stamp, span.record_count)?
-        {
-            return Ok(AppendOutcome::Duplicate { base_offset });
-        }
-        let base_offset = part.offsets.log_end;
-        if !append.is_sequence_only() {
-            part.push(append);
-        }
-        if stamp.is_idempotent() {
-            let state = self.producers.remove(&producer_key);
-            let next = dedup::record(state, stamp, span.record_count, base_offset);
-            self.producers.insert(producer_key, next);
-        }
-        Ok(AppendOutcome::Appended { base_offset })
+                if header.is_some() {
+                    if let Some(latest) = *latest_epoch
+                        && write.leader_epoch < latest
+                    {
+                        return Err(WriteError::EpochBehind {
+                            topic: write.topic.clone(),
+                            partition: write.partition,
+                            epoch: write.leader_epoch,
+                            latest,
+                        });
+                    }
+                    *latest_epoch = Some(write.leader_epoch);
+                }
+                *log_end = write.end(header.as_ref());
+                Ok(header)
+            })
+            .collect()
     }
 
-    /// Saves what `appends` may change: see [`Checkpoint`].
-    fn checkpoint(&self, appends: &[Append]) -> Checkpoint {
-        let mut checkpoint = Checkpoint::default();
-        for append in appends {
-            let key = (append.topic.clone(), append.partition);
-            if let Some(part) = self.partitions.get(&key) {
-                checkpoint
-                    .partitions
-                    .insert(key, (part.offsets, part.bytes));
+    /// Applies writes that [`State::check_writes`] accepted.
+    fn apply_writes(&mut self, writes: &[LogWrite], headers: &[Option<BatchHeader>]) {
+        for (write, header) in writes.iter().zip(headers) {
+            let key = (write.topic.clone(), write.partition);
+            if let (Some(part), Some(header)) = (self.partitions.get_mut(&key), header) {
+                part.push(write, header);
             }
-            let producer = append.dedup_span().producer;
-            if producer.is_idempotent() {
-                let producer_key = (producer.producer_id, append.topic.clone(), append.partition);
-                let saved = self.producers.get(&producer_key).cloned();
-                checkpoint.producers.insert(producer_key, saved);
+            if let Some((producer_id, state)) = &write.producer {
+                self.producers
+                    .insert((*producer_id, key.0, key.1), state.clone());
             }
-        }
-        checkpoint
-    }
-
-    /// Undoes every append made since `checkpoint` was taken.
-    fn restore(&mut self, checkpoint: Checkpoint) {
-        for (key, (offsets, bytes)) in checkpoint.partitions {
-            if let Some(part) = self.partitions.get_mut(&key) {
-                part.truncate(offsets, bytes);
-            }
-        }
-        for (key, saved) in checkpoint.producers {
-            match saved {
-                Some(state) => self.producers.insert(key, state),
-                None => self.producers.remove(&key),
-            };
         }
     }
 }
 
 impl Partition {
-    /// Stores a checked batch at the log end, with its base offset written
-    /// in, and advances the offsets and the time index past it.
-    fn push(&mut self, append: &Append) {
-        let header = &append.header;
+    /// Stores a checked batch at the log end, with its base offset and
+    /// leader epoch written in, and advances the offsets, the time index and
+    /// the epoch table past it.
+    fn push(&mut self, write: &LogWrite, header: &BatchHeader) {
         let base_offset = self.offsets.log_end;
-        let mut bytes = BytesMut::from(&append.batch[..]);
+        let mut bytes = BytesMut::from(&write.batch[..]);
         set_base_offset(&mut bytes, base_offset);
+        set_partition_leader_epoch(&mut bytes, write.leader_epoch);
+        if self
+            .latest_epoch()
+            .is_none_or(|latest| write.leader_epoch > latest)
+        {
+            self.epochs.insert(write.leader_epoch, base_offset);
+        }
         self.bytes += bytes.len() as u64;
         self.log.insert(
             base_offset,
@@ -291,14 +276,32 @@ impl Partition {
         }
     }
 
-    /// Goes back to `offsets` and `bytes`, taken before some appends.
-    /// Appends only add batches, and index entries pointing at them, at or
-    /// past the old log end, so dropping those undoes them exactly.
-    fn truncate(&mut self, offsets: PartitionOffsets, bytes: u64) {
-        self.log.split_off(&offsets.log_end);
-        self.time.retain(|_, base| *base < offsets.log_end);
-        self.offsets = offsets;
-        self.bytes = bytes;
+    fn latest_epoch(&self) -> Option<i32> {
+        self.epochs.last_key_value().map(|(epoch, _)| *epoch)
+    }
+
+    /// The base offset of the batch holding `offset`, if any.
+    fn holding_batch(&self, offset: u64) -> Option<u64> {
+        self.log
+            .range(..=offset)
+            .next_back()
+            .filter(|(base, batch)| *base + u64::from(batch.record_count) > offset)
+            .map(|(base, _)| *base)
+    }
+
+    /// See [`PartitionLog::truncate_from`].
+    fn truncate_from(&mut self, offset: u64) -> u64 {
+        if offset >= self.offsets.log_end {
+            return self.offsets.log_end;
+        }
+        let new_end = self.holding_batch(offset).unwrap_or(offset);
+        let removed = self.log.split_off(&new_end);
+        self.bytes -= removed.values().map(|b| b.bytes.len() as u64).sum::<u64>();
+        self.time.retain(|_, base| *base < new_end);
+        self.epochs.retain(|_, start| *start < new_end);
+        self.offsets.log_end = new_end;
+        self.offsets.log_start = self.offsets.log_start.min(new_end);
+        new_end
     }
 
     fn delete_oldest(&mut self, report: &mut RetentionReport) {
@@ -334,7 +337,137 @@ impl Partition {
     }
 }
 
-impl LogStore for MemStore {
+impl PartitionLog for MemStore {
+    fn append_at(&self, writes: &[LogWrite], _durable: bool) -> Result<(), WriteError> {
+        let mut inner = self.lock();
+        let state = inner.begin_write()?;
+        let headers = state.check_writes(writes)?;
+        state.apply_writes(writes, &headers);
+        Ok(())
+    }
+
+    fn truncate_from(&self, topic: &str, partition: u32, offset: u64) -> Result<u64, ReadError> {
+        let mut inner = self.lock();
+        let state = inner.begin_write()?;
+        state.partition(topic, partition)?;
+        let key = (topic.to_owned(), partition);
+        Ok(state
+            .partitions
+            .get_mut(&key)
+            .map_or(offset, |part| part.truncate_from(offset)))
+    }
+
+    fn read(
+        &self,
+        topic: &str,
+        partition: u32,
+        from: u64,
+        max_bytes: usize,
+        upper: u64,
+    ) -> Result<ReadBatches, ReadError> {
+        let inner = self.lock();
+        let part = inner.state.partition(topic, partition)?;
+        let offsets = part.offsets.bounded(upper);
+        let from = from.max(offsets.log_start);
+        let start = part.holding_batch(from).unwrap_or(from);
+        let mut batches = Vec::new();
+        let mut total = 0usize;
+        for (base, batch) in part.log.range(start..) {
+            let too_big = !batches.is_empty() && total + batch.bytes.len() > max_bytes;
+            if too_big || base + u64::from(batch.record_count) > offsets.log_end {
+                break;
+            }
+            total += batch.bytes.len();
+            batches.push(batch.bytes.clone());
+        }
+        Ok(ReadBatches { batches, offsets })
+    }
+
+    fn offsets(&self, topic: &str, partition: u32) -> Result<PartitionOffsets, ReadError> {
+        Ok(self.lock().state.partition(topic, partition)?.offsets)
+    }
+
+    fn offset_for_timestamp(
+        &self,
+        topic: &str,
+        partition: u32,
+        timestamp_ms: i64,
+    ) -> Result<u64, ReadError> {
+        let inner = self.lock();
+        let part = inner.state.partition(topic, partition)?;
+        Ok(part
+            .time
+            .range(timestamp_ms..)
+            .next()
+            .map_or(part.offsets.log_end, |(_, base)| {
+                (*base).max(part.offsets.log_start)
+            }))
+    }
+
+    fn epochs(&self, topic: &str, partition: u32) -> Result<Vec<EpochStart>, ReadError> {
+        let inner = self.lock();
+        Ok(epoch_table(inner.state.partition(topic, partition)?))
+    }
+
+    fn end_offset_for_epoch(
+        &self,
+        topic: &str,
+        partition: u32,
+        epoch: i32,
+    ) -> Result<Option<EpochEnd>, ReadError> {
+        let inner = self.lock();
+        let part = inner.state.partition(topic, partition)?;
+        Ok(crate::end_offset_for_epoch(
+            &epoch_table(part),
+            part.offsets.log_end,
+            epoch,
+        ))
+    }
+
+    fn producer_states(&self, topic: &str, partition: u32) -> Result<Vec<(i64, Bytes)>, ReadError> {
+        let inner = self.lock();
+        inner.state.partition(topic, partition)?;
+        Ok(inner
+            .state
+            .producers
+            .iter()
+            .filter(|((_, t, p), _)| t == topic && *p == partition)
+            .map(|((producer_id, _, _), state)| (*producer_id, state.clone()))
+            .collect())
+    }
+
+    fn enforce_retention(&self, now_ms: i64) -> Result<RetentionReport, StoreError> {
+        let mut inner = self.lock();
+        let state = inner.begin_write()?;
+        let mut report = RetentionReport::default();
+        for ((name, _), part) in &mut state.partitions {
+            let Some(spec) = state.topics.get(name) else {
+                continue;
+            };
+            let before = report.batches;
+            if let Some(cutoff) = topic::retention_cutoff_ms(spec, now_ms) {
+                while part
+                    .log
+                    .first_key_value()
+                    .is_some_and(|(_, b)| b.max_timestamp_ms < cutoff)
+                {
+                    part.delete_oldest(&mut report);
+                }
+            }
+            while part.log.first_key_value().is_some_and(|(_, b)| {
+                topic::oldest_over_size(spec, part.bytes, b.bytes.len() as u64)
+            }) {
+                part.delete_oldest(&mut report);
+            }
+            if report.batches > before {
+                part.advance_log_start();
+            }
+        }
+        Ok(report)
+    }
+}
+
+impl MetaStore for MemStore {
     fn create_topic(&self, spec: &TopicSpec) -> Result<(), TopicError> {
         topic::validate(spec)?;
         let mut inner = self.lock();
@@ -375,117 +508,12 @@ impl LogStore for MemStore {
         Ok(self.lock().state.topics.get(name).cloned())
     }
 
-    fn append(
-        &self,
-        appends: &[Append],
-        _durable: bool,
-    ) -> Result<Vec<Result<AppendOutcome, AppendError>>, StoreError> {
-        let mut inner = self.lock();
-        let state = inner.begin_write()?;
-        Ok(appends.iter().map(|a| state.append_one(a)).collect())
-    }
-
-    fn read(
-        &self,
-        topic: &str,
-        partition: u32,
-        from: u64,
-        max_bytes: usize,
-    ) -> Result<ReadBatches, ReadError> {
-        let inner = self.lock();
-        let part = inner.state.partition(topic, partition)?;
-        let offsets = part.offsets;
-        let from = from.max(offsets.log_start);
-        let start = part
-            .log
-            .range(..=from)
-            .next_back()
-            .filter(|(base, batch)| *base + u64::from(batch.record_count) > from)
-            .map_or(from, |(base, _)| *base);
-        let mut batches = Vec::new();
-        let mut total = 0usize;
-        for batch in part.log.range(start..).map(|(_, b)| &b.bytes) {
-            if !batches.is_empty() && total + batch.len() > max_bytes {
-                break;
-            }
-            total += batch.len();
-            batches.push(batch.clone());
-        }
-        Ok(ReadBatches { batches, offsets })
-    }
-
-    fn offsets(&self, topic: &str, partition: u32) -> Result<PartitionOffsets, ReadError> {
-        Ok(self.lock().state.partition(topic, partition)?.offsets)
-    }
-
-    fn stored_batch(
-        &self,
-        topic: &str,
-        partition: u32,
-        producer: edgebus_proto::batch::ProducerStamp,
-        record_count: u32,
-    ) -> Result<Option<u64>, StoreError> {
-        let inner = self.lock();
-        let state = inner
-            .state
-            .producers
-            .get(&(producer.producer_id, topic.to_owned(), partition));
-        Ok(dedup::stored_offset(state, producer, record_count))
-    }
-
-    fn offset_for_timestamp(
-        &self,
-        topic: &str,
-        partition: u32,
-        timestamp_ms: i64,
-    ) -> Result<u64, ReadError> {
-        let inner = self.lock();
-        let part = inner.state.partition(topic, partition)?;
-        Ok(part
-            .time
-            .range(timestamp_ms..)
-            .next()
-            .map_or(part.offsets.log_end, |(_, base)| {
-                (*base).max(part.offsets.log_start)
-            }))
-    }
-
     fn allocate_producer_id(&self) -> Result<i64, StoreError> {
         let mut inner = self.lock();
         let state = inner.begin_write()?;
         let id = state.next_producer_id;
         state.next_producer_id += 1;
         Ok(id)
-    }
-
-    fn enforce_retention(&self, now_ms: i64) -> Result<RetentionReport, StoreError> {
-        let mut inner = self.lock();
-        let state = inner.begin_write()?;
-        let mut report = RetentionReport::default();
-        for ((name, _), part) in &mut state.partitions {
-            let Some(spec) = state.topics.get(name) else {
-                continue;
-            };
-            let before = report.batches;
-            if let Some(cutoff) = topic::retention_cutoff_ms(spec, now_ms) {
-                while part
-                    .log
-                    .first_key_value()
-                    .is_some_and(|(_, b)| b.max_timestamp_ms < cutoff)
-                {
-                    part.delete_oldest(&mut report);
-                }
-            }
-            while part.log.first_key_value().is_some_and(|(_, b)| {
-                topic::oldest_over_size(spec, part.bytes, b.bytes.len() as u64)
-            }) {
-                part.delete_oldest(&mut report);
-            }
-            if report.batches > before {
-                part.advance_log_start();
-            }
-        }
-        Ok(report)
     }
 
     fn commit_offsets(&self, commits: &[OffsetCommit]) -> Result<(), CommitError> {
@@ -613,36 +641,6 @@ impl LogStore for MemStore {
             .collect())
     }
 
-    fn commit_pipeline(&self, commit: &PipelineCommit) -> Result<Vec<u64>, PipelineError> {
-        let mut inner = self.lock();
-        let state = inner.begin_write()?;
-        let checkpoint = state.checkpoint(&commit.appends);
-        let results = commit
-            .appends
-            .iter()
-            .map(|append| state.append_one(append))
-            .collect();
-        let base_offsets = match crate::pipeline_base_offsets(results) {
-            Ok(base_offsets) => base_offsets,
-            Err(refused) => {
-                state.restore(checkpoint);
-                return Err(refused);
-            }
-        };
-        for (key, value) in &commit.state {
-            let key = (commit.pipeline.clone(), key.clone());
-            match value {
-                Some(value) => state.pipeline_state.insert(key, value.clone()),
-                None => state.pipeline_state.remove(&key),
-            };
-        }
-        state.pipeline_positions.insert(
-            (commit.pipeline.clone(), commit.source_partition),
-            commit.source_next_offset,
-        );
-        Ok(base_offsets)
-    }
-
     fn pipeline_positions(&self, pipeline: &str) -> Result<Vec<(u32, u64)>, StoreError> {
         let inner = self.lock();
         let range = (pipeline.to_owned(), 0)..=(pipeline.to_owned(), u32::MAX);
@@ -672,9 +670,41 @@ impl LogStore for MemStore {
     }
 }
 
+impl LogStore for MemStore {
+    fn commit_pipeline(&self, commit: &PipelineCommit) -> Result<(), WriteError> {
+        let mut inner = self.lock();
+        let state = inner.begin_write()?;
+        let headers = state.check_writes(&commit.writes)?;
+        state.apply_writes(&commit.writes, &headers);
+        for (key, value) in &commit.state {
+            let key = (commit.pipeline.clone(), key.clone());
+            match value {
+                Some(value) => state.pipeline_state.insert(key, value.clone()),
+                None => state.pipeline_state.remove(&key),
+            };
+        }
+        state.pipeline_positions.insert(
+            (commit.pipeline.clone(), commit.source_partition),
+            commit.source_next_offset,
+        );
+        Ok(())
+    }
+}
+
+/// A partition's epoch table as the trait reports it.
+fn epoch_table(part: &Partition) -> Vec<EpochStart> {
+    part.epochs
+        .iter()
+        .map(|(epoch, start_offset)| EpochStart {
+            epoch: *epoch,
+            start_offset: *start_offset,
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
-    use edgebus_proto::batch::{BatchBuilder, ProducerStamp, Record, validate};
+    use edgebus_proto::batch::{BatchBuilder, ProducerStamp, Record};
 
     use super::*;
 
@@ -688,16 +718,17 @@ mod tests {
         }
     }
 
-    fn append(topic: &str) -> Append {
+    /// A one-record batch written at `base_offset`.
+    fn write(topic: &str, base_offset: u64) -> LogWrite {
         let mut builder = BatchBuilder::new();
         builder.push(&Record::new("v", 1));
-        let batch = builder.finish(ProducerStamp::NONE);
-        Append {
+        LogWrite {
             topic: topic.to_owned(),
             partition: 0,
-            header: validate(&batch).unwrap(),
-            batch,
-            sequence: None,
+            base_offset,
+            leader_epoch: 0,
+            batch: builder.finish(ProducerStamp::NONE),
+            producer: None,
         }
     }
 
@@ -713,7 +744,7 @@ mod tests {
     fn step(next: u64) -> PipelineCommit {
         PipelineCommit {
             pipeline: "p".to_owned(),
-            appends: vec![append("t")],
+            writes: vec![write("t", next)],
             state: vec![(b"k".to_vec(), Some(b"v".to_vec()))],
             source_partition: 0,
             source_next_offset: next,
@@ -725,7 +756,7 @@ mod tests {
         let store = MemStore::new();
         store.fail_after_writes(10);
         store.create_topic(&spec("t")).unwrap();
-        store.append(&[append("t")], true).unwrap();
+        store.append_at(&[write("t", 0)], true).unwrap();
         store.allocate_producer_id().unwrap();
         store.commit_offsets(&[commit("g", 1)]).unwrap();
         assert!(store.delete_group("g").unwrap());
@@ -742,7 +773,14 @@ mod tests {
                 "{result:?}"
             );
         };
-        injected(store.append(&[append("t")], true).map(drop));
+        assert_eq!(
+            store.append_at(&[write("t", 2)], true),
+            Err(WriteError::Store(StoreError::Injected(10)))
+        );
+        assert!(matches!(
+            store.truncate_from("t", 0, 0),
+            Err(ReadError::Store(StoreError::Injected(10)))
+        ));
         injected(store.enforce_retention(0).map(drop));
         injected(store.allocate_producer_id().map(drop));
         injected(store.put_plugin("f", "filter", "h", b"wasm", 2).map(drop));
@@ -762,7 +800,7 @@ mod tests {
         ));
         assert!(matches!(
             store.commit_pipeline(&step(2)),
-            Err(PipelineError::Store(StoreError::Injected(10)))
+            Err(WriteError::Store(StoreError::Injected(10)))
         ));
         assert_eq!(store.committed_offsets("g").unwrap(), vec![]);
         assert_eq!(store.plugins().unwrap(), vec![]);
@@ -779,11 +817,15 @@ mod tests {
         let store = MemStore::new();
         store.create_topic(&spec("t")).unwrap();
         store.fail_after_writes(0);
-        assert!(store.append(&[append("t"), append("t")], true).is_err());
+        assert!(
+            store
+                .append_at(&[write("t", 0), write("t", 1)], true)
+                .is_err()
+        );
         assert_eq!(store.offsets("t", 0).unwrap(), PartitionOffsets::default());
         assert!(
             store
-                .read("t", 0, 0, usize::MAX)
+                .read("t", 0, 0, usize::MAX, u64::MAX)
                 .unwrap()
                 .batches
                 .is_empty()
@@ -804,14 +846,11 @@ mod tests {
     fn reopen_keeps_committed_state_and_drops_faults() {
         let store = MemStore::new();
         store.create_topic(&spec("t")).unwrap();
-        store.append(&[append("t")], true).unwrap();
+        store.append_at(&[write("t", 0)], true).unwrap();
         store.fail_after_writes(0);
         let reopened = store.reopen();
         assert_eq!(reopened.offsets("t", 0).unwrap().log_end, 1);
-        assert_eq!(
-            reopened.append(&[append("t")], true).unwrap(),
-            vec![Ok(AppendOutcome::Appended { base_offset: 1 })]
-        );
+        reopened.append_at(&[write("t", 1)], true).unwrap();
         assert_eq!(
             store.offsets("t", 0).unwrap().log_end,
             1,

@@ -5,15 +5,17 @@
 //! ```text
 //! topics                 &str            → topic settings (topic::encode_spec)
 //! partitions             (&str, u32)     → (log_start u64, log_end u64, bytes u64)
-//! producers              (i64, &str, u32)→ ProducerState::encode
+//! producers              (i64, &str, u32)→ producer dedup state (opaque; edgebus-core encodes it)
+//! epochs                 (&str, u32, i32) → u64 (topic, partition, leader epoch → start offset)
 //! group_offsets          (&str, &str, u32) → u64 (group, topic, partition → offset)
-//! node                   &str            → u64   ("next_producer_id", "store_id")
+//! node                   &str            → u64   ("next_producer_id", "store_id", "format_version")
 //! plugins                &str            → plugin description (plugin::encode_info)
 //! plugin_wasm            &str            → component bytes
 //! configs                (u8, &str)      → config blob (ConfigKind::tag, key)
 //! pipeline_state         (&str, &[u8])   → &[u8] (pipeline, plugin state key)
 //! pipeline_positions     (&str, u32)     → u64 (pipeline, source partition → next offset)
-//! log/{topic}/{p}        u64 base_offset → whole batch, base offset written in
+//! log/{topic}/{p}        u64 base_offset → whole batch (Kafka RecordBatch v2), base offset
+//!                                          and leader epoch written in
 //! time/{topic}/{p}       i64 max_ts_ms   → u64 base offset
 //! ```
 //!
@@ -31,6 +33,12 @@
 //!
 //! A plugin's description and its component bytes sit in two tables, so
 //! listing the registry never reads the components.
+//!
+//! `format_version` in `node` names the on-disk format. Format 1 (edgebus
+//! 0.1's own batch layout) had no such key; a store holding topics or
+//! configuration in it is refused with [`StoreError::IncompatibleFormat`]
+//! rather than misread, and an empty one is simply stamped with the current
+//! format.
 //!
 //! Every write is one redb write transaction: a group append, a retention
 //! pass, a topic creation or deletion, an offset commit all apply completely
@@ -72,8 +80,6 @@
 //! (a file replaced under the broker, a backend factory returning new empty
 //! storage) is refused, because serving it would restart offsets at 0.
 
-use std::collections::HashMap;
-use std::collections::hash_map::Entry;
 use std::fmt;
 use std::hash::{BuildHasher, RandomState};
 use std::path::Path;
@@ -85,15 +91,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use edgebus_proto::batch::{self, BatchHeader};
 use redb::{
-    Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, StorageBackend, Table,
-    TableDefinition, TableError, WriteTransaction,
+    Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata,
+    StorageBackend, Table, TableDefinition, TableError, WriteTransaction,
 };
 
-use crate::dedup::{self, Decision, ProducerState};
 use crate::{
-    Append, AppendError, AppendOutcome, CommitError, CommittedOffset, ConfigKind, LogStore,
-    OffsetCommit, PartitionOffsets, PipelineCommit, PipelineError, PluginInfo, ReadBatches,
-    ReadError, RetentionReport, StoreError, TopicError, TopicSpec,
+    CommitError, CommittedOffset, ConfigKind, EpochEnd, EpochStart, LogStore, LogWrite, MetaStore,
+    OffsetCommit, PartitionLog, PartitionOffsets, PipelineCommit, PluginInfo, ReadBatches,
+    ReadError, RetentionReport, StoreError, TopicError, TopicSpec, WriteError,
 };
 use crate::{group, plugin, topic};
 
@@ -101,6 +106,7 @@ const TOPICS: TableDefinition<&str, &[u8]> = TableDefinition::new("topics");
 const PARTITIONS: TableDefinition<(&str, u32), (u64, u64, u64)> =
     TableDefinition::new("partitions");
 const PRODUCERS: TableDefinition<(i64, &str, u32), &[u8]> = TableDefinition::new("producers");
+const EPOCHS: TableDefinition<(&str, u32, i32), u64> = TableDefinition::new("epochs");
 const GROUP_OFFSETS: TableDefinition<(&str, &str, u32), u64> =
     TableDefinition::new("group_offsets");
 const NODE: TableDefinition<&str, u64> = TableDefinition::new("node");
@@ -115,6 +121,13 @@ const NEXT_PRODUCER_ID: &str = "next_producer_id";
 /// Random identity of the store, written at its first open, so a reopen
 /// can tell it reached the same storage.
 const STORE_ID: &str = "store_id";
+/// The on-disk format of the store; see the module docs.
+const FORMAT_VERSION: &str = "format_version";
+/// The format this release reads and writes: batches are Kafka
+/// RecordBatch v2, leader epochs are recorded.
+pub const FORMAT: u64 = 2;
+/// Format 1 stores carry no `format_version` key.
+const LEGACY_FORMAT: u64 = 1;
 
 /// How long a reopen waits for reads still running on the old database
 /// before giving up with [`StoreError::Recovering`] (and leaving the old
@@ -212,13 +225,6 @@ impl PartitionRow {
     }
 }
 
-/// One producer's dedup state as loaded in a transaction, and whether this
-/// transaction changed it.
-struct ProducerSlot {
-    state: Option<ProducerState>,
-    dirty: bool,
-}
-
 impl From<redb::StorageError> for StoreError {
     /// Sorts out the errors a reopen may cure: those of the file or device
     /// under redb, and redb's refusal to go on after one.
@@ -295,10 +301,10 @@ impl StoreFailure for CommitError {
     }
 }
 
-impl StoreFailure for PipelineError {
+impl StoreFailure for WriteError {
     fn store_error(&self) -> Option<&StoreError> {
         match self {
-            PipelineError::Store(e) => Some(e),
+            WriteError::Store(e) => Some(e),
             _ => None,
         }
     }
@@ -435,6 +441,7 @@ impl RedbStore {
         txn.open_table(TOPICS)?;
         txn.open_table(PARTITIONS)?;
         txn.open_table(PRODUCERS)?;
+        txn.open_table(EPOCHS)?;
         txn.open_table(GROUP_OFFSETS)?;
         txn.open_table(PLUGINS)?;
         txn.open_table(PLUGIN_WASM)?;
@@ -444,14 +451,22 @@ impl RedbStore {
         let store_id = {
             let mut node = txn.open_table(NODE)?;
             let stored = node.get(STORE_ID)?.map(|id| id.value());
-            match stored {
-                Some(id) => id,
+            let format = node.get(FORMAT_VERSION)?.map(|v| v.value());
+            let id = match stored {
+                Some(id) => {
+                    Self::check_format(&txn, format)?;
+                    id
+                }
                 None => {
                     let id = new_store_id();
                     node.insert(STORE_ID, id)?;
                     id
                 }
+            };
+            if format != Some(FORMAT) {
+                node.insert(FORMAT_VERSION, FORMAT)?;
             }
+            id
         };
         txn.commit()?;
         Ok(RedbStore {
@@ -460,6 +475,30 @@ impl RedbStore {
             writer: Mutex::new(()),
             needs_reopen: AtomicBool::new(false),
             store_id,
+        })
+    }
+
+    /// Refuses a store written in another format, unless it is a legacy
+    /// store holding nothing the format change affects (no topics, no saved
+    /// configuration), which may simply be stamped with [`FORMAT`].
+    fn check_format(txn: &WriteTransaction, format: Option<u64>) -> Result<(), StoreError> {
+        let found = match format {
+            Some(FORMAT) => return Ok(()),
+            Some(other) => other,
+            None => {
+                let empty =
+                    txn.open_table(TOPICS)?.is_empty()? && txn.open_table(CONFIGS)?.is_empty()?;
+                if empty {
+                    return Ok(());
+                }
+                LEGACY_FORMAT
+            }
+        };
+        Err(StoreError::IncompatibleFormat {
+            found,
+            supported: FORMAT,
+            advice: "start this release on a new, empty data directory; records in the old one \
+                     can be read with the release that wrote them and produced again",
         })
     }
 
@@ -602,6 +641,10 @@ impl RedbStore {
         }
         txn.open_table(PRODUCERS)?
             .retain(|(_, topic, _), _| topic != name)?;
+        txn.open_table(EPOCHS)?
+            .retain_in((name, 0, i32::MIN)..=(name, u32::MAX, i32::MAX), |_, _| {
+                false
+            })?;
         txn.open_table(GROUP_OFFSETS)?
             .retain(|(_, topic, _), _| topic != name)?;
         txn.open_table(CONFIGS)?
@@ -677,157 +720,214 @@ impl RedbStore {
         Ok(())
     }
 
-    /// Appends a group of batches in `txn`, returning one result per input:
-    /// see [`LogStore::append`]. Both `append` and `commit_pipeline` store
-    /// batches through it, so a pipeline's outputs get the same offsets,
-    /// index entries and accounting as produced batches.
-    fn append_in(
-        txn: &WriteTransaction,
-        appends: &[Append],
-    ) -> Result<Vec<Result<AppendOutcome, AppendError>>, StoreError> {
-        let mut results = Vec::with_capacity(appends.len());
-        // Group by partition, keeping slice order within each, so each
-        // partition's tables are opened once per group commit.
-        let mut groups: Vec<((&str, u32), Vec<usize>)> = Vec::new();
-        let mut group_of: HashMap<(&str, u32), usize> = HashMap::new();
-        for (index, append) in appends.iter().enumerate() {
-            if let Err(e) = append.check_shape() {
-                results.push((index, Err(e)));
-                continue;
-            }
-            let key = (append.topic.as_str(), append.partition);
-            let group = *group_of.entry(key).or_insert_with(|| {
-                groups.push((key, Vec::new()));
-                groups.len() - 1
-            });
-            groups[group].1.push(index);
-        }
-        {
-            let topics = txn.open_table(TOPICS)?;
-            let mut partitions = txn.open_table(PARTITIONS)?;
-            let mut producers = txn.open_table(PRODUCERS)?;
-            for ((topic, partition), members) in groups {
-                let row = partitions.get((topic, partition))?.map(|r| r.value());
-                let Some(row) = row else {
-                    let error = if topics.get(topic)?.is_some() {
-                        AppendError::UnknownPartition {
-                            topic: topic.to_owned(),
-                            partition,
+    /// Applies a group of writes in `txn`, in slice order: see
+    /// [`PartitionLog::append_at`]. Both `append_at` and `commit_pipeline`
+    /// store batches through it, so a pipeline's outputs get the same
+    /// checks, index entries and accounting as produced batches. On error
+    /// the caller aborts `txn`.
+    fn append_at_in(txn: &WriteTransaction, writes: &[LogWrite]) -> Result<(), WriteError> {
+        let mut partitions = txn.open_table(PARTITIONS).or_backend()?;
+        let mut producers = txn.open_table(PRODUCERS).or_backend()?;
+        let mut epochs = txn.open_table(EPOCHS).or_backend()?;
+        // Consecutive writes to one partition share its opened tables.
+        for run in writes.chunk_by(|a, b| a.topic == b.topic && a.partition == b.partition) {
+            let (topic, partition) = (run[0].topic.as_str(), run[0].partition);
+            let row = partitions.get((topic, partition)).or_backend()?;
+            let Some(row) = row.map(|r| PartitionRow::from_value(r.value())) else {
+                return Err(Self::missing(txn, topic, partition)?.into());
+            };
+            let mut row = row;
+            let tables = PartitionTables::new(topic, partition);
+            let mut log = txn.open_table(tables.log()).or_backend()?;
+            let mut time = txn.open_table(tables.time()).or_backend()?;
+            let mut running_max_ms = time.last().or_backend()?.map(|(ts, _)| ts.value());
+            let mut latest_epoch = Self::latest_epoch(&epochs, topic, partition)?;
+            for write in run {
+                let header = write.header()?;
+                if write.base_offset != row.log_end {
+                    return Err(WriteError::NotAtLogEnd {
+                        topic: topic.to_owned(),
+                        partition,
+                        base_offset: write.base_offset,
+                        log_end: row.log_end,
+                    });
+                }
+                if let Some(header) = &header {
+                    match latest_epoch {
+                        Some(latest) if write.leader_epoch < latest => {
+                            return Err(WriteError::EpochBehind {
+                                topic: topic.to_owned(),
+                                partition,
+                                epoch: write.leader_epoch,
+                                latest,
+                            });
                         }
-                    } else {
-                        AppendError::UnknownTopic(topic.to_owned())
-                    };
-                    results.extend(members.into_iter().map(|i| (i, Err(error.clone()))));
-                    continue;
-                };
-                let mut row = PartitionRow::from_value(row);
-                Self::append_partition(
-                    txn,
-                    &mut producers,
-                    &mut row,
-                    (topic, partition),
-                    members.into_iter().map(|i| (i, &appends[i])),
-                    &mut results,
-                )?;
-                partitions.insert((topic, partition), row.value())?;
-            }
-        }
-        results.sort_unstable_by_key(|(index, _)| *index);
-        Ok(results.into_iter().map(|(_, result)| result).collect())
-    }
-
-    /// Appends one partition's share of a group, in slice order, pushing
-    /// `(index, result)` for each.
-    fn append_partition<'a>(
-        txn: &WriteTransaction,
-        producers: &mut Table<(i64, &str, u32), &[u8]>,
-        row: &mut PartitionRow,
-        (topic, partition): (&str, u32),
-        members: impl Iterator<Item = (usize, &'a Append)>,
-        results: &mut Vec<(usize, Result<AppendOutcome, AppendError>)>,
-    ) -> Result<(), StoreError> {
-        let tables = PartitionTables::new(topic, partition);
-        let mut log = txn.open_table(tables.log())?;
-        let mut time = txn.open_table(tables.time())?;
-        let mut running_max_ms = time.last()?.map(|(ts, _)| ts.value());
-        let mut states: HashMap<i64, ProducerSlot> = HashMap::new();
-        for (index, append) in members {
-            let span = append.dedup_span();
-            let stamp = span.producer;
-            let slot = if stamp.is_idempotent() {
-                Some(match states.entry(stamp.producer_id) {
-                    Entry::Occupied(e) => e.into_mut(),
-                    Entry::Vacant(e) => {
-                        let state = producers
-                            .get((stamp.producer_id, topic, partition))?
-                            .map(|v| ProducerState::decode(v.value()))
-                            .transpose()?;
-                        e.insert(ProducerSlot {
-                            state,
-                            dirty: false,
-                        })
+                        Some(latest) if write.leader_epoch == latest => {}
+                        _ => {
+                            epochs
+                                .insert((topic, partition, write.leader_epoch), write.base_offset)
+                                .or_backend()?;
+                            latest_epoch = Some(write.leader_epoch);
+                        }
                     }
-                })
-            } else {
-                None
-            };
-            let state = slot.as_ref().and_then(|s| s.state.as_ref());
-            let outcome = match dedup::check(state, stamp, span.record_count) {
-                Err(e) => Err(e),
-                Ok(Decision::Duplicate { base_offset }) => {
-                    Ok(AppendOutcome::Duplicate { base_offset })
+                    Self::write_batch(
+                        &mut log,
+                        &mut time,
+                        &mut running_max_ms,
+                        &mut row,
+                        write,
+                        header,
+                    )?;
                 }
-                Ok(Decision::Append) => {
-                    let base_offset = row.log_end;
-                    if !append.is_sequence_only() {
-                        Self::write_batch(&mut log, &mut time, &mut running_max_ms, row, append)?;
-                    }
-                    if let Some(slot) = slot {
-                        slot.state = Some(dedup::record(
-                            slot.state.take(),
-                            stamp,
-                            span.record_count,
-                            base_offset,
-                        ));
-                        slot.dirty = true;
-                    }
-                    Ok(AppendOutcome::Appended { base_offset })
+                if let Some((producer_id, state)) = &write.producer {
+                    producers
+                        .insert((*producer_id, topic, partition), state.as_ref())
+                        .or_backend()?;
                 }
-            };
-            results.push((index, outcome));
-        }
-        for (producer_id, slot) in states {
-            if let (true, Some(state)) = (slot.dirty, slot.state) {
-                producers.insert((producer_id, topic, partition), state.encode().as_slice())?;
             }
+            partitions
+                .insert((topic, partition), row.value())
+                .or_backend()?;
         }
         Ok(())
     }
 
-    /// Stores one batch at the log end, with its base offset written in, and
-    /// advances `row` and the time index past it.
+    /// The newest epoch in a partition's epoch table.
+    fn latest_epoch(
+        epochs: &impl ReadableTable<(&'static str, u32, i32), u64>,
+        topic: &str,
+        partition: u32,
+    ) -> Result<Option<i32>, StoreError> {
+        let last = epochs
+            .range((topic, partition, i32::MIN)..=(topic, partition, i32::MAX))?
+            .next_back()
+            .transpose()?;
+        Ok(last.map(|(key, _)| key.value().2))
+    }
+
+    /// The error for a partition without a `partitions` row: an unknown
+    /// topic, or a partition the topic does not have.
+    fn missing(
+        txn: &WriteTransaction,
+        topic: &str,
+        partition: u32,
+    ) -> Result<ReadError, StoreError> {
+        Ok(if txn.open_table(TOPICS)?.get(topic)?.is_some() {
+            ReadError::UnknownPartition {
+                topic: topic.to_owned(),
+                partition,
+            }
+        } else {
+            ReadError::UnknownTopic(topic.to_owned())
+        })
+    }
+
+    /// Stores one batch at the log end, with its base offset and leader
+    /// epoch written in, and advances `row` and the time index past it.
     fn write_batch(
         log: &mut Table<u64, &'static [u8]>,
         time: &mut Table<i64, u64>,
         running_max_ms: &mut Option<i64>,
         row: &mut PartitionRow,
-        append: &Append,
+        write: &LogWrite,
+        header: &BatchHeader,
     ) -> Result<(), StoreError> {
-        let header = &append.header;
-        let base_offset = row.log_end;
+        let base_offset = write.base_offset;
         {
-            let mut stored = log.insert_reserve(base_offset, append.batch.len())?;
+            let mut stored = log.insert_reserve(base_offset, write.batch.len())?;
             let stored = stored.as_mut();
-            stored.copy_from_slice(&append.batch);
+            stored.copy_from_slice(&write.batch);
             batch::set_base_offset(stored, base_offset);
+            batch::set_partition_leader_epoch(stored, write.leader_epoch);
         }
-        row.log_end += u64::from(header.record_count);
-        row.bytes += append.batch.len() as u64;
+        row.log_end = write.end(Some(header));
+        row.bytes += write.batch.len() as u64;
         if running_max_ms.is_none_or(|max| header.max_timestamp_ms > max) {
             time.insert(header.max_timestamp_ms, base_offset)?;
             *running_max_ms = Some(header.max_timestamp_ms);
         }
         Ok(())
+    }
+
+    /// Truncates one partition in `txn`: see [`PartitionLog::truncate_from`].
+    fn truncate_in(
+        txn: &WriteTransaction,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+    ) -> Result<u64, ReadError> {
+        let mut partitions = txn.open_table(PARTITIONS).or_backend()?;
+        let row = partitions.get((topic, partition)).or_backend()?;
+        let Some(mut row) = row.map(|r| PartitionRow::from_value(r.value())) else {
+            return Err(Self::missing(txn, topic, partition)?);
+        };
+        if offset >= row.log_end {
+            return Ok(row.log_end);
+        }
+        let tables = PartitionTables::new(topic, partition);
+        let mut log = txn.open_table(tables.log()).or_backend()?;
+        let new_end = Self::holding_batch(&log, &tables.log, offset)?.unwrap_or(offset);
+        let mut removed = Vec::new();
+        for entry in log.range(new_end..).or_backend()? {
+            let (key, value) = entry.or_backend()?;
+            removed.push((key.value(), value.value().len() as u64));
+        }
+        for (base, size) in &removed {
+            log.remove(base).or_backend()?;
+            row.bytes = row.bytes.saturating_sub(*size);
+        }
+        txn.open_table(tables.time())
+            .or_backend()?
+            .retain(|_, base| base < new_end)
+            .or_backend()?;
+        txn.open_table(EPOCHS)
+            .or_backend()?
+            .retain_in(
+                (topic, partition, i32::MIN)..=(topic, partition, i32::MAX),
+                |_, start| start < new_end,
+            )
+            .or_backend()?;
+        row.log_end = new_end;
+        row.log_start = row.log_start.min(new_end);
+        partitions
+            .insert((topic, partition), row.value())
+            .or_backend()?;
+        Ok(new_end)
+    }
+
+    /// The base offset of the stored batch holding `offset`, if any.
+    fn holding_batch(
+        log: &impl ReadableTable<u64, &'static [u8]>,
+        table: &str,
+        offset: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        let Some(entry) = log.range(..=offset)?.next_back() else {
+            return Ok(None);
+        };
+        let (key, value) = entry?;
+        let header = stored_header(table, key.value(), value.value())?;
+        Ok((header.next_offset() > offset).then_some(key.value()))
+    }
+
+    /// A partition's epoch table in `txn`, oldest first.
+    fn epochs_in(
+        txn: &ReadTransaction,
+        topic: &str,
+        partition: u32,
+    ) -> Result<Vec<EpochStart>, ReadError> {
+        Self::partition_row(txn, topic, partition)?;
+        let epochs = txn.open_table(EPOCHS).or_backend()?;
+        epochs
+            .range((topic, partition, i32::MIN)..=(topic, partition, i32::MAX))
+            .or_backend()?
+            .map(|entry| {
+                let (key, start) = entry.or_backend()?;
+                Ok(EpochStart {
+                    epoch: key.value().2,
+                    start_offset: start.value(),
+                })
+            })
+            .collect()
     }
 
     /// Applies a pipeline step's plugin state changes, in order, and moves
@@ -980,26 +1080,20 @@ impl RedbStore {
         partition: u32,
         from: u64,
         max_bytes: usize,
+        upper: u64,
     ) -> Result<ReadBatches, ReadError> {
         let row = Self::partition_row(txn, topic, partition)?;
-        let offsets = row.offsets();
-        let from = from.max(row.log_start);
+        let offsets = row.offsets().bounded(upper);
+        let from = from.max(offsets.log_start);
         let mut batches = Vec::new();
-        if from >= row.log_end {
+        if from >= offsets.log_end {
             return Ok(ReadBatches { batches, offsets });
         }
         let tables = PartitionTables::new(topic, partition);
         let log = txn.open_table(tables.log()).or_backend()?;
-        let holding = match log.range(..=from).or_backend()?.next_back() {
-            Some(entry) => {
-                let (key, value) = entry.or_backend()?;
-                let header = stored_header(&tables.log, key.value(), value.value())?;
-                (header.next_offset() > from).then_some(key.value())
-            }
-            None => None,
-        };
+        let start = Self::holding_batch(&log, &tables.log, from)?.unwrap_or(from);
         let mut total = 0usize;
-        for entry in log.range(holding.unwrap_or(from)..).or_backend()? {
+        for entry in log.range(start..).or_backend()? {
             let (key, value) = entry.or_backend()?;
             let bytes = value.value();
             if !batches.is_empty() && total + bytes.len() > max_bytes {
@@ -1009,6 +1103,9 @@ impl RedbStore {
             let header = batch::verify_crc(bytes)
                 .map_err(|e| corrupt(&tables.log, format!("batch at {}: {e}", key.value())))?;
             check_position(&tables.log, key.value(), &header)?;
+            if header.next_offset() > offsets.log_end {
+                break;
+            }
             total += bytes.len();
             batches.push(Bytes::copy_from_slice(bytes));
         }
@@ -1038,7 +1135,113 @@ impl RedbStore {
     }
 }
 
-impl LogStore for RedbStore {
+impl PartitionLog for RedbStore {
+    fn append_at(&self, writes: &[LogWrite], durable: bool) -> Result<(), WriteError> {
+        self.writing(|db| {
+            let mut txn = db.begin_write().or_backend()?;
+            txn.set_durability(if durable {
+                Durability::Immediate
+            } else {
+                Durability::None
+            })
+            .or_backend()?;
+            if let Err(e) = Self::append_at_in(&txn, writes) {
+                txn.abort().or_backend()?;
+                return Err(e);
+            }
+            txn.commit().or_backend()?;
+            Ok(())
+        })
+    }
+
+    fn truncate_from(&self, topic: &str, partition: u32, offset: u64) -> Result<u64, ReadError> {
+        self.writing(|db| {
+            let txn = Self::begin_durable(db)?;
+            match Self::truncate_in(&txn, topic, partition, offset) {
+                Ok(new_end) => {
+                    txn.commit().or_backend()?;
+                    Ok(new_end)
+                }
+                Err(e) => {
+                    txn.abort().or_backend()?;
+                    Err(e)
+                }
+            }
+        })
+    }
+
+    fn read(
+        &self,
+        topic: &str,
+        partition: u32,
+        from: u64,
+        max_bytes: usize,
+        upper: u64,
+    ) -> Result<ReadBatches, ReadError> {
+        self.snapshot(|txn| Self::read_in(txn, topic, partition, from, max_bytes, upper))
+    }
+
+    fn offsets(&self, topic: &str, partition: u32) -> Result<PartitionOffsets, ReadError> {
+        self.snapshot(|txn| Ok(Self::partition_row(txn, topic, partition)?.offsets()))
+    }
+
+    fn offset_for_timestamp(
+        &self,
+        topic: &str,
+        partition: u32,
+        timestamp_ms: i64,
+    ) -> Result<u64, ReadError> {
+        self.snapshot(|txn| {
+            let row = Self::partition_row(txn, topic, partition)?;
+            let tables = PartitionTables::new(topic, partition);
+            let time = txn.open_table(tables.time()).or_backend()?;
+            let found = match time.range(timestamp_ms..).or_backend()?.next() {
+                Some(entry) => Some(entry.or_backend()?.1.value()),
+                None => None,
+            };
+            Ok(found.map_or(row.log_end, |base| base.max(row.log_start)))
+        })
+    }
+
+    fn epochs(&self, topic: &str, partition: u32) -> Result<Vec<EpochStart>, ReadError> {
+        self.snapshot(|txn| Self::epochs_in(txn, topic, partition))
+    }
+
+    fn end_offset_for_epoch(
+        &self,
+        topic: &str,
+        partition: u32,
+        epoch: i32,
+    ) -> Result<Option<EpochEnd>, ReadError> {
+        self.snapshot(|txn| {
+            let epochs = Self::epochs_in(txn, topic, partition)?;
+            let log_end = Self::partition_row(txn, topic, partition)?.log_end;
+            Ok(crate::end_offset_for_epoch(&epochs, log_end, epoch))
+        })
+    }
+
+    fn producer_states(&self, topic: &str, partition: u32) -> Result<Vec<(i64, Bytes)>, ReadError> {
+        self.snapshot(|txn| {
+            Self::partition_row(txn, topic, partition)?;
+            let producers = txn.open_table(PRODUCERS).or_backend()?;
+            let mut states = Vec::new();
+            for entry in producers.iter().or_backend()? {
+                let (key, state) = entry.or_backend()?;
+                let (producer_id, t, p) = key.value();
+                if t == topic && p == partition {
+                    states.push((producer_id, Bytes::copy_from_slice(state.value())));
+                }
+            }
+            Ok(states)
+        })
+    }
+
+    fn enforce_retention(&self, now_ms: i64) -> Result<RetentionReport, StoreError> {
+        self.writing(|db| Self::retain_all(db, now_ms))
+    }
+}
+
+impl MetaStore for RedbStore {
     fn create_topic(&self, spec: &TopicSpec) -> Result<(), TopicError> {
         topic::validate(spec)?;
         self.writing(|db| {
@@ -1085,76 +1288,6 @@ impl LogStore for RedbStore {
         })
     }
 
-    fn append(
-        &self,
-        appends: &[Append],
-        durable: bool,
-    ) -> Result<Vec<Result<AppendOutcome, AppendError>>, StoreError> {
-        self.writing(|db| {
-            let mut txn = db.begin_write()?;
-            txn.set_durability(if durable {
-                Durability::Immediate
-            } else {
-                Durability::None
-            })?;
-            let results = Self::append_in(&txn, appends)?;
-            txn.commit()?;
-            Ok(results)
-        })
-    }
-
-    fn read(
-        &self,
-        topic: &str,
-        partition: u32,
-        from: u64,
-        max_bytes: usize,
-    ) -> Result<ReadBatches, ReadError> {
-        self.snapshot(|txn| Self::read_in(txn, topic, partition, from, max_bytes))
-    }
-
-    fn offsets(&self, topic: &str, partition: u32) -> Result<PartitionOffsets, ReadError> {
-        self.snapshot(|txn| Ok(Self::partition_row(txn, topic, partition)?.offsets()))
-    }
-
-    fn stored_batch(
-        &self,
-        topic: &str,
-        partition: u32,
-        producer: edgebus_proto::batch::ProducerStamp,
-        record_count: u32,
-    ) -> Result<Option<u64>, StoreError> {
-        if !producer.is_idempotent() {
-            return Ok(None);
-        }
-        self.snapshot(|txn| {
-            let producers = txn.open_table(PRODUCERS)?;
-            let state = producers
-                .get((producer.producer_id, topic, partition))?
-                .map(|v| ProducerState::decode(v.value()))
-                .transpose()?;
-            Ok(dedup::stored_offset(state.as_ref(), producer, record_count))
-        })
-    }
-
-    fn offset_for_timestamp(
-        &self,
-        topic: &str,
-        partition: u32,
-        timestamp_ms: i64,
-    ) -> Result<u64, ReadError> {
-        self.snapshot(|txn| {
-            let row = Self::partition_row(txn, topic, partition)?;
-            let tables = PartitionTables::new(topic, partition);
-            let time = txn.open_table(tables.time()).or_backend()?;
-            let found = match time.range(timestamp_ms..).or_backend()?.next() {
-                Some(entry) => Some(entry.or_backend()?.1.value()),
-                None => None,
-            };
-            Ok(found.map_or(row.log_end, |base| base.max(row.log_start)))
-        })
-    }
-
     fn allocate_producer_id(&self) -> Result<i64, StoreError> {
         self.writing(|db| {
             let txn = db.begin_write()?;
@@ -1167,10 +1300,6 @@ impl LogStore for RedbStore {
             txn.commit()?;
             i64::try_from(id).map_err(|_| corrupt("node", format!("next_producer_id {id}")))
         })
-    }
-
-    fn enforce_retention(&self, now_ms: i64) -> Result<RetentionReport, StoreError> {
-        self.writing(|db| Self::retain_all(db, now_ms))
     }
 
     fn commit_offsets(&self, commits: &[OffsetCommit]) -> Result<(), CommitError> {
@@ -1341,24 +1470,6 @@ impl LogStore for RedbStore {
         })
     }
 
-    fn commit_pipeline(&self, commit: &PipelineCommit) -> Result<Vec<u64>, PipelineError> {
-        self.writing(|db| {
-            let txn = Self::begin_durable(db)?;
-            let results = Self::append_in(&txn, &commit.appends)?;
-            let base_offsets = match crate::pipeline_base_offsets(results) {
-                Ok(base_offsets) => base_offsets,
-                Err(refused) => {
-                    // Earlier outputs of the step are in the transaction.
-                    txn.abort().or_backend()?;
-                    return Err(refused);
-                }
-            };
-            Self::apply_pipeline_progress(&txn, commit)?;
-            txn.commit().or_backend()?;
-            Ok(base_offsets)
-        })
-    }
-
     fn pipeline_positions(&self, pipeline: &str) -> Result<Vec<(u32, u64)>, StoreError> {
         self.snapshot(|txn| {
             txn.open_table(PIPELINE_POSITIONS)?
@@ -1399,6 +1510,21 @@ impl LogStore for RedbStore {
                 }
             }
             txn.commit()?;
+            Ok(())
+        })
+    }
+}
+
+impl LogStore for RedbStore {
+    fn commit_pipeline(&self, commit: &PipelineCommit) -> Result<(), WriteError> {
+        self.writing(|db| {
+            let txn = Self::begin_durable(db)?;
+            if let Err(e) = Self::append_at_in(&txn, &commit.writes) {
+                txn.abort().or_backend()?;
+                return Err(e);
+            }
+            Self::apply_pipeline_progress(&txn, commit)?;
+            txn.commit().or_backend()?;
             Ok(())
         })
     }

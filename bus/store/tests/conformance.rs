@@ -21,12 +21,12 @@ use std::sync::{Arc, Mutex};
 use edgebus_proto::batch::{self, BatchBuilder, ProducerStamp, Record};
 use edgebus_store::conformance::{self, Harness};
 use edgebus_store::{
-    Append, AppendOutcome, CommitError, CommittedOffset, ConfigKind, LogStore, MemStore,
-    OffsetCommit, PartitionOffsets, PipelineCommit, PipelineError, ReadError, RedbStore,
-    StoreError, TopicSpec, topic,
+    CommitError, CommittedOffset, ConfigKind, LogStore, LogWrite, MemStore, MetaStore,
+    OffsetCommit, PartitionLog, PartitionOffsets, PipelineCommit, ReadError, RedbStore, StoreError,
+    TopicSpec, WriteError, topic,
 };
 use redb::backends::FileBackend;
-use redb::{BackendError, StorageBackend};
+use redb::{BackendError, ReadableDatabase, StorageBackend};
 use tempfile::TempDir;
 
 /// Fault state shared by the [`CrashBackend`]s of one file (the store opens
@@ -264,13 +264,15 @@ fn one_partition_topic(name: &str) -> TopicSpec {
     }
 }
 
-fn append_of(topic: &str, batch: bytes::Bytes) -> Append {
-    Append {
+/// `batch` to partition 0 of `topic` at `base_offset`, in epoch 0.
+fn write_at(topic: &str, base_offset: u64, batch: bytes::Bytes) -> LogWrite {
+    LogWrite {
         topic: topic.to_owned(),
         partition: 0,
-        header: batch::validate(&batch).expect("valid batch"),
+        base_offset,
+        leader_epoch: 0,
         batch,
-        sequence: None,
+        producer: None,
     }
 }
 
@@ -289,10 +291,8 @@ fn redb_read_batch_damaged_on_disk_returns_corrupt() {
         builder.push(&Record::new(&marker[..], 1));
         let batch = builder.finish(ProducerStamp::NONE);
         store
-            .append(&[append_of("t", batch)], true)
-            .expect("append")
-            .remove(0)
-            .expect("appended");
+            .append_at(&[write_at("t", 0, batch)], true)
+            .expect("append_at");
     }
     let mut bytes = std::fs::read(&path).expect("read file");
     let at = bytes
@@ -303,7 +303,7 @@ fn redb_read_batch_damaged_on_disk_returns_corrupt() {
     std::fs::write(&path, bytes).expect("write file");
 
     let store = RedbStore::open(&path).expect("reopen");
-    let read = store.read("t", 0, 0, usize::MAX);
+    let read = store.read("t", 0, 0, usize::MAX, u64::MAX);
     assert!(
         matches!(read, Err(ReadError::Store(StoreError::Corrupt { .. }))),
         "a damaged batch must be reported, got {read:?}"
@@ -345,17 +345,15 @@ fn redb_crash_during_recovery_keeps_acknowledged_batches() {
             builder.finish(ProducerStamp::NONE)
         })
         .collect();
-    for b in &batches {
+    for (offset, b) in (0..).zip(&batches) {
         store
-            .append(&[append_of("t", b.clone())], true)
-            .expect("append")
-            .remove(0)
-            .expect("appended");
+            .append_at(&[write_at("t", offset, b.clone())], true)
+            .expect("append_at");
     }
     h.fail_after_writes(&store, 3);
     assert!(
         store
-            .append(&[append_of("t", batches[0].clone())], true)
+            .append_at(&[write_at("t", 3, batches[0].clone())], true)
             .is_err(),
         "the armed append crashes"
     );
@@ -373,7 +371,7 @@ fn redb_crash_during_recovery_keeps_acknowledged_batches() {
             drop(store);
         }
         let store = RedbStore::open(&path).expect("open after interrupted recovery");
-        let read = store.read("t", 0, 0, usize::MAX).expect("read");
+        let read = store.read("t", 0, 0, usize::MAX, u64::MAX).expect("read");
         assert_eq!(
             read.batches.len(),
             3,
@@ -508,6 +506,7 @@ fn idempotent_batch(tag: &str, records: i32, producer_id: i64, base_sequence: i3
 fn stored_at(batch: &bytes::Bytes, base_offset: u64) -> bytes::Bytes {
     let mut copy = bytes::BytesMut::from(&batch[..]);
     batch::set_base_offset(&mut copy, base_offset);
+    batch::set_partition_leader_epoch(&mut copy, 0);
     copy.freeze()
 }
 
@@ -533,27 +532,26 @@ fn redb_store_after_disk_full_recovers_without_losing_acknowledged_batches() {
     let (store, full) = disk_full_store_with_topic_t(&path);
     let pid = store.allocate_producer_id().expect("producer id");
     let mut acked: Vec<bytes::Bytes> = Vec::new();
+    let with_state = |base_offset, b, state: &str| LogWrite {
+        producer: Some((pid, bytes::Bytes::from(state.to_owned()))),
+        ..write_at("t", base_offset, b)
+    };
     for i in 0..3 {
         let b = idempotent_batch(&format!("acked{i}"), 2, pid, 2 * i);
-        let outcome = store
-            .append(&[append_of("t", b.clone())], true)
-            .expect("append");
-        assert_eq!(
-            outcome,
-            vec![Ok(AppendOutcome::Appended {
-                base_offset: 2 * u64::try_from(i).expect("small")
-            })]
-        );
-        acked.push(stored_at(&b, 2 * u64::try_from(i).expect("small")));
+        let base = 2 * u64::try_from(i).expect("small");
+        store
+            .append_at(&[with_state(base, b.clone(), &format!("s{i}"))], true)
+            .expect("append_at");
+        acked.push(stored_at(&b, base));
     }
     store.commit_offsets(&[group_commit(2)]).expect("commit");
 
     full.store(true, Ordering::SeqCst);
     let refused = idempotent_batch("refused", 3, pid, 6);
     for attempt in 0..3 {
-        let append = store.append(&[append_of("t", refused.clone())], true);
+        let append = store.append_at(&[with_state(6, refused.clone(), "lost")], true);
         assert!(
-            matches!(append, Err(StoreError::Io(_))),
+            matches!(append, Err(WriteError::Store(StoreError::Io(_)))),
             "attempt {attempt}: an append on a full disk is an IO error, got {append:?}"
         );
         let commit = store.commit_offsets(&[group_commit(6)]);
@@ -561,7 +559,7 @@ fn redb_store_after_disk_full_recovers_without_losing_acknowledged_batches() {
             matches!(commit, Err(CommitError::Store(StoreError::Io(_)))),
             "attempt {attempt}: a commit on a full disk is an IO error, got {commit:?}"
         );
-        match store.read("t", 0, 0, usize::MAX) {
+        match store.read("t", 0, 0, usize::MAX, u64::MAX) {
             Ok(read) => assert_eq!(read.batches, acked, "attempt {attempt}: a read"),
             Err(ReadError::Store(_)) => {}
             Err(other) => panic!("attempt {attempt}: a read failed with {other}"),
@@ -569,16 +567,12 @@ fn redb_store_after_disk_full_recovers_without_losing_acknowledged_batches() {
     }
 
     full.store(false, Ordering::SeqCst);
-    assert_eq!(
-        store
-            .append(&[append_of("t", refused.clone())], true)
-            .expect("append once space is back"),
-        vec![Ok(AppendOutcome::Appended { base_offset: 6 })],
-        "offsets continue right after the last acknowledged batch"
-    );
+    store
+        .append_at(&[with_state(6, refused.clone(), "s3")], true)
+        .expect("offsets continue right after the last acknowledged batch");
     acked.push(stored_at(&refused, 6));
     let check = |store: &RedbStore, when: &str, committed: u64| {
-        let read = store.read("t", 0, 0, usize::MAX).expect("read");
+        let read = store.read("t", 0, 0, usize::MAX, u64::MAX).expect("read");
         assert_eq!(
             read.batches, acked,
             "{when}: the log is exactly the acknowledged batches"
@@ -600,13 +594,10 @@ fn redb_store_after_disk_full_recovers_without_losing_acknowledged_batches() {
             }],
             "{when}: the last acknowledged commit"
         );
-        let retry = idempotent_batch("acked2", 2, pid, 4);
         assert_eq!(
-            store
-                .append(&[append_of("t", retry)], true)
-                .expect("append"),
-            vec![Ok(AppendOutcome::Duplicate { base_offset: 4 })],
-            "{when}: dedup state committed with the batches survives"
+            store.producer_states("t", 0).expect("producer_states"),
+            vec![(pid, bytes::Bytes::from_static(b"s3"))],
+            "{when}: producer state committed with the batches survives"
         );
     };
     check(&store, "after recovery", 2);
@@ -645,7 +636,7 @@ fn redb_store_reads_during_disk_full_recovery_see_only_acknowledged_batches() {
         std::thread::spawn(move || {
             let mut served = 0u32;
             while !stop.load(Ordering::SeqCst) {
-                match store.read("t", 0, 0, usize::MAX) {
+                match store.read("t", 0, 0, usize::MAX, u64::MAX) {
                     Ok(read) => {
                         assert_eq!(
                             read.batches[..],
@@ -661,24 +652,30 @@ fn redb_store_reads_during_disk_full_recovery_see_only_acknowledged_batches() {
             served
         })
     };
-    let append = |b: &bytes::Bytes| store.append(&[append_of("t", b.clone())], true);
-    for b in &batches[..3] {
-        append(b).expect("append").remove(0).expect("appended");
+    let append = |offset: u64| {
+        let b = batches[usize::try_from(offset).expect("small")].clone();
+        store.append_at(&[write_at("t", offset, b)], true)
+    };
+    for offset in 0..3 {
+        append(offset).expect("append_at");
     }
     full.store(true, Ordering::SeqCst);
     for _ in 0..5 {
-        assert!(append(&batches[3]).is_err(), "the disk is full");
+        assert!(append(3).is_err(), "the disk is full");
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     full.store(false, Ordering::SeqCst);
-    for b in &batches[3..] {
-        append(b).expect("append").remove(0).expect("appended");
+    for offset in 3..6 {
+        append(offset).expect("append_at");
     }
     stop.store(true, Ordering::SeqCst);
     let served = reader.join().expect("the reader thread panicked");
     assert!(served > 0, "reads were served");
     assert_eq!(
-        store.read("t", 0, 0, usize::MAX).expect("read").batches,
+        store
+            .read("t", 0, 0, usize::MAX, u64::MAX)
+            .expect("read")
+            .batches,
         final_log
     );
 }
@@ -690,7 +687,7 @@ fn pipeline_step(tag: &str, next: u64) -> PipelineCommit {
     builder.push(&Record::new(tag.to_owned(), 1));
     PipelineCommit {
         pipeline: "p".to_owned(),
-        appends: vec![append_of("t", builder.finish(ProducerStamp::NONE))],
+        writes: vec![write_at("t", next - 1, builder.finish(ProducerStamp::NONE))],
         state: vec![(b"k".to_vec(), Some(next.to_be_bytes().to_vec()))],
         source_partition: 0,
         source_next_offset: next,
@@ -713,12 +710,9 @@ fn redb_store_registry_config_and_pipeline_writes_after_disk_full_recover() {
     store
         .put_config(ConfigKind::Pipeline, "p", Some(b"def"))
         .expect("put_config");
-    assert_eq!(
-        store
-            .commit_pipeline(&pipeline_step("first", 1))
-            .expect("commit_pipeline"),
-        vec![0]
-    );
+    store
+        .commit_pipeline(&pipeline_step("first", 1))
+        .expect("commit_pipeline");
 
     full.store(true, Ordering::SeqCst);
     for attempt in 0..2 {
@@ -740,19 +734,15 @@ fn redb_store_registry_config_and_pipeline_writes_after_disk_full_recover() {
         io("delete_pipeline_data", store.delete_pipeline_data("p"));
         let step = store.commit_pipeline(&pipeline_step("refused", 2));
         assert!(
-            matches!(step, Err(PipelineError::Store(StoreError::Io(_)))),
+            matches!(step, Err(WriteError::Store(StoreError::Io(_)))),
             "attempt {attempt}: commit_pipeline on a full disk is an IO error, got {step:?}"
         );
     }
 
     full.store(false, Ordering::SeqCst);
-    assert_eq!(
-        store
-            .commit_pipeline(&pipeline_step("second", 2))
-            .expect("commit_pipeline once space is back"),
-        vec![1],
-        "outputs continue right after the last acknowledged step"
-    );
+    store
+        .commit_pipeline(&pipeline_step("second", 2))
+        .expect("outputs continue right after the last acknowledged step");
     assert_eq!(
         store
             .put_plugin("f", "filter", "h3", b"v3", 3)
@@ -774,7 +764,7 @@ fn redb_store_registry_config_and_pipeline_writes_after_disk_full_recover() {
         );
         assert_eq!(
             store
-                .read("t", 0, 0, usize::MAX)
+                .read("t", 0, 0, usize::MAX, u64::MAX)
                 .expect("read")
                 .offsets
                 .log_end,
@@ -795,4 +785,96 @@ fn redb_store_registry_config_and_pipeline_writes_after_disk_full_recover() {
     check(&store, "after recovery");
     drop(store);
     check(&RedbStore::open(&path).expect("reopen"), "after a restart");
+}
+
+/// Writes a store as edgebus 0.1 left it: a `node` table with a store id
+/// and no format version, and, if `with_topic`, one topic.
+fn write_legacy_store(path: &Path, with_topic: bool, format_version: Option<u64>) {
+    let node: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("node");
+    let topics: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("topics");
+    let db = redb::Database::create(path).expect("create legacy file");
+    let txn = db.begin_write().expect("write txn");
+    {
+        let mut node = txn.open_table(node).expect("node table");
+        node.insert("store_id", 42).expect("store id");
+        if let Some(version) = format_version {
+            node.insert("format_version", version).expect("version");
+        }
+        let mut topics = txn.open_table(topics).expect("topics table");
+        if with_topic {
+            topics.insert("old", &b"\x01settings"[..]).expect("topic");
+        }
+    }
+    txn.commit().expect("commit");
+}
+
+/// A data directory from the previous release, whose batches are in
+/// edgebus's own format 1, is refused with a message saying what to do,
+/// never misread; and the refusal changes nothing on disk.
+#[test]
+fn redb_open_data_from_format_1_is_refused_with_advice() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("node.redb");
+    write_legacy_store(&path, true, None);
+    let refused = RedbStore::open(&path).expect_err("a format 1 store must be refused");
+    assert!(
+        matches!(
+            refused,
+            StoreError::IncompatibleFormat {
+                found: 1,
+                supported: 2,
+                ..
+            }
+        ),
+        "{refused:?}"
+    );
+    let message = refused.to_string();
+    assert!(
+        message.contains("format 1") && message.contains("empty data directory"),
+        "the message says what was found and what to do: {message}"
+    );
+    drop(refused);
+    let db = redb::Database::open(&path).expect("the refused file still opens with redb");
+    let txn = db.begin_read().expect("read txn");
+    let node: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("node");
+    let topics: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("topics");
+    assert!(
+        txn.open_table(node)
+            .expect("node table")
+            .get("format_version")
+            .expect("get")
+            .is_none(),
+        "a refused open stamps no format version"
+    );
+    assert!(
+        txn.open_table(topics)
+            .expect("topics table")
+            .get("old")
+            .expect("get")
+            .is_some(),
+        "a refused open keeps the old data"
+    );
+}
+
+/// A legacy store with nothing in the old batch format (no topics, no
+/// saved configuration) opens and is stamped with the current format; a
+/// store from a newer release is refused.
+#[test]
+fn redb_open_empty_format_1_store_upgrades_and_newer_format_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let empty = dir.path().join("empty.redb");
+    write_legacy_store(&empty, false, None);
+    let store = RedbStore::open(&empty).expect("an empty legacy store opens");
+    store
+        .create_topic(&one_partition_topic("t"))
+        .expect("create");
+    drop(store);
+    RedbStore::open(&empty).expect("and reopens in the current format");
+
+    let newer = dir.path().join("newer.redb");
+    write_legacy_store(&newer, false, Some(edgebus_store::redb_store::FORMAT + 1));
+    assert!(matches!(
+        RedbStore::open(&newer),
+        Err(StoreError::IncompatibleFormat { found: 3, .. })
+    ));
 }
