@@ -39,7 +39,7 @@ pub mod wire;
 
 pub use client::{Client, ClientConfig, Fetched};
 pub use consumer::{SubscribeConfig, Subscription};
-pub use edgebus_proto::batch::{Header, Record, StoredRecord};
+pub use edgebus_proto::batch::{Compression, Header, Record, StoredRecord};
 pub use edgebus_proto::frame::{
     Acks, AssignmentStrategy, AttachCounters, FailurePolicy, GroupLag, MemberInfo, PartitionInfo,
     PartitionOffset, PipelineDescription, PluginDescription, PluginRef, Position, TopicPartition,

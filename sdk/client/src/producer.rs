@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use edgebus_proto::ErrorCode;
-use edgebus_proto::batch::{BatchBuilder, BatchHeader, ProducerStamp, Record};
+use edgebus_proto::batch::{BatchBuilder, BatchHeader, Compression, ProducerStamp, Record};
 use edgebus_proto::frame::{Acks, Request, Response};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -52,6 +52,10 @@ pub struct ProducerConfig {
     pub idempotent: bool,
     /// Give up on a batch that could not be delivered within this time.
     pub delivery_timeout: Duration,
+    /// Codec for the records of each batch (the batch's attribute bits say
+    /// which). The broker stores and serves compressed batches as they are.
+    /// `None`, `Lz4` and `Zstd` are supported.
+    pub compression: Compression,
 }
 
 impl Default for ProducerConfig {
@@ -63,6 +67,7 @@ impl Default for ProducerConfig {
             window: 8,
             idempotent: true,
             delivery_timeout: Duration::from_secs(120),
+            compression: Compression::None,
         }
     }
 }
@@ -111,6 +116,12 @@ pub struct Producer {
 impl Producer {
     /// Starts a producer. With `idempotent`, asks the broker for a producer id.
     pub async fn new(client: Client, config: ProducerConfig) -> Result<Producer, ClientError> {
+        if !config.compression.is_supported() {
+            return Err(ClientError::Config(format!(
+                "compression {} is not supported; use none, lz4 or zstd",
+                config.compression
+            )));
+        }
         let stamp = if config.idempotent && config.acks != Acks::None {
             match client.request(&Request::InitProducer).await? {
                 Response::ProducerInit {
@@ -364,9 +375,16 @@ impl Accumulator {
             },
             None => ProducerStamp::NONE,
         };
+        let batch = match open.builder.finish_compressed(stamp, self.config.compression) {
+            Ok(batch) => batch,
+            Err(e) => {
+                fail_all(open.acks, || ClientError::Config(e.to_string()));
+                return;
+            }
+        };
         lane.next_sequence = lane.next_sequence.wrapping_add(count as i32) & i32::MAX;
         let sealed = Sealed {
-            batch: open.builder.finish(stamp),
+            batch,
             acks: open.acks,
             created: Instant::now(),
         };
