@@ -1,0 +1,743 @@
+//! The partition engine: the decisions a broker makes about one partition's
+//! appends, with no IO.
+//!
+//! ```text
+//!  QUIC task ──handle_append──▶ ┌─────────────────┐ ──Append{write, base_offset, …}──▶ writer thread
+//!            ◀──────── Ack ──── │ PartitionEngine │ ◀──handle_written(write, durable)── (group commit)
+//!  follower ─handle_replica_──▶ │                 │ ◀──handle_write_failed────────────
+//!            progress           └─────────────────┘ ──HighWatermark(offset)──▶ readers
+//! ```
+//!
+//! [`PartitionEngine::handle_append`] decides at once: the offset a batch
+//! gets, the producer dedup outcome and the leader epoch it is stamped with.
+//! Offsets come from a tentative log end, so many appends can be decided
+//! before the writer stores any of them, and one transaction then holds
+//! them all. The engine tracks three ends, each at or below the one before:
+//!
+//! - the **log end**: past every decided append ([`PartitionEngine::log_end`]);
+//! - the **written end**: past every committed append
+//!   ([`PartitionEngine::written_end`]);
+//! - the **durable end**: past every fsync'd append
+//!   ([`PartitionEngine::durable_end`]);
+//!
+//! and the **high watermark**, the minimum durable log end over the in-sync
+//! replicas, which never moves backwards and is all readers may see.
+//!
+//! # Acks
+//!
+//! | level               | released when the batch is |
+//! |---------------------|----------------------------|
+//! | [`AckLevel::None`]  | never: no ack at all, not even a refusal |
+//! | [`AckLevel::Leader`]| written |
+//! | [`AckLevel::Durable`]| durable |
+//! | [`AckLevel::All`]   | durable and below the high watermark |
+//!
+//! On a single node the local replica is the whole in-sync set, so the high
+//! watermark is the durable end and `All` behaves as `Durable`.
+//!
+//! A refusal is acked at once: it promises nothing about stored data. A
+//! duplicate, though, promises that the original batch is stored at the
+//! level asked, and the original may still be in flight; so a duplicate, like
+//! a request that stores nothing, is acked once every append decided before
+//! it meets its level, and fails if those writes fail. Acks of one level
+//! therefore come in request order, but a refusal can overtake earlier
+//! requests and a `Leader` ack earlier `Durable` ones: the shell matches acks
+//! to requests by id.
+//!
+//! # Driving it
+//!
+//! Each [`Command::Append`] carries a [`WriteId`], increasing in the order
+//! the commands are emitted. The shell must:
+//!
+//! 1. Execute Append commands in the order polled, each in a write
+//!    transaction: store `record_count` records at `base_offset` stamped with
+//!    `leader_epoch` (store nothing when `record_count` is 0), persist
+//!    `producer`'s state and the `epoch_start` entry of the epoch table in
+//!    that same transaction.
+//! 2. After a commit, call [`PartitionEngine::handle_written`] with the last
+//!    write it held, and `durable` when the commit was fsync'd (which makes
+//!    every earlier write durable too). Eventually make every write durable.
+//! 3. When a commit fails, call [`PartitionEngine::handle_write_failed`] and
+//!    discard every Append command it polled but has not reported written:
+//!    the engine has rolled them back and will hand out their offsets again.
+//! 4. Send each [`Command::Ack`] to its requester, and publish each
+//!    [`Command::HighWatermark`] to readers.
+//!
+//! Every input takes `now`, as quinn's do, so the time-based rules the
+//! cluster brings (replica lag, request deadlines) need no new signatures;
+//! no rule reads it yet.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::time::Instant;
+
+use edgebus_proto::batch::ProducerStamp;
+
+use crate::producer::{self, AppendRefused, Decision, ProducerState, SequenceSpan};
+
+/// Identifies a replica (a node) of a partition.
+pub type ReplicaId = u64;
+
+/// What the store holds for a partition when it is opened. Everything in
+/// the store is durable, so the engine starts with its written and durable
+/// ends, and on a single node its high watermark, at `log_end`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionState {
+    /// Offset of the first record still stored.
+    pub log_start: u64,
+    /// Offset the next record gets.
+    pub log_end: u64,
+    /// The newest leader epoch: the last one in the epoch table, or the one
+    /// this node was elected at.
+    pub leader_epoch: i32,
+    /// Where `leader_epoch` starts in the epoch table; `None` when the table
+    /// has no entry for it yet (a fresh partition, or no batch stored since
+    /// the election), so the next batch records one.
+    pub epoch_start: Option<u64>,
+    /// The stored dedup state of each producer, by producer id.
+    pub producers: Vec<(i64, ProducerState)>,
+}
+
+/// How stored a batch must be before its producer hears about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckLevel {
+    /// Fire and forget: no ack is ever sent.
+    None,
+    /// Committed on the leader.
+    Leader,
+    /// Fsync'd on the leader.
+    Durable,
+    /// Fsync'd on every in-sync replica: below the high watermark.
+    All,
+}
+
+/// One producer request to append to the partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendRequest {
+    /// The caller's token, echoed in the request's [`Command::Append`] and
+    /// [`Command::Ack`].
+    pub id: u64,
+    /// How many records to store; 0 stores nothing and only advances the
+    /// producer's sequence (every record was dropped by an ingest plugin).
+    pub record_count: u32,
+    /// The producer's batch as sent, for deduplication; `None`, or a
+    /// non-idempotent stamp, for a producer without a producer id.
+    pub sequence: Option<SequenceSpan>,
+    /// When to ack.
+    pub acks: AckLevel,
+}
+
+/// Orders the [`Command::Append`]s of one engine: each gets the next
+/// number, and a number is never handed out twice, even after a rollback.
+///
+/// The shell reports progress by write rather than by log end because a
+/// sequence-only append stores no records: a log end cannot tell whether it
+/// was committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct WriteId(pub u64);
+
+/// What the shell must do, polled from the engine in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Store a batch, in one transaction with its producer state and epoch
+    /// table entry.
+    Append {
+        /// The request's token.
+        id: u64,
+        /// This write's place in the write order.
+        write: WriteId,
+        /// Offset of the batch's first record, to write into the batch.
+        base_offset: u64,
+        /// Records to store; 0 means store no batch, only `producer`.
+        record_count: u32,
+        /// Leader epoch to stamp into the batch.
+        leader_epoch: i32,
+        /// `(epoch, start offset)` to add to the epoch table: this is the
+        /// first batch of the epoch.
+        epoch_start: Option<(i32, u64)>,
+        /// `(producer id, state)` to store for the partition.
+        producer: Option<(i64, ProducerState)>,
+    },
+    /// Answer a request.
+    Ack {
+        /// The request's token.
+        id: u64,
+        /// The answer.
+        result: AckResult,
+    },
+    /// Readers may now see every record below this offset.
+    HighWatermark(u64),
+}
+
+/// The answer to an append request.
+pub type AckResult = Result<AppendOutcome, AppendError>;
+
+/// What happened to an acknowledged append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppendOutcome {
+    /// Stored at this base offset; for a request storing no records, the
+    /// log end when it was decided.
+    Appended {
+        /// Offset of the first record.
+        base_offset: u64,
+    },
+    /// A retry of a batch already stored at this base offset; nothing new
+    /// was stored.
+    Duplicate {
+        /// Offset of the first record of the original batch.
+        base_offset: u64,
+    },
+}
+
+impl AppendOutcome {
+    /// Base offset of the stored batch, new or original.
+    pub fn base_offset(&self) -> u64 {
+        match self {
+            AppendOutcome::Appended { base_offset } | AppendOutcome::Duplicate { base_offset } => {
+                *base_offset
+            }
+        }
+    }
+}
+
+/// Why an append request was not acknowledged as stored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AppendError {
+    /// The producer dedup rules refused the batch.
+    #[error(transparent)]
+    Refused(#[from] AppendRefused),
+    /// The transaction that was to store the batch failed; nothing was
+    /// stored and a retry may succeed.
+    #[error("the write holding the batch failed; nothing was stored")]
+    StorageFailed,
+    /// The log was truncated below the batch before it was acknowledged.
+    #[error("the log was truncated at offset {offset} before the batch was acknowledged")]
+    Truncated {
+        /// Where the log now ends.
+        offset: u64,
+    },
+}
+
+/// Why [`PartitionEngine::handle_written`] was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WrittenError {
+    /// No Append command with this write is outstanding: it was never
+    /// emitted, or was rolled back by a write failure.
+    #[error("unknown write {0:?}")]
+    UnknownWrite(WriteId),
+}
+
+/// Why [`PartitionEngine::become_leader`] was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EpochError {
+    /// Leader epochs only grow.
+    #[error("leader epoch {got} is not newer than the current {current}")]
+    NotNewer {
+        /// The engine's epoch.
+        current: i32,
+        /// The epoch asked for.
+        got: i32,
+    },
+}
+
+/// Why [`PartitionEngine::handle_truncated`] was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TruncateError {
+    /// Appends are decided but not yet written or failed.
+    #[error("appends are still being written")]
+    WritesInFlight,
+    /// Records below the high watermark may have been acknowledged to
+    /// `All` producers and read by consumers.
+    #[error("cannot truncate at {offset}, below the high watermark {high_watermark}")]
+    BelowHighWatermark {
+        /// Offset asked for.
+        offset: u64,
+        /// The high watermark.
+        high_watermark: u64,
+    },
+    /// The log does not reach that far.
+    #[error("cannot truncate at {offset}, past the written end {written_end}")]
+    BeyondWrittenEnd {
+        /// Offset asked for.
+        offset: u64,
+        /// The written end.
+        written_end: u64,
+    },
+}
+
+/// The sans-IO engine of one partition. See the [module docs](self).
+#[derive(Debug)]
+pub struct PartitionEngine {
+    local: ReplicaId,
+    log_start: u64,
+    /// Tentative: past every decided append.
+    log_end: u64,
+    leader_epoch: i32,
+    /// Tentative, like `log_end`.
+    epoch_start: Option<u64>,
+    /// Tentative: includes decided appends not yet written.
+    producers: HashMap<i64, ProducerState>,
+    /// Write ids handed out so far.
+    issued: u64,
+    /// Every write up to this one is committed.
+    written: WriteId,
+    written_end: u64,
+    /// Every write up to this one is fsync'd.
+    durable: WriteId,
+    durable_end: u64,
+    high_watermark: u64,
+    /// Writes not yet durable, in order, with what undoes them.
+    writes: VecDeque<Write>,
+    /// Requests whose ack is not yet due, in request order.
+    waiting: VecDeque<Waiting>,
+    /// In-sync replicas other than the local one, which always is.
+    in_sync: BTreeSet<ReplicaId>,
+    /// The durable log end each follower last reported, since the last
+    /// election; a follower in the in-sync set without one holds the high
+    /// watermark back.
+    progress: BTreeMap<ReplicaId, u64>,
+    commands: VecDeque<Command>,
+}
+
+/// An emitted Append command that is not yet durable.
+#[derive(Debug)]
+struct Write {
+    id: WriteId,
+    end: u64,
+    /// The producer state before this write, to restore if it fails.
+    producer_before: Option<(i64, Option<ProducerState>)>,
+    /// Whether this write records the epoch start.
+    starts_epoch: bool,
+}
+
+/// A request waiting for its ack level.
+#[derive(Debug)]
+struct Waiting {
+    id: u64,
+    due: Due,
+    /// The write whose state the answer relies on.
+    write: WriteId,
+    /// The log end the answer relies on.
+    end: u64,
+    outcome: AppendOutcome,
+}
+
+/// The ack levels that send an ack.
+#[derive(Debug, Clone, Copy)]
+enum Due {
+    Written,
+    Durable,
+    Replicated,
+}
+
+impl Due {
+    fn of(acks: AckLevel) -> Option<Due> {
+        match acks {
+            AckLevel::None => None,
+            AckLevel::Leader => Some(Due::Written),
+            AckLevel::Durable => Some(Due::Durable),
+            AckLevel::All => Some(Due::Replicated),
+        }
+    }
+}
+
+impl PartitionEngine {
+    /// An engine for a partition recovered with `state`, on the replica
+    /// `local`, leading at `state.leader_epoch` with itself as the only
+    /// in-sync replica.
+    pub fn new(state: PartitionState, local: ReplicaId) -> Self {
+        PartitionEngine {
+            local,
+            log_start: state.log_start,
+            log_end: state.log_end,
+            leader_epoch: state.leader_epoch,
+            epoch_start: state.epoch_start,
+            producers: state.producers.into_iter().collect(),
+            issued: 0,
+            written: WriteId(0),
+            written_end: state.log_end,
+            durable: WriteId(0),
+            durable_end: state.log_end,
+            high_watermark: state.log_end,
+            writes: VecDeque::new(),
+            waiting: VecDeque::new(),
+            in_sync: BTreeSet::new(),
+            progress: BTreeMap::new(),
+            commands: VecDeque::new(),
+        }
+    }
+
+    /// Decides what to do with an append request and queues the result: a
+    /// [`Command::Append`], or a [`Command::Ack`] when nothing is to be
+    /// stored (refusal, duplicate, or no records and no sequence), subject
+    /// to the ack rules of the [module docs](self).
+    ///
+    /// A sequence-only request (`record_count` 0 with an idempotent span)
+    /// gets an Append command with `record_count` 0: only the producer state
+    /// is persisted, and the ack names the log end.
+    pub fn handle_append(&mut self, _now: Instant, request: AppendRequest) {
+        let span = request
+            .sequence
+            .filter(|span| span.producer.is_idempotent());
+        let decision = match span {
+            Some(span) => producer::check(
+                self.producers.get(&span.producer.producer_id),
+                span.producer,
+                span.record_count,
+            ),
+            None => Ok(Decision::Append),
+        };
+        match decision {
+            Err(refused) => {
+                if Due::of(request.acks).is_some() {
+                    self.commands.push_back(Command::Ack {
+                        id: request.id,
+                        result: Err(refused.into()),
+                    });
+                }
+            }
+            Ok(Decision::Duplicate { base_offset }) => {
+                self.wait_for_decided(request, AppendOutcome::Duplicate { base_offset });
+            }
+            Ok(Decision::Append) if request.record_count == 0 && span.is_none() => {
+                let base_offset = self.log_end;
+                self.wait_for_decided(request, AppendOutcome::Appended { base_offset });
+            }
+            Ok(Decision::Append) => self.append(request, span),
+        }
+    }
+
+    /// The shell committed every Append command up to and including
+    /// `through`; with `durable`, the commit was fsync'd, so every earlier
+    /// write is durable too. `through` may be an already written write, to
+    /// report a later fsync.
+    ///
+    /// Emits [`Command::HighWatermark`] if it advances, then the acks now
+    /// due, in request order.
+    pub fn handle_written(
+        &mut self,
+        _now: Instant,
+        through: WriteId,
+        durable: bool,
+    ) -> Result<(), WrittenError> {
+        if through > self.written && !self.writes.iter().any(|w| w.id == through) {
+            return Err(WrittenError::UnknownWrite(through));
+        }
+        for write in self.writes.iter() {
+            if write.id > self.written && write.id <= through {
+                self.written_end = write.end;
+            }
+        }
+        self.written = self.written.max(through);
+        if durable {
+            while let Some(write) = self.writes.pop_front_if(|w| w.id <= through) {
+                self.durable_end = write.end;
+            }
+            self.durable = self.durable.max(through);
+        }
+        self.advance_high_watermark();
+        self.release();
+        Ok(())
+    }
+
+    /// The transaction holding every Append command not yet reported
+    /// written failed and stored nothing. Rolls the log end, producer states
+    /// and epoch start back to the written state, drops those commands if
+    /// still queued, and fails every request relying on them with
+    /// [`AppendError::StorageFailed`], in request order. The offsets they
+    /// had are handed out again, so the log stays dense.
+    pub fn handle_write_failed(&mut self, _now: Instant) {
+        let written = self.written;
+        while let Some(write) = self.writes.pop_back_if(|w| w.id > written) {
+            if let Some((producer_id, before)) = write.producer_before {
+                match before {
+                    Some(state) => self.producers.insert(producer_id, state),
+                    None => self.producers.remove(&producer_id),
+                };
+            }
+            if write.starts_epoch {
+                self.epoch_start = None;
+            }
+        }
+        self.log_end = self.written_end;
+        self.commands
+            .retain(|c| !matches!(c, Command::Append { write, .. } if *write > written));
+        let commands = &mut self.commands;
+        self.waiting.retain(|w| {
+            if w.write <= written {
+                return true;
+            }
+            commands.push_back(Command::Ack {
+                id: w.id,
+                result: Err(AppendError::StorageFailed),
+            });
+            false
+        });
+    }
+
+    /// The follower `replica` has durably stored every record below
+    /// `log_end`. Emits [`Command::HighWatermark`] and the `All` acks this
+    /// allows. Reports about the local replica are ignored: its progress is
+    /// its durable end.
+    pub fn handle_replica_progress(&mut self, _now: Instant, replica: ReplicaId, log_end: u64) {
+        if replica == self.local {
+            return;
+        }
+        self.progress.insert(replica, log_end);
+        self.advance_high_watermark();
+        self.release();
+    }
+
+    /// Replaces the in-sync replica set; the local replica is always in it,
+    /// listed or not. A follower that has not reported progress since the
+    /// last election holds the high watermark where it is. The high
+    /// watermark never moves back, so removing a lagging follower can only
+    /// advance it (emitting what that releases), and adding one only holds
+    /// it.
+    pub fn set_in_sync(&mut self, _now: Instant, replicas: impl IntoIterator<Item = ReplicaId>) {
+        let local = self.local;
+        self.in_sync = replicas.into_iter().filter(|r| *r != local).collect();
+        self.advance_high_watermark();
+        self.release();
+    }
+
+    /// Makes this replica the leader at `epoch`, which must be newer than
+    /// the current one. Appends decided from now on are stamped with it, and
+    /// the first one storing records carries its `epoch_start`. Follower
+    /// progress from the old epoch is forgotten: followers must report again
+    /// before the high watermark moves.
+    pub fn become_leader(&mut self, _now: Instant, epoch: i32) -> Result<(), EpochError> {
+        if epoch <= self.leader_epoch {
+            return Err(EpochError::NotNewer {
+                current: self.leader_epoch,
+                got: epoch,
+            });
+        }
+        self.leader_epoch = epoch;
+        self.epoch_start = None;
+        self.progress.clear();
+        Ok(())
+    }
+
+    /// The shell truncated the log at `offset`, durably, in one transaction
+    /// that also removed the epoch table entries starting at or after
+    /// `offset` and stored, for every producer of the partition, its state
+    /// after [`ProducerState::truncate`] at `offset`.
+    ///
+    /// The engine applies the same to its own state: its log end, written
+    /// and durable ends become `offset` (the commit made everything before
+    /// durable), producer states forget batches at or after `offset`, and a
+    /// request still waiting on a batch there fails with
+    /// [`AppendError::Truncated`]; other waiting requests are released if
+    /// now due. Truncating at the written end changes nothing.
+    ///
+    /// Refused while appends are in flight, below the high watermark (what
+    /// may have been acknowledged to `All` or read stays), and past the
+    /// written end.
+    pub fn handle_truncated(&mut self, _now: Instant, offset: u64) -> Result<(), TruncateError> {
+        if self.writes.back().is_some_and(|w| w.id > self.written) {
+            return Err(TruncateError::WritesInFlight);
+        }
+        if offset < self.high_watermark {
+            return Err(TruncateError::BelowHighWatermark {
+                offset,
+                high_watermark: self.high_watermark,
+            });
+        }
+        if offset > self.written_end {
+            return Err(TruncateError::BeyondWrittenEnd {
+                offset,
+                written_end: self.written_end,
+            });
+        }
+        if offset == self.written_end {
+            return Ok(());
+        }
+        self.log_start = self.log_start.min(offset);
+        self.log_end = offset;
+        self.written_end = offset;
+        self.durable_end = offset;
+        self.durable = self.written;
+        self.writes.clear();
+        for state in self.producers.values_mut() {
+            state.truncate(offset);
+        }
+        if self.epoch_start.is_some_and(|start| start >= offset) {
+            self.epoch_start = None;
+        }
+        let commands = &mut self.commands;
+        self.waiting.retain(|w| {
+            if w.end <= offset && w.outcome.base_offset() < offset {
+                return true;
+            }
+            commands.push_back(Command::Ack {
+                id: w.id,
+                result: Err(AppendError::Truncated { offset }),
+            });
+            false
+        });
+        self.advance_high_watermark();
+        self.release();
+        Ok(())
+    }
+
+    /// The next command for the shell, oldest first.
+    pub fn poll_command(&mut self) -> Option<Command> {
+        self.commands.pop_front()
+    }
+
+    /// Every queued command, oldest first.
+    pub fn drain_commands(&mut self) -> impl Iterator<Item = Command> + '_ {
+        self.commands.drain(..)
+    }
+
+    /// The base offset of the stored batch that a producer batch stamped
+    /// `stamp` with `record_count` sequences retries, if it is one, counting
+    /// appends decided but not yet written. Lets the broker answer a retry
+    /// without running an ingest plugin chain again; it then still submits
+    /// the request, which the engine answers as a duplicate once the
+    /// original meets the request's ack level.
+    pub fn duplicate_of(&self, stamp: ProducerStamp, record_count: u32) -> Option<u64> {
+        producer::stored_offset(self.producers.get(&stamp.producer_id), stamp, record_count)
+    }
+
+    /// Offset of the first record still stored.
+    pub fn log_start(&self) -> u64 {
+        self.log_start
+    }
+
+    /// The tentative log end: the offset the next decided append gets.
+    pub fn log_end(&self) -> u64 {
+        self.log_end
+    }
+
+    /// The end of the committed log.
+    pub fn written_end(&self) -> u64 {
+        self.written_end
+    }
+
+    /// The end of the fsync'd log.
+    pub fn durable_end(&self) -> u64 {
+        self.durable_end
+    }
+
+    /// Readers may see every record below this offset, and nothing at or
+    /// past it.
+    pub fn high_watermark(&self) -> u64 {
+        self.high_watermark
+    }
+
+    /// The epoch appends are stamped with.
+    pub fn leader_epoch(&self) -> i32 {
+        self.leader_epoch
+    }
+
+    /// Decides a request that stores records or advances a sequence.
+    fn append(&mut self, request: AppendRequest, span: Option<SequenceSpan>) {
+        self.issued += 1;
+        let write = WriteId(self.issued);
+        let base_offset = self.log_end;
+        let end = base_offset + u64::from(request.record_count);
+        let epoch_start = (request.record_count > 0 && self.epoch_start.is_none())
+            .then_some((self.leader_epoch, base_offset));
+        if epoch_start.is_some() {
+            self.epoch_start = Some(base_offset);
+        }
+        let mut producer_before = None;
+        let producer = span.map(|span| {
+            let producer_id = span.producer.producer_id;
+            let before = self.producers.remove(&producer_id);
+            let after = producer::record(
+                before.clone(),
+                span.producer,
+                span.record_count,
+                base_offset,
+            );
+            self.producers.insert(producer_id, after.clone());
+            producer_before = Some((producer_id, before));
+            (producer_id, after)
+        });
+        self.log_end = end;
+        self.writes.push_back(Write {
+            id: write,
+            end,
+            producer_before,
+            starts_epoch: epoch_start.is_some(),
+        });
+        self.commands.push_back(Command::Append {
+            id: request.id,
+            write,
+            base_offset,
+            record_count: request.record_count,
+            leader_epoch: self.leader_epoch,
+            epoch_start,
+            producer,
+        });
+        if let Some(due) = Due::of(request.acks) {
+            self.waiting.push_back(Waiting {
+                id: request.id,
+                due,
+                write,
+                end,
+                outcome: AppendOutcome::Appended { base_offset },
+            });
+        }
+    }
+
+    /// Queues the ack of a request that stores nothing new, due once every
+    /// append decided before it meets the request's level: a duplicate's
+    /// original is among them.
+    fn wait_for_decided(&mut self, request: AppendRequest, outcome: AppendOutcome) {
+        let Some(due) = Due::of(request.acks) else {
+            return;
+        };
+        let write = self.writes.back().map_or(self.durable, |w| w.id);
+        self.waiting.push_back(Waiting {
+            id: request.id,
+            due,
+            write,
+            end: self.log_end,
+            outcome,
+        });
+        self.release();
+    }
+
+    /// Raises the high watermark to the minimum durable log end over the
+    /// in-sync replicas, if that is higher.
+    fn advance_high_watermark(&mut self) {
+        let mut candidate = self.durable_end;
+        for replica in &self.in_sync {
+            match self.progress.get(replica) {
+                Some(&log_end) => candidate = candidate.min(log_end),
+                None => return,
+            }
+        }
+        if candidate > self.high_watermark {
+            self.high_watermark = candidate;
+            self.commands.push_back(Command::HighWatermark(candidate));
+        }
+    }
+
+    /// Acks every waiting request whose level is now met, in request order.
+    fn release(&mut self) {
+        let (written, durable, high_watermark) = (self.written, self.durable, self.high_watermark);
+        let commands = &mut self.commands;
+        self.waiting.retain(|w| {
+            let met = match w.due {
+                Due::Written => w.write <= written,
+                Due::Durable => w.write <= durable,
+                Due::Replicated => w.write <= durable && w.end <= high_watermark,
+            };
+            if met {
+                commands.push_back(Command::Ack {
+                    id: w.id,
+                    result: Ok(w.outcome),
+                });
+            }
+            !met
+        });
+    }
+}
