@@ -741,3 +741,860 @@ impl PartitionEngine {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LOCAL: ReplicaId = 1;
+    const FOLLOWER: ReplicaId = 2;
+    const PID: i64 = 7;
+    const EPOCH: i32 = 3;
+
+    /// A recovered partition ending at `log_end`, whose epoch is already in
+    /// the epoch table.
+    fn engine_at(log_end: u64) -> PartitionEngine {
+        PartitionEngine::new(
+            PartitionState {
+                log_start: 0,
+                log_end,
+                leader_epoch: EPOCH,
+                epoch_start: Some(0),
+                producers: Vec::new(),
+            },
+            LOCAL,
+        )
+    }
+
+    fn drain(engine: &mut PartitionEngine) -> Vec<Command> {
+        engine.drain_commands().collect()
+    }
+
+    fn stamp(epoch: i16, seq: i32) -> ProducerStamp {
+        ProducerStamp {
+            producer_id: PID,
+            producer_epoch: epoch,
+            base_sequence: seq,
+        }
+    }
+
+    /// A request without a producer id.
+    fn plain(id: u64, record_count: u32, acks: AckLevel) -> AppendRequest {
+        AppendRequest {
+            id,
+            record_count,
+            sequence: None,
+            acks,
+        }
+    }
+
+    /// A request from producer `PID` at epoch 0, storing every record of its
+    /// batch.
+    fn batch(id: u64, seq: i32, record_count: u32, acks: AckLevel) -> AppendRequest {
+        AppendRequest {
+            id,
+            record_count,
+            sequence: Some(SequenceSpan {
+                producer: stamp(0, seq),
+                record_count,
+            }),
+            acks,
+        }
+    }
+
+    /// Producer `PID`'s state after epoch-0 batches `(seq, count, base)`.
+    fn state_after(batches: &[(i32, u32, u64)]) -> ProducerState {
+        let mut state = None;
+        for &(seq, count, base) in batches {
+            state = Some(producer::record(state, stamp(0, seq), count, base));
+        }
+        state.expect("at least one batch")
+    }
+
+    fn append(id: u64, write: u64, base_offset: u64, record_count: u32) -> Command {
+        Command::Append {
+            id,
+            write: WriteId(write),
+            base_offset,
+            record_count,
+            leader_epoch: EPOCH,
+            epoch_start: None,
+            producer: None,
+        }
+    }
+
+    /// An Append of producer `PID`, which persists its state after `batches`.
+    fn append_by(
+        id: u64,
+        write: u64,
+        base_offset: u64,
+        record_count: u32,
+        batches: &[(i32, u32, u64)],
+    ) -> Command {
+        Command::Append {
+            id,
+            write: WriteId(write),
+            base_offset,
+            record_count,
+            leader_epoch: EPOCH,
+            epoch_start: None,
+            producer: Some((PID, state_after(batches))),
+        }
+    }
+
+    fn appended(id: u64, base_offset: u64) -> Command {
+        Command::Ack {
+            id,
+            result: Ok(AppendOutcome::Appended { base_offset }),
+        }
+    }
+
+    fn duplicate(id: u64, base_offset: u64) -> Command {
+        Command::Ack {
+            id,
+            result: Ok(AppendOutcome::Duplicate { base_offset }),
+        }
+    }
+
+    fn failed(id: u64, error: impl Into<AppendError>) -> Command {
+        Command::Ack {
+            id,
+            result: Err(error.into()),
+        }
+    }
+
+    /// Four one-record appends at offsets 0..4, one per ack level, decided
+    /// and polled but not yet written.
+    fn one_per_level(now: Instant) -> PartitionEngine {
+        let mut engine = engine_at(0);
+        engine.handle_append(now, plain(1, 1, AckLevel::Leader));
+        engine.handle_append(now, plain(2, 1, AckLevel::Durable));
+        engine.handle_append(now, plain(3, 1, AckLevel::All));
+        engine.handle_append(now, plain(4, 1, AckLevel::None));
+        drain(&mut engine);
+        engine
+    }
+
+    #[test]
+    fn new_engine_starts_written_durable_and_visible_at_log_end() {
+        let engine = engine_at(42);
+        assert_eq!(
+            (
+                engine.log_end(),
+                engine.written_end(),
+                engine.durable_end(),
+                engine.high_watermark(),
+                engine.leader_epoch()
+            ),
+            (42, 42, 42, 42, EPOCH)
+        );
+    }
+
+    #[test]
+    fn append_before_any_write_assigns_dense_offsets_from_tentative_end() {
+        let now = Instant::now();
+        let mut engine = engine_at(10);
+        engine.handle_append(now, plain(1, 3, AckLevel::Leader));
+        engine.handle_append(now, plain(2, 2, AckLevel::Durable));
+        engine.handle_append(now, plain(3, 1, AckLevel::None));
+        assert_eq!(
+            vec![
+                append(1, 1, 10, 3),
+                append(2, 2, 13, 2),
+                append(3, 3, 15, 1)
+            ],
+            drain(&mut engine)
+        );
+        assert_eq!(
+            (engine.log_end(), engine.written_end(), engine.durable_end()),
+            (16, 10, 10)
+        );
+    }
+
+    #[test]
+    fn written_without_fsync_acks_leader_level_only() {
+        let now = Instant::now();
+        let mut engine = one_per_level(now);
+        engine.handle_written(now, WriteId(4), false).unwrap();
+        assert_eq!(vec![appended(1, 0)], drain(&mut engine));
+        assert_eq!((engine.written_end(), engine.durable_end()), (4, 0));
+    }
+
+    #[test]
+    fn fsync_after_write_acks_durable_and_all_on_single_node() {
+        let now = Instant::now();
+        let mut engine = one_per_level(now);
+        engine.handle_written(now, WriteId(4), false).unwrap();
+        drain(&mut engine);
+        engine.handle_written(now, WriteId(4), true).unwrap();
+        assert_eq!(
+            vec![Command::HighWatermark(4), appended(2, 1), appended(3, 2)],
+            drain(&mut engine)
+        );
+    }
+
+    #[test]
+    fn durable_write_acks_every_level_but_none_in_request_order() {
+        let now = Instant::now();
+        let mut engine = one_per_level(now);
+        engine.handle_written(now, WriteId(4), true).unwrap();
+        assert_eq!(
+            vec![
+                Command::HighWatermark(4),
+                appended(1, 0),
+                appended(2, 1),
+                appended(3, 2)
+            ],
+            drain(&mut engine)
+        );
+    }
+
+    #[test]
+    fn written_through_some_appends_acks_only_those() {
+        let now = Instant::now();
+        let mut engine = engine_at(0);
+        engine.handle_append(now, plain(1, 2, AckLevel::Leader));
+        engine.handle_append(now, plain(2, 2, AckLevel::Leader));
+        drain(&mut engine);
+        engine.handle_written(now, WriteId(1), false).unwrap();
+        assert_eq!(vec![appended(1, 0)], drain(&mut engine));
+        assert_eq!(engine.written_end(), 2);
+    }
+
+    #[test]
+    fn ack_none_is_never_sent() {
+        let now = Instant::now();
+        let mut engine = engine_at(0);
+        engine.handle_append(now, plain(1, 2, AckLevel::None));
+        drain(&mut engine);
+        engine.handle_written(now, WriteId(1), true).unwrap();
+        assert_eq!(vec![Command::HighWatermark(2)], drain(&mut engine));
+    }
+
+    #[test]
+    fn high_watermark_on_single_node_follows_durable_end_not_written_end() {
+        let now = Instant::now();
+        let mut engine = engine_at(5);
+        engine.handle_append(now, plain(1, 3, AckLevel::None));
+        drain(&mut engine);
+        engine.handle_written(now, WriteId(1), false).unwrap();
+        assert_eq!(Vec::<Command>::new(), drain(&mut engine));
+        engine.handle_written(now, WriteId(1), true).unwrap();
+        assert_eq!(vec![Command::HighWatermark(8)], drain(&mut engine));
+        assert_eq!(engine.high_watermark(), engine.durable_end());
+    }
+
+    #[test]
+    fn duplicate_of_durable_batch_is_acked_at_once_with_original_offset() {
+        let now = Instant::now();
+        let mut engine = engine_at(0);
+        engine.handle_append(now, batch(1, 0, 2, AckLevel::Durable));
+        engine.handle_written(now, WriteId(1), true).unwrap();
+        drain(&mut engine);
+        engine.handle_append(now, batch(9, 0, 2, AckLevel::Durable));
+        assert_eq!(vec![duplicate(9, 0)], drain(&mut engine));
+    }
+
+    #[test]
+    fn duplicate_of_unwritten_batch_waits_for_the_original_write() {
+        let now = Instant::now();
+        let mut engine = engine_at(0);
+        engine.handle_append(now, batch(1, 0, 2, AckLevel::Durable));
+        drain(&mut engine);
+        engine.handle_append(now, batch(9, 0, 2, AckLevel::Durable));
+        assert_eq!(Vec::<Command>::new(), drain(&mut engine));
+        engine.handle_written(now, WriteId(1), true).unwrap();
+        assert_eq!(
+            vec![Command::HighWatermark(2), appended(1, 0), duplicate(9, 0)],
+            drain(&mut engine)
+        );
+    }
+
+    #[test]
+    fn duplicate_of_failed_batch_fails_with_it() {
+        let now = Instant::now();
+        let mut engine = engine_at(0);
+        engine.handle_append(now, batch(1, 0, 2, AckLevel::Leader));
+        engine.handle_append(now, batch(9, 0, 2, AckLevel::Leader));
+        drain(&mut engine);
+        engine.handle_write_failed(now);
+        assert_eq!(
+            vec![
+                failed(1, AppendError::StorageFailed),
+                failed(9, AppendError::StorageFailed)
+            ],
+            drain(&mut engine)
+        );
+    }
+
+    /// Recovered dedup state must answer retries of batches stored before a
+    /// restart.
+    #[test]
+    fn recovered_producer_state_answers_retry_as_duplicate() {
+        let now = Instant::now();
+        let mut engine = PartitionEngine::new(
+            PartitionState {
+                log_start: 0,
+                log_end: 5,
+                leader_epoch: EPOCH,
+                epoch_start: Some(0),
+                producers: vec![(PID, state_after(&[(0, 2, 3)]))],
+            },
+            LOCAL,
+        );
+        assert_eq!(engine.duplicate_of(stamp(0, 0), 2), Some(3));
+        assert_eq!(engine.duplicate_of(stamp(0, 2), 1), None);
+        engine.handle_append(now, batch(1, 0, 2, AckLevel::All));
+        assert_eq!(vec![duplicate(1, 3)], drain(&mut engine));
+    }
+
+    #[test]
+    fn duplicate_of_counts_unwritten_appends_and_changes_nothing() {
+        let now = Instant::now();
+        let mut engine = engine_at(0);
+        engine.handle_append(now, batch(1, 0, 2, AckLevel::Leader));
+        drain(&mut engine);
+        assert_eq!(engine.duplicate_of(stamp(0, 0), 2), Some(0));
+        assert_eq!(engine.duplicate_of(stamp(0, 2), 2), None);
+        assert_eq!(Vec::<Command>::new(), drain(&mut engine));
+        assert_eq!(engine.log_end(), 2);
+    }
+
+    #[test]
+    fn append_from_older_producer_epoch_is_refused_fenced_at_once() {
+        let now = Instant::now();
+        let mut engine = engine_at(0);
+        engine.handle_append(
+            now,
+            AppendRequest {
+                sequence: Some(SequenceSpan {
+                    producer: stamp(1, 0),
+                    record_count: 1,
+                }),
+                ..batch(1, 0, 1, AckLevel::None)
+            },
+        );
+        drain(&mut engine);
+        engine.handle_append(now, batch(2, 1, 1, AckLevel::Durable));
+        assert_eq!(
+            vec![failed(
+                2,
+                AppendRefused::ProducerFenced {
+                    producer_id: PID,
+                    epoch: 0,
+                    current: 1
+                }
+            )],
+            drain(&mut engine)
+        );
+    }
+
+    #[test]
+    fn append_with_sequence_gap_is_refused_out_of_order() {
+        let now = Instant::now();
+        let mut engine = engine_at(0);
+        engine.handle_append(now, batch(1, 0, 2, AckLevel::None));
+        drain(&mut engine);
+        engine.handle_append(now, batch(2, 5, 1, AckLevel::Leader));
+        assert_eq!(
+            vec![failed(
+                2,
+                AppendRefused::OutOfOrderSequence {
+                    producer_id: PID,
+                    expected: 2,
+                    got: 5
+                }
+            )],
+            drain(&mut engine)
+        );
+        assert_eq!(engine.log_end(), 2);
+    }
+
+    #[test]
+    fn retry_older_than_dedup_window_is_refused_stale() {
+        let now = Instant::now();
+        let mut engine = engine_at(0);
+        for seq in 0..=producer::DEDUP_WINDOW as i32 {
+            engine.handle_append(now, batch(seq as u64, seq, 1, AckLevel::None));
+        }
+        drain(&mut engine);
+        engine.handle_append(now, batch(99, 0, 1, AckLevel::All));
+        assert_eq!(
+            vec![failed(
+                99,
+                AppendRefused::StaleDuplicate {
+                    producer_id: PID,
+                    sequence: 0
+                }
+            )],
+            drain(&mut engine)
+        );
+    }
+
+    #[test]
+    fn refusal_with_acks_none_sends_nothing() {
+        let now = Instant::now();
+        let mut engine = engine_at(0);
+        engine.handle_append(now, batch(1, 3, 1, AckLevel::None));
+        drain(&mut engine);
+        engine.handle_append(now, batch(2, 9, 1, AckLevel::None));
+        assert_eq!(Vec::<Command>::new(), drain(&mut engine));
+    }
+
+    #[test]
+    fn idempotent_span_of_no_records_is_refused() {
+        let now = Instant::now();
+        let mut engine = engine_at(0);
+        engine.handle_append(now, batch(1, 0, 0, AckLevel::Leader));
+        assert_eq!(
+            vec![failed(
+                1,
+                AppendRefused::EmptySequenceSpan { producer_id: PID }
+            )],
+            drain(&mut engine)
+        );
+    }
+
+    #[test]
+    fn sequence_only_append_advances_sequence_for_next_batch() {
+        let now = Instant::now();
+        let mut engine = engine_at(4);
+        engine.handle_append(
+            now,
+            AppendRequest {
+                record_count: 0,
+                ..batch(1, 0, 3, AckLevel::Durable)
+            },
+        );
+        assert_eq!(
+            vec![append_by(1, 1, 4, 0, &[(0, 3, 4)])],
+            drain(&mut engine)
+        );
+        engine.handle_append(now, batch(2, 3, 1, AckLevel::Durable));
+        assert_eq!(
+            vec![append_by(2, 2, 4, 1, &[(0, 3, 4), (3, 1, 4)])],
+            drain(&mut engine)
+        );
+        engine.handle_written(now, WriteId(2), true).unwrap();
+        assert_eq!(
+            vec![Command::HighWatermark(5), appended(1, 4), appended(2, 4)],
+            drain(&mut engine)
+        );
+    }
+
+    #[test]
+    fn sequence_only_append_is_acked_once_written_not_before() {
+        let now = Instant::now();
+        let mut engine = engine_at(4);
+        engine.handle_append(
+            now,
+            AppendRequest {
+                record_count: 0,
+                ..batch(1, 0, 3, AckLevel::Leader)
+            },
+        );
+        drain(&mut engine);
+        engine.handle_written(now, WriteId(1), false).unwrap();
+        assert_eq!(vec![appended(1, 4)], drain(&mut engine));
+    }
+
+    #[test]
+    fn empty_request_without_producer_is_acked_at_log_end_without_append() {
+        let now = Instant::now();
+        let mut engine = engine_at(4);
+        engine.handle_append(now, plain(1, 0, AckLevel::Durable));
+        assert_eq!(vec![appended(1, 4)], drain(&mut engine));
+    }
+
+    #[test]
+    fn write_failure_rolls_back_offsets_and_producer_state() {
+        let now = Instant::now();
+        let mut engine = engine_at(0);
+        engine.handle_append(now, batch(1, 0, 2, AckLevel::Leader));
+        engine.handle_written(now, WriteId(1), false).unwrap();
+        engine.handle_append(now, batch(2, 2, 2, AckLevel::Leader));
+        engine.handle_append(now, plain(3, 5, AckLevel::Leader));
+        drain(&mut engine);
+        engine.handle_write_failed(now);
+        assert_eq!(
+            vec![
+                failed(2, AppendError::StorageFailed),
+                failed(3, AppendError::StorageFailed)
+            ],
+            drain(&mut engine)
+        );
+        assert_eq!(engine.log_end(), 2);
+        assert_eq!(engine.duplicate_of(stamp(0, 2), 2), None);
+        engine.handle_append(now, batch(4, 2, 2, AckLevel::Leader));
+        assert_eq!(
+            vec![append_by(4, 4, 2, 2, &[(0, 2, 0), (2, 2, 2)])],
+            drain(&mut engine),
+            "the retry gets the rolled-back offsets and a fresh write id"
+        );
+    }
+
+    #[test]
+    fn write_failure_drops_unpolled_append_commands() {
+        let now = Instant::now();
+        let mut engine = engine_at(0);
+        engine.handle_append(now, plain(1, 2, AckLevel::Leader));
+        engine.handle_append(now, plain(2, 2, AckLevel::None));
+        engine.handle_write_failed(now);
+        assert_eq!(
+            vec![failed(1, AppendError::StorageFailed)],
+            drain(&mut engine)
+        );
+        assert_eq!(engine.log_end(), 0);
+    }
+
+    #[test]
+    fn write_failure_leaves_written_requests_waiting_for_fsync() {
+        let now = Instant::now();
+        let mut engine = engine_at(0);
+        engine.handle_append(now, plain(1, 2, AckLevel::Durable));
+        engine.handle_append(now, plain(2, 2, AckLevel::Durable));
+        engine.handle_written(now, WriteId(1), false).unwrap();
+        drain(&mut engine);
+        engine.handle_write_failed(now);
+        assert_eq!(
+            vec![failed(2, AppendError::StorageFailed)],
+            drain(&mut engine)
+        );
+        engine.handle_written(now, WriteId(1), true).unwrap();
+        assert_eq!(
+            vec![Command::HighWatermark(2), appended(1, 0)],
+            drain(&mut engine)
+        );
+    }
+
+    #[test]
+    fn handle_written_with_unknown_write_is_refused() {
+        let now = Instant::now();
+        let mut engine = engine_at(0);
+        assert_eq!(
+            engine.handle_written(now, WriteId(1), false),
+            Err(WrittenError::UnknownWrite(WriteId(1)))
+        );
+        engine.handle_append(now, plain(1, 1, AckLevel::Leader));
+        engine.handle_write_failed(now);
+        assert_eq!(
+            engine.handle_written(now, WriteId(1), false),
+            Err(WrittenError::UnknownWrite(WriteId(1))),
+            "a rolled-back write cannot be reported written"
+        );
+    }
+
+    #[test]
+    fn ack_all_with_follower_in_sync_waits_for_replica_progress() {
+        let now = Instant::now();
+        let mut engine = engine_at(0);
+        engine.set_in_sync(now, [LOCAL, FOLLOWER]);
+        engine.handle_append(now, plain(1, 2, AckLevel::All));
+        engine.handle_append(now, plain(2, 3, AckLevel::All));
+        engine.handle_written(now, WriteId(2), true).unwrap();
+        assert_eq!(
+            vec![append(1, 1, 0, 2), append(2, 2, 2, 3)],
+            drain(&mut engine)
+        );
+        engine.handle_replica_progress(now, FOLLOWER, 2);
+        assert_eq!(
+            vec![Command::HighWatermark(2), appended(1, 0)],
+            drain(&mut engine)
+        );
+        engine.handle_replica_progress(now, FOLLOWER, 5);
+        assert_eq!(
+            vec![Command::HighWatermark(5), appended(2, 2)],
+            drain(&mut engine)
+        );
+    }
+
+    #[test]
+    fn replica_ahead_of_leader_does_not_lift_high_watermark_past_durable_end() {
+        let now = Instant::now();
+        let mut engine = engine_at(0);
+        engine.set_in_sync(now, [FOLLOWER]);
+        engine.handle_append(now, plain(1, 2, AckLevel::All));
+        engine.handle_written(now, WriteId(1), false).unwrap();
+        drain(&mut engine);
+        engine.handle_replica_progress(now, FOLLOWER, 10);
+        assert_eq!(Vec::<Command>::new(), drain(&mut engine));
+        assert_eq!(engine.high_watermark(), 0);
+    }
+
+    #[test]
+    fn removing_lagging_follower_from_in_sync_set_advances_high_watermark() {
+        let now = Instant::now();
+        let mut engine = engine_at(0);
+        engine.set_in_sync(now, [FOLLOWER]);
+        engine.handle_replica_progress(now, FOLLOWER, 0);
+        engine.handle_append(now, plain(1, 2, AckLevel::All));
+        engine.handle_written(now, WriteId(1), true).unwrap();
+        drain(&mut engine);
+        engine.set_in_sync(now, []);
+        assert_eq!(
+            vec![Command::HighWatermark(2), appended(1, 0)],
+            drain(&mut engine)
+        );
+    }
+
+    #[test]
+    fn adding_lagging_follower_to_in_sync_set_holds_high_watermark_without_moving_it_back() {
+        let now = Instant::now();
+        let mut engine = engine_at(10);
+        engine.set_in_sync(now, [FOLLOWER]);
+        engine.handle_replica_progress(now, FOLLOWER, 4);
+        assert_eq!(Vec::<Command>::new(), drain(&mut engine));
+        assert_eq!(engine.high_watermark(), 10);
+        engine.handle_append(now, plain(1, 2, AckLevel::All));
+        engine.handle_written(now, WriteId(1), true).unwrap();
+        assert_eq!(vec![append(1, 1, 10, 2)], drain(&mut engine));
+        engine.handle_replica_progress(now, FOLLOWER, 12);
+        assert_eq!(
+            vec![Command::HighWatermark(12), appended(1, 10)],
+            drain(&mut engine)
+        );
+    }
+
+    #[test]
+    fn progress_of_local_replica_is_ignored() {
+        let now = Instant::now();
+        let mut engine = engine_at(0);
+        engine.set_in_sync(now, [LOCAL, FOLLOWER]);
+        engine.handle_replica_progress(now, LOCAL, 100);
+        assert_eq!(Vec::<Command>::new(), drain(&mut engine));
+        assert_eq!(engine.high_watermark(), 0);
+    }
+
+    #[test]
+    fn become_leader_stamps_new_epoch_and_records_its_start_on_first_batch() {
+        let now = Instant::now();
+        let mut engine = engine_at(6);
+        engine.become_leader(now, 4).unwrap();
+        engine.handle_append(
+            now,
+            AppendRequest {
+                record_count: 0,
+                ..batch(1, 0, 1, AckLevel::Leader)
+            },
+        );
+        engine.handle_append(now, plain(2, 2, AckLevel::Leader));
+        engine.handle_append(now, plain(3, 1, AckLevel::Leader));
+        let stamped =
+            |id, write, base_offset, record_count, epoch_start, producer| Command::Append {
+                id,
+                write: WriteId(write),
+                base_offset,
+                record_count,
+                leader_epoch: 4,
+                epoch_start,
+                producer,
+            };
+        assert_eq!(
+            vec![
+                stamped(1, 1, 6, 0, None, Some((PID, state_after(&[(0, 1, 6)])))),
+                stamped(2, 2, 6, 2, Some((4, 6)), None),
+                stamped(3, 3, 8, 1, None, None),
+            ],
+            drain(&mut engine),
+            "a sequence-only append stores no batch, so the epoch starts with the next"
+        );
+        assert_eq!(engine.leader_epoch(), 4);
+    }
+
+    #[test]
+    fn become_leader_with_epoch_not_newer_is_refused() {
+        let now = Instant::now();
+        let mut engine = engine_at(0);
+        assert_eq!(
+            engine.become_leader(now, EPOCH),
+            Err(EpochError::NotNewer {
+                current: EPOCH,
+                got: EPOCH
+            })
+        );
+        assert_eq!(
+            engine.become_leader(now, EPOCH - 1),
+            Err(EpochError::NotNewer {
+                current: EPOCH,
+                got: EPOCH - 1
+            })
+        );
+        assert_eq!(engine.leader_epoch(), EPOCH);
+    }
+
+    /// A follower's progress from the old epoch may cover a log that the new
+    /// leader does not have; it must not count toward the new high
+    /// watermark.
+    #[test]
+    fn become_leader_waits_for_followers_to_report_again() {
+        let now = Instant::now();
+        let mut engine = engine_at(0);
+        engine.set_in_sync(now, [FOLLOWER]);
+        engine.handle_replica_progress(now, FOLLOWER, 100);
+        engine.become_leader(now, EPOCH + 1).unwrap();
+        engine.handle_append(now, plain(1, 2, AckLevel::All));
+        engine.handle_written(now, WriteId(1), true).unwrap();
+        drain(&mut engine);
+        assert_eq!(engine.high_watermark(), 0);
+        engine.handle_replica_progress(now, FOLLOWER, 2);
+        assert_eq!(
+            vec![Command::HighWatermark(2), appended(1, 0)],
+            drain(&mut engine)
+        );
+    }
+
+    #[test]
+    fn fresh_partition_records_epoch_start_with_first_batch() {
+        let now = Instant::now();
+        let mut engine = PartitionEngine::new(
+            PartitionState {
+                log_start: 0,
+                log_end: 0,
+                leader_epoch: 0,
+                epoch_start: None,
+                producers: Vec::new(),
+            },
+            LOCAL,
+        );
+        engine.handle_append(now, plain(1, 1, AckLevel::Leader));
+        engine.handle_append(now, plain(2, 1, AckLevel::Leader));
+        assert_eq!(
+            vec![
+                Command::Append {
+                    id: 1,
+                    write: WriteId(1),
+                    base_offset: 0,
+                    record_count: 1,
+                    leader_epoch: 0,
+                    epoch_start: Some((0, 0)),
+                    producer: None,
+                },
+                Command::Append {
+                    id: 2,
+                    write: WriteId(2),
+                    base_offset: 1,
+                    record_count: 1,
+                    leader_epoch: 0,
+                    epoch_start: None,
+                    producer: None,
+                },
+            ],
+            drain(&mut engine)
+        );
+    }
+
+    #[test]
+    fn write_failure_of_epoch_start_records_it_again_with_next_batch() {
+        let now = Instant::now();
+        let mut engine = engine_at(6);
+        engine.become_leader(now, 4).unwrap();
+        engine.handle_append(now, plain(1, 2, AckLevel::None));
+        drain(&mut engine);
+        engine.handle_write_failed(now);
+        engine.handle_append(now, plain(2, 1, AckLevel::None));
+        assert_eq!(
+            vec![Command::Append {
+                id: 2,
+                write: WriteId(2),
+                base_offset: 6,
+                record_count: 1,
+                leader_epoch: 4,
+                epoch_start: Some((4, 6)),
+                producer: None,
+            }],
+            drain(&mut engine)
+        );
+    }
+
+    #[test]
+    fn truncate_moves_ends_back_and_forgets_producer_batches_past_offset() {
+        let now = Instant::now();
+        let mut engine = engine_at(0);
+        engine.handle_append(now, batch(1, 0, 2, AckLevel::None));
+        engine.handle_append(now, batch(2, 2, 2, AckLevel::None));
+        engine.handle_written(now, WriteId(2), false).unwrap();
+        drain(&mut engine);
+        engine.handle_truncated(now, 2).unwrap();
+        assert_eq!(vec![Command::HighWatermark(2)], drain(&mut engine));
+        assert_eq!(
+            (engine.log_end(), engine.written_end(), engine.durable_end()),
+            (2, 2, 2)
+        );
+        engine.handle_append(now, batch(3, 2, 2, AckLevel::None));
+        assert_eq!(
+            vec![append_by(3, 3, 2, 2, &[(0, 2, 0), (2, 2, 2)])],
+            drain(&mut engine),
+            "the truncated batch's retry is stored again, not answered as a duplicate"
+        );
+    }
+
+    #[test]
+    fn truncate_fails_requests_past_offset_and_releases_the_rest() {
+        let now = Instant::now();
+        let mut engine = engine_at(0);
+        engine.handle_append(now, plain(1, 2, AckLevel::Durable));
+        engine.handle_append(now, plain(2, 2, AckLevel::Durable));
+        engine.handle_written(now, WriteId(2), false).unwrap();
+        drain(&mut engine);
+        engine.handle_truncated(now, 2).unwrap();
+        assert_eq!(
+            vec![
+                failed(2, AppendError::Truncated { offset: 2 }),
+                Command::HighWatermark(2),
+                appended(1, 0)
+            ],
+            drain(&mut engine)
+        );
+    }
+
+    #[test]
+    fn truncate_at_epoch_start_records_epoch_again_with_next_batch() {
+        let now = Instant::now();
+        let mut engine = engine_at(6);
+        engine.set_in_sync(now, [FOLLOWER]);
+        engine.handle_replica_progress(now, FOLLOWER, 6);
+        engine.become_leader(now, 4).unwrap();
+        engine.handle_append(now, plain(1, 2, AckLevel::None));
+        engine.handle_written(now, WriteId(1), true).unwrap();
+        drain(&mut engine);
+        engine.handle_truncated(now, 6).unwrap();
+        engine.handle_append(now, plain(2, 1, AckLevel::None));
+        assert_eq!(
+            vec![Command::Append {
+                id: 2,
+                write: WriteId(2),
+                base_offset: 6,
+                record_count: 1,
+                leader_epoch: 4,
+                epoch_start: Some((4, 6)),
+                producer: None,
+            }],
+            drain(&mut engine)
+        );
+    }
+
+    #[test]
+    fn truncate_below_high_watermark_past_written_end_or_with_writes_in_flight_is_refused() {
+        let now = Instant::now();
+        let mut engine = engine_at(5);
+        assert_eq!(
+            engine.handle_truncated(now, 3),
+            Err(TruncateError::BelowHighWatermark {
+                offset: 3,
+                high_watermark: 5
+            })
+        );
+        assert_eq!(
+            engine.handle_truncated(now, 6),
+            Err(TruncateError::BeyondWrittenEnd {
+                offset: 6,
+                written_end: 5
+            })
+        );
+        engine.handle_append(now, plain(1, 1, AckLevel::Leader));
+        assert_eq!(
+            engine.handle_truncated(now, 5),
+            Err(TruncateError::WritesInFlight)
+        );
+    }
+}
