@@ -1597,4 +1597,531 @@ mod tests {
             Err(TruncateError::WritesInFlight)
         );
     }
+
+    /// A random workload against a model of what the shell has seen.
+    mod random {
+        use std::collections::{BTreeMap, BTreeSet};
+
+        use proptest::prelude::*;
+        use proptest::test_runner::TestCaseError;
+
+        use super::*;
+
+        const FOLLOWERS: [ReplicaId; 2] = [2, 3];
+        const PRODUCERS: [i64; 2] = [10, 11];
+
+        /// Producer id, producer epoch, first sequence, sequence count.
+        type SpanKey = (i64, i16, i32, u32);
+
+        /// Which sequence a request carries.
+        #[derive(Debug, Clone)]
+        enum Sequence {
+            NoProducer,
+            Next,
+            /// The n-th most recent batch of the producer, or the next
+            /// sequence if it has none.
+            Retry(usize),
+            Gap,
+            OldEpoch,
+            NewEpoch,
+        }
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Append {
+                acks: AckLevel,
+                record_count: u32,
+                producer: usize,
+                sequence: Sequence,
+                span: u32,
+            },
+            Written {
+                pick: usize,
+                durable: bool,
+            },
+            WriteFailed,
+            Progress {
+                follower: usize,
+                pick: u64,
+            },
+            InSync {
+                mask: u8,
+            },
+            BecomeLeader {
+                stale: bool,
+            },
+        }
+
+        fn arb_op() -> impl Strategy<Value = Op> {
+            let acks = prop_oneof![
+                Just(AckLevel::None),
+                Just(AckLevel::Leader),
+                Just(AckLevel::Durable),
+                Just(AckLevel::All),
+            ];
+            let sequence = prop_oneof![
+                2 => Just(Sequence::NoProducer),
+                4 => Just(Sequence::Next),
+                2 => (0usize..8).prop_map(Sequence::Retry),
+                1 => Just(Sequence::Gap),
+                1 => Just(Sequence::OldEpoch),
+                1 => Just(Sequence::NewEpoch),
+            ];
+            prop_oneof![
+                8 => (acks, 0u32..4, 0usize..2, sequence, 1u32..4).prop_map(
+                    |(acks, record_count, producer, sequence, span)| Op::Append {
+                        acks,
+                        record_count,
+                        producer,
+                        sequence,
+                        span,
+                    }
+                ),
+                4 => (any::<usize>(), any::<bool>())
+                    .prop_map(|(pick, durable)| Op::Written { pick, durable }),
+                1 => Just(Op::WriteFailed),
+                3 => (0usize..2, any::<u64>())
+                    .prop_map(|(follower, pick)| Op::Progress { follower, pick }),
+                1 => (0u8..8).prop_map(|mask| Op::InSync { mask }),
+                1 => any::<bool>().prop_map(|stale| Op::BecomeLeader { stale }),
+            ]
+        }
+
+        /// A request as the shell sent it, and what it heard back.
+        struct Request {
+            acks: AckLevel,
+            record_count: u32,
+            span: Option<SpanKey>,
+            /// The write of its Append command, if it got one.
+            write: Option<WriteId>,
+            rolled_back: bool,
+            acks_seen: u32,
+        }
+
+        /// An Append command not rolled back.
+        struct Issued {
+            write: WriteId,
+            base: u64,
+            end: u64,
+            epoch: i32,
+            starts_epoch: bool,
+            span: Option<SpanKey>,
+        }
+
+        /// The engine, and what the shell knows from the commands it got.
+        struct Sim {
+            engine: PartitionEngine,
+            now: Instant,
+            requests: BTreeMap<u64, Request>,
+            issued: Vec<Issued>,
+            last_write: WriteId,
+            initial_end: u64,
+            initial_epoch_recorded: bool,
+            log_end: u64,
+            written: WriteId,
+            written_end: u64,
+            durable: WriteId,
+            durable_end: u64,
+            high_watermark: u64,
+            epoch: i32,
+            epoch_recorded: bool,
+            in_sync: BTreeSet<ReplicaId>,
+            progress: BTreeMap<ReplicaId, u64>,
+            producer_epochs: [i16; 2],
+        }
+
+        impl Sim {
+            fn new(log_end: u64, epoch_recorded: bool) -> Self {
+                let engine = PartitionEngine::new(
+                    PartitionState {
+                        log_start: 0,
+                        log_end,
+                        leader_epoch: 0,
+                        epoch_start: epoch_recorded.then_some(0),
+                        producers: Vec::new(),
+                    },
+                    LOCAL,
+                );
+                Sim {
+                    engine,
+                    now: Instant::now(),
+                    requests: BTreeMap::new(),
+                    issued: Vec::new(),
+                    last_write: WriteId(0),
+                    initial_end: log_end,
+                    initial_epoch_recorded: epoch_recorded,
+                    log_end,
+                    written: WriteId(0),
+                    written_end: log_end,
+                    durable: WriteId(0),
+                    durable_end: log_end,
+                    high_watermark: log_end,
+                    epoch: 0,
+                    epoch_recorded,
+                    in_sync: BTreeSet::new(),
+                    progress: BTreeMap::new(),
+                    producer_epochs: [0; 2],
+                }
+            }
+
+            fn end_of(&self, write: WriteId) -> u64 {
+                self.issued
+                    .iter()
+                    .find(|w| w.write == write)
+                    .map_or(self.initial_end, |w| w.end)
+            }
+
+            fn next_sequence(&self, producer: usize) -> i32 {
+                let (id, epoch) = (PRODUCERS[producer], self.producer_epochs[producer]);
+                self.issued
+                    .iter()
+                    .rev()
+                    .filter_map(|w| w.span)
+                    .find(|span| span.0 == id && span.1 == epoch)
+                    .map_or(0, |span| span.2 + span.3 as i32)
+            }
+
+            fn apply(&mut self, op: Op, id: u64) -> Result<(), TestCaseError> {
+                match op {
+                    Op::Append {
+                        acks,
+                        record_count,
+                        producer,
+                        sequence,
+                        span,
+                    } => {
+                        let pid = PRODUCERS[producer];
+                        let epoch = self.producer_epochs[producer];
+                        let next = self.next_sequence(producer);
+                        let key = match sequence {
+                            Sequence::NoProducer => None,
+                            Sequence::Next => Some((pid, epoch, next, span)),
+                            Sequence::Retry(back) => {
+                                let mine: Vec<SpanKey> = self
+                                    .issued
+                                    .iter()
+                                    .filter_map(|w| w.span)
+                                    .filter(|s| s.0 == pid)
+                                    .collect();
+                                Some(match mine.len() {
+                                    0 => (pid, epoch, next, span),
+                                    n => mine[n - 1 - back % n],
+                                })
+                            }
+                            Sequence::Gap => Some((pid, epoch, next + 2, span)),
+                            Sequence::OldEpoch => Some((pid, epoch - 1, 0, span)),
+                            Sequence::NewEpoch => {
+                                self.producer_epochs[producer] += 1;
+                                Some((pid, epoch + 1, 0, span))
+                            }
+                        };
+                        self.requests.insert(
+                            id,
+                            Request {
+                                acks,
+                                record_count,
+                                span: key,
+                                write: None,
+                                rolled_back: false,
+                                acks_seen: 0,
+                            },
+                        );
+                        let sequence =
+                            key.map(|(producer_id, producer_epoch, base_sequence, count)| {
+                                SequenceSpan {
+                                    producer: ProducerStamp {
+                                        producer_id,
+                                        producer_epoch,
+                                        base_sequence,
+                                    },
+                                    record_count: count,
+                                }
+                            });
+                        self.engine.handle_append(
+                            self.now,
+                            AppendRequest {
+                                id,
+                                record_count,
+                                sequence,
+                                acks,
+                            },
+                        );
+                        self.check_commands(Some(id), false)?;
+                    }
+                    Op::Written { pick, durable } => {
+                        let unwritten: Vec<WriteId> = self
+                            .issued
+                            .iter()
+                            .map(|w| w.write)
+                            .filter(|w| *w > self.written)
+                            .collect();
+                        let through = match unwritten.len() {
+                            0 => self.written,
+                            n => unwritten[pick % n],
+                        };
+                        self.written(through, durable)?;
+                    }
+                    Op::WriteFailed => {
+                        self.engine.handle_write_failed(self.now);
+                        for w in self.issued.iter().filter(|w| w.write > self.written) {
+                            for request in self.requests.values_mut() {
+                                if request.write == Some(w.write) {
+                                    request.rolled_back = true;
+                                }
+                            }
+                        }
+                        let written = self.written;
+                        self.issued.retain(|w| w.write <= written);
+                        self.log_end = self.written_end;
+                        self.epoch_recorded = (self.epoch == 0 && self.initial_epoch_recorded)
+                            || self
+                                .issued
+                                .iter()
+                                .any(|w| w.epoch == self.epoch && w.starts_epoch);
+                        self.check_commands(None, true)?;
+                    }
+                    Op::Progress { follower, pick } => {
+                        let replica = FOLLOWERS[follower];
+                        let log_end = pick % (self.written_end + 1);
+                        self.engine
+                            .handle_replica_progress(self.now, replica, log_end);
+                        self.progress.insert(replica, log_end);
+                        self.check_commands(None, false)?;
+                    }
+                    Op::InSync { mask } => {
+                        self.in_sync = FOLLOWERS
+                            .iter()
+                            .enumerate()
+                            .filter(|(bit, _)| mask & (1 << bit) != 0)
+                            .map(|(_, r)| *r)
+                            .collect();
+                        let mut listed: Vec<ReplicaId> = self.in_sync.iter().copied().collect();
+                        if mask & 4 != 0 {
+                            listed.push(LOCAL);
+                        }
+                        self.engine.set_in_sync(self.now, listed);
+                        self.check_commands(None, false)?;
+                    }
+                    Op::BecomeLeader { stale } => {
+                        if stale {
+                            prop_assert_eq!(
+                                self.engine.become_leader(self.now, self.epoch),
+                                Err(EpochError::NotNewer {
+                                    current: self.epoch,
+                                    got: self.epoch
+                                })
+                            );
+                        } else {
+                            self.engine
+                                .become_leader(self.now, self.epoch + 1)
+                                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                            self.epoch += 1;
+                            self.epoch_recorded = false;
+                            self.progress.clear();
+                        }
+                        self.check_commands(None, false)?;
+                    }
+                }
+                prop_assert_eq!(self.engine.log_end(), self.log_end);
+                prop_assert_eq!(self.engine.written_end(), self.written_end);
+                prop_assert_eq!(self.engine.durable_end(), self.durable_end);
+                prop_assert_eq!(self.engine.high_watermark(), self.high_watermark);
+                Ok(())
+            }
+
+            /// Reports every write through `through` committed, and checks
+            /// that the newly written batches continue the written log.
+            fn written(&mut self, through: WriteId, durable: bool) -> Result<(), TestCaseError> {
+                self.engine
+                    .handle_written(self.now, through, durable)
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                for w in &self.issued {
+                    if w.write > self.written && w.write <= through {
+                        prop_assert_eq!(w.base, self.written_end, "written offsets are dense");
+                        self.written_end = w.end;
+                    }
+                }
+                self.written = self.written.max(through);
+                if durable {
+                    self.durable = self.durable.max(through);
+                    self.durable_end = self.end_of(self.durable);
+                }
+                self.check_commands(None, false)
+            }
+
+            /// Checks each command the engine emitted for the input just
+            /// given: `request` is the append request it was, `failing`
+            /// whether it was a write failure.
+            fn check_commands(
+                &mut self,
+                request: Option<u64>,
+                failing: bool,
+            ) -> Result<(), TestCaseError> {
+                let commands: Vec<Command> = self.engine.drain_commands().collect();
+                for command in commands {
+                    match command {
+                        Command::Append {
+                            id,
+                            write,
+                            base_offset,
+                            record_count,
+                            leader_epoch,
+                            epoch_start,
+                            producer,
+                        } => {
+                            prop_assert_eq!(Some(id), request);
+                            prop_assert_eq!(base_offset, self.log_end, "offsets are dense");
+                            prop_assert!(write > self.last_write, "write ids are never reused");
+                            prop_assert_eq!(leader_epoch, self.epoch);
+                            let first = record_count > 0 && !self.epoch_recorded;
+                            prop_assert_eq!(
+                                epoch_start,
+                                first.then_some((self.epoch, base_offset))
+                            );
+                            self.epoch_recorded |= first;
+                            let req = self.requests.get_mut(&id).expect("request was made");
+                            prop_assert_eq!(record_count, req.record_count);
+                            prop_assert_eq!(producer.map(|(pid, _)| pid), req.span.map(|k| k.0));
+                            req.write = Some(write);
+                            self.issued.push(Issued {
+                                write,
+                                base: base_offset,
+                                end: base_offset + u64::from(record_count),
+                                epoch: leader_epoch,
+                                starts_epoch: first,
+                                span: req.span,
+                            });
+                            self.last_write = write;
+                            self.log_end = base_offset + u64::from(record_count);
+                        }
+                        Command::Ack { id, result } => {
+                            self.check_ack(id, result, request, failing)?
+                        }
+                        Command::HighWatermark(offset) => {
+                            prop_assert!(
+                                offset > self.high_watermark,
+                                "the high watermark only grows"
+                            );
+                            prop_assert!(offset <= self.durable_end);
+                            for replica in &self.in_sync {
+                                prop_assert!(
+                                    self.progress.get(replica).is_some_and(|p| *p >= offset),
+                                    "in-sync replica {} has not reached {}",
+                                    replica,
+                                    offset
+                                );
+                            }
+                            self.high_watermark = offset;
+                        }
+                    }
+                }
+                Ok(())
+            }
+
+            fn check_ack(
+                &mut self,
+                id: u64,
+                result: AckResult,
+                request: Option<u64>,
+                failing: bool,
+            ) -> Result<(), TestCaseError> {
+                let req = self.requests.get_mut(&id).expect("request was made");
+                prop_assert_ne!(req.acks, AckLevel::None);
+                req.acks_seen += 1;
+                prop_assert_eq!(req.acks_seen, 1, "request {} acked twice", id);
+                let (acks, write, rolled_back, span) =
+                    (req.acks, req.write, req.rolled_back, req.span);
+                let (record_count, stored) = (
+                    req.record_count,
+                    write.and_then(|w| self.issued.iter().find(|i| i.write == w)),
+                );
+                match result {
+                    Ok(AppendOutcome::Appended { base_offset }) => {
+                        prop_assert!(!rolled_back);
+                        match stored {
+                            Some(original) => {
+                                prop_assert_eq!(original.base, base_offset);
+                                self.check_level(acks, original.write, original.end)?;
+                            }
+                            None => prop_assert!(record_count == 0 && span.is_none()),
+                        }
+                    }
+                    Ok(AppendOutcome::Duplicate { base_offset }) => {
+                        let original = self
+                            .issued
+                            .iter()
+                            .find(|i| i.span.is_some() && i.span == span && i.base == base_offset);
+                        prop_assert!(original.is_some(), "duplicate of nothing stored");
+                        if let Some(original) = original {
+                            self.check_level(acks, original.write, original.end)?;
+                        }
+                    }
+                    Err(AppendError::Refused(_)) => {
+                        prop_assert_eq!(request, Some(id), "refusals are immediate");
+                    }
+                    Err(AppendError::StorageFailed) => {
+                        prop_assert!(failing);
+                        prop_assert!(write.is_none() || rolled_back);
+                    }
+                    Err(other) => prop_assert!(false, "unexpected {:?}", other),
+                }
+                Ok(())
+            }
+
+            /// Checks that a batch written by `write`, ending at `end`, is
+            /// stored as `acks` promises.
+            fn check_level(
+                &self,
+                acks: AckLevel,
+                write: WriteId,
+                end: u64,
+            ) -> Result<(), TestCaseError> {
+                match acks {
+                    AckLevel::None => prop_assert!(false, "acks none got an ack"),
+                    AckLevel::Leader => prop_assert!(write <= self.written),
+                    AckLevel::Durable => prop_assert!(write <= self.durable),
+                    AckLevel::All => {
+                        prop_assert!(write <= self.durable);
+                        prop_assert!(end <= self.high_watermark);
+                    }
+                }
+                Ok(())
+            }
+
+            /// Writes everything durably and drops every follower, then checks
+            /// that each request was answered as its ack level says.
+            fn settle(&mut self) -> Result<(), TestCaseError> {
+                let last = self.issued.last().map_or(self.written, |w| w.write);
+                self.written(last.max(self.written), true)?;
+                self.engine.set_in_sync(self.now, []);
+                self.in_sync.clear();
+                self.check_commands(None, false)?;
+                for (id, request) in &self.requests {
+                    let expected = u32::from(request.acks != AckLevel::None);
+                    prop_assert_eq!(request.acks_seen, expected, "acks of request {}", id);
+                }
+                Ok(())
+            }
+        }
+
+        proptest! {
+            /// Whatever the producers send and however writes and replicas
+            /// fare: offsets stay dense and are never reused, no ack comes
+            /// before what its level promises, every request with acks gets
+            /// exactly one, and the high watermark only grows and never
+            /// passes the durable end or an in-sync replica.
+            #[test]
+            fn random_workload_keeps_offsets_dense_and_acks_honest(
+                log_end in 0u64..5,
+                epoch_recorded in any::<bool>(),
+                ops in proptest::collection::vec(arb_op(), 1..120),
+            ) {
+                let mut sim = Sim::new(log_end, epoch_recorded);
+                for (id, op) in (1u64..).zip(ops) {
+                    sim.apply(op, id)?;
+                }
+                sim.settle()?;
+            }
+        }
+    }
 }
