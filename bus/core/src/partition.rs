@@ -49,19 +49,29 @@
 //! Each [`Command::Append`] carries a [`WriteId`], increasing in the order
 //! the commands are emitted. The shell must:
 //!
-//! 1. Execute Append commands in the order polled, each in a write
-//!    transaction: store `record_count` records at `base_offset` stamped with
-//!    `leader_epoch` (store nothing when `record_count` is 0), persist
-//!    `producer`'s state and the `epoch_start` entry of the epoch table in
-//!    that same transaction.
-//! 2. After a commit, call [`PartitionEngine::handle_written`] with the last
+//! 1. Build the engine with [`PartitionEngine::new`] from what the store
+//!    holds after opening it; everything recovered counts as durable.
+//! 2. Execute Append commands in the order polled. Any run of them may share
+//!    one write transaction (group commit), but each one's batch (stored at
+//!    `base_offset`, stamped with `leader_epoch`; none when `record_count` is
+//!    0), its `producer` state and its `epoch_start` entry of the epoch table
+//!    go in the same transaction. A later state of a producer replaces an
+//!    earlier one.
+//! 3. After a commit, call [`PartitionEngine::handle_written`] with the last
 //!    write it held, and `durable` when the commit was fsync'd (which makes
-//!    every earlier write durable too). Eventually make every write durable.
-//! 3. When a commit fails, call [`PartitionEngine::handle_write_failed`] and
+//!    every earlier write durable too). Eventually make every write durable:
+//!    `Durable` and `All` acks wait for it.
+//! 4. When a commit fails, call [`PartitionEngine::handle_write_failed`] and
 //!    discard every Append command it polled but has not reported written:
 //!    the engine has rolled them back and will hand out their offsets again.
-//! 4. Send each [`Command::Ack`] to its requester, and publish each
+//!    If the store is then reopened, build a new engine from it and fail
+//!    every request still waiting, since writes not yet durable may be gone.
+//! 5. Send each [`Command::Ack`] to its requester, and publish each
 //!    [`Command::HighWatermark`] to readers.
+//! 6. Report followers with [`PartitionEngine::handle_replica_progress`] and
+//!    [`PartitionEngine::set_in_sync`], elections with
+//!    [`PartitionEngine::become_leader`], and a truncation it committed with
+//!    [`PartitionEngine::handle_truncated`].
 //!
 //! Every input takes `now`, as quinn's do, so the time-based rules the
 //! cluster brings (replica lag, request deadlines) need no new signatures;
@@ -82,8 +92,6 @@ pub type ReplicaId = u64;
 /// ends, and on a single node its high watermark, at `log_end`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartitionState {
-    /// Offset of the first record still stored.
-    pub log_start: u64,
     /// Offset the next record gets.
     pub log_end: u64,
     /// The newest leader epoch: the last one in the epoch table, or the one
@@ -116,8 +124,9 @@ pub struct AppendRequest {
     /// The caller's token, echoed in the request's [`Command::Append`] and
     /// [`Command::Ack`].
     pub id: u64,
-    /// How many records to store; 0 stores nothing and only advances the
-    /// producer's sequence (every record was dropped by an ingest plugin).
+    /// How many records to store. 0 stores nothing (an ingest plugin dropped
+    /// every record): with an idempotent `sequence` it only advances the
+    /// producer's sequence, without one it is just acked at the log end.
     pub record_count: u32,
     /// The producer's batch as sent, for deduplication; `None`, or a
     /// non-idempotent stamp, for a producer without a producer id.
@@ -272,7 +281,6 @@ pub enum TruncateError {
 #[derive(Debug)]
 pub struct PartitionEngine {
     local: ReplicaId,
-    log_start: u64,
     /// Tentative: past every decided append.
     log_end: u64,
     leader_epoch: i32,
@@ -351,7 +359,6 @@ impl PartitionEngine {
     pub fn new(state: PartitionState, local: ReplicaId) -> Self {
         PartitionEngine {
             local,
-            log_start: state.log_start,
             log_end: state.log_end,
             leader_epoch: state.leader_epoch,
             epoch_start: state.epoch_start,
@@ -556,7 +563,6 @@ impl PartitionEngine {
         if offset == self.written_end {
             return Ok(());
         }
-        self.log_start = self.log_start.min(offset);
         self.log_end = offset;
         self.written_end = offset;
         self.durable_end = offset;
@@ -602,11 +608,6 @@ impl PartitionEngine {
     /// original meets the request's ack level.
     pub fn duplicate_of(&self, stamp: ProducerStamp, record_count: u32) -> Option<u64> {
         producer::stored_offset(self.producers.get(&stamp.producer_id), stamp, record_count)
-    }
-
-    /// Offset of the first record still stored.
-    pub fn log_start(&self) -> u64 {
-        self.log_start
     }
 
     /// The tentative log end: the offset the next decided append gets.
@@ -756,7 +757,6 @@ mod tests {
     fn engine_at(log_end: u64) -> PartitionEngine {
         PartitionEngine::new(
             PartitionState {
-                log_start: 0,
                 log_end,
                 leader_epoch: EPOCH,
                 epoch_start: Some(0),
@@ -1034,7 +1034,6 @@ mod tests {
         let now = Instant::now();
         let mut engine = PartitionEngine::new(
             PartitionState {
-                log_start: 0,
                 log_end: 5,
                 leader_epoch: EPOCH,
                 epoch_start: Some(0),
@@ -1448,7 +1447,6 @@ mod tests {
         let now = Instant::now();
         let mut engine = PartitionEngine::new(
             PartitionState {
-                log_start: 0,
                 log_end: 0,
                 leader_epoch: 0,
                 epoch_start: None,
@@ -1734,7 +1732,6 @@ mod tests {
             fn new(log_end: u64, epoch_recorded: bool) -> Self {
                 let engine = PartitionEngine::new(
                     PartitionState {
-                        log_start: 0,
                         log_end,
                         leader_epoch: 0,
                         epoch_start: epoch_recorded.then_some(0),
