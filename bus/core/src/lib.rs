@@ -5,10 +5,22 @@
 //! argument, and outputs are polled. Nothing here touches a socket, a file
 //! or a clock.
 //!
+//! ```text
+//!   QUIC tasks ──requests──▶ PartitionEngine ──Append commands──▶ writer thread (redb)
+//!              ◀──acks─────                  ◀──written / failed──
+//! ```
+//!
 //! ## Layout
 //!
+//! - [`partition`]: the partition engine: per partition, the offset a batch
+//!   gets, its producer dedup outcome and leader epoch, when each ack level
+//!   is met, and the high watermark.
+//! - [`producer`]: the idempotent-producer sequence rules and the stored
+//!   form of a producer's dedup state.
 //! - [`group`]: the consumer-group coordinator: membership, session
 //!   timeouts, generations, assignment strategies and commit fencing.
 #![warn(missing_docs)]
 
 pub mod group;
+pub mod partition;
+pub mod producer;
