@@ -43,6 +43,9 @@ pub enum Acks {
     /// Acknowledged once the write transaction is fsync'd.
     #[default]
     Durable = 2,
+    /// Acknowledged once fsync'd on every in-sync replica (the high
+    /// watermark covers it). On a single node, the same as `Durable`.
+    All = 3,
 }
 
 /// Where a read starts.
@@ -893,6 +896,7 @@ impl Request {
                     0 => Acks::None,
                     1 => Acks::Leader,
                     2 => Acks::Durable,
+                    3 => Acks::All,
                     tag => {
                         return Err(DecodeError::UnknownTag {
                             field: "acks",
@@ -1518,7 +1522,12 @@ mod tests {
     }
 
     fn arb_request() -> impl Strategy<Value = Request> {
-        let acks = prop_oneof![Just(Acks::None), Just(Acks::Leader), Just(Acks::Durable)];
+        let acks = prop_oneof![
+            Just(Acks::None),
+            Just(Acks::Leader),
+            Just(Acks::Durable),
+            Just(Acks::All)
+        ];
         prop_oneof![
             arb_spec().prop_map(Request::CreateTopic),
             "\\PC{0,10}".prop_map(|name| Request::DeleteTopic { name }),

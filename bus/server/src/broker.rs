@@ -4,15 +4,16 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use bytes::{Bytes, BytesMut};
+use edgebus_core::partition::AckLevel;
+use edgebus_core::producer::{AppendRefused, SequenceSpan};
+use edgebus_proto::DecodeError;
 use edgebus_proto::ErrorCode;
 use edgebus_proto::batch;
-use edgebus_proto::batch::{BatchHeader, Record};
+use edgebus_proto::batch::{BatchHeader, BatchInfo, Record};
 use edgebus_proto::frame::{
     Acks, PartitionInfo, PartitionOffset, Position, Request, Response, TopicSpec,
 };
-use edgebus_store::{
-    Append, AppendError, AppendOutcome, LogStore, ReadBatches, ReadError, SequenceSpan, TopicError,
-};
+use edgebus_store::{LogStore, PartitionOffsets, ReadBatches, ReadError, TopicError};
 use tokio::sync::oneshot;
 
 use crate::config::Limits;
@@ -20,7 +21,7 @@ use crate::groups::Groups;
 use crate::notify::Notifier;
 use crate::pipelines::Pipelines;
 use crate::plugins::{Attachment, Ingested, Plugins, batches, dlq_topic};
-use crate::writer::{AppendResult, WriteError, Writer};
+use crate::writer::{Append, AppendFailure, AppendResult, DeadLetters, Writer};
 
 /// Shared broker state: the store, the writer, and a cache of topic specs
 /// so a produce never waits on a read transaction to validate.
@@ -60,7 +61,7 @@ impl Broker {
             store.clone(),
             notifier.clone(),
             limits.max_group_commit_bytes,
-        );
+        )?;
         Ok(Broker {
             store,
             writer,
@@ -139,67 +140,87 @@ impl Broker {
                 format!("topic {topic:?} has {} partitions", spec.partitions),
             ));
         }
-        let (header, largest) = batch::inspect(&batch)
-            .map_err(|e| Response::error(ErrorCode::CorruptBatch, e.to_string()))?;
-        if largest > spec.max_message_bytes as usize {
+        let BatchInfo {
+            header,
+            largest_record_bytes,
+            ..
+        } = batch::inspect(&batch).map_err(|e| {
+            let code = match e {
+                DecodeError::UnsupportedCompression(_) => ErrorCode::UnsupportedCompression,
+                _ => ErrorCode::CorruptBatch,
+            };
+            Response::error(code, e.to_string())
+        })?;
+        if header.attributes.is_transactional() || header.attributes.is_control() {
+            return Err(Response::error(
+                ErrorCode::InvalidRequest,
+                "transactional and control batches are not supported",
+            ));
+        }
+        if largest_record_bytes > spec.max_message_bytes as usize {
             return Err(Response::error(
                 ErrorCode::RecordTooLarge,
                 format!(
-                    "record of {largest} bytes exceeds max.message.bytes {} of topic {topic:?}",
+                    "record of {largest_record_bytes} bytes exceeds max.message.bytes {} of topic {topic:?}",
                     spec.max_message_bytes
                 ),
             ));
         }
-        let durable = acks == Acks::Durable;
+        let acks = ack_level(acks);
+        let sequence = header.producer.is_idempotent().then_some(SequenceSpan {
+            producer: header.producer,
+            record_count: header.record_count,
+        });
         if let Some(chain) = self.plugins.ingest_chain(&topic) {
             return self
-                .produce_through_chain(topic, partition, durable, batch, header, chain)
+                .produce_through_chain(topic, partition, acks, batch, sequence, chain)
                 .await;
         }
         let append = Append {
             topic,
             partition,
+            record_count: header.record_count,
             batch,
-            header,
-            sequence: None,
+            sequence,
+            acks,
+            dead_letters: None,
         };
-        Ok(self.writer.append(append, durable).await)
+        Ok(self.writer.append(append).await)
     }
 
-    /// Runs the topic's ingest chain, then appends what it produced. An
-    /// idempotent producer's sequence advances by its original batch even
-    /// when the chain drops, rewrites or rejects records, so its next batch
-    /// is still in order and a retry is still recognised.
+    /// Runs the topic's ingest chain, then appends what it produced, with
+    /// its dead letters in the same transaction. An idempotent producer's
+    /// sequence advances by its original batch even when the chain drops,
+    /// rewrites or rejects records, so its next batch is still in order and
+    /// a retry is still recognised.
     async fn produce_through_chain(
         &self,
         topic: String,
         partition: u32,
-        durable: bool,
+        acks: AckLevel,
         batch: Bytes,
-        header: BatchHeader,
+        sequence: Option<SequenceSpan>,
         chain: Arc<Attachment>,
     ) -> Result<oneshot::Receiver<AppendResult>, Response> {
-        // A retry of a batch already stored is answered from the dedup
-        // state, without running the chain again: its dead letters and
-        // plugin state changes would otherwise happen twice.
-        if header.producer.is_idempotent() {
-            let (store, t, stamp, count) = (
-                self.store.clone(),
-                topic.clone(),
-                header.producer,
-                header.record_count,
-            );
-            let stored = tokio::task::spawn_blocking(move || {
-                store.stored_batch(&t, partition, stamp, count)
-            })
-            .await
-            .map_err(|e| Response::error(ErrorCode::StorageError, e.to_string()))?
-            .map_err(|e| Response::error(ErrorCode::StorageError, e.to_string()))?;
-            if let Some(base_offset) = stored {
-                let (tx, rx) = oneshot::channel();
-                let _ = tx.send(Ok(AppendOutcome::Duplicate { base_offset }));
-                return Ok(rx);
-            }
+        let nothing = |dead_letters| Append {
+            topic: topic.clone(),
+            partition,
+            batch: Bytes::new(),
+            record_count: 0,
+            sequence,
+            acks,
+            dead_letters,
+        };
+        // A retry of a batch already stored is answered by the engine from
+        // its dedup state, without running the chain again: its dead
+        // letters and plugin state changes would otherwise happen twice.
+        if let Some(span) = sequence
+            && self
+                .writer
+                .duplicate_of(&topic, partition, span.producer, span.record_count)
+                .is_some()
+        {
+            return Ok(self.writer.append(nothing(None)).await);
         }
         let records = batch::records(&batch)
             .map_err(|e| Response::error(ErrorCode::CorruptBatch, e.to_string()))?;
@@ -207,20 +228,17 @@ impl Broker {
         let ingested = tokio::task::spawn_blocking(move || plugins.run_ingest(&t, &chain, records))
             .await
             .map_err(|e| Response::error(ErrorCode::StorageError, format!("plugin task: {e}")))?;
-        let sequence = header.producer.is_idempotent().then_some(SequenceSpan {
-            producer: header.producer,
-            record_count: header.record_count,
-        });
         let (records, dead_letters) = match ingested {
             Ingested::Unchanged => {
+                let record_count = BatchHeader::parse(&batch)
+                    .map_err(|e| Response::error(ErrorCode::CorruptBatch, e.to_string()))?
+                    .record_count;
                 let append = Append {
-                    topic,
-                    partition,
+                    record_count,
                     batch,
-                    header,
-                    sequence: None,
+                    ..nothing(None)
                 };
-                return Ok(self.writer.append(append, durable).await);
+                return Ok(self.writer.append(append).await);
             }
             Ingested::Refused(response) => {
                 // A final refusal is never retried, so the producer's next
@@ -234,14 +252,7 @@ impl Broker {
                     _ => false,
                 };
                 if sequence.is_some() && !retriable {
-                    let skip = Append {
-                        topic,
-                        partition,
-                        batch: Bytes::new(),
-                        header,
-                        sequence,
-                    };
-                    let _ = self.writer.append(skip, durable).await.await;
+                    let _ = self.writer.append(nothing(None)).await.await;
                 }
                 return Err(response);
             }
@@ -250,37 +261,51 @@ impl Broker {
                 dead_letters,
             } => (records, dead_letters),
         };
-        if !dead_letters.is_empty() {
-            self.append_dead_letters(&topic, &dead_letters, durable)
-                .await?;
-        }
-        let (batch, header) = match plugins_batches(&records) {
+        let dead_letters = if dead_letters.is_empty() {
+            None
+        } else {
+            let dlq = self.ensure_dlq(&topic).await?;
+            let batches = batches(
+                &dead_letters,
+                edgebus_client::producer::DEFAULT_BATCH_MAX_BYTES,
+            )
+            .into_iter()
+            .map(|b| {
+                let count = BatchHeader::parse(&b).map_or(0, |h| h.record_count);
+                (b, count)
+            })
+            .collect();
+            Some(DeadLetters {
+                topic: dlq,
+                batches,
+            })
+        };
+        let append = match plugins_batches(&records) {
             Some(b) => {
-                let h = BatchHeader::parse(&b)
-                    .map_err(|e| Response::error(ErrorCode::CorruptBatch, e.to_string()))?;
-                (b, h)
+                let record_count = BatchHeader::parse(&b)
+                    .map_err(|e| Response::error(ErrorCode::CorruptBatch, e.to_string()))?
+                    .record_count;
+                Append {
+                    batch: b,
+                    record_count,
+                    ..nothing(dead_letters)
+                }
             }
-            None if sequence.is_some() => (Bytes::new(), header),
-            None => {
-                // Nothing to store and no sequence to advance: acknowledge
-                // at the current log end.
-                let end = self
-                    .read_at(&topic, partition, u64::MAX, 1)
-                    .await
-                    .map(|r| r.offsets.log_end)?;
-                let (tx, rx) = oneshot::channel();
-                let _ = tx.send(Ok(AppendOutcome::Appended { base_offset: end }));
-                return Ok(rx);
-            }
+            None => nothing(dead_letters),
         };
-        let append = Append {
-            topic,
-            partition,
-            batch,
-            header,
-            sequence,
-        };
-        Ok(self.writer.append(append, durable).await)
+        Ok(self.writer.append(append).await)
+    }
+
+    /// Creates a topic, ordered with appends through the writer, and
+    /// registers it with the topic cache and the group coordinator.
+    pub async fn create_topic(&self, mut spec: TopicSpec) -> Result<(), TopicError> {
+        if spec.max_message_bytes == 0 {
+            spec.max_message_bytes = self.limits.max_message_bytes;
+        }
+        self.writer.create_topic(spec.clone()).await?;
+        self.groups.set_topic(&spec.name, spec.partitions);
+        self.topics_mut().insert(spec.name.clone(), spec);
+        Ok(())
     }
 
     /// The dead-letter topic of `topic`, created (one partition, kept
@@ -295,10 +320,9 @@ impl Broker {
                 retention_bytes: -1,
                 max_message_bytes: self.limits.max_message_bytes,
             };
-            match Box::pin(self.handle(Request::CreateTopic(spec))).await {
-                Response::TopicCreated => {}
-                Response::Error { code, .. } if code == ErrorCode::TopicExists as u16 => {}
-                other => return Err(other),
+            match self.create_topic(spec).await {
+                Ok(()) | Err(TopicError::Exists(_)) => {}
+                Err(e) => return Err(Failure::from(e).0),
             }
         }
         Ok(dlq)
@@ -321,10 +345,16 @@ impl Broker {
                 topic: dlq.clone(),
                 partition: 0,
                 batch,
-                header,
+                record_count: header.record_count,
                 sequence: None,
+                acks: if durable {
+                    AckLevel::Durable
+                } else {
+                    AckLevel::Leader
+                },
+                dead_letters: None,
             };
-            match self.writer.append(append, durable).await.await {
+            match self.writer.append(append).await.await {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => return Err(Failure::from(e).0),
                 Err(_) => return Err(Response::error(ErrorCode::ShuttingDown, "writer stopped")),
@@ -338,30 +368,19 @@ impl Broker {
     pub async fn handle(&self, request: Request) -> Response {
         let this = self.clone();
         match request {
-            Request::CreateTopic(mut spec) => {
-                if spec.max_message_bytes == 0 {
-                    spec.max_message_bytes = self.limits.max_message_bytes;
+            Request::CreateTopic(spec) => match self.create_topic(spec).await {
+                Ok(()) => Response::TopicCreated,
+                Err(e) => Failure::from(e).0,
+            },
+            Request::DeleteTopic { name } => match self.writer.delete_topic(name.clone()).await {
+                Ok(()) => {
+                    self.topics_mut().remove(&name);
+                    self.groups.remove_topic(&name);
+                    self.plugins.topic_deleted(&name);
+                    Response::TopicDeleted
                 }
-                this.blocking(move |b| {
-                    b.store.create_topic(&spec).map(|()| {
-                        b.groups.set_topic(&spec.name, spec.partitions);
-                        b.topics_mut().insert(spec.name.clone(), spec);
-                        Response::TopicCreated
-                    })
-                })
-                .await
-            }
-            Request::DeleteTopic { name } => {
-                this.blocking(move |b| {
-                    b.store.delete_topic(&name).map(|()| {
-                        b.topics_mut().remove(&name);
-                        b.groups.remove_topic(&name);
-                        b.plugins.topic_deleted(&name);
-                        Response::TopicDeleted
-                    })
-                })
-                .await
-            }
+                Err(e) => Failure::from(e).0,
+            },
             Request::ListTopics => {
                 let mut topics: Vec<TopicSpec> = self
                     .topics
@@ -380,7 +399,7 @@ impl Broker {
                 this.blocking(move |b| {
                     let mut partitions = Vec::with_capacity(spec.partitions as usize);
                     for p in 0..spec.partitions {
-                        let o = b.store.offsets(&spec.name, p)?;
+                        let o = b.offsets(&spec.name, p)?;
                         partitions.push(PartitionInfo {
                             partition: p,
                             log_start: o.log_start,
@@ -475,8 +494,11 @@ impl Broker {
                     .await
             }
             Request::DescribeGroup { group } => {
-                this.blocking(move |b| Ok::<_, ReadError>(b.groups.describe(&*b.store, &group)))
-                    .await
+                this.blocking(move |b| {
+                    let log_end = |t: &str, p| b.high_watermark(t, p);
+                    Ok::<_, ReadError>(b.groups.describe(&*b.store, &group, log_end))
+                })
+                .await
             }
             Request::ResetOffsets { group, topic, to } => {
                 self.groups.reset(self, &group, &topic, to).await
@@ -575,9 +597,9 @@ impl Broker {
         partition: u32,
         position: Position,
     ) -> Result<u64, Response> {
-        let (t, store) = (topic.to_owned(), self.store.clone());
+        let (t, this) = (topic.to_owned(), self.clone());
         let result = tokio::task::spawn_blocking(move || -> Result<u64, Response> {
-            let o = store
+            let o = this
                 .offsets(&t, partition)
                 .map_err(|e| Failure::from(e).0)?;
             Ok(match position {
@@ -590,13 +612,28 @@ impl Broker {
                     ));
                 }
                 Position::Offset(n) => n.max(o.log_start),
-                Position::Timestamp(ts) => store
+                Position::Timestamp(ts) => this
+                    .store
                     .offset_for_timestamp(&t, partition, ts)
-                    .map_err(|e| Failure::from(e).0)?,
+                    .map_err(|e| Failure::from(e).0)?
+                    .min(o.log_end),
             })
         })
         .await;
         result.unwrap_or_else(|e| Err(Response::error(ErrorCode::StorageError, e.to_string())))
+    }
+
+    /// The partition's high watermark: the end of the log as readers see
+    /// it. 0 for a partition that does not exist (a read of it fails).
+    pub fn high_watermark(&self, topic: &str, partition: u32) -> u64 {
+        self.writer.high_watermark(topic, partition).unwrap_or(0)
+    }
+
+    /// The partition's log start and end as readers see them: the end is
+    /// the high watermark. Blocks on a read transaction.
+    pub fn offsets(&self, topic: &str, partition: u32) -> Result<PartitionOffsets, ReadError> {
+        let upper = self.high_watermark(topic, partition);
+        Ok(self.store.offsets(topic, partition)?.bounded(upper))
     }
 
     /// Reads batches from a resolved position.
@@ -620,8 +657,9 @@ impl Broker {
         max_bytes: u32,
     ) -> Result<ReadBatches, Response> {
         let max_bytes = max_bytes.clamp(1, self.limits.max_fetch_bytes) as usize;
+        let upper = self.high_watermark(topic, partition);
         let (t, store) = (topic.to_owned(), self.store.clone());
-        tokio::task::spawn_blocking(move || store.read(&t, partition, offset, max_bytes))
+        tokio::task::spawn_blocking(move || store.read(&t, partition, offset, max_bytes, upper))
             .await
             .map_err(|e| Response::error(ErrorCode::StorageError, e.to_string()))?
             .map_err(|e| Failure::from(e).0)
@@ -678,20 +716,31 @@ impl From<ReadError> for Failure {
     }
 }
 
-impl From<WriteError> for Failure {
-    fn from(e: WriteError) -> Self {
+impl From<AppendFailure> for Failure {
+    fn from(e: AppendFailure) -> Self {
         let code = match &e {
-            WriteError::Append(a) => match a {
-                AppendError::UnknownTopic(_) => ErrorCode::UnknownTopic,
-                AppendError::UnknownPartition { .. } => ErrorCode::UnknownPartition,
-                AppendError::ProducerFenced { .. } => ErrorCode::ProducerFenced,
-                AppendError::OutOfOrderSequence { .. } => ErrorCode::OutOfOrderSequence,
-                AppendError::StaleDuplicate { .. } => ErrorCode::DuplicateSequence,
-                _ => ErrorCode::StorageError,
+            AppendFailure::UnknownTopic(_) => ErrorCode::UnknownTopic,
+            AppendFailure::UnknownPartition { .. } => ErrorCode::UnknownPartition,
+            AppendFailure::Refused(refused) => match refused {
+                AppendRefused::ProducerFenced { .. } => ErrorCode::ProducerFenced,
+                AppendRefused::OutOfOrderSequence { .. } => ErrorCode::OutOfOrderSequence,
+                AppendRefused::StaleDuplicate { .. } => ErrorCode::DuplicateSequence,
+                _ => ErrorCode::InvalidRequest,
             },
-            WriteError::Store(_) => ErrorCode::StorageError,
+            AppendFailure::Stopped => ErrorCode::ShuttingDown,
+            _ => ErrorCode::StorageError,
         };
         Failure(Response::error(code, e.to_string()))
+    }
+}
+
+/// The engine's ack level for a wire ack level.
+pub fn ack_level(acks: Acks) -> AckLevel {
+    match acks {
+        Acks::None => AckLevel::None,
+        Acks::Leader => AckLevel::Leader,
+        Acks::Durable => AckLevel::Durable,
+        Acks::All => AckLevel::All,
     }
 }
 

@@ -13,7 +13,7 @@ use edgebus_proto::frame::{
     AssignmentStrategy, GroupLag, MemberInfo, PartitionOffset, Position, Response,
     TopicPartition as WireTp,
 };
-use edgebus_store::{LogStore, OffsetCommit};
+use edgebus_store::{CommitError, LogStore, OffsetCommit};
 use tokio::sync::Notify;
 
 use crate::broker::Broker;
@@ -281,7 +281,7 @@ impl Groups {
             .collect();
         match broker.writer().commit_offsets(commits).await {
             Ok(()) => Response::Done,
-            Err(e) => e,
+            Err(e) => commit_error(e),
         }
     }
 
@@ -297,7 +297,14 @@ impl Groups {
 
     /// `DescribeGroup`: members, what they own, and per partition of the
     /// group's topics the committed offset and log end.
-    pub fn describe(&self, store: &dyn LogStore, group: &str) -> Response {
+    /// `log_end` is the partition's end as readers see it (its high
+    /// watermark).
+    pub fn describe(
+        &self,
+        store: &dyn LogStore,
+        group: &str,
+        log_end: impl Fn(&str, u32) -> u64,
+    ) -> Response {
         let description = self.lock().describe(group);
         let committed = match store.committed_offsets(group) {
             Ok(c) => c,
@@ -331,7 +338,7 @@ impl Groups {
                 continue;
             };
             for partition in 0..spec.partitions {
-                let log_end = store.offsets(&topic, partition).map_or(0, |o| o.log_end);
+                let log_end = log_end(&topic, partition);
                 let committed = committed
                     .iter()
                     .find(|c| c.topic == topic && c.partition == partition)
@@ -400,4 +407,14 @@ impl Groups {
 /// Heartbeat often enough that two can be lost within a session.
 fn heartbeat_interval(session: Duration) -> u32 {
     (session / 3).as_millis().min(u128::from(u32::MAX)) as u32
+}
+
+fn commit_error(e: CommitError) -> Response {
+    let code = match &e {
+        CommitError::UnknownTopic(_) => ErrorCode::UnknownTopic,
+        CommitError::UnknownPartition { .. } => ErrorCode::UnknownPartition,
+        CommitError::InvalidGroup(_) => ErrorCode::InvalidRequest,
+        _ => ErrorCode::StorageError,
+    };
+    Response::error(code, e.to_string())
 }

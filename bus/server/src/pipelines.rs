@@ -18,12 +18,13 @@ use edgebus_client::producer::partition_for_key;
 use edgebus_proto::ErrorCode;
 use edgebus_proto::batch::{self, BatchHeader, Record, StoredRecord};
 use edgebus_proto::frame::{FailurePolicy, PipelineDescription, PluginRef, Request, Response};
-use edgebus_store::{Append, ConfigKind, LogStore, PipelineCommit};
+use edgebus_store::{ConfigKind, LogStore};
 use edgebus_wasm::{ChainOutput, PluginError, StateStore};
 use tokio::task::JoinHandle;
 
 use crate::broker::Broker;
 use crate::plugins::{Counters, Halt, batches, dead_letter, lock, to_plugin};
+use crate::writer::{Output, PipelineStep};
 
 /// Bytes of source batches one step reads at most.
 const STEP_MAX_BYTES: u32 = 1 << 20;
@@ -264,7 +265,12 @@ impl Pipelines {
         let _ = running.task.await;
         // Through the writer, so a step the task queued before it was
         // stopped commits first and cannot write its position back after.
-        match broker.writer().delete_pipeline(name.to_owned()).await {
+        let name = name.to_owned();
+        let deleted = broker.writer().run(move |store| {
+            store.put_config(ConfigKind::Pipeline, &name, None)?;
+            store.delete_pipeline_data(&name)
+        });
+        match deleted.await {
             Ok(()) => Response::Done,
             Err(e) => Response::error(ErrorCode::StorageError, e.to_string()),
         }
@@ -531,9 +537,9 @@ async fn step(
         };
         by_partition.entry(target).or_default().push(r);
     }
-    let mut appends = Vec::new();
+    let mut outputs = Vec::new();
     for (target, records) in &by_partition {
-        appends.extend(appends_for(&def.to, *target, records)?);
+        outputs.extend(outputs_for(&def.to, *target, records)?);
     }
     let mut dead_lettered = 0;
     if def.on_failure == FailurePolicy::DeadLetter && !failed.is_empty() {
@@ -557,13 +563,13 @@ async fn step(
             .ensure_dlq(&def.from)
             .await
             .map_err(|e| StepError::Halt(format!("dead-letter topic: {e:?}")))?;
-        appends.extend(appends_for(&dlq, 0, &letters)?);
+        outputs.extend(outputs_for(&dlq, 0, &letters)?);
     }
     let state: Vec<(Vec<u8>, Option<Vec<u8>>)> =
         std::mem::take(&mut *lock(overlay)).into_iter().collect();
-    let commit = PipelineCommit {
+    let commit = PipelineStep {
         pipeline: def.name.clone(),
-        appends,
+        outputs,
         state,
         source_partition: p,
         source_next_offset: next,
@@ -584,17 +590,16 @@ async fn step(
     Ok(Some(next))
 }
 
-fn appends_for(topic: &str, partition: u32, records: &[Record]) -> Result<Vec<Append>, StepError> {
+fn outputs_for(topic: &str, partition: u32, records: &[Record]) -> Result<Vec<Output>, StepError> {
     batches(records, edgebus_client::producer::DEFAULT_BATCH_MAX_BYTES)
         .into_iter()
         .map(|batch| {
             let header = BatchHeader::parse(&batch).map_err(|e| StepError::Halt(e.to_string()))?;
-            Ok(Append {
+            Ok(Output {
                 topic: topic.to_owned(),
                 partition,
+                record_count: header.record_count,
                 batch,
-                header,
-                sequence: None,
             })
         })
         .collect()

@@ -224,7 +224,7 @@ async fn serve_stream(
                                 base_offset: outcome.base_offset(),
                                 duplicate: matches!(
                                     outcome,
-                                    edgebus_store::AppendOutcome::Duplicate { .. }
+                                    edgebus_core::partition::AppendOutcome::Duplicate { .. }
                                 ),
                             },
                             Ok(Err(e)) => Failure::from(e).0,

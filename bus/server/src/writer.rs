@@ -1,25 +1,42 @@
-//! The single writer: group commit.
+//! The single writer: the IO shell of the partition engines, with group
+//! commit.
 //!
 //! redb allows one write transaction at a time, and each durable commit
 //! costs an fsync. So one thread owns writing: it takes every append that is
-//! waiting, across all connections and partitions, commits them in one
-//! transaction, and only then answers each one. Under load a commit carries
-//! many batches and the fsync is shared; at low load a lone append commits
-//! at once, with no timer to wait for.
+//! waiting, across all connections and partitions, lets each partition's
+//! [`PartitionEngine`] decide its offset, dedup outcome and epoch, commits
+//! them all in one transaction, and then hands the engines the outcome,
+//! which release the acks that are due and advance the high watermark that
+//! readers see. Under load a commit carries many batches and the fsync is
+//! shared; at low load a lone append commits at once, with no timer to wait
+//! for.
 //!
 //! ```text
-//!  conn A ─┐                        ┌─▶ ack A
-//!  conn B ─┼─▶ queue ─▶ writer ─▶ txn + fsync ─┼─▶ ack B
-//!  conn C ─┘                        └─▶ ack C, wake subscribers
+//!  conn A ─┐                 engines decide          ┌─▶ ack A
+//!  conn B ─┼─▶ queue ─▶ writer ──▶ txn + fsync ──▶ engines ─┼─▶ ack B
+//!  conn C ─┘                                          └─▶ high watermark ─▶ readers
 //! ```
+//!
+//! Writes that are not durable (`acks=leader` or `none`) are acknowledged
+//! at commit but become visible to readers only once fsync'd: readers never
+//! see past the high watermark, so a record read once is never lost by a
+//! crash. The writer fsyncs them as soon as its queue is empty, and at
+//! least every [`FLUSH_INTERVAL`] under steady load.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
-use edgebus_proto::ErrorCode;
-use edgebus_proto::frame::Response;
+use bytes::Bytes;
+use edgebus_core::partition::{
+    AckLevel, AppendError, AppendOutcome, AppendRequest, Command, PartitionEngine, PartitionState,
+    ReplicaId, WriteId,
+};
+use edgebus_core::producer::{AppendRefused, ProducerState, SequenceSpan};
+use edgebus_proto::batch::ProducerStamp;
 use edgebus_store::{
-    Append, AppendError, AppendOutcome, CommitError, ConfigKind, LogStore, OffsetCommit,
-    PipelineCommit, PipelineError, RetentionReport, StoreError,
+    CommitError, LogStore, LogWrite, OffsetCommit, PipelineCommit, ReadError, RetentionReport,
+    StoreError, TopicError, TopicSpec, WriteError,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -28,25 +45,136 @@ use crate::notify::Notifier;
 /// Appends queued for the writer before producers wait.
 const QUEUE_DEPTH: usize = 8192;
 
-/// Result of one append, as the writer reports it.
-pub type AppendResult = Result<AppendOutcome, WriteError>;
+/// Offset-commit requests sharing one transaction at most.
+const MAX_GROUP_OFFSET_COMMITS: usize = 4096;
 
-/// Why an append was not stored.
-#[derive(Debug, thiserror::Error)]
-pub enum WriteError {
-    /// The store refused this append; others in the group are unaffected.
+/// The longest a committed but not yet durable write waits for its fsync
+/// while the writer is busy; an idle writer fsyncs at once.
+pub const FLUSH_INTERVAL: Duration = Duration::from_millis(20);
+
+/// This node's replica id. A single node is the only replica of each of
+/// its partitions; the cluster gives nodes their ids.
+const LOCAL_REPLICA: ReplicaId = 0;
+
+/// One batch to append.
+#[derive(Debug, Clone)]
+pub struct Append {
+    /// Topic name.
+    pub topic: String,
+    /// Partition index.
+    pub partition: u32,
+    /// The encoded, validated batch; empty when an ingest chain dropped
+    /// every record and only the producer's sequence advances.
+    pub batch: Bytes,
+    /// Records in `batch`.
+    pub record_count: u32,
+    /// The producer's batch as sent (its stamp and record count), for
+    /// deduplication: it differs from `batch` when an ingest chain rewrote
+    /// the records. `None` for a producer that is not idempotent.
+    pub sequence: Option<SequenceSpan>,
+    /// When to acknowledge.
+    pub acks: AckLevel,
+    /// Dead letters of this batch, stored in the same transaction, and only
+    /// if the batch itself is stored (not a retry, not refused).
+    pub dead_letters: Option<DeadLetters>,
+}
+
+/// Dead letters to append to partition 0 of a dead-letter topic.
+#[derive(Debug, Clone)]
+pub struct DeadLetters {
+    /// The dead-letter topic.
+    pub topic: String,
+    /// Encoded batches with their record counts.
+    pub batches: Vec<(Bytes, u32)>,
+}
+
+/// One pipeline output batch.
+#[derive(Debug, Clone)]
+pub struct Output {
+    /// Topic name.
+    pub topic: String,
+    /// Partition index.
+    pub partition: u32,
+    /// The encoded batch.
+    pub batch: Bytes,
+    /// Records in it.
+    pub record_count: u32,
+}
+
+/// One exactly-once pipeline step: outputs, plugin state and the source
+/// position, committed in one durable transaction.
+#[derive(Debug, Clone)]
+pub struct PipelineStep {
+    /// Pipeline name.
+    pub pipeline: String,
+    /// Output batches and dead letters.
+    pub outputs: Vec<Output>,
+    /// Plugin state changes in order: `Some` sets, `None` deletes.
+    pub state: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// The source partition the step read.
+    pub source_partition: u32,
+    /// The next source offset after the step.
+    pub source_next_offset: u64,
+}
+
+/// Result of one append, as the writer reports it.
+pub type AppendResult = Result<AppendOutcome, AppendFailure>;
+
+/// Why an append was not acknowledged as stored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AppendFailure {
+    /// The producer dedup rules refused it.
     #[error(transparent)]
-    Append(#[from] AppendError),
-    /// The transaction failed; nothing in it was stored.
-    #[error("{0}")]
-    Store(String),
+    Refused(#[from] AppendRefused),
+    /// No such topic.
+    #[error("unknown topic {0:?}")]
+    UnknownTopic(String),
+    /// The topic has fewer partitions.
+    #[error("topic {topic:?} has no partition {partition}")]
+    UnknownPartition {
+        /// Topic name.
+        topic: String,
+        /// Requested partition.
+        partition: u32,
+    },
+    /// The transaction that was to hold it failed; nothing of it was
+    /// stored. Retriable.
+    #[error("storage: {0}")]
+    Storage(String),
+    /// The writer has stopped.
+    #[error("writer stopped")]
+    Stopped,
+}
+
+impl From<ReadError> for AppendFailure {
+    fn from(e: ReadError) -> Self {
+        match e {
+            ReadError::UnknownTopic(topic) => AppendFailure::UnknownTopic(topic),
+            ReadError::UnknownPartition { topic, partition } => {
+                AppendFailure::UnknownPartition { topic, partition }
+            }
+            other => AppendFailure::Storage(other.to_string()),
+        }
+    }
+}
+
+/// Why a pipeline step was not committed. Nothing of it was applied.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum StepError {
+    /// An output names a topic or partition that does not exist.
+    #[error(transparent)]
+    Target(#[from] AppendFailure),
+    /// The store refused or failed the transaction.
+    #[error(transparent)]
+    Store(#[from] WriteError),
 }
 
 enum Op {
     Append {
-        append: Append,
-        durable: bool,
-        reply: oneshot::Sender<AppendResult>,
+        append: Box<Append>,
+        reply: Option<oneshot::Sender<AppendResult>>,
     },
     Retention {
         now_ms: i64,
@@ -57,163 +185,695 @@ enum Op {
         reply: oneshot::Sender<Result<(), CommitError>>,
     },
     Pipeline {
-        commit: Box<PipelineCommit>,
-        reply: oneshot::Sender<Result<Vec<u64>, PipelineError>>,
+        step: Box<PipelineStep>,
+        reply: oneshot::Sender<Result<Vec<u64>, StepError>>,
     },
-    DeletePipeline {
+    CreateTopic {
+        spec: TopicSpec,
+        reply: oneshot::Sender<Result<(), TopicError>>,
+    },
+    DeleteTopic {
         name: String,
-        reply: oneshot::Sender<Result<(), StoreError>>,
+        reply: oneshot::Sender<Result<(), TopicError>>,
     },
+    Run {
+        job: Job,
+    },
+}
+
+/// A metadata write run on the writer thread.
+type Job = Box<dyn FnOnce(&dyn LogStore) + Send>;
+
+type Key = (String, u32);
+
+/// The high watermark of every partition: what readers may see.
+#[derive(Debug, Default)]
+struct Watermarks(RwLock<HashMap<Key, u64>>);
+
+impl Watermarks {
+    fn get(&self, topic: &str, partition: u32) -> Option<u64> {
+        let map = self.0.read().unwrap_or_else(PoisonError::into_inner);
+        map.get(&(topic.to_owned(), partition)).copied()
+    }
+
+    fn set(&self, key: Key, high_watermark: u64) {
+        let mut map = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        map.insert(key, high_watermark);
+    }
+
+    fn remove_topic(&self, topic: &str) {
+        let mut map = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        map.retain(|(t, _), _| t != topic);
+    }
 }
 
 /// A handle to the writer thread. Cheap to clone.
 #[derive(Clone)]
 pub struct Writer {
     tx: mpsc::Sender<Op>,
+    engines: Arc<Mutex<Engines>>,
+    watermarks: Arc<Watermarks>,
 }
 
 impl Writer {
-    /// Starts the writer thread. It stops when every handle is dropped.
-    pub fn spawn(store: Arc<dyn LogStore>, notifier: Notifier, max_group_bytes: usize) -> Writer {
+    /// Starts the writer thread over `store`, whose every partition starts
+    /// with its stored log end as high watermark (all of it is durable). It
+    /// stops when every handle is dropped.
+    pub fn spawn(
+        store: Arc<dyn LogStore>,
+        notifier: Notifier,
+        max_group_bytes: usize,
+    ) -> Result<Writer, StoreError> {
+        let watermarks = Arc::new(Watermarks::default());
+        for spec in store.topics()? {
+            for partition in 0..spec.partitions {
+                let log_end = store
+                    .offsets(&spec.name, partition)
+                    .map_err(|e| StoreError::Backend(e.to_string()))?
+                    .log_end;
+                watermarks.set((spec.name.clone(), partition), log_end);
+            }
+        }
+        let engines = Arc::new(Mutex::new(Engines::default()));
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let shell = Shell {
+            store,
+            notifier,
+            engines: engines.clone(),
+            watermarks: watermarks.clone(),
+            max_group_bytes,
+            next_request: 0,
+            group: Group::default(),
+            unflushed_since: None,
+        };
         std::thread::Builder::new()
             .name("edgebus-writer".into())
-            .spawn(move || run(store, notifier, max_group_bytes, rx))
-            .expect("spawning the writer thread");
-        Writer { tx }
+            .spawn(move || shell.run(rx))
+            .map_err(|e| StoreError::Backend(format!("spawning the writer thread: {e}")))?;
+        Ok(Writer {
+            tx,
+            engines,
+            watermarks,
+        })
     }
 
-    /// Queues an append; the receiver resolves after the commit that holds it.
-    pub async fn append(&self, append: Append, durable: bool) -> oneshot::Receiver<AppendResult> {
+    /// Queues an append; the receiver resolves when its ack level is met.
+    /// With `acks=none` nothing is ever sent and the receiver reports a
+    /// closed channel.
+    pub async fn append(&self, append: Append) -> oneshot::Receiver<AppendResult> {
         let (reply, rx) = oneshot::channel();
+        let reply = (append.acks != AckLevel::None).then_some(reply);
         // If the writer is gone, `reply` is dropped and the receiver reports it.
         let _ = self
             .tx
             .send(Op::Append {
-                append,
-                durable,
+                append: Box::new(append),
                 reply,
             })
             .await;
         rx
     }
 
+    /// The base offset of this exact producer batch if it is a retry of a
+    /// recent batch the partition stored (or is storing): lets the broker
+    /// answer a retry without running an ingest chain again, whose dead
+    /// letters and state changes would otherwise happen twice. `None` also
+    /// for a partition nothing was appended to since the start, whose
+    /// engine is not loaded: the append itself then finds the retry.
+    pub fn duplicate_of(
+        &self,
+        topic: &str,
+        partition: u32,
+        stamp: ProducerStamp,
+        record_count: u32,
+    ) -> Option<u64> {
+        let engines = self.engines.lock().unwrap_or_else(PoisonError::into_inner);
+        engines
+            .get(&(topic.to_owned(), partition))
+            .and_then(|slot| slot.engine.duplicate_of(stamp, record_count))
+    }
+
+    /// The partition's high watermark: readers see records below it only.
+    /// `None` for a partition that does not exist.
+    pub fn high_watermark(&self, topic: &str, partition: u32) -> Option<u64> {
+        self.watermarks.get(topic, partition)
+    }
+
+    async fn call<T>(
+        &self,
+        op: impl FnOnce(oneshot::Sender<T>) -> Op,
+        stopped: impl Fn() -> T,
+    ) -> T {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(op(reply)).await.is_err() {
+            return stopped();
+        }
+        rx.await.unwrap_or_else(|_| stopped())
+    }
+
     /// Stores consumer-group offsets. Every commit waiting when the writer
     /// gets to it shares one transaction and one fsync.
-    pub async fn commit_offsets(&self, commits: Vec<OffsetCommit>) -> Result<(), Response> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Op::Commit { commits, reply })
-            .await
-            .map_err(|_| Response::error(ErrorCode::ShuttingDown, "writer stopped"))?;
-        match rx.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(commit_error(e)),
-            Err(_) => Err(Response::error(ErrorCode::ShuttingDown, "writer stopped")),
-        }
+    pub async fn commit_offsets(&self, commits: Vec<OffsetCommit>) -> Result<(), CommitError> {
+        self.call(
+            |reply| Op::Commit { commits, reply },
+            || Err(CommitError::Store(stopped())),
+        )
+        .await
     }
 
-    /// Commits one exactly-once pipeline step (outputs, plugin state and
-    /// source position in one transaction), then wakes subscribers of the
-    /// partitions it wrote.
-    pub async fn commit_pipeline(&self, commit: PipelineCommit) -> Result<Vec<u64>, PipelineError> {
-        let (reply, rx) = oneshot::channel();
-        let stopped = || PipelineError::Store(StoreError::Backend("writer stopped".into()));
-        self.tx
-            .send(Op::Pipeline {
-                commit: Box::new(commit),
+    /// Commits one exactly-once pipeline step (outputs at offsets their
+    /// partition engines choose, plugin state and source position in one
+    /// durable transaction). Returns each output's base offset.
+    pub async fn commit_pipeline(&self, step: PipelineStep) -> Result<Vec<u64>, StepError> {
+        self.call(
+            |reply| Op::Pipeline {
+                step: Box::new(step),
                 reply,
-            })
-            .await
-            .map_err(|_| stopped())?;
-        rx.await.map_err(|_| stopped())?
+            },
+            || Err(StepError::Target(AppendFailure::Stopped)),
+        )
+        .await
     }
 
-    /// Deletes a pipeline's definition, positions and state, after every
-    /// step already queued.
-    pub async fn delete_pipeline(&self, name: String) -> Result<(), StoreError> {
-        let (reply, rx) = oneshot::channel();
-        let stopped = || StoreError::Backend("writer stopped".into());
-        self.tx
-            .send(Op::DeletePipeline { name, reply })
-            .await
-            .map_err(|_| stopped())?;
-        rx.await.map_err(|_| stopped())?
+    /// Creates a topic, ordered with the appends around it.
+    pub async fn create_topic(&self, spec: TopicSpec) -> Result<(), TopicError> {
+        self.call(
+            |reply| Op::CreateTopic { spec, reply },
+            || Err(TopicError::Store(stopped())),
+        )
+        .await
+    }
+
+    /// Deletes a topic after every append queued before, and forgets its
+    /// partition engines, so a topic recreated under the name starts anew.
+    pub async fn delete_topic(&self, name: String) -> Result<(), TopicError> {
+        self.call(
+            |reply| Op::DeleteTopic { name, reply },
+            || Err(TopicError::Store(stopped())),
+        )
+        .await
     }
 
     /// Runs retention inside the writer, so it never races an append.
     pub async fn enforce_retention(&self, now_ms: i64) -> Result<RetentionReport, StoreError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Op::Retention { now_ms, reply })
+        self.call(|reply| Op::Retention { now_ms, reply }, || Err(stopped()))
             .await
-            .map_err(|_| StoreError::Backend("writer stopped".into()))?;
-        rx.await
-            .map_err(|_| StoreError::Backend("writer stopped".into()))?
+    }
+
+    /// Runs a metadata write on the writer thread, after every write queued
+    /// before it (a pipeline's deletion after its last step, say).
+    pub async fn run<T: Send + 'static>(
+        &self,
+        job: impl FnOnce(&dyn LogStore) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        self.call(
+            |reply| Op::Run {
+                job: Box::new(move |store| {
+                    let _ = reply.send(job(store));
+                }),
+            },
+            || Err(stopped()),
+        )
+        .await
     }
 }
 
-fn run(
+fn stopped() -> StoreError {
+    StoreError::Backend("writer stopped".into())
+}
+
+/// One partition's engine and the replies waiting on it.
+struct Slot {
+    engine: PartitionEngine,
+    /// Requests of this partition whose ack is still to come, by id.
+    replies: HashMap<u64, oneshot::Sender<AppendResult>>,
+    /// The last write reported committed, and whether it is durable.
+    written: Option<WriteId>,
+    durable: bool,
+}
+
+type Engines = HashMap<Key, Slot>;
+
+/// The writes of one group commit, not yet committed.
+#[derive(Default)]
+struct Group {
+    writes: Vec<LogWrite>,
+    /// The last write of each partition in `writes`.
+    last: HashMap<Key, WriteId>,
+    durable: bool,
+    bytes: usize,
+}
+
+struct Shell {
     store: Arc<dyn LogStore>,
     notifier: Notifier,
+    engines: Arc<Mutex<Engines>>,
+    watermarks: Arc<Watermarks>,
     max_group_bytes: usize,
-    mut rx: mpsc::Receiver<Op>,
-) {
-    let mut appends = Vec::new();
-    let mut replies = Vec::new();
-    let mut commits = Vec::new();
-    while let Some(first) = rx.blocking_recv() {
-        let mut next = Some(first);
-        let mut durable = false;
-        let mut bytes = 0;
-        while let Some(op) = next.take() {
-            match op {
-                Op::Append {
-                    append,
-                    durable: d,
-                    reply,
-                } => {
-                    durable |= d;
-                    bytes += append.batch.len();
-                    appends.push(append);
-                    replies.push(reply);
-                }
-                Op::Retention { now_ms, reply } => {
-                    let _ = reply.send(store.enforce_retention(now_ms));
-                }
-                Op::Commit { commits: c, reply } => commits.push((c, reply)),
-                Op::Pipeline { commit, reply } => {
-                    let result = store.commit_pipeline(&commit);
-                    if let Ok(bases) = &result {
-                        for (append, base) in commit.appends.iter().zip(bases) {
-                            let end = base + u64::from(append.header.record_count);
-                            notifier.publish(&append.topic, append.partition, end);
-                        }
+    next_request: u64,
+    group: Group,
+    /// When the oldest committed write not yet fsync'd was committed.
+    unflushed_since: Option<Instant>,
+}
+
+impl Shell {
+    fn run(mut self, mut rx: mpsc::Receiver<Op>) {
+        let mut commits = Vec::new();
+        loop {
+            let first = match rx.try_recv() {
+                Ok(op) => op,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    // Idle: make every committed write durable before
+                    // sleeping, so readers see it.
+                    self.flush();
+                    match rx.blocking_recv() {
+                        Some(op) => op,
+                        None => return,
                     }
-                    let _ = reply.send(result);
                 }
-                Op::DeletePipeline { name, reply } => {
-                    let deleted = store
-                        .put_config(ConfigKind::Pipeline, &name, None)
-                        .and_then(|()| store.delete_pipeline_data(&name));
-                    let _ = reply.send(deleted);
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    self.flush();
+                    return;
+                }
+            };
+            let mut next = Some(first);
+            while let Some(op) = next.take() {
+                match op {
+                    Op::Append { append, reply } => self.decide(*append, reply),
+                    Op::Commit { commits: c, reply } => commits.push((c, reply)),
+                    other => {
+                        self.commit_group();
+                        self.execute(other);
+                    }
+                }
+                if self.group.bytes < self.max_group_bytes
+                    && commits.len() < MAX_GROUP_OFFSET_COMMITS
+                {
+                    next = rx.try_recv().ok();
                 }
             }
-            if bytes < max_group_bytes && commits.len() < MAX_GROUP_OFFSET_COMMITS {
-                next = rx.try_recv().ok();
+            self.commit_group();
+            if !commits.is_empty() {
+                commit_offsets(&*self.store, &mut commits);
+            }
+            if self
+                .unflushed_since
+                .is_some_and(|since| since.elapsed() >= FLUSH_INTERVAL)
+            {
+                self.flush();
             }
         }
-        if !appends.is_empty() {
-            commit(&*store, &notifier, &mut appends, &mut replies, durable);
+    }
+
+    fn execute(&mut self, op: Op) {
+        match op {
+            Op::Append { .. } | Op::Commit { .. } => unreachable!("batched by run"),
+            Op::Retention { now_ms, reply } => {
+                let _ = reply.send(self.store.enforce_retention(now_ms));
+            }
+            Op::Pipeline { step, reply } => {
+                let _ = reply.send(self.commit_pipeline(*step));
+            }
+            Op::CreateTopic { spec, reply } => {
+                let created = self.store.create_topic(&spec);
+                if created.is_ok() {
+                    for partition in 0..spec.partitions {
+                        self.watermarks.set((spec.name.clone(), partition), 0);
+                    }
+                }
+                let _ = reply.send(created);
+            }
+            Op::DeleteTopic { name, reply } => {
+                let deleted = self.store.delete_topic(&name);
+                if deleted.is_ok() {
+                    self.watermarks.remove_topic(&name);
+                    let mut engines = self.lock_engines();
+                    engines.retain(|(topic, _), _| *topic != name);
+                }
+                let _ = reply.send(deleted);
+            }
+            Op::Run { job } => job(&*self.store),
         }
-        if !commits.is_empty() {
-            commit_offsets(&*store, &mut commits);
+    }
+
+    fn lock_engines(&self) -> std::sync::MutexGuard<'_, Engines> {
+        // The engines are only mutated on this thread, between whole
+        // calls, so a poisoned lock still guards consistent state.
+        self.engines.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Loads a partition's engine from the store if it is not loaded.
+    fn load(&self, engines: &mut Engines, key: &Key) -> Result<(), AppendFailure> {
+        if engines.contains_key(key) {
+            return Ok(());
+        }
+        let (topic, partition) = (key.0.as_str(), key.1);
+        let log_end = self.store.offsets(topic, partition)?.log_end;
+        let epochs = self.store.epochs(topic, partition)?;
+        let (leader_epoch, epoch_start) = epochs
+            .last()
+            .map_or((0, None), |e| (e.epoch, Some(e.start_offset)));
+        let producers = self
+            .store
+            .producer_states(topic, partition)?
+            .into_iter()
+            .map(|(id, state)| ProducerState::decode(&state).map(|state| (id, state)))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| {
+                AppendFailure::Storage(format!("producer state of {topic}/{partition}: {e}"))
+            })?;
+        let state = PartitionState {
+            log_end,
+            leader_epoch,
+            epoch_start,
+            producers,
+        };
+        engines.insert(
+            key.clone(),
+            Slot {
+                engine: PartitionEngine::new(state, LOCAL_REPLICA),
+                replies: HashMap::new(),
+                written: None,
+                durable: true,
+            },
+        );
+        Ok(())
+    }
+
+    /// Hands one append (and its dead letters) to their engines, adding the
+    /// writes they decide to the group.
+    fn decide(&mut self, append: Append, reply: Option<oneshot::Sender<AppendResult>>) {
+        let key = (append.topic.clone(), append.partition);
+        let engines = Arc::clone(&self.engines);
+        let mut engines = engines.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Err(e) = self.load(&mut engines, &key) {
+            if let Some(reply) = reply {
+                let _ = reply.send(Err(e));
+            }
+            return;
+        }
+        let request = AppendRequest {
+            id: self.next_id(),
+            record_count: append.record_count,
+            sequence: append.sequence,
+            acks: append.acks,
+        };
+        let stored = self.submit(&mut engines, &key, request, append.batch, reply);
+        self.group.durable |= matches!(append.acks, AckLevel::Durable | AckLevel::All);
+        if let (true, Some(letters)) = (stored, append.dead_letters) {
+            self.dead_letters(&mut engines, letters);
+        }
+    }
+
+    /// Appends dead letters at their topic's log end. They are acked with
+    /// the batch they came from, so they need no ack of their own.
+    fn dead_letters(&mut self, engines: &mut Engines, letters: DeadLetters) {
+        let key = (letters.topic, 0);
+        if let Err(e) = self.load(engines, &key) {
+            tracing::error!(error = %e, topic = %key.0, "dead-letter topic missing");
+            return;
+        }
+        for (batch, record_count) in letters.batches {
+            let request = AppendRequest {
+                id: self.next_id(),
+                record_count,
+                sequence: None,
+                acks: AckLevel::None,
+            };
+            self.submit(engines, &key, request, batch, None);
+        }
+    }
+
+    fn next_id(&mut self) -> u64 {
+        self.next_request += 1;
+        self.next_request
+    }
+
+    /// Submits one request to an engine and runs its commands. Returns
+    /// whether the engine decided to write it.
+    fn submit(
+        &mut self,
+        engines: &mut Engines,
+        key: &Key,
+        request: AppendRequest,
+        batch: Bytes,
+        reply: Option<oneshot::Sender<AppendResult>>,
+    ) -> bool {
+        let Some(slot) = engines.get_mut(key) else {
+            return false;
+        };
+        if let Some(reply) = reply {
+            slot.replies.insert(request.id, reply);
+        }
+        slot.engine.handle_append(Instant::now(), request);
+        let mut batch = Some(batch);
+        let mut stored = false;
+        let commands: Vec<Command> = slot.engine.drain_commands().collect();
+        for command in commands {
+            if let Command::Append {
+                id,
+                write,
+                base_offset,
+                record_count,
+                leader_epoch,
+                producer,
+                ..
+            } = &command
+                && *id == request.id
+            {
+                stored = true;
+                let batch = if *record_count == 0 {
+                    Bytes::new()
+                } else {
+                    batch.take().unwrap_or_default()
+                };
+                self.group.bytes += batch.len();
+                self.group.writes.push(LogWrite {
+                    topic: key.0.clone(),
+                    partition: key.1,
+                    base_offset: *base_offset,
+                    leader_epoch: *leader_epoch,
+                    batch,
+                    producer: producer
+                        .as_ref()
+                        .map(|(id, state)| (*id, Bytes::from(state.encode()))),
+                });
+                self.group.last.insert(key.clone(), *write);
+            } else {
+                self.route(key, slot, command, None);
+            }
+        }
+        stored
+    }
+
+    /// Sends an ack to its requester, or publishes a high watermark.
+    fn route(&self, key: &Key, slot: &mut Slot, command: Command, failure: Option<&str>) {
+        match command {
+            Command::Ack { id, result } => {
+                if let Some(reply) = slot.replies.remove(&id) {
+                    let _ = reply.send(result.map_err(|e| failure_of(e, failure)));
+                }
+            }
+            Command::HighWatermark(high_watermark) => {
+                self.watermarks.set(key.clone(), high_watermark);
+                self.notifier.publish(&key.0, key.1, high_watermark);
+            }
+            Command::Append { .. } => {
+                // Only the request being submitted emits an Append, and
+                // `submit` takes it.
+                tracing::error!(topic = %key.0, partition = key.1, "unexpected append command");
+            }
+        }
+    }
+
+    /// Commits the group, if it has writes, and tells the engines.
+    fn commit_group(&mut self) {
+        let group = std::mem::take(&mut self.group);
+        if group.writes.is_empty() {
+            return;
+        }
+        let started = Instant::now();
+        let outcome = self.store.append_at(&group.writes, group.durable);
+        tracing::trace!(
+            batches = group.writes.len(),
+            durable = group.durable,
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "group commit"
+        );
+        match outcome {
+            Ok(()) => self.written(group.last, group.durable),
+            Err(e) => self.failed(&group.last, &e),
+        }
+    }
+
+    /// Reports committed writes to their engines. A durable commit makes
+    /// every earlier commit durable too, so it is reported to every engine
+    /// with writes not yet durable.
+    fn written(&mut self, mut last: HashMap<Key, WriteId>, durable: bool) {
+        let engines = Arc::clone(&self.engines);
+        let mut engines = engines.lock().unwrap_or_else(PoisonError::into_inner);
+        if durable {
+            for (key, slot) in engines.iter() {
+                if let Some(write) = slot.written.filter(|_| !slot.durable) {
+                    last.entry(key.clone()).or_insert(write);
+                }
+            }
+        }
+        for (key, write) in last {
+            let Some(slot) = engines.get_mut(&key) else {
+                continue;
+            };
+            slot.written = Some(write);
+            slot.durable = durable;
+            if let Err(e) = slot.engine.handle_written(Instant::now(), write, durable) {
+                tracing::error!(error = %e, topic = %key.0, partition = key.1, "engine refused a write report");
+            }
+            self.drain(&key, slot, None);
+        }
+        if durable {
+            self.unflushed_since = None;
+        } else if self.unflushed_since.is_none() {
+            self.unflushed_since = Some(Instant::now());
+        }
+    }
+
+    /// Reports a failed group commit: its writes are rolled back and their
+    /// requests fail. After an IO error the store reopens itself, back to
+    /// its last durable commit, so every engine is dropped (failing what
+    /// still waits on it) and reloaded from the store on next use.
+    fn failed(&mut self, last: &HashMap<Key, WriteId>, error: &WriteError) {
+        tracing::error!(error = %error, "group commit failed");
+        let reason = error.to_string();
+        let engines = Arc::clone(&self.engines);
+        let mut engines = engines.lock().unwrap_or_else(PoisonError::into_inner);
+        for key in last.keys() {
+            if let Some(slot) = engines.get_mut(key) {
+                slot.engine.handle_write_failed(Instant::now());
+                self.drain(key, slot, Some(&reason));
+            }
+        }
+        if matches!(
+            error,
+            WriteError::Store(StoreError::Io(_) | StoreError::Recovering(_))
+        ) {
+            for (_, slot) in engines.drain() {
+                for (_, reply) in slot.replies {
+                    let _ = reply.send(Err(AppendFailure::Storage(reason.clone())));
+                }
+            }
+            self.unflushed_since = None;
+        }
+    }
+
+    fn drain(&self, key: &Key, slot: &mut Slot, failure: Option<&str>) {
+        let commands: Vec<Command> = slot.engine.drain_commands().collect();
+        for command in commands {
+            self.route(key, slot, command, failure);
+        }
+    }
+
+    /// Makes every committed write durable with one fsync'd (empty)
+    /// transaction, releasing the acks and the high watermark waiting on it.
+    fn flush(&mut self) {
+        if self.unflushed_since.is_none() {
+            return;
+        }
+        match self.store.append_at(&[], true) {
+            Ok(()) => self.written(HashMap::new(), true),
+            Err(e) => self.failed(&HashMap::new(), &e),
+        }
+    }
+
+    /// Decides the offsets of a pipeline step's outputs and commits them
+    /// with its state and position in one durable transaction.
+    fn commit_pipeline(&mut self, step: PipelineStep) -> Result<Vec<u64>, StepError> {
+        let engines = Arc::clone(&self.engines);
+        let mut engines = engines.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut writes = Vec::with_capacity(step.outputs.len());
+        let mut last: HashMap<Key, WriteId> = HashMap::new();
+        for output in step.outputs {
+            let key = (output.topic, output.partition);
+            if let Err(e) = self.load(&mut engines, &key) {
+                // Roll back the outputs decided so far: nothing is written.
+                for key in last.keys() {
+                    if let Some(slot) = engines.get_mut(key) {
+                        slot.engine.handle_write_failed(Instant::now());
+                        self.drain(key, slot, Some("pipeline step refused"));
+                    }
+                }
+                return Err(StepError::Target(e));
+            }
+            let id = self.next_id();
+            let Some(slot) = engines.get_mut(&key) else {
+                continue;
+            };
+            slot.engine.handle_append(
+                Instant::now(),
+                AppendRequest {
+                    id,
+                    record_count: output.record_count,
+                    sequence: None,
+                    acks: AckLevel::None,
+                },
+            );
+            let commands: Vec<Command> = slot.engine.drain_commands().collect();
+            for command in commands {
+                match command {
+                    Command::Append {
+                        write,
+                        base_offset,
+                        leader_epoch,
+                        ..
+                    } => {
+                        writes.push(LogWrite {
+                            topic: key.0.clone(),
+                            partition: key.1,
+                            base_offset,
+                            leader_epoch,
+                            batch: output.batch.clone(),
+                            producer: None,
+                        });
+                        last.insert(key.clone(), write);
+                    }
+                    other => self.route(&key, slot, other, None),
+                }
+            }
+        }
+        drop(engines);
+        let base_offsets = writes.iter().map(|w| w.base_offset).collect();
+        let commit = PipelineCommit {
+            pipeline: step.pipeline,
+            writes,
+            state: step.state,
+            source_partition: step.source_partition,
+            source_next_offset: step.source_next_offset,
+        };
+        match self.store.commit_pipeline(&commit) {
+            Ok(()) => {
+                self.written(last, true);
+                Ok(base_offsets)
+            }
+            Err(e) => {
+                self.failed(&last, &e);
+                Err(StepError::Store(e))
+            }
         }
     }
 }
 
-/// Offset-commit requests sharing one transaction at most.
-const MAX_GROUP_OFFSET_COMMITS: usize = 4096;
+/// The writer's answer for an engine's failed ack.
+fn failure_of(error: AppendError, reason: Option<&str>) -> AppendFailure {
+    match error {
+        AppendError::Refused(refused) => AppendFailure::Refused(refused),
+        AppendError::StorageFailed => {
+            AppendFailure::Storage(reason.unwrap_or("the write failed").to_owned())
+        }
+        AppendError::Truncated { offset } => {
+            AppendFailure::Storage(format!("the log was truncated at {offset}"))
+        }
+        other => AppendFailure::Storage(other.to_string()),
+    }
+}
 
 type PendingCommit = (Vec<OffsetCommit>, oneshot::Sender<Result<(), CommitError>>);
 
@@ -239,51 +899,6 @@ fn commit_offsets(store: &dyn LogStore, pending: &mut Vec<PendingCommit>) {
         Err(_) => {
             for (commits, reply) in pending.drain(..) {
                 let _ = reply.send(store.commit_offsets(&commits));
-            }
-        }
-    }
-}
-
-fn commit_error(e: CommitError) -> Response {
-    let code = match &e {
-        CommitError::UnknownTopic(_) => ErrorCode::UnknownTopic,
-        CommitError::UnknownPartition { .. } => ErrorCode::UnknownPartition,
-        CommitError::InvalidGroup(_) => ErrorCode::InvalidRequest,
-        _ => ErrorCode::StorageError,
-    };
-    Response::error(code, e.to_string())
-}
-
-fn commit(
-    store: &dyn LogStore,
-    notifier: &Notifier,
-    appends: &mut Vec<Append>,
-    replies: &mut Vec<oneshot::Sender<AppendResult>>,
-    durable: bool,
-) {
-    let started = std::time::Instant::now();
-    let outcome = store.append(appends, durable);
-    tracing::trace!(
-        batches = appends.len(),
-        durable,
-        elapsed_us = started.elapsed().as_micros() as u64,
-        "group commit"
-    );
-    match outcome {
-        Ok(results) => {
-            for ((append, reply), result) in appends.drain(..).zip(replies.drain(..)).zip(results) {
-                if let Ok(AppendOutcome::Appended { base_offset }) = result {
-                    let end = base_offset + u64::from(append.header.record_count);
-                    notifier.publish(&append.topic, append.partition, end);
-                }
-                let _ = reply.send(result.map_err(WriteError::from));
-            }
-        }
-        Err(e) => {
-            tracing::error!(error = %e, batches = appends.len(), "group commit failed");
-            appends.clear();
-            for reply in replies.drain(..) {
-                let _ = reply.send(Err(WriteError::Store(e.to_string())));
             }
         }
     }

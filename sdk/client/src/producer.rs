@@ -375,7 +375,10 @@ impl Accumulator {
             },
             None => ProducerStamp::NONE,
         };
-        let batch = match open.builder.finish_compressed(stamp, self.config.compression) {
+        let batch = match open
+            .builder
+            .finish_compressed(stamp, self.config.compression)
+        {
             Ok(batch) => batch,
             Err(e) => {
                 fail_all(open.acks, || ClientError::Config(e.to_string()));
