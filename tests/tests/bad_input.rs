@@ -15,6 +15,7 @@ fn topic(name: &str) -> TopicSpec {
         retention_ms: -1,
         retention_bytes: -1,
         max_message_bytes: 1024,
+        compression: edgebus_proto::batch::Compression::None,
     }
 }
 

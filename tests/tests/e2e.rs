@@ -15,6 +15,7 @@ fn spec(name: &str, partitions: u32) -> TopicSpec {
         retention_ms: -1,
         retention_bytes: -1,
         max_message_bytes: 0,
+        compression: edgebus_proto::batch::Compression::None,
     }
 }
 

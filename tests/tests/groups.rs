@@ -30,6 +30,7 @@ async fn topic_with_records(client: &Client, name: &str, partitions: u32, per_pa
             retention_ms: -1,
             retention_bytes: -1,
             max_message_bytes: 0,
+            compression: edgebus_proto::batch::Compression::None,
         })
         .await
         .unwrap();

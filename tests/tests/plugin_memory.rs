@@ -43,6 +43,7 @@ async fn memory_hog_fails_at_its_cap_and_broker_memory_stays_bounded() {
             retention_ms: -1,
             retention_bytes: -1,
             max_message_bytes: 0,
+            compression: edgebus_proto::batch::Compression::None,
         })
         .await
         .unwrap();

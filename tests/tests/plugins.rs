@@ -30,6 +30,7 @@ async fn topic(client: &Client, name: &str) {
             retention_ms: -1,
             retention_bytes: -1,
             max_message_bytes: 0,
+            compression: edgebus_proto::batch::Compression::None,
         })
         .await
         .unwrap();

@@ -21,6 +21,7 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
+use crate::compression::Compression;
 use crate::error::{DecodeError, ErrorCode};
 
 /// Frame format version.
@@ -74,6 +75,11 @@ pub struct TopicSpec {
     pub retention_bytes: i64,
     /// Largest record (key + value + headers) accepted.
     pub max_message_bytes: u32,
+    /// Codec the broker stores batches of this topic with: a batch that
+    /// arrives uncompressed is compressed with it before it is stored (a
+    /// `u8` codec number on the wire, as in the batch attributes). `None`
+    /// stores every batch as the producer sent it.
+    pub compression: Compression,
 }
 
 /// Per-partition offsets of a topic.
@@ -703,6 +709,7 @@ fn put_spec(buf: &mut BytesMut, s: &TopicSpec) {
     buf.put_i64(s.retention_ms);
     buf.put_i64(s.retention_bytes);
     buf.put_u32(s.max_message_bytes);
+    buf.put_u8(s.compression.codec());
 }
 
 impl Request {
@@ -1470,6 +1477,13 @@ impl Reader {
             retention_ms: self.u64()? as i64,
             retention_bytes: self.u64()? as i64,
             max_message_bytes: self.u32()?,
+            compression: {
+                let codec = self.u8()?;
+                Compression::from_codec(codec).ok_or(DecodeError::UnknownTag {
+                    field: "compression",
+                    tag: u64::from(codec),
+                })?
+            },
         })
     }
 
@@ -1505,14 +1519,25 @@ mod tests {
             any::<i64>(),
             any::<i64>(),
             any::<u32>(),
+            proptest::sample::select(Compression::ALL.to_vec()),
         )
             .prop_map(
-                |(name, partitions, retention_ms, retention_bytes, max_message_bytes)| TopicSpec {
+                |(
                     name,
                     partitions,
                     retention_ms,
                     retention_bytes,
                     max_message_bytes,
+                    compression,
+                )| {
+                    TopicSpec {
+                        name,
+                        partitions,
+                        retention_ms,
+                        retention_bytes,
+                        max_message_bytes,
+                        compression,
+                    }
                 },
             )
     }

@@ -9,7 +9,7 @@ use edgebus_core::producer::{AppendRefused, SequenceSpan};
 use edgebus_proto::DecodeError;
 use edgebus_proto::ErrorCode;
 use edgebus_proto::batch;
-use edgebus_proto::batch::{BatchHeader, BatchInfo, Record};
+use edgebus_proto::batch::{BatchBuilder, BatchHeader, BatchInfo, Compression, Record};
 use edgebus_proto::frame::{
     Acks, PartitionInfo, PartitionOffset, Position, Request, Response, TopicSpec,
 };
@@ -176,6 +176,7 @@ impl Broker {
                 .produce_through_chain(topic, partition, acks, batch, sequence, chain)
                 .await;
         }
+        let batch = compress_for(&spec, batch).await?;
         let append = Append {
             topic,
             partition,
@@ -233,6 +234,7 @@ impl Broker {
                 let record_count = BatchHeader::parse(&batch)
                     .map_err(|e| Response::error(ErrorCode::CorruptBatch, e.to_string()))?
                     .record_count;
+                let batch = self.compress_for_topic(&topic, batch).await?;
                 let append = Append {
                     record_count,
                     batch,
@@ -285,6 +287,7 @@ impl Broker {
                 let record_count = BatchHeader::parse(&b)
                     .map_err(|e| Response::error(ErrorCode::CorruptBatch, e.to_string()))?
                     .record_count;
+                let b = self.compress_for_topic(&topic, b).await?;
                 Append {
                     batch: b,
                     record_count,
@@ -294,6 +297,14 @@ impl Broker {
             None => nothing(dead_letters),
         };
         Ok(self.writer.append(append).await)
+    }
+
+    /// [`compress_for`] the topic's spec, if it still exists.
+    async fn compress_for_topic(&self, topic: &str, batch: Bytes) -> Result<Bytes, Response> {
+        match self.topic_spec(topic) {
+            Some(spec) => compress_for(&spec, batch).await,
+            None => Ok(batch),
+        }
     }
 
     /// Creates a topic, ordered with appends through the writer, and
@@ -319,6 +330,7 @@ impl Broker {
                 retention_ms: -1,
                 retention_bytes: -1,
                 max_message_bytes: self.limits.max_message_bytes,
+                compression: edgebus_proto::batch::Compression::None,
             };
             match self.create_topic(spec).await {
                 Ok(()) | Err(TopicError::Exists(_)) => {}
@@ -732,6 +744,37 @@ impl From<AppendFailure> for Failure {
         };
         Failure(Response::error(code, e.to_string()))
     }
+}
+
+/// The batch as the topic stores it: a batch that arrives uncompressed on a
+/// topic with a codec is compressed with it (on the blocking pool: it is
+/// CPU work), keeping its producer stamp and records; any other batch is
+/// stored as it came.
+async fn compress_for(spec: &TopicSpec, batch: Bytes) -> Result<Bytes, Response> {
+    let codec = spec.compression;
+    let header = BatchHeader::parse(&batch)
+        .map_err(|e| Response::error(ErrorCode::CorruptBatch, e.to_string()))?;
+    if codec == Compression::None || header.attributes.compression() != Compression::None {
+        return Ok(batch);
+    }
+    tokio::task::spawn_blocking(move || {
+        let records = batch::records(&batch)
+            .map_err(|e| Response::error(ErrorCode::CorruptBatch, e.to_string()))?;
+        let mut builder = BatchBuilder::with_capacity(batch.len());
+        for r in records {
+            builder.push(&Record {
+                key: r.key,
+                value: r.value,
+                headers: r.headers,
+                timestamp_ms: r.timestamp_ms,
+            });
+        }
+        builder
+            .finish_compressed(header.producer, codec)
+            .map_err(|e| Response::error(ErrorCode::UnsupportedCompression, e.to_string()))
+    })
+    .await
+    .map_err(|e| Response::error(ErrorCode::StorageError, format!("compression task: {e}")))?
 }
 
 /// The engine's ack level for a wire ack level.

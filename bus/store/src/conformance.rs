@@ -116,6 +116,7 @@ fn spec(name: &str, partitions: u32) -> TopicSpec {
         retention_ms: UNLIMITED,
         retention_bytes: UNLIMITED,
         max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+        compression: edgebus_proto::batch::Compression::None,
     }
 }
 
@@ -227,6 +228,7 @@ pub fn topic_create_then_list_and_describe_returns_spec<H: Harness>(h: &mut H) {
         retention_ms: 60_000,
         retention_bytes: 1 << 30,
         max_message_bytes: 512,
+        compression: edgebus_proto::batch::Compression::None,
         ..spec("b-topic", 3)
     };
     let a = spec("a.topic", 1);

@@ -715,6 +715,7 @@ mod tests {
             retention_ms: topic::UNLIMITED,
             retention_bytes: topic::UNLIMITED,
             max_message_bytes: topic::DEFAULT_MAX_MESSAGE_BYTES,
+            compression: edgebus_proto::batch::Compression::None,
         }
     }
 

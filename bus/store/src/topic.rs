@@ -4,6 +4,8 @@
 //! setting is refused the same way whichever store runs. The limits are
 //! named constants so the broker and its tests can quote them.
 
+use edgebus_proto::batch::Compression;
+
 use crate::{StoreError, TopicError, TopicSpec};
 
 /// Largest topic name, in bytes (names are ASCII).
@@ -47,6 +49,12 @@ pub fn validate(spec: &TopicSpec) -> Result<(), TopicError> {
         return Err(invalid(format!(
             "max_message_bytes must be 1..={MAX_MESSAGE_BYTES_LIMIT}, got {}",
             spec.max_message_bytes
+        )));
+    }
+    if !spec.compression.is_supported() {
+        return Err(invalid(format!(
+            "compression {} is not supported; use none, lz4 or zstd",
+            spec.compression
         )));
     }
     Ok(())
@@ -97,9 +105,11 @@ fn invalid(reason: String) -> TopicError {
 }
 
 /// Length of an encoded spec (the name is the table key, not part of it).
-const ENCODED_LEN: usize = 1 + 4 + 8 + 8 + 4;
+const ENCODED_LEN: usize = 1 + 4 + 8 + 8 + 4 + 1;
 /// Version byte of the encoding, so a later layout can be told apart.
-const ENCODING_VERSION: u8 = 1;
+/// Version 1 (no compression byte) only exists in format 1 stores, which
+/// are refused before any topic is read.
+const ENCODING_VERSION: u8 = 2;
 
 /// Encodes the settings of a spec for the `topics` table. The name is the
 /// key and is not repeated.
@@ -111,6 +121,7 @@ const ENCODING_VERSION: u8 = 1;
 ///      5    8 retention_ms       i64 BE
 ///     13    8 retention_bytes    i64 BE
 ///     21    4 max_message_bytes  u32 BE
+///     25    1 compression        u8, the batch attributes' codec number
 /// ```
 pub(crate) fn encode_spec(spec: &TopicSpec) -> [u8; ENCODED_LEN] {
     let mut out = [0u8; ENCODED_LEN];
@@ -119,6 +130,7 @@ pub(crate) fn encode_spec(spec: &TopicSpec) -> [u8; ENCODED_LEN] {
     out[5..13].copy_from_slice(&spec.retention_ms.to_be_bytes());
     out[13..21].copy_from_slice(&spec.retention_bytes.to_be_bytes());
     out[21..25].copy_from_slice(&spec.max_message_bytes.to_be_bytes());
+    out[25] = spec.compression.codec();
     out
 }
 
@@ -146,6 +158,8 @@ pub(crate) fn decode_spec(name: &str, bytes: &[u8]) -> Result<TopicSpec, StoreEr
         retention_ms: i64_at(5),
         retention_bytes: i64_at(13),
         max_message_bytes: u32_at(21),
+        compression: Compression::from_codec(raw[25])
+            .ok_or_else(|| corrupt(format!("unknown compression codec {}", raw[25])))?,
     })
 }
 
@@ -160,6 +174,7 @@ mod tests {
             retention_ms: UNLIMITED,
             retention_bytes: UNLIMITED,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            compression: Compression::None,
         }
     }
 
@@ -224,6 +239,7 @@ mod tests {
         for max_message_bytes in [0, MAX_MESSAGE_BYTES_LIMIT + 1] {
             assert_invalid(&TopicSpec {
                 max_message_bytes,
+                compression: Compression::None,
                 ..spec("t")
             });
         }
@@ -237,6 +253,7 @@ mod tests {
             retention_ms: 86_400_000,
             retention_bytes: -1,
             max_message_bytes: 4096,
+            compression: Compression::None,
         };
         let bytes = encode_spec(&original);
         assert_eq!(decode_spec("orders", &bytes).unwrap(), original);

@@ -261,6 +261,7 @@ fn one_partition_topic(name: &str) -> TopicSpec {
         retention_ms: topic::UNLIMITED,
         retention_bytes: topic::UNLIMITED,
         max_message_bytes: topic::DEFAULT_MAX_MESSAGE_BYTES,
+        compression: edgebus_proto::batch::Compression::None,
     }
 }
 

@@ -22,11 +22,11 @@ use std::time::{Duration, Instant};
 use bytes::{BufMut, Bytes, BytesMut};
 use clap::{Args, ValueEnum};
 use edgebus_client::{
-    Client, ClientConfig, ClientError, DeliveryFuture, GroupConfig, GroupConsumer, PartitionOffset,
-    PluginRef, Position, Producer, ProducerConfig, Record, SubscribeConfig, Subscription,
-    TopicSpec,
+    Client, ClientConfig, ClientError, Compression, DeliveryFuture, GroupConfig, GroupConsumer,
+    PartitionOffset, PluginRef, Position, Producer, ProducerConfig, Record, SubscribeConfig,
+    Subscription, TopicSpec,
 };
-use edgebus_proto::frame::Request;
+use edgebus_proto::frame::{Request, Response};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use hdrhistogram::Histogram;
@@ -97,10 +97,16 @@ pub struct BenchArgs {
     /// path, `NAME[:key=value,…]`; repeat for a chain.
     #[arg(long = "filter", value_parser = parse_plugin_ref)]
     filters: Vec<PluginRef>,
-    /// Values are JSON objects `{"n":…,"pad":"…"}` of about `--size` bytes
-    /// (for plugin benches) instead of raw bytes.
+    /// Values are JSON objects like a sensor feed's, `{"n":…,"sensor":…,
+    /// "celsius":…,"note":…}`, of about `--size` bytes, 1,024 distinct ones
+    /// in turn (for plugin and compression benches), instead of one raw
+    /// byte pattern.
     #[arg(long)]
     json: bool,
+    /// Producer compression (none, lz4, zstd); the report adds the bytes
+    /// stored and the compression ratio.
+    #[arg(long, default_value = "none")]
+    compression: Compression,
     /// Use this broker instead of starting one in a temp dir.
     #[arg(long)]
     broker: Option<SocketAddr>,
@@ -133,6 +139,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
             retention_ms: -1,
             retention_bytes: -1,
             max_message_bytes: (args.size as u32).saturating_add(1024).max(1 << 20),
+            compression: edgebus_proto::batch::Compression::None,
         })
         .await?;
     attach_plugins(&client, &topic, &args).await?;
@@ -156,7 +163,12 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
         Mode::Commit => commits(&client, &topic, &args, progress(&args)).await?,
         Mode::Rebalance => rebalance(&client, &topic, &args).await?,
     };
-    print_report(&args, &report);
+    let stored = if args.compression == Compression::None {
+        None
+    } else {
+        Some(stored_bytes(&client, &topic, args.partitions).await?)
+    };
+    print_report(&args, &report, stored);
     client.delete_topic(&topic).await?;
     if let Some((broker, _dir)) = local {
         broker.shutdown().await;
@@ -180,6 +192,7 @@ fn args_clone(a: &BenchArgs) -> BenchArgs {
         ingest: a.ingest.clone(),
         filters: a.filters.clone(),
         json: a.json,
+        compression: a.compression,
         broker: a.broker,
         ca: a.ca.clone(),
         output: a.output,
@@ -254,10 +267,63 @@ async fn attach_plugins(client: &Client, topic: &str, args: &BenchArgs) -> Resul
 }
 
 /// A JSON object of `size` bytes with a numeric field `n` (= 42) and padding.
-fn json_template(size: usize) -> Bytes {
-    let head = r#"{"n":42,"pad":""#;
-    let pad = size.saturating_sub(head.len() + 2);
-    Bytes::from(format!("{head}{}\"}}", "x".repeat(pad)))
+/// Distinct values the bench cycles through: enough that no batch repeats
+/// one, so compression sees data like a sensor feed's, not one value
+/// repeated.
+const VALUE_POOL: usize = 1024;
+
+/// JSON objects of about `size` bytes, like a sensor feed's: a sequence
+/// number `n` (never negative, for the plugin benches), a sensor, a reading,
+/// a status and a note drawn from a small vocabulary, deterministically.
+fn json_pool(size: usize) -> Vec<Bytes> {
+    const WORDS: [&str; 16] = [
+        "ok",
+        "warm",
+        "cold",
+        "drift",
+        "sensor",
+        "gateway",
+        "battery",
+        "signal",
+        "north",
+        "south",
+        "pump",
+        "valve",
+        "line",
+        "rack",
+        "calibrated",
+        "restart",
+    ];
+    const STATUS: [&str; 4] = ["ok", "degraded", "offline", "maintenance"];
+    let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = move || {
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (seed >> 33) as usize
+    };
+    (0..VALUE_POOL)
+        .map(|n| {
+            let head = format!(
+                r#"{{"n":{n},"sensor":"s-{:03}","site":"site-{}","celsius":{}.{:02},"status":"{}","note":""#,
+                next() % 200,
+                next() % 12,
+                next() % 60,
+                next() % 100,
+                STATUS[next() % STATUS.len()]
+            );
+            let mut note = String::new();
+            while head.len() + note.len() + 2 < size {
+                if !note.is_empty() {
+                    note.push(' ');
+                }
+                note.push_str(WORDS[next() % WORDS.len()]);
+                note.push_str(&(next() % 1000).to_string());
+            }
+            note.truncate(size.saturating_sub(head.len() + 2));
+            Bytes::from(format!("{head}{note}\"}}"))
+        })
+        .collect()
 }
 
 /// The value of record `i`; in e2e mode its first 8 bytes carry the send
@@ -285,14 +351,17 @@ async fn produce(
             linger: Duration::from_millis(args.linger_ms),
             batch_max_bytes: args.batch_bytes,
             window: args.window,
+            compression: args.compression,
             ..ProducerConfig::default()
         },
     )
     .await?;
-    let template = if args.json {
-        json_template(args.size)
+    let templates = if args.json {
+        json_pool(args.size)
     } else {
-        Bytes::from((0..args.size).map(|i| (i % 251) as u8).collect::<Vec<_>>())
+        vec![Bytes::from(
+            (0..args.size).map(|i| (i % 251) as u8).collect::<Vec<_>>(),
+        )]
     };
     let (tx, rx) = mpsc::channel::<(Instant, DeliveryFuture)>(65536);
     let collector = tokio::spawn(collect_acks(rx, bar.clone()));
@@ -304,7 +373,8 @@ async fn produce(
             let due = start + Duration::from_secs_f64(i as f64 / args.rate as f64);
             tokio::time::sleep_until(due.into()).await;
         }
-        let record = Record::new(value(&template, base, stamp), 0);
+        let template = &templates[i as usize % templates.len()];
+        let record = Record::new(value(template, base, stamp), 0);
         let fut = producer.send(topic, record).await?;
         if tx.send((Instant::now(), fut)).await.is_err() {
             break;
@@ -582,8 +652,42 @@ async fn wait_owned(
     }
 }
 
-fn print_report(args: &BenchArgs, r: &Report) {
+/// Bytes the broker stores for the topic's batches, as stored (compressed),
+/// read back after the run.
+async fn stored_bytes(client: &Client, topic: &str, partitions: u32) -> Result<u64, Failure> {
+    let mut total = 0u64;
+    for partition in 0..partitions {
+        let mut from = 0;
+        loop {
+            let request = Request::Fetch {
+                topic: topic.to_owned(),
+                partition,
+                from: Position::Offset(from),
+                max_bytes: 4 << 20,
+            };
+            match client.request(&request).await? {
+                Response::Fetched {
+                    next_offset,
+                    log_end,
+                    batches,
+                    ..
+                } => {
+                    total += batches.len() as u64;
+                    if batches.is_empty() || next_offset >= log_end {
+                        break;
+                    }
+                    from = next_offset;
+                }
+                other => return Err(Failure::other(format!("unexpected reply {other:?}"))),
+            }
+        }
+    }
+    Ok(total)
+}
+
+fn print_report(args: &BenchArgs, r: &Report, stored_bytes: Option<u64>) {
     let secs = r.elapsed.as_secs_f64().max(1e-9);
+    let ratio = stored_bytes.map(|s| r.value_bytes as f64 / s.max(1) as f64);
     let records_per_s = r.records as f64 / secs;
     let mb_per_s = r.value_bytes as f64 / 1e6 / secs;
     let pct = |q: f64| {
@@ -607,6 +711,9 @@ fn print_report(args: &BenchArgs, r: &Report) {
                 "p50_ms": pct(0.5),
                 "p99_ms": pct(0.99),
                 "p999_ms": pct(0.999),
+                "compression": args.compression.name(),
+                "stored_bytes": stored_bytes,
+                "compression_ratio": ratio,
             })
         ),
         Output::Text => {
@@ -626,6 +733,14 @@ fn print_report(args: &BenchArgs, r: &Report) {
             }
             if let (Some(p50), Some(p99), Some(p999)) = (pct(0.5), pct(0.99), pct(0.999)) {
                 println!("latency ms: p50 {p50:.3}  p99 {p99:.3}  p99.9 {p999:.3}");
+            }
+            if let (Some(stored), Some(ratio)) = (stored_bytes, ratio) {
+                println!(
+                    "{}: {:.1} MB stored for {:.1} MB of values, ratio {ratio:.2}",
+                    args.compression,
+                    stored as f64 / 1e6,
+                    r.value_bytes as f64 / 1e6
+                );
             }
         }
     }

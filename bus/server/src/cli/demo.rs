@@ -52,6 +52,7 @@ fn topic(name: &str, partitions: u32) -> TopicSpec {
         retention_ms: -1,
         retention_bytes: -1,
         max_message_bytes: 0,
+        compression: edgebus_proto::batch::Compression::None,
     }
 }
 

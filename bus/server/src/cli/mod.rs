@@ -152,6 +152,8 @@ pub enum AcksArg {
     /// fsync'd before the ack.
     #[default]
     Durable,
+    /// fsync'd on every in-sync replica (on a single node, as durable).
+    All,
 }
 
 impl From<AcksArg> for edgebus_client::Acks {
@@ -160,6 +162,7 @@ impl From<AcksArg> for edgebus_client::Acks {
             AcksArg::None => edgebus_client::Acks::None,
             AcksArg::Leader => edgebus_client::Acks::Leader,
             AcksArg::Durable => edgebus_client::Acks::Durable,
+            AcksArg::All => edgebus_client::Acks::All,
         }
     }
 }

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use clap::Args;
-use edgebus_client::{DeliveryFuture, Producer, ProducerConfig, Record};
+use edgebus_client::{Compression, DeliveryFuture, Producer, ProducerConfig, Record};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
@@ -24,6 +24,10 @@ pub struct ProduceArgs {
     /// Acknowledgement level.
     #[arg(long, value_enum, default_value_t)]
     acks: AcksArg,
+    /// Compress each batch with this codec (none, lz4, zstd); the broker
+    /// stores it compressed.
+    #[arg(long, default_value = "none")]
+    compression: Compression,
     /// Give up on a record not acknowledged within this many seconds.
     #[arg(long, default_value_t = 30)]
     timeout_s: u64,
@@ -38,6 +42,7 @@ pub async fn run(args: ProduceArgs) -> Result<(), Failure> {
     let client = args.connect.connect().await?;
     let config = ProducerConfig {
         acks: args.acks.into(),
+        compression: args.compression,
         delivery_timeout: Duration::from_secs(args.timeout_s),
         ..ProducerConfig::default()
     };

@@ -1,7 +1,7 @@
 //! `edgebus topic create | list | describe | delete`.
 
 use clap::{Args, Subcommand};
-use edgebus_client::{AttachCounters, Client, FailurePolicy, PluginRef, TopicSpec};
+use edgebus_client::{AttachCounters, Client, Compression, FailurePolicy, PluginRef, TopicSpec};
 use edgebus_proto::frame::{Request, Response};
 use serde_json::json;
 
@@ -46,6 +46,10 @@ pub struct CreateArgs {
     /// Largest record accepted (default: the broker's limits.max_message_bytes).
     #[arg(long)]
     max_message_bytes: Option<u32>,
+    /// Codec the broker stores batches with: batches produced uncompressed
+    /// are compressed with it before they are stored (none, lz4, zstd).
+    #[arg(long, default_value = "none")]
+    compression: Compression,
     #[command(flatten)]
     ingest: IngestArgs,
     #[command(flatten)]
@@ -94,6 +98,7 @@ fn spec_json(s: &TopicSpec) -> serde_json::Value {
         "retention_ms": s.retention_ms,
         "retention_bytes": s.retention_bytes,
         "max_message_bytes": s.max_message_bytes,
+        "compression": s.compression.name(),
     })
 }
 
@@ -106,12 +111,13 @@ fn spec_text(s: &TopicSpec) -> String {
         }
     };
     format!(
-        "{}\tpartitions={}\tretention.ms={}\tretention.bytes={}\tmax.message.bytes={}",
+        "{}\tpartitions={}\tretention.ms={}\tretention.bytes={}\tmax.message.bytes={}\tcompression={}",
         s.name,
         s.partitions,
         limit(s.retention_ms),
         limit(s.retention_bytes),
-        s.max_message_bytes
+        s.max_message_bytes,
+        s.compression
     )
 }
 
@@ -125,6 +131,7 @@ pub async fn run(cmd: TopicCommand) -> Result<(), Failure> {
                 retention_ms: a.retention_ms,
                 retention_bytes: a.retention_bytes,
                 max_message_bytes: a.max_message_bytes.unwrap_or(0),
+                compression: a.compression,
             };
             client.create_topic(spec).await?;
             if !a.ingest.ingest.is_empty() {
