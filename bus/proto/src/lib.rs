@@ -11,14 +11,25 @@
 //! ## Layout
 //!
 //! - [`batch`]: record batches, with their byte layout and CRC32C.
-//! - [`frame`]: length-prefixed request and response frames.
+//! - [`frame`]: request and response frames, the table of frame kinds,
+//!   and the ALPN id.
+//! - [`framing`]: the length prefix that delimits frames on a stream, and
+//!   its size check.
 //! - [`error`]: decode errors and the numbered wire [`ErrorCode`]s.
 //! - [`varint`]: LEB128 and zigzag varints used inside records.
+//! - [`partitioner`]: the key-to-partition mapping producers and the broker
+//!   share.
+//! - [`limits`]: default frame and batch sizes.
+//! - [`local`]: where a broker on this machine keeps its data and local CA.
 #![warn(missing_docs)]
 
 pub mod batch;
 pub mod error;
 pub mod frame;
+pub mod framing;
+pub mod limits;
+pub mod local;
+pub mod partitioner;
 pub mod varint;
 
 pub use error::{DecodeError, ErrorCode};

@@ -105,7 +105,7 @@ impl Default for Config {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_frame_bytes: edgebus_proto::frame::DEFAULT_MAX_FRAME_BYTES,
+            max_frame_bytes: edgebus_proto::limits::DEFAULT_MAX_FRAME_BYTES,
             max_message_bytes: 1 << 20,
             max_inflight_per_connection: 1024,
             max_connections: 1024,

@@ -7,11 +7,10 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use edgebus_core::group::{GroupCoordinator, GroupError, Strategy, TopicPartition};
+use edgebus_core::group::{GroupCoordinator, GroupError};
 use edgebus_proto::ErrorCode;
 use edgebus_proto::frame::{
-    AssignmentStrategy, GroupLag, MemberInfo, PartitionOffset, Position, Response,
-    TopicPartition as WireTp,
+    AssignmentStrategy, GroupLag, MemberInfo, PartitionOffset, Position, Response, TopicPartition,
 };
 use edgebus_store::{LogStore, OffsetCommit};
 use tokio::sync::Notify;
@@ -32,33 +31,6 @@ type Wakers = HashMap<(String, String), Arc<Notify>>;
 pub struct Groups {
     coordinator: Arc<Mutex<GroupCoordinator>>,
     wakers: Arc<Mutex<Wakers>>,
-}
-
-fn strategy(s: AssignmentStrategy) -> Strategy {
-    match s {
-        AssignmentStrategy::Range => Strategy::Range,
-        AssignmentStrategy::RoundRobin => Strategy::RoundRobin,
-        AssignmentStrategy::Sticky => Strategy::Sticky,
-    }
-}
-
-fn wire_strategy(s: Strategy) -> AssignmentStrategy {
-    match s {
-        Strategy::Range => AssignmentStrategy::Range,
-        Strategy::RoundRobin => AssignmentStrategy::RoundRobin,
-        _ => AssignmentStrategy::Sticky,
-    }
-}
-
-fn to_core(tp: &WireTp) -> TopicPartition {
-    TopicPartition::new(tp.topic.clone(), tp.partition)
-}
-
-fn to_wire(tp: &TopicPartition) -> WireTp {
-    WireTp {
-        topic: tp.topic.clone(),
-        partition: tp.partition,
-    }
 }
 
 /// The wire response for a coordinator error.
@@ -170,7 +142,7 @@ impl Groups {
             (!member_id.is_empty()).then_some(member_id),
             topics,
             session,
-            strategy(requested),
+            requested,
         );
         self.wake();
         match joined {
@@ -179,7 +151,7 @@ impl Groups {
                 epoch: a.epoch,
                 generation: a.generation,
                 heartbeat_interval_ms: heartbeat_interval(session),
-                partitions: a.partitions.iter().map(to_wire).collect(),
+                partitions: a.partitions,
             },
             Err(e) => group_error(e),
         }
@@ -192,10 +164,10 @@ impl Groups {
         &self,
         group: &str,
         member_id: &str,
-        owned: &[WireTp],
+        owned: &[TopicPartition],
         wait_ms: u32,
     ) -> Response {
-        let mut owned: Vec<TopicPartition> = owned.iter().map(to_core).collect();
+        let mut owned = owned.to_vec();
         owned.sort();
         owned.dedup();
         let wait = Duration::from_millis(wait_ms.into()).min(MAX_HEARTBEAT_WAIT);
@@ -227,7 +199,7 @@ impl Groups {
                     epoch: assignment.epoch,
                     generation: assignment.generation,
                     heartbeat_interval_ms: wait_ms,
-                    partitions: assignment.partitions.iter().map(to_wire).collect(),
+                    partitions: assignment.partitions,
                 };
             }
             let _ = tokio::time::timeout_at(deadline, waker.notified()).await;
@@ -318,10 +290,10 @@ impl Groups {
                     .map(|m| MemberInfo {
                         member_id: m.id,
                         topics: m.topics,
-                        owned: m.owned.iter().map(to_wire).collect(),
+                        owned: m.owned,
                     })
                     .collect();
-                (d.generation, wire_strategy(d.strategy), members)
+                (d.generation, d.strategy, members)
             }
             None => (0, AssignmentStrategy::default(), Vec::new()),
         };
