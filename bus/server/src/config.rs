@@ -4,9 +4,8 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use edgebus_proto::local::{DEFAULT_PORT, local_ca_path};
 use serde::{Deserialize, Serialize};
-
-pub use edgebus_client::local::{DEFAULT_PORT, default_data_dir, local_ca_path};
 
 /// Everything `edgebus serve` can be told.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -87,6 +86,12 @@ pub struct TlsConfig {
     pub key: Option<PathBuf>,
     /// Require client certificates signed by this CA (mTLS).
     pub client_ca: Option<PathBuf>,
+}
+
+/// The data directory of a broker started with no configuration: see
+/// [`edgebus_proto::local::default_data_dir`].
+pub fn default_data_dir() -> PathBuf {
+    edgebus_proto::local::default_data_dir(|name| std::env::var_os(name))
 }
 
 impl Default for Config {
