@@ -6,18 +6,19 @@
 //! the binary target of this package, a client of this library.
 //!
 //! ```text
-//!           QUIC (quinn + rustls, ALPN edgebus/1)
-//!  clients ───────▶ server ──▶ cmd::dispatch ──▶ writer thread ──▶ LogStore (redb)
-//!                    │  │                             │                 │
-//!                    │  └─ feed (subscriptions) ◀─── reader ◀── read txns
-//!                    └──── notifier (log-end watches) ◀── writer
+//!            QUIC (quinn + rustls, ALPN edgebus/1)
+//!  clients ─────────▶ server ──▶ cmd (dispatch, produce) ──▶ writer thread ──▶ LogStore (redb)
+//!                       │                                        │                 │
+//!                       └──▶ feed (subscriptions) ◀── notifier ◀──┘                 │
+//!                                  ▲                                               │
+//!                                  └──────────────── reader (read txns) ◀──────────┘
 //! ```
 //!
 //! ## Crates
 //!
 //! ```text
 //!  edgebus (bin: cli) ──▶ edgebus-client ──▶ edgebus-proto
-//!        │
+//!        │  └─────────────────────────────────▶ edgebus-proto
 //!        ▼
 //!  edgebus (lib) ──▶ edgebus-core ──▶ edgebus-proto
 //!        ├────────▶ edgebus-store ─▶ edgebus-proto
