@@ -31,37 +31,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-/// A partition of a topic.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct TopicPartition {
-    /// Topic name.
-    pub topic: String,
-    /// Partition index.
-    pub partition: u32,
-}
-
-impl TopicPartition {
-    /// A topic partition.
-    pub fn new(topic: impl Into<String>, partition: u32) -> Self {
-        TopicPartition {
-            topic: topic.into(),
-            partition,
-        }
-    }
-}
-
-/// How partitions are spread over members.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Strategy {
-    /// Per topic, contiguous ranges of partitions by member id.
-    Range,
-    /// All partitions dealt to members in turn.
-    RoundRobin,
-    /// Balanced per topic, moving as few partitions as possible when
-    /// membership changes. The default.
-    #[default]
-    Sticky,
-}
+use edgebus_proto::frame::{AssignmentStrategy, TopicPartition};
 
 /// Why a group request was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -138,7 +108,7 @@ struct Member {
 #[derive(Debug, Default)]
 struct Group {
     generation: u32,
-    strategy: Strategy,
+    strategy: AssignmentStrategy,
     members: BTreeMap<String, Member>,
     target: BTreeMap<String, BTreeSet<TopicPartition>>,
 }
@@ -162,7 +132,7 @@ pub struct GroupDescription {
     /// Generation.
     pub generation: u32,
     /// Assignment strategy.
-    pub strategy: Strategy,
+    pub strategy: AssignmentStrategy,
     /// Members, by id.
     pub members: Vec<MemberDescription>,
 }
@@ -224,7 +194,7 @@ impl GroupCoordinator {
         member_id: Option<&str>,
         topics: &[String],
         session_timeout: Duration,
-        strategy: Strategy,
+        strategy: AssignmentStrategy,
     ) -> Result<(String, Assignment), GroupError> {
         if !(MIN_SESSION_TIMEOUT..=MAX_SESSION_TIMEOUT).contains(&session_timeout) {
             return Err(GroupError::Invalid(format!(
@@ -495,7 +465,7 @@ fn unknown(group: &str, member: &str) -> GroupError {
 /// Computes a target assignment. `previous` is the last target, which the
 /// sticky strategy keeps as much of as balance allows.
 pub fn assign(
-    strategy: Strategy,
+    strategy: AssignmentStrategy,
     topics: &BTreeMap<String, u32>,
     subscriptions: &BTreeMap<&str, &BTreeSet<String>>,
     previous: &BTreeMap<String, BTreeSet<TopicPartition>>,
@@ -519,7 +489,7 @@ pub fn assign(
             .map(|p| TopicPartition::new(topic.as_str(), p))
             .collect();
         match strategy {
-            Strategy::Range => {
+            AssignmentStrategy::Range => {
                 let (per, extra) = (
                     partitions.len() / members.len(),
                     partitions.len() % members.len(),
@@ -533,7 +503,7 @@ pub fn assign(
                     next += n;
                 }
             }
-            Strategy::RoundRobin => {
+            AssignmentStrategy::RoundRobin => {
                 for tp in partitions {
                     let id = members[round_robin_turn % members.len()];
                     round_robin_turn += 1;
@@ -542,7 +512,7 @@ pub fn assign(
                         .insert(tp);
                 }
             }
-            Strategy::Sticky => sticky_topic(&members, partitions, previous, &mut out),
+            AssignmentStrategy::Sticky => sticky_topic(&members, partitions, previous, &mut out),
         }
     }
     out
@@ -631,7 +601,7 @@ mod tests {
                     None,
                     &["t".into()],
                     SESSION,
-                    Strategy::Sticky,
+                    AssignmentStrategy::Sticky,
                 )
                 .unwrap()
                 .0
@@ -826,9 +796,9 @@ mod tests {
         fn random_membership_never_double_assigns_and_settles(
             ops in proptest::collection::vec(arb_op(), 1..80),
             strategy in proptest::prop_oneof![
-                proptest::strategy::Just(Strategy::Sticky),
-                proptest::strategy::Just(Strategy::Range),
-                proptest::strategy::Just(Strategy::RoundRobin),
+                proptest::strategy::Just(AssignmentStrategy::Sticky),
+                proptest::strategy::Just(AssignmentStrategy::Range),
+                proptest::strategy::Just(AssignmentStrategy::RoundRobin),
             ],
         ) {
             let mut c = GroupCoordinator::new();
@@ -892,13 +862,18 @@ mod tests {
         let topics: BTreeMap<String, u32> = [("x".to_string(), 5u32)].into();
         let subs_set: BTreeSet<String> = ["x".to_string()].into();
         let subs: BTreeMap<&str, &BTreeSet<String>> = [("m1", &subs_set), ("m2", &subs_set)].into();
-        let range = assign(Strategy::Range, &topics, &subs, &BTreeMap::new());
+        let range = assign(AssignmentStrategy::Range, &topics, &subs, &BTreeMap::new());
         let parts = |id: &str, m: &BTreeMap<String, BTreeSet<TopicPartition>>| {
             m[id].iter().map(|tp| tp.partition).collect::<Vec<_>>()
         };
         assert_eq!(parts("m1", &range), vec![0, 1, 2]);
         assert_eq!(parts("m2", &range), vec![3, 4]);
-        let rr = assign(Strategy::RoundRobin, &topics, &subs, &BTreeMap::new());
+        let rr = assign(
+            AssignmentStrategy::RoundRobin,
+            &topics,
+            &subs,
+            &BTreeMap::new(),
+        );
         assert_eq!(parts("m1", &rr), vec![0, 2, 4]);
         assert_eq!(parts("m2", &rr), vec![1, 3]);
     }
@@ -908,9 +883,9 @@ mod tests {
         let topics: BTreeMap<String, u32> = [("x".to_string(), 6u32)].into();
         let s: BTreeSet<String> = ["x".to_string()].into();
         let two: BTreeMap<&str, &BTreeSet<String>> = [("a", &s), ("b", &s)].into();
-        let first = assign(Strategy::Sticky, &topics, &two, &BTreeMap::new());
+        let first = assign(AssignmentStrategy::Sticky, &topics, &two, &BTreeMap::new());
         let three: BTreeMap<&str, &BTreeSet<String>> = [("a", &s), ("b", &s), ("c", &s)].into();
-        let second = assign(Strategy::Sticky, &topics, &three, &first);
+        let second = assign(AssignmentStrategy::Sticky, &topics, &three, &first);
         let moved: usize = ["a", "b"]
             .iter()
             .map(|id| first[*id].difference(&second[*id]).count())

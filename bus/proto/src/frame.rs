@@ -23,16 +23,134 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::compression::Compression;
 use crate::error::{DecodeError, ErrorCode};
+use crate::framing;
 
 /// Frame format version.
 pub const VERSION: u8 = 1;
+/// The ALPN protocol id every edgebus endpoint speaks: the frame format
+/// of [`VERSION`] 1.
+pub const ALPN: &[u8] = b"edgebus/1";
 /// Bytes before the payload, length prefix included.
 pub const HEADER_LEN: usize = 11;
-/// The default cap on a frame's length field.
-pub const DEFAULT_MAX_FRAME_BYTES: u32 = 8 * 1024 * 1024;
 
-const KIND_RESPONSE: u16 = 0x8000;
-const KIND_ERROR: u16 = 0xFFFF;
+/// Declares [`FrameKind`] and its decoder from one list, so every wire
+/// number is written once.
+macro_rules! frame_kinds {
+    ($($(#[doc = $doc:literal])* $name:ident = $number:literal,)*) => {
+        /// Every frame kind with its number on the wire: the one table that
+        /// encoders and decoders share. A response's kind is the kind of the
+        /// request it first answered with bit 15 set; an error is `0xFFFF`.
+        /// Numbers are part of the protocol and never reused.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[repr(u16)]
+        pub enum FrameKind {
+            $($(#[doc = $doc])* $name = $number,)*
+        }
+
+        impl FrameKind {
+            /// The kind with this wire number, if there is one.
+            pub fn from_u16(kind: u16) -> Option<FrameKind> {
+                match kind {
+                    $($number => Some(FrameKind::$name),)*
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+frame_kinds! {
+    /// [`Request::CreateTopic`].
+    CreateTopic = 0x0001,
+    /// [`Request::DeleteTopic`].
+    DeleteTopic = 0x0002,
+    /// [`Request::ListTopics`].
+    ListTopics = 0x0003,
+    /// [`Request::DescribeTopic`].
+    DescribeTopic = 0x0004,
+    /// [`Request::InitProducer`].
+    InitProducer = 0x0005,
+    /// [`Request::Produce`].
+    Produce = 0x0006,
+    /// [`Request::Fetch`].
+    Fetch = 0x0007,
+    /// [`Request::Subscribe`].
+    Subscribe = 0x0008,
+    /// [`Request::ListOffsets`].
+    ListOffsets = 0x0009,
+    /// [`Request::JoinGroup`].
+    JoinGroup = 0x000a,
+    /// [`Request::Heartbeat`].
+    Heartbeat = 0x000b,
+    /// [`Request::LeaveGroup`].
+    LeaveGroup = 0x000c,
+    /// [`Request::CommitOffsets`].
+    CommitOffsets = 0x000d,
+    /// [`Request::FetchOffsets`].
+    FetchOffsets = 0x000e,
+    /// [`Request::ListGroups`].
+    ListGroups = 0x000f,
+    /// [`Request::DescribeGroup`].
+    DescribeGroup = 0x0010,
+    /// [`Request::ResetOffsets`].
+    ResetOffsets = 0x0011,
+    /// [`Request::DeleteGroup`].
+    DeleteGroup = 0x0012,
+    /// [`Request::PluginAdd`].
+    PluginAdd = 0x0013,
+    /// [`Request::PluginList`].
+    PluginList = 0x0014,
+    /// [`Request::PluginDescribe`].
+    PluginDescribe = 0x0015,
+    /// [`Request::PluginRemove`].
+    PluginRemove = 0x0016,
+    /// [`Request::SetIngest`].
+    SetIngest = 0x0017,
+    /// [`Request::TopicPlugins`].
+    TopicPlugins = 0x0018,
+    /// [`Request::PipelineCreate`].
+    PipelineCreate = 0x0019,
+    /// [`Request::PipelineList`].
+    PipelineList = 0x001a,
+    /// [`Request::PipelineDescribe`].
+    PipelineDescribe = 0x001b,
+    /// [`Request::PipelineDelete`].
+    PipelineDelete = 0x001c,
+    /// [`Response::TopicCreated`].
+    TopicCreated = 0x8001,
+    /// [`Response::TopicDeleted`].
+    TopicDeleted = 0x8002,
+    /// [`Response::Topics`].
+    Topics = 0x8003,
+    /// [`Response::TopicDescription`].
+    TopicDescription = 0x8004,
+    /// [`Response::ProducerInit`].
+    ProducerInit = 0x8005,
+    /// [`Response::Produced`].
+    Produced = 0x8006,
+    /// [`Response::Fetched`].
+    Fetched = 0x8007,
+    /// [`Response::Offset`].
+    Offset = 0x8009,
+    /// [`Response::GroupAssignment`].
+    GroupAssignment = 0x800a,
+    /// [`Response::Done`].
+    Done = 0x800c,
+    /// [`Response::CommittedOffsets`].
+    CommittedOffsets = 0x800e,
+    /// [`Response::Groups`].
+    Groups = 0x800f,
+    /// [`Response::GroupDescription`].
+    GroupDescription = 0x8010,
+    /// [`Response::Plugins`].
+    Plugins = 0x8014,
+    /// [`Response::TopicPlugins`] (named apart from the request kind).
+    TopicPluginsReply = 0x8018,
+    /// [`Response::Pipelines`].
+    Pipelines = 0x801a,
+    /// [`Response::Error`].
+    Error = 0xffff,
+}
 
 /// How durable a write must be before the broker acknowledges it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -100,6 +218,16 @@ pub struct TopicPartition {
     pub topic: String,
     /// Partition index.
     pub partition: u32,
+}
+
+impl TopicPartition {
+    /// A topic partition.
+    pub fn new(topic: impl Into<String>, partition: u32) -> Self {
+        TopicPartition {
+            topic: topic.into(),
+            partition,
+        }
+    }
 }
 
 /// An offset of a topic partition.
@@ -551,13 +679,12 @@ pub fn encode_fetched_head(
     batches_len: usize,
     buf: &mut BytesMut,
 ) {
-    let start = begin(buf, KIND_RESPONSE | 7, correlation_id);
+    let start = begin(buf, FrameKind::Fetched, correlation_id);
     buf.put_u64(log_start);
     buf.put_u64(log_end);
     buf.put_u64(next_offset);
     buf.put_u32(batches_len as u32);
-    let len = (buf.len() - start - 4 + batches_len) as u32;
-    buf[start..start + 4].copy_from_slice(&len.to_be_bytes());
+    framing::finish_frame(buf, start, batches_len);
 }
 
 /// The fixed part of a frame after the length prefix.
@@ -615,18 +742,12 @@ impl FrameError {
     }
 }
 
-fn begin(buf: &mut BytesMut, kind: u16, correlation_id: u32) -> usize {
-    let start = buf.len();
-    buf.put_u32(0);
+fn begin(buf: &mut BytesMut, kind: FrameKind, correlation_id: u32) -> usize {
+    let start = framing::begin_frame(buf);
     buf.put_u8(VERSION);
-    buf.put_u16(kind);
+    buf.put_u16(kind as u16);
     buf.put_u32(correlation_id);
     start
-}
-
-fn end(buf: &mut BytesMut, start: usize) {
-    let len = (buf.len() - start - 4) as u32;
-    buf[start..start + 4].copy_from_slice(&len.to_be_bytes());
 }
 
 fn put_str(buf: &mut BytesMut, s: &str) {
@@ -713,36 +834,36 @@ fn put_spec(buf: &mut BytesMut, s: &TopicSpec) {
 }
 
 impl Request {
-    fn kind(&self) -> u16 {
+    fn kind(&self) -> FrameKind {
         match self {
-            Request::CreateTopic(_) => 1,
-            Request::DeleteTopic { .. } => 2,
-            Request::ListTopics => 3,
-            Request::DescribeTopic { .. } => 4,
-            Request::InitProducer => 5,
-            Request::Produce { .. } => 6,
-            Request::Fetch { .. } => 7,
-            Request::Subscribe { .. } => 8,
-            Request::ListOffsets { .. } => 9,
-            Request::JoinGroup { .. } => 10,
-            Request::Heartbeat { .. } => 11,
-            Request::LeaveGroup { .. } => 12,
-            Request::CommitOffsets { .. } => 13,
-            Request::FetchOffsets { .. } => 14,
-            Request::ListGroups => 15,
-            Request::DescribeGroup { .. } => 16,
-            Request::ResetOffsets { .. } => 17,
-            Request::DeleteGroup { .. } => 18,
-            Request::PluginAdd { .. } => 19,
-            Request::PluginList => 20,
-            Request::PluginDescribe { .. } => 21,
-            Request::PluginRemove { .. } => 22,
-            Request::SetIngest { .. } => 23,
-            Request::TopicPlugins { .. } => 24,
-            Request::PipelineCreate { .. } => 25,
-            Request::PipelineList => 26,
-            Request::PipelineDescribe { .. } => 27,
-            Request::PipelineDelete { .. } => 28,
+            Request::CreateTopic(_) => FrameKind::CreateTopic,
+            Request::DeleteTopic { .. } => FrameKind::DeleteTopic,
+            Request::ListTopics => FrameKind::ListTopics,
+            Request::DescribeTopic { .. } => FrameKind::DescribeTopic,
+            Request::InitProducer => FrameKind::InitProducer,
+            Request::Produce { .. } => FrameKind::Produce,
+            Request::Fetch { .. } => FrameKind::Fetch,
+            Request::Subscribe { .. } => FrameKind::Subscribe,
+            Request::ListOffsets { .. } => FrameKind::ListOffsets,
+            Request::JoinGroup { .. } => FrameKind::JoinGroup,
+            Request::Heartbeat { .. } => FrameKind::Heartbeat,
+            Request::LeaveGroup { .. } => FrameKind::LeaveGroup,
+            Request::CommitOffsets { .. } => FrameKind::CommitOffsets,
+            Request::FetchOffsets { .. } => FrameKind::FetchOffsets,
+            Request::ListGroups => FrameKind::ListGroups,
+            Request::DescribeGroup { .. } => FrameKind::DescribeGroup,
+            Request::ResetOffsets { .. } => FrameKind::ResetOffsets,
+            Request::DeleteGroup { .. } => FrameKind::DeleteGroup,
+            Request::PluginAdd { .. } => FrameKind::PluginAdd,
+            Request::PluginList => FrameKind::PluginList,
+            Request::PluginDescribe { .. } => FrameKind::PluginDescribe,
+            Request::PluginRemove { .. } => FrameKind::PluginRemove,
+            Request::SetIngest { .. } => FrameKind::SetIngest,
+            Request::TopicPlugins { .. } => FrameKind::TopicPlugins,
+            Request::PipelineCreate { .. } => FrameKind::PipelineCreate,
+            Request::PipelineList => FrameKind::PipelineList,
+            Request::PipelineDescribe { .. } => FrameKind::PipelineDescribe,
+            Request::PipelineDelete { .. } => FrameKind::PipelineDelete,
         }
     }
 
@@ -880,7 +1001,7 @@ impl Request {
                 buf.put_u8(*on_failure as u8);
             }
         }
-        end(buf, start);
+        framing::finish_frame(buf, start, 0);
     }
 
     /// Decodes a frame body (everything after the length prefix).
@@ -890,13 +1011,16 @@ impl Request {
             return Err(FrameError::UnsupportedVersion(header.version));
         }
         let mut r = Reader::new(body, HEADER_LEN - 4);
-        let req = match header.kind {
-            1 => Request::CreateTopic(r.spec()?),
-            2 => Request::DeleteTopic { name: r.str()? },
-            3 => Request::ListTopics,
-            4 => Request::DescribeTopic { name: r.str()? },
-            5 => Request::InitProducer,
-            6 => Request::Produce {
+        let Some(kind) = FrameKind::from_u16(header.kind) else {
+            return Err(FrameError::UnknownKind(header.kind));
+        };
+        let req = match kind {
+            FrameKind::CreateTopic => Request::CreateTopic(r.spec()?),
+            FrameKind::DeleteTopic => Request::DeleteTopic { name: r.str()? },
+            FrameKind::ListTopics => Request::ListTopics,
+            FrameKind::DescribeTopic => Request::DescribeTopic { name: r.str()? },
+            FrameKind::InitProducer => Request::InitProducer,
+            FrameKind::Produce => Request::Produce {
                 topic: r.str()?,
                 partition: r.u32()?,
                 acks: match r.u8()? {
@@ -914,13 +1038,13 @@ impl Request {
                 },
                 batch: r.bytes()?,
             },
-            7 => Request::Fetch {
+            FrameKind::Fetch => Request::Fetch {
                 topic: r.str()?,
                 partition: r.u32()?,
                 from: r.position()?,
                 max_bytes: r.u32()?,
             },
-            8 => Request::Subscribe {
+            FrameKind::Subscribe => Request::Subscribe {
                 topic: r.str()?,
                 partition: r.u32()?,
                 from: r.position()?,
@@ -928,67 +1052,67 @@ impl Request {
                 chain: r.chain()?,
                 on_failure: r.policy()?,
             },
-            9 => Request::ListOffsets {
+            FrameKind::ListOffsets => Request::ListOffsets {
                 topic: r.str()?,
                 partition: r.u32()?,
                 position: r.position()?,
             },
-            10 => Request::JoinGroup {
+            FrameKind::JoinGroup => Request::JoinGroup {
                 group: r.str()?,
                 member_id: r.str()?,
                 topics: r.strs()?,
                 session_timeout_ms: r.u32()?,
                 strategy: r.strategy()?,
             },
-            11 => Request::Heartbeat {
+            FrameKind::Heartbeat => Request::Heartbeat {
                 group: r.str()?,
                 member_id: r.str()?,
                 owned: r.tps()?,
                 wait_ms: r.u32()?,
             },
-            12 => Request::LeaveGroup {
+            FrameKind::LeaveGroup => Request::LeaveGroup {
                 group: r.str()?,
                 member_id: r.str()?,
             },
-            13 => Request::CommitOffsets {
+            FrameKind::CommitOffsets => Request::CommitOffsets {
                 group: r.str()?,
                 member_id: r.str()?,
                 epoch: r.u32()?,
                 offsets: r.offsets()?,
             },
-            14 => Request::FetchOffsets { group: r.str()? },
-            15 => Request::ListGroups,
-            16 => Request::DescribeGroup { group: r.str()? },
-            17 => Request::ResetOffsets {
+            FrameKind::FetchOffsets => Request::FetchOffsets { group: r.str()? },
+            FrameKind::ListGroups => Request::ListGroups,
+            FrameKind::DescribeGroup => Request::DescribeGroup { group: r.str()? },
+            FrameKind::ResetOffsets => Request::ResetOffsets {
                 group: r.str()?,
                 topic: r.str()?,
                 to: r.position()?,
             },
-            18 => Request::DeleteGroup { group: r.str()? },
-            19 => Request::PluginAdd {
+            FrameKind::DeleteGroup => Request::DeleteGroup { group: r.str()? },
+            FrameKind::PluginAdd => Request::PluginAdd {
                 name: r.str()?,
                 wasm: r.bytes()?,
             },
-            20 => Request::PluginList,
-            21 => Request::PluginDescribe { name: r.str()? },
-            22 => Request::PluginRemove { name: r.str()? },
-            23 => Request::SetIngest {
+            FrameKind::PluginList => Request::PluginList,
+            FrameKind::PluginDescribe => Request::PluginDescribe { name: r.str()? },
+            FrameKind::PluginRemove => Request::PluginRemove { name: r.str()? },
+            FrameKind::SetIngest => Request::SetIngest {
                 topic: r.str()?,
                 chain: r.chain()?,
                 on_failure: r.policy()?,
             },
-            24 => Request::TopicPlugins { topic: r.str()? },
-            25 => Request::PipelineCreate {
+            FrameKind::TopicPlugins => Request::TopicPlugins { topic: r.str()? },
+            FrameKind::PipelineCreate => Request::PipelineCreate {
                 name: r.str()?,
                 from: r.str()?,
                 to: r.str()?,
                 chain: r.chain()?,
                 on_failure: r.policy()?,
             },
-            26 => Request::PipelineList,
-            27 => Request::PipelineDescribe { name: r.str()? },
-            28 => Request::PipelineDelete { name: r.str()? },
-            other => return Err(FrameError::UnknownKind(other)),
+            FrameKind::PipelineList => Request::PipelineList,
+            FrameKind::PipelineDescribe => Request::PipelineDescribe { name: r.str()? },
+            FrameKind::PipelineDelete => Request::PipelineDelete { name: r.str()? },
+            _ => return Err(FrameError::UnknownKind(header.kind)),
         };
         r.finish()?;
         Ok((header, req))
@@ -996,25 +1120,25 @@ impl Request {
 }
 
 impl Response {
-    fn kind(&self) -> u16 {
+    fn kind(&self) -> FrameKind {
         match self {
-            Response::Error { .. } => KIND_ERROR,
-            Response::TopicCreated => KIND_RESPONSE | 1,
-            Response::TopicDeleted => KIND_RESPONSE | 2,
-            Response::Topics(_) => KIND_RESPONSE | 3,
-            Response::TopicDescription { .. } => KIND_RESPONSE | 4,
-            Response::ProducerInit { .. } => KIND_RESPONSE | 5,
-            Response::Produced { .. } => KIND_RESPONSE | 6,
-            Response::Fetched { .. } => KIND_RESPONSE | 7,
-            Response::Offset { .. } => KIND_RESPONSE | 9,
-            Response::GroupAssignment { .. } => KIND_RESPONSE | 10,
-            Response::Done => KIND_RESPONSE | 12,
-            Response::CommittedOffsets(_) => KIND_RESPONSE | 14,
-            Response::Groups(_) => KIND_RESPONSE | 15,
-            Response::GroupDescription { .. } => KIND_RESPONSE | 16,
-            Response::Plugins(_) => KIND_RESPONSE | 20,
-            Response::TopicPlugins { .. } => KIND_RESPONSE | 24,
-            Response::Pipelines(_) => KIND_RESPONSE | 26,
+            Response::Error { .. } => FrameKind::Error,
+            Response::TopicCreated => FrameKind::TopicCreated,
+            Response::TopicDeleted => FrameKind::TopicDeleted,
+            Response::Topics(_) => FrameKind::Topics,
+            Response::TopicDescription { .. } => FrameKind::TopicDescription,
+            Response::ProducerInit { .. } => FrameKind::ProducerInit,
+            Response::Produced { .. } => FrameKind::Produced,
+            Response::Fetched { .. } => FrameKind::Fetched,
+            Response::Offset { .. } => FrameKind::Offset,
+            Response::GroupAssignment { .. } => FrameKind::GroupAssignment,
+            Response::Done => FrameKind::Done,
+            Response::CommittedOffsets(_) => FrameKind::CommittedOffsets,
+            Response::Groups(_) => FrameKind::Groups,
+            Response::GroupDescription { .. } => FrameKind::GroupDescription,
+            Response::Plugins(_) => FrameKind::Plugins,
+            Response::TopicPlugins { .. } => FrameKind::TopicPluginsReply,
+            Response::Pipelines(_) => FrameKind::Pipelines,
         }
     }
 
@@ -1147,7 +1271,7 @@ impl Response {
                 }
             }
         }
-        end(buf, start);
+        framing::finish_frame(buf, start, 0);
     }
 
     /// Decodes a frame body (everything after the length prefix).
@@ -1157,14 +1281,17 @@ impl Response {
             return Err(FrameError::UnsupportedVersion(header.version));
         }
         let mut r = Reader::new(body, HEADER_LEN - 4);
-        let resp = match header.kind {
-            KIND_ERROR => Response::Error {
+        let Some(kind) = FrameKind::from_u16(header.kind) else {
+            return Err(FrameError::UnknownKind(header.kind));
+        };
+        let resp = match kind {
+            FrameKind::Error => Response::Error {
                 code: r.u16()?,
                 message: r.str()?,
             },
-            0x8001 => Response::TopicCreated,
-            0x8002 => Response::TopicDeleted,
-            0x8003 => {
+            FrameKind::TopicCreated => Response::TopicCreated,
+            FrameKind::TopicDeleted => Response::TopicDeleted,
+            FrameKind::Topics => {
                 let n = r.count(HEADER_LEN)?;
                 let mut specs = Vec::with_capacity(n);
                 for _ in 0..n {
@@ -1172,7 +1299,7 @@ impl Response {
                 }
                 Response::Topics(specs)
             }
-            0x8004 => {
+            FrameKind::TopicDescription => {
                 let spec = r.spec()?;
                 let n = r.count(20)?;
                 let mut partitions = Vec::with_capacity(n);
@@ -1185,32 +1312,32 @@ impl Response {
                 }
                 Response::TopicDescription { spec, partitions }
             }
-            0x8005 => Response::ProducerInit {
+            FrameKind::ProducerInit => Response::ProducerInit {
                 producer_id: r.u64()? as i64,
                 producer_epoch: r.u16()? as i16,
             },
-            0x8006 => Response::Produced {
+            FrameKind::Produced => Response::Produced {
                 base_offset: r.u64()?,
                 duplicate: r.u8()? != 0,
             },
-            0x8007 => Response::Fetched {
+            FrameKind::Fetched => Response::Fetched {
                 log_start: r.u64()?,
                 log_end: r.u64()?,
                 next_offset: r.u64()?,
                 batches: r.bytes()?,
             },
-            0x8009 => Response::Offset { offset: r.u64()? },
-            0x800a => Response::GroupAssignment {
+            FrameKind::Offset => Response::Offset { offset: r.u64()? },
+            FrameKind::GroupAssignment => Response::GroupAssignment {
                 member_id: r.str()?,
                 epoch: r.u32()?,
                 generation: r.u32()?,
                 heartbeat_interval_ms: r.u32()?,
                 partitions: r.tps()?,
             },
-            0x800c => Response::Done,
-            0x800e => Response::CommittedOffsets(r.offsets()?),
-            0x800f => Response::Groups(r.strs()?),
-            0x8010 => {
+            FrameKind::Done => Response::Done,
+            FrameKind::CommittedOffsets => Response::CommittedOffsets(r.offsets()?),
+            FrameKind::Groups => Response::Groups(r.strs()?),
+            FrameKind::GroupDescription => {
                 let generation = r.u32()?;
                 let strategy = r.strategy()?;
                 let n = r.count(14)?;
@@ -1239,7 +1366,7 @@ impl Response {
                     lag,
                 }
             }
-            0x8014 => {
+            FrameKind::Plugins => {
                 let n = r.count(30)?;
                 let mut plugins = Vec::with_capacity(n);
                 for _ in 0..n {
@@ -1255,13 +1382,13 @@ impl Response {
                 }
                 Response::Plugins(plugins)
             }
-            0x8018 => Response::TopicPlugins {
+            FrameKind::TopicPluginsReply => Response::TopicPlugins {
                 ingest: r.chain()?,
                 on_failure: r.policy()?,
                 ingest_counters: r.counters()?,
                 read_counters: r.counters()?,
             },
-            0x801a => {
+            FrameKind::Pipelines => {
                 let n = r.count(56)?;
                 let mut pipelines = Vec::with_capacity(n);
                 for _ in 0..n {
@@ -1289,7 +1416,7 @@ impl Response {
                 }
                 Response::Pipelines(pipelines)
             }
-            other => return Err(FrameError::UnknownKind(other)),
+            _ => return Err(FrameError::UnknownKind(header.kind)),
         };
         r.finish()?;
         Ok((header, resp))
@@ -1970,6 +2097,25 @@ mod tests {
         encode_fetched_head(42, 3, 9, 7, batches.len(), &mut parts);
         parts.extend_from_slice(&batches);
         assert_eq!(parts, whole);
+    }
+
+    /// The numbering rule of the kind table: a response's kind is the kind
+    /// of the request it first answered, with bit 15 set.
+    #[test]
+    fn response_kinds_are_request_kinds_with_bit_15() {
+        let pairs = [
+            (FrameKind::CreateTopic, FrameKind::TopicCreated),
+            (FrameKind::ListTopics, FrameKind::Topics),
+            (FrameKind::Fetch, FrameKind::Fetched),
+            (FrameKind::JoinGroup, FrameKind::GroupAssignment),
+            (FrameKind::TopicPlugins, FrameKind::TopicPluginsReply),
+            (FrameKind::PipelineList, FrameKind::Pipelines),
+        ];
+        for (request, response) in pairs {
+            assert_eq!(request as u16 | 0x8000, response as u16);
+            assert_eq!(FrameKind::from_u16(response as u16), Some(response));
+        }
+        assert_eq!(FrameKind::from_u16(0x8008), None);
     }
 
     #[test]

@@ -13,16 +13,27 @@
 //! - [`batch`]: Kafka's RecordBatch v2, with its byte layout and CRC32C.
 //! - [`compression`]: the codecs of a batch's records section, and the cap
 //!   on what one batch may decompress to.
-//! - [`frame`]: length-prefixed request and response frames.
+//! - [`frame`]: request and response frames, the table of frame kinds,
+//!   and the ALPN id.
+//! - [`framing`]: the length prefix that delimits frames on a stream, and
+//!   its size check.
 //! - [`error`]: decode and compression errors, and the numbered wire
 //!   [`ErrorCode`]s.
 //! - [`varint`]: Kafka's zigzag varints and varlongs, used inside records.
+//! - [`partitioner`]: the key-to-partition mapping producers and the broker
+//!   share.
+//! - [`limits`]: default frame and batch sizes.
+//! - [`local`]: where a broker on this machine keeps its data and local CA.
 #![warn(missing_docs)]
 
 pub mod batch;
 pub mod compression;
 pub mod error;
 pub mod frame;
+pub mod framing;
+pub mod limits;
+pub mod local;
+pub mod partitioner;
 pub mod varint;
 
 pub use error::{CompressError, DecodeError, ErrorCode};

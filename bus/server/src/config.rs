@@ -4,9 +4,8 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use edgebus_proto::local::{DEFAULT_PORT, local_ca_path};
 use serde::{Deserialize, Serialize};
-
-pub use edgebus_client::local::{DEFAULT_PORT, default_data_dir, local_ca_path};
 
 /// Everything `edgebus serve` can be told.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -89,6 +88,12 @@ pub struct TlsConfig {
     pub client_ca: Option<PathBuf>,
 }
 
+/// The data directory of a broker started with no configuration: see
+/// [`edgebus_proto::local::default_data_dir`].
+pub fn default_data_dir() -> PathBuf {
+    edgebus_proto::local::default_data_dir(|name| std::env::var_os(name))
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -105,7 +110,7 @@ impl Default for Config {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_frame_bytes: edgebus_proto::frame::DEFAULT_MAX_FRAME_BYTES,
+            max_frame_bytes: edgebus_proto::limits::DEFAULT_MAX_FRAME_BYTES,
             max_message_bytes: 1 << 20,
             max_inflight_per_connection: 1024,
             max_connections: 1024,

@@ -1,22 +1,22 @@
 //! The IO side of consumer groups: drives the sans-IO
 //! [`GroupCoordinator`] from requests and a timer, holds heartbeats open
-//! until their member's assignment changes, and sends offset commits
-//! through the group-commit writer.
+//! until their member's assignment changes, sends offset commits through
+//! the group-commit writer, and reads what the store keeps of groups.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use edgebus_core::group::{GroupCoordinator, GroupError, Strategy, TopicPartition};
+use edgebus_core::group::{Assignment, GroupCoordinator, GroupError};
 use edgebus_proto::ErrorCode;
 use edgebus_proto::frame::{
-    AssignmentStrategy, GroupLag, MemberInfo, PartitionOffset, Position, Response,
-    TopicPartition as WireTp,
+    AssignmentStrategy, GroupLag, MemberInfo, PartitionOffset, TopicPartition,
 };
-use edgebus_store::{CommitError, LogStore, OffsetCommit};
+use edgebus_store::{CommitError, LogStore, OffsetCommit, StoreError};
 use tokio::sync::Notify;
 
-use crate::broker::Broker;
+use crate::error::Coded;
+use crate::writer::Writer;
 
 /// How often the coordinator checks session timeouts: the delay between a
 /// member's timeout and the rebalance it causes.
@@ -24,65 +24,96 @@ pub const TICK: Duration = Duration::from_millis(10);
 /// Longest a heartbeat is held waiting for a change.
 pub const MAX_HEARTBEAT_WAIT: Duration = Duration::from_secs(10);
 
+/// Why a group operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GroupsError {
+    /// The group name breaks the naming rule.
+    #[error("invalid group name: {0}")]
+    InvalidName(String),
+    /// The coordinator refused (unknown member, stale epoch, not assigned,
+    /// not empty).
+    #[error(transparent)]
+    Coordinator(#[from] GroupError),
+    /// The group has no members and no committed offsets.
+    #[error("unknown group {0:?}")]
+    UnknownGroup(String),
+    /// The store refused an offset commit.
+    #[error(transparent)]
+    Commit(#[from] CommitError),
+    /// Reading or deleting stored group data failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The store call's task failed.
+    #[error("store task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+impl Coded for GroupsError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            GroupsError::InvalidName(_) => ErrorCode::InvalidRequest,
+            GroupsError::Coordinator(e) => match e {
+                GroupError::UnknownMember { .. } => ErrorCode::UnknownMember,
+                GroupError::StaleGeneration { .. } => ErrorCode::StaleGeneration,
+                GroupError::NotAssigned { .. } => ErrorCode::NotAssigned,
+                GroupError::NotEmpty(_) => ErrorCode::GroupNotEmpty,
+                _ => ErrorCode::InvalidRequest,
+            },
+            GroupsError::UnknownGroup(_) => ErrorCode::UnknownGroup,
+            GroupsError::Commit(e) => match e {
+                CommitError::UnknownTopic(_) => ErrorCode::UnknownTopic,
+                CommitError::UnknownPartition { .. } => ErrorCode::UnknownPartition,
+                CommitError::InvalidGroup(_) => ErrorCode::InvalidRequest,
+                _ => ErrorCode::StorageError,
+            },
+            GroupsError::Store(e) => e.code(),
+            GroupsError::Task(_) => ErrorCode::StorageError,
+        }
+    }
+}
+
+/// What `DescribeGroup` reports.
+pub struct Description {
+    /// Generation (0 when the group has no members).
+    pub generation: u32,
+    /// Assignment strategy.
+    pub strategy: AssignmentStrategy,
+    /// Members and what they own.
+    pub members: Vec<MemberInfo>,
+    /// Committed offset and log end per partition of the group's topics.
+    pub lag: Vec<GroupLag>,
+}
+
 /// Held heartbeats to wake, by (group, member).
 type Wakers = HashMap<(String, String), Arc<Notify>>;
 
-/// Consumer-group state of a broker.
-#[derive(Clone, Default)]
+/// Consumer-group state of a broker. Cheap to clone.
+#[derive(Clone)]
 pub struct Groups {
     coordinator: Arc<Mutex<GroupCoordinator>>,
     wakers: Arc<Mutex<Wakers>>,
+    store: Arc<dyn LogStore>,
+    writer: Writer,
 }
 
-fn strategy(s: AssignmentStrategy) -> Strategy {
-    match s {
-        AssignmentStrategy::Range => Strategy::Range,
-        AssignmentStrategy::RoundRobin => Strategy::RoundRobin,
-        AssignmentStrategy::Sticky => Strategy::Sticky,
-    }
-}
-
-fn wire_strategy(s: Strategy) -> AssignmentStrategy {
-    match s {
-        Strategy::Range => AssignmentStrategy::Range,
-        Strategy::RoundRobin => AssignmentStrategy::RoundRobin,
-        _ => AssignmentStrategy::Sticky,
-    }
-}
-
-fn to_core(tp: &WireTp) -> TopicPartition {
-    TopicPartition::new(tp.topic.clone(), tp.partition)
-}
-
-fn to_wire(tp: &TopicPartition) -> WireTp {
-    WireTp {
-        topic: tp.topic.clone(),
-        partition: tp.partition,
-    }
-}
-
-/// The wire response for a coordinator error.
-pub fn group_error(e: GroupError) -> Response {
-    let code = match &e {
-        GroupError::UnknownMember { .. } => ErrorCode::UnknownMember,
-        GroupError::StaleGeneration { .. } => ErrorCode::StaleGeneration,
-        GroupError::NotAssigned { .. } => ErrorCode::NotAssigned,
-        GroupError::NotEmpty(_) => ErrorCode::GroupNotEmpty,
-        _ => ErrorCode::InvalidRequest,
-    };
-    Response::error(code, e.to_string())
-}
-
-fn validate_group(group: &str) -> Result<(), Response> {
-    edgebus_store::topic::check_name(group).map_err(|reason| {
-        Response::error(
-            ErrorCode::InvalidRequest,
-            format!("invalid group name: {reason}"),
-        )
-    })
+/// Checks a group name against the naming rule of topics.
+pub fn check_name(group: &str) -> Result<(), GroupsError> {
+    edgebus_store::topic::check_name(group).map_err(GroupsError::InvalidName)
 }
 
 impl Groups {
+    /// Groups whose offsets are read from `store` and committed through
+    /// `writer`.
+    pub fn new(store: Arc<dyn LogStore>, writer: Writer) -> Groups {
+        Groups {
+            coordinator: Arc::default(),
+            wakers: Arc::default(),
+            store,
+            writer,
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, GroupCoordinator> {
         self.coordinator.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -151,54 +182,41 @@ impl Groups {
             .remove(&(group.to_owned(), member.to_owned()));
     }
 
-    /// `JoinGroup`.
+    /// Joins a member (a new one when `member_id` is empty); returns its id
+    /// and first assignment.
     pub fn join(
         &self,
         group: &str,
         member_id: &str,
         topics: &[String],
-        session_timeout_ms: u32,
-        requested: AssignmentStrategy,
-    ) -> Response {
-        if let Err(e) = validate_group(group) {
-            return e;
-        }
-        let session = Duration::from_millis(session_timeout_ms.into());
+        session: Duration,
+        strategy: AssignmentStrategy,
+    ) -> Result<(String, Assignment), GroupsError> {
+        check_name(group)?;
         let joined = self.lock().join(
             Instant::now(),
             group,
             (!member_id.is_empty()).then_some(member_id),
             topics,
             session,
-            strategy(requested),
+            strategy,
         );
         self.wake();
-        match joined {
-            Ok((id, a)) => Response::GroupAssignment {
-                member_id: id,
-                epoch: a.epoch,
-                generation: a.generation,
-                heartbeat_interval_ms: heartbeat_interval(session),
-                partitions: a.partitions.iter().map(to_wire).collect(),
-            },
-            Err(e) => group_error(e),
-        }
+        Ok(joined?)
     }
 
-    /// `Heartbeat`: answers at once when the member must act (its
-    /// assignment differs from what it owns), else when that happens or
-    /// `wait_ms` passes.
+    /// Answers at once when the member must act (its assignment differs
+    /// from what it owns), else when that happens or `wait` passes.
     pub async fn heartbeat(
         &self,
         group: &str,
         member_id: &str,
-        owned: &[WireTp],
-        wait_ms: u32,
-    ) -> Response {
-        let mut owned: Vec<TopicPartition> = owned.iter().map(to_core).collect();
+        mut owned: Vec<TopicPartition>,
+        wait: Duration,
+    ) -> Result<Assignment, GroupsError> {
         owned.sort();
         owned.dedup();
-        let wait = Duration::from_millis(wait_ms.into()).min(MAX_HEARTBEAT_WAIT);
+        let wait = wait.min(MAX_HEARTBEAT_WAIT);
         let waker = self.waker(group, member_id);
         let deadline = tokio::time::Instant::now() + wait;
         let mut first = true;
@@ -217,58 +235,43 @@ impl Groups {
                 Ok(a) => a,
                 Err(e) => {
                     self.forget(group, member_id);
-                    return group_error(e);
+                    return Err(e.into());
                 }
             };
             let settled = assignment.partitions == owned;
             if !settled || tokio::time::Instant::now() >= deadline {
-                return Response::GroupAssignment {
-                    member_id: member_id.to_owned(),
-                    epoch: assignment.epoch,
-                    generation: assignment.generation,
-                    heartbeat_interval_ms: wait_ms,
-                    partitions: assignment.partitions.iter().map(to_wire).collect(),
-                };
+                return Ok(assignment);
             }
             let _ = tokio::time::timeout_at(deadline, waker.notified()).await;
         }
     }
 
-    /// `LeaveGroup`.
-    pub fn leave(&self, group: &str, member_id: &str) -> Response {
+    /// Removes a member.
+    pub fn leave(&self, group: &str, member_id: &str) -> Result<(), GroupsError> {
         let left = self.lock().leave(group, member_id);
         self.forget(group, member_id);
         self.wake();
-        match left {
-            Ok(()) => Response::Done,
-            Err(e) => group_error(e),
-        }
+        Ok(left?)
     }
 
-    /// `CommitOffsets`: fenced by member and epoch (or, with no member id,
-    /// only while the group is empty), then stored through the writer.
+    /// Commits offsets, fenced by member and epoch (or, with no member id,
+    /// only while the group is empty), through the writer.
     pub async fn commit(
         &self,
-        broker: &Broker,
         group: &str,
         member_id: &str,
         epoch: u32,
         offsets: Vec<PartitionOffset>,
-    ) -> Response {
-        if let Err(e) = validate_group(group) {
-            return e;
-        }
+    ) -> Result<(), GroupsError> {
+        check_name(group)?;
         let tps: Vec<TopicPartition> = offsets
             .iter()
             .map(|o| TopicPartition::new(o.topic.clone(), o.partition))
             .collect();
-        let fenced = if member_id.is_empty() {
-            self.lock().ensure_empty(group)
+        if member_id.is_empty() {
+            self.lock().ensure_empty(group)?;
         } else {
-            self.lock().check_commit(group, member_id, epoch, &tps)
-        };
-        if let Err(e) = fenced {
-            return group_error(e);
+            self.lock().check_commit(group, member_id, epoch, &tps)?;
         }
         let commits = offsets
             .into_iter()
@@ -279,39 +282,52 @@ impl Groups {
                 offset: o.offset,
             })
             .collect();
-        match broker.writer().commit_offsets(commits).await {
-            Ok(()) => Response::Done,
-            Err(e) => commit_error(e),
-        }
+        Ok(self.writer.commit_offsets(commits).await?)
     }
 
-    /// `ListGroups`: groups with members or committed offsets.
-    pub fn list(&self, store: &dyn LogStore) -> Response {
-        let mut names: BTreeSet<String> = self.lock().active_groups().into_iter().collect();
-        match store.groups() {
-            Ok(stored) => names.extend(stored),
-            Err(e) => return Response::error(ErrorCode::StorageError, e.to_string()),
-        }
-        Response::Groups(names.into_iter().collect())
+    /// Refuses unless the group has no members.
+    pub fn ensure_empty(&self, group: &str) -> Result<(), GroupsError> {
+        Ok(self.lock().ensure_empty(group)?)
     }
 
-    /// `DescribeGroup`: members, what they own, and per partition of the
-    /// group's topics the committed offset and log end.
-    /// `log_end` is the partition's end as readers see it (its high
-    /// watermark).
-    pub fn describe(
-        &self,
-        store: &dyn LogStore,
-        group: &str,
-        log_end: impl Fn(&str, u32) -> u64,
-    ) -> Response {
+    /// A group's committed offsets.
+    pub async fn committed(&self, group: String) -> Result<Vec<PartitionOffset>, GroupsError> {
+        let store = self.store.clone();
+        let committed =
+            tokio::task::spawn_blocking(move || store.committed_offsets(&group)).await??;
+        Ok(committed
+            .into_iter()
+            .map(|c| PartitionOffset {
+                topic: c.topic,
+                partition: c.partition,
+                offset: c.offset,
+            })
+            .collect())
+    }
+
+    /// Groups with members or committed offsets.
+    pub async fn list(&self) -> Result<Vec<String>, GroupsError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut names: BTreeSet<String> = this.lock().active_groups().into_iter().collect();
+            names.extend(this.store.groups()?);
+            Ok(names.into_iter().collect())
+        })
+        .await?
+    }
+
+    /// Members, what they own, and per partition of the group's topics the
+    /// committed offset and log end.
+    pub async fn describe(&self, group: String) -> Result<Description, GroupsError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.describe_blocking(&group)).await?
+    }
+
+    fn describe_blocking(&self, group: &str) -> Result<Description, GroupsError> {
         let description = self.lock().describe(group);
-        let committed = match store.committed_offsets(group) {
-            Ok(c) => c,
-            Err(e) => return Response::error(ErrorCode::StorageError, e.to_string()),
-        };
+        let committed = self.store.committed_offsets(group)?;
         if description.is_none() && committed.is_empty() {
-            return Response::error(ErrorCode::UnknownGroup, format!("unknown group {group:?}"));
+            return Err(GroupsError::UnknownGroup(group.to_owned()));
         }
         let mut topics: BTreeSet<String> = committed.iter().map(|c| c.topic.clone()).collect();
         let (generation, strategy, members) = match description {
@@ -325,20 +341,20 @@ impl Groups {
                     .map(|m| MemberInfo {
                         member_id: m.id,
                         topics: m.topics,
-                        owned: m.owned.iter().map(to_wire).collect(),
+                        owned: m.owned,
                     })
                     .collect();
-                (d.generation, wire_strategy(d.strategy), members)
+                (d.generation, d.strategy, members)
             }
             None => (0, AssignmentStrategy::default(), Vec::new()),
         };
         let mut lag = Vec::new();
         for topic in topics {
-            let Ok(Some(spec)) = store.topic(&topic) else {
+            let Ok(Some(spec)) = self.store.topic(&topic) else {
                 continue;
             };
             for partition in 0..spec.partitions {
-                let log_end = log_end(&topic, partition);
+                let log_end = self.writer.high_watermark(&topic, partition).unwrap_or(0);
                 let committed = committed
                     .iter()
                     .find(|c| c.topic == topic && c.partition == partition)
@@ -351,70 +367,32 @@ impl Groups {
                 });
             }
         }
-        Response::GroupDescription {
+        Ok(Description {
             generation,
             strategy,
             members,
             lag,
-        }
+        })
     }
 
-    /// `ResetOffsets`: points every partition of `topic` at `to`, only
-    /// while the group has no members.
-    pub async fn reset(&self, broker: &Broker, group: &str, topic: &str, to: Position) -> Response {
-        if let Err(e) = validate_group(group) {
-            return e;
-        }
-        if let Err(e) = self.lock().ensure_empty(group) {
-            return group_error(e);
-        }
-        let Some(spec) = broker.topic_spec(topic) else {
-            return Response::error(ErrorCode::UnknownTopic, format!("unknown topic {topic:?}"));
-        };
-        let mut offsets = Vec::with_capacity(spec.partitions as usize);
-        for partition in 0..spec.partitions {
-            let offset = match broker.resolve(topic, partition, to).await {
-                Ok(o) => o,
-                Err(e) => return e,
-            };
-            offsets.push(PartitionOffset {
-                topic: topic.to_owned(),
-                partition,
-                offset,
-            });
-        }
-        match self.commit(broker, group, "", 0, offsets.clone()).await {
-            Response::Done => Response::CommittedOffsets(offsets),
-            other => other,
-        }
-    }
-
-    /// `DeleteGroup`: removes its offsets, only while it has no members.
-    pub fn delete(&self, store: &dyn LogStore, group: &str) -> Response {
-        if let Err(e) = self.lock().ensure_empty(group) {
-            return group_error(e);
-        }
-        match store.delete_group(group) {
-            Ok(true) => Response::Done,
-            Ok(false) => {
-                Response::error(ErrorCode::UnknownGroup, format!("unknown group {group:?}"))
-            }
-            Err(e) => Response::error(ErrorCode::StorageError, e.to_string()),
+    /// Removes a group's offsets, only while it has no members.
+    pub async fn delete(&self, group: String) -> Result<(), GroupsError> {
+        self.ensure_empty(&group)?;
+        let store = self.store.clone();
+        let deleted = tokio::task::spawn_blocking({
+            let group = group.clone();
+            move || store.delete_group(&group)
+        })
+        .await??;
+        if deleted {
+            Ok(())
+        } else {
+            Err(GroupsError::UnknownGroup(group))
         }
     }
 }
 
 /// Heartbeat often enough that two can be lost within a session.
-fn heartbeat_interval(session: Duration) -> u32 {
+pub fn heartbeat_interval(session: Duration) -> u32 {
     (session / 3).as_millis().min(u128::from(u32::MAX)) as u32
-}
-
-fn commit_error(e: CommitError) -> Response {
-    let code = match &e {
-        CommitError::UnknownTopic(_) => ErrorCode::UnknownTopic,
-        CommitError::UnknownPartition { .. } => ErrorCode::UnknownPartition,
-        CommitError::InvalidGroup(_) => ErrorCode::InvalidRequest,
-        _ => ErrorCode::StorageError,
-    };
-    Response::error(code, e.to_string())
 }

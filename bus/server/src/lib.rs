@@ -1,44 +1,86 @@
 //! # edgebus
 //!
 //! The broker: a thin IO shell around the storage seam. It owns the QUIC
-//! endpoint, the single group-commit writer, retention, configuration and
-//! the `edgebus` command line.
+//! endpoint, the single group-commit writer, retention, consumer groups,
+//! plugin attach points and configuration. The `edgebus` command line is
+//! the binary target of this package, a client of this library.
 //!
 //! ```text
-//!           QUIC (quinn + rustls, ALPN edgebus/1)
-//!  clients ───────────────▶ server ──▶ broker ──▶ writer thread ──▶ LogStore (redb)
-//!                            ▲  │         │                            │
-//!                            │  └─ fetch / subscribe ◀── read txns ◀───┘
-//!                            └──── notifier (log-end watches) ◀── writer
+//!            QUIC (quinn + rustls, ALPN edgebus/1)
+//!  clients ─────────▶ server ──▶ cmd (dispatch, produce) ──▶ writer thread ──▶ LogStore (redb)
+//!                       │                                        │                 │
+//!                       └──▶ feed (subscriptions) ◀── notifier ◀──┘                 │
+//!                                  ▲                                               │
+//!                                  └──────────────── reader (read txns) ◀──────────┘
 //! ```
+//!
+//! ## Crates
+//!
+//! ```text
+//!  edgebus (bin: cli) ──▶ edgebus-client ──▶ edgebus-proto
+//!        │  └─────────────────────────────────▶ edgebus-proto
+//!        ▼
+//!  edgebus (lib) ──▶ edgebus-core ──▶ edgebus-proto
+//!        ├────────▶ edgebus-store ─▶ edgebus-proto
+//!        ├────────▶ edgebus-wasm
+//!        └────────▶ edgebus-proto
+//! ```
+//!
+//! The library never uses the client SDK: what both sides need (framing,
+//! the key partitioner, size defaults, ALPN, local paths) is in
+//! `edgebus-proto`, and each side keeps its own few lines of QUIC and TLS.
 //!
 //! ## Layout
 //!
-//! - [`bundled`]: the plugins of this source tree, built on demand.
-//! - [`config`]: TOML configuration and limits.
-//! - [`tls`]: local CA on first start, operator certificates, mTLS.
-//! - [`server`]: endpoint, connections, streams, request framing.
-//! - [`broker`]: what each request does.
-//! - [`groups`]: consumer groups: coordinator timer, held heartbeats, commits.
-//! - [`plugins`]: the plugin registry, ingest and read-path chains, dead letters.
+//! The shell, top down (no module imports one above it):
+//!
+//! - [`server`]: endpoint, connections, streams; hands each request to
+//!   [`cmd`], produce acks to [`cmd::produce`], subscriptions to [`feed`].
+//! - [`cmd`]: one handler per request family (topic, produce, fetch,
+//!   group, plugin, pipeline), each given the few handles it touches;
+//!   `dispatch` turns their errors into `Response::Error`.
+//! - [`broker`]: the handles to every part, made once at start.
+//! - [`feed`]: subscriptions: pushes batches as partitions grow, through a
+//!   read-path plugin chain if asked.
 //! - [`pipelines`]: exactly-once pipelines between topics.
+//! - [`wire`]: frames on QUIC streams (read with the size check, write).
+//! - [`attach`]: each topic's ingest chain and read-path counters.
+//! - [`dlq`]: dead-letter topics, created on first use.
+//! - [`chain`]: the one chain runner every attach point uses: hot swap,
+//!   failure policy, dead letters, counters.
+//! - [`registry`]: the plugin registry and its compiled plugins.
+//! - [`topics`]: the topic catalog and its cache.
+//! - [`reader`]: partition reads off the async workers.
+//! - [`groups`]: consumer groups: coordinator timer, held heartbeats,
+//!   commits.
+//! - [`retention`]: the background retention task.
+//! - [`error`]: how a domain error becomes a client's error code.
 //! - [`writer`]: the single writer with group commit.
 //! - [`notify`]: wakes subscriptions when partitions grow.
-//! - [`retention`]: the background retention task.
-//! - [`cli`]: the `edgebus` commands.
+//! - [`tls`], [`config`]: local CA on first start, operator certificates,
+//!   mTLS; TOML configuration and limits.
+//! - [`bundled`]: the plugins of this source tree, built on demand.
 #![warn(missing_docs)]
 
+pub mod attach;
 pub mod broker;
 pub mod bundled;
-pub mod cli;
+pub mod chain;
+pub mod cmd;
 pub mod config;
+pub mod dlq;
+pub mod error;
+pub mod feed;
 pub mod groups;
 pub mod notify;
 pub mod pipelines;
-pub mod plugins;
+pub mod reader;
+pub mod registry;
 pub mod retention;
 pub mod server;
 pub mod tls;
+pub mod topics;
+pub mod wire;
 pub mod writer;
 
 use std::net::SocketAddr;
@@ -111,6 +153,8 @@ impl RunningBroker {
             let _ = task.await;
         }
         self.pipelines.stop_all().await;
+        // The handle holds the store and the writer too: let go of them.
+        drop(self.pipelines);
         let _ = (&mut self.task).await;
         // Stream tasks and the writer thread let go of the store shortly
         // after the endpoint is idle. Waiting until this handle holds the
@@ -186,16 +230,22 @@ pub async fn start_with_store(
         max_instances: config.plugins.max_instances,
     })
     .map_err(|e| StartError::Plugins(e.to_string()))?;
-    let plugins =
-        Arc::new(plugins::Plugins::new(engine, store.clone()).map_err(StartError::Plugins)?);
-    let broker = Broker::new(store.clone(), config.limits.clone(), plugins)?;
-    broker.pipelines().restore(&broker);
-    let pipelines = broker.pipelines().clone();
+    let registry = Arc::new(registry::Registry::new(engine, store.clone()));
+    let attachments = attach::Attachments::restore(registry.clone(), store.clone())
+        .map_err(|e| StartError::Plugins(e.to_string()))?;
+    let broker = Broker::new(
+        store.clone(),
+        config.limits.clone(),
+        registry,
+        Arc::new(attachments),
+    )?;
+    broker.pipelines.restore();
+    let pipelines = broker.pipelines.clone();
     let retention = tokio::spawn(retention::run(
-        broker.writer().clone(),
+        broker.writer.clone(),
         Duration::from_millis(config.retention_check_interval_ms.max(1)),
     ));
-    let group_timer = tokio::spawn(broker.groups().clone().run_timer());
+    let group_timer = tokio::spawn(broker.groups.clone().run_timer());
     let (shutdown, rx) = oneshot::channel();
     let task = tokio::spawn(server::run(endpoint, broker, async move {
         let _ = rx.await;

@@ -1,11 +1,14 @@
-//! The `edgebus` binary: see [`edgebus::cli`].
+//! The `edgebus` binary: see [`cli`]. A client of the broker library (its
+//! `serve` command starts one), so it alone uses the client SDK.
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
+mod cli;
+
 fn main() -> ExitCode {
-    let cli = edgebus::cli::Cli::parse();
+    let cli = cli::Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -23,5 +26,5 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    runtime.block_on(edgebus::cli::run(cli))
+    runtime.block_on(cli::run(cli))
 }

@@ -9,27 +9,76 @@
 //! commit is thrown away whole: the chain is rebuilt from the stored state
 //! and the step runs again.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use edgebus_client::producer::partition_for_key;
 use edgebus_proto::ErrorCode;
 use edgebus_proto::batch::{self, BatchHeader, Record, StoredRecord};
-use edgebus_proto::frame::{FailurePolicy, PipelineDescription, PluginRef, Request, Response};
-use edgebus_store::{ConfigKind, LogStore};
-use edgebus_wasm::{ChainOutput, PluginError, StateStore};
+use edgebus_proto::frame::{FailurePolicy, PipelineDescription, PluginRef, Request};
+use edgebus_proto::partitioner::partition_for_key;
+use edgebus_store::{ConfigKind, LogStore, StoreError};
+use edgebus_wasm::StateStore;
 use tokio::task::JoinHandle;
 
-use crate::broker::Broker;
-use crate::plugins::{Counters, Halt, batches, dead_letter, lock, to_plugin};
-use crate::writer::{Output, PipelineStep};
+use crate::chain::{self, AttachPoint, ChainRunError, ChainRunner, Counters, Halt};
+use crate::dlq::DeadLetters;
+use crate::error::Coded;
+use crate::notify::Notifier;
+use crate::reader::Reader;
+use crate::registry::Registry;
+use crate::topics::{Topics, UnknownTopic};
+use crate::writer::{PipelineStep, Writer};
 
 /// Bytes of source batches one step reads at most.
 const STEP_MAX_BYTES: u32 = 1 << 20;
 /// How long an idle pipeline waits before looking again, even unwoken.
 const IDLE_POLL: Duration = Duration::from_millis(500);
+
+/// Why a pipeline request failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PipelinesError {
+    /// A pipeline with that name exists or is being created.
+    #[error("pipeline {0:?} exists")]
+    Exists(String),
+    /// The name breaks the naming rule.
+    #[error("invalid pipeline name: {0}")]
+    InvalidName(String),
+    /// The source or destination topic does not exist.
+    #[error(transparent)]
+    UnknownTopic(#[from] UnknownTopic),
+    /// The chain is empty.
+    #[error("a pipeline needs a plugin")]
+    NoPlugin,
+    /// A plugin of the chain does not initialise.
+    #[error(transparent)]
+    Chain(#[from] ChainRunError),
+    /// No pipeline with that name.
+    #[error("unknown pipeline {0:?}")]
+    Unknown(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The store call's task failed.
+    #[error(transparent)]
+    Task(#[from] tokio::task::JoinError),
+}
+
+impl Coded for PipelinesError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            PipelinesError::Exists(_) => ErrorCode::PipelineExists,
+            PipelinesError::InvalidName(_) | PipelinesError::NoPlugin => ErrorCode::InvalidRequest,
+            PipelinesError::UnknownTopic(e) => e.code(),
+            PipelinesError::Chain(e) => e.code(),
+            PipelinesError::Unknown(_) => ErrorCode::UnknownPipeline,
+            PipelinesError::Store(e) => e.code(),
+            PipelinesError::Task(_) => ErrorCode::StorageError,
+        }
+    }
+}
 
 /// A pipeline's definition, as stored.
 #[derive(Debug, Clone)]
@@ -52,7 +101,7 @@ impl Definition {
             on_failure: self.on_failure,
         }
         .encode(0, &mut buf);
-        buf[4..].to_vec()
+        buf[edgebus_proto::framing::LENGTH_PREFIX_BYTES..].to_vec()
     }
 
     fn decode(blob: Vec<u8>) -> Option<Definition> {
@@ -81,7 +130,7 @@ impl Definition {
 /// What a running pipeline shares with `describe`.
 #[derive(Default)]
 struct Shared {
-    counters: Counters,
+    counters: Arc<Counters>,
     status: Mutex<String>,
     positions: Mutex<BTreeMap<u32, u64>>,
 }
@@ -92,18 +141,31 @@ struct Running {
     task: JoinHandle<()>,
 }
 
-/// The broker's pipelines.
-#[derive(Clone, Default)]
+/// What pipeline tasks work with.
+#[derive(Clone)]
+struct Env {
+    store: Arc<dyn LogStore>,
+    writer: Writer,
+    reader: Reader,
+    topics: Topics,
+    registry: Arc<Registry>,
+    notifier: Notifier,
+    dead_letters: DeadLetters,
+}
+
+/// The broker's pipelines. Cheap to clone.
+#[derive(Clone)]
 pub struct Pipelines {
     running: Arc<Mutex<HashMap<String, Running>>>,
     /// Names being created: reserved before `create` awaits anything, so
     /// two concurrent creates of one name cannot both start a task.
-    creating: Arc<Mutex<std::collections::HashSet<String>>>,
+    creating: Arc<Mutex<HashSet<String>>>,
+    env: Env,
 }
 
 /// Releases a name reservation however `create` returns.
 struct Reservation<'a> {
-    creating: &'a Mutex<std::collections::HashSet<String>>,
+    creating: &'a Mutex<HashSet<String>>,
     name: String,
 }
 
@@ -113,10 +175,40 @@ impl Drop for Reservation<'_> {
     }
 }
 
+/// Locks a mutex, recovering it if a thread panicked while holding it.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl Pipelines {
+    /// No pipelines yet; see [`Pipelines::restore`].
+    pub fn new(
+        store: Arc<dyn LogStore>,
+        writer: Writer,
+        reader: Reader,
+        topics: Topics,
+        registry: Arc<Registry>,
+        notifier: Notifier,
+        dead_letters: DeadLetters,
+    ) -> Pipelines {
+        Pipelines {
+            running: Arc::default(),
+            creating: Arc::default(),
+            env: Env {
+                store,
+                writer,
+                reader,
+                topics,
+                registry,
+                notifier,
+                dead_letters,
+            },
+        }
+    }
+
     /// Starts every stored pipeline.
-    pub fn restore(&self, broker: &Broker) {
-        let configs = match broker.store().configs(ConfigKind::Pipeline) {
+    pub fn restore(&self) {
+        let configs = match self.env.store.configs(ConfigKind::Pipeline) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read pipelines; none started");
@@ -125,16 +217,16 @@ impl Pipelines {
         };
         for (name, blob) in configs {
             match Definition::decode(blob) {
-                Some(def) => self.spawn(broker, def),
+                Some(def) => self.spawn(def),
                 None => tracing::error!(%name, "unreadable pipeline definition ignored"),
             }
         }
     }
 
-    fn spawn(&self, broker: &Broker, definition: Definition) {
+    fn spawn(&self, definition: Definition) {
         let shared = Arc::new(Shared::default());
         *lock(&shared.status) = "starting".into();
-        let task = tokio::spawn(run(broker.clone(), definition.clone(), shared.clone()));
+        let task = tokio::spawn(run(self.env.clone(), definition.clone(), shared.clone()));
         lock(&self.running).insert(
             definition.name.clone(),
             Running {
@@ -145,46 +237,32 @@ impl Pipelines {
         );
     }
 
-    /// `PipelineCreate`.
+    /// Checks, stores and starts a pipeline.
     pub async fn create(
         &self,
-        broker: &Broker,
         name: &str,
         from: &str,
         to: &str,
         chain: Vec<PluginRef>,
         on_failure: FailurePolicy,
-    ) -> Response {
+    ) -> Result<(), PipelinesError> {
         let _reservation = {
             let running = lock(&self.running);
             let mut creating = lock(&self.creating);
             if running.contains_key(name) || !creating.insert(name.to_owned()) {
-                return Response::error(
-                    ErrorCode::PipelineExists,
-                    format!("pipeline {name:?} exists"),
-                );
+                return Err(PipelinesError::Exists(name.to_owned()));
             }
             Reservation {
                 creating: &self.creating,
                 name: name.to_owned(),
             }
         };
-        if let Err(reason) = edgebus_store::topic::check_name(name) {
-            return Response::error(
-                ErrorCode::InvalidRequest,
-                format!("invalid pipeline name: {reason}"),
-            );
-        }
+        edgebus_store::topic::check_name(name).map_err(PipelinesError::InvalidName)?;
         for topic in [from, to] {
-            if broker.topic_spec(topic).is_none() {
-                return Response::error(
-                    ErrorCode::UnknownTopic,
-                    format!("unknown topic {topic:?}"),
-                );
-            }
+            self.env.topics.spec(topic)?;
         }
         if chain.is_empty() {
-            return Response::error(ErrorCode::InvalidRequest, "a pipeline needs a plugin");
+            return Err(PipelinesError::NoPlugin);
         }
         let definition = Definition {
             name: name.to_owned(),
@@ -194,35 +272,27 @@ impl Pipelines {
             on_failure,
         };
         // Check the chain initialises before storing anything.
-        let plugins = broker.plugins().clone();
-        let refs = definition.chain.clone();
-        let checked = tokio::task::spawn_blocking(move || {
-            plugins
-                .build_chain(&refs, |_| Box::new(edgebus_wasm::MemState::default()))
-                .map(|_| ())
-        })
-        .await;
-        match checked {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return e,
-            Err(e) => return Response::error(ErrorCode::PluginInvalid, e.to_string()),
-        }
-        let (store, blob, key) = (broker.store().clone(), definition.encode(), name.to_owned());
-        let stored = tokio::task::spawn_blocking(move || {
+        ChainRunner::new(
+            self.env.registry.clone(),
+            definition.chain.clone(),
+            on_failure,
+            AttachPoint::Pipeline,
+            Arc::default(),
+            chain::in_memory_state(),
+        )
+        .build()
+        .await?;
+        let (store, blob, key) = (self.env.store.clone(), definition.encode(), name.to_owned());
+        tokio::task::spawn_blocking(move || {
             store.put_config(ConfigKind::Pipeline, &key, Some(&blob))
         })
-        .await;
-        match stored {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Response::error(ErrorCode::StorageError, e.to_string()),
-            Err(e) => return Response::error(ErrorCode::StorageError, e.to_string()),
-        }
-        self.spawn(broker, definition);
-        Response::Done
+        .await??;
+        self.spawn(definition);
+        Ok(())
     }
 
-    /// `PipelineList` / `PipelineDescribe`.
-    pub fn describe(&self, only: Option<&str>) -> Response {
+    /// Every pipeline, or only `only`.
+    pub fn describe(&self, only: Option<&str>) -> Result<Vec<PipelineDescription>, PipelinesError> {
         let running = lock(&self.running);
         let mut out: Vec<PipelineDescription> = running
             .values()
@@ -244,36 +314,30 @@ impl Pipelines {
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
         match only {
-            Some(name) if out.is_empty() => Response::error(
-                ErrorCode::UnknownPipeline,
-                format!("unknown pipeline {name:?}"),
-            ),
-            _ => Response::Pipelines(out),
+            Some(name) if out.is_empty() => Err(PipelinesError::Unknown(name.to_owned())),
+            _ => Ok(out),
         }
     }
 
-    /// `PipelineDelete`: stops it and forgets its position and state. Its
-    /// output records stay.
-    pub async fn delete(&self, broker: &Broker, name: &str) -> Response {
+    /// Stops a pipeline and forgets its position and state. Its output
+    /// records stay.
+    pub async fn delete(&self, name: &str) -> Result<(), PipelinesError> {
         let Some(running) = lock(&self.running).remove(name) else {
-            return Response::error(
-                ErrorCode::UnknownPipeline,
-                format!("unknown pipeline {name:?}"),
-            );
+            return Err(PipelinesError::Unknown(name.to_owned()));
         };
         running.task.abort();
         let _ = running.task.await;
         // Through the writer, so a step the task queued before it was
         // stopped commits first and cannot write its position back after.
         let name = name.to_owned();
-        let deleted = broker.writer().run(move |store| {
-            store.put_config(ConfigKind::Pipeline, &name, None)?;
-            store.delete_pipeline_data(&name)
-        });
-        match deleted.await {
-            Ok(()) => Response::Done,
-            Err(e) => Response::error(ErrorCode::StorageError, e.to_string()),
-        }
+        Ok(self
+            .env
+            .writer
+            .run(move |store| {
+                store.put_config(ConfigKind::Pipeline, &name, None)?;
+                store.delete_pipeline_data(&name)
+            })
+            .await?)
     }
 
     /// Stops every pipeline task (broker shutdown); definitions stay stored.
@@ -342,46 +406,42 @@ impl StateStore for PipelineState {
     }
 }
 
-/// Why a step did not commit.
-enum StepError {
-    /// Stop and back off, then rebuild the chain and retry.
-    Halt(String),
-}
+/// Why a step did not commit: the pipeline backs off, rebuilds its chain
+/// from the stored state and retries.
+struct Halted(String);
 
-async fn run(broker: Broker, def: Definition, shared: Arc<Shared>) {
-    let mut halt = Halt::default();
-    loop {
-        let overlay: Overlay = Arc::default();
-        let (plugins, refs, store, name, ov) = (
-            broker.plugins().clone(),
-            def.chain.clone(),
-            broker.store().clone(),
-            def.name.clone(),
-            overlay.clone(),
-        );
-        let built = tokio::task::spawn_blocking(move || {
-            plugins.build_chain(&refs, |i| {
-                Box::new(PipelineState {
-                    pipeline: name.clone(),
-                    prefix: format!("{i}/").into_bytes(),
-                    store: store.clone(),
-                    overlay: ov.clone(),
-                })
+async fn run(env: Env, def: Definition, shared: Arc<Shared>) {
+    let overlay: Overlay = Arc::default();
+    let state: chain::StateFactory = {
+        let (store, name, overlay) = (env.store.clone(), def.name.clone(), overlay.clone());
+        Arc::new(move |i| {
+            Box::new(PipelineState {
+                pipeline: name.clone(),
+                prefix: format!("{i}/").into_bytes(),
+                store: store.clone(),
+                overlay: overlay.clone(),
             })
         })
-        .await;
-        let mut live = match built {
-            Ok(Ok(live)) => Some(live),
-            Ok(Err(e)) => {
-                backoff(&shared, &mut halt, format!("cannot build chain: {e:?}")).await;
-                continue;
-            }
-            Err(e) => {
-                backoff(&shared, &mut halt, format!("cannot build chain: {e}")).await;
-                continue;
-            }
-        };
-        let (store, name) = (broker.store().clone(), def.name.clone());
+    };
+    let mut runner = ChainRunner::new(
+        env.registry.clone(),
+        def.chain.clone(),
+        def.on_failure,
+        AttachPoint::Pipeline,
+        shared.counters.clone(),
+        state,
+    );
+    let mut halt = Halt::default();
+    loop {
+        // Whatever failed, start over from the stored state: a fresh chain,
+        // no uncommitted state writes, the stored positions.
+        runner.reset();
+        lock(&overlay).clear();
+        if let Err(e) = runner.build().await {
+            backoff(&shared, &mut halt, format!("cannot build chain: {e}")).await;
+            continue;
+        }
+        let (store, name) = (env.store.clone(), def.name.clone());
         let stored = tokio::task::spawn_blocking(move || store.pipeline_positions(&name)).await;
         let mut positions: BTreeMap<u32, u64> = match stored {
             Ok(Ok(p)) => p.into_iter().collect(),
@@ -396,37 +456,52 @@ async fn run(broker: Broker, def: Definition, shared: Arc<Shared>) {
         };
         lock(&shared.positions).clone_from(&positions);
         *lock(&shared.status) = "running".into();
-        loop {
-            let Some(spec) = broker.topic_spec(&def.from) else {
-                *lock(&shared.status) = format!("source topic {:?} is missing", def.from);
-                tokio::time::sleep(IDLE_POLL).await;
-                continue;
-            };
-            let mut progressed = false;
-            let mut failed = None;
-            for p in 0..spec.partitions {
-                let at = positions.get(&p).copied().unwrap_or(0);
-                match step(&broker, &def, &shared, &mut live, &overlay, p, at).await {
-                    Ok(Some(next)) => {
-                        positions.insert(p, next);
-                        lock(&shared.positions).insert(p, next);
-                        progressed = true;
-                        halt.clear();
-                    }
-                    Ok(None) => {}
-                    Err(StepError::Halt(why)) => {
-                        failed = Some(why);
-                        break;
-                    }
+        let Halted(why) = steps(
+            &env,
+            &def,
+            &shared,
+            &mut runner,
+            &overlay,
+            &mut positions,
+            &mut halt,
+        )
+        .await;
+        backoff(&shared, &mut halt, why).await;
+    }
+}
+
+/// Runs steps over every source partition until one fails.
+async fn steps(
+    env: &Env,
+    def: &Definition,
+    shared: &Shared,
+    runner: &mut ChainRunner,
+    overlay: &Overlay,
+    positions: &mut BTreeMap<u32, u64>,
+    halt: &mut Halt,
+) -> Halted {
+    loop {
+        let Ok(spec) = env.topics.spec(&def.from) else {
+            *lock(&shared.status) = format!("source topic {:?} is missing", def.from);
+            tokio::time::sleep(IDLE_POLL).await;
+            continue;
+        };
+        let mut progressed = false;
+        for p in 0..spec.partitions {
+            let at = positions.get(&p).copied().unwrap_or(0);
+            match step(env, def, runner, overlay, p, at).await {
+                Ok(Some(next)) => {
+                    positions.insert(p, next);
+                    lock(&shared.positions).insert(p, next);
+                    progressed = true;
+                    halt.clear();
                 }
+                Ok(None) => {}
+                Err(halted) => return halted,
             }
-            if let Some(why) = failed {
-                backoff(&shared, &mut halt, why).await;
-                break;
-            }
-            if !progressed {
-                wait_for_source(&broker, &def.from, spec.partitions).await;
-            }
+        }
+        if !progressed {
+            wait_for_source(&env.notifier, &def.from, spec.partitions).await;
         }
     }
 }
@@ -440,10 +515,8 @@ async fn backoff(shared: &Shared, halt: &mut Halt, why: String) {
     tokio::time::sleep(pause).await;
 }
 
-async fn wait_for_source(broker: &Broker, topic: &str, partitions: u32) {
-    let mut watches: Vec<_> = (0..partitions)
-        .map(|p| broker.notifier().watch(topic, p))
-        .collect();
+async fn wait_for_source(notifier: &Notifier, topic: &str, partitions: u32) {
+    let mut watches: Vec<_> = (0..partitions).map(|p| notifier.watch(topic, p)).collect();
     let changed = futures::future::select_all(watches.iter_mut().map(|w| Box::pin(w.changed())));
     let _ = tokio::time::timeout(IDLE_POLL, changed).await;
 }
@@ -451,119 +524,70 @@ async fn wait_for_source(broker: &Broker, topic: &str, partitions: u32) {
 /// Runs one step on partition `p` from offset `at`. Returns the next
 /// offset if something was committed.
 async fn step(
-    broker: &Broker,
+    env: &Env,
     def: &Definition,
-    shared: &Shared,
-    live: &mut Option<crate::plugins::LiveChain>,
+    runner: &mut ChainRunner,
     overlay: &Overlay,
     p: u32,
     at: u64,
-) -> Result<Option<u64>, StepError> {
-    let read = broker
+) -> Result<Option<u64>, Halted> {
+    let read = env
+        .reader
         .read_at(&def.from, p, at, STEP_MAX_BYTES)
         .await
-        .map_err(|e| StepError::Halt(format!("reading {}/{p}: {e:?}", def.from)))?;
+        .map_err(|e| Halted(format!("reading {}/{p}: {e}", def.from)))?;
     let Some(last) = read.batches.last() else {
         return Ok(None);
     };
     let next = BatchHeader::parse(last)
         .map(|h| h.next_offset())
-        .map_err(|e| StepError::Halt(e.to_string()))?;
+        .map_err(|e| Halted(e.to_string()))?;
     let mut inputs: Vec<StoredRecord> = Vec::new();
     for b in &read.batches {
-        let records = batch::records(b).map_err(|e| StepError::Halt(e.to_string()))?;
+        let records = batch::records(b).map_err(|e| Halted(e.to_string()))?;
         inputs.extend(records.into_iter().filter(|r| r.offset >= at));
     }
-    let plugin_inputs = inputs
-        .iter()
-        .map(|r| {
-            let mut pr = to_plugin(r, true);
-            pr.partition = Some(p);
-            pr
-        })
-        .collect();
-    if let Some(chain) = live.as_mut() {
-        broker
-            .plugins()
-            .refresh(chain, &def.chain)
-            .map_err(|e| StepError::Halt(format!("{e:?}")))?;
-    }
-    // Plugin calls are CPU work bounded by the engine's deadline: run them
-    // off the async workers, handing the chain over and back.
-    let Some(mut chain) = live.take() else {
-        return Err(StepError::Halt("plugin chain lost".into()));
+    let run = match runner.run(&def.from, p, &inputs).await {
+        Ok(run) => run,
+        Err(ChainRunError::Failed {
+            plugin,
+            error,
+            offset,
+        }) => {
+            return Err(Halted(format!(
+                "plugin {plugin:?} failed at {}/{p}@{}: {error}",
+                def.from,
+                offset.unwrap_or(at)
+            )));
+        }
+        Err(e) => return Err(Halted(e.to_string())),
     };
-    let (chain, out) = tokio::task::spawn_blocking(move || {
-        let out: ChainOutput = chain.chain_mut().process(plugin_inputs);
-        (chain, out)
-    })
-    .await
-    .map_err(|e| StepError::Halt(format!("plugin task: {e}")))?;
-    *live = Some(chain);
-    let mut failed: Vec<(usize, String, PluginError)> = out.failed.clone();
-    if let Some((plugin, message)) = &out.rejected {
-        // In a pipeline nobody waits on the batch to refuse it: a rejection
-        // is a failure of every record, handled by the policy.
-        let error = PluginError::Rejected(message.clone());
-        failed = (0..inputs.len())
-            .map(|i| (i, plugin.clone(), error.clone()))
-            .collect();
-    }
-    if !failed.is_empty() && def.on_failure == FailurePolicy::Halt {
-        lock(overlay).clear();
-        let (index, plugin, error) = &failed[0];
-        return Err(StepError::Halt(format!(
-            "plugin {plugin:?} failed at {}/{p}@{}: {error}",
-            def.from, inputs[*index].offset
-        )));
-    }
-    let to_partitions = broker
-        .topic_spec(&def.to)
+    let to_partitions = env
+        .topics
+        .spec(&def.to)
         .map(|s| s.partitions)
-        .ok_or_else(|| StepError::Halt(format!("destination topic {:?} is missing", def.to)))?;
-    let outputs: Vec<Record> = if out.rejected.is_some() {
-        Vec::new()
-    } else {
-        out.outputs
-            .iter()
-            .map(|(_, r)| crate::plugins::from_plugin(r.clone()))
-            .collect()
-    };
+        .map_err(|_| Halted(format!("destination topic {:?} is missing", def.to)))?;
     let mut by_partition: BTreeMap<u32, Vec<Record>> = BTreeMap::new();
-    for r in outputs {
-        let target = match &r.key {
+    for (_, output) in run.outputs {
+        let record = chain::from_plugin(output);
+        let target = match &record.key {
             Some(k) => partition_for_key(k, to_partitions),
             None => p % to_partitions,
         };
-        by_partition.entry(target).or_default().push(r);
+        by_partition.entry(target).or_default().push(record);
     }
+    let encoding = |e: edgebus_proto::DecodeError| Halted(e.to_string());
     let mut outputs = Vec::new();
     for (target, records) in &by_partition {
-        outputs.extend(outputs_for(&def.to, *target, records)?);
+        outputs.extend(chain::outputs(&def.to, *target, records).map_err(encoding)?);
     }
-    let mut dead_lettered = 0;
-    if def.on_failure == FailurePolicy::DeadLetter && !failed.is_empty() {
-        let letters: Vec<Record> = failed
-            .iter()
-            .map(|(index, plugin, error)| {
-                let version = broker.plugins().load(plugin).map_or(0, |(i, _)| i.version);
-                let input = &inputs[*index];
-                dead_letter(
-                    input,
-                    &def.from,
-                    Some((p, input.offset)),
-                    plugin,
-                    version,
-                    error,
-                )
-            })
-            .collect();
-        dead_lettered = letters.len();
-        let dlq = broker
-            .ensure_dlq(&def.from)
+    if !run.dead_letters.is_empty() {
+        let dlq = env
+            .dead_letters
+            .ensure(&def.from)
             .await
-            .map_err(|e| StepError::Halt(format!("dead-letter topic: {e:?}")))?;
-        outputs.extend(outputs_for(&dlq, 0, &letters)?);
+            .map_err(|e| Halted(format!("dead-letter topic: {e}")))?;
+        outputs.extend(chain::outputs(&dlq, 0, &run.dead_letters).map_err(encoding)?);
     }
     let state: Vec<(Vec<u8>, Option<Vec<u8>>)> =
         std::mem::take(&mut *lock(overlay)).into_iter().collect();
@@ -574,33 +598,9 @@ async fn step(
         source_partition: p,
         source_next_offset: next,
     };
-    broker
-        .writer()
+    env.writer
         .commit_pipeline(commit)
         .await
-        .map_err(|e| StepError::Halt(format!("commit failed: {e:?}")))?;
-    let mut counted = out;
-    counted.failed = failed;
-    if counted.rejected.is_some() {
-        counted.outputs.clear();
-    }
-    shared
-        .counters
-        .record(inputs.len(), &counted, dead_lettered);
+        .map_err(|e| Halted(format!("commit failed: {e}")))?;
     Ok(Some(next))
-}
-
-fn outputs_for(topic: &str, partition: u32, records: &[Record]) -> Result<Vec<Output>, StepError> {
-    batches(records, edgebus_client::producer::DEFAULT_BATCH_MAX_BYTES)
-        .into_iter()
-        .map(|batch| {
-            let header = BatchHeader::parse(&batch).map_err(|e| StepError::Halt(e.to_string()))?;
-            Ok(Output {
-                topic: topic.to_owned(),
-                partition,
-                record_count: header.record_count,
-                batch,
-            })
-        })
-        .collect()
 }

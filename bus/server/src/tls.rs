@@ -8,12 +8,15 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use edgebus_client::tls::{ALPN, load_certs, load_key, provider};
+use edgebus_proto::frame::ALPN;
+use edgebus_proto::local;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
 };
 use rustls::server::WebPkiClientVerifier;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config::Config;
 
@@ -60,28 +63,31 @@ pub fn resolve(config: &Config) -> Result<TlsFiles, TlsError> {
             local_ca: None,
             created: false,
         }),
-        (None, None) => ensure_local_ca(&config.data_dir.join("tls")),
+        (None, None) => ensure_local_ca(&config.data_dir),
         _ => Err(TlsError::Invalid(
             "tls.cert and tls.key must be given together".into(),
         )),
     }
 }
 
-/// Creates `dir/ca.pem`, `dir/ca.key`, `dir/server.pem` and `dir/server.key`
-/// unless they exist. The server certificate names localhost, 127.0.0.1 and
-/// ::1.
-pub fn ensure_local_ca(dir: &Path) -> Result<TlsFiles, TlsError> {
+/// Creates `tls/ca.pem`, `tls/ca.key`, `tls/server.pem` and
+/// `tls/server.key` in `data_dir` unless they exist, where clients on this
+/// machine look for the CA ([`local::local_ca_path`]). The server
+/// certificate names localhost, 127.0.0.1 and ::1.
+pub fn ensure_local_ca(data_dir: &Path) -> Result<TlsFiles, TlsError> {
+    let dir = local::tls_dir(data_dir);
+    let ca_pem = local::local_ca_path(data_dir);
     let files = TlsFiles {
         cert: dir.join("server.pem"),
         key: dir.join("server.key"),
-        local_ca: Some(dir.join("ca.pem")),
+        local_ca: Some(ca_pem.clone()),
         created: false,
     };
-    if files.cert.exists() && files.key.exists() && dir.join("ca.pem").exists() {
+    if files.cert.exists() && files.key.exists() && ca_pem.exists() {
         return Ok(files);
     }
-    std::fs::create_dir_all(dir).map_err(|source| TlsError::Io {
-        path: dir.to_owned(),
+    std::fs::create_dir_all(&dir).map_err(|source| TlsError::Io {
+        path: dir.clone(),
         source,
     })?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
@@ -102,7 +108,7 @@ pub fn ensure_local_ca(dir: &Path) -> Result<TlsFiles, TlsError> {
         ExtendedKeyUsagePurpose::ServerAuth,
     )?;
     write(&dir.join("ca.key"), &ca_key.serialize_pem())?;
-    write(&dir.join("ca.pem"), &ca_cert.pem())?;
+    write(&ca_pem, &ca_cert.pem())?;
     write(&files.key, &server_key)?;
     write(&files.cert, &server_pem)?;
     Ok(TlsFiles {
@@ -177,6 +183,32 @@ pub fn stateless_reset_key(data_dir: &Path) -> Result<Arc<ring::hmac::Key>, TlsE
     )))
 }
 
+/// The crypto provider of the broker's TLS, passed explicitly so no
+/// process-wide default is needed.
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Every certificate of a PEM file.
+fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| TlsError::Invalid(format!("reading certificates {}: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(TlsError::Invalid(format!(
+            "no certificate in {}",
+            path.display()
+        )));
+    }
+    Ok(certs)
+}
+
+/// The private key of a PEM file.
+fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path)
+        .map_err(|e| TlsError::Invalid(format!("reading key {}: {e}", path.display())))
+}
+
 /// The rustls server config: TLS 1.3, ALPN `edgebus/1`, and client
 /// certificates required when `client_ca` is set.
 pub fn server_config(
@@ -184,8 +216,8 @@ pub fn server_config(
     client_ca: Option<&Path>,
 ) -> Result<rustls::ServerConfig, TlsError> {
     let invalid = |e: &dyn std::fmt::Display| TlsError::Invalid(e.to_string());
-    let certs = load_certs(&files.cert).map_err(|e| invalid(&e))?;
-    let key = load_key(&files.key).map_err(|e| invalid(&e))?;
+    let certs = load_certs(&files.cert)?;
+    let key = load_key(&files.key)?;
     let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| invalid(&e))?;
@@ -193,7 +225,7 @@ pub fn server_config(
         None => builder.with_no_client_auth(),
         Some(ca) => {
             let mut roots = rustls::RootCertStore::empty();
-            for cert in load_certs(ca).map_err(|e| invalid(&e))? {
+            for cert in load_certs(ca)? {
                 roots.add(cert).map_err(|e| invalid(&e))?;
             }
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())

@@ -8,9 +8,8 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use edgebus_proto::batch::{self, StoredRecord};
-use edgebus_proto::frame::{
-    DEFAULT_MAX_FRAME_BYTES, PartitionInfo, Position, Request, Response, TopicSpec,
-};
+use edgebus_proto::frame::{PartitionInfo, Position, Request, Response, TopicSpec};
+use edgebus_proto::limits::DEFAULT_MAX_FRAME_BYTES;
 use quinn::crypto::rustls::QuicClientConfig;
 use tokio::sync::Mutex;
 

@@ -25,7 +25,7 @@
 //!   committed offsets.
 //! - [`local`]: where a broker on this machine keeps its data and CA.
 //! - [`tls`]: CA and client identity loading.
-//! - [`wire`]: length-prefixed frames on QUIC streams, shared with the broker.
+//! - [`wire`]: length-prefixed frames on QUIC streams.
 #![warn(missing_docs)]
 
 pub mod client;

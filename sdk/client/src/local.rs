@@ -2,32 +2,17 @@
 //! `edgebus serve`, the CLI and programs using this crate agree without flags.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+
+pub use edgebus_proto::local::{DEFAULT_PORT, local_ca_path};
 
 use crate::client::ClientConfig;
 use crate::error::ClientError;
 
-/// The port a broker listens on by default.
-pub const DEFAULT_PORT: u16 = 7171;
-
 /// `$EDGEBUS_DATA`, else `$XDG_DATA_HOME/edgebus`, else
 /// `~/.local/share/edgebus`, else `./edgebus-data`.
 pub fn default_data_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("EDGEBUS_DATA") {
-        return PathBuf::from(dir);
-    }
-    if let Some(dir) = std::env::var_os("XDG_DATA_HOME") {
-        return PathBuf::from(dir).join("edgebus");
-    }
-    if let Some(home) = std::env::var_os("HOME") {
-        return PathBuf::from(home).join(".local/share/edgebus");
-    }
-    PathBuf::from("edgebus-data")
-}
-
-/// The local CA certificate of a broker using `data_dir`.
-pub fn local_ca_path(data_dir: &Path) -> PathBuf {
-    data_dir.join("tls").join("ca.pem")
+    edgebus_proto::local::default_data_dir(|name| std::env::var_os(name))
 }
 
 impl ClientConfig {

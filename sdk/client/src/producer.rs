@@ -31,10 +31,8 @@ use crate::client::{Client, decode_response, unexpected};
 use crate::error::ClientError;
 use crate::wire;
 
-/// Default batch size: a little under 256 KiB, because redb stores a value
-/// in a power-of-two run of pages and a batch just over 256 KiB would take
-/// 512 KiB of file.
-pub const DEFAULT_BATCH_MAX_BYTES: usize = 250_000;
+pub use edgebus_proto::limits::DEFAULT_BATCH_MAX_BYTES;
+pub use edgebus_proto::partitioner::partition_for_key;
 
 /// Producer settings.
 #[derive(Debug, Clone)]
@@ -194,11 +192,6 @@ impl Producer {
             .map_err(|_| ClientError::Closed)?;
         rx.await.map_err(|_| ClientError::Closed)
     }
-}
-
-/// The stable partition for a key: CRC32C of the key modulo partitions.
-pub fn partition_for_key(key: &[u8], partitions: u32) -> u32 {
-    crc32c::crc32c(key) % partitions.max(1)
 }
 
 struct OpenBatch {

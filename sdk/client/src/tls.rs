@@ -9,8 +9,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::error::ClientError;
 
-/// The ALPN protocol id every edgebus endpoint speaks.
-pub const ALPN: &[u8] = b"edgebus/1";
+pub use edgebus_proto::frame::ALPN;
 
 /// A client certificate chain and key, for brokers that require mTLS.
 #[derive(Debug, Clone)]

@@ -1,9 +1,8 @@
-//! Reading and writing length-prefixed frames on QUIC streams.
-//!
-//! Shared by the client and the broker so both apply the same size limit
-//! in the same way.
+//! Reading and writing length-prefixed frames on QUIC streams, with the
+//! size check of [`edgebus_proto::framing`].
 
 use bytes::{Bytes, BytesMut};
+use edgebus_proto::framing::{self, LENGTH_PREFIX_BYTES};
 use quinn::{ReadExactError, RecvStream, SendStream};
 
 /// Why a frame could not be read from or written to a stream.
@@ -36,21 +35,18 @@ pub async fn read_frame(
     recv: &mut RecvStream,
     max_frame_bytes: u32,
 ) -> Result<Option<Bytes>, WireError> {
-    let mut len = [0u8; 4];
-    match recv.read_exact(&mut len).await {
+    let mut prefix = [0u8; LENGTH_PREFIX_BYTES];
+    match recv.read_exact(&mut prefix).await {
         Ok(()) => {}
         Err(ReadExactError::FinishedEarly(0)) => return Ok(None),
         Err(ReadExactError::FinishedEarly(_)) => return Err(WireError::Truncated),
         Err(ReadExactError::ReadError(e)) => return Err(e.into()),
     }
-    let len = u32::from_be_bytes(len);
-    if len > max_frame_bytes {
-        return Err(WireError::FrameTooLarge {
-            len,
-            max: max_frame_bytes,
-        });
-    }
-    let mut body = BytesMut::zeroed(len as usize);
+    let len = framing::body_len(prefix, max_frame_bytes).map_err(|e| WireError::FrameTooLarge {
+        len: e.len,
+        max: e.max,
+    })?;
+    let mut body = BytesMut::zeroed(len);
     match recv.read_exact(&mut body).await {
         Ok(()) => Ok(Some(body.freeze())),
         Err(ReadExactError::FinishedEarly(_)) => Err(WireError::Truncated),

@@ -36,7 +36,7 @@ use tokio::sync::mpsc;
 
 use super::plugin::parse_plugin_ref;
 use super::{AcksArg, Failure, Output};
-use crate::config::Config;
+use edgebus::config::Config;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Mode {
@@ -130,7 +130,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
     let topic = format!(
         "bench-{}-{}",
         std::process::id(),
-        crate::retention::now_ms()
+        edgebus::retention::now_ms()
     );
     client
         .create_topic(TopicSpec {
@@ -199,14 +199,13 @@ fn args_clone(a: &BenchArgs) -> BenchArgs {
     }
 }
 
-type LocalBroker = Option<(crate::RunningBroker, tempfile::TempDir)>;
+type LocalBroker = Option<(edgebus::RunningBroker, tempfile::TempDir)>;
 
 async fn connect(args: &BenchArgs) -> Result<(Client, LocalBroker), Failure> {
     if let Some(addr) = args.broker {
-        let ca = args
-            .ca
-            .clone()
-            .unwrap_or_else(|| crate::config::local_ca_path(&crate::config::default_data_dir()));
+        let ca = args.ca.clone().unwrap_or_else(|| {
+            edgebus_client::local::local_ca_path(&edgebus_client::local::default_data_dir())
+        });
         let client = Client::connect(ClientConfig::new(addr, ca)).await?;
         return Ok((client, None));
     }
@@ -216,7 +215,7 @@ async fn connect(args: &BenchArgs) -> Result<(Client, LocalBroker), Failure> {
         data_dir: dir.path().to_owned(),
         ..Config::default()
     };
-    let broker = crate::start(config).await.map_err(Failure::other)?;
+    let broker = edgebus::start(config).await.map_err(Failure::other)?;
     let ca = broker
         .local_ca
         .clone()
@@ -246,7 +245,7 @@ async fn attach_plugins(client: &Client, topic: &str, args: &BenchArgs) -> Resul
         .map(|p| p.name.as_str())
         .collect();
     for name in names {
-        let wasm = crate::bundled::wasm(&name.replace('-', "_")).map_err(Failure::other)?;
+        let wasm = edgebus::bundled::wasm(&name.replace('-', "_")).map_err(Failure::other)?;
         client
             .request(&Request::PluginAdd {
                 name: name.to_owned(),

@@ -8,7 +8,7 @@ use edgebus_client::tls::Identity;
 use edgebus_client::{Client, ClientConfig};
 
 use super::Failure;
-use crate::config::{DEFAULT_PORT, default_data_dir, local_ca_path};
+use edgebus_client::local::{DEFAULT_PORT, default_data_dir, local_ca_path};
 
 /// Connection flags shared by every client command.
 #[derive(Debug, Clone, Args)]

@@ -19,7 +19,7 @@ use edgebus_proto::frame::{FailurePolicy, Request, Response};
 
 use super::Failure;
 use super::plugin::chain_text;
-use crate::config::Config;
+use edgebus::config::Config;
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -61,7 +61,7 @@ pub async fn run(args: DemoArgs) -> Result<(), Failure> {
         Some(dir) => dir,
         None => {
             eprintln!("building the bundled plugins (plugins/build.sh)…");
-            crate::bundled::ensure_built().map_err(Failure::other)?
+            edgebus::bundled::ensure_built().map_err(Failure::other)?
         }
     };
     let data = tempfile::tempdir().map_err(Failure::other)?;
@@ -70,7 +70,7 @@ pub async fn run(args: DemoArgs) -> Result<(), Failure> {
         data_dir: data.path().to_owned(),
         ..Config::default()
     };
-    let broker = crate::start(config).await.map_err(Failure::other)?;
+    let broker = edgebus::start(config).await.map_err(Failure::other)?;
     let ca = broker
         .local_ca
         .clone()
@@ -136,7 +136,7 @@ pub async fn run(args: DemoArgs) -> Result<(), Failure> {
 
     let producer = Producer::new(client.clone(), ProducerConfig::default()).await?;
     let mut acks = Vec::new();
-    let start_ms = crate::retention::now_ms();
+    let start_ms = edgebus::retention::now_ms();
     for i in 0..args.readings {
         for s in 0..args.sensors {
             let sensor = format!("sensor-{s}");

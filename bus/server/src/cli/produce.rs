@@ -9,7 +9,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 
 use super::{AcksArg, ConnectArgs, Failure, Output};
-use crate::retention::now_ms;
+use edgebus::retention::now_ms;
 
 #[derive(Debug, Args)]
 pub struct ProduceArgs {

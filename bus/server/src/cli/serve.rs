@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::Failure;
-use crate::config::Config;
+use edgebus::config::Config;
 
 /// Run a broker until Ctrl-C or SIGTERM.
 #[derive(Debug, Args)]
@@ -34,7 +34,7 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
         config.listen = listen;
     }
     let data_dir = config.data_dir.clone();
-    let broker = crate::start(config).await.map_err(Failure::other)?;
+    let broker = edgebus::start(config).await.map_err(Failure::other)?;
     println!(
         "edgebus listening on {} (QUIC, ALPN edgebus/1)",
         broker.addr

@@ -1,0 +1,265 @@
+//! What is attached to each topic: its ingest chain (stored, so it survives
+//! restarts) and the counters of its read-path chains.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use edgebus_proto::ErrorCode;
+use edgebus_proto::batch::StoredRecord;
+use edgebus_proto::frame::{FailurePolicy, PluginRef, Request};
+use edgebus_store::{ConfigKind, LogStore, StoreError};
+
+use crate::chain::{AttachPoint, ChainRun, ChainRunError, ChainRunner, Counters, Halt};
+use crate::error::Coded;
+use crate::registry::Registry;
+
+/// Why a topic's ingest chain could not be set.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AttachError {
+    /// A plugin of the chain does not initialise.
+    #[error(transparent)]
+    Chain(#[from] ChainRunError),
+    /// The chain could not be stored.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The store call's task failed.
+    #[error("store task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+impl Coded for AttachError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            AttachError::Chain(e) => e.code(),
+            AttachError::Store(e) => e.code(),
+            AttachError::Task(_) => ErrorCode::StorageError,
+        }
+    }
+}
+
+/// Why an ingest chain refused a produced batch.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IngestError {
+    /// The chain is paused after failures.
+    #[error("ingest chain of {0:?} is halted after plugin failures; retry later")]
+    Halted(String),
+    /// A plugin failed under the halt policy; the chain pauses now.
+    #[error("plugin {plugin:?} failed ({error}); ingest of {topic:?} halted for {pause:?}")]
+    Tripped {
+        /// The plugin.
+        plugin: String,
+        /// How it failed.
+        error: edgebus_wasm::PluginError,
+        /// The topic.
+        topic: String,
+        /// How long the chain pauses.
+        pause: std::time::Duration,
+    },
+    /// The chain could not run, or a plugin rejected the batch.
+    #[error(transparent)]
+    Chain(ChainRunError),
+}
+
+impl Coded for IngestError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            IngestError::Halted(_) | IngestError::Tripped { .. } => ErrorCode::PluginHalted,
+            IngestError::Chain(e) => e.code(),
+        }
+    }
+}
+
+/// A topic's ingest chain.
+pub struct IngestChain {
+    /// The plugins and parameters.
+    pub refs: Vec<PluginRef>,
+    /// What happens to failed records.
+    pub policy: FailurePolicy,
+    /// Counters since start.
+    pub counters: Arc<Counters>,
+    /// One batch at a time: produce calls of the topic queue here.
+    run: tokio::sync::Mutex<(ChainRunner, Halt)>,
+}
+
+impl IngestChain {
+    fn new(registry: Arc<Registry>, refs: Vec<PluginRef>, policy: FailurePolicy) -> IngestChain {
+        let counters = Arc::new(Counters::default());
+        let runner = ChainRunner::new(
+            registry,
+            refs.clone(),
+            policy,
+            AttachPoint::Ingest,
+            counters.clone(),
+            crate::chain::in_memory_state(),
+        );
+        IngestChain {
+            refs,
+            policy,
+            counters,
+            run: tokio::sync::Mutex::new((runner, Halt::default())),
+        }
+    }
+
+    /// Runs produced records of `topic` through the chain, unless it is
+    /// halted.
+    pub async fn run(
+        &self,
+        topic: &str,
+        partition: u32,
+        records: &[StoredRecord],
+    ) -> Result<ChainRun, IngestError> {
+        let mut guard = self.run.lock().await;
+        let (runner, halt) = &mut *guard;
+        let now = Instant::now();
+        if halt.active(now) {
+            return Err(IngestError::Halted(topic.to_owned()));
+        }
+        match runner.run(topic, partition, records).await {
+            Ok(run) => {
+                halt.clear();
+                Ok(run)
+            }
+            Err(ChainRunError::Failed { plugin, error, .. }) => {
+                let pause = halt.trip(now);
+                tracing::warn!(%topic, %plugin, %error, ?pause, "ingest chain halted");
+                Err(IngestError::Tripped {
+                    plugin,
+                    error,
+                    topic: topic.to_owned(),
+                    pause,
+                })
+            }
+            Err(e) => Err(IngestError::Chain(e)),
+        }
+    }
+}
+
+/// The chains attached to topics.
+pub struct Attachments {
+    registry: Arc<Registry>,
+    store: Arc<dyn LogStore>,
+    ingest: RwLock<HashMap<String, Arc<IngestChain>>>,
+    read_counters: Mutex<HashMap<String, Arc<Counters>>>,
+}
+
+/// Encodes a chain config for the store, as the request that sets it.
+fn encode_ingest(topic: &str, refs: &[PluginRef], policy: FailurePolicy) -> Vec<u8> {
+    let mut buf = BytesMut::new();
+    Request::SetIngest {
+        topic: topic.to_owned(),
+        chain: refs.to_vec(),
+        on_failure: policy,
+    }
+    .encode(0, &mut buf);
+    buf[edgebus_proto::framing::LENGTH_PREFIX_BYTES..].to_vec()
+}
+
+impl Attachments {
+    /// Restores the ingest chains kept in `store`.
+    pub fn restore(
+        registry: Arc<Registry>,
+        store: Arc<dyn LogStore>,
+    ) -> Result<Attachments, StoreError> {
+        let attachments = Attachments {
+            registry,
+            ingest: RwLock::default(),
+            read_counters: Mutex::default(),
+            store,
+        };
+        for (topic, blob) in attachments.store.configs(ConfigKind::Ingest)? {
+            match Request::decode(Bytes::from(blob)) {
+                Ok((
+                    _,
+                    Request::SetIngest {
+                        chain, on_failure, ..
+                    },
+                )) => attachments.install(&topic, chain, on_failure),
+                other => tracing::error!(%topic, ?other, "unreadable ingest config ignored"),
+            }
+        }
+        Ok(attachments)
+    }
+
+    fn install(&self, topic: &str, refs: Vec<PluginRef>, policy: FailurePolicy) {
+        let chain = IngestChain::new(self.registry.clone(), refs, policy);
+        self.insert(topic, chain);
+    }
+
+    fn insert(&self, topic: &str, chain: IngestChain) {
+        self.ingest
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(topic.to_owned(), Arc::new(chain));
+    }
+
+    /// Sets a topic's ingest chain (or, empty, clears it): checks every
+    /// plugin initialises, stores it, and applies it from the next produced
+    /// batch.
+    pub async fn set_ingest(
+        &self,
+        topic: &str,
+        refs: Vec<PluginRef>,
+        policy: FailurePolicy,
+    ) -> Result<(), AttachError> {
+        let blob = (!refs.is_empty()).then(|| encode_ingest(topic, &refs, policy));
+        let chain = if refs.is_empty() {
+            None
+        } else {
+            let chain = IngestChain::new(self.registry.clone(), refs, policy);
+            chain.run.lock().await.0.build().await?;
+            Some(chain)
+        };
+        let (store, key) = (self.store.clone(), topic.to_owned());
+        tokio::task::spawn_blocking(move || {
+            store.put_config(ConfigKind::Ingest, &key, blob.as_deref())
+        })
+        .await??;
+        match chain {
+            Some(chain) => self.insert(topic, chain),
+            None => self.topic_deleted(topic),
+        }
+        Ok(())
+    }
+
+    /// Forgets a deleted topic's chain (the store deletes its config).
+    pub fn topic_deleted(&self, topic: &str) {
+        self.ingest
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(topic);
+    }
+
+    /// A topic's ingest chain, if it has one.
+    pub fn ingest_chain(&self, topic: &str) -> Option<Arc<IngestChain>> {
+        self.ingest
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(topic)
+            .cloned()
+    }
+
+    /// The counters all read-path chains of a topic add to.
+    pub fn read_counters(&self, topic: &str) -> Arc<Counters> {
+        self.read_counters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(topic.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// The ingest chains that use a plugin, as `topic:NAME`.
+    pub fn users(&self, plugin: &str) -> Vec<String> {
+        self.ingest
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(_, chain)| chain.refs.iter().any(|r| r.name == plugin))
+            .map(|(topic, _)| format!("topic:{topic}"))
+            .collect()
+    }
+}

@@ -1,0 +1,414 @@
+//! The one way a plugin chain runs, at every attach point: topic ingest,
+//! subscription read paths and pipelines.
+//!
+//! ```text
+//!  stored or produced records ──▶ ChainRunner::run ──▶ outputs (by input index)
+//!                                   │ blocking thread:         + dead letters
+//!                                   │ hot swap, then process   + counters
+//!                                   ▼
+//!                     failure policy: skip │ dead-letter │ halt (an error the
+//!                                                          attach point reacts to)
+//! ```
+//!
+//! The attach points differ only in what they do around a run: ingest
+//! refuses the producer while halted, a read path waits and retries, a
+//! pipeline backs off and rebuilds from its stored state; each stores the
+//! dead letters its own way.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use edgebus_proto::batch::{
+    BatchBuilder, BatchHeader, Header, ProducerStamp, Record, StoredRecord,
+};
+use edgebus_proto::frame::{AttachCounters, FailurePolicy, PluginRef};
+use edgebus_proto::{DecodeError, ErrorCode};
+use edgebus_wasm::{ChainOutput, MemState, PluginError, PluginRecord, StateStore};
+
+use crate::error::Coded;
+use crate::registry::{LiveChain, Registry, RegistryError};
+use crate::writer::Output;
+
+/// Shortest pause of a halted attach point.
+pub const HALT_BACKOFF_MIN: Duration = Duration::from_secs(1);
+/// Longest pause of a halted attach point.
+pub const HALT_BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// Record counters of one attach point, updated without locks.
+#[derive(Debug, Default)]
+pub struct Counters {
+    records_in: AtomicU64,
+    records_out: AtomicU64,
+    filtered: AtomicU64,
+    failed: AtomicU64,
+    dead_lettered: AtomicU64,
+}
+
+impl Counters {
+    /// Adds one run's counts.
+    pub fn add(&self, run: AttachCounters) {
+        let add = |c: &AtomicU64, n: u64| c.fetch_add(n, Ordering::Relaxed);
+        add(&self.records_in, run.records_in);
+        add(&self.records_out, run.records_out);
+        add(&self.filtered, run.filtered);
+        add(&self.failed, run.failed);
+        add(&self.dead_lettered, run.dead_lettered);
+    }
+
+    /// The counters now.
+    pub fn snapshot(&self) -> AttachCounters {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        AttachCounters {
+            records_in: get(&self.records_in),
+            records_out: get(&self.records_out),
+            filtered: get(&self.filtered),
+            failed: get(&self.failed),
+            dead_lettered: get(&self.dead_lettered),
+        }
+    }
+}
+
+/// Exponential backoff of a halted attach point.
+#[derive(Debug, Default)]
+pub struct Halt {
+    until: Option<Instant>,
+    next: Option<Duration>,
+}
+
+impl Halt {
+    /// Whether the attach point is paused now.
+    pub fn active(&self, now: Instant) -> bool {
+        self.until.is_some_and(|u| now < u)
+    }
+
+    /// Pauses for the next backoff step (1 s, 2 s, … 30 s) and returns it.
+    pub fn trip(&mut self, now: Instant) -> Duration {
+        let pause = self.next.unwrap_or(HALT_BACKOFF_MIN);
+        self.until = Some(now + pause);
+        self.next = Some((pause * 2).min(HALT_BACKOFF_MAX));
+        pause
+    }
+
+    /// A batch went through: the next failure starts the backoff over.
+    pub fn clear(&mut self) {
+        *self = Halt::default();
+    }
+}
+
+/// Where a chain runs. It decides what plugins see and what a rejection
+/// means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttachPoint {
+    /// Before append: records have no offsets yet, so plugins see neither
+    /// offset nor partition and dead letters carry no source position. A
+    /// rejection refuses the producer's batch.
+    Ingest,
+    /// A subscription: records keep their offsets. A rejection ends the
+    /// subscription with the plugin's message.
+    ReadPath,
+    /// Topic to topic: records keep their offsets. Nobody waits on the batch
+    /// to refuse it, so a rejection is a failure of every record, handled
+    /// by the failure policy.
+    Pipeline,
+}
+
+/// Makes the state store of the plugin at each chain position.
+pub type StateFactory = Arc<dyn Fn(usize) -> Box<dyn StateStore> + Send + Sync>;
+
+/// State in broker memory, empty at start (ingest and read paths).
+pub fn in_memory_state() -> StateFactory {
+    Arc::new(|_| Box::new(MemState::default()))
+}
+
+/// Why a run produced no outputs.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ChainRunError {
+    /// The chain could not be built or a replaced plugin swapped in.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// A plugin refused the whole batch.
+    #[error("plugin {plugin:?} rejected the batch: {message}")]
+    Rejected {
+        /// The plugin.
+        plugin: String,
+        /// Its message.
+        message: String,
+    },
+    /// The policy is halt and a plugin failed on a record (trap, deadline,
+    /// memory cap). The attach point decides how to pause.
+    #[error("plugin {plugin:?} failed ({error})")]
+    Failed {
+        /// The plugin.
+        plugin: String,
+        /// How it failed.
+        error: PluginError,
+        /// The source offset of the record, where records have one.
+        offset: Option<u64>,
+    },
+    /// The blocking task that ran the chain failed.
+    #[error("plugin task: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+impl Coded for ChainRunError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            ChainRunError::Registry(e) => e.code(),
+            ChainRunError::Rejected { .. } => ErrorCode::PluginRejected,
+            ChainRunError::Failed { .. } => ErrorCode::PluginHalted,
+            ChainRunError::Task(_) => ErrorCode::StorageError,
+        }
+    }
+}
+
+/// What one batch came to, after the failure policy.
+pub struct ChainRun {
+    /// The surviving records, each with the index of its input.
+    pub outputs: Vec<(usize, PluginRecord)>,
+    /// Failed inputs to store in `<topic>.dlq`, under `dead-letter`.
+    pub dead_letters: Vec<Record>,
+    /// Only filters ran and they kept every input: the inputs can be stored
+    /// or served as they are.
+    pub unchanged: bool,
+}
+
+/// A plugin chain attached somewhere, built on first use and kept between
+/// batches.
+pub struct ChainRunner {
+    registry: Arc<Registry>,
+    refs: Vec<PluginRef>,
+    policy: FailurePolicy,
+    attach: AttachPoint,
+    counters: Arc<Counters>,
+    state: StateFactory,
+    live: Option<LiveChain>,
+}
+
+impl ChainRunner {
+    /// A runner of `refs` at `attach`, counting into `counters`.
+    pub fn new(
+        registry: Arc<Registry>,
+        refs: Vec<PluginRef>,
+        policy: FailurePolicy,
+        attach: AttachPoint,
+        counters: Arc<Counters>,
+        state: StateFactory,
+    ) -> ChainRunner {
+        ChainRunner {
+            registry,
+            refs,
+            policy,
+            attach,
+            counters,
+            state,
+            live: None,
+        }
+    }
+
+    /// Builds the chain now, checking that every plugin initialises.
+    pub async fn build(&mut self) -> Result<(), ChainRunError> {
+        if self.live.is_none() {
+            let (registry, refs, state) =
+                (self.registry.clone(), self.refs.clone(), self.state.clone());
+            let live =
+                tokio::task::spawn_blocking(move || registry.build_chain(&refs, &*state)).await??;
+            self.live = Some(live);
+        }
+        Ok(())
+    }
+
+    /// Drops the chain: the next run builds it again from its state store.
+    pub fn reset(&mut self) {
+        self.live = None;
+    }
+
+    /// Runs one batch of `topic`/`partition` through the chain on a
+    /// blocking thread, then applies the failure policy and counts.
+    pub async fn run(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        records: &[StoredRecord],
+    ) -> Result<ChainRun, ChainRunError> {
+        let positioned = self.attach != AttachPoint::Ingest;
+        let inputs: Vec<PluginRecord> = records
+            .iter()
+            .map(|r| to_plugin(r, positioned.then_some(partition)))
+            .collect();
+        let (registry, refs, state) =
+            (self.registry.clone(), self.refs.clone(), self.state.clone());
+        let live = self.live.take();
+        let (live, out) = tokio::task::spawn_blocking(move || {
+            let mut live = match live {
+                Some(live) => live,
+                None => registry.build_chain(&refs, &*state)?,
+            };
+            registry.refresh(&mut live)?;
+            let out = live.chain_mut().process(inputs);
+            Ok::<_, RegistryError>((live, out))
+        })
+        .await??;
+        let unchanged = live.only_filters();
+        let versions = |plugin: &str| live.version_of(plugin);
+        let ChainOutput {
+            mut outputs,
+            filtered,
+            mut failed,
+            rejected,
+            ..
+        } = out;
+        let count = |outputs: usize, failed: usize, dead_lettered: usize| AttachCounters {
+            records_in: records.len() as u64,
+            records_out: outputs as u64,
+            filtered: filtered as u64,
+            failed: failed as u64,
+            dead_lettered: dead_lettered as u64,
+        };
+        if let Some((plugin, message)) = rejected {
+            if self.attach != AttachPoint::Pipeline {
+                self.counters.add(count(outputs.len(), failed.len(), 0));
+                self.live = Some(live);
+                return Err(ChainRunError::Rejected { plugin, message });
+            }
+            let error = PluginError::Rejected(message);
+            failed = (0..records.len())
+                .map(|i| (i, plugin.clone(), error.clone()))
+                .collect();
+            outputs.clear();
+        }
+        if self.policy == FailurePolicy::Halt && !failed.is_empty() {
+            self.counters.add(count(outputs.len(), failed.len(), 0));
+            self.live = Some(live);
+            let (index, plugin, error) = failed.swap_remove(0);
+            return Err(ChainRunError::Failed {
+                plugin,
+                error,
+                offset: positioned.then(|| records[index].offset),
+            });
+        }
+        let dead_letters: Vec<Record> = if self.policy == FailurePolicy::DeadLetter {
+            failed
+                .iter()
+                .map(|(index, plugin, error)| {
+                    let input = &records[*index];
+                    let at = positioned.then_some((partition, input.offset));
+                    dead_letter(input, topic, at, plugin, versions(plugin), error)
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        self.counters
+            .add(count(outputs.len(), failed.len(), dead_letters.len()));
+        let unchanged = unchanged && outputs.len() == records.len();
+        self.live = Some(live);
+        Ok(ChainRun {
+            outputs,
+            dead_letters,
+            unchanged,
+        })
+    }
+}
+
+/// The record a plugin sees. With `partition`, it also sees the offset and
+/// partition (read path and pipelines; not ingest, where offsets are not
+/// assigned yet).
+fn to_plugin(r: &StoredRecord, partition: Option<u32>) -> PluginRecord {
+    PluginRecord {
+        key: r.key.as_ref().map(|k| k.to_vec()),
+        value: r.value.to_vec(),
+        headers: r
+            .headers
+            .iter()
+            .map(|h| (h.key.clone(), h.value.to_vec()))
+            .collect(),
+        timestamp_ms: r.timestamp_ms,
+        offset: partition.map(|_| r.offset),
+        partition,
+    }
+}
+
+/// A plugin's output as a record to store.
+pub fn from_plugin(r: PluginRecord) -> Record {
+    Record {
+        key: r.key.map(Bytes::from),
+        value: Bytes::from(r.value),
+        headers: r
+            .headers
+            .into_iter()
+            .map(|(key, value)| Header {
+                key,
+                value: Bytes::from(value),
+            })
+            .collect(),
+        timestamp_ms: r.timestamp_ms,
+    }
+}
+
+/// The dead letter for an input a plugin failed on: the input as it was,
+/// with headers naming the error, plugin, version and source position.
+fn dead_letter(
+    input: &StoredRecord,
+    topic: &str,
+    at: Option<(u32, u64)>,
+    plugin: &str,
+    version: u32,
+    error: &PluginError,
+) -> Record {
+    let mut record = Record {
+        key: input.key.clone(),
+        value: input.value.clone(),
+        headers: input.headers.clone(),
+        timestamp_ms: input.timestamp_ms,
+    }
+    .with_header("edgebus-error", error.to_string())
+    .with_header("edgebus-plugin", plugin.to_owned())
+    .with_header("edgebus-plugin-version", version.to_string())
+    .with_header("edgebus-source-topic", topic.to_owned());
+    if let Some((partition, offset)) = at {
+        record = record
+            .with_header("edgebus-source-partition", partition.to_string())
+            .with_header("edgebus-source-offset", offset.to_string());
+    }
+    record
+}
+
+/// Encodes records into batches of at most about `max_bytes` each.
+pub fn batches(records: &[Record], max_bytes: usize) -> Vec<Bytes> {
+    let mut out = Vec::new();
+    let mut builder = BatchBuilder::new();
+    for r in records {
+        if !builder.is_empty()
+            && builder.size_bytes() + BatchBuilder::record_size(r, i64::MIN, u32::MAX) > max_bytes
+        {
+            out.push(std::mem::take(&mut builder).finish(ProducerStamp::NONE));
+        }
+        builder.push(r);
+    }
+    if !builder.is_empty() {
+        out.push(builder.finish(ProducerStamp::NONE));
+    }
+    out
+}
+
+/// Batches of `records` for `topic`/`partition`, of the default size.
+pub fn outputs(
+    topic: &str,
+    partition: u32,
+    records: &[Record],
+) -> Result<Vec<Output>, DecodeError> {
+    batches(records, edgebus_proto::limits::DEFAULT_BATCH_MAX_BYTES)
+        .into_iter()
+        .map(|batch| {
+            Ok(Output {
+                topic: topic.to_owned(),
+                partition,
+                record_count: BatchHeader::parse(&batch)?.record_count,
+                batch,
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,315 @@
+//! Writes: `InitProducer` and `Produce`, through the topic's ingest chain
+//! when it has one.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use edgebus_core::partition::{AckLevel, AppendOutcome};
+use edgebus_core::producer::SequenceSpan;
+use edgebus_proto::batch::{self, BatchBuilder, BatchHeader, BatchInfo, Compression, Record};
+use edgebus_proto::frame::{Acks, Response, TopicSpec};
+use edgebus_proto::{CompressError, DecodeError, ErrorCode};
+use edgebus_store::{LogStore, StoreError};
+use tokio::sync::oneshot;
+
+use crate::attach::{Attachments, IngestChain, IngestError};
+use crate::chain;
+use crate::dlq::{DeadLetterError, DeadLetters};
+use crate::error::Coded;
+use crate::topics::{Topics, UnknownTopic};
+use crate::writer::{Append, AppendFailure, AppendResult, Writer};
+
+/// Why a produce was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProduceError {
+    /// No such topic.
+    #[error(transparent)]
+    UnknownTopic(#[from] UnknownTopic),
+    /// The topic has fewer partitions.
+    #[error("topic {topic:?} has {partitions} partitions")]
+    UnknownPartition {
+        /// Topic name.
+        topic: String,
+        /// Its partition count.
+        partitions: u32,
+    },
+    /// The batch failed validation (or uses a codec the broker lacks).
+    #[error(transparent)]
+    CorruptBatch(#[from] DecodeError),
+    /// The batch is transactional or a control batch, which the broker does
+    /// not support.
+    #[error("transactional and control batches are not supported")]
+    Transactional,
+    /// The batch could not be compressed with the topic's codec.
+    #[error(transparent)]
+    Compress(#[from] CompressError),
+    /// A record is over the topic's `max.message.bytes`.
+    #[error("record of {size} bytes exceeds max.message.bytes {max} of topic {topic:?}")]
+    RecordTooLarge {
+        /// The record's size.
+        size: usize,
+        /// The topic's limit.
+        max: u32,
+        /// Topic name.
+        topic: String,
+    },
+    /// The ingest chain refused the batch.
+    #[error(transparent)]
+    Ingest(#[from] IngestError),
+    /// The chain's dead letters could not be stored.
+    #[error(transparent)]
+    DeadLetter(#[from] DeadLetterError),
+    /// The writer refused the append.
+    #[error(transparent)]
+    Write(#[from] AppendFailure),
+    /// The writer is gone.
+    #[error("writer stopped")]
+    WriterStopped,
+    /// A producer id could not be allocated.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The store call's task failed.
+    #[error("store task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+impl Coded for ProduceError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            ProduceError::UnknownTopic(e) => e.code(),
+            ProduceError::UnknownPartition { .. } => ErrorCode::UnknownPartition,
+            ProduceError::CorruptBatch(DecodeError::UnsupportedCompression(_)) => {
+                ErrorCode::UnsupportedCompression
+            }
+            ProduceError::CorruptBatch(_) => ErrorCode::CorruptBatch,
+            ProduceError::Transactional => ErrorCode::InvalidRequest,
+            ProduceError::Compress(_) => ErrorCode::UnsupportedCompression,
+            ProduceError::RecordTooLarge { .. } => ErrorCode::RecordTooLarge,
+            ProduceError::Ingest(e) => e.code(),
+            ProduceError::DeadLetter(e) => e.code(),
+            ProduceError::Write(e) => e.code(),
+            ProduceError::WriterStopped => ErrorCode::ShuttingDown,
+            ProduceError::Store(e) => e.code(),
+            ProduceError::Task(_) => ErrorCode::StorageError,
+        }
+    }
+}
+
+/// A `Produce` request.
+pub struct Produce {
+    /// Topic name.
+    pub topic: String,
+    /// Partition index.
+    pub partition: u32,
+    /// Acknowledgement level.
+    pub acks: Acks,
+    /// One encoded batch.
+    pub batch: Bytes,
+}
+
+/// The writer's answer to an accepted produce, once its commit is done.
+pub type Pending = oneshot::Receiver<AppendResult>;
+
+/// `InitProducer`: a new producer id for idempotent produce.
+pub async fn init_producer(store: &Arc<dyn LogStore>) -> Result<Response, ProduceError> {
+    let store = store.clone();
+    let producer_id = tokio::task::spawn_blocking(move || store.allocate_producer_id()).await??;
+    Ok(Response::ProducerInit {
+        producer_id,
+        producer_epoch: 0,
+    })
+}
+
+/// `Produce`: validates the batch, runs the topic's ingest chain, and hands
+/// the result to the writer. Errors found before the writer (unknown topic,
+/// corrupt batch, oversized record, a refusing chain) come back at once.
+pub async fn produce(
+    topics: &Topics,
+    attachments: &Attachments,
+    writer: &Writer,
+    dead_letters: &DeadLetters,
+    p: Produce,
+) -> Result<Pending, ProduceError> {
+    let spec = topics.spec(&p.topic)?;
+    if p.partition >= spec.partitions {
+        return Err(ProduceError::UnknownPartition {
+            topic: p.topic,
+            partitions: spec.partitions,
+        });
+    }
+    let BatchInfo {
+        header,
+        largest_record_bytes,
+        ..
+    } = batch::inspect(&p.batch)?;
+    if header.attributes.is_transactional() || header.attributes.is_control() {
+        return Err(ProduceError::Transactional);
+    }
+    if largest_record_bytes > spec.max_message_bytes as usize {
+        return Err(ProduceError::RecordTooLarge {
+            size: largest_record_bytes,
+            max: spec.max_message_bytes,
+            topic: p.topic,
+        });
+    }
+    let sequence = header.producer.is_idempotent().then_some(SequenceSpan {
+        producer: header.producer,
+        record_count: header.record_count,
+    });
+    let target = Target {
+        topic: p.topic.clone(),
+        partition: p.partition,
+        acks: ack_level(p.acks),
+        sequence,
+    };
+    if let Some(chain) = attachments.ingest_chain(&p.topic) {
+        return through_chain(&chain, &spec, writer, dead_letters, target, p.batch).await;
+    }
+    let batch = compress_for(&spec, p.batch).await?;
+    Ok(writer
+        .append(target.append(batch, header.record_count))
+        .await)
+}
+
+/// Where a produce goes and how it is acknowledged.
+struct Target {
+    topic: String,
+    partition: u32,
+    acks: AckLevel,
+    /// The producer's batch as sent, for deduplication.
+    sequence: Option<SequenceSpan>,
+}
+
+impl Target {
+    /// The append of `batch` (empty: none) holding `record_count` records.
+    fn append(&self, batch: Bytes, record_count: u32) -> Append {
+        Append {
+            topic: self.topic.clone(),
+            partition: self.partition,
+            batch,
+            record_count,
+            sequence: self.sequence,
+            acks: self.acks,
+            dead_letters: None,
+        }
+    }
+}
+
+/// Runs the topic's ingest chain, then appends what it produced, with its
+/// dead letters in the same transaction. An idempotent producer's sequence
+/// advances by its original batch even when the chain drops, rewrites or
+/// rejects records, so its next batch is still in order and a retry is
+/// still recognised.
+async fn through_chain(
+    chain: &IngestChain,
+    spec: &TopicSpec,
+    writer: &Writer,
+    dead_letters: &DeadLetters,
+    target: Target,
+    batch: Bytes,
+) -> Result<Pending, ProduceError> {
+    // A retry of a batch already stored is answered by the partition
+    // engine from its dedup state, without running the chain again: its
+    // dead letters and plugin state changes would otherwise happen twice.
+    if let Some(span) = target.sequence
+        && writer
+            .duplicate_of(
+                &target.topic,
+                target.partition,
+                span.producer,
+                span.record_count,
+            )
+            .is_some()
+    {
+        return Ok(writer.append(target.append(Bytes::new(), 0)).await);
+    }
+    let records = batch::records(&batch)?;
+    let run = match chain.run(&target.topic, target.partition, &records).await {
+        Ok(run) => run,
+        Err(refused) => {
+            // A final refusal is never retried, so the producer's next
+            // batch follows it: advance the sequence past it. A retriable
+            // one (halted, storage) will be resent with the same sequence
+            // and must then be stored, not deduplicated.
+            if target.sequence.is_some() && !refused.code().is_retriable() {
+                let _ = writer.append(target.append(Bytes::new(), 0)).await.await;
+            }
+            return Err(refused.into());
+        }
+    };
+    if run.unchanged {
+        let record_count = BatchHeader::parse(&batch)?.record_count;
+        let batch = compress_for(spec, batch).await?;
+        return Ok(writer.append(target.append(batch, record_count)).await);
+    }
+    let outputs: Vec<_> = run
+        .outputs
+        .into_iter()
+        .map(|(_, r)| chain::from_plugin(r))
+        .collect();
+    let mut all = chain::batches(&outputs, usize::MAX);
+    debug_assert!(all.len() <= 1, "one batch holds every output");
+    let mut append = match all.pop() {
+        Some(b) => {
+            let record_count = BatchHeader::parse(&b)?.record_count;
+            target.append(compress_for(spec, b).await?, record_count)
+        }
+        None => target.append(Bytes::new(), 0),
+    };
+    if !run.dead_letters.is_empty() {
+        append.dead_letters = Some(
+            dead_letters
+                .prepare(&target.topic, &run.dead_letters)
+                .await?,
+        );
+    }
+    Ok(writer.append(append).await)
+}
+
+/// The batch as the topic stores it: a batch that arrives uncompressed on a
+/// topic with a codec is compressed with it (on the blocking pool: it is
+/// CPU work), keeping its producer stamp, timestamps, keys and headers;
+/// any other batch is stored as it came.
+async fn compress_for(spec: &TopicSpec, batch: Bytes) -> Result<Bytes, ProduceError> {
+    let codec = spec.compression;
+    let header = BatchHeader::parse(&batch)?;
+    if codec == Compression::None || header.attributes.compression() != Compression::None {
+        return Ok(batch);
+    }
+    tokio::task::spawn_blocking(move || {
+        let mut builder = BatchBuilder::with_capacity(batch.len());
+        for r in batch::records(&batch)? {
+            builder.push(&Record {
+                key: r.key,
+                value: r.value,
+                headers: r.headers,
+                timestamp_ms: r.timestamp_ms,
+            });
+        }
+        Ok(builder.finish_compressed(header.producer, codec)?)
+    })
+    .await?
+}
+
+/// The partition engine's ack level for a wire ack level.
+pub fn ack_level(acks: Acks) -> AckLevel {
+    match acks {
+        Acks::None => AckLevel::None,
+        Acks::Leader => AckLevel::Leader,
+        Acks::Durable => AckLevel::Durable,
+        Acks::All => AckLevel::All,
+    }
+}
+
+/// The answer to a produce once the writer has committed it.
+pub async fn acknowledged(pending: Pending) -> Result<Response, ProduceError> {
+    match pending.await {
+        Ok(Ok(outcome)) => Ok(Response::Produced {
+            base_offset: outcome.base_offset(),
+            duplicate: matches!(outcome, AppendOutcome::Duplicate { .. }),
+        }),
+        Ok(Err(e)) => Err(e.into()),
+        Err(_) => Err(ProduceError::WriterStopped),
+    }
+}

@@ -1,0 +1,181 @@
+//! Reads of partition logs, run off the async workers: positions resolved
+//! to offsets, batches read under the broker's fetch limit.
+
+use std::sync::Arc;
+
+use edgebus_proto::ErrorCode;
+use edgebus_proto::frame::{PartitionInfo, Position, TopicSpec};
+use edgebus_store::{LogStore, PartitionOffsets, ReadBatches, ReadError};
+
+use crate::error::Coded;
+use crate::writer::Writer;
+
+/// Why a read failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FetchError {
+    /// The store refused (unknown topic or partition, storage).
+    #[error(transparent)]
+    Store(#[from] ReadError),
+    /// An absolute position past the end of the log.
+    #[error("offset {offset} is past the log end {log_end}")]
+    OffsetOutOfRange {
+        /// The offset asked for.
+        offset: u64,
+        /// The partition's log end.
+        log_end: u64,
+    },
+    /// The store call's task failed.
+    #[error(transparent)]
+    Task(#[from] tokio::task::JoinError),
+}
+
+impl Coded for FetchError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            FetchError::Store(e) => e.code(),
+            FetchError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
+            FetchError::Task(_) => ErrorCode::StorageError,
+        }
+    }
+}
+
+/// A handle for reading partitions. Cheap to clone.
+///
+/// Every read is bounded by the partition's high watermark, which the
+/// writer's partition engines publish: a reader never sees a record that
+/// is not yet committed at the level the engine promises readers (on a
+/// single node, fsync'd), so a record once read is never lost or changed.
+#[derive(Clone)]
+pub struct Reader {
+    store: Arc<dyn LogStore>,
+    writer: Writer,
+    max_fetch_bytes: u32,
+}
+
+impl Reader {
+    /// Reads from `store` below the high watermarks of `writer`, never more
+    /// than `max_fetch_bytes` at once.
+    pub fn new(store: Arc<dyn LogStore>, writer: Writer, max_fetch_bytes: u32) -> Reader {
+        Reader {
+            store,
+            writer,
+            max_fetch_bytes,
+        }
+    }
+
+    /// The partition's high watermark: the end of its log as readers see
+    /// it. 0 for a partition that does not exist (reading it fails).
+    pub fn high_watermark(&self, topic: &str, partition: u32) -> u64 {
+        self.writer.high_watermark(topic, partition).unwrap_or(0)
+    }
+
+    /// Runs a store read on the blocking pool, with the reader's bound.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&Bounded<'_>) -> Result<T, FetchError> + Send + 'static,
+    ) -> Result<T, FetchError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            read(&Bounded {
+                store: &*this.store,
+                reader: &this,
+            })
+        })
+        .await?
+    }
+
+    /// Resolves a position to an offset in the partition.
+    pub async fn resolve(
+        &self,
+        topic: &str,
+        partition: u32,
+        position: Position,
+    ) -> Result<u64, FetchError> {
+        let topic = topic.to_owned();
+        self.blocking(move |store| {
+            let o = store.offsets(&topic, partition)?;
+            let timestamp = |ts| -> Result<u64, FetchError> {
+                Ok(store
+                    .store
+                    .offset_for_timestamp(&topic, partition, ts)?
+                    .min(o.log_end))
+            };
+            Ok(match position {
+                Position::Earliest => o.log_start,
+                Position::Latest => o.log_end,
+                Position::Offset(offset) if offset > o.log_end => {
+                    return Err(FetchError::OffsetOutOfRange {
+                        offset,
+                        log_end: o.log_end,
+                    });
+                }
+                Position::Offset(offset) => offset.max(o.log_start),
+                Position::Timestamp(ts) => timestamp(ts)?,
+            })
+        })
+        .await
+    }
+
+    /// Reads batches from a position.
+    pub async fn read(
+        &self,
+        topic: &str,
+        partition: u32,
+        from: Position,
+        max_bytes: u32,
+    ) -> Result<ReadBatches, FetchError> {
+        let offset = self.resolve(topic, partition, from).await?;
+        self.read_at(topic, partition, offset, max_bytes).await
+    }
+
+    /// Reads batches from an absolute offset.
+    pub async fn read_at(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        max_bytes: u32,
+    ) -> Result<ReadBatches, FetchError> {
+        let max_bytes = max_bytes.clamp(1, self.max_fetch_bytes) as usize;
+        let topic = topic.to_owned();
+        self.blocking(move |store| {
+            let upper = store.reader.high_watermark(&topic, partition);
+            Ok(store
+                .store
+                .read(&topic, partition, offset, max_bytes, upper)?)
+        })
+        .await
+    }
+
+    /// The log start and end of every partition of a topic.
+    pub async fn partitions(&self, spec: TopicSpec) -> Result<Vec<PartitionInfo>, FetchError> {
+        self.blocking(move |store| {
+            (0..spec.partitions)
+                .map(|partition| {
+                    let o = store.offsets(&spec.name, partition)?;
+                    Ok(PartitionInfo {
+                        partition,
+                        log_start: o.log_start,
+                        log_end: o.log_end,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+}
+
+/// The store as a reader sees it, inside one blocking read.
+struct Bounded<'a> {
+    store: &'a dyn LogStore,
+    reader: &'a Reader,
+}
+
+impl Bounded<'_> {
+    /// The partition's log start and end, the end being its high watermark.
+    fn offsets(&self, topic: &str, partition: u32) -> Result<PartitionOffsets, ReadError> {
+        let upper = self.reader.high_watermark(topic, partition);
+        Ok(self.store.offsets(topic, partition)?.bounded(upper))
+    }
+}
