@@ -609,3 +609,75 @@ async fn retried_batch_does_not_dead_letter_twice() {
         "one dead letter, not two"
     );
 }
+
+/// Reads every record a trapping read-path filter lets through, from the
+/// start, so its dead letters are written.
+async fn read_through_trap(client: &Client, topic: &str, kept: usize) {
+    let mut sub = Subscription::start(
+        client.clone(),
+        topic,
+        0,
+        Position::Earliest,
+        SubscribeConfig {
+            chain: vec![pref("trap", &[("needle", "boom")])],
+            on_failure: FailurePolicy::DeadLetter,
+            ..SubscribeConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    for _ in 0..kept {
+        tokio::time::timeout(Duration::from_secs(10), sub.next())
+            .await
+            .expect("a kept record arrives")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+/// Guards the bug where the read path wrote one dead letter per
+/// subscriber that hit a failing record: each source record is
+/// dead-lettered once, whichever subscriber reads it first, and a broker
+/// restart does not forget which ones were.
+#[tokio::test]
+async fn read_path_dead_letters_once_per_source_record_across_subscribers_and_restart() {
+    let mut broker = TestBroker::start().await.unwrap();
+    let client = broker.client().await.unwrap();
+    add_plugin(&client, "trap", "trap_on").await.unwrap();
+    topic(&client, "feed").await;
+    let values: Vec<String> = (0..9)
+        .map(|i| {
+            if i % 3 == 1 {
+                format!("boom-{i}")
+            } else {
+                format!("ok-{i}")
+            }
+        })
+        .collect();
+    produce(&client, "feed", &values).await;
+    let wait_for_letters = |client: Client| async move {
+        wait_for_len(&client, "feed.dlq", 3).await;
+        read_all(&client, "feed.dlq").await
+    };
+    read_through_trap(&client, "feed", 6).await;
+    read_through_trap(&client, "feed", 6).await;
+    let letters = wait_for_letters(client.clone()).await;
+    let sources: Vec<&[u8]> = letters
+        .iter()
+        .map(|r| header(r, "edgebus-source-offset").unwrap())
+        .collect();
+    assert_eq!(sources, vec![&b"1"[..], b"4", b"7"]);
+    assert_eq!(
+        header(&letters[0], "edgebus-attach-point"),
+        Some(&b"read-path"[..])
+    );
+    broker.restart().await.unwrap();
+    let client = broker.client().await.unwrap();
+    read_through_trap(&client, "feed", 6).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        read_all(&client, "feed.dlq").await.len(),
+        3,
+        "a subscriber after a restart writes no second dead letter"
+    );
+}

@@ -5,15 +5,15 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
 use edgebus_proto::ErrorCode;
 use edgebus_proto::batch::StoredRecord;
-use edgebus_proto::frame::{FailurePolicy, PluginRef, Request};
+use edgebus_proto::frame::{FailurePolicy, PluginRef};
 use edgebus_store::{ConfigKind, LogStore, StoreError};
 
 use crate::chain::{AttachPoint, ChainRun, ChainRunError, ChainRunner, Counters, Halt};
 use crate::error::Coded;
 use crate::registry::Registry;
+use crate::saved;
 
 /// Why a topic's ingest chain could not be set.
 #[derive(Debug, thiserror::Error)]
@@ -146,20 +146,10 @@ pub struct Attachments {
     read_counters: Mutex<HashMap<String, Arc<Counters>>>,
 }
 
-/// Encodes a chain config for the store, as the request that sets it.
-fn encode_ingest(topic: &str, refs: &[PluginRef], policy: FailurePolicy) -> Vec<u8> {
-    let mut buf = BytesMut::new();
-    Request::SetIngest {
-        topic: topic.to_owned(),
-        chain: refs.to_vec(),
-        on_failure: policy,
-    }
-    .encode(0, &mut buf);
-    buf[edgebus_proto::framing::LENGTH_PREFIX_BYTES..].to_vec()
-}
-
 impl Attachments {
-    /// Restores the ingest chains kept in `store`.
+    /// Restores the ingest chains kept in `store`. An unreadable chain
+    /// stops the start: serving the topic without it would store what the
+    /// chain was there to filter or redact.
     pub fn restore(
         registry: Arc<Registry>,
         store: Arc<dyn LogStore>,
@@ -171,15 +161,12 @@ impl Attachments {
             store,
         };
         for (topic, blob) in attachments.store.configs(ConfigKind::Ingest)? {
-            match Request::decode(Bytes::from(blob)) {
-                Ok((
-                    _,
-                    Request::SetIngest {
-                        chain, on_failure, ..
-                    },
-                )) => attachments.install(&topic, chain, on_failure),
-                other => tracing::error!(%topic, ?other, "unreadable ingest config ignored"),
-            }
+            let (chain, on_failure) =
+                saved::decode_ingest(&blob).map_err(|e| StoreError::Corrupt {
+                    table: "configs".to_owned(),
+                    detail: format!("ingest chain of topic {topic:?}: {e}"),
+                })?;
+            attachments.install(&topic, chain, on_failure);
         }
         Ok(attachments)
     }
@@ -205,7 +192,7 @@ impl Attachments {
         refs: Vec<PluginRef>,
         policy: FailurePolicy,
     ) -> Result<(), AttachError> {
-        let blob = (!refs.is_empty()).then(|| encode_ingest(topic, &refs, policy));
+        let blob = (!refs.is_empty()).then(|| saved::encode_ingest(&refs, policy));
         let chain = if refs.is_empty() {
             None
         } else {

@@ -67,7 +67,7 @@ impl Broker {
             limits.max_message_bytes,
         )?;
         let reader = Reader::new(store.clone(), writer.clone(), limits.max_fetch_bytes);
-        let dead_letters = DeadLetters::new(topics.clone(), writer.clone());
+        let dead_letters = DeadLetters::new(topics.clone(), writer.clone(), reader.clone());
         let pipelines = Pipelines::new(
             store.clone(),
             writer.clone(),

@@ -114,6 +114,20 @@ pub enum AttachPoint {
     Pipeline,
 }
 
+/// The `edgebus-attach-point` header of a dead letter.
+pub const ATTACH_POINT_HEADER: &str = "edgebus-attach-point";
+
+impl AttachPoint {
+    /// The attach point's name in dead-letter headers.
+    pub fn name(self) -> &'static str {
+        match self {
+            AttachPoint::Ingest => "ingest",
+            AttachPoint::ReadPath => "read-path",
+            AttachPoint::Pipeline => "pipeline",
+        }
+    }
+}
+
 /// Makes the state store of the plugin at each chain position.
 pub type StateFactory = Arc<dyn Fn(usize) -> Box<dyn StateStore> + Send + Sync>;
 
@@ -296,6 +310,7 @@ impl ChainRunner {
                     let input = &records[*index];
                     let at = positioned.then_some((partition, input.offset));
                     dead_letter(input, topic, at, plugin, versions(plugin), error)
+                        .with_header(ATTACH_POINT_HEADER, self.attach.name())
                 })
                 .collect()
         } else {

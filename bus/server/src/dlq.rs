@@ -1,14 +1,30 @@
 //! Dead-letter topics: `<topic>.dlq` holds the records a plugin failed on
 //! under the `dead-letter` policy, created on first use.
+//!
+//! Each record a plugin fails on is dead-lettered once:
+//!
+//! - ingest: in the transaction of the batch it came from
+//!   ([`crate::writer::Append::dead_letters`]), so a crash never writes it
+//!   twice or loses it, and a producer retry, answered from the dedup state,
+//!   does not run the chain again;
+//! - pipelines: in the step's transaction, with its source position;
+//! - read path: every subscriber runs its own chain over the same stored
+//!   records, so [`DeadLetters::append_once`] remembers which source records
+//!   were dead-lettered (read back from the dead-letter topic after a
+//!   restart) and writes each once, whichever subscriber hits it first.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use edgebus_core::partition::AckLevel;
-use edgebus_proto::batch::{Compression, Record};
+use edgebus_proto::batch::{self, Compression, Header, Record};
 use edgebus_proto::frame::TopicSpec;
 use edgebus_proto::{DecodeError, ErrorCode};
 use edgebus_store::TopicError;
 
-use crate::chain;
+use crate::chain::{self, ATTACH_POINT_HEADER, AttachPoint};
 use crate::error::Coded;
+use crate::reader::{FetchError, Reader};
 use crate::topics::{TopicAdminError, Topics};
 use crate::writer::{Append, AppendFailure, Writer};
 
@@ -28,6 +44,9 @@ pub enum DeadLetterError {
     /// The writer is gone.
     #[error("writer stopped")]
     WriterStopped,
+    /// The dead-letter topic could not be read back.
+    #[error(transparent)]
+    Read(#[from] FetchError),
 }
 
 impl Coded for DeadLetterError {
@@ -37,6 +56,7 @@ impl Coded for DeadLetterError {
             DeadLetterError::Batch(_) => ErrorCode::CorruptBatch,
             DeadLetterError::Write(e) => e.code(),
             DeadLetterError::WriterStopped => ErrorCode::ShuttingDown,
+            DeadLetterError::Read(e) => e.code(),
         }
     }
 }
@@ -46,17 +66,89 @@ pub fn dlq_topic(topic: &str) -> String {
     format!("{topic}.dlq")
 }
 
+/// Source records (partition, offset) of a topic whose read-path dead
+/// letter is written; `None` until read back from the dead-letter topic.
+type Written = Arc<tokio::sync::Mutex<Option<HashSet<(u32, u64)>>>>;
+
 /// Where failed records go. Cheap to clone.
 #[derive(Clone)]
 pub struct DeadLetters {
     topics: Topics,
     writer: Writer,
+    reader: Reader,
+    read_path: Arc<Mutex<HashMap<String, Written>>>,
 }
 
 impl DeadLetters {
-    /// Dead letters created in `topics` and written through `writer`.
-    pub fn new(topics: Topics, writer: Writer) -> DeadLetters {
-        DeadLetters { topics, writer }
+    /// Dead letters created in `topics`, written through `writer` and read
+    /// back through `reader`.
+    pub fn new(topics: Topics, writer: Writer, reader: Reader) -> DeadLetters {
+        DeadLetters {
+            topics,
+            writer,
+            reader,
+            read_path: Arc::default(),
+        }
+    }
+
+    /// Writes read-path dead letters of `topic`, skipping those whose
+    /// source record already has one (from any subscriber, before or after
+    /// a restart), and waits for the commit.
+    pub async fn append_once(
+        &self,
+        topic: &str,
+        letters: &[Record],
+    ) -> Result<(), DeadLetterError> {
+        let slot = {
+            let mut map = self
+                .read_path
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            map.entry(topic.to_owned()).or_default().clone()
+        };
+        // Held across the write, so two subscribers failing on the same
+        // record cannot both find it missing.
+        let mut guard = slot.lock().await;
+        let written = match &mut *guard {
+            Some(written) => written,
+            empty => empty.insert(self.read_back(topic).await?),
+        };
+        let fresh: Vec<Record> = letters
+            .iter()
+            .filter(|r| source_of(&r.headers).is_none_or(|at| !written.contains(&at)))
+            .cloned()
+            .collect();
+        if fresh.is_empty() {
+            return Ok(());
+        }
+        self.append(topic, &fresh).await?;
+        written.extend(fresh.iter().filter_map(|r| source_of(&r.headers)));
+        Ok(())
+    }
+
+    /// The source records of `topic` that have a read-path dead letter,
+    /// read from its dead-letter topic.
+    async fn read_back(&self, topic: &str) -> Result<HashSet<(u32, u64)>, DeadLetterError> {
+        let dlq = dlq_topic(topic);
+        let mut written = HashSet::new();
+        if self.topics.spec(&dlq).is_err() {
+            return Ok(written);
+        }
+        let mut cursor = 0;
+        loop {
+            let read = self.reader.read_at(&dlq, 0, cursor, u32::MAX).await?;
+            let Some(last) = read.batches.last() else {
+                return Ok(written);
+            };
+            cursor = batch::BatchHeader::parse(last)?.next_offset();
+            for b in &read.batches {
+                written.extend(
+                    batch::records(b)?
+                        .iter()
+                        .filter_map(|r| source_of(&r.headers)),
+                );
+            }
+        }
     }
 
     /// The dead-letter topic of `topic`, created (one partition, kept
@@ -101,14 +193,9 @@ impl DeadLetters {
     }
 
     /// Writes dead letters to `<topic>.dlq` on their own and waits for the
-    /// commit: a failed record is never acknowledged as handled before its
-    /// dead letter is stored.
-    pub async fn append(
-        &self,
-        topic: &str,
-        letters: &[Record],
-        acks: AckLevel,
-    ) -> Result<(), DeadLetterError> {
+    /// durable commit: a failed record is never treated as handled before
+    /// its dead letter is stored.
+    async fn append(&self, topic: &str, letters: &[Record]) -> Result<(), DeadLetterError> {
         let dlq = self.ensure(topic).await?;
         for output in chain::outputs(&dlq, 0, letters)? {
             let append = Append {
@@ -117,7 +204,7 @@ impl DeadLetters {
                 batch: output.batch,
                 record_count: output.record_count,
                 sequence: None,
-                acks,
+                acks: AckLevel::Durable,
                 dead_letters: None,
             };
             match self.writer.append(append).await.await {
@@ -128,4 +215,20 @@ impl DeadLetters {
         }
         Ok(())
     }
+}
+
+/// The source position of a read-path dead letter, from its headers.
+fn source_of(headers: &[Header]) -> Option<(u32, u64)> {
+    let header = |key: &str| {
+        headers
+            .iter()
+            .find(|h| h.key == key)
+            .and_then(|h| std::str::from_utf8(&h.value).ok())
+    };
+    if header(ATTACH_POINT_HEADER)? != AttachPoint::ReadPath.name() {
+        return None;
+    }
+    let partition = header("edgebus-source-partition")?.parse().ok()?;
+    let offset = header("edgebus-source-offset")?.parse().ok()?;
+    Some((partition, offset))
 }

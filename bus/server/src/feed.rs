@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use edgebus_core::partition::AckLevel;
 use edgebus_proto::batch::{self, BatchBuilder, BatchHeader, ProducerStamp, StoredRecord};
 use edgebus_proto::frame::{FailurePolicy, PluginRef, Position};
 use edgebus_proto::{DecodeError, ErrorCode};
@@ -231,9 +230,7 @@ impl ReadChain {
                 Ok(run) => {
                     self.halt.clear();
                     if !run.dead_letters.is_empty() {
-                        dead_letters
-                            .append(topic, &run.dead_letters, AckLevel::Durable)
-                            .await?;
+                        dead_letters.append_once(topic, &run.dead_letters).await?;
                     }
                     return Ok(offset_batches(&inputs, run.outputs));
                 }

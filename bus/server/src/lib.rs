@@ -77,6 +77,7 @@ pub mod pipelines;
 pub mod reader;
 pub mod registry;
 pub mod retention;
+pub mod saved;
 pub mod server;
 pub mod tls;
 pub mod topics;

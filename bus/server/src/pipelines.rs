@@ -13,10 +13,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
 use edgebus_proto::ErrorCode;
 use edgebus_proto::batch::{self, BatchHeader, Record, StoredRecord};
-use edgebus_proto::frame::{FailurePolicy, PipelineDescription, PluginRef, Request};
+use edgebus_proto::frame::{FailurePolicy, PipelineDescription, PluginRef};
 use edgebus_proto::partitioner::partition_for_key;
 use edgebus_store::{ConfigKind, LogStore, StoreError};
 use edgebus_wasm::StateStore;
@@ -28,6 +27,7 @@ use crate::error::Coded;
 use crate::notify::Notifier;
 use crate::reader::Reader;
 use crate::registry::Registry;
+use crate::saved;
 use crate::topics::{Topics, UnknownTopic};
 use crate::writer::{PipelineStep, Writer};
 
@@ -92,38 +92,23 @@ struct Definition {
 
 impl Definition {
     fn encode(&self) -> Vec<u8> {
-        let mut buf = BytesMut::new();
-        Request::PipelineCreate {
-            name: self.name.clone(),
+        saved::encode_pipeline(&saved::PipelineDefinition {
             from: self.from.clone(),
             to: self.to.clone(),
             chain: self.chain.clone(),
             on_failure: self.on_failure,
-        }
-        .encode(0, &mut buf);
-        buf[edgebus_proto::framing::LENGTH_PREFIX_BYTES..].to_vec()
+        })
     }
 
-    fn decode(blob: Vec<u8>) -> Option<Definition> {
-        match Request::decode(Bytes::from(blob)) {
-            Ok((
-                _,
-                Request::PipelineCreate {
-                    name,
-                    from,
-                    to,
-                    chain,
-                    on_failure,
-                },
-            )) => Some(Definition {
-                name,
-                from,
-                to,
-                chain,
-                on_failure,
-            }),
-            _ => None,
-        }
+    fn decode(name: String, blob: &[u8]) -> Result<Definition, saved::SavedError> {
+        let d = saved::decode_pipeline(blob)?;
+        Ok(Definition {
+            name,
+            from: d.from,
+            to: d.to,
+            chain: d.chain,
+            on_failure: d.on_failure,
+        })
     }
 }
 
@@ -216,9 +201,11 @@ impl Pipelines {
             }
         };
         for (name, blob) in configs {
-            match Definition::decode(blob) {
-                Some(def) => self.spawn(def),
-                None => tracing::error!(%name, "unreadable pipeline definition ignored"),
+            match Definition::decode(name.clone(), &blob) {
+                Ok(def) => self.spawn(def),
+                Err(error) => {
+                    tracing::error!(%name, %error, "unreadable pipeline definition; not started");
+                }
             }
         }
     }
