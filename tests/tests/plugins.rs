@@ -681,3 +681,48 @@ async fn read_path_dead_letters_once_per_source_record_across_subscribers_and_re
         "a subscriber after a restart writes no second dead letter"
     );
 }
+
+/// Guards the bug where a batch from a producer without idempotence whose
+/// every record was dead-lettered stored no dead letter at all: the
+/// dead letters rode on a write that stored nothing.
+#[tokio::test]
+async fn batch_dead_lettered_whole_by_plain_producer_keeps_its_dead_letters() {
+    let broker = TestBroker::start().await.unwrap();
+    let client = broker.client().await.unwrap();
+    add_plugin(&client, "trap", "trap_on").await.unwrap();
+    topic(&client, "plain").await;
+    set_ingest(
+        &client,
+        "plain",
+        vec![pref("trap", &[("needle", "boom")])],
+        FailurePolicy::DeadLetter,
+    )
+    .await
+    .unwrap();
+    let producer = Producer::new(
+        client.clone(),
+        ProducerConfig {
+            idempotent: false,
+            ..ProducerConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let mut acks = Vec::new();
+    for i in 0..3 {
+        acks.push(
+            producer
+                .send("plain", Record::new(format!("boom-{i}"), 1))
+                .await
+                .unwrap(),
+        );
+    }
+    producer.flush().await.unwrap();
+    for ack in acks {
+        ack.await.unwrap();
+    }
+    assert_eq!(read_all(&client, "plain").await.len(), 0);
+    let letters = read_all(&client, "plain.dlq").await;
+    let values: Vec<&[u8]> = letters.iter().map(|r| r.value.as_ref()).collect();
+    assert_eq!(values, vec![&b"boom-0"[..], b"boom-1", b"boom-2"]);
+}

@@ -578,9 +578,16 @@ impl Shell {
             sequence: append.sequence,
             acks: append.acks,
         };
+        let idempotent = request
+            .sequence
+            .is_some_and(|span| span.producer.is_idempotent());
         let stored = self.submit(&mut engines, &key, request, append.batch, reply);
         self.group.durable |= matches!(append.acks, AckLevel::Durable | AckLevel::All);
-        if let (true, Some(letters)) = (stored, append.dead_letters) {
+        // An idempotent batch that was not stored is a retry or was refused:
+        // its dead letters are stored already or not at all. Any other
+        // batch's dead letters are written with it, even when none of its
+        // records is kept.
+        if let (true, Some(letters)) = (stored || !idempotent, append.dead_letters) {
             self.dead_letters(&mut engines, letters);
         }
     }
