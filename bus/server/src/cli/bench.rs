@@ -97,12 +97,16 @@ pub struct BenchArgs {
     /// path, `NAME[:key=value,…]`; repeat for a chain.
     #[arg(long = "filter", value_parser = parse_plugin_ref)]
     filters: Vec<PluginRef>,
-    /// Values are JSON objects like a sensor feed's, `{"n":…,"sensor":…,
-    /// "celsius":…,"note":…}`, of about `--size` bytes, 1,024 distinct ones
-    /// in turn (for plugin and compression benches), instead of one raw
-    /// byte pattern.
+    /// Values are JSON objects `{"n":…,"pad":"…"}` of about `--size` bytes
+    /// (for plugin benches) instead of raw bytes.
     #[arg(long)]
     json: bool,
+    /// Values are JSON objects like a sensor feed's, `{"n":…,"sensor":…,
+    /// "celsius":…,"note":…}`, of about `--size` bytes, 1,024 distinct ones
+    /// in turn: data compression can be measured on, where `--json` repeats
+    /// one value.
+    #[arg(long, conflicts_with = "json")]
+    sensor_json: bool,
     /// Producer compression (none, lz4, zstd); the report adds the bytes
     /// stored and the compression ratio.
     #[arg(long, default_value = "none")]
@@ -192,6 +196,7 @@ fn args_clone(a: &BenchArgs) -> BenchArgs {
         ingest: a.ingest.clone(),
         filters: a.filters.clone(),
         json: a.json,
+        sensor_json: a.sensor_json,
         compression: a.compression,
         broker: a.broker,
         ca: a.ca.clone(),
@@ -274,7 +279,7 @@ const VALUE_POOL: usize = 1024;
 /// JSON objects of about `size` bytes, like a sensor feed's: a sequence
 /// number `n` (never negative, for the plugin benches), a sensor, a reading,
 /// a status and a note drawn from a small vocabulary, deterministically.
-fn json_pool(size: usize) -> Vec<Bytes> {
+fn sensor_json(size: usize) -> Vec<Bytes> {
     const WORDS: [&str; 16] = [
         "ok",
         "warm",
@@ -355,8 +360,12 @@ async fn produce(
         },
     )
     .await?;
-    let templates = if args.json {
-        json_pool(args.size)
+    let templates = if args.sensor_json {
+        sensor_json(args.size)
+    } else if args.json {
+        let head = r#"{"n":42,"pad":""#;
+        let pad = args.size.saturating_sub(head.len() + 2);
+        vec![Bytes::from(format!("{head}{}\"}}", "x".repeat(pad)))]
     } else {
         vec![Bytes::from(
             (0..args.size).map(|i| (i % 251) as u8).collect::<Vec<_>>(),
