@@ -204,17 +204,17 @@ pub async fn start_with_store(
     };
     let quic = server::quic_config(tls, &config.limits).map_err(endpoint_err)?;
     let reset_key = tls::stateless_reset_key(&config.data_dir)?;
+    let cid_key = tls::connection_id_key(&reset_key);
+    let mut endpoint_config = quinn::EndpointConfig::new(reset_key);
+    endpoint_config.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
     let socket =
         std::net::UdpSocket::bind(config.listen).map_err(|e| endpoint_err(e.to_string()))?;
     let runtime =
         quinn::default_runtime().ok_or_else(|| endpoint_err("no tokio runtime".into()))?;
-    let endpoint = quinn::Endpoint::new(
-        quinn::EndpointConfig::new(reset_key),
-        Some(quic),
-        socket,
-        runtime,
-    )
-    .map_err(|e| endpoint_err(e.to_string()))?;
+    let endpoint = quinn::Endpoint::new(endpoint_config, Some(quic), socket, runtime)
+        .map_err(|e| endpoint_err(e.to_string()))?;
     let addr = endpoint
         .local_addr()
         .map_err(|e| endpoint_err(e.to_string()))?;

@@ -148,6 +148,19 @@ fn write(path: &Path, contents: &str) -> Result<(), TlsError> {
     })
 }
 
+/// The key that the broker's QUIC connection IDs are validated with,
+/// derived from the persisted stateless-reset key. quinn drops packets
+/// whose connection ID fails validation before it considers a stateless
+/// reset, so the IDs a crashed broker handed out must still validate after
+/// its restart: with quinn's default, random per process, clients of a
+/// restarted broker waited out their whole idle timeout.
+pub fn connection_id_key(reset_key: &ring::hmac::Key) -> u64 {
+    let tag = ring::hmac::sign(reset_key, b"edgebus connection id key");
+    let mut key = [0u8; 8];
+    key.copy_from_slice(&tag.as_ref()[..8]);
+    u64::from_le_bytes(key)
+}
+
 /// The key that signs QUIC stateless resets, kept in `data_dir` so that it
 /// survives a restart. A broker restarted after a crash then answers packets
 /// of connections it no longer knows with a reset the client accepts, and
