@@ -8,10 +8,11 @@
 //! ```text
 //!            QUIC (quinn + rustls, ALPN edgebus/1)
 //!  clients ─────────▶ server ──▶ cmd (dispatch, produce) ──▶ writer thread ──▶ LogStore (redb)
-//!                       │                                        │                 │
-//!                       └──▶ feed (subscriptions) ◀── notifier ◀──┘                 │
-//!                                  ▲                                               │
-//!                                  └──────────────── reader (read txns) ◀──────────┘
+//!                       │                                    partition engines       │
+//!                       │                                 (edgebus-core) │ high      │
+//!                       └──▶ feed (subscriptions) ◀── notifier ◀─────────┤ watermark │
+//!                                  ▲                                     ▼           │
+//!                                  └─────────── reader (read txns, bounded by it) ◀──┘
 //! ```
 //!
 //! ## Crates
@@ -55,7 +56,9 @@
 //!   commits.
 //! - [`retention`]: the background retention task.
 //! - [`error`]: how a domain error becomes a client's error code.
-//! - [`writer`]: the single writer with group commit.
+//! - [`writer`]: the single writer: drives the partition engines, group
+//!   commit, acks by level, high watermarks.
+//! - [`saved`]: the stored form of ingest chains and pipeline definitions.
 //! - [`notify`]: wakes subscriptions when partitions grow.
 //! - [`tls`], [`config`]: local CA on first start, operator certificates,
 //!   mTLS; TOML configuration and limits.
