@@ -75,7 +75,7 @@ use std::borrow::Cow;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::compression;
+use crate::codec;
 pub use crate::compression::{Compression, MAX_DECOMPRESSED_BYTES};
 use crate::error::{CompressError, DecodeError};
 use crate::varint;
@@ -556,7 +556,7 @@ fn records_section<'a>(
     let stored = &batch[HEADER_LEN..];
     match header.attributes.compression() {
         Compression::None => Ok(Cow::Borrowed(stored)),
-        codec => compression::decompress(codec, stored).map(Cow::Owned),
+        other => codec::decompress(other, stored).map(Cow::Owned),
     }
 }
 
@@ -834,7 +834,7 @@ impl BatchBuilder {
             return Ok(self.finish(producer));
         }
         assert!(self.count > 0, "a batch holds at least one record");
-        let packed = compression::compress(compression, &self.buf[HEADER_LEN..])?;
+        let packed = codec::compress(compression, &self.buf[HEADER_LEN..])?;
         let mut buf = BytesMut::with_capacity(HEADER_LEN + packed.len());
         buf.resize(HEADER_LEN, 0);
         buf.extend_from_slice(&packed);
@@ -902,7 +902,7 @@ fn body_len(record: &Record, timestamp_delta: i64, offset_delta: u32) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compression::tests::frame_of_zeros;
+    use crate::codec::tests::frame_of_zeros;
     use proptest::prelude::*;
 
     const CODECS: [Compression; 3] = [Compression::None, Compression::Lz4, Compression::Zstd];
@@ -1314,9 +1314,9 @@ mod tests {
     fn null_value_and_null_header_value_decode_as_empty() {
         let template = one_record_batch();
         let section = raw_record(0, 0, Some(b"k"), None, &[("h", None), ("g", Some(b"x"))]);
-        for codec in CODECS {
-            let packed = compression::compress(codec, &section).unwrap();
-            let batch = sealed(&template, u16::from(codec.codec()), &packed);
+        for c in CODECS {
+            let packed = codec::compress(c, &section).unwrap();
+            let batch = sealed(&template, u16::from(c.codec()), &packed);
             let record = &super::records(&batch).unwrap()[0];
             assert_eq!(record.key.as_deref(), Some(&b"k"[..]));
             assert!(record.value.is_empty());

@@ -12,7 +12,8 @@
 //!
 //! - [`batch`]: Kafka's RecordBatch v2, with its byte layout and CRC32C.
 //! - [`compression`]: the codecs of a batch's records section, and the cap
-//!   on what one batch may decompress to.
+//!   on what one batch may decompress to; `codec` (private) compresses and
+//!   decompresses under that cap.
 //! - [`frame`]: request and response frames, the table of frame kinds,
 //!   and the ALPN id.
 //! - [`framing`]: the length prefix that delimits frames on a stream, and
@@ -27,6 +28,7 @@
 #![warn(missing_docs)]
 
 pub mod batch;
+mod codec;
 pub mod compression;
 pub mod error;
 pub mod frame;
