@@ -176,13 +176,18 @@ enum Op {
         append: Box<Append>,
         reply: Option<oneshot::Sender<AppendResult>>,
     },
-    Retention {
-        now_ms: i64,
-        reply: oneshot::Sender<Result<RetentionReport, StoreError>>,
-    },
     Commit {
         commits: Vec<OffsetCommit>,
         reply: oneshot::Sender<Result<(), CommitError>>,
+    },
+    /// Runs after every append queued before it is committed.
+    Ordered(Ordered),
+}
+
+enum Ordered {
+    Retention {
+        now_ms: i64,
+        reply: oneshot::Sender<Result<RetentionReport, StoreError>>,
     },
     Pipeline {
         step: Box<PipelineStep>,
@@ -346,9 +351,11 @@ impl Writer {
     /// durable transaction). Returns each output's base offset.
     pub async fn commit_pipeline(&self, step: PipelineStep) -> Result<Vec<u64>, StepError> {
         self.call(
-            |reply| Op::Pipeline {
-                step: Box::new(step),
-                reply,
+            |reply| {
+                Op::Ordered(Ordered::Pipeline {
+                    step: Box::new(step),
+                    reply,
+                })
             },
             || Err(StepError::Target(AppendFailure::Stopped)),
         )
@@ -358,7 +365,7 @@ impl Writer {
     /// Creates a topic, ordered with the appends around it.
     pub async fn create_topic(&self, spec: TopicSpec) -> Result<(), TopicError> {
         self.call(
-            |reply| Op::CreateTopic { spec, reply },
+            |reply| Op::Ordered(Ordered::CreateTopic { spec, reply }),
             || Err(TopicError::Store(stopped())),
         )
         .await
@@ -368,7 +375,7 @@ impl Writer {
     /// partition engines, so a topic recreated under the name starts anew.
     pub async fn delete_topic(&self, name: String) -> Result<(), TopicError> {
         self.call(
-            |reply| Op::DeleteTopic { name, reply },
+            |reply| Op::Ordered(Ordered::DeleteTopic { name, reply }),
             || Err(TopicError::Store(stopped())),
         )
         .await
@@ -376,8 +383,11 @@ impl Writer {
 
     /// Runs retention inside the writer, so it never races an append.
     pub async fn enforce_retention(&self, now_ms: i64) -> Result<RetentionReport, StoreError> {
-        self.call(|reply| Op::Retention { now_ms, reply }, || Err(stopped()))
-            .await
+        self.call(
+            |reply| Op::Ordered(Ordered::Retention { now_ms, reply }),
+            || Err(stopped()),
+        )
+        .await
     }
 
     /// Runs a metadata write on the writer thread, after every write queued
@@ -387,10 +397,12 @@ impl Writer {
         job: impl FnOnce(&dyn LogStore) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         self.call(
-            |reply| Op::Run {
-                job: Box::new(move |store| {
-                    let _ = reply.send(job(store));
-                }),
+            |reply| {
+                Op::Ordered(Ordered::Run {
+                    job: Box::new(move |store| {
+                        let _ = reply.send(job(store));
+                    }),
+                })
             },
             || Err(stopped()),
         )
@@ -461,9 +473,9 @@ impl Shell {
                 match op {
                     Op::Append { append, reply } => self.decide(*append, reply),
                     Op::Commit { commits: c, reply } => commits.push((c, reply)),
-                    other => {
+                    Op::Ordered(ordered) => {
                         self.commit_group();
-                        self.execute(other);
+                        self.execute(ordered);
                     }
                 }
                 if self.group.bytes < self.max_group_bytes
@@ -485,16 +497,15 @@ impl Shell {
         }
     }
 
-    fn execute(&mut self, op: Op) {
-        match op {
-            Op::Append { .. } | Op::Commit { .. } => unreachable!("batched by run"),
-            Op::Retention { now_ms, reply } => {
+    fn execute(&mut self, ordered: Ordered) {
+        match ordered {
+            Ordered::Retention { now_ms, reply } => {
                 let _ = reply.send(self.store.enforce_retention(now_ms));
             }
-            Op::Pipeline { step, reply } => {
+            Ordered::Pipeline { step, reply } => {
                 let _ = reply.send(self.commit_pipeline(*step));
             }
-            Op::CreateTopic { spec, reply } => {
+            Ordered::CreateTopic { spec, reply } => {
                 let created = self.store.create_topic(&spec);
                 if created.is_ok() {
                     for partition in 0..spec.partitions {
@@ -503,7 +514,7 @@ impl Shell {
                 }
                 let _ = reply.send(created);
             }
-            Op::DeleteTopic { name, reply } => {
+            Ordered::DeleteTopic { name, reply } => {
                 let deleted = self.store.delete_topic(&name);
                 if deleted.is_ok() {
                     self.watermarks.remove_topic(&name);
@@ -512,7 +523,7 @@ impl Shell {
                 }
                 let _ = reply.send(deleted);
             }
-            Op::Run { job } => job(&*self.store),
+            Ordered::Run { job } => job(&*self.store),
         }
     }
 
