@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use edgebus_client::{
-    Position, Producer, ProducerConfig, Record, SubscribeConfig, Subscription, TopicSpec,
+    ClientError, Position, Producer, ProducerConfig, Record, SubscribeConfig, Subscription,
+    TopicSpec,
 };
 use edgebus_tests::TestBroker;
 
@@ -344,4 +345,32 @@ async fn producer_recovers_after_giving_up_on_a_batch() {
         .expect("ack arrives")
         .expect("the producer recovers instead of failing every later batch");
     assert_eq!(offset.offset, Some(1));
+}
+
+/// An idempotent producer may not keep more batches in flight than the
+/// broker remembers per producer, or a retry after lost acks could be
+/// refused as a stale duplicate; the SDK says so at once.
+#[tokio::test]
+async fn idempotent_producer_window_over_dedup_window_is_refused() {
+    let broker = TestBroker::start().await.unwrap();
+    let client = broker.client().await.unwrap();
+    let config = |window| ProducerConfig {
+        window,
+        ..ProducerConfig::default()
+    };
+    let refused = Producer::new(
+        client.clone(),
+        config(edgebus_client::producer::MAX_IDEMPOTENT_IN_FLIGHT + 1),
+    )
+    .await;
+    assert!(
+        matches!(refused, Err(ClientError::Config(_))),
+        "{refused:?}"
+    );
+    Producer::new(
+        client,
+        config(edgebus_client::producer::MAX_IDEMPOTENT_IN_FLIGHT),
+    )
+    .await
+    .expect("a window the broker covers");
 }

@@ -28,7 +28,7 @@ use edgebus_proto::batch::ProducerStamp;
 
 /// How many recent batches per producer and partition are remembered for
 /// duplicate detection; a producer has at most this many batches in flight.
-pub const DEDUP_WINDOW: usize = 5;
+pub const DEDUP_WINDOW: usize = edgebus_proto::limits::MAX_IDEMPOTENT_IN_FLIGHT;
 
 /// Number of distinct sequence values: sequences run 0..=i32::MAX.
 const SEQUENCE_SPACE: i64 = i32::MAX as i64 + 1;
@@ -293,7 +293,7 @@ impl ProducerState {
         let mut out = Vec::with_capacity(FIXED_LEN + ENTRY_LEN * self.recent.len());
         out.push(ENCODING_VERSION);
         out.extend_from_slice(&self.epoch.to_be_bytes());
-        // `recent` never exceeds DEDUP_WINDOW (5), which fits a u8.
+        // `recent` never exceeds DEDUP_WINDOW (32), which fits a u8.
         out.push(self.recent.len() as u8);
         for b in &self.recent {
             out.extend_from_slice(&b.first_seq.to_be_bytes());
@@ -475,6 +475,20 @@ mod tests {
         );
     }
 
+    /// Guards the bug where the broker remembered 5 batches per producer
+    /// while the SDK kept 8 in flight: after a crash lost the acks of all
+    /// 8, the retry of the oldest was refused as a stale duplicate and the
+    /// producer gave up on records that were stored.
+    #[test]
+    fn check_retry_of_oldest_of_a_full_sdk_window_is_duplicate() {
+        let batches: Vec<(i32, u32)> = (0..8).map(|b| (b * 10, 10)).collect();
+        let state = state_after(0, &batches);
+        assert_eq!(
+            check(Some(&state), stamp(0, 0), 10),
+            Ok(Decision::Duplicate { base_offset: 0 })
+        );
+    }
+
     #[test]
     fn check_sequence_gap_is_out_of_order() {
         let state = state_after(0, &[(0, 3)]);
@@ -512,11 +526,12 @@ mod tests {
 
     #[test]
     fn record_keeps_only_the_window() {
-        let batches: Vec<(i32, u32)> = (0..10).map(|s| (s, 1)).collect();
+        let total = DEDUP_WINDOW as i32 + 5;
+        let batches: Vec<(i32, u32)> = (0..total).map(|s| (s, 1)).collect();
         let state = state_after(0, &batches);
         assert_eq!(state.recent.len(), DEDUP_WINDOW);
-        assert_eq!(state.recent[0].first_seq, 10 - DEDUP_WINDOW as i32);
-        assert_eq!(state.recent[DEDUP_WINDOW - 1].first_seq, 9);
+        assert_eq!(state.recent[0].first_seq, total - DEDUP_WINDOW as i32);
+        assert_eq!(state.recent[DEDUP_WINDOW - 1].first_seq, total - 1);
     }
 
     #[test]

@@ -31,7 +31,7 @@ use crate::client::{Client, decode_response, unexpected};
 use crate::error::ClientError;
 use crate::wire;
 
-pub use edgebus_proto::limits::DEFAULT_BATCH_MAX_BYTES;
+pub use edgebus_proto::limits::{DEFAULT_BATCH_MAX_BYTES, MAX_IDEMPOTENT_IN_FLIGHT};
 pub use edgebus_proto::partitioner::partition_for_key;
 
 /// Producer settings.
@@ -43,7 +43,8 @@ pub struct ProducerConfig {
     pub linger: Duration,
     /// A batch is sent once it reaches this many encoded bytes.
     pub batch_max_bytes: usize,
-    /// Batches in flight per partition.
+    /// Batches in flight per partition; at most
+    /// [`MAX_IDEMPOTENT_IN_FLIGHT`] when idempotent.
     pub window: usize,
     /// Stamp batches with a producer id and sequence so retries never
     /// duplicate. Requires acks other than `None`.
@@ -114,6 +115,16 @@ pub struct Producer {
 impl Producer {
     /// Starts a producer. With `idempotent`, asks the broker for a producer id.
     pub async fn new(client: Client, config: ProducerConfig) -> Result<Producer, ClientError> {
+        if config.idempotent
+            && config.acks != Acks::None
+            && config.window > MAX_IDEMPOTENT_IN_FLIGHT
+        {
+            return Err(ClientError::Config(format!(
+                "an idempotent producer may have at most {MAX_IDEMPOTENT_IN_FLIGHT} batches in \
+                 flight per partition (window {}): the broker recognises retries of that many",
+                config.window
+            )));
+        }
         if !config.compression.is_supported() {
             return Err(ClientError::Config(format!(
                 "compression {} is not supported; use none, lz4 or zstd",
