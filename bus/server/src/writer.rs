@@ -23,7 +23,7 @@
 //! crash. The writer fsyncs them as soon as its queue is empty, and at
 //! least every [`FLUSH_INTERVAL`] under steady load.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -270,6 +270,7 @@ impl Writer {
             next_request: 0,
             group: Group::default(),
             unflushed_since: None,
+            unflushed: HashSet::new(),
         };
         std::thread::Builder::new()
             .name("edgebus-writer".into())
@@ -419,9 +420,8 @@ struct Slot {
     engine: PartitionEngine,
     /// Requests of this partition whose ack is still to come, by id.
     replies: HashMap<u64, oneshot::Sender<AppendResult>>,
-    /// The last write reported committed, and whether it is durable.
+    /// The last write reported committed.
     written: Option<WriteId>,
-    durable: bool,
 }
 
 type Engines = HashMap<Key, Slot>;
@@ -434,6 +434,9 @@ struct Group {
     last: HashMap<Key, WriteId>,
     durable: bool,
     bytes: usize,
+    /// Answers due once the group commits: appends that store nothing of
+    /// their own but whose dead letters ride in the group.
+    after_commit: Vec<(oneshot::Sender<AppendResult>, AppendOutcome)>,
 }
 
 struct Shell {
@@ -446,6 +449,8 @@ struct Shell {
     group: Group,
     /// When the oldest committed write not yet fsync'd was committed.
     unflushed_since: Option<Instant>,
+    /// Partitions with committed writes not yet fsync'd.
+    unflushed: HashSet<Key>,
 }
 
 impl Shell {
@@ -565,7 +570,6 @@ impl Shell {
                 engine: PartitionEngine::new(state, LOCAL_REPLICA),
                 replies: HashMap::new(),
                 written: None,
-                durable: true,
             },
         );
         Ok(())
@@ -592,25 +596,56 @@ impl Shell {
         let idempotent = request
             .sequence
             .is_some_and(|span| span.producer.is_idempotent());
-        let stored = self.submit(&mut engines, &key, request, append.batch, reply);
         self.group.durable |= matches!(append.acks, AckLevel::Durable | AckLevel::All);
+        let Some(letters) = append.dead_letters else {
+            self.submit(&mut engines, &key, request, append.batch, reply);
+            return;
+        };
+        if !idempotent && request.record_count == 0 {
+            // Nothing of its own to store, so the engine would answer at
+            // once; the answer must wait for the dead letters' commit.
+            let base_offset = engines.get(&key).map_or(0, |slot| slot.engine.log_end());
+            let request = AppendRequest {
+                acks: AckLevel::None,
+                ..request
+            };
+            self.submit(&mut engines, &key, request, append.batch, None);
+            let written = self.dead_letters(&mut engines, letters);
+            if let Some(reply) = reply {
+                match written {
+                    Ok(()) => {
+                        let outcome = AppendOutcome::Appended { base_offset };
+                        self.group.after_commit.push((reply, outcome));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
+            }
+            return;
+        }
         // An idempotent batch that was not stored is a retry or was refused:
         // its dead letters are stored already or not at all. Any other
-        // batch's dead letters are written with it, even when none of its
-        // records is kept.
-        if let (true, Some(letters)) = (stored || !idempotent, append.dead_letters) {
-            self.dead_letters(&mut engines, letters);
+        // batch's dead letters are written with it, in its transaction.
+        let stored = self.submit(&mut engines, &key, request, append.batch, reply);
+        if (stored || !idempotent)
+            && let Err(e) = self.dead_letters(&mut engines, letters)
+        {
+            // The batch is decided already; only a dead-letter topic
+            // deleted since the produce checked it can get here.
+            tracing::error!(error = %e, "dead letters dropped");
         }
     }
 
     /// Appends dead letters at their topic's log end. They are acked with
     /// the batch they came from, so they need no ack of their own.
-    fn dead_letters(&mut self, engines: &mut Engines, letters: DeadLetters) {
+    fn dead_letters(
+        &mut self,
+        engines: &mut Engines,
+        letters: DeadLetters,
+    ) -> Result<(), AppendFailure> {
         let key = (letters.topic, 0);
-        if let Err(e) = self.load(engines, &key) {
-            tracing::error!(error = %e, topic = %key.0, "dead-letter topic missing");
-            return;
-        }
+        self.load(engines, &key)?;
         for (batch, record_count) in letters.batches {
             let request = AppendRequest {
                 id: self.next_id(),
@@ -620,6 +655,7 @@ impl Shell {
             };
             self.submit(engines, &key, request, batch, None);
         }
+        Ok(())
     }
 
     fn next_id(&mut self) -> u64 {
@@ -708,6 +744,9 @@ impl Shell {
     fn commit_group(&mut self) {
         let group = std::mem::take(&mut self.group);
         if group.writes.is_empty() {
+            for (reply, outcome) in group.after_commit {
+                let _ = reply.send(Ok(outcome));
+            }
             return;
         }
         let started = Instant::now();
@@ -718,9 +757,16 @@ impl Shell {
             elapsed_us = started.elapsed().as_micros() as u64,
             "group commit"
         );
-        match outcome {
+        match &outcome {
             Ok(()) => self.written(group.last, group.durable),
-            Err(e) => self.failed(&group.last, &e),
+            Err(e) => self.failed(&group.last, e),
+        }
+        for (reply, answer) in group.after_commit {
+            let answer = match &outcome {
+                Ok(()) => Ok(answer),
+                Err(e) => Err(AppendFailure::Storage(e.to_string())),
+            };
+            let _ = reply.send(answer);
         }
     }
 
@@ -731,22 +777,38 @@ impl Shell {
         let engines = Arc::clone(&self.engines);
         let mut engines = engines.lock().unwrap_or_else(PoisonError::into_inner);
         if durable {
-            for (key, slot) in engines.iter() {
-                if let Some(write) = slot.written.filter(|_| !slot.durable) {
-                    last.entry(key.clone()).or_insert(write);
+            for key in std::mem::take(&mut self.unflushed) {
+                if let Some(write) = engines.get(&key).and_then(|slot| slot.written) {
+                    last.entry(key).or_insert(write);
                 }
             }
+        } else {
+            self.unflushed.extend(last.keys().cloned());
         }
+        // Every high watermark moves before any ack goes out, so a producer
+        // that hears back reads what the commit made visible, dead letters
+        // in another partition included.
+        let mut acks = Vec::new();
         for (key, write) in last {
             let Some(slot) = engines.get_mut(&key) else {
                 continue;
             };
             slot.written = Some(write);
-            slot.durable = durable;
             if let Err(e) = slot.engine.handle_written(Instant::now(), write, durable) {
                 tracing::error!(error = %e, topic = %key.0, partition = key.1, "engine refused a write report");
             }
-            self.drain(&key, slot, None);
+            let commands: Vec<Command> = slot.engine.drain_commands().collect();
+            for command in commands {
+                match command {
+                    Command::HighWatermark(_) => self.route(&key, slot, command, None),
+                    ack => acks.push((key.clone(), ack)),
+                }
+            }
+        }
+        for (key, ack) in acks {
+            if let Some(slot) = engines.get_mut(&key) {
+                self.route(&key, slot, ack, None);
+            }
         }
         if durable {
             self.unflushed_since = None;
@@ -780,6 +842,7 @@ impl Shell {
                 }
             }
             self.unflushed_since = None;
+            self.unflushed.clear();
         }
     }
 
