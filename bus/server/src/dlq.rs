@@ -126,6 +126,20 @@ impl DeadLetters {
         Ok(())
     }
 
+    /// Forgets which records of a deleted topic were dead-lettered: a topic
+    /// recreated under the name starts at offset 0 again. (Deleting the
+    /// dead-letter topic itself is read back anew the same way.)
+    pub fn topic_deleted(&self, topic: &str) {
+        let mut map = self
+            .read_path
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        map.remove(topic);
+        if let Some(source) = topic.strip_suffix(".dlq") {
+            map.remove(source);
+        }
+    }
+
     /// The source records of `topic` that have a read-path dead letter,
     /// read from its dead-letter topic.
     async fn read_back(&self, topic: &str) -> Result<HashSet<(u32, u64)>, DeadLetterError> {

@@ -5,6 +5,7 @@ use edgebus_proto::ErrorCode;
 use edgebus_proto::frame::{Response, TopicSpec};
 
 use crate::attach::Attachments;
+use crate::dlq::DeadLetters;
 use crate::error::Coded;
 use crate::reader::{FetchError, Reader};
 use crate::topics::{TopicAdminError, Topics, UnknownTopic};
@@ -41,14 +42,17 @@ pub async fn create(topics: &Topics, spec: TopicSpec) -> Result<Response, TopicR
 }
 
 /// `DeleteTopic`: the records, the cached spec, the group coordinator's
-/// view and the ingest chain all go.
+/// view, the ingest chain and the memory of its read-path dead letters all
+/// go.
 pub async fn delete(
     topics: &Topics,
     attachments: &Attachments,
+    dead_letters: &DeadLetters,
     name: String,
 ) -> Result<Response, TopicRequestError> {
     topics.delete(name.clone()).await?;
     attachments.topic_deleted(&name);
+    dead_letters.topic_deleted(&name);
     Ok(Response::TopicDeleted)
 }
 
