@@ -578,6 +578,18 @@ impl Shell {
     /// Hands one append (and its dead letters) to their engines, adding the
     /// writes they decide to the group.
     fn decide(&mut self, append: Append, reply: Option<oneshot::Sender<AppendResult>>) {
+        let mut group = std::mem::take(&mut self.group);
+        self.decide_into(append, reply, &mut group);
+        self.group = group;
+    }
+
+    /// [`Shell::decide`], adding to `group`.
+    fn decide_into(
+        &mut self,
+        append: Append,
+        reply: Option<oneshot::Sender<AppendResult>>,
+        group: &mut Group,
+    ) {
         let key = (append.topic.clone(), append.partition);
         let engines = Arc::clone(&self.engines);
         let mut engines = engines.lock().unwrap_or_else(PoisonError::into_inner);
@@ -596,9 +608,9 @@ impl Shell {
         let idempotent = request
             .sequence
             .is_some_and(|span| span.producer.is_idempotent());
-        self.group.durable |= matches!(append.acks, AckLevel::Durable | AckLevel::All);
+        group.durable |= matches!(append.acks, AckLevel::Durable | AckLevel::All);
         let Some(letters) = append.dead_letters else {
-            self.submit(&mut engines, &key, request, append.batch, reply);
+            self.submit(&mut engines, &key, request, append.batch, reply, group);
             return;
         };
         if !idempotent && request.record_count == 0 {
@@ -609,13 +621,13 @@ impl Shell {
                 acks: AckLevel::None,
                 ..request
             };
-            self.submit(&mut engines, &key, request, append.batch, None);
-            let written = self.dead_letters(&mut engines, letters);
+            self.submit(&mut engines, &key, request, append.batch, None, group);
+            let written = self.dead_letters(&mut engines, letters, group);
             if let Some(reply) = reply {
                 match written {
                     Ok(()) => {
                         let outcome = AppendOutcome::Appended { base_offset };
-                        self.group.after_commit.push((reply, outcome));
+                        group.after_commit.push((reply, outcome));
                     }
                     Err(e) => {
                         let _ = reply.send(Err(e));
@@ -627,9 +639,9 @@ impl Shell {
         // An idempotent batch that was not stored is a retry or was refused:
         // its dead letters are stored already or not at all. Any other
         // batch's dead letters are written with it, in its transaction.
-        let stored = self.submit(&mut engines, &key, request, append.batch, reply);
+        let stored = self.submit(&mut engines, &key, request, append.batch, reply, group);
         if (stored || !idempotent)
-            && let Err(e) = self.dead_letters(&mut engines, letters)
+            && let Err(e) = self.dead_letters(&mut engines, letters, group)
         {
             // The batch is decided already; only a dead-letter topic
             // deleted since the produce checked it can get here.
@@ -643,6 +655,7 @@ impl Shell {
         &mut self,
         engines: &mut Engines,
         letters: DeadLetters,
+        group: &mut Group,
     ) -> Result<(), AppendFailure> {
         let key = (letters.topic, 0);
         self.load(engines, &key)?;
@@ -653,7 +666,7 @@ impl Shell {
                 sequence: None,
                 acks: AckLevel::None,
             };
-            self.submit(engines, &key, request, batch, None);
+            self.submit(engines, &key, request, batch, None, group);
         }
         Ok(())
     }
@@ -666,12 +679,13 @@ impl Shell {
     /// Submits one request to an engine and runs its commands. Returns
     /// whether the engine decided to write it.
     fn submit(
-        &mut self,
+        &self,
         engines: &mut Engines,
         key: &Key,
         request: AppendRequest,
         batch: Bytes,
         reply: Option<oneshot::Sender<AppendResult>>,
+        group: &mut Group,
     ) -> bool {
         let Some(slot) = engines.get_mut(key) else {
             return false;
@@ -701,8 +715,8 @@ impl Shell {
                 } else {
                     batch.take().unwrap_or_default()
                 };
-                self.group.bytes += batch.len();
-                self.group.writes.push(LogWrite {
+                group.bytes += batch.len();
+                group.writes.push(LogWrite {
                     topic: key.0.clone(),
                     partition: key.1,
                     base_offset: *base_offset,
@@ -712,7 +726,7 @@ impl Shell {
                         .as_ref()
                         .map(|(id, state)| (*id, Bytes::from(state.encode()))),
                 });
-                self.group.last.insert(key.clone(), *write);
+                group.last.insert(key.clone(), *write);
             } else {
                 self.route(key, slot, command, None);
             }
@@ -870,13 +884,12 @@ impl Shell {
     fn commit_pipeline(&mut self, step: PipelineStep) -> Result<Vec<u64>, StepError> {
         let engines = Arc::clone(&self.engines);
         let mut engines = engines.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut writes = Vec::with_capacity(step.outputs.len());
-        let mut last: HashMap<Key, WriteId> = HashMap::new();
+        let mut decided = Group::default();
         for output in step.outputs {
             let key = (output.topic, output.partition);
             if let Err(e) = self.load(&mut engines, &key) {
                 // Roll back the outputs decided so far: nothing is written.
-                for key in last.keys() {
+                for key in decided.last.keys() {
                     if let Some(slot) = engines.get_mut(key) {
                         slot.engine.handle_write_failed(Instant::now());
                         self.drain(key, slot, Some("pipeline step refused"));
@@ -884,43 +897,23 @@ impl Shell {
                 }
                 return Err(StepError::Target(e));
             }
-            let id = self.next_id();
-            let Some(slot) = engines.get_mut(&key) else {
-                continue;
+            let request = AppendRequest {
+                id: self.next_id(),
+                record_count: output.record_count,
+                sequence: None,
+                acks: AckLevel::None,
             };
-            slot.engine.handle_append(
-                Instant::now(),
-                AppendRequest {
-                    id,
-                    record_count: output.record_count,
-                    sequence: None,
-                    acks: AckLevel::None,
-                },
+            self.submit(
+                &mut engines,
+                &key,
+                request,
+                output.batch,
+                None,
+                &mut decided,
             );
-            let commands: Vec<Command> = slot.engine.drain_commands().collect();
-            for command in commands {
-                match command {
-                    Command::Append {
-                        write,
-                        base_offset,
-                        leader_epoch,
-                        ..
-                    } => {
-                        writes.push(LogWrite {
-                            topic: key.0.clone(),
-                            partition: key.1,
-                            base_offset,
-                            leader_epoch,
-                            batch: output.batch.clone(),
-                            producer: None,
-                        });
-                        last.insert(key.clone(), write);
-                    }
-                    other => self.route(&key, slot, other, None),
-                }
-            }
         }
         drop(engines);
+        let Group { writes, last, .. } = decided;
         let base_offsets = writes.iter().map(|w| w.base_offset).collect();
         let commit = PipelineCommit {
             pipeline: step.pipeline,
