@@ -704,26 +704,23 @@ fn print_report(args: &BenchArgs, r: &Report, stored_bytes: Option<u64>) {
             .map(|h| h.value_at_quantile(q) as f64 / 1000.0)
     };
     match args.output {
-        Output::Json => println!(
-            "{}",
-            json!({
-                "mode": format!("{:?}", args.mode).to_lowercase(),
-                "records": r.records,
-                "size": args.size,
-                "partitions": args.partitions,
-                "acks": format!("{:?}", args.acks).to_lowercase(),
-                "window": args.window,
-                "elapsed_s": secs,
-                "records_per_s": records_per_s,
-                "mb_per_s": mb_per_s,
-                "p50_ms": pct(0.5),
-                "p99_ms": pct(0.99),
-                "p999_ms": pct(0.999),
-                "compression": args.compression.name(),
-                "stored_bytes": stored_bytes,
-                "compression_ratio": ratio,
-            })
-        ),
+        o @ (Output::Json | Output::Yaml) => o.emit(&json!({
+            "mode": format!("{:?}", args.mode).to_lowercase(),
+            "records": r.records,
+            "size": args.size,
+            "partitions": args.partitions,
+            "acks": format!("{:?}", args.acks).to_lowercase(),
+            "window": args.window,
+            "elapsed_s": secs,
+            "records_per_s": records_per_s,
+            "mb_per_s": mb_per_s,
+            "p50_ms": pct(0.5),
+            "p99_ms": pct(0.99),
+            "p999_ms": pct(0.999),
+            "compression": args.compression.name(),
+            "stored_bytes": stored_bytes,
+            "compression_ratio": ratio,
+        })),
         Output::Text => {
             match args.mode {
                 Mode::Commit => println!(

@@ -245,7 +245,7 @@ fn print_record(topic: &str, partition: u32, r: &StoredRecord, output: Output) {
                 None => println!("{value}"),
             }
         }
-        Output::Json => {
+        Output::Json | Output::Yaml => {
             let (value, value_encoding) = encode(&r.value);
             let key = r.key.as_ref().map(|k| encode(k));
             let headers: Vec<_> = r
@@ -256,9 +256,7 @@ fn print_record(topic: &str, partition: u32, r: &StoredRecord, output: Output) {
                     json!({"key": h.key, "value": value, "value_encoding": encoding})
                 })
                 .collect();
-            println!(
-                "{}",
-                json!({
+            output.emit(&json!({
                     "topic": topic,
                     "partition": partition,
                     "offset": r.offset,
@@ -268,8 +266,7 @@ fn print_record(topic: &str, partition: u32, r: &StoredRecord, output: Output) {
                     "value": value,
                     "value_encoding": value_encoding,
                     "headers": headers,
-                })
-            );
+            }));
         }
     }
 }

@@ -59,7 +59,7 @@ pub async fn run(cmd: GroupCommand) -> Result<(), Failure> {
                 Response::Groups(groups) => {
                     for g in groups {
                         match a.output {
-                            Output::Json => println!("{}", json!({"group": g})),
+                            o @ (Output::Json | Output::Yaml) => o.emit(&json!({"group": g})),
                             Output::Text => println!("{g}"),
                         }
                     }
@@ -86,9 +86,7 @@ pub async fn run(cmd: GroupCommand) -> Result<(), Failure> {
                 return Err(unexpected(&response));
             };
             match a.common.output {
-                Output::Json => println!(
-                    "{}",
-                    json!({
+                o @ (Output::Json | Output::Yaml) => o.emit(&json!({
                         "group": a.group,
                         "generation": generation,
                         "strategy": format!("{strategy:?}").to_lowercase(),
@@ -104,8 +102,7 @@ pub async fn run(cmd: GroupCommand) -> Result<(), Failure> {
                             "log_end": l.log_end,
                             "lag": l.log_end.saturating_sub(l.committed.unwrap_or(0)),
                         })).collect::<Vec<_>>(),
-                    })
-                ),
+                    })),
                 Output::Text => {
                     println!(
                         "group {}\tgeneration={generation}\tstrategy={strategy:?}\tmembers={}",
@@ -148,10 +145,7 @@ pub async fn run(cmd: GroupCommand) -> Result<(), Failure> {
             };
             for o in offsets {
                 match a.common.output {
-                    Output::Json => println!(
-                        "{}",
-                        json!({"group": a.group, "topic": o.topic, "partition": o.partition, "offset": o.offset})
-                    ),
+                    out @ (Output::Json | Output::Yaml) => out.emit(&json!({"group": a.group, "topic": o.topic, "partition": o.partition, "offset": o.offset})),
                     Output::Text => println!("{}/{} -> {}", o.topic, o.partition, o.offset),
                 }
             }
@@ -166,7 +160,7 @@ pub async fn run(cmd: GroupCommand) -> Result<(), Failure> {
             )
             .await?;
             match a.common.output {
-                Output::Json => println!("{}", json!({"deleted": a.group})),
+                o @ (Output::Json | Output::Yaml) => o.emit(&json!({"deleted": a.group})),
                 Output::Text => println!("deleted group {}", a.group),
             }
         }

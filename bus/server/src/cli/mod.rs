@@ -140,6 +140,23 @@ pub enum Output {
     Text,
     /// One JSON object per line.
     Json,
+    /// One YAML document per object.
+    Yaml,
+}
+
+impl Output {
+    /// Prints one structured result in this format. Text output is each
+    /// command's own concern, so `Text` falls back to JSON here only for
+    /// callers that have no text rendering of their own.
+    pub fn emit(self, value: &serde_json::Value) {
+        match self {
+            Output::Text | Output::Json => println!("{value}"),
+            Output::Yaml => match serde_yaml_ng::to_string(value) {
+                Ok(doc) => print!("---\n{doc}"),
+                Err(e) => eprintln!("error: cannot render YAML: {e}"),
+            },
+        }
+    }
 }
 
 /// `--acks` choices.

@@ -53,17 +53,14 @@ fn print(pipelines: &[PipelineDescription], output: Output) {
     for p in pipelines {
         let c = &p.counters;
         match output {
-            Output::Json => println!(
-                "{}",
-                json!({
+            o @ (Output::Json | Output::Yaml) => o.emit(&json!({
                     "name": p.name, "from": p.from, "to": p.to,
                     "chain": chain_text(&p.chain),
                     "on_failure": format!("{:?}", p.on_failure).to_lowercase(),
                     "status": p.status,
                     "positions": p.positions.iter().map(|(p, o)| json!({"partition": p, "next_offset": o})).collect::<Vec<_>>(),
                     "counters": {"in": c.records_in, "out": c.records_out, "filtered": c.filtered, "failed": c.failed, "dead_lettered": c.dead_lettered},
-                })
-            ),
+                })),
             Output::Text => {
                 println!(
                     "{}\t{} → {}\t{}\t[{}]",

@@ -93,13 +93,10 @@ pub struct AddArgs {
 fn print(plugins: &[PluginDescription], output: Output) {
     for p in plugins {
         match output {
-            Output::Json => println!(
-                "{}",
-                json!({
-                    "name": p.name, "version": p.version, "kind": p.kind, "hash": p.hash,
-                    "size_bytes": p.size_bytes, "added_ms": p.added_ms, "used_by": p.users,
-                })
-            ),
+            o @ (Output::Json | Output::Yaml) => o.emit(&json!({
+                "name": p.name, "version": p.version, "kind": p.kind, "hash": p.hash,
+                "size_bytes": p.size_bytes, "added_ms": p.added_ms, "used_by": p.users,
+            })),
             Output::Text => {
                 println!(
                     "{}\tv{}\t{}\t{} bytes\tsha256:{}",

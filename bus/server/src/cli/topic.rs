@@ -138,7 +138,7 @@ pub async fn run(cmd: TopicCommand) -> Result<(), Failure> {
                 set_ingest(&client, &a.name, a.ingest).await?;
             }
             match a.common.output {
-                Output::Json => println!("{}", json!({"created": a.name})),
+                o @ (Output::Json | Output::Yaml) => o.emit(&json!({"created": a.name})),
                 Output::Text => println!("created topic {}", a.name),
             }
         }
@@ -149,7 +149,7 @@ pub async fn run(cmd: TopicCommand) -> Result<(), Failure> {
             }
             set_ingest(&client, &a.name, a.ingest).await?;
             match a.common.output {
-                Output::Json => println!("{}", json!({"altered": a.name})),
+                o @ (Output::Json | Output::Yaml) => o.emit(&json!({"altered": a.name})),
                 Output::Text => println!("altered topic {}", a.name),
             }
         }
@@ -157,7 +157,7 @@ pub async fn run(cmd: TopicCommand) -> Result<(), Failure> {
             let client = a.connect.connect().await?;
             for t in client.list_topics().await? {
                 match a.output {
-                    Output::Json => println!("{}", spec_json(&t)),
+                    o @ (Output::Json | Output::Yaml) => o.emit(&spec_json(&t)),
                     Output::Text => println!("{}", spec_text(&t)),
                 }
             }
@@ -181,7 +181,7 @@ pub async fn run(cmd: TopicCommand) -> Result<(), Failure> {
             };
             let counters = |c: &AttachCounters| json!({"in": c.records_in, "out": c.records_out, "filtered": c.filtered, "failed": c.failed, "dead_lettered": c.dead_lettered});
             match a.common.output {
-                Output::Json => {
+                out @ (Output::Json | Output::Yaml) => {
                     let mut v = spec_json(&spec);
                     v["ingest"] = json!(chain_text(&ingest));
                     v["on_failure"] = json!(format!("{on_failure:?}").to_lowercase());
@@ -191,7 +191,7 @@ pub async fn run(cmd: TopicCommand) -> Result<(), Failure> {
                         .iter()
                         .map(|p| json!({"partition": p.partition, "log_start": p.log_start, "log_end": p.log_end}))
                         .collect();
-                    println!("{v}");
+                    out.emit(&v);
                 }
                 Output::Text => {
                     println!("{}", spec_text(&spec));
@@ -224,7 +224,7 @@ pub async fn run(cmd: TopicCommand) -> Result<(), Failure> {
             let client = a.common.connect.connect().await?;
             client.delete_topic(&a.name).await?;
             match a.common.output {
-                Output::Json => println!("{}", json!({"deleted": a.name})),
+                o @ (Output::Json | Output::Yaml) => o.emit(&json!({"deleted": a.name})),
                 Output::Text => println!("deleted topic {}", a.name),
             }
         }
