@@ -14,7 +14,7 @@ use edgebus_proto::ErrorCode;
 use edgebus_proto::batch::{
     self, BatchBuilder, BatchHeader, Compression, HEADER_LEN, MAX_DECOMPRESSED_BYTES, ProducerStamp,
 };
-use edgebus_proto::frame::{Acks, Request, Response};
+use edgebus_proto::frame::{Acks, RecordAcks, Request, Response};
 use edgebus_tests::{TestBroker, add_plugin, error_code, exchange, frame, raw_default};
 
 const BASE_TIMESTAMP_MS: i64 = 1_700_000_000_000;
@@ -214,7 +214,8 @@ async fn still_serves(conn: &quinn::Connection, topic: &str, offset: u64) {
         replies,
         vec![Response::Produced {
             base_offset: offset,
-            duplicate: false
+            duplicate: false,
+            records: RecordAcks::AsSent,
         }]
     );
 }
@@ -276,7 +277,8 @@ async fn compressed_batch_is_stored_and_served_byte_for_byte() {
             reply,
             Response::Produced {
                 base_offset: 0,
-                duplicate: false
+                duplicate: false,
+                records: RecordAcks::AsSent,
             }
         );
         let batches = raw_batches(&client, &topic).await;
@@ -361,6 +363,7 @@ async fn zstd_topic_answers_an_idempotent_retry_as_a_duplicate_and_keeps_sequenc
     let produced = |base_offset, duplicate| Response::Produced {
         base_offset,
         duplicate,
+        records: RecordAcks::AsSent,
     };
 
     let first = produce_request("retried", batch_of(0..4));

@@ -374,3 +374,32 @@ async fn idempotent_producer_window_over_dedup_window_is_refused() {
     .await
     .expect("a window the broker covers");
 }
+
+/// Regression: an unknown topic surfaced only on the delivery future of the
+/// first record; `send` now says so itself, and so does a partition the
+/// topic does not have.
+#[tokio::test]
+async fn send_to_an_unknown_topic_or_partition_fails_at_send() {
+    let broker = TestBroker::start().await.unwrap();
+    let client = broker.client().await.unwrap();
+    client.create_topic(spec("known", 2)).await.unwrap();
+    let producer = Producer::new(client, ProducerConfig::default())
+        .await
+        .unwrap();
+    let code = |e: ClientError| e.code();
+    let err = producer
+        .send("missing", Record::new("v", now_ms()))
+        .await
+        .unwrap_err();
+    assert_eq!(code(err), Some(edgebus_proto::ErrorCode::UnknownTopic));
+    let err = producer
+        .send_to("known", 2, Record::new("v", now_ms()))
+        .await
+        .unwrap_err();
+    assert_eq!(code(err), Some(edgebus_proto::ErrorCode::UnknownPartition));
+    let sent = producer
+        .send_to("known", 1, Record::new("v", now_ms()))
+        .await
+        .unwrap();
+    assert_eq!(sent.await.unwrap().offset, Some(0));
+}

@@ -4,12 +4,13 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use edgebus_client::{
-    AttachCounters, Client, FailurePolicy, PluginRef, Position, Producer, ProducerConfig, Record,
-    StoredRecord, SubscribeConfig, Subscription, TopicSpec,
+    AttachCounters, Client, DeliveryStatus, FailurePolicy, PluginRef, Position, Producer,
+    ProducerConfig, Record, StoredRecord, SubscribeConfig, Subscription, TopicSpec,
 };
 use edgebus_proto::ErrorCode;
-use edgebus_proto::frame::{Request, Response};
+use edgebus_proto::frame::{RecordAcks, RecordFate, Request, Response};
 use edgebus_tests::{TestBroker, add_plugin, plugin_wasm};
 
 fn pref(name: &str, params: &[(&str, &str)]) -> PluginRef {
@@ -582,25 +583,32 @@ async fn retried_batch_does_not_dead_letter_twice() {
     };
     let first = client.request(&produce).await.unwrap();
     let retry = client.request(&produce).await.unwrap();
-    assert!(
-        matches!(
-            first,
-            Response::Produced {
-                base_offset: 0,
-                duplicate: false
-            }
-        ),
-        "{first:?}"
+    assert_eq!(
+        first,
+        Response::Produced {
+            base_offset: 0,
+            duplicate: false,
+            records: RecordAcks::Each {
+                dead_letter_topic: "retried.dlq".into(),
+                fates: vec![
+                    RecordFate::Stored {
+                        offset: 0,
+                        count: 1
+                    },
+                    RecordFate::DeadLettered { offset: 0 },
+                ],
+            },
+        }
     );
-    assert!(
-        matches!(
-            retry,
-            Response::Produced {
-                base_offset: 0,
-                duplicate: true
-            }
-        ),
-        "{retry:?}"
+    // The retry is answered from the dedup state without running the chain
+    // again, so the per-record fates are no longer known.
+    assert_eq!(
+        retry,
+        Response::Produced {
+            base_offset: 0,
+            duplicate: true,
+            records: RecordAcks::Unknown,
+        }
     );
     assert_eq!(read_all(&client, "retried").await.len(), 1);
     assert_eq!(
@@ -725,4 +733,118 @@ async fn batch_dead_lettered_whole_by_plain_producer_keeps_its_dead_letters() {
     let letters = read_all(&client, "plain.dlq").await;
     let values: Vec<&[u8]> = letters.iter().map(|r| r.value.as_ref()).collect();
     assert_eq!(values, vec![&b"boom-0"[..], b"boom-1", b"boom-2"]);
+}
+
+/// Regression: a produce through an ingest chain that drops records was
+/// acked as if record `i` were stored at `base_offset + i`, so the ack of
+/// a filtered record named the offset of another one. Each record's ack
+/// now says what became of it: stored (with its offsets, several for a
+/// fan-out), filtered, dead-lettered (where) or dropped (why).
+#[tokio::test]
+async fn every_ack_through_an_ingest_chain_is_true_for_its_record() {
+    let broker = TestBroker::start().await.unwrap();
+    let client = broker.client().await.unwrap();
+    add_plugin(&client, "trap", "trap_on").await.unwrap();
+    add_plugin(&client, "csv-to-json", "csv_to_json")
+        .await
+        .unwrap();
+    add_plugin(&client, "json-filter", "json_filter")
+        .await
+        .unwrap();
+    let chain = |policy| {
+        (
+            vec![
+                pref("trap", &[]),
+                pref("csv-to-json", &[("columns", "t"), ("types", "number")]),
+                pref(
+                    "json-filter",
+                    &[("field", "t"), ("op", ">"), ("value", "30")],
+                ),
+            ],
+            policy,
+        )
+    };
+    let inputs = ["10", "40", "boom", "50\n60", "5", "boom too", "70"];
+    for (topic_name, (refs, policy)) in [
+        ("acks-dl", chain(FailurePolicy::DeadLetter)),
+        ("acks-skip", chain(FailurePolicy::Skip)),
+    ] {
+        topic(&client, topic_name).await;
+        set_ingest(&client, topic_name, refs, policy).await.unwrap();
+        let producer = Producer::new(client.clone(), ProducerConfig::default())
+            .await
+            .unwrap();
+        let mut pending = Vec::new();
+        for value in inputs {
+            pending.push(
+                producer
+                    .send_to(topic_name, 0, Record::new(value, 1))
+                    .await
+                    .unwrap(),
+            );
+        }
+        producer.flush().await.unwrap();
+        let mut acks = Vec::new();
+        for p in pending {
+            acks.push(p.await.unwrap());
+        }
+        let status: Vec<_> = acks.iter().map(|m| (m.offset, m.status.clone())).collect();
+        let failed = |n: u64| match policy {
+            FailurePolicy::DeadLetter => DeliveryStatus::DeadLettered {
+                topic: format!("{topic_name}.dlq"),
+                offset: n,
+            },
+            _ => DeliveryStatus::Dropped {
+                reason: match &acks[if n == 0 { 2 } else { 5 }].status {
+                    DeliveryStatus::Dropped { reason } => {
+                        assert!(reason.contains("trap"), "{reason}");
+                        reason.clone()
+                    }
+                    other => panic!("{other:?}"),
+                },
+            },
+        };
+        assert_eq!(
+            status,
+            vec![
+                (None, DeliveryStatus::Filtered),
+                (Some(0), DeliveryStatus::Stored { count: 1 }),
+                (None, failed(0)),
+                (Some(1), DeliveryStatus::Stored { count: 2 }),
+                (None, DeliveryStatus::Filtered),
+                (None, failed(1)),
+                (Some(3), DeliveryStatus::Stored { count: 1 }),
+            ],
+            "{topic_name}"
+        );
+        // The offsets named are the records' own.
+        let stored: Vec<_> = read_all(&client, topic_name)
+            .await
+            .iter()
+            .map(|r| (r.offset, r.value.clone()))
+            .collect();
+        assert_eq!(
+            stored,
+            vec![
+                (0, Bytes::from_static(br#"{"t":40}"#)),
+                (1, Bytes::from_static(br#"{"t":50}"#)),
+                (2, Bytes::from_static(br#"{"t":60}"#)),
+                (3, Bytes::from_static(br#"{"t":70}"#)),
+            ]
+        );
+        if policy == FailurePolicy::DeadLetter {
+            let letters: Vec<_> = read_all(&client, "acks-dl.dlq")
+                .await
+                .iter()
+                .map(|r| (r.offset, r.value.clone()))
+                .collect();
+            assert_eq!(
+                letters,
+                vec![
+                    (0, Bytes::from_static(b"boom")),
+                    (1, Bytes::from_static(b"boom too")),
+                ]
+            );
+        }
+    }
 }

@@ -211,6 +211,53 @@ pub struct PartitionInfo {
     pub log_end: u64,
 }
 
+/// What became of the records of one produced batch, record by record.
+///
+/// An ingest chain may drop, dead-letter or fan out records, so "record
+/// `i` is at `base_offset + i`" holds only when the batch was stored as it
+/// was sent. Every other answer names each record's fate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordAcks {
+    /// Stored as sent: record `i` is at `base_offset + i`.
+    AsSent,
+    /// A retry of a batch stored earlier whose records an ingest chain
+    /// changed; the broker no longer knows where each one went.
+    Unknown,
+    /// One fate per record of the batch, in order.
+    Each {
+        /// The topic dead-lettered records went to (empty when none did).
+        dead_letter_topic: String,
+        /// The fates.
+        fates: Vec<RecordFate>,
+    },
+}
+
+/// What became of one produced record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordFate {
+    /// Stored at `offset..offset + count` (more than one for a fan-out).
+    Stored {
+        /// Offset of its first output record.
+        offset: u64,
+        /// Output records it became, at least 1.
+        count: u32,
+    },
+    /// An ingest plugin filtered it out.
+    Filtered,
+    /// An ingest plugin failed on it and it was stored in the dead-letter
+    /// topic at this offset of partition 0.
+    DeadLettered {
+        /// Its offset in the dead-letter topic.
+        offset: u64,
+    },
+    /// An ingest plugin failed on it and the topic's policy skips such
+    /// records.
+    Dropped {
+        /// Why the plugin failed.
+        reason: String,
+    },
+}
+
 /// A partition of a topic, on the wire.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct TopicPartition {
@@ -587,10 +634,13 @@ pub enum Response {
     },
     /// Reply to `Produce`.
     Produced {
-        /// Offset of the first record of the batch.
+        /// Offset of the first record stored; when nothing was, the log
+        /// end when the batch was decided.
         base_offset: u64,
         /// True when the batch was a retry of one already stored.
         duplicate: bool,
+        /// Where each record went.
+        records: RecordAcks,
     },
     /// Reply to `Fetch`, and each push of a `Subscribe`.
     Fetched {
@@ -821,6 +871,42 @@ fn put_counters(buf: &mut BytesMut, c: &AttachCounters) {
         c.dead_lettered,
     ] {
         buf.put_u64(v);
+    }
+}
+
+/// `u8 tag`: 0 as sent, 1 unknown, 2 each (`str dead_letter_topic`,
+/// `u32 count`, then per record `u8 tag` + fields: 0 stored `u64 offset
+/// u32 count`, 1 filtered, 2 dead-lettered `u64 offset`, 3 dropped `str`).
+fn put_record_acks(buf: &mut BytesMut, acks: &RecordAcks) {
+    match acks {
+        RecordAcks::AsSent => buf.put_u8(0),
+        RecordAcks::Unknown => buf.put_u8(1),
+        RecordAcks::Each {
+            dead_letter_topic,
+            fates,
+        } => {
+            buf.put_u8(2);
+            put_str(buf, dead_letter_topic);
+            buf.put_u32(fates.len() as u32);
+            for fate in fates {
+                match fate {
+                    RecordFate::Stored { offset, count } => {
+                        buf.put_u8(0);
+                        buf.put_u64(*offset);
+                        buf.put_u32(*count);
+                    }
+                    RecordFate::Filtered => buf.put_u8(1),
+                    RecordFate::DeadLettered { offset } => {
+                        buf.put_u8(2);
+                        buf.put_u64(*offset);
+                    }
+                    RecordFate::Dropped { reason } => {
+                        buf.put_u8(3);
+                        put_str(buf, reason);
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -1176,9 +1262,11 @@ impl Response {
             Response::Produced {
                 base_offset,
                 duplicate,
+                records,
             } => {
                 buf.put_u64(*base_offset);
                 buf.put_u8(u8::from(*duplicate));
+                put_record_acks(buf, records);
             }
             Response::Fetched {
                 log_start,
@@ -1319,6 +1407,7 @@ impl Response {
             FrameKind::Produced => Response::Produced {
                 base_offset: r.u64()?,
                 duplicate: r.u8()? != 0,
+                records: r.record_acks()?,
             },
             FrameKind::Fetched => Response::Fetched {
                 log_start: r.u64()?,
@@ -1597,6 +1686,49 @@ impl Reader {
         })
     }
 
+    fn record_acks(&mut self) -> Result<RecordAcks, DecodeError> {
+        Ok(match self.u8()? {
+            0 => RecordAcks::AsSent,
+            1 => RecordAcks::Unknown,
+            2 => {
+                let dead_letter_topic = self.str()?;
+                let n = self.count(1)?;
+                let mut fates = Vec::with_capacity(n);
+                for _ in 0..n {
+                    fates.push(match self.u8()? {
+                        0 => RecordFate::Stored {
+                            offset: self.u64()?,
+                            count: self.u32()?,
+                        },
+                        1 => RecordFate::Filtered,
+                        2 => RecordFate::DeadLettered {
+                            offset: self.u64()?,
+                        },
+                        3 => RecordFate::Dropped {
+                            reason: self.str()?,
+                        },
+                        tag => {
+                            return Err(DecodeError::UnknownTag {
+                                field: "record fate",
+                                tag: u64::from(tag),
+                            });
+                        }
+                    });
+                }
+                RecordAcks::Each {
+                    dead_letter_topic,
+                    fates,
+                }
+            }
+            tag => {
+                return Err(DecodeError::UnknownTag {
+                    field: "record acks",
+                    tag: u64::from(tag),
+                });
+            }
+        })
+    }
+
     fn spec(&mut self) -> Result<TopicSpec, DecodeError> {
         Ok(TopicSpec {
             name: self.str()?,
@@ -1861,6 +1993,26 @@ mod tests {
         )
     }
 
+    fn arb_record_acks() -> impl Strategy<Value = RecordAcks> {
+        let fate = prop_oneof![
+            (any::<u64>(), any::<u32>())
+                .prop_map(|(offset, count)| RecordFate::Stored { offset, count }),
+            Just(RecordFate::Filtered),
+            any::<u64>().prop_map(|offset| RecordFate::DeadLettered { offset }),
+            "\\PC{0,20}".prop_map(|reason| RecordFate::Dropped { reason }),
+        ];
+        prop_oneof![
+            Just(RecordAcks::AsSent),
+            Just(RecordAcks::Unknown),
+            ("[a-z.]{0,12}", proptest::collection::vec(fate, 0..6)).prop_map(
+                |(dead_letter_topic, fates)| RecordAcks::Each {
+                    dead_letter_topic,
+                    fates,
+                }
+            ),
+        ]
+    }
+
     fn arb_response() -> impl Strategy<Value = Response> {
         prop_oneof![
             (any::<u16>(), "\\PC{0,30}")
@@ -1889,10 +2041,13 @@ mod tests {
                     producer_epoch,
                 }
             }),
-            (any::<u64>(), any::<bool>()).prop_map(|(base_offset, duplicate)| Response::Produced {
-                base_offset,
-                duplicate
-            }),
+            (any::<u64>(), any::<bool>(), arb_record_acks()).prop_map(
+                |(base_offset, duplicate, records)| Response::Produced {
+                    base_offset,
+                    duplicate,
+                    records,
+                }
+            ),
             (any::<u64>(), any::<u64>(), any::<u64>(), arb_bytes()).prop_map(
                 |(log_start, log_end, next_offset, batches)| Response::Fetched {
                     log_start,

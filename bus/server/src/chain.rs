@@ -184,6 +184,9 @@ pub struct ChainRun {
     pub outputs: Vec<(usize, PluginRecord)>,
     /// Failed inputs to store in `<topic>.dlq`, under `dead-letter`.
     pub dead_letters: Vec<Record>,
+    /// The inputs a plugin failed on, by index, with why; under
+    /// `dead-letter`, in the order of `dead_letters`.
+    pub failures: Vec<(usize, String)>,
     /// Only filters ran and they kept every input: the inputs can be stored
     /// or served as they are.
     pub unchanged: bool,
@@ -320,9 +323,14 @@ impl ChainRunner {
             .add(count(outputs.len(), failed.len(), dead_letters.len()));
         let unchanged = unchanged && outputs.len() == records.len();
         self.live = Some(live);
+        let failures = failed
+            .into_iter()
+            .map(|(index, plugin, error)| (index, format!("plugin {plugin:?} failed: {error}")))
+            .collect();
         Ok(ChainRun {
             outputs,
             dead_letters,
+            failures,
             unchanged,
         })
     }

@@ -21,6 +21,7 @@ use edgebus_proto::batch::{self, Compression, Header, Record};
 use edgebus_proto::frame::TopicSpec;
 use edgebus_proto::{DecodeError, ErrorCode};
 use edgebus_store::TopicError;
+use tokio::sync::oneshot;
 
 use crate::chain::{self, ATTACH_POINT_HEADER, AttachPoint};
 use crate::error::Coded;
@@ -190,20 +191,26 @@ impl DeadLetters {
     /// written with the batch they came from (see
     /// [`crate::writer::Append::dead_letters`]); creates the dead-letter
     /// topic on first use.
+    ///
+    /// The receiver learns the offset of the first dead letter in
+    /// partition 0 of the dead-letter topic, once they are placed.
     pub async fn prepare(
         &self,
         topic: &str,
         letters: &[Record],
-    ) -> Result<crate::writer::DeadLetters, DeadLetterError> {
+    ) -> Result<(crate::writer::DeadLetters, oneshot::Receiver<u64>), DeadLetterError> {
         let dlq = self.ensure(topic).await?;
         let batches = chain::outputs(&dlq, 0, letters)?
             .into_iter()
             .map(|o| (o.batch, o.record_count))
             .collect();
-        Ok(crate::writer::DeadLetters {
+        let (placed, at) = oneshot::channel();
+        let letters = crate::writer::DeadLetters {
             topic: dlq,
             batches,
-        })
+            placed: Some(placed),
+        };
+        Ok((letters, at))
     }
 
     /// Writes dead letters to `<topic>.dlq` on their own and waits for the

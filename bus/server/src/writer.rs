@@ -57,7 +57,7 @@ pub const FLUSH_INTERVAL: Duration = Duration::from_millis(20);
 const LOCAL_REPLICA: ReplicaId = 0;
 
 /// One batch to append.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Append {
     /// Topic name.
     pub topic: String,
@@ -80,12 +80,17 @@ pub struct Append {
 }
 
 /// Dead letters to append to partition 0 of a dead-letter topic.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct DeadLetters {
     /// The dead-letter topic.
     pub topic: String,
     /// Encoded batches with their record counts.
     pub batches: Vec<(Bytes, u32)>,
+    /// Told the offset of the first dead letter once they are placed in
+    /// the group; dropped unsent when they are not stored (a retry, a
+    /// refused batch). It is told before the batch they came from is
+    /// acknowledged, so the producer's answer can name where they went.
+    pub placed: Option<oneshot::Sender<u64>>,
 }
 
 /// One pipeline output batch.
@@ -659,6 +664,8 @@ impl Shell {
     ) -> Result<(), AppendFailure> {
         let key = (letters.topic, 0);
         self.load(engines, &key)?;
+        let first = engines.get(&key).map(|slot| slot.engine.log_end());
+        let mut placed = letters.placed;
         for (batch, record_count) in letters.batches {
             let request = AppendRequest {
                 id: self.next_id(),
@@ -666,7 +673,11 @@ impl Shell {
                 sequence: None,
                 acks: AckLevel::None,
             };
-            self.submit(engines, &key, request, batch, None, group);
+            if self.submit(engines, &key, request, batch, None, group)
+                && let (Some(placed), Some(first)) = (placed.take(), first)
+            {
+                let _ = placed.send(first);
+            }
         }
         Ok(())
     }

@@ -47,4 +47,4 @@ pub use edgebus_proto::frame::{
 };
 pub use error::ClientError;
 pub use group::{GroupConfig, GroupConsumer, GroupRecord, OffsetReset};
-pub use producer::{DeliveryFuture, Producer, ProducerConfig, RecordMetadata};
+pub use producer::{DeliveryFuture, DeliveryStatus, Producer, ProducerConfig, RecordMetadata};

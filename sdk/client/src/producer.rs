@@ -17,13 +17,14 @@
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use edgebus_proto::ErrorCode;
 use edgebus_proto::batch::{BatchBuilder, BatchHeader, Compression, ProducerStamp, Record};
-use edgebus_proto::frame::{Acks, Request, Response};
+use edgebus_proto::frame::{Acks, RecordAcks, RecordFate, Request, Response};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -71,13 +72,68 @@ impl Default for ProducerConfig {
     }
 }
 
-/// Where an acknowledged record was stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What became of one sent record, as the broker acknowledged it.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordMetadata {
     /// Partition the record went to.
     pub partition: u32,
-    /// Its offset; `None` with `acks=none`, where the broker does not answer.
+    /// Its offset in the topic (of its first output record, for a record an
+    /// ingest plugin fanned out); `None` when it is not in the topic
+    /// (filtered, dead-lettered, dropped), with `acks=none`, and for a
+    /// retry whose offsets the broker no longer knows.
     pub offset: Option<u64>,
+    /// What happened to it.
+    pub status: DeliveryStatus,
+}
+
+/// The fate of one acknowledged record. Every status but `Sent` is a
+/// delivery: the broker has decided about the record for good, and
+/// sending it again would store it again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DeliveryStatus {
+    /// Stored at `offset`, or at `offset..offset + count` when an ingest
+    /// plugin turned it into several records.
+    Stored {
+        /// Records it became (1 unless fanned out).
+        count: u32,
+    },
+    /// Stored by an earlier attempt of the same batch whose ack was lost;
+    /// nothing new was stored. `offset` is set when the broker still knows
+    /// it.
+    Duplicate,
+    /// The topic's ingest chain filtered it out.
+    Filtered,
+    /// An ingest plugin failed on it, and it was stored in the dead-letter
+    /// topic instead.
+    DeadLettered {
+        /// The dead-letter topic.
+        topic: String,
+        /// Its offset there (partition 0).
+        offset: u64,
+    },
+    /// An ingest plugin failed on it and the topic's failure policy skips
+    /// such records.
+    Dropped {
+        /// Why the plugin failed.
+        reason: String,
+    },
+    /// Sent with `acks=none`: the broker does not answer.
+    Sent,
+}
+
+impl DeliveryStatus {
+    /// The status's name as the CLI prints it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            DeliveryStatus::Stored { .. } => "stored",
+            DeliveryStatus::Duplicate => "duplicate",
+            DeliveryStatus::Filtered => "filtered",
+            DeliveryStatus::DeadLettered { .. } => "dead-lettered",
+            DeliveryStatus::Dropped { .. } => "dropped",
+            DeliveryStatus::Sent => "sent",
+        }
+    }
 }
 
 type Ack = oneshot::Sender<Result<RecordMetadata, ClientError>>;
@@ -107,9 +163,47 @@ enum Command {
 }
 
 /// Sends records to a broker. Cheap to clone; clones share batches.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Producer {
     tx: mpsc::Sender<Command>,
+    client: Client,
+    topics: Topics,
+}
+
+impl std::fmt::Debug for Producer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Producer").finish_non_exhaustive()
+    }
+}
+
+/// Partition counts and record size limits of the topics sent to, shared
+/// by `send` (which checks the topic before queueing) and the accumulator.
+type Topics = Arc<Mutex<HashMap<String, TopicLimits>>>;
+
+/// The limits of `topic`, from `topics` or asked of the broker once.
+async fn topic_limits(
+    client: &Client,
+    topics: &Topics,
+    topic: &str,
+) -> Result<TopicLimits, ClientError> {
+    let cached = topics
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(topic)
+        .copied();
+    if let Some(limits) = cached {
+        return Ok(limits);
+    }
+    let (spec, _) = client.describe_topic(topic).await?;
+    let limits = TopicLimits {
+        partitions: spec.partitions,
+        max_message_bytes: spec.max_message_bytes as usize,
+    };
+    topics
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(topic.to_owned(), limits);
+    Ok(limits)
 }
 
 impl Producer {
@@ -143,22 +237,25 @@ impl Producer {
             None
         };
         let (tx, rx) = mpsc::channel(4096);
+        let topics = Topics::default();
         let acc = Accumulator {
-            client,
+            client: client.clone(),
             config,
             producer: stamp,
-            partitions: HashMap::new(),
+            partitions: topics.clone(),
             sticky: HashMap::new(),
             open: HashMap::new(),
             lanes: HashMap::new(),
         };
         tokio::spawn(acc.run(rx));
-        Ok(Producer { tx })
+        Ok(Producer { tx, client, topics })
     }
 
     /// Queues a record for `topic`; the partition comes from the key's hash,
     /// or sticks to one partition per batch for keyless records. Waits only
-    /// when the producer's buffer is full. The returned future resolves when
+    /// when the producer's buffer is full, and the first time a topic is
+    /// used, to learn its partition count: an unknown topic is an error
+    /// here, not on the delivery future. The returned future resolves when
     /// the record is acknowledged.
     pub async fn send(&self, topic: &str, record: Record) -> Result<DeliveryFuture, ClientError> {
         self.enqueue(topic, None, record).await
@@ -180,6 +277,19 @@ impl Producer {
         partition: Option<u32>,
         record: Record,
     ) -> Result<DeliveryFuture, ClientError> {
+        let limits = topic_limits(&self.client, &self.topics, topic).await?;
+        if let Some(p) = partition
+            && p >= limits.partitions
+        {
+            return Err(ClientError::broker(
+                ErrorCode::UnknownPartition as u16,
+                format!(
+                    "topic {topic:?} has {} partitions, not {}",
+                    limits.partitions,
+                    p + 1
+                ),
+            ));
+        }
         let (ack, rx) = oneshot::channel();
         self.tx
             .send(Command::Send {
@@ -223,7 +333,7 @@ struct Accumulator {
     client: Client,
     config: ProducerConfig,
     producer: Option<(i64, i16)>,
-    partitions: HashMap<String, TopicLimits>,
+    partitions: Topics,
     sticky: HashMap<String, u32>,
     open: HashMap<Key, OpenBatch>,
     lanes: HashMap<Key, Lane>,
@@ -278,22 +388,8 @@ impl Accumulator {
         }
     }
 
-    /// The topic's partition count and record size limit, cached.
-    async fn topic_limits(&mut self, topic: &str) -> Result<TopicLimits, ClientError> {
-        if let Some(limits) = self.partitions.get(topic) {
-            return Ok(*limits);
-        }
-        let (spec, _) = self.client.describe_topic(topic).await?;
-        let limits = TopicLimits {
-            partitions: spec.partitions,
-            max_message_bytes: spec.max_message_bytes as usize,
-        };
-        self.partitions.insert(topic.to_owned(), limits);
-        Ok(limits)
-    }
-
     async fn add(&mut self, topic: String, partition: Option<u32>, record: Record, ack: Ack) {
-        let limits = match self.topic_limits(&topic).await {
+        let limits = match topic_limits(&self.client, &self.partitions, &topic).await {
             Ok(l) => l,
             Err(e) => {
                 let _ = ack.send(Err(e));
@@ -363,7 +459,12 @@ impl Accumulator {
         };
         let count = open.builder.len();
         if self.sticky.get(&key.0) == Some(&key.1) {
-            let partitions = self.partitions.get(&key.0).map_or(1, |l| l.partitions);
+            let partitions = self
+                .partitions
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(&key.0)
+                .map_or(1, |l| l.partitions);
             self.sticky
                 .insert(key.0.clone(), (key.1 + 1) % partitions.max(1));
         }
@@ -587,6 +688,7 @@ impl LaneTask {
                     Ok(()) => Ok(RecordMetadata {
                         partition,
                         offset: None,
+                        status: DeliveryStatus::Sent,
                     }),
                     Err(e) => Err(ClientError::Protocol(e.to_string())),
                 });
@@ -607,18 +709,46 @@ impl LaneTask {
             ));
         };
         match decode_response(body, *corr) {
-            Ok(Response::Produced { base_offset, .. }) => {
+            Ok(Response::Produced {
+                base_offset,
+                duplicate,
+                records,
+            }) => {
                 let (_, sealed) = self.in_flight.pop_front().expect("front exists");
-                for (i, ack) in sealed.acks.into_iter().enumerate() {
-                    let _ = ack.send(Ok(RecordMetadata {
-                        partition: self.partition,
-                        offset: Some(base_offset + i as u64),
-                    }));
+                let metadata = record_metadata(
+                    self.partition,
+                    base_offset,
+                    duplicate,
+                    records,
+                    sealed.acks.len(),
+                );
+                match metadata {
+                    Ok(metadata) => {
+                        for (ack, metadata) in sealed.acks.into_iter().zip(metadata) {
+                            let _ = ack.send(Ok(metadata));
+                        }
+                    }
+                    Err(e) => fail_all(sealed.acks, || ClientError::Protocol(e.clone())),
                 }
                 Ok(())
             }
             Ok(other) => Err(unexpected(&other)),
             Err(e) if e.is_retriable() => Err(e),
+            // A retry of a batch older than the broker's dedup window: it
+            // was stored (the broker accepted later sequences), but where
+            // is no longer known. Delivered, never a failure: sending it
+            // again would store it twice.
+            Err(e) if e.code() == Some(ErrorCode::DuplicateSequence) && self.idempotent() => {
+                let (_, sealed) = self.in_flight.pop_front().expect("front exists");
+                for ack in sealed.acks {
+                    let _ = ack.send(Ok(RecordMetadata {
+                        partition: self.partition,
+                        offset: None,
+                        status: DeliveryStatus::Duplicate,
+                    }));
+                }
+                Ok(())
+            }
             // A gap before this batch (an earlier one was given up on):
             // restart the sequence and resend everything in flight.
             Err(e) if e.code() == Some(ErrorCode::OutOfOrderSequence) && self.idempotent() => {
@@ -685,6 +815,67 @@ impl LaneTask {
     }
 }
 
+/// Each record's metadata from a `Produced` answer to a batch of `count`
+/// records.
+fn record_metadata(
+    partition: u32,
+    base_offset: u64,
+    duplicate: bool,
+    records: RecordAcks,
+    count: usize,
+) -> Result<Vec<RecordMetadata>, String> {
+    let metadata = |offset, status| RecordMetadata {
+        partition,
+        offset,
+        status,
+    };
+    match records {
+        RecordAcks::AsSent => Ok((0..count as u64)
+            .map(|i| {
+                let status = if duplicate {
+                    DeliveryStatus::Duplicate
+                } else {
+                    DeliveryStatus::Stored { count: 1 }
+                };
+                metadata(Some(base_offset + i), status)
+            })
+            .collect()),
+        RecordAcks::Unknown => Ok((0..count)
+            .map(|_| metadata(None, DeliveryStatus::Duplicate))
+            .collect()),
+        RecordAcks::Each {
+            dead_letter_topic,
+            fates,
+        } => {
+            if fates.len() != count {
+                return Err(format!(
+                    "the broker answered for {} records of a batch of {count}",
+                    fates.len()
+                ));
+            }
+            Ok(fates
+                .into_iter()
+                .map(|fate| match fate {
+                    RecordFate::Stored { offset, count } => {
+                        metadata(Some(offset), DeliveryStatus::Stored { count })
+                    }
+                    RecordFate::Filtered => metadata(None, DeliveryStatus::Filtered),
+                    RecordFate::DeadLettered { offset } => metadata(
+                        None,
+                        DeliveryStatus::DeadLettered {
+                            topic: dead_letter_topic.clone(),
+                            offset,
+                        },
+                    ),
+                    RecordFate::Dropped { reason } => {
+                        metadata(None, DeliveryStatus::Dropped { reason })
+                    }
+                })
+                .collect())
+        }
+    }
+}
+
 /// Restamps a batch with the lane's identity and advances its sequence.
 fn restamp_next(identity: &mut Option<ProducerStamp>, batch: &Bytes) -> Bytes {
     let Some(stamp) = identity.as_mut() else {
@@ -698,4 +889,82 @@ fn restamp_next(identity: &mut Option<ProducerStamp>, batch: &Bytes) -> Bytes {
 
 fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(50u64 << attempt.min(5))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_stored_as_sent_acks_record_i_at_base_plus_i() {
+        let m = record_metadata(2, 10, false, RecordAcks::AsSent, 3).unwrap();
+        let offsets: Vec<_> = m.iter().map(|m| m.offset).collect();
+        assert_eq!(offsets, vec![Some(10), Some(11), Some(12)]);
+        assert!(
+            m.iter()
+                .all(|m| m.partition == 2 && m.status == DeliveryStatus::Stored { count: 1 })
+        );
+    }
+
+    /// Regression: a retry the broker recognised was reported as a failure,
+    /// and a user who sent it again stored it twice.
+    #[test]
+    fn a_recognised_retry_is_delivered_with_the_offsets_the_broker_knows() {
+        let m = record_metadata(0, 7, true, RecordAcks::AsSent, 2).unwrap();
+        assert_eq!(
+            m.iter().map(|m| (m.offset, &m.status)).collect::<Vec<_>>(),
+            vec![
+                (Some(7), &DeliveryStatus::Duplicate),
+                (Some(8), &DeliveryStatus::Duplicate)
+            ]
+        );
+        let m = record_metadata(0, 7, true, RecordAcks::Unknown, 2).unwrap();
+        assert!(
+            m.iter()
+                .all(|m| m.offset.is_none() && m.status == DeliveryStatus::Duplicate)
+        );
+    }
+
+    #[test]
+    fn per_record_fates_map_one_to_one_and_a_count_mismatch_is_an_error() {
+        let fates = vec![
+            RecordFate::Stored {
+                offset: 4,
+                count: 3,
+            },
+            RecordFate::Filtered,
+            RecordFate::DeadLettered { offset: 9 },
+            RecordFate::Dropped {
+                reason: "trap".into(),
+            },
+        ];
+        let acks = RecordAcks::Each {
+            dead_letter_topic: "t.dlq".into(),
+            fates,
+        };
+        let m = record_metadata(1, 4, false, acks.clone(), 4).unwrap();
+        assert_eq!(
+            m.into_iter()
+                .map(|m| (m.offset, m.status))
+                .collect::<Vec<_>>(),
+            vec![
+                (Some(4), DeliveryStatus::Stored { count: 3 }),
+                (None, DeliveryStatus::Filtered),
+                (
+                    None,
+                    DeliveryStatus::DeadLettered {
+                        topic: "t.dlq".into(),
+                        offset: 9
+                    }
+                ),
+                (
+                    None,
+                    DeliveryStatus::Dropped {
+                        reason: "trap".into()
+                    }
+                ),
+            ]
+        );
+        assert!(record_metadata(1, 4, false, acks, 5).is_err());
+    }
 }

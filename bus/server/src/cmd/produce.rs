@@ -7,13 +7,13 @@ use bytes::Bytes;
 use edgebus_core::partition::{AckLevel, AppendOutcome};
 use edgebus_core::producer::SequenceSpan;
 use edgebus_proto::batch::{self, BatchBuilder, BatchHeader, BatchInfo, Compression, Record};
-use edgebus_proto::frame::{Acks, Response, TopicSpec};
+use edgebus_proto::frame::{Acks, RecordAcks, RecordFate, Response, TopicSpec};
 use edgebus_proto::{CompressError, DecodeError, ErrorCode};
 use edgebus_store::{LogStore, StoreError};
 use tokio::sync::oneshot;
 
 use crate::attach::{Attachments, IngestChain, IngestError};
-use crate::chain;
+use crate::chain::{self, ChainRun};
 use crate::dlq::{DeadLetterError, DeadLetters};
 use crate::error::Coded;
 use crate::topics::{Topics, UnknownTopic};
@@ -108,8 +108,32 @@ pub struct Produce {
     pub batch: Bytes,
 }
 
-/// The writer's answer to an accepted produce, once its commit is done.
-pub type Pending = oneshot::Receiver<AppendResult>;
+/// An accepted produce: the writer's answer once its commit is done, and
+/// how to tell the producer where each record went.
+pub struct Pending {
+    ack: oneshot::Receiver<AppendResult>,
+    plan: Plan,
+}
+
+/// What the ack says about each record, decided before the offsets are.
+enum Plan {
+    /// Stored as sent (or a retry of a batch that was).
+    AsSent,
+    /// A retry of a batch that went through an ingest chain.
+    Unknown,
+    /// One fate per input record, with offsets relative to the batch's
+    /// base offset and to the first dead letter's.
+    Each {
+        fates: Vec<RecordFate>,
+        dead_letters: Option<(String, oneshot::Receiver<u64>)>,
+    },
+}
+
+impl Pending {
+    fn new(ack: oneshot::Receiver<AppendResult>, plan: Plan) -> Pending {
+        Pending { ack, plan }
+    }
+}
 
 /// `InitProducer`: a new producer id for idempotent produce.
 pub async fn init_producer(store: &Arc<dyn LogStore>) -> Result<Response, ProduceError> {
@@ -167,9 +191,10 @@ pub async fn produce(
         return through_chain(&chain, &spec, writer, dead_letters, target, p.batch).await;
     }
     let batch = compress_for(&spec, p.batch).await?;
-    Ok(writer
+    let ack = writer
         .append(target.append(batch, header.record_count))
-        .await)
+        .await;
+    Ok(Pending::new(ack, Plan::AsSent))
 }
 
 /// Where a produce goes and how it is acknowledged.
@@ -222,7 +247,8 @@ async fn through_chain(
             )
             .is_some()
     {
-        return Ok(writer.append(target.append(Bytes::new(), 0)).await);
+        let ack = writer.append(target.append(Bytes::new(), 0)).await;
+        return Ok(Pending::new(ack, Plan::Unknown));
     }
     let records = batch::records(&batch)?;
     let run = match chain.run(&target.topic, target.partition, &records).await {
@@ -241,8 +267,10 @@ async fn through_chain(
     if run.unchanged {
         let record_count = BatchHeader::parse(&batch)?.record_count;
         let batch = compress_for(spec, batch).await?;
-        return Ok(writer.append(target.append(batch, record_count)).await);
+        let ack = writer.append(target.append(batch, record_count)).await;
+        return Ok(Pending::new(ack, Plan::AsSent));
     }
+    let fates = fates(records.len(), &run);
     let outputs: Vec<_> = run
         .outputs
         .into_iter()
@@ -257,14 +285,57 @@ async fn through_chain(
         }
         None => target.append(Bytes::new(), 0),
     };
+    let mut placed = None;
     if !run.dead_letters.is_empty() {
-        append.dead_letters = Some(
-            dead_letters
-                .prepare(&target.topic, &run.dead_letters)
-                .await?,
-        );
+        let (letters, at) = dead_letters
+            .prepare(&target.topic, &run.dead_letters)
+            .await?;
+        placed = Some((letters.topic.clone(), at));
+        append.dead_letters = Some(letters);
     }
-    Ok(writer.append(append).await)
+    let ack = writer.append(append).await;
+    Ok(Pending::new(
+        ack,
+        Plan::Each {
+            fates,
+            dead_letters: placed,
+        },
+    ))
+}
+
+/// Each input's fate after the chain, with offsets relative to the first
+/// stored output and the first dead letter. Outputs come in input order,
+/// so an input's outputs are consecutive; an input that kept any output
+/// counts as stored even if a later stage failed on another of its copies.
+fn fates(inputs: usize, run: &ChainRun) -> Vec<RecordFate> {
+    let mut fates = vec![RecordFate::Filtered; inputs];
+    for (position, (input, _)) in run.outputs.iter().enumerate() {
+        match &mut fates[*input] {
+            RecordFate::Stored { count, .. } => *count += 1,
+            fate => {
+                *fate = RecordFate::Stored {
+                    offset: position as u64,
+                    count: 1,
+                }
+            }
+        }
+    }
+    let dead_lettered = !run.dead_letters.is_empty();
+    for (position, (input, reason)) in run.failures.iter().enumerate() {
+        let fate = &mut fates[*input];
+        if matches!(fate, RecordFate::Filtered) {
+            *fate = if dead_lettered {
+                RecordFate::DeadLettered {
+                    offset: position as u64,
+                }
+            } else {
+                RecordFate::Dropped {
+                    reason: reason.clone(),
+                }
+            };
+        }
+    }
+    fates
 }
 
 /// The batch as the topic stores it: a batch that arrives uncompressed on a
@@ -304,12 +375,55 @@ pub fn ack_level(acks: Acks) -> AckLevel {
 
 /// The answer to a produce once the writer has committed it.
 pub async fn acknowledged(pending: Pending) -> Result<Response, ProduceError> {
-    match pending.await {
-        Ok(Ok(outcome)) => Ok(Response::Produced {
-            base_offset: outcome.base_offset(),
-            duplicate: matches!(outcome, AppendOutcome::Duplicate { .. }),
-        }),
-        Ok(Err(e)) => Err(e.into()),
-        Err(_) => Err(ProduceError::WriterStopped),
-    }
+    let outcome = match pending.ack.await {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(e)) => return Err(e.into()),
+        Err(_) => return Err(ProduceError::WriterStopped),
+    };
+    let base_offset = outcome.base_offset();
+    let duplicate = matches!(outcome, AppendOutcome::Duplicate { .. });
+    let records = match pending.plan {
+        Plan::AsSent => RecordAcks::AsSent,
+        Plan::Unknown => RecordAcks::Unknown,
+        // A retry found by the writer rather than before the chain ran:
+        // this run's fates are not the stored batch's.
+        Plan::Each { .. } if duplicate => RecordAcks::Unknown,
+        Plan::Each {
+            mut fates,
+            dead_letters,
+        } => {
+            // Dead letters are placed before the batch they came from is
+            // acked; only a dead-letter topic deleted in between leaves
+            // them unplaced.
+            let (dead_letter_topic, first_letter) = match dead_letters {
+                Some((topic, mut at)) => (topic, at.try_recv().ok()),
+                None => (String::new(), None),
+            };
+            for fate in &mut fates {
+                match fate {
+                    RecordFate::Stored { offset, .. } => *offset += base_offset,
+                    RecordFate::DeadLettered { offset } => match first_letter {
+                        Some(first) => *offset += first,
+                        None => {
+                            *fate = RecordFate::Dropped {
+                                reason: format!(
+                                    "dead-letter topic {dead_letter_topic:?} was deleted"
+                                ),
+                            }
+                        }
+                    },
+                    RecordFate::Filtered | RecordFate::Dropped { .. } => {}
+                }
+            }
+            RecordAcks::Each {
+                dead_letter_topic,
+                fates,
+            }
+        }
+    };
+    Ok(Response::Produced {
+        base_offset,
+        duplicate,
+        records,
+    })
 }

@@ -1,4 +1,6 @@
 //! Helpers for tests that run `edgebus` as separate processes.
+// Each test binary includes this module and uses a subset of it.
+#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
 use std::net::UdpSocket;

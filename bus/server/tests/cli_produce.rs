@@ -1,0 +1,267 @@
+//! `edgebus produce` as a user runs it: the real binary against a real
+//! broker process.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Child;
+
+use assert_cmd::Command;
+use common::{BIN, free_port, spawn_broker};
+use serde_json::Value;
+
+/// A broker process in a temp dir, killed (by its PID, through `Child`)
+/// when dropped.
+struct Broker {
+    addr: String,
+    ca: PathBuf,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Broker {
+    fn start() -> Broker {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let addr = format!("127.0.0.1:{}", free_port());
+        let child = spawn_broker(&data, &addr);
+        Broker {
+            ca: data.join("tls").join("ca.pem"),
+            addr,
+            child,
+            _dir: dir,
+        }
+    }
+
+    fn edgebus(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
+            .args(["--broker", &self.addr, "--ca"])
+            .arg(&self.ca)
+            .timeout(std::time::Duration::from_secs(60));
+        cmd
+    }
+
+    fn create(&self, topic: &str, extra: &[&str]) {
+        let mut args = vec!["topic", "create", topic];
+        args.extend_from_slice(extra);
+        self.edgebus(&args).assert().success();
+    }
+
+    fn consume(&self, topic: &str) -> Vec<Value> {
+        let out = self
+            .edgebus(&["consume", topic, "--output", "json"])
+            .assert()
+            .success();
+        json_lines(&out.get_output().stdout)
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn json_lines(out: &[u8]) -> Vec<Value> {
+    String::from_utf8_lossy(out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Regression (the reproduction): with a filter on ingest, every
+/// line's ack named `offset` 0..5 although three records were stored at
+/// 0..2. Now each line says what became of it, with an offset only where
+/// the record is in the topic.
+#[test]
+fn acks_through_an_ingest_filter_say_what_became_of_each_line() {
+    let b = Broker::start();
+    let plugins = edgebus::bundled::ensure_built().expect("bundled plugins build");
+    let wasm = plugins.join("json_filter.wasm");
+    b.edgebus(&["plugin", "add", "json-filter", wasm.to_str().unwrap()])
+        .assert()
+        .success();
+    b.create(
+        "f",
+        &[
+            "--ingest",
+            "json-filter:field=t,op=>,value=30",
+            "--partitions",
+            "1",
+        ],
+    );
+    let out = b
+        .edgebus(&["produce", "f", "--output", "json"])
+        .write_stdin("{\"t\":10}\n{\"t\":40}\n{\"t\":20}\n{\"t\":50}\n{\"t\":5}\n{\"t\":60}\n")
+        .assert()
+        .success();
+    let acks: Vec<(u64, String, Option<u64>)> = json_lines(&out.get_output().stdout)
+        .iter()
+        .map(|v| {
+            (
+                v["line"].as_u64().unwrap(),
+                v["status"].as_str().unwrap().to_owned(),
+                v["offset"].as_u64(),
+            )
+        })
+        .collect();
+    let expect = |line, status: &str, offset| (line, status.to_owned(), offset);
+    assert_eq!(
+        acks,
+        vec![
+            expect(1, "filtered", None),
+            expect(2, "stored", Some(0)),
+            expect(3, "filtered", None),
+            expect(4, "stored", Some(1)),
+            expect(5, "filtered", None),
+            expect(6, "stored", Some(2)),
+        ]
+    );
+    let values: Vec<_> = b
+        .consume("f")
+        .iter()
+        .map(|v| v["value"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(values, vec!["{\"t\":40}", "{\"t\":50}", "{\"t\":60}"]);
+}
+
+/// Regression: a non-UTF-8 byte failed the whole run with no line number,
+/// and lines read before it were never sent. Lines are byte strings.
+#[test]
+fn lines_are_bytes_and_values_can_be_base64_or_hex() {
+    let b = Broker::start();
+    b.create("bytes", &["--partitions", "1"]);
+    b.edgebus(&["produce", "bytes"])
+        .write_stdin(&b"plain\n\xff\xfebinary\nlast"[..])
+        .assert()
+        .success();
+    b.edgebus(&["produce", "bytes", "--value-format", "base64"])
+        .write_stdin("aGVsbG8=\n")
+        .assert()
+        .success();
+    b.edgebus(&["produce", "bytes", "--value-format", "hex"])
+        .write_stdin("00ff\n")
+        .assert()
+        .success();
+    let values: Vec<(String, String)> = b
+        .consume("bytes")
+        .iter()
+        .map(|v| {
+            (
+                v["value"].as_str().unwrap().to_owned(),
+                v["value_encoding"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let b64 = |s: &str| (s.to_owned(), "base64".to_owned());
+    let utf8 = |s: &str| (s.to_owned(), "utf8".to_owned());
+    assert_eq!(
+        values,
+        vec![
+            utf8("plain"),
+            b64("//5iaW5hcnk="),
+            utf8("last"),
+            utf8("hello"),
+            b64("AP8="),
+        ]
+    );
+
+    // A line that does not decode is reported with its number; the others
+    // are stored, and the exit code says some were not.
+    let out = b
+        .edgebus(&["produce", "bytes", "--value-format", "hex"])
+        .write_stdin("61\nzz\n62\n")
+        .assert()
+        .code(5);
+    let stderr = String::from_utf8_lossy(&out.get_output().stderr);
+    assert!(
+        stderr.contains("line 2") && stderr.contains("hex"),
+        "{stderr}"
+    );
+    let tail: Vec<_> = b
+        .consume("bytes")
+        .iter()
+        .skip(5)
+        .map(|v| v["value"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(tail, vec!["a", "b"]);
+}
+
+/// Regression: `--key-separator '\t'` was taken literally (every line
+/// silently became a value without a key) and `''` was accepted.
+#[test]
+fn key_separator_understands_tab_and_refuses_empty() {
+    let b = Broker::start();
+    b.create("keyed", &["--partitions", "1"]);
+    b.edgebus(&["produce", "keyed", "--key-separator", "\\t"])
+        .write_stdin("dev1\t21.5\n")
+        .assert()
+        .success();
+    b.edgebus(&[
+        "produce",
+        "keyed",
+        "--record-key",
+        "dev2",
+        "-H",
+        "unit=C",
+        "-H",
+        "src=x",
+    ])
+    .write_stdin("19.0\n")
+    .assert()
+    .success();
+    let records = b.consume("keyed");
+    let got: Vec<_> = records
+        .iter()
+        .map(|v| (v["key"].clone(), v["value"].clone()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (Value::from("dev1"), Value::from("21.5")),
+            (Value::from("dev2"), Value::from("19.0")),
+        ]
+    );
+    let headers: Vec<_> = records[1]["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            format!(
+                "{}={}",
+                h["key"].as_str().unwrap(),
+                h["value"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(headers, vec!["unit=C", "src=x"]);
+
+    b.edgebus(&["produce", "keyed", "--key-separator", ""])
+        .write_stdin("x\n")
+        .assert()
+        .code(2);
+}
+
+/// Regression: producing to a missing topic printed one error per input
+/// line. Now it is checked once, before reading stdin, and exits 4.
+#[test]
+fn a_missing_topic_is_one_error_and_exit_4() {
+    let b = Broker::start();
+    let lines = "x\n".repeat(5000);
+    let out = b
+        .edgebus(&["produce", "no-such-topic"])
+        .write_stdin(lines)
+        .assert()
+        .code(4);
+    let stderr = String::from_utf8_lossy(&out.get_output().stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("no-such-topic"), "{stderr}");
+
+    b.create("two", &["--partitions", "2"]);
+    b.edgebus(&["produce", "two", "--partition", "2"])
+        .write_stdin("x\n")
+        .assert()
+        .code(4);
+}
