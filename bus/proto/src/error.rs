@@ -231,6 +231,9 @@ pub enum ErrorCode {
     /// The batch is compressed with a codec the broker does not decode
     /// (gzip or snappy); the producer should use none, lz4 or zstd.
     UnsupportedCompression = 31,
+    /// The broker's disk is full: nothing of the request was stored.
+    /// Retriable once space is freed (retention, a bigger disk).
+    StorageFull = 32,
 }
 
 impl ErrorCode {
@@ -269,6 +272,7 @@ impl ErrorCode {
             29 => UnknownPipeline,
             30 => PipelineExists,
             31 => UnsupportedCompression,
+            32 => StorageFull,
             _ => return None,
         })
     }
@@ -279,6 +283,7 @@ impl ErrorCode {
             self,
             ErrorCode::TooManyInFlight
                 | ErrorCode::StorageError
+                | ErrorCode::StorageFull
                 | ErrorCode::ShuttingDown
                 | ErrorCode::PluginHalted
         )

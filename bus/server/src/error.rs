@@ -26,7 +26,10 @@ pub fn response(error: &impl Coded) -> Response {
 
 impl Coded for StoreError {
     fn code(&self) -> ErrorCode {
-        ErrorCode::StorageError
+        match self {
+            StoreError::DiskFull(_) => ErrorCode::StorageFull,
+            _ => ErrorCode::StorageError,
+        }
     }
 }
 
@@ -63,6 +66,7 @@ impl Coded for AppendFailure {
                 _ => ErrorCode::InvalidRequest,
             },
             AppendFailure::Stopped => ErrorCode::ShuttingDown,
+            AppendFailure::DiskFull(_) => ErrorCode::StorageFull,
             _ => ErrorCode::StorageError,
         }
     }

@@ -147,6 +147,10 @@ pub enum AppendFailure {
     /// stored. Retriable.
     #[error("storage: {0}")]
     Storage(String),
+    /// The transaction failed because the broker's disk is full; nothing
+    /// of it was stored. Retriable once space is freed.
+    #[error("the broker's disk is full ({0})")]
+    DiskFull(String),
     /// The writer has stopped.
     #[error("writer stopped")]
     Stopped,
@@ -746,7 +750,7 @@ impl Shell {
     }
 
     /// Sends an ack to its requester, or publishes a high watermark.
-    fn route(&self, key: &Key, slot: &mut Slot, command: Command, failure: Option<&str>) {
+    fn route(&self, key: &Key, slot: &mut Slot, command: Command, failure: Option<&AppendFailure>) {
         match command {
             Command::Ack { id, result } => {
                 if let Some(reply) = slot.replies.remove(&id) {
@@ -789,7 +793,7 @@ impl Shell {
         for (reply, answer) in group.after_commit {
             let answer = match &outcome {
                 Ok(()) => Ok(answer),
-                Err(e) => Err(AppendFailure::Storage(e.to_string())),
+                Err(e) => Err(write_failure(e)),
             };
             let _ = reply.send(answer);
         }
@@ -848,22 +852,24 @@ impl Shell {
     /// still waits on it) and reloaded from the store on next use.
     fn failed(&mut self, last: &HashMap<Key, WriteId>, error: &WriteError) {
         tracing::error!(error = %error, "group commit failed");
-        let reason = error.to_string();
+        let failure = write_failure(error);
         let engines = Arc::clone(&self.engines);
         let mut engines = engines.lock().unwrap_or_else(PoisonError::into_inner);
         for key in last.keys() {
             if let Some(slot) = engines.get_mut(key) {
                 slot.engine.handle_write_failed(Instant::now());
-                self.drain(key, slot, Some(&reason));
+                self.drain(key, slot, Some(&failure));
             }
         }
         if matches!(
             error,
-            WriteError::Store(StoreError::Io(_) | StoreError::Recovering(_))
+            WriteError::Store(
+                StoreError::Io(_) | StoreError::DiskFull(_) | StoreError::Recovering(_)
+            )
         ) {
             for (_, slot) in engines.drain() {
                 for (_, reply) in slot.replies {
-                    let _ = reply.send(Err(AppendFailure::Storage(reason.clone())));
+                    let _ = reply.send(Err(failure.clone()));
                 }
             }
             self.unflushed_since = None;
@@ -871,7 +877,7 @@ impl Shell {
         }
     }
 
-    fn drain(&self, key: &Key, slot: &mut Slot, failure: Option<&str>) {
+    fn drain(&self, key: &Key, slot: &mut Slot, failure: Option<&AppendFailure>) {
         let commands: Vec<Command> = slot.engine.drain_commands().collect();
         for command in commands {
             self.route(key, slot, command, failure);
@@ -903,7 +909,8 @@ impl Shell {
                 for key in decided.last.keys() {
                     if let Some(slot) = engines.get_mut(key) {
                         slot.engine.handle_write_failed(Instant::now());
-                        self.drain(key, slot, Some("pipeline step refused"));
+                        let refused = AppendFailure::Storage("pipeline step refused".into());
+                        self.drain(key, slot, Some(&refused));
                     }
                 }
                 return Err(StepError::Target(e));
@@ -946,13 +953,21 @@ impl Shell {
     }
 }
 
+/// The answer for appends whose transaction failed with `error`.
+fn write_failure(error: &WriteError) -> AppendFailure {
+    match error {
+        WriteError::Store(StoreError::DiskFull(detail)) => AppendFailure::DiskFull(detail.clone()),
+        other => AppendFailure::Storage(other.to_string()),
+    }
+}
+
 /// The writer's answer for an engine's failed ack.
-fn failure_of(error: AppendError, reason: Option<&str>) -> AppendFailure {
+fn failure_of(error: AppendError, failure: Option<&AppendFailure>) -> AppendFailure {
     match error {
         AppendError::Refused(refused) => AppendFailure::Refused(refused),
-        AppendError::StorageFailed => {
-            AppendFailure::Storage(reason.unwrap_or("the write failed").to_owned())
-        }
+        AppendError::StorageFailed => failure
+            .cloned()
+            .unwrap_or_else(|| AppendFailure::Storage("the write failed".into())),
         AppendError::Truncated { offset } => {
             AppendFailure::Storage(format!("the log was truncated at {offset}"))
         }

@@ -274,6 +274,11 @@ pub enum StoreError {
     /// back as a duplicate, an offset commit simply applies again.
     #[error("storage IO: {0}")]
     Io(String),
+    /// An IO call failed because the disk (or the user's quota) is full.
+    /// Handled like [`StoreError::Io`]; told apart so that clients can be
+    /// told at once why nothing is stored.
+    #[error("disk full: {0}")]
+    DiskFull(String),
     /// The store is between two opens of its file while it recovers from an
     /// IO error, or could not finish switching to the new open; nothing was
     /// read or written. Retry with backoff.

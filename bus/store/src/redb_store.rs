@@ -230,6 +230,14 @@ impl From<redb::StorageError> for StoreError {
     /// under redb, and redb's refusal to go on after one.
     fn from(e: redb::StorageError) -> Self {
         match e {
+            redb::StorageError::Io(io)
+                if matches!(
+                    io.kind(),
+                    std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+                ) =>
+            {
+                StoreError::DiskFull(io.to_string())
+            }
             redb::StorageError::Io(_)
             | redb::StorageError::PreviousIo
             | redb::StorageError::DatabaseClosed
@@ -555,7 +563,8 @@ impl RedbStore {
 
     /// Marks the store for reopening if `result` is an IO failure.
     fn note<T, E: StoreFailure>(&self, result: &Result<T, E>) {
-        if let Some(StoreError::Io(detail)) = result.as_ref().err().and_then(E::store_error)
+        if let Some(StoreError::Io(detail) | StoreError::DiskFull(detail)) =
+            result.as_ref().err().and_then(E::store_error)
             && !self.needs_reopen.swap(true, Ordering::AcqRel)
         {
             tracing::warn!(%detail, "storage IO failed; the next write reopens the database");

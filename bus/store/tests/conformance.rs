@@ -552,13 +552,13 @@ fn redb_store_after_disk_full_recovers_without_losing_acknowledged_batches() {
     for attempt in 0..3 {
         let append = store.append_at(&[with_state(6, refused.clone(), "lost")], true);
         assert!(
-            matches!(append, Err(WriteError::Store(StoreError::Io(_)))),
-            "attempt {attempt}: an append on a full disk is an IO error, got {append:?}"
+            matches!(append, Err(WriteError::Store(StoreError::DiskFull(_)))),
+            "attempt {attempt}: an append on a full disk is a disk-full error, got {append:?}"
         );
         let commit = store.commit_offsets(&[group_commit(6)]);
         assert!(
-            matches!(commit, Err(CommitError::Store(StoreError::Io(_)))),
-            "attempt {attempt}: a commit on a full disk is an IO error, got {commit:?}"
+            matches!(commit, Err(CommitError::Store(StoreError::DiskFull(_)))),
+            "attempt {attempt}: a commit on a full disk is a disk-full error, got {commit:?}"
         );
         match store.read("t", 0, 0, usize::MAX, u64::MAX) {
             Ok(read) => assert_eq!(read.batches, acked, "attempt {attempt}: a read"),
@@ -719,8 +719,8 @@ fn redb_store_registry_config_and_pipeline_writes_after_disk_full_recover() {
     for attempt in 0..2 {
         let io = |what: &str, result: Result<(), StoreError>| {
             assert!(
-                matches!(result, Err(StoreError::Io(_))),
-                "attempt {attempt}: {what} on a full disk is an IO error, got {result:?}"
+                matches!(result, Err(StoreError::DiskFull(_))),
+                "attempt {attempt}: {what} on a full disk is a disk-full error, got {result:?}"
             );
         };
         io(
@@ -735,8 +735,8 @@ fn redb_store_registry_config_and_pipeline_writes_after_disk_full_recover() {
         io("delete_pipeline_data", store.delete_pipeline_data("p"));
         let step = store.commit_pipeline(&pipeline_step("refused", 2));
         assert!(
-            matches!(step, Err(WriteError::Store(StoreError::Io(_)))),
-            "attempt {attempt}: commit_pipeline on a full disk is an IO error, got {step:?}"
+            matches!(step, Err(WriteError::Store(StoreError::DiskFull(_)))),
+            "attempt {attempt}: commit_pipeline on a full disk is a disk-full error, got {step:?}"
         );
     }
 

@@ -733,6 +733,21 @@ impl LaneTask {
                 Ok(())
             }
             Ok(other) => Err(unexpected(&other)),
+            // A full disk does not clear within a retry's backoff: the
+            // caller hears at once (the error stays retriable for them).
+            // The batches behind it meet the same disk, or, once space is
+            // freed, a sequence gap that restarts the lane's sequence.
+            Err(e) if e.code() == Some(ErrorCode::StorageFull) => {
+                let (_, sealed) = self.in_flight.pop_front().expect("front exists");
+                let message = match &e {
+                    ClientError::Broker { message, .. } => message.clone(),
+                    other => other.to_string(),
+                };
+                fail_all(sealed.acks, || {
+                    ClientError::broker(ErrorCode::StorageFull as u16, message.clone())
+                });
+                Ok(())
+            }
             Err(e) if e.is_retriable() => Err(e),
             // A retry of a batch older than the broker's dedup window: it
             // was stored (the broker accepted later sequences), but where
