@@ -35,22 +35,29 @@ use crate::wire;
 pub use edgebus_proto::limits::{DEFAULT_BATCH_MAX_BYTES, MAX_IDEMPOTENT_IN_FLIGHT};
 pub use edgebus_proto::partitioner::partition_for_key;
 
-/// Producer settings.
+/// Producer settings. The defaults decide latency and throughput: a record
+/// waits up to `linger` (5 ms) for others to share its batch, so at low
+/// rates the linger is the latency floor (set it to zero to send each
+/// record at once), while at high rates full batches of `batch_max_bytes`
+/// go out `window` deep per partition.
 #[derive(Debug, Clone)]
 pub struct ProducerConfig {
     /// Acknowledgement level; `Durable` (fsync before ack) by default.
     pub acks: Acks,
-    /// How long a batch waits for more records before it is sent.
+    /// How long a batch waits for more records before it is sent; 5 ms by
+    /// default.
     pub linger: Duration,
-    /// A batch is sent once it reaches this many encoded bytes.
+    /// A batch is sent once it reaches this many encoded bytes;
+    /// [`DEFAULT_BATCH_MAX_BYTES`] (250,000) by default.
     pub batch_max_bytes: usize,
-    /// Batches in flight per partition; at most
-    /// [`MAX_IDEMPOTENT_IN_FLIGHT`] when idempotent.
+    /// Batches in flight per partition, 8 by default; at most
+    /// [`MAX_IDEMPOTENT_IN_FLIGHT`] (32) when idempotent.
     pub window: usize,
     /// Stamp batches with a producer id and sequence so retries never
-    /// duplicate. Requires acks other than `None`.
+    /// duplicate; on by default. Requires acks other than `None`.
     pub idempotent: bool,
-    /// Give up on a batch that could not be delivered within this time.
+    /// Give up on a batch that could not be delivered within this time;
+    /// 120 s by default.
     pub delivery_timeout: Duration,
     /// Codec for the records of each batch (the batch's attribute bits say
     /// which). The broker stores and serves compressed batches as they are.
