@@ -17,6 +17,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -35,17 +36,19 @@ use crate::wire;
 pub use edgebus_proto::limits::{DEFAULT_BATCH_MAX_BYTES, MAX_IDEMPOTENT_IN_FLIGHT};
 pub use edgebus_proto::partitioner::partition_for_key;
 
-/// Producer settings. The defaults decide latency and throughput: a record
-/// waits up to `linger` (5 ms) for others to share its batch, so at low
-/// rates the linger is the latency floor (set it to zero to send each
-/// record at once), while at high rates full batches of `batch_max_bytes`
-/// go out `window` deep per partition.
+/// Producer settings. The defaults batch adaptively: a record goes out at
+/// once when its partition has room in its `window` of batches in flight,
+/// and records that arrive while the window is full share one batch that
+/// goes out as soon as a slot frees (or once it reaches
+/// `batch_max_bytes`). So there is no latency cost at low rates and batches
+/// fill by themselves at high rates. A non-zero `linger` switches to fixed
+/// batching instead: each batch waits that long for more records.
 #[derive(Debug, Clone)]
 pub struct ProducerConfig {
     /// Acknowledgement level; `Durable` (fsync before ack) by default.
     pub acks: Acks,
-    /// How long a batch waits for more records before it is sent; 5 ms by
-    /// default.
+    /// Zero (the default): adaptive batching, as described above. Else
+    /// how long a batch waits for more records before it is sent.
     pub linger: Duration,
     /// A batch is sent once it reaches this many encoded bytes;
     /// [`DEFAULT_BATCH_MAX_BYTES`] (250,000) by default.
@@ -69,7 +72,7 @@ impl Default for ProducerConfig {
     fn default() -> Self {
         ProducerConfig {
             acks: Acks::Durable,
-            linger: Duration::from_millis(5),
+            linger: Duration::ZERO,
             batch_max_bytes: DEFAULT_BATCH_MAX_BYTES,
             window: 8,
             idempotent: true,
@@ -244,6 +247,7 @@ impl Producer {
             None
         };
         let (tx, rx) = mpsc::channel(4096);
+        let (freed, freed_rx) = mpsc::unbounded_channel();
         let topics = Topics::default();
         let acc = Accumulator {
             client: client.clone(),
@@ -253,8 +257,9 @@ impl Producer {
             sticky: HashMap::new(),
             open: HashMap::new(),
             lanes: HashMap::new(),
+            freed,
         };
-        tokio::spawn(acc.run(rx));
+        tokio::spawn(acc.run(rx, freed_rx));
         Ok(Producer { tx, client, topics })
     }
 
@@ -325,13 +330,34 @@ impl Producer {
 struct OpenBatch {
     builder: BatchBuilder,
     acks: Vec<Ack>,
-    deadline: Instant,
+    /// When a fixed linger seals it; `None` when batching adaptively.
+    deadline: Option<Instant>,
 }
 
 struct Sealed {
     batch: Bytes,
     acks: Vec<Ack>,
     created: Instant,
+    /// Its place in its lane's window, given back when it is dropped.
+    _slot: WindowSlot,
+}
+
+/// One sealed batch counted against its lane's window from the moment it
+/// is sealed until it is dropped (acknowledged, failed or given up on),
+/// when the accumulator hears that the lane has room again.
+struct WindowSlot {
+    in_flight: Arc<AtomicUsize>,
+    key: Key,
+    freed: mpsc::UnboundedSender<Key>,
+}
+
+impl Drop for WindowSlot {
+    fn drop(&mut self) {
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        // The accumulator outlives every lane's batches but the last ones
+        // at shutdown, when nobody needs to hear.
+        let _ = self.freed.send(self.key.clone());
+    }
 }
 
 type Key = (String, u32);
@@ -344,6 +370,8 @@ struct Accumulator {
     sticky: HashMap<String, u32>,
     open: HashMap<Key, OpenBatch>,
     lanes: HashMap<Key, Lane>,
+    /// Told the lane of each batch that leaves its window.
+    freed: mpsc::UnboundedSender<Key>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -355,13 +383,27 @@ struct TopicLimits {
 struct Lane {
     tx: mpsc::Sender<Sealed>,
     next_sequence: i32,
+    /// Batches sealed for this lane and not yet dropped.
+    in_flight: Arc<AtomicUsize>,
 }
 
 impl Accumulator {
-    async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Command>,
+        mut freed: mpsc::UnboundedReceiver<Key>,
+    ) {
         loop {
-            let deadline = self.open.values().map(|b| b.deadline).min();
+            let deadline = self.open.values().filter_map(|b| b.deadline).min();
             tokio::select! {
+                Some(key) = freed.recv() => {
+                    if self.config.linger.is_zero()
+                        && self.open.contains_key(&key)
+                        && self.has_room(&key)
+                    {
+                        self.seal(&key).await;
+                    }
+                }
                 cmd = rx.recv() => match cmd {
                     Some(Command::Send { topic, partition, record, ack }) => {
                         self.add(topic, partition, record, ack).await;
@@ -380,7 +422,7 @@ impl Accumulator {
                     let due: Vec<Key> = self
                         .open
                         .iter()
-                        .filter(|(_, b)| b.deadline <= now)
+                        .filter(|(_, b)| b.deadline.is_some_and(|d| d <= now))
                         .map(|(k, _)| k.clone())
                         .collect();
                     for key in due {
@@ -449,15 +491,24 @@ impl Accumulator {
         let open = self.open.entry(key.clone()).or_insert_with(|| OpenBatch {
             builder: BatchBuilder::with_capacity(cap),
             acks: Vec::new(),
-            deadline: Instant::now() + linger,
+            deadline: (!linger.is_zero()).then(|| Instant::now() + linger),
         });
         open.builder.push(&record);
         open.acks.push(ack);
-        // With no linger, seal now rather than arm a timer: tokio's timer
-        // has millisecond granularity and would add up to 1 ms per batch.
-        if linger.is_zero() || open.builder.size_bytes() >= self.config.batch_max_bytes {
+        let full = open.builder.size_bytes() >= self.config.batch_max_bytes;
+        // Adaptive: nothing is waiting in the lane's window, so waiting
+        // here would only add latency; when the window is full, the batch
+        // grows until a slot frees.
+        if full || (linger.is_zero() && self.has_room(&key)) {
             self.seal(&key).await;
         }
+    }
+
+    /// Whether `key`'s lane has fewer batches in flight than its window.
+    fn has_room(&self, key: &Key) -> bool {
+        self.lanes
+            .get(key)
+            .is_none_or(|lane| lane.in_flight.load(Ordering::Acquire) < self.config.window.max(1))
     }
 
     async fn seal(&mut self, key: &Key) {
@@ -478,6 +529,7 @@ impl Accumulator {
         let lane = self.lanes.entry(key.clone()).or_insert_with(|| Lane {
             tx: LaneTask::spawn(self.client.clone(), key.clone(), self.config.clone()),
             next_sequence: 0,
+            in_flight: Arc::new(AtomicUsize::new(0)),
         });
         let stamp = match self.producer {
             Some((producer_id, producer_epoch)) => ProducerStamp {
@@ -498,10 +550,16 @@ impl Accumulator {
             }
         };
         lane.next_sequence = lane.next_sequence.wrapping_add(count as i32) & i32::MAX;
+        lane.in_flight.fetch_add(1, Ordering::AcqRel);
         let sealed = Sealed {
             batch,
             acks: open.acks,
             created: Instant::now(),
+            _slot: WindowSlot {
+                in_flight: Arc::clone(&lane.in_flight),
+                key: key.clone(),
+                freed: self.freed.clone(),
+            },
         };
         if let Err(mpsc::error::SendError(sealed)) = lane.tx.send(sealed).await {
             fail_all(sealed.acks, || ClientError::Closed);

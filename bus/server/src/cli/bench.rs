@@ -77,8 +77,9 @@ pub struct BenchArgs {
     /// Producer batch size in bytes.
     #[arg(long, default_value_t = edgebus_client::producer::DEFAULT_BATCH_MAX_BYTES)]
     batch_bytes: usize,
-    /// Producer linger in milliseconds.
-    #[arg(long, default_value_t = 2)]
+    /// Producer linger in milliseconds; 0 (the SDK's default) batches
+    /// adaptively.
+    #[arg(long, default_value_t = 0)]
     linger_ms: u64,
     /// Send at this steady rate (records/s); 0 sends as fast as possible.
     #[arg(long, default_value_t = 0)]
