@@ -138,7 +138,12 @@ fn closed_stdout_ends_every_command_quietly_with_zero(broker: &Broker) {
     assert_eq!(first.trim_end(), format!("k\t{line}"));
     let status = wait_with_deadline(&mut consume, Duration::from_secs(30));
     let mut err = String::new();
-    consume.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    consume
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
     assert!(
         status.success() && err.is_empty(),
         "consume: {status}: {err}"
@@ -146,7 +151,10 @@ fn closed_stdout_ends_every_command_quietly_with_zero(broker: &Broker) {
 
     // A command that prints through `println!`, its stdout closed before
     // it writes anything.
-    for args in [["topic", "list", "--output", "json"], ["topic", "list", "--output", "text"]] {
+    for args in [
+        ["topic", "list", "--output", "json"],
+        ["topic", "list", "--output", "text"],
+    ] {
         let (reader, writer) = std::io::pipe().unwrap();
         drop(reader);
         let out = broker
@@ -167,7 +175,10 @@ fn closed_stdout_ends_every_command_quietly_with_zero(broker: &Broker) {
 /// Bug: `consume --max 0` printed one record.
 fn max_zero_prints_nothing(broker: &Broker) {
     assert_eq!(broker.ok(&["consume", "t", "--max", "0"]), "");
-    assert_eq!(broker.ok(&["consume", "t", "--max", "2"]).lines().count(), 2);
+    assert_eq!(
+        broker.ok(&["consume", "t", "--max", "2"]).lines().count(),
+        2
+    );
 }
 
 fn errors_are_json_or_yaml_on_stderr_as_output_asks(broker: &Broker) {
@@ -216,9 +227,20 @@ fn from_minus_n_prints_the_last_n_of_each_partition(broker: &Broker) {
     };
     assert_eq!(offsets("-2"), [(0, 3), (0, 4), (1, 1), (1, 2)]);
     assert_eq!(offsets("-4").len(), 4 + 3, "fewer than N: all of them");
-    let yaml = broker.ok(&["consume", "t", "--from=-1", "--partition", "1", "--output", "yaml"]);
+    let yaml = broker.ok(&[
+        "consume",
+        "t",
+        "--from=-1",
+        "--partition",
+        "1",
+        "--output",
+        "yaml",
+    ]);
     let doc: Value = serde_yaml_ng::from_str(yaml.trim_start_matches("---\n")).unwrap();
-    assert_eq!((doc["offset"].as_u64(), doc["value"].as_str()), (Some(2), Some("b2")));
+    assert_eq!(
+        (doc["offset"].as_u64(), doc["value"].as_str()),
+        (Some(2), Some("b2"))
+    );
 }
 
 /// Bug: `--from N` past one partition's log end printed nothing for it,
@@ -255,7 +277,11 @@ fn format_template_and_print_flags_shape_each_line(broker: &Broker) {
         "--format",
         r"%t %p %o %k %v [%h] %T %%\t.\n",
     ]);
-    let (head, time) = out.strip_suffix(" %\t.\n").unwrap().rsplit_once(' ').unwrap();
+    let (head, time) = out
+        .strip_suffix(" %\t.\n")
+        .unwrap()
+        .rsplit_once(' ')
+        .unwrap();
     assert_eq!(head, "t 1 2 k b2 []");
     time::OffsetDateTime::parse(time, &time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|e| panic!("{time:?} is not RFC 3339: {e}"));
@@ -276,7 +302,11 @@ fn format_template_and_print_flags_shape_each_line(broker: &Broker) {
 
     let out = broker.run(&["consume", "t", "--format", "%v %x"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("unknown directive %x"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("unknown directive %x"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 /// Bug: Ctrl-C on `consume --group G` killed the process without leaving
@@ -304,7 +334,12 @@ fn sigint_in_a_group_commits_leaves_and_exits_zero(broker: &Broker) {
     assert!(kill.success());
     let status = wait_with_deadline(&mut consume, Duration::from_secs(5));
     let mut err = String::new();
-    consume.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    consume
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
     assert!(status.success(), "consume after SIGINT: {status}: {err}");
 
     // Well inside the 10 s session timeout: the member left, and every
@@ -317,14 +352,22 @@ fn sigint_in_a_group_commits_leaves_and_exits_zero(broker: &Broker) {
         .as_array()
         .unwrap()
         .iter()
-        .map(|p| (p["partition"].as_u64().unwrap(), p["committed"].as_u64().unwrap()))
+        .map(|p| {
+            (
+                p["partition"].as_u64().unwrap(),
+                p["committed"].as_u64().unwrap(),
+            )
+        })
         .collect();
     committed.sort_unstable();
     assert_eq!(committed, [(0, 5), (1, 3)], "{d}");
 }
 
 fn help_shows_examples() {
-    let out = Command::new(BIN).args(["consume", "--help"]).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["consume", "--help"])
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let help = String::from_utf8(out.stdout).unwrap();
     assert!(help.contains("Examples:\n  edgebus consume"), "{help}");

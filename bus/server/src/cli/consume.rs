@@ -120,18 +120,13 @@ impl ConsumeArgs {
             key: self.print_keys,
             headers: self.print_headers,
         };
-        if self.output != Output::Text && (self.format.is_some() || columns != Columns::default())
-        {
+        if self.output != Output::Text && (self.format.is_some() || columns != Columns::default()) {
             return Err(Failure::new(
                 2,
                 "--format and --print-* shape text output; they cannot be used with --output json or yaml",
             ));
         }
-        Ok(RecordFormat::new(
-            self.output,
-            self.format.clone(),
-            columns,
-        ))
+        Ok(RecordFormat::new(self.output, self.format.clone(), columns))
     }
 }
 
@@ -166,9 +161,9 @@ fn parse_start(s: &str) -> Result<Start, String> {
             .map(Start::Last)
             .map_err(|_| format!("{s:?} is not -N (the last N records of each partition)")),
         None if s.starts_with('@') => parse_from(s).map(Start::At),
-        None => parse_from(s).map(Start::At).map_err(|_| {
-            format!("{s:?} is not earliest, latest, an offset, -N or @RFC3339")
-        }),
+        None => parse_from(s)
+            .map(Start::At)
+            .map_err(|_| format!("{s:?} is not earliest, latest, an offset, -N or @RFC3339")),
     }
 }
 

@@ -14,7 +14,7 @@
 //! With `--output json` the error is one JSON object on stderr,
 //! `{"error": "…", "code": N}`, and with `--output yaml` the same as a YAML
 //! document. A reader that closes stdout early (`| head -1`) ends the
-//! command quietly with 0, as it does `cat`.
+//! command quietly with 0, as it ends `cat`.
 
 use std::process::ExitCode;
 
@@ -84,7 +84,7 @@ fn usage_error(e: clap::Error) -> ! {
     let rendered = e.render().to_string();
     let first = rendered.lines().next().unwrap_or_default();
     report(output, 2, first.strip_prefix("error: ").unwrap_or(first));
-    std::process::exit(e.exit_code());
+    std::process::exit(2);
 }
 
 /// `--output` as written on a command line clap refused, where no parsed
