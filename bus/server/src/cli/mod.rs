@@ -10,21 +10,28 @@
 //! | 3 | cannot reach or authenticate the broker |
 //! | 4 | the broker refused the request (unknown topic, topic exists, …) |
 //! | 5 | `produce`: some records were not acknowledged |
+//!
+//! With `--output json` the error is one JSON object on stderr,
+//! `{"error": "…", "code": N}`, and with `--output yaml` the same as a YAML
+//! document. A reader that closes stdout early (`| head -1`) ends the
+//! command quietly with 0, as it ends `cat`.
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use edgebus_client::ClientError;
 
 mod bench;
 mod connect;
 mod consume;
 mod demo;
+mod format;
 mod group;
 mod pipeline;
 mod plugin;
 mod produce;
 mod serve;
+mod stdout;
 mod topic;
 
 pub use connect::ConnectArgs;
@@ -35,6 +42,79 @@ pub use connect::ConnectArgs;
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// The `--output` of the chosen command, which decides how a failure
+    /// is reported.
+    #[arg(skip)]
+    output: Output,
+}
+
+impl Cli {
+    /// Parses the command line. A usage error ends the process with 2,
+    /// reported in the `--output` format asked for.
+    pub fn parse_or_exit() -> Cli {
+        let matches = Cli::command()
+            .try_get_matches()
+            .unwrap_or_else(|e| usage_error(e));
+        let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| usage_error(e));
+        cli.output = output_of(&matches);
+        cli
+    }
+}
+
+/// The `--output` of the innermost subcommand that has one; text if none.
+fn output_of(mut matches: &ArgMatches) -> Output {
+    loop {
+        if let Ok(Some(output)) = matches.try_get_one::<Output>("output") {
+            return *output;
+        }
+        match matches.subcommand() {
+            Some((_, sub)) => matches = sub,
+            None => return Output::Text,
+        }
+    }
+}
+
+fn usage_error(e: clap::Error) -> ! {
+    // Help and version go to stdout, and text-mode errors keep clap's own
+    // rendering with its usage line.
+    let output = output_in_raw_args();
+    if !e.use_stderr() || output == Output::Text {
+        e.exit();
+    }
+    let rendered = e.render().to_string();
+    let first = rendered.lines().next().unwrap_or_default();
+    report(output, 2, first.strip_prefix("error: ").unwrap_or(first));
+    std::process::exit(2);
+}
+
+/// `--output` as written on a command line clap refused, where no parsed
+/// matches exist to ask. clap takes no value starting with `--` for another
+/// flag, so an `--output` before any `--` is the flag itself.
+fn output_in_raw_args() -> Output {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    args.iter()
+        .take_while(|a| *a != "--")
+        .enumerate()
+        .find_map(|(i, a)| match a.strip_prefix("--output") {
+            Some("") => args.get(i + 1).map(String::as_str),
+            Some(v) => v.strip_prefix('='),
+            None => None,
+        })
+        .and_then(|v| Output::from_str(v, false).ok())
+        .unwrap_or_default()
+}
+
+/// Prints a failure on stderr in `output`'s format.
+fn report(output: Output, code: u8, message: &str) {
+    match output {
+        Output::Text => eprintln!("error: {message}"),
+        Output::Json | Output::Yaml => {
+            match output.render(&serde_json::json!({"error": message, "code": code})) {
+                Ok(text) => eprint!("{text}"),
+                Err(_) => eprintln!("error: {message}"),
+            }
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -79,6 +159,12 @@ impl Failure {
         }
     }
 
+    /// A reader closed stdout early (`| head -1`): stop, and exit 0 with
+    /// nothing on stderr, as `cat` does.
+    fn stdout_closed() -> Self {
+        Failure::new(0, "stdout closed")
+    }
+
     /// Some produced records were not acknowledged.
     fn unacknowledged(message: impl Into<String>) -> Self {
         Failure::new(5, message)
@@ -115,8 +201,9 @@ pub async fn run(cli: Cli) -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(f) if f.code == 0 => ExitCode::SUCCESS,
         Err(f) => {
-            eprintln!("error: {}", f.message);
+            report(cli.output, f.code, &f.message);
             ExitCode::from(f.code)
         }
     }
@@ -149,12 +236,20 @@ impl Output {
     /// command's own concern, so `Text` falls back to JSON here only for
     /// callers that have no text rendering of their own.
     pub fn emit(self, value: &serde_json::Value) {
+        match self.render(value) {
+            Ok(text) => print!("{text}"),
+            Err(f) => eprintln!("error: {}", f.message),
+        }
+    }
+
+    /// One structured result in this format, ending in a newline: a JSON
+    /// line, or a YAML document.
+    fn render(self, value: &serde_json::Value) -> Result<String, Failure> {
         match self {
-            Output::Text | Output::Json => println!("{value}"),
-            Output::Yaml => match serde_yaml_ng::to_string(value) {
-                Ok(doc) => print!("---\n{doc}"),
-                Err(e) => eprintln!("error: cannot render YAML: {e}"),
-            },
+            Output::Text | Output::Json => Ok(format!("{value}\n")),
+            Output::Yaml => serde_yaml_ng::to_string(value)
+                .map(|doc| format!("---\n{doc}"))
+                .map_err(|e| Failure::other(format!("cannot render YAML: {e}"))),
         }
     }
 }
