@@ -38,7 +38,7 @@
 //! - [`server`]: endpoint, connections, streams; hands each request to
 //!   [`cmd`], produce acks to [`cmd::produce`], subscriptions to [`feed`].
 //! - [`cmd`]: one handler per request family (topic, produce, fetch,
-//!   group, plugin, pipeline), each given the few handles it touches;
+//!   group, plugin, pipeline, node), each given the few handles it touches;
 //!   `dispatch` turns their errors into `Response::Error`.
 //! - [`broker`]: the handles to every part, made once at start.
 //! - [`feed`]: subscriptions: pushes batches as partitions grow, through a

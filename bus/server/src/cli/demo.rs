@@ -313,6 +313,7 @@ async fn build_plugins() -> Result<PathBuf, Failure> {
 /// The commands that take the demo's ideas to a broker of one's own.
 fn print_next_steps(plugins: &Path) {
     let wasm = plugins.join("json_filter.wasm");
+    let wasm = std::fs::canonicalize(&wasm).unwrap_or(wasm);
     println!("\n● try next, on a broker of your own");
     for (command, why) in [
         (
@@ -341,7 +342,7 @@ fn print_next_steps(plugins: &Path) {
             "how fast this machine is",
         ),
     ] {
-        println!("  {command}\n      # {why}");
+        println!("  # {why}\n  {command}");
     }
     println!("  more: README.md (plugins, pipelines, consumer groups, configuration)");
 }

@@ -111,9 +111,12 @@ fn path() -> Result<PathBuf, Failure> {
 }
 
 impl Profiles {
-    /// The profiles file, or none when it does not exist.
+    /// The profiles file, or none when it does not exist or there is no
+    /// config dir to hold one (a service without `HOME`, say).
     pub fn load() -> Result<Profiles, Failure> {
-        let path = path()?;
+        let Ok(path) = path() else {
+            return Ok(Profiles::default());
+        };
         match std::fs::read_to_string(&path) {
             Ok(text) => toml::from_str(&text)
                 .map_err(|e| Failure::other(format!("{}: {e}", path.display()))),
