@@ -150,6 +150,11 @@ frame_kinds! {
     Pipelines = 0x801a,
     /// [`Response::Error`].
     Error = 0xffff,
+    /// [`Request::NodeInfo`]; node and cluster requests are numbered from
+    /// 0x0040.
+    NodeInfo = 0x0040,
+    /// [`Response::NodeInfo`] (named apart from the request kind).
+    NodeInfoReply = 0x8040,
 }
 
 /// How durable a write must be before the broker acknowledges it.
@@ -402,6 +407,35 @@ pub struct PipelineDescription {
     pub counters: AttachCounters,
 }
 
+/// One broker node as it describes itself.
+///
+/// Layout: `str version, str commit, u64 uptime_ms, u32 count` of
+/// listeners (`str protocol, str addr`), `str data_dir, u64 data_bytes`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// The broker's release.
+    pub version: String,
+    /// The git commit it was built from; empty when unknown.
+    pub commit: String,
+    /// Time since the broker started.
+    pub uptime_ms: u64,
+    /// Every listener.
+    pub listeners: Vec<Listener>,
+    /// The data directory.
+    pub data_dir: String,
+    /// Bytes of the files under the data directory.
+    pub data_bytes: u64,
+}
+
+/// A bound listener of a node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    /// `quic` (later also `kafka`, `mqtt`).
+    pub protocol: String,
+    /// The bound socket address.
+    pub addr: String,
+}
+
 /// A request from a client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
@@ -600,6 +634,8 @@ pub enum Request {
         /// Pipeline name.
         name: String,
     },
+    /// The answering node's version, uptime, listeners and data dir.
+    NodeInfo,
 }
 
 /// A response from the broker.
@@ -706,6 +742,8 @@ pub enum Response {
         /// Committed offset and log end per partition of the group's topics.
         lag: Vec<GroupLag>,
     },
+    /// Reply to `NodeInfo`.
+    NodeInfo(NodeInfo),
 }
 
 impl Response {
@@ -950,6 +988,7 @@ impl Request {
             Request::PipelineList => FrameKind::PipelineList,
             Request::PipelineDescribe { .. } => FrameKind::PipelineDescribe,
             Request::PipelineDelete { .. } => FrameKind::PipelineDelete,
+            Request::NodeInfo => FrameKind::NodeInfo,
         }
     }
 
@@ -1058,7 +1097,7 @@ impl Request {
                 put_str(buf, name);
                 put_bytes(buf, wasm);
             }
-            Request::PluginList | Request::PipelineList => {}
+            Request::PluginList | Request::PipelineList | Request::NodeInfo => {}
             Request::PluginDescribe { name }
             | Request::PluginRemove { name }
             | Request::PipelineDescribe { name }
@@ -1198,6 +1237,7 @@ impl Request {
             FrameKind::PipelineList => Request::PipelineList,
             FrameKind::PipelineDescribe => Request::PipelineDescribe { name: r.str()? },
             FrameKind::PipelineDelete => Request::PipelineDelete { name: r.str()? },
+            FrameKind::NodeInfo => Request::NodeInfo,
             _ => return Err(FrameError::UnknownKind(header.kind)),
         };
         r.finish()?;
@@ -1225,6 +1265,7 @@ impl Response {
             Response::Plugins(_) => FrameKind::Plugins,
             Response::TopicPlugins { .. } => FrameKind::TopicPluginsReply,
             Response::Pipelines(_) => FrameKind::Pipelines,
+            Response::NodeInfo(_) => FrameKind::NodeInfoReply,
         }
     }
 
@@ -1357,6 +1398,18 @@ impl Response {
                     }
                     put_counters(buf, &p.counters);
                 }
+            }
+            Response::NodeInfo(n) => {
+                put_str(buf, &n.version);
+                put_str(buf, &n.commit);
+                buf.put_u64(n.uptime_ms);
+                buf.put_u32(n.listeners.len() as u32);
+                for l in &n.listeners {
+                    put_str(buf, &l.protocol);
+                    put_str(buf, &l.addr);
+                }
+                put_str(buf, &n.data_dir);
+                buf.put_u64(n.data_bytes);
             }
         }
         framing::finish_frame(buf, start, 0);
@@ -1504,6 +1557,27 @@ impl Response {
                     });
                 }
                 Response::Pipelines(pipelines)
+            }
+            FrameKind::NodeInfoReply => {
+                let version = r.str()?;
+                let commit = r.str()?;
+                let uptime_ms = r.u64()?;
+                let n = r.count(4)?;
+                let mut listeners = Vec::with_capacity(n);
+                for _ in 0..n {
+                    listeners.push(Listener {
+                        protocol: r.str()?,
+                        addr: r.str()?,
+                    });
+                }
+                Response::NodeInfo(NodeInfo {
+                    version,
+                    commit,
+                    uptime_ms,
+                    listeners,
+                    data_dir: r.str()?,
+                    data_bytes: r.u64()?,
+                })
             }
             _ => return Err(FrameError::UnknownKind(header.kind)),
         };
@@ -1932,6 +2006,7 @@ mod tests {
             ("[a-z]{1,8}", "[a-z]{1,8}", arb_position())
                 .prop_map(|(group, topic, to)| Request::ResetOffsets { group, topic, to }),
             "[a-z]{1,8}".prop_map(|group| Request::DeleteGroup { group }),
+            Just(Request::NodeInfo),
         ]
     }
 
@@ -2180,6 +2255,26 @@ mod tests {
                         lag,
                     }
                 }),
+            (
+                ("[0-9.]{1,8}", "[0-9a-f]{0,12}", any::<u64>()),
+                proptest::collection::vec(("[a-z]{1,5}", "[0-9.:]{1,21}"), 0..3),
+                ("\\PC{0,20}", any::<u64>())
+            )
+                .prop_map(
+                    |((version, commit, uptime_ms), listeners, (data_dir, data_bytes))| {
+                        Response::NodeInfo(NodeInfo {
+                            version,
+                            commit,
+                            uptime_ms,
+                            listeners: listeners
+                                .into_iter()
+                                .map(|(protocol, addr)| Listener { protocol, addr })
+                                .collect(),
+                            data_dir,
+                            data_bytes,
+                        })
+                    }
+                ),
         ]
     }
 

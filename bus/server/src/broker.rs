@@ -6,6 +6,7 @@ use std::sync::Arc;
 use edgebus_store::{LogStore, StoreError};
 
 use crate::attach::Attachments;
+use crate::cmd::node::NodeFacts;
 use crate::config::Limits;
 use crate::dlq::DeadLetters;
 use crate::feed::Subscriptions;
@@ -42,6 +43,8 @@ pub struct Broker {
     pub pipelines: Pipelines,
     /// Subscription feeds.
     pub subscriptions: Subscriptions,
+    /// What this node is, for `NodeInfo`.
+    pub node: Arc<NodeFacts>,
 }
 
 impl Broker {
@@ -52,6 +55,7 @@ impl Broker {
         limits: Limits,
         registry: Arc<Registry>,
         attachments: Arc<Attachments>,
+        node: NodeFacts,
     ) -> Result<Broker, StoreError> {
         let notifier = Notifier::default();
         let writer = Writer::spawn(
@@ -96,6 +100,7 @@ impl Broker {
             dead_letters,
             pipelines,
             subscriptions,
+            node: Arc::new(node),
         })
     }
 }

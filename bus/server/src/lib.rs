@@ -38,7 +38,7 @@
 //! - [`server`]: endpoint, connections, streams; hands each request to
 //!   [`cmd`], produce acks to [`cmd::produce`], subscriptions to [`feed`].
 //! - [`cmd`]: one handler per request family (topic, produce, fetch,
-//!   group, plugin, pipeline), each given the few handles it touches;
+//!   group, plugin, pipeline, node), each given the few handles it touches;
 //!   `dispatch` turns their errors into `Response::Error`.
 //! - [`broker`]: the handles to every part, made once at start.
 //! - [`feed`]: subscriptions: pushes batches as partitions grow, through a
@@ -198,6 +198,7 @@ pub async fn start_with_store(
     config: Config,
     store: Arc<dyn LogStore>,
 ) -> Result<RunningBroker, StartError> {
+    let started = std::time::Instant::now();
     ensure_data_dir(&config)?;
     let files = tls::resolve(&config)?;
     let tls = tls::server_config(&files, config.tls.client_ca.as_deref())?;
@@ -237,11 +238,20 @@ pub async fn start_with_store(
     let registry = Arc::new(registry::Registry::new(engine, store.clone()));
     let attachments = attach::Attachments::restore(registry.clone(), store.clone())
         .map_err(|e| StartError::Plugins(e.to_string()))?;
+    let node = cmd::node::NodeFacts {
+        started,
+        listeners: vec![edgebus_proto::frame::Listener {
+            protocol: "quic".into(),
+            addr: addr.to_string(),
+        }],
+        data_dir: std::path::absolute(&config.data_dir).unwrap_or(config.data_dir.clone()),
+    };
     let broker = Broker::new(
         store.clone(),
         config.limits.clone(),
         registry,
         Arc::new(attachments),
+        node,
     )?;
     broker.pipelines.restore();
     let pipelines = broker.pipelines.clone();

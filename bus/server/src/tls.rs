@@ -54,8 +54,18 @@ pub struct TlsFiles {
 }
 
 /// Resolves the broker's certificate: the configured one, or the local CA's
-/// (created on first start).
+/// (created on first start). Warns when a private key it will use is
+/// readable by other users.
 pub fn resolve(config: &Config) -> Result<TlsFiles, TlsError> {
+    let files = resolve_files(config)?;
+    warn_if_exposed(&files.key);
+    if files.local_ca.is_some() {
+        warn_if_exposed(&local_ca_key_path(&config.data_dir));
+    }
+    Ok(files)
+}
+
+fn resolve_files(config: &Config) -> Result<TlsFiles, TlsError> {
     match (&config.tls.cert, &config.tls.key) {
         (Some(cert), Some(key)) => Ok(TlsFiles {
             cert: cert.clone(),
@@ -86,10 +96,7 @@ pub fn ensure_local_ca(data_dir: &Path) -> Result<TlsFiles, TlsError> {
     if files.cert.exists() && files.key.exists() && ca_pem.exists() {
         return Ok(files);
     }
-    std::fs::create_dir_all(&dir).map_err(|source| TlsError::Io {
-        path: dir.clone(),
-        source,
-    })?;
+    create_private_dir(&dir)?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca_params
@@ -107,9 +114,12 @@ pub fn ensure_local_ca(data_dir: &Path) -> Result<TlsFiles, TlsError> {
         &["localhost", "127.0.0.1", "::1"],
         ExtendedKeyUsagePurpose::ServerAuth,
     )?;
-    write(&dir.join("ca.key"), &ca_key.serialize_pem())?;
+    write_private(
+        &local_ca_key_path(data_dir),
+        ca_key.serialize_pem().as_bytes(),
+    )?;
     write(&ca_pem, &ca_cert.pem())?;
-    write(&files.key, &server_key)?;
+    write_private(&files.key, server_key.as_bytes())?;
     write(&files.cert, &server_pem)?;
     Ok(TlsFiles {
         created: true,
@@ -141,11 +151,86 @@ pub fn issue(
     Ok((cert.pem(), key.serialize_pem()))
 }
 
+/// The private key of the local CA in `data_dir`.
+pub fn local_ca_key_path(data_dir: &Path) -> PathBuf {
+    local::tls_dir(data_dir).join("ca.key")
+}
+
 fn write(path: &Path, contents: &str) -> Result<(), TlsError> {
     std::fs::write(path, contents).map_err(|source| TlsError::Io {
         path: path.to_owned(),
         source,
     })
+}
+
+/// Permission bits of secrets the broker writes: its owner's alone.
+#[cfg(unix)]
+const PRIVATE_FILE_MODE: u32 = 0o600;
+/// Permission bits of the directory holding the local CA's keys.
+#[cfg(unix)]
+const PRIVATE_DIR_MODE: u32 = 0o700;
+
+/// Creates `dir` (and its parents) readable by its owner alone. An existing
+/// directory keeps its mode: it may be the operator's.
+fn create_private_dir(dir: &Path) -> Result<(), TlsError> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, PRIVATE_DIR_MODE);
+    builder.create(dir).map_err(|source| TlsError::Io {
+        path: dir.to_owned(),
+        source,
+    })
+}
+
+/// Writes a secret readable and writable by its owner alone. The mode is
+/// set at creation, so the secret is never readable by others, even
+/// briefly, and again after writing, for a file that existed before.
+fn write_private(path: &Path, contents: &[u8]) -> Result<(), TlsError> {
+    use std::io::Write;
+    let io = |source| TlsError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, PRIVATE_FILE_MODE);
+    let mut file = options.open(path).map_err(io)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(std::fs::Permissions::from_mode(PRIVATE_FILE_MODE))
+            .map_err(io)?;
+    }
+    file.write_all(contents).map_err(io)
+}
+
+/// Whether a file's mode lets its group or other users read or write it.
+#[cfg(unix)]
+pub fn is_exposed(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o077 != 0)
+}
+
+/// Whether a file's mode lets its group or other users read or write it
+/// (never, where there are no Unix modes).
+#[cfg(not(unix))]
+pub fn is_exposed(_path: &Path) -> bool {
+    false
+}
+
+/// Logs a warning when the private key at `path` is open to other users:
+/// anyone who reads it can impersonate the broker (or, for the CA's key,
+/// mint certificates clients trust).
+pub fn warn_if_exposed(path: &Path) {
+    if is_exposed(path) {
+        tracing::warn!(
+            "{} holds a private key but other users may read it; restrict it with \
+             `chmod 600 {0}`",
+            path.display()
+        );
+    }
 }
 
 /// The key that the broker's QUIC connection IDs are validated with,
@@ -172,7 +257,10 @@ pub fn stateless_reset_key(data_dir: &Path) -> Result<Arc<ring::hmac::Key>, TlsE
         source,
     };
     let secret = match std::fs::read(&path) {
-        Ok(bytes) if bytes.len() == 32 => bytes,
+        Ok(bytes) if bytes.len() == 32 => {
+            warn_if_exposed(&path);
+            bytes
+        }
         Ok(_) => {
             return Err(TlsError::Invalid(format!(
                 "{} is not 32 bytes",
@@ -185,7 +273,7 @@ pub fn stateless_reset_key(data_dir: &Path) -> Result<Arc<ring::hmac::Key>, TlsE
                 .secure_random
                 .fill(&mut bytes)
                 .map_err(|_| TlsError::Invalid("no secure random source".into()))?;
-            std::fs::write(&path, &bytes).map_err(io)?;
+            write_private(&path, &bytes)?;
             bytes
         }
         Err(e) => return Err(io(e)),
@@ -252,4 +340,31 @@ pub fn server_config(
         .map_err(|e| invalid(&e))?;
     config.alpn_protocols = vec![ALPN.to_vec()];
     Ok(config)
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    /// Regression: `tls/ca.key` and `tls/server.key` were written with the
+    /// process umask's mode (0644), readable by every local user.
+    #[test]
+    fn ensure_local_ca_keys_are_owner_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = ensure_local_ca(dir.path()).unwrap();
+        assert_eq!(mode(&local::tls_dir(dir.path())), 0o700);
+        assert_eq!(mode(&local_ca_key_path(dir.path())), 0o600);
+        assert_eq!(mode(&files.key), 0o600);
+        stateless_reset_key(dir.path()).unwrap();
+        assert_eq!(mode(&dir.path().join("stateless-reset.key")), 0o600);
+        assert!(!is_exposed(&files.key));
+        std::fs::set_permissions(&files.key, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(is_exposed(&files.key));
+    }
 }

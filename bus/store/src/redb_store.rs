@@ -264,6 +264,31 @@ macro_rules! storage_wrapping_error {
 
 storage_wrapping_error!(DatabaseError, TransactionError, TableError, CommitError);
 
+/// An error opening the redb file at `path`, naming the file: redb's own
+/// messages ("Database already open. Cannot acquire lock.") do not say
+/// which.
+fn opening(path: &Path, e: redb::DatabaseError) -> StoreError {
+    match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Backend(format!(
+            "{} is locked: it is already open (is another `edgebus serve` using this data \
+             dir?)",
+            path.display()
+        )),
+        other => naming(path, other.into()),
+    }
+}
+
+/// `e` with `path` put before its detail, where it has a free-form one.
+fn naming(path: &Path, e: StoreError) -> StoreError {
+    let named = |detail: String| format!("{}: {detail}", path.display());
+    match e {
+        StoreError::Io(detail) => StoreError::Io(named(detail)),
+        StoreError::Backend(detail) => StoreError::Backend(named(detail)),
+        StoreError::Recovering(detail) => StoreError::Recovering(named(detail)),
+        other => other,
+    }
+}
+
 impl From<redb::SetDurabilityError> for StoreError {
     fn from(e: redb::SetDurabilityError) -> Self {
         StoreError::Backend(e.to_string())
@@ -415,9 +440,13 @@ impl RedbStore {
     /// IO error opens the same path but never creates it: a file that
     /// vanished is an error, not a new empty store.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = Database::create(path)?;
-        let path = path.to_owned();
-        Self::init(db, Box::new(move || Ok(Database::open(&path)?)))
+        let db = Database::create(path).map_err(|e| opening(path, e))?;
+        let reopen_path = path.to_owned();
+        Self::init(
+            db,
+            Box::new(move || Database::open(&reopen_path).map_err(|e| opening(&reopen_path, e))),
+        )
+        .map_err(|e| naming(path, e))
     }
 
     /// Opens the store on caller-supplied redb backends: a fault-injecting
@@ -1549,6 +1578,33 @@ mod tests {
         Database::builder()
             .create_with_backend(InMemoryBackend::new())
             .unwrap()
+    }
+
+    /// Regression: opening a data dir another broker holds failed with
+    /// redb's bare "Database already open. Cannot acquire lock.", naming no
+    /// file.
+    #[test]
+    fn open_of_a_file_already_open_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("edgebus.redb");
+        let _first = RedbStore::open(&path).unwrap();
+        let Err(e) = RedbStore::open(&path) else {
+            panic!("a second open of {} succeeded", path.display());
+        };
+        let message = e.to_string();
+        assert!(message.contains(&path.display().to_string()), "{message}");
+        assert!(message.contains("locked"), "{message}");
+    }
+
+    #[test]
+    fn open_of_an_unusable_path_names_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("missing-dir/edgebus.redb");
+        let Err(e) = RedbStore::open(&path) else {
+            panic!("opened {}", path.display());
+        };
+        assert!(matches!(e, StoreError::Io(_)), "{e:?}");
+        assert!(e.to_string().contains(&path.display().to_string()), "{e}");
     }
 
     #[test]

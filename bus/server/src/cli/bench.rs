@@ -12,7 +12,13 @@
 //! - `commit`: consumer-group offset commits/s; latency is per commit.
 //! - `rebalance`: time from a member's death to a completed rebalance; the
 //!   latency figures are those times.
+//!
+//! On a broker of the user's (`--broker`) the bench changes nothing it did
+//! not make: the plugins it needs are registered under names of its own,
+//! and its topic, dead-letter topic, groups and plugins are removed when it
+//! ends, also after an error or Ctrl-C.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -26,6 +32,7 @@ use edgebus_client::{
     PartitionOffset, PluginRef, Position, Producer, ProducerConfig, Record, SubscribeConfig,
     Subscription, TopicSpec,
 };
+use edgebus_proto::ErrorCode;
 use edgebus_proto::frame::{Request, Response};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
@@ -34,8 +41,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use tokio::sync::mpsc;
 
+use super::connect::parse_duration;
 use super::plugin::parse_plugin_ref;
-use super::{AcksArg, Failure, Output};
+use super::{AcksArg, ConnectArgs, Failure, Output};
 use edgebus::config::Config;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -55,6 +63,9 @@ pub enum Mode {
 }
 
 #[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  edgebus bench produce --records 200000 --size 1024          # on a broker of its own, in a temp dir
+  edgebus bench consume --broker localhost:7171 --json --filter 'json-filter:field=n,op=<,value=0'")]
 pub struct BenchArgs {
     /// What to measure.
     #[arg(value_enum)]
@@ -91,7 +102,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 1000)]
     session_ms: u64,
     /// Run this bundled plugin on the bench topic's ingest path,
-    /// `NAME[:key=value,…]`; repeat for a chain.
+    /// `NAME[:key=value,…]`; repeat for a chain. It is registered for the
+    /// run under a name of the bench's own and removed after.
     #[arg(long = "ingest", value_parser = parse_plugin_ref)]
     ingest: Vec<PluginRef>,
     /// `consume`/`e2e`: have the broker run this bundled plugin on the read
@@ -112,12 +124,16 @@ pub struct BenchArgs {
     /// stored and the compression ratio.
     #[arg(long, default_value = "none")]
     compression: Compression,
-    /// Use this broker instead of starting one in a temp dir.
+    /// Use this broker (HOST:PORT) instead of starting one in a temp dir.
     #[arg(long)]
-    broker: Option<SocketAddr>,
-    /// CA of `--broker` (default: the local CA of the default data dir).
+    broker: Option<String>,
+    /// CA of `--broker` (default: the current profile's, else the local CA
+    /// of the default data dir).
     #[arg(long)]
     ca: Option<PathBuf>,
+    /// Give up when `--broker` does not answer within this long.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    connect_timeout: Duration,
     /// `json` prints one object with the results.
     #[arg(long, value_enum, default_value_t)]
     output: Output,
@@ -132,11 +148,95 @@ struct Report {
 
 pub async fn run(args: BenchArgs) -> Result<(), Failure> {
     let (client, local) = connect(&args).await?;
-    let topic = format!(
-        "bench-{}-{}",
-        std::process::id(),
-        edgebus::retention::now_ms()
-    );
+    let mut made = Made {
+        topic: format!(
+            "bench-{}-{}",
+            std::process::id(),
+            edgebus::retention::now_ms()
+        ),
+        ..Made::default()
+    };
+    // Ctrl-C ends the run early but still cleans up.
+    let outcome = tokio::select! {
+        outcome = bench(&client, &args, &mut made) => outcome,
+        _ = tokio::signal::ctrl_c() => Err(Failure::other("interrupted")),
+    };
+    made.remove(&client).await;
+    if let Some((broker, _dir)) = local {
+        broker.shutdown().await;
+    }
+    outcome
+}
+
+/// What the bench made on the broker, to remove when it ends however it
+/// ends.
+#[derive(Debug, Default)]
+struct Made {
+    topic: String,
+    topic_created: bool,
+    groups: Vec<String>,
+    /// Plugin name the user gave → the name registered for this run.
+    plugins: BTreeMap<String, String>,
+}
+
+impl Made {
+    /// The bench's own name for a plugin the user named.
+    fn plugin_name(&self, name: &str) -> String {
+        format!("{}-{name}", self.topic)
+    }
+
+    /// Deletes what the bench made; what is already gone is fine, anything
+    /// else is reported for the user to remove.
+    async fn remove(&self, client: &Client) {
+        let mut requests = Vec::new();
+        if self.topic_created {
+            requests.push(Request::DeleteTopic {
+                name: self.topic.clone(),
+            });
+            requests.push(Request::DeleteTopic {
+                name: edgebus::dlq::dlq_topic(&self.topic),
+            });
+        }
+        for group in &self.groups {
+            requests.push(Request::DeleteGroup {
+                group: group.clone(),
+            });
+        }
+        for name in self.plugins.values() {
+            requests.push(Request::PluginRemove { name: name.clone() });
+        }
+        for request in requests {
+            match client.request(&request).await {
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.code(),
+                        Some(
+                            ErrorCode::UnknownTopic
+                                | ErrorCode::UnknownGroup
+                                | ErrorCode::UnknownPlugin
+                        )
+                    ) => {}
+                Err(e) => eprintln!("warning: bench cleanup: {request:?}: {e}"),
+            }
+        }
+    }
+}
+
+/// The consumer groups a bench of `mode` commits for.
+fn groups(topic: &str, args: &BenchArgs) -> Vec<String> {
+    match args.mode {
+        Mode::Commit => (0..args.window.max(1) as u64)
+            .map(|t| commit_group(topic, t))
+            .collect(),
+        Mode::Rebalance => vec![rebalance_group(topic)],
+        _ => Vec::new(),
+    }
+}
+
+/// Sets up the topic and plugins, runs the measurement and reports it.
+async fn bench(client: &Client, args: &BenchArgs, made: &mut Made) -> Result<(), Failure> {
+    let topic = made.topic.clone();
     client
         .create_topic(TopicSpec {
             name: topic.clone(),
@@ -147,37 +247,36 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
             compression: edgebus_proto::batch::Compression::None,
         })
         .await?;
-    attach_plugins(&client, &topic, &args).await?;
+    made.topic_created = true;
+    made.groups = groups(&topic, args);
+    let args = &register_plugins(client, args, made).await?;
+    attach_ingest(client, &topic, args).await?;
     let report = match args.mode {
-        Mode::Produce => produce(&client, &topic, &args, progress(&args)).await?,
+        Mode::Produce => produce(client, &topic, args, progress(args)).await?,
         Mode::Consume => {
-            produce(&client, &topic, &args, ProgressBar::hidden()).await?;
-            consume(&client, &topic, &args, progress(&args), false).await?
+            produce(client, &topic, args, ProgressBar::hidden()).await?;
+            consume(client, &topic, args, progress(args), false).await?
         }
         Mode::E2e => {
             let consumer = {
                 let (client, topic) = (client.clone(), topic.clone());
-                let bench = args_clone(&args);
+                let bench = args_clone(args);
                 tokio::spawn(async move {
                     consume(&client, &topic, &bench, ProgressBar::hidden(), true).await
                 })
             };
-            produce(&client, &topic, &args, progress(&args)).await?;
+            produce(client, &topic, args, progress(args)).await?;
             consumer.await.map_err(Failure::other)??
         }
-        Mode::Commit => commits(&client, &topic, &args, progress(&args)).await?,
-        Mode::Rebalance => rebalance(&client, &topic, &args).await?,
+        Mode::Commit => commits(client, &topic, args, progress(args)).await?,
+        Mode::Rebalance => rebalance(client, &topic, args).await?,
     };
     let stored = if args.compression == Compression::None {
         None
     } else {
-        Some(stored_bytes(&client, &topic, args.partitions).await?)
+        Some(stored_bytes(client, &topic, args.partitions).await?)
     };
-    print_report(&args, &report, stored);
-    client.delete_topic(&topic).await?;
-    if let Some((broker, _dir)) = local {
-        broker.shutdown().await;
-    }
+    print_report(args, &report, stored);
     Ok(())
 }
 
@@ -199,8 +298,9 @@ fn args_clone(a: &BenchArgs) -> BenchArgs {
         json: a.json,
         sensor_json: a.sensor_json,
         compression: a.compression,
-        broker: a.broker,
+        broker: a.broker.clone(),
         ca: a.ca.clone(),
+        connect_timeout: a.connect_timeout,
         output: a.output,
     }
 }
@@ -208,11 +308,10 @@ fn args_clone(a: &BenchArgs) -> BenchArgs {
 type LocalBroker = Option<(edgebus::RunningBroker, tempfile::TempDir)>;
 
 async fn connect(args: &BenchArgs) -> Result<(Client, LocalBroker), Failure> {
-    if let Some(addr) = args.broker {
-        let ca = args.ca.clone().unwrap_or_else(|| {
-            edgebus_client::local::local_ca_path(&edgebus_client::local::default_data_dir())
-        });
-        let client = Client::connect(ClientConfig::new(addr, ca)).await?;
+    if let Some(broker) = &args.broker {
+        let client = ConnectArgs::for_broker(broker.clone(), args.ca.clone(), args.connect_timeout)
+            .connect()
+            .await?;
         return Ok((client, None));
     }
     let dir = tempfile::tempdir().map_err(Failure::other)?;
@@ -242,8 +341,14 @@ fn progress(args: &BenchArgs) -> ProgressBar {
     bar
 }
 
-/// Registers the bundled plugins the bench names and attaches `--ingest`.
-async fn attach_plugins(client: &Client, topic: &str, args: &BenchArgs) -> Result<(), Failure> {
+/// Registers the bundled plugins the bench names under names of its own
+/// (so a plugin of the user's with the same name is never replaced) and
+/// returns the arguments with the chains naming those.
+async fn register_plugins(
+    client: &Client,
+    args: &BenchArgs,
+    made: &mut Made,
+) -> Result<BenchArgs, Failure> {
     let names: std::collections::BTreeSet<&str> = args
         .ingest
         .iter()
@@ -252,13 +357,34 @@ async fn attach_plugins(client: &Client, topic: &str, args: &BenchArgs) -> Resul
         .collect();
     for name in names {
         let wasm = edgebus::bundled::wasm(&name.replace('-', "_")).map_err(Failure::other)?;
+        let own = made.plugin_name(name);
+        // Recorded first: a registration whose answer is lost may still
+        // have happened.
+        made.plugins.insert(name.to_owned(), own.clone());
         client
             .request(&Request::PluginAdd {
-                name: name.to_owned(),
+                name: own,
                 wasm: wasm.into(),
             })
             .await?;
     }
+    let rename = |chain: &[PluginRef]| -> Vec<PluginRef> {
+        chain
+            .iter()
+            .map(|p| PluginRef {
+                name: made.plugins[&p.name].clone(),
+                params: p.params.clone(),
+            })
+            .collect()
+    };
+    let mut renamed = args_clone(args);
+    renamed.ingest = rename(&args.ingest);
+    renamed.filters = rename(&args.filters);
+    Ok(renamed)
+}
+
+/// Attaches `--ingest` to the bench topic.
+async fn attach_ingest(client: &Client, topic: &str, args: &BenchArgs) -> Result<(), Failure> {
     if !args.ingest.is_empty() {
         client
             .request(&Request::SetIngest {
@@ -548,6 +674,16 @@ async fn consume(
     })
 }
 
+/// The group committer `t` of `commit` commits for.
+fn commit_group(topic: &str, t: u64) -> String {
+    format!("{topic}-commit-{t}")
+}
+
+/// The group `rebalance` runs its members in.
+fn rebalance_group(topic: &str) -> String {
+    format!("{topic}-rebalance")
+}
+
 /// `--window` tasks each commit offsets for a group of their own in a loop;
 /// the broker's writer puts every commit waiting at once into one fsync.
 async fn commits(
@@ -566,7 +702,7 @@ async fn commits(
             let mut histogram = new_histogram();
             for i in 0..per_task {
                 let request = Request::CommitOffsets {
-                    group: format!("bench-{t}"),
+                    group: commit_group(&topic, t),
                     member_id: String::new(),
                     epoch: 0,
                     offsets: vec![PartitionOffset {
@@ -604,7 +740,7 @@ async fn commits(
 async fn rebalance(client: &Client, topic: &str, args: &BenchArgs) -> Result<Report, Failure> {
     let session = Duration::from_millis(args.session_ms);
     let config = || {
-        let mut c = GroupConfig::new(format!("bench-rebalance-{topic}"), vec![topic.to_owned()]);
+        let mut c = GroupConfig::new(rebalance_group(topic), vec![topic.to_owned()]);
         c.session_timeout = session;
         c
     };

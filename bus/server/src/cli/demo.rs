@@ -4,11 +4,13 @@
 //! simulates IoT sensors. On ingest, `json-filter` drops garbage and
 //! impossible readings and `redact` masks the owner field; a pipeline
 //! downsamples into a second topic; a consumer asks the broker to filter
-//! on its read path. Then it prints what consumers see and every counter.
+//! on its read path. Then it prints what consumers see and every counter,
+//! and what to try next.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use clap::Args;
 use edgebus_client::{
@@ -16,12 +18,16 @@ use edgebus_client::{
     Subscription, TopicSpec,
 };
 use edgebus_proto::frame::{FailurePolicy, Request, Response};
+use indicatif::{ProgressBar, ProgressStyle};
 
 use super::Failure;
 use super::plugin::chain_text;
 use edgebus::config::Config;
 
 #[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  edgebus demo                                    # builds the bundled plugins first (minutes, once)
+  edgebus demo --sensors 8 --readings 1000 --plugins plugins/target/wasm32-wasip2/release")]
 pub struct DemoArgs {
     /// Simulated sensors.
     #[arg(long, default_value_t = 4)]
@@ -59,10 +65,7 @@ fn topic(name: &str, partitions: u32) -> TopicSpec {
 pub async fn run(args: DemoArgs) -> Result<(), Failure> {
     let dir = match args.plugins.clone() {
         Some(dir) => dir,
-        None => {
-            eprintln!("building the bundled plugins (plugins/build.sh)…");
-            edgebus::bundled::ensure_built().map_err(Failure::other)?
-        }
+        None => build_plugins().await?,
     };
     let data = tempfile::tempdir().map_err(Failure::other)?;
     let config = Config {
@@ -264,5 +267,82 @@ pub async fn run(args: DemoArgs) -> Result<(), Failure> {
     }
     drop(sub);
     broker.shutdown().await;
+    print_next_steps(&dir);
     Ok(())
+}
+
+/// How often a build that is not shown with a spinner (stderr is not a
+/// terminal) says it is still going.
+const BUILD_NOTE_INTERVAL: Duration = Duration::from_secs(15);
+
+/// Builds the bundled plugins, showing that it is busy: a first build
+/// compiles for minutes.
+async fn build_plugins() -> Result<PathBuf, Failure> {
+    eprintln!(
+        "▶ building the bundled plugins with plugins/build.sh (the first build takes a few \
+         minutes; later ones take seconds)"
+    );
+    let started = Instant::now();
+    let spinner = ProgressBar::new_spinner();
+    spinner.set_style(
+        ProgressStyle::with_template("  {spinner} compiling plugins for wasm32-wasip2 {elapsed}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    spinner.enable_steady_tick(Duration::from_millis(120));
+    let on_terminal = std::io::stderr().is_terminal();
+    let mut build = tokio::task::spawn_blocking(edgebus::bundled::ensure_built);
+    let mut notes = tokio::time::interval(BUILD_NOTE_INTERVAL);
+    notes.tick().await;
+    let built = loop {
+        tokio::select! {
+            built = &mut build => break built.map_err(Failure::other)?,
+            _ = notes.tick(), if !on_terminal => {
+                eprintln!("  … still building ({} s)", started.elapsed().as_secs());
+            }
+        }
+    };
+    spinner.finish_and_clear();
+    let dir = built.map_err(Failure::other)?;
+    eprintln!(
+        "▶ plugins built in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(dir)
+}
+
+/// The commands that take the demo's ideas to a broker of one's own.
+fn print_next_steps(plugins: &Path) {
+    let wasm = plugins.join("json_filter.wasm");
+    let wasm = std::fs::canonicalize(&wasm).unwrap_or(wasm);
+    println!("\n● try next, on a broker of your own");
+    for (command, why) in [
+        (
+            "edgebus serve".to_owned(),
+            "in another terminal: data in ~/.local/share/edgebus, 127.0.0.1:7171",
+        ),
+        (
+            format!("edgebus plugin add json-filter {}", wasm.display()),
+            "register a plugin",
+        ),
+        (
+            "edgebus topic create sensors --partitions 2 --ingest 'json-filter:field=celsius,op=>=,value=-40'"
+                .to_owned(),
+            "filter on ingest",
+        ),
+        (
+            r#"echo '{"sensor":"s1","celsius":21.5}' | edgebus produce sensors"#.to_owned(),
+            "one record per line",
+        ),
+        (
+            "edgebus consume sensors --filter 'json-filter:field=celsius,op=>,value=20'".to_owned(),
+            "filter on the broker's read path",
+        ),
+        (
+            "edgebus bench produce --records 100000".to_owned(),
+            "how fast this machine is",
+        ),
+    ] {
+        println!("  # {why}\n  {command}");
+    }
+    println!("  more: README.md (plugins, pipelines, consumer groups, configuration)");
 }

@@ -22,6 +22,8 @@ use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand, Value
 use edgebus_client::ClientError;
 
 mod bench;
+mod cluster;
+mod completion;
 mod connect;
 mod consume;
 mod demo;
@@ -30,9 +32,11 @@ mod group;
 mod pipeline;
 mod plugin;
 mod produce;
+mod profile;
 mod serve;
 mod stdout;
 mod topic;
+mod version;
 
 pub use connect::ConnectArgs;
 
@@ -142,6 +146,16 @@ enum Command {
     /// Run a broker in a temp dir with simulated sensors, ingest plugins, a
     /// pipeline and a read-path filter, and print what consumers see.
     Demo(demo::DemoArgs),
+    /// Create, switch between, list and delete connection profiles.
+    #[command(subcommand)]
+    Profile(profile::ProfileCommand),
+    /// Describe the cluster's nodes (one, until clustering exists).
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
+    /// Print a shell completion script (bash, zsh, fish, …).
+    Completion(completion::CompletionArgs),
+    /// Print the version and git commit of this binary.
+    Version(version::VersionArgs),
 }
 
 /// A command's failure, with the exit code it maps to.
@@ -198,6 +212,10 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Pipeline(cmd) => pipeline::run(cmd).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Demo(args) => demo::run(args).await,
+        Command::Profile(cmd) => profile::run(cmd),
+        Command::Cluster(cmd) => cluster::run(cmd).await,
+        Command::Completion(args) => completion::run(args),
+        Command::Version(args) => version::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,15 +1,19 @@
 //! `edgebus serve`.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
 
 use clap::Args;
 
 use super::Failure;
-use edgebus::config::Config;
+use edgebus::config::{Config, default_data_dir};
+use edgebus_client::local::{DEFAULT_PORT, local_ca_path};
 
 /// Run a broker until Ctrl-C or SIGTERM.
 #[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  edgebus serve                                   # data in ~/.local/share/edgebus, 127.0.0.1:7171
+  edgebus serve --data /var/lib/edgebus --listen 0.0.0.0:7171 --config edgebus.toml")]
 pub struct ServeArgs {
     /// Data directory (default: $EDGEBUS_DATA or ~/.local/share/edgebus).
     #[arg(long)]
@@ -33,28 +37,114 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
     if let Some(listen) = args.listen {
         config.listen = listen;
     }
+    // Relative paths are taken from the working directory at start (the
+    // plugin compile cache refuses relative ones).
+    config.data_dir = absolute(&config.data_dir);
+    config.plugins.cache_dir = config.plugins.cache_dir.as_deref().map(absolute);
     let data_dir = config.data_dir.clone();
+    let client_ca = config.tls.client_ca.clone();
+    let operator_cert = config.tls.cert.clone();
     let broker = edgebus::start(config).await.map_err(Failure::other)?;
     println!(
         "edgebus listening on {} (QUIC, ALPN edgebus/1)",
         broker.addr
     );
     println!("data dir: {}", data_dir.display());
-    if let Some(ca) = &broker.local_ca {
-        let verb = if broker.created_ca {
-            "created"
-        } else {
-            "using"
-        };
+    match (&broker.local_ca, &operator_cert) {
+        (Some(ca), _) => {
+            let verb = if broker.created_ca {
+                "created"
+            } else {
+                "using"
+            };
+            println!(
+                "TLS: {verb} local development CA {} (it signed this broker's certificate for \
+                 localhost, 127.0.0.1 and ::1)",
+                absolute(ca).display()
+            );
+        }
+        (None, Some(cert)) => println!(
+            "TLS: serving {}; clients pass the CA that signed it with --ca",
+            absolute(cert).display()
+        ),
+        (None, None) => {}
+    }
+    if let Some(ca) = &client_ca {
         println!(
-            "TLS: {verb} local development CA {} — clients on this machine trust it by default; pass --ca {0} elsewhere",
-            ca.display()
+            "mTLS: clients must present a certificate signed by {} (--cert/--key)",
+            absolute(ca).display()
         );
+    }
+    for line in client_hint(broker.addr, broker.local_ca.as_deref()) {
+        println!("{line}");
     }
     wait_for_signal().await;
     println!("shutting down");
     broker.shutdown().await;
     Ok(())
+}
+
+/// What a client on this machine needs to reach this broker: nothing when
+/// the defaults (`127.0.0.1:7171` and the CA of the default data dir, or
+/// `$EDGEBUS_BROKER`/`$EDGEBUS_CA` as set here) fit, else the exact flags
+/// and variables.
+fn client_hint(addr: SocketAddr, local_ca: Option<&Path>) -> Vec<String> {
+    let reach = reachable(addr);
+    let default_broker = std::env::var("EDGEBUS_BROKER")
+        .ok()
+        .and_then(|b| b.parse::<SocketAddr>().ok())
+        .unwrap_or(SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)));
+    let default_ca = std::env::var_os("EDGEBUS_CA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| local_ca_path(&default_data_dir()));
+    let mut flags = Vec::new();
+    let mut vars = Vec::new();
+    if reach != default_broker {
+        flags.push(format!("--broker {reach}"));
+        vars.push(format!("EDGEBUS_BROKER={reach}"));
+    }
+    let ca = local_ca.map(absolute);
+    if let Some(ca) = &ca
+        && *ca != absolute(&default_ca)
+    {
+        flags.push(format!("--ca {}", ca.display()));
+        vars.push(format!("EDGEBUS_CA={}", ca.display()));
+    }
+    match (&ca, flags.is_empty()) {
+        (Some(_), true) => {
+            vec!["clients on this machine reach this broker and trust its CA by default".to_owned()]
+        }
+        (_, true) => Vec::new(),
+        (_, false) => vec![
+            format!(
+                "clients: edgebus topic list {}   (or export {})",
+                flags.join(" "),
+                vars.join(" ")
+            ),
+            format!(
+                "         or once for all commands: edgebus profile create NAME {}",
+                flags.join(" ")
+            ),
+        ],
+    }
+}
+
+/// The address a local client dials: a wildcard listener is reached on
+/// loopback.
+fn reachable(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::from((Ipv4Addr::LOCALHOST, addr.port()))
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::from((Ipv6Addr::LOCALHOST, addr.port()))
+        }
+        _ => addr,
+    }
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_owned())
 }
 
 async fn wait_for_signal() {

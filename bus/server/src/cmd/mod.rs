@@ -8,6 +8,7 @@
 
 pub mod fetch;
 pub mod group;
+pub mod node;
 pub mod pipeline;
 pub mod plugin;
 pub mod produce;
@@ -126,6 +127,7 @@ pub async fn dispatch(b: &Broker, request: Request) -> Response {
             respond(pipeline::describe(&b.pipelines, Some(&name)))
         }
         Request::PipelineDelete { name } => respond(pipeline::delete(&b.pipelines, &name).await),
+        Request::NodeInfo => node::info(&b.node).await,
         Request::Produce { .. } | Request::Subscribe { .. } => error::response(&StreamRequest),
     }
 }

@@ -1,0 +1,49 @@
+//! Records the git commit the binary is built from, for `edgebus version`
+//! and `cluster info`, when git and a repository are at hand; a build from
+//! a source archive simply has none (`EDGEBUS_GIT_COMMIT` is empty).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn git(args: &[&str]) -> Option<String> {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        .filter(|s| !s.is_empty())
+}
+
+/// Rebuilds when HEAD moves: the files that name the commit. Only existing
+/// files are named, since cargo reruns a build script on every build when a
+/// named file is missing.
+fn watch(git_dir: Option<String>, common_dir: Option<String>) {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let abs = |p: String| -> PathBuf { manifest.join(p) };
+    let mut files = Vec::new();
+    if let Some(dir) = git_dir.map(abs) {
+        files.push(dir.join("HEAD"));
+    }
+    if let Some(dir) = common_dir.map(abs) {
+        files.push(dir.join("packed-refs"));
+        if let Some(head_ref) = git(&["symbolic-ref", "-q", "HEAD"]) {
+            files.push(dir.join(head_ref));
+        }
+    }
+    for file in files.into_iter().filter(|f| f.exists()) {
+        println!("cargo:rerun-if-changed={}", file.display());
+    }
+}
+
+fn main() {
+    println!("cargo:rerun-if-changed=build.rs");
+    let commit = git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_default();
+    watch(
+        git(&["rev-parse", "--git-dir"]),
+        git(&["rev-parse", "--git-common-dir"]),
+    );
+    println!("cargo:rustc-env=EDGEBUS_GIT_COMMIT={commit}");
+}
