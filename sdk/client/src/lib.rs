@@ -56,7 +56,8 @@
 //!
 //! ## Layout
 //!
-//! - [`client`]: [`Client`], the shared connection, and admin calls.
+//! - [`client`]: [`Client`], the shared connection, and admin calls;
+//!   [`ClientConfig`] and [`BrokerAddr`], how to reach a broker.
 //! - [`producer`]: [`Producer`]: linger, batch size, key-hash partitioner,
 //!   pipelined acks, retries and idempotence.
 //! - [`consumer`]: [`Subscription`], a pushed feed of one partition.
