@@ -196,13 +196,57 @@ pub struct TopicSpec {
     pub retention_ms: i64,
     /// Delete the oldest batches while a partition is larger; -1 means no limit.
     pub retention_bytes: i64,
-    /// Largest record (key + value + headers) accepted.
+    /// Largest record (key + value + headers) accepted; 0 asks for the
+    /// broker's default (its `limits.max_message_bytes`), and the broker
+    /// stores the resolved value, so a described topic never shows 0.
     pub max_message_bytes: u32,
     /// Codec the broker stores batches of this topic with: a batch that
     /// arrives uncompressed is compressed with it before it is stored (a
     /// `u8` codec number on the wire, as in the batch attributes). `None`
     /// stores every batch as the producer sent it.
     pub compression: Compression,
+}
+
+impl TopicSpec {
+    /// A topic that keeps its records forever, takes records up to the
+    /// broker's default size, and stores batches as producers send them;
+    /// the `with_*` setters change that.
+    pub fn new(name: impl Into<String>, partitions: u32) -> TopicSpec {
+        TopicSpec {
+            name: name.into(),
+            partitions,
+            retention_ms: -1,
+            retention_bytes: -1,
+            max_message_bytes: 0,
+            compression: Compression::None,
+        }
+    }
+
+    /// Deletes batches older than `retention` (saturating at `i64::MAX`
+    /// ms).
+    pub fn with_retention(mut self, retention: std::time::Duration) -> TopicSpec {
+        self.retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+        self
+    }
+
+    /// Deletes the oldest batches while a partition holds more than
+    /// `retention_bytes` (saturating at `i64::MAX`).
+    pub fn with_retention_bytes(mut self, retention_bytes: u64) -> TopicSpec {
+        self.retention_bytes = i64::try_from(retention_bytes).unwrap_or(i64::MAX);
+        self
+    }
+
+    /// Accepts records up to `max_message_bytes` (0: the broker's default).
+    pub fn with_max_message_bytes(mut self, max_message_bytes: u32) -> TopicSpec {
+        self.max_message_bytes = max_message_bytes;
+        self
+    }
+
+    /// Stores batches compressed with `compression`.
+    pub fn with_compression(mut self, compression: Compression) -> TopicSpec {
+        self.compression = compression;
+        self
+    }
 }
 
 /// Per-partition offsets of a topic.
@@ -1835,6 +1879,30 @@ impl Reader {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn topic_spec_new_keeps_forever_at_the_broker_default_size() {
+        let spec = TopicSpec::new("t", 3);
+        assert_eq!((spec.name.as_str(), spec.partitions), ("t", 3));
+        assert_eq!((spec.retention_ms, spec.retention_bytes), (-1, -1));
+        assert_eq!(spec.max_message_bytes, 0);
+        assert_eq!(spec.compression, Compression::None);
+    }
+
+    #[test]
+    fn topic_spec_setters_set_their_field_and_saturate() {
+        let spec = TopicSpec::new("t", 1)
+            .with_retention(std::time::Duration::from_secs(60))
+            .with_retention_bytes(u64::MAX)
+            .with_max_message_bytes(4096)
+            .with_compression(Compression::Zstd);
+        assert_eq!(spec.retention_ms, 60_000);
+        assert_eq!(spec.retention_bytes, i64::MAX);
+        assert_eq!(spec.max_message_bytes, 4096);
+        assert_eq!(spec.compression, Compression::Zstd);
+        let forever = TopicSpec::new("t", 1).with_retention(std::time::Duration::MAX);
+        assert_eq!(forever.retention_ms, i64::MAX);
+    }
 
     fn arb_position() -> impl Strategy<Value = Position> {
         prop_oneof![

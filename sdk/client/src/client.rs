@@ -1,27 +1,151 @@
 //! The connection to a broker, and admin requests.
 
-use std::net::SocketAddr;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use bytes::BytesMut;
 use edgebus_proto::batch::{self, StoredRecord};
 use edgebus_proto::frame::{PartitionInfo, Position, Request, Response, TopicSpec};
 use edgebus_proto::limits::DEFAULT_MAX_FRAME_BYTES;
+use edgebus_proto::local::DEFAULT_PORT;
 use quinn::crypto::rustls::QuicClientConfig;
 use tokio::sync::Mutex;
 
-use crate::error::ClientError;
+use crate::error::{BrokerAddrError, ClientError};
 use crate::tls::{self, Identity};
 use crate::wire;
+
+/// Where a broker listens: an IP address, or a host name that is resolved
+/// each time the client (re)connects.
+///
+/// Parses from `host:port`, `ip:port`, `[ipv6]:port`, or a host or IP alone
+/// (port 7171); converts from a [`SocketAddr`] or a `(host, port)` pair.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum BrokerAddr {
+    /// An IP address and port, used as is.
+    Ip(SocketAddr),
+    /// A host name and port, resolved at connect time.
+    Host {
+        /// DNS name (or a name in the hosts file).
+        host: String,
+        /// UDP port.
+        port: u16,
+    },
+}
+
+impl BrokerAddr {
+    /// The addresses to try, resolving a host name now.
+    async fn resolve(&self) -> Result<Vec<SocketAddr>, ClientError> {
+        let (host, port) = match self {
+            BrokerAddr::Ip(addr) => return Ok(vec![*addr]),
+            BrokerAddr::Host { host, port } => (host.as_str(), *port),
+        };
+        let failed = |detail: String| ClientError::Connection {
+            addr: self.to_string(),
+            detail,
+        };
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+            .await
+            .map_err(|e| failed(format!("resolving {host}: {e}")))?
+            .collect();
+        if addrs.is_empty() {
+            return Err(failed(format!("{host} resolves to no address")));
+        }
+        Ok(addrs)
+    }
+}
+
+impl From<SocketAddr> for BrokerAddr {
+    fn from(addr: SocketAddr) -> Self {
+        BrokerAddr::Ip(addr)
+    }
+}
+
+impl From<(&str, u16)> for BrokerAddr {
+    /// An IP literal becomes [`BrokerAddr::Ip`]; anything else a host name.
+    fn from((host, port): (&str, u16)) -> Self {
+        match host.parse::<IpAddr>() {
+            Ok(ip) => BrokerAddr::Ip(SocketAddr::new(ip, port)),
+            Err(_) => BrokerAddr::Host {
+                host: host.to_owned(),
+                port,
+            },
+        }
+    }
+}
+
+impl From<(String, u16)> for BrokerAddr {
+    fn from((host, port): (String, u16)) -> Self {
+        BrokerAddr::from((host.as_str(), port))
+    }
+}
+
+impl FromStr for BrokerAddr {
+    type Err = BrokerAddrError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let invalid = |reason: &str| BrokerAddrError {
+            input: s.to_owned(),
+            reason: reason.to_owned(),
+        };
+        if let Ok(addr) = s.parse::<SocketAddr>() {
+            return Ok(BrokerAddr::Ip(addr));
+        }
+        // A bare IPv6 address is all colons, so it is tried before
+        // splitting off a port.
+        let bare = s.strip_prefix('[').and_then(|r| r.strip_suffix(']'));
+        if let Ok(ip) = bare.unwrap_or(s).parse::<IpAddr>() {
+            return Ok(BrokerAddr::Ip(SocketAddr::new(ip, DEFAULT_PORT)));
+        }
+        let (host, port) = match s.rsplit_once(':') {
+            Some((host, port)) => {
+                let port = port
+                    .parse::<u16>()
+                    .map_err(|_| invalid("the port is not a number from 1 to 65535"))?;
+                (host, port)
+            }
+            None => (s, DEFAULT_PORT),
+        };
+        if port == 0 {
+            return Err(invalid("port 0 cannot be connected to"));
+        }
+        if host.is_empty() {
+            return Err(invalid("no host"));
+        }
+        if !host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+        {
+            return Err(invalid(
+                "a host is a name of letters, digits, '-', '_' and '.', or an IP address (IPv6 in brackets with a port)",
+            ));
+        }
+        Ok(BrokerAddr::Host {
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+impl fmt::Display for BrokerAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BrokerAddr::Ip(addr) => addr.fmt(f),
+            BrokerAddr::Host { host, port } => write!(f, "{host}:{port}"),
+        }
+    }
+}
 
 /// How to reach and authenticate a broker.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
     /// Broker address.
-    pub broker: SocketAddr,
+    pub broker: BrokerAddr,
     /// Name the broker's certificate must carry.
     pub server_name: String,
     /// PEM file of the CA that signed the broker's certificate.
@@ -35,12 +159,22 @@ pub struct ClientConfig {
 }
 
 impl ClientConfig {
-    /// A config for `broker` trusting the CA in `ca`, with the server name
-    /// `localhost` (what a broker's self-made certificate carries).
-    pub fn new(broker: SocketAddr, ca: impl Into<PathBuf>) -> Self {
+    /// A config for `broker` trusting the CA in `ca`.
+    ///
+    /// `broker` is a [`SocketAddr`], a `(host, port)` pair such as
+    /// `("localhost", 7171)`, or a parsed [`BrokerAddr`]. The server name
+    /// the certificate must carry is the host name when there is one, and
+    /// `localhost` for an IP address (what a broker's self-made certificate
+    /// carries); set [`ClientConfig::server_name`] for anything else.
+    pub fn new(broker: impl Into<BrokerAddr>, ca: impl Into<PathBuf>) -> Self {
+        let broker = broker.into();
+        let server_name = match &broker {
+            BrokerAddr::Host { host, .. } => host.clone(),
+            BrokerAddr::Ip(_) => "localhost".into(),
+        };
         ClientConfig {
             broker,
-            server_name: "localhost".into(),
+            server_name,
             ca: ca.into(),
             identity: None,
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
@@ -63,7 +197,8 @@ pub struct Fetched {
 }
 
 /// A handle to one broker. Cheap to clone; clones share the connection,
-/// which is re-established transparently after it drops.
+/// which is re-established transparently after it drops, until
+/// [`Client::close`].
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
@@ -74,6 +209,9 @@ struct Inner {
     endpoint: quinn::Endpoint,
     quic: quinn::ClientConfig,
     conn: Mutex<Option<quinn::Connection>>,
+    /// The address the live (or last) connection went to.
+    remote: std::sync::Mutex<SocketAddr>,
+    closed: AtomicBool,
     correlation: AtomicU32,
 }
 
@@ -86,7 +224,8 @@ impl std::fmt::Debug for Client {
 }
 
 impl Client {
-    /// Connects to the broker and verifies its certificate.
+    /// Connects to the broker and verifies its certificate. A host name is
+    /// resolved now and again on every reconnect.
     pub async fn connect(config: ClientConfig) -> Result<Client, ClientError> {
         let tls = tls::client_config(&config.ca, config.identity.as_ref())?;
         let quic = QuicClientConfig::try_from(tls)
@@ -103,12 +242,8 @@ impl Client {
         transport.receive_window((32u32 << 20).into());
         transport.send_window(32 << 20);
         quic.transport_config(Arc::new(transport));
-        let bind: SocketAddr = if config.broker.is_ipv6() {
-            "[::]:0".parse().expect("literal address")
-        } else {
-            "0.0.0.0:0".parse().expect("literal address")
-        };
-        let endpoint = quinn::Endpoint::client(bind).map_err(|e| ClientError::Connection {
+        let addrs = config.broker.resolve().await?;
+        let endpoint = bind_for(&addrs).map_err(|e| ClientError::Connection {
             addr: config.broker.to_string(),
             detail: format!("binding UDP socket: {e}"),
         })?;
@@ -118,6 +253,8 @@ impl Client {
                 endpoint,
                 quic,
                 conn: Mutex::new(None),
+                remote: std::sync::Mutex::new(addrs[0]),
+                closed: AtomicBool::new(false),
                 correlation: AtomicU32::new(1),
             }),
         };
@@ -125,14 +262,33 @@ impl Client {
         Ok(client)
     }
 
-    /// The broker this client talks to.
+    /// The address of the broker this client is (or was last) connected to.
     pub fn broker(&self) -> SocketAddr {
-        self.inner.config.broker
+        *self.inner.remote.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The largest frame this client accepts.
     pub fn max_frame_bytes(&self) -> u32 {
         self.inner.config.max_frame_bytes
+    }
+
+    /// Closes the connection for this handle and every clone of it, and
+    /// waits (briefly: QUIC's closing handshake) until the broker has been
+    /// told. Calls in flight fail; later ones, and subscriptions, end with
+    /// [`ClientError::Closed`]; nothing reconnects. Flush producers first,
+    /// or their unsent records fail.
+    pub async fn close(&self) {
+        self.inner.closed.store(true, Ordering::SeqCst);
+        if let Some(conn) = self.inner.conn.lock().await.take() {
+            conn.close(0u32.into(), b"client closed");
+        }
+        self.inner.endpoint.close(0u32.into(), b"client closed");
+        self.inner.endpoint.wait_idle().await;
+    }
+
+    /// Whether [`Client::close`] has been called on this client or a clone.
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.load(Ordering::SeqCst)
     }
 
     pub(crate) fn next_correlation_id(&self) -> u32 {
@@ -142,6 +298,11 @@ impl Client {
     /// The live connection, reconnecting if the last one was lost.
     pub(crate) async fn connection(&self) -> Result<quinn::Connection, ClientError> {
         let mut slot = self.inner.conn.lock().await;
+        // Checked under the lock, so a close racing this call cannot leave a
+        // fresh connection behind it.
+        if self.is_closed() {
+            return Err(ClientError::Closed);
+        }
         if let Some(conn) = slot.as_ref()
             && conn.close_reason().is_none()
         {
@@ -152,15 +313,46 @@ impl Client {
             addr: cfg.broker.to_string(),
             detail,
         };
-        let connecting = self
+        let ipv6_socket = self
             .inner
             .endpoint
-            .connect_with(self.inner.quic.clone(), cfg.broker, &cfg.server_name)
-            .map_err(|e| err(e.to_string()))?;
-        let conn = tokio::time::timeout(cfg.connect_timeout, connecting)
-            .await
-            .map_err(|_| err("connect timed out".into()))?
-            .map_err(|e| err(e.to_string()))?;
+            .local_addr()
+            .map_err(|e| err(e.to_string()))?
+            .is_ipv6();
+        let addrs: Vec<SocketAddr> = cfg
+            .broker
+            .resolve()
+            .await?
+            .into_iter()
+            .filter(|a| ipv6_socket || a.is_ipv4())
+            .collect();
+        if addrs.is_empty() {
+            return Err(err(
+                "it now resolves only to IPv6 addresses, and the client's socket is IPv4".into(),
+            ));
+        }
+        // A name can resolve to addresses the broker does not listen on
+        // (`localhost` to ::1 as well as 127.0.0.1), and a QUIC handshake to
+        // one of those only fails by timing out; so every address is tried
+        // at once and the first handshake to finish wins.
+        let attempts = addrs.into_iter().map(|addr| {
+            let endpoint = &self.inner.endpoint;
+            let quic = self.inner.quic.clone();
+            Box::pin(async move {
+                let connecting = endpoint
+                    .connect_with(quic, addr, &cfg.server_name)
+                    .map_err(|e| format!("{addr}: {e}"))?;
+                let conn = connecting.await.map_err(|e| format!("{addr}: {e}"))?;
+                Ok::<_, String>((conn, addr))
+            })
+        });
+        let (conn, addr) =
+            tokio::time::timeout(cfg.connect_timeout, futures::future::select_ok(attempts))
+                .await
+                .map_err(|_| err("connect timed out".into()))?
+                .map_err(err)?
+                .0;
+        *self.inner.remote.lock().unwrap_or_else(|p| p.into_inner()) = addr;
         *slot = Some(conn.clone());
         Ok(conn)
     }
@@ -170,9 +362,12 @@ impl Client {
         &self,
     ) -> Result<(quinn::SendStream, quinn::RecvStream), ClientError> {
         let conn = self.connection().await?;
-        conn.open_bi().await.map_err(|e| ClientError::Connection {
-            addr: self.inner.config.broker.to_string(),
-            detail: e.to_string(),
+        conn.open_bi().await.map_err(|e| match e {
+            quinn::ConnectionError::LocallyClosed if self.is_closed() => ClientError::Closed,
+            e => ClientError::Connection {
+                addr: self.inner.config.broker.to_string(),
+                detail: e.to_string(),
+            },
         })
     }
 
@@ -319,6 +514,94 @@ pub(crate) fn decode_records(
     Ok(out)
 }
 
+/// A client UDP socket that can reach `addrs`: dual-stack when any of them
+/// is IPv6 (falling back to IPv4 where the host has no IPv6), else IPv4.
+fn bind_for(addrs: &[SocketAddr]) -> std::io::Result<quinn::Endpoint> {
+    let v4: SocketAddr = "0.0.0.0:0".parse().expect("literal address");
+    if addrs.iter().any(SocketAddr::is_ipv6) {
+        let v6: SocketAddr = "[::]:0".parse().expect("literal address");
+        match quinn::Endpoint::client(v6) {
+            Ok(endpoint) => return Ok(endpoint),
+            Err(e) if addrs.iter().all(SocketAddr::is_ipv6) => return Err(e),
+            Err(_) => {}
+        }
+    }
+    quinn::Endpoint::client(v4)
+}
+
 pub(crate) fn unexpected(response: &Response) -> ClientError {
     ClientError::Protocol(format!("unexpected response {response:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<BrokerAddr, BrokerAddrError> {
+        s.parse()
+    }
+
+    fn host(host: &str, port: u16) -> BrokerAddr {
+        BrokerAddr::Host {
+            host: host.into(),
+            port,
+        }
+    }
+
+    #[test]
+    fn broker_addr_parses_ips_with_and_without_a_port() {
+        let ip = |s: &str| BrokerAddr::Ip(s.parse().unwrap());
+        assert_eq!(parse("127.0.0.1:9000"), Ok(ip("127.0.0.1:9000")));
+        assert_eq!(parse("[::1]:9000"), Ok(ip("[::1]:9000")));
+        assert_eq!(parse("127.0.0.1"), Ok(ip("127.0.0.1:7171")));
+        assert_eq!(parse("::1"), Ok(ip("[::1]:7171")));
+        assert_eq!(parse("[::1]"), Ok(ip("[::1]:7171")));
+    }
+
+    #[test]
+    fn broker_addr_parses_host_names_with_and_without_a_port() {
+        assert_eq!(parse("localhost:7171"), Ok(host("localhost", 7171)));
+        assert_eq!(
+            parse("broker-1.edge.example"),
+            Ok(host("broker-1.edge.example", 7171))
+        );
+        assert_eq!(parse("b_2:1"), Ok(host("b_2", 1)));
+    }
+
+    #[test]
+    fn broker_addr_refuses_what_cannot_be_dialled() {
+        for bad in [
+            "",
+            ":7171",
+            "localhost:",
+            "localhost:0",
+            "localhost:65536",
+            "localhost:http",
+            "a b:7171",
+            "host/path:7171",
+            "fe80::1:x",
+        ] {
+            let err = parse(bad).expect_err(bad);
+            assert_eq!(err.input, bad);
+        }
+    }
+
+    #[test]
+    fn broker_addr_displays_as_it_parses() {
+        for s in ["127.0.0.1:9000", "[::1]:9000", "localhost:7171"] {
+            assert_eq!(parse(s).unwrap().to_string(), s);
+        }
+    }
+
+    #[test]
+    fn client_config_server_name_is_the_host_name_or_localhost_for_an_ip() {
+        let named = ClientConfig::new(("broker.example", 7171), "ca.pem");
+        assert_eq!(named.server_name, "broker.example");
+        assert_eq!(named.broker, host("broker.example", 7171));
+        let by_ip = ClientConfig::new(SocketAddr::from(([10, 0, 0, 5], 7171)), "ca.pem");
+        assert_eq!(by_ip.server_name, "localhost");
+        let literal = ClientConfig::new(("127.0.0.1", 7171), "ca.pem");
+        assert!(matches!(literal.broker, BrokerAddr::Ip(_)));
+        assert_eq!(literal.server_name, "localhost");
+    }
 }

@@ -8,12 +8,16 @@
 //! connection the subscription resumes from the offset after the last record
 //! it delivered.
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
 use edgebus_proto::batch::StoredRecord;
 use edgebus_proto::frame::{FailurePolicy, PluginRef, Position, Request, Response};
+use futures::Stream;
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 
 use crate::client::{Client, decode_records, decode_response, unexpected};
 use crate::error::ClientError;
@@ -55,6 +59,12 @@ impl Default for SubscribeConfig {
 type Chunk = Result<(Vec<StoredRecord>, u64), ClientError>;
 
 /// A live feed of one partition's records.
+///
+/// Read it with [`Subscription::next`] or as a [`futures::Stream`]. It
+/// follows the partition forever unless bounded by
+/// [`Subscription::until_end`] or [`Subscription::until`]. Dropping it (or
+/// [`Subscription::close`]) ends its reader task and its stream on the
+/// broker.
 #[derive(Debug)]
 pub struct Subscription {
     chunks: mpsc::Receiver<Chunk>,
@@ -62,13 +72,22 @@ pub struct Subscription {
     /// The position after the records in `ready`, published once the
     /// application has taken them all.
     pending: Option<u64>,
+    /// A bounded read ends before this offset.
+    end: Option<u64>,
     log_end: watch::Receiver<Option<u64>>,
     position_tx: watch::Sender<Option<u64>>,
     position: watch::Receiver<Option<u64>>,
+    task: JoinHandle<()>,
 }
 
 impl Subscription {
-    /// Subscribes to `topic`/`partition` from `from`.
+    /// Subscribes to `topic`/`partition` from `from`, and returns once the
+    /// broker has resolved `from` and answered with its first frame: a
+    /// record appended after this returns is delivered, even from
+    /// [`Position::Latest`]. A refused subscription (unknown topic or
+    /// plugin, offset out of range) fails here. With a read-path chain the
+    /// first frame holds the chain's output, so this waits for the chain's
+    /// first run (and, under [`FailurePolicy::Halt`], until it succeeds).
     pub async fn start(
         client: Client,
         topic: &str,
@@ -79,7 +98,7 @@ impl Subscription {
         let (tx, chunks) = mpsc::channel(config.buffer_frames.max(1));
         let (end_tx, log_end) = watch::channel(None);
         let (position_tx, position) = watch::channel(None);
-        let mut reader = Reader {
+        let reader = Reader {
             client,
             topic: topic.to_owned(),
             partition,
@@ -87,46 +106,76 @@ impl Subscription {
             records: tx,
             log_end: end_tx,
         };
-        let stream = reader.open(from).await?;
+        let mut stream = reader.open(from).await?;
         // A batch is served whole: records before an explicit start offset
         // in the same batch are skipped here.
-        let floor = match from {
+        let mut next_offset = match from {
             Position::Offset(o) => Some(o),
             _ => None,
         };
-        tokio::spawn(reader.run(stream, from, floor));
+        // The broker resolves `from` before it sends anything, and always
+        // sends a first frame (empty when there is nothing to read yet).
+        let (first, at) = reader.read_pushed(&mut stream, &mut next_offset).await?;
+        let pending = if first.is_empty() {
+            position_tx.send_replace(Some(at));
+            None
+        } else {
+            Some(at)
+        };
+        let task = tokio::spawn(reader.run(stream, from, next_offset));
         Ok(Subscription {
             chunks,
-            ready: Vec::new().into_iter(),
-            pending: None,
+            ready: first.into_iter(),
+            pending,
+            end: None,
             log_end,
             position_tx,
             position,
+            task,
         })
     }
 
-    /// The next record, waiting for one to be appended if needed. `None`
-    /// once the subscription has ended; an error ends it.
-    pub async fn next(&mut self) -> Option<Result<StoredRecord, ClientError>> {
-        loop {
-            if let Some(record) = self.ready.next() {
-                return Some(Ok(record));
-            }
-            if let Some(position) = self.pending.take() {
-                self.position_tx.send_replace(Some(position));
-            }
-            match self.chunks.recv().await? {
-                Ok((records, position)) => {
-                    self.ready = records.into_iter();
-                    self.pending = Some(position);
-                }
-                Err(e) => return Some(Err(e)),
-            }
+    /// Bounds this subscription to the partition's log end as the broker
+    /// last reported it (right after [`Subscription::start`], the end when
+    /// the subscription began): it yields the records before that end and
+    /// then `None`, instead of waiting for more. This is what
+    /// `edgebus consume` does without `--follow`.
+    pub fn until_end(self) -> Subscription {
+        match self.log_end() {
+            Some(end) => self.until(end),
+            // `start` has read a frame, and every frame carries the end.
+            None => self,
         }
     }
 
-    /// The partition's log end as of the last frame the broker pushed;
-    /// `None` before the first frame.
+    /// Bounds this subscription to the records before offset `end`: it
+    /// yields them and then `None`. Records a read-path plugin filters out
+    /// count as read, so it ends even if the last ones never arrive.
+    pub fn until(mut self, end: u64) -> Subscription {
+        self.end = Some(end);
+        self
+    }
+
+    /// The next record, waiting for one to be appended if needed. `None`
+    /// once the subscription has ended (or reached the bound of
+    /// [`Subscription::until`]); an error ends it.
+    pub async fn next(&mut self) -> Option<Result<StoredRecord, ClientError>> {
+        std::future::poll_fn(|cx| self.poll_record(cx)).await
+    }
+
+    /// Ends the subscription and waits until its reader task has stopped
+    /// and its stream is closed. Dropping a subscription does the same
+    /// without waiting.
+    pub async fn close(self) {
+        let Subscription { chunks, task, .. } = self;
+        drop(chunks);
+        // The task only ends by returning (it is never aborted), and a
+        // panic in it has nothing left to report to.
+        let _ = task.await;
+    }
+
+    /// The partition's log end as of the last frame the broker pushed.
+    /// Always `Some` once [`Subscription::start`] has returned.
     pub fn log_end(&self) -> Option<u64> {
         *self.log_end.borrow()
     }
@@ -148,6 +197,63 @@ impl Subscription {
     pub fn log_end_watch(&self) -> watch::Receiver<Option<u64>> {
         self.log_end.clone()
     }
+
+    fn poll_record(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<StoredRecord, ClientError>>> {
+        loop {
+            if let Some(record) = self.ready.next() {
+                match self.end {
+                    Some(end) if record.offset >= end => {
+                        self.finish(end);
+                        return Poll::Ready(None);
+                    }
+                    _ => return Poll::Ready(Some(Ok(record))),
+                }
+            }
+            if let Some(position) = self.pending.take() {
+                self.position_tx.send_replace(Some(position));
+            }
+            if let Some(end) = self.end
+                && self.position().is_some_and(|p| p >= end)
+            {
+                self.finish(end);
+                return Poll::Ready(None);
+            }
+            match std::task::ready!(self.chunks.poll_recv(cx)) {
+                None => return Poll::Ready(None),
+                Some(Ok((records, position))) => {
+                    self.ready = records.into_iter();
+                    self.pending = Some(position);
+                }
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+            }
+        }
+    }
+
+    /// Stops a bounded read at `end`: everything before it has been
+    /// returned, and the reader task is told to stop.
+    fn finish(&mut self, end: u64) {
+        self.ready = Vec::new().into_iter();
+        self.pending = None;
+        self.position_tx.send_if_modified(|p| match p {
+            Some(at) if *at >= end => false,
+            _ => {
+                *p = Some(end);
+                true
+            }
+        });
+        self.chunks.close();
+    }
+}
+
+impl Stream for Subscription {
+    type Item = Result<StoredRecord, ClientError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.get_mut().poll_record(cx)
+    }
 }
 
 struct Reader {
@@ -159,10 +265,10 @@ struct Reader {
     log_end: watch::Sender<Option<u64>>,
 }
 
-type Stream = (quinn::SendStream, quinn::RecvStream, u32);
+type QuicStream = (quinn::SendStream, quinn::RecvStream, u32);
 
 impl Reader {
-    async fn open(&mut self, from: Position) -> Result<Stream, ClientError> {
+    async fn open(&self, from: Position) -> Result<QuicStream, ClientError> {
         let (mut send, recv) = self.client.open_stream().await?;
         let corr = self.client.next_correlation_id();
         let mut buf = BytesMut::new();
@@ -179,15 +285,27 @@ impl Reader {
         Ok((send, recv, corr))
     }
 
-    async fn run(mut self, mut stream: Stream, start: Position, mut next_offset: Option<u64>) {
+    /// Runs until the subscription is dropped or fails for good. Dropping
+    /// the stream on the way out finishes it, which ends the broker's feed.
+    async fn run(self, stream: QuicStream, start: Position, next_offset: Option<u64>) {
+        let records = self.records.clone();
+        tokio::select! {
+            () = self.follow(stream, start, next_offset) => {}
+            () = records.closed() => {}
+        }
+    }
+
+    async fn follow(&self, mut stream: QuicStream, start: Position, mut next_offset: Option<u64>) {
         let mut attempt = 0u32;
         loop {
             let error = self.pump(&mut stream, &mut next_offset).await;
-            if self.records.is_closed() {
-                return;
-            }
-            let retriable = error.is_retriable();
+            let retriable = error.is_retriable() && !self.client.is_closed();
             if !(self.config.reconnect && retriable) {
+                let error = if self.client.is_closed() {
+                    ClientError::Closed
+                } else {
+                    error
+                };
                 let _ = self.records.send(Err(error)).await;
                 return;
             }
@@ -203,7 +321,7 @@ impl Reader {
                         stream = s;
                         break;
                     }
-                    Err(e) if e.is_retriable() && !self.records.is_closed() => continue,
+                    Err(e) if e.is_retriable() => continue,
                     Err(e) => {
                         let _ = self.records.send(Err(e)).await;
                         return;
@@ -215,45 +333,50 @@ impl Reader {
     }
 
     /// Forwards pushed records until the stream fails; returns why.
-    async fn pump(&mut self, stream: &mut Stream, next_offset: &mut Option<u64>) -> ClientError {
-        let max = self.client.max_frame_bytes();
+    async fn pump(&self, stream: &mut QuicStream, next_offset: &mut Option<u64>) -> ClientError {
         loop {
-            let body = match wire::read_frame(&mut stream.1, max).await {
-                Ok(Some(body)) => body,
-                Ok(None) => return ClientError::Closed,
-                Err(e) => return e.into(),
-            };
-            let (batches, broker_next) = match decode_response(body, stream.2) {
-                Ok(Response::Fetched {
-                    log_end,
-                    next_offset,
-                    batches,
-                    ..
-                }) => {
-                    self.log_end.send_replace(Some(log_end));
-                    (batches, next_offset)
-                }
-                Ok(other) => return unexpected(&other),
-                Err(e) => return e,
-            };
-            let records = match decode_records(&batches, next_offset.unwrap_or(0)) {
+            let before = *next_offset;
+            let (records, position) = match self.read_pushed(stream, next_offset).await {
                 Ok(r) => r,
                 Err(e) => return e,
             };
-            // The broker's position covers records a read-path plugin
-            // filtered out; a resubscription starts after them too.
-            let before = *next_offset;
-            let after = records.last().map_or(0, |r| r.offset + 1).max(broker_next);
-            *next_offset = Some(next_offset.map_or(after, |n| n.max(after)));
             if (!records.is_empty() || *next_offset != before)
-                && self
-                    .records
-                    .send(Ok((records, next_offset.unwrap_or(after))))
-                    .await
-                    .is_err()
+                && self.records.send(Ok((records, position))).await.is_err()
             {
                 return ClientError::Closed;
             }
         }
+    }
+
+    /// Reads one pushed frame and returns its records at or after
+    /// `next_offset`, and the position after it, which `next_offset` moves
+    /// to.
+    async fn read_pushed(
+        &self,
+        stream: &mut QuicStream,
+        next_offset: &mut Option<u64>,
+    ) -> Result<(Vec<StoredRecord>, u64), ClientError> {
+        let body = wire::read_frame(&mut stream.1, self.client.max_frame_bytes())
+            .await?
+            .ok_or(ClientError::Closed)?;
+        let (batches, broker_next) = match decode_response(body, stream.2)? {
+            Response::Fetched {
+                log_end,
+                next_offset,
+                batches,
+                ..
+            } => {
+                self.log_end.send_replace(Some(log_end));
+                (batches, next_offset)
+            }
+            other => return Err(unexpected(&other)),
+        };
+        let records = decode_records(&batches, next_offset.unwrap_or(0))?;
+        // The broker's position covers records a read-path plugin
+        // filtered out; a resubscription starts after them too.
+        let after = records.last().map_or(0, |r| r.offset + 1).max(broker_next);
+        let position = next_offset.map_or(after, |n| n.max(after));
+        *next_offset = Some(position);
+        Ok((records, position))
     }
 }

@@ -4,6 +4,16 @@ use edgebus_proto::ErrorCode;
 
 use crate::wire::WireError;
 
+/// Why a broker address could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("broker address {input:?}: {reason}")]
+pub struct BrokerAddrError {
+    /// What was parsed.
+    pub input: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
 /// Why a client call failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -6,18 +6,58 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), edgebus_client::ClientError> {
-//! use edgebus_client::{Client, ClientConfig, Producer, ProducerConfig, Record};
-//! let config = ClientConfig::new("127.0.0.1:7171".parse().unwrap(), "ca.pem");
+//! use edgebus_client::{Client, ClientConfig, Producer, ProducerConfig, Record, TopicSpec};
+//! // A host name is resolved at connect time, and names the certificate.
+//! let config = ClientConfig::new(("localhost", 7171), "ca.pem");
 //! let client = Client::connect(config).await?;
+//! client.create_topic(TopicSpec::new("sensors", 3)).await?;
 //! let producer = Producer::new(client.clone(), ProducerConfig::default()).await?;
-//! let ack = producer.send("sensors", Record::new("21.5", 0).with_key("t1")).await?;
+//! let ack = producer.send("sensors", Record::now("21.5").with_key("t1")).await?;
 //! println!("stored at {:?}", ack.await?.offset);
+//! client.close().await;
 //! # Ok(()) }
 //! ```
 //!
+//! ## Connecting
+//!
+//! [`ClientConfig::new`] takes a [`SocketAddr`](std::net::SocketAddr), a
+//! `(host, port)` pair, or a [`BrokerAddr`] parsed from `host:port`; a host
+//! name is resolved on every (re)connect, every address it resolves to is
+//! tried at once, and it is the server name the broker's certificate must
+//! carry (for an IP address that is `localhost`, what a broker's self-made
+//! certificate carries). [`ClientConfig::local`] reads `EDGEBUS_BROKER` and
+//! `EDGEBUS_CA`. A [`Client`] reconnects by itself until [`Client::close`].
+//!
+//! ## Consuming
+//!
+//! A [`Subscription`] is a [`futures::Stream`] of one partition's records
+//! (or call its `next`). [`Subscription::start`] returns once the broker
+//! has resolved the start position, so from [`Position::Latest`] nothing
+//! appended after it returns is missed, and a refused subscription fails
+//! there. [`Subscription::until_end`] bounds it to the log end as it began
+//! (a one-shot "read what is there"), [`Subscription::until`] to any
+//! offset. Dropping it, or [`Subscription::close`], ends its task and its
+//! stream on the broker.
+//!
+//! ```no_run
+//! # async fn demo(client: edgebus_client::Client) -> Result<(), edgebus_client::ClientError> {
+//! use edgebus_client::{Position, SubscribeConfig, Subscription};
+//! use futures::TryStreamExt;
+//! let sub = Subscription::start(client, "sensors", 0, Position::Earliest, SubscribeConfig::default())
+//!     .await?
+//!     .until_end();
+//! let records: Vec<_> = sub.try_collect().await?;
+//! println!("{} records", records.len());
+//! # Ok(()) }
+//! ```
+//!
+//! Several partitions or topics with shared, committed progress: a
+//! [`GroupConsumer`].
+//!
 //! ## Layout
 //!
-//! - [`client`]: [`Client`], the shared connection, and admin calls.
+//! - [`client`]: [`Client`], the shared connection, and admin calls;
+//!   [`ClientConfig`] and [`BrokerAddr`], how to reach a broker.
 //! - [`producer`]: [`Producer`]: linger, batch size, key-hash partitioner,
 //!   pipelined acks, retries and idempotence.
 //! - [`consumer`]: [`Subscription`], a pushed feed of one partition.
@@ -37,7 +77,7 @@ pub mod producer;
 pub mod tls;
 pub mod wire;
 
-pub use client::{Client, ClientConfig, Fetched};
+pub use client::{BrokerAddr, Client, ClientConfig, Fetched};
 pub use consumer::{SubscribeConfig, Subscription};
 pub use edgebus_proto::batch::{Compression, Header, Record, StoredRecord};
 pub use edgebus_proto::frame::{
@@ -45,6 +85,6 @@ pub use edgebus_proto::frame::{
     PartitionOffset, PipelineDescription, PluginDescription, PluginRef, Position, TopicPartition,
     TopicSpec,
 };
-pub use error::ClientError;
+pub use error::{BrokerAddrError, ClientError};
 pub use group::{GroupConfig, GroupConsumer, GroupRecord, OffsetReset};
 pub use producer::{DeliveryFuture, DeliveryStatus, Producer, ProducerConfig, RecordMetadata};

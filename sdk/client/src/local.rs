@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 pub use edgebus_proto::local::{DEFAULT_PORT, local_ca_path};
 
-use crate::client::ClientConfig;
+use crate::client::{BrokerAddr, ClientConfig};
 use crate::error::ClientError;
 
 /// `$EDGEBUS_DATA`, else `$XDG_DATA_HOME/edgebus`, else
@@ -16,14 +16,15 @@ pub fn default_data_dir() -> PathBuf {
 }
 
 impl ClientConfig {
-    /// The broker at `$EDGEBUS_BROKER` (default `127.0.0.1:7171`), trusting
-    /// `$EDGEBUS_CA` or else the local CA in the default data dir.
+    /// The broker at `$EDGEBUS_BROKER` (a [`BrokerAddr`] such as
+    /// `localhost:7171`; default `127.0.0.1:7171`), trusting `$EDGEBUS_CA`
+    /// or else the local CA in the default data dir.
     pub fn local() -> Result<ClientConfig, ClientError> {
-        let broker = match std::env::var("EDGEBUS_BROKER") {
+        let broker: BrokerAddr = match std::env::var("EDGEBUS_BROKER") {
             Ok(addr) => addr
                 .parse()
-                .map_err(|e| ClientError::Config(format!("EDGEBUS_BROKER={addr:?}: {e}")))?,
-            Err(_) => SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)),
+                .map_err(|e| ClientError::Config(format!("EDGEBUS_BROKER: {e}")))?,
+            Err(_) => SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)).into(),
         };
         let ca = std::env::var_os("EDGEBUS_CA")
             .map(PathBuf::from)
