@@ -7,8 +7,6 @@
 //! a temp dir and no `EDGEBUS_*` variables, so a developer's own profiles
 //! and broker never leak in.
 
-// Each test file uses some of the shared helpers.
-#[allow(dead_code)]
 mod common;
 
 use std::io::{BufRead, BufReader};
