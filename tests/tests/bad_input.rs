@@ -178,10 +178,9 @@ async fn unknown_topic_and_partition_get_typed_errors() {
     let producer = Producer::new(client.clone(), ProducerConfig::default())
         .await
         .unwrap();
+    // Surfaced by `send` itself, not by the delivery future.
     let err = producer
         .send("nope", Record::new("x", 1))
-        .await
-        .unwrap()
         .await
         .unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::UnknownTopic), "{err}");
