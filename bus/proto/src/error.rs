@@ -231,6 +231,12 @@ pub enum ErrorCode {
     /// The batch is compressed with a codec the broker does not decode
     /// (gzip or snappy); the producer should use none, lz4 or zstd.
     UnsupportedCompression = 31,
+    /// The pipeline's output would feed its own input, directly or through
+    /// other pipelines; the message names the loop.
+    PipelineCycle = 32,
+    /// The topic is a pipeline's source or destination; the message names
+    /// the pipelines.
+    TopicInUse = 33,
 }
 
 impl ErrorCode {
@@ -269,6 +275,8 @@ impl ErrorCode {
             29 => UnknownPipeline,
             30 => PipelineExists,
             31 => UnsupportedCompression,
+            32 => PipelineCycle,
+            33 => TopicInUse,
             _ => return None,
         })
     }

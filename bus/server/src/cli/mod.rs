@@ -25,6 +25,7 @@ mod pipeline;
 mod plugin;
 mod produce;
 mod serve;
+mod table;
 mod topic;
 
 pub use connect::ConnectArgs;
