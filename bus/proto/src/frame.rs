@@ -2129,12 +2129,14 @@ mod tests {
                     spec,
                     partitions: ps
                         .into_iter()
-                        .map(|(partition, log_start, log_end, size_bytes)| PartitionInfo {
-                            partition,
-                            log_start,
-                            log_end,
-                            size_bytes,
-                        })
+                        .map(
+                            |(partition, log_start, log_end, size_bytes)| PartitionInfo {
+                                partition,
+                                log_start,
+                                log_end,
+                                size_bytes,
+                            }
+                        )
                         .collect()
                 }),
             (any::<i64>(), any::<i16>()).prop_map(|(producer_id, producer_epoch)| {
@@ -2243,11 +2245,13 @@ mod tests {
                     proptest::option::of(any::<u64>()),
                     any::<u64>()
                 )
-                    .prop_map(|(topic, partition, previous, offset)| PartitionReset {
-                        topic,
-                        partition,
-                        previous,
-                        offset,
+                    .prop_map(|(topic, partition, previous, offset)| {
+                        PartitionReset {
+                            topic,
+                            partition,
+                            previous,
+                            offset,
+                        }
                     }),
                 0..3
             )

@@ -346,7 +346,10 @@ impl Pipelines {
         let running = lock(&self.running);
         let mut edges: HashMap<&str, Vec<&Definition>> = HashMap::new();
         for r in running.values() {
-            edges.entry(&r.definition.from).or_default().push(&r.definition);
+            edges
+                .entry(&r.definition.from)
+                .or_default()
+                .push(&r.definition);
         }
         // How each topic reached was first reached: the pipeline into it.
         let mut reached_by: HashMap<&str, Option<&Definition>> = HashMap::from([(to, None)]);

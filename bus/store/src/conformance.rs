@@ -343,9 +343,7 @@ pub fn topic_delete_then_recreate_starts_empty_without_producer_state<H: Harness
 /// Altering a topic replaces its settings and adds partitions that start
 /// empty at offset 0 and take writes at once, leaving the existing
 /// partitions' records as they were; all of it survives a restart.
-pub fn topic_alter_adds_empty_partitions_keeps_records_and_survives_reopen<H: Harness>(
-    h: &mut H,
-) {
+pub fn topic_alter_adds_empty_partitions_keeps_records_and_survives_reopen<H: Harness>(h: &mut H) {
     let store = h.fresh();
     create(&store, &spec("t", 1));
     let first = batch_of("a", 2, 10, ProducerStamp::NONE);

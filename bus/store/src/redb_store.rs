@@ -626,7 +626,11 @@ impl RedbStore {
 
     /// Alters the topic in `txn` from `old` to `new`, adding the partitions
     /// `new` has beyond `old`'s, empty.
-    fn alter_in(txn: &WriteTransaction, old: &TopicSpec, new: &TopicSpec) -> Result<(), StoreError> {
+    fn alter_in(
+        txn: &WriteTransaction,
+        old: &TopicSpec,
+        new: &TopicSpec,
+    ) -> Result<(), StoreError> {
         let mut topics = txn.open_table(TOPICS)?;
         topics.insert(new.name.as_str(), topic::encode_spec(new).as_slice())?;
         let mut partitions = txn.open_table(PARTITIONS)?;

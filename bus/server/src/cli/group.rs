@@ -10,6 +10,9 @@ use super::table::{self, Table};
 use super::{CommonArgs, Failure, Output};
 
 #[derive(Debug, Subcommand)]
+#[command(after_help = "Examples:
+  edgebus group describe billing
+  edgebus group reset-offsets billing --topic orders --to earliest --dry-run")]
 pub enum GroupCommand {
     /// List groups with members or committed offsets.
     #[command(after_help = "Examples:
@@ -164,9 +167,8 @@ pub async fn run(cmd: GroupCommand) -> Result<(), Failure> {
             else {
                 return Err(unexpected(&response));
             };
-            let lag_of = |l: &edgebus_client::GroupLag| {
-                l.log_end.saturating_sub(l.committed.unwrap_or(0))
-            };
+            let lag_of =
+                |l: &edgebus_client::GroupLag| l.log_end.saturating_sub(l.committed.unwrap_or(0));
             match a.common.output {
                 o @ (Output::Json | Output::Yaml) => o.emit(&json!({
                         "group": a.group,

@@ -10,6 +10,9 @@ use super::table::{self, Table};
 use super::{CommonArgs, Failure, Output, PolicyArg};
 
 #[derive(Debug, Subcommand)]
+#[command(after_help = "Examples:
+  edgebus pipeline create thin --from sensors --to sensors-1in10 --plugin downsample:every=10
+  edgebus pipeline describe thin")]
 pub enum PipelineCommand {
     /// Run a plugin chain continuously from one topic into another,
     /// exactly-once. A pipeline whose output would feed its own input,
@@ -136,7 +139,10 @@ fn describe(p: &PipelineDescription, output: Output) {
     }
 }
 
-async fn pipelines(client: &Client, request: &Request) -> Result<Vec<PipelineDescription>, Failure> {
+async fn pipelines(
+    client: &Client,
+    request: &Request,
+) -> Result<Vec<PipelineDescription>, Failure> {
     match client.request(request).await? {
         Response::Pipelines(p) => Ok(p),
         other => Err(Failure::other(format!("unexpected response {other:?}"))),

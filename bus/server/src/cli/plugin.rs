@@ -76,6 +76,9 @@ pub fn policy_name(policy: FailurePolicy) -> String {
 }
 
 #[derive(Debug, Subcommand)]
+#[command(after_help = "Examples:
+  edgebus plugin add json-filter plugins/target/wasm32-wasip2/release/json_filter.wasm
+  edgebus plugin list")]
 pub enum PluginCommand {
     /// Register a WebAssembly component, or replace it (new version).
     #[command(after_help = "Examples:
@@ -233,7 +236,10 @@ pub async fn run(cmd: PluginCommand) -> Result<(), Failure> {
     Ok(())
 }
 
-async fn plugins(common: &CommonArgs, request: &Request) -> Result<Vec<PluginDescription>, Failure> {
+async fn plugins(
+    common: &CommonArgs,
+    request: &Request,
+) -> Result<Vec<PluginDescription>, Failure> {
     let client = common.connect.connect().await?;
     match client.request(request).await? {
         Response::Plugins(plugins) => Ok(plugins),

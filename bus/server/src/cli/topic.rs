@@ -13,6 +13,9 @@ use super::table::{self, Table};
 use super::{CommonArgs, Failure, Output, PolicyArg};
 
 #[derive(Debug, Subcommand)]
+#[command(after_help = "Examples:
+  edgebus topic create orders --partitions 6
+  edgebus topic describe orders")]
 pub enum TopicCommand {
     /// Create a topic.
     #[command(after_help = "Examples:

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use edgebus_proto::ErrorCode;
 use edgebus_proto::frame::{
-    AssignmentStrategy, PartitionReset, PartitionOffset, Position, ResetTarget, Response,
+    AssignmentStrategy, PartitionOffset, PartitionReset, Position, ResetTarget, Response,
     TopicPartition,
 };
 

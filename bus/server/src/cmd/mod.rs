@@ -40,7 +40,14 @@ pub async fn dispatch(b: &Broker, request: Request) -> Response {
     match request {
         Request::CreateTopic(spec) => respond(topic::create(&b.topics, spec).await),
         Request::DeleteTopic { name } => respond(
-            topic::delete(&b.topics, &b.pipelines, &b.attachments, &b.dead_letters, name).await,
+            topic::delete(
+                &b.topics,
+                &b.pipelines,
+                &b.attachments,
+                &b.dead_letters,
+                name,
+            )
+            .await,
         ),
         Request::ListTopics => topic::list(&b.topics),
         Request::DescribeTopic { name } => {
