@@ -234,6 +234,12 @@ pub enum ErrorCode {
     /// The broker's disk is full: nothing of the request was stored.
     /// Retriable once space is freed (retention, a bigger disk).
     StorageFull = 32,
+    /// The pipeline's output would feed its own input, directly or through
+    /// other pipelines; the message names the loop.
+    PipelineCycle = 33,
+    /// The topic is a pipeline's source or destination; the message names
+    /// the pipelines.
+    TopicInUse = 34,
 }
 
 impl ErrorCode {
@@ -273,6 +279,8 @@ impl ErrorCode {
             30 => PipelineExists,
             31 => UnsupportedCompression,
             32 => StorageFull,
+            33 => PipelineCycle,
+            34 => TopicInUse,
             _ => return None,
         })
     }

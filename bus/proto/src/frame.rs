@@ -16,7 +16,9 @@
 //! Payload fields, per kind, are written in the order of the struct fields
 //! below. A `str` is `u16 length + UTF-8`, `bytes` is `u32 length + bytes`,
 //! a `Position` is a `u8` tag (0 earliest, 1 latest, 2 offset, 3 timestamp)
-//! followed by a `u64`/`i64` for the last two. An error response
+//! followed by a `u64`/`i64` for the last two, an optional field is a `u8`
+//! (0 absent, 1 present) followed by the value when present, and a `bool`
+//! is a `u8` 0 or 1. An error response
 //! (kind `0xFFFF`) holds `u16 code + str message`; see [`ErrorCode`].
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -116,6 +118,10 @@ frame_kinds! {
     PipelineDescribe = 0x001b,
     /// [`Request::PipelineDelete`].
     PipelineDelete = 0x001c,
+    /// [`Request::AlterTopic`].
+    AlterTopic = 0x001d,
+    /// [`Request::ResetPartitionOffsets`].
+    ResetPartitionOffsets = 0x001e,
     /// [`Response::TopicCreated`].
     TopicCreated = 0x8001,
     /// [`Response::TopicDeleted`].
@@ -148,6 +154,8 @@ frame_kinds! {
     TopicPluginsReply = 0x8018,
     /// [`Response::Pipelines`].
     Pipelines = 0x801a,
+    /// [`Response::PartitionResets`].
+    PartitionResets = 0x801e,
     /// [`Response::Error`].
     Error = 0xffff,
     /// [`Request::NodeInfo`]; node and cluster requests are numbered from
@@ -250,6 +258,7 @@ impl TopicSpec {
 }
 
 /// Per-partition offsets of a topic.
+/// Per-partition offsets and size of a topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PartitionInfo {
     /// Partition index.
@@ -258,6 +267,61 @@ pub struct PartitionInfo {
     pub log_start: u64,
     /// Offset the next record will get.
     pub log_end: u64,
+    /// Bytes of the stored batches, as stored (compressed if they are).
+    pub size_bytes: u64,
+}
+
+impl PartitionInfo {
+    /// Records retained: offsets are dense and retention removes whole
+    /// batches from the start, so every offset in `log_start..log_end`
+    /// holds one record.
+    pub fn records(&self) -> u64 {
+        self.log_end.saturating_sub(self.log_start)
+    }
+}
+
+/// Settings an `AlterTopic` changes; `None` leaves a setting as it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TopicChanges {
+    /// New partition count: partitions can be added, never removed.
+    pub partitions: Option<u32>,
+    /// New `retention_ms` (-1 keeps batches forever).
+    pub retention_ms: Option<i64>,
+    /// New `retention_bytes` (-1 means no limit).
+    pub retention_bytes: Option<i64>,
+    /// New `max_message_bytes`.
+    pub max_message_bytes: Option<u32>,
+}
+
+impl TopicChanges {
+    /// Whether nothing would change.
+    pub fn is_empty(&self) -> bool {
+        *self == TopicChanges::default()
+    }
+}
+
+/// Where `ResetPartitionOffsets` points a group's offsets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResetTarget {
+    /// A position resolved in each partition (earliest, latest, an offset,
+    /// a time).
+    Position(Position),
+    /// The committed offset moved by this many records (back when
+    /// negative), kept within the log.
+    Shift(i64),
+}
+
+/// One partition's offset reset, done or planned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionReset {
+    /// Topic name.
+    pub topic: String,
+    /// Partition index.
+    pub partition: u32,
+    /// The committed offset before the reset, if there was one.
+    pub previous: Option<u64>,
+    /// The offset after it.
+    pub offset: u64,
 }
 
 /// What became of the records of one produced batch, record by record.
@@ -680,6 +744,28 @@ pub enum Request {
     },
     /// The answering node's version, uptime, listeners and data dir.
     NodeInfo,
+    /// Change a topic's settings; answered with the new spec in `Topics`.
+    AlterTopic {
+        /// Topic name.
+        name: String,
+        /// What to change.
+        changes: TopicChanges,
+    },
+    /// Point a group's offsets for a topic (one partition, or all)
+    /// somewhere else; only while the group has no members. With
+    /// `dry_run` the broker answers what it would do and changes nothing.
+    ResetPartitionOffsets {
+        /// Group name.
+        group: String,
+        /// Topic name.
+        topic: String,
+        /// Only this partition, or every partition.
+        partition: Option<u32>,
+        /// Where to point each partition.
+        to: ResetTarget,
+        /// Plan only.
+        dry_run: bool,
+    },
 }
 
 /// A response from the broker.
@@ -696,7 +782,7 @@ pub enum Response {
     TopicCreated,
     /// Reply to `DeleteTopic`.
     TopicDeleted,
-    /// Reply to `ListTopics`.
+    /// Reply to `ListTopics`, and to `AlterTopic` (the altered spec).
     Topics(Vec<TopicSpec>),
     /// Reply to `DescribeTopic`.
     TopicDescription {
@@ -788,6 +874,9 @@ pub enum Response {
     },
     /// Reply to `NodeInfo`.
     NodeInfo(NodeInfo),
+    /// Reply to `ResetPartitionOffsets`: each partition's reset, done or
+    /// (dry run) planned.
+    PartitionResets(Vec<PartitionReset>),
 }
 
 impl Response {
@@ -992,6 +1081,16 @@ fn put_record_acks(buf: &mut BytesMut, acks: &RecordAcks) {
     }
 }
 
+fn put_opt<T>(buf: &mut BytesMut, value: Option<T>, put: impl FnOnce(&mut BytesMut, T)) {
+    match value {
+        None => buf.put_u8(0),
+        Some(v) => {
+            buf.put_u8(1);
+            put(buf, v);
+        }
+    }
+}
+
 fn put_spec(buf: &mut BytesMut, s: &TopicSpec) {
     put_str(buf, &s.name);
     buf.put_u32(s.partitions);
@@ -1033,6 +1132,8 @@ impl Request {
             Request::PipelineDescribe { .. } => FrameKind::PipelineDescribe,
             Request::PipelineDelete { .. } => FrameKind::PipelineDelete,
             Request::NodeInfo => FrameKind::NodeInfo,
+            Request::AlterTopic { .. } => FrameKind::AlterTopic,
+            Request::ResetPartitionOffsets { .. } => FrameKind::ResetPartitionOffsets,
         }
     }
 
@@ -1169,6 +1270,35 @@ impl Request {
                 put_chain(buf, chain);
                 buf.put_u8(*on_failure as u8);
             }
+            Request::AlterTopic { name, changes } => {
+                put_str(buf, name);
+                put_opt(buf, changes.partitions, BytesMut::put_u32);
+                put_opt(buf, changes.retention_ms, BytesMut::put_i64);
+                put_opt(buf, changes.retention_bytes, BytesMut::put_i64);
+                put_opt(buf, changes.max_message_bytes, BytesMut::put_u32);
+            }
+            Request::ResetPartitionOffsets {
+                group,
+                topic,
+                partition,
+                to,
+                dry_run,
+            } => {
+                put_str(buf, group);
+                put_str(buf, topic);
+                put_opt(buf, *partition, BytesMut::put_u32);
+                match to {
+                    ResetTarget::Position(p) => {
+                        buf.put_u8(0);
+                        put_position(buf, *p);
+                    }
+                    ResetTarget::Shift(by) => {
+                        buf.put_u8(1);
+                        buf.put_i64(*by);
+                    }
+                }
+                buf.put_u8(u8::from(*dry_run));
+            }
         }
         framing::finish_frame(buf, start, 0);
     }
@@ -1282,6 +1412,22 @@ impl Request {
             FrameKind::PipelineDescribe => Request::PipelineDescribe { name: r.str()? },
             FrameKind::PipelineDelete => Request::PipelineDelete { name: r.str()? },
             FrameKind::NodeInfo => Request::NodeInfo,
+            FrameKind::AlterTopic => Request::AlterTopic {
+                name: r.str()?,
+                changes: TopicChanges {
+                    partitions: r.opt(Reader::u32)?,
+                    retention_ms: r.opt(Reader::i64)?,
+                    retention_bytes: r.opt(Reader::i64)?,
+                    max_message_bytes: r.opt(Reader::u32)?,
+                },
+            },
+            FrameKind::ResetPartitionOffsets => Request::ResetPartitionOffsets {
+                group: r.str()?,
+                topic: r.str()?,
+                partition: r.opt(Reader::u32)?,
+                to: r.reset_target()?,
+                dry_run: r.bool()?,
+            },
             _ => return Err(FrameError::UnknownKind(header.kind)),
         };
         r.finish()?;
@@ -1310,6 +1456,7 @@ impl Response {
             Response::TopicPlugins { .. } => FrameKind::TopicPluginsReply,
             Response::Pipelines(_) => FrameKind::Pipelines,
             Response::NodeInfo(_) => FrameKind::NodeInfoReply,
+            Response::PartitionResets(_) => FrameKind::PartitionResets,
         }
     }
 
@@ -1335,6 +1482,7 @@ impl Response {
                     buf.put_u32(p.partition);
                     buf.put_u64(p.log_start);
                     buf.put_u64(p.log_end);
+                    buf.put_u64(p.size_bytes);
                 }
             }
             Response::ProducerInit {
@@ -1455,6 +1603,15 @@ impl Response {
                 put_str(buf, &n.data_dir);
                 buf.put_u64(n.data_bytes);
             }
+            Response::PartitionResets(resets) => {
+                buf.put_u32(resets.len() as u32);
+                for o in resets {
+                    put_str(buf, &o.topic);
+                    buf.put_u32(o.partition);
+                    put_opt(buf, o.previous, BytesMut::put_u64);
+                    buf.put_u64(o.offset);
+                }
+            }
         }
         framing::finish_frame(buf, start, 0);
     }
@@ -1486,13 +1643,14 @@ impl Response {
             }
             FrameKind::TopicDescription => {
                 let spec = r.spec()?;
-                let n = r.count(20)?;
+                let n = r.count(28)?;
                 let mut partitions = Vec::with_capacity(n);
                 for _ in 0..n {
                     partitions.push(PartitionInfo {
                         partition: r.u32()?,
                         log_start: r.u64()?,
                         log_end: r.u64()?,
+                        size_bytes: r.u64()?,
                     });
                 }
                 Response::TopicDescription { spec, partitions }
@@ -1623,6 +1781,19 @@ impl Response {
                     data_bytes: r.u64()?,
                 })
             }
+            FrameKind::PartitionResets => {
+                let n = r.count(15)?;
+                let mut resets = Vec::with_capacity(n);
+                for _ in 0..n {
+                    resets.push(PartitionReset {
+                        topic: r.str()?,
+                        partition: r.u32()?,
+                        previous: r.opt(Reader::u64)?,
+                        offset: r.u64()?,
+                    });
+                }
+                Response::PartitionResets(resets)
+            }
             _ => return Err(FrameError::UnknownKind(header.kind)),
         };
         r.finish()?;
@@ -1680,6 +1851,36 @@ impl Reader {
         Ok(v)
     }
 
+    fn i64(&mut self) -> Result<i64, DecodeError> {
+        Ok(self.u64()? as i64)
+    }
+
+    fn bool(&mut self) -> Result<bool, DecodeError> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            tag => Err(DecodeError::UnknownTag {
+                field: "bool",
+                tag: u64::from(tag),
+            }),
+        }
+    }
+
+    /// An optional field: a presence byte, then the value if present.
+    fn opt<T>(
+        &mut self,
+        read: impl FnOnce(&mut Self) -> Result<T, DecodeError>,
+    ) -> Result<Option<T>, DecodeError> {
+        match self.u8()? {
+            0 => Ok(None),
+            1 => read(self).map(Some),
+            tag => Err(DecodeError::UnknownTag {
+                field: "option",
+                tag: u64::from(tag),
+            }),
+        }
+    }
+
     /// A element count, rejected early if the rest of the frame cannot hold
     /// `count * min_item_bytes`, so a hostile count never drives allocation.
     fn count(&mut self, min_item_bytes: usize) -> Result<usize, DecodeError> {
@@ -1716,6 +1917,19 @@ impl Reader {
             tag => {
                 return Err(DecodeError::UnknownTag {
                     field: "position",
+                    tag: u64::from(tag),
+                });
+            }
+        })
+    }
+
+    fn reset_target(&mut self) -> Result<ResetTarget, DecodeError> {
+        Ok(match self.u8()? {
+            0 => ResetTarget::Position(self.position()?),
+            1 => ResetTarget::Shift(self.i64()?),
+            tag => {
+                return Err(DecodeError::UnknownTag {
+                    field: "reset target",
                     tag: u64::from(tag),
                 });
             }
@@ -2025,6 +2239,43 @@ mod tests {
             Just(Request::PipelineList),
             "[a-z]{1,8}".prop_map(|name| Request::PipelineDescribe { name }),
             "[a-z]{1,8}".prop_map(|name| Request::PipelineDelete { name }),
+            (
+                "[a-z]{1,8}",
+                proptest::option::of(any::<u32>()),
+                proptest::option::of(any::<i64>()),
+                proptest::option::of(any::<i64>()),
+                proptest::option::of(any::<u32>())
+            )
+                .prop_map(|(name, partitions, retention_ms, retention_bytes, max)| {
+                    Request::AlterTopic {
+                        name,
+                        changes: TopicChanges {
+                            partitions,
+                            retention_ms,
+                            retention_bytes,
+                            max_message_bytes: max,
+                        },
+                    }
+                }),
+            (
+                "[a-z]{1,8}",
+                "[a-z]{1,8}",
+                proptest::option::of(any::<u32>()),
+                prop_oneof![
+                    arb_position().prop_map(ResetTarget::Position),
+                    any::<i64>().prop_map(ResetTarget::Shift)
+                ],
+                any::<bool>()
+            )
+                .prop_map(|(group, topic, partition, to, dry_run)| {
+                    Request::ResetPartitionOffsets {
+                        group,
+                        topic,
+                        partition,
+                        to,
+                        dry_run,
+                    }
+                }),
             ("[a-z]{1,8}", any::<u32>(), arb_position()).prop_map(
                 |(topic, partition, position)| Request::ListOffsets {
                     topic,
@@ -2165,17 +2416,23 @@ mod tests {
             proptest::collection::vec(arb_spec(), 0..4).prop_map(Response::Topics),
             (
                 arb_spec(),
-                proptest::collection::vec((any::<u32>(), any::<u64>(), any::<u64>()), 0..4)
+                proptest::collection::vec(
+                    (any::<u32>(), any::<u64>(), any::<u64>(), any::<u64>()),
+                    0..4
+                )
             )
                 .prop_map(|(spec, ps)| Response::TopicDescription {
                     spec,
                     partitions: ps
                         .into_iter()
-                        .map(|(partition, log_start, log_end)| PartitionInfo {
-                            partition,
-                            log_start,
-                            log_end
-                        })
+                        .map(
+                            |(partition, log_start, log_end, size_bytes)| PartitionInfo {
+                                partition,
+                                log_start,
+                                log_end,
+                                size_bytes,
+                            }
+                        )
                         .collect()
                 }),
             (any::<i64>(), any::<i16>()).prop_map(|(producer_id, producer_epoch)| {
@@ -2280,6 +2537,24 @@ mod tests {
             )
             .prop_map(Response::Pipelines),
             arb_offsets().prop_map(Response::CommittedOffsets),
+            proptest::collection::vec(
+                (
+                    "[a-z]{1,8}",
+                    any::<u32>(),
+                    proptest::option::of(any::<u64>()),
+                    any::<u64>()
+                )
+                    .prop_map(|(topic, partition, previous, offset)| {
+                        PartitionReset {
+                            topic,
+                            partition,
+                            previous,
+                            offset,
+                        }
+                    }),
+                0..3
+            )
+            .prop_map(Response::PartitionResets),
             proptest::collection::vec("[a-z]{1,8}", 0..4).prop_map(Response::Groups),
             (
                 any::<u32>(),
@@ -2428,6 +2703,7 @@ mod tests {
             (FrameKind::JoinGroup, FrameKind::GroupAssignment),
             (FrameKind::TopicPlugins, FrameKind::TopicPluginsReply),
             (FrameKind::PipelineList, FrameKind::Pipelines),
+            (FrameKind::ResetPartitionOffsets, FrameKind::PartitionResets),
         ];
         for (request, response) in pairs {
             assert_eq!(request as u16 | 0x8000, response as u16);

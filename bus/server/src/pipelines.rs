@@ -9,7 +9,7 @@
 //! commit is thrown away whole: the chain is rebuilt from the stored state
 //! and the step runs again.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -58,6 +58,16 @@ pub enum PipelinesError {
     /// No pipeline with that name.
     #[error("unknown pipeline {0:?}")]
     Unknown(String),
+    /// The pipeline's output would feed its own input, directly or through
+    /// other pipelines, so records would go round for ever.
+    #[error("pipeline {name:?} would feed its own input: {}", path.join(", "))]
+    Cycle {
+        /// The pipeline refused.
+        name: String,
+        /// The loop, one `pipeline: from → to` per step, starting with
+        /// the refused pipeline.
+        path: Vec<String>,
+    },
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -74,6 +84,7 @@ impl Coded for PipelinesError {
             PipelinesError::UnknownTopic(e) => e.code(),
             PipelinesError::Chain(e) => e.code(),
             PipelinesError::Unknown(_) => ErrorCode::UnknownPipeline,
+            PipelinesError::Cycle { .. } => ErrorCode::PipelineCycle,
             PipelinesError::Store(e) => e.code(),
             PipelinesError::Task(_) => ErrorCode::StorageError,
         }
@@ -142,22 +153,13 @@ struct Env {
 #[derive(Clone)]
 pub struct Pipelines {
     running: Arc<Mutex<HashMap<String, Running>>>,
-    /// Names being created: reserved before `create` awaits anything, so
-    /// two concurrent creates of one name cannot both start a task.
-    creating: Arc<Mutex<HashSet<String>>>,
+    /// Held by `create` from its checks until the pipeline runs, and by
+    /// whoever deletes a topic while checking no pipeline uses it: two
+    /// concurrent creates could otherwise both pass the name and cycle
+    /// checks (`a → b` and `b → a`), or a pipeline start on a topic being
+    /// deleted.
+    creation: Arc<tokio::sync::Mutex<()>>,
     env: Env,
-}
-
-/// Releases a name reservation however `create` returns.
-struct Reservation<'a> {
-    creating: &'a Mutex<HashSet<String>>,
-    name: String,
-}
-
-impl Drop for Reservation<'_> {
-    fn drop(&mut self) {
-        lock(self.creating).remove(&self.name);
-    }
 }
 
 /// Locks a mutex, recovering it if a thread panicked while holding it.
@@ -178,7 +180,7 @@ impl Pipelines {
     ) -> Pipelines {
         Pipelines {
             running: Arc::default(),
-            creating: Arc::default(),
+            creation: Arc::default(),
             env: Env {
                 store,
                 writer,
@@ -233,23 +235,22 @@ impl Pipelines {
         chain: Vec<PluginRef>,
         on_failure: FailurePolicy,
     ) -> Result<(), PipelinesError> {
-        let _reservation = {
-            let running = lock(&self.running);
-            let mut creating = lock(&self.creating);
-            if running.contains_key(name) || !creating.insert(name.to_owned()) {
-                return Err(PipelinesError::Exists(name.to_owned()));
-            }
-            Reservation {
-                creating: &self.creating,
-                name: name.to_owned(),
-            }
-        };
+        let _creation = self.creation.lock().await;
+        if lock(&self.running).contains_key(name) {
+            return Err(PipelinesError::Exists(name.to_owned()));
+        }
         edgebus_store::topic::check_name(name).map_err(PipelinesError::InvalidName)?;
         for topic in [from, to] {
             self.env.topics.spec(topic)?;
         }
         if chain.is_empty() {
             return Err(PipelinesError::NoPlugin);
+        }
+        if let Some(path) = self.cycle(name, from, to) {
+            return Err(PipelinesError::Cycle {
+                name: name.to_owned(),
+                path,
+            });
         }
         let definition = Definition {
             name: name.to_owned(),
@@ -334,6 +335,63 @@ impl Pipelines {
             r.task.abort();
             let _ = r.task.await;
         }
+    }
+
+    /// The loop a pipeline `name` from `from` to `to` would close with the
+    /// running pipelines, if any: a path of pipelines from `to` back to
+    /// `from` (empty when `to` is `from`), found breadth-first so it is a
+    /// shortest one. Each topic is visited once, so the search ends.
+    fn cycle(&self, name: &str, from: &str, to: &str) -> Option<Vec<String>> {
+        let step = |pipeline: &str, from: &str, to: &str| format!("{pipeline}: {from} → {to}");
+        let running = lock(&self.running);
+        let mut edges: HashMap<&str, Vec<&Definition>> = HashMap::new();
+        for r in running.values() {
+            edges
+                .entry(&r.definition.from)
+                .or_default()
+                .push(&r.definition);
+        }
+        // How each topic reached was first reached: the pipeline into it.
+        let mut reached_by: HashMap<&str, Option<&Definition>> = HashMap::from([(to, None)]);
+        let mut queue = VecDeque::from([to]);
+        while let Some(topic) = queue.pop_front() {
+            if topic == from {
+                let mut path = Vec::new();
+                let mut at = topic;
+                while let Some(Some(d)) = reached_by.get(at) {
+                    path.push(step(&d.name, &d.from, &d.to));
+                    at = &d.from;
+                }
+                path.push(step(name, from, to));
+                path.reverse();
+                return Some(path);
+            }
+            for d in edges.get(topic).into_iter().flatten() {
+                if !reached_by.contains_key(d.to.as_str()) {
+                    reached_by.insert(&d.to, Some(d));
+                    queue.push_back(&d.to);
+                }
+            }
+        }
+        None
+    }
+
+    /// Stops pipelines from being created until the guard is dropped, so a
+    /// caller can check [`Pipelines::topic_users`] and act on the answer
+    /// before a new pipeline could change it.
+    pub async fn pause_creation(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.creation.lock().await
+    }
+
+    /// The pipelines that read or write a topic, as `pipeline:NAME`.
+    pub fn topic_users(&self, topic: &str) -> Vec<String> {
+        let mut users: Vec<String> = lock(&self.running)
+            .values()
+            .filter(|r| r.definition.from == topic || r.definition.to == topic)
+            .map(|r| format!("pipeline:{}", r.definition.name))
+            .collect();
+        users.sort();
+        users
     }
 
     /// The pipelines that use a plugin, as `pipeline:NAME`.

@@ -148,7 +148,9 @@ impl Reader {
         .await
     }
 
-    /// The log start and end of every partition of a topic.
+    /// The log start and end of every partition of a topic, and its size
+    /// (which counts batches committed but not yet below the high
+    /// watermark, for the few ms until they are).
     pub async fn partitions(&self, spec: TopicSpec) -> Result<Vec<PartitionInfo>, FetchError> {
         self.blocking(move |store| {
             (0..spec.partitions)
@@ -158,6 +160,7 @@ impl Reader {
                         partition,
                         log_start: o.log_start,
                         log_end: o.log_end,
+                        size_bytes: store.store.partition_bytes(&spec.name, partition)?,
                     })
                 })
                 .collect()

@@ -6,8 +6,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use edgebus_proto::ErrorCode;
-use edgebus_proto::frame::TopicSpec;
+use edgebus_proto::frame::{TopicChanges, TopicSpec};
 use edgebus_store::{LogStore, StoreError, TopicError};
+use tokio::sync::Mutex;
 
 use crate::error::Coded;
 use crate::groups::Groups;
@@ -24,19 +25,38 @@ impl Coded for UnknownTopic {
     }
 }
 
-/// Why a topic could not be created or deleted.
+/// Why a topic could not be created, altered or deleted.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TopicAdminError {
     /// The store refused (exists, unknown, invalid config, storage).
     #[error(transparent)]
     Store(#[from] TopicError),
+    /// No such topic.
+    #[error(transparent)]
+    UnknownTopic(#[from] UnknownTopic),
+    /// An alter asked for fewer partitions: removing one would drop its
+    /// records and move the keys that hash to it.
+    #[error(
+        "topic {topic:?} has {partitions} partitions; partitions can be added, not removed \
+         (asked for {asked})"
+    )]
+    FewerPartitions {
+        /// Topic name.
+        topic: String,
+        /// Its partition count.
+        partitions: u32,
+        /// The count asked for.
+        asked: u32,
+    },
 }
 
 impl Coded for TopicAdminError {
     fn code(&self) -> ErrorCode {
         match self {
             TopicAdminError::Store(e) => e.code(),
+            TopicAdminError::UnknownTopic(e) => e.code(),
+            TopicAdminError::FewerPartitions { .. } => ErrorCode::InvalidTopicConfig,
         }
     }
 }
@@ -48,6 +68,11 @@ pub struct Topics {
     specs: Arc<RwLock<HashMap<String, TopicSpec>>>,
     groups: Groups,
     default_max_message_bytes: u32,
+    /// Held across each create, alter and delete, so that one's store
+    /// write and cache update cannot interleave with another's: an alter
+    /// must not bring back the spec of a topic deleted meanwhile, nor two
+    /// alters lose one another's changes.
+    admin: Arc<Mutex<()>>,
 }
 
 impl Topics {
@@ -74,6 +99,7 @@ impl Topics {
             specs: Arc::new(RwLock::new(specs)),
             groups,
             default_max_message_bytes,
+            admin: Arc::default(),
         })
     }
 
@@ -106,6 +132,7 @@ impl Topics {
         if spec.max_message_bytes == 0 {
             spec.max_message_bytes = self.default_max_message_bytes;
         }
+        let _admin = self.admin.lock().await;
         self.writer.create_topic(spec.clone()).await?;
         self.groups.set_topic(&spec.name, spec.partitions);
         self.specs_mut().insert(spec.name.clone(), spec);
@@ -115,10 +142,50 @@ impl Topics {
     /// Deletes a topic and its records, then forgets it here and in the
     /// coordinator.
     pub async fn delete(&self, name: String) -> Result<(), TopicAdminError> {
+        let _admin = self.admin.lock().await;
         self.writer.delete_topic(name.clone()).await?;
         self.specs_mut().remove(&name);
         self.groups.remove_topic(&name);
         Ok(())
+    }
+
+    /// Changes a topic's settings in the store (through the writer, in
+    /// order with the appends around it), then in the cache, and tells the
+    /// coordinator of added partitions so groups rebalance onto them.
+    /// Returns the new spec. Added partitions take appends and reads at
+    /// once: the writer loads a partition's engine on its first append, and
+    /// readers see an empty partition until then.
+    pub async fn alter(
+        &self,
+        name: &str,
+        changes: TopicChanges,
+    ) -> Result<TopicSpec, TopicAdminError> {
+        let _admin = self.admin.lock().await;
+        let old = self.spec(name)?;
+        if let Some(asked) = changes.partitions.filter(|p| *p < old.partitions) {
+            return Err(TopicAdminError::FewerPartitions {
+                topic: name.to_owned(),
+                partitions: old.partitions,
+                asked,
+            });
+        }
+        let new = TopicSpec {
+            partitions: changes.partitions.unwrap_or(old.partitions),
+            retention_ms: changes.retention_ms.unwrap_or(old.retention_ms),
+            retention_bytes: changes.retention_bytes.unwrap_or(old.retention_bytes),
+            max_message_bytes: changes.max_message_bytes.unwrap_or(old.max_message_bytes),
+            ..old.clone()
+        };
+        let stored = new.clone();
+        self.writer
+            .run(move |store| Ok(store.alter_topic(&stored)))
+            .await
+            .map_err(TopicError::Store)??;
+        self.specs_mut().insert(name.to_owned(), new.clone());
+        if new.partitions != old.partitions {
+            self.groups.set_topic(name, new.partitions);
+        }
+        Ok(new)
     }
 
     fn specs_mut(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, TopicSpec>> {

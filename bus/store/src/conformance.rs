@@ -105,6 +105,9 @@ pub fn run_all<H: Harness>(h: &mut H) {
     crash_after_n_writes_truncation_applies_whole_or_not_at_all(h);
     crash_after_n_writes_keeps_exactly_the_acknowledged_offset_commits(h);
     crash_after_n_writes_pipeline_position_implies_exactly_its_steps(h);
+    topic_alter_adds_empty_partitions_keeps_records_and_survives_reopen(h);
+    topic_alter_fewer_partitions_invalid_or_unknown_is_refused_and_changes_nothing(h);
+    partition_bytes_follow_appends_retention_and_truncation(h);
 }
 
 // ---- helpers ---------------------------------------------------------------
@@ -335,6 +338,111 @@ pub fn topic_delete_then_recreate_starts_empty_without_producer_state<H: Harness
         }],
         "other topics keep their epoch table"
     );
+}
+
+/// Altering a topic replaces its settings and adds partitions that start
+/// empty at offset 0 and take writes at once, leaving the existing
+/// partitions' records as they were; all of it survives a restart.
+pub fn topic_alter_adds_empty_partitions_keeps_records_and_survives_reopen<H: Harness>(h: &mut H) {
+    let store = h.fresh();
+    create(&store, &spec("t", 1));
+    let first = batch_of("a", 2, 10, ProducerStamp::NONE);
+    append_one(&store, "t", 0, first.clone());
+    let altered = TopicSpec {
+        retention_ms: 60_000,
+        retention_bytes: 1 << 20,
+        max_message_bytes: 4096,
+        ..spec("t", 3)
+    };
+    store.alter_topic(&altered).expect("alter_topic");
+    assert_eq!(store.topic("t").expect("topic"), Some(altered.clone()));
+    for partition in 1..3 {
+        assert_eq!(
+            offsets(&store, "t", partition),
+            PartitionOffsets::default(),
+            "an added partition is empty at offset 0"
+        );
+    }
+    let second = batch_of("b", 1, 10, ProducerStamp::NONE);
+    assert_eq!(append_one(&store, "t", 2, second.clone()), 0);
+    let store = h.reopen(store);
+    assert_eq!(store.topic("t").expect("topic"), Some(altered));
+    assert_eq!(read_all(&store, "t", 0), vec![stored(&first, 0)]);
+    assert_eq!(read_all(&store, "t", 1), Vec::<Bytes>::new());
+    assert_eq!(read_all(&store, "t", 2), vec![stored(&second, 0)]);
+}
+
+/// Removing partitions, an invalid setting or an unknown topic is refused
+/// and changes nothing.
+pub fn topic_alter_fewer_partitions_invalid_or_unknown_is_refused_and_changes_nothing<
+    H: Harness,
+>(
+    h: &mut H,
+) {
+    let store = h.fresh();
+    create(&store, &spec("t", 2));
+    let bad_retention = TopicSpec {
+        retention_ms: 0,
+        ..spec("t", 4)
+    };
+    for bad in [spec("t", 1), spec("t", 0), bad_retention] {
+        let result = store.alter_topic(&bad);
+        assert!(
+            matches!(result, Err(TopicError::Invalid(_))),
+            "{bad:?} should be Invalid, got {result:?}"
+        );
+    }
+    let result = store.alter_topic(&spec("ghost", 1));
+    assert!(
+        matches!(result, Err(TopicError::NotFound(ref n)) if n == "ghost"),
+        "alter of a missing topic should be NotFound, got {result:?}"
+    );
+    assert_eq!(store.topics().expect("topics"), vec![spec("t", 2)]);
+    assert!(
+        matches!(
+            store.offsets("t", 2),
+            Err(ReadError::UnknownPartition { .. })
+        ),
+        "a refused alter adds no partition"
+    );
+}
+
+/// A partition's byte size is the sum of its stored batches: it grows with
+/// appends and shrinks with retention and truncation.
+pub fn partition_bytes_follow_appends_retention_and_truncation<H: Harness>(h: &mut H) {
+    let store = h.fresh();
+    let b = batch_of("x", 3, 1, ProducerStamp::NONE);
+    let size = b.len() as u64;
+    create(
+        &store,
+        &TopicSpec {
+            retention_bytes: 2 * size as i64,
+            ..spec("t", 2)
+        },
+    );
+    let bytes = |partition| {
+        store
+            .partition_bytes("t", partition)
+            .unwrap_or_else(|e| panic!("partition_bytes t/{partition} failed: {e}"))
+    };
+    assert_eq!(bytes(0), 0);
+    for _ in 0..4 {
+        append_one(&store, "t", 0, b.clone());
+    }
+    assert_eq!(bytes(0), 4 * size);
+    assert_eq!(bytes(1), 0, "other partitions are counted apart");
+    store.enforce_retention(0).expect("retention");
+    assert_eq!(bytes(0), 2 * size, "retention takes deleted batches off");
+    store.truncate_from("t", 0, 9).expect("truncate");
+    assert_eq!(bytes(0), size, "truncation takes removed batches off");
+    assert!(matches!(
+        store.partition_bytes("t", 2),
+        Err(ReadError::UnknownPartition { .. })
+    ));
+    assert!(matches!(
+        store.partition_bytes("ghost", 0),
+        Err(ReadError::UnknownTopic(_))
+    ));
 }
 
 // ---- append_at ---------------------------------------------------------------

@@ -429,6 +429,10 @@ pub trait PartitionLog: Send + Sync + 'static {
     /// oldest batches while a partition exceeds `retention.bytes`. Never
     /// deletes a batch that neither rule covers.
     fn enforce_retention(&self, now_ms: i64) -> Result<RetentionReport, StoreError>;
+
+    /// Bytes of the partition's stored batches, as stored: what
+    /// `retention.bytes` is measured against.
+    fn partition_bytes(&self, topic: &str, partition: u32) -> Result<u64, ReadError>;
 }
 
 /// Everything that is not a partition log: topics, consumer-group offsets,
@@ -522,6 +526,12 @@ pub trait MetaStore: Send + Sync + 'static {
 
     /// Deletes a pipeline's positions and state.
     fn delete_pipeline_data(&self, pipeline: &str) -> Result<(), StoreError>;
+
+    /// Replaces a topic's settings with `spec` (validated as for
+    /// [`MetaStore::create_topic`]), durably. Partitions can be added, which
+    /// start empty at offset 0, but never removed: a smaller count is
+    /// refused as invalid and changes nothing.
+    fn alter_topic(&self, spec: &TopicSpec) -> Result<(), TopicError>;
 }
 
 /// The whole storage seam of a node: its partition logs and its metadata,

@@ -21,7 +21,7 @@ use crate::{group, plugin, topic};
 
 /// An in-memory [`LogStore`] with fault injection.
 ///
-/// Every write operation (`create_topic`, `delete_topic`, `append_at`,
+/// Every write operation (`create_topic`, `alter_topic`, `delete_topic`, `append_at`,
 /// `truncate_from`, `enforce_retention`, `allocate_producer_id`, `commit_offsets`,
 /// `delete_group`, `put_plugin`, `remove_plugin`, `put_config`,
 /// `commit_pipeline`, `delete_pipeline_data`) either applies completely or
@@ -387,6 +387,10 @@ impl PartitionLog for MemStore {
         Ok(self.lock().state.partition(topic, partition)?.offsets)
     }
 
+    fn partition_bytes(&self, topic: &str, partition: u32) -> Result<u64, ReadError> {
+        Ok(self.lock().state.partition(topic, partition)?.bytes)
+    }
+
     fn offset_for_timestamp(
         &self,
         topic: &str,
@@ -477,6 +481,24 @@ impl MetaStore for MemStore {
         let state = inner.begin_write()?;
         state.topics.insert(spec.name.clone(), spec.clone());
         for partition in 0..spec.partitions {
+            state
+                .partitions
+                .insert((spec.name.clone(), partition), Partition::default());
+        }
+        Ok(())
+    }
+
+    fn alter_topic(&self, spec: &TopicSpec) -> Result<(), TopicError> {
+        topic::validate(spec)?;
+        let mut inner = self.lock();
+        let Some(old) = inner.state.topics.get(&spec.name) else {
+            return Err(TopicError::NotFound(spec.name.clone()));
+        };
+        topic::check_alter(old, spec)?;
+        let old_partitions = old.partitions;
+        let state = inner.begin_write()?;
+        state.topics.insert(spec.name.clone(), spec.clone());
+        for partition in old_partitions..spec.partitions {
             state
                 .partitions
                 .insert((spec.name.clone(), partition), Partition::default());

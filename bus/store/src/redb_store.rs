@@ -662,6 +662,28 @@ impl RedbStore {
         Ok(true)
     }
 
+    /// Alters the topic in `txn` from `old` to `new`, adding the partitions
+    /// `new` has beyond `old`'s, empty.
+    fn alter_in(
+        txn: &WriteTransaction,
+        old: &TopicSpec,
+        new: &TopicSpec,
+    ) -> Result<(), StoreError> {
+        let mut topics = txn.open_table(TOPICS)?;
+        topics.insert(new.name.as_str(), topic::encode_spec(new).as_slice())?;
+        let mut partitions = txn.open_table(PARTITIONS)?;
+        for partition in old.partitions..new.partitions {
+            partitions.insert(
+                (new.name.as_str(), partition),
+                PartitionRow::default().value(),
+            )?;
+            let tables = PartitionTables::new(&new.name, partition);
+            txn.open_table(tables.log())?;
+            txn.open_table(tables.time())?;
+        }
+        Ok(())
+    }
+
     /// Deletes the topic in `txn`; `false` if there is none.
     fn delete_in(txn: &WriteTransaction, name: &str) -> Result<bool, StoreError> {
         let mut topics = txn.open_table(TOPICS)?;
@@ -1223,6 +1245,10 @@ impl PartitionLog for RedbStore {
         self.snapshot(|txn| Ok(Self::partition_row(txn, topic, partition)?.offsets()))
     }
 
+    fn partition_bytes(&self, topic: &str, partition: u32) -> Result<u64, ReadError> {
+        self.snapshot(|txn| Ok(Self::partition_row(txn, topic, partition)?.bytes))
+    }
+
     fn offset_for_timestamp(
         &self,
         topic: &str,
@@ -1287,6 +1313,25 @@ impl MetaStore for RedbStore {
             if !Self::create_in(&txn, spec)? {
                 return Err(TopicError::Exists(spec.name.clone()));
             }
+            txn.commit().or_backend()?;
+            Ok(())
+        })
+    }
+
+    fn alter_topic(&self, spec: &TopicSpec) -> Result<(), TopicError> {
+        topic::validate(spec)?;
+        self.writing(|db| {
+            let txn = db.begin_write().or_backend()?;
+            let old = {
+                let topics = txn.open_table(TOPICS).or_backend()?;
+                let stored = topics.get(spec.name.as_str()).or_backend()?;
+                match stored {
+                    Some(encoded) => topic::decode_spec(&spec.name, encoded.value())?,
+                    None => return Err(TopicError::NotFound(spec.name.clone())),
+                }
+            };
+            topic::check_alter(&old, spec)?;
+            Self::alter_in(&txn, &old, spec)?;
             txn.commit().or_backend()?;
             Ok(())
         })

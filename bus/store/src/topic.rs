@@ -60,6 +60,19 @@ pub fn validate(spec: &TopicSpec) -> Result<(), TopicError> {
     Ok(())
 }
 
+/// Checks that a topic set up as `old` may become `new`: partitions are
+/// only ever added, since removing one would drop its records and move
+/// the keys that hash to it.
+pub fn check_alter(old: &TopicSpec, new: &TopicSpec) -> Result<(), TopicError> {
+    if new.partitions < old.partitions {
+        return Err(invalid(format!(
+            "topic {:?} has {} partitions; partitions can be added, not removed (asked for {})",
+            old.name, old.partitions, new.partitions
+        )));
+    }
+    Ok(())
+}
+
 /// Checks a name against the rules [`validate`] states, returning the
 /// reason it is refused. Consumer groups ([`crate::group::validate_name`]),
 /// plugins and pipelines follow the same rules, so a name that is valid in

@@ -430,6 +430,7 @@ mod tests {
             partition: 0,
             log_start: 4,
             log_end: 20,
+            size_bytes: 0,
         };
         assert_eq!(Start::Last(5).resolve(&info), Ok(Position::Offset(15)));
         assert_eq!(Start::Last(50).resolve(&info), Ok(Position::Offset(4)));

@@ -35,6 +35,7 @@ mod produce;
 mod profile;
 mod serve;
 mod stdout;
+mod table;
 mod topic;
 mod version;
 

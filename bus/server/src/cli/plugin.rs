@@ -3,12 +3,13 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Subcommand};
-use edgebus_client::{PluginDescription, PluginRef};
+use clap::{Args, Subcommand, ValueEnum};
+use edgebus_client::{FailurePolicy, PluginDescription, PluginRef};
 use edgebus_proto::frame::{Request, Response};
 use serde_json::json;
 
-use super::{CommonArgs, Failure, Output};
+use super::table::{self, Table};
+use super::{CommonArgs, Failure, Output, PolicyArg};
 
 /// Parses `NAME[:key=value,key=value…]`. A piece without `=` continues the
 /// previous value, so `redact:fields=a.b,c,mode=mask` keeps `a.b,c`.
@@ -60,15 +61,45 @@ pub fn chain_text(chain: &[PluginRef]) -> String {
         .join(" → ")
 }
 
+/// A failure policy as `--on-failure` spells it (`dead-letter`), so what
+/// a command prints can be pasted back into a flag.
+pub fn policy_name(policy: FailurePolicy) -> String {
+    let arg = match policy {
+        FailurePolicy::Skip => PolicyArg::Skip,
+        FailurePolicy::DeadLetter => PolicyArg::DeadLetter,
+        FailurePolicy::Halt => PolicyArg::Halt,
+    };
+    arg.to_possible_value()
+        .expect("every policy is an --on-failure value")
+        .get_name()
+        .to_owned()
+}
+
 #[derive(Debug, Subcommand)]
+#[command(after_help = "Examples:
+  edgebus plugin add json-filter plugins/target/wasm32-wasip2/release/json_filter.wasm
+  edgebus plugin list")]
 pub enum PluginCommand {
     /// Register a WebAssembly component, or replace it (new version).
+    #[command(after_help = "Examples:
+  edgebus plugin add json-filter plugins/target/wasm32-wasip2/release/json_filter.wasm
+  edgebus plugin add only-hot target/wasm32-wasip2/release/only_hot.wasm --output json")]
     Add(AddArgs),
     /// List plugins.
+    #[command(after_help = "Examples:
+  edgebus plugin list
+  edgebus plugin list --output yaml")]
     List(CommonArgs),
-    /// Show a plugin's versions and where it is attached.
+    /// Show a plugin's version, hash and where it is attached.
+    #[command(after_help = "Examples:
+  edgebus plugin describe json-filter
+  edgebus plugin describe json-filter --output json")]
     Describe(NamedArgs),
-    /// Remove a plugin nothing uses.
+    /// Remove a plugin nothing uses (ingest chains and pipelines that use
+    /// it are named in the refusal).
+    #[command(after_help = "Examples:
+  edgebus plugin remove json-filter
+  edgebus topic alter sensors --clear-ingest && edgebus plugin remove redact")]
     Remove(NamedArgs),
 }
 
@@ -90,32 +121,86 @@ pub struct AddArgs {
     common: CommonArgs,
 }
 
+/// The hash as text output shows it: enough hex to tell versions apart.
+fn short_hash(hash: &str) -> String {
+    format!("sha256:{}", &hash[..hash.len().min(16)])
+}
+
+/// When a version was added, as RFC 3339 (or the raw ms if out of range).
+fn added(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| ms.to_string())
+}
+
+fn users_text(users: &[String]) -> String {
+    if users.is_empty() {
+        "-".to_owned()
+    } else {
+        users.join(", ")
+    }
+}
+
+/// `plugin list` and `plugin add`: a table, or one object per plugin.
 fn print(plugins: &[PluginDescription], output: Output) {
-    for p in plugins {
-        match output {
-            o @ (Output::Json | Output::Yaml) => o.emit(&json!({
-                "name": p.name, "version": p.version, "kind": p.kind, "hash": p.hash,
-                "size_bytes": p.size_bytes, "added_ms": p.added_ms, "used_by": p.users,
-            })),
-            Output::Text => {
-                println!(
-                    "{}\tv{}\t{}\t{} bytes\tsha256:{}",
-                    p.name,
-                    p.version,
-                    p.kind,
-                    p.size_bytes,
-                    &p.hash[..p.hash.len().min(16)]
-                );
-                if !p.users.is_empty() {
-                    println!("  used by {}", p.users.join(", "));
-                }
+    match output {
+        o @ (Output::Json | Output::Yaml) => {
+            for p in plugins {
+                o.emit(&plugin_json(p));
             }
+        }
+        Output::Text => {
+            let mut t = Table::new(&["NAME", "VERSION", "KIND", "SIZE", "HASH", "USED-BY"]);
+            for p in plugins {
+                t.row(vec![
+                    p.name.clone(),
+                    p.version.to_string(),
+                    p.kind.clone(),
+                    table::bytes(p.size_bytes),
+                    short_hash(&p.hash),
+                    users_text(&p.users),
+                ]);
+            }
+            t.print();
         }
     }
 }
 
+fn plugin_json(p: &PluginDescription) -> serde_json::Value {
+    json!({
+        "name": p.name, "version": p.version, "kind": p.kind, "hash": p.hash,
+        "size_bytes": p.size_bytes, "added_ms": p.added_ms, "used_by": p.users,
+    })
+}
+
+/// `plugin describe`: one plugin's summary.
+fn describe(p: &PluginDescription, output: Output) {
+    match output {
+        o @ (Output::Json | Output::Yaml) => o.emit(&plugin_json(p)),
+        Output::Text => print!(
+            "{}",
+            table::summary(&[
+                ("name", p.name.clone()),
+                ("version", p.version.to_string()),
+                ("kind", p.kind.clone()),
+                (
+                    "size",
+                    format!("{} ({} bytes)", table::bytes(p.size_bytes), p.size_bytes)
+                ),
+                ("sha256", p.hash.clone()),
+                ("added", added(p.added_ms)),
+                ("used by", users_text(&p.users)),
+            ])
+        ),
+    }
+}
+
 pub async fn run(cmd: PluginCommand) -> Result<(), Failure> {
-    let (common, request) = match cmd {
+    match cmd {
         PluginCommand::Add(a) => {
             let wasm = std::fs::read(&a.file)
                 .map_err(|e| Failure::other(format!("reading {}: {e}", a.file.display())))?;
@@ -123,24 +208,43 @@ pub async fn run(cmd: PluginCommand) -> Result<(), Failure> {
                 name: a.name,
                 wasm: wasm.into(),
             };
-            (a.common, request)
+            let plugins = plugins(&a.common, &request).await?;
+            print(&plugins, a.common.output);
         }
-        PluginCommand::List(c) => (c, Request::PluginList),
-        PluginCommand::Describe(a) => (a.common, Request::PluginDescribe { name: a.name }),
+        PluginCommand::List(c) => print(&plugins(&c, &Request::PluginList).await?, c.output),
+        PluginCommand::Describe(a) => {
+            let request = Request::PluginDescribe {
+                name: a.name.clone(),
+            };
+            for p in plugins(&a.common, &request).await? {
+                describe(&p, a.common.output);
+            }
+        }
         PluginCommand::Remove(a) => {
-            let name = a.name.clone();
             let client = a.common.connect.connect().await?;
-            client.request(&Request::PluginRemove { name }).await?;
-            println!("removed plugin {}", a.name);
-            return Ok(());
+            client
+                .request(&Request::PluginRemove {
+                    name: a.name.clone(),
+                })
+                .await?;
+            match a.common.output {
+                o @ (Output::Json | Output::Yaml) => o.emit(&json!({"removed": a.name})),
+                Output::Text => println!("removed plugin {}", a.name),
+            }
         }
-    };
-    let client = common.connect.connect().await?;
-    match client.request(&request).await? {
-        Response::Plugins(plugins) => print(&plugins, common.output),
-        other => return Err(Failure::other(format!("unexpected response {other:?}"))),
     }
     Ok(())
+}
+
+async fn plugins(
+    common: &CommonArgs,
+    request: &Request,
+) -> Result<Vec<PluginDescription>, Failure> {
+    let client = common.connect.connect().await?;
+    match client.request(request).await? {
+        Response::Plugins(plugins) => Ok(plugins),
+        other => Err(Failure::other(format!("unexpected response {other:?}"))),
+    }
 }
 
 #[cfg(test)]
@@ -161,5 +265,21 @@ mod tests {
         assert_eq!(parse_plugin_ref("plain").unwrap().params, vec![]);
         assert!(parse_plugin_ref(":x=1").is_err());
         assert!(parse_plugin_ref("p:novalue").is_err());
+    }
+
+    /// Regression: the policy was printed as `DeadLetter` in text and
+    /// `deadletter` in JSON, neither of which `--on-failure` accepts.
+    #[test]
+    fn policy_name_is_what_on_failure_takes() {
+        for policy in [
+            FailurePolicy::Skip,
+            FailurePolicy::DeadLetter,
+            FailurePolicy::Halt,
+        ] {
+            let name = policy_name(policy);
+            let parsed = PolicyArg::from_str(&name, false).expect("a --on-failure value");
+            assert_eq!(FailurePolicy::from(parsed), policy);
+        }
+        assert_eq!(policy_name(FailurePolicy::DeadLetter), "dead-letter");
     }
 }

@@ -1,24 +1,49 @@
-//! `edgebus topic create | list | describe | delete`.
+//! `edgebus topic create | alter | list | describe | delete`.
 
 use clap::{Args, Subcommand};
-use edgebus_client::{AttachCounters, Client, Compression, FailurePolicy, PluginRef, TopicSpec};
-use edgebus_proto::frame::{Request, Response};
+use edgebus_client::{
+    AttachCounters, Client, Compression, FailurePolicy, PartitionInfo, PluginRef, TopicSpec,
+};
+use edgebus_proto::ErrorCode;
+use edgebus_proto::frame::{Request, Response, TopicChanges};
 use serde_json::json;
 
-use super::plugin::{chain_text, parse_plugin_ref};
+use super::plugin::{chain_text, parse_plugin_ref, policy_name};
+use super::table::{self, Table};
 use super::{CommonArgs, Failure, Output, PolicyArg};
 
 #[derive(Debug, Subcommand)]
+#[command(after_help = "Examples:
+  edgebus topic create orders --partitions 6
+  edgebus topic describe orders")]
 pub enum TopicCommand {
     /// Create a topic.
+    #[command(after_help = "Examples:
+  edgebus topic create orders --partitions 6 --retention-ms 604800000
+  edgebus topic create sensors --if-not-exists --compression zstd \\
+      --ingest 'json-filter:field=celsius,op=>=,value=-40' --on-failure dead-letter")]
     Create(CreateArgs),
-    /// Change a topic's ingest plugin chain.
+    /// Change a topic's settings, partition count or ingest plugin chain.
+    #[command(after_help = "Examples:
+  edgebus topic alter orders --partitions 12 --retention-bytes 1073741824
+  edgebus topic alter sensors --ingest redact:fields=owner --on-failure skip")]
     Alter(AlterArgs),
     /// List topics.
+    #[command(after_help = "Examples:
+  edgebus topic list
+  edgebus topic list --output json")]
     List(CommonArgs),
-    /// Show a topic's settings and per-partition offsets.
+    /// Show a topic's settings, ingest chain, and per partition its
+    /// offsets, record count and size.
+    #[command(after_help = "Examples:
+  edgebus topic describe orders
+  edgebus topic describe orders --output yaml")]
     Describe(NamedArgs),
-    /// Delete a topic and all its records.
+    /// Delete a topic and all its records (refused while a pipeline reads
+    /// or writes it).
+    #[command(after_help = "Examples:
+  edgebus topic delete orders
+  edgebus pipeline delete thin && edgebus topic delete sensors-1in10")]
     Delete(NamedArgs),
 }
 
@@ -50,6 +75,9 @@ pub struct CreateArgs {
     /// are compressed with it before they are stored (none, lz4, zstd).
     #[arg(long, default_value = "none")]
     compression: Compression,
+    /// Succeed without changing anything if the topic exists.
+    #[arg(long)]
+    if_not_exists: bool,
     #[command(flatten)]
     ingest: IngestArgs,
     #[command(flatten)]
@@ -63,7 +91,7 @@ pub struct IngestArgs {
     #[arg(long = "ingest", value_parser = parse_plugin_ref)]
     ingest: Vec<PluginRef>,
     /// What to do with records an ingest plugin fails on.
-    #[arg(long, value_enum, default_value_t)]
+    #[arg(long, value_enum, default_value_t, requires = "ingest")]
     on_failure: PolicyArg,
 }
 
@@ -71,6 +99,19 @@ pub struct IngestArgs {
 pub struct AlterArgs {
     /// Topic name.
     name: String,
+    /// Grow the topic to this many partitions. Partitions are never
+    /// removed; consumer groups rebalance onto the new ones.
+    #[arg(long)]
+    partitions: Option<u32>,
+    /// Delete batches older than this many ms (-1: keep forever).
+    #[arg(long, allow_negative_numbers = true)]
+    retention_ms: Option<i64>,
+    /// Keep each partition under about this many bytes (-1: no limit).
+    #[arg(long, allow_negative_numbers = true)]
+    retention_bytes: Option<i64>,
+    /// Largest record accepted from now on.
+    #[arg(long)]
+    max_message_bytes: Option<u32>,
     #[command(flatten)]
     ingest: IngestArgs,
     /// Remove the ingest chain.
@@ -102,124 +143,223 @@ fn spec_json(s: &TopicSpec) -> serde_json::Value {
     })
 }
 
-fn spec_text(s: &TopicSpec) -> String {
-    let limit = |v: i64| {
-        if v < 0 {
-            "unlimited".to_string()
-        } else {
-            v.to_string()
+/// The settings of a topic, as `key  value` lines.
+fn spec_summary(s: &TopicSpec) -> Vec<(&'static str, String)> {
+    vec![
+        ("name", s.name.clone()),
+        ("partitions", s.partitions.to_string()),
+        ("retention.ms", table::ms_limit(s.retention_ms)),
+        ("retention.bytes", table::byte_limit(s.retention_bytes)),
+        (
+            "max.message.bytes",
+            table::byte_limit(i64::from(s.max_message_bytes)),
+        ),
+        ("compression", s.compression.name().to_owned()),
+    ]
+}
+
+fn counters_text(c: &AttachCounters) -> String {
+    format!(
+        "in={} out={} filtered={} failed={} dead-lettered={}",
+        c.records_in, c.records_out, c.filtered, c.failed, c.dead_lettered
+    )
+}
+
+fn counters_json(c: &AttachCounters) -> serde_json::Value {
+    json!({"in": c.records_in, "out": c.records_out, "filtered": c.filtered, "failed": c.failed, "dead_lettered": c.dead_lettered})
+}
+
+async fn create(a: CreateArgs) -> Result<(), Failure> {
+    let client = a.common.connect.connect().await?;
+    let spec = TopicSpec {
+        name: a.name.clone(),
+        partitions: a.partitions,
+        retention_ms: a.retention_ms,
+        retention_bytes: a.retention_bytes,
+        max_message_bytes: a.max_message_bytes.unwrap_or(0),
+        compression: a.compression,
+    };
+    match client.create_topic(spec).await {
+        Err(e) if a.if_not_exists && e.code() == Some(ErrorCode::TopicExists) => {
+            match a.common.output {
+                o @ (Output::Json | Output::Yaml) => o.emit(&json!({"exists": a.name})),
+                Output::Text => println!("topic {} exists; left as it is", a.name),
+            }
+            return Ok(());
+        }
+        created => created?,
+    }
+    if !a.ingest.ingest.is_empty() {
+        set_ingest(&client, &a.name, a.ingest).await?;
+    }
+    match a.common.output {
+        o @ (Output::Json | Output::Yaml) => o.emit(&json!({"created": a.name})),
+        Output::Text => println!("created topic {}", a.name),
+    }
+    Ok(())
+}
+
+async fn alter(a: AlterArgs) -> Result<(), Failure> {
+    let changes = TopicChanges {
+        partitions: a.partitions,
+        retention_ms: a.retention_ms,
+        retention_bytes: a.retention_bytes,
+        max_message_bytes: a.max_message_bytes,
+    };
+    let ingest = !a.ingest.ingest.is_empty() || a.clear_ingest;
+    if changes.is_empty() && !ingest {
+        return Err(Failure::new(
+            2,
+            "give a setting to change (--partitions, --retention-ms, --retention-bytes, \
+             --max-message-bytes) or --ingest PLUGIN… or --clear-ingest",
+        ));
+    }
+    let client = a.common.connect.connect().await?;
+    let altered = if changes.is_empty() {
+        None
+    } else {
+        let request = Request::AlterTopic {
+            name: a.name.clone(),
+            changes,
+        };
+        match client.request(&request).await? {
+            Response::Topics(specs) => specs.into_iter().next(),
+            other => return Err(Failure::other(format!("unexpected response {other:?}"))),
         }
     };
-    format!(
-        "{}\tpartitions={}\tretention.ms={}\tretention.bytes={}\tmax.message.bytes={}\tcompression={}",
-        s.name,
-        s.partitions,
-        limit(s.retention_ms),
-        limit(s.retention_bytes),
-        s.max_message_bytes,
-        s.compression
-    )
+    if ingest {
+        set_ingest(&client, &a.name, a.ingest).await?;
+    }
+    match a.common.output {
+        o @ (Output::Json | Output::Yaml) => {
+            let mut v = json!({"altered": a.name});
+            if let Some(spec) = &altered {
+                v["config"] = spec_json(spec);
+            }
+            o.emit(&v);
+        }
+        Output::Text => {
+            println!("altered topic {}", a.name);
+            if let Some(spec) = &altered {
+                print!("{}", table::summary(&spec_summary(spec)));
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn describe(a: NamedArgs) -> Result<(), Failure> {
+    let client = a.common.connect.connect().await?;
+    let (spec, partitions) = client.describe_topic(&a.name).await?;
+    let plugins = client
+        .request(&Request::TopicPlugins {
+            topic: a.name.clone(),
+        })
+        .await?;
+    let Response::TopicPlugins {
+        ingest,
+        on_failure,
+        ingest_counters,
+        read_counters,
+    } = plugins
+    else {
+        return Err(Failure::other(format!("unexpected response {plugins:?}")));
+    };
+    if let out @ (Output::Json | Output::Yaml) = a.common.output {
+        let mut v = spec_json(&spec);
+        v["ingest"] = json!(chain_text(&ingest));
+        v["on_failure"] = json!(policy_name(on_failure));
+        v["ingest_counters"] = counters_json(&ingest_counters);
+        v["read_counters"] = counters_json(&read_counters);
+        v["size_bytes"] = json!(partitions.iter().map(|p| p.size_bytes).sum::<u64>());
+        v["records"] = json!(partitions.iter().map(PartitionInfo::records).sum::<u64>());
+        v["partition_offsets"] = partitions
+            .iter()
+            .map(|p| {
+                json!({
+                    "partition": p.partition,
+                    "log_start": p.log_start,
+                    "log_end": p.log_end,
+                    "records": p.records(),
+                    "size_bytes": p.size_bytes,
+                })
+            })
+            .collect();
+        out.emit(&v);
+        return Ok(());
+    }
+    let mut summary = spec_summary(&spec);
+    let size: u64 = partitions.iter().map(|p| p.size_bytes).sum();
+    summary.push(("size", table::bytes(size)));
+    summary.push((
+        "records",
+        partitions
+            .iter()
+            .map(PartitionInfo::records)
+            .sum::<u64>()
+            .to_string(),
+    ));
+    if !ingest.is_empty() {
+        summary.push(("ingest", chain_text(&ingest)));
+        summary.push(("on failure", policy_name(on_failure)));
+        summary.push(("ingest counters", counters_text(&ingest_counters)));
+    }
+    if read_counters.records_in > 0 {
+        summary.push(("read-path counters", counters_text(&read_counters)));
+    }
+    print!("{}", table::summary(&summary));
+    println!();
+    let mut t = Table::new(&["PARTITION", "LOG-START", "LOG-END", "RECORDS", "SIZE"]);
+    for p in &partitions {
+        t.row(vec![
+            p.partition.to_string(),
+            p.log_start.to_string(),
+            p.log_end.to_string(),
+            p.records().to_string(),
+            table::bytes(p.size_bytes),
+        ]);
+    }
+    t.print();
+    Ok(())
 }
 
 pub async fn run(cmd: TopicCommand) -> Result<(), Failure> {
     match cmd {
-        TopicCommand::Create(a) => {
-            let client = a.common.connect.connect().await?;
-            let spec = TopicSpec {
-                name: a.name.clone(),
-                partitions: a.partitions,
-                retention_ms: a.retention_ms,
-                retention_bytes: a.retention_bytes,
-                max_message_bytes: a.max_message_bytes.unwrap_or(0),
-                compression: a.compression,
-            };
-            client.create_topic(spec).await?;
-            if !a.ingest.ingest.is_empty() {
-                set_ingest(&client, &a.name, a.ingest).await?;
-            }
-            match a.common.output {
-                o @ (Output::Json | Output::Yaml) => o.emit(&json!({"created": a.name})),
-                Output::Text => println!("created topic {}", a.name),
-            }
-        }
-        TopicCommand::Alter(a) => {
-            let client = a.common.connect.connect().await?;
-            if !a.clear_ingest && a.ingest.ingest.is_empty() {
-                return Err(Failure::new(2, "give --ingest PLUGIN… or --clear-ingest"));
-            }
-            set_ingest(&client, &a.name, a.ingest).await?;
-            match a.common.output {
-                o @ (Output::Json | Output::Yaml) => o.emit(&json!({"altered": a.name})),
-                Output::Text => println!("altered topic {}", a.name),
-            }
-        }
+        TopicCommand::Create(a) => create(a).await?,
+        TopicCommand::Alter(a) => alter(a).await?,
         TopicCommand::List(a) => {
             let client = a.connect.connect().await?;
-            for t in client.list_topics().await? {
-                match a.output {
-                    o @ (Output::Json | Output::Yaml) => o.emit(&spec_json(&t)),
-                    Output::Text => println!("{}", spec_text(&t)),
-                }
-            }
-        }
-        TopicCommand::Describe(a) => {
-            let client = a.common.connect.connect().await?;
-            let (spec, partitions) = client.describe_topic(&a.name).await?;
-            let plugins = client
-                .request(&Request::TopicPlugins {
-                    topic: a.name.clone(),
-                })
-                .await?;
-            let Response::TopicPlugins {
-                ingest,
-                on_failure,
-                ingest_counters: i,
-                read_counters: r,
-            } = plugins
-            else {
-                return Err(Failure::other(format!("unexpected response {plugins:?}")));
-            };
-            let counters = |c: &AttachCounters| json!({"in": c.records_in, "out": c.records_out, "filtered": c.filtered, "failed": c.failed, "dead_lettered": c.dead_lettered});
-            match a.common.output {
-                out @ (Output::Json | Output::Yaml) => {
-                    let mut v = spec_json(&spec);
-                    v["ingest"] = json!(chain_text(&ingest));
-                    v["on_failure"] = json!(format!("{on_failure:?}").to_lowercase());
-                    v["ingest_counters"] = counters(&i);
-                    v["read_counters"] = counters(&r);
-                    v["partition_offsets"] = partitions
-                        .iter()
-                        .map(|p| json!({"partition": p.partition, "log_start": p.log_start, "log_end": p.log_end}))
-                        .collect();
-                    out.emit(&v);
+            let topics = client.list_topics().await?;
+            match a.output {
+                o @ (Output::Json | Output::Yaml) => {
+                    for t in &topics {
+                        o.emit(&spec_json(t));
+                    }
                 }
                 Output::Text => {
-                    println!("{}", spec_text(&spec));
-                    if !ingest.is_empty() {
-                        println!(
-                            "  ingest: {} (on failure: {on_failure:?})",
-                            chain_text(&ingest)
-                        );
-                        println!(
-                            "  ingest counters: in={} out={} filtered={} failed={} dead-lettered={}",
-                            i.records_in, i.records_out, i.filtered, i.failed, i.dead_lettered
-                        );
+                    let mut t = Table::new(&[
+                        "NAME",
+                        "PARTITIONS",
+                        "RETENTION.MS",
+                        "RETENTION.BYTES",
+                        "MAX.MESSAGE.BYTES",
+                        "COMPRESSION",
+                    ]);
+                    for s in &topics {
+                        t.row(vec![
+                            s.name.clone(),
+                            s.partitions.to_string(),
+                            table::ms_limit(s.retention_ms),
+                            table::byte_limit(s.retention_bytes),
+                            table::byte_limit(i64::from(s.max_message_bytes)),
+                            s.compression.name().to_owned(),
+                        ]);
                     }
-                    if r.records_in > 0 {
-                        println!(
-                            "  read-path counters: in={} out={} filtered={} failed={} dead-lettered={}",
-                            r.records_in, r.records_out, r.filtered, r.failed, r.dead_lettered
-                        );
-                    }
-                    for p in partitions {
-                        println!(
-                            "  partition {}\tlog_start={}\tlog_end={}",
-                            p.partition, p.log_start, p.log_end
-                        );
-                    }
+                    t.print();
                 }
             }
         }
+        TopicCommand::Describe(a) => describe(a).await?,
         TopicCommand::Delete(a) => {
             let client = a.common.connect.connect().await?;
             client.delete_topic(&a.name).await?;

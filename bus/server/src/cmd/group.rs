@@ -1,12 +1,13 @@
 //! Consumer groups: `JoinGroup`, `Heartbeat`, `LeaveGroup`,
 //! `CommitOffsets`, `FetchOffsets`, `ListGroups`, `DescribeGroup`,
-//! `ResetOffsets`, `DeleteGroup`.
+//! `ResetOffsets`, `ResetPartitionOffsets`, `DeleteGroup`.
 
 use std::time::Duration;
 
 use edgebus_proto::ErrorCode;
 use edgebus_proto::frame::{
-    AssignmentStrategy, PartitionOffset, Position, Response, TopicPartition,
+    AssignmentStrategy, PartitionOffset, PartitionReset, Position, ResetTarget, Response,
+    TopicPartition,
 };
 
 use crate::error::Coded;
@@ -14,7 +15,7 @@ use crate::groups::{self, Groups, GroupsError};
 use crate::reader::{FetchError, Reader};
 use crate::topics::{Topics, UnknownTopic};
 
-/// Why `ResetOffsets` failed.
+/// Why `ResetOffsets` or `ResetPartitionOffsets` failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ResetError {
@@ -24,6 +25,29 @@ pub enum ResetError {
     /// No such topic.
     #[error(transparent)]
     UnknownTopic(#[from] UnknownTopic),
+    /// The topic has no such partition.
+    #[error("topic {topic:?} has {partitions} partitions, so no partition {partition}")]
+    UnknownPartition {
+        /// Topic name.
+        topic: String,
+        /// The partition asked for.
+        partition: u32,
+        /// The topic's partition count.
+        partitions: u32,
+    },
+    /// A shift needs a committed offset to move from.
+    #[error(
+        "group {group:?} has no committed offset for {topic}/{partition} to shift; \
+         reset it to earliest, latest, an offset or a time instead"
+    )]
+    NothingToShift {
+        /// Group name.
+        group: String,
+        /// Topic name.
+        topic: String,
+        /// Partition index.
+        partition: u32,
+    },
     /// A position could not be resolved.
     #[error(transparent)]
     Read(#[from] FetchError),
@@ -34,9 +58,25 @@ impl Coded for ResetError {
         match self {
             ResetError::Groups(e) => e.code(),
             ResetError::UnknownTopic(e) => e.code(),
+            ResetError::UnknownPartition { .. } => ErrorCode::UnknownPartition,
+            ResetError::NothingToShift { .. } => ErrorCode::InvalidRequest,
             ResetError::Read(e) => e.code(),
         }
     }
+}
+
+/// What a reset applies to, and how.
+pub struct ResetPlan<'a> {
+    /// Group name.
+    pub group: &'a str,
+    /// Topic name.
+    pub topic: &'a str,
+    /// One partition, or every partition of the topic.
+    pub partition: Option<u32>,
+    /// Where each partition goes.
+    pub to: ResetTarget,
+    /// Answer the plan without committing it.
+    pub dry_run: bool,
 }
 
 /// `JoinGroup`.
@@ -127,19 +167,109 @@ pub async fn reset(
     topic: &str,
     to: Position,
 ) -> Result<Response, ResetError> {
+    let plan = ResetPlan {
+        group,
+        topic,
+        partition: None,
+        to: ResetTarget::Position(to),
+        dry_run: false,
+    };
+    let resets = reset_partitions(groups, topics, reader, plan).await?;
+    Ok(Response::CommittedOffsets(
+        resets.into_iter().map(committed).collect(),
+    ))
+}
+
+/// `ResetPartitionOffsets`: the reset of each partition, committed unless
+/// the plan is a dry run. Refused, dry run or not, while the group has
+/// members: their positions would override it.
+pub async fn reset_offsets(
+    groups: &Groups,
+    topics: &Topics,
+    reader: &Reader,
+    plan: ResetPlan<'_>,
+) -> Result<Response, ResetError> {
+    Ok(Response::PartitionResets(
+        reset_partitions(groups, topics, reader, plan).await?,
+    ))
+}
+
+fn committed(reset: PartitionReset) -> PartitionOffset {
+    PartitionOffset {
+        topic: reset.topic,
+        partition: reset.partition,
+        offset: reset.offset,
+    }
+}
+
+async fn reset_partitions(
+    groups: &Groups,
+    topics: &Topics,
+    reader: &Reader,
+    plan: ResetPlan<'_>,
+) -> Result<Vec<PartitionReset>, ResetError> {
+    let ResetPlan {
+        group,
+        topic,
+        partition,
+        to,
+        dry_run,
+    } = plan;
     groups::check_name(group)?;
     groups.ensure_empty(group)?;
     let spec = topics.spec(topic)?;
-    let mut offsets = Vec::with_capacity(spec.partitions as usize);
-    for partition in 0..spec.partitions {
-        offsets.push(PartitionOffset {
+    let partitions = match partition {
+        Some(partition) if partition >= spec.partitions => {
+            return Err(ResetError::UnknownPartition {
+                topic: topic.to_owned(),
+                partition,
+                partitions: spec.partitions,
+            });
+        }
+        Some(partition) => partition..partition + 1,
+        None => 0..spec.partitions,
+    };
+    let committed_now = groups.committed(group.to_owned()).await?;
+    let mut resets = Vec::with_capacity(partitions.len());
+    for partition in partitions {
+        let previous = committed_now
+            .iter()
+            .find(|c| c.topic == topic && c.partition == partition)
+            .map(|c| c.offset);
+        let offset = match to {
+            ResetTarget::Position(position) => reader.resolve(topic, partition, position).await?,
+            ResetTarget::Shift(by) => {
+                let from = previous.ok_or_else(|| ResetError::NothingToShift {
+                    group: group.to_owned(),
+                    topic: topic.to_owned(),
+                    partition,
+                })?;
+                let start = reader.resolve(topic, partition, Position::Earliest).await?;
+                let end = reader.resolve(topic, partition, Position::Latest).await?;
+                shift(from, by).clamp(start, end)
+            }
+        };
+        resets.push(PartitionReset {
             topic: topic.to_owned(),
             partition,
-            offset: reader.resolve(topic, partition, to).await?,
+            previous,
+            offset,
         });
     }
-    groups.commit(group, "", 0, offsets.clone()).await?;
-    Ok(Response::CommittedOffsets(offsets))
+    if !dry_run {
+        let offsets = resets.iter().cloned().map(committed).collect();
+        groups.commit(group, "", 0, offsets).await?;
+    }
+    Ok(resets)
+}
+
+/// `from` moved by `by` records, saturating at the ends of `u64`.
+fn shift(from: u64, by: i64) -> u64 {
+    if by >= 0 {
+        from.saturating_add(by.unsigned_abs())
+    } else {
+        from.saturating_sub(by.unsigned_abs())
+    }
 }
 
 /// `DeleteGroup`: removes its offsets, only while it has no members.

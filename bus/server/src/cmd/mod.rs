@@ -40,9 +40,16 @@ pub fn respond<E: Coded>(handled: Result<Response, E>) -> Response {
 pub async fn dispatch(b: &Broker, request: Request) -> Response {
     match request {
         Request::CreateTopic(spec) => respond(topic::create(&b.topics, spec).await),
-        Request::DeleteTopic { name } => {
-            respond(topic::delete(&b.topics, &b.attachments, &b.dead_letters, name).await)
-        }
+        Request::DeleteTopic { name } => respond(
+            topic::delete(
+                &b.topics,
+                &b.pipelines,
+                &b.attachments,
+                &b.dead_letters,
+                name,
+            )
+            .await,
+        ),
         Request::ListTopics => topic::list(&b.topics),
         Request::DescribeTopic { name } => {
             respond(topic::describe(&b.topics, &b.reader, &name).await)
@@ -128,6 +135,25 @@ pub async fn dispatch(b: &Broker, request: Request) -> Response {
         }
         Request::PipelineDelete { name } => respond(pipeline::delete(&b.pipelines, &name).await),
         Request::NodeInfo => node::info(&b.node).await,
+        Request::AlterTopic { name, changes } => {
+            respond(topic::alter(&b.topics, &name, changes).await)
+        }
+        Request::ResetPartitionOffsets {
+            group,
+            topic,
+            partition,
+            to,
+            dry_run,
+        } => {
+            let plan = group::ResetPlan {
+                group: &group,
+                topic: &topic,
+                partition,
+                to,
+                dry_run,
+            };
+            respond(group::reset_offsets(&b.groups, &b.topics, &b.reader, plan).await)
+        }
         Request::Produce { .. } | Request::Subscribe { .. } => error::response(&StreamRequest),
     }
 }

@@ -1,14 +1,32 @@
-//! Topic administration: `CreateTopic`, `DeleteTopic`, `ListTopics`,
-//! `DescribeTopic`.
+//! Topic administration: `CreateTopic`, `AlterTopic`, `DeleteTopic`,
+//! `ListTopics`, `DescribeTopic`.
 
 use edgebus_proto::ErrorCode;
-use edgebus_proto::frame::{Response, TopicSpec};
+use edgebus_proto::frame::{Response, TopicChanges, TopicSpec};
 
 use crate::attach::Attachments;
 use crate::dlq::DeadLetters;
 use crate::error::Coded;
+use crate::pipelines::Pipelines;
 use crate::reader::{FetchError, Reader};
 use crate::topics::{TopicAdminError, Topics, UnknownTopic};
+
+/// A topic that something in the broker reads or writes cannot be deleted
+/// from under it.
+#[derive(Debug, thiserror::Error)]
+#[error("topic {topic:?} is used by {}; delete those first", users.join(", "))]
+pub struct TopicInUse {
+    /// Topic name.
+    pub topic: String,
+    /// Its users, as `pipeline:NAME`.
+    pub users: Vec<String>,
+}
+
+impl Coded for TopicInUse {
+    fn code(&self) -> ErrorCode {
+        ErrorCode::TopicInUse
+    }
+}
 
 /// Why a topic request failed.
 #[derive(Debug, thiserror::Error)]
@@ -17,12 +35,15 @@ pub enum TopicRequestError {
     /// No such topic.
     #[error(transparent)]
     UnknownTopic(#[from] UnknownTopic),
-    /// Creating or deleting failed.
+    /// Creating, altering or deleting failed.
     #[error(transparent)]
     Admin(#[from] TopicAdminError),
     /// Reading the partitions' offsets failed.
     #[error(transparent)]
     Read(#[from] FetchError),
+    /// The topic to delete is in use.
+    #[error(transparent)]
+    InUse(#[from] TopicInUse),
 }
 
 impl Coded for TopicRequestError {
@@ -31,6 +52,7 @@ impl Coded for TopicRequestError {
             TopicRequestError::UnknownTopic(e) => e.code(),
             TopicRequestError::Admin(e) => e.code(),
             TopicRequestError::Read(e) => e.code(),
+            TopicRequestError::InUse(e) => e.code(),
         }
     }
 }
@@ -41,15 +63,40 @@ pub async fn create(topics: &Topics, spec: TopicSpec) -> Result<Response, TopicR
     Ok(Response::TopicCreated)
 }
 
-/// `DeleteTopic`: the records, the cached spec, the group coordinator's
-/// view, the ingest chain and the memory of its read-path dead letters all
-/// go.
+/// `AlterTopic`: answers with the new spec.
+pub async fn alter(
+    topics: &Topics,
+    name: &str,
+    changes: TopicChanges,
+) -> Result<Response, TopicRequestError> {
+    Ok(Response::Topics(vec![topics.alter(name, changes).await?]))
+}
+
+/// What in the broker reads or writes `topic` besides clients, as
+/// `KIND:NAME`: today pipelines (as source or destination). A topic with
+/// users is not deleted. Mirrors, when they exist, are users too and
+/// belong here.
+fn users(pipelines: &Pipelines, topic: &str) -> Vec<String> {
+    pipelines.topic_users(topic)
+}
+
+/// `DeleteTopic`: refused while a pipeline uses the topic. Otherwise the
+/// records, the cached spec, the group coordinator's view, the ingest chain
+/// and the memory of its read-path dead letters all go.
 pub async fn delete(
     topics: &Topics,
+    pipelines: &Pipelines,
     attachments: &Attachments,
     dead_letters: &DeadLetters,
     name: String,
 ) -> Result<Response, TopicRequestError> {
+    // No pipeline may start using the topic between the check and the
+    // delete.
+    let _paused = pipelines.pause_creation().await;
+    let users = users(pipelines, &name);
+    if !users.is_empty() {
+        return Err(TopicInUse { topic: name, users }.into());
+    }
     topics.delete(name.clone()).await?;
     attachments.topic_deleted(&name);
     dead_letters.topic_deleted(&name);
@@ -61,7 +108,7 @@ pub fn list(topics: &Topics) -> Response {
     Response::Topics(topics.list())
 }
 
-/// `DescribeTopic`: the spec and each partition's offsets.
+/// `DescribeTopic`: the spec and each partition's offsets and size.
 pub async fn describe(
     topics: &Topics,
     reader: &Reader,
