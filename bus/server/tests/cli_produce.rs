@@ -125,6 +125,28 @@ fn acks_through_an_ingest_filter_say_what_became_of_each_line() {
         .map(|v| v["value"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(values, vec!["{\"t\":40}", "{\"t\":50}", "{\"t\":60}"]);
+
+    // Regression: `consume --group` dropped its `--filter`.
+    let out = b
+        .edgebus(&[
+            "consume",
+            "f",
+            "--group",
+            "g",
+            "--filter",
+            "json-filter:field=t,op=>,value=45",
+            "--max",
+            "2",
+            "--output",
+            "json",
+        ])
+        .assert()
+        .success();
+    let values: Vec<_> = json_lines(&out.get_output().stdout)
+        .iter()
+        .map(|v| v["value"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(values, vec!["{\"t\":50}", "{\"t\":60}"]);
 }
 
 /// Regression: a non-UTF-8 byte failed the whole run with no line number,
@@ -264,4 +286,19 @@ fn a_missing_topic_is_one_error_and_exit_4() {
         .write_stdin("x\n")
         .assert()
         .code(4);
+}
+
+/// Exit 1 is "any other failure": here, a file that cannot be read, before
+/// any broker is dialled.
+#[test]
+fn an_unreadable_file_is_exit_1() {
+    Command::new(BIN)
+        .args(["serve", "--config", "/nonexistent/edgebus.toml"])
+        .timeout(std::time::Duration::from_secs(30))
+        .assert()
+        .code(1);
+    let b = Broker::start();
+    b.edgebus(&["plugin", "add", "p", "/nonexistent/p.wasm"])
+        .assert()
+        .code(1);
 }

@@ -289,11 +289,11 @@ async fn run_group(
     // instead of killing the process; `ctrl_c` registers on its first poll.
     let mut interrupt = Box::pin(tokio::signal::ctrl_c());
     let _ = futures::poll!(interrupt.as_mut());
-    let mut consumer = GroupConsumer::join(
-        client,
-        GroupConfig::new(group.to_owned(), vec![args.topic.clone()]),
-    )
-    .await?;
+    let config = GroupConfig {
+        subscribe: args.subscribe_config(),
+        ..GroupConfig::new(group.to_owned(), vec![args.topic.clone()])
+    };
+    let mut consumer = GroupConsumer::join(client, config).await?;
     let printed = print_group(&mut consumer, args, format, out, interrupt).await;
     // The signal handler stays installed, so a second Ctrl-C is how a user
     // gives up on a broker that does not answer.
