@@ -8,6 +8,7 @@ use std::time::Duration;
 use wasmtime::Store;
 use wasmtime::component::Component;
 
+use crate::budget::{LogBudget, SharedLedger, SharedLogBudget, StateLedger};
 use crate::engine::EngineInner;
 use crate::error::PluginError;
 use crate::host::{self, HostState};
@@ -157,8 +158,22 @@ impl Plugin {
         params: &[(String, String)],
         state: Box<dyn StateStore>,
     ) -> Result<Instance, InstantiateError> {
-        let layer = StateLayer::new(state, self.inner.engine.config.memory_max_bytes);
-        match self.spawn(Arc::from(name), params, layer) {
+        let budgets = &self.inner.engine.config.budgets;
+        let shared = (StateLedger::shared(budgets), LogBudget::shared(budgets));
+        self.instantiate_sharing(name, params, state, shared)
+    }
+
+    /// Instantiates with the budgets of a chain: its state ledger and log
+    /// budget, which every stage and replaced instance shares.
+    pub(crate) fn instantiate_sharing(
+        &self,
+        name: &str,
+        params: &[(String, String)],
+        state: Box<dyn StateStore>,
+        (ledger, log): (SharedLedger, SharedLogBudget),
+    ) -> Result<Instance, InstantiateError> {
+        let layer = StateLayer::new(state, self.inner.engine.config.memory_max_bytes, ledger);
+        match self.spawn(Arc::from(name), params, layer, log) {
             Ok(mut instance) => {
                 instance.commit_state();
                 Ok(instance)
@@ -178,6 +193,7 @@ impl Plugin {
         name: Arc<str>,
         params: &[(String, String)],
         state: StateLayer,
+        log: SharedLogBudget,
     ) -> Result<Instance, (PluginError, StateLayer)> {
         let engine = &self.inner.engine;
         let seed = host::derive_seed(self.inner.hash.as_bytes(), name.as_bytes());
@@ -186,6 +202,7 @@ impl Plugin {
             seed,
             engine.config.memory_max_bytes,
             state,
+            log,
         );
         let mut store = Store::new(&engine.engine, host);
         store.limiter(|host| &mut host.limiter);
