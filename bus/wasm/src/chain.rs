@@ -200,7 +200,8 @@ impl Chain {
                 stage.slot = Slot::Running(instance);
                 Ok(())
             }
-            Err((error, state)) => {
+            Err(failed) => {
+                let (error, state) = *failed;
                 stage.slot = Slot::Down(state);
                 if stage.respawn().is_ok() {
                     stage.commit();
@@ -412,7 +413,8 @@ impl Stage {
                 self.slot = Slot::Running(instance);
                 Ok(())
             }
-            Err((error, state)) => {
+            Err(failed) => {
+                let (error, state) = *failed;
                 output::host_warning(
                     &self.log,
                     &self.name,

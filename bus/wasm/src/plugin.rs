@@ -178,23 +178,27 @@ impl Plugin {
                 instance.commit_state();
                 Ok(instance)
             }
-            Err((error, layer)) => Err(InstantiateError {
-                error,
-                state: layer.into_store(),
-            }),
+            Err(failed) => {
+                let (error, layer) = *failed;
+                Err(InstantiateError {
+                    error,
+                    state: layer.into_store(),
+                })
+            }
         }
     }
 
     /// Instantiates and runs `init`, leaving `init`'s state writes pending
     /// in the batch layer of `state`: the chain uses this to replace a
-    /// failed instance midway through a batch.
+    /// failed instance midway through a batch. A failure hands the state
+    /// back (boxed: the layer is large).
     pub(crate) fn spawn(
         &self,
         name: Arc<str>,
         params: &[(String, String)],
         state: StateLayer,
         log: SharedLogBudget,
-    ) -> Result<Instance, (PluginError, StateLayer)> {
+    ) -> Result<Instance, Box<(PluginError, StateLayer)>> {
         let engine = &self.inner.engine;
         let seed = host::derive_seed(self.inner.hash.as_bytes(), name.as_bytes());
         let host = HostState::new(
@@ -219,7 +223,7 @@ impl Plugin {
             Err(e) => {
                 let error = instance::classify(e, store.data(), &engine.config, "instantiate");
                 store.data_mut().end_call(false);
-                return Err((error, store.into_data().state));
+                return Err(Box::new((error, store.into_data().state)));
             }
         };
 
@@ -237,7 +241,7 @@ impl Plugin {
         store.data_mut().end_call(error.is_none());
         match error {
             None => Ok(Instance::new(self.clone(), name, store, bindings)),
-            Some(error) => Err((error, store.into_data().state)),
+            Some(error) => Err(Box::new((error, store.into_data().state))),
         }
     }
 

@@ -18,7 +18,9 @@ pub struct StateHog {
 
 impl Filter for StateHog {
     fn init(params: &Params) -> Result<Self, String> {
-        let bytes = params.get_u64("value_bytes")?.unwrap_or(DEFAULT_VALUE_BYTES);
+        let bytes = params
+            .get_u64("value_bytes")?
+            .unwrap_or(DEFAULT_VALUE_BYTES);
         Ok(StateHog {
             value: vec![0x5a; bytes as usize],
             next: 0,
