@@ -35,6 +35,10 @@ declare -A worlds=(
     [tag_version_two]=transform
     [reject_on]=filter
     [init_fails]=filter
+    [state_hog]=filter
+    [amplify]=transform
+    [fat_output]=transform
+    [log_flood]=filter
 )
 
 # An explicit target dir, so a CARGO_TARGET_DIR in the caller's environment

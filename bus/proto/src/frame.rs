@@ -473,6 +473,14 @@ pub struct AttachCounters {
     pub failed: u64,
     /// Failed inputs written to the dead-letter topic.
     pub dead_lettered: u64,
+    /// Inputs failed because a plugin went over a budget (state, output
+    /// per batch) or its output broke the destination's limits; counted
+    /// in `failed` too.
+    pub budget_breaches: u64,
+    /// Lines the chain's plugins wrote to the broker's log.
+    pub log_lines: u64,
+    /// Lines dropped because the chain's log budget was spent.
+    pub log_lines_dropped: u64,
 }
 
 /// A registered plugin.
@@ -1040,6 +1048,9 @@ fn put_counters(buf: &mut BytesMut, c: &AttachCounters) {
         c.filtered,
         c.failed,
         c.dead_lettered,
+        c.budget_breaches,
+        c.log_lines,
+        c.log_lines_dropped,
     ] {
         buf.put_u64(v);
     }
@@ -2001,6 +2012,9 @@ impl Reader {
             filtered: self.u64()?,
             failed: self.u64()?,
             dead_lettered: self.u64()?,
+            budget_breaches: self.u64()?,
+            log_lines: self.u64()?,
+            log_lines_dropped: self.u64()?,
         })
     }
 
@@ -2349,12 +2363,15 @@ mod tests {
     }
 
     fn arb_counters() -> impl Strategy<Value = AttachCounters> {
-        any::<[u64; 5]>().prop_map(|c| AttachCounters {
+        any::<[u64; 8]>().prop_map(|c| AttachCounters {
             records_in: c[0],
             records_out: c[1],
             filtered: c[2],
             failed: c[3],
             dead_lettered: c[4],
+            budget_breaches: c[5],
+            log_lines: c[6],
+            log_lines_dropped: c[7],
         })
     }
 

@@ -10,7 +10,9 @@ use edgebus_proto::batch::StoredRecord;
 use edgebus_proto::frame::{FailurePolicy, PluginRef};
 use edgebus_store::{ConfigKind, LogStore, StoreError};
 
-use crate::chain::{AttachPoint, ChainRun, ChainRunError, ChainRunner, Counters, Halt};
+use crate::chain::{
+    AttachPoint, ChainRun, ChainRunError, ChainRunner, Counters, Halt, OutputLimits,
+};
 use crate::error::Coded;
 use crate::registry::Registry;
 use crate::saved;
@@ -111,6 +113,7 @@ impl IngestChain {
         topic: &str,
         partition: u32,
         records: &[StoredRecord],
+        limits: OutputLimits,
     ) -> Result<ChainRun, IngestError> {
         let mut guard = self.run.lock().await;
         let (runner, halt) = &mut *guard;
@@ -118,7 +121,7 @@ impl IngestChain {
         if halt.active(now) {
             return Err(IngestError::Halted(topic.to_owned()));
         }
-        match runner.run(topic, partition, records).await {
+        match runner.run(topic, partition, records, limits).await {
             Ok(run) => {
                 halt.clear();
                 Ok(run)

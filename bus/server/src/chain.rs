@@ -25,11 +25,33 @@ use edgebus_proto::batch::{
 };
 use edgebus_proto::frame::{AttachCounters, FailurePolicy, PluginRef};
 use edgebus_proto::{DecodeError, ErrorCode};
-use edgebus_wasm::{ChainOutput, MemState, PluginError, PluginRecord, StateStore};
+use edgebus_wasm::{Breach, ChainOutput, MemState, PluginError, PluginRecord, StateStore};
 
 use crate::error::Coded;
 use crate::registry::{LiveChain, Registry, RegistryError};
 use crate::writer::Output;
+
+/// The largest batch of plugin output the broker stores or sends in one
+/// frame: a fetch or subscription frame of it, with its head, fits in the
+/// default frame limit every client reads with.
+pub const MAX_OUTPUT_BATCH_BYTES: usize =
+    edgebus_proto::limits::DEFAULT_MAX_FRAME_BYTES as usize - (64 << 10);
+
+/// What a chain's outputs must fit, checked before anything is stored or
+/// sent: the destination's limits, as a producer's records are checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutputLimits {
+    /// The destination's `max.message.bytes`: no output record may be
+    /// larger (as encoded in a batch, at its largest).
+    pub max_record_bytes: usize,
+    /// All outputs of one run are stored or sent as one batch of at most
+    /// this many bytes (`usize::MAX`: the caller splits them itself).
+    pub max_batch_bytes: usize,
+    /// Bytes counted against `max_batch_bytes` for each input with
+    /// outputs, where each input's outputs get a batch (and its header) of
+    /// their own.
+    pub overhead_per_input: usize,
+}
 
 /// Shortest pause of a halted attach point.
 pub const HALT_BACKOFF_MIN: Duration = Duration::from_secs(1);
@@ -44,6 +66,9 @@ pub struct Counters {
     filtered: AtomicU64,
     failed: AtomicU64,
     dead_lettered: AtomicU64,
+    budget_breaches: AtomicU64,
+    log_lines: AtomicU64,
+    log_lines_dropped: AtomicU64,
 }
 
 impl Counters {
@@ -55,6 +80,9 @@ impl Counters {
         add(&self.filtered, run.filtered);
         add(&self.failed, run.failed);
         add(&self.dead_lettered, run.dead_lettered);
+        add(&self.budget_breaches, run.budget_breaches);
+        add(&self.log_lines, run.log_lines);
+        add(&self.log_lines_dropped, run.log_lines_dropped);
     }
 
     /// The counters now.
@@ -66,6 +94,9 @@ impl Counters {
             filtered: get(&self.filtered),
             failed: get(&self.failed),
             dead_lettered: get(&self.dead_lettered),
+            budget_breaches: get(&self.budget_breaches),
+            log_lines: get(&self.log_lines),
+            log_lines_dropped: get(&self.log_lines_dropped),
         }
     }
 }
@@ -180,8 +211,9 @@ impl Coded for ChainRunError {
 
 /// What one batch came to, after the failure policy.
 pub struct ChainRun {
-    /// The surviving records, each with the index of its input.
-    pub outputs: Vec<(usize, PluginRecord)>,
+    /// The surviving records, each with the index of its input, within the
+    /// run's [`OutputLimits`].
+    pub outputs: Vec<(usize, Record)>,
     /// Failed inputs to store in `<topic>.dlq`, under `dead-letter`.
     pub dead_letters: Vec<Record>,
     /// The inputs a plugin failed on, by index, with why; under
@@ -243,12 +275,15 @@ impl ChainRunner {
     }
 
     /// Runs one batch of `topic`/`partition` through the chain on a
-    /// blocking thread, then applies the failure policy and counts.
+    /// blocking thread, checks the outputs against `limits` (an input
+    /// whose outputs do not fit fails with [`PluginError::Budget`]), then
+    /// applies the failure policy and counts.
     pub async fn run(
         &mut self,
         topic: &str,
         partition: u32,
         records: &[StoredRecord],
+        limits: OutputLimits,
     ) -> Result<ChainRun, ChainRunError> {
         let positioned = self.attach != AttachPoint::Ingest;
         let inputs: Vec<PluginRecord> = records
@@ -271,22 +306,35 @@ impl ChainRunner {
         let unchanged = live.only_filters();
         let versions = |plugin: &str| live.version_of(plugin);
         let ChainOutput {
-            mut outputs,
+            outputs,
             filtered,
             mut failed,
             rejected,
+            log_lines,
+            log_lines_dropped,
             ..
         } = out;
-        let count = |outputs: usize, failed: usize, dead_lettered: usize| AttachCounters {
-            records_in: records.len() as u64,
-            records_out: outputs as u64,
-            filtered: filtered as u64,
-            failed: failed as u64,
-            dead_lettered: dead_lettered as u64,
-        };
+        let last_stage = self.refs.last().map(|r| r.name.clone()).unwrap_or_default();
+        let mut outputs = within(outputs, limits, unchanged, &last_stage, &mut failed);
+        let count =
+            |outputs: usize, failed: &[(usize, String, PluginError)], dead_lettered: usize| {
+                AttachCounters {
+                    records_in: records.len() as u64,
+                    records_out: outputs as u64,
+                    filtered: filtered as u64,
+                    failed: failed.len() as u64,
+                    dead_lettered: dead_lettered as u64,
+                    budget_breaches: failed
+                        .iter()
+                        .filter(|(_, _, e)| matches!(e, PluginError::Budget(_)))
+                        .count() as u64,
+                    log_lines,
+                    log_lines_dropped,
+                }
+            };
         if let Some((plugin, message)) = rejected {
             if self.attach != AttachPoint::Pipeline {
-                self.counters.add(count(outputs.len(), failed.len(), 0));
+                self.counters.add(count(outputs.len(), &failed, 0));
                 self.live = Some(live);
                 return Err(ChainRunError::Rejected { plugin, message });
             }
@@ -297,7 +345,7 @@ impl ChainRunner {
             outputs.clear();
         }
         if self.policy == FailurePolicy::Halt && !failed.is_empty() {
-            self.counters.add(count(outputs.len(), failed.len(), 0));
+            self.counters.add(count(outputs.len(), &failed, 0));
             self.live = Some(live);
             let (index, plugin, error) = failed.swap_remove(0);
             return Err(ChainRunError::Failed {
@@ -320,7 +368,7 @@ impl ChainRunner {
             Vec::new()
         };
         self.counters
-            .add(count(outputs.len(), failed.len(), dead_letters.len()));
+            .add(count(outputs.len(), &failed, dead_letters.len()));
         let unchanged = unchanged && outputs.len() == records.len();
         self.live = Some(live);
         let failures = failed
@@ -334,6 +382,74 @@ impl ChainRunner {
             unchanged,
         })
     }
+}
+
+/// The outputs as records to store, without those of inputs whose outputs
+/// break `limits`: each such input joins `failed`, blamed on `plugin` (the
+/// last stage). Unchanged inputs passed a producer's checks already.
+///
+/// With a batch limit, inputs are taken in order while their outputs fit
+/// in one batch; the first input that would not fit, and every input
+/// after it, fails, so what is stored is a prefix of what the chain made.
+fn within(
+    outputs: Vec<(usize, PluginRecord)>,
+    limits: OutputLimits,
+    unchanged: bool,
+    plugin: &str,
+    failed: &mut Vec<(usize, String, PluginError)>,
+) -> Vec<(usize, Record)> {
+    let records = outputs.into_iter().map(|(i, r)| (i, from_plugin(r)));
+    if unchanged {
+        return records.collect();
+    }
+    let mut kept = Vec::new();
+    let mut batch_bytes = edgebus_proto::batch::HEADER_LEN;
+    let mut full = false;
+    let mut group: Vec<(usize, Record)> = Vec::new();
+    let mut settle = |group: &mut Vec<(usize, Record)>, kept: &mut Vec<(usize, Record)>| {
+        let Some(&(input, _)) = group.first() else {
+            return;
+        };
+        let sizes: Vec<usize> = group
+            .iter()
+            .map(|(_, r)| BatchBuilder::record_size(r, i64::MIN, u32::MAX))
+            .collect();
+        let largest = sizes.iter().copied().max().unwrap_or(0);
+        let breach = if largest > limits.max_record_bytes {
+            Some(Breach::RecordBytes {
+                size: largest,
+                max: limits.max_record_bytes,
+            })
+        } else if full
+            || batch_bytes + limits.overhead_per_input + sizes.iter().sum::<usize>()
+                > limits.max_batch_bytes
+        {
+            full = true;
+            Some(Breach::BatchBytes {
+                max: limits.max_batch_bytes,
+            })
+        } else {
+            None
+        };
+        match breach {
+            Some(breach) => {
+                failed.push((input, plugin.to_owned(), PluginError::Budget(breach)));
+                group.clear();
+            }
+            None => {
+                batch_bytes += limits.overhead_per_input + sizes.iter().sum::<usize>();
+                kept.append(group);
+            }
+        }
+    };
+    for (input, record) in records {
+        if group.first().is_some_and(|(i, _)| *i != input) {
+            settle(&mut group, &mut kept);
+        }
+        group.push((input, record));
+    }
+    settle(&mut group, &mut kept);
+    kept
 }
 
 /// The record a plugin sees. With `partition`, it also sees the offset and
@@ -355,7 +471,7 @@ fn to_plugin(r: &StoredRecord, partition: Option<u32>) -> PluginRecord {
 }
 
 /// A plugin's output as a record to store.
-pub fn from_plugin(r: PluginRecord) -> Record {
+fn from_plugin(r: PluginRecord) -> Record {
     Record {
         key: r.key.map(Bytes::from),
         value: Bytes::from(r.value),

@@ -39,15 +39,63 @@ pub struct PluginLimits {
     /// `data_dir/plugin-cache`). Holds native code loaded without
     /// re-validation: only the broker may write there.
     pub cache_dir: Option<PathBuf>,
+    /// Bytes of keys and values all plugins of one attachment (an ingest
+    /// chain, a subscription's chain, a pipeline) may keep in state.
+    pub state_max_bytes: usize,
+    /// Keys all plugins of one attachment may keep in state.
+    pub state_max_keys: usize,
+    /// A plugin may emit at most this many times the bytes of the batch it
+    /// was given…
+    pub output_bytes_ratio: usize,
+    /// …but at least this many bytes…
+    pub output_bytes_floor: usize,
+    /// …and at most this many bytes per batch.
+    pub output_max_bytes: usize,
+    /// Records a plugin may emit per input record.
+    pub output_records_per_input: usize,
+    /// Headers one output record may have.
+    pub output_max_headers: usize,
+    /// Log lines per second one attachment's plugins may write to the
+    /// broker's log (bursts of five seconds' worth).
+    pub log_lines_per_second: u32,
+    /// Log bytes per second one attachment's plugins may write.
+    pub log_bytes_per_second: usize,
 }
 
 impl Default for PluginLimits {
     fn default() -> Self {
+        let budgets = edgebus_wasm::Budgets::default();
         PluginLimits {
             deadline_ms: 50,
             memory_max_bytes: 64 << 20,
             max_instances: 256,
             cache_dir: None,
+            state_max_bytes: budgets.state_max_bytes,
+            state_max_keys: budgets.state_max_keys,
+            output_bytes_ratio: budgets.output_bytes_ratio,
+            output_bytes_floor: budgets.output_bytes_floor,
+            output_max_bytes: budgets.output_max_bytes,
+            output_records_per_input: budgets.output_records_per_input,
+            output_max_headers: budgets.output_max_headers,
+            log_lines_per_second: budgets.log_lines_per_second,
+            log_bytes_per_second: budgets.log_bytes_per_second,
+        }
+    }
+}
+
+impl PluginLimits {
+    /// The budgets every attachment's chain runs within.
+    pub fn budgets(&self) -> edgebus_wasm::Budgets {
+        edgebus_wasm::Budgets {
+            state_max_bytes: self.state_max_bytes,
+            state_max_keys: self.state_max_keys,
+            output_bytes_ratio: self.output_bytes_ratio,
+            output_bytes_floor: self.output_bytes_floor,
+            output_max_bytes: self.output_max_bytes,
+            output_records_per_input: self.output_records_per_input,
+            output_max_headers: self.output_max_headers,
+            log_lines_per_second: self.log_lines_per_second,
+            log_bytes_per_second: self.log_bytes_per_second,
         }
     }
 }
@@ -173,6 +221,21 @@ mod tests {
         assert_eq!(c.limits.max_connections, 3);
         assert_eq!(c.limits.max_frame_bytes, Limits::default().max_frame_bytes);
         assert_eq!(c.listen.port(), DEFAULT_PORT);
+    }
+
+    #[test]
+    fn config_plugin_budgets_from_toml() {
+        let c: Config =
+            toml::from_str("[plugins]\nstate_max_keys = 7\nlog_lines_per_second = 2\n").unwrap();
+        let budgets = c.plugins.budgets();
+        assert_eq!(
+            (budgets.state_max_keys, budgets.log_lines_per_second),
+            (7, 2)
+        );
+        assert_eq!(
+            budgets.state_max_bytes,
+            edgebus_wasm::Budgets::default().state_max_bytes
+        );
     }
 
     #[test]

@@ -9,14 +9,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use edgebus_proto::batch::{self, BatchBuilder, BatchHeader, ProducerStamp, StoredRecord};
+use edgebus_proto::batch::{self, BatchBuilder, BatchHeader, ProducerStamp, Record, StoredRecord};
 use edgebus_proto::frame::{FailurePolicy, PluginRef, Position};
 use edgebus_proto::{DecodeError, ErrorCode};
-use edgebus_wasm::PluginRecord;
 use quinn::{RecvStream, SendStream};
 
 use crate::attach::Attachments;
-use crate::chain::{self, AttachPoint, ChainRunError, ChainRunner, Halt};
+use crate::chain::{self, AttachPoint, ChainRunError, ChainRunner, Halt, OutputLimits};
 use crate::dlq::{DeadLetterError, DeadLetters};
 use crate::error::{self, Coded};
 use crate::notify::Notifier;
@@ -59,6 +58,38 @@ pub enum FeedError {
     /// The subscriber left while the chain was halted.
     #[error("subscriber left")]
     SubscriberLeft,
+    /// A stored batch is too large for any frame a client reads (older
+    /// data, stored before plugin output was bounded): sending it would
+    /// fail the client's read, and a resubscribe would meet it again.
+    #[error(
+        "the batch stored at offset {offset} is {size} bytes, more than the \
+         {max}-byte frame limit: it cannot be served"
+    )]
+    BatchTooLarge {
+        /// Its base offset.
+        offset: u64,
+        /// Its size.
+        size: usize,
+        /// The largest batch a frame carries.
+        max: usize,
+    },
+}
+
+/// The largest stored batch a subscription frame can carry: the default
+/// frame limit of clients less room for the frame's head.
+const MAX_SERVED_BATCH_BYTES: usize =
+    edgebus_proto::limits::DEFAULT_MAX_FRAME_BYTES as usize - 1024;
+
+/// The first batch of `batches` too large to serve, as an error.
+fn unservable(batches: &[Bytes]) -> Option<FeedError> {
+    batches
+        .iter()
+        .find(|b| b.len() > MAX_SERVED_BATCH_BYTES)
+        .map(|b| FeedError::BatchTooLarge {
+            offset: BatchHeader::parse(b).map_or(0, |h| h.base_offset),
+            size: b.len(),
+            max: MAX_SERVED_BATCH_BYTES,
+        })
 }
 
 impl Coded for FeedError {
@@ -69,6 +100,7 @@ impl Coded for FeedError {
             FeedError::Batch(_) => ErrorCode::CorruptBatch,
             FeedError::DeadLetter(e) => e.code(),
             FeedError::SubscriberLeft => ErrorCode::ShuttingDown,
+            FeedError::BatchTooLarge { .. } => ErrorCode::RecordTooLarge,
         }
     }
 }
@@ -193,6 +225,9 @@ impl Subscriptions {
                     .run(&self.dead_letters, at, start, &read.batches, &mut recv)
                     .await?;
             }
+            if let Some(e) = unservable(&read.batches) {
+                return Err(e);
+            }
             let sent =
                 wire::write_fetched(feed.send, feed.correlation_id, read, cursor, &mut feed.buf);
             if sent.await.is_err() {
@@ -225,8 +260,15 @@ impl ReadChain {
             let records = batch::records(b)?;
             inputs.extend(records.into_iter().filter(|r| r.offset >= from));
         }
+        // Every output goes out in one frame, each input's fan-out in a
+        // batch of its own.
+        let limits = OutputLimits {
+            max_record_bytes: chain::MAX_OUTPUT_BATCH_BYTES,
+            max_batch_bytes: chain::MAX_OUTPUT_BATCH_BYTES,
+            overhead_per_input: batch::HEADER_LEN,
+        };
         loop {
-            match self.runner.run(topic, partition, &inputs).await {
+            match self.runner.run(topic, partition, &inputs, limits).await {
                 Ok(run) => {
                     self.halt.clear();
                     if !run.dead_letters.is_empty() {
@@ -256,7 +298,7 @@ impl ReadChain {
 /// Encodes outputs so each keeps the offset of its source record: a run of
 /// one-output-per-input records with consecutive source offsets shares a
 /// batch; anything else gets a batch of its own at the source offset.
-fn offset_batches(inputs: &[StoredRecord], outputs: Vec<(usize, PluginRecord)>) -> Vec<Bytes> {
+fn offset_batches(inputs: &[StoredRecord], outputs: Vec<(usize, Record)>) -> Vec<Bytes> {
     let mut out = Vec::new();
     let mut run: Option<(BatchBuilder, u64, u64)> = None;
     let flush = |run: &mut Option<(BatchBuilder, u64, u64)>, out: &mut Vec<Bytes>| {
@@ -278,7 +320,7 @@ fn offset_batches(inputs: &[StoredRecord], outputs: Vec<(usize, PluginRecord)>) 
                 run = Some((BatchBuilder::new(), offset, offset));
             }
             let (builder, _, next) = run.as_mut().expect("set above");
-            builder.push(&chain::from_plugin(record.clone()));
+            builder.push(record);
             *next = offset + 1;
             if group > 1 {
                 flush(&mut run, &mut out);

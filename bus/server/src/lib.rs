@@ -233,6 +233,7 @@ pub async fn start_with_store(
         deadline: Duration::from_millis(config.plugins.deadline_ms),
         memory_max_bytes: config.plugins.memory_max_bytes,
         max_instances: config.plugins.max_instances,
+        budgets: config.plugins.budgets(),
     })
     .map_err(|e| StartError::Plugins(e.to_string()))?;
     let registry = Arc::new(registry::Registry::new(engine, store.clone()));

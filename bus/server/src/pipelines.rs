@@ -18,10 +18,10 @@ use edgebus_proto::batch::{self, BatchHeader, Record, StoredRecord};
 use edgebus_proto::frame::{FailurePolicy, PipelineDescription, PluginRef};
 use edgebus_proto::partitioner::partition_for_key;
 use edgebus_store::{ConfigKind, LogStore, StoreError};
-use edgebus_wasm::StateStore;
+use edgebus_wasm::{StateStore, StateUsage};
 use tokio::task::JoinHandle;
 
-use crate::chain::{self, AttachPoint, ChainRunError, ChainRunner, Counters, Halt};
+use crate::chain::{self, AttachPoint, ChainRunError, ChainRunner, Counters, Halt, OutputLimits};
 use crate::dlq::DeadLetters;
 use crate::error::Coded;
 use crate::notify::Notifier;
@@ -449,6 +449,13 @@ impl StateStore for PipelineState {
         let key = self.key(key);
         lock(&self.overlay).insert(key, None);
     }
+
+    /// Zero: the store cannot list a pipeline's state, so the budget
+    /// counts what the chain writes from its (re)build on, not what
+    /// earlier runs left in redb.
+    fn usage(&mut self) -> StateUsage {
+        StateUsage::default()
+    }
 }
 
 /// Why a step did not commit: the pipeline backs off, rebuilds its chain
@@ -592,7 +599,19 @@ async fn step(
         let records = batch::records(b).map_err(|e| Halted(e.to_string()))?;
         inputs.extend(records.into_iter().filter(|r| r.offset >= at));
     }
-    let run = match runner.run(&def.from, p, &inputs).await {
+    let to = env
+        .topics
+        .spec(&def.to)
+        .map_err(|_| Halted(format!("destination topic {:?} is missing", def.to)))?;
+    // Outputs are split into batches of the default size below, so only
+    // each record is bounded: by the destination's limit, and so that the
+    // batch it may sit in alone can still be fetched.
+    let limits = OutputLimits {
+        max_record_bytes: (to.max_message_bytes as usize).min(chain::MAX_OUTPUT_BATCH_BYTES),
+        max_batch_bytes: usize::MAX,
+        overhead_per_input: 0,
+    };
+    let run = match runner.run(&def.from, p, &inputs, limits).await {
         Ok(run) => run,
         Err(ChainRunError::Failed {
             plugin,
@@ -607,14 +626,9 @@ async fn step(
         }
         Err(e) => return Err(Halted(e.to_string())),
     };
-    let to_partitions = env
-        .topics
-        .spec(&def.to)
-        .map(|s| s.partitions)
-        .map_err(|_| Halted(format!("destination topic {:?} is missing", def.to)))?;
+    let to_partitions = to.partitions;
     let mut by_partition: BTreeMap<u32, Vec<Record>> = BTreeMap::new();
-    for (_, output) in run.outputs {
-        let record = chain::from_plugin(output);
+    for (_, record) in run.outputs {
         let target = match &record.key {
             Some(k) => partition_for_key(k, to_partitions),
             None => p % to_partitions,

@@ -13,8 +13,12 @@
 
 use std::sync::Arc;
 
+use crate::budget::{
+    self, Breach, Budgets, LogBudget, OutputBudget, SharedLedger, SharedLogBudget, StateLedger,
+};
 use crate::error::PluginError;
 use crate::instance::{BatchOutput, Instance};
+use crate::output;
 use crate::plugin::Plugin;
 use crate::record::PluginRecord;
 use crate::state::{StateLayer, StateStore};
@@ -67,6 +71,11 @@ pub struct ChainOutput {
     pub rejected: Option<(String, String)>,
     /// How many poisoned instances were replaced while processing.
     pub replaced: usize,
+    /// Lines the chain's plugins (and the host, about their failures)
+    /// wrote to the broker's log while processing.
+    pub log_lines: u64,
+    /// Lines dropped because the chain's log budget was spent.
+    pub log_lines_dropped: u64,
 }
 
 /// An ordered list of plugin instances, each with its name, parameters
@@ -78,9 +87,22 @@ pub struct ChainOutput {
 ///
 /// [`process`](Chain::process) is blocking CPU work: each call may run up
 /// to the engine deadline per stage (more when records are retried).
+///
+/// The chain's [`Budgets`] (those of the engine of its first plugin) hold
+/// across its stages, its calls and every instance it replaces: one state
+/// ledger, one log budget, and an output budget per stage and batch.
 #[derive(Default)]
 pub struct Chain {
     stages: Vec<Stage>,
+    shared: Option<Shared>,
+}
+
+/// What every stage of a chain, and every instance it makes, shares.
+#[derive(Clone)]
+struct Shared {
+    budgets: Budgets,
+    ledger: SharedLedger,
+    log: SharedLogBudget,
 }
 
 struct Stage {
@@ -88,6 +110,8 @@ struct Stage {
     name: Arc<str>,
     params: Vec<(String, String)>,
     slot: Slot,
+    log: SharedLogBudget,
+    max_headers: usize,
 }
 
 /// A stage's instance, or its state while it has none.
@@ -118,19 +142,31 @@ impl Chain {
         state: Box<dyn StateStore>,
     ) -> Result<(), ChainError> {
         let name: String = name.into();
-        let instance =
-            plugin
-                .instantiate(&name, &params, state)
-                .map_err(|error| ChainError::Stage {
-                    position: self.stages.len(),
-                    name: name.clone(),
-                    error,
-                })?;
+        let shared = self
+            .shared
+            .get_or_insert_with(|| {
+                let budgets = plugin.engine().config.budgets.clone();
+                Shared {
+                    ledger: StateLedger::shared(&budgets),
+                    log: LogBudget::shared(&budgets),
+                    budgets,
+                }
+            })
+            .clone();
+        let instance = plugin
+            .instantiate_sharing(&name, &params, state, (shared.ledger, shared.log.clone()))
+            .map_err(|failed| ChainError::Stage {
+                position: self.stages.len(),
+                name: name.clone(),
+                error: failed.error,
+            })?;
         self.stages.push(Stage {
             plugin,
             name: Arc::from(name),
             params,
             slot: Slot::Running(instance),
+            log: shared.log,
+            max_headers: shared.budgets.output_max_headers,
         });
         Ok(())
     }
@@ -152,14 +188,20 @@ impl Chain {
                 error: stage.vacant(),
             });
         };
-        match plugin.spawn(Arc::clone(&stage.name), &stage.params, state) {
+        match plugin.spawn(
+            Arc::clone(&stage.name),
+            &stage.params,
+            state,
+            stage.log.clone(),
+        ) {
             Ok(mut instance) => {
                 instance.commit_state();
                 stage.plugin = plugin;
                 stage.slot = Slot::Running(instance);
                 Ok(())
             }
-            Err((error, state)) => {
+            Err(failed) => {
+                let (error, state) = *failed;
                 stage.slot = Slot::Down(state);
                 if stage.respawn().is_ok() {
                     stage.commit();
@@ -176,9 +218,16 @@ impl Chain {
     /// Runs `batch` through every stage; see [`ChainOutput`].
     pub fn process(&mut self, batch: Vec<PluginRecord>) -> ChainOutput {
         let mut output = ChainOutput::default();
+        let Some(shared) = self.shared.clone() else {
+            output.outputs = batch.into_iter().enumerate().collect();
+            return output;
+        };
+        let logged = log_totals(&shared.log);
+        let input_bytes = batch.iter().map(payload_bytes).sum();
+        let budget = shared.budgets.output_for(batch.len(), input_bytes);
         let mut items: Vec<(usize, PluginRecord)> = batch.into_iter().enumerate().collect();
         for stage in &mut self.stages {
-            match stage.run(items, &mut output) {
+            match stage.run(items, &mut output, budget) {
                 Ok(survivors) => items = survivors,
                 Err(message) => {
                     output.rejected = Some((stage.name.to_string(), message));
@@ -195,6 +244,9 @@ impl Chain {
             }
         }
         output.outputs = items;
+        let (lines, dropped) = log_totals(&shared.log);
+        output.log_lines = lines - logged.0;
+        output.log_lines_dropped = dropped - logged.1;
         output
     }
 
@@ -241,17 +293,25 @@ impl Chain {
 }
 
 impl Stage {
-    /// Runs the stage over `items`; `Err` carries a guest's rejection.
+    /// Runs the stage over `items`, emitting at most `budget`; `Err`
+    /// carries a guest's rejection.
+    ///
+    /// A call that traps, runs out of time or memory is retried one record
+    /// at a time on fresh instances, so only the failing records are lost.
+    /// A budget breach is not retried: it fails the call's records, and
+    /// once a retried record breaches, the records after it fail with the
+    /// same breach without another call.
     fn run(
         &mut self,
         items: Vec<(usize, PluginRecord)>,
         output: &mut ChainOutput,
+        mut budget: OutputBudget,
     ) -> Result<Vec<(usize, PluginRecord)>, String> {
         if items.is_empty() {
             return Ok(items);
         }
         let (indices, records): (Vec<usize>, Vec<PluginRecord>) = items.into_iter().unzip();
-        let error = match self.call(&records, output) {
+        let error = match self.call(&records, output, &mut budget) {
             Ok(result) => return Ok(expand(indices, records, result, output)),
             Err(PluginError::Rejected(message)) => return Err(message),
             Err(error) => error,
@@ -264,19 +324,33 @@ impl Stage {
             );
             return Ok(Vec::new());
         }
-        tracing::warn!(
-            target: "edgebus::plugin",
-            plugin = &*self.name,
-            records = records.len(),
-            "retrying the batch one record at a time after: {error}"
+        output::host_warning(
+            &self.log,
+            &self.name,
+            &format!(
+                "retrying the batch of {} records one record at a time after: {error}",
+                records.len()
+            ),
         );
         let mut survivors = Vec::with_capacity(records.len());
+        let mut breached: Option<PluginError> = None;
         for (index, record) in indices.into_iter().zip(records) {
+            if let Some(error) = &breached {
+                output
+                    .failed
+                    .push((index, self.name.to_string(), error.clone()));
+                continue;
+            }
             let single = std::slice::from_ref(&record);
-            match self.call(single, output) {
+            match self.call(single, output, &mut budget) {
                 Ok(result) => survivors.extend(expand(vec![index], vec![record], result, output)),
                 Err(PluginError::Rejected(message)) => return Err(message),
-                Err(error) => output.failed.push((index, self.name.to_string(), error)),
+                Err(error) => {
+                    if matches!(error, PluginError::Budget(_)) {
+                        breached = Some(error.clone());
+                    }
+                    output.failed.push((index, self.name.to_string(), error));
+                }
             }
         }
         Ok(survivors)
@@ -284,10 +358,13 @@ impl Stage {
 
     /// One call on a running instance, replacing the instance first if it
     /// is missing and afterwards if the call poisoned it.
+    /// A transform's output is taken from `budget`; output over it fails
+    /// the call with [`PluginError::Budget`].
     fn call(
         &mut self,
         records: &[PluginRecord],
         output: &mut ChainOutput,
+        budget: &mut OutputBudget,
     ) -> Result<BatchOutput, PluginError> {
         if !matches!(self.slot, Slot::Running(_)) {
             self.respawn()?;
@@ -302,7 +379,22 @@ impl Stage {
             // retries it and reports the error against its own records.
             let _ = self.respawn();
         }
-        result
+        let result = result?;
+        if let BatchOutput::Emit(lists) = &result {
+            let max = self.max_headers;
+            if let Some(count) = lists
+                .iter()
+                .flatten()
+                .map(|record| record.headers.len())
+                .find(|&count| count > max)
+            {
+                return Err(PluginError::Budget(Breach::Headers { count, max }));
+            }
+            let records = lists.iter().map(Vec::len).sum();
+            let bytes = lists.iter().flatten().map(payload_bytes).sum();
+            budget.spend(records, bytes).map_err(PluginError::Budget)?;
+        }
+        Ok(result)
     }
 
     /// Replaces the instance with a fresh one, same params, same state
@@ -311,19 +403,22 @@ impl Stage {
         let Some(state) = self.take_state() else {
             return Err(self.vacant());
         };
-        match self
-            .plugin
-            .spawn(Arc::clone(&self.name), &self.params, state)
-        {
+        match self.plugin.spawn(
+            Arc::clone(&self.name),
+            &self.params,
+            state,
+            self.log.clone(),
+        ) {
             Ok(instance) => {
                 self.slot = Slot::Running(instance);
                 Ok(())
             }
-            Err((error, state)) => {
-                tracing::warn!(
-                    target: "edgebus::plugin",
-                    plugin = &*self.name,
-                    "cannot replace the plugin instance: {error}"
+            Err(failed) => {
+                let (error, state) = *failed;
+                output::host_warning(
+                    &self.log,
+                    &self.name,
+                    &format!("cannot replace the plugin instance: {error}"),
                 );
                 self.slot = Slot::Down(state);
                 Err(error)
@@ -360,6 +455,23 @@ impl Stage {
             Slot::Vacant => {}
         }
     }
+}
+
+/// The bytes of a record that count against the output budget: key,
+/// value, and header names and values.
+fn payload_bytes(record: &PluginRecord) -> usize {
+    let headers: usize = record
+        .headers
+        .iter()
+        .map(|(name, value)| name.len() + value.len())
+        .sum();
+    record.key.as_ref().map_or(0, Vec::len) + record.value.len() + headers
+}
+
+/// Lines written and dropped under `log`, so far.
+fn log_totals(log: &SharedLogBudget) -> (u64, u64) {
+    let budget = budget::log_budget(log);
+    (budget.written_total, budget.dropped_total)
 }
 
 /// Pairs each output with the index of the input it came from.

@@ -12,6 +12,7 @@ use wasmtime::{
     Cache, CacheConfig, Config, InstanceAllocationStrategy, PoolingAllocationConfig, Strategy,
 };
 
+use crate::budget::Budgets;
 use crate::error::PluginError;
 use crate::host::{self, HostState};
 use crate::plugin::{self, Plugin};
@@ -46,6 +47,9 @@ pub struct EngineConfig {
     /// The most instances alive at once across all plugins: the pooling
     /// allocator reserves this many slots up front.
     pub max_instances: u32,
+    /// What each attachment (each [`Chain`](crate::Chain)) may use across
+    /// calls, retries and replaced instances.
+    pub budgets: Budgets,
 }
 
 impl Default for EngineConfig {
@@ -55,6 +59,7 @@ impl Default for EngineConfig {
             deadline: Duration::from_millis(50),
             memory_max_bytes: 64 * 1024 * 1024,
             max_instances: 256,
+            budgets: Budgets::default(),
         }
     }
 }

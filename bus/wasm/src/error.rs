@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::budget::Breach;
+
 /// Why loading, instantiating or calling a plugin failed.
 ///
 /// The variants split along what the caller does next: [`Invalid`] and
@@ -17,6 +19,9 @@ use std::time::Duration;
 /// [`Trap`]: PluginError::Trap
 /// [`Deadline`]: PluginError::Deadline
 /// [`MemoryLimit`]: PluginError::MemoryLimit
+///
+/// [`Budget`](PluginError::Budget) also feeds the failure policy, but the
+/// chain does not retry the records one by one.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum PluginError {
@@ -43,6 +48,12 @@ pub enum PluginError {
     /// The guest tried to grow its memory past the per-instance cap (bytes).
     #[error("plugin exceeded its memory limit of {0} bytes")]
     MemoryLimit(usize),
+    /// The plugin went over one of its attachment's budgets (state, output
+    /// per batch) or its output broke the destination's limits. It is the
+    /// plugin's fault, not the batch's: the records are not retried one by
+    /// one, and they go to the failure policy.
+    #[error("plugin exceeded its budget: {0}")]
+    Budget(Breach),
     /// The host could not do its part: engine setup, an exhausted instance
     /// pool, or a call on an instance that an earlier failure poisoned.
     #[error("plugin runtime error: {0}")]

@@ -13,8 +13,9 @@ use wasmtime_wasi::{
     HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView,
 };
 
+use crate::budget::{Breach, SharedLogBudget};
 use crate::output::{self, GuestOutput, GuestStdio};
-use crate::state::StateLayer;
+use crate::state::{StateLayer, StateRefused};
 use crate::world::{self, Level};
 
 /// The largest `wasi:random` request a guest may make in one call. Rust's
@@ -33,6 +34,9 @@ pub(crate) struct HostState {
     pub(crate) limiter: MemoryLimiter,
     pub(crate) state: StateLayer,
     pub(crate) output: Arc<Mutex<GuestOutput>>,
+    /// Set when a state write went over the chain's budget during the
+    /// current call, so the trap that follows is reported as that breach.
+    pub(crate) breach: Option<Breach>,
 }
 
 impl HostState {
@@ -43,20 +47,23 @@ impl HostState {
         seed: [u8; 32],
         memory_max_bytes: usize,
         state: StateLayer,
+        log: SharedLogBudget,
     ) -> HostState {
-        let output = Arc::new(Mutex::new(GuestOutput::new(name)));
+        let output = Arc::new(Mutex::new(GuestOutput::new(name, log)));
         HostState {
             wasi: deny_all_wasi(seed, &output),
             table: ResourceTable::new(),
             limiter: MemoryLimiter::new(memory_max_bytes),
             state,
             output,
+            breach: None,
         }
     }
 
     /// Resets per-call bookkeeping before the guest runs.
     pub(crate) fn begin_call(&mut self) {
         self.limiter.exceeded = false;
+        self.breach = None;
         output::lock(&self.output).clear_stderr_tail();
     }
 
@@ -131,11 +138,24 @@ impl world::filter::edgebus::plugin::state::Host for HostState {
     }
 
     fn set(&mut self, key: Vec<u8>, value: Vec<u8>) -> wasmtime::Result<()> {
-        Ok(self.state.set(key, value)?)
+        let written = self.state.set(key, value);
+        self.refused(written)
     }
 
     fn delete(&mut self, key: Vec<u8>) -> wasmtime::Result<()> {
-        Ok(self.state.delete(key)?)
+        let written = self.state.delete(key);
+        self.refused(written)
+    }
+}
+
+impl HostState {
+    /// A refused state write traps the guest (the WIT `set` cannot fail);
+    /// a budget breach is remembered so the trap is reported as one.
+    fn refused(&mut self, written: Result<(), StateRefused>) -> wasmtime::Result<()> {
+        if let Err(StateRefused::Budget(breach)) = &written {
+            self.breach = Some(breach.clone());
+        }
+        Ok(written?)
     }
 }
 
@@ -292,6 +312,7 @@ fn ready_or_trap(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::budget::{Budgets, LogBudget, StateLedger};
     use crate::engine::{Engine, EngineConfig};
     use crate::state::MemState;
     use wasmtime::Store;
@@ -330,7 +351,12 @@ mod tests {
             Arc::from("sleeper"),
             [0; 32],
             inner.config.memory_max_bytes,
-            StateLayer::new(Box::new(MemState::new()), 1024),
+            StateLayer::new(
+                Box::new(MemState::new()),
+                1024,
+                StateLedger::shared(&Budgets::default()),
+            ),
+            LogBudget::shared(&Budgets::default()),
         );
         let mut store = Store::new(&inner.engine, host);
         store.set_epoch_deadline(inner.deadline_ticks);

@@ -10,6 +10,7 @@ use wasmtime_wasi::I32Exit;
 use crate::engine::EngineConfig;
 use crate::error::PluginError;
 use crate::host::HostState;
+use crate::output;
 use crate::plugin::Plugin;
 use crate::record::PluginRecord;
 use crate::state::{StateLayer, StateStore};
@@ -201,21 +202,24 @@ impl Instance {
                 })
             }),
         };
+        // A guest that trapped, whatever the reason (a state budget breach
+        // traps it too), cannot be entered again.
+        let mut trapped = false;
         let outcome = match returned {
             Ok(Ok(output)) => check_shape(output, batch.len()),
             Ok(Err(message)) => Err(PluginError::Rejected(message)),
-            Err(e) => Err(classify(e, store.data(), &engine.config, "call")),
+            Err(e) => {
+                trapped = true;
+                Err(classify(e, store.data(), &engine.config, "call"))
+            }
         };
         store.data_mut().end_call(outcome.is_ok());
         if let Err(error) = &outcome
-            && error.poisons_instance()
+            && (trapped || error.poisons_instance())
         {
             self.poisoned = true;
-            tracing::warn!(
-                target: "edgebus::plugin",
-                plugin = &*self.name,
-                "plugin instance poisoned: {error}"
-            );
+            output::lock(&store.data().output)
+                .host_warning(&format!("plugin instance poisoned: {error}"));
         }
         outcome
     }
@@ -261,14 +265,17 @@ fn check_shape(output: BatchOutput, inputs: usize) -> Result<BatchOutput, Plugin
 
 /// Turns a failed wasmtime call into the error the caller acts on.
 ///
-/// The limiter's flag is checked first: hitting the memory cap traps, and
-/// the trap alone would not say why.
+/// The host's flags are checked first: going over the state budget or the
+/// memory cap traps, and the trap alone would not say why.
 pub(crate) fn classify(
     error: wasmtime::Error,
     host: &HostState,
     config: &EngineConfig,
     during: &str,
 ) -> PluginError {
+    if let Some(breach) = &host.breach {
+        return PluginError::Budget(breach.clone());
+    }
     if host.limiter.exceeded {
         return PluginError::MemoryLimit(config.memory_max_bytes);
     }

@@ -37,6 +37,9 @@
 //! - [`instance`]: [`Instance`], one sandboxed guest and its calls.
 //! - [`chain`]: [`Chain`], plugins in order with failure
 //!   isolation and hot swap.
+//! - [`budget`]: [`Budgets`] each chain lives within across calls and
+//!   retries (state, output per batch, log rate), and the [`Breach`] a
+//!   plugin that goes over one is failed with.
 //! - [`record`]: [`PluginRecord`], the host's record type.
 //! - [`state`]: [`StateStore`] and the in-memory [`MemState`].
 //! - [`error`]: the one error type, [`PluginError`].
@@ -44,6 +47,7 @@
 //!   guest output to `tracing`, and the bindings generated from the WIT.
 #![warn(missing_docs)]
 
+pub mod budget;
 pub mod chain;
 pub mod engine;
 pub mod error;
@@ -55,6 +59,7 @@ pub mod record;
 pub mod state;
 mod world;
 
+pub use budget::{Breach, Budgets, StateUsage};
 pub use chain::{Chain, ChainError, ChainOutput, StageSpec};
 pub use engine::{Engine, EngineConfig};
 pub use error::PluginError;

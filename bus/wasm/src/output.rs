@@ -3,57 +3,20 @@
 //! rate-limited per instance.
 
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Instant;
 
 use bytes::Bytes;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 
+use crate::budget::{self, SharedLogBudget};
 use crate::world::Level;
 
-/// Log lines an instance may emit in a burst before it is throttled.
-const LOG_BURST_LINES: f64 = 100.0;
-/// Log lines per second an instance may sustain.
-const LOG_LINES_PER_SECOND: f64 = 20.0;
 /// Longest line kept whole; longer output is cut into lines this long, so a
-/// guest that never writes a newline cannot grow the host's buffer.
+/// guest that never writes a newline cannot grow the host's buffer, and a
+/// longer `log` message is cut to it.
 const LINE_BYTES_MAX: usize = 1024;
 /// How much of the latest stderr output is kept to explain a trap.
 const STDERR_TAIL_BYTES_MAX: usize = 512;
-
-/// A token bucket: `LOG_BURST_LINES` lines at once, refilled at
-/// `LOG_LINES_PER_SECOND`. Lines over budget are counted, and the count is
-/// reported with the next line that gets through.
-struct LogBudget {
-    tokens: f64,
-    refilled_at: Instant,
-    suppressed: u64,
-}
-
-impl LogBudget {
-    fn new() -> LogBudget {
-        LogBudget {
-            tokens: LOG_BURST_LINES,
-            refilled_at: Instant::now(),
-            suppressed: 0,
-        }
-    }
-
-    /// Whether one more line may be written now. On `Some(n)`, the caller
-    /// writes the line and reports that `n` earlier lines were dropped.
-    fn admit(&mut self) -> Option<u64> {
-        let now = Instant::now();
-        let elapsed = now.duration_since(self.refilled_at).as_secs_f64();
-        self.refilled_at = now;
-        self.tokens = (self.tokens + elapsed * LOG_LINES_PER_SECOND).min(LOG_BURST_LINES);
-        if self.tokens < 1.0 {
-            self.suppressed += 1;
-            return None;
-        }
-        self.tokens -= 1.0;
-        Some(std::mem::take(&mut self.suppressed))
-    }
-}
 
 /// Which standard stream a guest wrote to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,20 +25,21 @@ enum Stdio {
     Stderr,
 }
 
-/// Per-instance sink for everything a guest prints or logs.
+/// Per-instance sink for everything a guest prints or logs, rate-limited
+/// by a budget shared with every other instance of the same chain.
 pub(crate) struct GuestOutput {
     name: Arc<str>,
-    budget: LogBudget,
+    budget: SharedLogBudget,
     stdout_line: Vec<u8>,
     stderr_line: Vec<u8>,
     stderr_tail: Vec<u8>,
 }
 
 impl GuestOutput {
-    pub(crate) fn new(name: Arc<str>) -> GuestOutput {
+    pub(crate) fn new(name: Arc<str>, budget: SharedLogBudget) -> GuestOutput {
         GuestOutput {
             name,
-            budget: LogBudget::new(),
+            budget,
             stdout_line: Vec::new(),
             stderr_line: Vec::new(),
             stderr_tail: Vec::new(),
@@ -84,7 +48,8 @@ impl GuestOutput {
 
     /// One line from the `log` import.
     pub(crate) fn log(&mut self, level: Level, message: &str) {
-        let Some(suppressed) = self.budget.admit() else {
+        let message = truncate(message, LINE_BYTES_MAX);
+        let Some(suppressed) = self.admit(message.len()) else {
             return;
         };
         let plugin = &*self.name;
@@ -138,8 +103,20 @@ impl GuestOutput {
         }
     }
 
+    /// A line the host writes about this instance (that a failure
+    /// poisoned it), charged to the same budget as the guest's lines: a
+    /// plugin that fails on every call would otherwise flood the log
+    /// through the host.
+    pub(crate) fn host_warning(&mut self, message: &str) {
+        host_warning(&self.budget, &self.name, message);
+    }
+
+    fn admit(&self, bytes: usize) -> Option<u64> {
+        budget::log_budget(&self.budget).admit(bytes)
+    }
+
     fn emit_line(&mut self, stream: Stdio, line: &[u8]) {
-        let Some(suppressed) = self.budget.admit() else {
+        let Some(suppressed) = self.admit(line.len()) else {
             return;
         };
         let plugin = &*self.name;
@@ -173,6 +150,28 @@ impl GuestOutput {
             .collect();
         (!lines.is_empty()).then(|| lines.join(" | "))
     }
+}
+
+/// A warning the host writes about plugin `plugin`, charged to its chain's
+/// log budget.
+pub(crate) fn host_warning(budget: &SharedLogBudget, plugin: &str, message: &str) {
+    let Some(suppressed) = budget::log_budget(budget).admit(message.len()) else {
+        return;
+    };
+    report_suppressed(plugin, suppressed);
+    tracing::warn!(target: "edgebus::plugin", plugin, "{message}");
+}
+
+/// At most `max` bytes of `text`, cut at a character boundary.
+fn truncate(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 fn report_suppressed(plugin: &str, suppressed: u64) {
@@ -266,20 +265,36 @@ impl Pollable for GuestStdio {
 mod tests {
     use super::*;
 
+    fn output() -> GuestOutput {
+        GuestOutput::new(
+            Arc::from("p"),
+            budget::LogBudget::shared(&crate::Budgets::default()),
+        )
+    }
+
     #[test]
-    fn log_budget_burst_exhausted_suppresses_and_counts() {
-        let mut budget = LogBudget::new();
-        for _ in 0..LOG_BURST_LINES as usize {
-            assert_eq!(budget.admit(), Some(0));
-        }
-        assert_eq!(budget.admit(), None);
-        assert_eq!(budget.admit(), None);
-        assert_eq!(budget.suppressed, 2);
+    fn log_long_message_is_cut_and_charged_as_cut() {
+        let shared = budget::LogBudget::shared(&crate::Budgets {
+            // A burst of 1,100 bytes: room for one cut line, not two.
+            log_bytes_per_second: 220,
+            ..crate::Budgets::default()
+        });
+        let mut output = GuestOutput::new(Arc::from("p"), shared.clone());
+        output.log(Level::Info, &"é".repeat(LINE_BYTES_MAX));
+        output.log(Level::Info, &"x".repeat(100));
+        let budget = budget::log_budget(&shared);
+        assert_eq!((budget.written_total, budget.dropped_total), (1, 1));
+    }
+
+    #[test]
+    fn truncate_cuts_at_char_boundary() {
+        assert_eq!(truncate("héllo", 2), "h");
+        assert_eq!(truncate("hello", 10), "hello");
     }
 
     #[test]
     fn stderr_tail_panic_output_joined_without_backtrace_note() {
-        let mut output = GuestOutput::new(Arc::from("p"));
+        let mut output = output();
         output.write(
             Stdio::Stderr,
             b"thread '<unnamed>' panicked at src/lib.rs:9:5:\nboom\nnote: run with `RUST_BACKTRACE=1` environment variable to display a backtrace\n",
@@ -294,7 +309,7 @@ mod tests {
 
     #[test]
     fn write_line_longer_than_max_is_split_not_buffered() {
-        let mut output = GuestOutput::new(Arc::from("p"));
+        let mut output = output();
         output.write(Stdio::Stdout, &vec![b'x'; LINE_BYTES_MAX * 3 + 10]);
         assert_eq!(output.stdout_line.len(), 10);
         output.flush();

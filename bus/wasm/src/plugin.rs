@@ -8,6 +8,7 @@ use std::time::Duration;
 use wasmtime::Store;
 use wasmtime::component::Component;
 
+use crate::budget::{LogBudget, SharedLedger, SharedLogBudget, StateLedger};
 use crate::engine::EngineInner;
 use crate::error::PluginError;
 use crate::host::{self, HostState};
@@ -157,28 +158,47 @@ impl Plugin {
         params: &[(String, String)],
         state: Box<dyn StateStore>,
     ) -> Result<Instance, InstantiateError> {
-        let layer = StateLayer::new(state, self.inner.engine.config.memory_max_bytes);
-        match self.spawn(Arc::from(name), params, layer) {
+        let budgets = &self.inner.engine.config.budgets;
+        let shared = (StateLedger::shared(budgets), LogBudget::shared(budgets));
+        self.instantiate_sharing(name, params, state, shared)
+    }
+
+    /// Instantiates with the budgets of a chain: its state ledger and log
+    /// budget, which every stage and replaced instance shares.
+    pub(crate) fn instantiate_sharing(
+        &self,
+        name: &str,
+        params: &[(String, String)],
+        state: Box<dyn StateStore>,
+        (ledger, log): (SharedLedger, SharedLogBudget),
+    ) -> Result<Instance, InstantiateError> {
+        let layer = StateLayer::new(state, self.inner.engine.config.memory_max_bytes, ledger);
+        match self.spawn(Arc::from(name), params, layer, log) {
             Ok(mut instance) => {
                 instance.commit_state();
                 Ok(instance)
             }
-            Err((error, layer)) => Err(InstantiateError {
-                error,
-                state: layer.into_store(),
-            }),
+            Err(failed) => {
+                let (error, layer) = *failed;
+                Err(InstantiateError {
+                    error,
+                    state: layer.into_store(),
+                })
+            }
         }
     }
 
     /// Instantiates and runs `init`, leaving `init`'s state writes pending
     /// in the batch layer of `state`: the chain uses this to replace a
-    /// failed instance midway through a batch.
+    /// failed instance midway through a batch. A failure hands the state
+    /// back (boxed: the layer is large).
     pub(crate) fn spawn(
         &self,
         name: Arc<str>,
         params: &[(String, String)],
         state: StateLayer,
-    ) -> Result<Instance, (PluginError, StateLayer)> {
+        log: SharedLogBudget,
+    ) -> Result<Instance, Box<(PluginError, StateLayer)>> {
         let engine = &self.inner.engine;
         let seed = host::derive_seed(self.inner.hash.as_bytes(), name.as_bytes());
         let host = HostState::new(
@@ -186,6 +206,7 @@ impl Plugin {
             seed,
             engine.config.memory_max_bytes,
             state,
+            log,
         );
         let mut store = Store::new(&engine.engine, host);
         store.limiter(|host| &mut host.limiter);
@@ -202,7 +223,7 @@ impl Plugin {
             Err(e) => {
                 let error = instance::classify(e, store.data(), &engine.config, "instantiate");
                 store.data_mut().end_call(false);
-                return Err((error, store.into_data().state));
+                return Err(Box::new((error, store.into_data().state)));
             }
         };
 
@@ -220,7 +241,7 @@ impl Plugin {
         store.data_mut().end_call(error.is_none());
         match error {
             None => Ok(Instance::new(self.clone(), name, store, bindings)),
-            Some(error) => Err((error, store.into_data().state)),
+            Some(error) => Err(Box::new((error, store.into_data().state))),
         }
     }
 

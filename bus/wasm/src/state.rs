@@ -3,6 +3,8 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use crate::budget::{self, Breach, SharedLedger, StateUsage};
+
 /// Key-value state of one plugin attachment, reached by the guest through
 /// the WIT `state` interface.
 ///
@@ -20,6 +22,17 @@ pub trait StateStore: Send {
     fn set(&mut self, key: &[u8], value: &[u8]);
     /// Removes `key`; removing an absent key does nothing.
     fn delete(&mut self, key: &[u8]);
+    /// What the store holds now, counted against the chain's state budget
+    /// when a chain is built over it.
+    fn usage(&mut self) -> StateUsage;
+}
+
+/// The usage `entries` add up to.
+fn usage_of<'a>(entries: impl Iterator<Item = (&'a Vec<u8>, &'a Vec<u8>)>) -> StateUsage {
+    entries.fold(StateUsage::default(), |usage, (key, value)| StateUsage {
+        bytes: usage.bytes + (key.len() + value.len()) as i64,
+        keys: usage.keys + 1,
+    })
 }
 
 /// An in-memory [`StateStore`]: what ingest and read-path attachments use,
@@ -77,6 +90,10 @@ impl StateStore for MemState {
     fn delete(&mut self, key: &[u8]) {
         self.0.remove(key);
     }
+
+    fn usage(&mut self) -> StateUsage {
+        usage_of(self.0.iter())
+    }
 }
 
 /// A store shared between the instance and its owner, who keeps a clone of
@@ -97,13 +114,21 @@ impl<S: StateStore> StateStore for Arc<Mutex<S>> {
             .unwrap_or_else(PoisonError::into_inner)
             .delete(key);
     }
+
+    fn usage(&mut self) -> StateUsage {
+        self.lock().unwrap_or_else(PoisonError::into_inner).usage()
+    }
 }
 
 /// Why a guest's state write was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("state writes in one call exceed {max_bytes} bytes")]
-pub(crate) struct StateWriteLimit {
-    pub(crate) max_bytes: usize,
+pub(crate) enum StateRefused {
+    /// The writes of one call went over the per-call cap.
+    #[error("state writes in one call exceed {max_bytes} bytes")]
+    CallBytes { max_bytes: usize },
+    /// The write would take the chain's state over its budget.
+    #[error("plugin exceeded its budget: {0}")]
+    Budget(Breach),
 }
 
 /// A guest's view of its [`StateStore`], with writes held back until the
@@ -125,18 +150,33 @@ pub(crate) struct StateLayer {
     call: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     call_bytes: usize,
     call_bytes_max: usize,
+    ledger: SharedLedger,
+    /// Usage changes of the writes in `call` and in `batch`, as charged to
+    /// the ledger.
+    call_change: StateUsage,
+    batch_change: StateUsage,
 }
 
 impl StateLayer {
     /// Wraps `store`; one call may write at most `call_bytes_max` bytes of
-    /// keys and values, so a guest cannot grow host memory without bound.
-    pub(crate) fn new(store: Box<dyn StateStore>, call_bytes_max: usize) -> StateLayer {
+    /// keys and values, so a guest cannot grow host memory without bound
+    /// in one call, and `ledger` caps what the whole chain keeps. What the
+    /// store holds already is added to the ledger.
+    pub(crate) fn new(
+        mut store: Box<dyn StateStore>,
+        call_bytes_max: usize,
+        ledger: SharedLedger,
+    ) -> StateLayer {
+        budget::ledger(&ledger).adopt(store.usage());
         StateLayer {
             store,
             batch: BTreeMap::new(),
             call: BTreeMap::new(),
             call_bytes: 0,
             call_bytes_max,
+            ledger,
+            call_change: StateUsage::default(),
+            batch_change: StateUsage::default(),
         }
     }
 
@@ -147,25 +187,61 @@ impl StateLayer {
         }
     }
 
-    pub(crate) fn set(&mut self, key: Vec<u8>, value: Vec<u8>) -> Result<(), StateWriteLimit> {
-        self.charge(key.len() + value.len())?;
+    /// The size of the value `key` has now, if it has one.
+    fn current_len(&mut self, key: &[u8]) -> Option<usize> {
+        match self.call.get(key).or_else(|| self.batch.get(key)) {
+            Some(pending) => pending.as_ref().map(Vec::len),
+            None => self.store.get(key).map(|v| v.len()),
+        }
+    }
+
+    pub(crate) fn set(&mut self, key: Vec<u8>, value: Vec<u8>) -> Result<(), StateRefused> {
+        self.charge_call(key.len() + value.len())?;
+        let change = match self.current_len(&key) {
+            Some(old) => StateUsage {
+                bytes: value.len() as i64 - old as i64,
+                keys: 0,
+            },
+            None => StateUsage {
+                bytes: (key.len() + value.len()) as i64,
+                keys: 1,
+            },
+        };
+        self.charge_ledger(change)?;
         self.call.insert(key, Some(value));
         Ok(())
     }
 
-    pub(crate) fn delete(&mut self, key: Vec<u8>) -> Result<(), StateWriteLimit> {
-        self.charge(key.len())?;
+    pub(crate) fn delete(&mut self, key: Vec<u8>) -> Result<(), StateRefused> {
+        self.charge_call(key.len())?;
+        if let Some(old) = self.current_len(&key) {
+            self.charge_ledger(StateUsage {
+                bytes: -((key.len() + old) as i64),
+                keys: -1,
+            })?;
+        }
         self.call.insert(key, None);
         Ok(())
     }
 
-    fn charge(&mut self, bytes: usize) -> Result<(), StateWriteLimit> {
+    fn charge_call(&mut self, bytes: usize) -> Result<(), StateRefused> {
         self.call_bytes = self.call_bytes.saturating_add(bytes);
         if self.call_bytes > self.call_bytes_max {
-            return Err(StateWriteLimit {
+            return Err(StateRefused::CallBytes {
                 max_bytes: self.call_bytes_max,
             });
         }
+        Ok(())
+    }
+
+    fn charge_ledger(&mut self, change: StateUsage) -> Result<(), StateRefused> {
+        budget::ledger(&self.ledger)
+            .charge(change)
+            .map_err(StateRefused::Budget)?;
+        self.call_change = StateUsage {
+            bytes: self.call_change.bytes + change.bytes,
+            keys: self.call_change.keys + change.keys,
+        };
         Ok(())
     }
 
@@ -174,12 +250,18 @@ impl StateLayer {
         let call = std::mem::take(&mut self.call);
         self.batch.extend(call);
         self.call_bytes = 0;
+        let change = std::mem::take(&mut self.call_change);
+        self.batch_change = StateUsage {
+            bytes: self.batch_change.bytes + change.bytes,
+            keys: self.batch_change.keys + change.keys,
+        };
     }
 
     /// The call failed: its writes are dropped.
     pub(crate) fn end_call_failed(&mut self) {
         self.call.clear();
         self.call_bytes = 0;
+        budget::ledger(&self.ledger).drop_pending(std::mem::take(&mut self.call_change));
     }
 
     /// Applies the batch's writes to the store.
@@ -190,15 +272,25 @@ impl StateLayer {
                 None => self.store.delete(&key),
             }
         }
+        budget::ledger(&self.ledger).commit(std::mem::take(&mut self.batch_change));
     }
 
     /// Drops the batch's writes.
     pub(crate) fn rollback(&mut self) {
         self.batch.clear();
+        budget::ledger(&self.ledger).drop_pending(std::mem::take(&mut self.batch_change));
     }
 
-    /// The store, with only committed writes applied.
-    pub(crate) fn into_store(self) -> Box<dyn StateStore> {
+    /// The store, with only committed writes applied. Its pending writes
+    /// are dropped, and its usage leaves the chain's ledger with it.
+    pub(crate) fn into_store(mut self) -> Box<dyn StateStore> {
+        self.end_call_failed();
+        self.rollback();
+        let usage = self.store.usage();
+        budget::ledger(&self.ledger).adopt(StateUsage {
+            bytes: -usage.bytes,
+            keys: -usage.keys,
+        });
         self.store
     }
 
@@ -211,6 +303,46 @@ impl StateLayer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::budget::{Budgets, StateLedger};
+
+    fn unlimited() -> SharedLedger {
+        StateLedger::shared(&Budgets::default())
+    }
+
+    #[test]
+    fn state_layer_total_budget_spans_calls_and_counts_the_store() {
+        let ledger = StateLedger::shared(&Budgets {
+            state_max_bytes: 10,
+            state_max_keys: 3,
+            ..Budgets::default()
+        });
+        let mut seeded = MemState::new();
+        seeded.set(b"a", b"1234");
+        let mut layer = StateLayer::new(Box::new(seeded), 1024, ledger.clone());
+        assert_eq!(layer.set(b"b".to_vec(), b"12".to_vec()), Ok(()));
+        layer.end_call_ok();
+        layer.commit();
+        assert_eq!(
+            layer.set(b"c".to_vec(), b"123".to_vec()),
+            Err(StateRefused::Budget(Breach::StateBytes { max: 10 })),
+            "5 + 3 held, 4 more is over 10"
+        );
+        assert_eq!(layer.set(b"a".to_vec(), b"1".to_vec()), Ok(()), "shrinks");
+        assert_eq!(layer.set(b"c".to_vec(), b"1".to_vec()), Ok(()));
+        assert_eq!(
+            layer.set(b"d".to_vec(), b"".to_vec()),
+            Err(StateRefused::Budget(Breach::StateKeys { max: 3 }))
+        );
+        layer.end_call_failed();
+        assert_eq!(layer.delete(b"a".to_vec()), Ok(()));
+        assert_eq!(layer.set(b"d".to_vec(), b"".to_vec()), Ok(()));
+        layer.end_call_ok();
+        layer.commit();
+        assert_eq!(
+            budget::ledger(&ledger).committed(),
+            StateUsage { bytes: 4, keys: 2 }
+        );
+    }
 
     #[test]
     fn mem_state_set_get_delete_roundtrips() {
@@ -227,7 +359,7 @@ mod tests {
 
     #[test]
     fn state_layer_failed_call_leaves_store_untouched() {
-        let mut layer = StateLayer::new(Box::new(MemState::new()), 1024);
+        let mut layer = StateLayer::new(Box::new(MemState::new()), 1024, unlimited());
         assert_eq!(layer.set(b"a".to_vec(), b"1".to_vec()), Ok(()));
         layer.end_call_ok();
         assert_eq!(layer.set(b"b".to_vec(), b"2".to_vec()), Ok(()));
@@ -245,7 +377,7 @@ mod tests {
     fn state_layer_rollback_drops_batch_writes() {
         let mut seeded = MemState::new();
         seeded.set(b"k", b"old");
-        let mut layer = StateLayer::new(Box::new(seeded), 1024);
+        let mut layer = StateLayer::new(Box::new(seeded), 1024, unlimited());
         assert_eq!(layer.delete(b"k".to_vec()), Ok(()));
         layer.end_call_ok();
         assert_eq!(layer.get(b"k"), None);
@@ -255,11 +387,11 @@ mod tests {
 
     #[test]
     fn state_layer_writes_over_budget_are_refused() {
-        let mut layer = StateLayer::new(Box::new(MemState::new()), 8);
+        let mut layer = StateLayer::new(Box::new(MemState::new()), 8, unlimited());
         assert_eq!(layer.set(b"k".to_vec(), b"1234".to_vec()), Ok(()));
         assert_eq!(
             layer.set(b"k".to_vec(), b"5678".to_vec()),
-            Err(StateWriteLimit { max_bytes: 8 })
+            Err(StateRefused::CallBytes { max_bytes: 8 })
         );
         layer.end_call_failed();
         assert_eq!(layer.set(b"k".to_vec(), b"1234".to_vec()), Ok(()));

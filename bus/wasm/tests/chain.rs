@@ -6,7 +6,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{engine, engine_with, params, plugin_wasm, records, values};
-use edgebus_wasm::{Chain, ChainError, EngineConfig, MemState, Plugin, PluginError, StageSpec};
+use edgebus_wasm::{
+    Breach, Chain, ChainError, EngineConfig, MemState, Plugin, PluginError, StageSpec,
+};
 
 /// A small cap, so hogs fail fast.
 const HOG_MEMORY_MAX_BYTES: usize = 16 * 1024 * 1024;
@@ -269,4 +271,41 @@ fn chain_memory_hog_reports_memory_limit_per_record() {
             (1, PluginError::MemoryLimit(HOG_MEMORY_MAX_BYTES)),
         ]
     );
+}
+
+#[test]
+fn chain_output_over_budget_fails_the_batch_without_one_record_retries() {
+    let mut chain =
+        Chain::new(vec![stage(&load("amplify"), "amp", &[("copies", "5000")])]).expect("chain");
+    let output = chain.process(records(&["a", "b", "c"]));
+    assert!(output.outputs.is_empty());
+    assert_eq!(output.failed.len(), 3);
+    assert!(
+        output
+            .failed
+            .iter()
+            .all(|(_, _, e)| matches!(e, PluginError::Budget(Breach::OutputRecords { max: 3072 }))),
+        "{:?}",
+        output.failed[0].2
+    );
+    assert_eq!(output.replaced, 0, "a breach is not retried");
+}
+
+#[test]
+fn chain_log_budget_holds_across_replaced_instances() {
+    let mut chain = Chain::new(vec![stage(
+        &load("log_flood"),
+        "flood",
+        &[("lines", "100")],
+    )])
+    .expect("chain");
+    let inputs: Vec<String> = (0..40).map(|i| format!("r{i}")).collect();
+    let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+    let output = chain.process(records(&inputs));
+    assert_eq!(output.failed.len(), 40);
+    assert_eq!(output.replaced, 41, "the batch call, then one per record");
+    // A burst of five seconds at 20 lines a second, plus what the
+    // seconds this took refilled.
+    assert!(output.log_lines <= 140, "{} lines", output.log_lines);
+    assert!(output.log_lines_dropped >= 4_000 - 140);
 }

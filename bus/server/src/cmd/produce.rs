@@ -13,7 +13,7 @@ use edgebus_store::{LogStore, StoreError};
 use tokio::sync::oneshot;
 
 use crate::attach::{Attachments, IngestChain, IngestError};
-use crate::chain::{self, ChainRun};
+use crate::chain::{self, ChainRun, OutputLimits};
 use crate::dlq::{DeadLetterError, DeadLetters};
 use crate::error::Coded;
 use crate::topics::{Topics, UnknownTopic};
@@ -251,7 +251,17 @@ async fn through_chain(
         return Ok(Pending::new(ack, Plan::Unknown));
     }
     let records = batch::records(&batch)?;
-    let run = match chain.run(&target.topic, target.partition, &records).await {
+    // Everything the chain makes is stored as one batch, which must be
+    // one a consumer can fetch.
+    let limits = OutputLimits {
+        max_record_bytes: spec.max_message_bytes as usize,
+        max_batch_bytes: chain::MAX_OUTPUT_BATCH_BYTES,
+        overhead_per_input: 0,
+    };
+    let run = match chain
+        .run(&target.topic, target.partition, &records, limits)
+        .await
+    {
         Ok(run) => run,
         Err(refused) => {
             // A final refusal is never retried, so the producer's next
@@ -271,11 +281,9 @@ async fn through_chain(
         return Ok(Pending::new(ack, Plan::AsSent));
     }
     let fates = fates(records.len(), &run);
-    let outputs: Vec<_> = run
-        .outputs
-        .into_iter()
-        .map(|(_, r)| chain::from_plugin(r))
-        .collect();
+    let outputs: Vec<_> = run.outputs.into_iter().map(|(_, r)| r).collect();
+    // One batch, so the outputs take contiguous offsets from one base, as
+    // `fates` assumes; the chain kept them within MAX_OUTPUT_BATCH_BYTES.
     let mut all = chain::batches(&outputs, usize::MAX);
     debug_assert!(all.len() <= 1, "one batch holds every output");
     let mut append = match all.pop() {

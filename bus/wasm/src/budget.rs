@@ -1,0 +1,384 @@
+//! Budgets one attachment (a [`Chain`](crate::Chain)) lives within across
+//! calls, one-record retries and instance replacements: total state, output
+//! per input batch, and log lines and bytes per second.
+//!
+//! The per-call limits (deadline, memory cap, state writes per call) stop
+//! one call from hurting the broker; a hostile plugin can still stay under
+//! each of them and add up: a fresh key per record, many copies per input,
+//! a log flood from instances that fail and are replaced. These budgets cap
+//! the sums, and each is checked before the memory is spent.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+/// The budgets of every attachment of an engine; see the module docs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Budgets {
+    /// Bytes of keys and values the plugins of one chain may keep in
+    /// state, all stages together.
+    pub state_max_bytes: usize,
+    /// Keys the plugins of one chain may keep in state.
+    pub state_max_keys: usize,
+    /// A stage may emit at most this many times the bytes (keys, values,
+    /// header names and values) of the batch given to the chain…
+    pub output_bytes_ratio: usize,
+    /// …but always at least this many bytes, so small batches can grow…
+    pub output_bytes_floor: usize,
+    /// …and never more than this many bytes per batch.
+    pub output_max_bytes: usize,
+    /// A stage may emit at most this many records per input record.
+    pub output_records_per_input: usize,
+    /// Headers one emitted record may have.
+    pub output_max_headers: usize,
+    /// Log lines (the `log` import, stdout and stderr, and the host's own
+    /// lines about the attachment's failures) per second, sustained.
+    pub log_lines_per_second: u32,
+    /// Log bytes per second, sustained.
+    pub log_bytes_per_second: usize,
+}
+
+/// Seconds of the sustained log rate a quiet attachment may spend at once.
+const LOG_BURST_SECONDS: f64 = 5.0;
+
+impl Default for Budgets {
+    /// Sized for a gateway with 512 MiB of RAM running a handful of
+    /// attachments: 16 MiB of state and 32 MiB of output per batch each.
+    fn default() -> Budgets {
+        Budgets {
+            state_max_bytes: 16 << 20,
+            state_max_keys: 100_000,
+            output_bytes_ratio: 16,
+            output_bytes_floor: 64 << 10,
+            output_max_bytes: 32 << 20,
+            output_records_per_input: 1024,
+            output_max_headers: 64,
+            log_lines_per_second: 20,
+            log_bytes_per_second: 16 << 10,
+        }
+    }
+}
+
+impl Budgets {
+    /// The output one stage may produce from a chain input of `records`
+    /// records and `bytes` bytes.
+    pub(crate) fn output_for(&self, records: usize, bytes: usize) -> OutputBudget {
+        let records = records.saturating_mul(self.output_records_per_input);
+        let bytes = bytes
+            .saturating_mul(self.output_bytes_ratio)
+            .max(self.output_bytes_floor)
+            .min(self.output_max_bytes);
+        OutputBudget {
+            records_left: records,
+            records_max: records,
+            bytes_left: bytes,
+            bytes_max: bytes,
+        }
+    }
+}
+
+/// Which budget or limit a plugin went over.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Breach {
+    /// A state write would take the chain's state past its byte budget.
+    #[error("state would exceed {max} bytes")]
+    StateBytes {
+        /// The budget.
+        max: usize,
+    },
+    /// A state write would take the chain's state past its key budget.
+    #[error("state would exceed {max} keys")]
+    StateKeys {
+        /// The budget.
+        max: usize,
+    },
+    /// A stage emitted more records for a batch than its budget.
+    #[error("output would exceed {max} records for the batch")]
+    OutputRecords {
+        /// The budget for this batch.
+        max: usize,
+    },
+    /// A stage emitted more bytes for a batch than its budget.
+    #[error("output would exceed {max} bytes for the batch")]
+    OutputBytes {
+        /// The budget for this batch.
+        max: usize,
+    },
+    /// An output record is larger than the destination allows.
+    #[error("output record of {size} bytes exceeds the limit of {max} bytes")]
+    RecordBytes {
+        /// The record's encoded size.
+        size: usize,
+        /// The destination's `max.message.bytes`.
+        max: usize,
+    },
+    /// An output record has more headers than the destination allows.
+    #[error("output record has {count} headers, more than the limit of {max}")]
+    Headers {
+        /// Its header count.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The outputs of the batch up to this record would not fit in one
+    /// stored batch that a fetch can serve.
+    #[error("output of the batch would exceed {max} bytes, the largest batch the topic serves")]
+    BatchBytes {
+        /// The limit.
+        max: usize,
+    },
+}
+
+/// What one stage may still emit for the batch in hand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct OutputBudget {
+    records_left: usize,
+    records_max: usize,
+    bytes_left: usize,
+    bytes_max: usize,
+}
+
+impl OutputBudget {
+    /// Takes `records` records of `bytes` bytes from the budget, or says
+    /// which part of it they would break (and takes nothing).
+    pub(crate) fn spend(&mut self, records: usize, bytes: usize) -> Result<(), Breach> {
+        if records > self.records_left {
+            return Err(Breach::OutputRecords {
+                max: self.records_max,
+            });
+        }
+        if bytes > self.bytes_left {
+            return Err(Breach::OutputBytes {
+                max: self.bytes_max,
+            });
+        }
+        self.records_left -= records;
+        self.bytes_left -= bytes;
+        Ok(())
+    }
+}
+
+/// Keys and bytes of keys and values held in state; signed, as a change
+/// may shrink it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StateUsage {
+    /// Bytes of keys plus values.
+    pub bytes: i64,
+    /// Keys.
+    pub keys: i64,
+}
+
+impl StateUsage {
+    fn plus(self, other: StateUsage) -> StateUsage {
+        StateUsage {
+            bytes: self.bytes + other.bytes,
+            keys: self.keys + other.keys,
+        }
+    }
+
+    fn minus(self, other: StateUsage) -> StateUsage {
+        StateUsage {
+            bytes: self.bytes - other.bytes,
+            keys: self.keys - other.keys,
+        }
+    }
+}
+
+/// The state usage of a whole chain: what its stores hold, plus the
+/// changes of the batch in progress that have not been committed yet.
+#[derive(Debug)]
+pub(crate) struct StateLedger {
+    max_bytes: i64,
+    max_keys: i64,
+    committed: StateUsage,
+    pending: StateUsage,
+}
+
+/// A ledger shared by the stages of one chain.
+pub(crate) type SharedLedger = Arc<Mutex<StateLedger>>;
+
+impl StateLedger {
+    pub(crate) fn shared(budgets: &Budgets) -> SharedLedger {
+        let clamp = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
+        Arc::new(Mutex::new(StateLedger {
+            max_bytes: clamp(budgets.state_max_bytes),
+            max_keys: clamp(budgets.state_max_keys),
+            committed: StateUsage::default(),
+            pending: StateUsage::default(),
+        }))
+    }
+
+    /// Counts what a store held before this chain wrote to it.
+    pub(crate) fn adopt(&mut self, usage: StateUsage) {
+        self.committed = self.committed.plus(usage);
+    }
+
+    /// Records a pending change, unless growing the state by it would go
+    /// over a budget. Shrinking is always allowed.
+    pub(crate) fn charge(&mut self, change: StateUsage) -> Result<(), Breach> {
+        let after = self.committed.plus(self.pending).plus(change);
+        if change.keys > 0 && after.keys > self.max_keys {
+            return Err(Breach::StateKeys {
+                max: self.max_keys as usize,
+            });
+        }
+        if change.bytes > 0 && after.bytes > self.max_bytes {
+            return Err(Breach::StateBytes {
+                max: self.max_bytes as usize,
+            });
+        }
+        self.pending = self.pending.plus(change);
+        Ok(())
+    }
+
+    /// Forgets pending changes that were dropped.
+    pub(crate) fn drop_pending(&mut self, change: StateUsage) {
+        self.pending = self.pending.minus(change);
+    }
+
+    /// Moves pending changes that reached the store to the committed total.
+    pub(crate) fn commit(&mut self, change: StateUsage) {
+        self.pending = self.pending.minus(change);
+        self.committed = self.committed.plus(change);
+    }
+
+    /// The committed usage.
+    #[cfg(test)]
+    pub(crate) fn committed(&self) -> StateUsage {
+        self.committed
+    }
+}
+
+/// Locks a ledger; a panic while it was held leaves numbers that are at
+/// worst off by one change, so poisoning is ignored.
+pub(crate) fn ledger(ledger: &SharedLedger) -> std::sync::MutexGuard<'_, StateLedger> {
+    ledger.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Token buckets for log lines and bytes, shared by every instance a chain
+/// creates, so replacing a failed instance does not refill them.
+#[derive(Debug)]
+pub(crate) struct LogBudget {
+    lines_per_second: f64,
+    bytes_per_second: f64,
+    lines: f64,
+    bytes: f64,
+    refilled_at: Instant,
+    /// Lines dropped since the last one that got through.
+    suppressed: u64,
+    /// Lines written since the budget was made.
+    pub(crate) written_total: u64,
+    /// Lines dropped since the budget was made.
+    pub(crate) dropped_total: u64,
+}
+
+/// A log budget shared by the instances of one chain.
+pub(crate) type SharedLogBudget = Arc<Mutex<LogBudget>>;
+
+impl LogBudget {
+    pub(crate) fn shared(budgets: &Budgets) -> SharedLogBudget {
+        Arc::new(Mutex::new(LogBudget::new(budgets)))
+    }
+
+    pub(crate) fn new(budgets: &Budgets) -> LogBudget {
+        let lines_per_second = f64::from(budgets.log_lines_per_second);
+        let bytes_per_second = budgets.log_bytes_per_second as f64;
+        LogBudget {
+            lines_per_second,
+            bytes_per_second,
+            lines: lines_per_second * LOG_BURST_SECONDS,
+            bytes: bytes_per_second * LOG_BURST_SECONDS,
+            refilled_at: Instant::now(),
+            suppressed: 0,
+            written_total: 0,
+            dropped_total: 0,
+        }
+    }
+
+    /// Whether a line of `bytes` bytes may be written now. On `Some(n)`,
+    /// the caller writes the line and reports that `n` earlier lines were
+    /// dropped.
+    pub(crate) fn admit(&mut self, bytes: usize) -> Option<u64> {
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.refilled_at).as_secs_f64();
+        self.refilled_at = now;
+        self.lines = (self.lines + elapsed * self.lines_per_second)
+            .min(self.lines_per_second * LOG_BURST_SECONDS);
+        self.bytes = (self.bytes + elapsed * self.bytes_per_second)
+            .min(self.bytes_per_second * LOG_BURST_SECONDS);
+        if self.lines < 1.0 || self.bytes < bytes as f64 {
+            self.suppressed += 1;
+            self.dropped_total += 1;
+            return None;
+        }
+        self.lines -= 1.0;
+        self.bytes -= bytes as f64;
+        self.written_total += 1;
+        Some(std::mem::take(&mut self.suppressed))
+    }
+}
+
+/// Locks a log budget; poisoning costs at most one line's accounting.
+pub(crate) fn log_budget(budget: &SharedLogBudget) -> std::sync::MutexGuard<'_, LogBudget> {
+    budget.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_budget_ratio_floor_and_ceiling() {
+        let budgets = Budgets {
+            output_bytes_ratio: 16,
+            output_bytes_floor: 100,
+            output_max_bytes: 1000,
+            output_records_per_input: 2,
+            ..Budgets::default()
+        };
+        let mut small = budgets.output_for(1, 1);
+        assert_eq!(small.spend(1, 100), Ok(()));
+        assert_eq!(small.spend(1, 1), Err(Breach::OutputBytes { max: 100 }));
+        let mut large = budgets.output_for(3, 500);
+        assert_eq!(large.spend(1, 1001), Err(Breach::OutputBytes { max: 1000 }));
+        assert_eq!(large.spend(7, 1), Err(Breach::OutputRecords { max: 6 }));
+        assert_eq!(large.spend(6, 1000), Ok(()));
+    }
+
+    #[test]
+    fn state_ledger_counts_pending_and_committed_against_the_budget() {
+        let budgets = Budgets {
+            state_max_bytes: 10,
+            state_max_keys: 2,
+            ..Budgets::default()
+        };
+        let shared = StateLedger::shared(&budgets);
+        let mut l = ledger(&shared);
+        let add = |bytes, keys| StateUsage { bytes, keys };
+        assert_eq!(l.charge(add(6, 1)), Ok(()));
+        assert_eq!(l.charge(add(6, 0)), Err(Breach::StateBytes { max: 10 }));
+        l.commit(add(6, 1));
+        assert_eq!(l.charge(add(1, 1)), Ok(()));
+        assert_eq!(l.charge(add(1, 1)), Err(Breach::StateKeys { max: 2 }));
+        l.drop_pending(add(1, 1));
+        assert_eq!(l.charge(add(-6, -1)), Ok(()), "shrinking always passes");
+        assert_eq!(l.committed(), add(6, 1));
+    }
+
+    #[test]
+    fn log_budget_limits_lines_and_bytes() {
+        let budgets = Budgets {
+            log_lines_per_second: 2,
+            log_bytes_per_second: 100,
+            ..Budgets::default()
+        };
+        let mut lines = LogBudget::new(&budgets);
+        let admitted = (0..100).filter(|_| lines.admit(1).is_some()).count();
+        assert_eq!(admitted, 10, "a burst of five seconds of lines");
+        let mut bytes = LogBudget::new(&budgets);
+        assert!(bytes.admit(400).is_some());
+        assert!(bytes.admit(200).is_none(), "over the 500-byte burst");
+        assert_eq!(bytes.dropped_total, 1);
+        assert_eq!(bytes.admit(50), Some(1), "reports the dropped line");
+    }
+}
