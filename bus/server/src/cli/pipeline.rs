@@ -7,6 +7,7 @@ use serde_json::json;
 
 use super::plugin::{chain_text, parse_plugin_ref, policy_name};
 use super::table::{self, Table};
+use super::topic::{counters_json, counters_text};
 use super::{CommonArgs, Failure, Output, PolicyArg};
 
 #[derive(Debug, Subcommand)]
@@ -67,13 +68,6 @@ pub struct CreateArgs {
     common: CommonArgs,
 }
 
-fn counters_text(c: &edgebus_client::AttachCounters) -> String {
-    format!(
-        "in={} out={} filtered={} failed={} dead-lettered={}",
-        c.records_in, c.records_out, c.filtered, c.failed, c.dead_lettered
-    )
-}
-
 fn pipeline_json(p: &PipelineDescription) -> serde_json::Value {
     let c = &p.counters;
     json!({
@@ -82,7 +76,7 @@ fn pipeline_json(p: &PipelineDescription) -> serde_json::Value {
         "on_failure": policy_name(p.on_failure),
         "status": p.status,
         "positions": p.positions.iter().map(|(p, o)| json!({"partition": p, "next_offset": o})).collect::<Vec<_>>(),
-        "counters": {"in": c.records_in, "out": c.records_out, "filtered": c.filtered, "failed": c.failed, "dead_lettered": c.dead_lettered},
+        "counters": counters_json(c),
     })
 }
 

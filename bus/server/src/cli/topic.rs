@@ -158,15 +158,34 @@ fn spec_summary(s: &TopicSpec) -> Vec<(&'static str, String)> {
     ]
 }
 
-fn counters_text(c: &AttachCounters) -> String {
+/// A plugin attachment's counters on one line.
+pub(super) fn counters_text(c: &AttachCounters) -> String {
     format!(
-        "in={} out={} filtered={} failed={} dead-lettered={}",
-        c.records_in, c.records_out, c.filtered, c.failed, c.dead_lettered
+        "in={} out={} filtered={} failed={} dead-lettered={} budget-breaches={} log-lines={} \
+         log-lines-dropped={}",
+        c.records_in,
+        c.records_out,
+        c.filtered,
+        c.failed,
+        c.dead_lettered,
+        c.budget_breaches,
+        c.log_lines,
+        c.log_lines_dropped
     )
 }
 
-fn counters_json(c: &AttachCounters) -> serde_json::Value {
-    json!({"in": c.records_in, "out": c.records_out, "filtered": c.filtered, "failed": c.failed, "dead_lettered": c.dead_lettered})
+/// A plugin attachment's counters as JSON.
+pub(super) fn counters_json(c: &AttachCounters) -> serde_json::Value {
+    json!({
+        "in": c.records_in,
+        "out": c.records_out,
+        "filtered": c.filtered,
+        "failed": c.failed,
+        "dead_lettered": c.dead_lettered,
+        "budget_breaches": c.budget_breaches,
+        "log_lines": c.log_lines,
+        "log_lines_dropped": c.log_lines_dropped,
+    })
 }
 
 async fn create(a: CreateArgs) -> Result<(), Failure> {
