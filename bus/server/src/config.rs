@@ -23,6 +23,25 @@ pub struct Config {
     pub tls: TlsConfig,
     /// Sandbox limits of WebAssembly plugins.
     pub plugins: PluginLimits,
+    /// The redb store.
+    pub storage: StorageConfig,
+}
+
+/// How the redb store is opened.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// redb's page cache (`storage.cache_bytes`): what the store may hold
+    /// in memory of the pages it read or wrote.
+    pub cache_bytes: usize,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            cache_bytes: edgebus_store::redb_store::DEFAULT_CACHE_BYTES,
+        }
+    }
 }
 
 /// Limits every plugin call and instance runs under.
@@ -151,6 +170,7 @@ impl Default for Config {
             limits: Limits::default(),
             tls: TlsConfig::default(),
             plugins: PluginLimits::default(),
+            storage: StorageConfig::default(),
         }
     }
 }

@@ -187,7 +187,8 @@ impl RunningBroker {
 pub async fn start(config: Config) -> Result<RunningBroker, StartError> {
     ensure_data_dir(&config)?;
     let path = config.data_dir.join("edgebus.redb");
-    let store = tokio::task::spawn_blocking(move || RedbStore::open(&path))
+    let cache_bytes = config.storage.cache_bytes;
+    let store = tokio::task::spawn_blocking(move || RedbStore::open_with_cache(&path, cache_bytes))
         .await
         .map_err(|e| edgebus_store::StoreError::Backend(e.to_string()))??;
     start_with_store(config, Arc::new(store)).await

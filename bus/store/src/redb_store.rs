@@ -431,6 +431,11 @@ fn check_position(table: &str, base_offset: u64, header: &BatchHeader) -> Result
     Ok(())
 }
 
+/// The page cache [`RedbStore::open`] gives redb: small, for gateways; redb's
+/// own default (1 GiB) let a broker hold hundreds of MiB after one catch-up
+/// read.
+pub const DEFAULT_CACHE_BYTES: usize = 16 << 20;
+
 impl RedbStore {
     /// Opens the store in the redb file at `path`, creating it if missing.
     ///
@@ -440,11 +445,28 @@ impl RedbStore {
     /// IO error opens the same path but never creates it: a file that
     /// vanished is an error, not a new empty store.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = Database::create(path).map_err(|e| opening(path, e))?;
+        Self::open_with_cache(path, DEFAULT_CACHE_BYTES)
+    }
+
+    /// [`RedbStore::open`] with a page cache of at most `cache_bytes`.
+    /// redb keeps pages it read or wrote in this cache until it is full, so
+    /// it bounds what the store holds in memory after a long read or a
+    /// burst of writes; a small cache costs re-reads from the OS page
+    /// cache, not correctness.
+    pub fn open_with_cache(path: &Path, cache_bytes: usize) -> Result<Self, StoreError> {
+        let db = Database::builder()
+            .set_cache_size(cache_bytes)
+            .create(path)
+            .map_err(|e| opening(path, e))?;
         let reopen_path = path.to_owned();
         Self::init(
             db,
-            Box::new(move || Database::open(&reopen_path).map_err(|e| opening(&reopen_path, e))),
+            Box::new(move || {
+                Database::builder()
+                    .set_cache_size(cache_bytes)
+                    .open(&reopen_path)
+                    .map_err(|e| opening(&reopen_path, e))
+            }),
         )
         .map_err(|e| naming(path, e))
     }
