@@ -66,11 +66,12 @@ declare -A worlds=(
 # embedded copies can be checked against them. Two things would tie the
 # bytes to this checkout's path: panic locations name source files, and
 # cargo hashes a path dependency outside the workspace (sdk/plugin) by its
-# absolute path into the crate's metadata, which changes the generated code. So cargo
-# sees the checkout through a fixed path, a symlink held under a lock while
-# it builds, and source paths are remapped (std's already are, to
-# /rustc/<commit>; the cargo home's to /cargo). Flags of the caller's would
-# change the bytes too.
+# absolute path into the crate's metadata, which changes the generated
+# code. So cargo sees the checkout through a fixed path, a symlink held
+# under a lock while it builds (checkouts on one machine take turns), and
+# source paths are remapped (std's already are, to /rustc/<commit>; the
+# cargo home's to /cargo). Flags of the caller's would change the bytes
+# too.
 command -v flock >/dev/null 2>&1 || fail "flock (util-linux) is needed"
 fixed=/tmp/edgebus-plugins-build
 mkdir -p "$fixed" 2>/dev/null || fail "cannot create $fixed"
