@@ -62,7 +62,8 @@
 //! - [`notify`]: wakes subscriptions when partitions grow.
 //! - [`tls`], [`config`]: local CA on first start, operator certificates,
 //!   mTLS; TOML configuration and limits.
-//! - [`bundled`]: the plugins of this source tree, built on demand.
+//! - [`bundled`]: the plugins embedded in the binary, and `plugins/` built
+//!   on demand for tests.
 #![warn(missing_docs)]
 
 pub mod attach;

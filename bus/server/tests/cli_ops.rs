@@ -554,27 +554,6 @@ fn bench_on_a_users_broker_leaves_its_plugins_and_topics_as_they_were() {
     );
 }
 
-/// Regression: `demo` was silent for minutes while it built the plugins;
-/// now it says it is building, how long it took, and ends with what to try
-/// next.
-#[test]
-fn demo_says_it_builds_the_plugins_and_ends_with_what_to_try_next() {
-    let home = Home::new();
-    let out = home.run(&["demo", "--sensors", "2", "--readings", "20"]);
-    let stdout = ok(&out);
-    let stderr = text(&out.stderr);
-    assert!(stderr.contains("building the bundled plugins"), "{stderr}");
-    assert!(stderr.contains("plugins built in"), "{stderr}");
-    let next = stdout
-        .split("try next")
-        .nth(1)
-        .unwrap_or_else(|| panic!("{stdout}"));
-    assert!(
-        next.contains("edgebus serve") && next.contains("edgebus plugin add"),
-        "{next}"
-    );
-}
-
 #[test]
 fn version_prints_the_package_version() {
     let home = Home::new();

@@ -356,7 +356,14 @@ async fn register_plugins(
         .map(|p| p.name.as_str())
         .collect();
     for name in names {
-        let wasm = edgebus::bundled::wasm(&name.replace('-', "_")).map_err(Failure::other)?;
+        let wasm = edgebus::bundled::find(name)
+            .ok_or_else(|| {
+                Failure::other(format!(
+                    "no bundled plugin {name:?}; the bundled plugins are: {}",
+                    edgebus::bundled::names()
+                ))
+            })?
+            .wasm;
         let own = made.plugin_name(name);
         // Recorded first: a registration whose answer is lost may still
         // have happened.

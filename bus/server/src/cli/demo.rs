@@ -1,16 +1,15 @@
 //! `edgebus demo`: the whole idea in one command, on embedded defaults.
 //!
-//! Starts a broker in a temp dir, registers the bundled plugins, and
-//! simulates IoT sensors. On ingest, `json-filter` drops garbage and
-//! impossible readings and `redact` masks the owner field; a pipeline
-//! downsamples into a second topic; a consumer asks the broker to filter
-//! on its read path. Then it prints what consumers see and every counter,
+//! Starts a broker in a temp dir, registers the plugins embedded in the
+//! binary (no wasm toolchain needed), and simulates IoT sensors. On
+//! ingest, `json-filter` drops garbage and impossible readings and `redact`
+//! masks the owner field; a pipeline downsamples into a second topic; a
+//! consumer asks the broker to filter on its read path. Then it prints what consumers see and every counter,
 //! and what to try next.
 
-use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::Args;
 use edgebus_client::{
@@ -18,7 +17,6 @@ use edgebus_client::{
     Subscription, TopicSpec,
 };
 use edgebus_proto::frame::{FailurePolicy, Request, Response};
-use indicatif::{ProgressBar, ProgressStyle};
 
 use super::Failure;
 use super::plugin::chain_text;
@@ -26,7 +24,7 @@ use edgebus::config::Config;
 
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:
-  edgebus demo                                    # builds the bundled plugins first (minutes, once)
+  edgebus demo                                    # with the plugins embedded in the binary
   edgebus demo --sensors 8 --readings 1000 --plugins plugins/target/wasm32-wasip2/release")]
 pub struct DemoArgs {
     /// Simulated sensors.
@@ -35,8 +33,8 @@ pub struct DemoArgs {
     /// Readings per sensor.
     #[arg(long, default_value_t = 100)]
     readings: u32,
-    /// Directory holding the built plugins (`*.wasm`); by default the
-    /// bundled plugins of this source tree, built with `plugins/build.sh`.
+    /// Directory holding plugins built with `plugins/build.sh` (`*.wasm`)
+    /// to use instead of the ones embedded in the binary.
     #[arg(long)]
     plugins: Option<PathBuf>,
 }
@@ -62,11 +60,23 @@ fn topic(name: &str, partitions: u32) -> TopicSpec {
     }
 }
 
+/// A plugin's component, from `--plugins DIR` or embedded, and where it
+/// came from.
+fn component(dir: Option<&Path>, name: &str) -> Result<(Vec<u8>, String), Failure> {
+    let bundled = edgebus::bundled::find(name)
+        .ok_or_else(|| Failure::other(format!("{name} is not a bundled plugin")))?;
+    match dir {
+        Some(dir) => {
+            let path = dir.join(format!("{}.wasm", bundled.file));
+            let wasm = std::fs::read(&path)
+                .map_err(|e| Failure::other(format!("{}: {e}", path.display())))?;
+            Ok((wasm, path.display().to_string()))
+        }
+        None => Ok((bundled.wasm.to_vec(), "embedded".to_owned())),
+    }
+}
+
 pub async fn run(args: DemoArgs) -> Result<(), Failure> {
-    let dir = match args.plugins.clone() {
-        Some(dir) => dir,
-        None => build_plugins().await?,
-    };
     let data = tempfile::tempdir().map_err(Failure::other)?;
     let config = Config {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -85,12 +95,8 @@ pub async fn run(args: DemoArgs) -> Result<(), Failure> {
     );
     let client = Client::connect(ClientConfig::new(broker.addr, ca)).await?;
 
-    for (name, file) in [
-        ("json-filter", "json_filter"),
-        ("redact", "redact"),
-        ("downsample", "downsample"),
-    ] {
-        let wasm = std::fs::read(dir.join(format!("{file}.wasm"))).map_err(Failure::other)?;
+    for name in ["json-filter", "redact", "downsample"] {
+        let (wasm, from) = component(args.plugins.as_deref(), name)?;
         let added = client
             .request(&Request::PluginAdd {
                 name: name.into(),
@@ -99,7 +105,7 @@ pub async fn run(args: DemoArgs) -> Result<(), Failure> {
             .await?;
         if let Response::Plugins(p) = added {
             println!(
-                "▶ plugin {name} v{} ({} bytes)",
+                "▶ plugin {name} v{} ({} bytes, {from})",
                 p[0].version, p[0].size_bytes
             );
         }
@@ -267,53 +273,12 @@ pub async fn run(args: DemoArgs) -> Result<(), Failure> {
     }
     drop(sub);
     broker.shutdown().await;
-    print_next_steps(&dir);
+    print_next_steps();
     Ok(())
 }
 
-/// How often a build that is not shown with a spinner (stderr is not a
-/// terminal) says it is still going.
-const BUILD_NOTE_INTERVAL: Duration = Duration::from_secs(15);
-
-/// Builds the bundled plugins, showing that it is busy: a first build
-/// compiles for minutes.
-async fn build_plugins() -> Result<PathBuf, Failure> {
-    eprintln!(
-        "▶ building the bundled plugins with plugins/build.sh (the first build takes a few \
-         minutes; later ones take seconds)"
-    );
-    let started = Instant::now();
-    let spinner = ProgressBar::new_spinner();
-    spinner.set_style(
-        ProgressStyle::with_template("  {spinner} compiling plugins for wasm32-wasip2 {elapsed}")
-            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-    );
-    spinner.enable_steady_tick(Duration::from_millis(120));
-    let on_terminal = std::io::stderr().is_terminal();
-    let mut build = tokio::task::spawn_blocking(edgebus::bundled::ensure_built);
-    let mut notes = tokio::time::interval(BUILD_NOTE_INTERVAL);
-    notes.tick().await;
-    let built = loop {
-        tokio::select! {
-            built = &mut build => break built.map_err(Failure::other)?,
-            _ = notes.tick(), if !on_terminal => {
-                eprintln!("  … still building ({} s)", started.elapsed().as_secs());
-            }
-        }
-    };
-    spinner.finish_and_clear();
-    let dir = built.map_err(Failure::other)?;
-    eprintln!(
-        "▶ plugins built in {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
-    Ok(dir)
-}
-
 /// The commands that take the demo's ideas to a broker of one's own.
-fn print_next_steps(plugins: &Path) {
-    let wasm = plugins.join("json_filter.wasm");
-    let wasm = std::fs::canonicalize(&wasm).unwrap_or(wasm);
+fn print_next_steps() {
     println!("\n● try next, on a broker of your own");
     for (command, why) in [
         (
@@ -321,8 +286,8 @@ fn print_next_steps(plugins: &Path) {
             "in another terminal: data in ~/.local/share/edgebus, 127.0.0.1:7171",
         ),
         (
-            format!("edgebus plugin add json-filter {}", wasm.display()),
-            "register a plugin",
+            "edgebus plugin add --bundled json-filter".to_owned(),
+            "register a plugin embedded in edgebus (`plugin list --bundled` names them)",
         ),
         (
             "edgebus topic create sensors --partitions 2 --ingest 'json-filter:field=celsius,op=>=,value=-40'"

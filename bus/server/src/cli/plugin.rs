@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand, ValueEnum};
+use edgebus::bundled;
 use edgebus_client::{FailurePolicy, PluginDescription, PluginRef};
 use edgebus_proto::frame::{Request, Response};
 use serde_json::json;
@@ -77,19 +78,22 @@ pub fn policy_name(policy: FailurePolicy) -> String {
 
 #[derive(Debug, Subcommand)]
 #[command(after_help = "Examples:
+  edgebus plugin add --bundled json-filter
   edgebus plugin add json-filter plugins/target/wasm32-wasip2/release/json_filter.wasm
   edgebus plugin list")]
 pub enum PluginCommand {
     /// Register a WebAssembly component, or replace it (new version).
     #[command(after_help = "Examples:
+  edgebus plugin add --bundled json-filter       # one of `plugin list --bundled`
   edgebus plugin add json-filter plugins/target/wasm32-wasip2/release/json_filter.wasm
   edgebus plugin add only-hot target/wasm32-wasip2/release/only_hot.wasm --output json")]
     Add(AddArgs),
-    /// List plugins.
+    /// List the broker's plugins, or those embedded in this binary.
     #[command(after_help = "Examples:
   edgebus plugin list
+  edgebus plugin list --bundled                  # no broker needed
   edgebus plugin list --output yaml")]
-    List(CommonArgs),
+    List(ListArgs),
     /// Show a plugin's version, hash and where it is attached.
     #[command(after_help = "Examples:
   edgebus plugin describe json-filter
@@ -113,10 +117,24 @@ pub struct NamedArgs {
 
 #[derive(Debug, Args)]
 pub struct AddArgs {
-    /// Plugin name.
+    /// Plugin name; with `--bundled`, the embedded plugin's name, which it
+    /// is registered under.
     name: String,
     /// The component (`cargo build --target wasm32-wasip2` output).
-    file: PathBuf,
+    #[arg(required_unless_present = "bundled", conflicts_with = "bundled")]
+    file: Option<PathBuf>,
+    /// Register the plugin of that name embedded in this binary.
+    #[arg(long)]
+    bundled: bool,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// List the plugins embedded in this binary instead (no broker needed).
+    #[arg(long)]
+    bundled: bool,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -124,6 +142,58 @@ pub struct AddArgs {
 /// The hash as text output shows it: enough hex to tell versions apart.
 fn short_hash(hash: &str) -> String {
     format!("sha256:{}", &hash[..hash.len().min(16)])
+}
+
+/// The hex SHA-256 of a component, as the broker's registry names it.
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, bytes))
+}
+
+/// `plugin list --bundled`: the embedded plugins.
+fn print_bundled(output: Output) {
+    match output {
+        o @ (Output::Json | Output::Yaml) => {
+            for b in bundled::BUNDLED {
+                o.emit(&json!({
+                    "name": b.name, "kind": b.kind, "size_bytes": b.wasm.len(),
+                    "hash": sha256_hex(b.wasm), "description": b.description,
+                }));
+            }
+        }
+        Output::Text => {
+            let mut t = Table::new(&["NAME", "KIND", "SIZE", "HASH", "DESCRIPTION"]);
+            for b in bundled::BUNDLED {
+                t.row(vec![
+                    b.name.to_owned(),
+                    b.kind.to_owned(),
+                    table::bytes(b.wasm.len() as u64),
+                    short_hash(&sha256_hex(b.wasm)),
+                    b.description.to_owned(),
+                ]);
+            }
+            t.print();
+        }
+    }
+}
+
+/// The component `plugin add` registers: the file, or the embedded plugin.
+fn component(a: &AddArgs) -> Result<Vec<u8>, Failure> {
+    match &a.file {
+        Some(file) => std::fs::read(file)
+            .map_err(|e| Failure::other(format!("reading {}: {e}", file.display()))),
+        None => bundled::find(&a.name)
+            .map(|b| b.wasm.to_vec())
+            .ok_or_else(|| {
+                Failure::new(
+                    4,
+                    format!(
+                        "no bundled plugin {:?}; the bundled plugins are: {}",
+                        a.name,
+                        bundled::names()
+                    ),
+                )
+            }),
+    }
 }
 
 /// When a version was added, as RFC 3339 (or the raw ms if out of range).
@@ -202,8 +272,7 @@ fn describe(p: &PluginDescription, output: Output) {
 pub async fn run(cmd: PluginCommand) -> Result<(), Failure> {
     match cmd {
         PluginCommand::Add(a) => {
-            let wasm = std::fs::read(&a.file)
-                .map_err(|e| Failure::other(format!("reading {}: {e}", a.file.display())))?;
+            let wasm = component(&a)?;
             let request = Request::PluginAdd {
                 name: a.name,
                 wasm: wasm.into(),
@@ -211,7 +280,11 @@ pub async fn run(cmd: PluginCommand) -> Result<(), Failure> {
             let plugins = plugins(&a.common, &request).await?;
             print(&plugins, a.common.output);
         }
-        PluginCommand::List(c) => print(&plugins(&c, &Request::PluginList).await?, c.output),
+        PluginCommand::List(l) if l.bundled => print_bundled(l.common.output),
+        PluginCommand::List(l) => print(
+            &plugins(&l.common, &Request::PluginList).await?,
+            l.common.output,
+        ),
         PluginCommand::Describe(a) => {
             let request = Request::PluginDescribe {
                 name: a.name.clone(),
