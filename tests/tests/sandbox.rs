@@ -54,9 +54,13 @@ async fn set_ingest(client: &Client, topic: &str, chain: Vec<PluginRef>, policy:
 /// Produces `values` as batches of `per_batch` records, waiting for each
 /// batch's acks; returns how many records were acked at all.
 async fn produce(client: &Client, topic: &str, values: &[Vec<u8>], per_batch: usize) -> usize {
-    let producer = Producer::new(client.clone(), ProducerConfig::default())
-        .await
-        .unwrap();
+    // A linger longer than the test, so each chunk goes out as one batch at
+    // its flush (adaptive batching would send records as they come).
+    let config = ProducerConfig {
+        linger: Duration::from_secs(600),
+        ..ProducerConfig::default()
+    };
+    let producer = Producer::new(client.clone(), config).await.unwrap();
     let mut acked = 0;
     for chunk in values.chunks(per_batch) {
         let mut acks = Vec::new();
@@ -298,20 +302,24 @@ async fn oversized_stored_batch_is_a_typed_error_for_a_subscriber() {
         matches!(answers.as_slice(), [Response::Produced { .. }]),
         "{answers:?}"
     );
-    let mut sub = Subscription::start(
+    // `start` waits for the broker's first push, so the refusal may come
+    // there or on the first `next`.
+    let started = Subscription::start(
         client.clone(),
         "old",
         0,
         Position::Earliest,
         SubscribeConfig::default(),
     )
-    .await
-    .unwrap();
-    let error = tokio::time::timeout(Duration::from_secs(20), sub.next())
-        .await
-        .expect("the subscription ends instead of looping")
-        .expect("an item")
-        .expect_err("the batch cannot be served");
+    .await;
+    let error = match started {
+        Err(error) => error,
+        Ok(mut sub) => tokio::time::timeout(Duration::from_secs(20), sub.next())
+            .await
+            .expect("the subscription ends instead of looping")
+            .expect("an item")
+            .expect_err("the batch cannot be served"),
+    };
     assert_eq!(error.code(), Some(ErrorCode::RecordTooLarge), "{error}");
 }
 
