@@ -23,6 +23,17 @@ pub struct Config {
     pub tls: TlsConfig,
     /// Sandbox limits of WebAssembly plugins.
     pub plugins: PluginLimits,
+    /// The Prometheus endpoint.
+    pub metrics: MetricsConfig,
+}
+
+/// The Prometheus endpoint: `GET /metrics` and `GET /healthz` over plain
+/// HTTP. Off unless `listen` is set (for example `127.0.0.1:9464`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// TCP address of the endpoint.
+    pub listen: Option<SocketAddr>,
 }
 
 /// Limits every plugin call and instance runs under.
@@ -151,6 +162,7 @@ impl Default for Config {
             limits: Limits::default(),
             tls: TlsConfig::default(),
             plugins: PluginLimits::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -236,6 +248,17 @@ mod tests {
             budgets.state_max_bytes,
             edgebus_wasm::Budgets::default().state_max_bytes
         );
+    }
+
+    #[test]
+    fn config_metrics_off_by_default_and_set_from_toml() {
+        assert_eq!(Config::default().metrics.listen, None);
+        let c: Config = toml::from_str("[metrics]\nlisten = \"127.0.0.1:9464\"\n").unwrap();
+        assert_eq!(
+            c.metrics.listen,
+            Some(SocketAddr::from(([127, 0, 0, 1], 9464)))
+        );
+        assert!(toml::from_str::<Config>("[metrics]\nlisten = \"nowhere\"\n").is_err());
     }
 
     #[test]
