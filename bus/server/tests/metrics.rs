@@ -104,37 +104,40 @@ impl Broker {
         assert!(status.success(), "produce to {topic}: {status}");
     }
 
-    /// `GET path` over HTTP/1.1: the status code and the body.
     fn get(&self, path: &str) -> (u16, String) {
-        let mut stream = TcpStream::connect(&self.metrics).expect("metrics endpoint reachable");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .unwrap();
-        write!(
-            stream,
-            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-            self.metrics
-        )
-        .unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
-        let (head, body) = response
-            .split_once("\r\n\r\n")
-            .unwrap_or_else(|| panic!("no HTTP head in {response:?}"));
-        let status = head
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("bad status line in {head:?}"));
-        if path == "/metrics" {
-            assert!(
-                head.to_ascii_lowercase()
-                    .contains("content-type: text/plain; version=0.0.4"),
-                "content type of the text format expected: {head}"
-            );
-        }
-        (status, body.to_owned())
+        http_get(&self.metrics, path)
     }
+}
+
+/// `GET path` over HTTP/1.1: the status code and the body.
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).expect("metrics endpoint reachable");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no HTTP head in {response:?}"));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line in {head:?}"));
+    if path == "/metrics" {
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("content-type: text/plain; version=0.0.4"),
+            "content type of the text format expected: {head}"
+        );
+    }
+    (status, body.to_owned())
 }
 
 /// The Python that has `prometheus_client`, or a failure saying how to get
@@ -275,4 +278,63 @@ fn metrics_endpoint_serves_parseable_values_and_health() {
             "{family} missing:\n{text}"
         );
     }
+}
+
+/// Refusals are counted by limit, and the open-connections gauge follows
+/// connections; in process, so one client can hold the only connection
+/// while another is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_and_open_connections_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = edgebus::config::Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.path().join("data"),
+        ..Default::default()
+    };
+    config.limits.max_connections = 1;
+    config.metrics.listen = Some("127.0.0.1:0".parse().unwrap());
+    let broker = edgebus::start(config.clone()).await.unwrap();
+    let metrics = broker.metrics_addr.unwrap().to_string();
+    let client_config = || edgebus_client::ClientConfig::new(broker.addr, config.local_ca_path());
+    let first = edgebus_client::Client::connect(client_config())
+        .await
+        .unwrap();
+    edgebus_client::Client::connect(client_config())
+        .await
+        .expect_err("max_connections is 1");
+    let scrape = {
+        let metrics = metrics.clone();
+        move || {
+            let (status, text) = http_get(&metrics, "/metrics");
+            assert_eq!(status, 200, "{text}");
+            parse(&text)
+        }
+    };
+    let s = tokio::task::spawn_blocking(scrape.clone()).await.unwrap();
+    assert_eq!(
+        sample(&s, r#"edgebus_refusals_total{limit="max_connections"}"#),
+        1.0
+    );
+    assert_eq!(sample(&s, "edgebus_connections_open{}"), 1.0);
+    assert_eq!(sample(&s, "edgebus_connections_accepted_total{}"), 1.0);
+    assert_eq!(
+        tokio::task::spawn_blocking(move || http_get(&metrics, "/healthz"))
+            .await
+            .unwrap(),
+        (200, "ok\n".to_owned())
+    );
+    first.close().await;
+    // The broker hears the close within a round trip; allow a loaded box
+    // a few seconds.
+    let mut open = 1.0;
+    for _ in 0..100 {
+        let s = tokio::task::spawn_blocking(scrape.clone()).await.unwrap();
+        open = sample(&s, "edgebus_connections_open{}");
+        if open == 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(open, 0.0, "connection still counted open after close");
+    broker.shutdown().await;
 }
