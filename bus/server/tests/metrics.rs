@@ -260,10 +260,11 @@ fn metrics_endpoint_serves_parseable_values_and_health() {
     assert!(sample(&s, "edgebus_writer_commit_batches_count{}") >= 1.0);
     assert!(sample(&s, r#"edgebus_writer_commit_batches_bucket{le="+Inf"}"#) >= 1.0);
     assert!(sample(&s, r#"edgebus_writer_commit_seconds_count{durable="true"}"#) >= 1.0);
-    // Three CLI commands above, each one connection, all closed by now or
-    // closing.
-    assert!(sample(&s, "edgebus_connections_accepted_total{}") >= 3.0);
-    assert!(sample(&s, "edgebus_connections_open{}") <= 3.0);
+    // Four CLI commands above, one connection or more each; those closed
+    // may not all be heard of yet.
+    let accepted = sample(&s, "edgebus_connections_accepted_total{}");
+    assert!(accepted >= 4.0, "{accepted} connections accepted");
+    assert!(sample(&s, "edgebus_connections_open{}") <= accepted);
     assert_eq!(
         sample(&s, r#"edgebus_refusals_total{limit="max_connections"}"#),
         0.0
