@@ -65,7 +65,9 @@ pub struct PartitionTraffic {
 /// Per-partition traffic counters.
 #[derive(Debug, Default)]
 pub struct Traffic {
-    partitions: RwLock<HashMap<(String, u32), Arc<PartitionTraffic>>>,
+    /// By topic, then partition index: looked up by `&str`, so counting
+    /// allocates nothing once a partition has counters.
+    topics: RwLock<HashMap<String, Vec<Arc<PartitionTraffic>>>>,
 }
 
 /// Records and bytes of encoded batches (empty ones, which carry only
@@ -79,21 +81,16 @@ fn count(batches: &[Bytes]) -> (u64, u64) {
 
 impl Traffic {
     fn partition(&self, topic: &str, partition: u32) -> Arc<PartitionTraffic> {
-        let key = (topic.to_owned(), partition);
-        if let Some(p) = self
-            .partitions
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-        {
-            return p.clone();
+        if let Some(p) = self.get(topic, partition) {
+            return p;
         }
-        self.partitions
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(key)
-            .or_default()
-            .clone()
+        let mut topics = self.topics.write().unwrap_or_else(|p| p.into_inner());
+        let partitions = topics.entry(topic.to_owned()).or_default();
+        let index = partition as usize;
+        if partitions.len() <= index {
+            partitions.resize_with(index + 1, Arc::default);
+        }
+        partitions[index].clone()
     }
 
     /// Counts batches appended to a partition.
@@ -121,18 +118,19 @@ impl Traffic {
     /// Forgets a deleted topic, so one created again under its name starts
     /// from zero.
     pub fn remove_topic(&self, topic: &str) {
-        self.partitions
+        self.topics
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .retain(|(t, _), _| t != topic);
+            .remove(topic);
     }
 
     /// A partition's counters, if anything was counted.
     pub(crate) fn get(&self, topic: &str, partition: u32) -> Option<Arc<PartitionTraffic>> {
-        self.partitions
+        self.topics
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .get(&(topic.to_owned(), partition))
+            .get(topic)?
+            .get(partition as usize)
             .cloned()
     }
 }
