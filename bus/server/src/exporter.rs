@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use edgebus_proto::frame::AttachCounters;
+use edgebus_store::LogStore;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
@@ -32,7 +33,7 @@ use tokio::task::JoinSet;
 
 use crate::broker::Broker;
 use crate::chain::AttachPoint;
-use crate::metrics::{Labels, PartitionTraffic};
+use crate::metrics::{Labels, Metrics, PartitionTraffic};
 
 /// The content type of the Prometheus text format, version 0.0.4.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -337,6 +338,18 @@ pub async fn serve(listener: TcpListener, broker: Broker) {
     }
 }
 
+/// What `/healthz` answers: ready only when the store answers a read and
+/// the QUIC listener is up. Reads the store: call it off the async workers.
+fn health(store: &dyn LogStore, metrics: &Metrics) -> (StatusCode, &'static str) {
+    if store.topics().is_err() {
+        (StatusCode::SERVICE_UNAVAILABLE, "storage not open\n")
+    } else if !metrics.listening.load(Ordering::Acquire) {
+        (StatusCode::SERVICE_UNAVAILABLE, "QUIC listener not up\n")
+    } else {
+        (StatusCode::OK, "ok\n")
+    }
+}
+
 async fn answer(
     request: Request<Incoming>,
     broker: Broker,
@@ -378,26 +391,35 @@ async fn answer(
             }
         }
         "/healthz" => {
-            let store = broker.store.clone();
-            let store_open = tokio::task::spawn_blocking(move || store.topics().is_ok())
+            let (store, metrics) = (broker.store.clone(), broker.metrics.clone());
+            let (status, body) = tokio::task::spawn_blocking(move || health(&*store, &metrics))
                 .await
-                .unwrap_or(false);
-            let listening = broker.metrics.listening.load(Ordering::Acquire);
-            match (store_open, listening) {
-                (true, true) => reply(StatusCode::OK, "ok\n".to_owned()),
-                (false, _) => reply(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "storage not open\n".to_owned(),
-                ),
-                (true, false) => reply(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "QUIC listener not up\n".to_owned(),
-                ),
-            }
+                .unwrap_or((StatusCode::SERVICE_UNAVAILABLE, "storage not open\n"));
+            reply(status, body.to_owned())
         }
         _ => reply(
             StatusCode::NOT_FOUND,
             "not found: try /metrics or /healthz\n".to_owned(),
         ),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_is_ready_only_once_the_listener_is_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = edgebus_store::RedbStore::open(&dir.path().join("edgebus.redb")).unwrap();
+        let metrics = Metrics::default();
+        assert_eq!(
+            health(&store, &metrics),
+            (StatusCode::SERVICE_UNAVAILABLE, "QUIC listener not up\n")
+        );
+        metrics.set_listening(true);
+        assert_eq!(health(&store, &metrics), (StatusCode::OK, "ok\n"));
+        metrics.set_listening(false);
+        assert_eq!(health(&store, &metrics).0, StatusCode::SERVICE_UNAVAILABLE);
+    }
 }
