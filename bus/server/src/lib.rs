@@ -40,6 +40,8 @@
 //! - [`cmd`]: one handler per request family (topic, produce, fetch,
 //!   group, plugin, pipeline, node), each given the few handles it touches;
 //!   `dispatch` turns their errors into `Response::Error`.
+//! - [`exporter`]: the metrics endpoint, `/metrics` and `/healthz`,
+//!   reading the broker's state at scrape time.
 //! - [`broker`]: the handles to every part, made once at start.
 //! - [`feed`]: subscriptions: pushes batches as partitions grow, through a
 //!   read-path plugin chain if asked.
@@ -54,7 +56,6 @@
 //! - [`reader`]: partition reads off the async workers.
 //! - [`groups`]: consumer groups: coordinator timer, held heartbeats,
 //!   commits.
-//! - [`exporter`]: the metrics endpoint, `/metrics` and `/healthz`.
 //! - [`retention`]: the background retention task.
 //! - [`error`]: how a domain error becomes a client's error code.
 //! - [`writer`]: the single writer: drives the partition engines, group
