@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use edgebus_proto::ErrorCode;
 use edgebus_proto::batch::StoredRecord;
-use edgebus_proto::frame::{FailurePolicy, PluginRef};
+use edgebus_proto::frame::{AttachCounters, FailurePolicy, PluginRef};
 use edgebus_store::{ConfigKind, LogStore, StoreError};
 
 use crate::chain::{
@@ -240,6 +240,31 @@ impl Attachments {
             .entry(topic.to_owned())
             .or_default()
             .clone()
+    }
+
+    /// The counters of every ingest chain and topic read path, by topic.
+    pub fn counters(&self) -> Vec<(String, AttachPoint, AttachCounters)> {
+        let mut out: Vec<_> = self
+            .ingest
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(topic, chain)| {
+                (
+                    topic.clone(),
+                    AttachPoint::Ingest,
+                    chain.counters.snapshot(),
+                )
+            })
+            .collect();
+        out.extend(
+            self.read_counters
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .map(|(topic, c)| (topic.clone(), AttachPoint::ReadPath, c.snapshot())),
+        );
+        out
     }
 
     /// The ingest chains that use a plugin, as `topic:NAME`.

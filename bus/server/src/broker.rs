@@ -11,6 +11,7 @@ use crate::config::Limits;
 use crate::dlq::DeadLetters;
 use crate::feed::Subscriptions;
 use crate::groups::Groups;
+use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::pipelines::Pipelines;
 use crate::reader::Reader;
@@ -45,6 +46,8 @@ pub struct Broker {
     pub subscriptions: Subscriptions,
     /// What this node is, for `NodeInfo`.
     pub node: Arc<NodeFacts>,
+    /// Counters and histograms, updated where their events happen.
+    pub metrics: Arc<Metrics>,
 }
 
 impl Broker {
@@ -58,10 +61,12 @@ impl Broker {
         node: NodeFacts,
     ) -> Result<Broker, StoreError> {
         let notifier = Notifier::default();
+        let metrics = Arc::new(Metrics::default());
         let writer = Writer::spawn(
             store.clone(),
             notifier.clone(),
             limits.max_group_commit_bytes,
+            metrics.clone(),
         )?;
         let groups = Groups::new(store.clone(), writer.clone());
         let topics = Topics::load(
@@ -70,7 +75,12 @@ impl Broker {
             groups.clone(),
             limits.max_message_bytes,
         )?;
-        let reader = Reader::new(store.clone(), writer.clone(), limits.max_fetch_bytes);
+        let reader = Reader::new(
+            store.clone(),
+            writer.clone(),
+            limits.max_fetch_bytes,
+            metrics.clone(),
+        );
         let dead_letters = DeadLetters::new(topics.clone(), writer.clone(), reader.clone());
         let pipelines = Pipelines::new(
             store.clone(),
@@ -101,6 +111,7 @@ impl Broker {
             pipelines,
             subscriptions,
             node: Arc::new(node),
+            metrics,
         })
     }
 }

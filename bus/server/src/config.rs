@@ -25,6 +25,8 @@ pub struct Config {
     pub plugins: PluginLimits,
     /// The redb store.
     pub storage: StorageConfig,
+    /// The Prometheus endpoint.
+    pub metrics: MetricsConfig,
 }
 
 /// How the redb store is opened.
@@ -42,6 +44,15 @@ impl Default for StorageConfig {
             cache_bytes: edgebus_store::redb_store::DEFAULT_CACHE_BYTES,
         }
     }
+}
+
+/// The Prometheus endpoint: `GET /metrics` and `GET /healthz` over plain
+/// HTTP. Off unless `listen` is set (for example `127.0.0.1:9464`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// TCP address of the endpoint.
+    pub listen: Option<SocketAddr>,
 }
 
 /// Limits every plugin call and instance runs under.
@@ -171,6 +182,7 @@ impl Default for Config {
             tls: TlsConfig::default(),
             plugins: PluginLimits::default(),
             storage: StorageConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -256,6 +268,17 @@ mod tests {
             budgets.state_max_bytes,
             edgebus_wasm::Budgets::default().state_max_bytes
         );
+    }
+
+    #[test]
+    fn config_metrics_off_by_default_and_set_from_toml() {
+        assert_eq!(Config::default().metrics.listen, None);
+        let c: Config = toml::from_str("[metrics]\nlisten = \"127.0.0.1:9464\"\n").unwrap();
+        assert_eq!(
+            c.metrics.listen,
+            Some(SocketAddr::from(([127, 0, 0, 1], 9464)))
+        );
+        assert!(toml::from_str::<Config>("[metrics]\nlisten = \"nowhere\"\n").is_err());
     }
 
     #[test]

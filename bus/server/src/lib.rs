@@ -40,6 +40,8 @@
 //! - [`cmd`]: one handler per request family (topic, produce, fetch,
 //!   group, plugin, pipeline, node), each given the few handles it touches;
 //!   `dispatch` turns their errors into `Response::Error`.
+//! - [`exporter`]: the metrics endpoint, `/metrics` and `/healthz`,
+//!   reading the broker's state at scrape time.
 //! - [`broker`]: the handles to every part, made once at start.
 //! - [`feed`]: subscriptions: pushes batches as partitions grow, through a
 //!   read-path plugin chain if asked.
@@ -60,6 +62,7 @@
 //!   commit, acks by level, high watermarks.
 //! - [`saved`]: the stored form of ingest chains and pipeline definitions.
 //! - [`notify`]: wakes subscriptions when partitions grow.
+//! - [`metrics`]: counters and histograms, updated where events happen.
 //! - [`tls`], [`config`]: local CA on first start, operator certificates,
 //!   mTLS; TOML configuration and limits.
 //! - [`bundled`]: the plugins embedded in the binary, and `plugins/` built
@@ -74,8 +77,10 @@ pub mod cmd;
 pub mod config;
 pub mod dlq;
 pub mod error;
+pub mod exporter;
 pub mod feed;
 pub mod groups;
+pub mod metrics;
 pub mod notify;
 pub mod pipelines;
 pub mod reader;
@@ -121,6 +126,14 @@ pub enum StartError {
     /// The plugin engine could not start, or stored plugin config is unreadable.
     #[error("plugins: {0}")]
     Plugins(String),
+    /// The metrics endpoint could not listen.
+    #[error("metrics endpoint on {addr}: {source}")]
+    Metrics {
+        /// Listen address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The QUIC endpoint could not be set up.
     #[error("QUIC endpoint on {addr}: {detail}")]
     Endpoint {
@@ -139,7 +152,10 @@ pub struct RunningBroker {
     pub local_ca: Option<PathBuf>,
     /// True when this start created the local CA.
     pub created_ca: bool,
+    /// The bound address of the metrics endpoint, when it is on.
+    pub metrics_addr: Option<SocketAddr>,
     shutdown: Option<oneshot::Sender<()>>,
+    exporter: Option<JoinHandle<()>>,
     task: JoinHandle<()>,
     retention: JoinHandle<()>,
     group_timer: JoinHandle<()>,
@@ -153,7 +169,12 @@ impl RunningBroker {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        for task in [&mut self.retention, &mut self.group_timer] {
+        // The exporter holds the broker's handles, the store among them.
+        let mut exporter = self.exporter.take();
+        for task in [&mut self.retention, &mut self.group_timer]
+            .into_iter()
+            .chain(exporter.as_mut())
+        {
             task.abort();
             let _ = task.await;
         }
@@ -224,6 +245,15 @@ pub async fn start_with_store(
     let addr = endpoint
         .local_addr()
         .map_err(|e| endpoint_err(e.to_string()))?;
+    let (metrics_listener, metrics_addr) = match config.metrics.listen {
+        Some(addr) => {
+            let err = |source| StartError::Metrics { addr, source };
+            let listener = tokio::net::TcpListener::bind(addr).await.map_err(err)?;
+            let bound = listener.local_addr().map_err(err)?;
+            (Some(listener), Some(bound))
+        }
+        None => (None, None),
+    };
     let engine = edgebus_wasm::Engine::new(edgebus_wasm::EngineConfig {
         cache_dir: Some(
             config
@@ -263,6 +293,7 @@ pub async fn start_with_store(
         Duration::from_millis(config.retention_check_interval_ms.max(1)),
     ));
     let group_timer = tokio::spawn(broker.groups.clone().run_timer());
+    let exporter = metrics_listener.map(|l| tokio::spawn(exporter::serve(l, broker.clone())));
     let (shutdown, rx) = oneshot::channel();
     let task = tokio::spawn(server::run(endpoint, broker, async move {
         let _ = rx.await;
@@ -272,7 +303,9 @@ pub async fn start_with_store(
         addr,
         local_ca: files.local_ca,
         created_ca: files.created,
+        metrics_addr,
         shutdown: Some(shutdown),
+        exporter,
         task,
         retention,
         group_timer,

@@ -8,6 +8,7 @@ use edgebus_proto::frame::{PartitionInfo, Position, TopicSpec};
 use edgebus_store::{LogStore, PartitionOffsets, ReadBatches, ReadError};
 
 use crate::error::Coded;
+use crate::metrics::Metrics;
 use crate::writer::Writer;
 
 /// Why a read failed.
@@ -51,16 +52,23 @@ pub struct Reader {
     store: Arc<dyn LogStore>,
     writer: Writer,
     max_fetch_bytes: u32,
+    metrics: Arc<Metrics>,
 }
 
 impl Reader {
     /// Reads from `store` below the high watermarks of `writer`, never more
-    /// than `max_fetch_bytes` at once.
-    pub fn new(store: Arc<dyn LogStore>, writer: Writer, max_fetch_bytes: u32) -> Reader {
+    /// than `max_fetch_bytes` at once, counting what it reads in `metrics`.
+    pub fn new(
+        store: Arc<dyn LogStore>,
+        writer: Writer,
+        max_fetch_bytes: u32,
+        metrics: Arc<Metrics>,
+    ) -> Reader {
         Reader {
             store,
             writer,
             max_fetch_bytes,
+            metrics,
         }
     }
 
@@ -141,9 +149,15 @@ impl Reader {
         let topic = topic.to_owned();
         self.blocking(move |store| {
             let upper = store.reader.high_watermark(&topic, partition);
-            Ok(store
+            let read = store
                 .store
-                .read(&topic, partition, offset, max_bytes, upper)?)
+                .read(&topic, partition, offset, max_bytes, upper)?;
+            store
+                .reader
+                .metrics
+                .traffic
+                .read(&topic, partition, &read.batches);
+            Ok(read)
         })
         .await
     }

@@ -28,6 +28,7 @@ use crate::cmd::{self, produce};
 use crate::config::Limits;
 use crate::error::{self, Coded};
 use crate::feed::Subscribe;
+use crate::metrics::Refusal;
 use crate::wire::{self, WireError};
 
 /// QUIC application error codes used when closing connections and streams.
@@ -88,6 +89,8 @@ pub fn quic_config(
 /// and waits for connections to drain.
 pub async fn run(endpoint: quinn::Endpoint, broker: Broker, shutdown: impl Future<Output = ()>) {
     let connections = Arc::new(AtomicUsize::new(0));
+    let metrics = broker.metrics.clone();
+    metrics.set_listening(true);
     tokio::pin!(shutdown);
     loop {
         let incoming = tokio::select! {
@@ -99,6 +102,7 @@ pub async fn run(endpoint: quinn::Endpoint, broker: Broker, shutdown: impl Futur
         if connections.load(Ordering::Acquire) >= limit {
             tracing::warn!(remote = %incoming.remote_address(), limit, "connection refused: max_connections");
             incoming.refuse();
+            metrics.connections.refused(Refusal::MaxConnections);
             continue;
         }
         connections.fetch_add(1, Ordering::AcqRel);
@@ -106,12 +110,19 @@ pub async fn run(endpoint: quinn::Endpoint, broker: Broker, shutdown: impl Futur
         tokio::spawn(async move {
             let remote = incoming.remote_address();
             match incoming.await {
-                Ok(conn) => serve_connection(conn, broker).await,
+                Ok(conn) => {
+                    let counted = broker.metrics.clone();
+                    counted.connections.accepted.inc();
+                    counted.connections.open.inc();
+                    serve_connection(conn, broker).await;
+                    counted.connections.open.dec();
+                }
                 Err(e) => tracing::info!(%remote, error = %e, "handshake failed"),
             }
             connections.fetch_sub(1, Ordering::AcqRel);
         });
     }
+    metrics.set_listening(false);
     endpoint.close(close_code::SHUTDOWN.into(), b"shutting down");
     endpoint.wait_idle().await;
 }
@@ -170,6 +181,7 @@ async fn serve_stream(
                     len: e.len,
                     max: e.max,
                 };
+                broker.metrics.connections.refused(Refusal::MaxFrameBytes);
                 let _ = tx.send(refused(0, &error)).await;
                 let _ = recv.stop(close_code::FRAME_TOO_LARGE.into());
                 break;
@@ -195,6 +207,7 @@ async fn serve_stream(
         };
         let Ok(permit) = in_flight.clone().try_acquire_owned() else {
             let error = StreamError::TooManyInFlight(broker.limits.max_inflight_per_connection);
+            broker.metrics.connections.refused(Refusal::MaxInflight);
             if tx.send(refused(correlation_id, &error)).await.is_err() {
                 break;
             }

@@ -40,6 +40,7 @@ use edgebus_store::{
 };
 use tokio::sync::{mpsc, oneshot};
 
+use crate::metrics::Metrics;
 use crate::notify::Notifier;
 
 /// Appends queued for the writer before producers wait.
@@ -257,6 +258,7 @@ impl Writer {
         store: Arc<dyn LogStore>,
         notifier: Notifier,
         max_group_bytes: usize,
+        metrics: Arc<Metrics>,
     ) -> Result<Writer, StoreError> {
         let watermarks = Arc::new(Watermarks::default());
         for spec in store.topics()? {
@@ -276,6 +278,7 @@ impl Writer {
             engines: engines.clone(),
             watermarks: watermarks.clone(),
             max_group_bytes,
+            metrics,
             next_request: 0,
             group: Group::default(),
             unflushed_since: None,
@@ -454,6 +457,7 @@ struct Shell {
     engines: Arc<Mutex<Engines>>,
     watermarks: Arc<Watermarks>,
     max_group_bytes: usize,
+    metrics: Arc<Metrics>,
     next_request: u64,
     group: Group,
     /// When the oldest committed write not yet fsync'd was committed.
@@ -532,6 +536,7 @@ impl Shell {
                 let deleted = self.store.delete_topic(&name);
                 if deleted.is_ok() {
                     self.watermarks.remove_topic(&name);
+                    self.metrics.traffic.remove_topic(&name);
                     let mut engines = self.lock_engines();
                     engines.retain(|(topic, _), _| *topic != name);
                 }
@@ -780,14 +785,21 @@ impl Shell {
         }
         let started = Instant::now();
         let outcome = self.store.append_at(&group.writes, group.durable);
+        let elapsed = started.elapsed();
         tracing::trace!(
             batches = group.writes.len(),
             durable = group.durable,
-            elapsed_us = started.elapsed().as_micros() as u64,
+            elapsed_us = elapsed.as_micros() as u64,
             "group commit"
         );
+        self.metrics
+            .writer
+            .group_commit(group.writes.len(), elapsed, group.durable);
         match &outcome {
-            Ok(()) => self.written(group.last, group.durable),
+            Ok(()) => {
+                self.count_appended(&group.writes);
+                self.written(group.last, group.durable);
+            }
             Err(e) => self.failed(&group.last, e),
         }
         for (reply, answer) in group.after_commit {
@@ -796,6 +808,14 @@ impl Shell {
                 Err(e) => Err(write_failure(e)),
             };
             let _ = reply.send(answer);
+        }
+    }
+
+    /// Counts committed batches in their partitions' traffic.
+    fn count_appended(&self, writes: &[LogWrite]) {
+        for w in writes {
+            let batch = std::slice::from_ref(&w.batch);
+            self.metrics.traffic.appended(&w.topic, w.partition, batch);
         }
     }
 
@@ -890,7 +910,10 @@ impl Shell {
         if self.unflushed_since.is_none() {
             return;
         }
-        match self.store.append_at(&[], true) {
+        let started = Instant::now();
+        let outcome = self.store.append_at(&[], true);
+        self.metrics.writer.commit(started.elapsed(), true);
+        match outcome {
             Ok(()) => self.written(HashMap::new(), true),
             Err(e) => self.failed(&HashMap::new(), &e),
         }
@@ -942,6 +965,7 @@ impl Shell {
         };
         match self.store.commit_pipeline(&commit) {
             Ok(()) => {
+                self.count_appended(&commit.writes);
                 self.written(last, true);
                 Ok(base_offsets)
             }

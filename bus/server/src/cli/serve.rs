@@ -13,7 +13,8 @@ use edgebus_client::local::{DEFAULT_PORT, local_ca_path};
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:
   edgebus serve                                   # data in ~/.local/share/edgebus, 127.0.0.1:7171
-  edgebus serve --data /var/lib/edgebus --listen 0.0.0.0:7171 --config edgebus.toml")]
+  edgebus serve --data /var/lib/edgebus --listen 0.0.0.0:7171 --config edgebus.toml
+  edgebus serve --metrics-listen 127.0.0.1:9464     # Prometheus: GET /metrics, GET /healthz")]
 pub struct ServeArgs {
     /// Data directory (default: $EDGEBUS_DATA or ~/.local/share/edgebus).
     #[arg(long)]
@@ -24,6 +25,11 @@ pub struct ServeArgs {
     /// TOML config file; flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Serve Prometheus metrics (GET /metrics) and readiness (GET /healthz)
+    /// over plain HTTP on this TCP address (config: metrics.listen; off by
+    /// default).
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
 }
 
 pub async fn run(args: ServeArgs) -> Result<(), Failure> {
@@ -36,6 +42,9 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
     }
     if let Some(listen) = args.listen {
         config.listen = listen;
+    }
+    if let Some(metrics) = args.metrics_listen {
+        config.metrics.listen = Some(metrics);
     }
     // Relative paths are taken from the working directory at start (the
     // plugin compile cache refuses relative ones).
@@ -50,6 +59,9 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
         broker.addr
     );
     println!("data dir: {}", data_dir.display());
+    if let Some(metrics) = broker.metrics_addr {
+        println!("metrics: http://{metrics}/metrics (readiness: /healthz)");
+    }
     match (&broker.local_ca, &operator_cert) {
         (Some(ca), _) => {
             let verb = if broker.created_ca {
