@@ -2,10 +2,10 @@
 //! clients, `/metrics` scraped over plain HTTP and parsed by the Python
 //! `prometheus_client` parser, the reference parser of the text format.
 //!
-//! The parser comes from `$EDGEBUS_PYTHON` (CI sets it to a venv with
-//! `prometheus-client` installed; see `.ci/run`), else from `python3` when
-//! it can import `prometheus_client`. Without either the test fails and
-//! says how to install it.
+//! The parser comes from `$EDGEBUS_PYTHON`, else from `python3` when it
+//! can import `prometheus_client`, else from a venv this test makes under
+//! the target dir with the pinned `prometheus-client` from PyPI. If that
+//! fails the test fails and says how to install it.
 
 mod common;
 
@@ -140,25 +140,44 @@ fn http_get(addr: &str, path: &str) -> (u16, String) {
     (status, body.to_owned())
 }
 
+/// The pinned parser, installed into a venv under the target dir when
+/// neither `$EDGEBUS_PYTHON` nor `python3` has it, so the README's one test
+/// command needs no setup beyond Python itself (PyPI is reachable).
+const PARSER: &str = "prometheus-client==0.26.0";
+
 /// The Python that has `prometheus_client`, or a failure saying how to get
 /// one.
 fn python() -> String {
     if let Some(python) = std::env::var_os("EDGEBUS_PYTHON") {
         return python.into_string().expect("EDGEBUS_PYTHON is UTF-8");
     }
-    let found = Command::new("python3")
-        .args(["-c", "import prometheus_client"])
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        found,
-        "this test parses /metrics with the Python prometheus_client parser, and \
-         python3 cannot import it. Install it, e.g.\n  python3 -m venv target/ci-venv && \
-         target/ci-venv/bin/pip install prometheus-client==0.26.0\nthen run with \
-         EDGEBUS_PYTHON=target/ci-venv/bin/python (as .ci/run does)"
-    );
-    "python3".to_owned()
+    let can_import = |python: &str| {
+        Command::new(python)
+            .args(["-c", "import prometheus_client"])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if can_import("python3") {
+        return "python3".to_owned();
+    }
+    let venv = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("prometheus-venv");
+    let venv_python = venv.join("bin").join("python");
+    let venv_python = venv_python.to_str().expect("UTF-8 path").to_owned();
+    if !can_import(&venv_python) {
+        let ran = |cmd: &mut Command| cmd.status().is_ok_and(|s| s.success());
+        let installed = ran(Command::new("python3").args(["-m", "venv"]).arg(&venv))
+            && ran(Command::new(&venv_python).args(["-m", "pip", "install", "-q", PARSER]));
+        assert!(
+            installed && can_import(&venv_python),
+            "this test parses /metrics with the Python prometheus_client parser, and could \
+             not install it into {}. Install it, e.g.\n  python3 -m venv target/ci-venv && \
+             target/ci-venv/bin/pip install {PARSER}\nthen run with \
+             EDGEBUS_PYTHON=target/ci-venv/bin/python",
+            venv.display()
+        );
+    }
+    venv_python
 }
 
 /// Parses the exposition with `prometheus_client.parser`, which fails on
