@@ -189,6 +189,15 @@ async fn state_hog_stops_at_the_state_budget_and_broker_memory_stays_bounded() {
     assert_eq!(c.records_out, 50, "only the first batch fits in 4 MiB");
     assert_eq!((c.failed, c.budget_breaches), (950, 950));
     assert_eq!(fetch_all(&client, "hoarded").await, 50);
+    // What `topic describe` and the metrics show of the chain: one call
+    // per batch, their times, and the state the first batch kept (50 × 64
+    // KiB plus keys), within the budget.
+    assert_eq!(c.calls, 20, "{c:?}");
+    assert!(0 < c.call_p50_us && c.call_p50_us <= c.call_p99_us, "{c:?}");
+    assert!(
+        (50 * 64) << 10 <= c.state_bytes && c.state_bytes <= 4 << 20,
+        "{c:?}"
+    );
 }
 
 /// A transform that turns each input into 50,000 copies stored 5,000,000
@@ -346,6 +355,8 @@ async fn log_flood_is_held_to_the_log_budget_across_replaced_instances() {
     let seconds = started.elapsed().as_secs() + 1;
     let c = ingest_counters(&client, "noisy").await;
     assert_eq!((c.records_in, c.failed), (300, 300));
+    // Every failing call poisons its instance, which is replaced.
+    assert!(c.instance_replacements >= 1, "{c:?}");
     assert!(
         c.log_lines <= 100 + 20 * seconds,
         "{} lines in {seconds} s",

@@ -481,6 +481,17 @@ pub struct AttachCounters {
     pub log_lines: u64,
     /// Lines dropped because the chain's log budget was spent.
     pub log_lines_dropped: u64,
+    /// Batches the chain was called on.
+    pub calls: u64,
+    /// Plugin instances replaced after a trap, a deadline or the memory
+    /// cap.
+    pub instance_replacements: u64,
+    /// Median wall time of one call on one batch, in microseconds.
+    pub call_p50_us: u64,
+    /// 99th percentile of that time, in microseconds.
+    pub call_p99_us: u64,
+    /// Bytes of keys and values the chain's plugins keep in state now.
+    pub state_bytes: u64,
 }
 
 /// A registered plugin.
@@ -1051,6 +1062,11 @@ fn put_counters(buf: &mut BytesMut, c: &AttachCounters) {
         c.budget_breaches,
         c.log_lines,
         c.log_lines_dropped,
+        c.calls,
+        c.instance_replacements,
+        c.call_p50_us,
+        c.call_p99_us,
+        c.state_bytes,
     ] {
         buf.put_u64(v);
     }
@@ -2015,6 +2031,11 @@ impl Reader {
             budget_breaches: self.u64()?,
             log_lines: self.u64()?,
             log_lines_dropped: self.u64()?,
+            calls: self.u64()?,
+            instance_replacements: self.u64()?,
+            call_p50_us: self.u64()?,
+            call_p99_us: self.u64()?,
+            state_bytes: self.u64()?,
         })
     }
 
@@ -2363,7 +2384,7 @@ mod tests {
     }
 
     fn arb_counters() -> impl Strategy<Value = AttachCounters> {
-        any::<[u64; 8]>().prop_map(|c| AttachCounters {
+        any::<[u64; 13]>().prop_map(|c| AttachCounters {
             records_in: c[0],
             records_out: c[1],
             filtered: c[2],
@@ -2372,6 +2393,11 @@ mod tests {
             budget_breaches: c[5],
             log_lines: c[6],
             log_lines_dropped: c[7],
+            calls: c[8],
+            instance_replacements: c[9],
+            call_p50_us: c[10],
+            call_p99_us: c[11],
+            state_bytes: c[12],
         })
     }
 

@@ -15,8 +15,8 @@
 //! pipeline backs off and rebuilds from its stored state; each stores the
 //! dead letters its own way.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -26,6 +26,7 @@ use edgebus_proto::batch::{
 use edgebus_proto::frame::{AttachCounters, FailurePolicy, PluginRef};
 use edgebus_proto::{DecodeError, ErrorCode};
 use edgebus_wasm::{Breach, ChainOutput, MemState, PluginError, PluginRecord, StateStore};
+use hdrhistogram::Histogram;
 
 use crate::error::Coded;
 use crate::registry::{LiveChain, Registry, RegistryError};
@@ -58,9 +59,15 @@ pub const HALT_BACKOFF_MIN: Duration = Duration::from_secs(1);
 /// Longest pause of a halted attach point.
 pub const HALT_BACKOFF_MAX: Duration = Duration::from_secs(30);
 
-/// Record counters of one attach point, updated without locks.
+/// Counters of one attach point: record counts updated without locks, and
+/// per call (once per batch) its time, replacements and state size.
 #[derive(Debug, Default)]
 pub struct Counters {
+    calls: AtomicU64,
+    instance_replacements: AtomicU64,
+    state_bytes: AtomicU64,
+    /// Wall time of each call, in microseconds.
+    call_times: Mutex<Option<Histogram<u64>>>,
     records_in: AtomicU64,
     records_out: AtomicU64,
     filtered: AtomicU64,
@@ -85,10 +92,44 @@ impl Counters {
         add(&self.log_lines_dropped, run.log_lines_dropped);
     }
 
+    /// Counts one call of the chain on one batch.
+    pub fn call(&self, elapsed: Duration, replaced: usize, state_bytes: u64) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.instance_replacements
+            .fetch_add(replaced as u64, Ordering::Relaxed);
+        self.state_bytes.store(state_bytes, Ordering::Relaxed);
+        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        let mut times = self
+            .call_times
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        // Three significant figures up to an hour: about 20 KiB per
+        // attachment, made on its first call.
+        if times.is_none() {
+            *times = Histogram::new_with_max(3_600_000_000, 3).ok();
+        }
+        if let Some(times) = times.as_mut() {
+            times.saturating_record(micros);
+        }
+    }
+
     /// The counters now.
     pub fn snapshot(&self) -> AttachCounters {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let (call_p50_us, call_p99_us) = self
+            .call_times
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map_or((0, 0), |t| {
+                (t.value_at_quantile(0.5), t.value_at_quantile(0.99))
+            });
         AttachCounters {
+            calls: get(&self.calls),
+            instance_replacements: get(&self.instance_replacements),
+            call_p50_us,
+            call_p99_us,
+            state_bytes: get(&self.state_bytes),
             records_in: get(&self.records_in),
             records_out: get(&self.records_out),
             filtered: get(&self.filtered),
@@ -293,16 +334,19 @@ impl ChainRunner {
         let (registry, refs, state) =
             (self.registry.clone(), self.refs.clone(), self.state.clone());
         let live = self.live.take();
-        let (live, out) = tokio::task::spawn_blocking(move || {
+        let (mut live, out, elapsed) = tokio::task::spawn_blocking(move || {
             let mut live = match live {
                 Some(live) => live,
                 None => registry.build_chain(&refs, &*state)?,
             };
             registry.refresh(&mut live)?;
+            let started = Instant::now();
             let out = live.chain_mut().process(inputs);
-            Ok::<_, RegistryError>((live, out))
+            Ok::<_, RegistryError>((live, out, started.elapsed()))
         })
         .await??;
+        self.counters
+            .call(elapsed, out.replaced, live.chain_mut().state_bytes());
         let unchanged = live.only_filters();
         let versions = |plugin: &str| live.version_of(plugin);
         let ChainOutput {
@@ -330,6 +374,7 @@ impl ChainRunner {
                         .count() as u64,
                     log_lines,
                     log_lines_dropped,
+                    ..AttachCounters::default()
                 }
             };
         if let Some((plugin, message)) = rejected {

@@ -225,7 +225,7 @@ impl Collector for State {
         let column = |f: fn(&AttachCounters) -> u64| -> Vec<(Labels, u64)> {
             attached.iter().map(|(l, c)| (l.clone(), f(c))).collect()
         };
-        let plugin_counters: [PluginCounter; 8] = [
+        let plugin_counters: [PluginCounter; 10] = [
             ("plugin_records_in", "Records given to the chain", |c| {
                 c.records_in
             }),
@@ -260,9 +260,37 @@ impl Collector for State {
                 "Log lines dropped over the log budget",
                 |c| c.log_lines_dropped,
             ),
+            ("plugin_calls", "Batches the chain was called on", |c| {
+                c.calls
+            }),
+            (
+                "plugin_instance_replacements",
+                "Plugin instances replaced after a trap, deadline or memory cap",
+                |c| c.instance_replacements,
+            ),
         ];
         for (name, help, f) in plugin_counters {
             counter(e, name, help, &column(f))?;
+        }
+        let plugin_gauges: [PluginCounter; 3] = [
+            (
+                "plugin_call_p50_microseconds",
+                "Median wall time of one call on one batch",
+                |c| c.call_p50_us,
+            ),
+            (
+                "plugin_call_p99_microseconds",
+                "99th percentile wall time of one call on one batch",
+                |c| c.call_p99_us,
+            ),
+            (
+                "plugin_state_bytes",
+                "Bytes of keys and values the chain's plugins keep in state",
+                |c| c.state_bytes,
+            ),
+        ];
+        for (name, help, f) in plugin_gauges {
+            gauge(e, name, help, &column(f))?;
         }
         Ok(())
     }

@@ -330,7 +330,16 @@ async fn refusals_and_open_connections_are_counted() {
             parse(&text)
         }
     };
-    let s = tokio::task::spawn_blocking(scrape.clone()).await.unwrap();
+    // The client's handshake can finish before the broker's connection task
+    // counts it: scrape until it has (bounded), then check every figure.
+    let mut s = tokio::task::spawn_blocking(scrape.clone()).await.unwrap();
+    for _ in 0..50 {
+        if sample(&s, "edgebus_connections_accepted_total{}") >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        s = tokio::task::spawn_blocking(scrape.clone()).await.unwrap();
+    }
     assert_eq!(
         sample(&s, r#"edgebus_refusals_total{limit="max_connections"}"#),
         1.0

@@ -243,7 +243,6 @@ impl StateLedger {
     }
 
     /// The committed usage.
-    #[cfg(test)]
     pub(crate) fn committed(&self) -> StateUsage {
         self.committed
     }

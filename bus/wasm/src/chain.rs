@@ -250,6 +250,14 @@ impl Chain {
         output
     }
 
+    /// Bytes of keys and values the chain's stages keep in state, as its
+    /// state budget counts them.
+    pub fn state_bytes(&self) -> u64 {
+        self.shared.as_ref().map_or(0, |shared| {
+            u64::try_from(budget::ledger(&shared.ledger).committed().bytes).unwrap_or(0)
+        })
+    }
+
     /// The number of stages.
     pub fn len(&self) -> usize {
         self.stages.len()

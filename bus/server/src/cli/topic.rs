@@ -162,7 +162,8 @@ fn spec_summary(s: &TopicSpec) -> Vec<(&'static str, String)> {
 pub(super) fn counters_text(c: &AttachCounters) -> String {
     format!(
         "in={} out={} filtered={} failed={} dead-lettered={} budget-breaches={} log-lines={} \
-         log-lines-dropped={}",
+         log-lines-dropped={} calls={} call-p50={}µs call-p99={}µs instance-replacements={} \
+         state={}",
         c.records_in,
         c.records_out,
         c.filtered,
@@ -170,7 +171,12 @@ pub(super) fn counters_text(c: &AttachCounters) -> String {
         c.dead_lettered,
         c.budget_breaches,
         c.log_lines,
-        c.log_lines_dropped
+        c.log_lines_dropped,
+        c.calls,
+        c.call_p50_us,
+        c.call_p99_us,
+        c.instance_replacements,
+        table::bytes(c.state_bytes)
     )
 }
 
@@ -185,6 +191,11 @@ pub(super) fn counters_json(c: &AttachCounters) -> serde_json::Value {
         "budget_breaches": c.budget_breaches,
         "log_lines": c.log_lines,
         "log_lines_dropped": c.log_lines_dropped,
+        "calls": c.calls,
+        "call_p50_us": c.call_p50_us,
+        "call_p99_us": c.call_p99_us,
+        "instance_replacements": c.instance_replacements,
+        "state_bytes": c.state_bytes,
     })
 }
 
