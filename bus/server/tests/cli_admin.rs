@@ -5,13 +5,13 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
-use common::{BIN, cli, free_port, spawn_broker, wait_with_deadline};
+use common::{BIN, Broker, wait_with_deadline};
 use serde_json::Value;
 
 /// How long one produce of a few records may take.
@@ -32,60 +32,7 @@ impl Drop for Reaped {
     }
 }
 
-/// A broker in a temp dir, and how to reach it.
-struct Broker {
-    process: Option<Reaped>,
-    data: PathBuf,
-    addr: String,
-    ca: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
 impl Broker {
-    fn start() -> Broker {
-        let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("data");
-        let addr = format!("127.0.0.1:{}", free_port());
-        let process = Some(Reaped(spawn_broker(&data, &addr)));
-        Broker {
-            process,
-            ca: data.join("tls").join("ca.pem"),
-            data,
-            addr,
-            _dir: dir,
-        }
-    }
-
-    /// SIGKILLs the broker and starts it again on the same data dir.
-    fn restart(&mut self) {
-        drop(self.process.take());
-        self.process = Some(Reaped(spawn_broker(&self.data, &self.addr)));
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(BIN);
-        c.args(args)
-            .args(["--broker", &self.addr, "--ca"])
-            .arg(&self.ca);
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        cli(args, &self.addr, &self.ca)
-    }
-
-    /// Runs a command that must succeed; returns its stdout.
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "{args:?} failed ({:?}): {}",
-            out.status.code(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).expect("utf-8 stdout")
-    }
-
     /// Runs a command with `--output json` that must succeed; returns each
     /// line parsed.
     fn json(&self, args: &[&str]) -> Vec<Value> {

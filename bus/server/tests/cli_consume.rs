@@ -6,67 +6,13 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{BIN, cli, free_port, spawn_broker, wait_with_deadline};
+use common::{BIN, Broker, wait_with_deadline};
 use serde_json::Value;
 
-/// The broker process, killed when the test ends however it ends.
-struct Broker {
-    child: Child,
-    addr: String,
-    ca: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 impl Broker {
-    fn start() -> Broker {
-        let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("data");
-        let addr = format!("127.0.0.1:{}", free_port());
-        let child = spawn_broker(&data, &addr);
-        Broker {
-            child,
-            addr,
-            ca: data.join("tls").join("ca.pem"),
-            _dir: dir,
-        }
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        cli(args, &self.addr, &self.ca)
-    }
-
-    /// Runs a command that must succeed, returning its stdout.
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "{args:?} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    /// An `edgebus` command with this broker's flags, not yet spawned.
-    fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(BIN);
-        c.args(args)
-            .args(["--broker", &self.addr, "--ca"])
-            .arg(&self.ca);
-        c
-    }
-
     /// Creates `topic` and writes `values` to `partition` of it, keyed `k`.
     fn produce(&self, topic: &str, partition: u32, values: &[&str]) {
         let partition = partition.to_string();

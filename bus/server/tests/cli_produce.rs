@@ -3,42 +3,14 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::Child;
-
 use assert_cmd::Command;
-use common::{BIN, free_port, spawn_broker};
+use common::{BIN, Broker};
 use serde_json::Value;
 
-/// A broker process in a temp dir, killed (by its PID, through `Child`)
-/// when dropped.
-struct Broker {
-    addr: String,
-    ca: PathBuf,
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
 impl Broker {
-    fn start() -> Broker {
-        let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("data");
-        let addr = format!("127.0.0.1:{}", free_port());
-        let child = spawn_broker(&data, &addr);
-        Broker {
-            ca: data.join("tls").join("ca.pem"),
-            addr,
-            child,
-            _dir: dir,
-        }
-    }
-
     fn edgebus(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(BIN);
-        cmd.args(args)
-            .args(["--broker", &self.addr, "--ca"])
-            .arg(&self.ca)
-            .timeout(std::time::Duration::from_secs(60));
+        let mut cmd = Command::from_std(self.command(args));
+        cmd.timeout(std::time::Duration::from_secs(60));
         cmd
     }
 
@@ -54,13 +26,6 @@ impl Broker {
             .assert()
             .success();
         json_lines(&out.get_output().stdout)
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -67,3 +67,79 @@ pub fn cli(args: &[&str], addr: &str, ca: &Path) -> std::process::Output {
         .output()
         .expect("running edgebus")
 }
+
+/// A broker process in a temp dir, and how to reach it; SIGKILLed (by its
+/// PID, through `Child`) and reaped when dropped, however a test ends.
+pub struct Broker {
+    process: Option<Child>,
+    /// Its data dir.
+    pub data: std::path::PathBuf,
+    /// Its QUIC address.
+    pub addr: String,
+    /// The CA its clients trust.
+    pub ca: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Broker {
+    /// Starts a broker on a fresh data dir and a free port.
+    pub fn start() -> Broker {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let addr = format!("127.0.0.1:{}", free_port());
+        let process = Some(spawn_broker(&data, &addr));
+        Broker {
+            process,
+            ca: data.join("tls").join("ca.pem"),
+            data,
+            addr,
+            _dir: dir,
+        }
+    }
+
+    /// SIGKILLs the broker and starts it again on the same data dir.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.process = Some(spawn_broker(&self.data, &self.addr));
+    }
+
+    /// An `edgebus` client command with this broker's flags, not yet
+    /// spawned.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.args(args)
+            .args(["--broker", &self.addr, "--ca"])
+            .arg(&self.ca);
+        c
+    }
+
+    /// Runs a client command to its end.
+    pub fn run(&self, args: &[&str]) -> std::process::Output {
+        cli(args, &self.addr, &self.ca)
+    }
+
+    /// Runs a client command that must succeed; returns its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "{args:?} failed ({:?}): {}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.process.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
