@@ -330,6 +330,13 @@ async fn oversized_stored_batch_is_a_typed_error_for_a_subscriber() {
             .expect_err("the batch cannot be served"),
     };
     assert_eq!(error.code(), Some(ErrorCode::RecordTooLarge), "{error}");
+    // A one-off fetch says the same, rather than sending a frame larger
+    // than the client reads.
+    let error = client
+        .fetch("old", 0, Position::Earliest, 16 << 20)
+        .await
+        .expect_err("the batch cannot be served");
+    assert_eq!(error.code(), Some(ErrorCode::RecordTooLarge), "{error}");
 }
 
 /// A plugin that logs in a loop and fails every call wrote 31,004 lines

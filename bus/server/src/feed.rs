@@ -19,7 +19,7 @@ use crate::chain::{self, AttachPoint, ChainRunError, ChainRunner, Halt, OutputLi
 use crate::dlq::{DeadLetterError, DeadLetters};
 use crate::error::{self, Coded};
 use crate::notify::Notifier;
-use crate::reader::{FetchError, Reader};
+use crate::reader::{self, FetchError, Reader};
 use crate::registry::Registry;
 use crate::wire;
 
@@ -58,38 +58,6 @@ pub enum FeedError {
     /// The subscriber left while the chain was halted.
     #[error("subscriber left")]
     SubscriberLeft,
-    /// A stored batch is too large for any frame a client reads (older
-    /// data, stored before plugin output was bounded): sending it would
-    /// fail the client's read, and a resubscribe would meet it again.
-    #[error(
-        "the batch stored at offset {offset} is {size} bytes, more than the \
-         {max}-byte frame limit: it cannot be served"
-    )]
-    BatchTooLarge {
-        /// Its base offset.
-        offset: u64,
-        /// Its size.
-        size: usize,
-        /// The largest batch a frame carries.
-        max: usize,
-    },
-}
-
-/// The largest stored batch a subscription frame can carry: the default
-/// frame limit of clients less room for the frame's head.
-const MAX_SERVED_BATCH_BYTES: usize =
-    edgebus_proto::limits::DEFAULT_MAX_FRAME_BYTES as usize - 1024;
-
-/// The first batch of `batches` too large to serve, as an error.
-fn unservable(batches: &[Bytes]) -> Option<FeedError> {
-    batches
-        .iter()
-        .find(|b| b.len() > MAX_SERVED_BATCH_BYTES)
-        .map(|b| FeedError::BatchTooLarge {
-            offset: BatchHeader::parse(b).map_or(0, |h| h.base_offset),
-            size: b.len(),
-            max: MAX_SERVED_BATCH_BYTES,
-        })
 }
 
 impl Coded for FeedError {
@@ -100,7 +68,6 @@ impl Coded for FeedError {
             FeedError::Batch(_) => ErrorCode::CorruptBatch,
             FeedError::DeadLetter(e) => e.code(),
             FeedError::SubscriberLeft => ErrorCode::ShuttingDown,
-            FeedError::BatchTooLarge { .. } => ErrorCode::RecordTooLarge,
         }
     }
 }
@@ -225,8 +192,8 @@ impl Subscriptions {
                     .run(&self.dead_letters, at, start, &read.batches, &mut recv)
                     .await?;
             }
-            if let Some(e) = unservable(&read.batches) {
-                return Err(e);
+            if let Some(e) = reader::unservable(&read.batches) {
+                return Err(e.into());
             }
             let sent =
                 wire::write_fetched(feed.send, feed.correlation_id, read, cursor, &mut feed.buf);

@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use edgebus_proto::ErrorCode;
+use edgebus_proto::batch::BatchHeader;
 use edgebus_proto::frame::{PartitionInfo, Position, TopicSpec};
 use edgebus_store::{LogStore, PartitionOffsets, ReadBatches, ReadError};
 
@@ -29,6 +31,38 @@ pub enum FetchError {
     /// The store call's task failed.
     #[error(transparent)]
     Task(#[from] tokio::task::JoinError),
+    /// A stored batch is too large for any frame a client reads (older
+    /// data, stored before plugin output was bounded): sending it would
+    /// fail the client's read, and a retry would meet it again.
+    #[error(
+        "the batch stored at offset {offset} is {size} bytes, more than the \
+         {max}-byte frame limit: it cannot be served"
+    )]
+    BatchTooLarge {
+        /// Its base offset.
+        offset: u64,
+        /// Its size.
+        size: usize,
+        /// The largest batch a frame carries.
+        max: usize,
+    },
+}
+
+/// The largest stored batch a fetch or subscription frame can carry: the
+/// default frame limit of clients less room for the frame's head.
+const MAX_SERVED_BATCH_BYTES: usize =
+    edgebus_proto::limits::DEFAULT_MAX_FRAME_BYTES as usize - 1024;
+
+/// The first batch of `batches` too large to serve, as an error.
+pub fn unservable(batches: &[Bytes]) -> Option<FetchError> {
+    batches
+        .iter()
+        .find(|b| b.len() > MAX_SERVED_BATCH_BYTES)
+        .map(|b| FetchError::BatchTooLarge {
+            offset: BatchHeader::parse(b).map_or(0, |h| h.base_offset),
+            size: b.len(),
+            max: MAX_SERVED_BATCH_BYTES,
+        })
 }
 
 impl Coded for FetchError {
@@ -37,6 +71,7 @@ impl Coded for FetchError {
             FetchError::Store(e) => e.code(),
             FetchError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
             FetchError::Task(_) => ErrorCode::StorageError,
+            FetchError::BatchTooLarge { .. } => ErrorCode::RecordTooLarge,
         }
     }
 }

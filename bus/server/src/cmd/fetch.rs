@@ -5,7 +5,7 @@ use bytes::{Bytes, BytesMut};
 use edgebus_proto::batch::BatchHeader;
 use edgebus_proto::frame::{Position, Response};
 
-use crate::reader::{FetchError, Reader};
+use crate::reader::{self, FetchError, Reader};
 
 /// `Fetch`: every batch of one read, in one `Fetched` response.
 pub async fn fetch(
@@ -16,6 +16,9 @@ pub async fn fetch(
     max_bytes: u32,
 ) -> Result<Response, FetchError> {
     let read = reader.read(topic, partition, from, max_bytes).await?;
+    if let Some(e) = reader::unservable(&read.batches) {
+        return Err(e);
+    }
     let len = read.batches.iter().map(Bytes::len).sum();
     let mut buf = BytesMut::with_capacity(len);
     for b in &read.batches {
