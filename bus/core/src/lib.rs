@@ -21,6 +21,8 @@
 //!   timeouts, generations, assignment strategies and commit fencing.
 #![warn(missing_docs)]
 
+pub mod controller;
 pub mod group;
 pub mod partition;
 pub mod producer;
+pub mod replica;
