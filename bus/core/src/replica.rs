@@ -1015,3 +1015,307 @@ pub fn end_offset_for_epoch(epochs: &[EpochStart], log_end: u64, epoch: i32) -> 
         .map_or(log_end, |next| next.start_offset);
     Some((epochs[found].epoch, end))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(leader: NodeId, epoch: i32, isr: &[NodeId], partition_epoch: u64) -> PartitionMeta {
+        PartitionMeta {
+            replicas: vec![1, 2, 3],
+            leader: Some(leader),
+            leader_epoch: epoch,
+            isr: isr.to_vec(),
+            partition_epoch,
+        }
+    }
+
+    fn drain(replica: &mut Replica) -> Vec<ReplicaCommand> {
+        std::iter::from_fn(|| replica.poll_command()).collect()
+    }
+
+    fn append(id: u64, records: u32, acks: AckLevel) -> AppendRequest {
+        AppendRequest {
+            id,
+            record_count: records,
+            sequence: None,
+            acks,
+        }
+    }
+
+    fn fetch(replica: NodeId, epoch: i32, offset: u64, last: Option<i32>) -> FetchRequest {
+        FetchRequest {
+            replica,
+            leader_epoch: epoch,
+            fetch_offset: offset,
+            durable_end: offset,
+            last_fetched_epoch: last,
+        }
+    }
+
+    fn acks(commands: &[ReplicaCommand]) -> Vec<(u64, AckResultKind)> {
+        commands
+            .iter()
+            .filter_map(|c| match c {
+                ReplicaCommand::Engine(Command::Ack { id, result }) => Some((
+                    *id,
+                    match result {
+                        Ok(_) => AckResultKind::Ok,
+                        Err(AppendError::NotLeader) => AckResultKind::NotLeader,
+                        Err(AppendError::NotEnoughReplicas { .. }) => AckResultKind::NotEnough,
+                        Err(_) => AckResultKind::Other,
+                    },
+                )),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[derive(Debug, PartialEq)]
+    enum AckResultKind {
+        Ok,
+        NotLeader,
+        NotEnough,
+        Other,
+    }
+
+    /// A leader of a fresh partition at epoch 1 with the given ISR, one
+    /// `All` append of 2 records written and fsync'd.
+    fn leader_with_write(now: Instant, isr: &[NodeId], min_insync: u32) -> Replica {
+        let mut r = Replica::new(1, ReplicaConfig::default(), LocalLog::default());
+        r.handle_metadata(now, &meta(1, 1, isr, 1), min_insync);
+        assert_eq!(r.role(), RoleKind::Leader);
+        r.handle_append(now, append(7, 2, AckLevel::All));
+        let commands = drain(&mut r);
+        let write = commands
+            .iter()
+            .find_map(|c| match c {
+                ReplicaCommand::Engine(Command::Append { write, .. }) => Some(*write),
+                _ => None,
+            })
+            .expect("an append");
+        r.handle_written(now, write, true).unwrap();
+        r
+    }
+
+    #[test]
+    fn all_is_acked_only_once_every_isr_follower_has_it_durably() {
+        let now = Instant::now();
+        let mut r = leader_with_write(now, &[1, 2, 3], 2);
+        assert!(
+            acks(&drain(&mut r)).is_empty(),
+            "followers have nothing yet"
+        );
+        assert_eq!(r.high_watermark(), 0);
+        let served = r.handle_fetch(now, &fetch(2, 1, 2, Some(1)));
+        assert!(matches!(served, FetchDecision::Serve { to: 2, .. }));
+        assert!(acks(&drain(&mut r)).is_empty(), "follower 3 is in sync too");
+        r.handle_fetch(now, &fetch(3, 1, 2, Some(1)));
+        assert_eq!(acks(&drain(&mut r)), vec![(7, AckResultKind::Ok)]);
+        assert_eq!(r.high_watermark(), 2);
+    }
+
+    #[test]
+    fn all_is_refused_while_the_isr_is_below_min_insync() {
+        let now = Instant::now();
+        let mut r = Replica::new(1, ReplicaConfig::default(), LocalLog::default());
+        r.handle_metadata(now, &meta(1, 1, &[1], 1), 2);
+        r.handle_append(now, append(7, 1, AckLevel::All));
+        assert_eq!(acks(&drain(&mut r)), vec![(7, AckResultKind::NotEnough)]);
+        r.handle_append(now, append(8, 1, AckLevel::Durable));
+        assert!(
+            drain(&mut r)
+                .iter()
+                .any(|c| matches!(c, ReplicaCommand::Engine(Command::Append { id: 8, .. }))),
+            "lower ack levels are served as on one node"
+        );
+    }
+
+    #[test]
+    fn a_follower_ahead_in_an_old_epoch_is_told_where_to_truncate() {
+        let now = Instant::now();
+        // The leader holds epoch 0 at 0..3 and was elected at epoch 2.
+        let log = LocalLog {
+            log_end: 3,
+            epochs: vec![EpochStart {
+                epoch: 0,
+                start_offset: 0,
+            }],
+            producers: Vec::new(),
+        };
+        let mut r = Replica::new(1, ReplicaConfig::default(), log);
+        r.handle_metadata(now, &meta(1, 2, &[1, 2], 3), 1);
+        assert_eq!(
+            r.handle_fetch(now, &fetch(2, 2, 5, Some(0))),
+            FetchDecision::Diverging {
+                epoch: Some(0),
+                end_offset: 3,
+                high_watermark: 0
+            }
+        );
+        assert_eq!(
+            r.handle_fetch(now, &fetch(2, 2, 5, Some(1))),
+            FetchDecision::Diverging {
+                epoch: Some(0),
+                end_offset: 3,
+                high_watermark: 0
+            },
+            "an epoch the leader never had ends where the leader's earlier one does"
+        );
+        assert!(matches!(
+            r.handle_fetch(now, &fetch(2, 2, 3, Some(0))),
+            FetchDecision::Serve { from: 3, to: 3, .. }
+        ));
+        assert_eq!(
+            r.handle_fetch(now, &fetch(2, 1, 3, Some(0))),
+            FetchDecision::Refused(FetchError::FencedLeaderEpoch { current: 2 })
+        );
+        assert_eq!(
+            r.handle_fetch(now, &fetch(2, 3, 3, Some(0))),
+            FetchDecision::Refused(FetchError::UnknownLeaderEpoch { current: 2 })
+        );
+    }
+
+    #[test]
+    fn a_follower_truncates_by_epoch_never_to_its_high_watermark() {
+        let now = Instant::now();
+        let log = LocalLog {
+            log_end: 7,
+            epochs: vec![
+                EpochStart {
+                    epoch: 0,
+                    start_offset: 0,
+                },
+                EpochStart {
+                    epoch: 1,
+                    start_offset: 4,
+                },
+            ],
+            producers: Vec::new(),
+        };
+        let mut r = Replica::new(2, ReplicaConfig::default(), log);
+        r.handle_metadata(now, &meta(1, 2, &[1, 2], 3), 1);
+        r.handle_tick(now);
+        let commands = drain(&mut r);
+        let Some(ReplicaCommand::Fetch {
+            leader: 1,
+            fetch_id,
+            request,
+        }) = commands.first().cloned()
+        else {
+            panic!("a fetch: {commands:?}");
+        };
+        assert_eq!(request.fetch_offset, 7);
+        assert_eq!(request.last_fetched_epoch, Some(1));
+        r.handle_fetch_response(
+            now,
+            fetch_id,
+            FetchResponse::Diverging {
+                epoch: Some(0),
+                end_offset: 5,
+                high_watermark: 2,
+            },
+        );
+        assert_eq!(
+            drain(&mut r),
+            vec![ReplicaCommand::Truncate { offset: 4 }],
+            "epoch 0 ends at 4 here, before the leader's end of it"
+        );
+        r.handle_local_truncated(now);
+        assert_eq!(r.log_end(), 4);
+        r.handle_tick(now);
+        let Some(ReplicaCommand::Fetch { request, .. }) = drain(&mut r).first().cloned() else {
+            panic!("fetches again at once");
+        };
+        assert_eq!(
+            (request.fetch_offset, request.last_fetched_epoch),
+            (4, Some(0))
+        );
+    }
+
+    #[test]
+    fn a_lagging_follower_is_proposed_out_and_back_in_once_caught_up() {
+        let t0 = Instant::now();
+        let config = ReplicaConfig::default();
+        let mut r = Replica::new(1, config, LocalLog::default());
+        r.handle_metadata(t0, &meta(1, 1, &[1, 2, 3], 1), 1);
+        r.handle_fetch(t0, &fetch(2, 1, 0, None));
+        r.handle_fetch(t0, &fetch(3, 1, 0, None));
+        drain(&mut r);
+        let later = t0 + config.replica_lag_max + Duration::from_millis(1);
+        r.handle_fetch(later, &fetch(2, 1, 0, None));
+        r.handle_tick(later);
+        assert_eq!(
+            drain(&mut r),
+            vec![ReplicaCommand::ProposeIsr {
+                leader_epoch: 1,
+                partition_epoch: 1,
+                isr: vec![1, 2]
+            }]
+        );
+        r.handle_metadata(later, &meta(1, 1, &[1, 2], 2), 1);
+        r.handle_fetch(later, &fetch(3, 1, 0, None));
+        assert_eq!(
+            drain(&mut r),
+            vec![ReplicaCommand::ProposeIsr {
+                leader_epoch: 1,
+                partition_epoch: 2,
+                isr: vec![1, 2, 3]
+            }]
+        );
+    }
+
+    #[test]
+    fn a_deposed_leader_answers_not_leader_and_follows_once_settled() {
+        let now = Instant::now();
+        let mut r = Replica::new(1, ReplicaConfig::default(), LocalLog::default());
+        r.handle_metadata(now, &meta(1, 1, &[1, 2], 1), 1);
+        r.handle_append(now, append(7, 1, AckLevel::Durable));
+        let write = drain(&mut r)
+            .iter()
+            .find_map(|c| match c {
+                ReplicaCommand::Engine(Command::Append { write, .. }) => Some(*write),
+                _ => None,
+            })
+            .unwrap();
+        r.handle_metadata(now, &meta(2, 2, &[2], 2), 1);
+        assert_eq!(acks(&drain(&mut r)), vec![(7, AckResultKind::NotLeader)]);
+        assert_eq!(
+            r.role(),
+            RoleKind::Retiring,
+            "its write is still on its way"
+        );
+        r.handle_append(now, append(8, 1, AckLevel::Leader));
+        assert_eq!(acks(&drain(&mut r)), vec![(8, AckResultKind::NotLeader)]);
+        r.handle_written(now, write, true).unwrap();
+        assert_eq!(r.role(), RoleKind::Follower);
+        assert_eq!(r.log_end(), 1);
+        r.handle_tick(now);
+        let Some(ReplicaCommand::Fetch {
+            leader, request, ..
+        }) = drain(&mut r).first().cloned()
+        else {
+            panic!("follows");
+        };
+        assert_eq!(leader, 2);
+        assert_eq!(request.last_fetched_epoch, Some(1), "its own epoch-1 batch");
+    }
+
+    #[test]
+    fn a_replica_never_leads_at_an_epoch_its_log_already_holds() {
+        let now = Instant::now();
+        let log = LocalLog {
+            log_end: 3,
+            epochs: vec![EpochStart {
+                epoch: 4,
+                start_offset: 0,
+            }],
+            producers: Vec::new(),
+        };
+        let mut r = Replica::new(1, ReplicaConfig::default(), log);
+        r.handle_metadata(now, &meta(1, 4, &[1], 1), 1);
+        assert_eq!(r.role(), RoleKind::Idle);
+        r.handle_metadata(now, &meta(1, 5, &[1], 2), 1);
+        assert_eq!(r.role(), RoleKind::Leader);
+    }
+}
