@@ -600,6 +600,27 @@ mod tests {
             .unwrap();
     }
 
+    /// The leader of partition 0 of `topic` shrinks its ISR to itself,
+    /// then is fenced; returns it.
+    fn shrink_isr_to_leader_and_fence_it(state: &mut ClusterState, topic: &str) -> NodeId {
+        let p = state.partition(topic, 0).unwrap().clone();
+        let leader = p.leader.unwrap();
+        state
+            .apply(&ControlRequest::AlterIsr {
+                topic: topic.into(),
+                partition: 0,
+                leader,
+                leader_epoch: p.leader_epoch,
+                partition_epoch: p.partition_epoch,
+                isr: vec![leader],
+            })
+            .unwrap();
+        state
+            .apply(&ControlRequest::FenceNode { node: leader })
+            .unwrap();
+        leader
+    }
+
     #[test]
     fn create_topic_spreads_replicas_and_leaders() {
         let mut state = cluster(3);
@@ -663,21 +684,7 @@ mod tests {
     fn last_isr_member_fenced_leaves_no_leader_until_it_returns() {
         let mut state = cluster(3);
         create(&mut state, "t", 1, 3, 1);
-        let p = state.partition("t", 0).unwrap().clone();
-        let leader = p.leader.unwrap();
-        state
-            .apply(&ControlRequest::AlterIsr {
-                topic: "t".into(),
-                partition: 0,
-                leader,
-                leader_epoch: p.leader_epoch,
-                partition_epoch: p.partition_epoch,
-                isr: vec![leader],
-            })
-            .unwrap();
-        state
-            .apply(&ControlRequest::FenceNode { node: leader })
-            .unwrap();
+        let leader = shrink_isr_to_leader_and_fence_it(&mut state, "t");
         let p = state.partition("t", 0).unwrap().clone();
         assert_eq!(p.leader, None, "no out-of-sync replica is elected");
         assert_eq!(p.isr, vec![leader], "the last member stays in the ISR");
@@ -702,21 +709,7 @@ mod tests {
                 spec: Vec::new(),
             })
             .unwrap();
-        let p = state.partition("u", 0).unwrap().clone();
-        let leader = p.leader.unwrap();
-        state
-            .apply(&ControlRequest::AlterIsr {
-                topic: "u".into(),
-                partition: 0,
-                leader,
-                leader_epoch: p.leader_epoch,
-                partition_epoch: p.partition_epoch,
-                isr: vec![leader],
-            })
-            .unwrap();
-        state
-            .apply(&ControlRequest::FenceNode { node: leader })
-            .unwrap();
+        let leader = shrink_isr_to_leader_and_fence_it(&mut state, "u");
         let p = state.partition("u", 0).unwrap();
         let new = p.leader.expect("an unclean election happened");
         assert_ne!(new, leader);

@@ -167,6 +167,12 @@ frame_kinds! {
     ClusterStatus = 0x0041,
     /// [`Response::ClusterStatus`] (named apart from the request kind).
     ClusterStatusReply = 0x8041,
+    /// [`Request::CreateReplicatedTopic`].
+    CreateReplicatedTopic = 0x0042,
+    /// [`Request::PartitionStates`].
+    PartitionStates = 0x0043,
+    /// [`Response::PartitionStates`] (named apart from the request kind).
+    PartitionStatesReply = 0x8043,
 }
 
 /// How durable a write must be before the broker acknowledges it.
@@ -577,6 +583,34 @@ pub struct ClusterStatus {
     pub nodes: Vec<ClusterNode>,
 }
 
+/// One partition's replication as one node sees it.
+///
+/// Layout: `u32 partition, opt u64 leader, u32 count` of replicas (`u64`),
+/// `u32 count` of in-sync replicas (`u64`), `i32 leader_epoch, u64
+/// high_watermark, u64 log_end, u8 leading, u32 count` of replica log ends
+/// (`u64 node, u64 log_end`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionReplication {
+    /// Partition number.
+    pub partition: u32,
+    /// The node leading it, if any.
+    pub leader: Option<u64>,
+    /// Nodes holding a copy.
+    pub replicas: Vec<u64>,
+    /// The in-sync replicas.
+    pub isr: Vec<u64>,
+    /// The leader epoch.
+    pub leader_epoch: i32,
+    /// The high watermark the answering node knows.
+    pub high_watermark: u64,
+    /// The answering node's log end.
+    pub log_end: u64,
+    /// Whether the answering node leads the partition.
+    pub leading: bool,
+    /// On the leader, each follower's durable log end as last reported.
+    pub replica_log_ends: Vec<(u64, u64)>,
+}
+
 /// One node in [`ClusterStatus`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterNode {
@@ -800,6 +834,21 @@ pub enum Request {
     /// The control log and every node of the cluster, as this node sees
     /// them.
     ClusterStatus,
+    /// Create a topic with a replication factor and `min.insync.replicas`
+    /// (0 for the cluster's defaults); a single node takes 0 or 1.
+    CreateReplicatedTopic {
+        /// The topic.
+        spec: TopicSpec,
+        /// Copies of each partition.
+        replication_factor: u32,
+        /// `min.insync.replicas`.
+        min_insync_replicas: u32,
+    },
+    /// Each partition's replication as the answering node sees it.
+    PartitionStates {
+        /// Topic name.
+        topic: String,
+    },
     /// Change a topic's settings; answered with the new spec in `Topics`.
     AlterTopic {
         /// Topic name.
@@ -932,6 +981,8 @@ pub enum Response {
     NodeInfo(NodeInfo),
     /// Reply to `ClusterStatus`.
     ClusterStatus(ClusterStatus),
+    /// Reply to `PartitionStates`.
+    PartitionStates(Vec<PartitionReplication>),
     /// Reply to `ResetPartitionOffsets`: each partition's reset, done or
     /// (dry run) planned.
     PartitionResets(Vec<PartitionReset>),
@@ -1199,6 +1250,8 @@ impl Request {
             Request::PipelineDelete { .. } => FrameKind::PipelineDelete,
             Request::NodeInfo => FrameKind::NodeInfo,
             Request::ClusterStatus => FrameKind::ClusterStatus,
+            Request::CreateReplicatedTopic { .. } => FrameKind::CreateReplicatedTopic,
+            Request::PartitionStates { .. } => FrameKind::PartitionStates,
             Request::AlterTopic { .. } => FrameKind::AlterTopic,
             Request::ResetPartitionOffsets { .. } => FrameKind::ResetPartitionOffsets,
         }
@@ -1209,6 +1262,16 @@ impl Request {
         let start = begin(buf, self.kind(), correlation_id);
         match self {
             Request::CreateTopic(spec) => put_spec(buf, spec),
+            Request::CreateReplicatedTopic {
+                spec,
+                replication_factor,
+                min_insync_replicas,
+            } => {
+                put_spec(buf, spec);
+                buf.put_u32(*replication_factor);
+                buf.put_u32(*min_insync_replicas);
+            }
+            Request::PartitionStates { topic } => put_str(buf, topic),
             Request::DeleteTopic { name } | Request::DescribeTopic { name } => put_str(buf, name),
             Request::ListTopics | Request::InitProducer => {}
             Request::Produce {
@@ -1483,6 +1546,12 @@ impl Request {
             FrameKind::PipelineDelete => Request::PipelineDelete { name: r.str()? },
             FrameKind::NodeInfo => Request::NodeInfo,
             FrameKind::ClusterStatus => Request::ClusterStatus,
+            FrameKind::CreateReplicatedTopic => Request::CreateReplicatedTopic {
+                spec: r.spec()?,
+                replication_factor: r.u32()?,
+                min_insync_replicas: r.u32()?,
+            },
+            FrameKind::PartitionStates => Request::PartitionStates { topic: r.str()? },
             FrameKind::AlterTopic => Request::AlterTopic {
                 name: r.str()?,
                 changes: TopicChanges {
@@ -1528,6 +1597,7 @@ impl Response {
             Response::Pipelines(_) => FrameKind::Pipelines,
             Response::NodeInfo(_) => FrameKind::NodeInfoReply,
             Response::ClusterStatus(_) => FrameKind::ClusterStatusReply,
+            Response::PartitionStates(_) => FrameKind::PartitionStatesReply,
             Response::PartitionResets(_) => FrameKind::PartitionResets,
         }
     }
@@ -1674,6 +1744,30 @@ impl Response {
                 }
                 put_str(buf, &n.data_dir);
                 buf.put_u64(n.data_bytes);
+            }
+            Response::PartitionStates(states) => {
+                buf.put_u32(states.len() as u32);
+                for p in states {
+                    buf.put_u32(p.partition);
+                    put_opt(buf, p.leader, BytesMut::put_u64);
+                    buf.put_u32(p.replicas.len() as u32);
+                    for r in &p.replicas {
+                        buf.put_u64(*r);
+                    }
+                    buf.put_u32(p.isr.len() as u32);
+                    for r in &p.isr {
+                        buf.put_u64(*r);
+                    }
+                    buf.put_i32(p.leader_epoch);
+                    buf.put_u64(p.high_watermark);
+                    buf.put_u64(p.log_end);
+                    buf.put_u8(u8::from(p.leading));
+                    buf.put_u32(p.replica_log_ends.len() as u32);
+                    for (node, end) in &p.replica_log_ends {
+                        buf.put_u64(*node);
+                        buf.put_u64(*end);
+                    }
+                }
             }
             Response::ClusterStatus(c) => {
                 buf.put_u64(c.node);
@@ -1865,6 +1959,39 @@ impl Response {
                     data_bytes: r.u64()?,
                 })
             }
+            FrameKind::PartitionStatesReply => {
+                let n = r.count(38)?;
+                let mut states = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let partition = r.u32()?;
+                    let leader = r.opt(Reader::u64)?;
+                    let replicas = (0..r.count(8)?)
+                        .map(|_| r.u64())
+                        .collect::<Result<_, _>>()?;
+                    let isr = (0..r.count(8)?)
+                        .map(|_| r.u64())
+                        .collect::<Result<_, _>>()?;
+                    let leader_epoch = r.i32()?;
+                    let high_watermark = r.u64()?;
+                    let log_end = r.u64()?;
+                    let leading = r.bool()?;
+                    let replica_log_ends = (0..r.count(16)?)
+                        .map(|_| Ok((r.u64()?, r.u64()?)))
+                        .collect::<Result<_, DecodeError>>()?;
+                    states.push(PartitionReplication {
+                        partition,
+                        leader,
+                        replicas,
+                        isr,
+                        leader_epoch,
+                        high_watermark,
+                        log_end,
+                        leading,
+                        replica_log_ends,
+                    });
+                }
+                Response::PartitionStates(states)
+            }
             FrameKind::ClusterStatusReply => {
                 let node = r.u64()?;
                 let controller = r.opt(Reader::u64)?;
@@ -1955,6 +2082,10 @@ impl Reader {
         let v = (&self.buf[self.pos..]).get_u64();
         self.pos += 8;
         Ok(v)
+    }
+
+    fn i32(&mut self) -> Result<i32, DecodeError> {
+        self.u32().map(|v| v as i32)
     }
 
     fn i64(&mut self) -> Result<i64, DecodeError> {
@@ -2441,6 +2572,14 @@ mod tests {
             "[a-z]{1,8}".prop_map(|group| Request::DeleteGroup { group }),
             Just(Request::NodeInfo),
             Just(Request::ClusterStatus),
+            (arb_spec(), any::<u32>(), any::<u32>()).prop_map(
+                |(spec, replication_factor, min_insync_replicas)| Request::CreateReplicatedTopic {
+                    spec,
+                    replication_factor,
+                    min_insync_replicas,
+                }
+            ),
+            "[a-z]{1,8}".prop_map(|topic| Request::PartitionStates { topic }),
         ]
     }
 
@@ -2762,6 +2901,43 @@ mod tests {
                             .collect(),
                     })
                 }),
+            proptest::collection::vec(
+                (
+                    (any::<u32>(), any::<Option<u64>>(), any::<i32>()),
+                    (
+                        proptest::collection::vec(any::<u64>(), 0..4),
+                        proptest::collection::vec(any::<u64>(), 0..4)
+                    ),
+                    (any::<u64>(), any::<u64>(), any::<bool>()),
+                    proptest::collection::vec((any::<u64>(), any::<u64>()), 0..3)
+                ),
+                0..3
+            )
+            .prop_map(|states| {
+                Response::PartitionStates(
+                    states
+                        .into_iter()
+                        .map(
+                            |(
+                                (partition, leader, leader_epoch),
+                                (replicas, isr),
+                                (high_watermark, log_end, leading),
+                                replica_log_ends,
+                            )| PartitionReplication {
+                                partition,
+                                leader,
+                                replicas,
+                                isr,
+                                leader_epoch,
+                                high_watermark,
+                                log_end,
+                                leading,
+                                replica_log_ends,
+                            },
+                        )
+                        .collect(),
+                )
+            }),
         ]
     }
 

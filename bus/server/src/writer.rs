@@ -45,7 +45,7 @@ use crate::metrics::Metrics;
 use crate::notify::Notifier;
 
 mod replication;
-pub use replication::Outbound;
+pub use replication::{Outbound, ReplicaState};
 
 /// Appends queued for the writer before producers wait.
 const QUEUE_DEPTH: usize = 8192;

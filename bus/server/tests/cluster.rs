@@ -34,11 +34,7 @@ struct Cluster {
 impl Cluster {
     fn start() -> Cluster {
         let dir = tempfile::tempdir().unwrap();
-        let out = Command::new(BIN)
-            .args(["tls", "init"])
-            .arg(dir.path().join("ca"))
-            .output()
-            .unwrap();
+        let out = tls_init(dir.path());
         assert!(
             out.status.success(),
             "{}",
@@ -151,6 +147,15 @@ impl Drop for Cluster {
     }
 }
 
+/// `edgebus tls init DIR/ca`.
+fn tls_init(dir: &Path) -> std::process::Output {
+    Command::new(BIN)
+        .args(["tls", "init"])
+        .arg(dir.join("ca"))
+        .output()
+        .unwrap()
+}
+
 fn controller(status: &Value) -> Option<u64> {
     status["controller"].as_u64()
 }
@@ -219,11 +224,7 @@ fn three_nodes_elect_a_controller_and_replace_one_killed() {
 #[test]
 fn a_cluster_node_refuses_a_peer_list_without_itself() {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(BIN)
-        .args(["tls", "init"])
-        .arg(dir.path().join("ca"))
-        .output()
-        .unwrap();
+    let out = tls_init(dir.path());
     assert!(out.status.success());
     let out = Command::new(BIN)
         .args(["serve", "--data"])
@@ -259,11 +260,7 @@ fn a_cluster_node_refuses_a_peer_list_without_itself() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--cluster-ca"), "{stderr}");
 
-    let out = Command::new(BIN)
-        .args(["tls", "init"])
-        .arg(dir.path().join("ca"))
-        .output()
-        .unwrap();
+    let out = tls_init(dir.path());
     assert_eq!(
         out.status.code(),
         Some(4),

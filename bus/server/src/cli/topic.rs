@@ -5,7 +5,7 @@ use edgebus_client::{
     AttachCounters, Client, Compression, FailurePolicy, PartitionInfo, PluginRef, TopicSpec,
 };
 use edgebus_proto::ErrorCode;
-use edgebus_proto::frame::{Request, Response, TopicChanges};
+use edgebus_proto::frame::{PartitionReplication, Request, Response, TopicChanges};
 use serde_json::json;
 
 use super::plugin::{chain_text, parse_plugin_ref, policy_name};
@@ -78,6 +78,14 @@ pub struct CreateArgs {
     /// Succeed without changing anything if the topic exists.
     #[arg(long)]
     if_not_exists: bool,
+    /// Copies of each partition, on different nodes of a cluster (default
+    /// 3, at most the node count; a single node takes 1).
+    #[arg(long, value_name = "R")]
+    replication_factor: Option<u32>,
+    /// `acks=all` needs this many in-sync replicas (default 2, at most the
+    /// replication factor).
+    #[arg(long, value_name = "M")]
+    min_insync_replicas: Option<u32>,
     #[command(flatten)]
     ingest: IngestArgs,
     #[command(flatten)]
@@ -209,7 +217,22 @@ async fn create(a: CreateArgs) -> Result<(), Failure> {
         max_message_bytes: a.max_message_bytes.unwrap_or(0),
         compression: a.compression,
     };
-    match client.create_topic(spec).await {
+    let created = match (a.replication_factor, a.min_insync_replicas) {
+        (None, None) => client.create_topic(spec).await,
+        (replication_factor, min_insync_replicas) => {
+            let request = Request::CreateReplicatedTopic {
+                spec,
+                replication_factor: replication_factor.unwrap_or(0),
+                min_insync_replicas: min_insync_replicas.unwrap_or(0),
+            };
+            match client.request(&request).await {
+                Ok(Response::TopicCreated) => Ok(()),
+                Ok(other) => return Err(Failure::other(format!("unexpected reply {other:?}"))),
+                Err(e) => Err(e),
+            }
+        }
+    };
+    match created {
         Err(e) if a.if_not_exists && e.code() == Some(ErrorCode::TopicExists) => {
             match a.common.output {
                 o @ (Output::Json | Output::Yaml) => o.emit(&json!({"exists": a.name})),
@@ -281,6 +304,7 @@ async fn alter(a: AlterArgs) -> Result<(), Failure> {
 async fn describe(a: NamedArgs) -> Result<(), Failure> {
     let client = a.common.connect.connect().await?;
     let (spec, partitions) = client.describe_topic(&a.name).await?;
+    let replication = replication(&a, &client).await?;
     let plugins = client
         .request(&Request::TopicPlugins {
             topic: a.name.clone(),
@@ -315,6 +339,7 @@ async fn describe(a: NamedArgs) -> Result<(), Failure> {
                 })
             })
             .collect();
+        v["replication"] = replication.iter().map(replication_json).collect();
         out.emit(&v);
         return Ok(());
     }
@@ -350,6 +375,43 @@ async fn describe(a: NamedArgs) -> Result<(), Failure> {
         ]);
     }
     t.print();
+    if replication.iter().any(|r| r.state.replicas.len() > 1) {
+        println!();
+        let mut t = Table::new(&[
+            "PARTITION",
+            "LEADER",
+            "EPOCH",
+            "REPLICAS",
+            "ISR",
+            "HIGH-WATERMARK",
+            "LOG-ENDS",
+        ]);
+        let list = |nodes: &[u64]| {
+            nodes
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        for r in &replication {
+            let s = &r.state;
+            t.row(vec![
+                s.partition.to_string(),
+                s.leader
+                    .map_or_else(|| "none".to_owned(), |l| l.to_string()),
+                s.leader_epoch.to_string(),
+                list(&s.replicas),
+                list(&s.isr),
+                s.high_watermark.to_string(),
+                r.log_ends
+                    .iter()
+                    .map(|(n, e)| format!("{n}:{e}"))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            ]);
+        }
+        t.print();
+    }
     Ok(())
 }
 
@@ -400,4 +462,81 @@ pub async fn run(cmd: TopicCommand) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// One partition's replication, merged from what every node says: the
+/// leader's view (high watermark, followers' log ends) and each node's own
+/// log end.
+struct Replication {
+    state: PartitionReplication,
+    log_ends: std::collections::BTreeMap<u64, u64>,
+}
+
+/// Each partition's replication. On a cluster every node is asked (a node
+/// knows its own log end; only the leader knows the high watermark and its
+/// followers' progress); a node that does not answer is left out.
+async fn replication(a: &NamedArgs, client: &Client) -> Result<Vec<Replication>, Failure> {
+    let request = Request::PartitionStates {
+        topic: a.name.clone(),
+    };
+    let states = |response| match response {
+        Response::PartitionStates(states) => Ok(states),
+        other => Err(Failure::other(format!("unexpected reply {other:?}"))),
+    };
+    let mine = states(client.request(&request).await?)?;
+    let nodes = match client.request(&Request::ClusterStatus).await? {
+        Response::ClusterStatus(status) => status.nodes,
+        _ => Vec::new(),
+    };
+    let mut answers = vec![mine.clone()];
+    for node in nodes {
+        let mut connect = a.common.connect.clone();
+        connect.broker = Some(node.address.clone());
+        let Ok(other) = connect.connect().await else {
+            continue;
+        };
+        if let Ok(Ok(states)) = other.request(&request).await.map(states) {
+            answers.push(states);
+        }
+    }
+    let mut merged: Vec<Replication> = mine
+        .into_iter()
+        .map(|state| Replication {
+            state,
+            log_ends: Default::default(),
+        })
+        .collect();
+    for answer in answers {
+        for state in answer {
+            let Some(m) = merged
+                .iter_mut()
+                .find(|m| m.state.partition == state.partition)
+            else {
+                continue;
+            };
+            if let Some(leader) = state.leader
+                && state.leading
+            {
+                m.log_ends.insert(leader, state.log_end);
+                for (node, end) in &state.replica_log_ends {
+                    m.log_ends.entry(*node).or_insert(*end);
+                }
+                m.state = state;
+            }
+        }
+    }
+    Ok(merged)
+}
+
+fn replication_json(r: &Replication) -> serde_json::Value {
+    let s = &r.state;
+    json!({
+        "partition": s.partition,
+        "leader": s.leader,
+        "replicas": s.replicas,
+        "isr": s.isr,
+        "leader_epoch": s.leader_epoch,
+        "high_watermark": s.high_watermark,
+        "log_ends": r.log_ends.iter().map(|(n, e)| (n.to_string(), json!(e))).collect::<serde_json::Map<_, _>>(),
+    })
 }

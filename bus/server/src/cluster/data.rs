@@ -94,11 +94,23 @@ impl Cluster {
 
     /// Creates a topic in the cluster: the control log places its replicas
     /// and every replica node creates it locally; returns once this node
-    /// has. Replication factor and `min.insync.replicas` default to 3 (or
-    /// the node count) and 2 (or 1 on a single replica).
-    pub async fn create_topic(&self, spec: TopicSpec) -> Result<(), TopicAdminError> {
-        let replication_factor = self.inner.addrs.len().min(3) as u32;
-        let min_insync = replication_factor.min(2);
+    /// has (or once it is placed, if this node holds no replica). A
+    /// replication factor or `min.insync.replicas` of 0 takes the default:
+    /// 3 (at most the node count) and 2 (at most the replication factor).
+    pub async fn create_topic(
+        &self,
+        spec: TopicSpec,
+        replication_factor: u32,
+        min_insync: u32,
+    ) -> Result<(), TopicAdminError> {
+        let replication_factor = match replication_factor {
+            0 => self.inner.addrs.len().min(3) as u32,
+            n => n,
+        };
+        let min_insync = match min_insync {
+            0 => replication_factor.min(2),
+            n => n,
+        };
         let mut buf = BytesMut::new();
         Request::CreateTopic(spec.clone()).encode(0, &mut buf);
         let request = ControlRequest::CreateTopic {
@@ -125,6 +137,14 @@ impl Cluster {
         let Some(data) = self.data() else {
             return Ok(());
         };
+        let holds_replica = self.state().topics.get(&spec.name).is_some_and(|t| {
+            t.partitions
+                .iter()
+                .any(|p| p.replicas.contains(&self.inner.node))
+        });
+        if !holds_replica {
+            return Ok(());
+        }
         let deadline = Instant::now() + Duration::from_secs(10);
         while data.topics.spec(&spec.name).is_err() {
             if Instant::now() > deadline {

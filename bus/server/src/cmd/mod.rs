@@ -40,8 +40,23 @@ pub fn respond<E: Coded>(handled: Result<Response, E>) -> Response {
 pub async fn dispatch(b: &Broker, request: Request) -> Response {
     match request {
         Request::CreateTopic(spec) => {
-            respond(topic::create(&b.topics, b.cluster.as_ref(), spec).await)
+            respond(topic::create(&b.topics, b.cluster.as_ref(), spec, 0, 0).await)
         }
+        Request::CreateReplicatedTopic {
+            spec,
+            replication_factor,
+            min_insync_replicas,
+        } => respond(
+            topic::create(
+                &b.topics,
+                b.cluster.as_ref(),
+                spec,
+                replication_factor,
+                min_insync_replicas,
+            )
+            .await,
+        ),
+        Request::PartitionStates { topic } => node::partition_states(b, &topic),
         Request::DeleteTopic { name } => respond(
             topic::delete(
                 &b.topics,

@@ -4,7 +4,11 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use edgebus_proto::frame::{ClusterNode, ClusterStatus, Listener, NodeInfo, Response};
+use edgebus_proto::frame::{
+    ClusterNode, ClusterStatus, Listener, NodeInfo, PartitionReplication, Response,
+};
+
+use crate::broker::Broker;
 
 use crate::cluster::Cluster;
 
@@ -73,6 +77,63 @@ pub fn cluster_status(cluster: Option<&Cluster>) -> Response {
             })
             .collect(),
     })
+}
+
+/// `PartitionStates`: each partition's placement and leadership from the
+/// control log, with what this node's replica knows (its log end; on the
+/// leader, the high watermark and every follower's log end). A single node
+/// describes itself as the only replica.
+pub fn partition_states(broker: &Broker, topic: &str) -> Response {
+    let Ok(spec) = broker.topics.spec(topic) else {
+        return crate::error::response(&crate::topics::UnknownTopic(topic.to_owned()));
+    };
+    let Some(cluster) = &broker.cluster else {
+        let states = (0..spec.partitions)
+            .map(|partition| {
+                let high_watermark = broker.writer.high_watermark(topic, partition).unwrap_or(0);
+                PartitionReplication {
+                    partition,
+                    leader: Some(0),
+                    replicas: vec![0],
+                    isr: vec![0],
+                    leader_epoch: 0,
+                    high_watermark,
+                    log_end: high_watermark,
+                    leading: true,
+                    replica_log_ends: Vec::new(),
+                }
+            })
+            .collect();
+        return Response::PartitionStates(states);
+    };
+    let state = cluster.state();
+    let local = broker.writer.replica_states(topic);
+    let states = state
+        .topics
+        .get(topic)
+        .map(|meta| {
+            meta.partitions
+                .iter()
+                .enumerate()
+                .map(|(partition, p)| {
+                    let partition = partition as u32;
+                    let mine = local.iter().find(|s| s.partition == partition);
+                    PartitionReplication {
+                        partition,
+                        leader: p.leader,
+                        replicas: p.replicas.clone(),
+                        isr: p.isr.clone(),
+                        leader_epoch: p.leader_epoch,
+                        high_watermark: mine.map_or(0, |s| s.high_watermark),
+                        log_end: mine.map_or(0, |s| s.log_end),
+                        leading: mine.is_some_and(|s| s.leading_epoch.is_some()),
+                        replica_log_ends: mine.map(|s| s.follower_ends.clone()).unwrap_or_default(),
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Response::PartitionStates(states)
 }
 
 /// Bytes of the regular files under `dir`, looking at no more than

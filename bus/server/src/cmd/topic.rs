@@ -59,15 +59,32 @@ impl Coded for TopicRequestError {
 }
 
 /// `CreateTopic`.
-/// `CreateTopic`. On a cluster node the control log places the topic's
-/// replicas and every replica node creates it.
+/// `CreateTopic` and `CreateReplicatedTopic`. On a cluster node the
+/// control log places the topic's replicas and every replica node creates
+/// it; a single node takes a replication factor and `min.insync.replicas`
+/// of at most 1 (0 meaning the default).
 pub async fn create(
     topics: &Topics,
     cluster: Option<&Cluster>,
     spec: TopicSpec,
+    replication_factor: u32,
+    min_insync: u32,
 ) -> Result<Response, TopicRequestError> {
     match cluster {
-        Some(cluster) => cluster.create_topic(spec).await?,
+        Some(cluster) => {
+            cluster
+                .create_topic(spec, replication_factor, min_insync)
+                .await?
+        }
+        None if replication_factor > 1 || min_insync > 1 => {
+            return Err(
+                TopicAdminError::Store(edgebus_store::TopicError::Invalid(format!(
+                    "replication factor {replication_factor} and min.insync.replicas {min_insync} \
+                 need a cluster; this is a single node"
+                )))
+                .into(),
+            );
+        }
         None => topics.create(spec).await?,
     }
     Ok(Response::TopicCreated)

@@ -53,6 +53,21 @@ pub enum Outbound {
     },
 }
 
+/// One replica's state, for `topic describe`.
+#[derive(Debug, Clone)]
+pub struct ReplicaState {
+    /// Partition.
+    pub partition: u32,
+    /// The epoch it leads at, if it leads.
+    pub leading_epoch: Option<i32>,
+    /// Its high watermark.
+    pub high_watermark: u64,
+    /// Its log end.
+    pub log_end: u64,
+    /// On a leader, each follower's durable log end.
+    pub follower_ends: Vec<(NodeId, u64)>,
+}
+
 /// Cluster inputs to the writer thread.
 pub(super) enum ClusterOp {
     Attach {
@@ -175,6 +190,29 @@ impl Writer {
             stale,
         });
         let _ = self.tx.send(op).await;
+    }
+
+    /// Each loaded replica of `topic`: partition, the epoch it leads at (if
+    /// it leads), its high watermark, its log end and, on a leader, each
+    /// follower's durable log end as last reported.
+    pub fn replica_states(&self, topic: &str) -> Vec<ReplicaState> {
+        let engines = self.engines.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut states: Vec<ReplicaState> = engines
+            .iter()
+            .filter(|((t, _), _)| t == topic)
+            .filter_map(|((_, partition), slot)| match &slot.engine {
+                Driver::Cluster(replica) => Some(ReplicaState {
+                    partition: *partition,
+                    leading_epoch: replica.leading_epoch(),
+                    high_watermark: replica.high_watermark(),
+                    log_end: replica.log_end(),
+                    follower_ends: replica.follower_ends().into_iter().collect(),
+                }),
+                Driver::Single(_) => None,
+            })
+            .collect();
+        states.sort_by_key(|s| s.partition);
+        states
     }
 
     /// Notified after every commit: a leader holding a follower's fetch
