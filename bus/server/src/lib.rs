@@ -40,6 +40,8 @@
 //! - [`cmd`]: one handler per request family (topic, produce, fetch,
 //!   group, plugin, pipeline, node), each given the few handles it touches;
 //!   `dispatch` turns their errors into `Response::Error`.
+//! - [`mqtt`]: the MQTT 3.1.1/5 front door: devices publish into mapped
+//!   topics through [`cmd::produce`] and subscribe through their own feeds.
 //! - [`exporter`]: the metrics endpoint, `/metrics` and `/healthz`,
 //!   reading the broker's state at scrape time.
 //! - [`broker`]: the handles to every part, made once at start.
@@ -81,6 +83,7 @@ pub mod exporter;
 pub mod feed;
 pub mod groups;
 pub mod metrics;
+pub mod mqtt;
 pub mod notify;
 pub mod pipelines;
 pub mod reader;
@@ -134,6 +137,9 @@ pub enum StartError {
         /// Why.
         source: std::io::Error,
     },
+    /// The MQTT front door could not open.
+    #[error(transparent)]
+    Mqtt(#[from] mqtt::DoorError),
     /// The QUIC endpoint could not be set up.
     #[error("QUIC endpoint on {addr}: {detail}")]
     Endpoint {
@@ -154,6 +160,9 @@ pub struct RunningBroker {
     pub created_ca: bool,
     /// The bound address of the metrics endpoint, when it is on.
     pub metrics_addr: Option<SocketAddr>,
+    /// The bound address of the MQTT listener, when it is on.
+    pub mqtt_addr: Option<SocketAddr>,
+    mqtt: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
     shutdown: Option<oneshot::Sender<()>>,
     exporter: Option<JoinHandle<()>>,
     task: JoinHandle<()>,
@@ -166,6 +175,10 @@ pub struct RunningBroker {
 impl RunningBroker {
     /// Stops accepting, closes connections and waits for the endpoint.
     pub async fn shutdown(mut self) {
+        if let Some((tx, task)) = self.mqtt.take() {
+            let _ = tx.send(());
+            let _ = task.await;
+        }
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
@@ -294,6 +307,21 @@ pub async fn start_with_store(
     ));
     let group_timer = tokio::spawn(broker.groups.clone().run_timer());
     let exporter = metrics_listener.map(|l| tokio::spawn(exporter::serve(l, broker.clone())));
+    let mqtt = match config.mqtt.listen {
+        Some(addr) => {
+            let listener = mqtt::bind(addr, config.mqtt.clone(), broker.clone()).await?;
+            let bound = listener.addr;
+            let (tx, rx) = oneshot::channel::<()>();
+            let task = tokio::spawn(mqtt::serve(listener, async move {
+                let _ = rx.await;
+            }));
+            tracing::info!(addr = %bound, "MQTT listening");
+            Some((bound, (tx, task)))
+        }
+        None => None,
+    };
+    let mqtt_addr = mqtt.as_ref().map(|(a, _)| *a);
+    let mqtt = mqtt.map(|(_, t)| t);
     let (shutdown, rx) = oneshot::channel();
     let task = tokio::spawn(server::run(endpoint, broker, async move {
         let _ = rx.await;
@@ -304,6 +332,8 @@ pub async fn start_with_store(
         local_ca: files.local_ca,
         created_ca: files.created,
         metrics_addr,
+        mqtt_addr,
+        mqtt,
         shutdown: Some(shutdown),
         exporter,
         task,

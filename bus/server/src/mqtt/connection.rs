@@ -1,0 +1,1261 @@
+//! One MQTT client connection: CONNECT, then publishes into the log,
+//! subscriptions fed from it, and the session saved at the end.
+//!
+//! Acknowledgements keep MQTT's order: a QoS 1 PUBACK (or QoS 2 PUBREC)
+//! is sent once the publish is durably committed, after those of every
+//! publish received before it, while later publishes are already on their
+//! way to the writer, so one connection's publishes share group commits.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use edgebus_core::producer::AppendRefused;
+use edgebus_proto::batch::{self, BatchBuilder, Header, ProducerStamp, Record, StoredRecord};
+use edgebus_proto::frame::{Acks, Position};
+use futures::stream::{FuturesOrdered, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+use super::packet::{
+    self, Connect, DecodeError, Goodbye, Inbound, Outbound, Publish, PublishRefusal, QoS, Refusal,
+    Version, Will,
+};
+use super::session::{self, PendingRelease, StoredSession, StoredSubscription};
+use super::{Door, MqttRefusal, TOPIC_HEADER};
+use crate::cmd::produce::{self, Produce, ProduceError};
+use crate::reader::Reader;
+use crate::writer::AppendFailure;
+
+/// How often a persistent session's delivery positions are saved while
+/// they change (and always when the connection ends). QoS 1 is at least
+/// once: a crash in between redelivers what was acknowledged since.
+const SESSION_SAVE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Bytes of a partition read at most to find retained messages for one
+/// subscription, so a subscribe to a long log stays bounded.
+const MAX_RETAINED_SCAN_BYTES: u64 = 64 << 20;
+
+/// Bytes one feed reads per store read.
+const FEED_READ_BYTES: u32 = 1 << 20;
+
+/// Feed reads a connection holds before its feeds wait.
+const FEED_QUEUE_DEPTH: usize = 4;
+
+/// How long a connection waits for the session it takes over to be saved.
+const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Decrements the client count however a connection ends.
+struct Counted(Arc<Door>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.clients.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Serves one TCP connection to its end.
+pub(super) async fn run(
+    door: Arc<Door>,
+    id: u64,
+    stream: TcpStream,
+    peer: SocketAddr,
+    stop: watch::Receiver<bool>,
+) {
+    let clients = door.clients.fetch_add(1, Ordering::AcqRel) + 1;
+    let _counted = Counted(door.clone());
+    let (mut rd, mut wr) = stream.into_split();
+    let mut rbuf = BytesMut::with_capacity(4096);
+    let max_bytes = door.config.max_packet_bytes as usize;
+    let timeout = Duration::from_millis(door.config.connect_timeout_ms);
+    let connect =
+        match tokio::time::timeout(timeout, read_connect(&mut rd, &mut rbuf, max_bytes)).await {
+            Err(_) => {
+                tracing::debug!(%peer, "MQTT connection sent no CONNECT in time");
+                door.refused(MqttRefusal::ConnectTimeout);
+                return;
+            }
+            Ok(Err(ConnectFailure::Closed)) => return,
+            Ok(Err(ConnectFailure::Decode(e))) => {
+                tracing::debug!(%peer, error = %e, "MQTT CONNECT refused");
+                if let DecodeError::TooLarge { .. } = e {
+                    door.refused(MqttRefusal::MaxPacketBytes);
+                } else {
+                    door.refused(MqttRefusal::Malformed);
+                }
+                if let DecodeError::UnsupportedVersion(_) = e {
+                    // 3.1.1 says how to refuse a version it does not know.
+                    refuse(&mut wr, Version::V311, Refusal::UnsupportedVersion).await;
+                }
+                return;
+            }
+            Ok(Ok(c)) => c,
+        };
+    let version = connect.version;
+    if clients > door.config.max_clients {
+        door.refused(MqttRefusal::MaxClients);
+        refuse(&mut wr, version, Refusal::ServerBusy).await;
+        return;
+    }
+    if let Err(r) = authenticate(&door, &connect, peer) {
+        door.refused(MqttRefusal::NotAuthorized);
+        refuse(&mut wr, version, r).await;
+        return;
+    }
+    let persistent = match version {
+        Version::V311 => !connect.clean,
+        Version::V5 => connect.session_expiry_s.unwrap_or(0) > 0,
+    };
+    let (client_id, assigned) = if connect.client_id.is_empty() {
+        if persistent || (version == Version::V311 && !connect.clean) {
+            refuse(&mut wr, version, Refusal::BadClientId).await;
+            return;
+        }
+        let made = format!("edgebus-{id}-{}", rand_suffix());
+        (made.clone(), Some(made))
+    } else {
+        (connect.client_id.clone(), None)
+    };
+    let taking_over = tokio::time::timeout(TAKEOVER_TIMEOUT, door.take_over(&client_id, id)).await;
+    let Ok((kicked, turn)) = taking_over else {
+        refuse(&mut wr, version, Refusal::Unavailable).await;
+        door.leave(&client_id, id);
+        return;
+    };
+    let stored = door.sessions.get(&client_id);
+    if connect.clean
+        && stored.is_some()
+        && let Err(e) = door.sessions.put(&client_id, None).await
+    {
+        tracing::warn!(client_id, error = %e, "MQTT session could not be discarded");
+        refuse(&mut wr, version, Refusal::Unavailable).await;
+        door.leave(&client_id, id);
+        return;
+    }
+    let resumed = if connect.clean { None } else { stored };
+    let (deliveries_tx, deliveries_rx) = mpsc::channel(FEED_QUEUE_DEPTH);
+    let mut conn = Conn {
+        door: door.clone(),
+        version,
+        client_id: client_id.clone(),
+        persistent,
+        wr,
+        wbuf: BytesMut::with_capacity(4096),
+        acks: FuturesOrdered::new(),
+        qos1_pending: 0,
+        qos2: HashMap::new(),
+        subs: Vec::new(),
+        feeds: HashMap::new(),
+        deliveries_tx,
+        deliveries_rx,
+        queue: VecDeque::new(),
+        next: HashMap::new(),
+        outbound: BTreeMap::new(),
+        next_pkid: 1,
+        producer_id: None,
+        sequences: HashMap::new(),
+        will: connect.will.clone(),
+        dirty: false,
+    };
+    let session_present = resumed.is_some();
+    if let Some(s) = resumed {
+        conn.resume(s).await;
+    }
+    conn.send(&Outbound::ConnAck {
+        session_present,
+        assigned_client_id: assigned,
+        receive_max: conn.receive_max(),
+        max_packet_bytes: door.config.max_packet_bytes,
+    });
+    tracing::debug!(%peer, client_id, ?version, persistent, "MQTT client connected");
+    let end = conn
+        .serve(rd, rbuf, connect.keep_alive_s, kicked, stop)
+        .await;
+    conn.finish(end).await;
+    door.leave(&client_id, id);
+    drop(turn);
+}
+
+/// A short random suffix for assigned client ids.
+fn rand_suffix() -> String {
+    let mut bytes = [0u8; 6];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes);
+    hex::encode(bytes)
+}
+
+enum ConnectFailure {
+    Closed,
+    Decode(DecodeError),
+}
+
+async fn read_connect(
+    rd: &mut OwnedReadHalf,
+    rbuf: &mut BytesMut,
+    max_bytes: usize,
+) -> Result<Box<Connect>, ConnectFailure> {
+    loop {
+        match packet::decode(rbuf, None, max_bytes) {
+            Ok(Some(Inbound::Connect(c))) => return Ok(c),
+            Ok(Some(_)) => return Err(ConnectFailure::Decode(DecodeError::NotConnect)),
+            Ok(None) => {}
+            Err(e) => return Err(ConnectFailure::Decode(e)),
+        }
+        match rd.read_buf(rbuf).await {
+            Ok(0) | Err(_) => return Err(ConnectFailure::Closed),
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Sends a refusing CONNACK and closes.
+async fn refuse(wr: &mut OwnedWriteHalf, version: Version, refusal: Refusal) {
+    let mut buf = BytesMut::new();
+    if packet::encode(&Outbound::ConnRefused(refusal), version, &mut buf).is_ok() {
+        let _ = wr.write_all(&buf).await;
+    }
+    let _ = wr.shutdown().await;
+}
+
+/// Who may connect: a known user with the right password; without a
+/// username, anyone where anonymous clients are allowed (by default only
+/// from a loopback address).
+fn authenticate(door: &Door, connect: &Connect, peer: SocketAddr) -> Result<(), Refusal> {
+    match &connect.login {
+        Some((name, password)) => {
+            let user = door.config.users.iter().find(|u| &u.name == name);
+            match user {
+                Some(u) if u.verify(password) => Ok(()),
+                _ => Err(Refusal::BadCredentials),
+            }
+        }
+        None => {
+            let anonymous = door
+                .config
+                .allow_anonymous
+                .unwrap_or_else(|| peer.ip().is_loopback());
+            if anonymous {
+                Ok(())
+            } else {
+                Err(Refusal::NotAuthorized)
+            }
+        }
+    }
+}
+
+/// How a connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// The client sent DISCONNECT.
+    Disconnected { with_will: bool },
+    /// The connection dropped.
+    Lost,
+    /// The broker ends it, telling an MQTT 5 client why.
+    Goodbye(Goodbye),
+    /// A 3.1.1 client whose publish was refused: that version has no
+    /// negative acknowledgement, so the connection is closed.
+    Refused,
+}
+
+impl End {
+    fn publishes_will(self) -> bool {
+        match self {
+            End::Disconnected { with_will } => with_will,
+            End::Goodbye(Goodbye::ShuttingDown) => false,
+            End::Lost | End::Goodbye(_) | End::Refused => true,
+        }
+    }
+}
+
+/// A QoS 1 or 2 publish's acknowledgement, once its append is decided.
+struct AckDone {
+    pkid: u16,
+    qos: QoS,
+    result: Result<(), PublishRefusal>,
+}
+
+type AckFuture = Pin<Box<dyn Future<Output = AckDone> + Send>>;
+
+/// A QoS 2 publish awaiting its PUBREL.
+struct Released {
+    topic: String,
+    partition: u32,
+    sequence: i32,
+    /// Its append is acknowledged.
+    stored: bool,
+}
+
+/// A subscription.
+struct Sub {
+    filter: String,
+    qos: QoS,
+    topic: String,
+}
+
+/// Records a feed read from one partition, and where it goes on.
+struct Delivery {
+    topic: String,
+    partition: u32,
+    records: Vec<StoredRecord>,
+    next: u64,
+}
+
+/// What waits to be delivered, in order.
+enum Queued {
+    Record {
+        topic: String,
+        partition: u32,
+        record: StoredRecord,
+        /// A retained message sent on subscribe, not part of the live feed.
+        retained: bool,
+    },
+    Advance {
+        topic: String,
+        partition: u32,
+        next: u64,
+    },
+}
+
+struct Conn {
+    door: Arc<Door>,
+    version: Version,
+    client_id: String,
+    persistent: bool,
+    wr: OwnedWriteHalf,
+    wbuf: BytesMut,
+    /// Acknowledgements in the order their publishes arrived.
+    acks: FuturesOrdered<AckFuture>,
+    /// QoS 1 publishes not yet acknowledged.
+    qos1_pending: usize,
+    /// QoS 2 publishes awaiting PUBREL, by packet id.
+    qos2: HashMap<u16, Released>,
+    subs: Vec<Sub>,
+    feeds: HashMap<(String, u32), tokio::task::JoinHandle<()>>,
+    deliveries_tx: mpsc::Sender<Delivery>,
+    deliveries_rx: mpsc::Receiver<Delivery>,
+    queue: VecDeque<Queued>,
+    /// Per fed partition, the offset after the last record handled.
+    next: HashMap<(String, u32), u64>,
+    /// QoS 1 deliveries awaiting PUBACK, with where they came from (none
+    /// for retained messages).
+    outbound: BTreeMap<u16, Option<(String, u32, u64)>>,
+    next_pkid: u16,
+    producer_id: Option<i64>,
+    sequences: HashMap<(String, u32), i32>,
+    will: Option<Will>,
+    /// Positions moved since the session was last saved.
+    dirty: bool,
+}
+
+impl Conn {
+    fn receive_max(&self) -> u16 {
+        // A QoS 2 retransmission after a restart is recognised only
+        // within the partition engine's dedup window.
+        let window = edgebus_core::producer::DEDUP_WINDOW as u16;
+        self.door.config.max_inflight_per_client.clamp(1, window)
+    }
+
+    fn send(&mut self, packet: &Outbound) {
+        if let Err(e) = packet::encode(packet, self.version, &mut self.wbuf) {
+            tracing::warn!(client_id = self.client_id, error = %e, "MQTT packet not sent");
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), End> {
+        if self.wbuf.is_empty() {
+            return Ok(());
+        }
+        let written = self.wr.write_all(&self.wbuf).await;
+        self.wbuf.clear();
+        written.map_err(|_| End::Lost)
+    }
+
+    async fn serve(
+        &mut self,
+        mut rd: OwnedReadHalf,
+        mut rbuf: BytesMut,
+        keep_alive_s: u16,
+        mut kicked: oneshot::Receiver<()>,
+        mut stop: watch::Receiver<bool>,
+    ) -> End {
+        let max_bytes = self.door.config.max_packet_bytes as usize;
+        // MQTT: the server closes a connection silent for 1.5 keep-alives.
+        let keep_alive =
+            (keep_alive_s > 0).then(|| Duration::from_millis(keep_alive_s as u64 * 1500));
+        let mut heard = Instant::now();
+        let mut save = tokio::time::interval(SESSION_SAVE_INTERVAL);
+        loop {
+            if let Err(end) = self.pump() {
+                return end;
+            }
+            if let Err(end) = self.flush().await {
+                return end;
+            }
+            let silent_until = keep_alive.map(|k| heard + k);
+            let room = self.outbound.len() < self.receive_max() as usize;
+            tokio::select! {
+                read = rd.read_buf(&mut rbuf) => match read {
+                    Ok(0) | Err(_) => return End::Lost,
+                    Ok(_) => {
+                        heard = Instant::now();
+                        loop {
+                            match packet::decode(&mut rbuf, Some(self.version), max_bytes) {
+                                Ok(Some(p)) => if let Err(end) = self.handle(p).await {
+                                    return end;
+                                },
+                                Ok(None) => break,
+                                Err(DecodeError::TooLarge { .. }) => {
+                                    self.door.refused(MqttRefusal::MaxPacketBytes);
+                                    return End::Goodbye(Goodbye::PacketTooLarge);
+                                }
+                                Err(e) => {
+                                    tracing::debug!(client_id = self.client_id, error = %e, "MQTT malformed packet");
+                                    self.door.refused(MqttRefusal::Malformed);
+                                    return End::Goodbye(Goodbye::MalformedPacket);
+                                }
+                            }
+                        }
+                    }
+                },
+                Some(done) = self.acks.next(), if !self.acks.is_empty() => {
+                    if let Err(end) = self.acknowledge(done) {
+                        return end;
+                    }
+                }
+                Some(d) = self.deliveries_rx.recv(), if self.queue.is_empty() && room => {
+                    for record in d.records {
+                        self.queue.push_back(Queued::Record {
+                            topic: d.topic.clone(),
+                            partition: d.partition,
+                            record,
+                            retained: false,
+                        });
+                    }
+                    self.queue.push_back(Queued::Advance { topic: d.topic, partition: d.partition, next: d.next });
+                }
+                () = sleep_until(silent_until) => return End::Goodbye(Goodbye::KeepAliveTimeout),
+                _ = save.tick(), if self.persistent && self.dirty => self.save().await,
+                _ = &mut kicked => return End::Goodbye(Goodbye::SessionTakenOver),
+                _ = stop.changed() => return End::Goodbye(Goodbye::ShuttingDown),
+            }
+        }
+    }
+
+    async fn handle(&mut self, p: Inbound) -> Result<(), End> {
+        match p {
+            Inbound::Publish(p) => self.publish(p).await,
+            Inbound::PubAck(pkid) => {
+                if self.outbound.remove(&pkid).is_some() {
+                    self.dirty = true;
+                }
+                Ok(())
+            }
+            Inbound::PubRel(pkid) => {
+                if self.qos2.remove(&pkid).is_some() && self.persistent {
+                    // The packet id may be reused once PUBCOMP is out: the
+                    // stored session must no longer call it pending.
+                    self.save().await;
+                }
+                self.send(&Outbound::PubComp(pkid));
+                Ok(())
+            }
+            Inbound::Subscribe { pkid, filters } => {
+                self.subscribe(pkid, filters).await;
+                Ok(())
+            }
+            Inbound::Unsubscribe { pkid, filters } => {
+                self.unsubscribe(pkid, &filters).await;
+                Ok(())
+            }
+            Inbound::PingReq => {
+                self.send(&Outbound::PingResp);
+                Ok(())
+            }
+            Inbound::Disconnect { with_will } => Err(End::Disconnected { with_will }),
+            Inbound::Connect(_) | Inbound::PubRec(_) | Inbound::PubComp(_) => {
+                Err(End::Goodbye(Goodbye::ProtocolError))
+            }
+            Inbound::Unexpected(kind) => {
+                tracing::debug!(
+                    client_id = self.client_id,
+                    kind,
+                    "MQTT packet a client may not send"
+                );
+                Err(End::Goodbye(Goodbye::ProtocolError))
+            }
+        }
+    }
+
+    /// Refuses a publish: MQTT 5 says why, 3.1.1 closes the connection.
+    fn refuse_publish(&mut self, p: &Publish, why: PublishRefusal) -> Result<(), End> {
+        if self.version == Version::V311 {
+            return Err(End::Refused);
+        }
+        match p.qos {
+            QoS::AtMostOnce if why == PublishRefusal::TopicNameInvalid => {
+                Err(End::Goodbye(Goodbye::TopicNameInvalid))
+            }
+            QoS::AtMostOnce => Ok(()),
+            QoS::AtLeastOnce => {
+                self.send(&Outbound::PubAck(p.pkid, Some(why)));
+                Ok(())
+            }
+            QoS::ExactlyOnce => {
+                self.send(&Outbound::PubRec(p.pkid, Some(why)));
+                Ok(())
+            }
+        }
+    }
+
+    async fn publish(&mut self, p: Publish) -> Result<(), End> {
+        if p.topic_alias.is_some() {
+            return Err(End::Goodbye(Goodbye::TopicAliasInvalid));
+        }
+        if p.qos != QoS::AtMostOnce
+            && !self.qos2.contains_key(&p.pkid)
+            && self.qos1_pending + self.qos2.len() >= self.receive_max() as usize
+        {
+            self.door.refused(MqttRefusal::MaxInflight);
+            return Err(End::Goodbye(Goodbye::ReceiveMaximumExceeded));
+        }
+        let door = self.door.clone();
+        let Some(mapping) = session::mapping_for_topic(&door.config.map, &p.topic) else {
+            self.door.refused(MqttRefusal::UnmappedTopic);
+            tracing::debug!(
+                client_id = self.client_id,
+                topic = p.topic,
+                "MQTT publish to an unmapped topic"
+            );
+            return self.refuse_publish(&p, PublishRefusal::TopicNameInvalid);
+        };
+        let spec = match door.broker.topics.spec(&mapping.topic) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(topic = p.topic, error = %e, "MQTT publish to a mapped topic that does not exist");
+                return self.refuse_publish(&p, PublishRefusal::Unspecified);
+            }
+        };
+        let partition =
+            edgebus_proto::partitioner::partition_for_key(p.topic.as_bytes(), spec.partitions);
+        let target = (mapping.topic.clone(), partition);
+        match p.qos {
+            QoS::AtMostOnce => {
+                let batch = record_batch(&p, ProducerStamp::NONE);
+                if let Err(e) = produce_to(&door, &target, Acks::None, batch).await {
+                    tracing::debug!(topic = p.topic, error = %e, "MQTT QoS 0 publish dropped");
+                }
+                Ok(())
+            }
+            QoS::AtLeastOnce => {
+                let batch = record_batch(&p, ProducerStamp::NONE);
+                match produce_to(&door, &target, Acks::Durable, batch).await {
+                    Ok(pending) => {
+                        self.qos1_pending += 1;
+                        self.acks
+                            .push_back(ack_when(pending, p.pkid, QoS::AtLeastOnce));
+                        Ok(())
+                    }
+                    Err(e) => {
+                        tracing::debug!(topic = p.topic, error = %e, "MQTT publish refused");
+                        self.refuse_publish(&p, PublishRefusal::Unspecified)
+                    }
+                }
+            }
+            QoS::ExactlyOnce => self.publish_exactly_once(p, target).await,
+        }
+    }
+
+    /// QoS 2: each new packet id gets the next producer sequence of its
+    /// partition, saved with a persistent session before the append, so a
+    /// retransmission (before PUBREL, even after a restart) is appended
+    /// with the same sequence and found to be a duplicate.
+    async fn publish_exactly_once(&mut self, p: Publish, target: (String, u32)) -> Result<(), End> {
+        if let Some(r) = self.qos2.get(&p.pkid) {
+            if r.stored {
+                self.send(&Outbound::PubRec(p.pkid, None));
+                return Ok(());
+            }
+            if r.topic != target.0 || r.partition != target.1 {
+                return self.refuse_publish(&p, PublishRefusal::QuotaExceeded);
+            }
+        } else {
+            let producer_id = match self.producer_id {
+                Some(id) => id,
+                None => match self.door.sessions.allocate_producer_id().await {
+                    Ok(id) => {
+                        self.producer_id = Some(id);
+                        id
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "MQTT QoS 2: no producer id");
+                        return self.refuse_publish(&p, PublishRefusal::Unspecified);
+                    }
+                },
+            };
+            let _ = producer_id;
+            let next = self.sequences.entry(target.clone()).or_insert(0);
+            let sequence = *next;
+            *next = if sequence == i32::MAX {
+                0
+            } else {
+                sequence + 1
+            };
+            self.qos2.insert(
+                p.pkid,
+                Released {
+                    topic: target.0.clone(),
+                    partition: target.1,
+                    sequence,
+                    stored: false,
+                },
+            );
+            if self.persistent {
+                self.save().await;
+            }
+        }
+        let (sequence, producer_id) = match (self.qos2.get(&p.pkid), self.producer_id) {
+            (Some(r), Some(id)) => (r.sequence, id),
+            _ => return self.refuse_publish(&p, PublishRefusal::Unspecified),
+        };
+        let stamp = ProducerStamp {
+            producer_id,
+            producer_epoch: 0,
+            base_sequence: sequence,
+        };
+        match produce_to(
+            &self.door.clone(),
+            &target,
+            Acks::Durable,
+            record_batch(&p, stamp),
+        )
+        .await
+        {
+            Ok(pending) => {
+                self.acks
+                    .push_back(ack_when(pending, p.pkid, QoS::ExactlyOnce));
+                Ok(())
+            }
+            Err(e) => {
+                tracing::debug!(topic = p.topic, error = %e, "MQTT QoS 2 publish refused");
+                self.qos2.remove(&p.pkid);
+                self.refuse_publish(&p, PublishRefusal::Unspecified)
+            }
+        }
+    }
+
+    fn acknowledge(&mut self, done: AckDone) -> Result<(), End> {
+        match done.qos {
+            QoS::AtLeastOnce => {
+                self.qos1_pending -= 1;
+                match done.result {
+                    Ok(()) => self.send(&Outbound::PubAck(done.pkid, None)),
+                    Err(_) if self.version == Version::V311 => return Err(End::Refused),
+                    Err(why) => self.send(&Outbound::PubAck(done.pkid, Some(why))),
+                }
+            }
+            _ => match done.result {
+                Ok(()) => {
+                    if let Some(r) = self.qos2.get_mut(&done.pkid) {
+                        r.stored = true;
+                    }
+                    self.send(&Outbound::PubRec(done.pkid, None));
+                }
+                Err(_) if self.version == Version::V311 => return Err(End::Refused),
+                Err(why) => {
+                    self.qos2.remove(&done.pkid);
+                    self.send(&Outbound::PubRec(done.pkid, Some(why)));
+                }
+            },
+        }
+        Ok(())
+    }
+
+    async fn subscribe(&mut self, pkid: u16, filters: Vec<(String, QoS)>) {
+        let door = self.door.clone();
+        let mut granted = Vec::with_capacity(filters.len());
+        let mut retained = Vec::new();
+        for (filter, qos) in filters {
+            let mapping = (packet::valid_filter(&filter) && !filter.starts_with("$share/"))
+                .then(|| session::mapping_for_filter(&door.config.map, &filter))
+                .flatten();
+            let Some(mapping) = mapping else {
+                granted.push(None);
+                continue;
+            };
+            let qos = qos.min(QoS::AtLeastOnce);
+            if let Some(existing) = self.subs.iter_mut().find(|s| s.filter == filter) {
+                existing.qos = qos;
+            } else if self.subs.len() >= door.config.max_subscriptions_per_client {
+                door.refused(MqttRefusal::MaxSubscriptions);
+                granted.push(None);
+                continue;
+            } else {
+                self.subs.push(Sub {
+                    filter: filter.clone(),
+                    qos,
+                    topic: mapping.topic.clone(),
+                });
+            }
+            let starts = match self.start_feeds(&mapping.topic, None).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(topic = mapping.topic, error = %e, "MQTT subscription cannot be fed");
+                    self.subs.retain(|s| s.filter != filter);
+                    granted.push(None);
+                    continue;
+                }
+            };
+            if mapping.retain {
+                let reader = door.broker.reader.clone();
+                retained.extend(retained_records(reader, &mapping.topic, &filter, &starts).await);
+            }
+            granted.push(Some(qos));
+        }
+        self.dirty = true;
+        if self.persistent {
+            // Saved before SUBACK: a restart keeps the subscription and
+            // where its feed starts.
+            self.save().await;
+        }
+        self.send(&Outbound::SubAck(pkid, granted));
+        self.queue.extend(retained);
+    }
+
+    async fn unsubscribe(&mut self, pkid: u16, filters: &[String]) {
+        self.subs.retain(|s| !filters.contains(&s.filter));
+        let fed: Vec<(String, u32)> = self.feeds.keys().cloned().collect();
+        for key in fed {
+            if !self.subs.iter().any(|s| s.topic == key.0) {
+                if let Some(task) = self.feeds.remove(&key) {
+                    task.abort();
+                }
+                self.next.remove(&key);
+            }
+        }
+        self.dirty = true;
+        if self.persistent {
+            self.save().await;
+        }
+        self.send(&Outbound::UnsubAck(pkid, filters.len()));
+    }
+
+    /// Starts a feed on every partition of `topic` not yet fed, from
+    /// `positions` (a resumed session's) or else the high watermark.
+    /// Returns where each partition's feed starts.
+    async fn start_feeds(
+        &mut self,
+        topic: &str,
+        positions: Option<&[u64]>,
+    ) -> Result<Vec<u64>, crate::topics::UnknownTopic> {
+        let spec = self.door.broker.topics.spec(topic)?;
+        let mut starts = Vec::with_capacity(spec.partitions as usize);
+        for partition in 0..spec.partitions {
+            let key = (topic.to_owned(), partition);
+            if let Some(next) = self.next.get(&key) {
+                starts.push(*next);
+                continue;
+            }
+            let reader = &self.door.broker.reader;
+            let start = match positions.and_then(|p| p.get(partition as usize)) {
+                Some(p) => reader
+                    .resolve(topic, partition, Position::Offset(*p))
+                    .await
+                    // Retention may have deleted what was not delivered.
+                    .unwrap_or_else(|_| reader.high_watermark(topic, partition)),
+                None => reader.high_watermark(topic, partition),
+            };
+            self.next.insert(key.clone(), start);
+            let feed = feed(
+                self.door.clone(),
+                topic.to_owned(),
+                partition,
+                start,
+                self.deliveries_tx.clone(),
+            );
+            self.feeds.insert(key, tokio::spawn(feed));
+            starts.push(start);
+        }
+        Ok(starts)
+    }
+
+    /// Sends queued deliveries while the client has room for them.
+    fn pump(&mut self) -> Result<(), End> {
+        let limit = self.receive_max() as usize;
+        while self.outbound.len() < limit {
+            let Some(item) = self.queue.pop_front() else {
+                break;
+            };
+            match item {
+                Queued::Advance {
+                    topic,
+                    partition,
+                    next,
+                } => {
+                    if let Some(n) = self.next.get_mut(&(topic, partition)) {
+                        *n = (*n).max(next);
+                        self.dirty = true;
+                    }
+                }
+                Queued::Record {
+                    topic,
+                    partition,
+                    record,
+                    retained,
+                } => self.deliver(topic, partition, record, retained),
+            }
+        }
+        Ok(())
+    }
+
+    fn deliver(&mut self, topic: String, partition: u32, record: StoredRecord, retained: bool) {
+        let offset = record.offset;
+        let qos = mqtt_topic(&record).and_then(|t| {
+            let qos = self
+                .subs
+                .iter()
+                .filter(|s| s.topic == topic && packet::matches(&t, &s.filter))
+                .map(|s| s.qos)
+                .max()?;
+            Some((t, qos))
+        });
+        if let Some((mqtt_topic, qos)) = qos {
+            let pkid = match qos {
+                QoS::AtMostOnce => 0,
+                _ => {
+                    let pkid = self.free_pkid();
+                    let from = (!retained).then(|| (topic.clone(), partition, offset));
+                    self.outbound.insert(pkid, from);
+                    pkid
+                }
+            };
+            let user_properties = match self.version {
+                Version::V5 => record
+                    .headers
+                    .iter()
+                    .filter(|h| h.key != TOPIC_HEADER)
+                    .map(|h| {
+                        (
+                            h.key.clone(),
+                            String::from_utf8_lossy(&h.value).into_owned(),
+                        )
+                    })
+                    .collect(),
+                Version::V311 => Vec::new(),
+            };
+            self.send(&Outbound::Publish(Publish {
+                topic: mqtt_topic,
+                payload: record.value,
+                qos,
+                pkid,
+                dup: false,
+                retain: retained,
+                user_properties,
+                topic_alias: None,
+            }));
+        }
+        if !retained && let Some(n) = self.next.get_mut(&(topic, partition)) {
+            *n = (*n).max(offset + 1);
+            self.dirty = true;
+        }
+    }
+
+    fn free_pkid(&mut self) -> u16 {
+        // `outbound` holds fewer ids than there are, so this ends.
+        loop {
+            let pkid = self.next_pkid;
+            self.next_pkid = self.next_pkid.checked_add(1).unwrap_or(1);
+            if !self.outbound.contains_key(&pkid) {
+                return pkid;
+            }
+        }
+    }
+
+    /// Restores a stored session: its subscriptions, feeds from its
+    /// positions, and its QoS 2 state.
+    async fn resume(&mut self, s: StoredSession) {
+        self.producer_id = s.producer_id;
+        for (topic, seqs) in &s.sequences {
+            for (partition, seq) in seqs.iter().enumerate() {
+                self.sequences
+                    .insert((topic.clone(), partition as u32), *seq);
+            }
+        }
+        for (topic, pending) in &s.pending_release {
+            for r in pending {
+                self.qos2.insert(
+                    r.pkid,
+                    Released {
+                        topic: topic.clone(),
+                        partition: r.partition,
+                        sequence: r.sequence,
+                        stored: false,
+                    },
+                );
+            }
+        }
+        let door = self.door.clone();
+        for (filter, qos) in s.filters() {
+            let Some(mapping) = session::mapping_for_filter(&door.config.map, &filter) else {
+                tracing::warn!(
+                    client_id = self.client_id,
+                    filter,
+                    "stored MQTT subscription no longer mapped: dropped"
+                );
+                continue;
+            };
+            self.subs.push(Sub {
+                filter,
+                qos,
+                topic: mapping.topic.clone(),
+            });
+            let positions = s.positions.get(&mapping.topic).map(Vec::as_slice);
+            if let Err(e) = self.start_feeds(&mapping.topic, positions).await {
+                tracing::warn!(topic = mapping.topic, error = %e, "stored MQTT subscription cannot be fed");
+            }
+        }
+    }
+
+    /// The session as stored: each fed partition's position is its oldest
+    /// unacknowledged delivery, else the next record to handle.
+    fn stored(&self) -> StoredSession {
+        let mut s = StoredSession::new();
+        s.subscriptions = self
+            .subs
+            .iter()
+            .map(|sub| StoredSubscription {
+                filter: sub.filter.clone(),
+                qos: sub.qos as u8,
+            })
+            .collect();
+        let mut oldest: HashMap<(&str, u32), u64> = HashMap::new();
+        for (topic, partition, offset) in self.outbound.values().flatten() {
+            let e = oldest
+                .entry((topic.as_str(), *partition))
+                .or_insert(*offset);
+            *e = (*e).min(*offset);
+        }
+        for ((topic, partition), next) in &self.next {
+            let at = oldest
+                .get(&(topic.as_str(), *partition))
+                .copied()
+                .unwrap_or(*next);
+            set_at(
+                s.positions.entry(topic.clone()).or_default(),
+                *partition,
+                at,
+            );
+        }
+        s.producer_id = self.producer_id;
+        for ((topic, partition), seq) in &self.sequences {
+            set_at(
+                s.sequences.entry(topic.clone()).or_default(),
+                *partition,
+                *seq,
+            );
+        }
+        for (pkid, r) in &self.qos2 {
+            s.pending_release
+                .entry(r.topic.clone())
+                .or_default()
+                .push(PendingRelease {
+                    pkid: *pkid,
+                    partition: r.partition,
+                    sequence: r.sequence,
+                });
+        }
+        s
+    }
+
+    async fn save(&mut self) {
+        if !self.persistent {
+            return;
+        }
+        let stored = self.stored();
+        match self.door.sessions.put(&self.client_id, Some(stored)).await {
+            Ok(()) => self.dirty = false,
+            Err(e) => {
+                tracing::warn!(client_id = self.client_id, error = %e, "MQTT session not saved")
+            }
+        }
+    }
+
+    /// Ends the connection: says why (MQTT 5), publishes the will if the
+    /// end calls for it, stops the feeds and saves the session.
+    async fn finish(&mut self, end: End) {
+        if let End::Goodbye(g) = end {
+            self.send(&Outbound::Disconnect(g));
+        }
+        let _ = self.flush().await;
+        let _ = self.wr.shutdown().await;
+        for (_, task) in self.feeds.drain() {
+            task.abort();
+        }
+        if end.publishes_will()
+            && let Some(will) = self.will.take()
+        {
+            self.publish_will(will).await;
+        }
+        if self.persistent {
+            self.save().await;
+        }
+        tracing::debug!(client_id = self.client_id, ?end, "MQTT client gone");
+    }
+
+    async fn publish_will(&mut self, will: Will) {
+        let p = Publish {
+            topic: will.topic,
+            payload: will.payload,
+            qos: will.qos.min(QoS::AtLeastOnce),
+            pkid: 0,
+            dup: false,
+            retain: false,
+            user_properties: will.user_properties,
+            topic_alias: None,
+        };
+        let Some(mapping) = session::mapping_for_topic(&self.door.config.map, &p.topic) else {
+            self.door.refused(MqttRefusal::UnmappedTopic);
+            return;
+        };
+        let Ok(spec) = self.door.broker.topics.spec(&mapping.topic) else {
+            return;
+        };
+        let partition =
+            edgebus_proto::partitioner::partition_for_key(p.topic.as_bytes(), spec.partitions);
+        let target = (mapping.topic.clone(), partition);
+        let acks = if p.qos == QoS::AtMostOnce {
+            Acks::None
+        } else {
+            Acks::Durable
+        };
+        match produce_to(
+            &self.door.clone(),
+            &target,
+            acks,
+            record_batch(&p, ProducerStamp::NONE),
+        )
+        .await
+        {
+            Ok(pending) if acks != Acks::None => {
+                if let Err(e) = produce::acknowledged(pending).await {
+                    tracing::warn!(topic = p.topic, error = %e, "MQTT will not stored");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(topic = p.topic, error = %e, "MQTT will not stored"),
+        }
+    }
+}
+
+/// Hands a record batch to the produce path every door shares.
+async fn produce_to(
+    door: &Door,
+    (topic, partition): &(String, u32),
+    acks: Acks,
+    batch: Bytes,
+) -> Result<produce::Pending, ProduceError> {
+    let b = &door.broker;
+    let request = Produce {
+        topic: topic.clone(),
+        partition: *partition,
+        acks,
+        batch,
+    };
+    produce::produce(
+        &b.topics,
+        &b.attachments,
+        &b.writer,
+        &b.dead_letters,
+        request,
+    )
+    .await
+}
+
+/// The last record of each MQTT topic matching `filter` below `ends`,
+/// read within [`MAX_RETAINED_SCAN_BYTES`] per partition.
+async fn retained_records(reader: Reader, topic: &str, filter: &str, ends: &[u64]) -> Vec<Queued> {
+    let mut out = Vec::new();
+    for (partition, end) in ends.iter().enumerate() {
+        let partition = partition as u32;
+        let Ok(mut at) = reader.resolve(topic, partition, Position::Earliest).await else {
+            continue;
+        };
+        let mut last: HashMap<String, StoredRecord> = HashMap::new();
+        let mut scanned = 0u64;
+        while at < *end && scanned < MAX_RETAINED_SCAN_BYTES {
+            let Ok(read) = reader.read_at(topic, partition, at, FEED_READ_BYTES).await else {
+                break;
+            };
+            if read.batches.is_empty() {
+                break;
+            }
+            for b in &read.batches {
+                scanned += b.len() as u64;
+                for r in batch::records(b).unwrap_or_default() {
+                    at = at.max(r.offset + 1);
+                    if r.offset >= *end {
+                        continue;
+                    }
+                    if let Some(t) = mqtt_topic(&r)
+                        && packet::matches(&t, filter)
+                    {
+                        last.insert(t, r);
+                    }
+                }
+            }
+        }
+        let mut records: Vec<_> = last.into_values().collect();
+        records.sort_by_key(|r| r.offset);
+        out.extend(records.into_iter().map(|record| Queued::Record {
+            topic: topic.to_owned(),
+            partition,
+            record,
+            retained: true,
+        }));
+    }
+    out
+}
+
+fn set_at<T: Copy + Default>(v: &mut Vec<T>, index: u32, value: T) {
+    let index = index as usize;
+    if v.len() <= index {
+        v.resize(index + 1, T::default());
+    }
+    v[index] = value;
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The acknowledgement of a publish once the writer has decided it.
+fn ack_when(pending: produce::Pending, pkid: u16, qos: QoS) -> AckFuture {
+    Box::pin(async move {
+        let result = match produce::acknowledged(pending).await {
+            Ok(_) => Ok(()),
+            // A QoS 2 retransmission older than the dedup window's newest
+            // batch: stored before.
+            Err(ProduceError::Write(AppendFailure::Refused(AppendRefused::StaleDuplicate {
+                ..
+            }))) => Ok(()),
+            Err(e) => {
+                tracing::debug!(pkid, error = %e, "MQTT publish not stored");
+                Err(PublishRefusal::Unspecified)
+            }
+        };
+        AckDone { pkid, qos, result }
+    })
+}
+
+/// The record of a publish: the MQTT topic as key and `mqtt-topic`
+/// header, user properties as further headers, the payload as value.
+fn record_batch(p: &Publish, stamp: ProducerStamp) -> Bytes {
+    let topic = Bytes::copy_from_slice(p.topic.as_bytes());
+    let mut headers = Vec::with_capacity(1 + p.user_properties.len());
+    headers.push(Header {
+        key: TOPIC_HEADER.to_owned(),
+        value: topic.clone(),
+    });
+    headers.extend(p.user_properties.iter().map(|(k, v)| Header {
+        key: k.clone(),
+        value: Bytes::copy_from_slice(v.as_bytes()),
+    }));
+    let timestamp_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let mut builder = BatchBuilder::with_capacity(p.payload.len() + p.topic.len() * 2 + 64);
+    builder.push(&Record {
+        key: Some(topic),
+        value: p.payload.clone(),
+        headers,
+        timestamp_ms,
+    });
+    builder.finish(stamp)
+}
+
+/// A record's MQTT topic: its `mqtt-topic` header, else its key, when
+/// either is a valid topic name.
+fn mqtt_topic(r: &StoredRecord) -> Option<String> {
+    let raw = r
+        .headers
+        .iter()
+        .find(|h| h.key == TOPIC_HEADER)
+        .map(|h| &h.value)
+        .or(r.key.as_ref())?;
+    let topic = std::str::from_utf8(raw).ok()?;
+    packet::valid_topic(topic).then(|| topic.to_owned())
+}
+
+/// Reads one partition from `from` on and hands the records to the
+/// connection, waiting for the writer to publish more.
+async fn feed(
+    door: Arc<Door>,
+    topic: String,
+    partition: u32,
+    from: u64,
+    tx: mpsc::Sender<Delivery>,
+) {
+    let reader = &door.broker.reader;
+    let mut log_end = door
+        .broker
+        .subscriptions
+        .notifier()
+        .watch(&topic, partition);
+    let mut cursor = from;
+    loop {
+        let read = match reader
+            .read_at(&topic, partition, cursor, FEED_READ_BYTES)
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(topic, partition, error = %e, "MQTT feed stopped");
+                return;
+            }
+        };
+        if read.batches.is_empty() {
+            // Caught up: wait for an append, or a tick (which notices
+            // retention and deleted topics).
+            tokio::select! {
+                changed = log_end.changed() => if changed.is_err() { return },
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            continue;
+        }
+        let mut records = Vec::new();
+        for b in &read.batches {
+            match batch::records(b) {
+                Ok(rs) => records.extend(rs.into_iter().filter(|r| r.offset >= cursor)),
+                Err(e) => {
+                    tracing::warn!(topic, partition, error = %e, "MQTT feed: unreadable batch");
+                    return;
+                }
+            }
+        }
+        let next = records.last().map_or(cursor, |r| r.offset + 1).max(
+            read.batches
+                .last()
+                .and_then(|b| edgebus_proto::batch::BatchHeader::parse(b).ok())
+                .map_or(cursor, |h| h.next_offset()),
+        );
+        cursor = next;
+        let delivery = Delivery {
+            topic: topic.clone(),
+            partition,
+            records,
+            next,
+        };
+        if tx.send(delivery).await.is_err() {
+            return;
+        }
+    }
+}
