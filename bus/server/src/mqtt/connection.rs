@@ -385,12 +385,16 @@ impl Conn {
         mut kicked: oneshot::Receiver<()>,
         mut stop: watch::Receiver<bool>,
     ) -> End {
-        let max_bytes = self.door.config.max_packet_bytes as usize;
         // MQTT: the server closes a connection silent for 1.5 keep-alives.
         let keep_alive =
             (keep_alive_s > 0).then(|| Duration::from_millis(keep_alive_s as u64 * 1500));
         let mut heard = Instant::now();
         let mut save = tokio::time::interval(SESSION_SAVE_INTERVAL);
+        // Clients send on without waiting for CONNACK: packets may have
+        // arrived with the CONNECT.
+        if let Err(end) = self.handle_buffered(&mut rbuf).await {
+            return end;
+        }
         loop {
             if let Err(end) = self.pump() {
                 return end;
@@ -405,22 +409,8 @@ impl Conn {
                     Ok(0) | Err(_) => return End::Lost,
                     Ok(_) => {
                         heard = Instant::now();
-                        loop {
-                            match packet::decode(&mut rbuf, Some(self.version), max_bytes) {
-                                Ok(Some(p)) => if let Err(end) = self.handle(p).await {
-                                    return end;
-                                },
-                                Ok(None) => break,
-                                Err(DecodeError::TooLarge { .. }) => {
-                                    self.door.refused(MqttRefusal::MaxPacketBytes);
-                                    return End::Goodbye(Goodbye::PacketTooLarge);
-                                }
-                                Err(e) => {
-                                    tracing::debug!(client_id = self.client_id, error = %e, "MQTT malformed packet");
-                                    self.door.refused(MqttRefusal::Malformed);
-                                    return End::Goodbye(Goodbye::MalformedPacket);
-                                }
-                            }
+                        if let Err(end) = self.handle_buffered(&mut rbuf).await {
+                            return end;
                         }
                     }
                 },
@@ -444,6 +434,26 @@ impl Conn {
                 _ = save.tick(), if self.persistent && self.dirty => self.save().await,
                 _ = &mut kicked => return End::Goodbye(Goodbye::SessionTakenOver),
                 _ = stop.changed() => return End::Goodbye(Goodbye::ShuttingDown),
+            }
+        }
+    }
+
+    /// Handles every whole packet in `rbuf`.
+    async fn handle_buffered(&mut self, rbuf: &mut BytesMut) -> Result<(), End> {
+        let max_bytes = self.door.config.max_packet_bytes as usize;
+        loop {
+            match packet::decode(rbuf, Some(self.version), max_bytes) {
+                Ok(Some(p)) => self.handle(p).await?,
+                Ok(None) => return Ok(()),
+                Err(DecodeError::TooLarge { .. }) => {
+                    self.door.refused(MqttRefusal::MaxPacketBytes);
+                    return Err(End::Goodbye(Goodbye::PacketTooLarge));
+                }
+                Err(e) => {
+                    tracing::debug!(client_id = self.client_id, error = %e, "MQTT malformed packet");
+                    self.door.refused(MqttRefusal::Malformed);
+                    return Err(End::Goodbye(Goodbye::MalformedPacket));
+                }
             }
         }
     }

@@ -164,6 +164,23 @@ pub enum Goodbye {
     TopicAliasInvalid,
 }
 
+impl Goodbye {
+    /// The reason string an MQTT 5 DISCONNECT carries.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Goodbye::MalformedPacket => "malformed packet",
+            Goodbye::ProtocolError => "protocol error",
+            Goodbye::TopicNameInvalid => "no mapping covers this topic",
+            Goodbye::PacketTooLarge => "packet over mqtt.max_packet_bytes",
+            Goodbye::ReceiveMaximumExceeded => "over mqtt.max_inflight_per_client",
+            Goodbye::KeepAliveTimeout => "keep-alive timeout",
+            Goodbye::SessionTakenOver => "session taken over",
+            Goodbye::ShuttingDown => "broker shutting down",
+            Goodbye::TopicAliasInvalid => "topic aliases are not supported",
+        }
+    }
+}
+
 /// How the broker answers a QoS 1 or 2 publish it did not store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PublishRefusal {
@@ -620,7 +637,7 @@ fn to_v5(packet: &Outbound) -> m5::Packet {
         }),
         Outbound::Disconnect(g) => {
             use m5::DisconnectReasonCode as D;
-            m5::Packet::Disconnect(m5::Disconnect::new(match g {
+            let reason_code = match g {
                 Goodbye::MalformedPacket => D::MalformedPacket,
                 Goodbye::ProtocolError => D::ProtocolError,
                 Goodbye::TopicNameInvalid => D::TopicNameInvalid,
@@ -630,7 +647,19 @@ fn to_v5(packet: &Outbound) -> m5::Packet {
                 Goodbye::SessionTakenOver => D::SessionTakenOver,
                 Goodbye::ShuttingDown => D::ServerShuttingDown,
                 Goodbye::TopicAliasInvalid => D::TopicAliasInvalid,
-            }))
+            };
+            // Always with a reason string: rumqttc 0.25 writes a
+            // DISCONNECT without properties with a wrong remaining length
+            // (and one with empty properties as a normal disconnection).
+            m5::Packet::Disconnect(m5::Disconnect {
+                reason_code,
+                properties: Some(m5::DisconnectProperties {
+                    session_expiry_interval: None,
+                    reason_string: Some(g.reason().to_owned()),
+                    user_properties: Vec::new(),
+                    server_reference: None,
+                }),
+            })
         }
     }
 }
@@ -726,6 +755,27 @@ mod tests {
             decode(&mut buf, Some(Version::V5), 1024).unwrap(),
             Some(Inbound::Disconnect { with_will: false })
         );
+    }
+
+    /// Regression: rumqttc writes a DISCONNECT without properties with a
+    /// remaining length one short, which desynchronises the client.
+    #[test]
+    fn encode_v5_disconnect_reads_back_with_its_reason() {
+        let mut buf = BytesMut::new();
+        encode(
+            &Outbound::Disconnect(Goodbye::ReceiveMaximumExceeded),
+            Version::V5,
+            &mut buf,
+        )
+        .unwrap();
+        match m5::Packet::read(&mut buf, None).unwrap() {
+            m5::Packet::Disconnect(d) => assert_eq!(
+                d.reason_code,
+                m5::DisconnectReasonCode::ReceiveMaximumExceeded
+            ),
+            other => panic!("read back {other:?}"),
+        }
+        assert!(buf.is_empty());
     }
 
     #[test]
