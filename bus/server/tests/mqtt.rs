@@ -697,3 +697,177 @@ fn limits_on_clients_and_subscriptions_and_logins_are_typed_refusals() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Sends a raw MQTT 5 CONNECT with a persistent session (and a will);
+/// returns the stream and the CONNACK's session-present flag.
+fn connect_v5_session(
+    port: u16,
+    client_id: &str,
+    keep_alive: u16,
+    will: Option<v5::LastWill>,
+) -> (TcpStream, bool) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut properties = v5::ConnectProperties::new();
+    properties.session_expiry_interval = Some(3600);
+    let connect = v5::Connect {
+        keep_alive,
+        client_id: client_id.into(),
+        clean_start: false,
+        properties: Some(properties),
+    };
+    send(&mut s, v5::Packet::Connect(connect, will, None));
+    match read_v5(&mut s) {
+        Some(v5::Packet::ConnAck(ack)) => {
+            assert_eq!(ack.code, v5::ConnectReturnCode::Success);
+            (s, ack.session_present)
+        }
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+}
+
+fn send(s: &mut TcpStream, packet: v5::Packet) {
+    let mut buf = BytesMut::new();
+    packet.write(&mut buf, None).unwrap();
+    s.write_all(&buf).unwrap();
+}
+
+fn qos2_publish(pkid: u16, dup: bool) -> v5::Packet {
+    let mut p = v5::Publish::new("sensors/once", QoS::ExactlyOnce, "exactly-once", None);
+    p.pkid = pkid;
+    p.dup = dup;
+    v5::Packet::Publish(p)
+}
+
+fn expect_pubrec(s: &mut TcpStream, pkid: u16) {
+    match read_v5(s) {
+        Some(v5::Packet::PubRec(r)) => {
+            assert_eq!((r.pkid, r.reason), (pkid, v5::PubRecReason::Success))
+        }
+        other => panic!("expected PUBREC, got {other:?}"),
+    }
+}
+
+#[test]
+fn qos2_retransmissions_are_stored_once_even_across_a_sigkill() {
+    let mut m = Mqtt::start("", &["sensors/#=sensors"]);
+    m.broker
+        .ok(&["topic", "create", "sensors", "--partitions", "2"]);
+    // Within a connection: the same packet id again before PUBREL.
+    let (mut c, _) = connect_v5_session(m.port, "qos2-dev", 30, None);
+    send(&mut c, qos2_publish(5, false));
+    expect_pubrec(&mut c, 5);
+    send(&mut c, qos2_publish(5, true));
+    expect_pubrec(&mut c, 5);
+    // Across a SIGKILL with the PUBREL not yet sent: the session resumes
+    // and the client retransmits, as MQTT requires of it.
+    send(&mut c, qos2_publish(6, false));
+    expect_pubrec(&mut c, 6);
+    drop(c);
+    m.broker.restart();
+    let (mut c, present) = connect_v5_session(m.port, "qos2-dev", 30, None);
+    assert!(present);
+    send(&mut c, qos2_publish(6, true));
+    expect_pubrec(&mut c, 6);
+    for pkid in [5, 6] {
+        send(&mut c, v5::Packet::PubRel(v5::PubRel::new(pkid, None)));
+        match read_v5(&mut c) {
+            Some(v5::Packet::PubComp(p)) => assert_eq!(p.pkid, pkid),
+            other => panic!("expected PUBCOMP, got {other:?}"),
+        }
+    }
+    // The packet id is free again: a new message under it is stored.
+    send(&mut c, qos2_publish(5, false));
+    expect_pubrec(&mut c, 5);
+    let records = m.records("sensors", 3);
+    assert_eq!(records.len(), 3, "{records:?}");
+}
+
+#[test]
+fn persistent_session_gets_unacknowledged_qos1_again_and_a_lost_client_its_will() {
+    let m = Mqtt::start("", &["alerts/#=alerts", "status/#=status"]);
+    m.broker.ok(&["topic", "create", "alerts"]);
+    m.broker.ok(&["topic", "create", "status"]);
+    let will = v5::LastWill::new("status/dev3", "offline", QoS::AtLeastOnce, false, None);
+    let (mut c, present) = connect_v5_session(m.port, "dev3", 30, Some(will));
+    assert!(!present);
+    let mut sub = v5::Subscribe::new(v5::Filter::new("alerts/dev3/#", QoS::AtLeastOnce), None);
+    sub.pkid = 1;
+    send(&mut c, v5::Packet::Subscribe(sub));
+    assert!(matches!(read_v5(&mut c), Some(v5::Packet::SubAck(_))));
+    let out = m.publish(&["-q", "1", "-t", "alerts/dev3/fire", "-m", "evacuate"]);
+    assert!(out.status.success());
+    match read_v5(&mut c) {
+        Some(v5::Packet::Publish(p)) => {
+            assert_eq!(
+                (&p.payload[..], p.qos),
+                (&b"evacuate"[..], QoS::AtLeastOnce)
+            )
+        }
+        other => panic!("expected PUBLISH, got {other:?}"),
+    }
+    // Gone without PUBACK or DISCONNECT: the will is stored, and the
+    // delivery comes again on the next connection.
+    drop(c);
+    let wills = m.records("status", 1);
+    assert_eq!(wills.len(), 1);
+    assert_eq!(
+        (&wills[0]["key"], &wills[0]["value"]),
+        (&Value::from("status/dev3"), &Value::from("offline"))
+    );
+    let (mut c, present) = connect_v5_session(m.port, "dev3", 30, None);
+    assert!(present);
+    match read_v5(&mut c) {
+        Some(v5::Packet::Publish(p)) => {
+            assert_eq!(&p.payload[..], b"evacuate");
+            send(&mut c, v5::Packet::PubAck(v5::PubAck::new(p.pkid, None)));
+        }
+        other => panic!("expected the PUBLISH again, got {other:?}"),
+    }
+    // A normal DISCONNECT: no will.
+    send(
+        &mut c,
+        v5::Packet::Disconnect(v5::Disconnect::new(
+            v5::DisconnectReasonCode::NormalDisconnection,
+        )),
+    );
+    assert!(closed(&mut c));
+    assert_eq!(m.records("status", 1).len(), 1);
+}
+
+#[test]
+fn silent_client_is_disconnected_after_one_and_a_half_keep_alives() {
+    let m = Mqtt::start("", &["sensors/#=sensors"]);
+    let (mut c, _) = connect_v5_session(m.port, "quiet", 1, None);
+    let started = Instant::now();
+    match read_v5(&mut c) {
+        Some(v5::Packet::Disconnect(d)) => {
+            assert_eq!(d.reason_code, v5::DisconnectReasonCode::KeepAliveTimeout)
+        }
+        other => panic!("expected DISCONNECT, got {other:?}"),
+    }
+    assert!(started.elapsed() >= Duration::from_millis(1400));
+}
+
+#[test]
+fn ingest_plugins_run_on_mqtt_publishes() {
+    let m = Mqtt::start("", &["sensors/#=sensors"]);
+    m.broker.ok(&["plugin", "add", "--bundled", "json-filter"]);
+    m.broker.ok(&[
+        "topic",
+        "create",
+        "sensors",
+        "--ingest",
+        "json-filter:field=celsius,op=>=,value=0",
+    ]);
+    for value in [r#"{"celsius":-5}"#, r#"{"celsius":5}"#] {
+        let out = m.publish(&["-q", "1", "-t", "sensors/t", "-m", value]);
+        assert!(out.status.success(), "{out:?}");
+    }
+    let values: Vec<Value> = m
+        .records("sensors", 1)
+        .into_iter()
+        .map(|r| r["value"].clone())
+        .collect();
+    assert_eq!(values, [Value::from(r#"{"celsius":5}"#)]);
+}
