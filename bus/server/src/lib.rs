@@ -162,6 +162,8 @@ pub struct RunningBroker {
     pub metrics_addr: Option<SocketAddr>,
     /// The bound address of the MQTT listener, when it is on.
     pub mqtt_addr: Option<SocketAddr>,
+    /// The bound address of the MQTT-over-TLS listener, when it is on.
+    pub mqtt_tls_addr: Option<SocketAddr>,
     mqtt: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
     shutdown: Option<oneshot::Sender<()>>,
     exporter: Option<JoinHandle<()>>,
@@ -307,21 +309,20 @@ pub async fn start_with_store(
     ));
     let group_timer = tokio::spawn(broker.groups.clone().run_timer());
     let exporter = metrics_listener.map(|l| tokio::spawn(exporter::serve(l, broker.clone())));
-    let mqtt = match config.mqtt.listen {
-        Some(addr) => {
-            let listener = mqtt::bind(addr, config.mqtt.clone(), broker.clone()).await?;
-            let bound = listener.addr;
+    let (mqtt, mqtt_addr, mqtt_tls_addr) =
+        if config.mqtt.listen.is_some() || config.mqtt.tls_listen.is_some() {
+            let tls = tls::server_config(&files, config.tls.client_ca.as_deref())?;
+            let listener = mqtt::bind(config.mqtt.clone(), tls, broker.clone()).await?;
+            let (plain, secure) = (listener.addr, listener.tls_addr);
             let (tx, rx) = oneshot::channel::<()>();
             let task = tokio::spawn(mqtt::serve(listener, async move {
                 let _ = rx.await;
             }));
-            tracing::info!(addr = %bound, "MQTT listening");
-            Some((bound, (tx, task)))
-        }
-        None => None,
-    };
-    let mqtt_addr = mqtt.as_ref().map(|(a, _)| *a);
-    let mqtt = mqtt.map(|(_, t)| t);
+            tracing::info!(?plain, ?secure, "MQTT listening");
+            (Some((tx, task)), plain, secure)
+        } else {
+            (None, None, None)
+        };
     let (shutdown, rx) = oneshot::channel();
     let task = tokio::spawn(server::run(endpoint, broker, async move {
         let _ = rx.await;
@@ -333,6 +334,7 @@ pub async fn start_with_store(
         created_ca: files.created,
         metrics_addr,
         mqtt_addr,
+        mqtt_tls_addr,
         mqtt,
         shutdown: Some(shutdown),
         exporter,

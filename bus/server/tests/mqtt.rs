@@ -29,6 +29,8 @@ struct Mqtt {
     broker: Broker,
     port: u16,
     metrics_port: u16,
+    /// Flags every `edgebus` client command needs (a client certificate).
+    cli: Vec<String>,
     _conf: tempfile::TempDir,
 }
 
@@ -36,11 +38,16 @@ impl Mqtt {
     /// Starts a broker whose `[mqtt]` section is `mqtt_toml` (plus the
     /// listener), with the mappings given as `--mqtt-map` flags.
     fn start(mqtt_toml: &str, maps: &[&str]) -> Mqtt {
-        let conf = tempfile::tempdir().unwrap();
+        Mqtt::start_in(tempfile::tempdir().unwrap(), "", mqtt_toml, maps)
+    }
+
+    /// As [`Mqtt::start`], with the config file in `conf` and `top` above
+    /// its `[mqtt]` section.
+    fn start_in(conf: tempfile::TempDir, top: &str, mqtt_toml: &str, maps: &[&str]) -> Mqtt {
         let port = free_tcp_port();
         let metrics_port = free_tcp_port();
         let path = conf.path().join("edgebus.toml");
-        std::fs::write(&path, format!("[mqtt]\n{mqtt_toml}\n")).unwrap();
+        std::fs::write(&path, format!("{top}\n[mqtt]\n{mqtt_toml}\n")).unwrap();
         let mut args = vec![
             "--config".to_owned(),
             path.to_str().unwrap().to_owned(),
@@ -57,8 +64,15 @@ impl Mqtt {
             broker: Broker::start_with(&args),
             port,
             metrics_port,
+            cli: Vec::new(),
             _conf: conf,
         }
+    }
+
+    /// Runs an `edgebus` client command that must succeed.
+    fn ok(&self, args: &[&str]) -> String {
+        let cli: Vec<&str> = self.cli.iter().map(String::as_str).collect();
+        self.broker.ok(&[args, &cli].concat())
     }
 
     fn pub_cmd(&self) -> Command {
@@ -78,7 +92,7 @@ impl Mqtt {
     fn records(&self, topic: &str, want: usize) -> Vec<Value> {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let out = self.broker.ok(&["consume", topic, "--output", "json"]);
+            let out = self.ok(&["consume", topic, "--output", "json"]);
             let records: Vec<Value> = out
                 .lines()
                 .map(|l| serde_json::from_str(l).unwrap())
@@ -870,4 +884,70 @@ fn ingest_plugins_run_on_mqtt_publishes() {
         .map(|r| r["value"].clone())
         .collect();
     assert_eq!(values, [Value::from(r#"{"celsius":5}"#)]);
+}
+
+/// A client CA and a client certificate for `name` it signed, in `dir`:
+/// (CA, certificate, key) paths.
+fn client_certificate(
+    dir: &std::path::Path,
+    name: &str,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "device CA");
+    params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
+    let key = rcgen::KeyPair::generate().unwrap();
+    let ca = params.self_signed(&key).unwrap();
+    let issuer = rcgen::Issuer::new(params, &key);
+    let (cert, cert_key) =
+        edgebus::tls::issue(&issuer, &[name], rcgen::ExtendedKeyUsagePurpose::ClientAuth).unwrap();
+    let paths = (
+        dir.join("client-ca.pem"),
+        dir.join("client.pem"),
+        dir.join("client.key"),
+    );
+    std::fs::write(&paths.0, ca.pem()).unwrap();
+    std::fs::write(&paths.1, cert).unwrap();
+    std::fs::write(&paths.2, cert_key).unwrap();
+    paths
+}
+
+#[test]
+fn mqtt_over_tls_with_a_client_certificate_as_the_identity() {
+    let conf = tempfile::tempdir().unwrap();
+    let (client_ca, cert, key) = client_certificate(conf.path(), "dev-7");
+    let tls_port = free_tcp_port();
+    let mut m = Mqtt::start_in(
+        conf,
+        &format!("[tls]\nclient_ca = {:?}", client_ca.to_str().unwrap()),
+        &format!("tls_listen = \"127.0.0.1:{tls_port}\"\nallow_anonymous = false"),
+        &["sensors/#=sensors"],
+    );
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    m.cli = ["--cert", cert, "--key", key].map(str::to_owned).to_vec();
+    m.ok(&["topic", "create", "sensors"]);
+    let ca = m.broker.ca.to_str().unwrap().to_owned();
+    let tls_pub = |extra: &[&str]| {
+        let mut c = m.pub_cmd();
+        c.args(["-p", &tls_port.to_string(), "--cafile", &ca, "-q", "1"]);
+        c.args(["-t", "sensors/dev-7", "-m", "over-tls"])
+            .args(extra);
+        c.output().unwrap()
+    };
+    let out = tls_pub(&["--cert", cert, "--key", key]);
+    assert!(out.status.success(), "{out:?}");
+    // A username other than the certificate's name is refused, and so is a
+    // client without a certificate (at the handshake).
+    let out = tls_pub(&["--cert", cert, "--key", key, "-u", "someone-else"]);
+    assert!(!out.status.success(), "{out:?}");
+    let out = tls_pub(&[]);
+    assert!(!out.status.success(), "{out:?}");
+    let values: Vec<Value> = m
+        .records("sensors", 1)
+        .into_iter()
+        .map(|r| r["value"].clone())
+        .collect();
+    assert_eq!(values, [Value::from("over-tls")]);
 }

@@ -79,6 +79,9 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
     if let Some(mqtt) = broker.mqtt_addr {
         println!("mqtt: listening on {mqtt} (MQTT 3.1.1 and 5.0 over TCP)");
     }
+    if let Some(mqtt) = broker.mqtt_tls_addr {
+        println!("mqtt: listening on {mqtt} (MQTT 3.1.1 and 5.0 over TLS)");
+    }
     match (&broker.local_ca, &operator_cert) {
         (Some(ca), _) => {
             let verb = if broker.created_ca {

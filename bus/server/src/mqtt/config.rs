@@ -16,6 +16,11 @@ use super::packet;
 pub struct MqttConfig {
     /// TCP address of the MQTT listener (for example `127.0.0.1:1883`).
     pub listen: Option<SocketAddr>,
+    /// TCP address of the MQTT-over-TLS listener (for example
+    /// `0.0.0.0:8883`), with the broker's certificate; with
+    /// `tls.client_ca` set, clients must present a certificate signed by
+    /// it, and its common name is their identity.
+    pub tls_listen: Option<SocketAddr>,
     /// Which MQTT topics go to which edgebus topics; a topic no mapping
     /// covers is refused.
     pub map: Vec<Mapping>,
@@ -47,6 +52,7 @@ impl Default for MqttConfig {
     fn default() -> Self {
         MqttConfig {
             listen: None,
+            tls_listen: None,
             map: Vec::new(),
             allow_anonymous: None,
             users: Vec::new(),

@@ -19,9 +19,8 @@ use edgebus_core::producer::AppendRefused;
 use edgebus_proto::batch::{self, BatchBuilder, Header, ProducerStamp, Record, StoredRecord};
 use edgebus_proto::frame::{Acks, Position};
 use futures::stream::{FuturesOrdered, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
@@ -62,17 +61,48 @@ impl Drop for Counted {
     }
 }
 
-/// Serves one TCP connection to its end.
+type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
+type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// A connection's byte stream, plain or TLS, and who its client
+/// certificate says it is.
+pub(super) struct Io {
+    rd: ReadHalf,
+    wr: WriteHalf,
+    identity: Option<String>,
+}
+
+impl Io {
+    /// Halves of a stream; `identity` is the common name of a verified
+    /// client certificate.
+    pub(super) fn new(
+        rd: impl AsyncRead + Send + Unpin + 'static,
+        wr: impl AsyncWrite + Send + Unpin + 'static,
+        identity: Option<String>,
+    ) -> Io {
+        Io {
+            rd: Box::new(rd),
+            wr: Box::new(wr),
+            identity,
+        }
+    }
+}
+
+/// Serves one connection to its end.
 pub(super) async fn run(
     door: Arc<Door>,
     id: u64,
-    stream: TcpStream,
+    io: Io,
     peer: SocketAddr,
     stop: watch::Receiver<bool>,
 ) {
     let clients = door.clients.fetch_add(1, Ordering::AcqRel) + 1;
     let _counted = Counted(door.clone());
-    let (mut rd, mut wr) = stream.into_split();
+    let Io {
+        mut rd,
+        mut wr,
+        identity,
+    } = io;
     let mut rbuf = BytesMut::with_capacity(4096);
     let max_bytes = door.config.max_packet_bytes as usize;
     let timeout = Duration::from_millis(door.config.connect_timeout_ms);
@@ -105,7 +135,7 @@ pub(super) async fn run(
         refuse(&mut wr, version, Refusal::ServerBusy).await;
         return;
     }
-    if let Err(r) = authenticate(&door, &connect, peer) {
+    if let Err(r) = authenticate(&door, &connect, peer, identity.as_deref()) {
         door.refused(MqttRefusal::NotAuthorized);
         refuse(&mut wr, version, r).await;
         return;
@@ -197,7 +227,7 @@ enum ConnectFailure {
 }
 
 async fn read_connect(
-    rd: &mut OwnedReadHalf,
+    rd: &mut ReadHalf,
     rbuf: &mut BytesMut,
     max_bytes: usize,
 ) -> Result<Box<Connect>, ConnectFailure> {
@@ -216,7 +246,7 @@ async fn read_connect(
 }
 
 /// Sends a refusing CONNACK and closes.
-async fn refuse(wr: &mut OwnedWriteHalf, version: Version, refusal: Refusal) {
+async fn refuse(wr: &mut WriteHalf, version: Version, refusal: Refusal) {
     let mut buf = BytesMut::new();
     if packet::encode(&Outbound::ConnRefused(refusal), version, &mut buf).is_ok() {
         let _ = wr.write_all(&buf).await;
@@ -224,10 +254,23 @@ async fn refuse(wr: &mut OwnedWriteHalf, version: Version, refusal: Refusal) {
     let _ = wr.shutdown().await;
 }
 
-/// Who may connect: a known user with the right password; without a
+/// Who may connect: a client whose certificate the TLS handshake
+/// verified, as the user its common name names (a username, if given,
+/// must be that name); a known user with the right password; without a
 /// username, anyone where anonymous clients are allowed (by default only
 /// from a loopback address).
-fn authenticate(door: &Door, connect: &Connect, peer: SocketAddr) -> Result<(), Refusal> {
+fn authenticate(
+    door: &Door,
+    connect: &Connect,
+    peer: SocketAddr,
+    identity: Option<&str>,
+) -> Result<(), Refusal> {
+    if let Some(name) = identity {
+        return match &connect.login {
+            Some((user, _)) if user != name => Err(Refusal::NotAuthorized),
+            _ => Ok(()),
+        };
+    }
     match &connect.login {
         Some((name, password)) => {
             let user = door.config.users.iter().find(|u| &u.name == name);
@@ -328,7 +371,7 @@ struct Conn {
     version: Version,
     client_id: String,
     persistent: bool,
-    wr: OwnedWriteHalf,
+    wr: WriteHalf,
     wbuf: BytesMut,
     /// Acknowledgements in the order their publishes arrived.
     acks: FuturesOrdered<AckFuture>,
@@ -379,7 +422,7 @@ impl Conn {
 
     async fn serve(
         &mut self,
-        mut rd: OwnedReadHalf,
+        mut rd: ReadHalf,
         mut rbuf: BytesMut,
         keep_alive_s: u16,
         mut kicked: oneshot::Receiver<()>,

@@ -30,8 +30,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
+use tokio_rustls::TlsAcceptor;
 
 use crate::broker::Broker;
 use config::MqttConfig;
@@ -126,18 +127,22 @@ impl Door {
     }
 }
 
-/// A bound MQTT listener, ready to [`serve`].
+/// The bound MQTT listeners, ready to [`serve`].
 pub struct Listener {
-    listener: TcpListener,
+    plain: Option<TcpListener>,
+    tls: Option<(TcpListener, TlsAcceptor)>,
     door: Arc<Door>,
-    /// The bound address.
-    pub addr: SocketAddr,
+    /// The bound address of the plain listener.
+    pub addr: Option<SocketAddr>,
+    /// The bound address of the TLS listener.
+    pub tls_addr: Option<SocketAddr>,
 }
 
-/// Checks the config, loads stored sessions and binds the listener.
+/// Checks the config, loads stored sessions and binds the listeners that
+/// `config` turns on: `listen` in plain TCP, `tls_listen` with `tls`.
 pub async fn bind(
-    addr: SocketAddr,
     config: MqttConfig,
+    tls: rustls::ServerConfig,
     broker: Broker,
 ) -> Result<Listener, DoorError> {
     for m in &config.map {
@@ -154,14 +159,25 @@ pub async fn bind(
     let sessions = tokio::task::spawn_blocking(move || Sessions::load(store))
         .await
         .map_err(|e| DoorError::Config(e.to_string()))??;
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| DoorError::Listen { addr, source })?;
-    let addr = listener
-        .local_addr()
-        .map_err(|source| DoorError::Listen { addr, source })?;
+    let plain = match config.listen {
+        Some(addr) => Some(tcp(addr).await?),
+        None => None,
+    };
+    let tls = match config.tls_listen {
+        Some(addr) => {
+            let mut tls = tls;
+            // MQTT clients offer no ALPN (or "mqtt"): accept them all.
+            tls.alpn_protocols.clear();
+            Some((tcp(addr).await?, TlsAcceptor::from(Arc::new(tls))))
+        }
+        None => None,
+    };
+    let bound = |l: &TcpListener| l.local_addr().ok();
     Ok(Listener {
-        listener,
+        addr: plain.as_ref().and_then(bound),
+        tls_addr: tls.as_ref().and_then(|(l, _)| bound(l)),
+        plain,
+        tls,
         door: Arc::new(Door {
             broker,
             config,
@@ -170,18 +186,34 @@ pub async fn bind(
             next_connection: AtomicU64::new(1),
             live: Mutex::new(HashMap::new()),
         }),
-        addr,
     })
+}
+
+async fn tcp(addr: SocketAddr) -> Result<TcpListener, DoorError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| DoorError::Listen { addr, source })
+}
+
+/// Accepts one connection from `listener`, or never when it is off.
+async fn accept(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
+    match listener {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Accepts MQTT connections until `shutdown` resolves.
 pub async fn serve(listener: Listener, shutdown: impl Future<Output = ()>) {
-    let Listener { listener, door, .. } = listener;
+    let Listener {
+        plain, tls, door, ..
+    } = listener;
     tokio::pin!(shutdown);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
+        let (accepted, secure) = tokio::select! {
+            a = accept(plain.as_ref()) => (a, false),
+            a = accept(tls.as_ref().map(|(l, _)| l)) => (a, true),
             () = &mut shutdown => break,
         };
         let (stream, peer) = match accepted {
@@ -196,9 +228,32 @@ pub async fn serve(listener: Listener, shutdown: impl Future<Output = ()>) {
         let _ = stream.set_nodelay(true);
         let door = door.clone();
         let stop = stop_rx.clone();
+        let acceptor = secure
+            .then(|| tls.as_ref().map(|(_, a)| a.clone()))
+            .flatten();
         tokio::spawn(async move {
             let id = door.next_connection.fetch_add(1, Ordering::Relaxed);
-            connection::run(door, id, stream, peer, stop).await;
+            let Some(acceptor) = acceptor else {
+                let (rd, wr) = tokio::io::split(stream);
+                let io = connection::Io::new(rd, wr, None);
+                return connection::run(door, id, io, peer, stop).await;
+            };
+            let timeout = Duration::from_millis(door.config.connect_timeout_ms);
+            match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => {
+                    let identity = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|certs| certs.first())
+                        .and_then(|cert| common_name(cert));
+                    let (rd, wr) = tokio::io::split(stream);
+                    let io = connection::Io::new(rd, wr, identity);
+                    connection::run(door, id, io, peer, stop).await;
+                }
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "MQTT TLS handshake failed"),
+                Err(_) => door.refused(MqttRefusal::ConnectTimeout),
+            }
         });
     }
     let _ = stop_tx.send(true);
@@ -207,6 +262,13 @@ pub async fn serve(listener: Listener, shutdown: impl Future<Output = ()>) {
     while door.clients.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// The subject common name of a (verified) client certificate.
+fn common_name(cert: &rustls::pki_types::CertificateDer<'_>) -> Option<String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let cn = parsed.subject().iter_common_name().next()?;
+    cn.as_str().ok().map(str::to_owned)
 }
 
 impl Door {
