@@ -145,7 +145,8 @@ pub(super) async fn run(
         Version::V5 => connect.session_expiry_s.unwrap_or(0) > 0,
     };
     let (client_id, assigned) = if connect.client_id.is_empty() {
-        if persistent || (version == Version::V311 && !connect.clean) {
+        // MQTT 5 lets the broker name a persistent session; 3.1.1 does not.
+        if persistent && version == Version::V311 {
             refuse(&mut wr, version, Refusal::BadClientId).await;
             return;
         }
@@ -439,9 +440,7 @@ impl Conn {
             return end;
         }
         loop {
-            if let Err(end) = self.pump() {
-                return end;
-            }
+            self.pump();
             if let Err(end) = self.flush().await {
                 return end;
             }
@@ -636,23 +635,19 @@ impl Conn {
                 return Ok(());
             }
             if r.topic != target.0 || r.partition != target.1 {
-                return self.refuse_publish(&p, PublishRefusal::QuotaExceeded);
+                // Another message under a packet id still awaiting PUBREL.
+                return self.refuse_publish(&p, PublishRefusal::PacketIdInUse);
             }
         } else {
-            let producer_id = match self.producer_id {
-                Some(id) => id,
-                None => match self.door.sessions.allocate_producer_id().await {
-                    Ok(id) => {
-                        self.producer_id = Some(id);
-                        id
-                    }
+            if self.producer_id.is_none() {
+                match self.door.sessions.allocate_producer_id().await {
+                    Ok(id) => self.producer_id = Some(id),
                     Err(e) => {
                         tracing::warn!(error = %e, "MQTT QoS 2: no producer id");
                         return self.refuse_publish(&p, PublishRefusal::Unspecified);
                     }
-                },
-            };
-            let _ = producer_id;
+                }
+            }
             let next = self.sequences.entry(target.clone()).or_insert(0);
             let sequence = *next;
             *next = if sequence == i32::MAX {
@@ -839,7 +834,7 @@ impl Conn {
     }
 
     /// Sends queued deliveries while the client has room for them.
-    fn pump(&mut self) -> Result<(), End> {
+    fn pump(&mut self) {
         let limit = self.receive_max() as usize;
         while self.outbound.len() < limit {
             let Some(item) = self.queue.pop_front() else {
@@ -864,7 +859,6 @@ impl Conn {
                 } => self.deliver(topic, partition, record, retained),
             }
         }
-        Ok(())
     }
 
     fn deliver(&mut self, topic: String, partition: u32, record: StoredRecord, retained: bool) {

@@ -188,8 +188,9 @@ pub enum PublishRefusal {
     TopicNameInvalid,
     /// The record could not be stored (too large, refused by a plugin, …).
     Unspecified,
-    /// The packet id is already awaiting its PUBREL... as another message.
-    QuotaExceeded,
+    /// A QoS 2 packet id still awaiting its PUBREL, reused for another
+    /// message.
+    PacketIdInUse,
 }
 
 /// A packet the broker sends.
@@ -585,7 +586,7 @@ fn to_v5(packet: &Outbound) -> m5::Packet {
                 None => m5::PubAckReason::Success,
                 Some(PublishRefusal::TopicNameInvalid) => m5::PubAckReason::TopicNameInvalid,
                 Some(PublishRefusal::Unspecified) => m5::PubAckReason::UnspecifiedError,
-                Some(PublishRefusal::QuotaExceeded) => m5::PubAckReason::QuotaExceeded,
+                Some(PublishRefusal::PacketIdInUse) => m5::PubAckReason::PacketIdentifierInUse,
             },
             properties: None,
         }),
@@ -595,7 +596,7 @@ fn to_v5(packet: &Outbound) -> m5::Packet {
                 None => m5::PubRecReason::Success,
                 Some(PublishRefusal::TopicNameInvalid) => m5::PubRecReason::TopicNameInvalid,
                 Some(PublishRefusal::Unspecified) => m5::PubRecReason::UnspecifiedError,
-                Some(PublishRefusal::QuotaExceeded) => m5::PubRecReason::QuotaExceeded,
+                Some(PublishRefusal::PacketIdInUse) => m5::PubRecReason::PacketIdentifierInUse,
             },
             properties: None,
         }),
