@@ -951,3 +951,29 @@ fn mqtt_over_tls_with_a_client_certificate_as_the_identity() {
         .collect();
     assert_eq!(values, [Value::from("over-tls")]);
 }
+
+#[test]
+fn a_second_connection_with_the_same_client_id_takes_the_session_over() {
+    let m = Mqtt::start("", &["alerts/#=alerts"]);
+    m.broker.ok(&["topic", "create", "alerts"]);
+    let (mut first, _) = connect_v5_session(m.port, "twin", 30, None);
+    let mut sub = v5::Subscribe::new(v5::Filter::new("alerts/#", QoS::AtLeastOnce), None);
+    sub.pkid = 1;
+    send(&mut first, v5::Packet::Subscribe(sub));
+    assert!(matches!(read_v5(&mut first), Some(v5::Packet::SubAck(_))));
+    let (mut second, present) = connect_v5_session(m.port, "twin", 30, None);
+    assert!(present, "the subscription was saved before SUBACK");
+    match read_v5(&mut first) {
+        Some(v5::Packet::Disconnect(d)) => {
+            assert_eq!(d.reason_code, v5::DisconnectReasonCode::SessionTakenOver)
+        }
+        other => panic!("expected DISCONNECT, got {other:?}"),
+    }
+    // The session, subscription included, is the second connection's.
+    let out = m.publish(&["-q", "1", "-t", "alerts/x", "-m", "to-the-second"]);
+    assert!(out.status.success());
+    match read_v5(&mut second) {
+        Some(v5::Packet::Publish(p)) => assert_eq!(&p.payload[..], b"to-the-second"),
+        other => panic!("expected PUBLISH, got {other:?}"),
+    }
+}

@@ -43,11 +43,12 @@ const SESSION_SAVE_INTERVAL: Duration = Duration::from_secs(1);
 /// subscription, so a subscribe to a long log stays bounded.
 const MAX_RETAINED_SCAN_BYTES: u64 = 64 << 20;
 
-/// Bytes one feed reads per store read.
-const FEED_READ_BYTES: u32 = 1 << 20;
+/// Bytes one feed reads per store read (a larger batch is read whole).
+const FEED_READ_BYTES: u32 = 64 << 10;
 
-/// Feed reads a connection holds before its feeds wait.
-const FEED_QUEUE_DEPTH: usize = 4;
+/// Feed reads a connection holds before its feeds wait: with
+/// [`FEED_READ_BYTES`], what a slow subscriber costs in memory.
+const FEED_QUEUE_DEPTH: usize = 2;
 
 /// How long a connection waits for the session it takes over to be saved.
 const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -197,6 +198,9 @@ pub(super) async fn run(
         dirty: false,
     };
     let session_present = resumed.is_some();
+    // MQTT 5 with a session expiry of 0 resumes a stored session but ends
+    // it with the connection.
+    let discard = session_present && !persistent;
     if let Some(s) = resumed {
         conn.resume(s).await;
     }
@@ -211,6 +215,9 @@ pub(super) async fn run(
         .serve(rd, rbuf, connect.keep_alive_s, kicked, stop)
         .await;
     conn.finish(end).await;
+    if discard && let Err(e) = door.sessions.put(&client_id, None).await {
+        tracing::warn!(client_id, error = %e, "MQTT session could not be discarded");
+    }
     door.leave(&client_id, id);
     drop(turn);
 }
