@@ -67,12 +67,22 @@ async fn client(a: &Args, index: usize) -> anyhow::Result<Vec<Duration>> {
         .set_inflight(a.inflight)
         .set_clean_session(true);
     let (client, mut events) = AsyncClient::new(options, a.inflight as usize * 2);
-    let (messages, size) = (a.messages, a.size);
+    // Without it Nagle holds a publish until the previous one's TCP ACK,
+    // which a broker that answers after an fsync sends later.
+    let mut network = events.network_options();
+    network.set_tcp_nodelay(true);
+    events.set_network_options(network);
+    let (messages, size, clients) = (a.messages, a.size, a.clients);
     let pace = (a.rate > 0).then(|| Duration::from_secs_f64(a.clients as f64 / a.rate as f64));
     let topic = format!("load/client-{index}");
     let publisher = tokio::spawn(async move {
         let payload = vec![b'x'; size];
-        let mut tick = pace.map(tokio::time::interval);
+        // Clients are spread over the period, so the total rate is steady
+        // rather than bursts of one message per client.
+        let mut tick = pace.map(|period| {
+            let offset = period.mul_f64(index as f64 / clients as f64);
+            tokio::time::interval_at(tokio::time::Instant::now() + offset, period)
+        });
         for _ in 0..messages {
             if let Some(t) = tick.as_mut() {
                 t.tick().await;

@@ -492,19 +492,29 @@ fn connect_v5(port: u16, client_id: &str) -> TcpStream {
     s
 }
 
-/// The next MQTT 5 packet, or `None` when the broker closed.
+/// The next MQTT 5 packet, or `None` when the broker closed. Reads
+/// exactly one packet's bytes, so the next call finds the next packet.
 fn read_v5(s: &mut TcpStream) -> Option<v5::Packet> {
     let mut buf = BytesMut::new();
-    let mut chunk = [0u8; 4096];
+    let mut byte = [0u8; 1];
+    // The type byte, then the remaining length's bytes up to the last
+    // (high bit clear).
+    s.read_exact(&mut byte).ok()?;
+    buf.extend_from_slice(&byte);
+    let (mut remaining, mut shift) = (0usize, 0);
     loop {
-        if let Ok(p) = v5::Packet::read(&mut buf.clone(), None) {
-            return Some(p);
-        }
-        match s.read(&mut chunk) {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        s.read_exact(&mut byte).ok()?;
+        buf.extend_from_slice(&byte);
+        remaining |= ((byte[0] & 0x7f) as usize) << shift;
+        shift += 7;
+        if byte[0] & 0x80 == 0 {
+            break;
         }
     }
+    let mut rest = vec![0u8; remaining];
+    s.read_exact(&mut rest).ok()?;
+    buf.extend_from_slice(&rest);
+    Some(v5::Packet::read(&mut buf, None).expect("a packet the v5 codec reads"))
 }
 
 /// Reads until the broker closes (bounded by the read timeout).
@@ -976,4 +986,41 @@ fn a_second_connection_with_the_same_client_id_takes_the_session_over() {
         Some(v5::Packet::Publish(p)) => assert_eq!(&p.payload[..], b"to-the-second"),
         other => panic!("expected PUBLISH, got {other:?}"),
     }
+}
+
+#[test]
+fn pipelined_qos1_publishes_are_acknowledged_in_order_and_stored_once() {
+    let m = Mqtt::start("", &["sensors/#=sensors"]);
+    m.broker
+        .ok(&["topic", "create", "sensors", "--partitions", "2"]);
+    let mut c = connect_v5(m.port, "pipeliner");
+    // Two devices' topics interleaved in runs, in one write: consecutive
+    // publishes to one partition share a batch, and PUBACKs keep order.
+    let mut burst = BytesMut::new();
+    for pkid in 1..=24u16 {
+        let topic = if pkid % 8 < 4 {
+            "sensors/a"
+        } else {
+            "sensors/b"
+        };
+        let mut p = v5::Publish::new(topic, QoS::AtLeastOnce, pkid.to_string(), None);
+        p.pkid = pkid;
+        v5::Packet::Publish(p).write(&mut burst, None).unwrap();
+    }
+    c.write_all(&burst).unwrap();
+    for pkid in 1..=24u16 {
+        match read_v5(&mut c) {
+            Some(v5::Packet::PubAck(a)) => {
+                assert_eq!((a.pkid, a.reason), (pkid, v5::PubAckReason::Success))
+            }
+            other => panic!("expected PUBACK {pkid}, got {other:?}"),
+        }
+    }
+    let mut values: Vec<u16> = m
+        .records("sensors", 24)
+        .iter()
+        .map(|r| r["value"].as_str().unwrap().parse().unwrap())
+        .collect();
+    values.sort_unstable();
+    assert_eq!(values, (1..=24).collect::<Vec<u16>>());
 }

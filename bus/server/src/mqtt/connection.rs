@@ -18,6 +18,7 @@ use bytes::{Bytes, BytesMut};
 use edgebus_core::producer::AppendRefused;
 use edgebus_proto::batch::{self, BatchBuilder, Header, ProducerStamp, Record, StoredRecord};
 use edgebus_proto::frame::{Acks, Position};
+use futures::FutureExt;
 use futures::stream::{FuturesOrdered, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -42,6 +43,11 @@ const SESSION_SAVE_INTERVAL: Duration = Duration::from_secs(1);
 /// Bytes of a partition read at most to find retained messages for one
 /// subscription, so a subscribe to a long log stays bounded.
 const MAX_RETAINED_SCAN_BYTES: u64 = 64 << 20;
+
+/// Payload bytes of consecutive QoS 1 publishes stored as one batch at
+/// most (a single larger publish is a batch of its own), keeping batches
+/// well within what a fetch serves.
+const MAX_RUN_BYTES: usize = 256 << 10;
 
 /// Bytes one feed reads per store read (a larger batch is read whole).
 const FEED_READ_BYTES: u32 = 64 << 10;
@@ -327,12 +333,21 @@ impl End {
 
 /// A QoS 1 or 2 publish's acknowledgement, once its append is decided.
 struct AckDone {
-    pkid: u16,
+    /// The publishes' packet ids, in the order they came.
+    pkids: Vec<u16>,
     qos: QoS,
     result: Result<(), PublishRefusal>,
 }
 
 type AckFuture = Pin<Box<dyn Future<Output = AckDone> + Send>>;
+
+/// Consecutive QoS 1 publishes to one partition, stored as one batch.
+struct Run {
+    target: (String, u32),
+    publishes: Vec<Publish>,
+    /// Payload and topic bytes so far.
+    bytes: usize,
+}
 
 /// A QoS 2 publish awaiting its PUBREL.
 struct Released {
@@ -467,6 +482,13 @@ impl Conn {
                     if let Err(end) = self.acknowledge(done) {
                         return end;
                     }
+                    // One group commit answers many publishes: send every
+                    // acknowledgement that is ready in one write.
+                    while let Some(Some(done)) = self.acks.next().now_or_never() {
+                        if let Err(end) = self.acknowledge(done) {
+                            return end;
+                        }
+                    }
                 }
                 Some(d) = self.deliveries_rx.recv(), if self.queue.is_empty() && room => {
                     for record in d.records {
@@ -487,13 +509,39 @@ impl Conn {
         }
     }
 
-    /// Handles every whole packet in `rbuf`.
+    /// Handles every whole packet in `rbuf`. Consecutive QoS 1
+    /// publishes to one partition become one batch (a [`Run`]), so a
+    /// client that pipelines costs the writer one append, not one each.
     async fn handle_buffered(&mut self, rbuf: &mut BytesMut) -> Result<(), End> {
         let max_bytes = self.door.config.max_packet_bytes as usize;
+        let mut run: Option<Run> = None;
         loop {
             match packet::decode(rbuf, Some(self.version), max_bytes) {
-                Ok(Some(p)) => self.handle(p).await?,
-                Ok(None) => return Ok(()),
+                Ok(Some(Inbound::Publish(p))) if p.qos == QoS::AtLeastOnce => {
+                    let Some(target) = self.route(&p)? else {
+                        continue;
+                    };
+                    self.qos1_pending += 1;
+                    match run.as_mut() {
+                        Some(r) if r.target == target && r.bytes < MAX_RUN_BYTES => {
+                            r.bytes += p.payload.len() + p.topic.len();
+                            r.publishes.push(p);
+                        }
+                        _ => {
+                            self.flush_run(run.take()).await?;
+                            run = Some(Run {
+                                target,
+                                bytes: p.payload.len() + p.topic.len(),
+                                publishes: vec![p],
+                            });
+                        }
+                    }
+                }
+                Ok(Some(p)) => {
+                    self.flush_run(run.take()).await?;
+                    self.handle(p).await?;
+                }
+                Ok(None) => return self.flush_run(run.take()).await,
                 Err(DecodeError::TooLarge { .. }) => {
                     self.door.refused(MqttRefusal::MaxPacketBytes);
                     return Err(End::Goodbye(Goodbye::PacketTooLarge));
@@ -573,7 +621,9 @@ impl Conn {
         }
     }
 
-    async fn publish(&mut self, p: Publish) -> Result<(), End> {
+    /// Where a publish goes, checking the limits and the mapping first.
+    /// `Ok(None)`: refused, and the client told so.
+    fn route(&mut self, p: &Publish) -> Result<Option<(String, u32)>, End> {
         if p.topic_alias.is_some() {
             return Err(End::Goodbye(Goodbye::TopicAliasInvalid));
         }
@@ -592,42 +642,61 @@ impl Conn {
                 topic = p.topic,
                 "MQTT publish to an unmapped topic"
             );
-            return self.refuse_publish(&p, PublishRefusal::TopicNameInvalid);
+            return self
+                .refuse_publish(p, PublishRefusal::TopicNameInvalid)
+                .map(|()| None);
         };
-        let spec = match door.broker.topics.spec(&mapping.topic) {
-            Ok(s) => s,
+        let partitions = match door.broker.topics.spec(&mapping.topic) {
+            Ok(s) => s.partitions,
             Err(e) => {
                 tracing::warn!(topic = p.topic, error = %e, "MQTT publish to a mapped topic that does not exist");
-                return self.refuse_publish(&p, PublishRefusal::Unspecified);
+                return self
+                    .refuse_publish(p, PublishRefusal::Unspecified)
+                    .map(|()| None);
             }
         };
         let partition =
-            edgebus_proto::partitioner::partition_for_key(p.topic.as_bytes(), spec.partitions);
-        let target = (mapping.topic.clone(), partition);
-        match p.qos {
-            QoS::AtMostOnce => {
-                let batch = record_batch(&p, ProducerStamp::NONE);
-                if let Err(e) = produce_to(&door, &target, Acks::None, batch).await {
-                    tracing::debug!(topic = p.topic, error = %e, "MQTT QoS 0 publish dropped");
+            edgebus_proto::partitioner::partition_for_key(p.topic.as_bytes(), partitions);
+        Ok(Some((mapping.topic.clone(), partition)))
+    }
+
+    /// A QoS 0 or 2 publish (QoS 1 ones go through [`Run`]s).
+    async fn publish(&mut self, p: Publish) -> Result<(), End> {
+        let Some(target) = self.route(&p)? else {
+            return Ok(());
+        };
+        if p.qos == QoS::ExactlyOnce {
+            return self.publish_exactly_once(p, target).await;
+        }
+        let batch = record_batch(std::slice::from_ref(&p), ProducerStamp::NONE);
+        if let Err(e) = produce_to(&self.door, &target, Acks::None, batch).await {
+            tracing::debug!(topic = p.topic, error = %e, "MQTT QoS 0 publish dropped");
+        }
+        Ok(())
+    }
+
+    /// Stores a run of QoS 1 publishes as one batch, acknowledged together
+    /// once it is durable.
+    async fn flush_run(&mut self, run: Option<Run>) -> Result<(), End> {
+        let Some(run) = run else {
+            return Ok(());
+        };
+        let batch = record_batch(&run.publishes, ProducerStamp::NONE);
+        let pkids: Vec<u16> = run.publishes.iter().map(|p| p.pkid).collect();
+        match produce_to(&self.door, &run.target, Acks::Durable, batch).await {
+            Ok(pending) => {
+                self.acks
+                    .push_back(ack_when(pending, pkids, QoS::AtLeastOnce));
+                Ok(())
+            }
+            Err(e) => {
+                tracing::debug!(topic = run.target.0, error = %e, "MQTT publishes refused");
+                self.qos1_pending -= run.publishes.len();
+                for p in &run.publishes {
+                    self.refuse_publish(p, PublishRefusal::Unspecified)?;
                 }
                 Ok(())
             }
-            QoS::AtLeastOnce => {
-                let batch = record_batch(&p, ProducerStamp::NONE);
-                match produce_to(&door, &target, Acks::Durable, batch).await {
-                    Ok(pending) => {
-                        self.qos1_pending += 1;
-                        self.acks
-                            .push_back(ack_when(pending, p.pkid, QoS::AtLeastOnce));
-                        Ok(())
-                    }
-                    Err(e) => {
-                        tracing::debug!(topic = p.topic, error = %e, "MQTT publish refused");
-                        self.refuse_publish(&p, PublishRefusal::Unspecified)
-                    }
-                }
-            }
-            QoS::ExactlyOnce => self.publish_exactly_once(p, target).await,
         }
     }
 
@@ -688,13 +757,13 @@ impl Conn {
             &self.door.clone(),
             &target,
             Acks::Durable,
-            record_batch(&p, stamp),
+            record_batch(std::slice::from_ref(&p), stamp),
         )
         .await
         {
             Ok(pending) => {
                 self.acks
-                    .push_back(ack_when(pending, p.pkid, QoS::ExactlyOnce));
+                    .push_back(ack_when(pending, vec![p.pkid], QoS::ExactlyOnce));
                 Ok(())
             }
             Err(e) => {
@@ -706,28 +775,26 @@ impl Conn {
     }
 
     fn acknowledge(&mut self, done: AckDone) -> Result<(), End> {
-        match done.qos {
-            QoS::AtLeastOnce => {
-                self.qos1_pending -= 1;
-                match done.result {
-                    Ok(()) => self.send(&Outbound::PubAck(done.pkid, None)),
-                    Err(_) if self.version == Version::V311 => return Err(End::Refused),
-                    Err(why) => self.send(&Outbound::PubAck(done.pkid, Some(why))),
-                }
-            }
-            _ => match done.result {
-                Ok(()) => {
-                    if let Some(r) = self.qos2.get_mut(&done.pkid) {
+        if done.result.is_err() && self.version == Version::V311 {
+            return Err(End::Refused);
+        }
+        for pkid in done.pkids {
+            match (done.qos, done.result) {
+                (QoS::ExactlyOnce, Ok(())) => {
+                    if let Some(r) = self.qos2.get_mut(&pkid) {
                         r.stored = true;
                     }
-                    self.send(&Outbound::PubRec(done.pkid, None));
+                    self.send(&Outbound::PubRec(pkid, None));
                 }
-                Err(_) if self.version == Version::V311 => return Err(End::Refused),
-                Err(why) => {
-                    self.qos2.remove(&done.pkid);
-                    self.send(&Outbound::PubRec(done.pkid, Some(why)));
+                (QoS::ExactlyOnce, Err(why)) => {
+                    self.qos2.remove(&pkid);
+                    self.send(&Outbound::PubRec(pkid, Some(why)));
                 }
-            },
+                (_, result) => {
+                    self.qos1_pending -= 1;
+                    self.send(&Outbound::PubAck(pkid, result.err()));
+                }
+            }
         }
         Ok(())
     }
@@ -1092,7 +1159,7 @@ impl Conn {
             &self.door.clone(),
             &target,
             acks,
-            record_batch(&p, ProducerStamp::NONE),
+            record_batch(std::slice::from_ref(&p), ProducerStamp::NONE),
         )
         .await
         {
@@ -1191,8 +1258,9 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-/// The acknowledgement of a publish once the writer has decided it.
-fn ack_when(pending: produce::Pending, pkid: u16, qos: QoS) -> AckFuture {
+/// The acknowledgement of publishes once the writer has decided on their
+/// batch.
+fn ack_when(pending: produce::Pending, pkids: Vec<u16>, qos: QoS) -> AckFuture {
     Box::pin(async move {
         let result = match produce::acknowledged(pending).await {
             Ok(_) => Ok(()),
@@ -1202,37 +1270,44 @@ fn ack_when(pending: produce::Pending, pkid: u16, qos: QoS) -> AckFuture {
                 ..
             }))) => Ok(()),
             Err(e) => {
-                tracing::debug!(pkid, error = %e, "MQTT publish not stored");
+                tracing::debug!(?pkids, error = %e, "MQTT publishes not stored");
                 Err(PublishRefusal::Unspecified)
             }
         };
-        AckDone { pkid, qos, result }
+        AckDone { pkids, qos, result }
     })
 }
 
-/// The record of a publish: the MQTT topic as key and `mqtt-topic`
-/// header, user properties as further headers, the payload as value.
-fn record_batch(p: &Publish, stamp: ProducerStamp) -> Bytes {
-    let topic = Bytes::copy_from_slice(p.topic.as_bytes());
-    let mut headers = Vec::with_capacity(1 + p.user_properties.len());
-    headers.push(Header {
-        key: TOPIC_HEADER.to_owned(),
-        value: topic.clone(),
-    });
-    headers.extend(p.user_properties.iter().map(|(k, v)| Header {
-        key: k.clone(),
-        value: Bytes::copy_from_slice(v.as_bytes()),
-    }));
+/// One batch of the publishes' records: each MQTT topic as key and
+/// `mqtt-topic` header, user properties as further headers, the payload
+/// as value.
+fn record_batch(publishes: &[Publish], stamp: ProducerStamp) -> Bytes {
     let timestamp_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64);
-    let mut builder = BatchBuilder::with_capacity(p.payload.len() + p.topic.len() * 2 + 64);
-    builder.push(&Record {
-        key: Some(topic),
-        value: p.payload.clone(),
-        headers,
-        timestamp_ms,
-    });
+    let bytes: usize = publishes
+        .iter()
+        .map(|p| p.payload.len() + p.topic.len() * 2 + 32)
+        .sum();
+    let mut builder = BatchBuilder::with_capacity(bytes);
+    for p in publishes {
+        let topic = Bytes::copy_from_slice(p.topic.as_bytes());
+        let mut headers = Vec::with_capacity(1 + p.user_properties.len());
+        headers.push(Header {
+            key: TOPIC_HEADER.to_owned(),
+            value: topic.clone(),
+        });
+        headers.extend(p.user_properties.iter().map(|(k, v)| Header {
+            key: k.clone(),
+            value: Bytes::copy_from_slice(v.as_bytes()),
+        }));
+        builder.push(&Record {
+            key: Some(topic),
+            value: p.payload.clone(),
+            headers,
+            timestamp_ms,
+        });
+    }
     builder.finish(stamp)
 }
 
