@@ -6,6 +6,7 @@ use std::sync::Arc;
 use edgebus_store::{LogStore, StoreError};
 
 use crate::attach::Attachments;
+use crate::cluster::Cluster;
 use crate::cmd::node::NodeFacts;
 use crate::config::Limits;
 use crate::dlq::DeadLetters;
@@ -48,6 +49,8 @@ pub struct Broker {
     pub node: Arc<NodeFacts>,
     /// Counters and histograms, updated where their events happen.
     pub metrics: Arc<Metrics>,
+    /// The cluster this node is in; `None` on a single node.
+    pub cluster: Option<Cluster>,
 }
 
 impl Broker {
@@ -112,6 +115,7 @@ impl Broker {
             subscriptions,
             node: Arc::new(node),
             metrics,
+            cluster: None,
         })
     }
 }
