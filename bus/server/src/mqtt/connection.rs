@@ -111,31 +111,9 @@ pub(super) async fn run(
         identity,
     } = io;
     let mut rbuf = BytesMut::with_capacity(4096);
-    let max_bytes = door.config.max_packet_bytes as usize;
-    let timeout = Duration::from_millis(door.config.connect_timeout_ms);
-    let connect =
-        match tokio::time::timeout(timeout, read_connect(&mut rd, &mut rbuf, max_bytes)).await {
-            Err(_) => {
-                tracing::debug!(%peer, "MQTT connection sent no CONNECT in time");
-                door.refused(MqttRefusal::ConnectTimeout);
-                return;
-            }
-            Ok(Err(ConnectFailure::Closed)) => return,
-            Ok(Err(ConnectFailure::Decode(e))) => {
-                tracing::debug!(%peer, error = %e, "MQTT CONNECT refused");
-                if let DecodeError::TooLarge { .. } = e {
-                    door.refused(MqttRefusal::MaxPacketBytes);
-                } else {
-                    door.refused(MqttRefusal::Malformed);
-                }
-                if let DecodeError::UnsupportedVersion(_) = e {
-                    // 3.1.1 says how to refuse a version it does not know.
-                    refuse(&mut wr, Version::V311, Refusal::UnsupportedVersion).await;
-                }
-                return;
-            }
-            Ok(Ok(c)) => c,
-        };
+    let Some(connect) = first_connect(&door, peer, &mut rd, &mut wr, &mut rbuf).await else {
+        return;
+    };
     let version = connect.version;
     if clients > door.config.max_clients {
         door.refused(MqttRefusal::MaxClients);
@@ -179,30 +157,7 @@ pub(super) async fn run(
         return;
     }
     let resumed = if connect.clean { None } else { stored };
-    let (deliveries_tx, deliveries_rx) = mpsc::channel(FEED_QUEUE_DEPTH);
-    let mut conn = Conn {
-        door: door.clone(),
-        version,
-        client_id: client_id.clone(),
-        persistent,
-        wr,
-        wbuf: BytesMut::with_capacity(4096),
-        acks: FuturesOrdered::new(),
-        qos1_pending: 0,
-        qos2: HashMap::new(),
-        subs: Vec::new(),
-        feeds: HashMap::new(),
-        deliveries_tx,
-        deliveries_rx,
-        queue: VecDeque::new(),
-        next: HashMap::new(),
-        outbound: BTreeMap::new(),
-        next_pkid: 1,
-        producer_id: None,
-        sequences: HashMap::new(),
-        will: connect.will.clone(),
-        dirty: false,
-    };
+    let mut conn = Conn::new(door.clone(), &connect, client_id.clone(), persistent, wr);
     let session_present = resumed.is_some();
     // MQTT 5 with a session expiry of 0 resumes a stored session but ends
     // it with the connection.
@@ -226,6 +181,41 @@ pub(super) async fn run(
     }
     door.leave(&client_id, id);
     drop(turn);
+}
+
+/// Reads the CONNECT within `mqtt.connect_timeout_ms`; anything else
+/// first is counted and closes the connection.
+async fn first_connect(
+    door: &Door,
+    peer: SocketAddr,
+    rd: &mut ReadHalf,
+    wr: &mut WriteHalf,
+    rbuf: &mut BytesMut,
+) -> Option<Box<Connect>> {
+    let max_bytes = door.config.max_packet_bytes as usize;
+    let timeout = Duration::from_millis(door.config.connect_timeout_ms);
+    match tokio::time::timeout(timeout, read_connect(rd, rbuf, max_bytes)).await {
+        Err(_) => {
+            tracing::debug!(%peer, "MQTT connection sent no CONNECT in time");
+            door.refused(MqttRefusal::ConnectTimeout);
+            None
+        }
+        Ok(Err(ConnectFailure::Closed)) => None,
+        Ok(Err(ConnectFailure::Decode(e))) => {
+            tracing::debug!(%peer, error = %e, "MQTT CONNECT refused");
+            if let DecodeError::TooLarge { .. } = e {
+                door.refused(MqttRefusal::MaxPacketBytes);
+            } else {
+                door.refused(MqttRefusal::Malformed);
+            }
+            if let DecodeError::UnsupportedVersion(_) = e {
+                // 3.1.1 says how to refuse a version it does not know.
+                refuse(wr, Version::V311, Refusal::UnsupportedVersion).await;
+            }
+            None
+        }
+        Ok(Ok(c)) => Some(c),
+    }
 }
 
 /// A short random suffix for assigned client ids.
@@ -421,6 +411,39 @@ struct Conn {
 }
 
 impl Conn {
+    fn new(
+        door: Arc<Door>,
+        connect: &Connect,
+        client_id: String,
+        persistent: bool,
+        wr: WriteHalf,
+    ) -> Conn {
+        let (deliveries_tx, deliveries_rx) = mpsc::channel(FEED_QUEUE_DEPTH);
+        Conn {
+            door,
+            version: connect.version,
+            client_id,
+            persistent,
+            wr,
+            wbuf: BytesMut::with_capacity(4096),
+            acks: FuturesOrdered::new(),
+            qos1_pending: 0,
+            qos2: HashMap::new(),
+            subs: Vec::new(),
+            feeds: HashMap::new(),
+            deliveries_tx,
+            deliveries_rx,
+            queue: VecDeque::new(),
+            next: HashMap::new(),
+            outbound: BTreeMap::new(),
+            next_pkid: 1,
+            producer_id: None,
+            sequences: HashMap::new(),
+            will: connect.will.clone(),
+            dirty: false,
+        }
+    }
+
     fn receive_max(&self) -> u16 {
         // A QoS 2 retransmission after a restart is recognised only
         // within the partition engine's dedup window.
