@@ -624,7 +624,7 @@ fn bad_input_is_refused_and_the_broker_keeps_serving_others() {
 }
 
 #[test]
-fn limits_on_clients_and_subscriptions_and_logins_are_typed_refusals() {
+fn logins_are_checked_against_hashed_passwords_and_anonymous_is_refused() {
     let hash = edgebus::mqtt::config::hash_password(
         "s3cret",
         b"salty",
@@ -632,8 +632,7 @@ fn limits_on_clients_and_subscriptions_and_logins_are_typed_refusals() {
     );
     let m = Mqtt::start(
         &format!(
-            "max_clients = 1\nmax_subscriptions_per_client = 1\nallow_anonymous = false\n\
-             [[mqtt.users]]\nname = \"dev\"\npassword_hash = \"{hash}\""
+            "allow_anonymous = false\n[[mqtt.users]]\nname = \"dev\"\npassword_hash = \"{hash}\""
         ),
         &["sensors/#=sensors"],
     );
@@ -646,6 +645,16 @@ fn limits_on_clients_and_subscriptions_and_logins_are_typed_refusals() {
     let out = m.publish(&["-t", "sensors/a", "-m", "3"]);
     assert!(!out.status.success(), "anonymous allowed");
     assert_eq!(m.refusals("mqtt_not_authorized"), 2);
+    assert_eq!(m.records("sensors", 1).len(), 1);
+}
+
+#[test]
+fn limits_on_clients_and_subscriptions_are_typed_refusals() {
+    let m = Mqtt::start(
+        "max_clients = 1\nmax_subscriptions_per_client = 1",
+        &["sensors/#=sensors"],
+    );
+    m.broker.ok(&["topic", "create", "sensors"]);
 
     // One client connected: the next gets "server busy".
     let mut first = TcpStream::connect(("127.0.0.1", m.port)).unwrap();
@@ -658,9 +667,8 @@ fn limits_on_clients_and_subscriptions_and_logins_are_typed_refusals() {
         clean_start: true,
         properties: None,
     };
-    let login5 = v5::Login::new("dev", "s3cret");
     let mut buf = BytesMut::new();
-    v5::Packet::Connect(connect.clone(), None, Some(login5.clone()))
+    v5::Packet::Connect(connect.clone(), None, None)
         .write(&mut buf, None)
         .unwrap();
     first.write_all(&buf).unwrap();
@@ -673,7 +681,7 @@ fn limits_on_clients_and_subscriptions_and_logins_are_typed_refusals() {
         .unwrap();
     connect.client_id = "second".into();
     let mut buf = BytesMut::new();
-    v5::Packet::Connect(connect, None, Some(login5))
+    v5::Packet::Connect(connect, None, None)
         .write(&mut buf, None)
         .unwrap();
     second.write_all(&buf).unwrap();
@@ -713,7 +721,7 @@ fn limits_on_clients_and_subscriptions_and_logins_are_typed_refusals() {
     // The slot frees once the broker notices the first client left.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let out = m.publish(&[&login[..], &["-t", "sensors/a", "-m", "4"]].concat());
+        let out = m.publish(&["-t", "sensors/a", "-m", "4"]);
         if out.status.success() {
             break;
         }
