@@ -27,6 +27,8 @@ pub struct Config {
     pub storage: StorageConfig,
     /// The Prometheus endpoint.
     pub metrics: MetricsConfig,
+    /// The MQTT front door.
+    pub mqtt: crate::mqtt::config::MqttConfig,
     /// Cluster membership; a node without `node_id` is a single node.
     pub cluster: ClusterConfig,
 }
@@ -228,6 +230,7 @@ impl Default for Config {
             plugins: PluginLimits::default(),
             storage: StorageConfig::default(),
             metrics: MetricsConfig::default(),
+            mqtt: crate::mqtt::config::MqttConfig::default(),
             cluster: ClusterConfig::default(),
         }
     }

@@ -90,6 +90,12 @@ struct Feed<'a> {
 }
 
 impl Subscriptions {
+    /// The partition log-end watches feeds wait on (the MQTT door's
+    /// feeds wait on them too).
+    pub fn notifier(&self) -> &Notifier {
+        &self.notifier
+    }
+
     /// Feeds that read with `reader`, wake on `notifier`, and run read-path
     /// chains from `registry`.
     pub fn new(

@@ -40,6 +40,8 @@
 //! - [`cmd`]: one handler per request family (topic, produce, fetch,
 //!   group, plugin, pipeline, node), each given the few handles it touches;
 //!   `dispatch` turns their errors into `Response::Error`.
+//! - [`mqtt`]: the MQTT 3.1.1/5 front door: devices publish into mapped
+//!   topics through [`cmd::produce`] and subscribe through their own feeds.
 //! - [`exporter`]: the metrics endpoint, `/metrics` and `/healthz`,
 //!   reading the broker's state at scrape time.
 //! - [`broker`]: the handles to every part, made once at start.
@@ -82,6 +84,7 @@ pub mod exporter;
 pub mod feed;
 pub mod groups;
 pub mod metrics;
+pub mod mqtt;
 pub mod notify;
 pub mod pipelines;
 pub mod reader;
@@ -135,6 +138,9 @@ pub enum StartError {
         /// Why.
         source: std::io::Error,
     },
+    /// The MQTT front door could not open.
+    #[error(transparent)]
+    Mqtt(#[from] mqtt::DoorError),
     /// The QUIC endpoint could not be set up.
     #[error("QUIC endpoint on {addr}: {detail}")]
     Endpoint {
@@ -158,6 +164,11 @@ pub struct RunningBroker {
     pub created_ca: bool,
     /// The bound address of the metrics endpoint, when it is on.
     pub metrics_addr: Option<SocketAddr>,
+    /// The bound address of the MQTT listener, when it is on.
+    pub mqtt_addr: Option<SocketAddr>,
+    /// The bound address of the MQTT-over-TLS listener, when it is on.
+    pub mqtt_tls_addr: Option<SocketAddr>,
+    mqtt: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
     /// On a cluster node, the cluster CA its certificate comes from, which
     /// clients trust.
     pub cluster_ca: Option<PathBuf>,
@@ -174,6 +185,10 @@ pub struct RunningBroker {
 impl RunningBroker {
     /// Stops accepting, closes connections and waits for the endpoint.
     pub async fn shutdown(mut self) {
+        if let Some((tx, task)) = self.mqtt.take() {
+            let _ = tx.send(());
+            let _ = task.await;
+        }
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
@@ -328,6 +343,22 @@ pub async fn start_with_store(
     ));
     let group_timer = tokio::spawn(broker.groups.clone().run_timer());
     let exporter = metrics_listener.map(|l| tokio::spawn(exporter::serve(l, broker.clone())));
+    let (mqtt, mqtt_addr, mqtt_tls_addr) =
+        if config.mqtt.listen.is_some() || config.mqtt.tls_listen.is_some() {
+            // Client certificates from tls.client_ca only: a cluster node's
+            // certificate is no MQTT identity.
+            let tls = tls::server_config(&files, config.tls.client_ca.as_deref(), None)?;
+            let listener = mqtt::bind(config.mqtt.clone(), tls, broker.clone()).await?;
+            let (plain, secure) = (listener.addr, listener.tls_addr);
+            let (tx, rx) = oneshot::channel::<()>();
+            let task = tokio::spawn(mqtt::serve(listener, async move {
+                let _ = rx.await;
+            }));
+            tracing::info!(?plain, ?secure, "MQTT listening");
+            (Some((tx, task)), plain, secure)
+        } else {
+            (None, None, None)
+        };
     let (shutdown, rx) = oneshot::channel();
     let task = tokio::spawn(server::run(endpoint, broker, async move {
         let _ = rx.await;
@@ -338,6 +369,9 @@ pub async fn start_with_store(
         local_ca: files.local_ca,
         created_ca: files.created,
         metrics_addr,
+        mqtt_addr,
+        mqtt_tls_addr,
+        mqtt,
         cluster_ca,
         cluster,
         shutdown: Some(shutdown),

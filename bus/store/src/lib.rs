@@ -569,6 +569,8 @@ pub enum ConfigKind {
     Ingest,
     /// A pipeline definition, keyed by pipeline name.
     Pipeline,
+    /// A persistent MQTT session, keyed by client id.
+    MqttSession,
 }
 
 impl ConfigKind {
@@ -578,6 +580,7 @@ impl ConfigKind {
         match self {
             ConfigKind::Ingest => 1,
             ConfigKind::Pipeline => 2,
+            ConfigKind::MqttSession => 3,
         }
     }
 }

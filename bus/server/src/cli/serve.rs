@@ -14,7 +14,8 @@ use edgebus_client::local::{DEFAULT_PORT, local_ca_path};
 #[command(after_help = "Examples:
   edgebus serve                                   # data in ~/.local/share/edgebus, 127.0.0.1:7171
   edgebus serve --data /var/lib/edgebus --listen 0.0.0.0:7171 --config edgebus.toml
-  edgebus serve --metrics-listen 127.0.0.1:9464     # Prometheus: GET /metrics, GET /healthz")]
+  edgebus serve --metrics-listen 127.0.0.1:9464     # Prometheus: GET /metrics, GET /healthz
+  edgebus serve --mqtt-listen 127.0.0.1:1883 --mqtt-map 'sensors/#=sensors'   # MQTT devices")]
 pub struct ServeArgs {
     /// Data directory (default: $EDGEBUS_DATA or ~/.local/share/edgebus).
     #[arg(long)]
@@ -30,6 +31,15 @@ pub struct ServeArgs {
     /// default).
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<SocketAddr>,
+    /// Accept MQTT 3.1.1 and 5.0 clients on this TCP address (config:
+    /// mqtt.listen; off by default; 127.0.0.1:1883 is the usual one).
+    #[arg(long, value_name = "ADDR")]
+    mqtt_listen: Option<SocketAddr>,
+    /// Store MQTT publishes matching FILTER in edgebus topic TOPIC (the
+    /// MQTT topic becomes the key); `,retain` delivers the last record per
+    /// MQTT topic on subscribe. Repeatable; added to config's mqtt.map.
+    #[arg(long, value_name = "FILTER=TOPIC[,retain]")]
+    mqtt_map: Vec<edgebus::mqtt::config::Mapping>,
     /// This node's id in a cluster (config: cluster.node_id); needs
     /// --peer for every node and --cluster-ca.
     #[arg(long, value_name = "N", requires = "peer")]
@@ -76,6 +86,10 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
     if let Some(metrics) = args.metrics_listen {
         config.metrics.listen = Some(metrics);
     }
+    if let Some(mqtt) = args.mqtt_listen {
+        config.mqtt.listen = Some(mqtt);
+    }
+    config.mqtt.map.extend(args.mqtt_map);
     if let Some(node) = args.node_id {
         config.cluster.node_id = Some(node);
     }
@@ -102,6 +116,12 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
     println!("data dir: {}", data_dir.display());
     if let Some(metrics) = broker.metrics_addr {
         println!("metrics: http://{metrics}/metrics (readiness: /healthz)");
+    }
+    if let Some(mqtt) = broker.mqtt_addr {
+        println!("mqtt: listening on {mqtt} (MQTT 3.1.1 and 5.0 over TCP)");
+    }
+    if let Some(mqtt) = broker.mqtt_tls_addr {
+        println!("mqtt: listening on {mqtt} (MQTT 3.1.1 and 5.0 over TLS)");
     }
     if let (Some(node), Some(ca)) = (cluster_node, &broker.cluster_ca) {
         println!(

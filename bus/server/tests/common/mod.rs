@@ -22,10 +22,17 @@ pub fn free_port() -> u16 {
 
 /// Starts `edgebus serve` and waits for its "listening" line.
 pub fn spawn_broker(data: &Path, addr: &str) -> Child {
+    spawn_broker_with(data, addr, &[])
+}
+
+/// Starts `edgebus serve` with more flags and waits for its "listening"
+/// line.
+pub fn spawn_broker_with(data: &Path, addr: &str, extra: &[String]) -> Child {
     let mut child = Command::new(BIN)
         .args(["serve", "--data"])
         .arg(data)
         .args(["--listen", addr])
+        .args(extra)
         // Plugins that trap on purpose warn on every record they fail on.
         .env("RUST_LOG", "warn,edgebus::plugin=error")
         .stdout(Stdio::piped())
@@ -78,21 +85,30 @@ pub struct Broker {
     pub addr: String,
     /// The CA its clients trust.
     pub ca: std::path::PathBuf,
+    /// Further `serve` flags, kept for restarts.
+    extra: Vec<String>,
     _dir: tempfile::TempDir,
 }
 
 impl Broker {
     /// Starts a broker on a fresh data dir and a free port.
     pub fn start() -> Broker {
+        Broker::start_with(&[])
+    }
+
+    /// Starts a broker on a fresh data dir and a free port, with more
+    /// `serve` flags.
+    pub fn start_with(extra: &[String]) -> Broker {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         let addr = format!("127.0.0.1:{}", free_port());
-        let process = Some(spawn_broker(&data, &addr));
+        let process = Some(spawn_broker_with(&data, &addr, extra));
         Broker {
             process,
             ca: data.join("tls").join("ca.pem"),
             data,
             addr,
+            extra: extra.to_vec(),
             _dir: dir,
         }
     }
@@ -100,7 +116,7 @@ impl Broker {
     /// SIGKILLs the broker and starts it again on the same data dir.
     pub fn restart(&mut self) {
         self.kill();
-        self.process = Some(spawn_broker(&self.data, &self.addr));
+        self.process = Some(spawn_broker_with(&self.data, &self.addr, &self.extra));
     }
 
     /// An `edgebus` client command with this broker's flags, not yet
