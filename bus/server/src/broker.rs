@@ -48,6 +48,8 @@ pub struct Broker {
     pub node: Arc<NodeFacts>,
     /// Counters and histograms, updated where their events happen.
     pub metrics: Arc<Metrics>,
+    /// Wakes readers waiting for partitions to grow.
+    pub notifier: Notifier,
 }
 
 impl Broker {
@@ -93,7 +95,7 @@ impl Broker {
         );
         let subscriptions = Subscriptions::new(
             reader.clone(),
-            notifier,
+            notifier.clone(),
             registry.clone(),
             attachments.clone(),
             dead_letters.clone(),
@@ -112,6 +114,7 @@ impl Broker {
             subscriptions,
             node: Arc::new(node),
             metrics,
+            notifier,
         })
     }
 }

@@ -27,6 +27,8 @@ pub struct Config {
     pub storage: StorageConfig,
     /// The Prometheus endpoint.
     pub metrics: MetricsConfig,
+    /// The Kafka front door.
+    pub kafka: crate::kafka::KafkaConfig,
 }
 
 /// How the redb store is opened.
@@ -183,6 +185,7 @@ impl Default for Config {
             plugins: PluginLimits::default(),
             storage: StorageConfig::default(),
             metrics: MetricsConfig::default(),
+            kafka: crate::kafka::KafkaConfig::default(),
         }
     }
 }

@@ -42,6 +42,8 @@
 //!   `dispatch` turns their errors into `Response::Error`.
 //! - [`exporter`]: the metrics endpoint, `/metrics` and `/healthz`,
 //!   reading the broker's state at scrape time.
+//! - [`kafka`]: the Kafka wire-protocol front door (TCP/TLS), over the
+//!   same produce path, reader, topics and group offsets as QUIC.
 //! - [`broker`]: the handles to every part, made once at start.
 //! - [`feed`]: subscriptions: pushes batches as partitions grow, through a
 //!   read-path plugin chain if asked.
@@ -80,6 +82,7 @@ pub mod error;
 pub mod exporter;
 pub mod feed;
 pub mod groups;
+pub mod kafka;
 pub mod metrics;
 pub mod notify;
 pub mod pipelines;
@@ -134,6 +137,14 @@ pub enum StartError {
         /// Why.
         source: std::io::Error,
     },
+    /// The Kafka listener could not listen.
+    #[error("kafka listener on {addr}: {source}")]
+    Kafka {
+        /// Listen address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The QUIC endpoint could not be set up.
     #[error("QUIC endpoint on {addr}: {detail}")]
     Endpoint {
@@ -154,8 +165,11 @@ pub struct RunningBroker {
     pub created_ca: bool,
     /// The bound address of the metrics endpoint, when it is on.
     pub metrics_addr: Option<SocketAddr>,
+    /// The bound address of the Kafka listener, when it is on.
+    pub kafka_addr: Option<SocketAddr>,
     shutdown: Option<oneshot::Sender<()>>,
     exporter: Option<JoinHandle<()>>,
+    kafka: Option<JoinHandle<()>>,
     task: JoinHandle<()>,
     retention: JoinHandle<()>,
     group_timer: JoinHandle<()>,
@@ -171,9 +185,11 @@ impl RunningBroker {
         }
         // The exporter holds the broker's handles, the store among them.
         let mut exporter = self.exporter.take();
+        let mut kafka = self.kafka.take();
         for task in [&mut self.retention, &mut self.group_timer]
             .into_iter()
             .chain(exporter.as_mut())
+            .chain(kafka.as_mut())
         {
             task.abort();
             let _ = task.await;
@@ -229,6 +245,7 @@ pub async fn start_with_store(
         addr: config.listen,
         detail,
     };
+    let tls_for_kafka = tls.clone();
     let quic = server::quic_config(tls, &config.limits).map_err(endpoint_err)?;
     let reset_key = tls::stateless_reset_key(&config.data_dir)?;
     let cid_key = tls::connection_id_key(&reset_key);
@@ -254,6 +271,15 @@ pub async fn start_with_store(
         }
         None => (None, None),
     };
+    let (kafka_listener, kafka_addr) = match config.kafka.listen {
+        Some(addr) => {
+            let err = |source| StartError::Kafka { addr, source };
+            let listener = tokio::net::TcpListener::bind(addr).await.map_err(err)?;
+            let bound = listener.local_addr().map_err(err)?;
+            (Some(listener), Some(bound))
+        }
+        None => (None, None),
+    };
     let engine = edgebus_wasm::Engine::new(edgebus_wasm::EngineConfig {
         cache_dir: Some(
             config
@@ -273,10 +299,13 @@ pub async fn start_with_store(
         .map_err(|e| StartError::Plugins(e.to_string()))?;
     let node = cmd::node::NodeFacts {
         started,
-        listeners: vec![edgebus_proto::frame::Listener {
-            protocol: "quic".into(),
-            addr: addr.to_string(),
-        }],
+        listeners: std::iter::once(("quic", addr))
+            .chain(kafka_addr.map(|a| ("kafka", a)))
+            .map(|(protocol, addr)| edgebus_proto::frame::Listener {
+                protocol: protocol.into(),
+                addr: addr.to_string(),
+            })
+            .collect(),
         data_dir: std::path::absolute(&config.data_dir).unwrap_or(config.data_dir.clone()),
     };
     let broker = Broker::new(
@@ -294,6 +323,17 @@ pub async fn start_with_store(
     ));
     let group_timer = tokio::spawn(broker.groups.clone().run_timer());
     let exporter = metrics_listener.map(|l| tokio::spawn(exporter::serve(l, broker.clone())));
+    let kafka = kafka_listener.zip(kafka_addr).map(|(listener, bound)| {
+        let tls = kafka::listener::acceptor(bound, &tls_for_kafka);
+        let door = kafka::listener::Door {
+            broker: broker.clone(),
+            groups: kafka::group::ClassicGroups::new(Duration::from_millis(
+                config.kafka.initial_rebalance_delay_ms,
+            )),
+            config: config.kafka.clone(),
+        };
+        tokio::spawn(kafka::listener::run(listener, tls, Arc::new(door)))
+    });
     let (shutdown, rx) = oneshot::channel();
     let task = tokio::spawn(server::run(endpoint, broker, async move {
         let _ = rx.await;
@@ -304,8 +344,10 @@ pub async fn start_with_store(
         local_ca: files.local_ca,
         created_ca: files.created,
         metrics_addr,
+        kafka_addr,
         shutdown: Some(shutdown),
         exporter,
+        kafka,
         task,
         retention,
         group_timer,

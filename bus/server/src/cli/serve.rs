@@ -14,7 +14,8 @@ use edgebus_client::local::{DEFAULT_PORT, local_ca_path};
 #[command(after_help = "Examples:
   edgebus serve                                   # data in ~/.local/share/edgebus, 127.0.0.1:7171
   edgebus serve --data /var/lib/edgebus --listen 0.0.0.0:7171 --config edgebus.toml
-  edgebus serve --metrics-listen 127.0.0.1:9464     # Prometheus: GET /metrics, GET /healthz")]
+  edgebus serve --metrics-listen 127.0.0.1:9464     # Prometheus: GET /metrics, GET /healthz
+  edgebus serve --kafka-listen 127.0.0.1:9092       # Kafka clients: kcat -b 127.0.0.1:9092 -L")]
 pub struct ServeArgs {
     /// Data directory (default: $EDGEBUS_DATA or ~/.local/share/edgebus).
     #[arg(long)]
@@ -30,6 +31,11 @@ pub struct ServeArgs {
     /// default).
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<SocketAddr>,
+    /// Serve Kafka clients on this TCP address, e.g. 127.0.0.1:9092
+    /// (config: kafka.listen; off by default; plain TCP on loopback, TLS
+    /// with the broker's certificate on any other address).
+    #[arg(long, value_name = "ADDR")]
+    kafka_listen: Option<SocketAddr>,
 }
 
 pub async fn run(args: ServeArgs) -> Result<(), Failure> {
@@ -46,6 +52,9 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
     if let Some(metrics) = args.metrics_listen {
         config.metrics.listen = Some(metrics);
     }
+    if let Some(kafka) = args.kafka_listen {
+        config.kafka.listen = Some(kafka);
+    }
     // Relative paths are taken from the working directory at start (the
     // plugin compile cache refuses relative ones).
     config.data_dir = absolute(&config.data_dir);
@@ -61,6 +70,14 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
     println!("data dir: {}", data_dir.display());
     if let Some(metrics) = broker.metrics_addr {
         println!("metrics: http://{metrics}/metrics (readiness: /healthz)");
+    }
+    if let Some(kafka) = broker.kafka_addr {
+        let transport = if kafka.ip().is_loopback() {
+            "plain TCP on loopback"
+        } else {
+            "TLS"
+        };
+        println!("kafka: {kafka} ({transport})");
     }
     match (&broker.local_ca, &operator_cert) {
         (Some(ca), _) => {
