@@ -20,12 +20,26 @@ pub fn free_port() -> u16 {
         .expect("a free UDP port")
 }
 
+/// A TCP port free right now on 127.0.0.1.
+pub fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("a free TCP port")
+}
+
 /// Starts `edgebus serve` and waits for its "listening" line.
 pub fn spawn_broker(data: &Path, addr: &str) -> Child {
+    spawn_broker_with(data, addr, &[])
+}
+
+/// [`spawn_broker`] with more `serve` flags.
+pub fn spawn_broker_with(data: &Path, addr: &str, extra: &[String]) -> Child {
     let mut child = Command::new(BIN)
         .args(["serve", "--data"])
         .arg(data)
         .args(["--listen", addr])
+        .args(extra)
         // Plugins that trap on purpose warn on every record they fail on.
         .env("RUST_LOG", "warn,edgebus::plugin=error")
         .stdout(Stdio::piped())
@@ -78,21 +92,30 @@ pub struct Broker {
     pub addr: String,
     /// The CA its clients trust.
     pub ca: std::path::PathBuf,
+    /// The `serve` flags it was started with beyond data dir and address.
+    extra: Vec<String>,
     _dir: tempfile::TempDir,
 }
 
 impl Broker {
     /// Starts a broker on a fresh data dir and a free port.
     pub fn start() -> Broker {
+        Broker::start_with(&[])
+    }
+
+    /// [`Broker::start`] with more `serve` flags.
+    pub fn start_with(extra: &[&str]) -> Broker {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         let addr = format!("127.0.0.1:{}", free_port());
-        let process = Some(spawn_broker(&data, &addr));
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let process = Some(spawn_broker_with(&data, &addr, &extra));
         Broker {
             process,
             ca: data.join("tls").join("ca.pem"),
             data,
             addr,
+            extra,
             _dir: dir,
         }
     }
@@ -100,7 +123,7 @@ impl Broker {
     /// SIGKILLs the broker and starts it again on the same data dir.
     pub fn restart(&mut self) {
         self.kill();
-        self.process = Some(spawn_broker(&self.data, &self.addr));
+        self.process = Some(spawn_broker_with(&self.data, &self.addr, &self.extra));
     }
 
     /// An `edgebus` client command with this broker's flags, not yet
