@@ -19,8 +19,15 @@
 //!   form of a producer's dedup state.
 //! - [`group`]: the consumer-group coordinator: membership, session
 //!   timeouts, generations, assignment strategies and commit fencing.
+//! - [`replica`]: one partition on one node of a cluster, leader or
+//!   follower: Kafka's fetch protocol with epoch truncation, ISR changes and
+//!   `min.insync.replicas`, around the partition engine.
+//! - [`controller`]: the control-plane state machine the control log
+//!   applies: nodes, placement, elections, fencing and ISR changes.
 #![warn(missing_docs)]
 
+pub mod controller;
 pub mod group;
 pub mod partition;
 pub mod producer;
+pub mod replica;

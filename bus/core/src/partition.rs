@@ -225,6 +225,32 @@ pub enum AppendError {
         /// Where the log now ends.
         offset: u64,
     },
+    /// This replica stopped leading the partition before the batch met its
+    /// ack level; it may or may not be kept by the new leader, and a retry
+    /// there is deduplicated.
+    #[error("this replica is no longer the partition's leader")]
+    NotLeader,
+    /// An `All` batch was refused before it was stored: fewer replicas are in
+    /// sync than the partition's `min.insync.replicas`.
+    #[error("only {in_sync} replicas are in sync, fewer than min.insync.replicas {min}")]
+    NotEnoughReplicas {
+        /// In-sync replicas, the leader included.
+        in_sync: usize,
+        /// The partition's minimum.
+        min: usize,
+    },
+    /// An `All` batch reached every in-sync replica, but the in-sync set had
+    /// shrunk below `min.insync.replicas` meanwhile; it is stored, and a retry
+    /// is deduplicated.
+    #[error(
+        "stored, but only {in_sync} replicas were in sync, fewer than min.insync.replicas {min}"
+    )]
+    NotEnoughReplicasAfterAppend {
+        /// In-sync replicas, the leader included.
+        in_sync: usize,
+        /// The partition's minimum.
+        min: usize,
+    },
 }
 
 /// Why [`PartitionEngine::handle_written`] was refused.
@@ -307,6 +333,12 @@ pub struct PartitionEngine {
     /// election; a follower in the in-sync set without one holds the high
     /// watermark back.
     progress: BTreeMap<ReplicaId, u64>,
+    /// Members of the committed in-sync set, the leader included: what
+    /// `min_insync` is checked against. `in_sync` may be larger while an
+    /// expansion is being committed.
+    isr_size: usize,
+    /// `min.insync.replicas`: `All` batches need this many in-sync replicas.
+    min_insync: usize,
     commands: VecDeque<Command>,
 }
 
@@ -373,8 +405,19 @@ impl PartitionEngine {
             waiting: VecDeque::new(),
             in_sync: BTreeSet::new(),
             progress: BTreeMap::new(),
+            isr_size: 1,
+            min_insync: 1,
             commands: VecDeque::new(),
         }
+    }
+
+    /// The same engine starting with readers held at `high_watermark` (at
+    /// most the log end) instead of the log end: a replica elected leader
+    /// of a cluster partition may hold records no other in-sync replica has
+    /// confirmed, and must not show them until the followers do.
+    pub fn with_high_watermark(mut self, high_watermark: u64) -> Self {
+        self.high_watermark = high_watermark.min(self.log_end);
+        self
     }
 
     /// Decides what to do with an append request and queues the result: a
@@ -386,6 +429,16 @@ impl PartitionEngine {
     /// gets an Append command with `record_count` 0: only the producer state
     /// is persisted, and the ack names the log end.
     pub fn handle_append(&mut self, _now: Instant, request: AppendRequest) {
+        if request.acks == AckLevel::All && self.isr_size < self.min_insync {
+            self.commands.push_back(Command::Ack {
+                id: request.id,
+                result: Err(AppendError::NotEnoughReplicas {
+                    in_sync: self.isr_size,
+                    min: self.min_insync,
+                }),
+            });
+            return;
+        }
         let span = request
             .sequence
             .filter(|span| span.producer.is_idempotent());
@@ -509,6 +562,49 @@ impl PartitionEngine {
         self.in_sync = replicas.into_iter().filter(|r| *r != local).collect();
         self.advance_high_watermark();
         self.release();
+    }
+
+    /// The committed in-sync set has `isr_size` members, the leader included,
+    /// and the partition's `min.insync.replicas` is `min_insync`. `All`
+    /// batches are refused with [`AppendError::NotEnoughReplicas`] while the
+    /// set is smaller, and one whose set shrank below it while it waited is
+    /// answered with [`AppendError::NotEnoughReplicasAfterAppend`].
+    pub fn set_min_insync(&mut self, _now: Instant, isr_size: usize, min_insync: usize) {
+        self.isr_size = isr_size.max(1);
+        self.min_insync = min_insync;
+    }
+
+    /// This replica stopped leading: every request still waiting for its
+    /// ack level fails with [`AppendError::NotLeader`], in request order.
+    /// Appends already emitted are still the shell's to finish and report;
+    /// see [`PartitionEngine::is_settled`].
+    pub fn abandon(&mut self, _now: Instant) {
+        for waiting in self.waiting.drain(..) {
+            self.commands.push_back(Command::Ack {
+                id: waiting.id,
+                result: Err(AppendError::NotLeader),
+            });
+        }
+    }
+
+    /// Whether every emitted append is durable or rolled back: the log the
+    /// engine describes is then the one on disk.
+    pub fn is_settled(&self) -> bool {
+        self.writes.is_empty()
+    }
+
+    /// Where the current leader epoch starts, once an append of it is
+    /// decided.
+    pub fn epoch_start(&self) -> Option<u64> {
+        self.epoch_start
+    }
+
+    /// Every producer's dedup state, counting decided appends.
+    pub fn producer_states(&self) -> Vec<(i64, ProducerState)> {
+        self.producers
+            .iter()
+            .map(|(id, state)| (*id, state.clone()))
+            .collect()
     }
 
     /// Makes this replica the leader at `epoch`, which must be newer than
@@ -725,6 +821,7 @@ impl PartitionEngine {
     /// Acks every waiting request whose level is now met, in request order.
     fn release(&mut self) {
         let (written, durable, high_watermark) = (self.written, self.durable, self.high_watermark);
+        let (isr_size, min_insync) = (self.isr_size, self.min_insync);
         let commands = &mut self.commands;
         self.waiting.retain(|w| {
             let met = match w.due {
@@ -733,10 +830,16 @@ impl PartitionEngine {
                 Due::Replicated => w.write <= durable && w.end <= high_watermark,
             };
             if met {
-                commands.push_back(Command::Ack {
-                    id: w.id,
-                    result: Ok(w.outcome),
-                });
+                let result = match w.due {
+                    Due::Replicated if isr_size < min_insync => {
+                        Err(AppendError::NotEnoughReplicasAfterAppend {
+                            in_sync: isr_size,
+                            min: min_insync,
+                        })
+                    }
+                    _ => Ok(w.outcome),
+                };
+                commands.push_back(Command::Ack { id: w.id, result });
             }
             !met
         });

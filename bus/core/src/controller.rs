@@ -1,0 +1,814 @@
+//! The cluster's control plane as a deterministic state machine: the nodes,
+//! the topics, and for every partition its replicas, leader, leader epoch
+//! and in-sync set.
+//!
+//! Every change is a [`ControlRequest`] applied in log order by
+//! [`ClusterState::apply`]; the broker commits requests through openraft and
+//! applies them on every node, so every node computes the same state from
+//! the same log, and the simulator applies them the same way. Nothing here
+//! reads a clock: [`Liveness`] turns heartbeats and the time the caller
+//! passes into the fence and unfence requests the controller proposes.
+//!
+//! # Elections
+//!
+//! A partition's leader is always a member of its in-sync set (ISR), unless
+//! the topic allows unclean elections. When a leader is fenced (missed its
+//! session) or restarts (registers a new incarnation), the first other
+//! unfenced ISR member in replica order leads at the next epoch; when there
+//! is none, the partition has no leader, and its ISR keeps the last member,
+//! which leads again at a new epoch once it is back (the "last replica
+//! standing" of KIP-966). Every election bumps the leader epoch, so a
+//! restarted leader never writes again at an epoch it may have written at
+//! before it crashed.
+//!
+//! ISR changes proposed by a leader ([`ControlRequest::AlterIsr`]) carry the
+//! leader epoch and partition epoch they were computed from, and are refused
+//! when either is stale: a deposed leader cannot shrink a set it no longer
+//! owns (the Kafka 2013 case), and two proposals cannot race.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::partition::ReplicaId;
+
+/// A node of the cluster; the same ids replicas use.
+pub type NodeId = ReplicaId;
+
+/// What the cluster knows of a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeMeta {
+    /// Where clients and peers reach it, `host:port`.
+    pub address: String,
+    /// Changes every time the node process starts.
+    pub incarnation: u64,
+    /// Missed its session or has not registered yet: it leads nothing and
+    /// is in no in-sync set it could be elected from.
+    pub fenced: bool,
+}
+
+/// One partition's placement and leadership.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionMeta {
+    /// Nodes holding a copy, in preference order.
+    pub replicas: Vec<NodeId>,
+    /// The node producers and consumers use; `None` when no in-sync replica
+    /// is available.
+    pub leader: Option<NodeId>,
+    /// Bumped at every election; stamped into every batch appended.
+    pub leader_epoch: i32,
+    /// Replicas that hold every record below the high watermark; always
+    /// holds the leader when there is one.
+    pub isr: Vec<NodeId>,
+    /// Bumped at every change of this partition, leader or ISR, so a
+    /// proposal computed from an older state is refused.
+    pub partition_epoch: u64,
+}
+
+/// A topic's cluster-wide settings and partitions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicMeta {
+    /// Copies of each partition.
+    pub replication_factor: u32,
+    /// `min.insync.replicas` for `acks=all`.
+    pub min_insync: u32,
+    /// Whether a partition with no in-sync replica left may elect an
+    /// out-of-sync one, losing what only the ISR had.
+    pub unclean_leader_election: bool,
+    /// The broker's own topic settings (retention, limits, plugins), opaque
+    /// here.
+    pub spec: Vec<u8>,
+    /// By partition number.
+    pub partitions: Vec<PartitionMeta>,
+}
+
+/// A change to the cluster state, in the order the control log holds them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ControlRequest {
+    /// A node process started: records its address and incarnation and
+    /// unfences it. A new incarnation of a node that leads partitions
+    /// re-elects them at a new epoch.
+    RegisterNode {
+        /// The node.
+        node: NodeId,
+        /// Its address.
+        address: String,
+        /// Unique per process start.
+        incarnation: u64,
+    },
+    /// The node missed its session: it leaves every ISR it is not the last
+    /// member of, and its partitions elect new leaders.
+    FenceNode {
+        /// The node.
+        node: NodeId,
+    },
+    /// A fenced node is heard from again: leaderless partitions whose ISR
+    /// holds it elect it.
+    UnfenceNode {
+        /// The node.
+        node: NodeId,
+    },
+    /// Creates a topic, placing its replicas.
+    CreateTopic {
+        /// Topic name.
+        name: String,
+        /// Partition count.
+        partitions: u32,
+        /// Copies of each partition.
+        replication_factor: u32,
+        /// `min.insync.replicas`.
+        min_insync: u32,
+        /// `unclean.leader.election`.
+        unclean_leader_election: bool,
+        /// The broker's topic settings.
+        spec: Vec<u8>,
+    },
+    /// Deletes a topic.
+    DeleteTopic {
+        /// Topic name.
+        name: String,
+    },
+    /// A leader changes its partition's in-sync set.
+    AlterIsr {
+        /// Topic name.
+        topic: String,
+        /// Partition number.
+        partition: u32,
+        /// The proposing leader.
+        leader: NodeId,
+        /// The leader epoch it leads at.
+        leader_epoch: i32,
+        /// The partition epoch its view was computed from.
+        partition_epoch: u64,
+        /// The new set; must hold the leader.
+        isr: Vec<NodeId>,
+    },
+}
+
+/// What an applied request did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ControlOutcome {
+    /// Applied; nothing to report.
+    Done,
+    /// An ISR change was applied; the partition is now at this epoch.
+    IsrChanged {
+        /// The new partition epoch.
+        partition_epoch: u64,
+    },
+}
+
+/// Why a request changed nothing. Refusals are part of the replicated
+/// state machine's output, so every node refuses the same requests.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum ControlError {
+    /// No such topic.
+    #[error("unknown topic {0:?}")]
+    UnknownTopic(String),
+    /// No such partition.
+    #[error("topic {topic:?} has no partition {partition}")]
+    UnknownPartition {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: u32,
+    },
+    /// The topic exists.
+    #[error("topic {0:?} already exists")]
+    TopicExists(String),
+    /// Fewer registered nodes than the replication factor.
+    #[error("replication factor {replication_factor} needs that many nodes; {nodes} are known")]
+    NotEnoughNodes {
+        /// Asked for.
+        replication_factor: u32,
+        /// Registered nodes.
+        nodes: usize,
+    },
+    /// A setting is out of range.
+    #[error("invalid topic settings: {0}")]
+    InvalidTopic(String),
+    /// The node is not registered.
+    #[error("unknown node {0}")]
+    UnknownNode(NodeId),
+    /// An ISR change computed from an older leader or partition epoch.
+    #[error(
+        "stale ISR change: partition is at leader epoch {leader_epoch}, partition epoch {partition_epoch}"
+    )]
+    StaleIsr {
+        /// Current leader epoch.
+        leader_epoch: i32,
+        /// Current partition epoch.
+        partition_epoch: u64,
+    },
+    /// An ISR change that drops the leader, names a non-replica, or adds a
+    /// fenced node.
+    #[error("invalid ISR {isr:?}: {reason}")]
+    InvalidIsr {
+        /// The set proposed.
+        isr: Vec<NodeId>,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// The whole control-plane state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterState {
+    /// Registered nodes.
+    pub nodes: BTreeMap<NodeId, NodeMeta>,
+    /// Topics by name.
+    pub topics: BTreeMap<String, TopicMeta>,
+}
+
+impl ClusterState {
+    /// Applies one request, or refuses it without changing anything.
+    pub fn apply(&mut self, request: &ControlRequest) -> Result<ControlOutcome, ControlError> {
+        match request {
+            ControlRequest::RegisterNode {
+                node,
+                address,
+                incarnation,
+            } => {
+                let restarted = self
+                    .nodes
+                    .get(node)
+                    .is_some_and(|meta| meta.incarnation != *incarnation);
+                self.nodes.insert(
+                    *node,
+                    NodeMeta {
+                        address: address.clone(),
+                        incarnation: *incarnation,
+                        fenced: false,
+                    },
+                );
+                if restarted {
+                    self.reelect_led_by(*node);
+                }
+                self.elect_leaderless();
+                Ok(ControlOutcome::Done)
+            }
+            ControlRequest::FenceNode { node } => {
+                let meta = self
+                    .nodes
+                    .get_mut(node)
+                    .ok_or(ControlError::UnknownNode(*node))?;
+                if !meta.fenced {
+                    meta.fenced = true;
+                    self.remove_fenced(*node);
+                }
+                Ok(ControlOutcome::Done)
+            }
+            ControlRequest::UnfenceNode { node } => {
+                let meta = self
+                    .nodes
+                    .get_mut(node)
+                    .ok_or(ControlError::UnknownNode(*node))?;
+                meta.fenced = false;
+                self.elect_leaderless();
+                Ok(ControlOutcome::Done)
+            }
+            ControlRequest::CreateTopic {
+                name,
+                partitions,
+                replication_factor,
+                min_insync,
+                unclean_leader_election,
+                spec,
+            } => self.create_topic(
+                name,
+                *partitions,
+                *replication_factor,
+                *min_insync,
+                *unclean_leader_election,
+                spec,
+            ),
+            ControlRequest::DeleteTopic { name } => self
+                .topics
+                .remove(name)
+                .map(|_| ControlOutcome::Done)
+                .ok_or_else(|| ControlError::UnknownTopic(name.clone())),
+            ControlRequest::AlterIsr {
+                topic,
+                partition,
+                leader,
+                leader_epoch,
+                partition_epoch,
+                isr,
+            } => self.alter_isr(
+                topic,
+                *partition,
+                *leader,
+                *leader_epoch,
+                *partition_epoch,
+                isr,
+            ),
+        }
+    }
+
+    /// The partition's state, if the topic and partition exist.
+    pub fn partition(&self, topic: &str, partition: u32) -> Option<&PartitionMeta> {
+        self.topics.get(topic)?.partitions.get(partition as usize)
+    }
+
+    fn is_live(&self, node: NodeId) -> bool {
+        self.nodes.get(&node).is_some_and(|meta| !meta.fenced)
+    }
+
+    fn create_topic(
+        &mut self,
+        name: &str,
+        partitions: u32,
+        replication_factor: u32,
+        min_insync: u32,
+        unclean_leader_election: bool,
+        spec: &[u8],
+    ) -> Result<ControlOutcome, ControlError> {
+        if self.topics.contains_key(name) {
+            return Err(ControlError::TopicExists(name.to_owned()));
+        }
+        if partitions == 0 {
+            return Err(ControlError::InvalidTopic("no partitions".into()));
+        }
+        if replication_factor == 0 || min_insync == 0 || min_insync > replication_factor {
+            return Err(ControlError::InvalidTopic(format!(
+                "min.insync.replicas {min_insync} must be 1..=replication factor {replication_factor}"
+            )));
+        }
+        let nodes: Vec<NodeId> = self.nodes.keys().copied().collect();
+        if (replication_factor as usize) > nodes.len() {
+            return Err(ControlError::NotEnoughNodes {
+                replication_factor,
+                nodes: nodes.len(),
+            });
+        }
+        // Round-robin placement from a start that moves with the topic, so
+        // leaders (the first replica) spread over the nodes across topics as
+        // well as across partitions.
+        let start = self.topics.len();
+        let partitions = (0..partitions as usize)
+            .map(|p| {
+                let replicas: Vec<NodeId> = (0..replication_factor as usize)
+                    .map(|r| nodes[(start + p + r) % nodes.len()])
+                    .collect();
+                let isr = replicas.clone();
+                let leader = replicas.iter().copied().find(|n| self.is_live(*n));
+                PartitionMeta {
+                    replicas,
+                    leader,
+                    leader_epoch: 0,
+                    isr,
+                    partition_epoch: 0,
+                }
+            })
+            .collect();
+        self.topics.insert(
+            name.to_owned(),
+            TopicMeta {
+                replication_factor,
+                min_insync,
+                unclean_leader_election,
+                spec: spec.to_vec(),
+                partitions,
+            },
+        );
+        Ok(ControlOutcome::Done)
+    }
+
+    fn alter_isr(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        leader: NodeId,
+        leader_epoch: i32,
+        partition_epoch: u64,
+        isr: &[NodeId],
+    ) -> Result<ControlOutcome, ControlError> {
+        let live: BTreeSet<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|(_, m)| !m.fenced)
+            .map(|(id, _)| *id)
+            .collect();
+        let meta = self
+            .topics
+            .get_mut(topic)
+            .ok_or_else(|| ControlError::UnknownTopic(topic.to_owned()))?
+            .partitions
+            .get_mut(partition as usize)
+            .ok_or_else(|| ControlError::UnknownPartition {
+                topic: topic.to_owned(),
+                partition,
+            })?;
+        if meta.leader != Some(leader)
+            || meta.leader_epoch != leader_epoch
+            || meta.partition_epoch != partition_epoch
+        {
+            return Err(ControlError::StaleIsr {
+                leader_epoch: meta.leader_epoch,
+                partition_epoch: meta.partition_epoch,
+            });
+        }
+        let invalid = |reason: &str| ControlError::InvalidIsr {
+            isr: isr.to_vec(),
+            reason: reason.to_owned(),
+        };
+        if !isr.contains(&leader) {
+            return Err(invalid("it must hold the leader"));
+        }
+        if isr.iter().any(|n| !meta.replicas.contains(n)) {
+            return Err(invalid("it names a node that is not a replica"));
+        }
+        let added: Vec<NodeId> = isr
+            .iter()
+            .copied()
+            .filter(|n| !meta.isr.contains(n))
+            .collect();
+        if added.iter().any(|n| !live.contains(n)) {
+            return Err(invalid("it adds a fenced node"));
+        }
+        let mut ordered: Vec<NodeId> = meta
+            .replicas
+            .iter()
+            .copied()
+            .filter(|n| isr.contains(n))
+            .collect();
+        ordered.dedup();
+        meta.isr = ordered;
+        meta.partition_epoch += 1;
+        Ok(ControlOutcome::IsrChanged {
+            partition_epoch: meta.partition_epoch,
+        })
+    }
+
+    /// Takes a fenced node out of every ISR it is not the last member of,
+    /// and re-elects the partitions it led.
+    fn remove_fenced(&mut self, node: NodeId) {
+        let live = self.live_nodes();
+        for topic in self.topics.values_mut() {
+            let unclean = topic.unclean_leader_election;
+            for meta in &mut topic.partitions {
+                let shrinks = meta.isr.len() > 1 && meta.isr.contains(&node);
+                if shrinks {
+                    meta.isr.retain(|n| *n != node);
+                }
+                if meta.leader == Some(node) {
+                    elect(meta, &live, unclean, Some(node));
+                } else if shrinks {
+                    meta.partition_epoch += 1;
+                }
+            }
+        }
+    }
+
+    /// A restarted node's partitions elect again at a new epoch, preferring
+    /// another in-sync replica: the node may have lost writes it had not
+    /// fsync'd.
+    fn reelect_led_by(&mut self, node: NodeId) {
+        let live = self.live_nodes();
+        for topic in self.topics.values_mut() {
+            let unclean = topic.unclean_leader_election;
+            for meta in &mut topic.partitions {
+                if meta.leader == Some(node) {
+                    elect(meta, &live, unclean, Some(node));
+                }
+            }
+        }
+    }
+
+    /// Partitions without a leader elect one if they now can.
+    fn elect_leaderless(&mut self) {
+        let live = self.live_nodes();
+        for topic in self.topics.values_mut() {
+            let unclean = topic.unclean_leader_election;
+            for meta in &mut topic.partitions {
+                if meta.leader.is_none() {
+                    elect(meta, &live, unclean, None);
+                }
+            }
+        }
+    }
+
+    fn live_nodes(&self) -> BTreeSet<NodeId> {
+        self.nodes
+            .iter()
+            .filter(|(_, m)| !m.fenced)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+}
+
+/// Elects a leader for `meta` at the next epoch: the first live ISR member
+/// in replica order other than `avoid`, else `avoid` itself if it is live
+/// and in the ISR, else (only if `unclean`) any live replica, which becomes
+/// the whole ISR. With none, the partition is left without a leader (the
+/// epoch still moves, so the old leader's epoch is over).
+fn elect(meta: &mut PartitionMeta, live: &BTreeSet<NodeId>, unclean: bool, avoid: Option<NodeId>) {
+    let in_isr = |n: &NodeId| meta.isr.contains(n) && live.contains(n);
+    let chosen = meta
+        .replicas
+        .iter()
+        .copied()
+        .find(|n| in_isr(n) && Some(*n) != avoid)
+        .or_else(|| avoid.filter(in_isr))
+        .or_else(|| {
+            unclean
+                .then(|| meta.replicas.iter().copied().find(|n| live.contains(n)))
+                .flatten()
+        });
+    if let Some(leader) = chosen
+        && !meta.isr.contains(&leader)
+    {
+        meta.isr = vec![leader];
+    }
+    if chosen.is_none() && meta.leader.is_none() {
+        // Nothing changes for a partition that already had no leader.
+        return;
+    }
+    meta.leader = chosen;
+    meta.leader_epoch += 1;
+    meta.partition_epoch += 1;
+}
+
+/// Which nodes the controller should fence or unfence: run on the node
+/// whose control log leader proposes changes. Heartbeats older than the
+/// session timeout fence a node; a heartbeat from a fenced node unfences it.
+#[derive(Debug)]
+pub struct Liveness {
+    session_timeout: Duration,
+    last_heard: BTreeMap<NodeId, Instant>,
+}
+
+impl Liveness {
+    /// Starts with every node just heard from: a controller that has just
+    /// taken over gives every node a full session before fencing it.
+    pub fn new(now: Instant, session_timeout: Duration, state: &ClusterState) -> Self {
+        Liveness {
+            session_timeout,
+            last_heard: state.nodes.keys().map(|n| (*n, now)).collect(),
+        }
+    }
+
+    /// `node` sent a heartbeat at `now`.
+    pub fn handle_heartbeat(&mut self, now: Instant, node: NodeId) {
+        self.last_heard.insert(node, now);
+    }
+
+    /// The fence and unfence requests `state` needs as of `now`.
+    pub fn proposals(&mut self, now: Instant, state: &ClusterState) -> Vec<ControlRequest> {
+        let mut out = Vec::new();
+        for (node, meta) in &state.nodes {
+            let heard = *self.last_heard.entry(*node).or_insert(now);
+            let alive = now.saturating_duration_since(heard) < self.session_timeout;
+            if alive && meta.fenced {
+                out.push(ControlRequest::UnfenceNode { node: *node });
+            } else if !alive && !meta.fenced {
+                out.push(ControlRequest::FenceNode { node: *node });
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster(nodes: u64) -> ClusterState {
+        let mut state = ClusterState::default();
+        for node in 1..=nodes {
+            state
+                .apply(&ControlRequest::RegisterNode {
+                    node,
+                    address: format!("127.0.0.1:{}", 7000 + node),
+                    incarnation: 1,
+                })
+                .unwrap();
+        }
+        state
+    }
+
+    fn create(state: &mut ClusterState, name: &str, partitions: u32, rf: u32, min: u32) {
+        state
+            .apply(&ControlRequest::CreateTopic {
+                name: name.into(),
+                partitions,
+                replication_factor: rf,
+                min_insync: min,
+                unclean_leader_election: false,
+                spec: Vec::new(),
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn create_topic_spreads_replicas_and_leaders() {
+        let mut state = cluster(3);
+        create(&mut state, "t", 3, 3, 2);
+        let leaders: BTreeSet<_> = state.topics["t"]
+            .partitions
+            .iter()
+            .map(|p| p.leader.unwrap())
+            .collect();
+        assert_eq!(leaders.len(), 3, "one partition led by each node");
+        for p in &state.topics["t"].partitions {
+            assert_eq!(p.replicas.len(), 3);
+            assert_eq!(p.isr, p.replicas);
+            assert_eq!(p.leader, Some(p.replicas[0]));
+        }
+    }
+
+    #[test]
+    fn create_topic_refuses_more_replicas_than_nodes_and_bad_min() {
+        let mut state = cluster(2);
+        let request = |rf, min| ControlRequest::CreateTopic {
+            name: "t".into(),
+            partitions: 1,
+            replication_factor: rf,
+            min_insync: min,
+            unclean_leader_election: false,
+            spec: Vec::new(),
+        };
+        assert_eq!(
+            state.apply(&request(3, 1)),
+            Err(ControlError::NotEnoughNodes {
+                replication_factor: 3,
+                nodes: 2
+            })
+        );
+        assert!(matches!(
+            state.apply(&request(2, 3)),
+            Err(ControlError::InvalidTopic(_))
+        ));
+        assert!(state.topics.is_empty());
+    }
+
+    #[test]
+    fn fencing_the_leader_elects_an_isr_member_at_the_next_epoch() {
+        let mut state = cluster(3);
+        create(&mut state, "t", 1, 3, 2);
+        let before = state.partition("t", 0).unwrap().clone();
+        let old = before.leader.unwrap();
+        state
+            .apply(&ControlRequest::FenceNode { node: old })
+            .unwrap();
+        let after = state.partition("t", 0).unwrap();
+        assert_ne!(after.leader, Some(old));
+        assert!(after.isr.contains(&after.leader.unwrap()));
+        assert!(!after.isr.contains(&old));
+        assert_eq!(after.leader_epoch, before.leader_epoch + 1);
+        assert!(after.partition_epoch > before.partition_epoch);
+    }
+
+    #[test]
+    fn last_isr_member_fenced_leaves_no_leader_until_it_returns() {
+        let mut state = cluster(3);
+        create(&mut state, "t", 1, 3, 1);
+        let p = state.partition("t", 0).unwrap().clone();
+        let leader = p.leader.unwrap();
+        state
+            .apply(&ControlRequest::AlterIsr {
+                topic: "t".into(),
+                partition: 0,
+                leader,
+                leader_epoch: p.leader_epoch,
+                partition_epoch: p.partition_epoch,
+                isr: vec![leader],
+            })
+            .unwrap();
+        state
+            .apply(&ControlRequest::FenceNode { node: leader })
+            .unwrap();
+        let p = state.partition("t", 0).unwrap().clone();
+        assert_eq!(p.leader, None, "no out-of-sync replica is elected");
+        assert_eq!(p.isr, vec![leader], "the last member stays in the ISR");
+        state
+            .apply(&ControlRequest::UnfenceNode { node: leader })
+            .unwrap();
+        let back = state.partition("t", 0).unwrap();
+        assert_eq!(back.leader, Some(leader));
+        assert_eq!(back.leader_epoch, p.leader_epoch + 1);
+    }
+
+    #[test]
+    fn unclean_election_takes_any_live_replica_only_when_allowed() {
+        let mut state = cluster(3);
+        state
+            .apply(&ControlRequest::CreateTopic {
+                name: "u".into(),
+                partitions: 1,
+                replication_factor: 3,
+                min_insync: 1,
+                unclean_leader_election: true,
+                spec: Vec::new(),
+            })
+            .unwrap();
+        let p = state.partition("u", 0).unwrap().clone();
+        let leader = p.leader.unwrap();
+        state
+            .apply(&ControlRequest::AlterIsr {
+                topic: "u".into(),
+                partition: 0,
+                leader,
+                leader_epoch: p.leader_epoch,
+                partition_epoch: p.partition_epoch,
+                isr: vec![leader],
+            })
+            .unwrap();
+        state
+            .apply(&ControlRequest::FenceNode { node: leader })
+            .unwrap();
+        let p = state.partition("u", 0).unwrap();
+        let new = p.leader.expect("an unclean election happened");
+        assert_ne!(new, leader);
+        assert_eq!(p.isr, vec![new]);
+    }
+
+    #[test]
+    fn a_restarted_leader_is_replaced_at_a_new_epoch() {
+        let mut state = cluster(3);
+        create(&mut state, "t", 1, 3, 2);
+        let p = state.partition("t", 0).unwrap().clone();
+        let leader = p.leader.unwrap();
+        state
+            .apply(&ControlRequest::RegisterNode {
+                node: leader,
+                address: "x".into(),
+                incarnation: 2,
+            })
+            .unwrap();
+        let after = state.partition("t", 0).unwrap();
+        assert_ne!(after.leader, Some(leader));
+        assert_eq!(after.leader_epoch, p.leader_epoch + 1);
+        assert!(
+            after.isr.contains(&leader),
+            "a restart alone leaves the ISR"
+        );
+    }
+
+    #[test]
+    fn stale_or_invalid_isr_changes_are_refused() {
+        let mut state = cluster(3);
+        create(&mut state, "t", 1, 3, 2);
+        let p = state.partition("t", 0).unwrap().clone();
+        let leader = p.leader.unwrap();
+        let alter = |epoch: i32, pe: u64, isr: Vec<NodeId>| ControlRequest::AlterIsr {
+            topic: "t".into(),
+            partition: 0,
+            leader,
+            leader_epoch: epoch,
+            partition_epoch: pe,
+            isr,
+        };
+        assert!(matches!(
+            state.apply(&alter(p.leader_epoch, p.partition_epoch + 1, vec![leader])),
+            Err(ControlError::StaleIsr { .. })
+        ));
+        assert!(matches!(
+            state.apply(&alter(p.leader_epoch - 1, p.partition_epoch, vec![leader])),
+            Err(ControlError::StaleIsr { .. })
+        ));
+        let other = p.replicas[1];
+        assert!(matches!(
+            state.apply(&alter(p.leader_epoch, p.partition_epoch, vec![other])),
+            Err(ControlError::InvalidIsr { .. })
+        ));
+        assert!(matches!(
+            state.apply(&alter(p.leader_epoch, p.partition_epoch, vec![leader, 9])),
+            Err(ControlError::InvalidIsr { .. })
+        ));
+        assert_eq!(state.partition("t", 0), Some(&p), "nothing changed");
+        state
+            .apply(&ControlRequest::FenceNode { node: other })
+            .unwrap();
+        let p = state.partition("t", 0).unwrap().clone();
+        assert!(matches!(
+            state.apply(&alter(
+                p.leader_epoch,
+                p.partition_epoch,
+                vec![leader, other]
+            )),
+            Err(ControlError::InvalidIsr { .. })
+        ));
+    }
+
+    #[test]
+    fn liveness_fences_silent_nodes_and_unfences_returning_ones() {
+        let mut state = cluster(2);
+        let t0 = Instant::now();
+        let timeout = Duration::from_secs(6);
+        let mut liveness = Liveness::new(t0, timeout, &state);
+        assert!(liveness.proposals(t0 + timeout / 2, &state).is_empty());
+        liveness.handle_heartbeat(t0 + timeout / 2, 1);
+        let proposals = liveness.proposals(t0 + timeout, &state);
+        assert_eq!(proposals, vec![ControlRequest::FenceNode { node: 2 }]);
+        state.apply(&proposals[0]).unwrap();
+        liveness.handle_heartbeat(t0 + timeout * 2, 2);
+        assert_eq!(
+            liveness.proposals(t0 + timeout * 2, &state),
+            vec![
+                ControlRequest::FenceNode { node: 1 },
+                ControlRequest::UnfenceNode { node: 2 }
+            ]
+        );
+    }
+}
