@@ -268,6 +268,30 @@ fn kcat_keyed_records_with_headers_round_trip_and_edgebus_reads_the_same_bytes()
     assert_eq!(consume(&format!("s@{}", all[2].timestamp)), all[2..]);
     // Across doors: kcat's records as the QUIC door's consumer sees them.
     assert_eq!(edgebus_consume(&broker, "kt"), all);
+
+    // Ingest plugins run on Kafka produces as on QUIC ones.
+    broker.ok(&["plugin", "add", "--bundled", "json-filter"]);
+    broker.ok(&[
+        "topic",
+        "create",
+        "hot",
+        "--ingest",
+        "json-filter:field=celsius,op=>=,value=0",
+    ]);
+    kcat_ok(
+        &["-b", &kafka, "-P", "-t", "hot", "-p", "0"],
+        "{\"celsius\":5}\n{\"celsius\":-5}\n{\"celsius\":7}\n",
+    );
+    let kept: Vec<Vec<u8>> = edgebus_consume(&broker, "hot")
+        .into_iter()
+        .map(|r| r.value)
+        .collect();
+    assert_eq!(
+        kept,
+        [b"{\"celsius\":5}".to_vec(), b"{\"celsius\":7}".to_vec()]
+    );
+    let read = kcat_ok(&["-b", &kafka, "-C", "-t", "hot", "-e", "-f", "%s\n"], "");
+    assert_eq!(read, "{\"celsius\":5}\n{\"celsius\":7}\n");
 }
 
 /// Reads every record of a topic's partition 0 with kafka-python, as bytes
@@ -775,6 +799,94 @@ fn kafka_bad_frames_are_refused_counted_and_others_keep_being_served() {
             "{reason}: {counted:?}"
         );
     }
+}
+
+/// A Produce of `batch` to `topic`/0, at `acks`.
+fn produce_frame(correlation_id: i32, topic: &'static str, acks: i16, batch: Bytes) -> Vec<u8> {
+    let request = ProduceRequest::default()
+        .with_acks(acks)
+        .with_timeout_ms(5000)
+        .with_topic_data(vec![
+            produce_request::TopicProduceData::default()
+                .with_name(TopicName(StrBytes::from_static_str(topic)))
+                .with_partition_data(vec![
+                    produce_request::PartitionProduceData::default()
+                        .with_index(0)
+                        .with_records(Some(batch)),
+                ]),
+        ]);
+    frame(ApiKey::Produce, 9, correlation_id, &request)
+}
+
+/// The one partition's (error code, base offset) of a Produce v9 answer.
+fn produced(s: &mut TcpStream, correlation_id: i32) -> (i16, i64) {
+    let mut r = response(s).expect("a Produce answer");
+    assert_eq!(r.get_i32(), correlation_id);
+    let _ = r.get_u8(); // response header v1's tagged fields
+    let answer = ProduceResponse::decode(&mut r, 9).unwrap();
+    let p = &answer.responses[0].partition_responses[0];
+    (p.error_code, p.base_offset)
+}
+
+/// An idempotent producer's batches go through the partition engine's
+/// dedup state: a resent batch is acknowledged at its first offset and
+/// not stored again, a gap in the sequence is OUT_OF_ORDER_SEQUENCE_NUMBER;
+/// an acks=0 produce is stored and never answered.
+#[test]
+fn kafka_idempotent_producer_shares_the_engine_dedup_state() {
+    use edgebus_proto::batch::{BatchBuilder, ProducerStamp, Record};
+    let (broker, kafka, _dir) = kafka_broker("");
+    broker.ok(&["topic", "create", "dedup", "--partitions", "1"]);
+    let mut s = connect(&kafka);
+    s.write_all(&frame(
+        ApiKey::InitProducerId,
+        4,
+        1,
+        &InitProducerIdRequest::default()
+            .with_transactional_id(None)
+            .with_transaction_timeout_ms(60_000)
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1),
+    ))
+    .unwrap();
+    let mut r = response(&mut s).unwrap();
+    assert_eq!(r.get_i32(), 1);
+    let _ = r.get_u8();
+    let init = InitProducerIdResponse::decode(&mut r, 4).unwrap();
+    assert_eq!(init.error_code, 0);
+    let batch = |base_sequence: i32, n: usize| {
+        let mut b = BatchBuilder::new();
+        for i in 0..n {
+            b.push(&Record::now(format!("r{i}")));
+        }
+        b.finish(ProducerStamp {
+            producer_id: init.producer_id.0,
+            producer_epoch: init.producer_epoch,
+            base_sequence,
+        })
+    };
+    let first = batch(0, 3);
+    s.write_all(&produce_frame(2, "dedup", -1, first.clone()))
+        .unwrap();
+    assert_eq!(produced(&mut s, 2), (0, 0));
+    s.write_all(&produce_frame(3, "dedup", -1, first)).unwrap();
+    assert_eq!(
+        produced(&mut s, 3),
+        (0, 0),
+        "a retry is acked where it was stored"
+    );
+    s.write_all(&produce_frame(4, "dedup", 1, batch(3, 2)))
+        .unwrap();
+    assert_eq!(produced(&mut s, 4), (0, 3));
+    s.write_all(&produce_frame(5, "dedup", -1, batch(9, 1)))
+        .unwrap();
+    assert_eq!(produced(&mut s, 5).0, 45, "OUT_OF_ORDER_SEQUENCE_NUMBER");
+    // acks=0: no answer; the next request's answer is the next frame.
+    s.write_all(&produce_frame(6, "dedup", 0, batch(5, 1)))
+        .unwrap();
+    api_versions_ok(&mut s, 7);
+    let stored = edgebus_consume(&broker, "dedup");
+    assert_eq!(stored.len(), 6, "{stored:?}");
 }
 
 /// `kafka.max_connections` closes the connection over the limit at
