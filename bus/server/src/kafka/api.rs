@@ -338,3 +338,56 @@ pub async fn dispatch(
     };
     answer.map(Some)
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn peer() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 1))
+    }
+
+    proptest! {
+        /// Any bytes after a header naming a served API and version decode
+        /// to a request or an error: never a panic, never an allocation
+        /// sized by a count the frame cannot hold.
+        #[test]
+        fn decode_never_panics(
+            entry in 0..SUPPORTED.len(),
+            version_offset in 0i16..20,
+            body in proptest::collection::vec(any::<u8>(), 0..256),
+        ) {
+            let (api, min, max) = SUPPORTED[entry];
+            let version = min + version_offset % (max - min + 1);
+            let mut frame = BytesMut::new();
+            frame.put_i16(api as i16);
+            frame.put_i16(version);
+            frame.put_i32(1);
+            frame.extend_from_slice(&body);
+            let _ = decode(frame.freeze(), peer(), ("localhost".into(), 9092));
+        }
+
+        /// Arbitrary frames, header included.
+        #[test]
+        fn decode_never_panics_on_any_frame(frame in proptest::collection::vec(any::<u8>(), 0..128)) {
+            let _ = decode(Bytes::from(frame), peer(), ("localhost".into(), 9092));
+        }
+    }
+
+    /// An API key no Kafka version has is answered with its correlation
+    /// id and UNSUPPORTED_VERSION.
+    #[test]
+    fn unknown_api_key_is_answered_unsupported_version() {
+        let mut frame = BytesMut::new();
+        frame.put_i16(999);
+        frame.put_i16(0);
+        frame.put_i32(42);
+        let Ok(Framed::Unsupported(answer)) = decode(frame.freeze(), peer(), ("h".into(), 1))
+        else {
+            panic!("an answer expected");
+        };
+        assert_eq!(&answer[..], &[0, 0, 0, 6, 0, 0, 0, 42, 0, 35]);
+    }
+}

@@ -648,3 +648,201 @@ fn metadata_for(m: &Member, protocol: &str) -> Bytes {
         .map(|(_, meta)| meta.clone())
         .unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SESSION: Duration = Duration::from_secs(10);
+    const DELAY: Duration = Duration::from_millis(300);
+
+    fn join(member: &str, client: &str) -> Join {
+        Join {
+            member_id: member.to_owned(),
+            client_id: client.to_owned(),
+            client_host: "/127.0.0.1".to_owned(),
+            session_timeout: SESSION,
+            rebalance_timeout: Duration::from_secs(5),
+            protocol_type: "consumer".to_owned(),
+            protocols: vec![("range".to_owned(), Bytes::from_static(b"meta"))],
+        }
+    }
+
+    fn held(outcome: JoinOutcome) -> String {
+        match outcome {
+            JoinOutcome::Held(id) => id,
+            other => panic!("expected a held join, got {other:?}"),
+        }
+    }
+
+    fn joined(answers: &[Answer], member: &str) -> Joined {
+        answers
+            .iter()
+            .find_map(|a| match a {
+                Answer::Join(_, m, j) if m == member => Some(j.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no join answer for {member} in {answers:?}"))
+    }
+
+    /// Two members joined within a new group's initial delay share one
+    /// generation; the leader alone gets the member list; the leader's
+    /// SyncGroup releases the follower's held one with its assignment.
+    #[test]
+    fn coordinator_new_group_waits_initial_delay_then_leader_assigns() {
+        let t0 = Instant::now();
+        let mut c = Coordinator::new(DELAY);
+        let a = held(c.join(t0, "g", join("", "a")));
+        let b = held(c.join(t0 + Duration::from_millis(100), "g", join("", "b")));
+        assert!(c.poll().is_empty(), "still in the initial delay");
+        c.tick(t0 + DELAY + Duration::from_millis(1));
+        let answers = c.poll();
+        let (ja, jb) = (joined(&answers, &a), joined(&answers, &b));
+        assert_eq!((ja.generation, jb.generation), (1, 1));
+        assert_eq!(ja.leader, a);
+        assert_eq!(ja.members.len(), 2);
+        assert!(jb.members.is_empty());
+        assert_eq!(ja.protocol, "range");
+
+        let now = t0 + Duration::from_secs(1);
+        assert_eq!(c.sync(now, "g", &b, 1, vec![]), SyncOutcome::Held);
+        let assignment = vec![
+            (a.clone(), Bytes::from_static(b"A")),
+            (b.clone(), Bytes::from_static(b"B")),
+        ];
+        let SyncOutcome::Now(leader) = c.sync(now, "g", &a, 1, assignment) else {
+            panic!("the leader's sync is answered at once");
+        };
+        assert_eq!(leader.assignment, Bytes::from_static(b"A"));
+        assert_eq!(
+            c.poll(),
+            vec![Answer::Sync(
+                "g".into(),
+                b.clone(),
+                Synced {
+                    error: 0,
+                    protocol_type: "consumer".into(),
+                    protocol: "range".into(),
+                    assignment: Bytes::from_static(b"B"),
+                }
+            )]
+        );
+        assert_eq!(c.heartbeat(now, "g", &b, 1), Ok(()));
+        assert_eq!(c.check_commit("g", &b, 1), Ok(()));
+        assert_eq!(
+            c.check_commit("g", &b, 0),
+            Err(ResponseError::IllegalGeneration)
+        );
+        assert_eq!(
+            c.check_commit("g", "", -1),
+            Err(ResponseError::UnknownMemberId),
+            "a simple commit only while the group has no members"
+        );
+    }
+
+    /// A member leaving sends the others back to JoinGroup through their
+    /// heartbeats; the rebalance completes as soon as all have rejoined.
+    #[test]
+    fn coordinator_leave_rebalances_the_rest_without_waiting_the_deadline() {
+        let t0 = Instant::now();
+        let mut c = Coordinator::new(Duration::ZERO);
+        let a = held(c.join(t0, "g", join("", "a")));
+        assert_eq!(joined(&c.poll(), &a).generation, 1);
+        let b = held(c.join(t0, "g", join("", "b")));
+        assert_eq!(
+            c.heartbeat(t0, "g", &a, 1),
+            Err(ResponseError::RebalanceInProgress)
+        );
+        held(c.join(t0, "g", join(&a, "a")));
+        let answers = c.poll();
+        assert_eq!(joined(&answers, &a).generation, 2);
+        assert_eq!(joined(&answers, &b).generation, 2);
+        let SyncOutcome::Now(_) = c.sync(t0, "g", &a, 2, vec![]) else {
+            panic!("leader sync");
+        };
+        assert_eq!(c.leave(t0, "g", &b), Ok(()));
+        assert_eq!(
+            c.heartbeat(t0, "g", &a, 2),
+            Err(ResponseError::RebalanceInProgress)
+        );
+        held(c.join(t0, "g", join(&a, "a")));
+        let answers = c.poll();
+        let ja = joined(&answers, &a);
+        assert_eq!((ja.generation, ja.members.len()), (3, 1));
+    }
+
+    /// A member that stops heartbeating is expired after its session
+    /// timeout; one that never rejoins a rebalance is dropped at its
+    /// deadline and the others go on without it.
+    #[test]
+    fn coordinator_expires_silent_members_and_late_rejoiners() {
+        let t0 = Instant::now();
+        let mut c = Coordinator::new(DELAY);
+        let a = held(c.join(t0, "g", join("", "a")));
+        let b = held(c.join(t0, "g", join("", "b")));
+        let t1 = t0 + DELAY + Duration::from_millis(1);
+        c.tick(t1);
+        let answers = c.poll();
+        let generation = joined(&answers, &b).generation;
+        assert_eq!(joined(&answers, &a).leader, a);
+        let SyncOutcome::Now(_) = c.sync(t1, "g", &a, generation, vec![]) else {
+            panic!("leader sync");
+        };
+        let _ = c.sync(t1, "g", &b, generation, vec![]);
+        // `b` keeps heartbeating, the leader `a` goes silent.
+        let expiry = t1 + SESSION;
+        assert_eq!(
+            c.heartbeat(expiry - Duration::from_secs(1), "g", &b, generation),
+            Ok(())
+        );
+        c.tick(expiry + Duration::from_millis(1));
+        assert_eq!(
+            c.heartbeat(expiry, "g", &a, generation),
+            Err(ResponseError::UnknownMemberId)
+        );
+        held(c.join(expiry, "g", join(&b, "b")));
+        let answers = c.poll();
+        let jb = joined(&answers, &b);
+        assert_eq!(
+            (jb.leader.as_str(), jb.generation),
+            (b.as_str(), generation + 1)
+        );
+
+        // A third member joins; `b` never rejoins that rebalance.
+        let now = expiry + Duration::from_secs(1);
+        let SyncOutcome::Now(_) = c.sync(now, "g", &b, generation + 1, vec![]) else {
+            panic!("leader sync");
+        };
+        let d = held(c.join(now, "g", join("", "d")));
+        assert!(c.poll().is_empty(), "waiting for {b} to rejoin");
+        c.tick(now + Duration::from_secs(5) + Duration::from_millis(1));
+        let answers = c.poll();
+        let jd = joined(&answers, &d);
+        assert_eq!((jd.leader.as_str(), jd.members.len()), (d.as_str(), 1));
+    }
+
+    /// A join whose protocols share nothing with the group's members is
+    /// refused; an unknown member id is told so.
+    #[test]
+    fn coordinator_refuses_inconsistent_protocols_and_unknown_members() {
+        let t0 = Instant::now();
+        let mut c = Coordinator::new(Duration::ZERO);
+        held(c.join(t0, "g", join("", "a")));
+        let mut other = join("", "b");
+        other.protocols = vec![("cooperative-sticky".into(), Bytes::new())];
+        assert_eq!(
+            c.join(t0, "g", other),
+            JoinOutcome::Refused(ResponseError::InconsistentGroupProtocol)
+        );
+        assert_eq!(
+            c.join(t0, "g", join("ghost", "c")),
+            JoinOutcome::Refused(ResponseError::UnknownMemberId)
+        );
+        let mut short = join("", "d");
+        short.session_timeout = Duration::from_millis(1);
+        assert_eq!(
+            c.join(t0, "g", short),
+            JoinOutcome::Refused(ResponseError::InvalidSessionTimeout)
+        );
+    }
+}
