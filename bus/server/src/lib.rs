@@ -324,7 +324,7 @@ pub async fn start_with_store(
     let group_timer = tokio::spawn(broker.groups.clone().run_timer());
     let exporter = metrics_listener.map(|l| tokio::spawn(exporter::serve(l, broker.clone())));
     let kafka = kafka_listener.zip(kafka_addr).map(|(listener, bound)| {
-        let tls = kafka::listener::acceptor(bound, &tls_for_kafka);
+        let tls = kafka::listener::acceptor(bound, &config.kafka, &tls_for_kafka);
         let door = kafka::listener::Door {
             broker: broker.clone(),
             groups: kafka::group::ClassicGroups::new(Duration::from_millis(

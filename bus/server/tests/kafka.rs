@@ -950,3 +950,84 @@ fn kafka_connection_and_inflight_limits() {
         sent.elapsed()
     );
 }
+
+/// A client CA and a client certificate it signed, in `dir`: (CA, cert,
+/// key) paths.
+fn client_identity(dir: &std::path::Path) -> (String, String, String) {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "kafka test client CA");
+    params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
+    let key = rcgen::KeyPair::generate().unwrap();
+    let ca = params.self_signed(&key).unwrap();
+    let issuer = rcgen::Issuer::new(params, &key);
+    let (cert, cert_key) = edgebus::tls::issue(
+        &issuer,
+        &["kcat"],
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+    )
+    .unwrap();
+    let path = |name: &str, text: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_owned()
+    };
+    (
+        path("client-ca.pem", &ca.pem()),
+        path("client.pem", &cert),
+        path("client.key", &cert_key),
+    )
+}
+
+/// With TLS on (as off loopback, here forced on loopback) and
+/// `tls.client_ca` set, kcat reaches the door over TLS with a client
+/// certificate and the broker's local CA; without a certificate, or
+/// without TLS, the handshake fails and is counted.
+#[test]
+fn kafka_tls_with_client_certificates() {
+    let certs = tempfile::tempdir().unwrap();
+    let (client_ca, cert, key) = client_identity(certs.path());
+    let config = format!("[kafka]\ntls_on_loopback = true\n[tls]\nclient_ca = \"{client_ca}\"\n");
+    let (broker, kafka, dir) = kafka_broker(&config);
+    let created = broker
+        .command(&["topic", "create", "secure", "--cert", &cert, "--key", &key])
+        .output()
+        .unwrap();
+    assert!(created.status.success(), "{created:?}");
+    let ca = broker.ca.to_str().unwrap().to_owned();
+    let tls = [
+        "-X".to_owned(),
+        "security.protocol=ssl".to_owned(),
+        "-X".to_owned(),
+        format!("ssl.ca.location={ca}"),
+    ];
+    let identity = [
+        "-X".to_owned(),
+        format!("ssl.certificate.location={cert}"),
+        "-X".to_owned(),
+        format!("ssl.key.location={key}"),
+    ];
+    let args = |extra: &[String]| -> Vec<String> {
+        let mut a: Vec<String> = ["-b", &kafka, "-m", "2", "-L", "-t", "secure"]
+            .map(String::from)
+            .to_vec();
+        a.extend_from_slice(extra);
+        a
+    };
+    let with_identity = args(&[&tls[..], &identity[..]].concat());
+    let refs: Vec<&str> = with_identity.iter().map(String::as_str).collect();
+    let metadata = kcat_ok(&refs, "");
+    assert!(
+        metadata.contains("topic \"secure\" with 1 partitions"),
+        "{metadata}"
+    );
+
+    for (what, extra) in [("no client certificate", args(&tls)), ("no TLS", args(&[]))] {
+        let out = kcat().args(&extra).output().unwrap();
+        assert!(!out.status.success(), "{what}: kcat -L succeeded");
+    }
+    let handshakes = refusals(&dir).get("handshake").copied().unwrap_or(0);
+    assert!(handshakes >= 2, "{:?}", refusals(&dir));
+}

@@ -62,6 +62,7 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
     let data_dir = config.data_dir.clone();
     let client_ca = config.tls.client_ca.clone();
     let operator_cert = config.tls.cert.clone();
+    let kafka_tls_on_loopback = config.kafka.tls_on_loopback;
     let broker = edgebus::start(config).await.map_err(Failure::other)?;
     println!(
         "edgebus listening on {} (QUIC, ALPN edgebus/1)",
@@ -72,7 +73,7 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
         println!("metrics: http://{metrics}/metrics (readiness: /healthz)");
     }
     if let Some(kafka) = broker.kafka_addr {
-        let transport = if kafka.ip().is_loopback() {
+        let transport = if kafka.ip().is_loopback() && !kafka_tls_on_loopback {
             "plain TCP on loopback"
         } else {
             "TLS"

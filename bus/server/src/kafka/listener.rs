@@ -64,10 +64,15 @@ enum ReadError {
     Io(std::io::Error),
 }
 
-/// The TLS setup of a listener on `addr`: none on loopback, else the
-/// broker's server config without QUIC's ALPN.
-pub fn acceptor(addr: SocketAddr, tls: &rustls::ServerConfig) -> Option<TlsAcceptor> {
-    if addr.ip().is_loopback() {
+/// The TLS setup of a listener on `addr`: none on loopback (unless
+/// `kafka.tls_on_loopback`), else the broker's server config without
+/// QUIC's ALPN.
+pub fn acceptor(
+    addr: SocketAddr,
+    config: &KafkaConfig,
+    tls: &rustls::ServerConfig,
+) -> Option<TlsAcceptor> {
+    if addr.ip().is_loopback() && !config.tls_on_loopback {
         return None;
     }
     let mut config = tls.clone();

@@ -52,8 +52,11 @@ use crate::metrics::Labels;
 #[serde(default, deny_unknown_fields)]
 pub struct KafkaConfig {
     /// TCP address of the Kafka listener: plain TCP on a loopback address,
-    /// TLS with the broker's certificate on any other.
+    /// TLS with the broker's certificate (and client certificates checked
+    /// against `tls.client_ca` when set) on any other.
     pub listen: Option<SocketAddr>,
+    /// TLS on a loopback address too.
+    pub tls_on_loopback: bool,
     /// `host:port` that Metadata and FindCoordinator tell clients to
     /// connect to; by default the address each client connected to.
     pub advertised: Option<String>,
@@ -81,6 +84,7 @@ impl Default for KafkaConfig {
     fn default() -> Self {
         KafkaConfig {
             listen: None,
+            tls_on_loopback: false,
             advertised: None,
             max_frame_bytes: 16 << 20,
             max_inflight_per_connection: 32,
