@@ -325,11 +325,16 @@ pub async fn start_with_store(
     let exporter = metrics_listener.map(|l| tokio::spawn(exporter::serve(l, broker.clone())));
     let kafka = kafka_listener.zip(kafka_addr).map(|(listener, bound)| {
         let tls = kafka::listener::acceptor(bound, &config.kafka, &tls_for_kafka);
+        let groups = kafka::group::ClassicGroups::new(Duration::from_millis(
+            config.kafka.initial_rebalance_delay_ms,
+        ));
+        let members = groups.clone();
+        broker
+            .groups
+            .set_other_door(move |group| members.has_members(group));
         let door = kafka::listener::Door {
             broker: broker.clone(),
-            groups: kafka::group::ClassicGroups::new(Duration::from_millis(
-                config.kafka.initial_rebalance_delay_ms,
-            )),
+            groups,
             config: config.kafka.clone(),
         };
         tokio::spawn(kafka::listener::run(listener, tls, Arc::new(door)))

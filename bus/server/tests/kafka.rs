@@ -1031,3 +1031,79 @@ fn kafka_tls_with_client_certificates() {
     let handshakes = refusals(&dir).get("handshake").copied().unwrap_or(0);
     assert!(handshakes >= 2, "{:?}", refusals(&dir));
 }
+
+/// A JoinGroup v5 of a new member of `group`; returns (error, member id).
+fn kafka_join(s: &mut TcpStream, correlation_id: i32, group: &'static str) -> (i16, String) {
+    let request = JoinGroupRequest::default()
+        .with_group_id(GroupId(StrBytes::from_static_str(group)))
+        .with_session_timeout_ms(10_000)
+        .with_rebalance_timeout_ms(10_000)
+        .with_protocol_type(StrBytes::from_static_str("consumer"))
+        .with_protocols(vec![
+            join_group_request::JoinGroupRequestProtocol::default()
+                .with_name(StrBytes::from_static_str("range"))
+                .with_metadata(Bytes::new()),
+        ]);
+    s.write_all(&frame(ApiKey::JoinGroup, 5, correlation_id, &request))
+        .unwrap();
+    let mut r = response(s).expect("a JoinGroup answer");
+    assert_eq!(r.get_i32(), correlation_id);
+    let answer = JoinGroupResponse::decode(&mut r, 5).unwrap();
+    (answer.error_code, answer.member_id.to_string())
+}
+
+/// A group has members of one door at a time: `edgebus consume --group`
+/// is refused while Kafka clients are members, and a Kafka JoinGroup gets
+/// INCONSISTENT_GROUP_PROTOCOL while edgebus consumers are; once the
+/// members leave, the other door may take over.
+#[test]
+fn kafka_and_edgebus_members_never_share_a_group() {
+    let (broker, kafka, _dir) = kafka_broker("[kafka]\ninitial_rebalance_delay_ms = 0\n");
+    broker.ok(&["topic", "create", "shared", "--partitions", "2"]);
+    let mut s = connect(&kafka);
+    let (error, member) = kafka_join(&mut s, 1, "by-kafka");
+    assert_eq!(error, 0);
+    let refused = broker.run(&["consume", "shared", "--group", "by-kafka"]);
+    assert_eq!(refused.status.code(), Some(4), "{refused:?}");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("Kafka door"),
+        "{refused:?}"
+    );
+    let leave = LeaveGroupRequest::default()
+        .with_group_id(GroupId(StrBytes::from_static_str("by-kafka")))
+        .with_member_id(StrBytes::from_string(member));
+    s.write_all(&frame(ApiKey::LeaveGroup, 1, 2, &leave))
+        .unwrap();
+    let mut r = response(&mut s).unwrap();
+    assert_eq!(r.get_i32(), 2);
+    assert_eq!(LeaveGroupResponse::decode(&mut r, 1).unwrap().error_code, 0);
+    broker.ok(&["consume", "shared", "--group", "by-kafka"]);
+
+    // The other way round: an edgebus member first.
+    let mut follower = broker
+        .command(&["consume", "shared", "--group", "by-edgebus", "--follow"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let d: Value = serde_json::from_str(&broker.ok(&[
+            "group",
+            "describe",
+            "by-edgebus",
+            "--output",
+            "json",
+        ]))
+        .unwrap_or(Value::Null);
+        if d["members"].as_array().is_some_and(|m| !m.is_empty()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the edgebus member never joined");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (error, _) = kafka_join(&mut s, 3, "by-edgebus");
+    assert_eq!(error, 23, "INCONSISTENT_GROUP_PROTOCOL");
+    let _ = follower.kill();
+    let _ = follower.wait();
+}
