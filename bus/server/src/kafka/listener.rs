@@ -171,11 +171,52 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     tracing::debug!(%peer, "kafka connection open");
-    let (mut rd, wr) = tokio::io::split(stream);
+    let (rd, wr) = tokio::io::split(stream);
     let inflight = door.config.max_inflight_per_connection.max(1);
     let (tx, rx) = mpsc::channel(inflight);
+    // Both halves in this task, so ending it (shutdown) drops every answer
+    // still to come, and with them the handler tasks (see `Handler`).
+    tokio::join!(
+        read_requests(rd, tx, inflight, peer, advertised, &door),
+        write_replies(wr, rx, peer),
+    );
+    tracing::debug!(%peer, "kafka connection done");
+}
+
+/// A handler task that is aborted when its answer is no longer awaited
+/// (the connection ended), so a held JoinGroup or Fetch does not outlive it.
+struct Handler(tokio::task::JoinHandle<Result<Option<Bytes>, FrameError>>);
+
+impl Future for Handler {
+    type Output = Result<Option<Bytes>, FrameError>;
+
+    fn poll(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|joined| joined.unwrap_or_else(|e| Err(FrameError::Handler(e.to_string()))))
+    }
+}
+
+impl Drop for Handler {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Reads requests until the client closes or a frame is refused, handing
+/// their answers to come to the writer in order.
+async fn read_requests<R: AsyncRead + Unpin>(
+    mut rd: R,
+    tx: mpsc::Sender<(Reply, OwnedSemaphorePermit)>,
+    inflight: usize,
+    peer: SocketAddr,
+    advertised: (String, i32),
+    door: &Arc<Door>,
+) {
     let permits = Arc::new(Semaphore::new(inflight));
-    let writer = tokio::spawn(write_replies(wr, rx, peer));
     let metrics = &door.broker.metrics.kafka;
     loop {
         let Ok(permit) = permits.clone().acquire_owned().await else {
@@ -217,15 +258,12 @@ where
                 Box::pin(std::future::ready(Ok(Some(answer))))
             }
             Ok(Framed::Request(framed)) => match *framed {
-                (call, Request::Produce(request)) => produce::accept(&door, &call, request).await,
+                (call, Request::Produce(request)) => produce::accept(door, &call, request).await,
                 (call, request) => {
                     let door = door.clone();
-                    let task =
-                        tokio::spawn(async move { api::dispatch(&door, &call, request).await });
-                    Box::pin(async move {
-                        task.await
-                            .unwrap_or_else(|e| Err(FrameError::Handler(e.to_string())))
-                    })
+                    Box::pin(Handler(tokio::spawn(async move {
+                        api::dispatch(&door, &call, request).await
+                    })))
                 }
             },
         };
@@ -233,9 +271,6 @@ where
             break;
         }
     }
-    drop(tx);
-    let _ = writer.await;
-    tracing::debug!(%peer, "kafka connection done");
 }
 
 /// Reads one frame: `None` on a clean close between frames.
