@@ -257,18 +257,34 @@ async fn read_requests<R: AsyncRead + Unpin>(
                 metrics.refused(KafkaRefusal::Unsupported);
                 Box::pin(std::future::ready(Ok(Some(answer))))
             }
-            Ok(Framed::Request(framed)) => match *framed {
-                (call, Request::Produce(request)) => produce::accept(door, &call, request).await,
-                (call, request) => {
-                    let door = door.clone();
-                    Box::pin(Handler(tokio::spawn(async move {
-                        api::dispatch(&door, &call, request).await
-                    })))
-                }
-            },
+            Ok(Framed::Request(framed)) => {
+                let (call, request) = *framed;
+                tracing::debug!(
+                    %peer,
+                    client = %call.client_id,
+                    api = ?call.api,
+                    version = call.version,
+                    "kafka request"
+                );
+                dispatch(door, call, request).await
+            }
         };
         if tx.send((reply, permit)).await.is_err() {
             break;
+        }
+    }
+}
+
+/// Starts serving one request: a Produce is accepted here, in order; any
+/// other request runs in its own task.
+async fn dispatch(door: &Arc<Door>, call: api::Call, request: Request) -> Reply {
+    match request {
+        Request::Produce(request) => produce::accept(door, &call, request).await,
+        request => {
+            let door = door.clone();
+            Box::pin(Handler(tokio::spawn(async move {
+                api::dispatch(&door, &call, request).await
+            })))
         }
     }
 }
