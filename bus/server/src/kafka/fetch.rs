@@ -34,8 +34,8 @@ const EARLIEST: i64 = -2;
 const MAX_TIMESTAMP: i64 = -3;
 const EARLIEST_LOCAL: i64 = -4;
 
-/// One partition's part of a fetch answer, and the bytes it carries.
-fn read_partition_error(partition: i32, code: i16) -> PartitionData {
+/// A partition's part of a fetch answer that carries only an error.
+fn partition_error(partition: i32, code: i16) -> PartitionData {
     PartitionData::default()
         .with_partition_index(partition)
         .with_error_code(code)
@@ -105,7 +105,7 @@ async fn read_once(
                 .is_some_and(|s| u32::try_from(p.partition).is_ok_and(|i| i < s.partitions));
             if !exists {
                 failed = true;
-                answer.partitions.push(read_partition_error(
+                answer.partitions.push(partition_error(
                     p.partition,
                     ResponseError::UnknownTopicOrPartition.code(),
                 ));
