@@ -163,6 +163,10 @@ frame_kinds! {
     NodeInfo = 0x0040,
     /// [`Response::NodeInfo`] (named apart from the request kind).
     NodeInfoReply = 0x8040,
+    /// [`Request::ClusterStatus`].
+    ClusterStatus = 0x0041,
+    /// [`Response::ClusterStatus`] (named apart from the request kind).
+    ClusterStatusReply = 0x8041,
 }
 
 /// How durable a write must be before the broker acknowledges it.
@@ -554,6 +558,36 @@ pub struct NodeInfo {
     pub data_bytes: u64,
 }
 
+/// The cluster as one node sees it: the control log and every node.
+///
+/// Layout: `u64 node, opt u64 controller, u64 term, u64 applied_index,
+/// u32 count` of nodes (`u64 id, str address, u8 up`). A single node
+/// answers with no nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterStatus {
+    /// The answering node.
+    pub node: u64,
+    /// The node leading the control log, if known.
+    pub controller: Option<u64>,
+    /// The control log's term.
+    pub term: u64,
+    /// Index of the last control log entry applied on the answering node.
+    pub applied_index: u64,
+    /// Every node of the cluster; empty on a single node.
+    pub nodes: Vec<ClusterNode>,
+}
+
+/// One node in [`ClusterStatus`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterNode {
+    /// Node id.
+    pub id: u64,
+    /// `host:port` of its listener.
+    pub address: String,
+    /// Registered and heard from within its session.
+    pub up: bool,
+}
+
 /// A bound listener of a node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listener {
@@ -763,6 +797,9 @@ pub enum Request {
     },
     /// The answering node's version, uptime, listeners and data dir.
     NodeInfo,
+    /// The control log and every node of the cluster, as this node sees
+    /// them.
+    ClusterStatus,
     /// Change a topic's settings; answered with the new spec in `Topics`.
     AlterTopic {
         /// Topic name.
@@ -893,6 +930,8 @@ pub enum Response {
     },
     /// Reply to `NodeInfo`.
     NodeInfo(NodeInfo),
+    /// Reply to `ClusterStatus`.
+    ClusterStatus(ClusterStatus),
     /// Reply to `ResetPartitionOffsets`: each partition's reset, done or
     /// (dry run) planned.
     PartitionResets(Vec<PartitionReset>),
@@ -1159,6 +1198,7 @@ impl Request {
             Request::PipelineDescribe { .. } => FrameKind::PipelineDescribe,
             Request::PipelineDelete { .. } => FrameKind::PipelineDelete,
             Request::NodeInfo => FrameKind::NodeInfo,
+            Request::ClusterStatus => FrameKind::ClusterStatus,
             Request::AlterTopic { .. } => FrameKind::AlterTopic,
             Request::ResetPartitionOffsets { .. } => FrameKind::ResetPartitionOffsets,
         }
@@ -1269,7 +1309,10 @@ impl Request {
                 put_str(buf, name);
                 put_bytes(buf, wasm);
             }
-            Request::PluginList | Request::PipelineList | Request::NodeInfo => {}
+            Request::PluginList
+            | Request::PipelineList
+            | Request::NodeInfo
+            | Request::ClusterStatus => {}
             Request::PluginDescribe { name }
             | Request::PluginRemove { name }
             | Request::PipelineDescribe { name }
@@ -1439,6 +1482,7 @@ impl Request {
             FrameKind::PipelineDescribe => Request::PipelineDescribe { name: r.str()? },
             FrameKind::PipelineDelete => Request::PipelineDelete { name: r.str()? },
             FrameKind::NodeInfo => Request::NodeInfo,
+            FrameKind::ClusterStatus => Request::ClusterStatus,
             FrameKind::AlterTopic => Request::AlterTopic {
                 name: r.str()?,
                 changes: TopicChanges {
@@ -1483,6 +1527,7 @@ impl Response {
             Response::TopicPlugins { .. } => FrameKind::TopicPluginsReply,
             Response::Pipelines(_) => FrameKind::Pipelines,
             Response::NodeInfo(_) => FrameKind::NodeInfoReply,
+            Response::ClusterStatus(_) => FrameKind::ClusterStatusReply,
             Response::PartitionResets(_) => FrameKind::PartitionResets,
         }
     }
@@ -1629,6 +1674,18 @@ impl Response {
                 }
                 put_str(buf, &n.data_dir);
                 buf.put_u64(n.data_bytes);
+            }
+            Response::ClusterStatus(c) => {
+                buf.put_u64(c.node);
+                put_opt(buf, c.controller, BytesMut::put_u64);
+                buf.put_u64(c.term);
+                buf.put_u64(c.applied_index);
+                buf.put_u32(c.nodes.len() as u32);
+                for n in &c.nodes {
+                    buf.put_u64(n.id);
+                    put_str(buf, &n.address);
+                    buf.put_u8(u8::from(n.up));
+                }
             }
             Response::PartitionResets(resets) => {
                 buf.put_u32(resets.len() as u32);
@@ -1806,6 +1863,28 @@ impl Response {
                     listeners,
                     data_dir: r.str()?,
                     data_bytes: r.u64()?,
+                })
+            }
+            FrameKind::ClusterStatusReply => {
+                let node = r.u64()?;
+                let controller = r.opt(Reader::u64)?;
+                let term = r.u64()?;
+                let applied_index = r.u64()?;
+                let n = r.count(13)?;
+                let mut nodes = Vec::with_capacity(n);
+                for _ in 0..n {
+                    nodes.push(ClusterNode {
+                        id: r.u64()?,
+                        address: r.str()?,
+                        up: r.bool()?,
+                    });
+                }
+                Response::ClusterStatus(ClusterStatus {
+                    node,
+                    controller,
+                    term,
+                    applied_index,
+                    nodes,
                 })
             }
             FrameKind::PartitionResets => {
@@ -2361,6 +2440,7 @@ mod tests {
                 .prop_map(|(group, topic, to)| Request::ResetOffsets { group, topic, to }),
             "[a-z]{1,8}".prop_map(|group| Request::DeleteGroup { group }),
             Just(Request::NodeInfo),
+            Just(Request::ClusterStatus),
         ]
     }
 
@@ -2661,6 +2741,27 @@ mod tests {
                         })
                     }
                 ),
+            (
+                (
+                    any::<u64>(),
+                    any::<Option<u64>>(),
+                    any::<u64>(),
+                    any::<u64>()
+                ),
+                proptest::collection::vec((any::<u64>(), "[0-9.:]{1,21}", any::<bool>()), 0..4)
+            )
+                .prop_map(|((node, controller, term, applied_index), nodes)| {
+                    Response::ClusterStatus(ClusterStatus {
+                        node,
+                        controller,
+                        term,
+                        applied_index,
+                        nodes: nodes
+                            .into_iter()
+                            .map(|(id, address, up)| ClusterNode { id, address, up })
+                            .collect(),
+                    })
+                }),
         ]
     }
 

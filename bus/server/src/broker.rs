@@ -6,6 +6,7 @@ use std::sync::Arc;
 use edgebus_store::{LogStore, StoreError};
 
 use crate::attach::Attachments;
+use crate::cluster::Cluster;
 use crate::cmd::node::NodeFacts;
 use crate::config::Limits;
 use crate::dlq::DeadLetters;
@@ -50,6 +51,8 @@ pub struct Broker {
     pub metrics: Arc<Metrics>,
     /// Wakes readers waiting for partitions to grow.
     pub notifier: Notifier,
+    /// The cluster this node is in; `None` on a single node.
+    pub cluster: Option<Cluster>,
 }
 
 impl Broker {
@@ -115,6 +118,7 @@ impl Broker {
             node: Arc::new(node),
             metrics,
             notifier,
+            cluster: None,
         })
     }
 }

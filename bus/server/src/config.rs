@@ -29,6 +29,51 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// The Kafka front door.
     pub kafka: crate::kafka::KafkaConfig,
+    /// Cluster membership; a node without `node_id` is a single node.
+    pub cluster: ClusterConfig,
+}
+
+/// Membership of a cluster of nodes that replicate each other's partitions
+/// and run the control log. Off unless `node_id` is set.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// This node's id, one of `peers`.
+    pub node_id: Option<u64>,
+    /// Every node of the cluster, this one included: id and `host:port` of
+    /// its QUIC listener (TOML: `[cluster.peers]` with `1 = "10.0.0.1:7171"`).
+    pub peers: std::collections::BTreeMap<u64, String>,
+    /// A directory made by `edgebus tls init`: the node issues its own
+    /// certificate from it, and peers must present one from the same CA.
+    pub ca_dir: Option<PathBuf>,
+    /// The operator's own node certificate (server and client use), instead
+    /// of `ca_dir`.
+    pub cert: Option<PathBuf>,
+    /// Its private key.
+    pub key: Option<PathBuf>,
+    /// The CA peers' certificates must chain to, with `cert` and `key`.
+    pub ca: Option<PathBuf>,
+    /// A node not heard from for this long is fenced: it leaves every
+    /// in-sync set and the partitions it led elect new leaders.
+    pub session_timeout_ms: u64,
+    /// `replica.lag.time.max.ms`: a follower that has not caught up with its
+    /// leader for this long leaves the in-sync set.
+    pub replica_lag_time_max_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            node_id: None,
+            peers: Default::default(),
+            ca_dir: None,
+            cert: None,
+            key: None,
+            ca: None,
+            session_timeout_ms: 6_000,
+            replica_lag_time_max_ms: 10_000,
+        }
+    }
 }
 
 /// How the redb store is opened.
@@ -186,6 +231,7 @@ impl Default for Config {
             storage: StorageConfig::default(),
             metrics: MetricsConfig::default(),
             kafka: crate::kafka::KafkaConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }

@@ -75,6 +75,7 @@ pub mod attach;
 pub mod broker;
 pub mod bundled;
 pub mod chain;
+pub mod cluster;
 pub mod cmd;
 pub mod config;
 pub mod dlq;
@@ -153,6 +154,9 @@ pub enum StartError {
         /// Why.
         detail: String,
     },
+    /// The node could not join its cluster.
+    #[error(transparent)]
+    Cluster(#[from] cluster::ClusterError),
 }
 
 /// A broker running on the current tokio runtime.
@@ -167,6 +171,10 @@ pub struct RunningBroker {
     pub metrics_addr: Option<SocketAddr>,
     /// The bound address of the Kafka listener, when it is on.
     pub kafka_addr: Option<SocketAddr>,
+    /// On a cluster node, the cluster CA its certificate comes from, which
+    /// clients trust.
+    pub cluster_ca: Option<PathBuf>,
+    cluster: Option<cluster::Cluster>,
     shutdown: Option<oneshot::Sender<()>>,
     exporter: Option<JoinHandle<()>>,
     kafka: Option<JoinHandle<()>>,
@@ -195,6 +203,9 @@ impl RunningBroker {
             let _ = task.await;
         }
         self.pipelines.stop_all().await;
+        if let Some(cluster) = self.cluster.take() {
+            cluster.shutdown().await;
+        }
         // The handle holds the store and the writer too: let go of them.
         drop(self.pipelines);
         let _ = (&mut self.task).await;
@@ -239,8 +250,17 @@ pub async fn start_with_store(
 ) -> Result<RunningBroker, StartError> {
     let started = std::time::Instant::now();
     ensure_data_dir(&config)?;
-    let files = tls::resolve(&config)?;
-    let tls = tls::server_config(&files, config.tls.client_ca.as_deref())?;
+    let setup = cluster_setup(&config, &*store)?;
+    let files = match &setup {
+        Some(setup) => setup.files.clone(),
+        None => tls::resolve(&config)?,
+    };
+    let cluster_ca = setup.as_ref().map(|s| s.ca.clone());
+    let tls = tls::server_config(
+        &files,
+        config.tls.client_ca.as_deref(),
+        cluster_ca.as_deref(),
+    )?;
     let endpoint_err = |detail: String| StartError::Endpoint {
         addr: config.listen,
         detail,
@@ -308,15 +328,19 @@ pub async fn start_with_store(
             .collect(),
         data_dir: std::path::absolute(&config.data_dir).unwrap_or(config.data_dir.clone()),
     };
-    let broker = Broker::new(
+    let mut broker = Broker::new(
         store.clone(),
         config.limits.clone(),
         registry,
         Arc::new(attachments),
         node,
     )?;
+    if let Some(setup) = setup {
+        broker.cluster = Some(cluster::Cluster::start(setup, endpoint.clone()).await?);
+    }
     broker.pipelines.restore();
     let pipelines = broker.pipelines.clone();
+    let cluster = broker.cluster.clone();
     let retention = tokio::spawn(retention::run(
         broker.writer.clone(),
         Duration::from_millis(config.retention_check_interval_ms.max(1)),
@@ -350,6 +374,8 @@ pub async fn start_with_store(
         created_ca: files.created,
         metrics_addr,
         kafka_addr,
+        cluster_ca,
+        cluster,
         shutdown: Some(shutdown),
         exporter,
         kafka,
@@ -359,6 +385,71 @@ pub async fn start_with_store(
         pipelines,
         store,
     })
+}
+
+/// The cluster this node joins, from `config.cluster`: `None` without a
+/// node id. Its certificate is issued from the cluster CA directory, or is
+/// the operator's own.
+fn cluster_setup(
+    config: &Config,
+    store: &dyn LogStore,
+) -> Result<Option<cluster::Setup>, StartError> {
+    let c = &config.cluster;
+    let Some(node) = c.node_id else {
+        return Ok(None);
+    };
+    let invalid = |detail: String| cluster::ClusterError::Config(detail);
+    if !c.peers.contains_key(&node) {
+        return Err(invalid(format!(
+            "node {node} must be in the peer list (--peer {node}=ADDR), which names {:?}",
+            c.peers.keys().collect::<Vec<_>>()
+        ))
+        .into());
+    }
+    let (files, ca) = match (&c.ca_dir, &c.cert, &c.key, &c.ca) {
+        (Some(dir), None, None, None) => (
+            tls::issue_node_cert(dir, &config.data_dir, node, config.listen)?,
+            tls::cluster_ca_cert(dir),
+        ),
+        (None, Some(cert), Some(key), Some(ca)) => (
+            tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                local_ca: None,
+                created: false,
+            },
+            ca.clone(),
+        ),
+        _ => {
+            return Err(invalid(
+                "a cluster node needs either --cluster-ca DIR (from `edgebus tls init DIR`) \
+                 or all of cluster.cert, cluster.key and cluster.ca"
+                    .into(),
+            )
+            .into());
+        }
+    };
+    let control_path = config.data_dir.join("control.redb");
+    // A node whose control log is gone but whose partitions are not would
+    // rejoin as an empty voter and could outvote the committed log; it must
+    // be replaced, not restarted.
+    if !control_path.exists() && !store.topics()?.is_empty() {
+        return Err(invalid(format!(
+            "{} holds partitions but no control log ({}): this node's control state \
+             was lost; start it with an empty data dir to rejoin the cluster",
+            config.data_dir.display(),
+            control_path.display()
+        ))
+        .into());
+    }
+    Ok(Some(cluster::Setup {
+        node,
+        peers: c.peers.clone(),
+        ca,
+        files,
+        control_path,
+        session_timeout: Duration::from_millis(c.session_timeout_ms),
+    }))
 }
 
 fn ensure_data_dir(config: &Config) -> Result<(), StartError> {

@@ -110,6 +110,11 @@ pub async fn run(endpoint: quinn::Endpoint, broker: Broker, shutdown: impl Futur
         tokio::spawn(async move {
             let remote = incoming.remote_address();
             match incoming.await {
+                Ok(conn) if is_peer(&conn) => match broker.cluster.clone() {
+                    Some(cluster) => cluster.serve_peer(conn).await,
+                    // rustls offers the peer ALPN only on a cluster node.
+                    None => conn.close(1u32.into(), b"not a cluster node"),
+                },
                 Ok(conn) => {
                     let counted = broker.metrics.clone();
                     counted.connections.accepted.inc();
@@ -125,6 +130,14 @@ pub async fn run(endpoint: quinn::Endpoint, broker: Broker, shutdown: impl Futur
     metrics.set_listening(false);
     endpoint.close(close_code::SHUTDOWN.into(), b"shutting down");
     endpoint.wait_idle().await;
+}
+
+/// Whether the connection negotiated the peer protocol's ALPN.
+fn is_peer(conn: &quinn::Connection) -> bool {
+    conn.handshake_data()
+        .and_then(|data| data.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|data| data.protocol)
+        .is_some_and(|alpn| alpn == crate::cluster::peer::PEER_ALPN)
 }
 
 async fn serve_connection(conn: quinn::Connection, broker: Broker) {

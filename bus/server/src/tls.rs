@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use edgebus_proto::frame::ALPN;
+
+use crate::cluster::peer::PEER_ALPN;
 use edgebus_proto::local;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -97,14 +99,7 @@ pub fn ensure_local_ca(data_dir: &Path) -> Result<TlsFiles, TlsError> {
         return Ok(files);
     }
     create_private_dir(&dir)?;
-    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "edgebus local development CA");
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    ca_params.not_before = rcgen::date_time_ymd(2024, 1, 1);
-    ca_params.not_after = rcgen::date_time_ymd(2036, 1, 1);
+    let ca_params = ca_params("edgebus local development CA")?;
     let ca_key = KeyPair::generate()?;
     let ca_cert = ca_params.self_signed(&ca_key)?;
     let issuer = Issuer::new(ca_params, &ca_key);
@@ -135,6 +130,15 @@ pub fn issue(
     names: &[&str],
     usage: ExtendedKeyUsagePurpose,
 ) -> Result<(String, String), TlsError> {
+    issue_for(issuer, names, vec![usage])
+}
+
+/// [`issue`] with several extended key usages.
+fn issue_for(
+    issuer: &Issuer<'_, &KeyPair>,
+    names: &[&str],
+    usages: Vec<ExtendedKeyUsagePurpose>,
+) -> Result<(String, String), TlsError> {
     let mut params =
         CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
     params.distinguished_name.push(
@@ -142,13 +146,119 @@ pub fn issue(
         names.first().copied().unwrap_or("edgebus"),
     );
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![usage];
+    params.extended_key_usages = usages;
     params.use_authority_key_identifier_extension = true;
     params.not_before = rcgen::date_time_ymd(2024, 1, 1);
     params.not_after = rcgen::date_time_ymd(2036, 1, 1);
     let key = KeyPair::generate()?;
     let cert = params.signed_by(&key, issuer)?;
     Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// A CA's self-signed parameters, valid 2024 to 2036.
+fn ca_params(name: &str) -> Result<CertificateParams, TlsError> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    params.not_before = rcgen::date_time_ymd(2024, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2036, 1, 1);
+    Ok(params)
+}
+
+const CLUSTER_CA_NAME: &str = "edgebus cluster CA";
+
+/// The cluster CA's certificate in a directory made by [`init_cluster_ca`].
+pub fn cluster_ca_cert(dir: &Path) -> PathBuf {
+    dir.join("ca.pem")
+}
+
+fn cluster_ca_key(dir: &Path) -> PathBuf {
+    dir.join("ca.key")
+}
+
+/// `edgebus tls init DIR`: writes a cluster CA, `DIR/ca.pem` and
+/// `DIR/ca.key` (owner-only), from which every node started with
+/// `--cluster-ca DIR` issues its own certificate. Refuses to replace an
+/// existing CA, whose certificates nodes and clients may already trust.
+pub fn init_cluster_ca(dir: &Path) -> Result<PathBuf, TlsError> {
+    let (pem, key) = (cluster_ca_cert(dir), cluster_ca_key(dir));
+    if pem.exists() || key.exists() {
+        return Err(TlsError::Invalid(format!(
+            "{} already holds a cluster CA; remove it first to make a new one \
+             (nodes and clients trusting the old one will then refuse the new)",
+            dir.display()
+        )));
+    }
+    create_private_dir(dir)?;
+    let params = ca_params(CLUSTER_CA_NAME)?;
+    let ca_key = KeyPair::generate()?;
+    let cert = params.self_signed(&ca_key)?;
+    write_private(&key, ca_key.serialize_pem().as_bytes())?;
+    write(&pem, &cert.pem())?;
+    Ok(pem)
+}
+
+/// The name in node `node`'s certificate that peers verify when they dial
+/// it, whatever address they dial.
+pub fn node_name(node: u64) -> String {
+    format!("node-{node}.edgebus.cluster")
+}
+
+/// Issues node `node`'s certificate from the cluster CA in `ca_dir`, into
+/// `data_dir/tls/cluster/`, for both ends of TLS: as a server (to clients
+/// and peers: its node name, `localhost`, loopback and `listen`'s IP) and as
+/// a client of its peers. Made afresh at every start, so a changed listen
+/// address or CA takes effect.
+pub fn issue_node_cert(
+    ca_dir: &Path,
+    data_dir: &Path,
+    node: u64,
+    listen: std::net::SocketAddr,
+) -> Result<TlsFiles, TlsError> {
+    let read = |path: &Path| {
+        std::fs::read_to_string(path).map_err(|source| TlsError::Io {
+            path: path.to_owned(),
+            source,
+        })
+    };
+    let ca_key = KeyPair::from_pem(&read(&cluster_ca_key(ca_dir))?)?;
+    if !cluster_ca_cert(ca_dir).exists() {
+        return Err(TlsError::Invalid(format!(
+            "{} has no ca.pem: make the cluster CA with `edgebus tls init {}`",
+            ca_dir.display(),
+            ca_dir.display()
+        )));
+    }
+    // The CA was made by `init_cluster_ca` with these parameters: the same
+    // name and the same key give the issuer and key identifier its
+    // certificate carries, with no certificate parser needed.
+    let issuer = Issuer::new(ca_params(CLUSTER_CA_NAME)?, &ca_key);
+    let name = node_name(node);
+    let ip = listen.ip().to_string();
+    let mut names = vec![name.as_str(), "localhost", "127.0.0.1", "::1"];
+    if !listen.ip().is_unspecified() && !names.contains(&ip.as_str()) {
+        names.push(&ip);
+    }
+    let (pem, key) = issue_for(
+        &issuer,
+        &names,
+        vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ],
+    )?;
+    let dir = local::tls_dir(data_dir).join("cluster");
+    create_private_dir(&dir)?;
+    let files = TlsFiles {
+        cert: dir.join("node.pem"),
+        key: dir.join("node.key"),
+        local_ca: None,
+        created: false,
+    };
+    write_private(&files.key, key.as_bytes())?;
+    write(&files.cert, &pem)?;
+    Ok(files)
 }
 
 /// The private key of the local CA in `data_dir`.
@@ -311,10 +421,15 @@ fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 }
 
 /// The rustls server config: TLS 1.3, ALPN `edgebus/1`, and client
-/// certificates required when `client_ca` is set.
+/// certificates required when `client_ca` is set. A cluster node
+/// (`cluster_ca`) also speaks `edgebus-peer/1` on the same listener and
+/// accepts client certificates from the cluster CA; a peer connection is
+/// refused unless it presents one ([`PeerVerifier`]), while a client needs
+/// one only when `client_ca` is set.
 pub fn server_config(
     files: &TlsFiles,
     client_ca: Option<&Path>,
+    cluster_ca: Option<&Path>,
 ) -> Result<rustls::ServerConfig, TlsError> {
     let invalid = |e: &dyn std::fmt::Display| TlsError::Invalid(e.to_string());
     let certs = load_certs(&files.cert)?;
@@ -322,24 +437,103 @@ pub fn server_config(
     let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| invalid(&e))?;
-    let builder = match client_ca {
-        None => builder.with_no_client_auth(),
-        Some(ca) => {
-            let mut roots = rustls::RootCertStore::empty();
-            for cert in load_certs(ca)? {
-                roots.add(cert).map_err(|e| invalid(&e))?;
-            }
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
-                .build()
-                .map_err(|e| invalid(&e))?;
-            builder.with_client_cert_verifier(verifier)
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in client_ca.iter().chain(cluster_ca.iter()) {
+        for cert in load_certs(ca)? {
+            roots.add(cert).map_err(|e| invalid(&e))?;
         }
+    }
+    let builder = if roots.is_empty() {
+        builder.with_no_client_auth()
+    } else {
+        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
+        let verifier = if client_ca.is_none() {
+            verifier.allow_unauthenticated()
+        } else {
+            verifier
+        };
+        builder.with_client_cert_verifier(verifier.build().map_err(|e| invalid(&e))?)
     };
     let mut config = builder
         .with_single_cert(certs, key)
         .map_err(|e| invalid(&e))?;
     config.alpn_protocols = vec![ALPN.to_vec()];
+    if cluster_ca.is_some() {
+        config.alpn_protocols.push(PEER_ALPN.to_vec());
+    }
     Ok(config)
+}
+
+/// The client side of peer connections: this node's certificate, the
+/// cluster CA as the only root, ALPN `edgebus-peer/1`, and keep-alives well
+/// inside the control log's election timeout.
+pub fn peer_client_config(
+    files: &TlsFiles,
+    cluster_ca: &Path,
+) -> Result<quinn::ClientConfig, TlsError> {
+    let invalid = |e: &dyn std::fmt::Display| TlsError::Invalid(e.to_string());
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in load_certs(cluster_ca)? {
+        roots.add(cert).map_err(|e| invalid(&e))?;
+    }
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| invalid(&e))?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(load_certs(&files.cert)?, load_key(&files.key)?)
+        .map_err(|e| invalid(&e))?;
+    tls.alpn_protocols = vec![PEER_ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| invalid(&e))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .keep_alive_interval(Some(std::time::Duration::from_millis(500)))
+        .max_idle_timeout(Some(
+            quinn::IdleTimeout::try_from(std::time::Duration::from_secs(10))
+                .map_err(|e| invalid(&e))?,
+        ));
+    config.transport_config(Arc::new(transport));
+    Ok(config)
+}
+
+/// Checks a peer connection's client certificate: present, chained to the
+/// cluster CA alone (not to a CA trusted only for clients), and naming the
+/// node the peer says it is.
+#[derive(Debug)]
+pub struct PeerVerifier {
+    verifier: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+}
+
+impl PeerVerifier {
+    /// A verifier trusting the certificates of `cluster_ca`.
+    pub fn new(cluster_ca: &Path) -> Result<Self, TlsError> {
+        let invalid = |e: &dyn std::fmt::Display| TlsError::Invalid(e.to_string());
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in load_certs(cluster_ca)? {
+            roots.add(cert).map_err(|e| invalid(&e))?;
+        }
+        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+            .build()
+            .map_err(|e| invalid(&e))?;
+        Ok(PeerVerifier { verifier })
+    }
+
+    /// Whether `connection`'s certificate is node `node`'s.
+    pub fn verify(&self, connection: &quinn::Connection, node: u64) -> Result<(), String> {
+        let chain = connection
+            .peer_identity()
+            .and_then(|identity| identity.downcast::<Vec<CertificateDer<'static>>>().ok())
+            .ok_or("a peer must present its node certificate")?;
+        let (end_entity, intermediates) = chain.split_first().ok_or("empty certificate chain")?;
+        self.verifier
+            .verify_client_cert(end_entity, intermediates, rustls_pki_types::UnixTime::now())
+            .map_err(|e| format!("not a certificate of the cluster CA: {e}"))?;
+        let name =
+            rustls_pki_types::ServerName::try_from(node_name(node)).map_err(|e| e.to_string())?;
+        webpki::EndEntityCert::try_from(end_entity)
+            .and_then(|cert| cert.verify_is_valid_for_subject_name(&name))
+            .map_err(|e| format!("the certificate is not node {node}'s: {e}"))
+    }
 }
 
 #[cfg(all(test, unix))]

@@ -36,6 +36,7 @@ mod profile;
 mod serve;
 mod stdout;
 mod table;
+mod tls;
 mod topic;
 mod version;
 
@@ -153,6 +154,9 @@ enum Command {
     /// Describe the cluster's nodes (one, until clustering exists).
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
+    /// Make TLS material: a cluster CA.
+    #[command(subcommand)]
+    Tls(tls::TlsCommand),
     /// Print a shell completion script (bash, zsh, fish, …).
     Completion(completion::CompletionArgs),
     /// Print the version and git commit of this binary.
@@ -215,6 +219,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Demo(args) => demo::run(args).await,
         Command::Profile(cmd) => profile::run(cmd),
         Command::Cluster(cmd) => cluster::run(cmd).await,
+        Command::Tls(cmd) => tls::run(cmd),
         Command::Completion(args) => completion::run(args),
         Command::Version(args) => version::run(args),
     };

@@ -36,6 +36,36 @@ pub struct ServeArgs {
     /// with the broker's certificate on any other address).
     #[arg(long, value_name = "ADDR")]
     kafka_listen: Option<SocketAddr>,
+    /// This node's id in a cluster (config: cluster.node_id); needs
+    /// --peer for every node and --cluster-ca.
+    #[arg(long, value_name = "N", requires = "peer")]
+    node_id: Option<u64>,
+    /// A node of the cluster, this one included, as ID=HOST:PORT of its
+    /// listener; repeat for each (config: [cluster.peers]).
+    #[arg(long, value_name = "ID=ADDR", value_parser = parse_peer, requires = "node_id")]
+    peer: Vec<(u64, String)>,
+    /// Directory made by `edgebus tls init`: this node issues its
+    /// certificate from that CA and peers must present one from it
+    /// (config: cluster.ca_dir).
+    #[arg(long, value_name = "DIR")]
+    cluster_ca: Option<PathBuf>,
+}
+
+/// `ID=HOST:PORT`.
+fn parse_peer(s: &str) -> Result<(u64, String), String> {
+    let (id, addr) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not ID=HOST:PORT"))?;
+    let id = id
+        .parse()
+        .map_err(|_| format!("{id:?} is not a node id (a number)"))?;
+    if addr
+        .rsplit_once(':')
+        .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+    {
+        return Err(format!("{addr:?} is not HOST:PORT"));
+    }
+    Ok((id, addr.to_owned()))
 }
 
 pub async fn run(args: ServeArgs) -> Result<(), Failure> {
@@ -55,6 +85,15 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
     if let Some(kafka) = args.kafka_listen {
         config.kafka.listen = Some(kafka);
     }
+    if let Some(node) = args.node_id {
+        config.cluster.node_id = Some(node);
+    }
+    if !args.peer.is_empty() {
+        config.cluster.peers = args.peer.into_iter().collect();
+    }
+    if let Some(dir) = args.cluster_ca {
+        config.cluster.ca_dir = Some(dir);
+    }
     // Relative paths are taken from the working directory at start (the
     // plugin compile cache refuses relative ones).
     config.data_dir = absolute(&config.data_dir);
@@ -63,6 +102,8 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
     let client_ca = config.tls.client_ca.clone();
     let operator_cert = config.tls.cert.clone();
     let kafka_tls_on_loopback = config.kafka.tls_on_loopback;
+    let cluster_node = config.cluster.node_id;
+    let cluster_peers: Vec<u64> = config.cluster.peers.keys().copied().collect();
     let broker = edgebus::start(config).await.map_err(Failure::other)?;
     println!(
         "edgebus listening on {} (QUIC, ALPN edgebus/1)",
@@ -79,6 +120,13 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
             "TLS"
         };
         println!("kafka: {kafka} ({transport})");
+    }
+    if let (Some(node), Some(ca)) = (cluster_node, &broker.cluster_ca) {
+        println!(
+            "cluster: node {node} of {:?}; peers and clients trust the cluster CA {}",
+            cluster_peers,
+            absolute(ca).display()
+        );
     }
     match (&broker.local_ca, &operator_cert) {
         (Some(ca), _) => {
@@ -105,7 +153,8 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
             absolute(ca).display()
         );
     }
-    for line in client_hint(broker.addr, broker.local_ca.as_deref()) {
+    let trusted_ca = broker.local_ca.as_deref().or(broker.cluster_ca.as_deref());
+    for line in client_hint(broker.addr, trusted_ca) {
         println!("{line}");
     }
     wait_for_signal().await;

@@ -135,6 +135,7 @@ pub async fn dispatch(b: &Broker, request: Request) -> Response {
         }
         Request::PipelineDelete { name } => respond(pipeline::delete(&b.pipelines, &name).await),
         Request::NodeInfo => node::info(&b.node).await,
+        Request::ClusterStatus => node::cluster_status(b.cluster.as_ref()),
         Request::AlterTopic { name, changes } => {
             respond(topic::alter(&b.topics, &name, changes).await)
         }

@@ -4,7 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use edgebus_proto::frame::{Listener, NodeInfo, Response};
+use edgebus_proto::frame::{ClusterNode, ClusterStatus, Listener, NodeInfo, Response};
+
+use crate::cluster::Cluster;
 
 /// The release this broker is.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -40,6 +42,36 @@ pub async fn info(facts: &NodeFacts) -> Response {
         listeners: facts.listeners.clone(),
         data_dir: facts.data_dir.display().to_string(),
         data_bytes,
+    })
+}
+
+/// `ClusterStatus`: the control log and every node as this node sees
+/// them; a single node lists no nodes.
+pub fn cluster_status(cluster: Option<&Cluster>) -> Response {
+    let Some(cluster) = cluster else {
+        return Response::ClusterStatus(ClusterStatus {
+            node: 0,
+            controller: None,
+            term: 0,
+            applied_index: 0,
+            nodes: Vec::new(),
+        });
+    };
+    let status = cluster.status();
+    Response::ClusterStatus(ClusterStatus {
+        node: status.node,
+        controller: status.controller,
+        term: status.term,
+        applied_index: status.applied_index,
+        nodes: status
+            .nodes
+            .into_iter()
+            .map(|n| ClusterNode {
+                id: n.id,
+                address: n.address,
+                up: n.up,
+            })
+            .collect(),
     })
 }
 
