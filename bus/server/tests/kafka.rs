@@ -892,10 +892,11 @@ fn kafka_idempotent_producer_shares_the_engine_dedup_state() {
 /// `kafka.max_connections` closes the connection over the limit at
 /// accept; `kafka.max_inflight_per_connection` = 1 reads a pipelined
 /// request only after the one before it is answered, and answers stay in
-/// request order.
+/// request order; `kafka.idle_timeout_ms` closes a silent connection.
 #[test]
 fn kafka_connection_and_inflight_limits() {
-    let config = "[kafka]\nmax_connections = 2\nmax_inflight_per_connection = 1\n";
+    let config =
+        "[kafka]\nmax_connections = 2\nmax_inflight_per_connection = 1\nidle_timeout_ms = 1500\n";
     let (broker, kafka, dir) = kafka_broker(config);
     broker.ok(&["topic", "create", "quiet", "--partitions", "1"]);
     let mut a = connect(&kafka);
@@ -949,6 +950,11 @@ fn kafka_connection_and_inflight_limits() {
         "{:?}",
         sent.elapsed()
     );
+
+    // kafka.idle_timeout_ms: a connection that sends nothing is closed.
+    let idle_since = Instant::now();
+    assert!(closed_by_broker(&mut a));
+    assert!(idle_since.elapsed() >= Duration::from_millis(1000));
 }
 
 /// A client CA and a client certificate it signed, in `dir`: (CA, cert,

@@ -157,3 +157,27 @@ impl KafkaMetrics {
         self.by_reason[reason as usize].inc();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kafka_config_off_by_default_and_read_from_toml() {
+        let c = crate::config::Config::default();
+        assert_eq!(c.kafka.listen, None);
+        let c: crate::config::Config =
+            toml::from_str("[kafka]\nlisten = \"127.0.0.1:9092\"\nmax_frame_bytes = 4096\n")
+                .unwrap();
+        assert_eq!(
+            c.kafka.listen,
+            Some(SocketAddr::from(([127, 0, 0, 1], 9092)))
+        );
+        assert_eq!(c.kafka.max_frame_bytes, 4096);
+        assert_eq!(
+            c.kafka.idle_timeout_ms,
+            KafkaConfig::default().idle_timeout_ms
+        );
+        assert!(toml::from_str::<crate::config::Config>("[kafka]\nlisen = \"x\"\n").is_err());
+    }
+}
