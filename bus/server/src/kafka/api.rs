@@ -328,7 +328,7 @@ pub async fn dispatch(
         Request::ListOffsets(r) => call.respond(&fetch::list_offsets(door, r).await),
         Request::FindCoordinator(r) => call.respond(&group::find_coordinator(call, r)),
         Request::JoinGroup(r) => call.respond(&group::join(door, call, r).await),
-        Request::SyncGroup(r) => call.respond(&group::sync(door, call, r).await),
+        Request::SyncGroup(r) => call.respond(&group::sync(door, r).await),
         Request::Heartbeat(r) => call.respond(&group::heartbeat(door, r)),
         Request::LeaveGroup(r) => call.respond(&group::leave(door, r)),
         Request::OffsetCommit(r) => call.respond(&group::offset_commit(door, r).await),

@@ -281,7 +281,7 @@ pub async fn join(door: &Door, call: &Call, request: JoinGroupRequest) -> JoinGr
 }
 
 /// `SyncGroup`: the leader's assignment, once it has sent it.
-pub async fn sync(door: &Door, _call: &Call, request: SyncGroupRequest) -> SyncGroupResponse {
+pub async fn sync(door: &Door, request: SyncGroupRequest) -> SyncGroupResponse {
     let assignments = request
         .assignments
         .into_iter()
