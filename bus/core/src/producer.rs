@@ -279,6 +279,17 @@ impl ProducerState {
         self.recent.retain(|b| b.base_offset < offset);
     }
 
+    /// The base offset of the newest remembered batch stored in
+    /// `from..to`: a leader sends a follower a producer's state with the
+    /// last batch of that producer it sends.
+    pub fn last_batch_in(&self, from: u64, to: u64) -> Option<u64> {
+        self.recent
+            .iter()
+            .rev()
+            .map(|b| b.base_offset)
+            .find(|base| (from..to).contains(base))
+    }
+
     /// Encodes the state for the `producers` table. Big-endian throughout:
     ///
     /// ```text

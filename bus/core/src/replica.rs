@@ -318,6 +318,10 @@ struct PendingIsr {
     /// The partition epoch it was computed from; a newer one settles it.
     from: u64,
     sent: Instant,
+    /// The controller refused it as stale: not sent again, but still part
+    /// of the maximal set, since an earlier send may have been applied with
+    /// its answer lost.
+    refused: bool,
 }
 
 /// What the leader knows of one follower.
@@ -537,8 +541,10 @@ impl Replica {
                     ok
                 });
                 if batches.is_empty() || !valid {
-                    self.high_watermark = self.high_watermark.max(high_watermark.min(self.log_end));
                     following.next_fetch = pause;
+                    if valid {
+                        self.raise_high_watermark(high_watermark);
+                    }
                     return;
                 }
                 self.commands.push_back(ReplicaCommand::AppendReplicated {
@@ -594,10 +600,21 @@ impl Replica {
             }
             self.log_end = batch.base_offset + u64::from(batch.record_count);
         }
-        self.high_watermark = self
-            .high_watermark
-            .max(leader_high_watermark.min(self.log_end));
+        self.raise_high_watermark(leader_high_watermark);
         self.after_local_change(now, now);
+    }
+
+    /// A follower learned the leader's high watermark: every record below
+    /// it and below its own log end is committed (its log matches the
+    /// leader's up to its fetch offset, or the leader would have said it
+    /// diverges), so readers here may see them.
+    fn raise_high_watermark(&mut self, leader_high_watermark: u64) {
+        let known = leader_high_watermark.min(self.log_end);
+        if known > self.high_watermark {
+            self.high_watermark = known;
+            self.commands
+                .push_back(ReplicaCommand::Engine(Command::HighWatermark(known)));
+        }
     }
 
     /// The last `AppendReplicated` stored nothing.
@@ -628,7 +645,9 @@ impl Replica {
         match &mut self.role {
             Role::Leader(leading) => {
                 if let Some(pending) = &mut leading.pending {
-                    if now.saturating_duration_since(pending.sent) >= self.config.isr_retry {
+                    if !pending.refused
+                        && now.saturating_duration_since(pending.sent) >= self.config.isr_retry
+                    {
                         pending.sent = now;
                         self.commands.push_back(ReplicaCommand::ProposeIsr {
                             leader_epoch: leading.epoch,
@@ -698,15 +717,39 @@ impl Replica {
         }
     }
 
-    /// The controller rejected this replica's ISR proposal: forget it, and
-    /// propose again from the next metadata if still needed.
-    pub fn handle_isr_rejected(&mut self, _now: Instant) {
-        if let Role::Leader(leading) = &mut self.role {
-            leading.pending = None;
-            let maximal = leading.isr.clone();
-            leading.engine.set_in_sync(_now, maximal);
-            self.drain_engine();
+    /// The controller refused this replica's ISR proposal computed from
+    /// `partition_epoch`; a refusal of an older proposal is ignored.
+    ///
+    /// Refused as `stale` (the partition moved past the epoch the proposal
+    /// was computed from), the proposal is not sent again but stays in the
+    /// set the high watermark is computed over until newer metadata
+    /// arrives: a resend's refusal does not mean an earlier send was not
+    /// applied with its answer lost, and a leader that dropped the proposed
+    /// member could acknowledge records the controller's ISR does not hold.
+    ///
+    /// Refused for any other reason (a fenced node, say), it was checked
+    /// against the very partition epoch it was computed from, so no earlier
+    /// send was applied: it is dropped, and proposed again when it applies.
+    pub fn handle_isr_rejected(&mut self, now: Instant, partition_epoch: u64, stale: bool) {
+        let Role::Leader(leading) = &mut self.role else {
+            return;
+        };
+        if leading
+            .pending
+            .as_ref()
+            .is_none_or(|p| p.from != partition_epoch)
+        {
+            return;
         }
+        if stale {
+            if let Some(pending) = &mut leading.pending {
+                pending.refused = true;
+            }
+            return;
+        }
+        leading.pending = None;
+        apply_isr(leading, now, self.min_insync);
+        self.drain_engine();
     }
 
     /// The next command for the shell, oldest first.
@@ -747,6 +790,27 @@ impl Replica {
             Role::Leader(leading) => leading.engine.written_end(),
             Role::Retiring(engine) => engine.written_end(),
             _ => self.log_end,
+        }
+    }
+
+    /// On a leader, the offset the next decided append gets (counting
+    /// appends not yet written); elsewhere the log end.
+    pub fn decided_end(&self) -> u64 {
+        match &self.role {
+            Role::Leader(leading) => leading.engine.log_end(),
+            _ => self.log_end(),
+        }
+    }
+
+    /// On a leader, [`PartitionEngine::duplicate_of`]; `None` elsewhere.
+    pub fn duplicate_of(
+        &self,
+        stamp: edgebus_proto::batch::ProducerStamp,
+        record_count: u32,
+    ) -> Option<u64> {
+        match &self.role {
+            Role::Leader(leading) => leading.engine.duplicate_of(stamp, record_count),
+            _ => None,
         }
     }
 
@@ -821,6 +885,10 @@ impl Replica {
             following.next_fetch = next_fetch;
         }
         self.reconcile(now);
+        // Fetch again at once rather than at the next tick: the leader
+        // learns this follower's new log end a tick sooner, and with it
+        // `acks=all` producers.
+        self.handle_tick(now);
     }
 
     /// Brings the role in line with the metadata, as far as the local log
@@ -942,7 +1010,14 @@ impl Replica {
             followers,
         });
         apply_isr(&mut leading, now, self.min_insync);
+        // Readers may see what this replica knew to be committed as a
+        // follower; the engine only announces advances.
+        let high_watermark = leading.engine.high_watermark();
         self.role = Role::Leader(leading);
+        self.commands
+            .push_back(ReplicaCommand::Engine(Command::HighWatermark(
+                high_watermark,
+            )));
         self.drain_engine();
     }
 }
@@ -964,6 +1039,7 @@ fn propose(
         isr,
         from: leading.partition_epoch,
         sent: now,
+        refused: false,
     });
     let maximal: BTreeSet<NodeId> = leading
         .isr
@@ -1317,5 +1393,47 @@ mod tests {
         assert_eq!(r.role(), RoleKind::Idle);
         r.handle_metadata(now, &meta(1, 5, &[1], 2), 1);
         assert_eq!(r.role(), RoleKind::Leader);
+    }
+
+    #[test]
+    fn a_follower_publishes_the_high_watermark_it_learns_up_to_its_log_end() {
+        let now = Instant::now();
+        let log = LocalLog {
+            log_end: 5,
+            epochs: vec![EpochStart {
+                epoch: 0,
+                start_offset: 0,
+            }],
+            producers: Vec::new(),
+        };
+        let mut r = Replica::new(2, ReplicaConfig::default(), log);
+        let meta = PartitionMeta {
+            replicas: vec![1, 2],
+            leader: Some(1),
+            leader_epoch: 0,
+            isr: vec![1, 2],
+            partition_epoch: 0,
+        };
+        r.handle_metadata(now, &meta, 1);
+        r.handle_tick(now);
+        let commands: Vec<_> = std::iter::from_fn(|| r.poll_command()).collect();
+        let Some(ReplicaCommand::Fetch { fetch_id, .. }) = commands.first().cloned() else {
+            panic!("a fetch: {commands:?}");
+        };
+        r.handle_fetch_response(
+            now,
+            fetch_id,
+            FetchResponse::Records {
+                batches: Vec::new(),
+                high_watermark: 9,
+            },
+        );
+        let commands: Vec<_> = std::iter::from_fn(|| r.poll_command()).collect();
+        assert_eq!(
+            commands,
+            vec![ReplicaCommand::Engine(Command::HighWatermark(5))],
+            "capped at its own log end"
+        );
+        assert_eq!(r.high_watermark(), 5);
     }
 }

@@ -33,7 +33,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, Instant};
 
-use edgebus_core::controller::{ClusterState, ControlRequest, Liveness, NodeId};
+use edgebus_core::controller::{ClusterState, ControlError, ControlRequest, Liveness, NodeId};
 use edgebus_core::partition::{AckLevel, AppendError, AppendOutcome, AppendRequest, Command};
 use edgebus_core::producer::{ProducerState, SequenceSpan};
 use edgebus_core::replica::{
@@ -204,6 +204,9 @@ enum Msg {
         to_incarnation: u64,
         partition: u32,
         ok: bool,
+        stale: bool,
+        /// The partition epoch the proposal was computed from.
+        from: u64,
     },
     Fetch {
         partition: u32,
@@ -557,7 +560,7 @@ impl Sim {
                     .get(&from)
                     .map(|n| n.incarnation);
                 if known != Some(incarnation) {
-                    self.controller_apply(ControlRequest::RegisterNode {
+                    let _ = self.controller_apply(ControlRequest::RegisterNode {
                         node: from,
                         address: format!("node{from}"),
                         incarnation,
@@ -568,14 +571,22 @@ impl Sim {
             Msg::MetadataRequest => self.send_metadata(from),
             Msg::Propose { partition, request } => {
                 let to_incarnation = self.nodes[&from].incarnation;
-                let ok = self.controller_apply(request);
+                let proposal_from = match &request {
+                    ControlRequest::AlterIsr {
+                        partition_epoch, ..
+                    } => *partition_epoch,
+                    _ => 0,
+                };
+                let result = self.controller_apply(request);
                 self.send(
                     CONTROLLER,
                     from,
                     Msg::ProposeResult {
                         to_incarnation,
                         partition,
-                        ok,
+                        ok: result.is_ok(),
+                        stale: matches!(result, Err(ControlError::StaleIsr { .. })),
+                        from: proposal_from,
                     },
                 );
             }
@@ -583,7 +594,7 @@ impl Sim {
         }
     }
 
-    fn controller_apply(&mut self, request: ControlRequest) -> bool {
+    fn controller_apply(&mut self, request: ControlRequest) -> Result<(), ControlError> {
         let result = self.controller.state.apply(&request);
         self.log(format!("controller {request:?} -> {result:?}"));
         if result.is_ok() {
@@ -592,7 +603,7 @@ impl Sim {
                 self.send_metadata(id);
             }
         }
-        result.is_ok()
+        result.map(|_| ())
     }
 
     fn send_metadata(&mut self, to: u64) {
@@ -610,11 +621,11 @@ impl Sim {
             .liveness
             .proposals(now, &self.controller.state);
         for request in proposals {
-            self.controller_apply(request);
+            let _ = self.controller_apply(request);
         }
         if !self.controller.topic_created && self.controller.state.nodes.len() == NODES.len() {
             self.controller.topic_created = true;
-            self.controller_apply(ControlRequest::CreateTopic {
+            let _ = self.controller_apply(ControlRequest::CreateTopic {
                 name: TOPIC.into(),
                 partitions: self.partitions,
                 replication_factor: 3,
@@ -665,13 +676,15 @@ impl Sim {
                 to_incarnation,
                 partition,
                 ok,
+                stale,
+                from: proposal_from,
             } => {
                 if !ok && to_incarnation == self.nodes[&id].incarnation {
                     self.node_mut(id)
                         .replicas
                         .get_mut(&partition)
                         .unwrap()
-                        .handle_isr_rejected(now);
+                        .handle_isr_rejected(now, proposal_from, stale);
                     self.drain(id, partition);
                 }
             }
@@ -1055,11 +1068,14 @@ impl Sim {
         }
     }
 
-    /// Leader `id` published `hw`: everything below is committed.
+    /// Node `id` published `hw`, as leader or as a follower that learned
+    /// it: everything below is committed.
     fn published(&mut self, id: NodeId, partition: u32, hw: u64) {
+        // Monotonic per leadership term; a follower's (keyed by a negative
+        // number) per process incarnation.
         let epoch = self.nodes[&id].replicas[&partition]
             .leading_epoch()
-            .expect("only leaders publish");
+            .unwrap_or(-1 - self.nodes[&id].incarnation as i32);
         if let Some(previous) = self
             .checker
             .high_watermarks

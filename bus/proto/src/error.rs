@@ -240,6 +240,12 @@ pub enum ErrorCode {
     /// The topic is a pipeline's source or destination; the message names
     /// the pipelines.
     TopicInUse = 34,
+    /// The node does not lead the partition; the message names the
+    /// leader if known. Retriable: refresh metadata and send to it.
+    NotLeader = 35,
+    /// `acks=all` with fewer in-sync replicas than the partition's
+    /// `min.insync.replicas`; nothing was stored. Retriable.
+    NotEnoughReplicas = 36,
 }
 
 impl ErrorCode {
@@ -281,6 +287,8 @@ impl ErrorCode {
             32 => StorageFull,
             33 => PipelineCycle,
             34 => TopicInUse,
+            35 => NotLeader,
+            36 => NotEnoughReplicas,
             _ => return None,
         })
     }
@@ -294,6 +302,8 @@ impl ErrorCode {
                 | ErrorCode::StorageFull
                 | ErrorCode::ShuttingDown
                 | ErrorCode::PluginHalted
+                | ErrorCode::NotLeader
+                | ErrorCode::NotEnoughReplicas
         )
     }
 }

@@ -67,6 +67,8 @@ impl Coded for AppendFailure {
             },
             AppendFailure::Stopped => ErrorCode::ShuttingDown,
             AppendFailure::DiskFull(_) => ErrorCode::StorageFull,
+            AppendFailure::NotLeader { .. } => ErrorCode::NotLeader,
+            AppendFailure::NotEnoughReplicas(_) => ErrorCode::NotEnoughReplicas,
             _ => ErrorCode::StorageError,
         }
     }

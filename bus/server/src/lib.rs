@@ -336,7 +336,17 @@ pub async fn start_with_store(
         node,
     )?;
     if let Some(setup) = setup {
-        broker.cluster = Some(cluster::Cluster::start(setup, endpoint.clone()).await?);
+        let cluster = cluster::Cluster::start(setup, endpoint.clone()).await?;
+        cluster
+            .attach(
+                broker.writer.clone(),
+                store.clone(),
+                broker.topics.clone(),
+                config.limits.max_fetch_bytes,
+                Duration::from_millis(config.cluster.replica_lag_time_max_ms),
+            )
+            .await;
+        broker.cluster = Some(cluster);
     }
     broker.pipelines.restore();
     let pipelines = broker.pipelines.clone();

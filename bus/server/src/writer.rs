@@ -30,9 +30,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use edgebus_core::partition::{
     AckLevel, AppendError, AppendOutcome, AppendRequest, Command, PartitionEngine, PartitionState,
-    ReplicaId, WriteId,
+    ReplicaId, WriteId, WrittenError,
 };
 use edgebus_core::producer::{AppendRefused, ProducerState, SequenceSpan};
+use edgebus_core::replica::{Replica, ReplicaCommand};
 use edgebus_proto::batch::ProducerStamp;
 use edgebus_store::{
     CommitError, LogStore, LogWrite, OffsetCommit, PipelineCommit, ReadError, RetentionReport,
@@ -42,6 +43,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
+
+mod replication;
+pub use replication::Outbound;
 
 /// Appends queued for the writer before producers wait.
 const QUEUE_DEPTH: usize = 8192;
@@ -155,6 +159,16 @@ pub enum AppendFailure {
     /// The writer has stopped.
     #[error("writer stopped")]
     Stopped,
+    /// This node does not lead the partition (a cluster); retriable at the
+    /// leader.
+    #[error("this node does not lead the partition{}", leader.map(|l| format!("; node {l} does")).unwrap_or_default())]
+    NotLeader {
+        /// The leader, if known.
+        leader: Option<u64>,
+    },
+    /// `acks=all` with the in-sync set below `min.insync.replicas`.
+    #[error("{0}")]
+    NotEnoughReplicas(String),
 }
 
 impl From<ReadError> for AppendFailure {
@@ -192,6 +206,8 @@ enum Op {
     },
     /// Runs after every append queued before it is committed.
     Ordered(Ordered),
+    /// A cluster input; also after every append queued before it.
+    Cluster(replication::ClusterOp),
 }
 
 enum Ordered {
@@ -236,6 +252,16 @@ impl Watermarks {
         map.insert(key, high_watermark);
     }
 
+    /// Hides every partition's records: a cluster node learns what is
+    /// committed from its replicas, not from what its store holds (a tail
+    /// it may have to truncate).
+    fn reset(&self) {
+        let mut map = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        for high_watermark in map.values_mut() {
+            *high_watermark = 0;
+        }
+    }
+
     fn remove_topic(&self, topic: &str) {
         let mut map = self.0.write().unwrap_or_else(PoisonError::into_inner);
         map.retain(|(t, _), _| t != topic);
@@ -248,6 +274,7 @@ pub struct Writer {
     tx: mpsc::Sender<Op>,
     engines: Arc<Mutex<Engines>>,
     watermarks: Arc<Watermarks>,
+    commits: Arc<tokio::sync::Notify>,
 }
 
 impl Writer {
@@ -271,8 +298,10 @@ impl Writer {
             }
         }
         let engines = Arc::new(Mutex::new(Engines::default()));
+        let commits = Arc::new(tokio::sync::Notify::new());
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let shell = Shell {
+            commits: commits.clone(),
             store,
             notifier,
             engines: engines.clone(),
@@ -280,6 +309,7 @@ impl Writer {
             max_group_bytes,
             metrics,
             next_request: 0,
+            replication: None,
             group: Group::default(),
             unflushed_since: None,
             unflushed: HashSet::new(),
@@ -292,6 +322,7 @@ impl Writer {
             tx,
             engines,
             watermarks,
+            commits,
         })
     }
 
@@ -427,13 +458,99 @@ fn stopped() -> StoreError {
     StoreError::Backend("writer stopped".into())
 }
 
-/// One partition's engine and the replies waiting on it.
+/// What decides a partition's appends: its engine on a single node, its
+/// replica (leader or follower around the engine) in a cluster.
+enum Driver {
+    Single(PartitionEngine),
+    Cluster(Replica),
+}
+
+impl Driver {
+    fn handle_append(&mut self, now: Instant, request: AppendRequest) {
+        match self {
+            Driver::Single(engine) => engine.handle_append(now, request),
+            Driver::Cluster(replica) => replica.handle_append(now, request),
+        }
+    }
+
+    fn handle_written(
+        &mut self,
+        now: Instant,
+        through: WriteId,
+        durable: bool,
+    ) -> Result<(), WrittenError> {
+        match self {
+            Driver::Single(engine) => engine.handle_written(now, through, durable),
+            Driver::Cluster(replica) => replica.handle_written(now, through, durable),
+        }
+    }
+
+    fn handle_write_failed(&mut self, now: Instant) {
+        match self {
+            Driver::Single(engine) => engine.handle_write_failed(now),
+            Driver::Cluster(replica) => replica.handle_write_failed(now),
+        }
+    }
+
+    fn duplicate_of(&self, stamp: ProducerStamp, record_count: u32) -> Option<u64> {
+        match self {
+            Driver::Single(engine) => engine.duplicate_of(stamp, record_count),
+            Driver::Cluster(replica) => replica.duplicate_of(stamp, record_count),
+        }
+    }
+
+    /// The offset the next decided append gets.
+    fn log_end(&self) -> u64 {
+        match self {
+            Driver::Single(engine) => engine.log_end(),
+            Driver::Cluster(replica) => replica.decided_end(),
+        }
+    }
+}
+
+/// One partition's driver and the replies waiting on it.
 struct Slot {
-    engine: PartitionEngine,
+    engine: Driver,
     /// Requests of this partition whose ack is still to come, by id.
     replies: HashMap<u64, oneshot::Sender<AppendResult>>,
     /// The last write reported committed.
     written: Option<WriteId>,
+    /// A replica's commands other than its engine's, for
+    /// [`Shell::replication_work`].
+    replication: Vec<ReplicaCommand>,
+    /// The bytes of the batches the last fetch brought, by base offset,
+    /// until the replica appends them.
+    fetched: HashMap<u64, Bytes>,
+}
+
+impl Slot {
+    fn new(engine: Driver) -> Slot {
+        Slot {
+            engine,
+            replies: HashMap::new(),
+            written: None,
+            replication: Vec::new(),
+            fetched: HashMap::new(),
+        }
+    }
+
+    /// The engine's commands, in order; a replica's other commands are
+    /// kept aside for the replication work.
+    fn drain(&mut self) -> Vec<Command> {
+        match &mut self.engine {
+            Driver::Single(engine) => engine.drain_commands().collect(),
+            Driver::Cluster(replica) => {
+                let mut engine = Vec::new();
+                while let Some(command) = replica.poll_command() {
+                    match command {
+                        ReplicaCommand::Engine(command) => engine.push(command),
+                        other => self.replication.push(other),
+                    }
+                }
+                engine
+            }
+        }
+    }
 }
 
 type Engines = HashMap<Key, Slot>;
@@ -459,6 +576,10 @@ struct Shell {
     max_group_bytes: usize,
     metrics: Arc<Metrics>,
     next_request: u64,
+    /// Notified after every commit.
+    commits: Arc<tokio::sync::Notify>,
+    /// The cluster side, on a cluster node.
+    replication: Option<replication::Replication>,
     group: Group,
     /// When the oldest committed write not yet fsync'd was committed.
     unflushed_since: Option<Instant>,
@@ -495,6 +616,10 @@ impl Shell {
                         self.commit_group();
                         self.execute(ordered);
                     }
+                    Op::Cluster(op) => {
+                        self.commit_group();
+                        self.cluster_op(op);
+                    }
                 }
                 if self.group.bytes < self.max_group_bytes
                     && commits.len() < MAX_GROUP_OFFSET_COMMITS
@@ -503,6 +628,7 @@ impl Shell {
                 }
             }
             self.commit_group();
+            self.replication_work();
             if !commits.is_empty() {
                 commit_offsets(&*self.store, &mut commits);
             }
@@ -557,6 +683,12 @@ impl Shell {
         if engines.contains_key(key) {
             return Ok(());
         }
+        if self.replication.is_some() {
+            // A cluster partition is driven by its replica, which the
+            // control plane's metadata creates; until then nobody here
+            // leads it.
+            return Err(AppendFailure::NotLeader { leader: None });
+        }
         let (topic, partition) = (key.0.as_str(), key.1);
         let log_end = self.store.offsets(topic, partition)?.log_end;
         let epochs = self.store.epochs(topic, partition)?;
@@ -580,11 +712,7 @@ impl Shell {
         };
         engines.insert(
             key.clone(),
-            Slot {
-                engine: PartitionEngine::new(state, LOCAL_REPLICA),
-                replies: HashMap::new(),
-                written: None,
-            },
+            Slot::new(Driver::Single(PartitionEngine::new(state, LOCAL_REPLICA))),
         );
         Ok(())
     }
@@ -716,7 +844,7 @@ impl Shell {
         slot.engine.handle_append(Instant::now(), request);
         let mut batch = Some(batch);
         let mut stored = false;
-        let commands: Vec<Command> = slot.engine.drain_commands().collect();
+        let commands = slot.drain();
         for command in commands {
             if let Command::Append {
                 id,
@@ -846,7 +974,7 @@ impl Shell {
             if let Err(e) = slot.engine.handle_written(Instant::now(), write, durable) {
                 tracing::error!(error = %e, topic = %key.0, partition = key.1, "engine refused a write report");
             }
-            let commands: Vec<Command> = slot.engine.drain_commands().collect();
+            let commands = slot.drain();
             for command in commands {
                 match command {
                     Command::HighWatermark(_) => self.route(&key, slot, command, None),
@@ -864,6 +992,7 @@ impl Shell {
         } else if self.unflushed_since.is_none() {
             self.unflushed_since = Some(Instant::now());
         }
+        self.commits.notify_waiters();
     }
 
     /// Reports a failed group commit: its writes are rolled back and their
@@ -898,7 +1027,7 @@ impl Shell {
     }
 
     fn drain(&self, key: &Key, slot: &mut Slot, failure: Option<&AppendFailure>) {
-        let commands: Vec<Command> = slot.engine.drain_commands().collect();
+        let commands = slot.drain();
         for command in commands {
             self.route(key, slot, command, failure);
         }
@@ -994,6 +1123,11 @@ fn failure_of(error: AppendError, failure: Option<&AppendFailure>) -> AppendFail
             .unwrap_or_else(|| AppendFailure::Storage("the write failed".into())),
         AppendError::Truncated { offset } => {
             AppendFailure::Storage(format!("the log was truncated at {offset}"))
+        }
+        AppendError::NotLeader => AppendFailure::NotLeader { leader: None },
+        e @ (AppendError::NotEnoughReplicas { .. }
+        | AppendError::NotEnoughReplicasAfterAppend { .. }) => {
+            AppendFailure::NotEnoughReplicas(e.to_string())
         }
         other => AppendFailure::Storage(other.to_string()),
     }

@@ -14,11 +14,14 @@
 //! Proposals may be made on any node: a follower of the control log
 //! forwards them to its leader.
 
+mod data;
 pub mod peer;
 pub mod raft;
 
+pub use data::FETCH_WAIT;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use edgebus_core::controller::{ClusterState, ControlRequest, Liveness, NodeId};
@@ -114,6 +117,10 @@ struct Inner {
     liveness: Mutex<Option<Liveness>>,
     /// Registrations proposed and not yet seen applied.
     registering: Mutex<BTreeSet<(NodeId, u64)>>,
+    /// The node's data side, once attached.
+    data: OnceLock<data::DataPlane>,
+    /// The cluster's background tasks, ended by [`Cluster::shutdown`].
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 /// What `edgebus cluster status` shows.
@@ -212,10 +219,12 @@ impl Cluster {
                 session_timeout: setup.session_timeout,
                 liveness: Mutex::new(None),
                 registering: Mutex::new(BTreeSet::new()),
+                data: OnceLock::new(),
+                tasks: Mutex::new(Vec::new()),
             }),
         };
-        tokio::spawn(cluster.clone().heartbeats());
-        tokio::spawn(cluster.clone().control());
+        cluster.spawn(cluster.clone().heartbeats());
+        cluster.spawn(cluster.clone().control());
         Ok(cluster)
     }
 
@@ -287,9 +296,30 @@ impl Cluster {
         }
     }
 
-    /// Stops the control log.
+    /// Stops the background tasks and the control log.
     pub async fn shutdown(&self) {
+        let tasks = std::mem::take(
+            &mut *self
+                .inner
+                .tasks
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        for task in tasks {
+            task.abort();
+            let _ = task.await;
+        }
         let _ = self.inner.raft.shutdown().await;
+    }
+
+    /// Runs a background task until [`Cluster::shutdown`].
+    fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        let handle = tokio::spawn(task);
+        self.inner
+            .tasks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(handle);
     }
 
     /// Whether this node leads the control log right now.
@@ -397,9 +427,15 @@ impl Cluster {
 }
 
 impl PeerService for Cluster {
-    async fn handle(&self, _from: NodeId, request: PeerRequest) -> PeerResponse {
+    async fn handle(&self, _from: NodeId, request: PeerRequest) -> (PeerResponse, bytes::Bytes) {
         let raft = &self.inner.raft;
-        match request {
+        let response = match request {
+            PeerRequest::Fetch {
+                topic,
+                partition,
+                request,
+                max_bytes,
+            } => return self.serve_fetch(topic, partition, request, max_bytes).await,
             PeerRequest::Hello { .. } => PeerResponse::Welcome,
             PeerRequest::AppendEntries(rpc) => {
                 PeerResponse::AppendEntries(raft.append_entries(rpc).await)
@@ -427,7 +463,8 @@ impl PeerService for Cluster {
                     }
                 }
             }
-        }
+        };
+        (response, bytes::Bytes::new())
     }
 }
 

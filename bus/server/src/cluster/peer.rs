@@ -9,9 +9,10 @@
 //! certificates may come from) and naming the node the dialler says it is.
 //!
 //! Each call is one bidirectional stream: a request, then its response,
-//! each a `u32` big-endian length and that many bytes of JSON. The control
-//! plane's messages are few and small; a frame over [`MAX_PEER_FRAME`] is
-//! refused.
+//! each a `u32` big-endian length and that many bytes of JSON; the response
+//! is followed by a raw trailer (`u32` length and bytes), which carries a
+//! fetch's record batches as stored, so they are never re-encoded. A frame
+//! or trailer over [`MAX_PEER_FRAME`] is refused.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -19,7 +20,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use super::raft::{ControlResult, NodeId, TypeConfig};
+use bytes::Bytes;
 use edgebus_core::controller::ControlRequest;
+use edgebus_core::replica::{FetchError, FetchRequest};
 use openraft::error::{InstallSnapshotError, RaftError};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
@@ -59,6 +62,57 @@ pub enum PeerRequest {
         /// Its process incarnation.
         incarnation: u64,
     },
+    /// A follower's fetch from a partition's leader.
+    Fetch {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: u32,
+        /// The replication request.
+        request: FetchRequest,
+        /// Most bytes of batches to send (at least one batch is sent).
+        max_bytes: u32,
+    },
+}
+
+/// The leader's answer to [`PeerRequest::Fetch`]; the batches' bytes are
+/// the response's trailer, in order.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum FetchReply {
+    /// Batches from the fetch offset on.
+    Records {
+        /// Each batch's place and size in the trailer.
+        batches: Vec<BatchMeta>,
+        /// `(producer id, base offset of its last batch sent, encoded
+        /// state)` of the producers whose batches are sent.
+        producers: Vec<(i64, u64, Vec<u8>)>,
+        /// The leader's high watermark.
+        high_watermark: u64,
+    },
+    /// Where the follower's log diverges.
+    Diverging {
+        /// The leader's epoch at or below the follower's last.
+        epoch: Option<i32>,
+        /// Where it ends.
+        end_offset: u64,
+        /// The leader's high watermark.
+        high_watermark: u64,
+    },
+    /// Not served.
+    Refused(FetchError),
+}
+
+/// One batch of a [`FetchReply::Records`].
+#[derive(Debug, Serialize, Deserialize)]
+pub struct BatchMeta {
+    /// Its base offset.
+    pub base_offset: u64,
+    /// Records in it.
+    pub record_count: u32,
+    /// The leader epoch it is stamped with.
+    pub leader_epoch: i32,
+    /// Its length in the trailer.
+    pub len: u32,
 }
 
 /// The answer to a [`PeerRequest`].
@@ -78,6 +132,8 @@ pub enum PeerResponse {
     Proposed(ControlResult),
     /// To `Heartbeat`.
     HeartbeatSeen,
+    /// To `Fetch`.
+    Fetched(FetchReply),
     /// The callee does not lead the control log; `leader` does, if known.
     NotLeader {
         /// The leader the callee knows of.
@@ -125,6 +181,33 @@ async fn write_frame<T: Serialize>(send: &mut quinn::SendStream, value: &T) -> R
         .await
         .map_err(|e| e.to_string())?;
     send.write_all(&body).await.map_err(|e| e.to_string())
+}
+
+/// Writes a raw trailer: length and bytes.
+async fn write_trailer(send: &mut quinn::SendStream, bytes: &[u8]) -> Result<(), String> {
+    let len = u32::try_from(bytes.len())
+        .ok()
+        .filter(|len| *len <= MAX_PEER_FRAME)
+        .ok_or_else(|| format!("trailer of {} bytes over {MAX_PEER_FRAME}", bytes.len()))?;
+    send.write_all(&len.to_be_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    send.write_all(bytes).await.map_err(|e| e.to_string())
+}
+
+/// Reads a raw trailer, refusing one over [`MAX_PEER_FRAME`].
+async fn read_trailer(recv: &mut quinn::RecvStream) -> Result<Bytes, String> {
+    let mut len = [0u8; 4];
+    recv.read_exact(&mut len).await.map_err(|e| e.to_string())?;
+    let len = u32::from_be_bytes(len);
+    if len > MAX_PEER_FRAME {
+        return Err(format!("trailer of {len} bytes over {MAX_PEER_FRAME}"));
+    }
+    let mut bytes = vec![0u8; len as usize];
+    recv.read_exact(&mut bytes)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(Bytes::from(bytes))
 }
 
 /// Reads one frame, refusing one over [`MAX_PEER_FRAME`].
@@ -184,6 +267,18 @@ impl Peers {
         request: &PeerRequest,
         timeout: Duration,
     ) -> Result<PeerResponse, PeerError> {
+        self.call_with_trailer(node, request, timeout)
+            .await
+            .map(|(response, _)| response)
+    }
+
+    /// [`Peers::call`], with the response's trailer.
+    pub async fn call_with_trailer(
+        &self,
+        node: NodeId,
+        request: &PeerRequest,
+        timeout: Duration,
+    ) -> Result<(PeerResponse, Bytes), PeerError> {
         match tokio::time::timeout(timeout, self.call_inner(node, request)).await {
             Ok(result) => result,
             Err(_) => Err(PeerError::Timeout(node)),
@@ -194,18 +289,21 @@ impl Peers {
         &self,
         node: NodeId,
         request: &PeerRequest,
-    ) -> Result<PeerResponse, PeerError> {
+    ) -> Result<(PeerResponse, Bytes), PeerError> {
         let connection = self.connection(node).await?;
         let unreachable = |detail: String| PeerError::Unreachable { node, detail };
         let result = async {
             let (mut send, mut recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
             write_frame(&mut send, request).await?;
             send.finish().map_err(|e| e.to_string())?;
-            read_frame::<PeerResponse>(&mut recv).await
+            match read_frame::<PeerResponse>(&mut recv).await? {
+                Some(response) => Ok(Some((response, read_trailer(&mut recv).await?))),
+                None => Ok(None),
+            }
         }
         .await;
         match result {
-            Ok(Some(response)) => Ok(response),
+            Ok(Some(answer)) => Ok(answer),
             Ok(None) => Err(PeerError::BadFrame {
                 node,
                 detail: "no answer".into(),
@@ -246,7 +344,7 @@ impl Peers {
             write_frame(&mut send, &PeerRequest::Hello { node: self.local }).await?;
             send.finish().map_err(|e| e.to_string())?;
             match read_frame::<PeerResponse>(&mut recv).await? {
-                Some(PeerResponse::Welcome) => Ok(()),
+                Some(PeerResponse::Welcome) => read_trailer(&mut recv).await.map(|_| ()),
                 other => Err(format!("refused the introduction: {other:?}")),
             }
         };
@@ -274,12 +372,12 @@ impl Peers {
 
 /// What answers peer requests on this node.
 pub trait PeerService: Send + Sync + 'static {
-    /// Answers one request from node `from`.
+    /// Answers one request from node `from`, with the response's trailer.
     fn handle(
         &self,
         from: NodeId,
         request: PeerRequest,
-    ) -> impl std::future::Future<Output = PeerResponse> + Send;
+    ) -> impl std::future::Future<Output = (PeerResponse, Bytes)> + Send;
 }
 
 /// Serves a peer connection: the first stream must introduce a node the
@@ -303,7 +401,12 @@ pub async fn serve<S: PeerService>(
     };
     if let Err(e) = verifier.verify(&connection, node) {
         tracing::warn!(%remote, node, error = %e, "peer refused");
-        let _ = write_frame(&mut send, &PeerResponse::Failed(e.clone())).await;
+        if write_frame(&mut send, &PeerResponse::Failed(e.clone()))
+            .await
+            .is_ok()
+        {
+            let _ = write_trailer(&mut send, &[]).await;
+        }
         let _ = send.finish();
         connection.close(1u32.into(), b"peer certificate refused");
         return;
@@ -311,6 +414,7 @@ pub async fn serve<S: PeerService>(
     if write_frame(&mut send, &PeerResponse::Welcome)
         .await
         .is_err()
+        || write_trailer(&mut send, &[]).await.is_err()
     {
         return;
     }
@@ -326,12 +430,17 @@ pub async fn serve<S: PeerService>(
         };
         let service = service.clone();
         tokio::spawn(async move {
-            let response = match read_frame::<PeerRequest>(&mut recv).await {
+            let (response, trailer) = match read_frame::<PeerRequest>(&mut recv).await {
                 Ok(Some(request)) => service.handle(node, request).await,
                 Ok(None) => return,
-                Err(e) => PeerResponse::Failed(format!("bad frame: {e}")),
+                Err(e) => (
+                    PeerResponse::Failed(format!("bad frame: {e}")),
+                    Bytes::new(),
+                ),
             };
-            if write_frame(&mut send, &response).await.is_ok() {
+            if write_frame(&mut send, &response).await.is_ok()
+                && write_trailer(&mut send, &trailer).await.is_ok()
+            {
                 let _ = send.finish();
             }
         });

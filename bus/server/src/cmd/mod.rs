@@ -39,7 +39,9 @@ pub fn respond<E: Coded>(handled: Result<Response, E>) -> Response {
 /// Answers every request except `Produce` and `Subscribe`.
 pub async fn dispatch(b: &Broker, request: Request) -> Response {
     match request {
-        Request::CreateTopic(spec) => respond(topic::create(&b.topics, spec).await),
+        Request::CreateTopic(spec) => {
+            respond(topic::create(&b.topics, b.cluster.as_ref(), spec).await)
+        }
         Request::DeleteTopic { name } => respond(
             topic::delete(
                 &b.topics,
@@ -54,7 +56,10 @@ pub async fn dispatch(b: &Broker, request: Request) -> Response {
         Request::DescribeTopic { name } => {
             respond(topic::describe(&b.topics, &b.reader, &name).await)
         }
-        Request::InitProducer => respond(produce::init_producer(&b.store).await),
+        Request::InitProducer => {
+            let node = b.cluster.as_ref().map(|c| c.node());
+            respond(produce::init_producer(&b.store, node).await)
+        }
         Request::Fetch {
             topic,
             partition,

@@ -135,10 +135,25 @@ impl Pending {
     }
 }
 
-/// `InitProducer`: a new producer id for idempotent produce.
-pub async fn init_producer(store: &Arc<dyn LogStore>) -> Result<Response, ProduceError> {
+/// Producer ids a node hands out on its own, below its node id's prefix.
+const NODE_PRODUCER_ID_BITS: u32 = 40;
+
+/// `InitProducer`: a new producer id for idempotent produce. A cluster
+/// node puts its node id above the ids its store counts, so ids are unique
+/// across the cluster: a producer that moves to another node after a
+/// failover never meets another producer's dedup state.
+pub async fn init_producer(
+    store: &Arc<dyn LogStore>,
+    node: Option<u64>,
+) -> Result<Response, ProduceError> {
     let store = store.clone();
-    let producer_id = tokio::task::spawn_blocking(move || store.allocate_producer_id()).await??;
+    let local = tokio::task::spawn_blocking(move || store.allocate_producer_id()).await??;
+    let producer_id = match node {
+        Some(node) => {
+            ((node as i64) << NODE_PRODUCER_ID_BITS) | (local & ((1 << NODE_PRODUCER_ID_BITS) - 1))
+        }
+        None => local,
+    };
     Ok(Response::ProducerInit {
         producer_id,
         producer_epoch: 0,

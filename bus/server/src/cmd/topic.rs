@@ -5,6 +5,7 @@ use edgebus_proto::ErrorCode;
 use edgebus_proto::frame::{Response, TopicChanges, TopicSpec};
 
 use crate::attach::Attachments;
+use crate::cluster::Cluster;
 use crate::dlq::DeadLetters;
 use crate::error::Coded;
 use crate::pipelines::Pipelines;
@@ -58,8 +59,17 @@ impl Coded for TopicRequestError {
 }
 
 /// `CreateTopic`.
-pub async fn create(topics: &Topics, spec: TopicSpec) -> Result<Response, TopicRequestError> {
-    topics.create(spec).await?;
+/// `CreateTopic`. On a cluster node the control log places the topic's
+/// replicas and every replica node creates it.
+pub async fn create(
+    topics: &Topics,
+    cluster: Option<&Cluster>,
+    spec: TopicSpec,
+) -> Result<Response, TopicRequestError> {
+    match cluster {
+        Some(cluster) => cluster.create_topic(spec).await?,
+        None => topics.create(spec).await?,
+    }
     Ok(Response::TopicCreated)
 }
 

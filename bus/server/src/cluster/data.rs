@@ -1,0 +1,461 @@
+//! The cluster's data plane on one node: topics created through the
+//! control log, partition metadata handed to the writer's replicas,
+//! followers' fetches sent to leaders and served here, and ISR changes
+//! proposed to the controller.
+//!
+//! Followers fetch over the peer connection, one request at a time per
+//! partition (a stream per call, multiplexed on the one QUIC connection
+//! between two nodes): QUIC streams are cheap, a call per fetch keeps a
+//! slow partition from holding up another (no head-of-line blocking), and
+//! the leader holds a fetch that finds nothing new for up to
+//! [`FETCH_WAIT`] until a commit brings records, so an idle partition costs
+//! about two calls a second and a busy one is fetched as soon as the leader
+//! writes.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use edgebus_core::controller::{ClusterState, ControlError, ControlOutcome, ControlRequest};
+use edgebus_core::producer::ProducerState;
+use edgebus_core::replica::{
+    FetchDecision, FetchError, FetchRequest, FetchResponse, ReplicaConfig, ReplicatedBatch,
+};
+use edgebus_proto::batch::BatchHeader;
+use edgebus_proto::frame::{Request, TopicSpec};
+use edgebus_store::{LogStore, TopicError};
+use tokio::sync::mpsc;
+
+use super::Cluster;
+use super::peer::{BatchMeta, FetchReply, PeerRequest, PeerResponse};
+use crate::topics::{TopicAdminError, Topics};
+use crate::writer::{Outbound, Writer};
+
+/// Longest a leader holds a follower's fetch that finds nothing new.
+pub const FETCH_WAIT: Duration = Duration::from_millis(500);
+
+/// How often the replicas' timers run.
+const TICK: Duration = Duration::from_millis(10);
+
+/// A follower's fetch with no answer after this long is sent again.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the cluster needs of the node's data side.
+pub(super) struct DataPlane {
+    writer: Writer,
+    store: Arc<dyn LogStore>,
+    topics: Topics,
+    max_fetch_bytes: u32,
+}
+
+impl Cluster {
+    /// Starts replicating this node's partitions through `writer`: the
+    /// replicas get their metadata from the control log, and their network
+    /// work is done here.
+    pub async fn attach(
+        &self,
+        writer: Writer,
+        store: Arc<dyn LogStore>,
+        topics: Topics,
+        max_fetch_bytes: u32,
+        replica_lag_max: Duration,
+    ) {
+        let config = ReplicaConfig {
+            replica_lag_max,
+            fetch_interval: Duration::from_millis(50),
+            fetch_timeout: FETCH_TIMEOUT,
+            isr_retry: Duration::from_secs(1),
+        };
+        let outbound = writer.attach_cluster(self.inner.node, config).await;
+        let plane = DataPlane {
+            writer: writer.clone(),
+            store,
+            topics,
+            max_fetch_bytes,
+        };
+        if self.inner.data.set(plane).is_err() {
+            return;
+        }
+        self.spawn(self.clone().outbound(outbound));
+        self.spawn(self.clone().forward_metadata());
+        self.spawn(async move {
+            let mut tick = tokio::time::interval(TICK);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tick.tick().await;
+                writer.cluster_tick();
+            }
+        });
+    }
+
+    fn data(&self) -> Option<&DataPlane> {
+        self.inner.data.get()
+    }
+
+    /// Creates a topic in the cluster: the control log places its replicas
+    /// and every replica node creates it locally; returns once this node
+    /// has. Replication factor and `min.insync.replicas` default to 3 (or
+    /// the node count) and 2 (or 1 on a single replica).
+    pub async fn create_topic(&self, spec: TopicSpec) -> Result<(), TopicAdminError> {
+        let replication_factor = self.inner.addrs.len().min(3) as u32;
+        let min_insync = replication_factor.min(2);
+        let mut buf = BytesMut::new();
+        Request::CreateTopic(spec.clone()).encode(0, &mut buf);
+        let request = ControlRequest::CreateTopic {
+            name: spec.name.clone(),
+            partitions: spec.partitions,
+            replication_factor,
+            min_insync,
+            unclean_leader_election: false,
+            spec: buf[4..].to_vec(),
+        };
+        let store_error = |detail: String| {
+            TopicAdminError::Store(TopicError::Store(edgebus_store::StoreError::Backend(
+                detail,
+            )))
+        };
+        match self.propose(request).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(ControlError::TopicExists(name))) => {
+                return Err(TopicAdminError::Store(TopicError::Exists(name)));
+            }
+            Ok(Err(e)) => return Err(TopicAdminError::Store(TopicError::Invalid(e.to_string()))),
+            Err(e) => return Err(store_error(e.to_string())),
+        }
+        let Some(data) = self.data() else {
+            return Ok(());
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while data.topics.spec(&spec.name).is_err() {
+            if Instant::now() > deadline {
+                return Err(store_error(
+                    "the topic is created in the cluster but not yet on this node".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
+    }
+
+    /// Hands every applied cluster state to the writer's replicas, once
+    /// this node's registration is in it (before that, the state may
+    /// predate the re-election a restart causes), creating local copies of
+    /// topics first.
+    async fn forward_metadata(self) {
+        let mut states = self.inner.state.clone();
+        loop {
+            let state = states.borrow_and_update().clone();
+            let registered = state
+                .nodes
+                .get(&self.inner.node)
+                .is_some_and(|meta| meta.incarnation == self.inner.incarnation);
+            if registered && let Some(data) = self.data() {
+                create_local_topics(&data.topics, &state).await;
+                data.writer.cluster_metadata(state).await;
+            }
+            if states.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Does the writer's network work.
+    async fn outbound(self, mut rx: mpsc::UnboundedReceiver<Outbound>) {
+        while let Some(work) = rx.recv().await {
+            let cluster = self.clone();
+            match work {
+                Outbound::Fetch {
+                    topic,
+                    partition,
+                    leader,
+                    fetch_id,
+                    request,
+                } => {
+                    tokio::spawn(async move {
+                        cluster
+                            .fetch(topic, partition, leader, fetch_id, request)
+                            .await;
+                    });
+                }
+                Outbound::ProposeIsr {
+                    topic,
+                    partition,
+                    leader_epoch,
+                    partition_epoch,
+                    isr,
+                } => {
+                    tokio::spawn(async move {
+                        let request = ControlRequest::AlterIsr {
+                            topic: topic.clone(),
+                            partition,
+                            leader: cluster.inner.node,
+                            leader_epoch,
+                            partition_epoch,
+                            isr,
+                        };
+                        // A proposal whose fate is unknown (no quorum) is
+                        // sent again by the replica; a refusal is final.
+                        let stale = match cluster.propose(request).await {
+                            Ok(Ok(ControlOutcome::IsrChanged { .. })) | Err(_) => return,
+                            Ok(Err(ControlError::StaleIsr { .. })) => true,
+                            Ok(_) => false,
+                        };
+                        if let Some(data) = cluster.data() {
+                            data.writer
+                                .isr_rejected(topic, partition, partition_epoch, stale)
+                                .await;
+                        }
+                    });
+                }
+            }
+        }
+    }
+
+    /// A follower's fetch: sends it, checks every batch's CRC, and hands
+    /// the answer to the writer. A fetch that fails is answered as refused,
+    /// so the replica tries again after a pause.
+    async fn fetch(
+        &self,
+        topic: String,
+        partition: u32,
+        leader: u64,
+        fetch_id: u64,
+        request: FetchRequest,
+    ) {
+        let Some(data) = self.data() else {
+            return;
+        };
+        let call = PeerRequest::Fetch {
+            topic: topic.clone(),
+            partition,
+            request,
+            max_bytes: data.max_fetch_bytes,
+        };
+        let answer = self
+            .inner
+            .peers
+            .call_with_trailer(leader, &call, FETCH_TIMEOUT)
+            .await;
+        let (response, batches) = match answer {
+            Ok((PeerResponse::Fetched(reply), trailer)) => match received(reply, trailer) {
+                Ok(received) => received,
+                Err(e) => {
+                    tracing::error!(%topic, partition, leader, error = %e, "fetched batches refused");
+                    (FetchResponse::Refused(FetchError::NotLeader), Vec::new())
+                }
+            },
+            Ok((other, _)) => {
+                tracing::debug!(%topic, partition, leader, ?other, "fetch not served");
+                (FetchResponse::Refused(FetchError::NotLeader), Vec::new())
+            }
+            Err(e) => {
+                tracing::debug!(%topic, partition, leader, error = %e, "fetch failed");
+                (FetchResponse::Refused(FetchError::NotLeader), Vec::new())
+            }
+        };
+        data.writer
+            .fetched(topic, partition, fetch_id, response, batches)
+            .await;
+    }
+
+    /// Serves a follower's fetch as leader: holds it up to [`FETCH_WAIT`]
+    /// while there is nothing new, then sends the batches as stored.
+    pub(super) async fn serve_fetch(
+        &self,
+        topic: String,
+        partition: u32,
+        request: FetchRequest,
+        max_bytes: u32,
+    ) -> (PeerResponse, Bytes) {
+        let Some(data) = self.data() else {
+            return fetched(FetchReply::Refused(FetchError::NotLeader));
+        };
+        let deadline = tokio::time::Instant::now() + FETCH_WAIT;
+        let commits = data.writer.commits();
+        loop {
+            let committed = commits.notified();
+            tokio::pin!(committed);
+            committed.as_mut().enable();
+            let decision = data
+                .writer
+                .serve_fetch(topic.clone(), partition, request)
+                .await;
+            let (from, to, high_watermark) = match decision {
+                FetchDecision::Serve {
+                    from,
+                    to,
+                    high_watermark,
+                } => (from, to, high_watermark),
+                FetchDecision::Diverging {
+                    epoch,
+                    end_offset,
+                    high_watermark,
+                } => {
+                    return fetched(FetchReply::Diverging {
+                        epoch,
+                        end_offset,
+                        high_watermark,
+                    });
+                }
+                FetchDecision::Refused(e) => return fetched(FetchReply::Refused(e)),
+            };
+            if from >= to && tokio::time::Instant::now() < deadline {
+                let _ = tokio::time::timeout_at(deadline, committed).await;
+                continue;
+            }
+            let store = data.store.clone();
+            let (topic, max_bytes) = (topic.clone(), max_bytes as usize);
+            let read = tokio::task::spawn_blocking(move || {
+                read_for_follower(&*store, &topic, partition, from, to, max_bytes)
+            })
+            .await;
+            return match read {
+                Ok(Ok((batches, producers, trailer))) => (
+                    PeerResponse::Fetched(FetchReply::Records {
+                        batches,
+                        producers,
+                        high_watermark,
+                    }),
+                    trailer,
+                ),
+                Ok(Err(e)) => (PeerResponse::Failed(e), Bytes::new()),
+                Err(e) => (PeerResponse::Failed(e.to_string()), Bytes::new()),
+            };
+        }
+    }
+}
+
+fn fetched(reply: FetchReply) -> (PeerResponse, Bytes) {
+    (PeerResponse::Fetched(reply), Bytes::new())
+}
+
+type Served = (Vec<BatchMeta>, Vec<(i64, u64, Vec<u8>)>, Bytes);
+
+/// Reads batches `from..to` (at most `max_bytes`, at least one) as stored,
+/// with the dedup state of every producer whose batch is among them.
+fn read_for_follower(
+    store: &dyn LogStore,
+    topic: &str,
+    partition: u32,
+    from: u64,
+    to: u64,
+    max_bytes: usize,
+) -> Result<Served, String> {
+    let read = store
+        .read(topic, partition, from, max_bytes, to)
+        .map_err(|e| e.to_string())?;
+    let mut metas = Vec::with_capacity(read.batches.len());
+    let mut trailer = BytesMut::new();
+    let mut end = from;
+    for batch in &read.batches {
+        let header = BatchHeader::parse(batch).map_err(|e| e.to_string())?;
+        end = header.base_offset + u64::from(header.record_count);
+        metas.push(BatchMeta {
+            base_offset: header.base_offset,
+            record_count: header.record_count,
+            leader_epoch: header.partition_leader_epoch,
+            len: batch.len() as u32,
+        });
+        trailer.extend_from_slice(batch);
+    }
+    let mut producers = Vec::new();
+    for (id, state) in store
+        .producer_states(topic, partition)
+        .map_err(|e| e.to_string())?
+    {
+        let decoded = ProducerState::decode(&state).map_err(|e| e.to_string())?;
+        if let Some(last) = decoded.last_batch_in(from, end) {
+            producers.push((id, last, state.to_vec()));
+        }
+    }
+    Ok((metas, producers, trailer.freeze()))
+}
+
+/// Turns a leader's answer into the replica's, checking each batch: whole,
+/// CRC-valid, and where its description says. A producer's state goes with
+/// its last batch sent, forgetting batches the follower does not have yet.
+fn received(reply: FetchReply, trailer: Bytes) -> Result<(FetchResponse, Vec<Bytes>), String> {
+    let (metas, producers, high_watermark) = match reply {
+        FetchReply::Records {
+            batches,
+            producers,
+            high_watermark,
+        } => (batches, producers, high_watermark),
+        FetchReply::Diverging {
+            epoch,
+            end_offset,
+            high_watermark,
+        } => {
+            let response = FetchResponse::Diverging {
+                epoch,
+                end_offset,
+                high_watermark,
+            };
+            return Ok((response, Vec::new()));
+        }
+        FetchReply::Refused(e) => return Ok((FetchResponse::Refused(e), Vec::new())),
+    };
+    let mut rest = trailer;
+    let mut batches = Vec::with_capacity(metas.len());
+    let mut bytes = Vec::with_capacity(metas.len());
+    for meta in &metas {
+        let len = meta.len as usize;
+        if rest.len() < len {
+            return Err(format!("batch at {} is cut short", meta.base_offset));
+        }
+        let batch = rest.split_to(len);
+        let header = edgebus_proto::batch::validate(&batch)
+            .map_err(|e| format!("batch at {}: {e}", meta.base_offset))?;
+        if header.base_offset != meta.base_offset
+            || header.record_count != meta.record_count
+            || header.partition_leader_epoch != meta.leader_epoch
+        {
+            return Err(format!(
+                "batch at {} does not match its description",
+                meta.base_offset
+            ));
+        }
+        batches.push(ReplicatedBatch {
+            base_offset: meta.base_offset,
+            record_count: meta.record_count,
+            leader_epoch: meta.leader_epoch,
+            producer: None,
+        });
+        bytes.push(batch);
+    }
+    let end = metas
+        .last()
+        .map_or(0, |m| m.base_offset + u64::from(m.record_count));
+    for (id, last, state) in producers {
+        let mut state = ProducerState::decode(&state).map_err(|e| e.to_string())?;
+        state.truncate(end);
+        if let Some(batch) = batches.iter_mut().find(|b| b.base_offset == last) {
+            batch.producer = Some((id, state));
+        }
+    }
+    let response = FetchResponse::Records {
+        batches,
+        high_watermark,
+    };
+    Ok((response, bytes))
+}
+
+/// Creates here every topic of the cluster state this node does not have.
+async fn create_local_topics(topics: &Topics, state: &ClusterState) {
+    for (name, meta) in &state.topics {
+        if topics.spec(name).is_ok() {
+            continue;
+        }
+        let spec = match Request::decode(Bytes::from(meta.spec.clone())) {
+            Ok((_, Request::CreateTopic(spec))) => spec,
+            other => {
+                tracing::error!(topic = %name, ?other, "unreadable topic spec in the control log");
+                continue;
+            }
+        };
+        match topics.create(spec).await {
+            Ok(()) | Err(TopicAdminError::Store(TopicError::Exists(_))) => {}
+            Err(e) => tracing::error!(topic = %name, error = %e, "creating the local copy failed"),
+        }
+    }
+}

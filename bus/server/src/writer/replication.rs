@@ -1,0 +1,467 @@
+//! The writer's cluster side: on a cluster node every partition is driven
+//! by its [`Replica`] instead of a bare engine, and the writer thread also
+//! executes what replication needs stored: a follower's appends at the
+//! leader's offsets and epochs, and its truncations. Network work (fetches,
+//! ISR proposals) goes out through [`Outbound`] to async tasks, whose
+//! answers come back as [`ClusterOp`]s, in order with the appends.
+
+use std::sync::{Arc, PoisonError};
+use std::time::Instant;
+
+use bytes::Bytes;
+use edgebus_core::controller::{ClusterState, NodeId};
+use edgebus_core::producer::ProducerState;
+use edgebus_core::replica::{
+    EpochStart, FetchDecision, FetchError, FetchRequest, FetchResponse, LocalLog, Replica,
+    ReplicaCommand, ReplicaConfig,
+};
+use edgebus_store::LogWrite;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Driver, Key, Op, Shell, Slot, Writer};
+
+/// Network work the writer thread hands to the cluster's async side.
+#[derive(Debug)]
+pub enum Outbound {
+    /// Send this fetch to the partition's leader; answer with
+    /// [`Writer::fetched`].
+    Fetch {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: u32,
+        /// The leader to ask.
+        leader: NodeId,
+        /// Echo in the answer.
+        fetch_id: u64,
+        /// The request.
+        request: FetchRequest,
+    },
+    /// Propose this in-sync set to the controller; report a refusal with
+    /// [`Writer::isr_rejected`].
+    ProposeIsr {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: u32,
+        /// The epoch this node leads at.
+        leader_epoch: i32,
+        /// The partition epoch the set was computed from.
+        partition_epoch: u64,
+        /// The set.
+        isr: Vec<NodeId>,
+    },
+}
+
+/// Cluster inputs to the writer thread.
+pub(super) enum ClusterOp {
+    Attach {
+        node: NodeId,
+        config: ReplicaConfig,
+        outbound: mpsc::UnboundedSender<Outbound>,
+    },
+    Metadata(Arc<ClusterState>),
+    Tick,
+    Fetch {
+        key: Key,
+        request: FetchRequest,
+        reply: oneshot::Sender<FetchDecision>,
+    },
+    Fetched {
+        key: Key,
+        fetch_id: u64,
+        response: FetchResponse,
+        batches: Vec<Bytes>,
+    },
+    IsrRejected {
+        key: Key,
+        partition_epoch: u64,
+        stale: bool,
+    },
+}
+
+/// What the writer thread knows of its cluster.
+pub(super) struct Replication {
+    node: NodeId,
+    config: ReplicaConfig,
+    outbound: mpsc::UnboundedSender<Outbound>,
+}
+
+impl Writer {
+    /// Makes this writer a cluster node's: partitions are driven by
+    /// replicas once [`Writer::cluster_metadata`] names them. Returns the
+    /// network work the writer will ask for.
+    pub async fn attach_cluster(
+        &self,
+        node: NodeId,
+        config: ReplicaConfig,
+    ) -> mpsc::UnboundedReceiver<Outbound> {
+        let (outbound, rx) = mpsc::unbounded_channel();
+        let _ = self
+            .tx
+            .send(Op::Cluster(ClusterOp::Attach {
+                node,
+                config,
+                outbound,
+            }))
+            .await;
+        rx
+    }
+
+    /// The control plane's state as applied on this node: every replica of
+    /// this node's partitions gets its partition's metadata.
+    pub async fn cluster_metadata(&self, state: Arc<ClusterState>) {
+        let _ = self.tx.send(Op::Cluster(ClusterOp::Metadata(state))).await;
+    }
+
+    /// Runs the replicas' timers. Skipped while the writer is busy: a tick
+    /// queued behind work is as good as the next one.
+    pub fn cluster_tick(&self) {
+        let _ = self.tx.try_send(Op::Cluster(ClusterOp::Tick));
+    }
+
+    /// A follower's fetch, decided by this node's replica of the partition.
+    pub async fn serve_fetch(
+        &self,
+        topic: String,
+        partition: u32,
+        request: FetchRequest,
+    ) -> FetchDecision {
+        let (reply, rx) = oneshot::channel();
+        let op = Op::Cluster(ClusterOp::Fetch {
+            key: (topic, partition),
+            request,
+            reply,
+        });
+        if self.tx.send(op).await.is_err() {
+            return FetchDecision::Refused(FetchError::NotLeader);
+        }
+        rx.await
+            .unwrap_or(FetchDecision::Refused(FetchError::NotLeader))
+    }
+
+    /// The leader's answer to a fetch, with the bytes of the batches it
+    /// names (already CRC-checked), in order.
+    pub async fn fetched(
+        &self,
+        topic: String,
+        partition: u32,
+        fetch_id: u64,
+        response: FetchResponse,
+        batches: Vec<Bytes>,
+    ) {
+        let op = Op::Cluster(ClusterOp::Fetched {
+            key: (topic, partition),
+            fetch_id,
+            response,
+            batches,
+        });
+        let _ = self.tx.send(op).await;
+    }
+
+    /// The controller refused the ISR proposal computed from
+    /// `partition_epoch`, as `stale` or for another reason (see
+    /// [`Replica::handle_isr_rejected`]).
+    pub async fn isr_rejected(
+        &self,
+        topic: String,
+        partition: u32,
+        partition_epoch: u64,
+        stale: bool,
+    ) {
+        let op = Op::Cluster(ClusterOp::IsrRejected {
+            key: (topic, partition),
+            partition_epoch,
+            stale,
+        });
+        let _ = self.tx.send(op).await;
+    }
+
+    /// Notified after every commit: a leader holding a follower's fetch
+    /// for new records waits on it.
+    pub fn commits(&self) -> Arc<tokio::sync::Notify> {
+        self.commits.clone()
+    }
+}
+
+impl Shell {
+    pub(super) fn cluster_op(&mut self, op: ClusterOp) {
+        let now = Instant::now();
+        match op {
+            ClusterOp::Attach {
+                node,
+                config,
+                outbound,
+            } => {
+                self.watermarks.reset();
+                self.replication = Some(Replication {
+                    node,
+                    config,
+                    outbound,
+                });
+            }
+            ClusterOp::Metadata(state) => self.metadata(now, &state),
+            ClusterOp::Tick => {
+                let engines = Arc::clone(&self.engines);
+                let mut engines = engines.lock().unwrap_or_else(PoisonError::into_inner);
+                for (key, slot) in engines.iter_mut() {
+                    if let Driver::Cluster(replica) = &mut slot.engine {
+                        replica.handle_tick(now);
+                        self.drain(key, slot, None);
+                    }
+                }
+            }
+            ClusterOp::Fetch {
+                key,
+                request,
+                reply,
+            } => {
+                let engines = Arc::clone(&self.engines);
+                let mut engines = engines.lock().unwrap_or_else(PoisonError::into_inner);
+                let decision = match engines.get_mut(&key) {
+                    Some(slot) => match &mut slot.engine {
+                        Driver::Cluster(replica) => {
+                            let decision = replica.handle_fetch(now, &request);
+                            self.drain(&key, slot, None);
+                            decision
+                        }
+                        Driver::Single(_) => FetchDecision::Refused(FetchError::NotLeader),
+                    },
+                    None => FetchDecision::Refused(FetchError::NotLeader),
+                };
+                let _ = reply.send(decision);
+            }
+            ClusterOp::Fetched {
+                key,
+                fetch_id,
+                response,
+                batches,
+            } => {
+                let engines = Arc::clone(&self.engines);
+                let mut engines = engines.lock().unwrap_or_else(PoisonError::into_inner);
+                if let Some(slot) = engines.get_mut(&key)
+                    && let Driver::Cluster(replica) = &mut slot.engine
+                {
+                    if let FetchResponse::Records { batches: meta, .. } = &response {
+                        slot.fetched = meta.iter().map(|b| b.base_offset).zip(batches).collect();
+                    }
+                    replica.handle_fetch_response(now, fetch_id, response);
+                    self.drain(&key, slot, None);
+                }
+            }
+            ClusterOp::IsrRejected {
+                key,
+                partition_epoch,
+                stale,
+            } => {
+                let engines = Arc::clone(&self.engines);
+                let mut engines = engines.lock().unwrap_or_else(PoisonError::into_inner);
+                if let Some(slot) = engines.get_mut(&key)
+                    && let Driver::Cluster(replica) = &mut slot.engine
+                {
+                    replica.handle_isr_rejected(now, partition_epoch, stale);
+                    self.drain(&key, slot, None);
+                }
+            }
+        }
+        self.replication_work();
+    }
+
+    /// Gives every replica of this node its partition's metadata, creating
+    /// replicas (from what the store holds) for partitions new here.
+    fn metadata(&mut self, now: Instant, state: &ClusterState) {
+        let Some(node) = self.replication.as_ref().map(|r| r.node) else {
+            return;
+        };
+        let config = self
+            .replication
+            .as_ref()
+            .map(|r| r.config)
+            .unwrap_or_default();
+        let engines = Arc::clone(&self.engines);
+        let mut engines = engines.lock().unwrap_or_else(PoisonError::into_inner);
+        for (topic, meta) in &state.topics {
+            for (partition, partition_meta) in meta.partitions.iter().enumerate() {
+                if !partition_meta.replicas.contains(&node) {
+                    continue;
+                }
+                let key = (topic.clone(), partition as u32);
+                if !engines.contains_key(&key) {
+                    match self.local_log(&key) {
+                        Ok(log) => {
+                            let replica = Replica::new(node, config, log);
+                            engines.insert(key.clone(), Slot::new(Driver::Cluster(replica)));
+                        }
+                        Err(e) => {
+                            // The topic is created here before its metadata
+                            // is handed on; only a failing store gets here.
+                            tracing::error!(topic, partition, error = %e, "replica not loaded");
+                            continue;
+                        }
+                    }
+                }
+                let Some(slot) = engines.get_mut(&key) else {
+                    continue;
+                };
+                if let Driver::Cluster(replica) = &mut slot.engine {
+                    replica.handle_metadata(now, partition_meta, meta.min_insync);
+                    self.drain(&key, slot, None);
+                }
+            }
+        }
+    }
+
+    /// What the store holds of a partition, for a replica.
+    fn local_log(&self, key: &Key) -> Result<LocalLog, String> {
+        let (topic, partition) = (key.0.as_str(), key.1);
+        let log_end = self
+            .store
+            .offsets(topic, partition)
+            .map_err(|e| e.to_string())?
+            .log_end;
+        let epochs = self
+            .store
+            .epochs(topic, partition)
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|e| EpochStart {
+                epoch: e.epoch,
+                start_offset: e.start_offset,
+            })
+            .collect();
+        let producers = self
+            .store
+            .producer_states(topic, partition)
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|(id, state)| ProducerState::decode(&state).map(|state| (id, state)))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())?;
+        Ok(LocalLog {
+            log_end,
+            epochs,
+            producers,
+        })
+    }
+
+    /// Executes the replicas' commands other than their engines': fetches
+    /// and proposals go out, replicated appends and truncations are stored
+    /// here, each in its own durable transaction.
+    pub(super) fn replication_work(&mut self) {
+        let Some(outbound) = self.replication.as_ref().map(|r| r.outbound.clone()) else {
+            return;
+        };
+        loop {
+            let engines = Arc::clone(&self.engines);
+            let mut engines = engines.lock().unwrap_or_else(PoisonError::into_inner);
+            let pending: Vec<(Key, Vec<ReplicaCommand>)> = engines
+                .iter_mut()
+                .filter(|(_, slot)| !slot.replication.is_empty())
+                .map(|(key, slot)| (key.clone(), std::mem::take(&mut slot.replication)))
+                .collect();
+            if pending.is_empty() {
+                return;
+            }
+            for (key, commands) in pending {
+                for command in commands {
+                    let Some(slot) = engines.get_mut(&key) else {
+                        break;
+                    };
+                    self.replicate(&key, slot, command, &outbound);
+                }
+            }
+        }
+    }
+
+    fn replicate(
+        &mut self,
+        key: &Key,
+        slot: &mut Slot,
+        command: ReplicaCommand,
+        outbound: &mpsc::UnboundedSender<Outbound>,
+    ) {
+        let now = Instant::now();
+        let Driver::Cluster(replica) = &mut slot.engine else {
+            return;
+        };
+        match command {
+            ReplicaCommand::Fetch {
+                leader,
+                fetch_id,
+                request,
+            } => {
+                let _ = outbound.send(Outbound::Fetch {
+                    topic: key.0.clone(),
+                    partition: key.1,
+                    leader,
+                    fetch_id,
+                    request,
+                });
+            }
+            ReplicaCommand::ProposeIsr {
+                leader_epoch,
+                partition_epoch,
+                isr,
+            } => {
+                let _ = outbound.send(Outbound::ProposeIsr {
+                    topic: key.0.clone(),
+                    partition: key.1,
+                    leader_epoch,
+                    partition_epoch,
+                    isr,
+                });
+            }
+            ReplicaCommand::AppendReplicated { batches } => {
+                let mut fetched = std::mem::take(&mut slot.fetched);
+                let writes: Option<Vec<LogWrite>> = batches
+                    .iter()
+                    .map(|b| {
+                        Some(LogWrite {
+                            topic: key.0.clone(),
+                            partition: key.1,
+                            base_offset: b.base_offset,
+                            leader_epoch: b.leader_epoch,
+                            batch: fetched.remove(&b.base_offset)?,
+                            producer: b
+                                .producer
+                                .as_ref()
+                                .map(|(id, state)| (*id, Bytes::from(state.encode()))),
+                        })
+                    })
+                    .collect();
+                let stored = match writes {
+                    Some(writes) => {
+                        let result = self.store.append_at(&writes, true);
+                        if result.is_ok() {
+                            self.count_appended(&writes);
+                        }
+                        result.map_err(|e| e.to_string())
+                    }
+                    None => Err("a fetched batch's bytes are missing".into()),
+                };
+                match stored {
+                    Ok(()) => replica.handle_replicated(now),
+                    Err(e) => {
+                        tracing::error!(topic = %key.0, partition = key.1, error = %e, "replicated append failed");
+                        replica.handle_replicated_failed(now);
+                    }
+                }
+                self.drain(key, slot, None);
+                self.commits.notify_waiters();
+            }
+            ReplicaCommand::Truncate { offset } => {
+                match self.store.truncate_from(&key.0, key.1, offset) {
+                    Ok(_) => {
+                        tracing::info!(topic = %key.0, partition = key.1, offset, "truncated to the leader's log");
+                        replica.handle_local_truncated(now);
+                    }
+                    Err(e) => {
+                        tracing::error!(topic = %key.0, partition = key.1, error = %e, "truncation failed");
+                    }
+                }
+                self.drain(key, slot, None);
+            }
+            ReplicaCommand::Engine(command) => self.route(key, slot, command, None),
+        }
+    }
+}
