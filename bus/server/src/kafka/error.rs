@@ -31,7 +31,8 @@ pub fn kafka_error(code: ErrorCode) -> ResponseError {
         ErrorCode::DuplicateSequence => K::DuplicateSequenceNumber,
         // Both are retriable for Kafka clients, as they are for edgebus's.
         ErrorCode::StorageError | ErrorCode::StorageFull => K::KafkaStorageError,
-        ErrorCode::ShuttingDown => K::NotLeaderOrFollower,
+        ErrorCode::ShuttingDown | ErrorCode::NotLeader => K::NotLeaderOrFollower,
+        ErrorCode::NotEnoughReplicas => K::NotEnoughReplicas,
         ErrorCode::UnknownMember => K::UnknownMemberId,
         ErrorCode::StaleGeneration => K::IllegalGeneration,
         ErrorCode::NotAssigned => K::IllegalGeneration,

@@ -129,8 +129,8 @@ async fn answer(
     call.respond(&response)
 }
 
-/// `InitProducerId`: a new producer id from the store's allocator (the
-/// one `edgebus produce` uses), epoch 0. Transactional ids are refused.
+/// `InitProducerId`: a new producer id from the allocator `edgebus
+/// produce` uses, epoch 0. Transactional ids are refused.
 pub async fn init_producer_id(
     door: &Door,
     request: InitProducerIdRequest,
@@ -142,7 +142,9 @@ pub async fn init_producer_id(
         response.error_code = ResponseError::TransactionalIdAuthorizationFailed.code();
         return response;
     }
-    match produce::init_producer(&door.broker.store).await {
+    // On a cluster node, ids carry the node id, as the QUIC door's do.
+    let node = door.broker.cluster.as_ref().map(|c| c.node());
+    match produce::init_producer(&door.broker.store, node).await {
         Ok(Response::ProducerInit {
             producer_id,
             producer_epoch,
