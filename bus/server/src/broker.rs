@@ -49,6 +49,8 @@ pub struct Broker {
     pub node: Arc<NodeFacts>,
     /// Counters and histograms, updated where their events happen.
     pub metrics: Arc<Metrics>,
+    /// Wakes readers waiting for partitions to grow.
+    pub notifier: Notifier,
     /// The cluster this node is in; `None` on a single node.
     pub cluster: Option<Cluster>,
 }
@@ -96,7 +98,7 @@ impl Broker {
         );
         let subscriptions = Subscriptions::new(
             reader.clone(),
-            notifier,
+            notifier.clone(),
             registry.clone(),
             attachments.clone(),
             dead_letters.clone(),
@@ -115,6 +117,7 @@ impl Broker {
             subscriptions,
             node: Arc::new(node),
             metrics,
+            notifier,
             cluster: None,
         })
     }

@@ -29,6 +29,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// The MQTT front door.
     pub mqtt: crate::mqtt::config::MqttConfig,
+    /// The Kafka front door.
+    pub kafka: crate::kafka::KafkaConfig,
     /// Cluster membership; a node without `node_id` is a single node.
     pub cluster: ClusterConfig,
 }
@@ -231,6 +233,7 @@ impl Default for Config {
             storage: StorageConfig::default(),
             metrics: MetricsConfig::default(),
             mqtt: crate::mqtt::config::MqttConfig::default(),
+            kafka: crate::kafka::KafkaConfig::default(),
             cluster: ClusterConfig::default(),
         }
     }

@@ -326,6 +326,21 @@ fn registry(broker: &Broker) -> Registry {
         "Connections or requests refused, by limit",
         m.connections.refusals.clone(),
     );
+    registry.register(
+        "kafka_connections_open",
+        "Kafka-door connections open",
+        m.kafka.open.clone(),
+    );
+    registry.register(
+        "kafka_connections_accepted",
+        "Kafka-door connections accepted",
+        m.kafka.accepted.clone(),
+    );
+    registry.register(
+        "kafka_refusals",
+        "Kafka-door connections closed or requests refused, by reason",
+        m.kafka.refusals.clone(),
+    );
     registry.register_collector(Box::new(State {
         broker: broker.clone(),
     }));

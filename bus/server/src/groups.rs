@@ -38,6 +38,9 @@ pub enum GroupsError {
     /// The group has no members and no committed offsets.
     #[error("unknown group {0:?}")]
     UnknownGroup(String),
+    /// The group's members are clients of another door (Kafka clients).
+    #[error("group {0:?} has members connected through the Kafka door")]
+    OtherDoor(String),
     /// The store refused an offset commit.
     #[error(transparent)]
     Commit(#[from] CommitError),
@@ -61,6 +64,7 @@ impl Coded for GroupsError {
                 _ => ErrorCode::InvalidRequest,
             },
             GroupsError::UnknownGroup(_) => ErrorCode::UnknownGroup,
+            GroupsError::OtherDoor(_) => ErrorCode::GroupNotEmpty,
             GroupsError::Commit(e) => match e {
                 CommitError::UnknownTopic(_) => ErrorCode::UnknownTopic,
                 CommitError::UnknownPartition { .. } => ErrorCode::UnknownPartition,
@@ -88,6 +92,9 @@ pub struct Description {
 /// Held heartbeats to wake, by (group, member).
 type Wakers = HashMap<(String, String), Arc<Notify>>;
 
+/// Whether another door's clients are members of a group.
+type OtherDoorMembers = Arc<std::sync::OnceLock<Box<dyn Fn(&str) -> bool + Send + Sync>>>;
+
 /// Consumer-group state of a broker. Cheap to clone.
 #[derive(Clone)]
 pub struct Groups {
@@ -95,6 +102,7 @@ pub struct Groups {
     wakers: Arc<Mutex<Wakers>>,
     store: Arc<dyn LogStore>,
     writer: Writer,
+    other_door: OtherDoorMembers,
 }
 
 /// Checks a group name against the naming rule of topics.
@@ -111,7 +119,29 @@ impl Groups {
             wakers: Arc::default(),
             store,
             writer,
+            other_door: Arc::default(),
         }
+    }
+
+    /// Tells the groups about another door's members (the Kafka door's):
+    /// while a group has some, edgebus clients may not join it and its
+    /// offsets may not be reset or deleted. Set once, at start.
+    pub fn set_other_door(&self, has_members: impl Fn(&str) -> bool + Send + Sync + 'static) {
+        let _ = self.other_door.set(Box::new(has_members));
+    }
+
+    fn check_other_door(&self, group: &str) -> Result<(), GroupsError> {
+        match self.other_door.get() {
+            Some(has_members) if has_members(group) => {
+                Err(GroupsError::OtherDoor(group.to_owned()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether edgebus clients are members of `group`.
+    pub fn has_members(&self, group: &str) -> bool {
+        self.lock().ensure_empty(group).is_err()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, GroupCoordinator> {
@@ -193,6 +223,7 @@ impl Groups {
         strategy: AssignmentStrategy,
     ) -> Result<(String, Assignment), GroupsError> {
         check_name(group)?;
+        self.check_other_door(group)?;
         let joined = self.lock().join(
             Instant::now(),
             group,
@@ -285,8 +316,9 @@ impl Groups {
         Ok(self.writer.commit_offsets(commits).await?)
     }
 
-    /// Refuses unless the group has no members.
+    /// Refuses unless the group has no members, through any door.
     pub fn ensure_empty(&self, group: &str) -> Result<(), GroupsError> {
+        self.check_other_door(group)?;
         Ok(self.lock().ensure_empty(group)?)
     }
 

@@ -44,6 +44,8 @@
 //!   topics through [`cmd::produce`] and subscribe through their own feeds.
 //! - [`exporter`]: the metrics endpoint, `/metrics` and `/healthz`,
 //!   reading the broker's state at scrape time.
+//! - [`kafka`]: the Kafka wire-protocol front door (TCP/TLS), over the
+//!   same produce path, reader, topics and group offsets as QUIC.
 //! - [`broker`]: the handles to every part, made once at start.
 //! - [`feed`]: subscriptions: pushes batches as partitions grow, through a
 //!   read-path plugin chain if asked.
@@ -83,6 +85,7 @@ pub mod error;
 pub mod exporter;
 pub mod feed;
 pub mod groups;
+pub mod kafka;
 pub mod metrics;
 pub mod mqtt;
 pub mod notify;
@@ -141,6 +144,14 @@ pub enum StartError {
     /// The MQTT front door could not open.
     #[error(transparent)]
     Mqtt(#[from] mqtt::DoorError),
+    /// The Kafka listener could not listen.
+    #[error("kafka listener on {addr}: {source}")]
+    Kafka {
+        /// Listen address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The QUIC endpoint could not be set up.
     #[error("QUIC endpoint on {addr}: {detail}")]
     Endpoint {
@@ -169,12 +180,15 @@ pub struct RunningBroker {
     /// The bound address of the MQTT-over-TLS listener, when it is on.
     pub mqtt_tls_addr: Option<SocketAddr>,
     mqtt: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
+    /// The bound address of the Kafka listener, when it is on.
+    pub kafka_addr: Option<SocketAddr>,
     /// On a cluster node, the cluster CA its certificate comes from, which
     /// clients trust.
     pub cluster_ca: Option<PathBuf>,
     cluster: Option<cluster::Cluster>,
     shutdown: Option<oneshot::Sender<()>>,
     exporter: Option<JoinHandle<()>>,
+    kafka: Option<JoinHandle<()>>,
     task: JoinHandle<()>,
     retention: JoinHandle<()>,
     group_timer: JoinHandle<()>,
@@ -194,9 +208,11 @@ impl RunningBroker {
         }
         // The exporter holds the broker's handles, the store among them.
         let mut exporter = self.exporter.take();
+        let mut kafka = self.kafka.take();
         for task in [&mut self.retention, &mut self.group_timer]
             .into_iter()
             .chain(exporter.as_mut())
+            .chain(kafka.as_mut())
         {
             task.abort();
             let _ = task.await;
@@ -264,6 +280,9 @@ pub async fn start_with_store(
         addr: config.listen,
         detail,
     };
+    // Kafka clients are no peers: client certificates from tls.client_ca
+    // only, and none of the peer protocol's ALPN.
+    let tls_for_kafka = tls::server_config(&files, config.tls.client_ca.as_deref(), None)?;
     let quic = server::quic_config(tls, &config.limits).map_err(endpoint_err)?;
     let reset_key = tls::stateless_reset_key(&config.data_dir)?;
     let cid_key = tls::connection_id_key(&reset_key);
@@ -289,6 +308,15 @@ pub async fn start_with_store(
         }
         None => (None, None),
     };
+    let (kafka_listener, kafka_addr) = match config.kafka.listen {
+        Some(addr) => {
+            let err = |source| StartError::Kafka { addr, source };
+            let listener = tokio::net::TcpListener::bind(addr).await.map_err(err)?;
+            let bound = listener.local_addr().map_err(err)?;
+            (Some(listener), Some(bound))
+        }
+        None => (None, None),
+    };
     let engine = edgebus_wasm::Engine::new(edgebus_wasm::EngineConfig {
         cache_dir: Some(
             config
@@ -308,10 +336,13 @@ pub async fn start_with_store(
         .map_err(|e| StartError::Plugins(e.to_string()))?;
     let node = cmd::node::NodeFacts {
         started,
-        listeners: vec![edgebus_proto::frame::Listener {
-            protocol: "quic".into(),
-            addr: addr.to_string(),
-        }],
+        listeners: std::iter::once(("quic", addr))
+            .chain(kafka_addr.map(|a| ("kafka", a)))
+            .map(|(protocol, addr)| edgebus_proto::frame::Listener {
+                protocol: protocol.into(),
+                addr: addr.to_string(),
+            })
+            .collect(),
         data_dir: std::path::absolute(&config.data_dir).unwrap_or(config.data_dir.clone()),
     };
     let mut broker = Broker::new(
@@ -359,6 +390,22 @@ pub async fn start_with_store(
         } else {
             (None, None, None)
         };
+    let kafka = kafka_listener.zip(kafka_addr).map(|(listener, bound)| {
+        let tls = kafka::listener::acceptor(bound, &config.kafka, &tls_for_kafka);
+        let groups = kafka::group::ClassicGroups::new(Duration::from_millis(
+            config.kafka.initial_rebalance_delay_ms,
+        ));
+        let members = groups.clone();
+        broker
+            .groups
+            .set_other_door(move |group| members.has_members(group));
+        let door = kafka::listener::Door {
+            broker: broker.clone(),
+            groups,
+            config: config.kafka.clone(),
+        };
+        tokio::spawn(kafka::listener::run(listener, tls, Arc::new(door)))
+    });
     let (shutdown, rx) = oneshot::channel();
     let task = tokio::spawn(server::run(endpoint, broker, async move {
         let _ = rx.await;
@@ -372,10 +419,12 @@ pub async fn start_with_store(
         mqtt_addr,
         mqtt_tls_addr,
         mqtt,
+        kafka_addr,
         cluster_ca,
         cluster,
         shutdown: Some(shutdown),
         exporter,
+        kafka,
         task,
         retention,
         group_timer,

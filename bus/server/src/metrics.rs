@@ -33,6 +33,8 @@ pub struct Metrics {
     pub connections: ConnectionMetrics,
     /// Whether the QUIC accept loop runs.
     pub(crate) listening: AtomicBool,
+    /// The Kafka door's connections and refusals.
+    pub kafka: crate::kafka::KafkaMetrics,
 }
 
 impl Default for Metrics {
@@ -42,6 +44,7 @@ impl Default for Metrics {
             writer: WriterMetrics::new(),
             connections: ConnectionMetrics::new(),
             listening: AtomicBool::new(false),
+            kafka: crate::kafka::KafkaMetrics::default(),
         }
     }
 }

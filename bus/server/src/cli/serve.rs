@@ -15,7 +15,8 @@ use edgebus_client::local::{DEFAULT_PORT, local_ca_path};
   edgebus serve                                   # data in ~/.local/share/edgebus, 127.0.0.1:7171
   edgebus serve --data /var/lib/edgebus --listen 0.0.0.0:7171 --config edgebus.toml
   edgebus serve --metrics-listen 127.0.0.1:9464     # Prometheus: GET /metrics, GET /healthz
-  edgebus serve --mqtt-listen 127.0.0.1:1883 --mqtt-map 'sensors/#=sensors'   # MQTT devices")]
+  edgebus serve --mqtt-listen 127.0.0.1:1883 --mqtt-map 'sensors/#=sensors'   # MQTT devices
+  edgebus serve --kafka-listen 127.0.0.1:9092       # Kafka clients: kcat -b 127.0.0.1:9092 -L")]
 pub struct ServeArgs {
     /// Data directory (default: $EDGEBUS_DATA or ~/.local/share/edgebus).
     #[arg(long)]
@@ -40,6 +41,11 @@ pub struct ServeArgs {
     /// MQTT topic on subscribe. Repeatable; added to config's mqtt.map.
     #[arg(long, value_name = "FILTER=TOPIC[,retain]")]
     mqtt_map: Vec<edgebus::mqtt::config::Mapping>,
+    /// Serve Kafka clients on this TCP address, e.g. 127.0.0.1:9092
+    /// (config: kafka.listen; off by default; plain TCP on loopback, TLS
+    /// with the broker's certificate on any other address).
+    #[arg(long, value_name = "ADDR")]
+    kafka_listen: Option<SocketAddr>,
     /// This node's id in a cluster (config: cluster.node_id); needs
     /// --peer for every node and --cluster-ca.
     #[arg(long, value_name = "N", requires = "peer")]
@@ -90,6 +96,9 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
         config.mqtt.listen = Some(mqtt);
     }
     config.mqtt.map.extend(args.mqtt_map);
+    if let Some(kafka) = args.kafka_listen {
+        config.kafka.listen = Some(kafka);
+    }
     if let Some(node) = args.node_id {
         config.cluster.node_id = Some(node);
     }
@@ -106,6 +115,7 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
     let data_dir = config.data_dir.clone();
     let client_ca = config.tls.client_ca.clone();
     let operator_cert = config.tls.cert.clone();
+    let kafka_tls_on_loopback = config.kafka.tls_on_loopback;
     let cluster_node = config.cluster.node_id;
     let cluster_peers: Vec<u64> = config.cluster.peers.keys().copied().collect();
     let broker = edgebus::start(config).await.map_err(Failure::other)?;
@@ -122,6 +132,14 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
     }
     if let Some(mqtt) = broker.mqtt_tls_addr {
         println!("mqtt: listening on {mqtt} (MQTT 3.1.1 and 5.0 over TLS)");
+    }
+    if let Some(kafka) = broker.kafka_addr {
+        let transport = if kafka.ip().is_loopback() && !kafka_tls_on_loopback {
+            "plain TCP on loopback"
+        } else {
+            "TLS"
+        };
+        println!("kafka: {kafka} ({transport})");
     }
     if let (Some(node), Some(ca)) = (cluster_node, &broker.cluster_ca) {
         println!(

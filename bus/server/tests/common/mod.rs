@@ -20,6 +20,14 @@ pub fn free_port() -> u16 {
         .expect("a free UDP port")
 }
 
+/// A TCP port free right now on 127.0.0.1.
+pub fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("a free TCP port")
+}
+
 /// Starts `edgebus serve` and waits for its "listening" line.
 pub fn spawn_broker(data: &Path, addr: &str) -> Child {
     spawn_broker_with(data, addr, &[])
@@ -93,22 +101,23 @@ pub struct Broker {
 impl Broker {
     /// Starts a broker on a fresh data dir and a free port.
     pub fn start() -> Broker {
-        Broker::start_with(&[])
+        Broker::start_with::<&str>(&[])
     }
 
     /// Starts a broker on a fresh data dir and a free port, with more
     /// `serve` flags.
-    pub fn start_with(extra: &[String]) -> Broker {
+    pub fn start_with<S: AsRef<str>>(extra: &[S]) -> Broker {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         let addr = format!("127.0.0.1:{}", free_port());
-        let process = Some(spawn_broker_with(&data, &addr, extra));
+        let extra: Vec<String> = extra.iter().map(|s| s.as_ref().to_owned()).collect();
+        let process = Some(spawn_broker_with(&data, &addr, &extra));
         Broker {
             process,
             ca: data.join("tls").join("ca.pem"),
             data,
             addr,
-            extra: extra.to_vec(),
+            extra,
             _dir: dir,
         }
     }
