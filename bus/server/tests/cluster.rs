@@ -395,6 +395,14 @@ fn acknowledged_records_survive_killed_leaders_on_every_replica() {
         down = Some(leader);
     }
     eprintln!("{kills} leader kills; kill to next fully acknowledged produce: {failovers:?}");
+    let live = (0..3).find(|i| Some(*i) != down).unwrap();
+    let refused = cluster.run(live, &["topic", "delete", "t"]);
+    assert!(
+        !refused.status.success()
+            && String::from_utf8_lossy(&refused.stderr).contains("not built for a cluster"),
+        "a delete the control log would undo is refused: {}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
     if let Some(i) = down.take() {
         cluster.spawn(i);
     }

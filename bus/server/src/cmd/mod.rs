@@ -31,6 +31,21 @@ impl Coded for StreamRequest {
     }
 }
 
+/// A topic change a cluster cannot make yet: deletes and alters are not
+/// in the control log, and a change on one node would be undone by the
+/// cluster's metadata.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{0} is not built for a cluster yet (topics are created through the control log; deletes and alters are not)"
+)]
+pub struct NotInCluster(&'static str);
+
+impl Coded for NotInCluster {
+    fn code(&self) -> ErrorCode {
+        ErrorCode::InvalidRequest
+    }
+}
+
 /// The response to one request: its handler's, or the handler's error.
 pub fn respond<E: Coded>(handled: Result<Response, E>) -> Response {
     handled.unwrap_or_else(|e| error::response(&e))
@@ -57,6 +72,13 @@ pub async fn dispatch(b: &Broker, request: Request) -> Response {
             .await,
         ),
         Request::PartitionStates { topic } => node::partition_states(b, &topic),
+        Request::DeleteTopic { .. } | Request::AlterTopic { .. } if b.cluster.is_some() => {
+            let what = match request {
+                Request::DeleteTopic { .. } => "topic delete",
+                _ => "topic alter",
+            };
+            error::response(&NotInCluster(what))
+        }
         Request::DeleteTopic { name } => respond(
             topic::delete(
                 &b.topics,
