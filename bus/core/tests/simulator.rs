@@ -493,11 +493,7 @@ impl Sim {
                 if self.nodes[&id].up {
                     let now = self.instant(Some(id));
                     for p in 0..self.partitions {
-                        self.node_mut(id)
-                            .replicas
-                            .get_mut(&p)
-                            .unwrap()
-                            .handle_tick(now);
+                        self.replica_mut(id, p).handle_tick(now);
                         self.drain(id, p);
                     }
                 }
@@ -544,6 +540,13 @@ impl Sim {
 
     fn node_mut(&mut self, id: NodeId) -> &mut Node {
         self.nodes.get_mut(&id).expect("node")
+    }
+
+    fn replica_mut(&mut self, id: NodeId, partition: u32) -> &mut Replica {
+        self.node_mut(id)
+            .replicas
+            .get_mut(&partition)
+            .expect("a replica of every partition on every node")
     }
 
     // ---- controller ----
@@ -664,10 +667,7 @@ impl Sim {
                 };
                 for (p, meta) in topic.partitions.iter().enumerate() {
                     let p = p as u32;
-                    self.node_mut(id)
-                        .replicas
-                        .get_mut(&p)
-                        .unwrap()
+                    self.replica_mut(id, p)
                         .handle_metadata(now, meta, topic.min_insync);
                     self.drain(id, p);
                 }
@@ -680,10 +680,7 @@ impl Sim {
                 from: proposal_from,
             } => {
                 if !ok && to_incarnation == self.nodes[&id].incarnation {
-                    self.node_mut(id)
-                        .replicas
-                        .get_mut(&partition)
-                        .unwrap()
+                    self.replica_mut(id, partition)
                         .handle_isr_rejected(now, proposal_from, stale);
                     self.drain(id, partition);
                 }
@@ -694,12 +691,7 @@ impl Sim {
                 from_incarnation,
                 request,
             } => {
-                let decision = self
-                    .node_mut(id)
-                    .replicas
-                    .get_mut(&partition)
-                    .unwrap()
-                    .handle_fetch(now, &request);
+                let decision = self.replica_mut(id, partition).handle_fetch(now, &request);
                 self.drain(id, partition);
                 let response = match decision {
                     FetchDecision::Serve {
@@ -756,10 +748,7 @@ impl Sim {
                 if to_incarnation != self.nodes[&id].incarnation {
                     return;
                 }
-                self.node_mut(id)
-                    .replicas
-                    .get_mut(&partition)
-                    .unwrap()
+                self.replica_mut(id, partition)
                     .handle_fetch_response(now, fetch_id, response);
                 self.drain(id, partition);
             }
@@ -798,13 +787,7 @@ impl Sim {
 
     /// Executes a replica's commands.
     fn drain(&mut self, id: NodeId, partition: u32) {
-        while let Some(command) = self
-            .node_mut(id)
-            .replicas
-            .get_mut(&partition)
-            .unwrap()
-            .poll_command()
-        {
+        while let Some(command) = self.replica_mut(id, partition).poll_command() {
             match command {
                 ReplicaCommand::Engine(Command::Append {
                     id: request,
@@ -951,11 +934,7 @@ impl Sim {
                         .push(entry);
                 }
                 self.sync(id, now);
-                self.node_mut(id)
-                    .replicas
-                    .get_mut(&partition)
-                    .unwrap()
-                    .handle_replicated(now);
+                self.replica_mut(id, partition).handle_replicated(now);
                 self.drain(id, partition);
             }
             DiskOp::Truncate { partition, offset } => {
@@ -981,11 +960,7 @@ impl Sim {
                 let disk = self.node_mut(id).disks.get_mut(&partition).unwrap();
                 disk.entries.retain(|e| e.base_offset < offset);
                 self.sync(id, now);
-                self.node_mut(id)
-                    .replicas
-                    .get_mut(&partition)
-                    .unwrap()
-                    .handle_local_truncated(now);
+                self.replica_mut(id, partition).handle_local_truncated(now);
                 self.drain(id, partition);
             }
         }
@@ -1025,10 +1000,7 @@ impl Sim {
         now: Instant,
     ) {
         let result = self
-            .node_mut(id)
-            .replicas
-            .get_mut(&partition)
-            .unwrap()
+            .replica_mut(id, partition)
             .handle_written(now, write, durable);
         self.assert(
             result.is_ok(),
