@@ -77,6 +77,18 @@ impl Compression {
     }
 }
 
+/// Compresses a whole buffer with `codec` (a mirror's link payload, say):
+/// the same frames a batch's records section uses.
+pub fn compress(codec: Compression, data: &[u8]) -> Result<Vec<u8>, crate::CompressError> {
+    crate::codec::compress(codec, data)
+}
+
+/// Decompresses what [`compress`] made, refusing more than
+/// [`MAX_DECOMPRESSED_BYTES`].
+pub fn decompress(codec: Compression, data: &[u8]) -> Result<Vec<u8>, crate::DecodeError> {
+    crate::codec::decompress(codec, data)
+}
+
 impl std::fmt::Display for Compression {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())

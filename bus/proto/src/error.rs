@@ -246,6 +246,20 @@ pub enum ErrorCode {
     /// `acks=all` with fewer in-sync replicas than the partition's
     /// `min.insync.replicas`; nothing was stored. Retriable.
     NotEnoughReplicas = 36,
+    /// The topic is a mirror's destination: only its mirror appends to it,
+    /// so that its offsets stay the source's. Mirror codes start at 80.
+    MirrorDestination = 80,
+    /// A mirror append was not at the destination partition's log end (a
+    /// resend of batches the hub holds, or a gap); the message names the
+    /// log end. The mirror asks for the log ends again and resumes there.
+    MirrorOffsetMismatch = 81,
+    /// The destination topic exists and is not this mirror's: another
+    /// mirror's, an ordinary topic, or one with another partition count.
+    MirrorConflict = 82,
+    /// No mirror with that name.
+    UnknownMirror = 83,
+    /// A mirror with that name exists.
+    MirrorExists = 84,
 }
 
 impl ErrorCode {
@@ -289,6 +303,11 @@ impl ErrorCode {
             34 => TopicInUse,
             35 => NotLeader,
             36 => NotEnoughReplicas,
+            80 => MirrorDestination,
+            81 => MirrorOffsetMismatch,
+            82 => MirrorConflict,
+            83 => UnknownMirror,
+            84 => MirrorExists,
             _ => return None,
         })
     }

@@ -173,6 +173,26 @@ frame_kinds! {
     PartitionStates = 0x0043,
     /// [`Response::PartitionStates`] (named apart from the request kind).
     PartitionStatesReply = 0x8043,
+    /// [`Request::MirrorOpen`]; mirror requests are numbered from 0x0050.
+    MirrorOpen = 0x0050,
+    /// [`Response::MirrorPositions`].
+    MirrorPositions = 0x8050,
+    /// [`Request::MirrorAppend`] (answered with [`Response::Offset`]).
+    MirrorAppend = 0x0051,
+    /// [`Request::MirrorCreate`].
+    MirrorCreate = 0x0052,
+    /// [`Response::Mirrors`].
+    Mirrors = 0x8052,
+    /// [`Request::MirrorList`].
+    MirrorList = 0x0053,
+    /// [`Request::MirrorDescribe`].
+    MirrorDescribe = 0x0054,
+    /// [`Request::MirrorPause`].
+    MirrorPause = 0x0055,
+    /// [`Request::MirrorResume`].
+    MirrorResume = 0x0056,
+    /// [`Request::MirrorDelete`].
+    MirrorDelete = 0x0057,
 }
 
 /// How durable a write must be before the broker acknowledges it.
@@ -631,6 +651,87 @@ pub struct Listener {
     pub addr: String,
 }
 
+/// A mirror's definition, as `mirror create` sends it to the edge broker
+/// that runs it. TLS material travels as PEM text and is stored with the
+/// definition, so the mirror needs no files on the edge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MirrorSpec {
+    /// Mirror name, unique on the edge.
+    pub name: String,
+    /// Source topic on the edge.
+    pub topic: String,
+    /// The hub, `HOST:PORT`.
+    pub to: String,
+    /// Destination topic on the hub.
+    pub to_topic: String,
+    /// The CA that signed the hub's certificate (PEM).
+    pub ca_pem: Bytes,
+    /// Client certificate chain for a hub that requires mTLS (PEM); empty
+    /// for none.
+    pub cert_pem: Bytes,
+    /// Its private key (PEM); empty for none.
+    pub key_pem: Bytes,
+    /// Bandwidth cap on the link in bytes per second; 0 for none.
+    pub max_bytes_per_s: u64,
+    /// Codec of the link payload.
+    pub compression: Compression,
+}
+
+/// One source partition of a mirror, as `mirror describe` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MirrorPartition {
+    /// Partition index.
+    pub partition: u32,
+    /// The next offset the hub holds: every record below it is delivered.
+    /// `u64::MAX` on the wire while unknown (never connected).
+    pub delivered: Option<u64>,
+    /// The edge partition's log end.
+    pub log_end: u64,
+    /// Records not yet delivered.
+    pub lag_records: u64,
+    /// Bytes of the stored batches not yet delivered.
+    pub lag_bytes: u64,
+}
+
+/// A mirror's definition and state, as `mirror list` and `mirror describe`
+/// show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MirrorDescription {
+    /// Mirror name.
+    pub name: String,
+    /// Source topic on the edge.
+    pub topic: String,
+    /// The hub.
+    pub to: String,
+    /// Destination topic on the hub.
+    pub to_topic: String,
+    /// Codec of the link payload.
+    pub compression: Compression,
+    /// Bandwidth cap, bytes per second; 0 for none.
+    pub max_bytes_per_s: u64,
+    /// Whether the mirror presents a client certificate.
+    pub mtls: bool,
+    /// `connecting`, `connected`, `backing-off`, `paused` or `halted`.
+    pub state: String,
+    /// The last error, or why it is halted; empty for none.
+    pub detail: String,
+    /// When a backing-off mirror dials next, ms since the Unix epoch.
+    pub next_attempt_ms: Option<i64>,
+    /// Per source partition.
+    pub partitions: Vec<MirrorPartition>,
+    /// Link payload bytes sent (compressed), since the edge started.
+    pub bytes_sent: u64,
+    /// Stored batch bytes those payloads carried, uncompressed.
+    pub batch_bytes_sent: u64,
+    /// Records the hub acknowledged, since the edge started.
+    pub records_sent: u64,
+    /// Undelivered records deleted because the backlog passed
+    /// `mirror.max.backlog.bytes`, since the mirror was created.
+    pub dropped_records: u64,
+    /// Their stored bytes.
+    pub dropped_bytes: u64,
+}
+
 /// A request from a client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
@@ -871,6 +972,57 @@ pub enum Request {
         /// Plan only.
         dry_run: bool,
     },
+    /// An edge mirror's first request on a connection: the hub creates
+    /// `topic` with `partitions` partitions if it does not exist, binds it
+    /// to `mirror`, and answers each partition's log end.
+    MirrorOpen {
+        /// The mirror's identity on the edge (name and a random id).
+        mirror: String,
+        /// Destination topic.
+        topic: String,
+        /// The source topic's partition count.
+        partitions: u32,
+    },
+    /// Stored batches of the edge, appended unchanged at `base_offset`,
+    /// which must be the hub partition's log end.
+    MirrorAppend {
+        /// The mirror's identity.
+        mirror: String,
+        /// Destination topic.
+        topic: String,
+        /// Partition, the same as the source's.
+        partition: u32,
+        /// Offset of the first record: the hub's log end.
+        base_offset: u64,
+        /// Codec of `payload`.
+        compression: Compression,
+        /// Whole batches back to back, compressed with `compression`.
+        payload: Bytes,
+    },
+    /// Define a mirror on the edge and start it.
+    MirrorCreate(MirrorSpec),
+    /// Every mirror of the edge.
+    MirrorList,
+    /// One mirror.
+    MirrorDescribe {
+        /// Mirror name.
+        name: String,
+    },
+    /// Stop a mirror's link until it is resumed (survives restarts).
+    MirrorPause {
+        /// Mirror name.
+        name: String,
+    },
+    /// Start a paused mirror's link again.
+    MirrorResume {
+        /// Mirror name.
+        name: String,
+    },
+    /// Stop and delete a mirror (the hub's copy stays).
+    MirrorDelete {
+        /// Mirror name.
+        name: String,
+    },
 }
 
 /// A response from the broker.
@@ -986,6 +1138,11 @@ pub enum Response {
     /// Reply to `ResetPartitionOffsets`: each partition's reset, done or
     /// (dry run) planned.
     PartitionResets(Vec<PartitionReset>),
+    /// Reply to `MirrorOpen`: each partition's log end on the hub.
+    MirrorPositions(Vec<u64>),
+    /// Reply to `MirrorCreate`, `MirrorList`, `MirrorDescribe`,
+    /// `MirrorPause` and `MirrorResume`.
+    Mirrors(Vec<MirrorDescription>),
 }
 
 impl Response {
@@ -1217,6 +1374,53 @@ fn put_spec(buf: &mut BytesMut, s: &TopicSpec) {
     buf.put_u8(s.compression.codec());
 }
 
+fn put_mirror_spec(buf: &mut BytesMut, s: &MirrorSpec) {
+    put_str(buf, &s.name);
+    put_str(buf, &s.topic);
+    put_str(buf, &s.to);
+    put_str(buf, &s.to_topic);
+    put_bytes(buf, &s.ca_pem);
+    put_bytes(buf, &s.cert_pem);
+    put_bytes(buf, &s.key_pem);
+    buf.put_u64(s.max_bytes_per_s);
+    buf.put_u8(s.compression.codec());
+}
+
+/// The fewest bytes one encoded [`MirrorDescription`] takes: six empty
+/// strings, the codec, the mTLS flag, an absent option, an empty list and
+/// six `u64`s.
+const MIRROR_DESCRIPTION_MIN_BYTES: usize = 6 * 2 + 1 + 1 + 1 + 4 + 6 * 8;
+
+fn put_mirror_description(buf: &mut BytesMut, m: &MirrorDescription) {
+    put_str(buf, &m.name);
+    put_str(buf, &m.topic);
+    put_str(buf, &m.to);
+    put_str(buf, &m.to_topic);
+    buf.put_u8(m.compression.codec());
+    buf.put_u64(m.max_bytes_per_s);
+    buf.put_u8(u8::from(m.mtls));
+    put_str(buf, &m.state);
+    put_str(buf, &m.detail);
+    put_opt(buf, m.next_attempt_ms, BytesMut::put_i64);
+    buf.put_u32(m.partitions.len() as u32);
+    for p in &m.partitions {
+        buf.put_u32(p.partition);
+        buf.put_u64(p.delivered.unwrap_or(u64::MAX));
+        buf.put_u64(p.log_end);
+        buf.put_u64(p.lag_records);
+        buf.put_u64(p.lag_bytes);
+    }
+    for v in [
+        m.bytes_sent,
+        m.batch_bytes_sent,
+        m.records_sent,
+        m.dropped_records,
+        m.dropped_bytes,
+    ] {
+        buf.put_u64(v);
+    }
+}
+
 impl Request {
     fn kind(&self) -> FrameKind {
         match self {
@@ -1254,6 +1458,14 @@ impl Request {
             Request::PartitionStates { .. } => FrameKind::PartitionStates,
             Request::AlterTopic { .. } => FrameKind::AlterTopic,
             Request::ResetPartitionOffsets { .. } => FrameKind::ResetPartitionOffsets,
+            Request::MirrorOpen { .. } => FrameKind::MirrorOpen,
+            Request::MirrorAppend { .. } => FrameKind::MirrorAppend,
+            Request::MirrorCreate(_) => FrameKind::MirrorCreate,
+            Request::MirrorList => FrameKind::MirrorList,
+            Request::MirrorDescribe { .. } => FrameKind::MirrorDescribe,
+            Request::MirrorPause { .. } => FrameKind::MirrorPause,
+            Request::MirrorResume { .. } => FrameKind::MirrorResume,
+            Request::MirrorDelete { .. } => FrameKind::MirrorDelete,
         }
     }
 
@@ -1432,6 +1644,36 @@ impl Request {
                 }
                 buf.put_u8(u8::from(*dry_run));
             }
+            Request::MirrorOpen {
+                mirror,
+                topic,
+                partitions,
+            } => {
+                put_str(buf, mirror);
+                put_str(buf, topic);
+                buf.put_u32(*partitions);
+            }
+            Request::MirrorAppend {
+                mirror,
+                topic,
+                partition,
+                base_offset,
+                compression,
+                payload,
+            } => {
+                put_str(buf, mirror);
+                put_str(buf, topic);
+                buf.put_u32(*partition);
+                buf.put_u64(*base_offset);
+                buf.put_u8(compression.codec());
+                put_bytes(buf, payload);
+            }
+            Request::MirrorCreate(spec) => put_mirror_spec(buf, spec),
+            Request::MirrorList => {}
+            Request::MirrorDescribe { name }
+            | Request::MirrorPause { name }
+            | Request::MirrorResume { name }
+            | Request::MirrorDelete { name } => put_str(buf, name),
         }
         framing::finish_frame(buf, start, 0);
     }
@@ -1568,6 +1810,25 @@ impl Request {
                 to: r.reset_target()?,
                 dry_run: r.bool()?,
             },
+            FrameKind::MirrorOpen => Request::MirrorOpen {
+                mirror: r.str()?,
+                topic: r.str()?,
+                partitions: r.u32()?,
+            },
+            FrameKind::MirrorAppend => Request::MirrorAppend {
+                mirror: r.str()?,
+                topic: r.str()?,
+                partition: r.u32()?,
+                base_offset: r.u64()?,
+                compression: r.compression()?,
+                payload: r.bytes()?,
+            },
+            FrameKind::MirrorCreate => Request::MirrorCreate(r.mirror_spec()?),
+            FrameKind::MirrorList => Request::MirrorList,
+            FrameKind::MirrorDescribe => Request::MirrorDescribe { name: r.str()? },
+            FrameKind::MirrorPause => Request::MirrorPause { name: r.str()? },
+            FrameKind::MirrorResume => Request::MirrorResume { name: r.str()? },
+            FrameKind::MirrorDelete => Request::MirrorDelete { name: r.str()? },
             _ => return Err(FrameError::UnknownKind(header.kind)),
         };
         r.finish()?;
@@ -1599,6 +1860,8 @@ impl Response {
             Response::ClusterStatus(_) => FrameKind::ClusterStatusReply,
             Response::PartitionStates(_) => FrameKind::PartitionStatesReply,
             Response::PartitionResets(_) => FrameKind::PartitionResets,
+            Response::MirrorPositions(_) => FrameKind::MirrorPositions,
+            Response::Mirrors(_) => FrameKind::Mirrors,
         }
     }
 
@@ -1788,6 +2051,18 @@ impl Response {
                     buf.put_u32(o.partition);
                     put_opt(buf, o.previous, BytesMut::put_u64);
                     buf.put_u64(o.offset);
+                }
+            }
+            Response::MirrorPositions(ends) => {
+                buf.put_u32(ends.len() as u32);
+                for end in ends {
+                    buf.put_u64(*end);
+                }
+            }
+            Response::Mirrors(mirrors) => {
+                buf.put_u32(mirrors.len() as u32);
+                for m in mirrors {
+                    put_mirror_description(buf, m);
                 }
             }
         }
@@ -2026,6 +2301,18 @@ impl Response {
                     });
                 }
                 Response::PartitionResets(resets)
+            }
+            FrameKind::MirrorPositions => {
+                let n = r.count(8)?;
+                Response::MirrorPositions((0..n).map(|_| r.u64()).collect::<Result<_, _>>()?)
+            }
+            FrameKind::Mirrors => {
+                let n = r.count(MIRROR_DESCRIPTION_MIN_BYTES)?;
+                Response::Mirrors(
+                    (0..n)
+                        .map(|_| r.mirror_description())
+                        .collect::<Result<_, _>>()?,
+                )
             }
             _ => return Err(FrameError::UnknownKind(header.kind)),
         };
@@ -2323,6 +2610,71 @@ impl Reader {
         })
     }
 
+    fn compression(&mut self) -> Result<Compression, DecodeError> {
+        let codec = self.u8()?;
+        Compression::from_codec(codec).ok_or(DecodeError::UnknownTag {
+            field: "compression",
+            tag: u64::from(codec),
+        })
+    }
+
+    fn mirror_spec(&mut self) -> Result<MirrorSpec, DecodeError> {
+        Ok(MirrorSpec {
+            name: self.str()?,
+            topic: self.str()?,
+            to: self.str()?,
+            to_topic: self.str()?,
+            ca_pem: self.bytes()?,
+            cert_pem: self.bytes()?,
+            key_pem: self.bytes()?,
+            max_bytes_per_s: self.u64()?,
+            compression: self.compression()?,
+        })
+    }
+
+    fn mirror_description(&mut self) -> Result<MirrorDescription, DecodeError> {
+        let name = self.str()?;
+        let topic = self.str()?;
+        let to = self.str()?;
+        let to_topic = self.str()?;
+        let compression = self.compression()?;
+        let max_bytes_per_s = self.u64()?;
+        let mtls = self.bool()?;
+        let state = self.str()?;
+        let detail = self.str()?;
+        let next_attempt_ms = self.opt(Reader::i64)?;
+        let n = self.count(36)?;
+        let mut partitions = Vec::with_capacity(n);
+        for _ in 0..n {
+            partitions.push(MirrorPartition {
+                partition: self.u32()?,
+                delivered: Some(self.u64()?).filter(|d| *d != u64::MAX),
+                log_end: self.u64()?,
+                lag_records: self.u64()?,
+                lag_bytes: self.u64()?,
+            });
+        }
+        let description = MirrorDescription {
+            name,
+            topic,
+            to,
+            to_topic,
+            compression,
+            max_bytes_per_s,
+            mtls,
+            state,
+            detail,
+            next_attempt_ms,
+            partitions,
+            bytes_sent: self.u64()?,
+            batch_bytes_sent: self.u64()?,
+            records_sent: self.u64()?,
+            dropped_records: self.u64()?,
+            dropped_bytes: self.u64()?,
+        };
+        Ok(description)
+    }
+
     fn finish(&self) -> Result<(), DecodeError> {
         if self.pos != self.buf.len() {
             return Err(DecodeError::TrailingBytes {
@@ -2580,7 +2932,120 @@ mod tests {
                 }
             ),
             "[a-z]{1,8}".prop_map(|topic| Request::PartitionStates { topic }),
+            ("[a-z@0-9]{1,12}", "[a-z]{1,8}", any::<u32>()).prop_map(
+                |(mirror, topic, partitions)| Request::MirrorOpen {
+                    mirror,
+                    topic,
+                    partitions
+                }
+            ),
+            (
+                "[a-z@0-9]{1,12}",
+                "[a-z]{1,8}",
+                any::<u32>(),
+                any::<u64>(),
+                arb_codec(),
+                arb_bytes()
+            )
+                .prop_map(
+                    |(mirror, topic, partition, base_offset, compression, payload)| {
+                        Request::MirrorAppend {
+                            mirror,
+                            topic,
+                            partition,
+                            base_offset,
+                            compression,
+                            payload,
+                        }
+                    }
+                ),
+            arb_mirror_spec().prop_map(Request::MirrorCreate),
+            Just(Request::MirrorList),
+            "[a-z]{1,8}".prop_map(|name| Request::MirrorDescribe { name }),
+            "[a-z]{1,8}".prop_map(|name| Request::MirrorPause { name }),
+            "[a-z]{1,8}".prop_map(|name| Request::MirrorResume { name }),
+            "[a-z]{1,8}".prop_map(|name| Request::MirrorDelete { name }),
         ]
+    }
+
+    fn arb_codec() -> impl Strategy<Value = Compression> {
+        proptest::sample::select(Compression::ALL.to_vec())
+    }
+
+    fn arb_mirror_spec() -> impl Strategy<Value = MirrorSpec> {
+        (
+            ("[a-z]{1,8}", "[a-z]{1,8}", "[a-z:0-9]{1,12}", "[a-z]{1,8}"),
+            (arb_bytes(), arb_bytes(), arb_bytes()),
+            any::<u64>(),
+            arb_codec(),
+        )
+            .prop_map(
+                |((name, topic, to, to_topic), (ca_pem, cert_pem, key_pem), max, compression)| {
+                    MirrorSpec {
+                        name,
+                        topic,
+                        to,
+                        to_topic,
+                        ca_pem,
+                        cert_pem,
+                        key_pem,
+                        max_bytes_per_s: max,
+                        compression,
+                    }
+                },
+            )
+    }
+
+    fn arb_mirror_description() -> impl Strategy<Value = MirrorDescription> {
+        let partition = (
+            any::<u32>(),
+            proptest::option::of(0..u64::MAX),
+            any::<u64>(),
+            any::<u64>(),
+            any::<u64>(),
+        )
+            .prop_map(
+                |(partition, delivered, log_end, lag_records, lag_bytes)| MirrorPartition {
+                    partition,
+                    delivered,
+                    log_end,
+                    lag_records,
+                    lag_bytes,
+                },
+            );
+        (
+            ("[a-z]{1,8}", "[a-z]{1,8}", "[a-z:0-9]{1,12}", "[a-z]{1,8}"),
+            (arb_codec(), any::<u64>(), any::<bool>()),
+            ("[a-z-]{1,12}", "[a-z ]{0,12}", proptest::option::of(any::<i64>())),
+            proptest::collection::vec(partition, 0..3),
+            proptest::array::uniform5(any::<u64>()),
+        )
+            .prop_map(
+                |(
+                    (name, topic, to, to_topic),
+                    (compression, max_bytes_per_s, mtls),
+                    (state, detail, next_attempt_ms),
+                    partitions,
+                    [bytes_sent, batch_bytes_sent, records_sent, dropped_records, dropped_bytes],
+                )| MirrorDescription {
+                    name,
+                    topic,
+                    to,
+                    to_topic,
+                    compression,
+                    max_bytes_per_s,
+                    mtls,
+                    state,
+                    detail,
+                    next_attempt_ms,
+                    partitions,
+                    bytes_sent,
+                    batch_bytes_sent,
+                    records_sent,
+                    dropped_records,
+                    dropped_bytes,
+                },
+            )
     }
 
     fn arb_chain() -> impl Strategy<Value = Vec<PluginRef>> {
@@ -2938,6 +3403,8 @@ mod tests {
                         .collect(),
                 )
             }),
+            proptest::collection::vec(any::<u64>(), 0..4).prop_map(Response::MirrorPositions),
+            proptest::collection::vec(arb_mirror_description(), 0..3).prop_map(Response::Mirrors),
         ]
     }
 

@@ -44,7 +44,7 @@ pub fn kafka_error(code: ErrorCode) -> ResponseError {
         // A halted chain resumes after its backoff: the client retries.
         ErrorCode::PluginHalted => K::RequestTimedOut,
         ErrorCode::UnsupportedCompression => K::UnsupportedCompressionType,
-        ErrorCode::TopicInUse => K::PolicyViolation,
+        ErrorCode::TopicInUse | ErrorCode::MirrorDestination => K::PolicyViolation,
         ErrorCode::UnknownPlugin
         | ErrorCode::PluginInUse
         | ErrorCode::UnknownPipeline
