@@ -1707,9 +1707,10 @@ pub fn config_put_list_replace_and_delete_per_kind<H: Harness>(h: &mut H) {
     );
 }
 
-/// Deleting a topic deletes its ingest chain in the same transaction, and
-/// nothing else: not another topic's, not a pipeline that shares its name.
-/// A topic recreated under the name starts without a chain.
+/// Deleting a topic deletes its ingest chain and its mirror binding in
+/// the same transaction, and nothing else: not another topic's, not a
+/// pipeline or an edge mirror that shares its name. A topic recreated
+/// under the name starts without a chain and unbound.
 pub fn topic_delete_removes_its_ingest_config_only<H: Harness>(h: &mut H) {
     let store = h.fresh();
     create(&store, &spec("t", 1));
@@ -1717,10 +1718,21 @@ pub fn topic_delete_removes_its_ingest_config_only<H: Harness>(h: &mut H) {
     put_config(&store, ConfigKind::Ingest, "t", Some(b"chain-t"));
     put_config(&store, ConfigKind::Ingest, "t2", Some(b"chain-t2"));
     put_config(&store, ConfigKind::Pipeline, "t", Some(b"def-t"));
+    put_config(&store, ConfigKind::MirrorDestination, "t", Some(b"m"));
+    put_config(&store, ConfigKind::MirrorDestination, "t2", Some(b"m2"));
+    put_config(&store, ConfigKind::Mirror, "t", Some(b"edge-def"));
     store.delete_topic("t").expect("delete_topic");
     assert_eq!(
         configs(&store, ConfigKind::Ingest),
         vec![blob("t2", b"chain-t2")]
+    );
+    assert_eq!(
+        configs(&store, ConfigKind::MirrorDestination),
+        vec![blob("t2", b"m2")]
+    );
+    assert_eq!(
+        configs(&store, ConfigKind::Mirror),
+        vec![blob("t", b"edge-def")]
     );
     assert_eq!(
         configs(&store, ConfigKind::Pipeline),

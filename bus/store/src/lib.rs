@@ -571,6 +571,11 @@ pub enum ConfigKind {
     Pipeline,
     /// A persistent MQTT session, keyed by client id.
     MqttSession,
+    /// An edge's mirrors: definition and progress, by mirror name.
+    Mirror,
+    /// A hub's mirror destination topics: the mirror each is bound to, by
+    /// topic name. Deleted with the topic.
+    MirrorDestination,
 }
 
 impl ConfigKind {
@@ -581,6 +586,8 @@ impl ConfigKind {
             ConfigKind::Ingest => 1,
             ConfigKind::Pipeline => 2,
             ConfigKind::MqttSession => 3,
+            ConfigKind::Mirror => 4,
+            ConfigKind::MirrorDestination => 5,
         }
     }
 }

@@ -516,9 +516,9 @@ impl MetaStore for MemStore {
         state.partitions.retain(|(topic, _), _| topic != name);
         state.producers.retain(|(_, topic, _), _| topic != name);
         state.group_offsets.retain(|(_, topic, _), _| topic != name);
-        state
-            .configs
-            .remove(&(ConfigKind::Ingest.tag(), name.to_owned()));
+        for kind in [ConfigKind::Ingest, ConfigKind::MirrorDestination] {
+            state.configs.remove(&(kind.tag(), name.to_owned()));
+        }
         Ok(())
     }
 

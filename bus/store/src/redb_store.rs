@@ -729,8 +729,9 @@ impl RedbStore {
             })?;
         txn.open_table(GROUP_OFFSETS)?
             .retain(|(_, topic, _), _| topic != name)?;
-        txn.open_table(CONFIGS)?
-            .remove((ConfigKind::Ingest.tag(), name))?;
+        let mut configs = txn.open_table(CONFIGS)?;
+        configs.remove((ConfigKind::Ingest.tag(), name))?;
+        configs.remove((ConfigKind::MirrorDestination.tag(), name))?;
         Ok(true)
     }
 
