@@ -3016,7 +3016,11 @@ mod tests {
         (
             ("[a-z]{1,8}", "[a-z]{1,8}", "[a-z:0-9]{1,12}", "[a-z]{1,8}"),
             (arb_codec(), any::<u64>(), any::<bool>()),
-            ("[a-z-]{1,12}", "[a-z ]{0,12}", proptest::option::of(any::<i64>())),
+            (
+                "[a-z-]{1,12}",
+                "[a-z ]{0,12}",
+                proptest::option::of(any::<i64>()),
+            ),
             proptest::collection::vec(partition, 0..3),
             proptest::array::uniform5(any::<u64>()),
         )
@@ -3026,7 +3030,13 @@ mod tests {
                     (compression, max_bytes_per_s, mtls),
                     (state, detail, next_attempt_ms),
                     partitions,
-                    [bytes_sent, batch_bytes_sent, records_sent, dropped_records, dropped_bytes],
+                    [
+                        bytes_sent,
+                        batch_bytes_sent,
+                        records_sent,
+                        dropped_records,
+                        dropped_bytes,
+                    ],
                 )| MirrorDescription {
                     name,
                     topic,

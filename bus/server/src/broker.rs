@@ -53,6 +53,8 @@ pub struct Broker {
     pub notifier: Notifier,
     /// The cluster this node is in; `None` on a single node.
     pub cluster: Option<Cluster>,
+    /// Edge-to-hub mirrors this node runs.
+    pub mirrors: crate::mirror::Mirrors,
 }
 
 impl Broker {
@@ -64,6 +66,7 @@ impl Broker {
         registry: Arc<Registry>,
         attachments: Arc<Attachments>,
         node: NodeFacts,
+        mirror: crate::mirror::MirrorConfig,
     ) -> Result<Broker, StoreError> {
         let notifier = Notifier::default();
         let metrics = Arc::new(Metrics::default());
@@ -103,7 +106,16 @@ impl Broker {
             attachments.clone(),
             dead_letters.clone(),
         );
+        let mirrors = crate::mirror::Mirrors::new(
+            store.clone(),
+            writer.clone(),
+            reader.clone(),
+            notifier.clone(),
+            topics.clone(),
+            mirror,
+        );
         Ok(Broker {
+            mirrors,
             limits: Arc::new(limits),
             store,
             writer,

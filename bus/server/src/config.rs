@@ -33,6 +33,8 @@ pub struct Config {
     pub kafka: crate::kafka::KafkaConfig,
     /// Cluster membership; a node without `node_id` is a single node.
     pub cluster: ClusterConfig,
+    /// Edge-to-hub mirror links.
+    pub mirror: crate::mirror::MirrorConfig,
 }
 
 /// Membership of a cluster of nodes that replicate each other's partitions
@@ -235,6 +237,7 @@ impl Default for Config {
             mqtt: crate::mqtt::config::MqttConfig::default(),
             kafka: crate::kafka::KafkaConfig::default(),
             cluster: ClusterConfig::default(),
+            mirror: crate::mirror::MirrorConfig::default(),
         }
     }
 }

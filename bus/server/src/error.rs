@@ -69,7 +69,21 @@ impl Coded for AppendFailure {
             AppendFailure::DiskFull(_) => ErrorCode::StorageFull,
             AppendFailure::NotLeader { .. } => ErrorCode::NotLeader,
             AppendFailure::NotEnoughReplicas(_) => ErrorCode::NotEnoughReplicas,
+            AppendFailure::MirrorDestination(_) => ErrorCode::MirrorDestination,
             _ => ErrorCode::StorageError,
+        }
+    }
+}
+
+impl Coded for crate::writer::MirrorRefused {
+    fn code(&self) -> ErrorCode {
+        use crate::writer::MirrorRefused as M;
+        match self {
+            M::NotAtLogEnd { .. } => ErrorCode::MirrorOffsetMismatch,
+            M::Conflict { .. } => ErrorCode::MirrorConflict,
+            M::InvalidBatch { .. } => ErrorCode::CorruptBatch,
+            M::Append(e) => e.code(),
+            M::Create(_) => ErrorCode::InvalidTopicConfig,
         }
     }
 }

@@ -50,6 +50,8 @@
 //! - [`feed`]: subscriptions: pushes batches as partitions grow, through a
 //!   read-path plugin chain if asked.
 //! - [`pipelines`]: exactly-once pipelines between topics.
+//! - [`mirror`]: edge-to-hub mirrors: a link task per mirror that delivers
+//!   stored batches to a hub, which appends them at its log end only.
 //! - [`wire`]: frames on QUIC streams (read with the size check, write).
 //! - [`attach`]: each topic's ingest chain and read-path counters.
 //! - [`dlq`]: dead-letter topics, created on first use.
@@ -87,6 +89,7 @@ pub mod feed;
 pub mod groups;
 pub mod kafka;
 pub mod metrics;
+pub mod mirror;
 pub mod mqtt;
 pub mod notify;
 pub mod pipelines;
@@ -193,6 +196,7 @@ pub struct RunningBroker {
     retention: JoinHandle<()>,
     group_timer: JoinHandle<()>,
     pipelines: pipelines::Pipelines,
+    mirrors: mirror::Mirrors,
     store: Arc<dyn LogStore>,
 }
 
@@ -218,6 +222,8 @@ impl RunningBroker {
             let _ = task.await;
         }
         self.pipelines.stop_all().await;
+        self.mirrors.stop_all().await;
+        drop(self.mirrors);
         if let Some(cluster) = self.cluster.take() {
             cluster.shutdown().await;
         }
@@ -351,6 +357,7 @@ pub async fn start_with_store(
         registry,
         Arc::new(attachments),
         node,
+        config.mirror.clone(),
     )?;
     if let Some(setup) = setup {
         let cluster = cluster::Cluster::start(setup, endpoint.clone()).await?;
@@ -366,7 +373,11 @@ pub async fn start_with_store(
         broker.cluster = Some(cluster);
     }
     broker.pipelines.restore();
+    if let Err(e) = broker.mirrors.restore() {
+        tracing::error!(error = %e, "stored mirrors could not be read; none started");
+    }
     let pipelines = broker.pipelines.clone();
+    let mirrors = broker.mirrors.clone();
     let cluster = broker.cluster.clone();
     let retention = tokio::spawn(retention::run(
         broker.writer.clone(),
@@ -429,6 +440,7 @@ pub async fn start_with_store(
         retention,
         group_timer,
         pipelines,
+        mirrors,
         store,
     })
 }

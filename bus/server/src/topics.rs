@@ -188,6 +188,22 @@ impl Topics {
         Ok(new)
     }
 
+    /// `spec` as [`Topics::create`] would store it (the default record
+    /// size for 0), for topics the writer creates itself: a mirror's
+    /// destination on first contact.
+    pub fn with_defaults(&self, mut spec: TopicSpec) -> TopicSpec {
+        if spec.max_message_bytes == 0 {
+            spec.max_message_bytes = self.default_max_message_bytes;
+        }
+        spec
+    }
+
+    /// Caches a topic the writer created itself, and tells the coordinator.
+    pub fn cache_created(&self, spec: TopicSpec) {
+        self.groups.set_topic(&spec.name, spec.partitions);
+        self.specs_mut().insert(spec.name.clone(), spec);
+    }
+
     fn specs_mut(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, TopicSpec>> {
         self.specs.write().unwrap_or_else(|p| p.into_inner())
     }

@@ -44,7 +44,9 @@ use tokio::sync::{mpsc, oneshot};
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
 
+mod mirror;
 mod replication;
+pub use mirror::{MirrorBatches, MirrorRefused};
 pub use replication::{Outbound, ReplicaState};
 
 /// Appends queued for the writer before producers wait.
@@ -169,6 +171,11 @@ pub enum AppendFailure {
     /// `acks=all` with the in-sync set below `min.insync.replicas`.
     #[error("{0}")]
     NotEnoughReplicas(String),
+    /// The topic is a mirror's destination; only the mirror appends to it.
+    #[error(
+        "topic {0:?} is a mirror destination: only its mirror appends to it, so that its          offsets stay the source's"
+    )]
+    MirrorDestination(String),
 }
 
 impl From<ReadError> for AppendFailure {
@@ -230,6 +237,15 @@ enum Ordered {
     Run {
         job: Job,
     },
+    MirrorOpen {
+        spec: TopicSpec,
+        mirror: String,
+        reply: mirror::OpenReply,
+    },
+    MirrorAppend {
+        batches: Box<MirrorBatches>,
+        reply: oneshot::Sender<Result<u64, MirrorRefused>>,
+    },
 }
 
 /// A metadata write run on the writer thread.
@@ -275,6 +291,7 @@ pub struct Writer {
     engines: Arc<Mutex<Engines>>,
     watermarks: Arc<Watermarks>,
     commits: Arc<tokio::sync::Notify>,
+    destinations: Arc<mirror::Destinations>,
 }
 
 impl Writer {
@@ -299,8 +316,10 @@ impl Writer {
         }
         let engines = Arc::new(Mutex::new(Engines::default()));
         let commits = Arc::new(tokio::sync::Notify::new());
+        let destinations = Arc::new(mirror::Destinations::load(&*store)?);
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let shell = Shell {
+            destinations: destinations.clone(),
             commits: commits.clone(),
             store,
             notifier,
@@ -323,6 +342,7 @@ impl Writer {
             engines,
             watermarks,
             commits,
+            destinations,
         })
     }
 
@@ -570,6 +590,8 @@ struct Group {
 
 struct Shell {
     store: Arc<dyn LogStore>,
+    /// Mirror destination topics, whose ordinary appends are refused.
+    destinations: Arc<mirror::Destinations>,
     notifier: Notifier,
     engines: Arc<Mutex<Engines>>,
     watermarks: Arc<Watermarks>,
@@ -661,6 +683,7 @@ impl Shell {
             Ordered::DeleteTopic { name, reply } => {
                 let deleted = self.store.delete_topic(&name);
                 if deleted.is_ok() {
+                    self.destinations.remove(&name);
                     self.watermarks.remove_topic(&name);
                     self.metrics.traffic.remove_topic(&name);
                     let mut engines = self.lock_engines();
@@ -669,6 +692,16 @@ impl Shell {
                 let _ = reply.send(deleted);
             }
             Ordered::Run { job } => job(&*self.store),
+            Ordered::MirrorOpen {
+                spec,
+                mirror,
+                reply,
+            } => {
+                let _ = reply.send(self.open_mirror(&spec, &mirror));
+            }
+            Ordered::MirrorAppend { batches, reply } => {
+                let _ = reply.send(self.mirror_append(*batches));
+            }
         }
     }
 
@@ -732,6 +765,12 @@ impl Shell {
         reply: Option<oneshot::Sender<AppendResult>>,
         group: &mut Group,
     ) {
+        if self.destinations.get(&append.topic).is_some() {
+            if let Some(reply) = reply {
+                let _ = reply.send(Err(AppendFailure::MirrorDestination(append.topic)));
+            }
+            return;
+        }
         let key = (append.topic.clone(), append.partition);
         let engines = Arc::clone(&self.engines);
         let mut engines = engines.lock().unwrap_or_else(PoisonError::into_inner);
@@ -1056,7 +1095,11 @@ impl Shell {
         let mut decided = Group::default();
         for output in step.outputs {
             let key = (output.topic, output.partition);
-            if let Err(e) = self.load(&mut engines, &key) {
+            let loaded = match self.destinations.get(&key.0) {
+                Some(_) => Err(AppendFailure::MirrorDestination(key.0.clone())),
+                None => self.load(&mut engines, &key),
+            };
+            if let Err(e) = loaded {
                 // Roll back the outputs decided so far: nothing is written.
                 for key in decided.last.keys() {
                     if let Some(slot) = engines.get_mut(key) {

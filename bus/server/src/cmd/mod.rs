@@ -8,6 +8,7 @@
 
 pub mod fetch;
 pub mod group;
+pub mod mirror;
 pub mod node;
 pub mod pipeline;
 pub mod plugin;
@@ -197,6 +198,36 @@ pub async fn dispatch(b: &Broker, request: Request) -> Response {
             };
             respond(group::reset_offsets(&b.groups, &b.topics, &b.reader, plan).await)
         }
+        Request::MirrorOpen {
+            mirror,
+            topic,
+            partitions,
+        } => respond(mirror::open(&b.topics, &b.writer, mirror, topic, partitions).await),
+        Request::MirrorAppend {
+            mirror,
+            topic,
+            partition,
+            base_offset,
+            compression,
+            payload,
+        } => respond(
+            mirror::append(
+                &b.writer,
+                mirror,
+                topic,
+                partition,
+                base_offset,
+                compression,
+                payload,
+            )
+            .await,
+        ),
+        Request::MirrorCreate(spec) => respond(b.mirrors.create(spec).await),
+        Request::MirrorList => respond(b.mirrors.describe(None).await),
+        Request::MirrorDescribe { name } => respond(b.mirrors.describe(Some(&name)).await),
+        Request::MirrorPause { name } => respond(b.mirrors.set_paused(&name, true).await),
+        Request::MirrorResume { name } => respond(b.mirrors.set_paused(&name, false).await),
+        Request::MirrorDelete { name } => respond(b.mirrors.delete(&name).await),
         Request::Produce { .. } | Request::Subscribe { .. } => error::response(&StreamRequest),
     }
 }

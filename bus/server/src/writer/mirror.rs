@@ -1,0 +1,303 @@
+//! The writer's hub side of mirroring: destination topics bound to one
+//! edge mirror each, and that mirror's appends of stored edge batches at
+//! exactly the destination partition's log end.
+//!
+//! Both run on the writer thread, after every append queued before them,
+//! so nothing can slip between the check of the log end and the append,
+//! nor between a destination's creation and its binding. Ordinary appends
+//! to a bound topic are refused in [`Shell::decide_into`] (any door: QUIC,
+//! Kafka, MQTT) and in pipeline steps, so the destination's offsets stay
+//! the source's.
+
+use std::collections::HashMap;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Instant;
+
+use bytes::Bytes;
+use edgebus_core::partition::{AckLevel, AppendRequest};
+use edgebus_proto::batch;
+use edgebus_store::{ConfigKind, LogStore, StoreError, TopicError, TopicSpec};
+use tokio::sync::oneshot;
+
+use super::{AppendFailure, Group, Op, Ordered, Shell, Writer, write_failure};
+
+/// Destination topics and the mirror each is bound to.
+#[derive(Debug, Default)]
+pub(super) struct Destinations(RwLock<HashMap<String, String>>);
+
+impl Destinations {
+    /// The bindings stored in `store`.
+    pub(super) fn load(store: &dyn LogStore) -> Result<Destinations, StoreError> {
+        let mut map = HashMap::new();
+        for (topic, mirror) in store.configs(ConfigKind::MirrorDestination)? {
+            map.insert(topic, String::from_utf8_lossy(&mirror).into_owned());
+        }
+        Ok(Destinations(RwLock::new(map)))
+    }
+
+    pub(super) fn get(&self, topic: &str) -> Option<String> {
+        let map = self.0.read().unwrap_or_else(PoisonError::into_inner);
+        map.get(topic).cloned()
+    }
+
+    fn set(&self, topic: &str, mirror: &str) {
+        let mut map = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        map.insert(topic.to_owned(), mirror.to_owned());
+    }
+
+    pub(super) fn remove(&self, topic: &str) {
+        let mut map = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        map.remove(topic);
+    }
+}
+
+/// Why a mirror request was refused on the hub.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum MirrorRefused {
+    /// The append was not at the partition's log end.
+    #[error(
+        "mirror append to {topic}/{partition} at offset {base_offset}, but the hub's log \
+         ends at {log_end}"
+    )]
+    NotAtLogEnd {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: u32,
+        /// Where the mirror appended.
+        base_offset: u64,
+        /// The hub's log end.
+        log_end: u64,
+    },
+    /// The topic is not this mirror's destination.
+    #[error("topic {topic:?} {why}")]
+    Conflict {
+        /// Topic.
+        topic: String,
+        /// What it is instead.
+        why: String,
+    },
+    /// A batch of the payload is not a valid stored batch at its place.
+    #[error("mirror batch at offset {offset}: {detail}")]
+    InvalidBatch {
+        /// Where it was to go.
+        offset: u64,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The append itself failed; nothing of it was stored.
+    #[error(transparent)]
+    Append(#[from] AppendFailure),
+    /// The topic could not be created.
+    #[error("creating the destination: {0}")]
+    Create(String),
+}
+
+impl From<TopicError> for MirrorRefused {
+    fn from(e: TopicError) -> Self {
+        MirrorRefused::Create(e.to_string())
+    }
+}
+
+/// Stored edge batches for one destination partition.
+pub struct MirrorBatches {
+    /// The mirror's identity.
+    pub mirror: String,
+    /// Destination topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: u32,
+    /// Base offset of the first batch: must be the log end.
+    pub base_offset: u64,
+    /// Whole batches, in offset order, each CRC-checked here.
+    pub batches: Vec<Bytes>,
+}
+
+impl Writer {
+    /// The mirror `topic` is bound to, if it is a mirror destination.
+    pub fn mirror_of(&self, topic: &str) -> Option<String> {
+        self.destinations.get(topic)
+    }
+
+    /// Makes `spec` the destination of `mirror`: creates it if it does not
+    /// exist and binds it, in one step on the writer thread. An existing
+    /// topic is accepted only if it is this mirror's already, with the same
+    /// partition count. Returns each partition's log end and whether the
+    /// topic was created.
+    pub async fn open_mirror_destination(
+        &self,
+        spec: TopicSpec,
+        mirror: String,
+    ) -> Result<(Vec<u64>, bool), MirrorRefused> {
+        self.call(
+            |reply| {
+                Op::Ordered(Ordered::MirrorOpen {
+                    spec,
+                    mirror,
+                    reply,
+                })
+            },
+            || Err(MirrorRefused::Append(AppendFailure::Stopped)),
+        )
+        .await
+    }
+
+    /// Appends a mirror's batches at the partition's log end in one durable
+    /// transaction; returns the new log end.
+    pub async fn mirror_append(&self, batches: MirrorBatches) -> Result<u64, MirrorRefused> {
+        self.call(
+            |reply| {
+                Op::Ordered(Ordered::MirrorAppend {
+                    batches: Box::new(batches),
+                    reply,
+                })
+            },
+            || Err(MirrorRefused::Append(AppendFailure::Stopped)),
+        )
+        .await
+    }
+}
+
+/// The reply channel of a mirror open.
+pub(super) type OpenReply = oneshot::Sender<Result<(Vec<u64>, bool), MirrorRefused>>;
+
+impl Shell {
+    pub(super) fn open_mirror(
+        &mut self,
+        spec: &TopicSpec,
+        mirror: &str,
+    ) -> Result<(Vec<u64>, bool), MirrorRefused> {
+        let conflict = |why: String| MirrorRefused::Conflict {
+            topic: spec.name.clone(),
+            why,
+        };
+        let created = match self
+            .store
+            .topic(&spec.name)
+            .map_err(AppendFailure::from_store)?
+        {
+            None => {
+                self.store.create_topic(spec)?;
+                for partition in 0..spec.partitions {
+                    self.watermarks.set((spec.name.clone(), partition), 0);
+                }
+                self.store
+                    .put_config(
+                        ConfigKind::MirrorDestination,
+                        &spec.name,
+                        Some(mirror.as_bytes()),
+                    )
+                    .map_err(AppendFailure::from_store)?;
+                self.destinations.set(&spec.name, mirror);
+                true
+            }
+            Some(existing) => {
+                match self.destinations.get(&spec.name) {
+                    Some(bound) if bound == mirror => {}
+                    Some(bound) => {
+                        return Err(conflict(format!(
+                            "is the destination of another mirror ({bound})"
+                        )));
+                    }
+                    None => {
+                        return Err(conflict(
+                            "exists and is not a mirror destination; delete it or mirror \
+                             into another topic"
+                                .into(),
+                        ));
+                    }
+                }
+                if existing.partitions != spec.partitions {
+                    return Err(conflict(format!(
+                        "has {} partitions, the source has {}",
+                        existing.partitions, spec.partitions
+                    )));
+                }
+                false
+            }
+        };
+        let ends = (0..spec.partitions)
+            .map(|p| Ok(self.store.offsets(&spec.name, p)?.log_end))
+            .collect::<Result<Vec<u64>, AppendFailure>>()?;
+        Ok((ends, created))
+    }
+
+    /// Checks and appends a mirror's batches: see [`Writer::mirror_append`].
+    pub(super) fn mirror_append(&mut self, m: MirrorBatches) -> Result<u64, MirrorRefused> {
+        if self.destinations.get(&m.topic).as_deref() != Some(m.mirror.as_str()) {
+            return Err(MirrorRefused::Conflict {
+                topic: m.topic,
+                why: format!("is not the destination of mirror {}", m.mirror),
+            });
+        }
+        let key = (m.topic.clone(), m.partition);
+        let engines = Arc::clone(&self.engines);
+        let mut engines = engines.lock().unwrap_or_else(PoisonError::into_inner);
+        self.load(&mut engines, &key)?;
+        let log_end = engines.get(&key).map_or(0, |slot| slot.engine.log_end());
+        if log_end != m.base_offset {
+            return Err(MirrorRefused::NotAtLogEnd {
+                topic: m.topic,
+                partition: m.partition,
+                base_offset: m.base_offset,
+                log_end,
+            });
+        }
+        // Check every batch before deciding any: a bad one refuses the lot.
+        let mut next = m.base_offset;
+        let mut counts = Vec::with_capacity(m.batches.len());
+        for bytes in &m.batches {
+            let invalid = |detail: String| MirrorRefused::InvalidBatch {
+                offset: next,
+                detail,
+            };
+            let header = batch::verify_crc(bytes).map_err(|e| invalid(e.to_string()))?;
+            if header.base_offset != next || header.record_count == 0 {
+                return Err(invalid(format!(
+                    "the batch says base offset {} with {} records",
+                    header.base_offset, header.record_count
+                )));
+            }
+            counts.push(header.record_count);
+            next = header.next_offset();
+        }
+        let mut group = Group::default();
+        for (bytes, record_count) in m.batches.into_iter().zip(counts) {
+            let request = AppendRequest {
+                id: self.next_id(),
+                record_count,
+                sequence: None,
+                acks: AckLevel::None,
+            };
+            self.submit(&mut engines, &key, request, bytes, None, &mut group);
+        }
+        drop(engines);
+        if group.writes.is_empty() {
+            return Ok(log_end);
+        }
+        let started = Instant::now();
+        let outcome = self.store.append_at(&group.writes, true);
+        self.metrics.writer.commit(started.elapsed(), true);
+        match outcome {
+            Ok(()) => {
+                self.count_appended(&group.writes);
+                self.written(group.last, true);
+                Ok(next)
+            }
+            Err(e) => {
+                self.failed(&group.last, &e);
+                Err(MirrorRefused::Append(write_failure(&e)))
+            }
+        }
+    }
+}
+
+impl AppendFailure {
+    fn from_store(e: StoreError) -> AppendFailure {
+        match e {
+            StoreError::DiskFull(detail) => AppendFailure::DiskFull(detail),
+            other => AppendFailure::Storage(other.to_string()),
+        }
+    }
+}
