@@ -29,6 +29,7 @@ mod consume;
 mod demo;
 mod format;
 mod group;
+mod mirror;
 mod pipeline;
 mod plugin;
 mod produce;
@@ -143,6 +144,9 @@ enum Command {
     /// Create, list, describe and delete exactly-once pipelines.
     #[command(subcommand)]
     Pipeline(pipeline::PipelineCommand),
+    /// Forward topics of this edge broker to a hub, offsets kept.
+    #[command(subcommand)]
+    Mirror(mirror::MirrorCommand),
     /// Measure throughput and latency.
     Bench(bench::BenchArgs),
     /// Run a broker in a temp dir with simulated sensors, ingest plugins, a
@@ -215,6 +219,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Group(cmd) => group::run(cmd).await,
         Command::Plugin(cmd) => plugin::run(cmd).await,
         Command::Pipeline(cmd) => pipeline::run(cmd).await,
+        Command::Mirror(cmd) => mirror::run(cmd).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Profile(cmd) => profile::run(cmd),

@@ -1,0 +1,358 @@
+//! Edge-to-hub mirroring with real `edgebus serve` processes on 127.0.0.1,
+//! through a UDP relay of the test's own that cuts the link, drops a
+//! fraction of datagrams and delays them.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::{SocketAddr, UdpSocket};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{BIN, Broker};
+
+/// A UDP relay between edge and hub: datagrams from any client go to the
+/// hub from a socket of their own, and the hub's answers go back.
+struct Relay {
+    addr: SocketAddr,
+    cut: Arc<AtomicBool>,
+    /// Datagrams dropped per thousand.
+    loss_per_mille: Arc<AtomicU32>,
+    delay_ms: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+}
+
+/// How long relay sockets block before checking whether to stop.
+const RELAY_POLL: Duration = Duration::from_millis(50);
+
+impl Relay {
+    fn start(hub: SocketAddr) -> Relay {
+        let front = UdpSocket::bind("127.0.0.1:0").unwrap();
+        front.set_read_timeout(Some(RELAY_POLL)).unwrap();
+        let relay = Relay {
+            addr: front.local_addr().unwrap(),
+            cut: Arc::default(),
+            loss_per_mille: Arc::default(),
+            delay_ms: Arc::default(),
+            stop: Arc::default(),
+        };
+        // Delayed datagrams leave in order from one sender thread: the delay
+        // is the same for all, so arrival order is departure order.
+        let (tx, rx) = mpsc::channel::<(Instant, Arc<UdpSocket>, SocketAddr, Vec<u8>)>();
+        let stop = relay.stop.clone();
+        thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let Ok((at, socket, to, datagram)) = rx.recv_timeout(RELAY_POLL) else {
+                    continue;
+                };
+                if let Some(wait) = at.checked_duration_since(Instant::now()) {
+                    thread::sleep(wait);
+                }
+                let _ = socket.send_to(&datagram, to);
+            }
+        });
+        let front = Arc::new(front);
+        let uplinks: Arc<Mutex<HashMap<SocketAddr, Arc<UdpSocket>>>> = Arc::default();
+        let (cut, loss, delay, stop) = (
+            relay.cut.clone(),
+            relay.loss_per_mille.clone(),
+            relay.delay_ms.clone(),
+            relay.stop.clone(),
+        );
+        thread::spawn(move || {
+            let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+            let mut buf = vec![0u8; 65_536];
+            let pass = move |seed: &mut u64| {
+                // xorshift: a deterministic loss pattern per run.
+                *seed ^= *seed << 13;
+                *seed ^= *seed >> 7;
+                *seed ^= *seed << 17;
+                !cut.load(Ordering::Relaxed)
+                    && (*seed % 1000) as u32 >= loss.load(Ordering::Relaxed)
+            };
+            let send = {
+                let tx = tx.clone();
+                move |socket: &Arc<UdpSocket>, to: SocketAddr, data: &[u8]| {
+                    let at = Instant::now() + Duration::from_millis(delay.load(Ordering::Relaxed));
+                    let _ = tx.send((at, socket.clone(), to, data.to_vec()));
+                }
+            };
+            while !stop.load(Ordering::Relaxed) {
+                let Ok((n, client)) = front.recv_from(&mut buf) else {
+                    continue;
+                };
+                let uplink = {
+                    let mut uplinks = uplinks.lock().unwrap();
+                    uplinks
+                        .entry(client)
+                        .or_insert_with(|| {
+                            let up = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
+                            up.set_read_timeout(Some(RELAY_POLL)).unwrap();
+                            let (up2, front2, stop2, send2) =
+                                (up.clone(), front.clone(), stop.clone(), send.clone());
+                            let pass2 = pass.clone();
+                            thread::spawn(move || {
+                                let mut seed = 0x2545_f491_4f6c_dd1du64;
+                                let mut buf = vec![0u8; 65_536];
+                                while !stop2.load(Ordering::Relaxed) {
+                                    if let Ok(n) = up2.recv(&mut buf)
+                                        && pass2(&mut seed)
+                                    {
+                                        send2(&front2, client, &buf[..n]);
+                                    }
+                                }
+                            });
+                            up
+                        })
+                        .clone()
+                };
+                if pass(&mut seed) {
+                    send(&uplink, hub, &buf[..n]);
+                }
+            }
+        });
+        relay
+    }
+
+    fn cut(&self, cut: bool) {
+        self.cut.store(cut, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Produces `lines` into `topic` on `broker`; they are acknowledged iff the
+/// command succeeds.
+fn produce(broker: &Broker, topic: &str, lines: &[String]) {
+    let mut child = broker
+        .command(&["produce", topic, "--key-separator", ":"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    for line in lines {
+        writeln!(stdin, "{line}").unwrap();
+    }
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "produce failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Every record of `topic` as `partition offset key value timestamp`,
+/// sorted.
+fn records(broker: &Broker, topic: &str) -> Vec<String> {
+    let out = broker.ok(&["consume", topic, "--from", "earliest", "--output", "json"]);
+    let mut records: Vec<String> = out
+        .lines()
+        .map(|line| {
+            let r: serde_json::Value = serde_json::from_str(line).unwrap();
+            format!(
+                "{} {} {} {} {}",
+                r["partition"], r["offset"], r["key"], r["value"], r["timestamp"]
+            )
+        })
+        .collect();
+    records.sort();
+    records
+}
+
+fn mirror_json(edge: &Broker, name: &str) -> serde_json::Value {
+    let out = edge.ok(&["mirror", "describe", name, "--output", "json"]);
+    serde_json::from_str(out.trim()).unwrap()
+}
+
+/// Waits until the mirror has no lag and the hub's copy has the edge's log
+/// ends; panics with the mirror's state after `limit`.
+fn wait_caught_up(edge: &Broker, name: &str, limit: Duration) -> serde_json::Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let m = mirror_json(edge, name);
+        let partitions = m["partitions"].as_array().unwrap();
+        if m["state"] == "connected"
+            && partitions
+                .iter()
+                .all(|p| p["lag_records"] == 0 && p["delivered"] == p["log_end"])
+        {
+            return m;
+        }
+        assert!(Instant::now() < deadline, "mirror not caught up: {m}");
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn create_mirror(edge: &Broker, hub: &Broker, to: &str, extra: &[&str]) {
+    let out = Command::new(BIN)
+        .args(["mirror", "create", "m1", "--topic", "sensors", "--to", to])
+        .arg("--ca")
+        .arg(&hub.ca)
+        .args(["--broker", &edge.addr, "--broker-ca"])
+        .arg(&edge.ca)
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "mirror create: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn lines(from: usize, n: usize, value_bytes: usize) -> Vec<String> {
+    (from..from + n)
+        .map(|i| {
+            format!(
+                "k{}:{{\"seq\":{i},\"pad\":\"{}\"}}",
+                i % 7,
+                "x".repeat(value_bytes)
+            )
+        })
+        .collect()
+}
+
+/// Relay cuts, a hub SIGKILL and an edge SIGKILL while records keep
+/// coming: afterwards the hub holds exactly the edge's acknowledged
+/// records, at the same partitions and offsets, none twice.
+#[test]
+fn mirror_through_outages_and_kills_hub_holds_exactly_the_edge_records() {
+    let mut hub = Broker::start();
+    let mut edge = Broker::start();
+    let relay = Relay::start(hub.addr.parse().unwrap());
+    edge.ok(&["topic", "create", "sensors", "--partitions", "3"]);
+    create_mirror(
+        &edge,
+        &hub,
+        &relay.addr.to_string(),
+        &["--compression", "zstd"],
+    );
+    let mut produced = 0;
+    let mut step = |edge: &Broker, n: usize| {
+        produce(edge, "sensors", &lines(produced, n, 40));
+        produced += n;
+    };
+    step(&edge, 300);
+    wait_caught_up(&edge, "m1", Duration::from_secs(15));
+
+    // The link is cut: the edge keeps accepting, the mirror backs off.
+    relay.cut(true);
+    step(&edge, 300);
+    thread::sleep(Duration::from_millis(1500));
+    step(&edge, 300);
+    relay.cut(false);
+    step(&edge, 100);
+    wait_caught_up(&edge, "m1", Duration::from_secs(30));
+
+    // The hub dies without warning while records arrive.
+    hub.restart();
+    step(&edge, 300);
+
+    // The link drops again, and the edge dies without warning.
+    relay.cut(true);
+    step(&edge, 300);
+    edge.restart();
+    step(&edge, 200);
+    relay.cut(false);
+    let m = wait_caught_up(&edge, "m1", Duration::from_secs(45));
+    assert_eq!(m["records_sent"].as_u64().unwrap() > 0, true, "{m}");
+
+    let on_edge = records(&edge, "sensors");
+    let on_hub = records(&hub, "sensors");
+    assert_eq!(
+        on_edge.len(),
+        produced,
+        "the edge holds every acknowledged record"
+    );
+    assert_eq!(
+        on_hub, on_edge,
+        "the hub's copy is the edge's, offsets and all"
+    );
+
+    // Nothing else may write the destination: its offsets are the edge's.
+    let refused = hub
+        .command(&["produce", "sensors"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            writeln!(c.stdin.take().unwrap(), "intruder")?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("mirror destination"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+}
+
+/// 5 % datagram loss with 50 ms delay each way: the mirror keeps up with
+/// 1,000 records/s of 1 KiB (it has no lag left shortly after the producer
+/// stops).
+#[test]
+fn mirror_over_a_lossy_slow_link_keeps_up_with_a_thousand_records_per_second() {
+    let hub = Broker::start();
+    let edge = Broker::start();
+    let relay = Relay::start(hub.addr.parse().unwrap());
+    relay.loss_per_mille.store(50, Ordering::Relaxed);
+    relay.delay_ms.store(50, Ordering::Relaxed);
+    edge.ok(&["topic", "create", "sensors", "--partitions", "2"]);
+    create_mirror(
+        &edge,
+        &hub,
+        &relay.addr.to_string(),
+        &["--compression", "none"],
+    );
+    // 4 s at 1,000 records/s, in 100-record steps every 100 ms.
+    let started = Instant::now();
+    for step in 0..40 {
+        produce(&edge, "sensors", &lines(step * 100, 100, 1000));
+        let due = Duration::from_millis(100 * (step as u64 + 1));
+        if let Some(wait) = due.checked_sub(started.elapsed()) {
+            thread::sleep(wait);
+        }
+    }
+    wait_caught_up(&edge, "m1", Duration::from_secs(10));
+    assert_eq!(records(&hub, "sensors"), records(&edge, "sensors"));
+}
+
+/// Pause holds the link (kept across an edge restart), resume delivers
+/// what came meanwhile, delete forgets the mirror.
+#[test]
+fn mirror_pause_survives_a_restart_and_resume_delivers_the_backlog() {
+    let hub = Broker::start();
+    let mut edge = Broker::start();
+    edge.ok(&["topic", "create", "sensors", "--partitions", "1"]);
+    create_mirror(&edge, &hub, &hub.addr, &["--compression", "lz4"]);
+    produce(&edge, "sensors", &lines(0, 50, 10));
+    wait_caught_up(&edge, "m1", Duration::from_secs(15));
+    edge.ok(&["mirror", "pause", "m1"]);
+    produce(&edge, "sensors", &lines(50, 50, 10));
+    edge.restart();
+    let m = mirror_json(&edge, "m1");
+    assert_eq!(m["state"], "paused", "{m}");
+    assert_eq!(m["partitions"][0]["delivered"], 50, "{m}");
+    assert_eq!(m["partitions"][0]["lag_records"], 50, "{m}");
+    edge.ok(&["mirror", "resume", "m1"]);
+    wait_caught_up(&edge, "m1", Duration::from_secs(15));
+    assert_eq!(records(&hub, "sensors"), records(&edge, "sensors"));
+    let list = edge.ok(&["mirror", "list"]);
+    assert!(list.contains("m1"), "{list}");
+    edge.ok(&["mirror", "delete", "m1"]);
+    let gone = edge.run(&["mirror", "describe", "m1"]);
+    assert_eq!(gone.status.code(), Some(4));
+}
