@@ -725,11 +725,6 @@ pub struct MirrorDescription {
     pub batch_bytes_sent: u64,
     /// Records the hub acknowledged, since the edge started.
     pub records_sent: u64,
-    /// Undelivered records deleted because the backlog passed
-    /// `mirror.max.backlog.bytes`, since the mirror was created.
-    pub dropped_records: u64,
-    /// Their stored bytes.
-    pub dropped_bytes: u64,
 }
 
 /// A request from a client.
@@ -1387,9 +1382,9 @@ fn put_mirror_spec(buf: &mut BytesMut, s: &MirrorSpec) {
 }
 
 /// The fewest bytes one encoded [`MirrorDescription`] takes: six empty
-/// strings, the codec, the mTLS flag, an absent option, an empty list and
-/// six `u64`s.
-const MIRROR_DESCRIPTION_MIN_BYTES: usize = 6 * 2 + 1 + 1 + 1 + 4 + 6 * 8;
+/// strings, the codec, the cap, the mTLS flag, an absent option, an empty
+/// partition list and the three counters.
+const MIRROR_DESCRIPTION_MIN_BYTES: usize = 6 * 2 + 1 + 8 + 1 + 1 + 4 + 3 * 8;
 
 fn put_mirror_description(buf: &mut BytesMut, m: &MirrorDescription) {
     put_str(buf, &m.name);
@@ -1410,13 +1405,7 @@ fn put_mirror_description(buf: &mut BytesMut, m: &MirrorDescription) {
         buf.put_u64(p.lag_records);
         buf.put_u64(p.lag_bytes);
     }
-    for v in [
-        m.bytes_sent,
-        m.batch_bytes_sent,
-        m.records_sent,
-        m.dropped_records,
-        m.dropped_bytes,
-    ] {
+    for v in [m.bytes_sent, m.batch_bytes_sent, m.records_sent] {
         buf.put_u64(v);
     }
 }
@@ -2272,7 +2261,8 @@ impl Response {
                 let controller = r.opt(Reader::u64)?;
                 let term = r.u64()?;
                 let applied_index = r.u64()?;
-                let n = r.count(13)?;
+                // A node is at least its id, an empty address and `up`.
+                let n = r.count(11)?;
                 let mut nodes = Vec::with_capacity(n);
                 for _ in 0..n {
                     nodes.push(ClusterNode {
@@ -2669,8 +2659,6 @@ impl Reader {
             bytes_sent: self.u64()?,
             batch_bytes_sent: self.u64()?,
             records_sent: self.u64()?,
-            dropped_records: self.u64()?,
-            dropped_bytes: self.u64()?,
         };
         Ok(description)
     }
@@ -3022,7 +3010,7 @@ mod tests {
                 proptest::option::of(any::<i64>()),
             ),
             proptest::collection::vec(partition, 0..3),
-            proptest::array::uniform5(any::<u64>()),
+            proptest::array::uniform3(any::<u64>()),
         )
             .prop_map(
                 |(
@@ -3030,13 +3018,7 @@ mod tests {
                     (compression, max_bytes_per_s, mtls),
                     (state, detail, next_attempt_ms),
                     partitions,
-                    [
-                        bytes_sent,
-                        batch_bytes_sent,
-                        records_sent,
-                        dropped_records,
-                        dropped_bytes,
-                    ],
+                    [bytes_sent, batch_bytes_sent, records_sent],
                 )| MirrorDescription {
                     name,
                     topic,
@@ -3052,8 +3034,6 @@ mod tests {
                     bytes_sent,
                     batch_bytes_sent,
                     records_sent,
-                    dropped_records,
-                    dropped_bytes,
                 },
             )
     }

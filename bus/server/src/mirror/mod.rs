@@ -379,8 +379,6 @@ impl Mirrors {
             bytes_sent: shared.bytes_sent.load(Ordering::Relaxed),
             batch_bytes_sent: shared.batch_bytes_sent.load(Ordering::Relaxed),
             records_sent: shared.records_sent.load(Ordering::Relaxed),
-            dropped_records: 0,
-            dropped_bytes: 0,
         }
     }
 
