@@ -35,7 +35,7 @@ use crate::topic::{DEFAULT_MAX_MESSAGE_BYTES, UNLIMITED};
 use crate::{
     CommitError, CommittedOffset, ConfigKind, EpochEnd, EpochStart, LogStore, LogWrite, MetaStore,
     OffsetCommit, PartitionLog, PartitionOffsets, PipelineCommit, PluginInfo, ReadError,
-    TopicError, TopicSpec, WriteError,
+    RetentionHold, TopicError, TopicSpec, WriteError,
 };
 
 /// How a store under test is made, restarted and broken.
@@ -85,6 +85,8 @@ pub fn run_all<H: Harness>(h: &mut H) {
     retention_by_bytes_keeps_partition_at_limit(h);
     retention_of_everything_keeps_log_end_and_never_reuses_offsets(h);
     retention_keeps_timestamp_lookup_conservative(h);
+    retention_hold_keeps_undelivered_batches_up_to_its_cap_and_counts_the_rest(h);
+    skip_to_moves_the_log_end_over_offsets_that_never_hold_records(h);
     read_below_log_start_reads_from_log_start(h);
     allocate_producer_id_is_unique_across_reopen(h);
     group_commit_then_read_back_returns_offsets_sorted_per_group(h);
@@ -1192,6 +1194,105 @@ pub fn retention_by_bytes_keeps_partition_at_limit<H: Harness>(h: &mut H) {
         0,
         "retention is idempotent"
     );
+}
+
+/// A hold keeps the batches at or after its offset that retention would
+/// delete, while the partition stays within the hold's bytes; past them the
+/// oldest held batches go, and the hold is told how many records and bytes
+/// it lost. Batches before the hold go as retention says.
+pub fn retention_hold_keeps_undelivered_batches_up_to_its_cap_and_counts_the_rest<H: Harness>(
+    h: &mut H,
+) {
+    let store = h.fresh();
+    let b = batch_of("same", 3, 1, ProducerStamp::NONE);
+    let size = b.len() as u64;
+    create(
+        &store,
+        &TopicSpec {
+            retention_bytes: size as i64,
+            ..spec("t", 1)
+        },
+    );
+    for _ in 0..6 {
+        append_one(&store, "t", 0, b.clone());
+    }
+    // Offsets 0..18 in batches of 3; the holder has 0..4 (mid-batch).
+    let hold = |max_bytes| RetentionHold {
+        topic: "t".into(),
+        partition: 0,
+        from: 4,
+        max_bytes,
+        dropped_records: 0,
+        dropped_bytes: 0,
+    };
+    let mut holds = vec![hold(6 * size)];
+    let report = store
+        .enforce_retention_holding(0, &mut holds)
+        .expect("retention");
+    assert_eq!(report.batches, 1, "only the delivered batch 0..3 goes");
+    assert_eq!(
+        base_offsets(&read_all(&store, "t", 0)),
+        vec![3, 6, 9, 12, 15]
+    );
+    assert_eq!((holds[0].dropped_records, holds[0].dropped_bytes), (0, 0));
+    let mut holds = vec![hold(3 * size)];
+    let report = store
+        .enforce_retention_holding(0, &mut holds)
+        .expect("retention");
+    assert_eq!(report.batches, 2, "the oldest held batches go past the cap");
+    assert_eq!(base_offsets(&read_all(&store, "t", 0)), vec![9, 12, 15]);
+    assert_eq!(
+        (holds[0].dropped_records, holds[0].dropped_bytes),
+        (2 + 3, 2 * size),
+        "records 4, 5 of batch 3..6 and all of 6..9"
+    );
+    let mut other = vec![RetentionHold {
+        topic: "other".into(),
+        ..hold(0)
+    }];
+    let report = store
+        .enforce_retention_holding(0, &mut other)
+        .expect("retention");
+    assert_eq!(
+        report.batches, 2,
+        "a hold on another topic holds nothing here"
+    );
+    assert_eq!(other[0].dropped_records, 0);
+}
+
+/// `skip_to` moves the log end forward without records; appends continue
+/// there, reads skip the gap, and it survives a reopen. Backwards is a
+/// no-op.
+pub fn skip_to_moves_the_log_end_over_offsets_that_never_hold_records<H: Harness>(h: &mut H) {
+    let store = h.fresh();
+    create(&store, &spec("t", 2));
+    let b = batch_of("v", 2, 1, ProducerStamp::NONE);
+    append_one(&store, "t", 0, b.clone());
+    assert_eq!(store.skip_to("t", 0, 10).expect("skip"), 10);
+    assert_eq!(store.skip_to("t", 0, 5).expect("skip back"), 10);
+    assert_eq!(
+        offsets(&store, "t", 0),
+        PartitionOffsets {
+            log_start: 0,
+            log_end: 10
+        }
+    );
+    assert_eq!(store.skip_to("t", 1, 7).expect("skip empty"), 7);
+    assert_eq!(
+        offsets(&store, "t", 1),
+        PartitionOffsets {
+            log_start: 7,
+            log_end: 7
+        },
+        "an empty partition starts where it now ends"
+    );
+    let store = h.reopen(store);
+    assert_eq!(append_one(&store, "t", 0, b.clone()), 10);
+    assert_eq!(base_offsets(&read_all(&store, "t", 0)), vec![0, 10]);
+    assert!(matches!(
+        store.skip_to("nope", 0, 1),
+        Err(ReadError::UnknownTopic(_))
+    ));
 }
 
 /// Deleting every batch keeps the log end; the next append continues there

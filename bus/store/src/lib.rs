@@ -342,6 +342,58 @@ pub struct ReadBatches {
     pub offsets: PartitionOffsets,
 }
 
+/// A claim on a partition's records from `from` on, which retention keeps
+/// up to `max_bytes` of partition size (see
+/// [`PartitionLog::enforce_retention_holding`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetentionHold {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: u32,
+    /// The first record the holder still needs.
+    pub from: u64,
+    /// Partition bytes past which held batches are deleted anyway.
+    pub max_bytes: u64,
+    /// Out: held records deleted anyway.
+    pub dropped_records: u64,
+    /// Out: bytes of the batches that held them.
+    pub dropped_bytes: u64,
+}
+
+impl RetentionHold {
+    /// Whether retention may delete the oldest batch, `base..end` of
+    /// `size` bytes, of a partition now `partition_bytes` large, under the
+    /// holds on that partition; counts what it takes from each hold.
+    pub fn allow(
+        holds: &mut [RetentionHold],
+        topic: &str,
+        partition: u32,
+        (base, end, size): (u64, u64, u64),
+        partition_bytes: u64,
+    ) -> bool {
+        let mut mine = holds
+            .iter_mut()
+            .filter(|h| h.topic == topic && h.partition == partition)
+            .peekable();
+        if mine.peek().is_none() {
+            return true;
+        }
+        let held: Vec<&mut RetentionHold> = mine.filter(|h| end > h.from).collect();
+        if held.is_empty() {
+            return true;
+        }
+        if held.iter().all(|h| partition_bytes <= h.max_bytes) {
+            return false;
+        }
+        for h in held {
+            h.dropped_records += end - base.max(h.from);
+            h.dropped_bytes += size;
+        }
+        true
+    }
+}
+
 /// What a retention pass deleted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct RetentionReport {
@@ -428,7 +480,28 @@ pub trait PartitionLog: Send + Sync + 'static {
     /// batches whose max timestamp is older than `retention.ms`, and the
     /// oldest batches while a partition exceeds `retention.bytes`. Never
     /// deletes a batch that neither rule covers.
-    fn enforce_retention(&self, now_ms: i64) -> Result<RetentionReport, StoreError>;
+    fn enforce_retention(&self, now_ms: i64) -> Result<RetentionReport, StoreError> {
+        self.enforce_retention_holding(now_ms, &mut [])
+    }
+
+    /// [`PartitionLog::enforce_retention`], except that a batch holding
+    /// records at or after a hold's `from` (not yet delivered by a mirror)
+    /// is deleted only while the partition holds more than the hold's
+    /// `max_bytes`. Each hold is told the records and bytes of its own
+    /// that were deleted all the same.
+    fn enforce_retention_holding(
+        &self,
+        now_ms: i64,
+        holds: &mut [RetentionHold],
+    ) -> Result<RetentionReport, StoreError>;
+
+    /// Moves the end of a partition's log forward to `offset` without
+    /// storing anything: the offsets between will never hold records here.
+    /// A mirror's destination does this when its source deleted records
+    /// before delivering them, so later records keep their offsets.
+    /// Returns the new log end; an offset at or below the log end changes
+    /// nothing.
+    fn skip_to(&self, topic: &str, partition: u32, offset: u64) -> Result<u64, ReadError>;
 
     /// Bytes of the partition's stored batches, as stored: what
     /// `retention.bytes` is measured against.

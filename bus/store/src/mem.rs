@@ -15,7 +15,7 @@ use edgebus_proto::batch::{BatchHeader, set_base_offset, set_partition_leader_ep
 use crate::{
     CommitError, CommittedOffset, ConfigKind, EpochEnd, EpochStart, LogStore, LogWrite, MetaStore,
     OffsetCommit, PartitionLog, PartitionOffsets, PipelineCommit, PluginInfo, ReadBatches,
-    ReadError, RetentionReport, StoreError, TopicError, TopicSpec, WriteError,
+    ReadError, RetentionHold, RetentionReport, StoreError, TopicError, TopicSpec, WriteError,
 };
 use crate::{group, plugin, topic};
 
@@ -346,6 +346,23 @@ impl PartitionLog for MemStore {
         Ok(())
     }
 
+    fn skip_to(&self, topic: &str, partition: u32, offset: u64) -> Result<u64, ReadError> {
+        let mut inner = self.lock();
+        let state = inner.begin_write()?;
+        state.partition(topic, partition)?;
+        let part = state
+            .partitions
+            .get_mut(&(topic.to_owned(), partition))
+            .ok_or_else(|| ReadError::UnknownTopic(topic.to_owned()))?;
+        if offset > part.offsets.log_end {
+            if part.offsets.log_start == part.offsets.log_end {
+                part.offsets.log_start = offset;
+            }
+            part.offsets.log_end = offset;
+        }
+        Ok(part.offsets.log_end)
+    }
+
     fn truncate_from(&self, topic: &str, partition: u32, offset: u64) -> Result<u64, ReadError> {
         let mut inner = self.lock();
         let state = inner.begin_write()?;
@@ -440,27 +457,40 @@ impl PartitionLog for MemStore {
             .collect())
     }
 
-    fn enforce_retention(&self, now_ms: i64) -> Result<RetentionReport, StoreError> {
+    fn enforce_retention_holding(
+        &self,
+        now_ms: i64,
+        holds: &mut [RetentionHold],
+    ) -> Result<RetentionReport, StoreError> {
         let mut inner = self.lock();
         let state = inner.begin_write()?;
         let mut report = RetentionReport::default();
-        for ((name, _), part) in &mut state.partitions {
+        for ((name, partition), part) in &mut state.partitions {
             let Some(spec) = state.topics.get(name) else {
                 continue;
             };
             let before = report.batches;
+            let mut allow = |part: &Partition| {
+                part.log.first_key_value().is_some_and(|(base, b)| {
+                    let end = base + u64::from(b.record_count);
+                    let size = b.bytes.len() as u64;
+                    RetentionHold::allow(holds, name, *partition, (*base, end, size), part.bytes)
+                })
+            };
             if let Some(cutoff) = topic::retention_cutoff_ms(spec, now_ms) {
                 while part
                     .log
                     .first_key_value()
                     .is_some_and(|(_, b)| b.max_timestamp_ms < cutoff)
+                    && allow(part)
                 {
                     part.delete_oldest(&mut report);
                 }
             }
             while part.log.first_key_value().is_some_and(|(_, b)| {
                 topic::oldest_over_size(spec, part.bytes, b.bytes.len() as u64)
-            }) {
+            }) && allow(part)
+            {
                 part.delete_oldest(&mut report);
             }
             if report.batches > before {

@@ -98,7 +98,7 @@ use redb::{
 use crate::{
     CommitError, CommittedOffset, ConfigKind, EpochEnd, EpochStart, LogStore, LogWrite, MetaStore,
     OffsetCommit, PartitionLog, PartitionOffsets, PipelineCommit, PluginInfo, ReadBatches,
-    ReadError, RetentionReport, StoreError, TopicError, TopicSpec, WriteError,
+    ReadError, RetentionHold, RetentionReport, StoreError, TopicError, TopicSpec, WriteError,
 };
 use crate::{group, plugin, topic};
 
@@ -1045,24 +1045,30 @@ impl RedbStore {
         mut row: PartitionRow,
         now_ms: i64,
         report: &mut RetentionReport,
+        holds: &mut [RetentionHold],
     ) -> Result<PartitionRow, StoreError> {
         let tables = PartitionTables::new(&spec.name, partition);
         let mut log = txn.open_table(tables.log())?;
-        let oldest = |log: &Table<u64, &[u8]>| -> Result<Option<(u64, i64, u64)>, StoreError> {
+        type Oldest = Option<(u64, u64, i64, u64)>;
+        let oldest = |log: &Table<u64, &[u8]>| -> Result<Oldest, StoreError> {
             let Some((key, value)) = log.first()? else {
                 return Ok(None);
             };
             let header = stored_header(&tables.log, key.value(), value.value())?;
             Ok(Some((
                 key.value(),
+                header.next_offset(),
                 header.max_timestamp_ms,
                 value.value().len() as u64,
             )))
         };
+        let mut allow = |base, end, size, bytes| {
+            RetentionHold::allow(holds, &spec.name, partition, (base, end, size), bytes)
+        };
         let before = report.batches;
         if let Some(cutoff_ms) = topic::retention_cutoff_ms(spec, now_ms) {
-            while let Some((base, max_ts, size)) = oldest(&log)? {
-                if max_ts >= cutoff_ms {
+            while let Some((base, end, max_ts, size)) = oldest(&log)? {
+                if max_ts >= cutoff_ms || !allow(base, end, size, row.bytes) {
                     break;
                 }
                 log.remove(base)?;
@@ -1071,8 +1077,9 @@ impl RedbStore {
                 report.bytes += size;
             }
         }
-        while let Some((base, _, size)) = oldest(&log)? {
-            if !topic::oldest_over_size(spec, row.bytes, size) {
+        while let Some((base, end, _, size)) = oldest(&log)? {
+            if !topic::oldest_over_size(spec, row.bytes, size) || !allow(base, end, size, row.bytes)
+            {
                 break;
             }
             log.remove(base)?;
@@ -1108,7 +1115,11 @@ impl RedbStore {
 
     /// One retention pass over every topic that has a limit, in one write
     /// transaction.
-    fn retain_all(db: &Database, now_ms: i64) -> Result<RetentionReport, StoreError> {
+    fn retain_all(
+        db: &Database,
+        now_ms: i64,
+        holds: &mut [RetentionHold],
+    ) -> Result<RetentionReport, StoreError> {
         let txn = db.begin_write()?;
         let mut report = RetentionReport::default();
         {
@@ -1144,8 +1155,15 @@ impl RedbStore {
                     {
                         continue;
                     }
-                    let retained =
-                        Self::retain_partition(&txn, spec, partition, row, now_ms, &mut report)?;
+                    let retained = Self::retain_partition(
+                        &txn,
+                        spec,
+                        partition,
+                        row,
+                        now_ms,
+                        &mut report,
+                        holds,
+                    )?;
                     if retained != row {
                         partitions.insert(key, retained.value())?;
                     }
@@ -1323,8 +1341,44 @@ impl PartitionLog for RedbStore {
         })
     }
 
-    fn enforce_retention(&self, now_ms: i64) -> Result<RetentionReport, StoreError> {
-        self.writing(|db| Self::retain_all(db, now_ms))
+    fn enforce_retention_holding(
+        &self,
+        now_ms: i64,
+        holds: &mut [RetentionHold],
+    ) -> Result<RetentionReport, StoreError> {
+        self.writing(|db| {
+            // A failed pass deleted nothing: its counts must not stick.
+            let mut attempt = holds.to_vec();
+            let report = Self::retain_all(db, now_ms, &mut attempt)?;
+            holds.clone_from_slice(&attempt);
+            Ok(report)
+        })
+    }
+
+    fn skip_to(&self, topic: &str, partition: u32, offset: u64) -> Result<u64, ReadError> {
+        self.writing(|db| {
+            let txn = Self::begin_durable(db)?;
+            let end = {
+                let mut partitions = txn.open_table(PARTITIONS).or_backend()?;
+                let row = partitions.get((topic, partition)).or_backend()?;
+                let Some(mut row) = row.map(|r| PartitionRow::from_value(r.value())) else {
+                    drop(partitions);
+                    return Err(Self::missing(&txn, topic, partition)?);
+                };
+                if offset > row.log_end {
+                    if row.log_start == row.log_end {
+                        row.log_start = offset;
+                    }
+                    row.log_end = offset;
+                    partitions
+                        .insert((topic, partition), row.value())
+                        .or_backend()?;
+                }
+                row.log_end
+            };
+            txn.commit().or_backend()?;
+            Ok(end)
+        })
     }
 }
 
