@@ -193,6 +193,8 @@ frame_kinds! {
     MirrorResume = 0x0056,
     /// [`Request::MirrorDelete`].
     MirrorDelete = 0x0057,
+    /// [`Request::MirrorSkip`] (answered with [`Response::Offset`]).
+    MirrorSkip = 0x0058,
 }
 
 /// How durable a write must be before the broker acknowledges it.
@@ -725,6 +727,12 @@ pub struct MirrorDescription {
     pub batch_bytes_sent: u64,
     /// Records the hub acknowledged, since the edge started.
     pub records_sent: u64,
+    /// Undelivered records the edge deleted because its backlog passed
+    /// `mirror.max_backlog_bytes`, since the mirror was created: the hub's
+    /// copy skips exactly these offsets.
+    pub dropped_records: u64,
+    /// Bytes of the batches that held them.
+    pub dropped_bytes: u64,
 }
 
 /// A request from a client.
@@ -1017,6 +1025,22 @@ pub enum Request {
     MirrorDelete {
         /// Mirror name.
         name: String,
+    },
+    /// The edge deleted records `from..to` before delivering them (its
+    /// backlog passed its cap): the hub moves the partition's log end from
+    /// `from`, which must be its log end, to `to`, so later records keep
+    /// the edge's offsets.
+    MirrorSkip {
+        /// The mirror's identity.
+        mirror: String,
+        /// Destination topic.
+        topic: String,
+        /// Partition.
+        partition: u32,
+        /// The hub's log end.
+        from: u64,
+        /// The edge's log start.
+        to: u64,
     },
 }
 
@@ -1383,8 +1407,8 @@ fn put_mirror_spec(buf: &mut BytesMut, s: &MirrorSpec) {
 
 /// The fewest bytes one encoded [`MirrorDescription`] takes: six empty
 /// strings, the codec, the cap, the mTLS flag, an absent option, an empty
-/// partition list and the three counters.
-const MIRROR_DESCRIPTION_MIN_BYTES: usize = 6 * 2 + 1 + 8 + 1 + 1 + 4 + 3 * 8;
+/// partition list and the five counters.
+const MIRROR_DESCRIPTION_MIN_BYTES: usize = 6 * 2 + 1 + 8 + 1 + 1 + 4 + 5 * 8;
 
 fn put_mirror_description(buf: &mut BytesMut, m: &MirrorDescription) {
     put_str(buf, &m.name);
@@ -1405,7 +1429,13 @@ fn put_mirror_description(buf: &mut BytesMut, m: &MirrorDescription) {
         buf.put_u64(p.lag_records);
         buf.put_u64(p.lag_bytes);
     }
-    for v in [m.bytes_sent, m.batch_bytes_sent, m.records_sent] {
+    for v in [
+        m.bytes_sent,
+        m.batch_bytes_sent,
+        m.records_sent,
+        m.dropped_records,
+        m.dropped_bytes,
+    ] {
         buf.put_u64(v);
     }
 }
@@ -1455,6 +1485,7 @@ impl Request {
             Request::MirrorPause { .. } => FrameKind::MirrorPause,
             Request::MirrorResume { .. } => FrameKind::MirrorResume,
             Request::MirrorDelete { .. } => FrameKind::MirrorDelete,
+            Request::MirrorSkip { .. } => FrameKind::MirrorSkip,
         }
     }
 
@@ -1663,6 +1694,19 @@ impl Request {
             | Request::MirrorPause { name }
             | Request::MirrorResume { name }
             | Request::MirrorDelete { name } => put_str(buf, name),
+            Request::MirrorSkip {
+                mirror,
+                topic,
+                partition,
+                from,
+                to,
+            } => {
+                put_str(buf, mirror);
+                put_str(buf, topic);
+                buf.put_u32(*partition);
+                buf.put_u64(*from);
+                buf.put_u64(*to);
+            }
         }
         framing::finish_frame(buf, start, 0);
     }
@@ -1818,6 +1862,13 @@ impl Request {
             FrameKind::MirrorPause => Request::MirrorPause { name: r.str()? },
             FrameKind::MirrorResume => Request::MirrorResume { name: r.str()? },
             FrameKind::MirrorDelete => Request::MirrorDelete { name: r.str()? },
+            FrameKind::MirrorSkip => Request::MirrorSkip {
+                mirror: r.str()?,
+                topic: r.str()?,
+                partition: r.u32()?,
+                from: r.u64()?,
+                to: r.u64()?,
+            },
             _ => return Err(FrameError::UnknownKind(header.kind)),
         };
         r.finish()?;
@@ -2659,6 +2710,8 @@ impl Reader {
             bytes_sent: self.u64()?,
             batch_bytes_sent: self.u64()?,
             records_sent: self.u64()?,
+            dropped_records: self.u64()?,
+            dropped_bytes: self.u64()?,
         };
         Ok(description)
     }
@@ -2953,6 +3006,22 @@ mod tests {
             "[a-z]{1,8}".prop_map(|name| Request::MirrorPause { name }),
             "[a-z]{1,8}".prop_map(|name| Request::MirrorResume { name }),
             "[a-z]{1,8}".prop_map(|name| Request::MirrorDelete { name }),
+            (
+                "[a-z@0-9]{1,12}",
+                "[a-z]{1,8}",
+                any::<u32>(),
+                any::<u64>(),
+                any::<u64>()
+            )
+                .prop_map(|(mirror, topic, partition, from, to)| {
+                    Request::MirrorSkip {
+                        mirror,
+                        topic,
+                        partition,
+                        from,
+                        to,
+                    }
+                }),
         ]
     }
 
@@ -3010,7 +3079,7 @@ mod tests {
                 proptest::option::of(any::<i64>()),
             ),
             proptest::collection::vec(partition, 0..3),
-            proptest::array::uniform3(any::<u64>()),
+            proptest::array::uniform5(any::<u64>()),
         )
             .prop_map(
                 |(
@@ -3018,7 +3087,13 @@ mod tests {
                     (compression, max_bytes_per_s, mtls),
                     (state, detail, next_attempt_ms),
                     partitions,
-                    [bytes_sent, batch_bytes_sent, records_sent],
+                    [
+                        bytes_sent,
+                        batch_bytes_sent,
+                        records_sent,
+                        dropped_records,
+                        dropped_bytes,
+                    ],
                 )| MirrorDescription {
                     name,
                     topic,
@@ -3034,6 +3109,8 @@ mod tests {
                     bytes_sent,
                     batch_bytes_sent,
                     records_sent,
+                    dropped_records,
+                    dropped_bytes,
                 },
             )
     }

@@ -381,6 +381,7 @@ pub async fn start_with_store(
     let cluster = broker.cluster.clone();
     let retention = tokio::spawn(retention::run(
         broker.writer.clone(),
+        Arc::new(broker.mirrors.clone()),
         Duration::from_millis(config.retention_check_interval_ms.max(1)),
     ));
     let group_timer = tokio::spawn(broker.groups.clone().run_timer());

@@ -1,6 +1,9 @@
 //! The background retention task.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use edgebus_store::RetentionHold;
 
 use crate::writer::Writer;
 
@@ -11,17 +14,28 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// Something that needs records retention would delete: edge mirrors and
+/// their undelivered records.
+pub trait Holder: Send + Sync {
+    /// The holds for this pass.
+    fn holds(&self) -> Vec<RetentionHold>;
+    /// What the pass deleted of them all the same.
+    fn dropped(&self, holds: &[RetentionHold]);
+}
+
 /// Runs retention every `interval`, inside the writer.
-pub async fn run(writer: Writer, interval: Duration) {
+pub async fn run(writer: Writer, holder: Arc<dyn Holder>, interval: Duration) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        match writer.enforce_retention(now_ms()).await {
-            Ok(report) if report.batches > 0 => {
-                tracing::info!(batches = report.batches, bytes = report.bytes, "retention");
+        match writer.enforce_retention(now_ms(), holder.holds()).await {
+            Ok((report, holds)) => {
+                if report.batches > 0 {
+                    tracing::info!(batches = report.batches, bytes = report.bytes, "retention");
+                }
+                holder.dropped(&holds);
             }
-            Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "retention failed"),
         }
     }

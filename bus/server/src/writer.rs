@@ -36,8 +36,8 @@ use edgebus_core::producer::{AppendRefused, ProducerState, SequenceSpan};
 use edgebus_core::replica::{Replica, ReplicaCommand};
 use edgebus_proto::batch::ProducerStamp;
 use edgebus_store::{
-    CommitError, LogStore, LogWrite, OffsetCommit, PipelineCommit, ReadError, RetentionReport,
-    StoreError, TopicError, TopicSpec, WriteError,
+    CommitError, LogStore, LogWrite, OffsetCommit, PipelineCommit, ReadError, RetentionHold,
+    RetentionReport, StoreError, TopicError, TopicSpec, WriteError,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -46,7 +46,7 @@ use crate::notify::Notifier;
 
 mod mirror;
 mod replication;
-pub use mirror::{MirrorBatches, MirrorRefused};
+pub use mirror::{MirrorBatches, MirrorRefused, MirrorSkip};
 pub use replication::{Outbound, ReplicaState};
 
 /// Appends queued for the writer before producers wait.
@@ -220,7 +220,8 @@ enum Op {
 enum Ordered {
     Retention {
         now_ms: i64,
-        reply: oneshot::Sender<Result<RetentionReport, StoreError>>,
+        holds: Vec<RetentionHold>,
+        reply: oneshot::Sender<Result<(RetentionReport, Vec<RetentionHold>), StoreError>>,
     },
     Pipeline {
         step: Box<PipelineStep>,
@@ -244,6 +245,10 @@ enum Ordered {
     },
     MirrorAppend {
         batches: Box<MirrorBatches>,
+        reply: oneshot::Sender<Result<u64, MirrorRefused>>,
+    },
+    MirrorSkip {
+        skip: mirror::MirrorSkip,
         reply: oneshot::Sender<Result<u64, MirrorRefused>>,
     },
 }
@@ -446,9 +451,22 @@ impl Writer {
     }
 
     /// Runs retention inside the writer, so it never races an append.
-    pub async fn enforce_retention(&self, now_ms: i64) -> Result<RetentionReport, StoreError> {
+    /// Holds keep undelivered mirror records (see
+    /// [`edgebus_store::PartitionLog::enforce_retention_holding`]); they
+    /// come back with what each lost.
+    pub async fn enforce_retention(
+        &self,
+        now_ms: i64,
+        holds: Vec<RetentionHold>,
+    ) -> Result<(RetentionReport, Vec<RetentionHold>), StoreError> {
         self.call(
-            |reply| Op::Ordered(Ordered::Retention { now_ms, reply }),
+            |reply| {
+                Op::Ordered(Ordered::Retention {
+                    now_ms,
+                    holds,
+                    reply,
+                })
+            },
             || Err(stopped()),
         )
         .await
@@ -665,8 +683,13 @@ impl Shell {
 
     fn execute(&mut self, ordered: Ordered) {
         match ordered {
-            Ordered::Retention { now_ms, reply } => {
-                let _ = reply.send(self.store.enforce_retention(now_ms));
+            Ordered::Retention {
+                now_ms,
+                mut holds,
+                reply,
+            } => {
+                let report = self.store.enforce_retention_holding(now_ms, &mut holds);
+                let _ = reply.send(report.map(|r| (r, holds)));
             }
             Ordered::Pipeline { step, reply } => {
                 let _ = reply.send(self.commit_pipeline(*step));
@@ -701,6 +724,9 @@ impl Shell {
             }
             Ordered::MirrorAppend { batches, reply } => {
                 let _ = reply.send(self.mirror_append(*batches));
+            }
+            Ordered::MirrorSkip { skip, reply } => {
+                let _ = reply.send(self.mirror_skip(skip));
             }
         }
     }

@@ -1218,6 +1218,7 @@ pub fn retention_hold_keeps_undelivered_batches_up_to_its_cap_and_counts_the_res
     }
     // Offsets 0..18 in batches of 3; the holder has 0..4 (mid-batch).
     let hold = |max_bytes| RetentionHold {
+        holder: "m".into(),
         topic: "t".into(),
         partition: 0,
         from: 4,

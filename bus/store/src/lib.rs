@@ -347,6 +347,8 @@ pub struct ReadBatches {
 /// [`PartitionLog::enforce_retention_holding`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetentionHold {
+    /// Who holds (a mirror's name), for the holder to tell its holds apart.
+    pub holder: String,
     /// Topic.
     pub topic: String,
     /// Partition.

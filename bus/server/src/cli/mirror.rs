@@ -134,6 +134,7 @@ fn mirror_json(m: &MirrorDescription) -> serde_json::Value {
         })).collect::<Vec<_>>(),
         "bytes_sent": m.bytes_sent, "batch_bytes_sent": m.batch_bytes_sent,
         "compression_ratio": ratio, "records_sent": m.records_sent,
+        "dropped_records": m.dropped_records, "dropped_bytes": m.dropped_bytes,
     })
 }
 
@@ -176,6 +177,10 @@ fn describe(m: &MirrorDescription, output: Output) {
             ("bytes sent", m.bytes_sent.to_string()),
             ("compression ratio", ratio),
             ("records sent", m.records_sent.to_string()),
+            (
+                "dropped (backlog cap)",
+                format!("{} records, {} bytes", m.dropped_records, m.dropped_bytes)
+            ),
         ])
     );
     println!();

@@ -10,7 +10,7 @@ use edgebus_proto::frame::{Response, TopicSpec};
 
 use crate::error::Coded;
 use crate::topics::Topics;
-use crate::writer::{MirrorBatches, MirrorRefused, Writer};
+use crate::writer::{MirrorBatches, MirrorRefused, MirrorSkip, Writer};
 
 /// Why a hub refused a mirror request before the writer saw it.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +58,12 @@ pub async fn open(
         topics.cache_created(spec);
     }
     Ok(Response::MirrorPositions(ends))
+}
+
+/// `MirrorSkip`: moves the log end over records the edge lost.
+pub async fn skip(writer: &Writer, skip: MirrorSkip) -> Result<Response, HubError> {
+    let offset = writer.mirror_skip(skip).await?;
+    Ok(Response::Offset { offset })
 }
 
 /// `MirrorAppend`: decompresses the payload, splits it into batches and

@@ -222,6 +222,22 @@ pub async fn dispatch(b: &Broker, request: Request) -> Response {
             )
             .await,
         ),
+        Request::MirrorSkip {
+            mirror,
+            topic,
+            partition,
+            from,
+            to,
+        } => {
+            let s = crate::writer::MirrorSkip {
+                mirror,
+                topic,
+                partition,
+                from,
+                to,
+            };
+            respond(mirror::skip(&b.writer, s).await)
+        }
         Request::MirrorCreate(spec) => respond(b.mirrors.create(spec).await),
         Request::MirrorList => respond(b.mirrors.describe(None).await),
         Request::MirrorDescribe { name } => respond(b.mirrors.describe(Some(&name)).await),

@@ -303,11 +303,37 @@ async fn stream_partition(
                 LinkError::Connection(format!("reading {}/{partition}: {e}", stored.topic))
             })?;
         if read.offsets.log_start > next {
-            return Err(LinkError::Refused(format!(
-                "records {next}..{} of {}/{partition} were deleted on the edge before the \
-                 hub had them",
-                read.offsets.log_start, stored.topic
-            )));
+            // Retention deleted these undelivered (the backlog passed its
+            // cap; counted and logged there): the hub skips their offsets
+            // so the records after them keep theirs.
+            let skip = Request::MirrorSkip {
+                mirror: stored.id.clone(),
+                topic: stored.to_topic.clone(),
+                partition,
+                from: next,
+                to: read.offsets.log_start,
+            };
+            match call(&mut send, &mut recv, &skip).await? {
+                Response::Offset { offset } => {
+                    tracing::warn!(mirror = %stored.name, partition, from = next, to = offset, "hub copy skips records the edge deleted undelivered");
+                    {
+                        let mut s = shared.stored();
+                        s.skipped_records += offset.saturating_sub(next);
+                        s.delivered.insert(partition, offset);
+                    }
+                    next = offset;
+                    let snapshot = shared.stored().clone();
+                    save(&env.writer, &snapshot)
+                        .await
+                        .map_err(|e| LinkError::Connection(format!("storing progress: {e}")))?;
+                    continue;
+                }
+                other => {
+                    return Err(LinkError::Connection(format!(
+                        "unexpected skip answer {other:?}"
+                    )));
+                }
+            }
         }
         if read.batches.is_empty() {
             // Wait for the partition to grow; the timeout covers a wake-up

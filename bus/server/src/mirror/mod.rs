@@ -36,7 +36,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use edgebus_proto::ErrorCode;
 use edgebus_proto::compression::Compression;
 use edgebus_proto::frame::{MirrorDescription, MirrorPartition, MirrorSpec, Response};
-use edgebus_store::{ConfigKind, LogStore, StoreError};
+use edgebus_store::{ConfigKind, LogStore, RetentionHold, StoreError};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
@@ -63,6 +63,11 @@ pub struct MirrorConfig {
     pub backoff_max_ms: u64,
     /// Stored batch bytes one append carries at most (at least one batch).
     pub max_request_bytes: u32,
+    /// `mirror.max_backlog_bytes`: retention keeps a mirror's undelivered
+    /// records while their partition holds at most this many bytes; past
+    /// it the oldest undelivered batches are deleted, counted (`mirror
+    /// describe`) and logged, and the hub's copy skips their offsets.
+    pub max_backlog_bytes: u64,
 }
 
 impl Default for MirrorConfig {
@@ -74,6 +79,7 @@ impl Default for MirrorConfig {
             backoff_initial_ms: 250,
             backoff_max_ms: 30_000,
             max_request_bytes: 1 << 20,
+            max_backlog_bytes: 1 << 30,
         }
     }
 }
@@ -126,6 +132,12 @@ struct Stored {
     paused: bool,
     /// Per source partition, the hub's log end as last heard.
     delivered: BTreeMap<u32, u64>,
+    /// Records the hub's copy skips: deleted on the edge past the backlog
+    /// cap before the hub had them (counted when the hub skips them, so
+    /// exactly what its copy misses).
+    skipped_records: u64,
+    /// Bytes of the batches retention deleted past the cap.
+    dropped_bytes: u64,
 }
 
 impl Stored {
@@ -325,6 +337,8 @@ impl Mirrors {
             compression: spec.compression.name().to_owned(),
             paused: false,
             delivered: BTreeMap::new(),
+            skipped_records: 0,
+            dropped_bytes: 0,
         };
         // Check the TLS material now: a typo is an error here, not a link
         // that backs off forever.
@@ -363,7 +377,7 @@ impl Mirrors {
             LinkState::BackingOff { until_ms } => Some(until_ms),
             _ => None,
         };
-        let partitions = self.lag(&stored).await;
+        let (partitions, unskipped) = self.lag(&stored).await;
         MirrorDescription {
             name: stored.name.clone(),
             topic: stored.topic.clone(),
@@ -379,20 +393,31 @@ impl Mirrors {
             bytes_sent: shared.bytes_sent.load(Ordering::Relaxed),
             batch_bytes_sent: shared.batch_bytes_sent.load(Ordering::Relaxed),
             records_sent: shared.records_sent.load(Ordering::Relaxed),
+            dropped_records: stored.skipped_records + unskipped,
+            dropped_bytes: stored.dropped_bytes,
         }
     }
 
-    /// Each source partition's delivered offset and lag. The lag in bytes
-    /// is estimated from the partition's stored bytes per record: the store
+    /// Each source partition's delivered offset and lag, and the records
+    /// deleted undelivered that the hub has not skipped yet (below the log
+    /// start, above the hub's log end as last heard). The lag in bytes is
+    /// estimated from the partition's stored bytes per record: the store
     /// keeps a size per partition, not per offset.
-    async fn lag(&self, stored: &Stored) -> Vec<MirrorPartition> {
+    async fn lag(&self, stored: &Stored) -> (Vec<MirrorPartition>, u64) {
         let Ok(spec) = self.env.topics.spec(&stored.topic) else {
-            return Vec::new();
+            return (Vec::new(), 0);
         };
         let Ok(infos) = self.env.reader.partitions(spec).await else {
-            return Vec::new();
+            return (Vec::new(), 0);
         };
-        infos
+        let unskipped = infos
+            .iter()
+            .map(|info| {
+                let delivered = stored.delivered.get(&info.partition).copied().unwrap_or(0);
+                info.log_start.saturating_sub(delivered)
+            })
+            .sum();
+        let partitions = infos
             .into_iter()
             .map(|info| {
                 let log_end = self
@@ -417,7 +442,8 @@ impl Mirrors {
                     lag_bytes,
                 }
             })
-            .collect()
+            .collect();
+        (partitions, unskipped)
     }
 
     /// `MirrorPause` (`paused`) and `MirrorResume`.
@@ -468,6 +494,61 @@ impl Mirrors {
             .run(move |store| store.put_config(ConfigKind::Mirror, &key, None))
             .await?;
         Ok(Response::Done)
+    }
+}
+
+impl crate::retention::Holder for Mirrors {
+    /// Every mirror holds each source partition from the hub's log end as
+    /// last heard (from 0 before the first contact), paused or not.
+    fn holds(&self) -> Vec<RetentionHold> {
+        let running = self.lock();
+        let mut holds = Vec::new();
+        for r in running.values() {
+            let stored = r.shared.stored();
+            let Ok(spec) = self.env.topics.spec(&stored.topic) else {
+                continue;
+            };
+            for partition in 0..spec.partitions {
+                holds.push(RetentionHold {
+                    holder: stored.name.clone(),
+                    topic: stored.topic.clone(),
+                    partition,
+                    from: stored.delivered.get(&partition).copied().unwrap_or(0),
+                    max_bytes: self.env.config.max_backlog_bytes,
+                    dropped_records: 0,
+                    dropped_bytes: 0,
+                });
+            }
+        }
+        holds
+    }
+
+    fn dropped(&self, holds: &[RetentionHold]) {
+        for hold in holds.iter().filter(|h| h.dropped_records > 0) {
+            let Some(shared) = self.lock().get(&hold.holder).map(|r| r.shared.clone()) else {
+                continue;
+            };
+            tracing::warn!(
+                mirror = %hold.holder,
+                topic = %hold.topic,
+                partition = hold.partition,
+                records = hold.dropped_records,
+                bytes = hold.dropped_bytes,
+                max_backlog_bytes = self.env.config.max_backlog_bytes,
+                "mirror backlog over its cap: records not known delivered were deleted"
+            );
+            let snapshot = {
+                let mut stored = shared.stored();
+                stored.dropped_bytes += hold.dropped_bytes;
+                stored.clone()
+            };
+            let writer = self.env.writer.clone();
+            tokio::spawn(async move {
+                if let Err(e) = save(&writer, &snapshot).await {
+                    tracing::warn!(mirror = %snapshot.name, error = %e, "storing mirror counters failed");
+                }
+            });
+        }
     }
 }
 

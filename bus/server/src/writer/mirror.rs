@@ -114,7 +114,33 @@ pub struct MirrorBatches {
     pub batches: Vec<Bytes>,
 }
 
+/// Offsets of a destination partition that will never hold records: the
+/// edge deleted them undelivered.
+#[derive(Debug)]
+pub struct MirrorSkip {
+    /// The mirror's identity.
+    pub mirror: String,
+    /// Destination topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: u32,
+    /// Must be the log end.
+    pub from: u64,
+    /// The new log end.
+    pub to: u64,
+}
+
 impl Writer {
+    /// Moves a destination partition's log end over offsets its edge
+    /// deleted undelivered; returns the new log end.
+    pub async fn mirror_skip(&self, skip: MirrorSkip) -> Result<u64, MirrorRefused> {
+        self.call(
+            |reply| Op::Ordered(Ordered::MirrorSkip { skip, reply }),
+            || Err(MirrorRefused::Append(AppendFailure::Stopped)),
+        )
+        .await
+    }
+
     /// The mirror `topic` is bound to, if it is a mirror destination.
     pub fn mirror_of(&self, topic: &str) -> Option<String> {
         self.destinations.get(topic)
@@ -221,6 +247,38 @@ impl Shell {
             .map(|p| Ok(self.store.offsets(&spec.name, p)?.log_end))
             .collect::<Result<Vec<u64>, AppendFailure>>()?;
         Ok((ends, created))
+    }
+
+    /// See [`Writer::mirror_skip`]. The partition's engine is dropped and
+    /// reloaded from the store on next use, at the new log end.
+    pub(super) fn mirror_skip(&mut self, s: MirrorSkip) -> Result<u64, MirrorRefused> {
+        if self.destinations.get(&s.topic).as_deref() != Some(s.mirror.as_str()) {
+            return Err(MirrorRefused::Conflict {
+                topic: s.topic,
+                why: format!("is not the destination of mirror {}", s.mirror),
+            });
+        }
+        let key = (s.topic.clone(), s.partition);
+        let engines = Arc::clone(&self.engines);
+        let mut engines = engines.lock().unwrap_or_else(PoisonError::into_inner);
+        self.load(&mut engines, &key)?;
+        let log_end = engines.get(&key).map_or(0, |slot| slot.engine.log_end());
+        if log_end != s.from || s.to < s.from {
+            return Err(MirrorRefused::NotAtLogEnd {
+                topic: s.topic,
+                partition: s.partition,
+                base_offset: s.from,
+                log_end,
+            });
+        }
+        let end = self
+            .store
+            .skip_to(&s.topic, s.partition, s.to)
+            .map_err(AppendFailure::from)?;
+        engines.remove(&key);
+        self.watermarks.set(key, end);
+        self.notifier.publish(&s.topic, s.partition, end);
+        Ok(end)
     }
 
     /// Checks and appends a mirror's batches: see [`Writer::mirror_append`].
