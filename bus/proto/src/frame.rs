@@ -195,6 +195,8 @@ frame_kinds! {
     MirrorDelete = 0x0057,
     /// [`Request::MirrorSkip`] (answered with [`Response::Offset`]).
     MirrorSkip = 0x0058,
+    /// [`Request::MirrorCommit`] (answered with [`Response::Offset`]).
+    MirrorCommit = 0x0059,
 }
 
 /// How durable a write must be before the broker acknowledges it.
@@ -677,6 +679,11 @@ pub struct MirrorSpec {
     pub max_bytes_per_s: u64,
     /// Codec of the link payload.
     pub compression: Compression,
+    /// Plugins the edge runs on the records before sending them; empty
+    /// for an offset-preserving copy.
+    pub chain: Vec<PluginRef>,
+    /// What the chain does with records a plugin fails on.
+    pub on_failure: FailurePolicy,
 }
 
 /// One source partition of a mirror, as `mirror describe` shows it.
@@ -713,6 +720,8 @@ pub struct MirrorDescription {
     pub max_bytes_per_s: u64,
     /// Whether the mirror presents a client certificate.
     pub mtls: bool,
+    /// The plugins on the link (empty: offset-preserving).
+    pub chain: Vec<PluginRef>,
     /// `connecting`, `connected`, `backing-off`, `paused` or `halted`.
     pub state: String,
     /// The last error, or why it is halted; empty for none.
@@ -985,6 +994,9 @@ pub enum Request {
         topic: String,
         /// The source topic's partition count.
         partitions: u32,
+        /// A plugin runs on the link: the hub answers each partition's
+        /// source checkpoint instead of its log end.
+        filtered: bool,
     },
     /// Stored batches of the edge, appended unchanged at `base_offset`,
     /// which must be the hub partition's log end.
@@ -1041,6 +1053,27 @@ pub enum Request {
         from: u64,
         /// The edge's log start.
         to: u64,
+    },
+    /// A filtered link's output for source records `source_from..source_to`
+    /// of one partition: the hub appends the records at its log end and
+    /// moves the mirror's source checkpoint, which must be `source_from`,
+    /// to `source_to` in the same transaction. Each record carries its
+    /// source partition and offset in headers.
+    MirrorCommit {
+        /// The mirror's identity.
+        mirror: String,
+        /// Destination topic.
+        topic: String,
+        /// Partition, the same as the source's.
+        partition: u32,
+        /// The checkpoint the hub must hold.
+        source_from: u64,
+        /// The checkpoint after these records.
+        source_to: u64,
+        /// Codec of `payload`.
+        compression: Compression,
+        /// Whole batches back to back (possibly none), compressed.
+        payload: Bytes,
     },
 }
 
@@ -1403,12 +1436,14 @@ fn put_mirror_spec(buf: &mut BytesMut, s: &MirrorSpec) {
     put_bytes(buf, &s.key_pem);
     buf.put_u64(s.max_bytes_per_s);
     buf.put_u8(s.compression.codec());
+    put_chain(buf, &s.chain);
+    buf.put_u8(s.on_failure as u8);
 }
 
 /// The fewest bytes one encoded [`MirrorDescription`] takes: six empty
 /// strings, the codec, the cap, the mTLS flag, an absent option, an empty
 /// partition list and the five counters.
-const MIRROR_DESCRIPTION_MIN_BYTES: usize = 6 * 2 + 1 + 8 + 1 + 1 + 4 + 5 * 8;
+const MIRROR_DESCRIPTION_MIN_BYTES: usize = 6 * 2 + 1 + 8 + 1 + 4 + 1 + 4 + 5 * 8;
 
 fn put_mirror_description(buf: &mut BytesMut, m: &MirrorDescription) {
     put_str(buf, &m.name);
@@ -1418,6 +1453,7 @@ fn put_mirror_description(buf: &mut BytesMut, m: &MirrorDescription) {
     buf.put_u8(m.compression.codec());
     buf.put_u64(m.max_bytes_per_s);
     buf.put_u8(u8::from(m.mtls));
+    put_chain(buf, &m.chain);
     put_str(buf, &m.state);
     put_str(buf, &m.detail);
     put_opt(buf, m.next_attempt_ms, BytesMut::put_i64);
@@ -1486,6 +1522,7 @@ impl Request {
             Request::MirrorResume { .. } => FrameKind::MirrorResume,
             Request::MirrorDelete { .. } => FrameKind::MirrorDelete,
             Request::MirrorSkip { .. } => FrameKind::MirrorSkip,
+            Request::MirrorCommit { .. } => FrameKind::MirrorCommit,
         }
     }
 
@@ -1668,10 +1705,29 @@ impl Request {
                 mirror,
                 topic,
                 partitions,
+                filtered,
             } => {
                 put_str(buf, mirror);
                 put_str(buf, topic);
                 buf.put_u32(*partitions);
+                buf.put_u8(u8::from(*filtered));
+            }
+            Request::MirrorCommit {
+                mirror,
+                topic,
+                partition,
+                source_from,
+                source_to,
+                compression,
+                payload,
+            } => {
+                put_str(buf, mirror);
+                put_str(buf, topic);
+                buf.put_u32(*partition);
+                buf.put_u64(*source_from);
+                buf.put_u64(*source_to);
+                buf.put_u8(compression.codec());
+                put_bytes(buf, payload);
             }
             Request::MirrorAppend {
                 mirror,
@@ -1847,6 +1903,16 @@ impl Request {
                 mirror: r.str()?,
                 topic: r.str()?,
                 partitions: r.u32()?,
+                filtered: r.bool()?,
+            },
+            FrameKind::MirrorCommit => Request::MirrorCommit {
+                mirror: r.str()?,
+                topic: r.str()?,
+                partition: r.u32()?,
+                source_from: r.u64()?,
+                source_to: r.u64()?,
+                compression: r.compression()?,
+                payload: r.bytes()?,
             },
             FrameKind::MirrorAppend => Request::MirrorAppend {
                 mirror: r.str()?,
@@ -2670,6 +2736,8 @@ impl Reader {
             key_pem: self.bytes()?,
             max_bytes_per_s: self.u64()?,
             compression: self.compression()?,
+            chain: self.chain()?,
+            on_failure: self.policy()?,
         })
     }
 
@@ -2681,6 +2749,7 @@ impl Reader {
         let compression = self.compression()?;
         let max_bytes_per_s = self.u64()?;
         let mtls = self.bool()?;
+        let chain = self.chain()?;
         let state = self.str()?;
         let detail = self.str()?;
         let next_attempt_ms = self.opt(Reader::i64)?;
@@ -2703,6 +2772,7 @@ impl Reader {
             compression,
             max_bytes_per_s,
             mtls,
+            chain,
             state,
             detail,
             next_attempt_ms,
@@ -2973,13 +3043,38 @@ mod tests {
                 }
             ),
             "[a-z]{1,8}".prop_map(|topic| Request::PartitionStates { topic }),
-            ("[a-z@0-9]{1,12}", "[a-z]{1,8}", any::<u32>()).prop_map(
-                |(mirror, topic, partitions)| Request::MirrorOpen {
+            ("[a-z@0-9]{1,12}", "[a-z]{1,8}", any::<u32>(), any::<bool>()).prop_map(
+                |(mirror, topic, partitions, filtered)| Request::MirrorOpen {
                     mirror,
                     topic,
-                    partitions
+                    partitions,
+                    filtered,
                 }
             ),
+            (
+                ("[a-z@0-9]{1,12}", "[a-z]{1,8}", any::<u32>()),
+                (any::<u64>(), any::<u64>()),
+                arb_codec(),
+                arb_bytes()
+            )
+                .prop_map(
+                    |(
+                        (mirror, topic, partition),
+                        (source_from, source_to),
+                        compression,
+                        payload,
+                    )| {
+                        Request::MirrorCommit {
+                            mirror,
+                            topic,
+                            partition,
+                            source_from,
+                            source_to,
+                            compression,
+                            payload,
+                        }
+                    }
+                ),
             (
                 "[a-z@0-9]{1,12}",
                 "[a-z]{1,8}",
@@ -3033,11 +3128,16 @@ mod tests {
         (
             ("[a-z]{1,8}", "[a-z]{1,8}", "[a-z:0-9]{1,12}", "[a-z]{1,8}"),
             (arb_bytes(), arb_bytes(), arb_bytes()),
-            any::<u64>(),
-            arb_codec(),
+            (any::<u64>(), arb_codec()),
+            (arb_chain(), arb_policy()),
         )
             .prop_map(
-                |((name, topic, to, to_topic), (ca_pem, cert_pem, key_pem), max, compression)| {
+                |(
+                    (name, topic, to, to_topic),
+                    (ca_pem, cert_pem, key_pem),
+                    (max, compression),
+                    (chain, on_failure),
+                )| {
                     MirrorSpec {
                         name,
                         topic,
@@ -3048,6 +3148,8 @@ mod tests {
                         key_pem,
                         max_bytes_per_s: max,
                         compression,
+                        chain,
+                        on_failure,
                     }
                 },
             )
@@ -3072,7 +3174,7 @@ mod tests {
             );
         (
             ("[a-z]{1,8}", "[a-z]{1,8}", "[a-z:0-9]{1,12}", "[a-z]{1,8}"),
-            (arb_codec(), any::<u64>(), any::<bool>()),
+            (arb_codec(), any::<u64>(), any::<bool>(), arb_chain()),
             (
                 "[a-z-]{1,12}",
                 "[a-z ]{0,12}",
@@ -3084,7 +3186,7 @@ mod tests {
             .prop_map(
                 |(
                     (name, topic, to, to_topic),
-                    (compression, max_bytes_per_s, mtls),
+                    (compression, max_bytes_per_s, mtls, chain),
                     (state, detail, next_attempt_ms),
                     partitions,
                     [
@@ -3102,6 +3204,7 @@ mod tests {
                     compression,
                     max_bytes_per_s,
                     mtls,
+                    chain,
                     state,
                     detail,
                     next_attempt_ms,

@@ -106,14 +106,17 @@ impl Broker {
             attachments.clone(),
             dead_letters.clone(),
         );
-        let mirrors = crate::mirror::Mirrors::new(
-            store.clone(),
-            writer.clone(),
-            reader.clone(),
-            notifier.clone(),
-            topics.clone(),
-            mirror,
-        );
+        let parts = crate::mirror::MirrorParts {
+            store: store.clone(),
+            writer: writer.clone(),
+            reader: reader.clone(),
+            notifier: notifier.clone(),
+            topics: topics.clone(),
+            registry: registry.clone(),
+            attachments: attachments.clone(),
+            dead_letters: dead_letters.clone(),
+        };
+        let mirrors = crate::mirror::Mirrors::new(parts, mirror);
         Ok(Broker {
             mirrors,
             limits: Arc::new(limits),

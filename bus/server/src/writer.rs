@@ -46,7 +46,7 @@ use crate::notify::Notifier;
 
 mod mirror;
 mod replication;
-pub use mirror::{MirrorBatches, MirrorRefused, MirrorSkip};
+pub use mirror::{MirrorBatches, MirrorCommit, MirrorRefused, MirrorSkip};
 pub use replication::{Outbound, ReplicaState};
 
 /// Appends queued for the writer before producers wait.
@@ -241,6 +241,7 @@ enum Ordered {
     MirrorOpen {
         spec: TopicSpec,
         mirror: String,
+        filtered: bool,
         reply: mirror::OpenReply,
     },
     MirrorAppend {
@@ -249,6 +250,10 @@ enum Ordered {
     },
     MirrorSkip {
         skip: mirror::MirrorSkip,
+        reply: oneshot::Sender<Result<u64, MirrorRefused>>,
+    },
+    MirrorCommit {
+        commit: Box<mirror::MirrorCommit>,
         reply: oneshot::Sender<Result<u64, MirrorRefused>>,
     },
 }
@@ -718,15 +723,19 @@ impl Shell {
             Ordered::MirrorOpen {
                 spec,
                 mirror,
+                filtered,
                 reply,
             } => {
-                let _ = reply.send(self.open_mirror(&spec, &mirror));
+                let _ = reply.send(self.open_mirror(&spec, &mirror, filtered));
             }
             Ordered::MirrorAppend { batches, reply } => {
                 let _ = reply.send(self.mirror_append(*batches));
             }
             Ordered::MirrorSkip { skip, reply } => {
                 let _ = reply.send(self.mirror_skip(skip));
+            }
+            Ordered::MirrorCommit { commit, reply } => {
+                let _ = reply.send(self.mirror_commit(*commit));
             }
         }
     }
@@ -1116,14 +1125,27 @@ impl Shell {
     /// Decides the offsets of a pipeline step's outputs and commits them
     /// with its state and position in one durable transaction.
     fn commit_pipeline(&mut self, step: PipelineStep) -> Result<Vec<u64>, StepError> {
+        self.commit_step(step, None)
+    }
+
+    /// [`Shell::commit_pipeline`]; outputs to a mirror destination are
+    /// refused unless `mirror` is the mirror it is bound to (a filtered
+    /// link commits its output and checkpoint as a step).
+    fn commit_step(
+        &mut self,
+        step: PipelineStep,
+        mirror: Option<&str>,
+    ) -> Result<Vec<u64>, StepError> {
         let engines = Arc::clone(&self.engines);
         let mut engines = engines.lock().unwrap_or_else(PoisonError::into_inner);
         let mut decided = Group::default();
         for output in step.outputs {
             let key = (output.topic, output.partition);
             let loaded = match self.destinations.get(&key.0) {
-                Some(_) => Err(AppendFailure::MirrorDestination(key.0.clone())),
-                None => self.load(&mut engines, &key),
+                Some(bound) if Some(bound.as_str()) != mirror => {
+                    Err(AppendFailure::MirrorDestination(key.0.clone()))
+                }
+                _ => self.load(&mut engines, &key),
             };
             if let Err(e) = loaded {
                 // Roll back the outputs decided so far: nothing is written.

@@ -10,12 +10,13 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use edgebus_client::local::{default_data_dir, local_ca_path};
 use edgebus_proto::compression::Compression;
-use edgebus_proto::frame::{MirrorDescription, MirrorSpec, Request, Response};
+use edgebus_proto::frame::{MirrorDescription, MirrorSpec, PluginRef, Request, Response};
 use serde_json::json;
 
 use super::connect::{ConnectArgs, parse_duration};
+use super::plugin::{chain_text, parse_plugin_ref};
 use super::table::{self, Table};
-use super::{CommonArgs, Failure, Output};
+use super::{CommonArgs, Failure, Output, PolicyArg};
 
 #[derive(Debug, Subcommand)]
 #[command(after_help = "Examples:
@@ -101,6 +102,14 @@ pub struct CreateArgs {
     /// Compression of the link payload.
     #[arg(long, value_enum, default_value_t)]
     compression: LinkCompression,
+    /// Plugin the edge runs on the records before sending, `NAME[:key=value,…]`;
+    /// repeat for a chain. Offsets then cannot stay dense: each record
+    /// carries its source partition and offset in headers.
+    #[arg(long = "filter", value_parser = parse_plugin_ref)]
+    filters: Vec<PluginRef>,
+    /// What the link's chain does with records a plugin fails on.
+    #[arg(long, value_enum, default_value_t)]
+    on_failure: PolicyArg,
     /// This (edge) broker [default: 127.0.0.1:7171].
     #[arg(long, env = "EDGEBUS_BROKER", default_value = "127.0.0.1:7171")]
     broker: String,
@@ -127,6 +136,7 @@ fn mirror_json(m: &MirrorDescription) -> serde_json::Value {
     json!({
         "name": m.name, "topic": m.topic, "to": m.to, "to_topic": m.to_topic,
         "compression": m.compression.name(), "max_bytes_per_s": m.max_bytes_per_s, "mtls": m.mtls,
+        "filter": chain_text(&m.chain),
         "state": m.state, "detail": m.detail, "next_attempt_ms": m.next_attempt_ms,
         "partitions": m.partitions.iter().map(|p| json!({
             "partition": p.partition, "delivered": p.delivered, "log_end": p.log_end,
@@ -167,6 +177,13 @@ fn describe(m: &MirrorDescription, output: Output) {
             ("to", format!("{} topic {}", m.to, m.to_topic)),
             ("state", state_text(m)),
             ("compression", m.compression.name().to_owned()),
+            (
+                "filter",
+                match m.chain.is_empty() {
+                    true => "none (offsets kept)".to_owned(),
+                    false => chain_text(&m.chain),
+                }
+            ),
             (
                 "bandwidth cap",
                 match m.max_bytes_per_s {
@@ -265,6 +282,8 @@ pub async fn run(cmd: MirrorCommand) -> Result<(), Failure> {
                     .unwrap_or_default(),
                 max_bytes_per_s: a.max_bytes_per_s,
                 compression: a.compression.into(),
+                chain: a.filters,
+                on_failure: a.on_failure.into(),
             };
             let connect = ConnectArgs::for_broker(a.broker, a.broker_ca, a.connect_timeout);
             for m in mirrors(&connect, &Request::MirrorCreate(spec)).await? {

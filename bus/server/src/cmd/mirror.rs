@@ -10,7 +10,7 @@ use edgebus_proto::frame::{Response, TopicSpec};
 
 use crate::error::Coded;
 use crate::topics::Topics;
-use crate::writer::{MirrorBatches, MirrorRefused, MirrorSkip, Writer};
+use crate::writer::{MirrorBatches, MirrorCommit, MirrorRefused, MirrorSkip, Writer};
 
 /// Why a hub refused a mirror request before the writer saw it.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +45,7 @@ pub async fn open(
     mirror: String,
     topic: String,
     partitions: u32,
+    filtered: bool,
 ) -> Result<Response, HubError> {
     if mirror.is_empty() {
         return Err(HubError::Invalid("a mirror open names its mirror".into()));
@@ -53,7 +54,9 @@ pub async fn open(
     // was sent until an operator says otherwise.
     let spec = topics.with_defaults(TopicSpec::new(topic, partitions));
     edgebus_store::topic::validate(&spec).map_err(|e| HubError::Invalid(e.to_string()))?;
-    let (ends, created) = writer.open_mirror_destination(spec.clone(), mirror).await?;
+    let (ends, created) = writer
+        .open_mirror_destination(spec.clone(), mirror, filtered)
+        .await?;
     if created {
         topics.cache_created(spec);
     }
@@ -64,6 +67,34 @@ pub async fn open(
 pub async fn skip(writer: &Writer, skip: MirrorSkip) -> Result<Response, HubError> {
     let offset = writer.mirror_skip(skip).await?;
     Ok(Response::Offset { offset })
+}
+
+/// `MirrorCommit`: a filtered link's records and checkpoint.
+pub async fn commit(
+    writer: &Writer,
+    mut commit: MirrorCommit,
+    codec: Compression,
+    payload: Bytes,
+) -> Result<Response, HubError> {
+    commit.batches = batches(codec, payload).await?;
+    let offset = writer.mirror_commit(commit).await?;
+    Ok(Response::Offset { offset })
+}
+
+/// The whole batches of a link payload.
+async fn batches(codec: Compression, payload: Bytes) -> Result<Vec<Bytes>, HubError> {
+    let raw = match codec {
+        Compression::None => payload,
+        codec => {
+            let inflated = tokio::task::spawn_blocking(move || {
+                compression::decompress(codec, &payload).map(Bytes::from)
+            })
+            .await
+            .map_err(|e| HubError::Payload(e.to_string()))?;
+            inflated.map_err(|e| HubError::Payload(e.to_string()))?
+        }
+    };
+    split(&raw).map_err(|e| HubError::Payload(e.to_string()))
 }
 
 /// `MirrorAppend`: decompresses the payload, splits it into batches and
@@ -77,18 +108,7 @@ pub async fn append(
     codec: Compression,
     payload: Bytes,
 ) -> Result<Response, HubError> {
-    let raw = match codec {
-        Compression::None => payload,
-        codec => {
-            let inflated = tokio::task::spawn_blocking(move || {
-                compression::decompress(codec, &payload).map(Bytes::from)
-            })
-            .await
-            .map_err(|e| HubError::Payload(e.to_string()))?;
-            inflated.map_err(|e| HubError::Payload(e.to_string()))?
-        }
-    };
-    let batches = split(&raw).map_err(|e| HubError::Payload(e.to_string()))?;
+    let batches = batches(codec, payload).await?;
     let offset = writer
         .mirror_append(MirrorBatches {
             mirror,

@@ -202,7 +202,27 @@ pub async fn dispatch(b: &Broker, request: Request) -> Response {
             mirror,
             topic,
             partitions,
-        } => respond(mirror::open(&b.topics, &b.writer, mirror, topic, partitions).await),
+            filtered,
+        } => respond(mirror::open(&b.topics, &b.writer, mirror, topic, partitions, filtered).await),
+        Request::MirrorCommit {
+            mirror,
+            topic,
+            partition,
+            source_from,
+            source_to,
+            compression,
+            payload,
+        } => {
+            let c = crate::writer::MirrorCommit {
+                mirror,
+                topic,
+                partition,
+                source_from,
+                source_to,
+                batches: Vec::new(),
+            };
+            respond(mirror::commit(&b.writer, c, compression, payload).await)
+        }
         Request::MirrorAppend {
             mirror,
             topic,

@@ -20,10 +20,21 @@ use edgebus_proto::limits::DEFAULT_MAX_FRAME_BYTES;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
+use edgebus_proto::batch::{self, Record};
+use edgebus_proto::limits::DEFAULT_BATCH_MAX_BYTES;
+
 use super::pace::Pacer;
 use super::{Env, LinkState, MirrorConfig, Shared, Stored, random_u64, save};
+use crate::chain::{self, AttachPoint, ChainRunError, ChainRunner, Halt, OutputLimits};
 use crate::retention::now_ms;
 use crate::wire;
+
+/// The header naming a filtered link's record's source partition (the
+/// same a read-path dead letter carries).
+pub const SOURCE_PARTITION_HEADER: &str = "edgebus-source-partition";
+
+/// The header naming its source offset.
+pub const SOURCE_OFFSET_HEADER: &str = "edgebus-source-offset";
 
 /// How often a connected link stores its progress at most: the hub holds
 /// the truth, the stored copy feeds `mirror describe` after a restart.
@@ -165,6 +176,7 @@ async fn session(env: &Env, shared: &Arc<Shared>, failures: &mut u32) -> Result<
         mirror: stored.id.clone(),
         topic: stored.to_topic.clone(),
         partitions: spec.partitions,
+        filtered: !stored.chain.is_empty(),
     };
     let ends = match tokio::time::timeout(connect_timeout, call(&mut send, &mut recv, &open))
         .await
@@ -291,6 +303,10 @@ async fn stream_partition(
         .await
         .map_err(|e| LinkError::Connection(e.to_string()))?;
     let codec = stored.compression();
+    let mut chain = (!stored.chain.is_empty()).then(|| LinkChain {
+        runner: chain_runner(env, stored),
+        halt: Halt::default(),
+    });
     let mut pacer = Pacer::new(stored.max_bytes_per_s);
     let chunk = pacer.chunk_bytes(env.config.max_request_bytes);
     let mut grown = env.notifier.watch(&stored.topic, partition);
@@ -341,6 +357,47 @@ async fn stream_partition(
             let _ = tokio::time::timeout(IDLE_RECHECK, grown.changed()).await;
             continue;
         }
+        if let Some(chain) = chain.as_mut() {
+            let source_to = read
+                .batches
+                .last()
+                .and_then(|b| edgebus_proto::batch::BatchHeader::parse(b).ok())
+                .map_or(next, |h| h.next_offset());
+            let outputs = chain
+                .filter(env, shared, stored, partition, next, &read.batches)
+                .await?;
+            let records: u64 = outputs
+                .iter()
+                .filter_map(|b| edgebus_proto::batch::BatchHeader::parse(b).ok())
+                .map(|h| u64::from(h.record_count))
+                .sum();
+            let raw_len: usize = outputs.iter().map(Bytes::len).sum();
+            let payload = encode_payload(codec, outputs).await?;
+            pacer.send(payload.len()).await;
+            let wire_len = payload.len();
+            let commit = Request::MirrorCommit {
+                mirror: stored.id.clone(),
+                topic: stored.to_topic.clone(),
+                partition,
+                source_from: next,
+                source_to,
+                compression: codec,
+                payload,
+            };
+            let Response::Offset { offset } = call(&mut send, &mut recv, &commit).await? else {
+                return Err(LinkError::Connection("unexpected commit answer".into()));
+            };
+            shared
+                .bytes_sent
+                .fetch_add(wire_len as u64, Ordering::Relaxed);
+            shared
+                .batch_bytes_sent
+                .fetch_add(raw_len as u64, Ordering::Relaxed);
+            shared.records_sent.fetch_add(records, Ordering::Relaxed);
+            next = offset;
+            shared.stored().delivered.insert(partition, next);
+            continue;
+        }
         let records: u64 = read
             .batches
             .iter()
@@ -375,6 +432,93 @@ async fn stream_partition(
                 return Err(LinkError::Connection(format!(
                     "unexpected append answer {other:?}"
                 )));
+            }
+        }
+    }
+}
+
+/// The chain runner of a filtered link: a read-path attach point of the
+/// source topic (its counters, its dead letters, written once per source
+/// record however often a resend runs the chain again).
+pub(super) fn chain_runner(env: &Env, stored: &Stored) -> ChainRunner {
+    ChainRunner::new(
+        env.registry.clone(),
+        stored.chain(),
+        stored.on_failure(),
+        AttachPoint::ReadPath,
+        env.attachments.read_counters(&stored.topic),
+        chain::in_memory_state(),
+    )
+}
+
+/// A filtered link's plugins and their halt backoff.
+struct LinkChain {
+    runner: ChainRunner,
+    halt: Halt,
+}
+
+impl LinkChain {
+    /// Runs the chain on stored batches from source offset `from` and
+    /// returns the batches to send, each record carrying its source
+    /// partition and offset in headers. A plugin failure under `halt` (or
+    /// a rejection) pauses the link with backoff and runs the same records
+    /// again.
+    async fn filter(
+        &mut self,
+        env: &Env,
+        shared: &Shared,
+        stored: &Stored,
+        partition: u32,
+        from: u64,
+        batches: &[Bytes],
+    ) -> Result<Vec<Bytes>, LinkError> {
+        let mut inputs = Vec::new();
+        for b in batches {
+            let records = batch::records(b)
+                .map_err(|e| LinkError::Connection(format!("decoding a stored batch: {e}")))?;
+            inputs.extend(records.into_iter().filter(|r| r.offset >= from));
+        }
+        let limits = OutputLimits {
+            max_record_bytes: chain::MAX_OUTPUT_BATCH_BYTES,
+            max_batch_bytes: chain::MAX_OUTPUT_BATCH_BYTES,
+            overhead_per_input: batch::HEADER_LEN,
+        };
+        loop {
+            match self
+                .runner
+                .run(&stored.topic, partition, &inputs, limits)
+                .await
+            {
+                Ok(run) => {
+                    self.halt.clear();
+                    shared.set_status(LinkState::Connected, "");
+                    if !run.dead_letters.is_empty() {
+                        env.dead_letters
+                            .append_once(&stored.topic, &run.dead_letters)
+                            .await
+                            .map_err(|e| LinkError::Connection(format!("dead letters: {e}")))?;
+                    }
+                    let records: Vec<Record> = run
+                        .outputs
+                        .into_iter()
+                        .map(|(i, r)| {
+                            r.with_header(SOURCE_PARTITION_HEADER, partition.to_string())
+                                .with_header(SOURCE_OFFSET_HEADER, inputs[i].offset.to_string())
+                        })
+                        .collect();
+                    return Ok(chain::batches(&records, DEFAULT_BATCH_MAX_BYTES));
+                }
+                Err(e @ (ChainRunError::Failed { .. } | ChainRunError::Rejected { .. })) => {
+                    let pause = self.halt.trip(std::time::Instant::now());
+                    let until_ms = now_ms() + pause.as_millis() as i64;
+                    tracing::warn!(mirror = %stored.name, partition, error = %e, ?pause, "mirror link plugin failed; pausing");
+                    shared.set_status(LinkState::BackingOff { until_ms }, e.to_string());
+                    self.runner.reset();
+                    tokio::time::sleep(pause).await;
+                }
+                Err(e) => {
+                    return Err(LinkError::Connection(format!("the link's plugins: {e}")));
+                }
             }
         }
     }

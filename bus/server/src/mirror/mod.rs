@@ -35,14 +35,19 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use edgebus_proto::ErrorCode;
 use edgebus_proto::compression::Compression;
-use edgebus_proto::frame::{MirrorDescription, MirrorPartition, MirrorSpec, Response};
+use edgebus_proto::frame::{
+    FailurePolicy, MirrorDescription, MirrorPartition, MirrorSpec, PluginRef, Response,
+};
 use edgebus_store::{ConfigKind, LogStore, RetentionHold, StoreError};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
+use crate::attach::Attachments;
+use crate::dlq::DeadLetters;
 use crate::error::Coded;
 use crate::notify::Notifier;
 use crate::reader::Reader;
+use crate::registry::Registry;
 use crate::topics::Topics;
 use crate::writer::Writer;
 
@@ -129,6 +134,11 @@ struct Stored {
     key_pem: String,
     max_bytes_per_s: u64,
     compression: String,
+    /// The link's plugins, `(name, params)`: empty for an offset-preserving
+    /// copy.
+    chain: Vec<(String, Vec<(String, String)>)>,
+    /// The chain's failure policy, as its wire number.
+    on_failure: u8,
     paused: bool,
     /// Per source partition, the hub's log end as last heard.
     delivered: BTreeMap<u32, u64>,
@@ -143,6 +153,24 @@ struct Stored {
 impl Stored {
     fn compression(&self) -> Compression {
         self.compression.parse().unwrap_or_default()
+    }
+
+    fn chain(&self) -> Vec<PluginRef> {
+        self.chain
+            .iter()
+            .map(|(name, params)| PluginRef {
+                name: name.clone(),
+                params: params.clone(),
+            })
+            .collect()
+    }
+
+    fn on_failure(&self) -> FailurePolicy {
+        match self.on_failure {
+            0 => FailurePolicy::Skip,
+            2 => FailurePolicy::Halt,
+            _ => FailurePolicy::DeadLetter,
+        }
     }
 }
 
@@ -214,7 +242,30 @@ pub(crate) struct Env {
     pub(crate) reader: Reader,
     pub(crate) notifier: Notifier,
     pub(crate) topics: Topics,
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) attachments: Arc<Attachments>,
+    pub(crate) dead_letters: DeadLetters,
     pub(crate) config: MirrorConfig,
+}
+
+/// The broker parts mirrors use.
+pub struct MirrorParts {
+    /// The store (definitions and progress).
+    pub store: Arc<dyn LogStore>,
+    /// The writer.
+    pub writer: Writer,
+    /// Reads of source partitions.
+    pub reader: Reader,
+    /// Wakes links when partitions grow.
+    pub notifier: Notifier,
+    /// The topic catalog.
+    pub topics: Topics,
+    /// Plugins for filtered links.
+    pub registry: Arc<Registry>,
+    /// Read-path counters a filtered link counts into.
+    pub attachments: Arc<Attachments>,
+    /// Dead letters of a filtered link.
+    pub dead_letters: DeadLetters,
 }
 
 struct Running {
@@ -231,21 +282,17 @@ pub struct Mirrors {
 
 impl Mirrors {
     /// Mirrors over the broker's parts; none run until [`Mirrors::restore`].
-    pub fn new(
-        store: Arc<dyn LogStore>,
-        writer: Writer,
-        reader: Reader,
-        notifier: Notifier,
-        topics: Topics,
-        config: MirrorConfig,
-    ) -> Mirrors {
+    pub fn new(parts: MirrorParts, config: MirrorConfig) -> Mirrors {
         Mirrors {
             env: Env {
-                store,
-                writer,
-                reader,
-                notifier,
-                topics,
+                store: parts.store,
+                writer: parts.writer,
+                reader: parts.reader,
+                notifier: parts.notifier,
+                topics: parts.topics,
+                registry: parts.registry,
+                attachments: parts.attachments,
+                dead_letters: parts.dead_letters,
                 config,
             },
             running: Arc::default(),
@@ -335,6 +382,12 @@ impl Mirrors {
             key_pem: text(&spec.key_pem, "the key")?,
             max_bytes_per_s: spec.max_bytes_per_s,
             compression: spec.compression.name().to_owned(),
+            chain: spec
+                .chain
+                .iter()
+                .map(|p| (p.name.clone(), p.params.clone()))
+                .collect(),
+            on_failure: spec.on_failure as u8,
             paused: false,
             delivered: BTreeMap::new(),
             skipped_records: 0,
@@ -343,6 +396,15 @@ impl Mirrors {
         // Check the TLS material now: a typo is an error here, not a link
         // that backs off forever.
         link::client_config(&stored, &self.env.config).map_err(MirrorError::Invalid)?;
+        if !spec.chain.is_empty() {
+            // A plugin that is missing or does not initialise is refused
+            // here, as `pipeline create` refuses it.
+            let mut runner = link::chain_runner(&self.env, &stored);
+            runner
+                .build()
+                .await
+                .map_err(|e| MirrorError::Invalid(format!("the link's plugins: {e}")))?;
+        }
         save(&self.env.writer, &stored).await?;
         self.start(stored);
         self.describe(Some(&spec.name)).await
@@ -386,6 +448,7 @@ impl Mirrors {
             compression: stored.compression(),
             max_bytes_per_s: stored.max_bytes_per_s,
             mtls: !stored.cert_pem.is_empty(),
+            chain: stored.chain(),
             state: state.name().to_owned(),
             detail,
             next_attempt_ms,

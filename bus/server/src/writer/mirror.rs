@@ -130,7 +130,46 @@ pub struct MirrorSkip {
     pub to: u64,
 }
 
+/// A filtered link's output and checkpoint for one partition.
+#[derive(Debug)]
+pub struct MirrorCommit {
+    /// The mirror's identity.
+    pub mirror: String,
+    /// Destination topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: u32,
+    /// Must be the mirror's checkpoint.
+    pub source_from: u64,
+    /// The checkpoint after these records.
+    pub source_to: u64,
+    /// The records, each with its source position in headers.
+    pub batches: Vec<Bytes>,
+}
+
+/// The pipeline-position name a filtered mirror's checkpoints are kept
+/// under on the hub (pipeline names cannot hold `/`).
+fn checkpoint_name(mirror: &str) -> String {
+    format!("mirror/{mirror}")
+}
+
 impl Writer {
+    /// Appends a filtered link's records at the partition's log end and
+    /// moves the mirror's checkpoint, in one durable transaction; the
+    /// checkpoint must be `source_from`. Returns the new checkpoint.
+    pub async fn mirror_commit(&self, commit: MirrorCommit) -> Result<u64, MirrorRefused> {
+        self.call(
+            |reply| {
+                Op::Ordered(Ordered::MirrorCommit {
+                    commit: Box::new(commit),
+                    reply,
+                })
+            },
+            || Err(MirrorRefused::Append(AppendFailure::Stopped)),
+        )
+        .await
+    }
+
     /// Moves a destination partition's log end over offsets its edge
     /// deleted undelivered; returns the new log end.
     pub async fn mirror_skip(&self, skip: MirrorSkip) -> Result<u64, MirrorRefused> {
@@ -149,18 +188,21 @@ impl Writer {
     /// Makes `spec` the destination of `mirror`: creates it if it does not
     /// exist and binds it, in one step on the writer thread. An existing
     /// topic is accepted only if it is this mirror's already, with the same
-    /// partition count. Returns each partition's log end and whether the
-    /// topic was created.
+    /// partition count. Returns each partition's log end (with `filtered`,
+    /// the mirror's source checkpoint instead) and whether the topic was
+    /// created.
     pub async fn open_mirror_destination(
         &self,
         spec: TopicSpec,
         mirror: String,
+        filtered: bool,
     ) -> Result<(Vec<u64>, bool), MirrorRefused> {
         self.call(
             |reply| {
                 Op::Ordered(Ordered::MirrorOpen {
                     spec,
                     mirror,
+                    filtered,
                     reply,
                 })
             },
@@ -193,6 +235,7 @@ impl Shell {
         &mut self,
         spec: &TopicSpec,
         mirror: &str,
+        filtered: bool,
     ) -> Result<(Vec<u64>, bool), MirrorRefused> {
         let conflict = |why: String| MirrorRefused::Conflict {
             topic: spec.name.clone(),
@@ -243,10 +286,77 @@ impl Shell {
                 false
             }
         };
+        if filtered {
+            let checkpoints = self.checkpoints(mirror)?;
+            let ends = (0..spec.partitions)
+                .map(|p| checkpoints.get(&p).copied().unwrap_or(0))
+                .collect();
+            return Ok((ends, created));
+        }
         let ends = (0..spec.partitions)
             .map(|p| Ok(self.store.offsets(&spec.name, p)?.log_end))
             .collect::<Result<Vec<u64>, AppendFailure>>()?;
         Ok((ends, created))
+    }
+
+    /// A filtered mirror's source checkpoints, by partition: stored as the
+    /// positions of a pipeline step named after the mirror.
+    fn checkpoints(&self, mirror: &str) -> Result<HashMap<u32, u64>, MirrorRefused> {
+        Ok(self
+            .store
+            .pipeline_positions(&checkpoint_name(mirror))
+            .map_err(AppendFailure::from_store)?
+            .into_iter()
+            .collect())
+    }
+
+    /// See [`Writer::mirror_commit`].
+    pub(super) fn mirror_commit(&mut self, c: MirrorCommit) -> Result<u64, MirrorRefused> {
+        if self.destinations.get(&c.topic).as_deref() != Some(c.mirror.as_str()) {
+            return Err(MirrorRefused::Conflict {
+                topic: c.topic,
+                why: format!("is not the destination of mirror {}", c.mirror),
+            });
+        }
+        let checkpoint = self
+            .checkpoints(&c.mirror)?
+            .get(&c.partition)
+            .copied()
+            .unwrap_or(0);
+        if checkpoint != c.source_from || c.source_to < c.source_from {
+            return Err(MirrorRefused::NotAtLogEnd {
+                topic: c.topic,
+                partition: c.partition,
+                base_offset: c.source_from,
+                log_end: checkpoint,
+            });
+        }
+        let mut outputs = Vec::with_capacity(c.batches.len());
+        for bytes in c.batches {
+            let header = batch::validate(&bytes).map_err(|e| MirrorRefused::InvalidBatch {
+                offset: c.source_from,
+                detail: e.to_string(),
+            })?;
+            outputs.push(super::Output {
+                topic: c.topic.clone(),
+                partition: c.partition,
+                batch: bytes,
+                record_count: header.record_count,
+            });
+        }
+        let step = super::PipelineStep {
+            pipeline: checkpoint_name(&c.mirror),
+            outputs,
+            state: Vec::new(),
+            source_partition: c.partition,
+            source_next_offset: c.source_to,
+        };
+        self.commit_step(step, Some(&c.mirror))
+            .map_err(|e| match e {
+                super::StepError::Target(e) => MirrorRefused::Append(e),
+                super::StepError::Store(e) => MirrorRefused::Append(write_failure(&e)),
+            })?;
+        Ok(c.source_to)
     }
 
     /// See [`Writer::mirror_skip`]. The partition's engine is dropped and
