@@ -12,6 +12,8 @@
 //! - `commit`: consumer-group offset commits/s; latency is per commit.
 //! - `rebalance`: time from a member's death to a completed rebalance; the
 //!   latency figures are those times.
+//! - `mirror`: an edge and a hub of its own; backlog drain and link
+//!   compression (see [`mirror`]).
 //!
 //! On a broker of the user's (`--broker`) the bench changes nothing it did
 //! not make: the plugins it needs are registered under names of its own,
@@ -60,7 +62,13 @@ pub enum Mode {
     /// Time from a group member's death to the other two owning all
     /// partitions, over `--rounds` rounds.
     Rebalance,
+    /// Drain of a `--records` backlog from an edge to a hub while
+    /// `--rate` records/s (default 5 MB/s) keep coming, and the link's
+    /// zstd ratio on JSON sensor records; brokers of its own only.
+    Mirror,
 }
+
+mod mirror;
 
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:
@@ -147,6 +155,9 @@ struct Report {
 }
 
 pub async fn run(args: BenchArgs) -> Result<(), Failure> {
+    if args.mode == Mode::Mirror {
+        return mirror::run(&args).await;
+    }
     let (client, local) = connect(&args).await?;
     let mut made = Made {
         topic: format!(
@@ -270,6 +281,7 @@ async fn bench(client: &Client, args: &BenchArgs, made: &mut Made) -> Result<(),
         }
         Mode::Commit => commits(client, &topic, args, progress(args)).await?,
         Mode::Rebalance => rebalance(client, &topic, args).await?,
+        Mode::Mirror => return mirror::run(args).await,
     };
     let stored = if args.compression == Compression::None {
         None
