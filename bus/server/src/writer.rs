@@ -173,7 +173,8 @@ pub enum AppendFailure {
     NotEnoughReplicas(String),
     /// The topic is a mirror's destination; only the mirror appends to it.
     #[error(
-        "topic {0:?} is a mirror destination: only its mirror appends to it, so that its          offsets stay the source's"
+        "topic {0:?} is a mirror destination: only its mirror appends to it, so that its \
+         offsets stay the source's"
     )]
     MirrorDestination(String),
 }

@@ -496,6 +496,84 @@ fn mirror_backlog_past_its_cap_drops_the_oldest_and_counts_exactly_what_is_missi
     assert!(first.len() as u64 >= 20);
 }
 
+/// A client CA and a certificate it signed for `name`: (CA, cert, key)
+/// paths in `dir`.
+fn client_identity(dir: &std::path::Path, name: &str) -> (String, String, String) {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "mirror test edge CA");
+    params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
+    let key = rcgen::KeyPair::generate().unwrap();
+    let ca = params.self_signed(&key).unwrap();
+    let issuer = rcgen::Issuer::new(params, &key);
+    let (cert, cert_key) =
+        edgebus::tls::issue(&issuer, &[name], rcgen::ExtendedKeyUsagePurpose::ClientAuth).unwrap();
+    let path = |file: &str, text: &str| {
+        let p = dir.join(file);
+        std::fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_owned()
+    };
+    (
+        path("edge-ca.pem", &ca.pem()),
+        path("edge.pem", &cert),
+        path("edge.key", &cert_key),
+    )
+}
+
+/// A hub that requires client certificates takes mirrors from two edges,
+/// each presenting its certificate, into topics of their own; a mirror
+/// without a certificate is refused at the handshake and backs off,
+/// saying why.
+#[test]
+fn mirror_into_a_hub_requiring_mtls_takes_several_edges_with_certificates() {
+    let certs = tempfile::tempdir().unwrap();
+    let (client_ca, cert, key) = client_identity(certs.path(), "edge");
+    let config = certs.path().join("hub.toml");
+    std::fs::write(&config, format!("[tls]\nclient_ca = \"{client_ca}\"\n")).unwrap();
+    let hub = Broker::start_with(&["--config", config.to_str().unwrap()]);
+    let edges = [Broker::start(), Broker::start()];
+    for (i, edge) in edges.iter().enumerate() {
+        edge.ok(&["topic", "create", "sensors", "--partitions", "2"]);
+        let to_topic = format!("site{i}");
+        create_mirror(
+            edge,
+            &hub,
+            &hub.addr,
+            &["--to-topic", &to_topic, "--cert", &cert, "--key", &key],
+        );
+        produce(edge, "sensors", &lines(i * 1000, 100, 20));
+    }
+    let anonymous = Broker::start();
+    anonymous.ok(&["topic", "create", "sensors", "--partitions", "1"]);
+    create_mirror(&anonymous, &hub, &hub.addr, &["--to-topic", "nobody"]);
+    for edge in &edges {
+        wait_caught_up(edge, "m1", Duration::from_secs(15));
+    }
+    let hub_records = |topic: &str| -> usize {
+        let out = hub
+            .command(&["consume", topic, "--from", "earliest", "--output", "json"])
+            .args(["--cert", &cert, "--key", &key])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap().lines().count()
+    };
+    assert_eq!(hub_records("site0"), 100);
+    assert_eq!(hub_records("site1"), 100);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = mirror_json(&anonymous, "m1");
+        if m["state"] == "backing-off" && m["next_attempt_ms"].is_i64() {
+            assert!(!m["detail"].as_str().unwrap().is_empty(), "{m}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{m}");
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Pause holds the link (kept across an edge restart), resume delivers
 /// what came meanwhile, delete forgets the mirror.
 #[test]
