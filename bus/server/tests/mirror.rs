@@ -600,3 +600,155 @@ fn mirror_pause_survives_a_restart_and_resume_delivers_the_backlog() {
     let gone = edge.run(&["mirror", "describe", "m1"]);
     assert_eq!(gone.status.code(), Some(4));
 }
+
+/// The hub's side in process, request by request: a destination is created
+/// on first contact and bound to its mirror; appends go at the log end only
+/// (a resend is refused with the log end, not appended twice); skips move
+/// the log end; every other writer and every other mirror gets a typed
+/// error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_appends_a_mirror_only_at_its_log_end_and_refuses_everyone_else() {
+    use edgebus_client::{Client, ClientConfig, ClientError};
+    use edgebus_proto::ErrorCode;
+    use edgebus_proto::batch::{self, BatchBuilder, ProducerStamp, Record};
+    use edgebus_proto::compression::Compression;
+    use edgebus_proto::frame::{Request, Response};
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = edgebus::config::Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.path().join("hub"),
+        ..Default::default()
+    };
+    let hub = edgebus::start(config.clone()).await.unwrap();
+    let client = Client::connect(ClientConfig::new(hub.addr, config.local_ca_path()))
+        .await
+        .unwrap();
+    let code = |r: Result<Response, ClientError>| match r {
+        Err(e) => e.code(),
+        Ok(ok) => panic!("expected an error, got {ok:?}"),
+    };
+    let stored_batch = |base: u64, n: u32| {
+        let mut b = BatchBuilder::new();
+        for i in 0..n {
+            b.push(&Record::new(format!("v{}", base + u64::from(i)), 1));
+        }
+        let mut bytes = bytes::BytesMut::from(&b.finish(ProducerStamp::NONE)[..]);
+        batch::set_base_offset(&mut bytes, base);
+        bytes.freeze()
+    };
+    let open = |mirror: &str, partitions: u32| Request::MirrorOpen {
+        mirror: mirror.into(),
+        topic: "dst".into(),
+        partitions,
+        filtered: false,
+    };
+    let append_as =
+        |mirror: &str, base: u64, compression, payload: bytes::Bytes| Request::MirrorAppend {
+            mirror: mirror.into(),
+            topic: "dst".into(),
+            partition: 1,
+            base_offset: base,
+            compression,
+            payload,
+        };
+    let append = |base, payload| append_as("m@1", base, Compression::None, payload);
+
+    assert_eq!(
+        client.request(&open("m@1", 2)).await.unwrap(),
+        Response::MirrorPositions(vec![0, 0])
+    );
+    let first = [stored_batch(0, 3), stored_batch(3, 2)].concat();
+    assert_eq!(
+        client
+            .request(&append(0, first.clone().into()))
+            .await
+            .unwrap(),
+        Response::Offset { offset: 5 }
+    );
+    // A resend after a lost answer: refused with the log end, not stored.
+    assert_eq!(
+        code(client.request(&append(0, first.into())).await),
+        Some(ErrorCode::MirrorOffsetMismatch)
+    );
+    // A batch whose own base offset is not where it would go.
+    assert_eq!(
+        code(client.request(&append(5, stored_batch(9, 1))).await),
+        Some(ErrorCode::CorruptBatch)
+    );
+    // Compressed payloads are the same batches.
+    let zstd =
+        edgebus_proto::compression::compress(Compression::Zstd, &stored_batch(5, 4)).unwrap();
+    let compressed = append_as("m@1", 5, Compression::Zstd, zstd.into());
+    assert_eq!(
+        client.request(&compressed).await.unwrap(),
+        Response::Offset { offset: 9 }
+    );
+    let skip = |from, to| Request::MirrorSkip {
+        mirror: "m@1".into(),
+        topic: "dst".into(),
+        partition: 1,
+        from,
+        to,
+    };
+    assert_eq!(
+        code(client.request(&skip(3, 20)).await),
+        Some(ErrorCode::MirrorOffsetMismatch)
+    );
+    assert_eq!(
+        client.request(&skip(9, 20)).await.unwrap(),
+        Response::Offset { offset: 20 }
+    );
+    assert_eq!(
+        client
+            .request(&append(20, stored_batch(20, 1)))
+            .await
+            .unwrap(),
+        Response::Offset { offset: 21 }
+    );
+    assert_eq!(
+        client.request(&open("m@1", 2)).await.unwrap(),
+        Response::MirrorPositions(vec![0, 21])
+    );
+
+    // Nobody else writes the destination.
+    let produce = Request::Produce {
+        topic: "dst".into(),
+        partition: 0,
+        acks: edgebus_proto::frame::Acks::Durable,
+        batch: stored_batch(0, 1),
+    };
+    assert_eq!(
+        code(client.request(&produce).await),
+        Some(ErrorCode::MirrorDestination)
+    );
+    assert_eq!(
+        code(client.request(&open("other@2", 2)).await),
+        Some(ErrorCode::MirrorConflict)
+    );
+    assert_eq!(
+        code(client.request(&open("m@1", 3)).await),
+        Some(ErrorCode::MirrorConflict)
+    );
+    let other_append = append_as("other@2", 21, Compression::None, stored_batch(21, 1));
+    assert_eq!(
+        code(client.request(&other_append).await),
+        Some(ErrorCode::MirrorConflict)
+    );
+    client
+        .create_topic(edgebus_client::TopicSpec::new("plain", 1))
+        .await
+        .unwrap();
+    let plain = Request::MirrorOpen {
+        mirror: "m@1".into(),
+        topic: "plain".into(),
+        partitions: 1,
+        filtered: false,
+    };
+    assert_eq!(
+        code(client.request(&plain).await),
+        Some(ErrorCode::MirrorConflict)
+    );
+    drop(client);
+    hub.shutdown().await;
+}

@@ -42,6 +42,7 @@ impl Coded for HubError {
 pub async fn open(
     topics: &Topics,
     writer: &Writer,
+    in_cluster: bool,
     mirror: String,
     topic: String,
     partitions: u32,
@@ -49,6 +50,13 @@ pub async fn open(
 ) -> Result<Response, HubError> {
     if mirror.is_empty() {
         return Err(HubError::Invalid("a mirror open names its mirror".into()));
+    }
+    if in_cluster {
+        // Its destination would be a node-local topic the control log
+        // knows nothing of.
+        return Err(HubError::Invalid(
+            "a cluster node cannot be a mirror hub yet".into(),
+        ));
     }
     // The source's retention is the edge's business: the hub keeps what it
     // was sent until an operator says otherwise.

@@ -203,7 +203,13 @@ pub async fn dispatch(b: &Broker, request: Request) -> Response {
             topic,
             partitions,
             filtered,
-        } => respond(mirror::open(&b.topics, &b.writer, mirror, topic, partitions, filtered).await),
+        } => {
+            let in_cluster = b.cluster.is_some();
+            let open = mirror::open(
+                &b.topics, &b.writer, in_cluster, mirror, topic, partitions, filtered,
+            );
+            respond(open.await)
+        }
         Request::MirrorCommit {
             mirror,
             topic,

@@ -207,11 +207,19 @@ async fn session(env: &Env, shared: &Arc<Shared>, failures: &mut u32) -> Result<
         stream_partition(env, shared, &conn, &stored, partition as u32, end)
     });
     let saver = async {
+        let mut saved = shared.stored().delivered.clone();
         loop {
             tokio::time::sleep(PROGRESS_SAVE_INTERVAL).await;
             let snapshot = shared.stored().clone();
-            if let Err(e) = save(&env.writer, &snapshot).await {
-                tracing::warn!(mirror = %snapshot.name, error = %e, "storing mirror progress failed");
+            // An idle link writes nothing.
+            if snapshot.delivered == saved {
+                continue;
+            }
+            match save(&env.writer, &snapshot).await {
+                Ok(()) => saved = snapshot.delivered,
+                Err(e) => {
+                    tracing::warn!(mirror = %snapshot.name, error = %e, "storing mirror progress failed");
+                }
             }
         }
     };
