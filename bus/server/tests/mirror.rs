@@ -496,6 +496,62 @@ fn mirror_backlog_past_its_cap_drops_the_oldest_and_counts_exactly_what_is_missi
     assert!(first.len() as u64 >= 20);
 }
 
+/// `--max-bytes-per-s`: over any 5 s window the link sends at most the cap
+/// times 5 s plus one stored batch (a batch is never split), and it does
+/// use the bandwidth it has.
+#[test]
+fn mirror_bandwidth_cap_holds_over_every_five_second_window() {
+    let hub = Broker::start();
+    let edge = Broker::start();
+    edge.ok(&["topic", "create", "sensors", "--partitions", "1"]);
+    // 20 batches of 15 records of ~1 KiB: about 300 KB.
+    for step in 0..20 {
+        produce(&edge, "sensors", &lines(step * 15, 15, 1000));
+    }
+    let cap: u64 = 50_000;
+    let batch_max = 16_000;
+    create_mirror(
+        &edge,
+        &hub,
+        &hub.addr,
+        &[
+            "--compression",
+            "none",
+            "--max-bytes-per-s",
+            &cap.to_string(),
+        ],
+    );
+    let started = Instant::now();
+    let mut samples: Vec<(f64, u64)> = Vec::new();
+    let total = loop {
+        let m = mirror_json(&edge, "m1");
+        let sent = m["bytes_sent"].as_u64().unwrap();
+        samples.push((started.elapsed().as_secs_f64(), sent));
+        if m["partitions"][0]["lag_records"] == 0 && m["state"] == "connected" {
+            break sent;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "{m}");
+        thread::sleep(Duration::from_millis(200));
+    };
+    for (i, (t0, b0)) in samples.iter().enumerate() {
+        for (t1, b1) in &samples[i + 1..] {
+            if t1 - t0 <= 5.0 {
+                assert!(
+                    b1 - b0 <= cap * 5 + batch_max,
+                    "{} bytes in {:.2} s under a cap of {cap} B/s",
+                    b1 - b0,
+                    t1 - t0
+                );
+            }
+        }
+    }
+    let elapsed = samples.last().unwrap().0;
+    assert!(
+        total as f64 / elapsed >= cap as f64 * 0.6,
+        "{total} bytes in {elapsed:.2} s: the link idles under its cap"
+    );
+}
+
 /// A client CA and a certificate it signed for `name`: (CA, cert, key)
 /// paths in `dir`.
 fn client_identity(dir: &std::path::Path, name: &str) -> (String, String, String) {
