@@ -548,7 +548,8 @@ impl Liveness {
         }
     }
 
-    /// `node` sent a heartbeat at `now`.
+    /// `node` sent a heartbeat at `now` (or, for a controller taking over,
+    /// was last heard at `now` by this node before it led).
     pub fn handle_heartbeat(&mut self, now: Instant, node: NodeId) {
         self.last_heard.insert(node, now);
     }

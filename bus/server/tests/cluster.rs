@@ -15,6 +15,9 @@ use serde_json::Value;
 
 /// Session timeout the nodes run with: short, so fencing shows quickly.
 const SESSION_TIMEOUT_MS: u64 = 2_000;
+/// How long a follower may lag before it leaves the in-sync set: short,
+/// so `acks=all` with a dead follower resumes quickly.
+const REPLICA_LAG_MS: u64 = 3_000;
 /// Longest any state change below may take.
 const LIMIT: Duration = Duration::from_secs(40);
 
@@ -42,7 +45,10 @@ impl Cluster {
         );
         std::fs::write(
             dir.path().join("edgebus.toml"),
-            format!("[cluster]\nsession_timeout_ms = {SESSION_TIMEOUT_MS}\n"),
+            format!(
+                "[cluster]\nsession_timeout_ms = {SESSION_TIMEOUT_MS}\n\
+                 replica_lag_time_max_ms = {REPLICA_LAG_MS}\n"
+            ),
         )
         .unwrap();
         let nodes = (1..=3)
@@ -282,9 +288,16 @@ impl Cluster {
             .unwrap()
     }
 
-    /// Produces `values` with `acks=all` through node `i`; returns the
-    /// values acknowledged as stored, in order.
-    fn produce(&self, i: usize, values: &[String]) -> Vec<String> {
+    /// `--broker` with every node: the client uses whichever answers and
+    /// sends to the partition's leader.
+    fn brokers(&self) -> String {
+        let addrs: Vec<&str> = self.nodes.iter().map(|n| n.addr.as_str()).collect();
+        addrs.join(",")
+    }
+
+    /// Produces `values` with `acks=all` through the broker list; returns
+    /// the values acknowledged as stored, in order.
+    fn produce(&self, values: &[String]) -> Vec<String> {
         let mut child = Command::new(BIN)
             .args([
                 "produce",
@@ -292,12 +305,12 @@ impl Cluster {
                 "--acks",
                 "all",
                 "--timeout-s",
-                "3",
+                "20",
                 "--output",
                 "json",
             ])
             .arg("--broker")
-            .arg(&self.nodes[i].addr)
+            .arg(self.brokers())
             .arg("--ca")
             .arg(self.ca())
             .args(["--connect-timeout", "2s"])
@@ -316,6 +329,48 @@ impl Cluster {
             .filter(|v| v["status"] == "stored")
             .map(|v| values[v["line"].as_u64().unwrap() as usize - 1].clone())
             .collect()
+    }
+
+    /// Partition 0 of topic `t` as `topic describe --output json` through
+    /// node `i` shows it, once it answers.
+    fn partition(&self, i: usize) -> Option<Value> {
+        let out = self.run(i, &["topic", "describe", "t", "--output", "json"]);
+        if !out.status.success() {
+            return None;
+        }
+        let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+        v["replication"].get(0).cloned()
+    }
+
+    /// The index of the node leading partition 0 of `t`, asking any that
+    /// answers.
+    fn leader(&self) -> usize {
+        let deadline = Instant::now() + LIMIT;
+        loop {
+            for i in 0..3 {
+                if let Some(id) = self.partition(i).and_then(|p| p["leader"].as_u64()) {
+                    return (id - 1) as usize;
+                }
+            }
+            assert!(Instant::now() < deadline, "no leader within {LIMIT:?}");
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until all three nodes are in partition 0's in-sync set, so the
+    /// next kill leaves two.
+    fn wait_for_full_isr(&self) {
+        let deadline = Instant::now() + LIMIT;
+        while !(0..3).any(|i| {
+            self.partition(i)
+                .is_some_and(|p| p["isr"].as_array().is_some_and(|isr| isr.len() == 3))
+        }) {
+            assert!(
+                Instant::now() < deadline,
+                "the in-sync set never grew back to three within {LIMIT:?}"
+            );
+            thread::sleep(Duration::from_millis(200));
+        }
     }
 
     /// The values of topic `t` node `i` serves, in offset order.
@@ -355,33 +410,18 @@ fn acknowledged_records_survive_killed_leaders_on_every_replica() {
 
     let mut acked: Vec<String> = Vec::new();
     let mut down: Option<usize> = None;
-    let mut attempt = 0;
     let mut failovers = Vec::new();
     for round in 0..=kills {
+        // Through the list of all three nodes, as a user would: the client
+        // finds the partition's (new) leader by itself.
         let started = Instant::now();
-        let leader = loop {
-            assert!(
-                started.elapsed() < LIMIT,
-                "round {round}: no node acknowledged within {LIMIT:?}"
-            );
-            let live = (0..3).filter(|i| Some(*i) != down);
-            let mut stored_by = None;
-            for i in live {
-                attempt += 1;
-                let values: Vec<String> = (0..20).map(|n| format!("a{attempt}-{n}")).collect();
-                let stored = cluster.produce(i, &values);
-                let whole = stored.len() == values.len();
-                acked.extend(stored);
-                if whole {
-                    stored_by = Some(i);
-                    break;
-                }
-            }
-            match stored_by {
-                Some(i) => break i,
-                None => thread::sleep(Duration::from_millis(200)),
-            }
-        };
+        let values: Vec<String> = (0..20).map(|n| format!("r{round}-{n}")).collect();
+        let stored = cluster.produce(&values);
+        assert_eq!(
+            stored, values,
+            "round {round}: every record is acknowledged, in order, within the timeout"
+        );
+        acked.extend(stored);
         if round > 0 {
             failovers.push(started.elapsed());
         }
@@ -390,11 +430,15 @@ fn acknowledged_records_survive_killed_leaders_on_every_replica() {
         }
         if let Some(i) = down.take() {
             cluster.spawn(i);
+            cluster.wait_for_full_isr();
         }
+        let leader = cluster.leader();
         cluster.kill(leader);
         down = Some(leader);
     }
-    eprintln!("{kills} leader kills; kill to next fully acknowledged produce: {failovers:?}");
+    eprintln!(
+        "{kills} leader kills; kill to all 20 records of the next round acknowledged: {failovers:?}"
+    );
     let live = (0..3).find(|i| Some(*i) != down).unwrap();
     let refused = cluster.run(live, &["topic", "delete", "t"]);
     assert!(
@@ -434,4 +478,70 @@ fn acknowledged_records_survive_killed_leaders_on_every_replica() {
             thread::sleep(Duration::from_millis(200));
         }
     }
+}
+
+/// A follower SIGKILLed while `acks=all` produce goes on: the leader drops
+/// it from the in-sync set after the replica lag time (so produce resumes),
+/// and once restarted it catches up from its own log and rejoins the set,
+/// serving every acknowledged record.
+#[test]
+fn a_killed_follower_catches_up_and_rejoins_the_in_sync_set() {
+    let mut cluster = Cluster::start();
+    cluster.wait_for(0, "a controller and three nodes up", |s| {
+        controller(s).is_some() && up(s) == [1, 2, 3]
+    });
+    let out = cluster.run(0, &["topic", "create", "t", "--partitions", "1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let first: Vec<String> = (0..20).map(|n| format!("before-{n}")).collect();
+    assert_eq!(cluster.produce(&first), first);
+
+    let leader = cluster.leader();
+    let follower = (leader + 1) % 3;
+    let follower_id = cluster.nodes[follower].id;
+    cluster.kill(follower);
+    let second: Vec<String> = (0..20).map(|n| format!("while-down-{n}")).collect();
+    assert_eq!(
+        cluster.produce(&second),
+        second,
+        "acks=all goes on once the dead follower leaves the in-sync set"
+    );
+    let isr = |p: &Value| -> Vec<u64> {
+        p["isr"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n.as_u64().unwrap())
+            .collect()
+    };
+    let shrunk = cluster.partition(leader).expect("the leader answers");
+    assert!(
+        !isr(&shrunk).contains(&follower_id),
+        "node {follower_id} is down, yet in the in-sync set: {shrunk}"
+    );
+
+    cluster.spawn(follower);
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let p = cluster.partition(leader);
+        let caught_up = p.as_ref().is_some_and(|p| {
+            let ends = &p["log_ends"];
+            isr(p).contains(&follower_id)
+                && ends[follower_id.to_string()] == ends[(leader as u64 + 1).to_string()]
+                && ends[follower_id.to_string()] == 40
+        });
+        if caught_up {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {follower_id} never rejoined the in-sync set at the leader's log end; last {p:?}"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    let all: Vec<String> = first.into_iter().chain(second).collect();
+    assert_eq!(cluster.consume(follower), Some(all));
 }

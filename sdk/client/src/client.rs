@@ -1,5 +1,6 @@
 //! The connection to a broker, and admin requests.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -10,9 +11,11 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use edgebus_proto::batch::{self, StoredRecord};
-use edgebus_proto::frame::{PartitionInfo, Position, Request, Response, TopicSpec};
+use edgebus_proto::frame::{ClusterStatus, PartitionInfo, Position, Request, Response, TopicSpec};
 use edgebus_proto::limits::DEFAULT_MAX_FRAME_BYTES;
 use edgebus_proto::local::DEFAULT_PORT;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use quinn::crypto::rustls::QuicClientConfig;
 use tokio::sync::Mutex;
 
@@ -146,6 +149,10 @@ impl fmt::Display for BrokerAddr {
 pub struct ClientConfig {
     /// Broker address.
     pub broker: BrokerAddr,
+    /// More brokers of the same cluster: every (re)connect tries them
+    /// together with `broker` and keeps the first that answers, so a client
+    /// outlives any one node. Empty by default.
+    pub bootstrap: Vec<BrokerAddr>,
     /// Name the broker's certificate must carry.
     pub server_name: String,
     /// PEM file of the CA that signed the broker's certificate.
@@ -174,6 +181,7 @@ impl ClientConfig {
         };
         ClientConfig {
             broker,
+            bootstrap: Vec::new(),
             server_name,
             ca: ca.into(),
             identity: None,
@@ -199,33 +207,81 @@ pub struct Fetched {
 /// A handle to one broker. Cheap to clone; clones share the connection,
 /// which is re-established transparently after it drops, until
 /// [`Client::close`].
+///
+/// In a cluster, [`Client::leader`] hands out a client for the node leading
+/// a partition (the producer sends there); those clients share this one's
+/// socket, and closing any of them closes all.
 #[derive(Clone)]
 pub struct Client {
-    inner: Arc<Inner>,
+    node: Arc<Node>,
+    shared: Arc<Shared>,
 }
 
-struct Inner {
-    config: ClientConfig,
+/// What every client of one [`Client::connect`] shares.
+struct Shared {
+    /// The node [`Client::connect`] reached (through its bootstrap list).
+    root: Arc<Node>,
     endpoint: quinn::Endpoint,
     quic: quinn::ClientConfig,
+    closed: AtomicBool,
+    correlation: AtomicU32,
+    /// Clients of cluster nodes by address, and partition leaders.
+    routes: std::sync::Mutex<Routes>,
+}
+
+/// One broker's connection.
+struct Node {
+    config: ClientConfig,
     conn: Mutex<Option<quinn::Connection>>,
     /// The address the live (or last) connection went to.
     remote: std::sync::Mutex<SocketAddr>,
-    closed: AtomicBool,
-    correlation: AtomicU32,
 }
+
+/// What a client has learned about a cluster.
+#[derive(Default)]
+struct Routes {
+    /// A connection per node address (`host:port` as the cluster names it).
+    nodes: HashMap<String, Arc<Node>>,
+    /// Node addresses by id.
+    addresses: HashMap<u64, String>,
+    /// Each partition's leader as last learned, with its leader epoch.
+    leaders: HashMap<(String, u32), Route>,
+}
+
+/// A partition's leader as last learned.
+#[derive(Debug, Clone, Copy)]
+struct Route {
+    leader: u64,
+    epoch: i32,
+    /// The leader refused or could not be reached: ask again, and take
+    /// the first answer with a newer epoch without waiting for the rest.
+    stale: bool,
+}
+
+/// How long a metadata question to one node may take: a dead node does not
+/// answer at all (QUIC learns it only at the idle timeout), and the others
+/// answer in a round trip.
+const METADATA_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// How long a connect to a node the cluster named may take: the node may
+/// have just died (and a QUIC handshake to a dead node only times out), and
+/// after a failed connect the caller asks the cluster again, which by then
+/// may name its successor.
+const NODE_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
-            .field("broker", &self.inner.config.broker)
+            .field("broker", &self.node.config.broker)
             .finish()
     }
 }
 
 impl Client {
     /// Connects to the broker and verifies its certificate. A host name is
-    /// resolved now and again on every reconnect.
+    /// resolved now and again on every reconnect. With
+    /// [`ClientConfig::bootstrap`] brokers, the first of all to answer is
+    /// kept.
     pub async fn connect(config: ClientConfig) -> Result<Client, ClientError> {
         let tls = tls::client_config(&config.ca, config.identity.as_ref())?;
         let quic = QuicClientConfig::try_from(tls)
@@ -242,20 +298,28 @@ impl Client {
         transport.receive_window((32u32 << 20).into());
         transport.send_window(32 << 20);
         quic.transport_config(Arc::new(transport));
-        let addrs = config.broker.resolve().await?;
+        let mut addrs = Vec::new();
+        for broker in std::iter::once(&config.broker).chain(&config.bootstrap) {
+            addrs.extend(broker.resolve().await?);
+        }
         let endpoint = bind_for(&addrs).map_err(|e| ClientError::Connection {
             addr: config.broker.to_string(),
             detail: format!("binding UDP socket: {e}"),
         })?;
+        let node = Arc::new(Node {
+            config,
+            conn: Mutex::new(None),
+            remote: std::sync::Mutex::new(addrs[0]),
+        });
         let client = Client {
-            inner: Arc::new(Inner {
-                config,
+            node: node.clone(),
+            shared: Arc::new(Shared {
+                root: node,
                 endpoint,
                 quic,
-                conn: Mutex::new(None),
-                remote: std::sync::Mutex::new(addrs[0]),
                 closed: AtomicBool::new(false),
                 correlation: AtomicU32::new(1),
+                routes: std::sync::Mutex::new(Routes::default()),
             }),
         };
         client.connection().await?;
@@ -264,12 +328,12 @@ impl Client {
 
     /// The address of the broker this client is (or was last) connected to.
     pub fn broker(&self) -> SocketAddr {
-        *self.inner.remote.lock().unwrap_or_else(|p| p.into_inner())
+        *self.node.remote.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The largest frame this client accepts.
     pub fn max_frame_bytes(&self) -> u32 {
-        self.inner.config.max_frame_bytes
+        self.node.config.max_frame_bytes
     }
 
     /// Closes the connection for this handle and every clone of it, and
@@ -278,26 +342,26 @@ impl Client {
     /// [`ClientError::Closed`]; nothing reconnects. Flush producers first,
     /// or their unsent records fail.
     pub async fn close(&self) {
-        self.inner.closed.store(true, Ordering::SeqCst);
-        if let Some(conn) = self.inner.conn.lock().await.take() {
+        self.shared.closed.store(true, Ordering::SeqCst);
+        if let Some(conn) = self.node.conn.lock().await.take() {
             conn.close(0u32.into(), b"client closed");
         }
-        self.inner.endpoint.close(0u32.into(), b"client closed");
-        self.inner.endpoint.wait_idle().await;
+        self.shared.endpoint.close(0u32.into(), b"client closed");
+        self.shared.endpoint.wait_idle().await;
     }
 
     /// Whether [`Client::close`] has been called on this client or a clone.
     pub fn is_closed(&self) -> bool {
-        self.inner.closed.load(Ordering::SeqCst)
+        self.shared.closed.load(Ordering::SeqCst)
     }
 
     pub(crate) fn next_correlation_id(&self) -> u32 {
-        self.inner.correlation.fetch_add(1, Ordering::Relaxed)
+        self.shared.correlation.fetch_add(1, Ordering::Relaxed)
     }
 
     /// The live connection, reconnecting if the last one was lost.
     pub(crate) async fn connection(&self) -> Result<quinn::Connection, ClientError> {
-        let mut slot = self.inner.conn.lock().await;
+        let mut slot = self.node.conn.lock().await;
         // Checked under the lock, so a close racing this call cannot leave a
         // fresh connection behind it.
         if self.is_closed() {
@@ -308,24 +372,27 @@ impl Client {
         {
             return Ok(conn.clone());
         }
-        let cfg = &self.inner.config;
+        let cfg = &self.node.config;
         let err = |detail: String| ClientError::Connection {
             addr: cfg.broker.to_string(),
             detail,
         };
         let ipv6_socket = self
-            .inner
+            .shared
             .endpoint
             .local_addr()
             .map_err(|e| err(e.to_string()))?
             .is_ipv6();
-        let addrs: Vec<SocketAddr> = cfg
-            .broker
-            .resolve()
-            .await?
-            .into_iter()
-            .filter(|a| ipv6_socket || a.is_ipv4())
-            .collect();
+        let mut addrs: Vec<SocketAddr> = Vec::new();
+        for broker in std::iter::once(&cfg.broker).chain(&cfg.bootstrap) {
+            addrs.extend(
+                broker
+                    .resolve()
+                    .await?
+                    .into_iter()
+                    .filter(|a| ipv6_socket || a.is_ipv4()),
+            );
+        }
         if addrs.is_empty() {
             return Err(err(
                 "it now resolves only to IPv6 addresses, and the client's socket is IPv4".into(),
@@ -333,11 +400,12 @@ impl Client {
         }
         // A name can resolve to addresses the broker does not listen on
         // (`localhost` to ::1 as well as 127.0.0.1), and a QUIC handshake to
-        // one of those only fails by timing out; so every address is tried
-        // at once and the first handshake to finish wins.
+        // one of those only fails by timing out; so every address (of every
+        // bootstrap broker) is tried at once and the first handshake to
+        // finish wins.
         let attempts = addrs.into_iter().map(|addr| {
-            let endpoint = &self.inner.endpoint;
-            let quic = self.inner.quic.clone();
+            let endpoint = &self.shared.endpoint;
+            let quic = self.shared.quic.clone();
             Box::pin(async move {
                 let connecting = endpoint
                     .connect_with(quic, addr, &cfg.server_name)
@@ -352,7 +420,7 @@ impl Client {
                 .map_err(|_| err("connect timed out".into()))?
                 .map_err(err)?
                 .0;
-        *self.inner.remote.lock().unwrap_or_else(|p| p.into_inner()) = addr;
+        *self.node.remote.lock().unwrap_or_else(|p| p.into_inner()) = addr;
         *slot = Some(conn.clone());
         Ok(conn)
     }
@@ -365,7 +433,7 @@ impl Client {
         conn.open_bi().await.map_err(|e| match e {
             quinn::ConnectionError::LocallyClosed if self.is_closed() => ClientError::Closed,
             e => ClientError::Connection {
-                addr: self.inner.config.broker.to_string(),
+                addr: self.node.config.broker.to_string(),
                 detail: e.to_string(),
             },
         })
@@ -381,7 +449,7 @@ impl Client {
         wire::write_frames(&mut send, &buf).await?;
         // The broker may already have answered and closed; that is fine.
         let _ = send.finish();
-        let body = wire::read_frame(&mut recv, self.inner.config.max_frame_bytes)
+        let body = wire::read_frame(&mut recv, self.node.config.max_frame_bytes)
             .await?
             .ok_or(ClientError::Protocol(
                 "stream closed before a response".into(),
@@ -478,6 +546,185 @@ impl Client {
             }
             other => Err(unexpected(&other)),
         }
+    }
+}
+
+/// Leader routing, for clients of a cluster.
+impl Client {
+    /// The client for the node leading `partition` of `topic`, as last
+    /// learned (asking the cluster the first time). On a single node, and
+    /// whenever no node can say, it is the client [`Client::connect`] made:
+    /// a node that does not lead the partition answers `NotLeader`, and the
+    /// caller asks again with [`Client::refresh_leader`].
+    pub async fn leader(&self, topic: &str, partition: u32) -> Client {
+        let cached = {
+            let routes = self.routes();
+            routes
+                .leaders
+                .get(&(topic.to_owned(), partition))
+                .filter(|route| !route.stale)
+                .and_then(|route| routes.node(route.leader))
+        };
+        match cached {
+            Some(node) => self.with_node(node),
+            None => self.refresh_leader(topic, partition).await,
+        }
+    }
+
+    /// Asks every node this client knows (at once, each for at most
+    /// [`METADATA_TIMEOUT`]) who leads `partition` of `topic`, believes the
+    /// answer with the highest leader epoch, and returns the client for
+    /// that node (see [`Client::leader`]). An answer with an epoch newer
+    /// than the one last learned is taken at once: a dead node would
+    /// otherwise hold every refresh up for the whole timeout.
+    pub async fn refresh_leader(&self, topic: &str, partition: u32) -> Client {
+        let key = (topic.to_owned(), partition);
+        let (known, floor): (Vec<Client>, Option<i32>) = {
+            let routes = self.routes();
+            let known = std::iter::once(self.shared.root.clone())
+                .chain(routes.nodes.values().cloned())
+                .map(|node| self.with_node(node))
+                .collect();
+            (known, routes.leaders.get(&key).map(|route| route.epoch))
+        };
+        let request = Request::PartitionStates {
+            topic: topic.to_owned(),
+        };
+        let mut answers: FuturesUnordered<_> = known
+            .iter()
+            .map(|client| async {
+                match tokio::time::timeout(METADATA_TIMEOUT, client.request(&request)).await {
+                    Ok(Ok(Response::PartitionStates(states))) => {
+                        let state = states.into_iter().find(|s| s.partition == partition)?;
+                        Some((client.clone(), state.leader?, state.leader_epoch))
+                    }
+                    _ => None,
+                }
+            })
+            .collect();
+        let mut best: Option<(Client, u64, i32)> = None;
+        while let Some(answer) = answers.next().await {
+            let Some(answer) = answer else { continue };
+            if best.as_ref().is_none_or(|(_, _, epoch)| answer.2 > *epoch) {
+                best = Some(answer);
+            }
+            if best
+                .as_ref()
+                .zip(floor)
+                .is_some_and(|((_, _, e), f)| *e > f)
+            {
+                break;
+            }
+        }
+        drop(answers);
+        let Some((answered_by, leader, epoch)) = best else {
+            return self.root();
+        };
+        // A single node names itself node 0 and has no other nodes.
+        if leader == 0 {
+            return self.root();
+        }
+        if !self.routes().addresses.contains_key(&leader) {
+            self.learn_nodes(&answered_by).await;
+        }
+        let mut routes = self.routes();
+        let Some(node) = routes.node(leader) else {
+            return self.root();
+        };
+        routes.leaders.insert(
+            key,
+            Route {
+                leader,
+                epoch,
+                stale: false,
+            },
+        );
+        drop(routes);
+        self.with_node(node)
+    }
+
+    /// Marks who leads `partition` of `topic` as unknown, after that node
+    /// refused or could not be reached.
+    pub fn forget_leader(&self, topic: &str, partition: u32) {
+        if let Some(route) = self
+            .routes()
+            .leaders
+            .get_mut(&(topic.to_owned(), partition))
+        {
+            route.stale = true;
+        }
+    }
+
+    /// Whether `self` and `other` talk to the same broker connection.
+    pub fn same_node(&self, other: &Client) -> bool {
+        Arc::ptr_eq(&self.node, &other.node)
+    }
+
+    /// Learns every node's address from `from`'s view of the cluster.
+    async fn learn_nodes(&self, from: &Client) {
+        let Ok(Ok(Response::ClusterStatus(ClusterStatus { nodes, .. }))) =
+            tokio::time::timeout(METADATA_TIMEOUT, from.request(&Request::ClusterStatus)).await
+        else {
+            return;
+        };
+        let root = &self.shared.root.config;
+        let root_remote = self.root().broker();
+        let mut routes = self.routes();
+        for n in nodes {
+            let Ok(broker) = n.address.parse::<BrokerAddr>() else {
+                continue;
+            };
+            routes.addresses.insert(n.id, n.address.clone());
+            routes.nodes.entry(n.address).or_insert_with(|| {
+                let server_name = match &broker {
+                    BrokerAddr::Host { host, .. } => host.clone(),
+                    // A node's address is an IP: its certificate names
+                    // what the bootstrap broker's does (`localhost` for
+                    // the certificates `--cluster-ca` issues).
+                    BrokerAddr::Ip(_) => root.server_name.clone(),
+                };
+                // Where it is until its first connect says.
+                let remote = match broker {
+                    BrokerAddr::Ip(addr) => addr,
+                    BrokerAddr::Host { .. } => root_remote,
+                };
+                Arc::new(Node {
+                    remote: std::sync::Mutex::new(remote),
+                    config: ClientConfig {
+                        broker,
+                        bootstrap: Vec::new(),
+                        server_name,
+                        connect_timeout: root.connect_timeout.min(NODE_CONNECT_TIMEOUT),
+                        ..root.clone()
+                    },
+                    conn: Mutex::new(None),
+                })
+            });
+        }
+    }
+
+    fn root(&self) -> Client {
+        self.with_node(self.shared.root.clone())
+    }
+
+    fn with_node(&self, node: Arc<Node>) -> Client {
+        Client {
+            node,
+            shared: self.shared.clone(),
+        }
+    }
+
+    fn routes(&self) -> std::sync::MutexGuard<'_, Routes> {
+        self.shared
+            .routes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Routes {
+    fn node(&self, id: u64) -> Option<Arc<Node>> {
+        self.nodes.get(self.addresses.get(&id)?).cloned()
     }
 }
 

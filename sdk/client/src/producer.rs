@@ -36,6 +36,10 @@ use crate::wire;
 pub use edgebus_proto::limits::{DEFAULT_BATCH_MAX_BYTES, MAX_IDEMPOTENT_IN_FLIGHT};
 pub use edgebus_proto::partitioner::partition_for_key;
 
+/// How long a lane waits for an ack before it asks whether the partition's
+/// leader moved.
+const STALL_CHECK: Duration = Duration::from_millis(250);
+
 /// Producer settings. The defaults batch adaptively: a record goes out at
 /// once when its partition has room in its `window` of batches in flight,
 /// and records that arrive while the window is full share one batch that
@@ -590,9 +594,12 @@ fn fail_all(acks: Vec<Ack>, err: impl Fn() -> ClientError) {
     }
 }
 
-/// One partition's pipeline of batches on one stream.
+/// One partition's pipeline of batches on one stream, to the node leading
+/// the partition.
 struct LaneTask {
     client: Client,
+    /// The partition leader's client while a stream is open.
+    leader: Option<Client>,
     topic: String,
     partition: u32,
     config: ProducerConfig,
@@ -619,6 +626,7 @@ impl LaneTask {
         let (tx, rx) = mpsc::channel(config.window.max(1));
         let task = LaneTask {
             client,
+            leader: None,
             topic: key.0,
             partition: key.1,
             config,
@@ -653,6 +661,7 @@ impl LaneTask {
                         attempt = 0;
                     }
                     Err(e) => {
+                        self.client.forget_leader(&self.topic, self.partition);
                         attempt += 1;
                         self.expire(&e);
                         if !input_open && self.in_flight.is_empty() {
@@ -666,6 +675,17 @@ impl LaneTask {
             let Some(s) = stream.as_mut() else { continue };
             let room = self.in_flight.len() < self.config.window.max(1);
             tokio::select! {
+                // A leader killed outright does not refuse anything: its
+                // connection only times out. So a lane whose acks have
+                // stalled asks who leads now, and moves if that changed.
+                () = tokio::time::sleep(STALL_CHECK), if !self.in_flight.is_empty() => {
+                    let now = self.client.refresh_leader(&self.topic, self.partition).await;
+                    if self.leader.as_ref().is_some_and(|l| !l.same_node(&now)) {
+                        tracing::debug!(topic = %self.topic, partition = self.partition,
+                            "partition leader moved, resending there");
+                        stream = None;
+                    }
+                }
                 sealed = rx.recv(), if input_open && room => match sealed {
                     Some(sealed) => {
                         if let Err(e) = self.write(s, sealed).await {
@@ -683,6 +703,7 @@ impl LaneTask {
                     };
                     if let Err(e) = outcome {
                         tracing::debug!(error = %e, "producer stream failed, resending");
+                        self.client.forget_leader(&self.topic, self.partition);
                         attempt += 1;
                         self.expire(&e);
                         stream = None;
@@ -693,9 +714,12 @@ impl LaneTask {
         }
     }
 
-    /// Opens a stream and resends everything in flight, in order.
+    /// Opens a stream to the partition's leader and resends everything in
+    /// flight, in order.
     async fn reconnect(&mut self) -> Result<LaneStream, ClientError> {
-        let (send, mut recv) = self.client.open_stream().await?;
+        let leader = self.client.leader(&self.topic, self.partition).await;
+        let (send, mut recv) = leader.open_stream().await?;
+        self.leader = Some(leader);
         let (tx, responses) = mpsc::channel(self.config.window.max(1) + 1);
         let max = self.client.max_frame_bytes();
         tokio::spawn(async move {

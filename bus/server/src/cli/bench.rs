@@ -48,6 +48,12 @@ use super::plugin::parse_plugin_ref;
 use super::{AcksArg, ConnectArgs, Failure, Output};
 use edgebus::config::Config;
 
+mod failover;
+mod mirror;
+
+/// `rebalance`'s group session timeout unless `--session-ms` says.
+const REBALANCE_SESSION_MS: u64 = 1000;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Mode {
     /// Time producing.
@@ -62,18 +68,22 @@ pub enum Mode {
     /// Time from a group member's death to the other two owning all
     /// partitions, over `--rounds` rounds.
     Rebalance,
+    /// Time from a partition leader's SIGKILL to the first `acks=all`
+    /// produce its successor acknowledges, over `--rounds` kills, on a
+    /// three-node cluster the bench starts itself.
+    Failover,
     /// Drain of a `--records` backlog from an edge to a hub while
     /// `--rate` records/s (default 5 MB/s) keep coming, and the link's
     /// zstd ratio on JSON sensor records; brokers of its own only.
     Mirror,
 }
 
-mod mirror;
-
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:
   edgebus bench produce --records 200000 --size 1024          # on a broker of its own, in a temp dir
-  edgebus bench consume --broker localhost:7171 --json --filter 'json-filter:field=n,op=<,value=0'")]
+  edgebus bench consume --broker localhost:7171 --json --filter 'json-filter:field=n,op=<,value=0'
+  edgebus bench produce --acks all --broker 127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103 --ca ca.pem
+  edgebus bench failover --rounds 10                           # three nodes of its own, leader SIGKILLed")]
 pub struct BenchArgs {
     /// What to measure.
     #[arg(value_enum)]
@@ -103,12 +113,13 @@ pub struct BenchArgs {
     /// Send at this steady rate (records/s); 0 sends as fast as possible.
     #[arg(long, default_value_t = 0)]
     rate: u64,
-    /// `rebalance`: how many deaths to time.
+    /// `rebalance`, `failover`: how many deaths to time.
     #[arg(long, default_value_t = 5)]
     rounds: u32,
-    /// `rebalance`: the members' session timeout in milliseconds.
-    #[arg(long, default_value_t = 1000)]
-    session_ms: u64,
+    /// `rebalance`: the members' session timeout in milliseconds (1000 by
+    /// default); `failover`: the cluster's (6000 by default).
+    #[arg(long)]
+    session_ms: Option<u64>,
     /// Run this bundled plugin on the bench topic's ingest path,
     /// `NAME[:key=value,…]`; repeat for a chain. It is registered for the
     /// run under a name of the bench's own and removed after.
@@ -132,7 +143,8 @@ pub struct BenchArgs {
     /// stored and the compression ratio.
     #[arg(long, default_value = "none")]
     compression: Compression,
-    /// Use this broker (HOST:PORT) instead of starting one in a temp dir.
+    /// Use this broker (HOST:PORT, or a cluster's list A1,A2,A3) instead
+    /// of starting one in a temp dir.
     #[arg(long)]
     broker: Option<String>,
     /// CA of `--broker` (default: the current profile's, else the local CA
@@ -155,6 +167,9 @@ struct Report {
 }
 
 pub async fn run(args: BenchArgs) -> Result<(), Failure> {
+    if args.mode == Mode::Failover {
+        return failover::run(&args).await;
+    }
     if args.mode == Mode::Mirror {
         return mirror::run(&args).await;
     }
@@ -281,7 +296,8 @@ async fn bench(client: &Client, args: &BenchArgs, made: &mut Made) -> Result<(),
         }
         Mode::Commit => commits(client, &topic, args, progress(args)).await?,
         Mode::Rebalance => rebalance(client, &topic, args).await?,
-        Mode::Mirror => return mirror::run(args).await,
+        Mode::Failover => unreachable!("failover runs a cluster of its own"),
+        Mode::Mirror => unreachable!("mirror runs an edge and a hub of its own"),
     };
     let stored = if args.compression == Compression::None {
         None
@@ -757,7 +773,7 @@ async fn commits(
 /// time until the other two own every partition is recorded. Latency
 /// figures are those times; throughput figures are meaningless here.
 async fn rebalance(client: &Client, topic: &str, args: &BenchArgs) -> Result<Report, Failure> {
-    let session = Duration::from_millis(args.session_ms);
+    let session = Duration::from_millis(args.session_ms.unwrap_or(REBALANCE_SESSION_MS));
     let config = || {
         let mut c = GroupConfig::new(rebalance_group(topic), vec![topic.to_owned()]);
         c.session_timeout = session;
@@ -885,7 +901,8 @@ fn print_report(args: &BenchArgs, r: &Report, stored_bytes: Option<u64>) {
                 ),
                 Mode::Rebalance => println!(
                     "rebalance: {} member deaths, session timeout {} ms",
-                    r.records, args.session_ms
+                    r.records,
+                    args.session_ms.unwrap_or(REBALANCE_SESSION_MS)
                 ),
                 _ => println!(
                     "{:?}: {} records of {} B in {:.2} s: {:.0} records/s, {:.1} MB/s",

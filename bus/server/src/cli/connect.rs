@@ -35,8 +35,9 @@ const SDK_DEADLINE_SLACK: Duration = Duration::from_secs(1);
 /// Connection flags shared by every client command.
 #[derive(Debug, Clone, Args)]
 pub struct ConnectArgs {
-    /// Broker address, HOST:PORT or HOST [default: the profile's, else
-    /// 127.0.0.1:7171].
+    /// Broker address, HOST:PORT or HOST, or a comma-separated list of a
+    /// cluster's brokers (the first to answer is used, and the others when
+    /// it is lost) [default: the profile's, else 127.0.0.1:7171].
     #[arg(long, env = "EDGEBUS_BROKER")]
     pub broker: Option<String>,
     /// CA certificate (PEM) that signed the broker's certificate [default:
@@ -157,11 +158,17 @@ impl ConnectArgs {
                 .zip(profile.key)
                 .map(|(cert, key)| Identity { cert, key }),
         };
+        if brokers(&broker).next().is_none() {
+            return Err(Failure::new(
+                2,
+                format!("--broker {broker:?} names no broker"),
+            ));
+        }
         let server_name = self
             .server_name
             .clone()
             .or(profile.server_name)
-            .or_else(|| host_name(&broker))
+            .or_else(|| brokers(&broker).next().and_then(host_name))
             .unwrap_or_else(|| "localhost".to_owned());
         Ok(Target {
             broker,
@@ -175,14 +182,27 @@ impl ConnectArgs {
 }
 
 impl Target {
-    /// Dials every address the broker name resolves to at once and keeps
-    /// the first connection made; explains what went wrong otherwise.
+    /// Dials every address the broker names resolve to at once and keeps
+    /// the first connection made, with the others as its bootstrap list;
+    /// explains what went wrong otherwise.
     async fn connect(&self, timeout: Duration) -> Result<Client, Failure> {
-        let addrs = resolve_addrs(&self.broker).await?;
+        let mut addrs = Vec::new();
+        for broker in brokers(&self.broker) {
+            for addr in resolve_addrs(broker).await? {
+                if !addrs.contains(&addr) {
+                    addrs.push(addr);
+                }
+            }
+        }
         let mut attempts: FuturesUnordered<_> = addrs
-            .into_iter()
-            .map(|addr| {
+            .iter()
+            .map(|&addr| {
                 let mut config = ClientConfig::new(addr, self.ca.clone());
+                config.bootstrap = addrs
+                    .iter()
+                    .filter(|a| **a != addr)
+                    .map(|&a| a.into())
+                    .collect();
                 config.server_name = self.server_name.clone();
                 config.identity = self.identity.clone();
                 config.connect_timeout = timeout + SDK_DEADLINE_SLACK;
@@ -263,6 +283,12 @@ impl Target {
 fn is_timeout(e: &ClientError) -> bool {
     matches!(e, ClientError::Connection { detail, .. } if detail.contains("timed out"))
         || matches!(e, ClientError::Timeout(_))
+}
+
+/// The brokers of a `--broker` list (`A1,A2,A3`; one broker is a list of
+/// one).
+fn brokers(list: &str) -> impl Iterator<Item = &str> {
+    list.split(',').map(str::trim).filter(|b| !b.is_empty())
 }
 
 /// `broker` with the default port when it has none.
@@ -368,6 +394,18 @@ mod tests {
         assert_eq!(host_name("edge-1:9000").as_deref(), Some("edge-1"));
         assert_eq!(host_name("127.0.0.1:7171"), None);
         assert_eq!(host_name("[::1]:7171"), None);
+    }
+
+    #[test]
+    fn a_broker_list_names_each_broker_and_the_first_names_the_server() {
+        let list: Vec<&str> = brokers("edge-1:7101, edge-2:7102,,127.0.0.1").collect();
+        assert_eq!(list, ["edge-1:7101", "edge-2:7102", "127.0.0.1"]);
+        let mut a = args();
+        a.ca = Some("/flag/ca.pem".into());
+        a.broker = Some("edge-1:7101,127.0.0.1:7102".into());
+        assert_eq!(a.resolve(None).unwrap().server_name, "edge-1");
+        a.broker = Some(",".into());
+        assert_eq!(a.resolve(None).unwrap_err().code, 2);
     }
 
     fn args() -> ConnectArgs {

@@ -115,6 +115,11 @@ struct Inner {
     /// The controller's view of sessions; `None` while this node does not
     /// lead the control log.
     liveness: Mutex<Option<Liveness>>,
+    /// When each peer's heartbeat last reached this node. Every node
+    /// hears every other, so a node that becomes controller knows who has
+    /// already been silent, instead of granting a dead node (often the old
+    /// controller itself) a fresh session.
+    heard: Mutex<BTreeMap<NodeId, Instant>>,
     /// Registrations proposed and not yet seen applied.
     registering: Mutex<BTreeSet<(NodeId, u64)>>,
     /// The node's data side, once attached.
@@ -218,6 +223,7 @@ impl Cluster {
                 addrs: setup.peers,
                 session_timeout: setup.session_timeout,
                 liveness: Mutex::new(None),
+                heard: Mutex::new(BTreeMap::new()),
                 registering: Mutex::new(BTreeSet::new()),
                 data: OnceLock::new(),
                 tasks: Mutex::new(Vec::new()),
@@ -329,27 +335,27 @@ impl Cluster {
         metrics.state == ServerState::Leader && metrics.current_leader == Some(self.inner.node)
     }
 
-    /// Sends this node's heartbeat to the controller every sixth of a
-    /// session timeout.
+    /// Sends this node's heartbeat to every peer every sixth of a session
+    /// timeout: the controller renews the session with it, the others
+    /// remember it for when one of them takes over.
     async fn heartbeats(self) {
         let every = self.inner.session_timeout / 6;
+        let beat = PeerRequest::Heartbeat {
+            node: self.inner.node,
+            incarnation: self.inner.incarnation,
+        };
         loop {
-            let leader = self.inner.raft.metrics().borrow().current_leader;
-            match leader {
-                Some(leader) if leader == self.inner.node => {
-                    self.seen(self.inner.node, self.inner.incarnation);
-                }
-                Some(leader) => {
-                    let beat = PeerRequest::Heartbeat {
-                        node: self.inner.node,
-                        incarnation: self.inner.incarnation,
-                    };
-                    if let Err(e) = self.inner.peers.call(leader, &beat, every).await {
-                        tracing::debug!(leader, error = %e, "heartbeat not delivered");
-                    }
-                }
-                None => {}
+            if self.leads() {
+                self.seen(self.inner.node, self.inner.incarnation);
             }
+            let peers = self.inner.addrs.keys().filter(|n| **n != self.inner.node);
+            let (to, beat) = (&self.inner.peers, &beat);
+            futures::future::join_all(peers.map(|&peer| async move {
+                if let Err(e) = to.call(peer, beat, every).await {
+                    tracing::debug!(peer, error = %e, "heartbeat not delivered");
+                }
+            }))
+            .await;
             tokio::time::sleep(every).await;
         }
     }
@@ -366,7 +372,12 @@ impl Cluster {
             let proposals = {
                 let mut liveness = self.liveness();
                 let liveness = liveness.get_or_insert_with(|| {
-                    Liveness::new(Instant::now(), self.inner.session_timeout, &state)
+                    let mut liveness =
+                        Liveness::new(Instant::now(), self.inner.session_timeout, &state);
+                    for (node, at) in self.heard().iter() {
+                        liveness.handle_heartbeat(*at, *node);
+                    }
+                    liveness
                 });
                 liveness.proposals(Instant::now(), &state)
             };
@@ -409,6 +420,13 @@ impl Cluster {
             }
             cluster.registering().remove(&(node, incarnation));
         });
+    }
+
+    fn heard(&self) -> std::sync::MutexGuard<'_, BTreeMap<NodeId, Instant>> {
+        self.inner
+            .heard
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     fn liveness(&self) -> std::sync::MutexGuard<'_, Option<Liveness>> {
@@ -454,6 +472,7 @@ impl PeerService for Cluster {
                 Err(e) => PeerResponse::Failed(e.to_string()),
             },
             PeerRequest::Heartbeat { node, incarnation } => {
+                self.heard().insert(node, Instant::now());
                 if self.leads() {
                     self.seen(node, incarnation);
                     PeerResponse::HeartbeatSeen

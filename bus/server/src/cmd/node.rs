@@ -84,10 +84,11 @@ pub fn cluster_status(cluster: Option<&Cluster>) -> Response {
 /// leader, the high watermark and every follower's log end). A single node
 /// describes itself as the only replica.
 pub fn partition_states(broker: &Broker, topic: &str) -> Response {
-    let Ok(spec) = broker.topics.spec(topic) else {
-        return crate::error::response(&crate::topics::UnknownTopic(topic.to_owned()));
-    };
+    let unknown = || crate::error::response(&crate::topics::UnknownTopic(topic.to_owned()));
     let Some(cluster) = &broker.cluster else {
+        let Ok(spec) = broker.topics.spec(topic) else {
+            return unknown();
+        };
         let states = (0..spec.partitions)
             .map(|partition| {
                 let high_watermark = broker.writer.high_watermark(topic, partition).unwrap_or(0);
@@ -106,33 +107,33 @@ pub fn partition_states(broker: &Broker, topic: &str) -> Response {
             .collect();
         return Response::PartitionStates(states);
     };
+    // From the control log, so a node without a copy of the topic still
+    // says where it lives.
     let state = cluster.state();
+    let Some(meta) = state.topics.get(topic) else {
+        return unknown();
+    };
     let local = broker.writer.replica_states(topic);
-    let states = state
-        .topics
-        .get(topic)
-        .map(|meta| {
-            meta.partitions
-                .iter()
-                .enumerate()
-                .map(|(partition, p)| {
-                    let partition = partition as u32;
-                    let mine = local.iter().find(|s| s.partition == partition);
-                    PartitionReplication {
-                        partition,
-                        leader: p.leader,
-                        replicas: p.replicas.clone(),
-                        isr: p.isr.clone(),
-                        leader_epoch: p.leader_epoch,
-                        high_watermark: mine.map_or(0, |s| s.high_watermark),
-                        log_end: mine.map_or(0, |s| s.log_end),
-                        leading: mine.is_some_and(|s| s.leading_epoch.is_some()),
-                        replica_log_ends: mine.map(|s| s.follower_ends.clone()).unwrap_or_default(),
-                    }
-                })
-                .collect()
+    let states = meta
+        .partitions
+        .iter()
+        .enumerate()
+        .map(|(partition, p)| {
+            let partition = partition as u32;
+            let mine = local.iter().find(|s| s.partition == partition);
+            PartitionReplication {
+                partition,
+                leader: p.leader,
+                replicas: p.replicas.clone(),
+                isr: p.isr.clone(),
+                leader_epoch: p.leader_epoch,
+                high_watermark: mine.map_or(0, |s| s.high_watermark),
+                log_end: mine.map_or(0, |s| s.log_end),
+                leading: mine.is_some_and(|s| s.leading_epoch.is_some()),
+                replica_log_ends: mine.map(|s| s.follower_ends.clone()).unwrap_or_default(),
+            }
         })
-        .unwrap_or_default();
+        .collect();
     Response::PartitionStates(states)
 }
 
