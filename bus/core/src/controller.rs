@@ -124,10 +124,19 @@ pub enum ControlRequest {
         /// The broker's topic settings.
         spec: Vec<u8>,
     },
-    /// Deletes a topic.
+    /// Deletes a topic: it leaves the cluster's topics at once, and its
+    /// name stays taken until every node that held a copy has deleted it
+    /// (a node that is down deletes its copy when it is back).
     DeleteTopic {
         /// Topic name.
         name: String,
+    },
+    /// `node` deleted its copy of a topic being deleted.
+    TopicCopyDeleted {
+        /// Topic name.
+        name: String,
+        /// The node.
+        node: NodeId,
     },
     /// A leader changes its partition's in-sync set.
     AlterIsr {
@@ -176,6 +185,16 @@ pub enum ControlError {
     /// The topic exists.
     #[error("topic {0:?} already exists")]
     TopicExists(String),
+    /// A topic of that name was deleted and some nodes still hold a copy.
+    #[error(
+        "topic {topic:?} is being deleted; nodes {nodes:?} still hold a copy (a node that is down deletes it when it is back)"
+    )]
+    TopicBeingDeleted {
+        /// Topic.
+        topic: String,
+        /// Nodes that have not deleted their copy yet.
+        nodes: Vec<NodeId>,
+    },
     /// Fewer registered nodes than the replication factor.
     #[error("replication factor {replication_factor} needs that many nodes; {nodes} are known")]
     NotEnoughNodes {
@@ -218,6 +237,9 @@ pub struct ClusterState {
     pub nodes: BTreeMap<NodeId, NodeMeta>,
     /// Topics by name.
     pub topics: BTreeMap<String, TopicMeta>,
+    /// Deleted topics whose copies some nodes still hold, with those nodes.
+    #[serde(default)]
+    pub deleting: BTreeMap<String, BTreeSet<NodeId>>,
 }
 
 impl ClusterState {
@@ -282,11 +304,30 @@ impl ClusterState {
                 *unclean_leader_election,
                 spec,
             ),
-            ControlRequest::DeleteTopic { name } => self
-                .topics
-                .remove(name)
-                .map(|_| ControlOutcome::Done)
-                .ok_or_else(|| ControlError::UnknownTopic(name.clone())),
+            ControlRequest::DeleteTopic { name } => {
+                let meta = self
+                    .topics
+                    .remove(name)
+                    .ok_or_else(|| ControlError::UnknownTopic(name.clone()))?;
+                let holders: BTreeSet<NodeId> = meta
+                    .partitions
+                    .iter()
+                    .flat_map(|p| p.replicas.iter().copied())
+                    .collect();
+                if !holders.is_empty() {
+                    self.deleting.insert(name.clone(), holders);
+                }
+                Ok(ControlOutcome::Done)
+            }
+            ControlRequest::TopicCopyDeleted { name, node } => {
+                if let Some(holders) = self.deleting.get_mut(name) {
+                    holders.remove(node);
+                    if holders.is_empty() {
+                        self.deleting.remove(name);
+                    }
+                }
+                Ok(ControlOutcome::Done)
+            }
             ControlRequest::AlterIsr {
                 topic,
                 partition,
@@ -325,6 +366,12 @@ impl ClusterState {
     ) -> Result<ControlOutcome, ControlError> {
         if self.topics.contains_key(name) {
             return Err(ControlError::TopicExists(name.to_owned()));
+        }
+        if let Some(holders) = self.deleting.get(name) {
+            return Err(ControlError::TopicBeingDeleted {
+                topic: name.to_owned(),
+                nodes: holders.iter().copied().collect(),
+            });
         }
         if partitions == 0 {
             return Err(ControlError::InvalidTopic("no partitions".into()));
@@ -620,6 +667,61 @@ mod tests {
             .apply(&ControlRequest::FenceNode { node: leader })
             .unwrap();
         leader
+    }
+
+    #[test]
+    fn a_deleted_topic_keeps_its_name_until_every_copy_is_gone() {
+        let mut state = cluster(3);
+        create(&mut state, "t", 2, 2, 1);
+        let holders: BTreeSet<NodeId> = state.topics["t"]
+            .partitions
+            .iter()
+            .flat_map(|p| p.replicas.iter().copied())
+            .collect();
+        assert_eq!(
+            holders.len(),
+            3,
+            "two partitions of two copies span all three nodes"
+        );
+        state
+            .apply(&ControlRequest::DeleteTopic { name: "t".into() })
+            .unwrap();
+        assert!(!state.topics.contains_key("t"));
+        assert_eq!(
+            state.apply(&ControlRequest::DeleteTopic { name: "t".into() }),
+            Err(ControlError::UnknownTopic("t".into()))
+        );
+        for node in [1, 2] {
+            state
+                .apply(&ControlRequest::TopicCopyDeleted {
+                    name: "t".into(),
+                    node,
+                })
+                .unwrap();
+        }
+        let again = ControlRequest::CreateTopic {
+            name: "t".into(),
+            partitions: 1,
+            replication_factor: 1,
+            min_insync: 1,
+            unclean_leader_election: false,
+            spec: Vec::new(),
+        };
+        assert_eq!(
+            state.apply(&again),
+            Err(ControlError::TopicBeingDeleted {
+                topic: "t".into(),
+                nodes: vec![3],
+            })
+        );
+        state
+            .apply(&ControlRequest::TopicCopyDeleted {
+                name: "t".into(),
+                node: 3,
+            })
+            .unwrap();
+        assert!(state.deleting.is_empty());
+        state.apply(&again).unwrap();
     }
 
     #[test]

@@ -440,11 +440,11 @@ fn acknowledged_records_survive_killed_leaders_on_every_replica() {
         "{kills} leader kills; kill to all 20 records of the next round acknowledged: {failovers:?}"
     );
     let live = (0..3).find(|i| Some(*i) != down).unwrap();
-    let refused = cluster.run(live, &["topic", "delete", "t"]);
+    let refused = cluster.run(live, &["topic", "alter", "t", "--partitions", "2"]);
     assert!(
         !refused.status.success()
             && String::from_utf8_lossy(&refused.stderr).contains("not built for a cluster"),
-        "a delete the control log would undo is refused: {}",
+        "an alter the control log would undo is refused: {}",
         String::from_utf8_lossy(&refused.stderr)
     );
     if let Some(i) = down.take() {
@@ -544,4 +544,82 @@ fn a_killed_follower_catches_up_and_rejoins_the_in_sync_set() {
     }
     let all: Vec<String> = first.into_iter().chain(second).collect();
     assert_eq!(cluster.consume(follower), Some(all));
+}
+
+/// `topic delete` goes through the control log: the topic is gone from
+/// every node at once, a node that was down deletes its copy when it is
+/// back, and the name is refused for a new topic until it has (so the new
+/// topic can never meet an old copy's records).
+#[test]
+fn a_deleted_topic_goes_from_every_node_and_its_name_waits_for_the_last_copy() {
+    let mut cluster = Cluster::start();
+    cluster.wait_for(0, "a controller and three nodes up", |s| {
+        controller(s).is_some() && up(s) == [1, 2, 3]
+    });
+    let ok = |out: std::process::Output| {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    ok(cluster.run(0, &["topic", "create", "t", "--partitions", "1"]));
+    let values: Vec<String> = (0..10).map(|n| format!("old-{n}")).collect();
+    assert_eq!(cluster.produce(&values), values);
+    cluster.wait_for_full_isr();
+
+    cluster.kill(2);
+    ok(cluster.run(0, &["topic", "delete", "t"]));
+    for i in 0..2 {
+        let deadline = Instant::now() + LIMIT;
+        while cluster.run(i, &["topic", "describe", "t"]).status.success() {
+            assert!(
+                Instant::now() < deadline,
+                "node {} still has the deleted topic",
+                i + 1
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let early = cluster.run(1, &["topic", "create", "t", "--partitions", "1"]);
+    assert!(
+        !early.status.success()
+            && String::from_utf8_lossy(&early.stderr).contains("is being deleted"),
+        "the name waits for node 3's copy: {}",
+        String::from_utf8_lossy(&early.stderr)
+    );
+
+    cluster.spawn(2);
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let out = cluster.run(1, &["topic", "create", "t", "--partitions", "1"]);
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the name never came free: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    let fresh = vec!["new-0".to_owned()];
+    assert_eq!(cluster.produce(&fresh), fresh);
+    cluster.wait_for_full_isr();
+    // A follower learns the high watermark with its next fetch.
+    for i in 0..3 {
+        let deadline = Instant::now() + LIMIT;
+        loop {
+            let served = cluster.consume(i);
+            if served.as_ref() == Some(&fresh) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {} serves {served:?}, not only the new topic's record",
+                i + 1
+            );
+            thread::sleep(Duration::from_millis(200));
+        }
+    }
 }

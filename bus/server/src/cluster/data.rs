@@ -157,6 +157,25 @@ impl Cluster {
         Ok(())
     }
 
+    /// Deletes a topic through the control log. Every node that holds a
+    /// copy deletes it when it applies the change (a node that is down,
+    /// when it is back), and the name can be used again once all have.
+    pub async fn delete_topic(&self, name: &str) -> Result<(), TopicAdminError> {
+        let request = ControlRequest::DeleteTopic {
+            name: name.to_owned(),
+        };
+        match self.propose(request).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(ControlError::UnknownTopic(name))) => Err(TopicAdminError::UnknownTopic(
+                crate::topics::UnknownTopic(name),
+            )),
+            Ok(Err(e)) => Err(TopicAdminError::Store(TopicError::Invalid(e.to_string()))),
+            Err(e) => Err(TopicAdminError::Store(TopicError::Store(
+                edgebus_store::StoreError::Backend(e.to_string()),
+            ))),
+        }
+    }
+
     /// Hands every applied cluster state to the writer's replicas, once
     /// this node's registration is in it (before that, the state may
     /// predate the re-election a restart causes), creating local copies of
@@ -171,6 +190,7 @@ impl Cluster {
                 .is_some_and(|meta| meta.incarnation == self.inner.incarnation);
             if registered && let Some(data) = self.data() {
                 create_local_topics(&data.topics, &state).await;
+                self.delete_local_copies(&data.topics, &state).await;
                 data.writer.cluster_metadata(state).await;
             }
             if states.changed().await.is_err() {
@@ -458,6 +478,38 @@ fn received(reply: FetchReply, trailer: Bytes) -> Result<(FetchResponse, Vec<Byt
         high_watermark,
     };
     Ok((response, bytes))
+}
+
+impl Cluster {
+    /// Deletes this node's copy of every topic being deleted that still
+    /// counts it as a holder, and tells the controller. A proposal that is
+    /// lost is made again on the next state applied.
+    async fn delete_local_copies(&self, topics: &Topics, state: &ClusterState) {
+        let node = self.inner.node;
+        for (name, holders) in &state.deleting {
+            if !holders.contains(&node) {
+                continue;
+            }
+            match topics.delete(name.clone()).await {
+                Ok(()) | Err(TopicAdminError::UnknownTopic(_)) => {}
+                Err(TopicAdminError::Store(TopicError::NotFound(_))) => {}
+                Err(e) => {
+                    tracing::error!(topic = %name, error = %e, "deleting the local copy failed");
+                    continue;
+                }
+            }
+            let cluster = self.clone();
+            let request = ControlRequest::TopicCopyDeleted {
+                name: name.clone(),
+                node,
+            };
+            tokio::spawn(async move {
+                if let Err(e) = cluster.propose(request).await {
+                    tracing::debug!(error = %e, "copy deletion not committed");
+                }
+            });
+        }
+    }
 }
 
 /// Creates here every topic of the cluster state this node does not have.

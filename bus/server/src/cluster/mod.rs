@@ -120,6 +120,9 @@ struct Inner {
     /// already been silent, instead of granting a dead node (often the old
     /// controller itself) a fresh session.
     heard: Mutex<BTreeMap<NodeId, Instant>>,
+    /// When this node started: a peer never heard from since has been
+    /// silent at least that long.
+    started: Instant,
     /// Registrations proposed and not yet seen applied.
     registering: Mutex<BTreeSet<(NodeId, u64)>>,
     /// The node's data side, once attached.
@@ -224,6 +227,7 @@ impl Cluster {
                 session_timeout: setup.session_timeout,
                 liveness: Mutex::new(None),
                 heard: Mutex::new(BTreeMap::new()),
+                started: Instant::now(),
                 registering: Mutex::new(BTreeSet::new()),
                 data: OnceLock::new(),
                 tasks: Mutex::new(Vec::new()),
@@ -374,8 +378,10 @@ impl Cluster {
                 let liveness = liveness.get_or_insert_with(|| {
                     let mut liveness =
                         Liveness::new(Instant::now(), self.inner.session_timeout, &state);
-                    for (node, at) in self.heard().iter() {
-                        liveness.handle_heartbeat(*at, *node);
+                    let heard = self.heard();
+                    for node in state.nodes.keys().filter(|n| **n != self.inner.node) {
+                        let at = heard.get(node).copied().unwrap_or(self.inner.started);
+                        liveness.handle_heartbeat(at, *node);
                     }
                     liveness
                 });

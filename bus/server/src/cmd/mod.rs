@@ -32,12 +32,12 @@ impl Coded for StreamRequest {
     }
 }
 
-/// A topic change a cluster cannot make yet: deletes and alters are not
-/// in the control log, and a change on one node would be undone by the
-/// cluster's metadata.
+/// A topic change a cluster cannot make yet: alters are not in the
+/// control log, and a change on one node would be undone by the cluster's
+/// metadata.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "{0} is not built for a cluster yet (topics are created through the control log; deletes and alters are not)"
+    "{0} is not built for a cluster yet (topics are created and deleted through the control log; alters are not)"
 )]
 pub struct NotInCluster(&'static str);
 
@@ -73,16 +73,13 @@ pub async fn dispatch(b: &Broker, request: Request) -> Response {
             .await,
         ),
         Request::PartitionStates { topic } => node::partition_states(b, &topic),
-        Request::DeleteTopic { .. } | Request::AlterTopic { .. } if b.cluster.is_some() => {
-            let what = match request {
-                Request::DeleteTopic { .. } => "topic delete",
-                _ => "topic alter",
-            };
-            error::response(&NotInCluster(what))
+        Request::AlterTopic { .. } if b.cluster.is_some() => {
+            error::response(&NotInCluster("topic alter"))
         }
         Request::DeleteTopic { name } => respond(
             topic::delete(
                 &b.topics,
+                b.cluster.as_ref(),
                 &b.pipelines,
                 &b.attachments,
                 &b.dead_letters,

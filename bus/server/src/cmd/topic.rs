@@ -109,9 +109,13 @@ fn users(pipelines: &Pipelines, topic: &str) -> Vec<String> {
 
 /// `DeleteTopic`: refused while a pipeline uses the topic. Otherwise the
 /// records, the cached spec, the group coordinator's view, the ingest chain
-/// and the memory of its read-path dead letters all go.
+/// and the memory of its read-path dead letters all go. On a cluster node
+/// the delete goes through the control log, and every node holding a copy
+/// deletes it (this node's pipelines, ingest chain and dead letters are
+/// its own).
 pub async fn delete(
     topics: &Topics,
+    cluster: Option<&Cluster>,
     pipelines: &Pipelines,
     attachments: &Attachments,
     dead_letters: &DeadLetters,
@@ -124,7 +128,10 @@ pub async fn delete(
     if !users.is_empty() {
         return Err(TopicInUse { topic: name, users }.into());
     }
-    topics.delete(name.clone()).await?;
+    match cluster {
+        Some(cluster) => cluster.delete_topic(&name).await?,
+        None => topics.delete(name.clone()).await?,
+    }
     attachments.topic_deleted(&name);
     dead_letters.topic_deleted(&name);
     Ok(Response::TopicDeleted)

@@ -286,6 +286,7 @@ pub async fn delete_topics(
                 result.name = Some(TopicName(str_bytes(name.clone())));
                 let deleted = cmd::topic::delete(
                     &b.topics,
+                    b.cluster.as_ref(),
                     &b.pipelines,
                     &b.attachments,
                     &b.dead_letters,
