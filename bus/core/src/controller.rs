@@ -131,6 +131,19 @@ pub enum ControlRequest {
         /// Topic name.
         name: String,
     },
+    /// A consumer group commits offsets: they survive the loss of any
+    /// node, whichever node the group's clients reach next.
+    CommitOffsets {
+        /// Consumer group.
+        group: String,
+        /// `(topic, partition, offset)`: the next offset the group reads.
+        offsets: Vec<(String, u32, u64)>,
+    },
+    /// Removes a group's committed offsets.
+    DeleteGroupOffsets {
+        /// Consumer group.
+        group: String,
+    },
     /// `node` deleted its copy of a topic being deleted.
     TopicCopyDeleted {
         /// Topic name.
@@ -165,6 +178,12 @@ pub enum ControlOutcome {
         /// The new partition epoch.
         partition_epoch: u64,
     },
+    /// Offsets were committed; the group's offsets are now at this
+    /// version (a node has applied the commit once its state shows it).
+    OffsetsCommitted {
+        /// The group's new offsets version.
+        version: u64,
+    },
 }
 
 /// Why a request changed nothing. Refusals are part of the replicated
@@ -185,6 +204,9 @@ pub enum ControlError {
     /// The topic exists.
     #[error("topic {0:?} already exists")]
     TopicExists(String),
+    /// No committed offsets for the group.
+    #[error("unknown group {0:?}")]
+    UnknownGroup(String),
     /// A topic of that name was deleted and some nodes still hold a copy.
     #[error(
         "topic {topic:?} is being deleted; nodes {nodes:?} still hold a copy (a node that is down deletes it when it is back)"
@@ -240,6 +262,18 @@ pub struct ClusterState {
     /// Deleted topics whose copies some nodes still hold, with those nodes.
     #[serde(default)]
     pub deleting: BTreeMap<String, BTreeSet<NodeId>>,
+    /// Committed consumer-group offsets by group.
+    #[serde(default)]
+    pub offsets: BTreeMap<String, GroupOffsets>,
+}
+
+/// One consumer group's committed offsets.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupOffsets {
+    /// Bumped by every commit.
+    pub version: u64,
+    /// Topic → partition → the next offset the group reads.
+    pub topics: BTreeMap<String, BTreeMap<u32, u64>>,
 }
 
 impl ClusterState {
@@ -317,8 +351,33 @@ impl ClusterState {
                 if !holders.is_empty() {
                     self.deleting.insert(name.clone(), holders);
                 }
+                // As Kafka does: a deleted topic's committed offsets go
+                // with it, so a new topic of the name starts fresh.
+                for group in self.offsets.values_mut() {
+                    group.topics.remove(name);
+                }
+                self.offsets.retain(|_, group| !group.topics.is_empty());
                 Ok(ControlOutcome::Done)
             }
+            ControlRequest::CommitOffsets { group, offsets } => {
+                let entry = self.offsets.entry(group.clone()).or_default();
+                entry.version += 1;
+                for (topic, partition, offset) in offsets {
+                    entry
+                        .topics
+                        .entry(topic.clone())
+                        .or_default()
+                        .insert(*partition, *offset);
+                }
+                Ok(ControlOutcome::OffsetsCommitted {
+                    version: entry.version,
+                })
+            }
+            ControlRequest::DeleteGroupOffsets { group } => self
+                .offsets
+                .remove(group)
+                .map(|_| ControlOutcome::Done)
+                .ok_or_else(|| ControlError::UnknownGroup(group.clone())),
             ControlRequest::TopicCopyDeleted { name, node } => {
                 if let Some(holders) = self.deleting.get_mut(name) {
                     holders.remove(node);
@@ -667,6 +726,39 @@ mod tests {
             .apply(&ControlRequest::FenceNode { node: leader })
             .unwrap();
         leader
+    }
+
+    #[test]
+    fn offsets_are_committed_per_group_with_a_version_and_deleted_whole() {
+        let mut state = cluster(3);
+        let commit = |group: &str, offsets: &[(&str, u32, u64)]| ControlRequest::CommitOffsets {
+            group: group.into(),
+            offsets: offsets
+                .iter()
+                .map(|(t, p, o)| ((*t).into(), *p, *o))
+                .collect(),
+        };
+        assert_eq!(
+            state.apply(&commit("g", &[("t", 0, 5), ("t", 1, 7)])),
+            Ok(ControlOutcome::OffsetsCommitted { version: 1 })
+        );
+        assert_eq!(
+            state.apply(&commit("g", &[("t", 0, 3)])),
+            Ok(ControlOutcome::OffsetsCommitted { version: 2 })
+        );
+        let g = &state.offsets["g"].topics["t"];
+        assert_eq!(
+            (g[&0], g[&1]),
+            (3, 7),
+            "a commit may move an offset back (a reset)"
+        );
+        state
+            .apply(&ControlRequest::DeleteGroupOffsets { group: "g".into() })
+            .unwrap();
+        assert_eq!(
+            state.apply(&ControlRequest::DeleteGroupOffsets { group: "g".into() }),
+            Err(ControlError::UnknownGroup("g".into()))
+        );
     }
 
     #[test]

@@ -130,8 +130,8 @@ impl State {
     fn lag(&self) -> Vec<(Labels, u64)> {
         let b = &self.broker;
         let mut rows = Vec::new();
-        for group in b.store.groups().unwrap_or_default() {
-            for c in b.store.committed_offsets(&group).unwrap_or_default() {
+        for group in b.groups.committed_groups_blocking().unwrap_or_default() {
+            for c in b.groups.committed_blocking(&group).unwrap_or_default() {
                 let hw = b.writer.high_watermark(&c.topic, c.partition).unwrap_or(0);
                 rows.push((
                     vec![

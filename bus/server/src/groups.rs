@@ -12,7 +12,8 @@ use edgebus_proto::ErrorCode;
 use edgebus_proto::frame::{
     AssignmentStrategy, GroupLag, MemberInfo, PartitionOffset, TopicPartition,
 };
-use edgebus_store::{CommitError, LogStore, OffsetCommit, StoreError};
+use edgebus_store::{CommitError, CommittedOffset, LogStore, OffsetCommit, StoreError};
+use futures::future::BoxFuture;
 use tokio::sync::Notify;
 
 use crate::error::Coded;
@@ -50,6 +51,25 @@ pub enum GroupsError {
     /// The store call's task failed.
     #[error("store task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    /// The cluster's control log did not take the change (no quorum);
+    /// nothing was committed. Retriable.
+    #[error("the control log did not take the change: {0}")]
+    ControlLog(String),
+}
+
+/// Where a cluster node keeps committed offsets instead of its own store:
+/// in the cluster's control log, so they survive the loss of any node and
+/// a group's clients find them on whichever node they reach next.
+pub trait ReplicatedOffsets: Send + Sync {
+    /// Commits offsets (checked against the cluster's topics); returns once
+    /// this node's own reads show them.
+    fn commit(&self, commits: Vec<OffsetCommit>) -> BoxFuture<'static, Result<(), GroupsError>>;
+    /// A group's committed offsets as this node has applied them.
+    fn committed(&self, group: &str) -> Vec<CommittedOffset>;
+    /// Groups with committed offsets.
+    fn groups(&self) -> Vec<String>;
+    /// Removes a group's offsets; `false` when it had none.
+    fn delete(&self, group: &str) -> BoxFuture<'static, Result<bool, GroupsError>>;
 }
 
 impl Coded for GroupsError {
@@ -73,6 +93,7 @@ impl Coded for GroupsError {
             },
             GroupsError::Store(e) => e.code(),
             GroupsError::Task(_) => ErrorCode::StorageError,
+            GroupsError::ControlLog(_) => ErrorCode::StorageError,
         }
     }
 }
@@ -103,6 +124,7 @@ pub struct Groups {
     store: Arc<dyn LogStore>,
     writer: Writer,
     other_door: OtherDoorMembers,
+    replicated: Arc<std::sync::OnceLock<Arc<dyn ReplicatedOffsets>>>,
 }
 
 /// Checks a group name against the naming rule of topics.
@@ -120,7 +142,14 @@ impl Groups {
             store,
             writer,
             other_door: Arc::default(),
+            replicated: Arc::default(),
         }
+    }
+
+    /// Keeps committed offsets in `offsets` from now on (a cluster node).
+    /// Set once, at start.
+    pub fn set_replicated(&self, offsets: Arc<dyn ReplicatedOffsets>) {
+        let _ = self.replicated.set(offsets);
     }
 
     /// Tells the groups about another door's members (the Kafka door's):
@@ -313,7 +342,10 @@ impl Groups {
                 offset: o.offset,
             })
             .collect();
-        Ok(self.writer.commit_offsets(commits).await?)
+        match self.replicated.get() {
+            Some(replicated) => replicated.commit(commits).await,
+            None => Ok(self.writer.commit_offsets(commits).await?),
+        }
     }
 
     /// Refuses unless the group has no members, through any door.
@@ -324,9 +356,9 @@ impl Groups {
 
     /// A group's committed offsets.
     pub async fn committed(&self, group: String) -> Result<Vec<PartitionOffset>, GroupsError> {
-        let store = self.store.clone();
+        let this = self.clone();
         let committed =
-            tokio::task::spawn_blocking(move || store.committed_offsets(&group)).await??;
+            tokio::task::spawn_blocking(move || this.committed_blocking(&group)).await??;
         Ok(committed
             .into_iter()
             .map(|c| PartitionOffset {
@@ -337,12 +369,29 @@ impl Groups {
             .collect())
     }
 
+    /// A group's committed offsets, from the control log on a cluster node,
+    /// else from the store (which blocks).
+    pub fn committed_blocking(&self, group: &str) -> Result<Vec<CommittedOffset>, GroupsError> {
+        match self.replicated.get() {
+            Some(replicated) => Ok(replicated.committed(group)),
+            None => Ok(self.store.committed_offsets(group)?),
+        }
+    }
+
+    /// Groups with committed offsets (which blocks off a cluster).
+    pub fn committed_groups_blocking(&self) -> Result<Vec<String>, GroupsError> {
+        match self.replicated.get() {
+            Some(replicated) => Ok(replicated.groups()),
+            None => Ok(self.store.groups()?),
+        }
+    }
+
     /// Groups with members or committed offsets.
     pub async fn list(&self) -> Result<Vec<String>, GroupsError> {
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
             let mut names: BTreeSet<String> = this.lock().active_groups().into_iter().collect();
-            names.extend(this.store.groups()?);
+            names.extend(this.committed_groups_blocking()?);
             Ok(names.into_iter().collect())
         })
         .await?
@@ -357,7 +406,7 @@ impl Groups {
 
     fn describe_blocking(&self, group: &str) -> Result<Description, GroupsError> {
         let description = self.lock().describe(group);
-        let committed = self.store.committed_offsets(group)?;
+        let committed = self.committed_blocking(group)?;
         if description.is_none() && committed.is_empty() {
             return Err(GroupsError::UnknownGroup(group.to_owned()));
         }
@@ -410,6 +459,12 @@ impl Groups {
     /// Removes a group's offsets, only while it has no members.
     pub async fn delete(&self, group: String) -> Result<(), GroupsError> {
         self.ensure_empty(&group)?;
+        if let Some(replicated) = self.replicated.get() {
+            return match replicated.delete(&group).await? {
+                true => Ok(()),
+                false => Err(GroupsError::UnknownGroup(group)),
+            };
+        }
         let store = self.store.clone();
         let deleted = tokio::task::spawn_blocking({
             let group = group.clone();

@@ -370,6 +370,7 @@ pub async fn start_with_store(
                 Duration::from_millis(config.cluster.replica_lag_time_max_ms),
             )
             .await;
+        broker.groups.set_replicated(Arc::new(cluster.clone()));
         broker.cluster = Some(cluster);
     }
     broker.pipelines.restore();

@@ -623,3 +623,90 @@ fn a_deleted_topic_goes_from_every_node_and_its_name_waits_for_the_last_copy() {
         }
     }
 }
+
+/// Committed group offsets live in the control log: a group that
+/// committed through one node resumes where it stopped through the others
+/// after that node is SIGKILLed, and `group describe` on any node shows the
+/// offsets.
+#[test]
+fn group_offsets_committed_through_a_killed_node_resume_on_the_others() {
+    let mut cluster = Cluster::start();
+    cluster.wait_for(0, "a controller and three nodes up", |s| {
+        controller(s).is_some() && up(s) == [1, 2, 3]
+    });
+    let out = cluster.run(0, &["topic", "create", "t", "--partitions", "1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let values: Vec<String> = (0..10).map(|n| format!("v{n}")).collect();
+    assert_eq!(cluster.produce(&values), values);
+    cluster.wait_for_full_isr();
+
+    let read = |out: std::process::Output| -> Vec<String> {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .map(|v| v["value"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    let first = read(cluster.run(
+        0,
+        &[
+            "consume", "t", "--group", "g", "--max", "4", "--output", "json",
+        ],
+    ));
+    assert_eq!(first, values[..4]);
+
+    cluster.kill(0);
+    let described = cluster.run(1, &["group", "describe", "g", "--output", "json"]);
+    let described: Value = serde_json::from_slice(&described.stdout).unwrap_or_default();
+    assert!(
+        has_committed(&described, 4),
+        "node 2 shows the offset committed through node 1: {described}"
+    );
+    // A follower serves up to the high watermark it has learned, which
+    // its next fetch brings.
+    let deadline = Instant::now() + LIMIT;
+    while (1..3).any(|i| cluster.consume(i).as_ref() != Some(&values)) {
+        assert!(Instant::now() < deadline, "the followers never served all");
+        thread::sleep(Duration::from_millis(200));
+    }
+    let nodes: String = cluster.nodes[1..]
+        .iter()
+        .map(|n| n.addr.as_str())
+        .collect::<Vec<_>>()
+        .join(",");
+    let rest = read(
+        Command::new(BIN)
+            .args(["consume", "t", "--group", "g", "--output", "json"])
+            .args(["--broker", &nodes, "--connect-timeout", "2s"])
+            .arg("--ca")
+            .arg(cluster.ca())
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(
+        rest,
+        values[4..],
+        "the group resumes after what it committed"
+    );
+}
+
+/// Whether any object in `v` has `"committed": offset`.
+fn has_committed(v: &Value, offset: u64) -> bool {
+    match v {
+        Value::Object(m) => {
+            m.get("committed").and_then(Value::as_u64) == Some(offset)
+                || m.values().any(|v| has_committed(v, offset))
+        }
+        Value::Array(a) => a.iter().any(|v| has_committed(v, offset)),
+        _ => false,
+    }
+}

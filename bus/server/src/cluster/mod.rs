@@ -15,6 +15,7 @@
 //! forwards them to its leader.
 
 mod data;
+mod offsets;
 pub mod peer;
 pub mod raft;
 

@@ -1,0 +1,124 @@
+//! Consumer-group offsets in the control log: a cluster node's
+//! [`ReplicatedOffsets`], so committed offsets survive the loss of any node.
+//!
+//! Each commit is one control-log entry per group. The node that proposed
+//! it answers only once its own state shows the commit (the entry's
+//! version), so a client that commits and then fetches through the same
+//! node reads what it wrote.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use edgebus_core::controller::{ControlError, ControlOutcome, ControlRequest};
+use edgebus_store::{CommitError, CommittedOffset, OffsetCommit};
+use futures::future::BoxFuture;
+
+use super::Cluster;
+use crate::groups::{GroupsError, ReplicatedOffsets};
+
+/// How long a node waits to apply a commit the control log has taken.
+const APPLY_WAIT: Duration = Duration::from_secs(5);
+
+impl ReplicatedOffsets for Cluster {
+    fn commit(&self, commits: Vec<OffsetCommit>) -> BoxFuture<'static, Result<(), GroupsError>> {
+        let cluster = self.clone();
+        Box::pin(async move {
+            let state = cluster.state();
+            let mut by_group: BTreeMap<String, Vec<(String, u32, u64)>> = BTreeMap::new();
+            for c in commits {
+                let partitions = state
+                    .topics
+                    .get(&c.topic)
+                    .ok_or_else(|| CommitError::UnknownTopic(c.topic.clone()))?
+                    .partitions
+                    .len();
+                if c.partition as usize >= partitions {
+                    return Err(CommitError::UnknownPartition {
+                        topic: c.topic,
+                        partition: c.partition,
+                    }
+                    .into());
+                }
+                by_group
+                    .entry(c.group)
+                    .or_default()
+                    .push((c.topic, c.partition, c.offset));
+            }
+            for (group, offsets) in by_group {
+                let request = ControlRequest::CommitOffsets {
+                    group: group.clone(),
+                    offsets,
+                };
+                let version = match cluster.propose(request).await {
+                    Ok(Ok(ControlOutcome::OffsetsCommitted { version })) => version,
+                    Ok(Ok(other)) => {
+                        return Err(GroupsError::ControlLog(format!("unexpected {other:?}")));
+                    }
+                    Ok(Err(e)) => return Err(GroupsError::ControlLog(e.to_string())),
+                    Err(e) => return Err(GroupsError::ControlLog(e.to_string())),
+                };
+                cluster.applied(&group, version).await?;
+            }
+            Ok(())
+        })
+    }
+
+    fn committed(&self, group: &str) -> Vec<CommittedOffset> {
+        self.state()
+            .offsets
+            .get(group)
+            .map(|g| {
+                g.topics
+                    .iter()
+                    .flat_map(|(topic, partitions)| {
+                        partitions
+                            .iter()
+                            .map(|(partition, offset)| CommittedOffset {
+                                topic: topic.clone(),
+                                partition: *partition,
+                                offset: *offset,
+                            })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn groups(&self) -> Vec<String> {
+        self.state().offsets.keys().cloned().collect()
+    }
+
+    fn delete(&self, group: &str) -> BoxFuture<'static, Result<bool, GroupsError>> {
+        let cluster = self.clone();
+        let group = group.to_owned();
+        Box::pin(async move {
+            let request = ControlRequest::DeleteGroupOffsets { group };
+            match cluster.propose(request).await {
+                Ok(Ok(_)) => Ok(true),
+                Ok(Err(ControlError::UnknownGroup(_))) => Ok(false),
+                Ok(Err(e)) => Err(GroupsError::ControlLog(e.to_string())),
+                Err(e) => Err(GroupsError::ControlLog(e.to_string())),
+            }
+        })
+    }
+}
+
+impl Cluster {
+    /// Waits until this node's state holds `group`'s offsets at `version`
+    /// or later (a later commit also means this one was applied).
+    async fn applied(&self, group: &str, version: u64) -> Result<(), GroupsError> {
+        let mut states = self.inner.state.clone();
+        let wait = states.wait_for(|state| {
+            state
+                .offsets
+                .get(group)
+                .is_some_and(|g| g.version >= version)
+        });
+        match tokio::time::timeout(APPLY_WAIT, wait).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(GroupsError::ControlLog(format!(
+                "the commit was taken but not applied on this node within {APPLY_WAIT:?}"
+            ))),
+        }
+    }
+}
