@@ -131,6 +131,13 @@ pub enum ControlRequest {
         /// Topic name.
         name: String,
     },
+    /// Replaces a topic's broker settings (not its partitions).
+    AlterTopicSpec {
+        /// Topic name.
+        name: String,
+        /// The broker's topic settings.
+        spec: Vec<u8>,
+    },
     /// A consumer group commits offsets: they survive the loss of any
     /// node, whichever node the group's clients reach next.
     CommitOffsets {
@@ -357,6 +364,14 @@ impl ClusterState {
                     group.topics.remove(name);
                 }
                 self.offsets.retain(|_, group| !group.topics.is_empty());
+                Ok(ControlOutcome::Done)
+            }
+            ControlRequest::AlterTopicSpec { name, spec } => {
+                let meta = self
+                    .topics
+                    .get_mut(name)
+                    .ok_or_else(|| ControlError::UnknownTopic(name.clone()))?;
+                meta.spec = spec.clone();
                 Ok(ControlOutcome::Done)
             }
             ControlRequest::CommitOffsets { group, offsets } => {

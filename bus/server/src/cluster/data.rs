@@ -22,7 +22,7 @@ use edgebus_core::replica::{
     FetchDecision, FetchError, FetchRequest, FetchResponse, ReplicaConfig, ReplicatedBatch,
 };
 use edgebus_proto::batch::BatchHeader;
-use edgebus_proto::frame::{Request, TopicSpec};
+use edgebus_proto::frame::{Request, TopicChanges, TopicSpec};
 use edgebus_store::{LogStore, TopicError};
 use tokio::sync::mpsc;
 
@@ -157,6 +157,70 @@ impl Cluster {
         Ok(())
     }
 
+    /// Changes a topic's settings through the control log; every node that
+    /// holds a copy applies them, this one before the answer. Adding
+    /// partitions to a replicated topic is not built.
+    pub async fn alter_topic(
+        &self,
+        name: &str,
+        changes: TopicChanges,
+    ) -> Result<TopicSpec, TopicAdminError> {
+        let unknown =
+            || TopicAdminError::UnknownTopic(crate::topics::UnknownTopic(name.to_owned()));
+        let old = self
+            .state()
+            .topics
+            .get(name)
+            .and_then(|meta| spec_of(name, &meta.spec))
+            .ok_or_else(unknown)?;
+        if changes.partitions.is_some_and(|p| p != old.partitions) {
+            return Err(TopicAdminError::Store(TopicError::Invalid(
+                "adding partitions to a replicated topic is not built yet".into(),
+            )));
+        }
+        let new = TopicSpec {
+            retention_ms: changes.retention_ms.unwrap_or(old.retention_ms),
+            retention_bytes: changes.retention_bytes.unwrap_or(old.retention_bytes),
+            max_message_bytes: changes.max_message_bytes.unwrap_or(old.max_message_bytes),
+            ..old
+        };
+        let mut buf = BytesMut::new();
+        Request::CreateTopic(new.clone()).encode(0, &mut buf);
+        let request = ControlRequest::AlterTopicSpec {
+            name: name.to_owned(),
+            spec: buf[4..].to_vec(),
+        };
+        match self.propose(request).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(ControlError::UnknownTopic(_))) => return Err(unknown()),
+            Ok(Err(e)) => return Err(TopicAdminError::Store(TopicError::Invalid(e.to_string()))),
+            Err(e) => {
+                return Err(TopicAdminError::Store(TopicError::Store(
+                    edgebus_store::StoreError::Backend(e.to_string()),
+                )));
+            }
+        }
+        let Some(data) = self.data() else {
+            return Ok(new);
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while data
+            .topics
+            .spec(name)
+            .is_ok_and(|local| !differences(&local, &new).is_empty())
+        {
+            if Instant::now() > deadline {
+                return Err(TopicAdminError::Store(TopicError::Store(
+                    edgebus_store::StoreError::Backend(
+                        "the change is in the cluster but not yet on this node".into(),
+                    ),
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(new)
+    }
+
     /// Deletes a topic through the control log. Every node that holds a
     /// copy deletes it when it applies the change (a node that is down,
     /// when it is back), and the name can be used again once all have.
@@ -190,6 +254,7 @@ impl Cluster {
                 .is_some_and(|meta| meta.incarnation == self.inner.incarnation);
             if registered && let Some(data) = self.data() {
                 create_local_topics(&data.topics, &state).await;
+                alter_local_topics(&data.topics, &state).await;
                 self.delete_local_copies(&data.topics, &state).await;
                 data.writer.cluster_metadata(state).await;
             }
@@ -512,22 +577,92 @@ impl Cluster {
     }
 }
 
+/// A topic's settings as the control log holds them.
+fn spec_of(name: &str, encoded: &[u8]) -> Option<TopicSpec> {
+    match Request::decode(Bytes::from(encoded.to_vec())) {
+        Ok((_, Request::CreateTopic(spec))) => Some(spec),
+        other => {
+            tracing::error!(topic = %name, ?other, "unreadable topic spec in the control log");
+            None
+        }
+    }
+}
+
+/// The settings of `wanted` that `local` lacks. A `max_message_bytes` of 0
+/// is each node's own default, which a node resolved when it created its
+/// copy, so it never differs.
+fn differences(local: &TopicSpec, wanted: &TopicSpec) -> TopicChanges {
+    let changed = |l: i64, w: i64| (l != w).then_some(w);
+    TopicChanges {
+        partitions: None,
+        retention_ms: changed(local.retention_ms, wanted.retention_ms),
+        retention_bytes: changed(local.retention_bytes, wanted.retention_bytes),
+        max_message_bytes: (wanted.max_message_bytes != 0
+            && local.max_message_bytes != wanted.max_message_bytes)
+            .then_some(wanted.max_message_bytes),
+    }
+}
+
+/// Brings this node's copies to the settings the control log holds.
+async fn alter_local_topics(topics: &Topics, state: &ClusterState) {
+    for (name, meta) in &state.topics {
+        let Ok(local) = topics.spec(name) else {
+            continue;
+        };
+        let Some(wanted) = spec_of(name, &meta.spec) else {
+            continue;
+        };
+        let changes = differences(&local, &wanted);
+        if changes.is_empty() {
+            continue;
+        }
+        if let Err(e) = topics.alter(name, changes).await {
+            tracing::error!(topic = %name, error = %e, "altering the local copy failed");
+        }
+    }
+}
+
 /// Creates here every topic of the cluster state this node does not have.
 async fn create_local_topics(topics: &Topics, state: &ClusterState) {
     for (name, meta) in &state.topics {
         if topics.spec(name).is_ok() {
             continue;
         }
-        let spec = match Request::decode(Bytes::from(meta.spec.clone())) {
-            Ok((_, Request::CreateTopic(spec))) => spec,
-            other => {
-                tracing::error!(topic = %name, ?other, "unreadable topic spec in the control log");
-                continue;
-            }
+        let Some(spec) = spec_of(name, &meta.spec) else {
+            continue;
         };
         match topics.create(spec).await {
             Ok(()) | Err(TopicAdminError::Store(TopicError::Exists(_))) => {}
             Err(e) => tracing::error!(topic = %name, error = %e, "creating the local copy failed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn differences_name_what_changed_and_leave_a_default_record_size_alone() {
+        let local = TopicSpec {
+            max_message_bytes: 1 << 20,
+            ..TopicSpec::new("t", 1)
+        };
+        let mut wanted = TopicSpec {
+            max_message_bytes: 0,
+            ..local.clone()
+        };
+        assert!(differences(&local, &wanted).is_empty());
+        wanted.retention_bytes = 1_000;
+        wanted.max_message_bytes = 2 << 20;
+        assert_eq!(
+            differences(&local, &wanted),
+            TopicChanges {
+                partitions: None,
+                retention_ms: None,
+                retention_bytes: Some(1_000),
+                max_message_bytes: Some(2 << 20),
+            }
+        );
     }
 }

@@ -32,21 +32,6 @@ impl Coded for StreamRequest {
     }
 }
 
-/// A topic change a cluster cannot make yet: alters are not in the
-/// control log, and a change on one node would be undone by the cluster's
-/// metadata.
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "{0} is not built for a cluster yet (topics are created and deleted through the control log; alters are not)"
-)]
-pub struct NotInCluster(&'static str);
-
-impl Coded for NotInCluster {
-    fn code(&self) -> ErrorCode {
-        ErrorCode::InvalidRequest
-    }
-}
-
 /// The response to one request: its handler's, or the handler's error.
 pub fn respond<E: Coded>(handled: Result<Response, E>) -> Response {
     handled.unwrap_or_else(|e| error::response(&e))
@@ -73,9 +58,6 @@ pub async fn dispatch(b: &Broker, request: Request) -> Response {
             .await,
         ),
         Request::PartitionStates { topic } => node::partition_states(b, &topic),
-        Request::AlterTopic { .. } if b.cluster.is_some() => {
-            error::response(&NotInCluster("topic alter"))
-        }
         Request::DeleteTopic { name } => respond(
             topic::delete(
                 &b.topics,
@@ -177,7 +159,7 @@ pub async fn dispatch(b: &Broker, request: Request) -> Response {
         Request::NodeInfo => node::info(&b.node).await,
         Request::ClusterStatus => node::cluster_status(b.cluster.as_ref()),
         Request::AlterTopic { name, changes } => {
-            respond(topic::alter(&b.topics, &name, changes).await)
+            respond(topic::alter(&b.topics, b.cluster.as_ref(), &name, changes).await)
         }
         Request::ResetPartitionOffsets {
             group,

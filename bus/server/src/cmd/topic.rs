@@ -93,10 +93,15 @@ pub async fn create(
 /// `AlterTopic`: answers with the new spec.
 pub async fn alter(
     topics: &Topics,
+    cluster: Option<&Cluster>,
     name: &str,
     changes: TopicChanges,
 ) -> Result<Response, TopicRequestError> {
-    Ok(Response::Topics(vec![topics.alter(name, changes).await?]))
+    let spec = match cluster {
+        Some(cluster) => cluster.alter_topic(name, changes).await?,
+        None => topics.alter(name, changes).await?,
+    };
+    Ok(Response::Topics(vec![spec]))
 }
 
 /// What in the broker reads or writes `topic` besides clients, as
