@@ -827,14 +827,7 @@ impl LaneTask {
             // The batches behind it meet the same disk, or, once space is
             // freed, a sequence gap that restarts the lane's sequence.
             Err(e) if e.code() == Some(ErrorCode::StorageFull) => {
-                let (_, sealed) = self.in_flight.pop_front().expect("front exists");
-                let message = match &e {
-                    ClientError::Broker { message, .. } => message.clone(),
-                    other => other.to_string(),
-                };
-                fail_all(sealed.acks, || {
-                    ClientError::broker(ErrorCode::StorageFull as u16, message.clone())
-                });
+                self.fail_front(&e);
                 Ok(())
             }
             Err(e) if e.is_retriable() => Err(e),
@@ -860,13 +853,21 @@ impl LaneTask {
                 Err(e)
             }
             Err(e) => {
-                let (_, sealed) = self.in_flight.pop_front().expect("front exists");
-                let message = e.to_string();
-                let code = e.code().map(|c| c as u16).unwrap_or(0);
-                fail_all(sealed.acks, || ClientError::broker(code, message.clone()));
+                self.fail_front(&e);
                 Ok(())
             }
         }
+    }
+
+    /// Fails the oldest in-flight batch's records with the broker's
+    /// refusal `e`, code and message as the broker sent them.
+    fn fail_front(&mut self, e: &ClientError) {
+        let (_, sealed) = self.in_flight.pop_front().expect("front exists");
+        let (code, message) = match e {
+            ClientError::Broker { code, message, .. } => (*code, message.clone()),
+            other => (0, other.to_string()),
+        };
+        fail_all(sealed.acks, || ClientError::broker(code, message.clone()));
     }
 
     /// Fails batches that have waited longer than the delivery timeout.
