@@ -956,6 +956,10 @@ pub enum Request {
         replication_factor: u32,
         /// `min.insync.replicas`.
         min_insync_replicas: u32,
+        /// `unclean.leader.election`: with no in-sync replica left, a
+        /// partition may elect an out-of-sync one (and lose what only the
+        /// in-sync ones had) rather than wait.
+        unclean_leader_election: bool,
     },
     /// Each partition's replication as the answering node sees it.
     PartitionStates {
@@ -1535,10 +1539,12 @@ impl Request {
                 spec,
                 replication_factor,
                 min_insync_replicas,
+                unclean_leader_election,
             } => {
                 put_spec(buf, spec);
                 buf.put_u32(*replication_factor);
                 buf.put_u32(*min_insync_replicas);
+                buf.put_u8(u8::from(*unclean_leader_election));
             }
             Request::PartitionStates { topic } => put_str(buf, topic),
             Request::DeleteTopic { name } | Request::DescribeTopic { name } => put_str(buf, name),
@@ -1881,6 +1887,7 @@ impl Request {
                 spec: r.spec()?,
                 replication_factor: r.u32()?,
                 min_insync_replicas: r.u32()?,
+                unclean_leader_election: r.bool()?,
             },
             FrameKind::PartitionStates => Request::PartitionStates { topic: r.str()? },
             FrameKind::AlterTopic => Request::AlterTopic {
@@ -3035,11 +3042,14 @@ mod tests {
             "[a-z]{1,8}".prop_map(|group| Request::DeleteGroup { group }),
             Just(Request::NodeInfo),
             Just(Request::ClusterStatus),
-            (arb_spec(), any::<u32>(), any::<u32>()).prop_map(
-                |(spec, replication_factor, min_insync_replicas)| Request::CreateReplicatedTopic {
-                    spec,
-                    replication_factor,
-                    min_insync_replicas,
+            (arb_spec(), any::<u32>(), any::<u32>(), any::<bool>()).prop_map(
+                |(spec, replication_factor, min_insync_replicas, unclean_leader_election)| {
+                    Request::CreateReplicatedTopic {
+                        spec,
+                        replication_factor,
+                        min_insync_replicas,
+                        unclean_leader_election,
+                    }
                 }
             ),
             "[a-z]{1,8}".prop_map(|topic| Request::PartitionStates { topic }),

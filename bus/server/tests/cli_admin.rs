@@ -441,6 +441,17 @@ fn topic_create_if_not_exists_on_existing_topic_exits_0_and_changes_nothing() {
     assert!(err.contains("TopicExists"), "{err}");
     b.ok(&["topic", "create", "u", "--if-not-exists"]);
     assert_eq!(b.describe_topic("u")["partitions"], 1);
+    // Replication settings need a cluster; a single node says so.
+    for flags in [
+        &["--replication-factor", "3"][..],
+        &["--min-insync-replicas", "2"][..],
+        &["--unclean-leader-election"][..],
+    ] {
+        let mut args = vec!["topic", "create", "r"];
+        args.extend_from_slice(flags);
+        let err = b.refused(&args);
+        assert!(err.contains("need a cluster"), "{flags:?}: {err}");
+    }
 }
 
 /// `group reset-offsets`: a dry run plans and changes nothing, `--partition`

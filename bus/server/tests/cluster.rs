@@ -622,6 +622,17 @@ fn a_deleted_topic_goes_from_every_node_and_its_name_waits_for_the_last_copy() {
         );
         thread::sleep(Duration::from_millis(200));
     }
+    ok(cluster.run(
+        1,
+        &[
+            "topic",
+            "create",
+            "u",
+            "--partitions",
+            "1",
+            "--unclean-leader-election",
+        ],
+    ));
     let fresh = vec!["new-0".to_owned()];
     assert_eq!(cluster.produce(&fresh), fresh);
     cluster.wait_for_full_isr();

@@ -86,6 +86,11 @@ pub struct CreateArgs {
     /// replication factor).
     #[arg(long, value_name = "M")]
     min_insync_replicas: Option<u32>,
+    /// With no in-sync replica left, let a partition elect an out-of-sync
+    /// replica (losing what only the in-sync ones had) instead of waiting
+    /// for one to return; off by default.
+    #[arg(long)]
+    unclean_leader_election: bool,
     #[command(flatten)]
     ingest: IngestArgs,
     #[command(flatten)]
@@ -217,13 +222,18 @@ async fn create(a: CreateArgs) -> Result<(), Failure> {
         max_message_bytes: a.max_message_bytes.unwrap_or(0),
         compression: a.compression,
     };
-    let created = match (a.replication_factor, a.min_insync_replicas) {
-        (None, None) => client.create_topic(spec).await,
-        (replication_factor, min_insync_replicas) => {
+    let created = match (
+        a.replication_factor,
+        a.min_insync_replicas,
+        a.unclean_leader_election,
+    ) {
+        (None, None, false) => client.create_topic(spec).await,
+        (replication_factor, min_insync_replicas, unclean_leader_election) => {
             let request = Request::CreateReplicatedTopic {
                 spec,
                 replication_factor: replication_factor.unwrap_or(0),
                 min_insync_replicas: min_insync_replicas.unwrap_or(0),
+                unclean_leader_election,
             };
             match client.request(&request).await {
                 Ok(Response::TopicCreated) => Ok(()),

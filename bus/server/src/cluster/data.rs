@@ -102,6 +102,7 @@ impl Cluster {
         spec: TopicSpec,
         replication_factor: u32,
         min_insync: u32,
+        unclean_leader_election: bool,
     ) -> Result<(), TopicAdminError> {
         let replication_factor = match replication_factor {
             0 => self.inner.addrs.len().min(3) as u32,
@@ -118,7 +119,7 @@ impl Cluster {
             partitions: spec.partitions,
             replication_factor,
             min_insync,
-            unclean_leader_election: false,
+            unclean_leader_election,
             spec: buf[4..].to_vec(),
         };
         let store_error = |detail: String| {

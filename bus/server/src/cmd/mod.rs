@@ -41,12 +41,13 @@ pub fn respond<E: Coded>(handled: Result<Response, E>) -> Response {
 pub async fn dispatch(b: &Broker, request: Request) -> Response {
     match request {
         Request::CreateTopic(spec) => {
-            respond(topic::create(&b.topics, b.cluster.as_ref(), spec, 0, 0).await)
+            respond(topic::create(&b.topics, b.cluster.as_ref(), spec, 0, 0, false).await)
         }
         Request::CreateReplicatedTopic {
             spec,
             replication_factor,
             min_insync_replicas,
+            unclean_leader_election,
         } => respond(
             topic::create(
                 &b.topics,
@@ -54,6 +55,7 @@ pub async fn dispatch(b: &Broker, request: Request) -> Response {
                 spec,
                 replication_factor,
                 min_insync_replicas,
+                unclean_leader_election,
             )
             .await,
         ),

@@ -58,29 +58,34 @@ impl Coded for TopicRequestError {
     }
 }
 
-/// `CreateTopic`.
 /// `CreateTopic` and `CreateReplicatedTopic`. On a cluster node the
 /// control log places the topic's replicas and every replica node creates
 /// it; a single node takes a replication factor and `min.insync.replicas`
-/// of at most 1 (0 meaning the default).
+/// of at most 1 (0 meaning the default), and no unclean election.
 pub async fn create(
     topics: &Topics,
     cluster: Option<&Cluster>,
     spec: TopicSpec,
     replication_factor: u32,
     min_insync: u32,
+    unclean_leader_election: bool,
 ) -> Result<Response, TopicRequestError> {
     match cluster {
         Some(cluster) => {
             cluster
-                .create_topic(spec, replication_factor, min_insync)
+                .create_topic(
+                    spec,
+                    replication_factor,
+                    min_insync,
+                    unclean_leader_election,
+                )
                 .await?
         }
-        None if replication_factor > 1 || min_insync > 1 => {
+        None if replication_factor > 1 || min_insync > 1 || unclean_leader_election => {
             return Err(
                 TopicAdminError::Store(edgebus_store::TopicError::Invalid(format!(
-                    "replication factor {replication_factor} and min.insync.replicas {min_insync} \
-                 need a cluster; this is a single node"
+                    "replication factor {replication_factor}, min.insync.replicas {min_insync} \
+                     and unclean leader election need a cluster; this is a single node"
                 )))
                 .into(),
             );

@@ -221,10 +221,31 @@ pub async fn create_topics(
         let created = match spec_of(topic) {
             Err(BadConfig(e, why)) => Err((e.code(), why)),
             Ok(spec) if request.validate_only => Ok(spec),
-            Ok(spec) => match door.broker.topics.create(spec.clone()).await {
-                Ok(()) => Ok(door.broker.topics.spec(&spec.name).unwrap_or(spec)),
-                Err(e) => Err((error::code(&e), e.to_string())),
-            },
+            Ok(spec) => {
+                // On a cluster node the topic goes through the control log
+                // with the replication factor asked for (-1: the
+                // cluster's default); a single node keeps ignoring it.
+                let b = &door.broker;
+                let replication_factor = match &b.cluster {
+                    Some(_) => u32::try_from(topic.replication_factor).unwrap_or(0),
+                    None => 0,
+                };
+                let cluster = b.cluster.as_ref();
+                let name = spec.name.clone();
+                match cmd::topic::create(
+                    &b.topics,
+                    cluster,
+                    spec.clone(),
+                    replication_factor,
+                    0,
+                    false,
+                )
+                .await
+                {
+                    Ok(_) => Ok(b.topics.spec(&name).unwrap_or(spec)),
+                    Err(e) => Err((error::code(&e), e.to_string())),
+                }
+            }
         };
         match created {
             Ok(spec) => {
