@@ -343,9 +343,16 @@ async fn connect(args: &BenchArgs) -> Result<(Client, LocalBroker), Failure> {
         return Ok((client, None));
     }
     let dir = tempfile::tempdir().map_err(Failure::other)?;
+    let (broker, client) = start_local(dir.path()).await?;
+    Ok((client, Some((broker, dir))))
+}
+
+/// A broker of the bench's own on loopback with its data in `dir`, and a
+/// client of it.
+async fn start_local(dir: &std::path::Path) -> Result<(edgebus::RunningBroker, Client), Failure> {
     let config = Config {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        data_dir: dir.path().to_owned(),
+        data_dir: dir.to_owned(),
         ..Config::default()
     };
     let broker = edgebus::start(config).await.map_err(Failure::other)?;
@@ -354,7 +361,7 @@ async fn connect(args: &BenchArgs) -> Result<(Client, LocalBroker), Failure> {
         .clone()
         .ok_or_else(|| Failure::other("bench broker has no local CA"))?;
     let client = Client::connect(ClientConfig::new(broker.addr, ca)).await?;
-    Ok((client, Some((broker, dir))))
+    Ok((broker, client))
 }
 
 fn progress(args: &BenchArgs) -> ProgressBar {

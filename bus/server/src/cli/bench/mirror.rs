@@ -13,13 +13,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use edgebus_client::{Client, ClientConfig, Producer, ProducerConfig, Record, TopicSpec};
+use edgebus_client::{Client, Producer, ProducerConfig, Record, TopicSpec};
 use edgebus_proto::compression::Compression;
 use edgebus_proto::frame::{FailurePolicy, MirrorDescription, MirrorSpec, Request, Response};
 use serde_json::json;
 
 use super::{BenchArgs, Failure, Output, sensor_json};
-use edgebus::config::Config;
 
 /// The produce rate that continues during the drain unless `--rate` says
 /// otherwise (the target: drain at 3× this).
@@ -32,21 +31,6 @@ const POLL: Duration = Duration::from_millis(50);
 const DRAIN_MAX: Duration = Duration::from_secs(600);
 
 const TOPIC: &str = "bench-mirror";
-
-async fn start(dir: &std::path::Path) -> Result<(edgebus::RunningBroker, Client), Failure> {
-    let config = Config {
-        listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-        data_dir: dir.to_owned(),
-        ..Config::default()
-    };
-    let broker = edgebus::start(config).await.map_err(Failure::other)?;
-    let ca = broker
-        .local_ca
-        .clone()
-        .ok_or_else(|| Failure::other("bench broker has no local CA"))?;
-    let client = Client::connect(ClientConfig::new(broker.addr, ca)).await?;
-    Ok((broker, client))
-}
 
 async fn mirror(edge: &Client, request: Request) -> Result<MirrorDescription, Failure> {
     match edge.request(&request).await? {
@@ -94,8 +78,8 @@ pub(super) async fn run(args: &BenchArgs) -> Result<(), Failure> {
         tempfile::tempdir().map_err(Failure::other)?,
         tempfile::tempdir().map_err(Failure::other)?,
     );
-    let (hub, _hub_client) = start(hub_dir.path()).await?;
-    let (edge, client) = start(edge_dir.path()).await?;
+    let (hub, _hub_client) = super::start_local(hub_dir.path()).await?;
+    let (edge, client) = super::start_local(edge_dir.path()).await?;
     let outcome = measure(args, &hub, &client).await;
     edge.shutdown().await;
     hub.shutdown().await;
