@@ -1364,17 +1364,19 @@ impl Sim {
     }
 
     /// Damage is a fault the cluster is built to survive only while another
-    /// whole in-sync copy exists: one damaged copy at a time, on a cluster
-    /// that is up, uncut and fully in sync when it rots.
+    /// whole in-sync copy exists: one damaged copy at a time, on a node that
+    /// is up and reaches the controller, with another in-sync copy when the
+    /// damaged one is in the ISR.
     fn may_damage(&self, node: NodeId, partition: u32) -> bool {
         let whole = self
             .controller
             .state
             .partition(TOPIC, partition)
-            .is_some_and(|m| m.isr.len() == NODES.len() && m.rebuilding.is_empty());
+            .is_some_and(|m| {
+                m.rebuilding.is_empty() && (m.isr.len() >= 2 || !m.isr.contains(&node))
+            });
         let undamaged = self.nodes.values().all(|n| {
-            n.up && n
-                .disks
+            n.disks
                 .values()
                 .all(|d| d.entries.iter().all(|e| !e.damaged))
         });
