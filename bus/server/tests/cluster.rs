@@ -41,6 +41,15 @@ impl Cluster {
 
     /// Three nodes with `extra` appended to the `[cluster]` config table.
     fn start_with(extra: &str) -> Cluster {
+        let mut cluster = Cluster::prepare(extra);
+        for i in 0..3 {
+            cluster.spawn(i);
+        }
+        cluster
+    }
+
+    /// [`Cluster::start_with`], before any node is started.
+    fn prepare(extra: &str) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let out = tls_init(dir.path());
         assert!(
@@ -64,11 +73,7 @@ impl Cluster {
                 process: None,
             })
             .collect();
-        let mut cluster = Cluster { dir, nodes };
-        for i in 0..3 {
-            cluster.spawn(i);
-        }
-        cluster
+        Cluster { dir, nodes }
     }
 
     fn ca(&self) -> PathBuf {
@@ -836,4 +841,68 @@ fn a_damaged_copy_is_rebuilt_from_the_leader_and_can_lead_whole_again() {
         );
         thread::sleep(Duration::from_millis(300));
     }
+}
+
+/// The leader's disk fills up under `acks=leader` produce, whose commits
+/// followers may fetch before they are fsync'd. The node stops (exit 6)
+/// rather than reopen its store at its last fsync and lead on at the same
+/// epoch with batches the followers already hold at other offsets; the
+/// other two elect a leader and take `acks=all` writes. Needs root for the
+/// tmpfs, as `disk_full.rs` does.
+#[test]
+fn a_node_whose_store_fails_stops_and_the_others_carry_on() {
+    if !common::is_root() {
+        eprintln!("skipped: mounting a small tmpfs as a node's data dir needs root");
+        return;
+    }
+    let fs = common::Tmpfs::mount("8m").expect("mount a tmpfs (as root)");
+    let mut cluster = Cluster::prepare("");
+    cluster.nodes[0].data = fs.path().join("node1");
+    for i in 0..3 {
+        cluster.spawn(i);
+    }
+    cluster.wait_for(0, "a controller and three nodes up", |s| {
+        controller(s).is_some() && up(s) == [1, 2, 3]
+    });
+    let out = cluster.run(0, &["topic", "create", "t", "--partitions", "1"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        cluster.leader(),
+        0,
+        "the first topic's partition 0 is led by node 1"
+    );
+
+    // 12 MiB of 64 KiB lines into a node with 8 MiB.
+    let line = "x".repeat(64 * 1024);
+    let mut producer = Command::new(BIN)
+        .args(["produce", "t", "--acks", "leader", "--timeout-s", "30"])
+        .arg("--broker")
+        .arg(cluster.brokers())
+        .arg("--ca")
+        .arg(cluster.ca())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = producer.stdin.take().unwrap();
+    let writer = thread::spawn(move || {
+        for _ in 0..192 {
+            if std::io::Write::write_all(&mut stdin, format!("{line}\n").as_bytes()).is_err() {
+                return;
+            }
+        }
+    });
+    let mut node1 = cluster.nodes[0].process.take().unwrap();
+    let status = common::wait_with_deadline(&mut node1, LIMIT);
+    assert_eq!(status.code(), Some(6), "node 1 stops when its store fails");
+    writer.join().unwrap();
+    common::wait_with_deadline(&mut producer, LIMIT);
+
+    let values: Vec<String> = (0..5).map(|n| format!("after-{n}")).collect();
+    assert_eq!(
+        cluster.produce(&values),
+        values,
+        "the two other nodes take acks=all writes"
+    );
 }
