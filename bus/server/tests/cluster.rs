@@ -906,3 +906,87 @@ fn a_node_whose_store_fails_stops_and_the_others_carry_on() {
         "the two other nodes take acks=all writes"
     );
 }
+
+/// Two members of one group, each given a different node: both reach the
+/// group's coordinator, so they share one group (one partition each) and
+/// every record is consumed once, not once per node.
+#[test]
+fn group_members_reaching_different_nodes_share_one_group() {
+    let cluster = Cluster::start();
+    cluster.wait_for(0, "a controller and three nodes up", |s| {
+        controller(s).is_some() && up(s) == [1, 2, 3]
+    });
+    let out = cluster.run(0, &["topic", "create", "t", "--partitions", "2"]);
+    assert!(out.status.success(), "{out:?}");
+    cluster.wait_for_full_isr();
+
+    let member = |i: usize| {
+        let mut child = Command::new(BIN)
+            .args([
+                "consume", "t", "--group", "split", "--follow", "--output", "json",
+            ])
+            .arg("--broker")
+            .arg(&cluster.nodes[i].addr)
+            .arg("--ca")
+            .arg(cluster.ca())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let (tx, rx) = std::sync::mpsc::channel();
+        thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    let _ = tx.send(v["value"].as_str().unwrap_or_default().to_owned());
+                }
+            }
+        });
+        (child, rx)
+    };
+    let (mut a, from_a) = member(0);
+    let (mut b, from_b) = member(2);
+
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let out = cluster.run(1, &["group", "describe", "split", "--output", "json"]);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let owned: Vec<usize> = v["members"]
+            .as_array()
+            .map(|m| {
+                m.iter()
+                    .map(|m| m["partitions"].as_array().map_or(0, Vec::len))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if owned == [1, 1] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the two members never shared the group's two partitions: {v}"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+
+    let values: Vec<String> = (0..20).map(|n| format!("once-{n}")).collect();
+    assert_eq!(cluster.produce(&values), values);
+    let mut consumed = Vec::new();
+    let deadline = Instant::now() + LIMIT;
+    while consumed.len() < values.len() && Instant::now() < deadline {
+        consumed.extend(from_a.try_iter());
+        consumed.extend(from_b.try_iter());
+        thread::sleep(Duration::from_millis(100));
+    }
+    thread::sleep(Duration::from_millis(500));
+    consumed.extend(from_a.try_iter());
+    consumed.extend(from_b.try_iter());
+    for child in [&mut a, &mut b] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    consumed.sort();
+    let mut expected = values.clone();
+    expected.sort();
+    assert_eq!(consumed, expected, "every record consumed exactly once");
+}

@@ -309,6 +309,13 @@ impl Cluster {
         }
     }
 
+    /// The node coordinating consumer group `group` (see
+    /// [`ClusterState::coordinator`]) and its address, if any node is live.
+    pub fn coordinator(&self, group: &str) -> Option<(NodeId, String)> {
+        let node = self.state().coordinator(group)?;
+        Some((node, self.inner.addrs.get(&node)?.clone()))
+    }
+
     /// Stops the background tasks and the control log.
     pub async fn shutdown(&self) {
         let tasks = std::mem::take(
