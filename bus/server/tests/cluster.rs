@@ -25,6 +25,8 @@ struct Node {
     id: u64,
     addr: String,
     data: PathBuf,
+    /// More `serve` arguments for this node.
+    args: Vec<String>,
     process: Option<Child>,
 }
 
@@ -70,6 +72,7 @@ impl Cluster {
                 id,
                 addr: format!("127.0.0.1:{}", free_port()),
                 data: dir.path().join(format!("node{id}")),
+                args: Vec::new(),
                 process: None,
             })
             .collect();
@@ -99,6 +102,7 @@ impl Cluster {
         for peer in &peers {
             command.args(["--peer", peer]);
         }
+        command.args(&node.args);
         let mut child = command
             .env("RUST_LOG", "warn,openraft=off")
             .stdout(Stdio::piped())
@@ -989,4 +993,103 @@ fn group_members_reaching_different_nodes_share_one_group() {
     let mut expected = values.clone();
     expected.sort();
     assert_eq!(consumed, expected, "every record consumed exactly once");
+}
+
+/// A Kafka client in a cluster: idempotent `acks=all` produce to three
+/// partitions led by three nodes, bootstrapped from node 1 only, then a
+/// consumer group bootstrapped from node 2. Metadata names each
+/// partition's leader and every node's Kafka listener, and
+/// `FindCoordinator` the group's coordinator.
+const CLUSTER_KAFKA: &str = r#"
+import json, sys, time
+from confluent_kafka import Consumer, Producer
+produce_from, consume_from, topic, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+acked, errors = [], []
+def done(err, msg):
+    if err: errors.append(str(err))
+    else: acked.append(msg.partition())
+p = Producer({'bootstrap.servers': produce_from, 'enable.idempotence': True, 'acks': 'all'})
+for i in range(n):
+    p.produce(topic, key=b'k%d' % i, value=b'%d' % i, on_delivery=done)
+left = p.flush(30)
+c = Consumer({'bootstrap.servers': consume_from, 'group.id': 'kafka-group',
+              'auto.offset.reset': 'earliest', 'enable.auto.commit': False})
+c.subscribe([topic])
+seen = []
+deadline = time.time() + 40
+while len(seen) < n and time.time() < deadline:
+    m = c.poll(0.2)
+    if m is not None and not m.error():
+        seen.append(int(m.value()))
+c.commit(asynchronous=False)
+c.close()
+print(json.dumps({'errors': errors, 'left': left, 'acked': len(acked),
+                  'partitions': sorted(set(acked)), 'seen': sorted(seen)}))
+"#;
+
+#[test]
+fn kafka_clients_follow_partition_leaders_and_group_coordinators() {
+    let python = std::env::var("EDGEBUS_PYTHON").unwrap_or_else(|_| "python3".to_owned());
+    let found = Command::new(&python)
+        .args(["-c", "import confluent_kafka"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        found,
+        "this test runs confluent-kafka, which {python} cannot import; .ci/run installs it \
+         (see bus/server/tests/kafka.rs for the command)"
+    );
+    let mut cluster = Cluster::prepare("");
+    let kafka: Vec<String> = (0..3)
+        .map(|_| format!("127.0.0.1:{}", common::free_tcp_port()))
+        .collect();
+    for (node, address) in cluster.nodes.iter_mut().zip(&kafka) {
+        node.args = vec!["--kafka-listen".into(), address.clone()];
+    }
+    for i in 0..3 {
+        cluster.spawn(i);
+    }
+    cluster.wait_for(0, "a controller and three nodes up", |s| {
+        controller(s).is_some() && up(s) == [1, 2, 3]
+    });
+    let out = cluster.run(0, &["topic", "create", "k", "--partitions", "3"]);
+    assert!(out.status.success(), "{out:?}");
+    let leaders: std::collections::BTreeSet<u64> = {
+        let out = cluster.run(0, &["topic", "describe", "k", "--output", "json"]);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["replication"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|p| p["leader"].as_u64())
+            .collect()
+    };
+    assert_eq!(leaders.len(), 3, "each node leads a partition");
+    // Every node's Kafka address travels with its heartbeats.
+    thread::sleep(Duration::from_millis(SESSION_TIMEOUT_MS / 2));
+
+    let out = Command::new(&python)
+        .args(["-c", CLUSTER_KAFKA, &kafka[0], &kafka[1], "k", "60"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(v["errors"], serde_json::json!([]), "{v}");
+    assert_eq!(v["left"], 0, "{v}");
+    assert_eq!(v["acked"], 60, "{v}");
+    assert_eq!(v["partitions"], serde_json::json!([0, 1, 2]), "{v}");
+    let all: Vec<u64> = (0..60).collect();
+    assert_eq!(v["seen"], serde_json::json!(all), "{v}");
 }
