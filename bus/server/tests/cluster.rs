@@ -314,6 +314,32 @@ impl Cluster {
             .unwrap()
     }
 
+    /// Waits until node 1 sees a controller and all three nodes up.
+    fn wait_until_up(&self) {
+        self.wait_for(0, "a controller and three nodes up", |s| {
+            controller(s).is_some() && up(s) == [1, 2, 3]
+        });
+    }
+
+    /// `topic create NAME --partitions N` through node 1, which must work.
+    fn create_topic(&self, name: &str, partitions: u32) {
+        let out = self.run(
+            0,
+            &[
+                "topic",
+                "create",
+                name,
+                "--partitions",
+                &partitions.to_string(),
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// `--broker` with every node: the client uses whichever answers and
     /// sends to the partition's leader.
     fn brokers(&self) -> String {
@@ -424,15 +450,8 @@ fn acknowledged_records_survive_killed_leaders_on_every_replica() {
         .map(|n| n.parse().expect("EDGEBUS_CLUSTER_KILLS is a number"))
         .unwrap_or(3);
     let mut cluster = Cluster::start();
-    cluster.wait_for(0, "a controller and three nodes up", |s| {
-        controller(s).is_some() && up(s) == [1, 2, 3]
-    });
-    let out = cluster.run(0, &["topic", "create", "t", "--partitions", "1"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    cluster.wait_until_up();
+    cluster.create_topic("t", 1);
 
     let mut acked: Vec<String> = Vec::new();
     let mut down: Option<usize> = None;
@@ -513,15 +532,8 @@ fn acknowledged_records_survive_killed_leaders_on_every_replica() {
 #[test]
 fn a_killed_follower_catches_up_and_rejoins_the_in_sync_set() {
     let mut cluster = Cluster::start();
-    cluster.wait_for(0, "a controller and three nodes up", |s| {
-        controller(s).is_some() && up(s) == [1, 2, 3]
-    });
-    let out = cluster.run(0, &["topic", "create", "t", "--partitions", "1"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    cluster.wait_until_up();
+    cluster.create_topic("t", 1);
     let first: Vec<String> = (0..20).map(|n| format!("before-{n}")).collect();
     assert_eq!(cluster.produce(&first), first);
 
@@ -579,9 +591,7 @@ fn a_killed_follower_catches_up_and_rejoins_the_in_sync_set() {
 #[test]
 fn a_deleted_topic_goes_from_every_node_and_its_name_waits_for_the_last_copy() {
     let mut cluster = Cluster::start();
-    cluster.wait_for(0, "a controller and three nodes up", |s| {
-        controller(s).is_some() && up(s) == [1, 2, 3]
-    });
+    cluster.wait_until_up();
     let ok = |out: std::process::Output| {
         assert!(
             out.status.success(),
@@ -687,15 +697,8 @@ fn a_deleted_topic_goes_from_every_node_and_its_name_waits_for_the_last_copy() {
 #[test]
 fn group_offsets_committed_through_a_killed_node_resume_on_the_others() {
     let mut cluster = Cluster::start();
-    cluster.wait_for(0, "a controller and three nodes up", |s| {
-        controller(s).is_some() && up(s) == [1, 2, 3]
-    });
-    let out = cluster.run(0, &["topic", "create", "t", "--partitions", "1"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    cluster.wait_until_up();
+    cluster.create_topic("t", 1);
     let values: Vec<String> = (0..10).map(|n| format!("v{n}")).collect();
     assert_eq!(cluster.produce(&values), values);
     cluster.wait_for_full_isr();
@@ -784,15 +787,8 @@ fn positions(hay: &[u8], needle: &[u8]) -> Vec<usize> {
 #[test]
 fn a_damaged_copy_is_rebuilt_from_the_leader_and_can_lead_whole_again() {
     let mut cluster = Cluster::start_with("scrub_interval_ms = 300\n");
-    cluster.wait_for(0, "a controller and three nodes up", |s| {
-        controller(s).is_some() && up(s) == [1, 2, 3]
-    });
-    let out = cluster.run(0, &["topic", "create", "t", "--partitions", "1"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    cluster.wait_until_up();
+    cluster.create_topic("t", 1);
     let values: Vec<String> = (0..20)
         .map(|n| format!("record-{n:02}-{}", "payload".repeat(8)))
         .collect();
@@ -865,11 +861,8 @@ fn a_node_whose_store_fails_stops_and_the_others_carry_on() {
     for i in 0..3 {
         cluster.spawn(i);
     }
-    cluster.wait_for(0, "a controller and three nodes up", |s| {
-        controller(s).is_some() && up(s) == [1, 2, 3]
-    });
-    let out = cluster.run(0, &["topic", "create", "t", "--partitions", "1"]);
-    assert!(out.status.success(), "{out:?}");
+    cluster.wait_until_up();
+    cluster.create_topic("t", 1);
     assert_eq!(
         cluster.leader(),
         0,
@@ -917,11 +910,8 @@ fn a_node_whose_store_fails_stops_and_the_others_carry_on() {
 #[test]
 fn group_members_reaching_different_nodes_share_one_group() {
     let cluster = Cluster::start();
-    cluster.wait_for(0, "a controller and three nodes up", |s| {
-        controller(s).is_some() && up(s) == [1, 2, 3]
-    });
-    let out = cluster.run(0, &["topic", "create", "t", "--partitions", "2"]);
-    assert!(out.status.success(), "{out:?}");
+    cluster.wait_until_up();
+    cluster.create_topic("t", 2);
     cluster.wait_for_full_isr();
 
     let member = |i: usize| {
@@ -1050,11 +1040,8 @@ fn kafka_clients_follow_partition_leaders_and_group_coordinators() {
     for i in 0..3 {
         cluster.spawn(i);
     }
-    cluster.wait_for(0, "a controller and three nodes up", |s| {
-        controller(s).is_some() && up(s) == [1, 2, 3]
-    });
-    let out = cluster.run(0, &["topic", "create", "k", "--partitions", "3"]);
-    assert!(out.status.success(), "{out:?}");
+    cluster.wait_until_up();
+    cluster.create_topic("k", 3);
     let leaders: std::collections::BTreeSet<u64> = {
         let out = cluster.run(0, &["topic", "describe", "k", "--output", "json"]);
         let v: Value = serde_json::from_slice(&out.stdout).unwrap();

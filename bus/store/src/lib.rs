@@ -148,22 +148,6 @@ pub enum WriteError {
         /// Newest epoch in the partition's epoch table.
         latest: i32,
     },
-    /// A stored batch failed its CRC or does not sit where its key says:
-    /// the bytes rotted on disk. It is never served; in a cluster the copy
-    /// is rebuilt from the leader.
-    #[error(
-        "batch at offset {offset} of {topic:?} partition {partition} is damaged on disk: {detail}"
-    )]
-    DamagedBatch {
-        /// Topic name.
-        topic: String,
-        /// Partition.
-        partition: u32,
-        /// The key the damaged batch is stored under (its base offset).
-        offset: u64,
-        /// What failed.
-        detail: String,
-    },
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -219,22 +203,6 @@ pub enum TopicError {
     /// The name or a setting is invalid.
     #[error("invalid topic: {0}")]
     Invalid(String),
-    /// A stored batch failed its CRC or does not sit where its key says:
-    /// the bytes rotted on disk. It is never served; in a cluster the copy
-    /// is rebuilt from the leader.
-    #[error(
-        "batch at offset {offset} of {topic:?} partition {partition} is damaged on disk: {detail}"
-    )]
-    DamagedBatch {
-        /// Topic name.
-        topic: String,
-        /// Partition.
-        partition: u32,
-        /// The key the damaged batch is stored under (its base offset).
-        offset: u64,
-        /// What failed.
-        detail: String,
-    },
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -296,22 +264,6 @@ pub enum CommitError {
     /// holds the reason, naming the rule broken.
     #[error("invalid group: {0}")]
     InvalidGroup(String),
-    /// A stored batch failed its CRC or does not sit where its key says:
-    /// the bytes rotted on disk. It is never served; in a cluster the copy
-    /// is rebuilt from the leader.
-    #[error(
-        "batch at offset {offset} of {topic:?} partition {partition} is damaged on disk: {detail}"
-    )]
-    DamagedBatch {
-        /// Topic name.
-        topic: String,
-        /// Partition.
-        partition: u32,
-        /// The key the damaged batch is stored under (its base offset).
-        offset: u64,
-        /// What failed.
-        detail: String,
-    },
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),
