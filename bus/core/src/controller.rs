@@ -35,7 +35,9 @@ use crate::partition::ReplicaId;
 
 mod registry;
 
-pub use registry::{IngestMeta, base64_bytes, MAX_REPLICATED_PLUGIN_BYTES, PipelineMeta, PluginMeta};
+pub use registry::{
+    IngestMeta, MAX_REPLICATED_PLUGIN_BYTES, PipelineMeta, PluginMeta, base64_bytes,
+};
 
 /// A node of the cluster; the same ids replicas use.
 pub type NodeId = ReplicaId;

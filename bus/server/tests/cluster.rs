@@ -298,10 +298,15 @@ impl Cluster {
     /// Produces `values` with `acks=all` through the broker list; returns
     /// the values acknowledged as stored, in order.
     fn produce(&self, values: &[String]) -> Vec<String> {
+        self.produce_to("t", values)
+    }
+
+    /// [`Cluster::produce`] to `topic`.
+    fn produce_to(&self, topic: &str, values: &[String]) -> Vec<String> {
         let mut child = Command::new(BIN)
             .args([
                 "produce",
-                "t",
+                topic,
                 "--acks",
                 "all",
                 "--timeout-s",
@@ -375,7 +380,12 @@ impl Cluster {
 
     /// The values of topic `t` node `i` serves, in offset order.
     fn consume(&self, i: usize) -> Option<Vec<String>> {
-        let out = self.run(i, &["consume", "t", "--output", "json"]);
+        self.consume_from(i, "t")
+    }
+
+    /// [`Cluster::consume`] of `topic`.
+    fn consume_from(&self, i: usize, topic: &str) -> Option<Vec<String>> {
+        let out = self.run(i, &["consume", topic, "--output", "json"]);
         out.status.success().then(|| {
             String::from_utf8_lossy(&out.stdout)
                 .lines()
@@ -739,4 +749,138 @@ fn has_committed(v: &Value, offset: u64) -> bool {
         Value::Array(a) => a.iter().any(|v| has_committed(v, offset)),
         _ => false,
     }
+}
+
+/// Runs a client command against node `i` and expects it to succeed.
+fn ok(cluster: &Cluster, i: usize, args: &[&str]) -> std::process::Output {
+    let out = cluster.run(i, args);
+    assert!(
+        out.status.success(),
+        "{args:?} through node {}: {}",
+        i + 1,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Polls `check` until it holds; panics with `what` after [`LIMIT`].
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + LIMIT;
+    while !check() {
+        assert!(Instant::now() < deadline, "{what}: not within {LIMIT:?}");
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `plugin list --output json` through node `i`: `(name, version, users)`.
+fn plugins(cluster: &Cluster, i: usize) -> Vec<(String, u64, Vec<String>)> {
+    let out = cluster.run(i, &["plugin", "list", "--output", "json"]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .map(|v| {
+            let users = v["used_by"]
+                .as_array()
+                .map(|u| u.iter().map(|s| s.as_str().unwrap().to_owned()).collect())
+                .unwrap_or_default();
+            (
+                v["name"].as_str().unwrap().to_owned(),
+                v["version"].as_u64().unwrap(),
+                users,
+            )
+        })
+        .collect()
+}
+
+/// The plugin registry and ingest chains live in the control log: a
+/// plugin and a chain added through the partition's leader keep filtering
+/// on the new leader after that node is SIGKILLed, the survivors list the
+/// plugin, and the node, restarted after missing a plugin added while it
+/// was down, gets that plugin's component (it builds a chain of it).
+#[test]
+fn plugins_and_ingest_chains_survive_a_killed_node_and_reach_a_restarted_one() {
+    let mut cluster = Cluster::start();
+    cluster.wait_for(0, "a controller and three nodes up", |s| {
+        controller(s).is_some() && up(s) == [1, 2, 3]
+    });
+    ok(&cluster, 0, &["topic", "create", "t", "--partitions", "1"]);
+    let first = cluster.leader();
+    ok(
+        &cluster,
+        first,
+        &["plugin", "add", "--bundled", "json-filter"],
+    );
+    ok(
+        &cluster,
+        first,
+        &[
+            "topic",
+            "alter",
+            "t",
+            "--ingest",
+            "json-filter:field=celsius,op=>=,value=-40",
+        ],
+    );
+    let reading = |c: i64| format!("{{\"celsius\":{c}}}");
+    cluster.produce(&[reading(21), reading(-999)]);
+    cluster.wait_for_full_isr();
+
+    cluster.kill(first);
+    let second = (0..3)
+        .filter(|i| *i != first)
+        .find(|i| {
+            let mut led = None;
+            eventually("a new leader", || {
+                led = cluster.partition(*i).and_then(|p| p["leader"].as_u64());
+                led.is_some_and(|l| l as usize - 1 != first)
+            });
+            led.is_some()
+        })
+        .unwrap();
+    cluster.produce(&[reading(-500), reading(30)]);
+    let kept = vec![reading(21), reading(30)];
+    eventually("the chain filtering on the new leader", || {
+        cluster.consume(second).as_ref() == Some(&kept)
+    });
+    for i in (0..3).filter(|i| *i != first) {
+        assert_eq!(
+            plugins(&cluster, i),
+            [("json-filter".to_owned(), 1, vec!["topic:t".to_owned()])],
+            "node {}",
+            i + 1
+        );
+    }
+
+    // Added while `first` is down; it gets the component when it is back.
+    ok(&cluster, second, &["plugin", "add", "--bundled", "redact"]);
+    cluster.spawn(first);
+    eventually(
+        "the restarted node building a chain of the plugin it missed",
+        || {
+            cluster
+                .run(
+                    first,
+                    &["topic", "alter", "t", "--ingest", "redact:fields=owner"],
+                )
+                .status
+                .success()
+        },
+    );
+    for i in 0..3 {
+        eventually(&format!("node {} attaching the new chain", i + 1), || {
+            let out = cluster.run(i, &["topic", "describe", "t", "--output", "json"]);
+            let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            v["ingest"]
+                .as_str()
+                .is_some_and(|c| c.starts_with("redact"))
+        });
+    }
+    assert_eq!(plugins(&cluster, first).len(), 2);
+    cluster.produce(&["{\"owner\":\"ada\",\"celsius\":1}".to_owned()]);
+    eventually("the redact chain applied", || {
+        cluster
+            .consume(second)
+            .and_then(|v| v.last().cloned())
+            .is_some_and(|last| !last.contains("ada"))
+    });
 }

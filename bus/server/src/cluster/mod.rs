@@ -17,9 +17,13 @@
 mod data;
 mod offsets;
 pub mod peer;
+mod pipelines;
 pub mod raft;
+mod registry;
 
 pub use data::FETCH_WAIT;
+pub use pipelines::CHECKPOINT_INTERVAL;
+pub use registry::{LocalPlugins, PluginClusterError, ReplicatedError};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -126,6 +130,8 @@ struct Inner {
     started: Instant,
     /// Registrations proposed and not yet seen applied.
     registering: Mutex<BTreeSet<(NodeId, u64)>>,
+    /// Plugin components kept beside the cluster state.
+    blobs: raft::Blobs,
     /// The node's data side, once attached.
     data: OnceLock<data::DataPlane>,
     /// The cluster's background tasks, ended by [`Cluster::shutdown`].
@@ -179,6 +185,7 @@ impl Cluster {
         ));
         let (log, machine, state) =
             raft::open(&setup.control_path).map_err(ClusterError::ControlLog)?;
+        let blobs = machine.blobs();
         let config = openraft::Config {
             cluster_name: "edgebus".into(),
             heartbeat_interval: RAFT_HEARTBEAT_MS,
@@ -187,6 +194,9 @@ impl Cluster {
             install_snapshot_timeout: 2_000,
             // Chunks stay well under the peer frame limit.
             snapshot_max_chunk_size: u64::from(peer::MAX_PEER_FRAME / 4),
+            // Entries may carry plugin components: bounded so every append
+            // fits the peer frame.
+            max_payload_entries: registry::MAX_ENTRIES_PER_APPEND,
             ..Default::default()
         }
         .validate()
@@ -230,6 +240,7 @@ impl Cluster {
                 heard: Mutex::new(BTreeMap::new()),
                 started: Instant::now(),
                 registering: Mutex::new(BTreeSet::new()),
+                blobs,
                 data: OnceLock::new(),
                 tasks: Mutex::new(Vec::new()),
             }),

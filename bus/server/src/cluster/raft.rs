@@ -574,17 +574,26 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (_, mut leader, _) = open(&dir.path().join("a.redb")).unwrap();
         leader
-            .apply([entry(1, add("p", "d1", b"one")), entry(2, add("q", "d2", b"two"))])
+            .apply([
+                entry(1, add("p", "d1", b"one")),
+                entry(2, add("q", "d2", b"two")),
+            ])
             .await
             .unwrap();
-        leader.apply([entry(3, add("p", "d3", b"three"))]).await.unwrap();
+        leader
+            .apply([entry(3, add("p", "d3", b"three"))])
+            .await
+            .unwrap();
         let blobs = leader.blobs();
         assert_eq!(blobs.get("d1").unwrap(), None, "replaced, so dropped");
         assert_eq!(blobs.get("d3").unwrap().as_deref(), Some(&b"three"[..]));
         let snapshot = leader.build_snapshot().await.unwrap();
 
         let (_, mut behind, states) = open(&dir.path().join("b.redb")).unwrap();
-        behind.apply([entry(1, add("old", "d0", b"zero"))]).await.unwrap();
+        behind
+            .apply([entry(1, add("old", "d0", b"zero"))])
+            .await
+            .unwrap();
         behind
             .install_snapshot(&snapshot.meta, snapshot.snapshot)
             .await
