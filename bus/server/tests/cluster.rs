@@ -884,3 +884,96 @@ fn plugins_and_ingest_chains_survive_a_killed_node_and_reach_a_restarted_one() {
             .is_some_and(|last| !last.contains("ada"))
     });
 }
+
+/// The leader of partition 0 of `topic` as node `i` sees it, if it answers.
+fn leader_of(cluster: &Cluster, i: usize, topic: &str) -> Option<u64> {
+    let out = cluster.run(i, &["topic", "describe", topic, "--output", "json"]);
+    let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+    v["replication"][0]["leader"].as_u64()
+}
+
+/// Pipelines live in the control log and run on the leader of their
+/// destination: SIGKILLing that node moves the pipeline to the new leader,
+/// which resumes from the last checkpoint, so the output holds every input
+/// the filter keeps, in order (at least once: what the dead runner wrote
+/// after its last checkpoint is written again). A topic a pipeline uses is
+/// not deleted, whichever node is asked.
+#[test]
+fn a_pipeline_moves_with_its_destination_leader_and_misses_no_input() {
+    let mut cluster = Cluster::start();
+    cluster.wait_for(0, "a controller and three nodes up", |s| {
+        controller(s).is_some() && up(s) == [1, 2, 3]
+    });
+    for topic in ["in", "out"] {
+        ok(
+            &cluster,
+            0,
+            &["topic", "create", topic, "--partitions", "1"],
+        );
+    }
+    ok(&cluster, 0, &["plugin", "add", "--bundled", "json-filter"]);
+    ok(
+        &cluster,
+        0,
+        &[
+            "pipeline",
+            "create",
+            "p",
+            "--from",
+            "in",
+            "--to",
+            "out",
+            "--plugin",
+            "json-filter:field=n,op=>=,value=0",
+        ],
+    );
+    let inputs: Vec<String> = (0..40)
+        .map(|i| format!("{{\"n\":{}}}", if i % 4 == 3 { -i } else { i }))
+        .collect();
+    let kept: Vec<String> = inputs
+        .iter()
+        .filter(|v| !v.contains('-'))
+        .cloned()
+        .collect();
+    let runner = (leader_of(&cluster, 0, "out").unwrap() - 1) as usize;
+    let other = (runner + 1) % 3;
+    let described = cluster.run(other, &["pipeline", "describe", "p", "--output", "json"]);
+    let described = String::from_utf8_lossy(&described.stdout).into_owned();
+    assert!(
+        described.contains(&format!("runs on node {}", runner + 1)),
+        "{described}"
+    );
+    let refused = cluster.run(other, &["topic", "delete", "in"]);
+    assert!(
+        !refused.status.success()
+            && String::from_utf8_lossy(&refused.stderr).contains("pipeline:p"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
+    assert_eq!(cluster.produce_to("in", &inputs[..20]), inputs[..20]);
+    // The runner checkpoints what is on every in-sync replica; another
+    // node shows the control log's checkpoint.
+    eventually("the first half checkpointed", || {
+        let out = cluster.run(other, &["pipeline", "describe", "p", "--output", "json"]);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v["positions"][0]["next_offset"] == 20
+    });
+    cluster.kill(runner);
+    assert_eq!(cluster.produce_to("in", &inputs[20..]), inputs[20..]);
+    let mut last = None;
+    eventually("every kept input in the output after the takeover", || {
+        last = cluster.consume_from(other, "out");
+        last.as_ref().is_some_and(|out| out.len() >= kept.len())
+    });
+    // Nothing was written after the checkpoint before the kill, so nothing
+    // is written twice; a kill between a step and its checkpoint would
+    // write that step's outputs again.
+    assert_eq!(last.unwrap(), kept);
+    let described = cluster.run(other, &["pipeline", "describe", "p", "--output", "json"]);
+    let described = String::from_utf8_lossy(&described.stdout).into_owned();
+    assert!(
+        !described.contains(&format!("node {}", runner + 1)),
+        "the pipeline left the killed node: {described}"
+    );
+}
