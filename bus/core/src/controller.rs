@@ -340,6 +340,16 @@ pub enum ControlError {
     /// No such pipeline.
     #[error("unknown pipeline {0:?}")]
     UnknownPipeline(String),
+    /// The pipeline's output would feed its own input, directly or through
+    /// other pipelines.
+    #[error("pipeline {name:?} would feed its own input: {}", path.join(", "))]
+    PipelineCycle {
+        /// The pipeline refused.
+        name: String,
+        /// The loop, one `pipeline: from → to` per step, starting with the
+        /// refused pipeline.
+        path: Vec<String>,
+    },
     /// The pipeline cannot run in a cluster as defined.
     #[error("invalid pipeline: {0}")]
     InvalidPipeline(String),

@@ -160,6 +160,12 @@ impl ClusterState {
             )));
         }
         self.check_plugins(plugins)?;
+        if let Some(path) = self.pipeline_cycle(name, from, to) {
+            return Err(ControlError::PipelineCycle {
+                name: name.to_owned(),
+                path,
+            });
+        }
         self.pipelines.insert(
             name.to_owned(),
             PipelineMeta {
@@ -216,6 +222,39 @@ impl ClusterState {
             .filter(|(_, p)| p.from == topic || p.to == topic)
             .map(|(name, _)| format!("pipeline:{name}"))
             .collect()
+    }
+
+    /// The loop a pipeline `name` from `from` to `to` would close, as
+    /// `pipeline: from → to` steps starting with it: a shortest path of
+    /// pipelines from `to` back to `from`, found breadth-first (each topic
+    /// visited once, so it ends).
+    fn pipeline_cycle(&self, name: &str, from: &str, to: &str) -> Option<Vec<String>> {
+        let step = |pipeline: &str, meta_from: &str, meta_to: &str| {
+            format!("{pipeline}: {meta_from} → {meta_to}")
+        };
+        let mut reached_by: BTreeMap<&str, Option<&str>> = BTreeMap::from([(to, None)]);
+        let mut queue = std::collections::VecDeque::from([to]);
+        while let Some(topic) = queue.pop_front() {
+            if topic == from {
+                let mut path = vec![step(name, from, to)];
+                let mut at = topic;
+                let mut back = Vec::new();
+                while let Some(Some(pipeline)) = reached_by.get(at) {
+                    let meta = &self.pipelines[*pipeline];
+                    back.push(step(pipeline, &meta.from, &meta.to));
+                    at = &meta.from;
+                }
+                path.extend(back.into_iter().rev());
+                return Some(path);
+            }
+            for (pipeline, meta) in &self.pipelines {
+                if meta.from == topic && !reached_by.contains_key(meta.to.as_str()) {
+                    reached_by.insert(&meta.to, Some(pipeline));
+                    queue.push_back(&meta.to);
+                }
+            }
+        }
+        None
     }
 
     /// The digests of every plugin's component: the bytes a node keeps.
@@ -418,6 +457,48 @@ mod tests {
             })
             .unwrap();
         assert!(state.ingest.is_empty());
+    }
+
+    #[test]
+    fn a_pipeline_closing_a_loop_is_refused_with_the_loop() {
+        let mut state = cluster_with_topics();
+        state.apply(&add("p", vec![1])).unwrap();
+        for name in ["mid", "back"] {
+            state
+                .apply(&ControlRequest::CreateTopic {
+                    name: name.into(),
+                    partitions: 1,
+                    replication_factor: 1,
+                    min_insync: 1,
+                    unclean_leader_election: false,
+                    spec: Vec::new(),
+                })
+                .unwrap();
+        }
+        let create = |name: &str, from: &str, to: &str| ControlRequest::CreatePipeline {
+            name: name.into(),
+            from: from.into(),
+            to: to.into(),
+            plugins: vec!["p".into()],
+            definition: Vec::new(),
+        };
+        state.apply(&create("a", "out", "mid")).unwrap();
+        state.apply(&create("b", "mid", "back")).unwrap();
+        assert_eq!(
+            state.apply(&create("c", "back", "out")),
+            Err(ControlError::PipelineCycle {
+                name: "c".into(),
+                path: vec![
+                    "c: back → out".into(),
+                    "a: out → mid".into(),
+                    "b: mid → back".into(),
+                ],
+            })
+        );
+        assert!(matches!(
+            state.apply(&create("self", "back", "back")),
+            Err(ControlError::PipelineCycle { .. })
+        ));
     }
 
     #[test]

@@ -88,6 +88,7 @@ impl Coded for ReplicatedError {
                 ControlError::PluginTooLarge { .. } => ErrorCode::PluginInvalid,
                 ControlError::UnknownTopic(_) => ErrorCode::UnknownTopic,
                 ControlError::PipelineExists(_) => ErrorCode::PipelineExists,
+                ControlError::PipelineCycle { .. } => ErrorCode::PipelineCycle,
                 ControlError::UnknownPipeline(_) => ErrorCode::UnknownPipeline,
                 ControlError::TopicInUse { .. } => ErrorCode::TopicInUse,
                 _ => ErrorCode::InvalidRequest,
