@@ -20,13 +20,14 @@ pub mod peer;
 mod pipelines;
 pub mod raft;
 mod registry;
+pub mod scrub;
 
 pub use data::FETCH_WAIT;
 pub use pipelines::CHECKPOINT_INTERVAL;
 pub use registry::{LocalPlugins, PluginClusterError, ReplicatedError};
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use edgebus_core::controller::{ClusterState, ControlRequest, Liveness, NodeId};
@@ -132,8 +133,9 @@ struct Inner {
     registering: Mutex<BTreeSet<(NodeId, u64)>>,
     /// Plugin components kept beside the cluster state.
     blobs: raft::Blobs,
-    /// The node's data side, once attached.
-    data: OnceLock<data::DataPlane>,
+    /// The node's data side, once attached; taken at shutdown, so the
+    /// store closes even while a peer task still holds the cluster.
+    data: Mutex<Option<Arc<data::DataPlane>>>,
     /// The cluster's background tasks, ended by [`Cluster::shutdown`].
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
@@ -241,7 +243,7 @@ impl Cluster {
                 started: Instant::now(),
                 registering: Mutex::new(BTreeSet::new()),
                 blobs,
-                data: OnceLock::new(),
+                data: Mutex::new(None),
                 tasks: Mutex::new(Vec::new()),
             }),
         };
@@ -332,6 +334,11 @@ impl Cluster {
             let _ = task.await;
         }
         let _ = self.inner.raft.shutdown().await;
+        self.inner
+            .data
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
     }
 
     /// Runs a background task until [`Cluster::shutdown`].
