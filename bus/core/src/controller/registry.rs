@@ -143,9 +143,10 @@ impl ClusterState {
         if self.pipelines.contains_key(name) {
             return Err(ControlError::PipelineExists(name.to_owned()));
         }
-        if !self.topics.contains_key(from) {
-            return Err(ControlError::UnknownTopic(from.to_owned()));
-        }
+        let source = self
+            .topics
+            .get(from)
+            .ok_or_else(|| ControlError::UnknownTopic(from.to_owned()))?;
         let destination = self
             .topics
             .get(to)
@@ -157,6 +158,19 @@ impl ClusterState {
                 "destination {to:?} has {} partitions; a pipeline in a cluster writes to a \
                  one-partition topic (several partitions, led by several nodes, are not built)",
                 destination.partitions.len()
+            )));
+        }
+        // Any replica of the destination may come to lead it and run the
+        // pipeline, reading the source from its own copy.
+        let runners = &destination.partitions[0].replicas;
+        if let Some(node) = runners
+            .iter()
+            .find(|n| source.partitions.iter().any(|p| !p.replicas.contains(n)))
+        {
+            return Err(ControlError::InvalidPipeline(format!(
+                "node {node} may run it (it holds a copy of {to:?}) but holds no copy of \
+                 some partition of {from:?}; replicate the source to every node that holds \
+                 the destination"
             )));
         }
         self.check_plugins(plugins)?;
@@ -425,6 +439,32 @@ mod tests {
             state.apply(&pipeline("pipe", "wide")),
             Err(ControlError::InvalidPipeline(_))
         ));
+        state
+            .apply(&ControlRequest::CreateTopic {
+                name: "narrow".into(),
+                partitions: 1,
+                replication_factor: 1,
+                min_insync: 1,
+                unclean_leader_election: false,
+                spec: Vec::new(),
+            })
+            .unwrap();
+        let runner = state.topics["narrow"].partitions[0].replicas[0];
+        assert_eq!(
+            state.apply(&ControlRequest::CreatePipeline {
+                name: "down".into(),
+                from: "narrow".into(),
+                to: "out".into(),
+                plugins: vec!["p".into()],
+                definition: Vec::new(),
+            }),
+            Err(ControlError::InvalidPipeline(format!(
+                "node {} may run it (it holds a copy of \"out\") but holds no copy of some \
+                 partition of \"narrow\"; replicate the source to every node that holds the \
+                 destination",
+                (1..=3).find(|n| *n != runner).unwrap()
+            )))
+        );
         state.apply(&pipeline("pipe", "out")).unwrap();
         assert_eq!(
             state.apply(&pipeline("pipe", "out")),
@@ -468,7 +508,7 @@ mod tests {
                 .apply(&ControlRequest::CreateTopic {
                     name: name.into(),
                     partitions: 1,
-                    replication_factor: 1,
+                    replication_factor: 3,
                     min_insync: 1,
                     unclean_leader_election: false,
                     spec: Vec::new(),
