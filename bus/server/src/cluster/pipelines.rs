@@ -26,6 +26,7 @@
 //! interval of outputs, never lose one. Plugin state is the runner's own
 //! and starts empty on a new runner.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -214,13 +215,13 @@ impl Cluster {
                     }
                     pending.remove(&name);
                 }
-                if !pending.contains_key(&name) {
-                    match progress(&local, &name, &meta.to).await {
+                if let Entry::Vacant(slot) = pending.entry(name) {
+                    match progress(&local, slot.key(), &meta.to).await {
                         Ok(read) => {
-                            pending.insert(name, read);
+                            slot.insert(read);
                         }
                         Err(e) => {
-                            tracing::debug!(pipeline = %name, error = %e, "progress unreadable");
+                            tracing::debug!(pipeline = %slot.key(), error = %e, "progress unreadable");
                         }
                     }
                 }
