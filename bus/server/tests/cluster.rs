@@ -773,6 +773,11 @@ fn has_committed(v: &Value, offset: u64) -> bool {
     }
 }
 
+/// Config for the plugin tests: a debug build running three nodes per
+/// test, and several tests at once, on two cores can take longer than the
+/// default 50 ms plugin deadline to initialise a plugin.
+const PLUGIN_DEADLINE: &str = "[plugins]\ndeadline_ms = 2000\n";
+
 /// Runs a client command against node `i` and expects it to succeed.
 fn ok(cluster: &Cluster, i: usize, args: &[&str]) -> std::process::Output {
     let out = cluster.run(i, args);
@@ -821,7 +826,7 @@ fn plugins(cluster: &Cluster, i: usize) -> Vec<(String, u64, Vec<String>)> {
 /// was down, gets that plugin's component (it builds a chain of it).
 #[test]
 fn plugins_and_ingest_chains_survive_a_killed_node_and_reach_a_restarted_one() {
-    let mut cluster = Cluster::start();
+    let mut cluster = Cluster::start_with(PLUGIN_DEADLINE);
     cluster.wait_for(0, "a controller and three nodes up", |s| {
         controller(s).is_some() && up(s) == [1, 2, 3]
     });
@@ -922,7 +927,7 @@ fn leader_of(cluster: &Cluster, i: usize, topic: &str) -> Option<u64> {
 /// not deleted, whichever node is asked.
 #[test]
 fn a_pipeline_moves_with_its_destination_leader_and_misses_no_input() {
-    let mut cluster = Cluster::start();
+    let mut cluster = Cluster::start_with(PLUGIN_DEADLINE);
     cluster.wait_for(0, "a controller and three nodes up", |s| {
         controller(s).is_some() && up(s) == [1, 2, 3]
     });

@@ -159,6 +159,7 @@ impl Cluster {
             .is_some_and(|meta| meta.incarnation == self.inner.incarnation);
         for name in local.pipelines.running() {
             let Some(meta) = state.pipelines.get(&name) else {
+                tracing::info!(pipeline = %name, "not in the control log: deleted here");
                 if let Err(e) = local.pipelines.delete(&name).await {
                     tracing::error!(pipeline = %name, error = %e, "deleting a pipeline failed");
                 }

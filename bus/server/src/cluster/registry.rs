@@ -7,8 +7,8 @@
 //! [`MAX_REPLICATED_PLUGIN_BYTES`]); the control log numbers the versions,
 //! so `plugin list` and `describe` answer the same on every node (they
 //! answer from the cluster state). Applying the entry keeps the bytes by
-//! digest beside the state ([`super::raft`]); each node's [`sync`] task
-//! then stores the component in its own registry, where chains load it
+//! digest beside the state ([`super::raft`]); each node's sync task
+//! ([`Cluster::replicate_plugins`]) then stores the component in its own registry, where chains load it
 //! (hot swap included). A node that was down replays the entries it missed,
 //! or receives a snapshot holding the components, and syncs the same way.
 //!
