@@ -1334,4 +1334,30 @@ fn kafka_clients_follow_partition_leaders_and_group_coordinators() {
     assert_eq!(v["partitions"], serde_json::json!([0, 1, 2]), "{v}");
     let all: Vec<u64> = (0..60).collect();
     assert_eq!(v["seen"], serde_json::json!(all), "{v}");
+
+    // CreateTopics through the door places the replicas asked for.
+    let create = "import sys\n\
+        from confluent_kafka.admin import AdminClient, NewTopic\n\
+        a = AdminClient({'bootstrap.servers': sys.argv[1]})\n\
+        a.create_topics([NewTopic('from-kafka', num_partitions=2, replication_factor=3)])['from-kafka'].result(20)\n";
+    let out = Command::new(&python)
+        .args(["-c", create, &kafka[2]])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cluster.run(0, &["topic", "describe", "from-kafka", "--output", "json"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let replicas: Vec<usize> = v["replication"]
+        .as_array()
+        .map(|ps| {
+            ps.iter()
+                .map(|p| p["replicas"].as_array().map_or(0, Vec::len))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(replicas, [3, 3], "{v}");
 }

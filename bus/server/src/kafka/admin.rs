@@ -186,8 +186,13 @@ fn topic_metadata(spec: &TopicSpec) -> MetadataResponseTopic {
 /// Why a Kafka topic setting cannot be applied.
 struct BadConfig(ResponseError, String);
 
-/// The spec a `CreateTopics` entry asks for.
-fn spec_of(topic: &create_topics_request::CreatableTopic) -> Result<TopicSpec, BadConfig> {
+/// The spec a `CreateTopics` entry asks for. A replication factor is -1
+/// (the default) or at least 1, and only 1 on a single node (`cluster`
+/// false); a cluster node passes it to the control log.
+fn spec_of(
+    topic: &create_topics_request::CreatableTopic,
+    cluster: bool,
+) -> Result<TopicSpec, BadConfig> {
     let name = topic.name.0.to_string();
     let partitions = match topic.num_partitions {
         -1 => DEFAULT_PARTITIONS,
@@ -199,14 +204,14 @@ fn spec_of(topic: &create_topics_request::CreatableTopic) -> Result<TopicSpec, B
             ));
         }
     };
-    if !matches!(topic.replication_factor, -1 | 1) {
-        return Err(BadConfig(
-            ResponseError::InvalidReplicationFactor,
-            format!(
-                "replication factor {} on a single edgebus node; use 1 or -1",
-                topic.replication_factor
-            ),
-        ));
+    let factor = topic.replication_factor;
+    let allowed = factor == -1 || factor == 1 || (cluster && factor > 1);
+    if !allowed {
+        let why = match cluster {
+            true => format!("replication factor {factor}; use -1 or at least 1"),
+            false => format!("replication factor {factor} on a single edgebus node; use 1 or -1"),
+        };
+        return Err(BadConfig(ResponseError::InvalidReplicationFactor, why));
     }
     if !topic.assignments.is_empty() {
         return Err(BadConfig(
@@ -296,7 +301,7 @@ pub async fn create_topics(
     let mut response = CreateTopicsResponse::default();
     for topic in &request.topics {
         let mut result = CreatableTopicResult::default().with_name(topic.name.clone());
-        let created = match spec_of(topic) {
+        let created = match spec_of(topic, door.broker.cluster.is_some()) {
             Err(BadConfig(e, why)) => Err((e.code(), why)),
             Ok(spec) if request.validate_only => Ok(spec),
             Ok(spec) => {
@@ -328,7 +333,12 @@ pub async fn create_topics(
         match created {
             Ok(spec) => {
                 result.num_partitions = spec.partitions as i32;
-                result.replication_factor = 1;
+                result.replication_factor = door.broker.cluster.as_ref().map_or(1, |c| {
+                    c.state()
+                        .topics
+                        .get(&spec.name)
+                        .map_or(-1, |t| t.replication_factor as i16)
+                });
                 if call.version >= 5 {
                     result.configs = Some(
                         configs_of(&spec)
