@@ -33,6 +33,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::partition::ReplicaId;
 
+mod registry;
+
+pub use registry::{
+    IngestMeta, MAX_REPLICATED_PLUGIN_BYTES, PipelineMeta, PluginMeta, base64_bytes,
+};
+
 /// A node of the cluster; the same ids replicas use.
 pub type NodeId = ReplicaId;
 
@@ -207,6 +213,62 @@ pub enum ControlRequest {
         /// The new set; must hold the leader.
         isr: Vec<NodeId>,
     },
+    /// Adds a plugin, or a new version of one. The state keeps its
+    /// description; the node applying the entry keeps `wasm` by digest.
+    AddPlugin {
+        /// Registry name.
+        name: String,
+        /// Hex SHA-256 of `wasm`, computed by the proposer.
+        digest: String,
+        /// `filter` or `transform`, as the proposer's engine found it.
+        kind: String,
+        /// When it was added, by the proposer's clock.
+        added_ms: i64,
+        /// The component.
+        #[serde(with = "registry::base64_bytes")]
+        wasm: Vec<u8>,
+    },
+    /// Removes a plugin; refused while a chain or pipeline uses it.
+    RemovePlugin {
+        /// Registry name.
+        name: String,
+    },
+    /// Sets (or, with no plugins, clears) a topic's ingest chain.
+    SetIngest {
+        /// Topic name.
+        topic: String,
+        /// The plugins the chain runs.
+        plugins: Vec<String>,
+        /// The broker's encoding of the chain.
+        chain: Vec<u8>,
+    },
+    /// Creates a pipeline.
+    CreatePipeline {
+        /// Pipeline name.
+        name: String,
+        /// Source topic.
+        from: String,
+        /// Destination topic.
+        to: String,
+        /// The plugins it runs.
+        plugins: Vec<String>,
+        /// The broker's encoding of the definition.
+        definition: Vec<u8>,
+    },
+    /// Deletes a pipeline.
+    DeletePipeline {
+        /// Pipeline name.
+        name: String,
+    },
+    /// A pipeline's runner records source positions whose outputs are on
+    /// every in-sync replica of the destination; positions only move
+    /// forward.
+    CheckpointPipeline {
+        /// Pipeline name.
+        name: String,
+        /// `(source partition, next source offset)`.
+        positions: Vec<(u32, u64)>,
+    },
 }
 
 /// What an applied request did.
@@ -224,6 +286,11 @@ pub enum ControlOutcome {
     OffsetsCommitted {
         /// The group's new offsets version.
         version: u64,
+    },
+    /// A plugin was added at this version.
+    PluginAdded {
+        /// The plugin's version in the cluster's registry.
+        version: u32,
     },
 }
 
@@ -298,6 +365,52 @@ pub enum ControlError {
         /// Current partition epoch.
         partition_epoch: u64,
     },
+    /// No such plugin.
+    #[error("unknown plugin {0:?}")]
+    UnknownPlugin(String),
+    /// The plugin is used by an ingest chain or a pipeline.
+    #[error("plugin {name:?} is in use by {}", users.join(", "))]
+    PluginInUse {
+        /// The plugin.
+        name: String,
+        /// Where it is used.
+        users: Vec<String>,
+    },
+    /// The component is over [`MAX_REPLICATED_PLUGIN_BYTES`].
+    #[error("plugin of {size_bytes} bytes is over the cluster's limit of {max_bytes}")]
+    PluginTooLarge {
+        /// The component's size.
+        size_bytes: usize,
+        /// The limit.
+        max_bytes: usize,
+    },
+    /// A pipeline of that name exists.
+    #[error("pipeline {0:?} exists")]
+    PipelineExists(String),
+    /// No such pipeline.
+    #[error("unknown pipeline {0:?}")]
+    UnknownPipeline(String),
+    /// The pipeline's output would feed its own input, directly or through
+    /// other pipelines.
+    #[error("pipeline {name:?} would feed its own input: {}", path.join(", "))]
+    PipelineCycle {
+        /// The pipeline refused.
+        name: String,
+        /// The loop, one `pipeline: from → to` per step, starting with the
+        /// refused pipeline.
+        path: Vec<String>,
+    },
+    /// The pipeline cannot run in a cluster as defined.
+    #[error("invalid pipeline: {0}")]
+    InvalidPipeline(String),
+    /// A pipeline reads or writes the topic.
+    #[error("topic {topic:?} is used by {}; delete those first", users.join(", "))]
+    TopicInUse {
+        /// The topic.
+        topic: String,
+        /// Its users.
+        users: Vec<String>,
+    },
     /// An ISR change that drops the leader, names a non-replica, or adds a
     /// fenced node.
     #[error("invalid ISR {isr:?}: {reason}")]
@@ -322,6 +435,15 @@ pub struct ClusterState {
     /// Committed consumer-group offsets by group.
     #[serde(default)]
     pub offsets: BTreeMap<String, GroupOffsets>,
+    /// The plugin registry by name.
+    #[serde(default)]
+    pub plugins: BTreeMap<String, PluginMeta>,
+    /// Ingest chains by topic.
+    #[serde(default)]
+    pub ingest: BTreeMap<String, IngestMeta>,
+    /// Pipelines by name.
+    #[serde(default)]
+    pub pipelines: BTreeMap<String, PipelineMeta>,
 }
 
 /// One consumer group's committed offsets.
@@ -397,6 +519,13 @@ impl ClusterState {
                 spec,
             ),
             ControlRequest::DeleteTopic { name } => {
+                let users = self.topic_users(name);
+                if !users.is_empty() {
+                    return Err(ControlError::TopicInUse {
+                        topic: name.clone(),
+                        users,
+                    });
+                }
                 let meta = self
                     .topics
                     .remove(name)
@@ -415,6 +544,7 @@ impl ClusterState {
                     group.topics.remove(name);
                 }
                 self.offsets.retain(|_, group| !group.topics.is_empty());
+                self.ingest.remove(name);
                 Ok(ControlOutcome::Done)
             }
             ControlRequest::AlterTopicSpec { name, spec } => {
@@ -475,6 +605,34 @@ impl ClusterState {
                 *partition_epoch,
                 isr,
             ),
+            ControlRequest::AddPlugin {
+                name,
+                digest,
+                kind,
+                added_ms,
+                wasm,
+            } => self.add_plugin(name, digest, kind, *added_ms, wasm),
+            ControlRequest::RemovePlugin { name } => self.remove_plugin(name),
+            ControlRequest::SetIngest {
+                topic,
+                plugins,
+                chain,
+            } => self.set_ingest(topic, plugins, chain),
+            ControlRequest::CreatePipeline {
+                name,
+                from,
+                to,
+                plugins,
+                definition,
+            } => self.create_pipeline(name, from, to, plugins, definition),
+            ControlRequest::DeletePipeline { name } => self
+                .pipelines
+                .remove(name)
+                .map(|_| ControlOutcome::Done)
+                .ok_or_else(|| ControlError::UnknownPipeline(name.clone())),
+            ControlRequest::CheckpointPipeline { name, positions } => {
+                self.checkpoint_pipeline(name, positions)
+            }
         }
     }
 

@@ -64,12 +64,18 @@ pub enum IngestError {
     /// The chain could not run, or a plugin rejected the batch.
     #[error(transparent)]
     Chain(ChainRunError),
+    /// A cluster node has not yet attached the chain the control log
+    /// holds for the topic; storing the batch without it would skip it.
+    #[error("the ingest chain of {0:?} is being attached on this node; retry")]
+    Attaching(String),
 }
 
 impl Coded for IngestError {
     fn code(&self) -> ErrorCode {
         match self {
-            IngestError::Halted(_) | IngestError::Tripped { .. } => ErrorCode::PluginHalted,
+            IngestError::Halted(_) | IngestError::Tripped { .. } | IngestError::Attaching(_) => {
+                ErrorCode::PluginHalted
+            }
             IngestError::Chain(e) => e.code(),
         }
     }
@@ -146,6 +152,8 @@ pub struct Attachments {
     registry: Arc<Registry>,
     store: Arc<dyn LogStore>,
     ingest: RwLock<HashMap<String, Arc<IngestChain>>>,
+    /// Topics whose chain a cluster node is still attaching: produce waits.
+    attaching: RwLock<std::collections::HashSet<String>>,
     read_counters: Mutex<HashMap<String, Arc<Counters>>>,
 }
 
@@ -160,6 +168,7 @@ impl Attachments {
         let attachments = Attachments {
             registry,
             ingest: RwLock::default(),
+            attaching: RwLock::default(),
             read_counters: Mutex::default(),
             store,
         };
@@ -221,6 +230,27 @@ impl Attachments {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(topic);
+    }
+
+    /// Marks a topic whose chain (from a cluster's control log) is being
+    /// attached here (`true`), or is attached (`false`).
+    pub fn set_attaching(&self, topic: &str, attaching: bool) {
+        let mut set = self.attaching.write().unwrap_or_else(|p| p.into_inner());
+        if attaching {
+            set.insert(topic.to_owned());
+        } else {
+            set.remove(topic);
+        }
+    }
+
+    /// Refuses (retriably) a produce to a topic whose chain is being
+    /// attached.
+    pub fn ingest_ready(&self, topic: &str) -> Result<(), IngestError> {
+        let set = self.attaching.read().unwrap_or_else(|p| p.into_inner());
+        match set.contains(topic) {
+            true => Err(IngestError::Attaching(topic.to_owned())),
+            false => Ok(()),
+        }
     }
 
     /// A topic's ingest chain, if it has one.

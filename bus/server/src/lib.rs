@@ -375,6 +375,13 @@ pub async fn start_with_store(
             )
             .await;
         broker.groups.set_replicated(Arc::new(cluster.clone()));
+        cluster.replicate_plugins(cluster::LocalPlugins {
+            registry: broker.registry.clone(),
+            attachments: broker.attachments.clone(),
+            pipelines: broker.pipelines.clone(),
+            store: store.clone(),
+            reader: broker.reader.clone(),
+        });
         broker.cluster = Some(cluster);
     }
     broker.pipelines.restore();

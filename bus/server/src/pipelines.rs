@@ -279,6 +279,64 @@ impl Pipelines {
         Ok(())
     }
 
+    /// Starts here a pipeline a cluster's control log defines (`blob`, as
+    /// [`saved::encode_pipeline`] wrote it), on the node that runs it: it
+    /// resumes from the control log's checkpoint `positions`, not from what
+    /// this node may hold of an earlier run, and its definition is not
+    /// stored here. Nothing happens if it already runs here.
+    pub async fn start_replicated(
+        &self,
+        name: &str,
+        blob: &[u8],
+        positions: &BTreeMap<u32, u64>,
+    ) -> Result<(), PipelinesError> {
+        if lock(&self.running).contains_key(name) {
+            return Ok(());
+        }
+        let definition =
+            Definition::decode(name.to_owned(), blob).map_err(|e| StoreError::Corrupt {
+                table: "control log".to_owned(),
+                detail: format!("pipeline {name:?}: {e}"),
+            })?;
+        let pipeline = name.to_owned();
+        self.env
+            .writer
+            .run(move |store| store.delete_pipeline_data(&pipeline))
+            .await?;
+        for (partition, offset) in positions {
+            let step = PipelineStep {
+                pipeline: name.to_owned(),
+                outputs: Vec::new(),
+                state: Vec::new(),
+                source_partition: *partition,
+                source_next_offset: *offset,
+            };
+            self.env
+                .writer
+                .commit_pipeline(step)
+                .await
+                .map_err(|e| StoreError::Backend(e.to_string()))?;
+        }
+        self.spawn(definition);
+        Ok(())
+    }
+
+    /// Stops a pipeline here and keeps what it stored (it runs on another
+    /// node now); `false` if it was not running here.
+    pub async fn stop(&self, name: &str) -> bool {
+        let Some(running) = lock(&self.running).remove(name) else {
+            return false;
+        };
+        running.task.abort();
+        let _ = running.task.await;
+        true
+    }
+
+    /// The names of the pipelines running here.
+    pub fn running(&self) -> Vec<String> {
+        lock(&self.running).keys().cloned().collect()
+    }
+
     /// Every pipeline, or only `only`.
     pub fn describe(&self, only: Option<&str>) -> Result<Vec<PipelineDescription>, PipelinesError> {
         let running = lock(&self.running);

@@ -133,6 +133,15 @@ impl Registry {
         Ok((info, plugin))
     }
 
+    /// Checks that a component could be added as `name` without storing
+    /// it: returns its kind (`filter` or `transform`) and hex SHA-256.
+    pub fn check(&self, name: &str, wasm: &[u8]) -> Result<(String, String), RegistryError> {
+        edgebus_store::topic::check_name(name).map_err(RegistryError::InvalidName)?;
+        let plugin = self.engine.load(wasm)?;
+        let kind = format!("{:?}", plugin.kind()).to_lowercase();
+        Ok((kind, plugin.hash().to_owned()))
+    }
+
     /// Validates a component (it must be a filter or transform of
     /// `edgebus:plugin@0.1`), stores it and makes it the current version.
     pub fn add(

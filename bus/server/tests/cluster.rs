@@ -350,10 +350,15 @@ impl Cluster {
     /// Produces `values` with `acks=all` through the broker list; returns
     /// the values acknowledged as stored, in order.
     fn produce(&self, values: &[String]) -> Vec<String> {
+        self.produce_to("t", values)
+    }
+
+    /// [`Cluster::produce`] to `topic`.
+    fn produce_to(&self, topic: &str, values: &[String]) -> Vec<String> {
         let mut child = Command::new(BIN)
             .args([
                 "produce",
-                "t",
+                topic,
                 "--acks",
                 "all",
                 "--timeout-s",
@@ -427,7 +432,12 @@ impl Cluster {
 
     /// The values of topic `t` node `i` serves, in offset order.
     fn consume(&self, i: usize) -> Option<Vec<String>> {
-        let out = self.run(i, &["consume", "t", "--output", "json"]);
+        self.consume_from(i, "t")
+    }
+
+    /// [`Cluster::consume`] of `topic`.
+    fn consume_from(&self, i: usize, topic: &str) -> Option<Vec<String>> {
+        let out = self.run(i, &["consume", topic, "--output", "json"]);
         out.status.success().then(|| {
             String::from_utf8_lossy(&out.stdout)
                 .lines()
@@ -768,6 +778,238 @@ fn has_committed(v: &Value, offset: u64) -> bool {
         Value::Array(a) => a.iter().any(|v| has_committed(v, offset)),
         _ => false,
     }
+}
+
+/// Config for the plugin tests: a debug build running three nodes per
+/// test, and several tests at once, on two cores can take longer than the
+/// default 50 ms plugin deadline to initialise a plugin.
+const PLUGIN_DEADLINE: &str = "[plugins]\ndeadline_ms = 2000\n";
+
+/// Runs a client command against node `i` and expects it to succeed.
+fn ok(cluster: &Cluster, i: usize, args: &[&str]) -> std::process::Output {
+    let out = cluster.run(i, args);
+    assert!(
+        out.status.success(),
+        "{args:?} through node {}: {}",
+        i + 1,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Polls `check` until it holds; panics with `what` after [`LIMIT`].
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + LIMIT;
+    while !check() {
+        assert!(Instant::now() < deadline, "{what}: not within {LIMIT:?}");
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `plugin list --output json` through node `i`: `(name, version, users)`.
+fn plugins(cluster: &Cluster, i: usize) -> Vec<(String, u64, Vec<String>)> {
+    let out = cluster.run(i, &["plugin", "list", "--output", "json"]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .map(|v| {
+            let users = v["used_by"]
+                .as_array()
+                .map(|u| u.iter().map(|s| s.as_str().unwrap().to_owned()).collect())
+                .unwrap_or_default();
+            (
+                v["name"].as_str().unwrap().to_owned(),
+                v["version"].as_u64().unwrap(),
+                users,
+            )
+        })
+        .collect()
+}
+
+/// The plugin registry and ingest chains live in the control log: a
+/// plugin and a chain added through the partition's leader keep filtering
+/// on the new leader after that node is SIGKILLed, the survivors list the
+/// plugin, and the node, restarted after missing a plugin added while it
+/// was down, gets that plugin's component (it builds a chain of it).
+#[test]
+fn plugins_and_ingest_chains_survive_a_killed_node_and_reach_a_restarted_one() {
+    let mut cluster = Cluster::start_with(PLUGIN_DEADLINE);
+    cluster.wait_for(0, "a controller and three nodes up", |s| {
+        controller(s).is_some() && up(s) == [1, 2, 3]
+    });
+    ok(&cluster, 0, &["topic", "create", "t", "--partitions", "1"]);
+    let first = cluster.leader();
+    ok(
+        &cluster,
+        first,
+        &["plugin", "add", "--bundled", "json-filter"],
+    );
+    ok(
+        &cluster,
+        first,
+        &[
+            "topic",
+            "alter",
+            "t",
+            "--ingest",
+            "json-filter:field=celsius,op=>=,value=-40",
+        ],
+    );
+    let reading = |c: i64| format!("{{\"celsius\":{c}}}");
+    cluster.produce(&[reading(21), reading(-999)]);
+    cluster.wait_for_full_isr();
+
+    cluster.kill(first);
+    let second = (0..3)
+        .filter(|i| *i != first)
+        .find(|i| {
+            let mut led = None;
+            eventually("a new leader", || {
+                led = cluster.partition(*i).and_then(|p| p["leader"].as_u64());
+                led.is_some_and(|l| l as usize - 1 != first)
+            });
+            led.is_some()
+        })
+        .unwrap();
+    cluster.produce(&[reading(-500), reading(30)]);
+    let kept = vec![reading(21), reading(30)];
+    eventually("the chain filtering on the new leader", || {
+        cluster.consume(second).as_ref() == Some(&kept)
+    });
+    for i in (0..3).filter(|i| *i != first) {
+        assert_eq!(
+            plugins(&cluster, i),
+            [("json-filter".to_owned(), 1, vec!["topic:t".to_owned()])],
+            "node {}",
+            i + 1
+        );
+    }
+
+    // Added while `first` is down; it gets the component when it is back.
+    ok(&cluster, second, &["plugin", "add", "--bundled", "redact"]);
+    cluster.spawn(first);
+    eventually(
+        "the restarted node building a chain of the plugin it missed",
+        || {
+            cluster
+                .run(
+                    first,
+                    &["topic", "alter", "t", "--ingest", "redact:fields=owner"],
+                )
+                .status
+                .success()
+        },
+    );
+    for i in 0..3 {
+        eventually(&format!("node {} attaching the new chain", i + 1), || {
+            let out = cluster.run(i, &["topic", "describe", "t", "--output", "json"]);
+            let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            v["ingest"]
+                .as_str()
+                .is_some_and(|c| c.starts_with("redact"))
+        });
+    }
+    assert_eq!(plugins(&cluster, first).len(), 2);
+    cluster.produce(&["{\"owner\":\"ada\",\"celsius\":1}".to_owned()]);
+    eventually("the redact chain applied", || {
+        cluster
+            .consume(second)
+            .and_then(|v| v.last().cloned())
+            .is_some_and(|last| !last.contains("ada"))
+    });
+}
+
+/// The leader of partition 0 of `topic` as node `i` sees it, if it answers.
+fn leader_of(cluster: &Cluster, i: usize, topic: &str) -> Option<u64> {
+    let out = cluster.run(i, &["topic", "describe", topic, "--output", "json"]);
+    let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+    v["replication"][0]["leader"].as_u64()
+}
+
+/// Pipelines live in the control log and run on the leader of their
+/// destination: SIGKILLing that node moves the pipeline to the new leader,
+/// which resumes from the last checkpoint, so the output holds every input
+/// the filter keeps, in order (at least once: what the dead runner wrote
+/// after its last checkpoint is written again). A topic a pipeline uses is
+/// not deleted, whichever node is asked.
+#[test]
+fn a_pipeline_moves_with_its_destination_leader_and_misses_no_input() {
+    let mut cluster = Cluster::start_with(PLUGIN_DEADLINE);
+    cluster.wait_for(0, "a controller and three nodes up", |s| {
+        controller(s).is_some() && up(s) == [1, 2, 3]
+    });
+    for topic in ["in", "out"] {
+        ok(
+            &cluster,
+            0,
+            &["topic", "create", topic, "--partitions", "1"],
+        );
+    }
+    ok(&cluster, 0, &["plugin", "add", "--bundled", "json-filter"]);
+    ok(
+        &cluster,
+        0,
+        &[
+            "pipeline",
+            "create",
+            "p",
+            "--from",
+            "in",
+            "--to",
+            "out",
+            "--plugin",
+            "json-filter:field=n,op=>=,value=0",
+        ],
+    );
+    let inputs: Vec<String> = (0..40)
+        .map(|i| format!("{{\"n\":{}}}", if i % 4 == 3 { -i } else { i }))
+        .collect();
+    let kept: Vec<String> = inputs
+        .iter()
+        .filter(|v| !v.contains('-'))
+        .cloned()
+        .collect();
+    let runner = (leader_of(&cluster, 0, "out").unwrap() - 1) as usize;
+    let other = (runner + 1) % 3;
+    let described = cluster.run(other, &["pipeline", "describe", "p", "--output", "json"]);
+    let described = String::from_utf8_lossy(&described.stdout).into_owned();
+    assert!(
+        described.contains(&format!("runs on node {}", runner + 1)),
+        "{described}"
+    );
+    let refused = cluster.run(other, &["topic", "delete", "in"]);
+    assert!(
+        !refused.status.success()
+            && String::from_utf8_lossy(&refused.stderr).contains("pipeline:p"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
+    assert_eq!(cluster.produce_to("in", &inputs[..20]), inputs[..20]);
+    // The runner checkpoints what is on every in-sync replica; another
+    // node shows the control log's checkpoint.
+    eventually("the first half checkpointed", || {
+        let out = cluster.run(other, &["pipeline", "describe", "p", "--output", "json"]);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v["positions"][0]["next_offset"] == 20
+    });
+    cluster.kill(runner);
+    assert_eq!(cluster.produce_to("in", &inputs[20..]), inputs[20..]);
+    let mut last = None;
+    eventually("every kept input in the output after the takeover", || {
+        last = cluster.consume_from(other, "out");
+        last.as_ref().is_some_and(|out| out.len() >= kept.len())
+    });
+    // Nothing was written after the checkpoint before the kill, so nothing
+    // is written twice; a kill between a step and its checkpoint would
+    // write that step's outputs again.
+    assert_eq!(last.unwrap(), kept);
+    let described = cluster.run(other, &["pipeline", "describe", "p", "--output", "json"]);
+    let described = String::from_utf8_lossy(&described.stdout).into_owned();
+    assert!(
+        !described.contains(&format!("node {}", runner + 1)),
+        "the pipeline left the killed node: {described}"
+    );
 }
 
 /// Every position of `needle` in `hay`.

@@ -17,10 +17,14 @@
 mod data;
 mod offsets;
 pub mod peer;
+mod pipelines;
 pub mod raft;
+mod registry;
 pub mod scrub;
 
 pub use data::FETCH_WAIT;
+pub use pipelines::CHECKPOINT_INTERVAL;
+pub use registry::{LocalPlugins, PluginClusterError, ReplicatedError};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -130,6 +134,8 @@ struct Inner {
     started: Instant,
     /// Registrations proposed and not yet seen applied.
     registering: Mutex<BTreeSet<(NodeId, u64)>>,
+    /// Plugin components kept beside the cluster state.
+    blobs: raft::Blobs,
     /// The node's data side, once attached; taken at shutdown, so the
     /// store closes even while a peer task still holds the cluster.
     data: Mutex<Option<Arc<data::DataPlane>>>,
@@ -184,6 +190,7 @@ impl Cluster {
         ));
         let (log, machine, state) =
             raft::open(&setup.control_path).map_err(ClusterError::ControlLog)?;
+        let blobs = machine.blobs();
         let config = openraft::Config {
             cluster_name: "edgebus".into(),
             heartbeat_interval: RAFT_HEARTBEAT_MS,
@@ -192,6 +199,9 @@ impl Cluster {
             install_snapshot_timeout: 2_000,
             // Chunks stay well under the peer frame limit.
             snapshot_max_chunk_size: u64::from(peer::MAX_PEER_FRAME / 4),
+            // Entries may carry plugin components: bounded so every append
+            // fits the peer frame.
+            max_payload_entries: registry::MAX_ENTRIES_PER_APPEND,
             ..Default::default()
         }
         .validate()
@@ -236,6 +246,7 @@ impl Cluster {
                 kafka: Mutex::new(BTreeMap::new()),
                 started: Instant::now(),
                 registering: Mutex::new(BTreeSet::new()),
+                blobs,
                 data: Mutex::new(None),
                 tasks: Mutex::new(Vec::new()),
             }),

@@ -12,11 +12,19 @@
 //! `apply` answers each entry with [`ClusterState::apply`]'s result, which
 //! openraft hands to the `client_write` caller on the leader: a refusal is
 //! a committed, deterministic answer, not a raft error.
+//!
+//! Plugin components are not part of the state (it is written whole at
+//! every apply): the entry that adds one carries its bytes, and applying it
+//! keeps them in the `plugin_blobs` table by digest, in the same
+//! transaction as the state, dropping those no plugin uses any more.
+//! Snapshots carry the components beside the state, so a node brought up
+//! to date by a snapshot has every component its state names.
 
 // openraft's storage traits return its `StorageError` by value; the
 // helpers here return what those methods must.
 #![allow(clippy::result_large_err)]
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::io::Cursor;
 use std::ops::RangeBounds;
@@ -73,6 +81,8 @@ type StoreResult<T> = Result<T, StorageError<NodeId>>;
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
 /// Keys: `vote`, `committed`, `last_purged`, `state_machine`, `snapshot`.
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
+/// Plugin components by hex SHA-256 digest.
+const BLOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("plugin_blobs");
 
 fn io_err<E: std::error::Error + 'static>(e: E) -> StorageError<NodeId> {
     StorageIOError::write(&e).into()
@@ -109,6 +119,106 @@ fn put_meta<T: Serialize>(db: &Database, key: &str, value: &T) -> StoreResult<()
     }
     tx.commit().map_err(io_err)
 }
+
+/// Writes the state machine and the components it needs in one
+/// transaction: `added` are stored, and (when `replace` is set) every other
+/// stored component is dropped first; after that, components no plugin of
+/// the state uses are dropped.
+fn persist(
+    db: &Database,
+    data: &MachineData,
+    added: &BTreeMap<String, Vec<u8>>,
+    replace: bool,
+) -> StoreResult<()> {
+    let mut tx = db.begin_write().map_err(io_err)?;
+    tx.set_durability(Durability::Immediate).map_err(io_err)?;
+    {
+        let mut meta = tx.open_table(META).map_err(io_err)?;
+        let bytes = serde_json::to_vec(data).map_err(io_err)?;
+        meta.insert("state_machine", bytes.as_slice())
+            .map_err(io_err)?;
+        let mut blobs = tx.open_table(BLOBS).map_err(io_err)?;
+        if replace {
+            blobs.retain(|_, _| false).map_err(io_err)?;
+        }
+        for (digest, wasm) in added {
+            blobs
+                .insert(digest.as_str(), wasm.as_slice())
+                .map_err(io_err)?;
+        }
+        let used = data.state.digests();
+        blobs
+            .retain(|digest, _| used.contains(digest))
+            .map_err(io_err)?;
+    }
+    tx.commit().map_err(io_err)
+}
+
+/// The components stored beside the state, by digest.
+fn stored_blobs(db: &Database) -> StoreResult<BTreeMap<String, Vec<u8>>> {
+    let tx = db.begin_read().map_err(io_err)?;
+    let table = match tx.open_table(BLOBS) {
+        Ok(table) => table,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(BTreeMap::new()),
+        Err(e) => return Err(io_err(e)),
+    };
+    let mut out = BTreeMap::new();
+    for row in table.iter().map_err(io_err)? {
+        let (digest, wasm) = row.map_err(io_err)?;
+        out.insert(digest.value().to_owned(), wasm.value().to_vec());
+    }
+    Ok(out)
+}
+
+/// Reads plugin components kept beside the cluster state. Cheap to clone.
+#[derive(Clone)]
+pub struct Blobs {
+    db: Arc<Database>,
+}
+
+impl Blobs {
+    /// The component with this digest, if this node has applied the entry
+    /// (or snapshot) that brought it and a plugin still uses it.
+    pub fn get(&self, digest: &str) -> Result<Option<Vec<u8>>, String> {
+        let read = || -> StoreResult<Option<Vec<u8>>> {
+            let tx = self.db.begin_read().map_err(io_err)?;
+            let table = match tx.open_table(BLOBS) {
+                Ok(table) => table,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+                Err(e) => return Err(io_err(e)),
+            };
+            let found = table.get(digest).map_err(io_err)?;
+            Ok(found.map(|v| v.value().to_vec()))
+        };
+        read().map_err(|e| e.to_string())
+    }
+}
+
+/// What a snapshot holds: the state machine, and the components its
+/// plugins use.
+#[derive(Serialize, Deserialize)]
+struct SnapshotData {
+    machine: MachineData,
+    blobs: BTreeMap<String, Blob>,
+}
+
+impl SnapshotData {
+    /// Reads a snapshot; one from before components were replicated is
+    /// the bare state machine, with no components.
+    fn decode(bytes: &[u8]) -> StoreResult<SnapshotData> {
+        serde_json::from_slice(bytes).or_else(|_| {
+            let machine = serde_json::from_slice(bytes).map_err(io_err)?;
+            Ok(SnapshotData {
+                machine,
+                blobs: BTreeMap::new(),
+            })
+        })
+    }
+}
+
+/// A component, as base64 in the snapshot's JSON.
+#[derive(Serialize, Deserialize)]
+struct Blob(#[serde(with = "edgebus_core::controller::base64_bytes")] Vec<u8>);
 
 /// Opens (or creates) `control.redb`, returning the log store, the state
 /// machine and a receiver of the applied cluster state.
@@ -301,9 +411,24 @@ pub struct StateMachine {
     published: Arc<watch::Sender<Arc<ClusterState>>>,
 }
 
+impl StateMachine {
+    /// A reader of the components kept beside the state.
+    pub fn blobs(&self) -> Blobs {
+        Blobs {
+            db: self.db.clone(),
+        }
+    }
+}
+
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> StoreResult<Snapshot<TypeConfig>> {
-        let bytes = serde_json::to_vec(&self.data).map_err(io_err)?;
+        let db = self.db.clone();
+        let blobs = blocking(move || stored_blobs(&db)).await?;
+        let snapshot = SnapshotData {
+            machine: self.data.clone(),
+            blobs: blobs.into_iter().map(|(d, w)| (d, Blob(w))).collect(),
+        };
+        let bytes = serde_json::to_vec(&snapshot).map_err(io_err)?;
         let meta = SnapshotMeta {
             last_log_id: self.data.last_applied,
             last_membership: self.data.last_membership.clone(),
@@ -335,14 +460,21 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // One answer per entry, blank and membership entries included:
         // openraft hands answer i to the writer of entry i.
         let mut answers = Vec::new();
+        let mut added = BTreeMap::new();
         for entry in entries {
             self.data.last_applied = Some(entry.log_id);
             let answer = match entry.payload {
                 EntryPayload::Blank => Ok(ControlOutcome::Done),
                 EntryPayload::Normal(request) => {
                     let answer = self.data.state.apply(&request);
-                    if let Err(e) = &answer {
-                        tracing::debug!(?request, error = %e, "control request refused");
+                    match (&answer, request) {
+                        (Err(e), request) => {
+                            tracing::debug!(?request, error = %e, "control request refused");
+                        }
+                        (Ok(_), ControlRequest::AddPlugin { digest, wasm, .. }) => {
+                            added.insert(digest, wasm);
+                        }
+                        (Ok(_), _) => {}
                     }
                     answer
                 }
@@ -355,7 +487,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             answers.push(answer);
         }
         let (db, data) = (self.db.clone(), self.data.clone());
-        blocking(move || put_meta(&db, "state_machine", &data)).await?;
+        blocking(move || persist(&db, &data, &added, false)).await?;
         self.published
             .send_replace(Arc::new(self.data.state.clone()));
         Ok(answers)
@@ -375,10 +507,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> StoreResult<()> {
         let bytes = snapshot.into_inner();
-        self.data = serde_json::from_slice(&bytes).map_err(io_err)?;
+        let SnapshotData { machine, blobs } = SnapshotData::decode(&bytes)?;
+        self.data = machine;
+        let blobs: BTreeMap<String, Vec<u8>> = blobs.into_iter().map(|(d, b)| (d, b.0)).collect();
         let (db, meta, data) = (self.db.clone(), meta.clone(), self.data.clone());
         blocking(move || {
-            put_meta(&db, "state_machine", &data)?;
+            persist(&db, &data, &blobs, true)?;
             put_meta(&db, "snapshot", &(meta, bytes))
         })
         .await?;
@@ -413,6 +547,62 @@ mod tests {
                 .map_err(|e| io_err(std::io::Error::other(e)))?;
             Ok((dir, log, machine))
         }
+    }
+
+    fn entry(index: u64, request: ControlRequest) -> Entry<TypeConfig> {
+        Entry {
+            log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(request),
+        }
+    }
+
+    fn add(name: &str, digest: &str, wasm: &[u8]) -> ControlRequest {
+        ControlRequest::AddPlugin {
+            name: name.into(),
+            digest: digest.into(),
+            kind: "filter".into(),
+            added_ms: 0,
+            wasm: wasm.to_vec(),
+        }
+    }
+
+    /// A node brought up to date by a snapshot (one that was down while
+    /// the log was compacted) gets the components its state names, and a
+    /// replaced component is dropped.
+    #[tokio::test]
+    async fn components_are_kept_by_digest_and_travel_in_snapshots() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, mut leader, _) = open(&dir.path().join("a.redb")).unwrap();
+        leader
+            .apply([
+                entry(1, add("p", "d1", b"one")),
+                entry(2, add("q", "d2", b"two")),
+            ])
+            .await
+            .unwrap();
+        leader
+            .apply([entry(3, add("p", "d3", b"three"))])
+            .await
+            .unwrap();
+        let blobs = leader.blobs();
+        assert_eq!(blobs.get("d1").unwrap(), None, "replaced, so dropped");
+        assert_eq!(blobs.get("d3").unwrap().as_deref(), Some(&b"three"[..]));
+        let snapshot = leader.build_snapshot().await.unwrap();
+
+        let (_, mut behind, states) = open(&dir.path().join("b.redb")).unwrap();
+        behind
+            .apply([entry(1, add("old", "d0", b"zero"))])
+            .await
+            .unwrap();
+        behind
+            .install_snapshot(&snapshot.meta, snapshot.snapshot)
+            .await
+            .unwrap();
+        let blobs = behind.blobs();
+        assert_eq!(blobs.get("d0").unwrap(), None);
+        assert_eq!(blobs.get("d2").unwrap().as_deref(), Some(&b"two"[..]));
+        assert_eq!(blobs.get("d3").unwrap().as_deref(), Some(&b"three"[..]));
+        assert_eq!(states.borrow().plugins["p"].version, 2);
     }
 
     /// openraft's own contract tests for log stores and state machines.

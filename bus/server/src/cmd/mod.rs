@@ -130,22 +130,56 @@ pub async fn dispatch(b: &Broker, request: Request) -> Response {
             respond(group::reset(&b.groups, &b.topics, &b.reader, &group, &topic, to).await)
         }
         Request::DeleteGroup { group } => respond(group::delete(&b.groups, group).await),
-        Request::PluginAdd { name, wasm } => respond(plugin::add(&b.registry, name, wasm).await),
-        Request::PluginList => {
-            respond(plugin::list(&b.registry, &b.attachments, &b.pipelines, None).await)
+        Request::PluginAdd { name, wasm } => {
+            respond(plugin::add(&b.registry, b.cluster.as_ref(), name, wasm).await)
         }
-        Request::PluginDescribe { name } => {
-            respond(plugin::list(&b.registry, &b.attachments, &b.pipelines, Some(name)).await)
-        }
-        Request::PluginRemove { name } => {
-            respond(plugin::remove(&b.registry, &b.attachments, &b.pipelines, name).await)
-        }
+        Request::PluginList => respond(
+            plugin::list(
+                &b.registry,
+                b.cluster.as_ref(),
+                &b.attachments,
+                &b.pipelines,
+                None,
+            )
+            .await,
+        ),
+        Request::PluginDescribe { name } => respond(
+            plugin::list(
+                &b.registry,
+                b.cluster.as_ref(),
+                &b.attachments,
+                &b.pipelines,
+                Some(name),
+            )
+            .await,
+        ),
+        Request::PluginRemove { name } => respond(
+            plugin::remove(
+                &b.registry,
+                b.cluster.as_ref(),
+                &b.attachments,
+                &b.pipelines,
+                name,
+            )
+            .await,
+        ),
         Request::SetIngest {
             topic,
             chain,
             on_failure,
         } => {
-            respond(plugin::set_ingest(&b.topics, &b.attachments, &topic, chain, on_failure).await)
+            let cluster = b.cluster.as_ref().map(|c| (c, &b.registry));
+            respond(
+                plugin::set_ingest(
+                    &b.topics,
+                    cluster,
+                    &b.attachments,
+                    &topic,
+                    chain,
+                    on_failure,
+                )
+                .await,
+            )
         }
         Request::TopicPlugins { topic } => {
             respond(plugin::topic_plugins(&b.topics, &b.attachments, &topic))
@@ -156,12 +190,23 @@ pub async fn dispatch(b: &Broker, request: Request) -> Response {
             to,
             chain,
             on_failure,
-        } => respond(pipeline::create(&b.pipelines, &name, &from, &to, chain, on_failure).await),
-        Request::PipelineList => respond(pipeline::describe(&b.pipelines, None)),
-        Request::PipelineDescribe { name } => {
-            respond(pipeline::describe(&b.pipelines, Some(&name)))
+        } => {
+            let cluster = b.cluster.as_ref().map(|c| (c, &b.registry));
+            respond(
+                pipeline::create(&b.pipelines, cluster, &name, &from, &to, chain, on_failure).await,
+            )
         }
-        Request::PipelineDelete { name } => respond(pipeline::delete(&b.pipelines, &name).await),
+        Request::PipelineList => {
+            respond(pipeline::describe(&b.pipelines, b.cluster.as_ref(), None))
+        }
+        Request::PipelineDescribe { name } => respond(pipeline::describe(
+            &b.pipelines,
+            b.cluster.as_ref(),
+            Some(&name),
+        )),
+        Request::PipelineDelete { name } => {
+            respond(pipeline::delete(&b.pipelines, b.cluster.as_ref(), &name).await)
+        }
         Request::NodeInfo => node::info(&b.node).await,
         Request::ClusterStatus => node::cluster_status(b.cluster.as_ref()),
         Request::AlterTopic { name, changes } => {

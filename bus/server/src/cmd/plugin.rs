@@ -1,5 +1,7 @@
 //! Plugins: `PluginAdd`, `PluginList`, `PluginDescribe`, `PluginRemove`,
-//! and a topic's ingest chain: `SetIngest`, `TopicPlugins`.
+//! and a topic's ingest chain: `SetIngest`, `TopicPlugins`. On a cluster
+//! node the registry and the chains go through the control log
+//! ([`crate::cluster`]).
 
 use std::sync::Arc;
 
@@ -8,6 +10,7 @@ use edgebus_proto::ErrorCode;
 use edgebus_proto::frame::{FailurePolicy, PluginRef, Response};
 
 use crate::attach::{AttachError, Attachments};
+use crate::cluster::{Cluster, PluginClusterError};
 use crate::error::Coded;
 use crate::pipelines::Pipelines;
 use crate::registry::{Registry, RegistryError};
@@ -29,6 +32,9 @@ pub enum PluginRequestError {
     /// The registry call's task failed.
     #[error("store task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    /// The cluster refused or did not commit the change.
+    #[error(transparent)]
+    Cluster(#[from] PluginClusterError),
 }
 
 impl Coded for PluginRequestError {
@@ -38,6 +44,7 @@ impl Coded for PluginRequestError {
             PluginRequestError::UnknownTopic(e) => e.code(),
             PluginRequestError::Attach(e) => e.code(),
             PluginRequestError::Task(_) => ErrorCode::StorageError,
+            PluginRequestError::Cluster(e) => e.code(),
         }
     }
 }
@@ -53,9 +60,15 @@ fn users(attachments: &Attachments, pipelines: &Pipelines, plugin: &str) -> Vec<
 /// `PluginAdd`: a new plugin, or a new version of one (hot swap).
 pub async fn add(
     registry: &Arc<Registry>,
+    cluster: Option<&Cluster>,
     name: String,
     wasm: Bytes,
 ) -> Result<Response, PluginRequestError> {
+    if let Some(cluster) = cluster {
+        return Ok(Response::Plugins(vec![
+            cluster.add_plugin(registry, name, wasm).await?,
+        ]));
+    }
     let registry = registry.clone();
     let added =
         tokio::task::spawn_blocking(move || registry.add(&name, &wasm, crate::retention::now_ms()))
@@ -67,10 +80,14 @@ pub async fn add(
 /// where it is attached.
 pub async fn list(
     registry: &Arc<Registry>,
+    cluster: Option<&Cluster>,
     attachments: &Arc<Attachments>,
     pipelines: &Pipelines,
     only: Option<String>,
 ) -> Result<Response, PluginRequestError> {
+    if let Some(cluster) = cluster {
+        return Ok(Response::Plugins(cluster.list_plugins(only.as_deref())?));
+    }
     let (registry, attachments, pipelines) =
         (registry.clone(), attachments.clone(), pipelines.clone());
     let found = tokio::task::spawn_blocking(move || {
@@ -83,10 +100,15 @@ pub async fn list(
 /// `PluginRemove`: refused while the plugin is attached anywhere.
 pub async fn remove(
     registry: &Arc<Registry>,
+    cluster: Option<&Cluster>,
     attachments: &Attachments,
     pipelines: &Pipelines,
     name: String,
 ) -> Result<Response, PluginRequestError> {
+    if let Some(cluster) = cluster {
+        cluster.remove_plugin(registry, &name).await?;
+        return Ok(Response::Done);
+    }
     let users = users(attachments, pipelines, &name);
     let registry = registry.clone();
     tokio::task::spawn_blocking(move || registry.remove(&name, users)).await??;
@@ -97,13 +119,21 @@ pub async fn remove(
 /// chain, from the next produced batch.
 pub async fn set_ingest(
     topics: &Topics,
+    cluster: Option<(&Cluster, &Arc<Registry>)>,
     attachments: &Attachments,
     topic: &str,
     chain: Vec<PluginRef>,
     on_failure: FailurePolicy,
 ) -> Result<Response, PluginRequestError> {
     topics.spec(topic)?;
-    attachments.set_ingest(topic, chain, on_failure).await?;
+    match cluster {
+        Some((cluster, registry)) => {
+            cluster
+                .set_ingest(registry, attachments, topic, chain, on_failure)
+                .await?;
+        }
+        None => attachments.set_ingest(topic, chain, on_failure).await?,
+    }
     Ok(Response::Done)
 }
 

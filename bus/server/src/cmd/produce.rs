@@ -202,6 +202,7 @@ pub async fn produce(
         acks: ack_level(p.acks),
         sequence,
     };
+    attachments.ingest_ready(&p.topic)?;
     if let Some(chain) = attachments.ingest_chain(&p.topic) {
         return through_chain(&chain, &spec, writer, dead_letters, target, p.batch).await;
     }

@@ -134,7 +134,14 @@ pub async fn delete(
     // No pipeline may start using the topic between the check and the
     // delete.
     let _paused = pipelines.pause_creation().await;
-    let users = users(pipelines, &name);
+    let mut users = users(pipelines, &name);
+    // A cluster's pipelines run on other nodes too; the control log
+    // refuses the delete as well, this names them with the right code.
+    if let Some(cluster) = cluster {
+        users.extend(cluster.state().topic_users(&name));
+        users.sort();
+        users.dedup();
+    }
     if !users.is_empty() {
         return Err(TopicInUse { topic: name, users }.into());
     }

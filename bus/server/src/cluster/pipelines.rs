@@ -1,0 +1,268 @@
+//! Pipelines on a cluster node: definitions in the control log, each
+//! pipeline running on exactly one node, which checkpoints its progress in
+//! the control log so another node can take over.
+//!
+//! # Which node runs a pipeline
+//!
+//! The leader of partition 0 of its destination topic (a cluster pipeline
+//! writes to a one-partition topic). A step commits its outputs with its
+//! source position through the node's own partition engine, and only a
+//! partition's leader has one that appends; so the runner is the one node
+//! that can commit, it moves exactly when leadership moves (the control log
+//! elects a new leader when a node dies), and no two nodes run a pipeline
+//! at the same leader epoch. A deposed runner's late commits are refused
+//! by its engine, which no longer leads.
+//!
+//! # Progress and takeover: at-least-once
+//!
+//! The runner commits outputs, plugin state and source positions in one
+//! local transaction, as on a single node. Every [`CHECKPOINT_INTERVAL`]
+//! it reads its positions, then its destination's log end, and once the
+//! destination's high watermark reaches that end (every output of those
+//! positions is on every in-sync replica) proposes the positions to the
+//! control log. A new runner starts from the checkpoint. Outputs committed
+//! after the last checkpoint are on the new runner's copy (it was in sync)
+//! and are produced again: a takeover can duplicate up to a checkpoint
+//! interval of outputs, never lose one. Plugin state is the runner's own
+//! and starts empty on a new runner.
+
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use edgebus_core::controller::{ClusterState, ControlRequest, PipelineMeta};
+use edgebus_proto::frame::{FailurePolicy, PipelineDescription, PluginRef};
+
+use super::Cluster;
+use super::registry::{LocalPlugins, PluginClusterError};
+use crate::chain::{self, AttachPoint, ChainRunner};
+use crate::pipelines::{Pipelines, PipelinesError};
+use crate::registry::Registry;
+use crate::saved::{self, PipelineDefinition};
+
+/// How often a runner checkpoints its pipelines' progress.
+pub const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(200);
+
+impl Cluster {
+    /// `pipeline create` on a cluster node: the chain must initialise here
+    /// before the definition is proposed.
+    pub async fn create_pipeline(
+        &self,
+        registry: &Arc<Registry>,
+        name: &str,
+        definition: PipelineDefinition,
+    ) -> Result<(), PluginClusterError> {
+        edgebus_store::topic::check_name(name).map_err(PipelinesError::InvalidName)?;
+        if definition.chain.is_empty() {
+            return Err(PipelinesError::NoPlugin.into());
+        }
+        ChainRunner::new(
+            registry.clone(),
+            definition.chain.clone(),
+            definition.on_failure,
+            AttachPoint::Pipeline,
+            Arc::default(),
+            chain::in_memory_state(),
+        )
+        .build()
+        .await
+        .map_err(PipelinesError::Chain)?;
+        let request = ControlRequest::CreatePipeline {
+            name: name.to_owned(),
+            from: definition.from.clone(),
+            to: definition.to.clone(),
+            plugins: definition.chain.iter().map(|r| r.name.clone()).collect(),
+            definition: saved::encode_pipeline(&definition),
+        };
+        self.commit(request).await?;
+        self.until_applied(|| async { self.state().pipelines.contains_key(name) })
+            .await?;
+        Ok(())
+    }
+
+    /// `pipeline delete` on a cluster node; answers once it no longer runs
+    /// here.
+    pub async fn delete_pipeline(
+        &self,
+        pipelines: &Pipelines,
+        name: &str,
+    ) -> Result<(), PluginClusterError> {
+        let request = ControlRequest::DeletePipeline {
+            name: name.to_owned(),
+        };
+        self.commit(request).await?;
+        self.until_applied(|| async {
+            !self.state().pipelines.contains_key(name)
+                && !pipelines.running().iter().any(|n| n == name)
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// `pipeline list` and `describe` on a cluster node: every pipeline of
+    /// the cluster, as its runner sees it when that is this node, else its
+    /// definition, runner and checkpointed positions.
+    pub fn describe_pipelines(
+        &self,
+        pipelines: &Pipelines,
+        only: Option<&str>,
+    ) -> Result<Vec<PipelineDescription>, PipelinesError> {
+        let state = self.state();
+        let mut here: HashMap<String, PipelineDescription> = pipelines
+            .describe(None)?
+            .into_iter()
+            .map(|d| (d.name.clone(), d))
+            .collect();
+        let mut out = Vec::new();
+        for (name, meta) in &state.pipelines {
+            if only.is_some_and(|n| n != name) {
+                continue;
+            }
+            if let Some(mut d) = here.remove(name) {
+                d.status = format!("{} on node {} (this node)", d.status, self.inner.node);
+                out.push(d);
+                continue;
+            }
+            let (chain, on_failure) = match saved::decode_pipeline(&meta.definition) {
+                Ok(d) => (d.chain, d.on_failure),
+                Err(_) => (Vec::<PluginRef>::new(), FailurePolicy::default()),
+            };
+            let status = match runner(&state, meta) {
+                Some(node) => format!("runs on node {node}"),
+                None => format!("waiting: topic {:?} has no leader", meta.to),
+            };
+            out.push(PipelineDescription {
+                name: name.clone(),
+                from: meta.from.clone(),
+                to: meta.to.clone(),
+                chain,
+                on_failure,
+                status,
+                positions: meta.positions.iter().map(|(p, o)| (*p, *o)).collect(),
+                counters: Default::default(),
+            });
+        }
+        match only {
+            Some(name) if out.is_empty() => Err(PipelinesError::Unknown(name.to_owned())),
+            _ => Ok(out),
+        }
+    }
+
+    /// Runs here the pipelines this node is the runner of, and stops the
+    /// others.
+    pub(super) async fn sync_pipelines(&self, local: &LocalPlugins, state: &ClusterState) {
+        let node = self.inner.node;
+        let registered = state
+            .nodes
+            .get(&node)
+            .is_some_and(|meta| meta.incarnation == self.inner.incarnation);
+        for name in local.pipelines.running() {
+            let Some(meta) = state.pipelines.get(&name) else {
+                tracing::info!(pipeline = %name, "not in the control log: deleted here");
+                if let Err(e) = local.pipelines.delete(&name).await {
+                    tracing::error!(pipeline = %name, error = %e, "deleting a pipeline failed");
+                }
+                continue;
+            };
+            if !registered || runner(state, meta) != Some(node) {
+                tracing::info!(pipeline = %name, "pipeline moves to another node");
+                local.pipelines.stop(&name).await;
+            }
+        }
+        if !registered {
+            return;
+        }
+        for (name, meta) in &state.pipelines {
+            if runner(state, meta) != Some(node) {
+                continue;
+            }
+            let started = local
+                .pipelines
+                .start_replicated(name, &meta.definition, &meta.positions)
+                .await;
+            if let Err(e) = started {
+                tracing::error!(pipeline = %name, error = %e, "starting a pipeline failed");
+            }
+        }
+    }
+
+    /// Checkpoints the progress of the pipelines running here, every
+    /// [`CHECKPOINT_INTERVAL`].
+    pub(super) async fn checkpoints(self, local: LocalPlugins) {
+        // Per pipeline: positions read, and the destination log end they
+        // wait for the high watermark to reach.
+        let mut pending: HashMap<String, (Vec<(u32, u64)>, u64)> = HashMap::new();
+        loop {
+            tokio::time::sleep(CHECKPOINT_INTERVAL).await;
+            let state = self.state();
+            let running = local.pipelines.running();
+            pending.retain(|name, _| running.contains(name));
+            for name in running {
+                let Some(meta) = state.pipelines.get(&name) else {
+                    continue;
+                };
+                if let Some((positions, end)) = pending.get(&name)
+                    && local.reader.high_watermark(&meta.to, 0) >= *end
+                {
+                    if ahead(positions, &meta.positions) {
+                        let request = ControlRequest::CheckpointPipeline {
+                            name: name.clone(),
+                            positions: positions.clone(),
+                        };
+                        if let Err(e) = self.commit(request).await {
+                            tracing::debug!(pipeline = %name, error = %e, "checkpoint not committed");
+                        }
+                    }
+                    pending.remove(&name);
+                }
+                if let Entry::Vacant(slot) = pending.entry(name) {
+                    match progress(&local, slot.key(), &meta.to).await {
+                        Ok(read) => {
+                            slot.insert(read);
+                        }
+                        Err(e) => {
+                            tracing::debug!(pipeline = %slot.key(), error = %e, "progress unreadable");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The node that runs a pipeline: the leader of its destination's
+/// partition 0.
+fn runner(state: &ClusterState, meta: &PipelineMeta) -> Option<u64> {
+    state.partition(&meta.to, 0)?.leader
+}
+
+/// Whether `positions` are past what the control log holds somewhere.
+fn ahead(positions: &[(u32, u64)], checkpointed: &BTreeMap<u32, u64>) -> bool {
+    positions
+        .iter()
+        .any(|(p, o)| checkpointed.get(p).is_none_or(|c| o > c))
+}
+
+/// A pipeline's committed positions here, then the destination's log end:
+/// read in that order, every output of those positions is below the end.
+async fn progress(
+    local: &LocalPlugins,
+    name: &str,
+    to: &str,
+) -> Result<(Vec<(u32, u64)>, u64), String> {
+    let (store, name, to) = (local.store.clone(), name.to_owned(), to.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let positions = store.pipeline_positions(&name).map_err(|e| e.to_string())?;
+        let end = store.offsets(&to, 0).map_err(|e| e.to_string())?.log_end;
+        Ok((positions, end))
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
+impl From<PipelinesError> for PluginClusterError {
+    fn from(e: PipelinesError) -> Self {
+        PluginClusterError::Pipelines(e)
+    }
+}
