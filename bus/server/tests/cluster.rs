@@ -7,6 +7,7 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Condvar, Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -34,6 +35,38 @@ struct Node {
 struct Cluster {
     dir: tempfile::TempDir,
     nodes: Vec<Node>,
+    /// Dropped after the nodes are killed.
+    _permit: Permit,
+}
+
+/// Three-node clusters running at once, at most: the harness runs this
+/// file's tests in parallel, and a dozen clusters (36 processes) on a
+/// two-core machine starve each other past the timeouts below.
+const MAX_CLUSTERS: usize = 3;
+
+static RUNNING: (Mutex<usize>, Condvar) = (Mutex::new(0), Condvar::new());
+
+/// One of [`MAX_CLUSTERS`] places, held while a cluster runs.
+struct Permit;
+
+impl Permit {
+    fn take() -> Permit {
+        let (count, freed) = &RUNNING;
+        let mut running = count.lock().unwrap_or_else(PoisonError::into_inner);
+        while *running >= MAX_CLUSTERS {
+            running = freed.wait(running).unwrap_or_else(PoisonError::into_inner);
+        }
+        *running += 1;
+        Permit
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        let (count, freed) = &RUNNING;
+        *count.lock().unwrap_or_else(PoisonError::into_inner) -= 1;
+        freed.notify_one();
+    }
 }
 
 impl Cluster {
@@ -76,7 +109,11 @@ impl Cluster {
                 process: None,
             })
             .collect();
-        Cluster { dir, nodes }
+        Cluster {
+            dir,
+            nodes,
+            _permit: Permit::take(),
+        }
     }
 
     fn ca(&self) -> PathBuf {
