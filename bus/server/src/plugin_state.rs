@@ -23,7 +23,7 @@
 use std::sync::{Arc, Mutex, PoisonError};
 
 use edgebus_proto::frame::PluginRef;
-use edgebus_store::{LogStore, StoreError};
+use edgebus_store::{LogStore, StateEntries, StoreError};
 use edgebus_wasm::state::usage_of;
 use edgebus_wasm::{MemState, Space, StateStore, StateUsage};
 
@@ -73,11 +73,7 @@ impl StageKeys {
 }
 
 /// Every entry of `owner` under `prefix`, read in pages.
-fn read_all(
-    store: &dyn LogStore,
-    owner: &str,
-    prefix: &[u8],
-) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+fn read_all(store: &dyn LogStore, owner: &str, prefix: &[u8]) -> Result<StateEntries, StoreError> {
     let mut all = Vec::new();
     loop {
         let after = all.last().map(|(key, _): &(Vec<u8>, Vec<u8>)| key.clone());
@@ -90,8 +86,8 @@ fn read_all(
     }
 }
 
-/// What a stage keeps in the store's key space `space`, with its plugin
-/// keys (prefix removed).
+/// What a stage keeps in the store for its plugin (its data space, keys
+/// counted without the stage's prefix), as the state budget counts it.
 pub fn stored_usage(
     store: &dyn LogStore,
     owner: &str,

@@ -613,7 +613,7 @@ pub trait MetaStore: Send + Sync + 'static {
         prefix: &[u8],
         after: Option<&[u8]>,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+    ) -> Result<StateEntries, StoreError>;
 
     /// Applies plugin state changes in order (`Some` sets, `None`
     /// deletes), durably, for an owner that is not a pipeline (a pipeline
@@ -643,6 +643,9 @@ pub trait LogStore: PartitionLog + MetaStore {
     /// the stored position, state and outputs always agree.
     fn commit_pipeline(&self, commit: &PipelineCommit) -> Result<(), WriteError>;
 }
+
+/// Plugin state entries, `(key, value)`, in key order.
+pub type StateEntries = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// A stored plugin's description.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -719,7 +719,7 @@ impl MetaStore for MemStore {
         prefix: &[u8],
         after: Option<&[u8]>,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    ) -> Result<crate::StateEntries, StoreError> {
         let inner = self.lock();
         let owner = owner.to_owned();
         let start = match after {

@@ -1656,7 +1656,7 @@ impl MetaStore for RedbStore {
         prefix: &[u8],
         after: Option<&[u8]>,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    ) -> Result<crate::StateEntries, StoreError> {
         self.snapshot(|txn| {
             let state = txn.open_table(PIPELINE_STATE)?;
             let start = match after {
