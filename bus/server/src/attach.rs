@@ -224,7 +224,6 @@ impl Attachments {
         let blob = (!refs.is_empty()).then(|| saved::encode_ingest(&refs, policy));
         let state = self.state(topic);
         let pruned = (state.clone(), refs.clone());
-        tokio::task::spawn_blocking(move || pruned.0.prune(&pruned.1)).await??;
         let chain = if refs.is_empty() {
             None
         } else {
@@ -232,6 +231,9 @@ impl Attachments {
             chain.run.lock().await.0.build().await?;
             Some(chain)
         };
+        // Only once the new chain initialises: a refused chain leaves the
+        // running one and its state as they were.
+        tokio::task::spawn_blocking(move || pruned.0.prune(&pruned.1)).await??;
         let (store, key) = (self.store.clone(), topic.to_owned());
         tokio::task::spawn_blocking(move || {
             store.put_config(ConfigKind::Ingest, &key, blob.as_deref())
