@@ -64,6 +64,22 @@ pub struct PartitionMeta {
     /// Bumped at every change of this partition, leader or ISR, so a
     /// proposal computed from an older state is refused.
     pub partition_epoch: u64,
+    /// Replicas whose copy failed its CRC, until they rejoin the ISR: each
+    /// drops its log from the damaged batch on and copies it again from the
+    /// leader. They lead nothing, clean or unclean, meanwhile.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rebuilding: BTreeMap<NodeId, Rebuild>,
+}
+
+/// A replica being rebuilt: see [`PartitionMeta::rebuilding`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rebuild {
+    /// Its log is dropped from here on: the damaged batch's base offset.
+    pub from: u64,
+    /// The partition epoch the mark was set at. A follower's fetch names it
+    /// once its log is cut back, so the leader never takes a report sent
+    /// before the cut as proof that the replica is whole again.
+    pub since: u64,
 }
 
 /// A topic's cluster-wide settings and partitions.
@@ -158,6 +174,24 @@ pub enum ControlRequest {
         /// The node.
         node: NodeId,
     },
+    /// `node` found a batch of its copy that fails its CRC: it leaves the
+    /// ISR (even as its last member: a damaged copy must not lead), a new
+    /// leader is elected if it led, and it rebuilds from `offset` on.
+    ReplicaDamaged {
+        /// Topic name.
+        topic: String,
+        /// Partition number.
+        partition: u32,
+        /// The node holding the damaged copy.
+        node: NodeId,
+        /// Base offset of the damaged batch.
+        offset: u64,
+        /// The partition epoch the node saw when it found the damage. A
+        /// report from an older state is refused: it may predate a rebuild
+        /// that already replaced the damaged copy (the node reports again
+        /// at its next read or scrub).
+        partition_epoch: u64,
+    },
     /// A leader changes its partition's in-sync set.
     AlterIsr {
         /// Topic name.
@@ -223,6 +257,22 @@ pub enum ControlError {
         topic: String,
         /// Nodes that have not deleted their copy yet.
         nodes: Vec<NodeId>,
+    },
+    /// A damage report computed from an older partition state.
+    #[error("stale damage report: partition is at partition epoch {partition_epoch}")]
+    StaleDamageReport {
+        /// Current partition epoch.
+        partition_epoch: u64,
+    },
+    /// The node holds no copy of the partition.
+    #[error("node {node} is not a replica of {topic:?} partition {partition}")]
+    NotReplica {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: u32,
+        /// The node.
+        node: NodeId,
     },
     /// Fewer registered nodes than the replication factor.
     #[error("replication factor {replication_factor} needs that many nodes; {nodes} are known")]
@@ -306,6 +356,7 @@ impl ClusterState {
                 );
                 if restarted {
                     self.reelect_led_by(*node);
+                    self.restart_rebuilds(*node);
                 }
                 self.elect_leaderless();
                 Ok(ControlOutcome::Done)
@@ -402,6 +453,13 @@ impl ClusterState {
                 }
                 Ok(ControlOutcome::Done)
             }
+            ControlRequest::ReplicaDamaged {
+                topic,
+                partition,
+                node,
+                offset,
+                partition_epoch,
+            } => self.replica_damaged(topic, *partition, *node, *offset, *partition_epoch),
             ControlRequest::AlterIsr {
                 topic,
                 partition,
@@ -479,6 +537,7 @@ impl ClusterState {
                     leader_epoch: 0,
                     isr,
                     partition_epoch: 0,
+                    rebuilding: BTreeMap::new(),
                 }
             })
             .collect();
@@ -495,6 +554,66 @@ impl ClusterState {
         Ok(ControlOutcome::Done)
     }
 
+    fn partition_mut(
+        &mut self,
+        topic: &str,
+        partition: u32,
+    ) -> Result<(&mut PartitionMeta, bool), ControlError> {
+        let meta = self
+            .topics
+            .get_mut(topic)
+            .ok_or_else(|| ControlError::UnknownTopic(topic.to_owned()))?;
+        let unclean = meta.unclean_leader_election;
+        let partition = meta.partitions.get_mut(partition as usize).ok_or_else(|| {
+            ControlError::UnknownPartition {
+                topic: topic.to_owned(),
+                partition,
+            }
+        })?;
+        Ok((partition, unclean))
+    }
+
+    fn replica_damaged(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        node: NodeId,
+        offset: u64,
+        partition_epoch: u64,
+    ) -> Result<ControlOutcome, ControlError> {
+        let live = self.live_nodes();
+        let (meta, unclean) = self.partition_mut(topic, partition)?;
+        if !meta.replicas.contains(&node) {
+            return Err(ControlError::NotReplica {
+                topic: topic.to_owned(),
+                partition,
+                node,
+            });
+        }
+        if partition_epoch != meta.partition_epoch {
+            return Err(ControlError::StaleDamageReport {
+                partition_epoch: meta.partition_epoch,
+            });
+        }
+        let from = match meta.rebuilding.get(&node) {
+            // Already cut back at or below this batch: a repeated report.
+            Some(mark) if mark.from <= offset => return Ok(ControlOutcome::Done),
+            Some(mark) => mark.from.min(offset),
+            None => offset,
+        };
+        // Marked first, so the election below cannot pick it.
+        meta.rebuilding.insert(node, Rebuild { from, since: 0 });
+        meta.isr.retain(|n| *n != node);
+        if meta.leader == Some(node) {
+            elect(meta, &live, unclean, None);
+        } else {
+            meta.partition_epoch += 1;
+        }
+        let since = meta.partition_epoch;
+        meta.rebuilding.insert(node, Rebuild { from, since });
+        Ok(ControlOutcome::Done)
+    }
+
     fn alter_isr(
         &mut self,
         topic: &str,
@@ -504,22 +623,8 @@ impl ClusterState {
         partition_epoch: u64,
         isr: &[NodeId],
     ) -> Result<ControlOutcome, ControlError> {
-        let live: BTreeSet<NodeId> = self
-            .nodes
-            .iter()
-            .filter(|(_, m)| !m.fenced)
-            .map(|(id, _)| *id)
-            .collect();
-        let meta = self
-            .topics
-            .get_mut(topic)
-            .ok_or_else(|| ControlError::UnknownTopic(topic.to_owned()))?
-            .partitions
-            .get_mut(partition as usize)
-            .ok_or_else(|| ControlError::UnknownPartition {
-                topic: topic.to_owned(),
-                partition,
-            })?;
+        let live = self.live_nodes();
+        let (meta, _) = self.partition_mut(topic, partition)?;
         if meta.leader != Some(leader)
             || meta.leader_epoch != leader_epoch
             || meta.partition_epoch != partition_epoch
@@ -554,6 +659,11 @@ impl ClusterState {
             .filter(|n| isr.contains(n))
             .collect();
         ordered.dedup();
+        // The leader adds a rebuilding replica only once it has fetched
+        // past its cut (see `Rebuild::since`): it is whole again.
+        for node in &added {
+            meta.rebuilding.remove(node);
+        }
         meta.isr = ordered;
         meta.partition_epoch += 1;
         Ok(ControlOutcome::IsrChanged {
@@ -596,6 +706,23 @@ impl ClusterState {
         }
     }
 
+    /// A restarted node forgets whether it already cut its damaged copies
+    /// back, so it cuts them again; its marks move to a new partition
+    /// epoch, so no fetch from before the restart can prove it whole.
+    fn restart_rebuilds(&mut self, node: NodeId) {
+        for topic in self.topics.values_mut() {
+            for meta in &mut topic.partitions {
+                if meta.rebuilding.contains_key(&node) {
+                    meta.partition_epoch += 1;
+                    let since = meta.partition_epoch;
+                    if let Some(mark) = meta.rebuilding.get_mut(&node) {
+                        mark.since = since;
+                    }
+                }
+            }
+        }
+    }
+
     /// Partitions without a leader elect one if they now can.
     fn elect_leaderless(&mut self) {
         let live = self.live_nodes();
@@ -621,10 +748,11 @@ impl ClusterState {
 /// Elects a leader for `meta` at the next epoch: the first live ISR member
 /// in replica order other than `avoid`, else `avoid` itself if it is live
 /// and in the ISR, else (only if `unclean`) any live replica, which becomes
-/// the whole ISR. With none, the partition is left without a leader (the
+/// the whole ISR. A replica being rebuilt is never chosen. With none, the partition is left without a leader (the
 /// epoch still moves, so the old leader's epoch is over).
 fn elect(meta: &mut PartitionMeta, live: &BTreeSet<NodeId>, unclean: bool, avoid: Option<NodeId>) {
-    let in_isr = |n: &NodeId| meta.isr.contains(n) && live.contains(n);
+    let whole = |n: &NodeId| live.contains(n) && !meta.rebuilding.contains_key(n);
+    let in_isr = |n: &NodeId| meta.isr.contains(n) && whole(n);
     let chosen = meta
         .replicas
         .iter()
@@ -633,7 +761,7 @@ fn elect(meta: &mut PartitionMeta, live: &BTreeSet<NodeId>, unclean: bool, avoid
         .or_else(|| avoid.filter(in_isr))
         .or_else(|| {
             unclean
-                .then(|| meta.replicas.iter().copied().find(|n| live.contains(n)))
+                .then(|| meta.replicas.iter().copied().find(whole))
                 .flatten()
         });
     if let Some(leader) = chosen
@@ -946,6 +1074,146 @@ mod tests {
             after.isr.contains(&leader),
             "a restart alone leaves the ISR"
         );
+    }
+
+    fn damaged(state: &mut ClusterState, topic: &str, node: NodeId, offset: u64) {
+        let partition_epoch = state.partition(topic, 0).unwrap().partition_epoch;
+        state
+            .apply(&ControlRequest::ReplicaDamaged {
+                topic: topic.into(),
+                partition: 0,
+                node,
+                offset,
+                partition_epoch,
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn a_damaged_leader_is_replaced_and_never_elected_until_it_rejoins() {
+        let mut state = cluster(3);
+        create(&mut state, "t", 1, 3, 2);
+        let before = state.partition("t", 0).unwrap().clone();
+        let old = before.leader.unwrap();
+        damaged(&mut state, "t", old, 40);
+        let p = state.partition("t", 0).unwrap().clone();
+        let new = p.leader.unwrap();
+        assert_ne!(new, old);
+        assert!(!p.isr.contains(&old));
+        assert_eq!(p.leader_epoch, before.leader_epoch + 1);
+        let mark = p.rebuilding[&old];
+        assert_eq!((mark.from, mark.since), (40, p.partition_epoch));
+
+        // A repeat of the report, or a later batch, changes nothing; an
+        // earlier batch moves the cut back and the mark with it.
+        damaged(&mut state, "t", old, 90);
+        assert_eq!(state.partition("t", 0), Some(&p));
+        damaged(&mut state, "t", old, 10);
+        let p = state.partition("t", 0).unwrap().clone();
+        assert_eq!(p.rebuilding[&old].from, 10);
+        assert_eq!(p.rebuilding[&old].since, p.partition_epoch);
+
+        // Fencing every whole replica leaves the partition without a leader
+        // rather than electing the damaged one, even when unclean.
+        state.topics.get_mut("t").unwrap().unclean_leader_election = true;
+        for node in p.isr.clone() {
+            state.apply(&ControlRequest::FenceNode { node }).unwrap();
+        }
+        assert_eq!(state.partition("t", 0).unwrap().leader, None);
+        for node in p.isr.clone() {
+            state.apply(&ControlRequest::UnfenceNode { node }).unwrap();
+        }
+        let p = state.partition("t", 0).unwrap().clone();
+        let leader = p.leader.unwrap();
+        assert_ne!(leader, old);
+
+        // A restart moves the mark: a fetch from before it proves nothing.
+        state
+            .apply(&ControlRequest::RegisterNode {
+                node: old,
+                address: "x".into(),
+                incarnation: 2,
+            })
+            .unwrap();
+        let p = state.partition("t", 0).unwrap().clone();
+        assert_eq!(p.rebuilding[&old].since, p.partition_epoch);
+
+        // Rejoining the ISR clears the mark.
+        let mut isr = p.isr.clone();
+        isr.push(old);
+        state
+            .apply(&ControlRequest::AlterIsr {
+                topic: "t".into(),
+                partition: 0,
+                leader,
+                leader_epoch: p.leader_epoch,
+                partition_epoch: p.partition_epoch,
+                isr,
+            })
+            .unwrap();
+        let p = state.partition("t", 0).unwrap().clone();
+        assert!(p.rebuilding.is_empty());
+        assert!(p.isr.contains(&old));
+
+        // A report sent before the rebuild, delivered after it, is refused:
+        // the copy it names is gone.
+        assert!(matches!(
+            state.apply(&ControlRequest::ReplicaDamaged {
+                topic: "t".into(),
+                partition: 0,
+                node: old,
+                offset: 10,
+                partition_epoch: p.partition_epoch - 1,
+            }),
+            Err(ControlError::StaleDamageReport { .. })
+        ));
+        assert_eq!(state.partition("t", 0), Some(&p));
+    }
+
+    #[test]
+    fn a_damaged_last_isr_member_leaves_the_partition_without_a_leader() {
+        let mut state = cluster(3);
+        create(&mut state, "t", 1, 3, 1);
+        let p = state.partition("t", 0).unwrap().clone();
+        let leader = p.leader.unwrap();
+        state
+            .apply(&ControlRequest::AlterIsr {
+                topic: "t".into(),
+                partition: 0,
+                leader,
+                leader_epoch: p.leader_epoch,
+                partition_epoch: p.partition_epoch,
+                isr: vec![leader],
+            })
+            .unwrap();
+        damaged(&mut state, "t", leader, 0);
+        let p = state.partition("t", 0).unwrap();
+        assert_eq!(p.leader, None);
+        assert!(p.isr.is_empty());
+        assert!(matches!(
+            state.apply(&ControlRequest::ReplicaDamaged {
+                topic: "t".into(),
+                partition: 0,
+                node: 9,
+                offset: 0,
+                partition_epoch: p.partition_epoch,
+            }),
+            Err(ControlError::NotReplica { node: 9, .. })
+        ));
+    }
+
+    #[test]
+    fn a_damaged_follower_leaves_the_isr_and_the_leader_stays() {
+        let mut state = cluster(3);
+        create(&mut state, "t", 1, 3, 2);
+        let before = state.partition("t", 0).unwrap().clone();
+        let follower = before.replicas[1];
+        damaged(&mut state, "t", follower, 5);
+        let p = state.partition("t", 0).unwrap();
+        assert_eq!(p.leader, before.leader);
+        assert_eq!(p.leader_epoch, before.leader_epoch);
+        assert_eq!(p.partition_epoch, before.partition_epoch + 1);
+        assert!(!p.isr.contains(&follower));
     }
 
     #[test]

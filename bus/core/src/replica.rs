@@ -64,7 +64,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::controller::{NodeId, PartitionMeta};
+use crate::controller::{NodeId, PartitionMeta, Rebuild};
 use crate::partition::{
     AckLevel, AppendError, AppendRequest, Command, PartitionEngine, PartitionState, WriteId,
     WrittenError,
@@ -131,6 +131,11 @@ pub struct FetchRequest {
     pub durable_end: u64,
     /// Epoch of the follower's last batch, for the divergence check.
     pub last_fetched_epoch: Option<i32>,
+    /// The [`Rebuild::since`] of the controller's mark on this replica,
+    /// once its log is cut back to the mark: only such a fetch can bring a
+    /// rebuilt replica back into the ISR.
+    #[serde(default)]
+    pub rebuilt: Option<u64>,
 }
 
 /// Why a leader would not serve a fetch.
@@ -286,6 +291,10 @@ pub struct Replica {
     role: Role,
     /// A replicated append or truncation the shell is executing.
     busy: Option<Busy>,
+    /// The [`Rebuild::since`] of the last rebuild mark this replica cut
+    /// its log back for (in memory: after a restart it cuts again, which
+    /// costs a re-fetch and nothing else).
+    cut_for: Option<u64>,
     fetches: u64,
     commands: VecDeque<ReplicaCommand>,
 }
@@ -366,6 +375,7 @@ impl Replica {
             min_insync: 1,
             role: Role::Idle,
             busy: None,
+            cut_for: None,
             fetches: 0,
             commands: VecDeque::new(),
         }
@@ -491,8 +501,16 @@ impl Replica {
         leading
             .engine
             .handle_replica_progress(now, request.replica, durable);
+        // A replica rebuilding from a damaged copy proves it has cut its
+        // log back; a report sent before the cut is not taken.
+        let whole = self
+            .meta
+            .as_ref()
+            .and_then(|m| m.rebuilding.get(&request.replica))
+            .is_none_or(|mark| request.rebuilt == Some(mark.since));
         let rejoin = !leading.isr.contains(&request.replica)
             && leading.pending.is_none()
+            && whole
             && durable
                 >= leading
                     .engine
@@ -635,13 +653,20 @@ impl Replica {
         for state in self.producers.values_mut() {
             state.truncate(offset);
         }
-        self.high_watermark = self.high_watermark.min(offset);
+        // The high watermark stays: a cut for divergence never goes below
+        // it, and a cut of a damaged copy drops committed records that come
+        // back from the leader unchanged, so readers keep their bound (and
+        // wait at the log end meanwhile).
         self.after_local_change(now, now);
     }
 
     /// Runs the timers: fetch pacing and timeouts on a follower, ISR lag
     /// and proposal retries on a leader.
     pub fn handle_tick(&mut self, now: Instant) {
+        let rebuilt = self
+            .rebuild_mark()
+            .map(|mark| mark.since)
+            .filter(|since| self.cut_for == Some(*since));
         match &mut self.role {
             Role::Leader(leading) => {
                 if let Some(pending) = &mut leading.pending {
@@ -705,6 +730,7 @@ impl Replica {
                             .rev()
                             .find(|e| e.start_offset < self.log_end)
                             .map(|e| e.epoch),
+                        rebuilt,
                     };
                     self.commands.push_back(ReplicaCommand::Fetch {
                         leader: following.leader,
@@ -755,6 +781,12 @@ impl Replica {
     /// The next command for the shell, oldest first.
     pub fn poll_command(&mut self) -> Option<ReplicaCommand> {
         self.commands.pop_front()
+    }
+
+    /// The partition epoch of the last metadata seen, which a damage
+    /// report names (see [`crate::controller::ControlRequest::ReplicaDamaged`]).
+    pub fn partition_epoch(&self) -> Option<u64> {
+        self.meta.as_ref().map(|m| m.partition_epoch)
     }
 
     /// What this replica is doing.
@@ -899,6 +931,12 @@ impl Replica {
             return;
         };
         let leads = meta.leader == Some(self.local);
+        // A rebuild mark this replica has not cut its log back for yet.
+        let pending_cut = meta
+            .rebuilding
+            .get(&self.local)
+            .copied()
+            .filter(|mark| self.cut_for != Some(mark.since));
         match &mut self.role {
             Role::Leader(leading) if leads && leading.epoch == meta.leader_epoch => {
                 leading.isr = meta.isr.clone();
@@ -930,7 +968,8 @@ impl Replica {
             Role::Follower(following)
                 if !leads
                     && meta.leader == Some(following.leader)
-                    && meta.replicas.contains(&self.local) =>
+                    && meta.replicas.contains(&self.local)
+                    && pending_cut.is_none() =>
             {
                 following.epoch = meta.leader_epoch;
                 return;
@@ -944,6 +983,18 @@ impl Replica {
             self.role = Role::Idle;
             return;
         }
+        if let Some(mark) = pending_cut {
+            // Part of this copy failed its CRC: drop it from the damaged
+            // batch on, then fetch it again from the leader.
+            self.cut_for = Some(mark.since);
+            if self.log_end > mark.from {
+                self.role = Role::Idle;
+                self.commands
+                    .push_back(ReplicaCommand::Truncate { offset: mark.from });
+                self.busy = Some(Busy::Truncating { offset: mark.from });
+                return;
+            }
+        }
         match meta.leader {
             Some(leader) if leader == self.local => self.lead(now, &meta),
             Some(leader) => {
@@ -956,6 +1007,11 @@ impl Replica {
             }
             None => self.role = Role::Idle,
         }
+    }
+
+    /// The controller's rebuild mark on this replica, if any.
+    fn rebuild_mark(&self) -> Option<Rebuild> {
+        self.meta.as_ref()?.rebuilding.get(&self.local).copied()
     }
 
     /// Starts leading at `meta.leader_epoch`, if it is newer than every
@@ -1103,6 +1159,7 @@ mod tests {
             leader_epoch: epoch,
             isr: isr.to_vec(),
             partition_epoch,
+            rebuilding: BTreeMap::new(),
         }
     }
 
@@ -1126,6 +1183,7 @@ mod tests {
             fetch_offset: offset,
             durable_end: offset,
             last_fetched_epoch: last,
+            rebuilt: None,
         }
     }
 
@@ -1341,6 +1399,76 @@ mod tests {
         );
     }
 
+    fn marked(mut meta: PartitionMeta, node: NodeId, from: u64) -> PartitionMeta {
+        let since = meta.partition_epoch;
+        meta.rebuilding.insert(node, Rebuild { from, since });
+        meta
+    }
+
+    #[test]
+    fn a_damaged_follower_cuts_its_log_back_and_says_so_in_its_fetches() {
+        let now = Instant::now();
+        let log = LocalLog {
+            log_end: 9,
+            epochs: vec![EpochStart {
+                epoch: 1,
+                start_offset: 0,
+            }],
+            producers: Vec::new(),
+        };
+        let mut r = Replica::new(2, ReplicaConfig::default(), log);
+        r.handle_metadata(now, &meta(1, 2, &[1, 2, 3], 3), 1);
+        r.handle_tick(now);
+        let first = drain(&mut r);
+        assert!(
+            matches!(first.as_slice(), [ReplicaCommand::Fetch { request, .. }] if request.rebuilt.is_none())
+        );
+        r.handle_metadata(now, &marked(meta(1, 2, &[1, 3], 4), 2, 5), 1);
+        assert_eq!(drain(&mut r), vec![ReplicaCommand::Truncate { offset: 5 }]);
+        r.handle_tick(now);
+        assert!(
+            drain(&mut r).is_empty(),
+            "no fetch while the cut is on disk"
+        );
+        r.handle_local_truncated(now);
+        let Some(ReplicaCommand::Fetch { request, .. }) = drain(&mut r).first().cloned() else {
+            panic!("fetches once cut back");
+        };
+        assert_eq!((request.fetch_offset, request.rebuilt), (5, Some(4)));
+    }
+
+    #[test]
+    fn a_rebuilding_replica_rejoins_only_on_a_fetch_sent_after_its_cut() {
+        let now = Instant::now();
+        let mut r = Replica::new(1, ReplicaConfig::default(), LocalLog::default());
+        r.handle_metadata(now, &marked(meta(1, 1, &[1, 3], 2), 2, 0), 1);
+        drain(&mut r);
+        r.handle_fetch(now, &fetch(2, 1, 0, None));
+        assert!(
+            drain(&mut r).is_empty(),
+            "a report from before the cut proves nothing"
+        );
+        let stale = FetchRequest {
+            rebuilt: Some(1),
+            ..fetch(2, 1, 0, None)
+        };
+        r.handle_fetch(now, &stale);
+        assert!(drain(&mut r).is_empty(), "an older mark proves nothing");
+        let rebuilt = FetchRequest {
+            rebuilt: Some(2),
+            ..fetch(2, 1, 0, None)
+        };
+        r.handle_fetch(now, &rebuilt);
+        assert_eq!(
+            drain(&mut r),
+            vec![ReplicaCommand::ProposeIsr {
+                leader_epoch: 1,
+                partition_epoch: 2,
+                isr: vec![1, 3, 2]
+            }]
+        );
+    }
+
     #[test]
     fn a_deposed_leader_answers_not_leader_and_follows_once_settled() {
         let now = Instant::now();
@@ -1413,6 +1541,7 @@ mod tests {
             leader_epoch: 0,
             isr: vec![1, 2],
             partition_epoch: 0,
+            rebuilding: BTreeMap::new(),
         };
         r.handle_metadata(now, &meta, 1);
         r.handle_tick(now);

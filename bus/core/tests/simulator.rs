@@ -37,8 +37,8 @@ use edgebus_core::controller::{ClusterState, ControlError, ControlRequest, Liven
 use edgebus_core::partition::{AckLevel, AppendError, AppendOutcome, AppendRequest, Command};
 use edgebus_core::producer::{ProducerState, SequenceSpan};
 use edgebus_core::replica::{
-    EpochStart, FetchDecision, FetchRequest, FetchResponse, LocalLog, Replica, ReplicaCommand,
-    ReplicaConfig, ReplicatedBatch,
+    EpochStart, FetchDecision, FetchError, FetchRequest, FetchResponse, LocalLog, Replica,
+    ReplicaCommand, ReplicaConfig, ReplicatedBatch,
 };
 use edgebus_proto::batch::ProducerStamp;
 use rand::rngs::StdRng;
@@ -80,6 +80,8 @@ struct Entry {
     epoch: i32,
     batch: BatchId,
     producer: Option<(i64, ProducerState)>,
+    /// Its bytes rotted on disk: it fails its CRC when read.
+    damaged: bool,
 }
 
 #[derive(Debug, Default)]
@@ -307,6 +309,8 @@ enum Action {
     /// Cut every link between the two groups (the controller is 0).
     Cut(Vec<u64>, Vec<u64>),
     HealLinks,
+    /// The newest committed batch of partition 0 rots on the node's disk.
+    Damage(NodeId),
     /// Stop producing new batches (in-flight ones are still retried).
     Pause,
     Resume,
@@ -493,6 +497,7 @@ impl Sim {
                 if self.nodes[&id].up {
                     let now = self.instant(Some(id));
                     for p in 0..self.partitions {
+                        self.scrub(id, p);
                         self.replica_mut(id, p).handle_tick(now);
                         self.drain(id, p);
                     }
@@ -600,6 +605,15 @@ impl Sim {
     fn controller_apply(&mut self, request: ControlRequest) -> Result<(), ControlError> {
         let result = self.controller.state.apply(&request);
         self.log(format!("controller {request:?} -> {result:?}"));
+        let marked_leader = self.controller.state.topics.values().any(|t| {
+            t.partitions
+                .iter()
+                .any(|p| p.leader.is_some_and(|l| p.rebuilding.contains_key(&l)))
+        });
+        self.assert(
+            !marked_leader,
+            "a replica being rebuilt was elected leader".into(),
+        );
         if result.is_ok() {
             self.controller.version += 1;
             for id in NODES {
@@ -700,21 +714,31 @@ impl Sim {
                         high_watermark,
                     } => {
                         let disk = &self.nodes[&id].disks[&partition];
-                        let batches = disk
+                        let served: Vec<&Entry> = disk
                             .entries
                             .iter()
                             .filter(|e| e.base_offset >= from && e.base_offset < to)
                             .take(4)
-                            .map(|e| ReplicatedBatch {
-                                base_offset: e.base_offset,
-                                record_count: e.count,
-                                leader_epoch: e.epoch,
-                                producer: e.producer.clone(),
-                            })
                             .collect();
-                        FetchResponse::Records {
-                            batches,
-                            high_watermark,
+                        // As the store does: a read that meets a damaged
+                        // batch fails, and the node reports its copy.
+                        if served.iter().any(|e| e.damaged) {
+                            self.scrub(id, partition);
+                            FetchResponse::Refused(FetchError::NotLeader)
+                        } else {
+                            let batches = served
+                                .iter()
+                                .map(|e| ReplicatedBatch {
+                                    base_offset: e.base_offset,
+                                    record_count: e.count,
+                                    leader_epoch: e.epoch,
+                                    producer: e.producer.clone(),
+                                })
+                                .collect();
+                            FetchResponse::Records {
+                                batches,
+                                high_watermark,
+                            }
                         }
                     }
                     FetchDecision::Diverging {
@@ -809,6 +833,7 @@ impl Sim {
                         epoch: leader_epoch,
                         batch,
                         producer,
+                        damaged: false,
                     };
                     self.enqueue_disk(
                         id,
@@ -924,6 +949,7 @@ impl Sim {
                         epoch: b.leader_epoch,
                         batch,
                         producer: b.producer,
+                        damaged: false,
                     };
                     self.stored(id, partition, &entry);
                     self.node_mut(id)
@@ -939,11 +965,17 @@ impl Sim {
             }
             DiskOp::Truncate { partition, offset } => {
                 // A divergent batch at a committed offset goes; the
-                // committed batch itself never does.
-                let committed: Vec<_> = self.nodes[&id].disks[&partition]
-                    .entries
+                // committed batch itself never does, unless this copy is
+                // being rebuilt after damage (out of the ISR meanwhile).
+                let entries = &self.nodes[&id].disks[&partition].entries;
+                let rebuilding = self
+                    .controller
+                    .state
+                    .partition(TOPIC, partition)
+                    .is_some_and(|m| m.rebuilding.contains_key(&id));
+                let committed: Vec<_> = entries
                     .iter()
-                    .filter(|e| e.base_offset >= offset)
+                    .filter(|e| !rebuilding && e.base_offset >= offset)
                     .filter(|e| {
                         self.checker
                             .committed
@@ -1273,7 +1305,7 @@ impl Sim {
             .copied()
             .filter(|n| !self.nodes[n].up)
             .collect();
-        match self.rng.random_range(0..7) {
+        match self.rng.random_range(0..8) {
             0 | 1 if down.len() < 2 => {
                 let victim = NODES[self.rng.random_range(0..NODES.len())];
                 self.crash(victim);
@@ -1320,7 +1352,78 @@ impl Sim {
                 self.node_mut(node).skew_ms += jump;
                 self.log(format!("node {node} clock jumps {jump}ms"));
             }
+            7 => {
+                let node = NODES[self.rng.random_range(0..NODES.len())];
+                let partition = self.rng.random_range(0..self.partitions);
+                if self.may_damage(node, partition) {
+                    self.damage(node, partition);
+                }
+            }
             _ => {}
+        }
+    }
+
+    /// Damage is a fault the cluster is built to survive only while another
+    /// whole in-sync copy exists: one damaged copy at a time, on a node that
+    /// is up and reaches the controller, with another in-sync copy when the
+    /// damaged one is in the ISR.
+    fn may_damage(&self, node: NodeId, partition: u32) -> bool {
+        let whole = self
+            .controller
+            .state
+            .partition(TOPIC, partition)
+            .is_some_and(|m| {
+                m.rebuilding.is_empty() && (m.isr.len() >= 2 || !m.isr.contains(&node))
+            });
+        let undamaged = self.nodes.values().all(|n| {
+            n.disks
+                .values()
+                .all(|d| d.entries.iter().all(|e| !e.damaged))
+        });
+        whole && undamaged && self.cut.is_empty() && self.controller.up && self.nodes[&node].up
+    }
+
+    /// Rots a durable batch of `node`'s copy, preferring a committed one.
+    fn damage(&mut self, node: NodeId, partition: u32) {
+        let disk = &self.nodes[&node].disks[&partition];
+        let durable = &disk.entries[..disk.durable];
+        let committed: Vec<usize> = (0..durable.len())
+            .filter(|i| {
+                self.checker
+                    .committed
+                    .contains_key(&(partition, durable[*i].base_offset))
+            })
+            .collect();
+        let Some(&at) = committed.last() else {
+            return;
+        };
+        let at = self.rng.random_range(0..=at);
+        let disk = self.node_mut(node).disks.get_mut(&partition).unwrap();
+        disk.entries[at].damaged = true;
+        let base = disk.entries[at].base_offset;
+        self.log(format!(
+            "node {node} p{partition}: batch at {base} damaged on disk"
+        ));
+    }
+
+    /// The node reads its copy back (as the broker's reads and scrub do)
+    /// and reports the first damaged batch to the controller.
+    fn scrub(&mut self, id: NodeId, partition: u32) {
+        let damaged = self.nodes[&id].disks[&partition]
+            .entries
+            .iter()
+            .find(|e| e.damaged)
+            .map(|e| e.base_offset);
+        let partition_epoch = self.nodes[&id].replicas[&partition].partition_epoch();
+        if let (Some(offset), Some(partition_epoch)) = (damaged, partition_epoch) {
+            let request = ControlRequest::ReplicaDamaged {
+                topic: TOPIC.into(),
+                partition,
+                node: id,
+                offset,
+                partition_epoch,
+            };
+            self.send(id, CONTROLLER, Msg::Propose { partition, request });
         }
     }
 
@@ -1349,6 +1452,7 @@ impl Sim {
                 }
             }
             Action::HealLinks => self.cut.clear(),
+            Action::Damage(n) => self.damage(n, 0),
             Action::Pause => self.paused = true,
             Action::Resume => self.paused = false,
         }
@@ -1664,4 +1768,50 @@ fn kip_966_last_replica_standing_after_an_unclean_restart() {
     );
     let p = sim.controller.state.partition(TOPIC, 0).unwrap();
     assert_eq!(p.leader, Some(1));
+}
+
+/// A committed batch rots on the leader's disk and the leader restarts
+/// while it is being rebuilt: it is voted out at once, never elected while
+/// its copy is incomplete, cuts its log back and fetches it again, and
+/// rejoins; nothing acknowledged is lost.
+#[test]
+fn a_damaged_leader_is_replaced_and_rebuilt_from_a_follower() {
+    let damaged = std::cell::Cell::new(0);
+    let sim = run_script(
+        2,
+        vec![
+            (1_500, Action::Damage(1)),
+            (1_520, Action::Crash(1)),
+            (1_600, Action::Restart(1)),
+            (2_500, Action::Damage(2)),
+        ],
+        |sim, at| {
+            let p = sim.controller.state.partition(TOPIC, 0).unwrap();
+            if at == 1_500 {
+                damaged.set(leader_of(sim));
+            }
+            if at == 2_500 {
+                assert!(
+                    p.rebuilding.is_empty() && p.isr.len() == 3,
+                    "rebuilt and back in sync within a second: {p:?}"
+                );
+            }
+        },
+    );
+    assert_eq!(damaged.get(), 1, "node 1 led when its copy rotted");
+    let p = sim.controller.state.partition(TOPIC, 0).unwrap();
+    assert!(p.rebuilding.is_empty());
+    let reports = sim
+        .trace
+        .iter()
+        .filter(|l| l.contains("ReplicaDamaged") && l.contains("Ok(Done)"))
+        .count();
+    assert!(reports >= 2, "both damaged copies were reported");
+    for node in [1, 2] {
+        let cut = format!("node {node} p0 truncates at");
+        assert!(
+            sim.trace.iter().any(|l| l.contains(&cut)),
+            "node {node} cut its copy back"
+        );
+    }
 }

@@ -63,6 +63,12 @@ pub struct ClusterConfig {
     /// `replica.lag.time.max.ms`: a follower that has not caught up with its
     /// leader for this long leaves the in-sync set.
     pub replica_lag_time_max_ms: u64,
+    /// From the end of one scrub pass (a read of every local copy that
+    /// checks each batch's CRC) to the start of the next; the first pass
+    /// starts within a minute of the node's start.
+    pub scrub_interval_ms: u64,
+    /// The scrub's read rate bound.
+    pub scrub_bytes_per_second: u64,
 }
 
 impl Default for ClusterConfig {
@@ -76,6 +82,8 @@ impl Default for ClusterConfig {
             ca: None,
             session_timeout_ms: 6_000,
             replica_lag_time_max_ms: 10_000,
+            scrub_interval_ms: 3_600_000,
+            scrub_bytes_per_second: 32 << 20,
         }
     }
 }

@@ -371,6 +371,10 @@ pub async fn start_with_store(
                 broker.topics.clone(),
                 config.limits.max_fetch_bytes,
                 Duration::from_millis(config.cluster.replica_lag_time_max_ms),
+                cluster::scrub::Scrub {
+                    interval: Duration::from_millis(config.cluster.scrub_interval_ms),
+                    bytes_per_second: config.cluster.scrub_bytes_per_second,
+                },
             )
             .await;
         broker.groups.set_replicated(Arc::new(cluster.clone()));

@@ -181,20 +181,28 @@ impl Reader {
         max_bytes: u32,
     ) -> Result<ReadBatches, FetchError> {
         let max_bytes = max_bytes.clamp(1, self.max_fetch_bytes) as usize;
-        let topic = topic.to_owned();
-        self.blocking(move |store| {
-            let upper = store.reader.high_watermark(&topic, partition);
-            let read = store
-                .store
-                .read(&topic, partition, offset, max_bytes, upper)?;
-            store
-                .reader
-                .metrics
-                .traffic
-                .read(&topic, partition, &read.batches);
-            Ok(read)
-        })
-        .await
+        let name = topic.to_owned();
+        let read = self
+            .blocking(move |store| {
+                let topic = name;
+                let upper = store.reader.high_watermark(&topic, partition);
+                let read = store
+                    .store
+                    .read(&topic, partition, offset, max_bytes, upper)?;
+                store
+                    .reader
+                    .metrics
+                    .traffic
+                    .read(&topic, partition, &read.batches);
+                Ok(read)
+            })
+            .await;
+        if let Err(FetchError::Store(ReadError::DamagedBatch { offset, .. })) = &read {
+            self.writer
+                .damaged(topic.to_owned(), partition, *offset)
+                .await;
+        }
+        read
     }
 
     /// The log start and end of every partition of a topic, and its size

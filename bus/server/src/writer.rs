@@ -583,6 +583,8 @@ struct Slot {
     /// The bytes of the batches the last fetch brought, by base offset,
     /// until the replica appends them.
     fetched: HashMap<u64, Bytes>,
+    /// The last damage report sent: (offset, partition epoch), and when.
+    damage_reported: Option<((u64, u64), Instant)>,
 }
 
 impl Slot {
@@ -593,6 +595,7 @@ impl Slot {
             written: None,
             replication: Vec::new(),
             fetched: HashMap::new(),
+            damage_reported: None,
         }
     }
 

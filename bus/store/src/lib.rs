@@ -148,6 +148,22 @@ pub enum WriteError {
         /// Newest epoch in the partition's epoch table.
         latest: i32,
     },
+    /// A stored batch failed its CRC or does not sit where its key says:
+    /// the bytes rotted on disk. It is never served; in a cluster the copy
+    /// is rebuilt from the leader.
+    #[error(
+        "batch at offset {offset} of {topic:?} partition {partition} is damaged on disk: {detail}"
+    )]
+    DamagedBatch {
+        /// Topic name.
+        topic: String,
+        /// Partition.
+        partition: u32,
+        /// The key the damaged batch is stored under (its base offset).
+        offset: u64,
+        /// What failed.
+        detail: String,
+    },
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -161,6 +177,10 @@ impl From<ReadError> for WriteError {
                 WriteError::UnknownPartition { topic, partition }
             }
             ReadError::Store(e) => WriteError::Store(e),
+            damaged @ ReadError::DamagedBatch { .. } => WriteError::Store(StoreError::Corrupt {
+                table: "log".into(),
+                detail: damaged.to_string(),
+            }),
         }
     }
 }
@@ -199,6 +219,22 @@ pub enum TopicError {
     /// The name or a setting is invalid.
     #[error("invalid topic: {0}")]
     Invalid(String),
+    /// A stored batch failed its CRC or does not sit where its key says:
+    /// the bytes rotted on disk. It is never served; in a cluster the copy
+    /// is rebuilt from the leader.
+    #[error(
+        "batch at offset {offset} of {topic:?} partition {partition} is damaged on disk: {detail}"
+    )]
+    DamagedBatch {
+        /// Topic name.
+        topic: String,
+        /// Partition.
+        partition: u32,
+        /// The key the damaged batch is stored under (its base offset).
+        offset: u64,
+        /// What failed.
+        detail: String,
+    },
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -218,6 +254,22 @@ pub enum ReadError {
         topic: String,
         /// Requested partition.
         partition: u32,
+    },
+    /// A stored batch failed its CRC or does not sit where its key says:
+    /// the bytes rotted on disk. It is never served; in a cluster the copy
+    /// is rebuilt from the leader.
+    #[error(
+        "batch at offset {offset} of {topic:?} partition {partition} is damaged on disk: {detail}"
+    )]
+    DamagedBatch {
+        /// Topic name.
+        topic: String,
+        /// Partition.
+        partition: u32,
+        /// The key the damaged batch is stored under (its base offset).
+        offset: u64,
+        /// What failed.
+        detail: String,
     },
     /// Storage failed.
     #[error(transparent)]
@@ -244,6 +296,22 @@ pub enum CommitError {
     /// holds the reason, naming the rule broken.
     #[error("invalid group: {0}")]
     InvalidGroup(String),
+    /// A stored batch failed its CRC or does not sit where its key says:
+    /// the bytes rotted on disk. It is never served; in a cluster the copy
+    /// is rebuilt from the leader.
+    #[error(
+        "batch at offset {offset} of {topic:?} partition {partition} is damaged on disk: {detail}"
+    )]
+    DamagedBatch {
+        /// Topic name.
+        topic: String,
+        /// Partition.
+        partition: u32,
+        /// The key the damaged batch is stored under (its base offset).
+        offset: u64,
+        /// What failed.
+        detail: String,
+    },
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),

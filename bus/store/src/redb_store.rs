@@ -1202,9 +1202,15 @@ impl RedbStore {
                 break;
             }
             // Invariant 3: a batch damaged on disk is reported, never served.
-            let header = batch::verify_crc(bytes)
-                .map_err(|e| corrupt(&tables.log, format!("batch at {}: {e}", key.value())))?;
-            check_position(&tables.log, key.value(), &header)?;
+            let damaged = |detail: String| ReadError::DamagedBatch {
+                topic: topic.to_owned(),
+                partition,
+                offset: key.value(),
+                detail,
+            };
+            let header = batch::verify_crc(bytes).map_err(|e| damaged(e.to_string()))?;
+            check_position(&tables.log, key.value(), &header)
+                .map_err(|e| damaged(e.to_string()))?;
             if header.next_offset() > offsets.log_end {
                 break;
             }

@@ -12,7 +12,7 @@
 //! about two calls a second and a busy one is fetched as soon as the leader
 //! writes.
 
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -23,7 +23,7 @@ use edgebus_core::replica::{
 };
 use edgebus_proto::batch::BatchHeader;
 use edgebus_proto::frame::{Request, TopicChanges, TopicSpec};
-use edgebus_store::{LogStore, TopicError};
+use edgebus_store::{LogStore, ReadError, StoreError, TopicError};
 use tokio::sync::mpsc;
 
 use super::Cluster;
@@ -42,8 +42,8 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the cluster needs of the node's data side.
 pub(super) struct DataPlane {
-    writer: Writer,
-    store: Arc<dyn LogStore>,
+    pub(super) writer: Writer,
+    pub(super) store: Arc<dyn LogStore>,
     topics: Topics,
     max_fetch_bytes: u32,
 }
@@ -59,6 +59,7 @@ impl Cluster {
         topics: Topics,
         max_fetch_bytes: u32,
         replica_lag_max: Duration,
+        scrub: super::scrub::Scrub,
     ) {
         let config = ReplicaConfig {
             replica_lag_max,
@@ -73,11 +74,20 @@ impl Cluster {
             topics,
             max_fetch_bytes,
         };
-        if self.inner.data.set(plane).is_err() {
-            return;
+        {
+            let mut data = self
+                .inner
+                .data
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if data.is_some() {
+                return;
+            }
+            *data = Some(Arc::new(plane));
         }
         self.spawn(self.clone().outbound(outbound));
         self.spawn(self.clone().forward_metadata());
+        self.spawn(self.clone().scrub(scrub));
         self.spawn(async move {
             let mut tick = tokio::time::interval(TICK);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -88,8 +98,12 @@ impl Cluster {
         });
     }
 
-    fn data(&self) -> Option<&DataPlane> {
-        self.inner.data.get()
+    pub(super) fn data(&self) -> Option<Arc<DataPlane>> {
+        self.inner
+            .data
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Creates a topic in the cluster: the control log places its replicas
@@ -313,6 +327,26 @@ impl Cluster {
                         }
                     });
                 }
+                Outbound::ReportDamaged {
+                    topic,
+                    partition,
+                    offset,
+                    partition_epoch,
+                } => {
+                    tokio::spawn(async move {
+                        let request = ControlRequest::ReplicaDamaged {
+                            topic: topic.clone(),
+                            partition,
+                            node: cluster.inner.node,
+                            offset,
+                            partition_epoch,
+                        };
+                        // A refused or lost report is made again at the
+                        // next read of the damaged batch (or the next scrub).
+                        let outcome = cluster.propose(request).await;
+                        tracing::warn!(%topic, partition, offset, ?outcome, "reported a damaged copy");
+                    });
+                }
             }
         }
     }
@@ -410,11 +444,14 @@ impl Cluster {
                 continue;
             }
             let store = data.store.clone();
-            let (topic, max_bytes) = (topic.clone(), max_bytes as usize);
+            let (name, max_bytes) = (topic.clone(), max_bytes as usize);
             let read = tokio::task::spawn_blocking(move || {
-                read_for_follower(&*store, &topic, partition, from, to, max_bytes)
+                read_for_follower(&*store, &name, partition, from, to, max_bytes)
             })
             .await;
+            if let Ok(Err(ReadError::DamagedBatch { offset, .. })) = &read {
+                data.writer.damaged(topic, partition, *offset).await;
+            }
             return match read {
                 Ok(Ok((batches, producers, trailer))) => (
                     PeerResponse::Fetched(FetchReply::Records {
@@ -424,7 +461,7 @@ impl Cluster {
                     }),
                     trailer,
                 ),
-                Ok(Err(e)) => (PeerResponse::Failed(e), Bytes::new()),
+                Ok(Err(e)) => (PeerResponse::Failed(e.to_string()), Bytes::new()),
                 Err(e) => (PeerResponse::Failed(e.to_string()), Bytes::new()),
             };
         }
@@ -446,15 +483,19 @@ fn read_for_follower(
     from: u64,
     to: u64,
     max_bytes: usize,
-) -> Result<Served, String> {
-    let read = store
-        .read(topic, partition, from, max_bytes, to)
-        .map_err(|e| e.to_string())?;
+) -> Result<Served, ReadError> {
+    let corrupt = |detail: String| {
+        ReadError::Store(StoreError::Corrupt {
+            table: format!("{topic}/{partition}"),
+            detail,
+        })
+    };
+    let read = store.read(topic, partition, from, max_bytes, to)?;
     let mut metas = Vec::with_capacity(read.batches.len());
     let mut trailer = BytesMut::new();
     let mut end = from;
     for batch in &read.batches {
-        let header = BatchHeader::parse(batch).map_err(|e| e.to_string())?;
+        let header = BatchHeader::parse(batch).map_err(|e| corrupt(e.to_string()))?;
         end = header.base_offset + u64::from(header.record_count);
         metas.push(BatchMeta {
             base_offset: header.base_offset,
@@ -465,11 +506,8 @@ fn read_for_follower(
         trailer.extend_from_slice(batch);
     }
     let mut producers = Vec::new();
-    for (id, state) in store
-        .producer_states(topic, partition)
-        .map_err(|e| e.to_string())?
-    {
-        let decoded = ProducerState::decode(&state).map_err(|e| e.to_string())?;
+    for (id, state) in store.producer_states(topic, partition)? {
+        let decoded = ProducerState::decode(&state).map_err(|e| corrupt(e.to_string()))?;
         if let Some(last) = decoded.last_batch_in(from, end) {
             producers.push((id, last, state.to_vec()));
         }

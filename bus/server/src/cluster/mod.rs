@@ -18,11 +18,12 @@ mod data;
 mod offsets;
 pub mod peer;
 pub mod raft;
+pub mod scrub;
 
 pub use data::FETCH_WAIT;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use edgebus_core::controller::{ClusterState, ControlRequest, Liveness, NodeId};
@@ -126,8 +127,9 @@ struct Inner {
     started: Instant,
     /// Registrations proposed and not yet seen applied.
     registering: Mutex<BTreeSet<(NodeId, u64)>>,
-    /// The node's data side, once attached.
-    data: OnceLock<data::DataPlane>,
+    /// The node's data side, once attached; taken at shutdown, so the
+    /// store closes even while a peer task still holds the cluster.
+    data: Mutex<Option<Arc<data::DataPlane>>>,
     /// The cluster's background tasks, ended by [`Cluster::shutdown`].
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
@@ -230,7 +232,7 @@ impl Cluster {
                 heard: Mutex::new(BTreeMap::new()),
                 started: Instant::now(),
                 registering: Mutex::new(BTreeSet::new()),
-                data: OnceLock::new(),
+                data: Mutex::new(None),
                 tasks: Mutex::new(Vec::new()),
             }),
         };
@@ -321,6 +323,11 @@ impl Cluster {
             let _ = task.await;
         }
         let _ = self.inner.raft.shutdown().await;
+        self.inner
+            .data
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
     }
 
     /// Runs a background task until [`Cluster::shutdown`].

@@ -6,7 +6,7 @@
 //! answers come back as [`ClusterOp`]s, in order with the appends.
 
 use std::sync::{Arc, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use edgebus_core::controller::{ClusterState, NodeId};
@@ -51,7 +51,24 @@ pub enum Outbound {
         /// The set.
         isr: Vec<NodeId>,
     },
+    /// Report this node's copy of the partition as damaged from `offset`
+    /// on, as seen at `partition_epoch`.
+    ReportDamaged {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: u32,
+        /// Base offset of the damaged batch.
+        offset: u64,
+        /// The partition epoch of this node's latest metadata.
+        partition_epoch: u64,
+    },
 }
+
+/// Least time between two identical damage reports of one partition: a
+/// report lost with a controller change is sent again, a busy reader does
+/// not flood the control log.
+const DAMAGE_REPORT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// One replica's state, for `topic describe`.
 #[derive(Debug, Clone)]
@@ -87,6 +104,10 @@ pub(super) enum ClusterOp {
         fetch_id: u64,
         response: FetchResponse,
         batches: Vec<Bytes>,
+    },
+    Damaged {
+        key: Key,
+        offset: u64,
     },
     IsrRejected {
         key: Key,
@@ -170,6 +191,19 @@ impl Writer {
             fetch_id,
             response,
             batches,
+        });
+        let _ = self.tx.send(op).await;
+    }
+
+    /// A read of this node's copy met a batch that fails its CRC (see
+    /// [`edgebus_store::ReadError::DamagedBatch`]): on a cluster node the
+    /// copy is reported, so it leaves the ISR and is rebuilt from the
+    /// leader. A single node can only refuse to serve it.
+    pub async fn damaged(&self, topic: String, partition: u32, offset: u64) {
+        tracing::error!(%topic, partition, offset, "stored batch fails its CRC; not served");
+        let op = Op::Cluster(ClusterOp::Damaged {
+            key: (topic, partition),
+            offset,
         });
         let _ = self.tx.send(op).await;
     }
@@ -285,6 +319,28 @@ impl Shell {
                     }
                     replica.handle_fetch_response(now, fetch_id, response);
                     self.drain(&key, slot, None);
+                }
+            }
+            ClusterOp::Damaged { key, offset } => {
+                let engines = Arc::clone(&self.engines);
+                let mut engines = engines.lock().unwrap_or_else(PoisonError::into_inner);
+                if let (Some(slot), Some(replication)) = (engines.get_mut(&key), &self.replication)
+                    && let Driver::Cluster(replica) = &slot.engine
+                    && let Some(partition_epoch) = replica.partition_epoch()
+                {
+                    let report = (offset, partition_epoch);
+                    let repeat = slot.damage_reported.is_some_and(|(last, at)| {
+                        last == report && now.duration_since(at) < DAMAGE_REPORT_INTERVAL
+                    });
+                    if !repeat {
+                        slot.damage_reported = Some((report, now));
+                        let _ = replication.outbound.send(Outbound::ReportDamaged {
+                            topic: key.0.clone(),
+                            partition: key.1,
+                            offset,
+                            partition_epoch,
+                        });
+                    }
                 }
             }
             ClusterOp::IsrRejected {
