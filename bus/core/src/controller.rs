@@ -478,6 +478,22 @@ impl ClusterState {
         }
     }
 
+    /// The node coordinating consumer group `group`: membership, joins,
+    /// heartbeats and commits go to it alone, so every member of a group
+    /// meets the same coordinator whichever node it reached first. Picked by
+    /// a stable hash of the name over the unfenced nodes, so groups spread
+    /// and every node computes the same answer from the same state; when
+    /// that node is fenced the group moves (its members rejoin there).
+    pub fn coordinator(&self, group: &str) -> Option<NodeId> {
+        let live: Vec<NodeId> = self.live_nodes().into_iter().collect();
+        // FNV-1a: stable across releases and platforms, unlike std's hasher.
+        let hash = group.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        live.get((hash % live.len().max(1) as u64) as usize)
+            .copied()
+    }
+
     /// The partition's state, if the topic and partition exist.
     pub fn partition(&self, topic: &str, partition: u32) -> Option<&PartitionMeta> {
         self.topics.get(topic)?.partitions.get(partition as usize)
@@ -1214,6 +1230,26 @@ mod tests {
         assert_eq!(p.leader_epoch, before.leader_epoch);
         assert_eq!(p.partition_epoch, before.partition_epoch + 1);
         assert!(!p.isr.contains(&follower));
+    }
+
+    #[test]
+    fn groups_spread_over_live_coordinators_and_move_off_fenced_ones() {
+        let mut state = cluster(3);
+        let groups: Vec<String> = (0..60).map(|n| format!("group-{n}")).collect();
+        let before: Vec<NodeId> = groups
+            .iter()
+            .map(|g| state.coordinator(g).unwrap())
+            .collect();
+        for node in 1..=3 {
+            assert!(before.contains(&node), "node {node} coordinates some group");
+        }
+        assert_eq!(state.coordinator("group-7"), state.coordinator("group-7"));
+        state.apply(&ControlRequest::FenceNode { node: 2 }).unwrap();
+        for group in &groups {
+            let now = state.coordinator(group).unwrap();
+            assert!([1, 3].contains(&now), "a fenced node coordinates nothing");
+        }
+        assert_eq!(ClusterState::default().coordinator("g"), None);
     }
 
     #[test]

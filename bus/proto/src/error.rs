@@ -246,6 +246,9 @@ pub enum ErrorCode {
     /// `acks=all` with fewer in-sync replicas than the partition's
     /// `min.insync.replicas`; nothing was stored. Retriable.
     NotEnoughReplicas = 36,
+    /// In a cluster, another node coordinates this consumer group; the
+    /// message names it. Retriable: ask `FindCoordinator` and send there.
+    NotCoordinator = 37,
     /// The topic is a mirror's destination: only its mirror appends to it,
     /// so that its offsets stay the source's. Mirror codes start at 80.
     MirrorDestination = 80,
@@ -303,6 +306,7 @@ impl ErrorCode {
             34 => TopicInUse,
             35 => NotLeader,
             36 => NotEnoughReplicas,
+            37 => NotCoordinator,
             80 => MirrorDestination,
             81 => MirrorOffsetMismatch,
             82 => MirrorConflict,
@@ -323,6 +327,7 @@ impl ErrorCode {
                 | ErrorCode::PluginHalted
                 | ErrorCode::NotLeader
                 | ErrorCode::NotEnoughReplicas
+                | ErrorCode::NotCoordinator
         )
     }
 }

@@ -173,6 +173,10 @@ frame_kinds! {
     PartitionStates = 0x0043,
     /// [`Response::PartitionStates`] (named apart from the request kind).
     PartitionStatesReply = 0x8043,
+    /// [`Request::FindCoordinator`].
+    FindCoordinator = 0x0044,
+    /// [`Response::Coordinator`].
+    Coordinator = 0x8044,
     /// [`Request::MirrorOpen`]; mirror requests are numbered from 0x0050.
     MirrorOpen = 0x0050,
     /// [`Response::MirrorPositions`].
@@ -966,6 +970,12 @@ pub enum Request {
         /// Topic name.
         topic: String,
     },
+    /// Which node coordinates a consumer group: in a cluster, group
+    /// membership requests go to that node only.
+    FindCoordinator {
+        /// Consumer group.
+        group: String,
+    },
     /// Change a topic's settings; answered with the new spec in `Topics`.
     AlterTopic {
         /// Topic name.
@@ -1191,6 +1201,14 @@ pub enum Response {
     ClusterStatus(ClusterStatus),
     /// Reply to `PartitionStates`.
     PartitionStates(Vec<PartitionReplication>),
+    /// Reply to `FindCoordinator`: the node's id and client address (id 0
+    /// and an empty address on a single node: the node answering).
+    Coordinator {
+        /// Node id.
+        node: u64,
+        /// Its `host:port`.
+        address: String,
+    },
     /// Reply to `ResetPartitionOffsets`: each partition's reset, done or
     /// (dry run) planned.
     PartitionResets(Vec<PartitionReset>),
@@ -1515,6 +1533,7 @@ impl Request {
             Request::ClusterStatus => FrameKind::ClusterStatus,
             Request::CreateReplicatedTopic { .. } => FrameKind::CreateReplicatedTopic,
             Request::PartitionStates { .. } => FrameKind::PartitionStates,
+            Request::FindCoordinator { .. } => FrameKind::FindCoordinator,
             Request::AlterTopic { .. } => FrameKind::AlterTopic,
             Request::ResetPartitionOffsets { .. } => FrameKind::ResetPartitionOffsets,
             Request::MirrorOpen { .. } => FrameKind::MirrorOpen,
@@ -1547,6 +1566,7 @@ impl Request {
                 buf.put_u8(u8::from(*unclean_leader_election));
             }
             Request::PartitionStates { topic } => put_str(buf, topic),
+            Request::FindCoordinator { group } => put_str(buf, group),
             Request::DeleteTopic { name } | Request::DescribeTopic { name } => put_str(buf, name),
             Request::ListTopics | Request::InitProducer => {}
             Request::Produce {
@@ -1890,6 +1910,7 @@ impl Request {
                 unclean_leader_election: r.bool()?,
             },
             FrameKind::PartitionStates => Request::PartitionStates { topic: r.str()? },
+            FrameKind::FindCoordinator => Request::FindCoordinator { group: r.str()? },
             FrameKind::AlterTopic => Request::AlterTopic {
                 name: r.str()?,
                 changes: TopicChanges {
@@ -1972,6 +1993,7 @@ impl Response {
             Response::NodeInfo(_) => FrameKind::NodeInfoReply,
             Response::ClusterStatus(_) => FrameKind::ClusterStatusReply,
             Response::PartitionStates(_) => FrameKind::PartitionStatesReply,
+            Response::Coordinator { .. } => FrameKind::Coordinator,
             Response::PartitionResets(_) => FrameKind::PartitionResets,
             Response::MirrorPositions(_) => FrameKind::MirrorPositions,
             Response::Mirrors(_) => FrameKind::Mirrors,
@@ -2120,6 +2142,10 @@ impl Response {
                 }
                 put_str(buf, &n.data_dir);
                 buf.put_u64(n.data_bytes);
+            }
+            Response::Coordinator { node, address } => {
+                buf.put_u64(*node);
+                put_str(buf, address);
             }
             Response::PartitionStates(states) => {
                 buf.put_u32(states.len() as u32);
@@ -2347,6 +2373,10 @@ impl Response {
                     data_bytes: r.u64()?,
                 })
             }
+            FrameKind::Coordinator => Response::Coordinator {
+                node: r.u64()?,
+                address: r.str()?,
+            },
             FrameKind::PartitionStatesReply => {
                 let n = r.count(38)?;
                 let mut states = Vec::with_capacity(n);
@@ -3053,6 +3083,7 @@ mod tests {
                 }
             ),
             "[a-z]{1,8}".prop_map(|topic| Request::PartitionStates { topic }),
+            "[a-z]{1,8}".prop_map(|group| Request::FindCoordinator { group }),
             ("[a-z@0-9]{1,12}", "[a-z]{1,8}", any::<u32>(), any::<bool>()).prop_map(
                 |(mirror, topic, partitions, filtered)| Request::MirrorOpen {
                     mirror,
@@ -3546,6 +3577,8 @@ mod tests {
                             .collect(),
                     })
                 }),
+            (any::<u64>(), "[a-z0-9.:]{0,12}")
+                .prop_map(|(node, address)| Response::Coordinator { node, address }),
             proptest::collection::vec(
                 (
                     (any::<u32>(), any::<Option<u64>>(), any::<i32>()),

@@ -410,6 +410,13 @@ pub async fn start_with_store(
         } else {
             (None, None, None)
         };
+    if let (Some(cluster), Some(bound)) = (&broker.cluster, kafka_addr) {
+        // Kafka clients are sent to partition leaders and group
+        // coordinators by these addresses (a wildcard listen address needs
+        // `kafka.advertised`).
+        let address = config.kafka.advertised.clone();
+        cluster.advertise_kafka(address.unwrap_or_else(|| bound.to_string()));
+    }
     let kafka = kafka_listener.zip(kafka_addr).map(|(listener, bound)| {
         let tls = kafka::listener::acceptor(bound, &config.kafka, &tls_for_kafka);
         let groups = kafka::group::ClassicGroups::new(Duration::from_millis(

@@ -59,6 +59,19 @@ const MAX_GROUP_OFFSET_COMMITS: usize = 4096;
 /// while the writer is busy; an idle writer fsyncs at once.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(20);
 
+/// The exit status of a cluster node that stopped because its store failed
+/// (see [`Shell::failed`]).
+pub const STORE_FAILED_EXIT: i32 = 6;
+
+/// Whether the store reopens itself after `error`, back to its last durable
+/// commit.
+fn reopens(error: &StoreError) -> bool {
+    matches!(
+        error,
+        StoreError::Io(_) | StoreError::DiskFull(_) | StoreError::Recovering(_)
+    )
+}
+
 /// This node's replica id. A single node is the only replica of each of
 /// its partitions; the cluster gives nodes their ids.
 const LOCAL_REPLICA: ReplicaId = 0;
@@ -1095,8 +1108,19 @@ impl Shell {
     /// requests fail. After an IO error the store reopens itself, back to
     /// its last durable commit, so every engine is dropped (failing what
     /// still waits on it) and reloaded from the store on next use.
+    ///
+    /// A cluster node stops instead, as a Kafka broker halts on a failed log
+    /// directory: followers may already hold writes this node committed
+    /// without an fsync, and a replica reloaded at the same leader epoch
+    /// could put other batches at their offsets. Restarted, the node
+    /// registers a new incarnation, so its partitions are led at new
+    /// epochs and it truncates by epoch like after any crash.
     fn failed(&mut self, last: &HashMap<Key, WriteId>, error: &WriteError) {
         tracing::error!(error = %error, "group commit failed");
+        let io = matches!(error, WriteError::Store(e) if reopens(e));
+        if io {
+            self.stop_if_cluster(error);
+        }
         let failure = write_failure(error);
         let engines = Arc::clone(&self.engines);
         let mut engines = engines.lock().unwrap_or_else(PoisonError::into_inner);
@@ -1106,12 +1130,7 @@ impl Shell {
                 self.drain(key, slot, Some(&failure));
             }
         }
-        if matches!(
-            error,
-            WriteError::Store(
-                StoreError::Io(_) | StoreError::DiskFull(_) | StoreError::Recovering(_)
-            )
-        ) {
+        if io {
             for (_, slot) in engines.drain() {
                 for (_, reply) in slot.replies {
                     let _ = reply.send(Err(failure.clone()));
@@ -1119,6 +1138,18 @@ impl Shell {
             }
             self.unflushed_since = None;
             self.unflushed.clear();
+        }
+    }
+
+    /// Stops a cluster node whose store failed and reopened (see
+    /// [`Shell::failed`]); a single node carries on.
+    fn stop_if_cluster(&self, error: &dyn std::fmt::Display) {
+        if self.replication.is_some() {
+            tracing::error!(
+                error = %error,
+                "the store failed: stopping this cluster node (restart it to rejoin)"
+            );
+            std::process::exit(STORE_FAILED_EXIT);
         }
     }
 

@@ -25,6 +25,8 @@ struct Node {
     id: u64,
     addr: String,
     data: PathBuf,
+    /// More `serve` arguments for this node.
+    args: Vec<String>,
     process: Option<Child>,
 }
 
@@ -41,6 +43,15 @@ impl Cluster {
 
     /// Three nodes with `extra` appended to the `[cluster]` config table.
     fn start_with(extra: &str) -> Cluster {
+        let mut cluster = Cluster::prepare(extra);
+        for i in 0..3 {
+            cluster.spawn(i);
+        }
+        cluster
+    }
+
+    /// [`Cluster::start_with`], before any node is started.
+    fn prepare(extra: &str) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let out = tls_init(dir.path());
         assert!(
@@ -61,14 +72,11 @@ impl Cluster {
                 id,
                 addr: format!("127.0.0.1:{}", free_port()),
                 data: dir.path().join(format!("node{id}")),
+                args: Vec::new(),
                 process: None,
             })
             .collect();
-        let mut cluster = Cluster { dir, nodes };
-        for i in 0..3 {
-            cluster.spawn(i);
-        }
-        cluster
+        Cluster { dir, nodes }
     }
 
     fn ca(&self) -> PathBuf {
@@ -94,6 +102,7 @@ impl Cluster {
         for peer in &peers {
             command.args(["--peer", peer]);
         }
+        command.args(&node.args);
         let mut child = command
             .env("RUST_LOG", "warn,openraft=off")
             .stdout(Stdio::piped())
@@ -836,4 +845,277 @@ fn a_damaged_copy_is_rebuilt_from_the_leader_and_can_lead_whole_again() {
         );
         thread::sleep(Duration::from_millis(300));
     }
+}
+
+/// The leader's disk fills up under `acks=leader` produce, whose commits
+/// followers may fetch before they are fsync'd. The node stops (exit 6)
+/// rather than reopen its store at its last fsync and lead on at the same
+/// epoch with batches the followers already hold at other offsets; the
+/// other two elect a leader and take `acks=all` writes. Needs root for the
+/// tmpfs, as `disk_full.rs` does.
+#[test]
+fn a_node_whose_store_fails_stops_and_the_others_carry_on() {
+    if !common::is_root() {
+        eprintln!("skipped: mounting a small tmpfs as a node's data dir needs root");
+        return;
+    }
+    let fs = common::Tmpfs::mount("8m").expect("mount a tmpfs (as root)");
+    let mut cluster = Cluster::prepare("");
+    cluster.nodes[0].data = fs.path().join("node1");
+    for i in 0..3 {
+        cluster.spawn(i);
+    }
+    cluster.wait_for(0, "a controller and three nodes up", |s| {
+        controller(s).is_some() && up(s) == [1, 2, 3]
+    });
+    let out = cluster.run(0, &["topic", "create", "t", "--partitions", "1"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        cluster.leader(),
+        0,
+        "the first topic's partition 0 is led by node 1"
+    );
+
+    // 12 MiB of 64 KiB lines into a node with 8 MiB.
+    let line = "x".repeat(64 * 1024);
+    let mut producer = Command::new(BIN)
+        .args(["produce", "t", "--acks", "leader", "--timeout-s", "30"])
+        .arg("--broker")
+        .arg(cluster.brokers())
+        .arg("--ca")
+        .arg(cluster.ca())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = producer.stdin.take().unwrap();
+    let writer = thread::spawn(move || {
+        for _ in 0..192 {
+            if std::io::Write::write_all(&mut stdin, format!("{line}\n").as_bytes()).is_err() {
+                return;
+            }
+        }
+    });
+    let mut node1 = cluster.nodes[0].process.take().unwrap();
+    let status = common::wait_with_deadline(&mut node1, LIMIT);
+    assert_eq!(status.code(), Some(6), "node 1 stops when its store fails");
+    writer.join().unwrap();
+    common::wait_with_deadline(&mut producer, LIMIT);
+
+    let values: Vec<String> = (0..5).map(|n| format!("after-{n}")).collect();
+    assert_eq!(
+        cluster.produce(&values),
+        values,
+        "the two other nodes take acks=all writes"
+    );
+}
+
+/// Two members of one group, each given a different node: both reach the
+/// group's coordinator, so they share one group (one partition each) and
+/// every record is consumed once, not once per node.
+#[test]
+fn group_members_reaching_different_nodes_share_one_group() {
+    let cluster = Cluster::start();
+    cluster.wait_for(0, "a controller and three nodes up", |s| {
+        controller(s).is_some() && up(s) == [1, 2, 3]
+    });
+    let out = cluster.run(0, &["topic", "create", "t", "--partitions", "2"]);
+    assert!(out.status.success(), "{out:?}");
+    cluster.wait_for_full_isr();
+
+    let member = |i: usize| {
+        let mut child = Command::new(BIN)
+            .args([
+                "consume", "t", "--group", "split", "--follow", "--output", "json",
+            ])
+            .arg("--broker")
+            .arg(&cluster.nodes[i].addr)
+            .arg("--ca")
+            .arg(cluster.ca())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let (tx, rx) = std::sync::mpsc::channel();
+        thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    let _ = tx.send(v["value"].as_str().unwrap_or_default().to_owned());
+                }
+            }
+        });
+        (child, rx)
+    };
+    let (mut a, from_a) = member(0);
+    let (mut b, from_b) = member(2);
+
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let out = cluster.run(1, &["group", "describe", "split", "--output", "json"]);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let owned: Vec<usize> = v["members"]
+            .as_array()
+            .map(|m| {
+                m.iter()
+                    .map(|m| m["partitions"].as_array().map_or(0, Vec::len))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if owned == [1, 1] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the two members never shared the group's two partitions: {v}"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+
+    let values: Vec<String> = (0..20).map(|n| format!("once-{n}")).collect();
+    assert_eq!(cluster.produce(&values), values);
+    let mut consumed = Vec::new();
+    let deadline = Instant::now() + LIMIT;
+    while consumed.len() < values.len() && Instant::now() < deadline {
+        consumed.extend(from_a.try_iter());
+        consumed.extend(from_b.try_iter());
+        thread::sleep(Duration::from_millis(100));
+    }
+    thread::sleep(Duration::from_millis(500));
+    consumed.extend(from_a.try_iter());
+    consumed.extend(from_b.try_iter());
+    for child in [&mut a, &mut b] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    consumed.sort();
+    let mut expected = values.clone();
+    expected.sort();
+    assert_eq!(consumed, expected, "every record consumed exactly once");
+}
+
+/// A Kafka client in a cluster: idempotent `acks=all` produce to three
+/// partitions led by three nodes, bootstrapped from node 1 only, then a
+/// consumer group bootstrapped from node 2. Metadata names each
+/// partition's leader and every node's Kafka listener, and
+/// `FindCoordinator` the group's coordinator.
+const CLUSTER_KAFKA: &str = r#"
+import json, sys, time
+from confluent_kafka import Consumer, Producer
+produce_from, consume_from, topic, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+acked, errors = [], []
+def done(err, msg):
+    if err: errors.append(str(err))
+    else: acked.append(msg.partition())
+p = Producer({'bootstrap.servers': produce_from, 'enable.idempotence': True, 'acks': 'all'})
+for i in range(n):
+    p.produce(topic, key=b'k%d' % i, value=b'%d' % i, on_delivery=done)
+left = p.flush(30)
+c = Consumer({'bootstrap.servers': consume_from, 'group.id': 'kafka-group',
+              'auto.offset.reset': 'earliest', 'enable.auto.commit': False})
+c.subscribe([topic])
+seen = []
+deadline = time.time() + 40
+while len(seen) < n and time.time() < deadline:
+    m = c.poll(0.2)
+    if m is not None and not m.error():
+        seen.append(int(m.value()))
+c.commit(asynchronous=False)
+c.close()
+print(json.dumps({'errors': errors, 'left': left, 'acked': len(acked),
+                  'partitions': sorted(set(acked)), 'seen': sorted(seen)}))
+"#;
+
+#[test]
+fn kafka_clients_follow_partition_leaders_and_group_coordinators() {
+    let python = std::env::var("EDGEBUS_PYTHON").unwrap_or_else(|_| "python3".to_owned());
+    let found = Command::new(&python)
+        .args(["-c", "import confluent_kafka"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        found,
+        "this test runs confluent-kafka, which {python} cannot import; .ci/run installs it \
+         (see bus/server/tests/kafka.rs for the command)"
+    );
+    let mut cluster = Cluster::prepare("");
+    let kafka: Vec<String> = (0..3)
+        .map(|_| format!("127.0.0.1:{}", common::free_tcp_port()))
+        .collect();
+    for (node, address) in cluster.nodes.iter_mut().zip(&kafka) {
+        node.args = vec!["--kafka-listen".into(), address.clone()];
+    }
+    for i in 0..3 {
+        cluster.spawn(i);
+    }
+    cluster.wait_for(0, "a controller and three nodes up", |s| {
+        controller(s).is_some() && up(s) == [1, 2, 3]
+    });
+    let out = cluster.run(0, &["topic", "create", "k", "--partitions", "3"]);
+    assert!(out.status.success(), "{out:?}");
+    let leaders: std::collections::BTreeSet<u64> = {
+        let out = cluster.run(0, &["topic", "describe", "k", "--output", "json"]);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["replication"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|p| p["leader"].as_u64())
+            .collect()
+    };
+    assert_eq!(leaders.len(), 3, "each node leads a partition");
+    // Every node's Kafka address travels with its heartbeats.
+    thread::sleep(Duration::from_millis(SESSION_TIMEOUT_MS / 2));
+
+    let out = Command::new(&python)
+        .args(["-c", CLUSTER_KAFKA, &kafka[0], &kafka[1], "k", "60"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(v["errors"], serde_json::json!([]), "{v}");
+    assert_eq!(v["left"], 0, "{v}");
+    assert_eq!(v["acked"], 60, "{v}");
+    assert_eq!(v["partitions"], serde_json::json!([0, 1, 2]), "{v}");
+    let all: Vec<u64> = (0..60).collect();
+    assert_eq!(v["seen"], serde_json::json!(all), "{v}");
+
+    // CreateTopics through the door places the replicas asked for.
+    let create = "import sys\n\
+        from confluent_kafka.admin import AdminClient, NewTopic\n\
+        a = AdminClient({'bootstrap.servers': sys.argv[1]})\n\
+        a.create_topics([NewTopic('from-kafka', num_partitions=2, replication_factor=3)])['from-kafka'].result(20)\n";
+    let out = Command::new(&python)
+        .args(["-c", create, &kafka[2]])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cluster.run(0, &["topic", "describe", "from-kafka", "--output", "json"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let replicas: Vec<usize> = v["replication"]
+        .as_array()
+        .map(|ps| {
+            ps.iter()
+                .map(|p| p["replicas"].as_array().map_or(0, Vec::len))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(replicas, [3, 3], "{v}");
 }

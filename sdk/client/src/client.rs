@@ -643,6 +643,50 @@ impl Client {
         self.with_node(node)
     }
 
+    /// The client for the node coordinating consumer group `group`: the
+    /// first node this client knows to answer `FindCoordinator` says which
+    /// (each asked for at most [`METADATA_TIMEOUT`], all at once). On a
+    /// single node, and when no node answers, it is the client
+    /// [`Client::connect`] made.
+    pub async fn coordinator(&self, group: &str) -> Client {
+        let known: Vec<Client> = std::iter::once(self.shared.root.clone())
+            .chain(self.routes().nodes.values().cloned())
+            .map(|node| self.with_node(node))
+            .collect();
+        let request = Request::FindCoordinator {
+            group: group.to_owned(),
+        };
+        let mut answers: FuturesUnordered<_> = known
+            .iter()
+            .map(|client| async {
+                match tokio::time::timeout(METADATA_TIMEOUT, client.request(&request)).await {
+                    Ok(Ok(Response::Coordinator { node, .. })) => Some((client.clone(), node)),
+                    _ => None,
+                }
+            })
+            .collect();
+        let mut found = None;
+        while let Some(answer) = answers.next().await {
+            if answer.is_some() {
+                found = answer;
+                break;
+            }
+        }
+        drop(answers);
+        let Some((answered_by, node)) = found else {
+            return self.root();
+        };
+        // A single node names itself node 0.
+        if node == 0 {
+            return self.root();
+        }
+        if !self.routes().addresses.contains_key(&node) {
+            self.learn_nodes(&answered_by).await;
+        }
+        let found = self.routes().node(node);
+        found.map_or_else(|| self.root(), |node| self.with_node(node))
+    }
+
     /// Marks who leads `partition` of `topic` as unknown, after that node
     /// refused or could not be reached.
     pub fn forget_leader(&self, topic: &str, partition: u32) {

@@ -140,6 +140,9 @@ impl GroupConsumer {
         let (assignment_tx, assignment) = watch::channel(Vec::new());
         let (member_tx, member) = watch::channel(String::new());
         let shared = Arc::new(Mutex::new(Shared::default()));
+        // In a cluster one node coordinates the group; every member talks
+        // to it, whichever node it reached first.
+        let client = client.coordinator(&config.group).await;
         let mut task = MemberTask {
             client,
             config,
@@ -355,13 +358,43 @@ impl MemberTask {
             Some(ErrorCode::UnknownMember) => {
                 tracing::info!(member = %self.member_id, "membership expired, rejoining");
                 self.stop_all();
-                self.join().await.map(|_| ())
+                self.rejoin().await
+            }
+            Some(ErrorCode::NotCoordinator) => {
+                // The group moved (its coordinator was fenced): join anew
+                // where it is now.
+                tracing::info!(member = %self.member_id, "group moved to another node, rejoining");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                self.stop_all();
+                self.client = self.client.coordinator(&self.config.group).await;
+                self.rejoin().await
             }
             _ if e.is_retriable() => {
                 tokio::time::sleep(Duration::from_millis(100)).await;
+                if e.code().is_none() {
+                    // The coordinator could not be reached: once it is
+                    // fenced, another node coordinates, and the next
+                    // heartbeat there says the membership is unknown.
+                    self.client = self.client.coordinator(&self.config.group).await;
+                }
                 Ok(())
             }
             _ => Err(e),
+        }
+    }
+
+    /// Joins again after losing the membership. A join refused for a
+    /// reason that passes (the group moving between nodes, a node down) is
+    /// left to the next heartbeat, which meets the same refusal or an
+    /// unknown membership and lands here again.
+    async fn rejoin(&mut self) -> Result<(), ClientError> {
+        match self.join().await {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_retriable() => {
+                tracing::debug!(error = %e, "rejoin refused for now");
+                Ok(())
+            }
+            Err(e) => Err(e),
         }
     }
 

@@ -232,6 +232,10 @@ impl Made {
             requests.push(Request::PluginRemove { name: name.clone() });
         }
         for request in requests {
+            let client = match &request {
+                Request::DeleteGroup { group } => client.coordinator(group).await,
+                _ => client.clone(),
+            };
             match client.request(&request).await {
                 Ok(_) => {}
                 Err(e)
@@ -739,7 +743,8 @@ async fn commits(
     let start = Instant::now();
     let mut handles = Vec::new();
     for t in 0..tasks {
-        let (client, topic, bar) = (client.clone(), topic.to_owned(), bar.clone());
+        let (topic, bar) = (topic.to_owned(), bar.clone());
+        let client = client.coordinator(&commit_group(&topic, t)).await;
         handles.push(tokio::spawn(async move {
             let mut histogram = new_histogram();
             for i in 0..per_task {

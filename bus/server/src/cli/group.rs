@@ -150,7 +150,14 @@ pub async fn run(cmd: GroupCommand) -> Result<(), Failure> {
             }
         }
         GroupCommand::Describe(a) => {
-            let client = a.common.connect.connect().await?;
+            // In a cluster only the group's coordinator answers.
+            let client = a
+                .common
+                .connect
+                .connect()
+                .await?
+                .coordinator(&a.group)
+                .await;
             let response = request(
                 &client,
                 Request::DescribeGroup {
@@ -239,7 +246,14 @@ pub async fn run(cmd: GroupCommand) -> Result<(), Failure> {
             }
         }
         GroupCommand::ResetOffsets(a) => {
-            let client = a.common.connect.connect().await?;
+            // In a cluster only the group's coordinator answers.
+            let client = a
+                .common
+                .connect
+                .connect()
+                .await?
+                .coordinator(&a.group)
+                .await;
             let response = request(
                 &client,
                 Request::ResetPartitionOffsets {
@@ -257,7 +271,14 @@ pub async fn run(cmd: GroupCommand) -> Result<(), Failure> {
             print_resets(&a.group, &resets, a.dry_run, a.common.output);
         }
         GroupCommand::Delete(a) => {
-            let client = a.common.connect.connect().await?;
+            // In a cluster only the group's coordinator answers.
+            let client = a
+                .common
+                .connect
+                .connect()
+                .await?
+                .coordinator(&a.group)
+                .await;
             request(
                 &client,
                 Request::DeleteGroup {

@@ -122,6 +122,9 @@ struct Inner {
     /// already been silent, instead of granting a dead node (often the old
     /// controller itself) a fresh session.
     heard: Mutex<BTreeMap<NodeId, Instant>>,
+    /// Each node's Kafka listener address, as its heartbeats say (this
+    /// node's own once [`Cluster::advertise_kafka`] is called).
+    kafka: Mutex<BTreeMap<NodeId, String>>,
     /// When this node started: a peer never heard from since has been
     /// silent at least that long.
     started: Instant,
@@ -230,6 +233,7 @@ impl Cluster {
                 session_timeout: setup.session_timeout,
                 liveness: Mutex::new(None),
                 heard: Mutex::new(BTreeMap::new()),
+                kafka: Mutex::new(BTreeMap::new()),
                 started: Instant::now(),
                 registering: Mutex::new(BTreeSet::new()),
                 data: Mutex::new(None),
@@ -309,6 +313,31 @@ impl Cluster {
         }
     }
 
+    /// The node coordinating consumer group `group` (see
+    /// [`ClusterState::coordinator`]) and its address, if any node is live.
+    pub fn coordinator(&self, group: &str) -> Option<(NodeId, String)> {
+        let node = self.state().coordinator(group)?;
+        Some((node, self.inner.addrs.get(&node)?.clone()))
+    }
+
+    /// Tells the other nodes where Kafka clients reach this one.
+    pub fn advertise_kafka(&self, address: String) {
+        self.kafka().insert(self.inner.node, address);
+    }
+
+    /// Every node's Kafka listener address known here, this node's
+    /// included.
+    pub fn kafka_brokers(&self) -> BTreeMap<NodeId, String> {
+        self.kafka().clone()
+    }
+
+    fn kafka(&self) -> std::sync::MutexGuard<'_, BTreeMap<NodeId, String>> {
+        self.inner
+            .kafka
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Stops the background tasks and the control log.
     pub async fn shutdown(&self) {
         let tasks = std::mem::take(
@@ -352,11 +381,12 @@ impl Cluster {
     /// remember it for when one of them takes over.
     async fn heartbeats(self) {
         let every = self.inner.session_timeout / 6;
-        let beat = PeerRequest::Heartbeat {
-            node: self.inner.node,
-            incarnation: self.inner.incarnation,
-        };
         loop {
+            let beat = PeerRequest::Heartbeat {
+                node: self.inner.node,
+                incarnation: self.inner.incarnation,
+                kafka: self.kafka().get(&self.inner.node).cloned(),
+            };
             if self.leads() {
                 self.seen(self.inner.node, self.inner.incarnation);
             }
@@ -485,8 +515,15 @@ impl PeerService for Cluster {
                 }
                 Err(e) => PeerResponse::Failed(e.to_string()),
             },
-            PeerRequest::Heartbeat { node, incarnation } => {
+            PeerRequest::Heartbeat {
+                node,
+                incarnation,
+                kafka,
+            } => {
                 self.heard().insert(node, Instant::now());
+                if let Some(address) = kafka {
+                    self.kafka().insert(node, address);
+                }
                 if self.leads() {
                     self.seen(node, incarnation);
                     PeerResponse::HeartbeatSeen

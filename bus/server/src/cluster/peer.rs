@@ -61,6 +61,10 @@ pub enum PeerRequest {
         node: NodeId,
         /// Its process incarnation.
         incarnation: u64,
+        /// Where Kafka clients reach it, if it has a Kafka listener: the
+        /// Kafka door's metadata names every node's.
+        #[serde(default)]
+        kafka: Option<String>,
     },
     /// A follower's fetch from a partition's leader.
     Fetch {

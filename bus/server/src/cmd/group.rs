@@ -1,19 +1,69 @@
 //! Consumer groups: `JoinGroup`, `Heartbeat`, `LeaveGroup`,
 //! `CommitOffsets`, `FetchOffsets`, `ListGroups`, `DescribeGroup`,
-//! `ResetOffsets`, `ResetPartitionOffsets`, `DeleteGroup`.
+//! `ResetOffsets`, `ResetPartitionOffsets`, `DeleteGroup`, and in a
+//! cluster which node coordinates a group: `FindCoordinator`.
 
 use std::time::Duration;
 
 use edgebus_proto::ErrorCode;
 use edgebus_proto::frame::{
-    AssignmentStrategy, PartitionOffset, PartitionReset, Position, ResetTarget, Response,
+    AssignmentStrategy, PartitionOffset, PartitionReset, Position, Request, ResetTarget, Response,
     TopicPartition,
 };
 
+use crate::broker::Broker;
 use crate::error::Coded;
 use crate::groups::{self, Groups, GroupsError};
 use crate::reader::{FetchError, Reader};
 use crate::topics::{Topics, UnknownTopic};
+
+/// The group a request is about, for the requests only a group's
+/// coordinator answers: membership, commits and resets (whatever reads
+/// committed offsets alone may go to any node).
+pub fn coordinated_group(request: &Request) -> Option<&str> {
+    match request {
+        Request::JoinGroup { group, .. }
+        | Request::Heartbeat { group, .. }
+        | Request::LeaveGroup { group, .. }
+        | Request::CommitOffsets { group, .. }
+        | Request::DescribeGroup { group }
+        | Request::ResetOffsets { group, .. }
+        | Request::ResetPartitionOffsets { group, .. }
+        | Request::DeleteGroup { group } => Some(group),
+        _ => None,
+    }
+}
+
+/// `NotCoordinator` naming the node to ask, when this cluster node does
+/// not coordinate `group`; `None` on the coordinator and on a single node.
+pub fn elsewhere(b: &Broker, group: &str) -> Option<Response> {
+    let cluster = b.cluster.as_ref()?;
+    let message = match cluster.coordinator(group) {
+        Some((node, _)) if node == cluster.node() => return None,
+        Some((node, address)) => {
+            format!("group {group:?} is coordinated by node {node} at {address}")
+        }
+        None => format!("no live node can coordinate group {group:?} now"),
+    };
+    Some(Response::error(ErrorCode::NotCoordinator, message))
+}
+
+/// `FindCoordinator`: this node on a single node (id 0, no address).
+pub fn find_coordinator(b: &Broker, group: &str) -> Response {
+    let Some(cluster) = &b.cluster else {
+        return Response::Coordinator {
+            node: 0,
+            address: String::new(),
+        };
+    };
+    match cluster.coordinator(group) {
+        Some((node, address)) => Response::Coordinator { node, address },
+        None => Response::error(
+            ErrorCode::NotCoordinator,
+            format!("no live node can coordinate group {group:?} now"),
+        ),
+    }
+}
 
 /// Why `ResetOffsets` or `ResetPartitionOffsets` failed.
 #[derive(Debug, thiserror::Error)]

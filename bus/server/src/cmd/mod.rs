@@ -39,6 +39,9 @@ pub fn respond<E: Coded>(handled: Result<Response, E>) -> Response {
 
 /// Answers every request except `Produce` and `Subscribe`.
 pub async fn dispatch(b: &Broker, request: Request) -> Response {
+    if let Some(refusal) = group::coordinated_group(&request).and_then(|g| group::elsewhere(b, g)) {
+        return refusal;
+    }
     match request {
         Request::CreateTopic(spec) => {
             respond(topic::create(&b.topics, b.cluster.as_ref(), spec, 0, 0, false).await)
@@ -120,6 +123,7 @@ pub async fn dispatch(b: &Broker, request: Request) -> Response {
             offsets,
         } => respond(group::commit(&b.groups, &group, &member_id, epoch, offsets).await),
         Request::FetchOffsets { group } => respond(group::fetch_offsets(&b.groups, group).await),
+        Request::FindCoordinator { group } => group::find_coordinator(b, &group),
         Request::ListGroups => respond(group::list(&b.groups).await),
         Request::DescribeGroup { group } => respond(group::describe(&b.groups, group).await),
         Request::ResetOffsets { group, topic, to } => {

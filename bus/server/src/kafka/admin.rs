@@ -2,8 +2,9 @@
 //! `DeleteTopics`, `DescribeConfigs`, over the same topic catalog as
 //! `edgebus topic`.
 //!
-//! This node is the only broker, the leader and the only in-sync replica of
-//! every partition. Kafka topic configs map to edgebus settings:
+//! On a single node this node is the only broker, the leader and the only
+//! in-sync replica of every partition; on a cluster node the metadata is the
+//! control log's. Kafka topic configs map to edgebus settings:
 //! `retention.ms`, `retention.bytes`, `max.message.bytes`,
 //! `compression.type` (`producer`, `lz4`, `zstd`) and `cleanup.policy`
 //! (`delete` only); any other config is refused with `INVALID_CONFIG`.
@@ -47,18 +48,20 @@ const TYPE_INT: i8 = 3;
 const TYPE_STRING: i8 = 2;
 
 /// `Metadata`: this broker, and the topics asked for (all of them when
-/// the list is null, or empty at version 0).
+/// the list is null, or empty at version 0). On a cluster node, every node
+/// with a Kafka listener, and each partition's leader and replicas as the
+/// control log has them.
 pub fn metadata(door: &Door, call: &Call, request: MetadataRequest) -> MetadataResponse {
+    if let Some(cluster) = &door.broker.cluster {
+        return cluster_metadata(cluster, call, request);
+    }
     let topics = &door.broker.topics;
-    let specs: Vec<Result<TopicSpec, Option<String>>> = match request.topics {
+    let specs: Vec<Result<TopicSpec, Option<String>>> = match asked(call, request) {
         None => topics.list().into_iter().map(Ok).collect(),
-        Some(asked) if asked.is_empty() && call.version == 0 => {
-            topics.list().into_iter().map(Ok).collect()
-        }
-        Some(asked) => asked
+        Some(names) => names
             .into_iter()
-            .map(|t| match t.name {
-                Some(name) => topics.spec(&name.0).map_err(|_| Some(name.0.to_string())),
+            .map(|name| match name {
+                Some(name) => topics.spec(&name).map_err(|_| Some(name)),
                 None => Err(None),
             })
             .collect(),
@@ -87,6 +90,81 @@ pub fn metadata(door: &Door, call: &Call, request: MetadataRequest) -> MetadataR
     response
 }
 
+/// The names a `Metadata` request asks for, `None` for every topic.
+fn asked(call: &Call, request: MetadataRequest) -> Option<Vec<Option<String>>> {
+    match request.topics {
+        None => None,
+        Some(asked) if asked.is_empty() && call.version == 0 => None,
+        Some(asked) => Some(
+            asked
+                .into_iter()
+                .map(|t| t.name.map(|n| n.0.to_string()))
+                .collect(),
+        ),
+    }
+}
+
+fn cluster_metadata(
+    cluster: &crate::cluster::Cluster,
+    call: &Call,
+    request: MetadataRequest,
+) -> MetadataResponse {
+    let state = cluster.state();
+    let id = |node: u64| BrokerId(i32::try_from(node).unwrap_or(-1));
+    let mut response = MetadataResponse::default();
+    response.brokers = cluster
+        .kafka_brokers()
+        .into_iter()
+        .filter_map(|(node, address)| {
+            let (host, port) = address.rsplit_once(':')?;
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            Some(
+                MetadataResponseBroker::default()
+                    .with_node_id(id(node))
+                    .with_host(str_bytes(host))
+                    .with_port(port.parse().ok()?),
+            )
+        })
+        .collect();
+    response.cluster_id = Some(StrBytes::from_static_str("edgebus"));
+    response.controller_id = cluster.status().controller.map_or(BrokerId(-1), id);
+    let names: Vec<Option<String>> =
+        asked(call, request).unwrap_or_else(|| state.topics.keys().cloned().map(Some).collect());
+    response.topics = names
+        .into_iter()
+        .map(|name| {
+            let Some(name) = name else {
+                return MetadataResponseTopic::default()
+                    .with_error_code(ResponseError::UnknownTopicId.code());
+            };
+            let topic = MetadataResponseTopic::default()
+                .with_name(Some(TopicName(str_bytes(name.clone()))));
+            let Some(meta) = state.topics.get(&name) else {
+                return topic.with_error_code(ResponseError::UnknownTopicOrPartition.code());
+            };
+            let partitions = meta
+                .partitions
+                .iter()
+                .enumerate()
+                .map(|(p, m)| {
+                    let partition = MetadataResponsePartition::default()
+                        .with_partition_index(p as i32)
+                        .with_leader_id(m.leader.map_or(BrokerId(-1), id))
+                        .with_leader_epoch(-1)
+                        .with_replica_nodes(m.replicas.iter().map(|n| id(*n)).collect())
+                        .with_isr_nodes(m.isr.iter().map(|n| id(*n)).collect());
+                    match m.leader {
+                        Some(_) => partition,
+                        None => partition.with_error_code(ResponseError::LeaderNotAvailable.code()),
+                    }
+                })
+                .collect();
+            topic.with_partitions(partitions)
+        })
+        .collect();
+    response
+}
+
 fn topic_metadata(spec: &TopicSpec) -> MetadataResponseTopic {
     let partitions = (0..spec.partitions)
         .map(|p| {
@@ -108,8 +186,13 @@ fn topic_metadata(spec: &TopicSpec) -> MetadataResponseTopic {
 /// Why a Kafka topic setting cannot be applied.
 struct BadConfig(ResponseError, String);
 
-/// The spec a `CreateTopics` entry asks for.
-fn spec_of(topic: &create_topics_request::CreatableTopic) -> Result<TopicSpec, BadConfig> {
+/// The spec a `CreateTopics` entry asks for. A replication factor is -1
+/// (the default) or at least 1, and only 1 on a single node (`cluster`
+/// false); a cluster node passes it to the control log.
+fn spec_of(
+    topic: &create_topics_request::CreatableTopic,
+    cluster: bool,
+) -> Result<TopicSpec, BadConfig> {
     let name = topic.name.0.to_string();
     let partitions = match topic.num_partitions {
         -1 => DEFAULT_PARTITIONS,
@@ -121,14 +204,14 @@ fn spec_of(topic: &create_topics_request::CreatableTopic) -> Result<TopicSpec, B
             ));
         }
     };
-    if !matches!(topic.replication_factor, -1 | 1) {
-        return Err(BadConfig(
-            ResponseError::InvalidReplicationFactor,
-            format!(
-                "replication factor {} on a single edgebus node; use 1 or -1",
-                topic.replication_factor
-            ),
-        ));
+    let factor = topic.replication_factor;
+    let allowed = factor == -1 || factor == 1 || (cluster && factor > 1);
+    if !allowed {
+        let why = match cluster {
+            true => format!("replication factor {factor}; use -1 or at least 1"),
+            false => format!("replication factor {factor} on a single edgebus node; use 1 or -1"),
+        };
+        return Err(BadConfig(ResponseError::InvalidReplicationFactor, why));
     }
     if !topic.assignments.is_empty() {
         return Err(BadConfig(
@@ -218,7 +301,7 @@ pub async fn create_topics(
     let mut response = CreateTopicsResponse::default();
     for topic in &request.topics {
         let mut result = CreatableTopicResult::default().with_name(topic.name.clone());
-        let created = match spec_of(topic) {
+        let created = match spec_of(topic, door.broker.cluster.is_some()) {
             Err(BadConfig(e, why)) => Err((e.code(), why)),
             Ok(spec) if request.validate_only => Ok(spec),
             Ok(spec) => {
@@ -250,7 +333,12 @@ pub async fn create_topics(
         match created {
             Ok(spec) => {
                 result.num_partitions = spec.partitions as i32;
-                result.replication_factor = 1;
+                result.replication_factor = door.broker.cluster.as_ref().map_or(1, |c| {
+                    c.state()
+                        .topics
+                        .get(&spec.name)
+                        .map_or(-1, |t| t.replication_factor as i16)
+                });
                 if call.version >= 5 {
                     result.configs = Some(
                         configs_of(&spec)

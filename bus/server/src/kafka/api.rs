@@ -326,7 +326,7 @@ pub async fn dispatch(
         Request::InitProducerId(r) => call.respond(&produce::init_producer_id(door, r).await),
         Request::Fetch(r) => call.respond(&fetch::fetch(door, r).await),
         Request::ListOffsets(r) => call.respond(&fetch::list_offsets(door, r).await),
-        Request::FindCoordinator(r) => call.respond(&group::find_coordinator(call, r)),
+        Request::FindCoordinator(r) => call.respond(&group::find_coordinator(door, call, r)),
         Request::JoinGroup(r) => call.respond(&group::join(door, call, r).await),
         Request::SyncGroup(r) => call.respond(&group::sync(door, r).await),
         Request::Heartbeat(r) => call.respond(&group::heartbeat(door, r)),

@@ -33,6 +33,7 @@ pub fn kafka_error(code: ErrorCode) -> ResponseError {
         ErrorCode::StorageError | ErrorCode::StorageFull => K::KafkaStorageError,
         ErrorCode::ShuttingDown | ErrorCode::NotLeader => K::NotLeaderOrFollower,
         ErrorCode::NotEnoughReplicas => K::NotEnoughReplicas,
+        ErrorCode::NotCoordinator => K::NotCoordinator,
         ErrorCode::UnknownMember => K::UnknownMemberId,
         ErrorCode::StaleGeneration => K::IllegalGeneration,
         ErrorCode::NotAssigned => K::IllegalGeneration,

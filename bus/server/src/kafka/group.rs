@@ -193,34 +193,79 @@ impl ClassicGroups {
     }
 }
 
-/// `FindCoordinator`: this broker, for every group.
-pub fn find_coordinator(call: &Call, request: FindCoordinatorRequest) -> FindCoordinatorResponse {
-    let (host, port) = call.advertised.clone();
-    let error = (request.key_type == KEY_TYPE_TRANSACTION)
-        .then_some(ResponseError::CoordinatorNotAvailable);
+/// Which broker coordinates `group`: this one on a single node; on a
+/// cluster node the group's coordinator (see `Cluster::coordinator`), by
+/// the Kafka address it advertises.
+fn coordinator_of(
+    door: &Door,
+    call: &Call,
+    group: &str,
+) -> Result<(i32, String, i32), ResponseError> {
+    let Some(cluster) = &door.broker.cluster else {
+        let (host, port) = call.advertised.clone();
+        return Ok((NODE_ID, host, port));
+    };
+    let unavailable = ResponseError::CoordinatorNotAvailable;
+    let (node, _) = cluster.coordinator(group).ok_or(unavailable)?;
+    let address = cluster.kafka_brokers().remove(&node).ok_or(unavailable)?;
+    let (host, port) = address.rsplit_once(':').ok_or(unavailable)?;
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let id = i32::try_from(node).map_err(|_| unavailable)?;
+    Ok((id, host, port.parse().map_err(|_| unavailable)?))
+}
+
+/// `JoinGroup` sent to a cluster node that does not coordinate the group.
+fn not_coordinator(door: &Door, group: &str) -> bool {
+    door.broker.cluster.as_ref().is_some_and(|cluster| {
+        cluster
+            .coordinator(group)
+            .is_none_or(|(node, _)| node != cluster.node())
+    })
+}
+
+/// `FindCoordinator`: the broker coordinating each group.
+pub fn find_coordinator(
+    door: &Door,
+    call: &Call,
+    request: FindCoordinatorRequest,
+) -> FindCoordinatorResponse {
+    let find = |key: &str| {
+        if request.key_type == KEY_TYPE_TRANSACTION {
+            return Err(ResponseError::CoordinatorNotAvailable);
+        }
+        coordinator_of(door, call, key)
+    };
     let mut response = FindCoordinatorResponse::default();
     if call.version >= 4 {
         response.coordinators = request
             .coordinator_keys
-            .into_iter()
+            .iter()
             .map(|key| {
-                let entry = CoordinatorEntry::default().with_key(key);
-                match error {
-                    Some(e) => entry.with_error_code(e.code()).with_node_id(BrokerId(-1)),
-                    None => entry
-                        .with_node_id(BrokerId(NODE_ID))
-                        .with_host(str_bytes(host.clone()))
+                let entry = CoordinatorEntry::default().with_key(key.clone());
+                match find(key.as_str()) {
+                    Err(e) => entry.with_error_code(e.code()).with_node_id(BrokerId(-1)),
+                    Ok((node, host, port)) => entry
+                        .with_node_id(BrokerId(node))
+                        .with_host(str_bytes(host))
                         .with_port(port),
                 }
             })
             .collect();
-    } else if let Some(e) = error {
-        response.error_code = e.code();
-        response.node_id = BrokerId(-1);
     } else {
-        response.node_id = BrokerId(NODE_ID);
-        response.host = str_bytes(host);
-        response.port = port;
+        match find(request.key.as_str()) {
+            Err(e) => {
+                response.error_code = e.code();
+                response.node_id = BrokerId(-1);
+            }
+            Ok((node, host, port)) => {
+                response.node_id = BrokerId(node);
+                response.host = str_bytes(host);
+                response.port = port;
+            }
+        }
     }
     response
 }
@@ -233,6 +278,10 @@ pub async fn join(door: &Door, call: &Call, request: JoinGroupRequest) -> JoinGr
         .with_member_id(request.member_id.clone());
     if groups::check_name(&group).is_err() {
         response.error_code = ResponseError::InvalidGroupId.code();
+        return response;
+    }
+    if not_coordinator(door, &group) {
+        response.error_code = ResponseError::NotCoordinator.code();
         return response;
     }
     if door.broker.groups.has_members(&group) {

@@ -15,7 +15,7 @@ use edgebus_core::replica::{
     EpochStart, FetchDecision, FetchError, FetchRequest, FetchResponse, LocalLog, Replica,
     ReplicaCommand, ReplicaConfig,
 };
-use edgebus_store::LogWrite;
+use edgebus_store::{LogWrite, ReadError, WriteError};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Driver, Key, Op, Shell, Slot, Writer};
@@ -526,8 +526,12 @@ impl Shell {
                 let stored = match writes {
                     Some(writes) => {
                         let result = self.store.append_at(&writes, true);
-                        if result.is_ok() {
-                            self.count_appended(&writes);
+                        match &result {
+                            Ok(()) => self.count_appended(&writes),
+                            Err(WriteError::Store(e)) if super::reopens(e) => {
+                                self.stop_if_cluster(e);
+                            }
+                            Err(_) => {}
                         }
                         result.map_err(|e| e.to_string())
                     }
@@ -551,6 +555,11 @@ impl Shell {
                     }
                     Err(e) => {
                         tracing::error!(topic = %key.0, partition = key.1, error = %e, "truncation failed");
+                        if let ReadError::Store(store) = &e
+                            && super::reopens(store)
+                        {
+                            self.stop_if_cluster(&e);
+                        }
                     }
                 }
                 self.drain(key, slot, None);
