@@ -57,6 +57,7 @@ declare -A worlds=(
     [amplify]=transform
     [fat_output]=transform
     [log_flood]=filter
+    [state_probe]=transform
 )
 
 # An explicit target dir, so a CARGO_TARGET_DIR in the caller's environment

@@ -1,5 +1,6 @@
 //! What is attached to each topic: its ingest chain (stored, so it survives
-//! restarts) and the counters of its read-path chains.
+//! restarts, with its plugin state) and the counters of its read-path
+//! chains.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -14,8 +15,10 @@ use crate::chain::{
     AttachPoint, ChainRun, ChainRunError, ChainRunner, Counters, Halt, OutputLimits,
 };
 use crate::error::Coded;
+use crate::plugin_state::IngestState;
 use crate::registry::Registry;
 use crate::saved;
+use crate::writer::Writer;
 
 /// Why a topic's ingest chain could not be set.
 #[derive(Debug, thiserror::Error)]
@@ -89,12 +92,19 @@ pub struct IngestChain {
     pub policy: FailurePolicy,
     /// Counters since start.
     pub counters: Arc<Counters>,
+    /// The plugins' state, kept in the store.
+    state: IngestState,
     /// One batch at a time: produce calls of the topic queue here.
     run: tokio::sync::Mutex<(ChainRunner, Halt)>,
 }
 
 impl IngestChain {
-    fn new(registry: Arc<Registry>, refs: Vec<PluginRef>, policy: FailurePolicy) -> IngestChain {
+    fn new(
+        registry: Arc<Registry>,
+        state: IngestState,
+        refs: Vec<PluginRef>,
+        policy: FailurePolicy,
+    ) -> IngestChain {
         let counters = Arc::new(Counters::default());
         let runner = ChainRunner::new(
             registry,
@@ -102,36 +112,47 @@ impl IngestChain {
             policy,
             AttachPoint::Ingest,
             counters.clone(),
-            crate::chain::in_memory_state(),
+            state.factory(&refs),
         );
         IngestChain {
             refs,
             policy,
             counters,
+            state,
             run: tokio::sync::Mutex::new((runner, Halt::default())),
         }
     }
 
     /// Runs produced records of `topic` through the chain, unless it is
-    /// halted.
-    pub async fn run(
+    /// halted, and hands what it made to `store` (which queues the append
+    /// on `writer`). The chain's state changes are queued on `writer`
+    /// after that, while the chain is still held, so they reach the store
+    /// after the records and in the order of the batches.
+    pub async fn run<T>(
         &self,
-        topic: &str,
-        partition: u32,
+        writer: &Writer,
+        (topic, partition): (&str, u32),
         records: &[StoredRecord],
         limits: OutputLimits,
-    ) -> Result<ChainRun, IngestError> {
+        store: impl AsyncFnOnce(ChainRun) -> T,
+    ) -> Result<T, IngestError> {
         let mut guard = self.run.lock().await;
         let (runner, halt) = &mut *guard;
         let now = Instant::now();
         if halt.active(now) {
             return Err(IngestError::Halted(topic.to_owned()));
         }
-        match runner.run(topic, partition, records, limits).await {
+        let ran = runner.run(topic, partition, records, limits).await;
+        let stored = match ran {
             Ok(run) => {
                 halt.clear();
-                Ok(run)
+                Ok(store(run).await)
             }
+            Err(e) => Err(e),
+        };
+        self.state.flush(writer).await;
+        match stored {
+            Ok(stored) => Ok(stored),
             Err(ChainRunError::Failed { plugin, error, .. }) => {
                 let pause = halt.trip(now);
                 tracing::warn!(%topic, %plugin, %error, ?pause, "ingest chain halted");
@@ -184,8 +205,12 @@ impl Attachments {
     }
 
     fn install(&self, topic: &str, refs: Vec<PluginRef>, policy: FailurePolicy) {
-        let chain = IngestChain::new(self.registry.clone(), refs, policy);
+        let chain = IngestChain::new(self.registry.clone(), self.state(topic), refs, policy);
         self.insert(topic, chain);
+    }
+
+    fn state(&self, topic: &str) -> IngestState {
+        IngestState::new(self.store.clone(), topic)
     }
 
     fn insert(&self, topic: &str, chain: IngestChain) {
@@ -197,7 +222,8 @@ impl Attachments {
 
     /// Sets a topic's ingest chain (or, empty, clears it): checks every
     /// plugin initialises, stores it, and applies it from the next produced
-    /// batch.
+    /// batch. Stored plugin state carries over to a stage with the same
+    /// position and plugin; the rest is deleted.
     pub async fn set_ingest(
         &self,
         topic: &str,
@@ -205,13 +231,18 @@ impl Attachments {
         policy: FailurePolicy,
     ) -> Result<(), AttachError> {
         let blob = (!refs.is_empty()).then(|| saved::encode_ingest(&refs, policy));
+        let state = self.state(topic);
+        let pruned = (state.clone(), refs.clone());
         let chain = if refs.is_empty() {
             None
         } else {
-            let chain = IngestChain::new(self.registry.clone(), refs, policy);
+            let chain = IngestChain::new(self.registry.clone(), state, refs, policy);
             chain.run.lock().await.0.build().await?;
             Some(chain)
         };
+        // Only once the new chain initialises: a refused chain leaves the
+        // running one and its state as they were.
+        tokio::task::spawn_blocking(move || pruned.0.prune(&pruned.1)).await??;
         let (store, key) = (self.store.clone(), topic.to_owned());
         tokio::task::spawn_blocking(move || {
             store.put_config(ConfigKind::Ingest, &key, blob.as_deref())
@@ -219,13 +250,22 @@ impl Attachments {
         .await??;
         match chain {
             Some(chain) => self.insert(topic, chain),
-            None => self.topic_deleted(topic),
+            None => self.forget(topic),
         }
         Ok(())
     }
 
-    /// Forgets a deleted topic's chain (the store deletes its config).
-    pub fn topic_deleted(&self, topic: &str) {
+    /// Forgets a deleted topic's chain (the store deletes its config) and
+    /// deletes its plugin state, so a topic made anew under the name
+    /// starts without it.
+    pub async fn topic_deleted(&self, topic: &str) -> Result<(), AttachError> {
+        self.forget(topic);
+        let (store, owner) = (self.store.clone(), crate::plugin_state::ingest_owner(topic));
+        tokio::task::spawn_blocking(move || store.delete_pipeline_data(&owner)).await??;
+        Ok(())
+    }
+
+    fn forget(&self, topic: &str) {
         self.ingest
             .write()
             .unwrap_or_else(|p| p.into_inner())

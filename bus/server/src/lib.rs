@@ -54,6 +54,8 @@
 //!   stored batches to a hub, which appends them at its log end only.
 //! - [`wire`]: frames on QUIC streams (read with the size check, write).
 //! - [`attach`]: each topic's ingest chain and read-path counters.
+//! - [`plugin_state`]: plugin state kept in the store, per attachment and
+//!   stage; ingest chains' state persisted through the writer.
 //! - [`dlq`]: dead-letter topics, created on first use.
 //! - [`chain`]: the one chain runner every attach point uses: hot swap,
 //!   failure policy, dead letters, counters.
@@ -93,6 +95,7 @@ pub mod mirror;
 pub mod mqtt;
 pub mod notify;
 pub mod pipelines;
+pub mod plugin_state;
 pub mod reader;
 pub mod registry;
 pub mod retention;

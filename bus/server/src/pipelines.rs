@@ -18,13 +18,15 @@ use edgebus_proto::batch::{self, BatchHeader, Record, StoredRecord};
 use edgebus_proto::frame::{FailurePolicy, PipelineDescription, PluginRef};
 use edgebus_proto::partitioner::partition_for_key;
 use edgebus_store::{ConfigKind, LogStore, StoreError};
-use edgebus_wasm::{StateStore, StateUsage};
+use edgebus_wasm::state::list_overlaid;
+use edgebus_wasm::{Space, StateStore, StateUsage};
 use tokio::task::JoinHandle;
 
 use crate::chain::{self, AttachPoint, ChainRunError, ChainRunner, Counters, Halt, OutputLimits};
 use crate::dlq::DeadLetters;
 use crate::error::Coded;
 use crate::notify::Notifier;
+use crate::plugin_state::{self, StageKeys};
 use crate::reader::Reader;
 use crate::registry::Registry;
 use crate::saved;
@@ -467,52 +469,81 @@ type Overlay = Arc<Mutex<BTreeMap<Vec<u8>, Option<Vec<u8>>>>>;
 /// Plugin state of a pipeline: reads see uncommitted writes of the current
 /// step first, then the store; writes stay in the overlay until the step
 /// commits them with its outputs. Each plugin of the chain gets its own key
-/// prefix, so two plugins never share state.
+/// prefixes (see [`StageKeys`]), so two plugins never share state.
 struct PipelineState {
     pipeline: String,
-    prefix: Vec<u8>,
+    keys: StageKeys,
     store: Arc<dyn LogStore>,
     overlay: Overlay,
 }
 
 impl PipelineState {
-    fn key(&self, key: &[u8]) -> Vec<u8> {
-        let mut k = self.prefix.clone();
-        k.extend_from_slice(key);
-        k
+    fn read_failed(&self, e: &StoreError) {
+        tracing::warn!(pipeline = %self.pipeline, error = %e, "state read failed");
     }
 }
 
 impl StateStore for PipelineState {
-    fn get(&mut self, key: &[u8]) -> Option<Vec<u8>> {
-        let key = self.key(key);
+    fn get(&mut self, space: Space, key: &[u8]) -> Option<Vec<u8>> {
+        let key = self.keys.key(space, key);
         if let Some(v) = lock(&self.overlay).get(&key) {
             return v.clone();
         }
-        match self.store.pipeline_state(&self.pipeline, &key) {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::warn!(pipeline = %self.pipeline, error = %e, "state read failed");
+        self.store
+            .pipeline_state(&self.pipeline, &key)
+            .unwrap_or_else(|e| {
+                self.read_failed(&e);
                 None
-            }
-        }
+            })
     }
 
-    fn set(&mut self, key: &[u8], value: &[u8]) {
-        let key = self.key(key);
+    fn set(&mut self, space: Space, key: &[u8], value: &[u8]) {
+        let key = self.keys.key(space, key);
         lock(&self.overlay).insert(key, Some(value.to_vec()));
     }
 
-    fn delete(&mut self, key: &[u8]) {
-        let key = self.key(key);
+    fn delete(&mut self, space: Space, key: &[u8]) {
+        let key = self.keys.key(space, key);
         lock(&self.overlay).insert(key, None);
     }
 
-    /// Zero: the store cannot list a pipeline's state, so the budget
-    /// counts what the chain writes from its (re)build on, not what
-    /// earlier runs left in redb.
+    fn list(
+        &mut self,
+        space: Space,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let prefix = self.keys.key(space, prefix);
+        let after = after.map(|after| self.keys.key(space, after));
+        let overlay = lock(&self.overlay);
+        let listed = list_overlaid(
+            &overlay,
+            &prefix,
+            after.as_deref(),
+            limit,
+            |after, limit| {
+                self.store
+                    .plugin_state_list(&self.pipeline, &prefix, after, limit)
+                    .unwrap_or_else(|e| {
+                        self.read_failed(&e);
+                        Vec::new()
+                    })
+            },
+        );
+        listed
+            .into_iter()
+            .filter_map(|(key, value)| Some((self.keys.strip(space, &key)?.to_vec(), value)))
+            .collect()
+    }
+
+    /// What earlier steps left in the store, so the state budget counts
+    /// stored state, not only what the chain wrote since it was built.
     fn usage(&mut self) -> StateUsage {
-        StateUsage::default()
+        plugin_state::stored_usage(&*self.store, &self.pipeline, &self.keys).unwrap_or_else(|e| {
+            self.read_failed(&e);
+            StateUsage::default()
+        })
     }
 }
 
@@ -527,7 +558,7 @@ async fn run(env: Env, def: Definition, shared: Arc<Shared>) {
         Arc::new(move |i| {
             Box::new(PipelineState {
                 pipeline: name.clone(),
-                prefix: format!("{i}/").into_bytes(),
+                keys: StageKeys::new(&i.to_string()),
                 store: store.clone(),
                 overlay: overlay.clone(),
             })

@@ -491,6 +491,24 @@ impl Writer {
         .await
     }
 
+    /// Queues a metadata write like [`Writer::run`], but returns as soon
+    /// as it is queued, with a receiver for its result: a caller that must
+    /// keep its writes in order queues them in turn without waiting on
+    /// each (an ingest chain's plugin state, after the batch's records).
+    pub async fn queue<T: Send + 'static>(
+        &self,
+        job: impl FnOnce(&dyn LogStore) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<oneshot::Receiver<Result<T, StoreError>>, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        let op = Op::Ordered(Ordered::Run {
+            job: Box::new(move |store| {
+                let _ = reply.send(job(store));
+            }),
+        });
+        self.tx.send(op).await.map_err(|_| stopped())?;
+        Ok(rx)
+    }
+
     /// Runs a metadata write on the writer thread, after every write queued
     /// before it (a pipeline's deletion after its last step, say).
     pub async fn run<T: Send + 'static>(

@@ -103,6 +103,7 @@ pub fn run_all<H: Harness>(h: &mut H) {
     pipeline_commit_applies_outputs_state_and_position_and_survives_reopen(h);
     pipeline_commit_with_refused_write_applies_nothing(h);
     pipeline_delete_data_removes_only_that_pipeline(h);
+    plugin_state_put_lists_by_prefix_and_after_and_survives_reopen(h);
     crash_after_n_writes_keeps_exactly_the_acknowledged_batches(h);
     crash_after_n_writes_truncation_applies_whole_or_not_at_all(h);
     crash_after_n_writes_keeps_exactly_the_acknowledged_offset_commits(h);
@@ -2106,6 +2107,62 @@ pub fn pipeline_delete_data_removes_only_that_pipeline<H: Harness>(h: &mut H) {
     assert_eq!(
         store.pipeline_state("p2", b"k").expect("state"),
         Some(b"w".to_vec())
+    );
+}
+
+/// An owner's plugin state written with `put_plugin_state` is applied in
+/// order, listed by prefix in key order after a key, up to a limit, apart
+/// from other owners (even one whose name it prefixes), durably; deleting
+/// the owner's data removes it.
+pub fn plugin_state_put_lists_by_prefix_and_after_and_survives_reopen<H: Harness>(h: &mut H) {
+    let store = h.fresh();
+    let set = |key: &str| (key.as_bytes().to_vec(), Some(b"v".to_vec()));
+    store
+        .put_plugin_state(
+            "ingest:t",
+            &[
+                set("0/a"),
+                set("0/b"),
+                set("0/c"),
+                set("1/a"),
+                (b"0/b".to_vec(), None),
+            ],
+        )
+        .expect("put_plugin_state");
+    store
+        .put_plugin_state("ingest:t2", &[set("0/z")])
+        .expect("put_plugin_state");
+    let store = h.reopen(store);
+    let keys = |prefix: &[u8], after: Option<&[u8]>, limit| -> Vec<String> {
+        store
+            .plugin_state_list("ingest:t", prefix, after, limit)
+            .expect("plugin_state_list")
+            .into_iter()
+            .map(|(key, _)| String::from_utf8_lossy(&key).into_owned())
+            .collect()
+    };
+    assert_eq!(
+        keys(b"0/", None, 10),
+        ["0/a", "0/c"],
+        "the delete applied after the set"
+    );
+    assert_eq!(keys(b"0/", Some(b"0/a"), 10), ["0/c"]);
+    assert_eq!(keys(b"", None, 2), ["0/a", "0/c"], "the limit");
+    assert_eq!(keys(b"", Some(b"0/c"), 10), ["1/a"], "not another owner's");
+    assert_eq!(
+        store.pipeline_state("ingest:t", b"1/a").expect("state"),
+        Some(b"v".to_vec())
+    );
+    store
+        .delete_pipeline_data("ingest:t")
+        .expect("delete_pipeline_data");
+    assert_eq!(keys(b"", None, 10), Vec::<String>::new());
+    assert_eq!(
+        store
+            .plugin_state_list("ingest:t2", b"", None, 10)
+            .expect("plugin_state_list")
+            .len(),
+        1
     );
 }
 

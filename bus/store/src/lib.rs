@@ -619,8 +619,32 @@ pub trait MetaStore: Send + Sync + 'static {
     /// A pipeline's stored plugin state under `key`.
     fn pipeline_state(&self, pipeline: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
 
-    /// Deletes a pipeline's positions and state.
+    /// Deletes a pipeline's positions and state (or any other state owner's
+    /// state; see [`MetaStore::put_plugin_state`]).
     fn delete_pipeline_data(&self, pipeline: &str) -> Result<(), StoreError>;
+
+    /// Up to `limit` entries of an owner's plugin state (a pipeline's, or
+    /// another owner's, see [`MetaStore::put_plugin_state`]) whose key
+    /// starts with `prefix` and sorts after `after` (from the first when
+    /// `None`), in key order.
+    fn plugin_state_list(
+        &self,
+        owner: &str,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<StateEntries, StoreError>;
+
+    /// Applies plugin state changes in order (`Some` sets, `None`
+    /// deletes), durably, for an owner that is not a pipeline (a pipeline
+    /// commits its state with its step). Owners share the pipeline state
+    /// table: the broker names them so they cannot meet a pipeline name
+    /// (`ingest:<topic>` for a topic's ingest chain; names never hold `:`).
+    fn put_plugin_state(
+        &self,
+        owner: &str,
+        changes: &[(Vec<u8>, Option<Vec<u8>>)],
+    ) -> Result<(), StoreError>;
 
     /// Replaces a topic's settings with `spec` (validated as for
     /// [`MetaStore::create_topic`]), durably. Partitions can be added, which
@@ -639,6 +663,9 @@ pub trait LogStore: PartitionLog + MetaStore {
     /// the stored position, state and outputs always agree.
     fn commit_pipeline(&self, commit: &PipelineCommit) -> Result<(), WriteError>;
 }
+
+/// Plugin state entries, `(key, value)`, in key order.
+pub type StateEntries = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// A stored plugin's description.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -713,6 +713,48 @@ impl MetaStore for MemStore {
             .cloned())
     }
 
+    fn plugin_state_list(
+        &self,
+        owner: &str,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<crate::StateEntries, StoreError> {
+        let inner = self.lock();
+        let owner = owner.to_owned();
+        let start = match after {
+            Some(after) if after >= prefix => {
+                std::ops::Bound::Excluded((owner.clone(), after.to_vec()))
+            }
+            _ => std::ops::Bound::Included((owner.clone(), prefix.to_vec())),
+        };
+        Ok(inner
+            .state
+            .pipeline_state
+            .range((start, std::ops::Bound::Unbounded))
+            .take_while(|((at, key), _)| *at == owner && key.starts_with(prefix))
+            .take(limit)
+            .map(|((_, key), value)| (key.clone(), value.clone()))
+            .collect())
+    }
+
+    fn put_plugin_state(
+        &self,
+        owner: &str,
+        changes: &[(Vec<u8>, Option<Vec<u8>>)],
+    ) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        let state = inner.begin_write()?;
+        for (key, value) in changes {
+            let key = (owner.to_owned(), key.clone());
+            match value {
+                Some(value) => state.pipeline_state.insert(key, value.clone()),
+                None => state.pipeline_state.remove(&key),
+            };
+        }
+        Ok(())
+    }
+
     fn delete_pipeline_data(&self, pipeline: &str) -> Result<(), StoreError> {
         let mut inner = self.lock();
         let state = inner.begin_write()?;

@@ -12,7 +12,7 @@
 //! plugins                &str            → plugin description (plugin::encode_info)
 //! plugin_wasm            &str            → component bytes
 //! configs                (u8, &str)      → config blob (ConfigKind::tag, key)
-//! pipeline_state         (&str, &[u8])   → &[u8] (pipeline, plugin state key)
+//! pipeline_state         (&str, &[u8])   → &[u8] (pipeline or other state owner, plugin state key)
 //! pipeline_positions     (&str, u32)     → u64 (pipeline, source partition → next offset)
 //! log/{topic}/{p}        u64 base_offset → whole batch (Kafka RecordBatch v2), base offset
 //!                                          and leader epoch written in
@@ -82,6 +82,7 @@
 
 use std::fmt;
 use std::hash::{BuildHasher, RandomState};
+use std::ops::Bound;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockWriteGuard};
@@ -1652,6 +1653,57 @@ impl MetaStore for RedbStore {
         self.snapshot(|txn| {
             let state = txn.open_table(PIPELINE_STATE)?;
             Ok(state.get((pipeline, key))?.map(|v| v.value().to_vec()))
+        })
+    }
+
+    fn plugin_state_list(
+        &self,
+        owner: &str,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<crate::StateEntries, StoreError> {
+        self.snapshot(|txn| {
+            let state = txn.open_table(PIPELINE_STATE)?;
+            let start = match after {
+                Some(after) if after >= prefix => Bound::Excluded((owner, after)),
+                _ => Bound::Included((owner, prefix)),
+            };
+            let mut found = Vec::new();
+            for entry in state.range::<(&str, &[u8])>((start, Bound::Unbounded))? {
+                if found.len() >= limit {
+                    break;
+                }
+                let (key, value) = entry?;
+                let (at, key) = key.value();
+                if at != owner || !key.starts_with(prefix) {
+                    break;
+                }
+                found.push((key.to_vec(), value.value().to_vec()));
+            }
+            Ok(found)
+        })
+    }
+
+    fn put_plugin_state(
+        &self,
+        owner: &str,
+        changes: &[(Vec<u8>, Option<Vec<u8>>)],
+    ) -> Result<(), StoreError> {
+        self.writing(|db| {
+            let txn = Self::begin_durable(db)?;
+            {
+                let mut state = txn.open_table(PIPELINE_STATE)?;
+                for (key, value) in changes {
+                    let key = (owner, key.as_slice());
+                    match value {
+                        Some(value) => state.insert(key, value.as_slice())?,
+                        None => state.remove(key)?,
+                    };
+                }
+            }
+            txn.commit()?;
+            Ok(())
         })
     }
 

@@ -156,6 +156,11 @@ impl OutputBudget {
         self.bytes_left -= bytes;
         Ok(())
     }
+
+    /// Records and bytes still to spend.
+    pub(crate) fn room(&self) -> (u64, u64) {
+        (self.records_left as u64, self.bytes_left as u64)
+    }
 }
 
 /// Keys and bytes of keys and values held in state; signed, as a change
@@ -245,6 +250,17 @@ impl StateLedger {
     /// The committed usage.
     pub(crate) fn committed(&self) -> StateUsage {
         self.committed
+    }
+
+    /// Bytes and keys the state may still grow by, pending changes
+    /// counted.
+    pub(crate) fn room(&self) -> (u64, u64) {
+        let used = self.committed.plus(self.pending);
+        let left = |max: i64, used: i64| u64::try_from(max - used).unwrap_or(0);
+        (
+            left(self.max_bytes, used.bytes),
+            left(self.max_keys, used.keys),
+        )
     }
 }
 

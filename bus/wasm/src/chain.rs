@@ -380,6 +380,7 @@ impl Stage {
         let Slot::Running(instance) = &mut self.slot else {
             return Err(self.vacant());
         };
+        instance.set_output_room(budget.room());
         let result = instance.call_uncommitted(records);
         if instance.is_poisoned() {
             output.replaced += 1;

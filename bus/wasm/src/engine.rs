@@ -162,8 +162,9 @@ impl Engine {
     /// Validates and compiles the component (or, with a cache directory,
     /// loads the native code compiled earlier for the same bytes), checks
     /// that the broker provides every import, and checks that it exports
-    /// `init` and either `filter` or `transform` of `edgebus:plugin@0.1.0`
-    /// with the right types. Anything else is [`PluginError::Invalid`].
+    /// `init` and either `filter` or `transform` of `edgebus:plugin@0.2.0`
+    /// or `@0.1.0` (the version of the interfaces it imports) with the
+    /// right types. Anything else is [`PluginError::Invalid`].
     ///
     /// Compiling is CPU work that can take a second or more for a large
     /// plugin: call this from a blocking thread.

@@ -26,8 +26,8 @@ use crate::budget::Breach;
 #[non_exhaustive]
 pub enum PluginError {
     /// The bytes are not a component for the `filter` or `transform` world
-    /// of `edgebus:plugin@0.1.0`: malformed Wasm, a core module, another
-    /// world, or an import the broker does not provide.
+    /// of `edgebus:plugin@0.2.0` or `@0.1.0`: malformed Wasm, a core
+    /// module, another world, or an import the broker does not provide.
     #[error("invalid plugin: {0}")]
     Invalid(String),
     /// The guest's `init` returned an error; the message is the guest's.

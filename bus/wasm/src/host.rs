@@ -37,6 +37,9 @@ pub(crate) struct HostState {
     /// Set when a state write went over the chain's budget during the
     /// current call, so the trap that follows is reported as that breach.
     pub(crate) breach: Option<Breach>,
+    /// Records and bytes the current call may still return (the chain
+    /// sets it before each call; what `budget.remaining` reports).
+    pub(crate) output_room: (u64, u64),
 }
 
 impl HostState {
@@ -57,6 +60,7 @@ impl HostState {
             state,
             output,
             breach: None,
+            output_room: (u64::MAX, u64::MAX),
         }
     }
 
@@ -161,6 +165,70 @@ impl HostState {
 
 impl world::filter::edgebus::plugin::types::Host for HostState {}
 
+impl world::filter2::edgebus::plugin::log::Host for HostState {
+    fn log(&mut self, level: world::filter2::edgebus::plugin::log::Level, message: String) {
+        use world::filter2::edgebus::plugin::log::Level as V2;
+        let level = match level {
+            V2::Trace => Level::Trace,
+            V2::Debug => Level::Debug,
+            V2::Info => Level::Info,
+            V2::Warn => Level::Warn,
+            V2::Error => Level::Error,
+        };
+        output::lock(&self.output).log(level, &message);
+    }
+}
+
+impl world::filter2::edgebus::plugin::state::Host for HostState {
+    fn get(&mut self, key: Vec<u8>) -> Option<Vec<u8>> {
+        self.state.get(&key)
+    }
+
+    fn set(&mut self, key: Vec<u8>, value: Vec<u8>) -> wasmtime::Result<()> {
+        let written = self.state.set(key, value);
+        self.refused(written)
+    }
+
+    fn set_expiring(&mut self, key: Vec<u8>, value: Vec<u8>, ttl_ms: u64) -> wasmtime::Result<()> {
+        let written = self.state.set_expiring(key, value, ttl_ms);
+        self.refused(written)
+    }
+
+    fn delete(&mut self, key: Vec<u8>) -> wasmtime::Result<()> {
+        let written = self.state.delete(key);
+        self.refused(written)
+    }
+
+    fn list(
+        &mut self,
+        prefix: Vec<u8>,
+        after: Option<Vec<u8>>,
+        limit: u32,
+    ) -> Vec<world::filter2::edgebus::plugin::state::Entry> {
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        self.state
+            .list(&prefix, after.as_deref(), limit)
+            .into_iter()
+            .map(|(key, value)| world::filter2::edgebus::plugin::state::Entry { key, value })
+            .collect()
+    }
+}
+
+impl world::filter2::edgebus::plugin::budget::Host for HostState {
+    fn remaining(&mut self) -> world::filter2::edgebus::plugin::budget::Room {
+        let (state_bytes, state_keys) = self.state.room();
+        let (output_records, output_bytes) = self.output_room;
+        world::filter2::edgebus::plugin::budget::Room {
+            state_bytes,
+            state_keys,
+            output_records,
+            output_bytes,
+        }
+    }
+}
+
+impl world::filter2::edgebus::plugin::types::Host for HostState {}
+
 /// A clock stuck at zero, for both `wasi:clocks` interfaces: plugins must
 /// take time from record timestamps so replays are deterministic.
 struct FrozenClock;
@@ -261,11 +329,16 @@ impl ResourceLimiter for MemoryLimiter {
 }
 
 /// Builds the linker every plugin is instantiated against: WASIp2 with the
-/// sleeping functions replaced, plus the `log` and `state` imports.
+/// sleeping functions replaced, plus the imports of both package versions
+/// (0.1: `log`, `state`; 0.2: `log`, `state`, `budget`), which live under
+/// different names side by side.
 pub(crate) fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<HostState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
     world::filter::Filter::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |host| {
+        host
+    })?;
+    world::filter2::Filter::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |host| {
         host
     })?;
     forbid_sleep(&mut linker)?;

@@ -20,6 +20,8 @@ use crate::world;
 pub(crate) enum Bindings {
     Filter(world::filter::Filter),
     Transform(world::transform::Transform),
+    Filter2(world::filter2::Filter),
+    Transform2(world::transform2::Transform),
 }
 
 /// What one call on a batch produced, in the shape the guest returned it.
@@ -141,6 +143,12 @@ impl Instance {
         self.store.into_data().state
     }
 
+    /// Tells the guest, through `budget.remaining`, how many records and
+    /// bytes its next call may return.
+    pub(crate) fn set_output_room(&mut self, (records, bytes): (u64, u64)) {
+        self.store.data_mut().output_room = (records, bytes);
+    }
+
     pub(crate) fn commit_state(&mut self) {
         self.store.data_mut().state.commit();
     }
@@ -169,20 +177,30 @@ impl Instance {
         } = self;
         if batch.is_empty() {
             return Ok(match bindings {
-                Bindings::Filter(_) => BatchOutput::Keep(Vec::new()),
-                Bindings::Transform(_) => BatchOutput::Emit(Vec::new()),
+                Bindings::Filter(_) | Bindings::Filter2(_) => BatchOutput::Keep(Vec::new()),
+                Bindings::Transform(_) | Bindings::Transform2(_) => BatchOutput::Emit(Vec::new()),
             });
         }
         let engine = plugin.engine();
         store.set_epoch_deadline(engine.deadline_ticks);
         store.data_mut().begin_call();
+        let newest_ms = batch.iter().map(|record| record.timestamp_ms).max();
+        store.data_mut().state.begin_call(newest_ms);
         let returned = match bindings {
             Bindings::Filter(guest) => catch_host_panic(|| {
-                world::with_filter_records(batch, |records| guest.call_filter(&mut *store, records))
+                world::filter_v1::with_records(batch, |records| {
+                    guest.call_filter(&mut *store, records)
+                })
+            })
+            .map(|verdict| verdict.map(BatchOutput::Keep)),
+            Bindings::Filter2(guest) => catch_host_panic(|| {
+                world::filter_v2::with_records(batch, |records| {
+                    guest.call_filter(&mut *store, records)
+                })
             })
             .map(|verdict| verdict.map(BatchOutput::Keep)),
             Bindings::Transform(guest) => catch_host_panic(|| {
-                world::with_transform_records(batch, |records| {
+                world::transform_v1::with_records(batch, |records| {
                     guest.call_transform(&mut *store, records)
                 })
             })
@@ -194,7 +212,27 @@ impl Instance {
                             .map(|records| {
                                 records
                                     .into_iter()
-                                    .map(world::from_transform_record)
+                                    .map(world::transform_v1::from_record)
+                                    .collect()
+                            })
+                            .collect(),
+                    )
+                })
+            }),
+            Bindings::Transform2(guest) => catch_host_panic(|| {
+                world::transform_v2::with_records(batch, |records| {
+                    guest.call_transform(&mut *store, records)
+                })
+            })
+            .map(|verdict| {
+                verdict.map(|outputs| {
+                    BatchOutput::Emit(
+                        outputs
+                            .into_iter()
+                            .map(|records| {
+                                records
+                                    .into_iter()
+                                    .map(world::transform_v2::from_record)
                                     .collect()
                             })
                             .collect(),

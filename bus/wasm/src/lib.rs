@@ -1,9 +1,9 @@
 //! # edgebus-wasm
 //!
 //! The plugin runtime: the only crate that touches wasmtime. It loads user
-//! WebAssembly components written against `wit/plugin.wit`
-//! (`edgebus:plugin@0.1.0`, worlds `filter` and `transform`) and runs them
-//! on record batches inside a sandbox:
+//! WebAssembly components written against `wit/plugin-0.2.wit`
+//! (`edgebus:plugin@0.2.0`) or `wit/plugin.wit` (`@0.1.0`), worlds `filter`
+//! and `transform`, and runs them on record batches inside a sandbox:
 //!
 //! - Cranelift only, with a pooling allocator sized for
 //!   [`EngineConfig::max_instances`] instances;
@@ -15,8 +15,9 @@
 //!   or arguments; clocks frozen at zero; randomness seeded from the
 //!   plugin's hash and the instance name, so replays are deterministic;
 //!   stdout and stderr go to `tracing`, rate-limited;
-//! - host imports `log` (to `tracing`, rate-limited) and `state` (to the
-//!   instance's [`StateStore`]).
+//! - host imports `log` (to `tracing`, rate-limited), `state` (to the
+//!   instance's [`StateStore`], with expiry by event time and bounded
+//!   listing in 0.2) and, in 0.2, `budget` (the room left).
 //!
 //! ```text
 //!   Engine::load(wasm) ──▶ Plugin ──instantiate(name, params, state)──▶ Instance
@@ -64,9 +65,9 @@ pub use chain::{Chain, ChainError, ChainOutput, StageSpec};
 pub use engine::{Engine, EngineConfig};
 pub use error::PluginError;
 pub use instance::{BatchOutput, Instance};
-pub use plugin::{InstantiateError, Plugin, PluginKind};
+pub use plugin::{InstantiateError, Plugin, PluginKind, WitVersion};
 pub use record::PluginRecord;
-pub use state::{MemState, StateStore};
+pub use state::{MemState, Space, StateStore};
 
 #[cfg(test)]
 mod tests {

@@ -14,7 +14,10 @@ use crate::error::PluginError;
 use crate::host::{self, HostState};
 use crate::instance::{self, Bindings, Instance, catch_host_panic};
 use crate::state::{StateLayer, StateStore};
-use crate::world::{self, filter::FilterPre, transform::TransformPre};
+use crate::world::{
+    self, filter::FilterPre, filter2::FilterPre as FilterPre2, transform::TransformPre,
+    transform2::TransformPre as TransformPre2,
+};
 
 /// Which world a plugin targets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -30,6 +33,25 @@ impl fmt::Display for PluginKind {
         f.write_str(match self {
             PluginKind::Filter => "filter",
             PluginKind::Transform => "transform",
+        })
+    }
+}
+
+/// The version of the WIT package a plugin was built against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WitVersion {
+    /// `edgebus:plugin@0.1.0`: `log` and `state` (get, set, delete).
+    V0_1,
+    /// `edgebus:plugin@0.2.0`: adds expiring keys, `state.list` and the
+    /// `budget` import.
+    V0_2,
+}
+
+impl fmt::Display for WitVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            WitVersion::V0_1 => "0.1.0",
+            WitVersion::V0_2 => "0.2.0",
         })
     }
 }
@@ -54,6 +76,8 @@ struct PluginInner {
 enum Pre {
     Filter(FilterPre<HostState>),
     Transform(TransformPre<HostState>),
+    Filter2(FilterPre2<HostState>),
+    Transform2(TransformPre2<HostState>),
 }
 
 /// A failed instantiation, with the state store handed back so that the
@@ -84,21 +108,50 @@ pub(crate) fn link(
     let instance_pre = engine.linker.instantiate_pre(component).map_err(|e| {
         PluginError::Invalid(format!(
             "the component needs an import the broker does not provide \
-             (plugins get only edgebus:plugin/log, edgebus:plugin/state and WASI p2 \
-             without files, network or clocks): {e:#}"
+             (plugins get only edgebus:plugin/log, state and budget (0.2) or log and state \
+             (0.1), and WASI p2 without files, network or clocks): {e:#}"
         ))
     })?;
-    let pre = match FilterPre::new(instance_pre.clone()) {
-        Ok(pre) => Pre::Filter(pre),
-        Err(not_filter) => match TransformPre::new(instance_pre) {
-            Ok(pre) => Pre::Transform(pre),
-            Err(not_transform) => {
-                return Err(PluginError::Invalid(format!(
-                    "the component does not target a world of edgebus:plugin@0.1.0: \
-                     as a filter: {not_filter:#}; as a transform: {not_transform:#}"
-                )));
-            }
-        },
+    // Both versions' worlds export the same functions with the same types,
+    // so the exports cannot tell them apart: the version is the one of the
+    // edgebus interfaces the component imports (the shared `types` at
+    // least). A component importing none runs the same on either.
+    let version = import_version(component, &engine.engine);
+    let mut not_matched = Vec::new();
+    let mut attempt = |world: &str, pre: wasmtime::Result<Pre>| match pre {
+        Ok(pre) => Some(pre),
+        Err(e) => {
+            not_matched.push(format!("as a {version} {world}: {e:#}"));
+            None
+        }
+    };
+    let pre = match version {
+        WitVersion::V0_2 => attempt(
+            "filter",
+            FilterPre2::new(instance_pre.clone()).map(Pre::Filter2),
+        )
+        .or_else(|| {
+            attempt(
+                "transform",
+                TransformPre2::new(instance_pre).map(Pre::Transform2),
+            )
+        }),
+        WitVersion::V0_1 => attempt(
+            "filter",
+            FilterPre::new(instance_pre.clone()).map(Pre::Filter),
+        )
+        .or_else(|| {
+            attempt(
+                "transform",
+                TransformPre::new(instance_pre).map(Pre::Transform),
+            )
+        }),
+    };
+    let Some(pre) = pre else {
+        return Err(PluginError::Invalid(format!(
+            "the component does not target a world of edgebus:plugin@{version}: {}",
+            not_matched.join("; ")
+        )));
     };
     Ok(Plugin {
         inner: Arc::new(PluginInner {
@@ -110,6 +163,20 @@ pub(crate) fn link(
     })
 }
 
+/// The version of the `edgebus:plugin` interfaces `component` imports:
+/// 0.1 if it imports any at 0.1, else 0.2.
+fn import_version(component: &Component, engine: &wasmtime::Engine) -> WitVersion {
+    let v0_1 = component
+        .component_type()
+        .imports(engine)
+        .any(|(name, _)| name.starts_with("edgebus:plugin/") && name.ends_with("@0.1.0"));
+    if v0_1 {
+        WitVersion::V0_1
+    } else {
+        WitVersion::V0_2
+    }
+}
+
 fn sha256_hex(bytes: &[u8]) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
     digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
@@ -119,8 +186,16 @@ impl Plugin {
     /// The world the component targets.
     pub fn kind(&self) -> PluginKind {
         match self.inner.pre {
-            Pre::Filter(_) => PluginKind::Filter,
-            Pre::Transform(_) => PluginKind::Transform,
+            Pre::Filter(_) | Pre::Filter2(_) => PluginKind::Filter,
+            Pre::Transform(_) | Pre::Transform2(_) => PluginKind::Transform,
+        }
+    }
+
+    /// The WIT package version the component was built against.
+    pub fn wit_version(&self) -> WitVersion {
+        match self.inner.pre {
+            Pre::Filter(_) | Pre::Transform(_) => WitVersion::V0_1,
+            Pre::Filter2(_) | Pre::Transform2(_) => WitVersion::V0_2,
         }
     }
 
@@ -217,6 +292,8 @@ impl Plugin {
         let instantiated = catch_host_panic(|| match &self.inner.pre {
             Pre::Filter(pre) => pre.instantiate(&mut store).map(Bindings::Filter),
             Pre::Transform(pre) => pre.instantiate(&mut store).map(Bindings::Transform),
+            Pre::Filter2(pre) => pre.instantiate(&mut store).map(Bindings::Filter2),
+            Pre::Transform2(pre) => pre.instantiate(&mut store).map(Bindings::Transform2),
         });
         let bindings = match instantiated {
             Ok(bindings) => bindings,
@@ -228,9 +305,17 @@ impl Plugin {
         };
 
         let init = catch_host_panic(|| match &bindings {
-            Bindings::Filter(guest) => guest.call_init(&mut store, &world::filter_params(params)),
+            Bindings::Filter(guest) => {
+                guest.call_init(&mut store, &world::filter_v1::params(params))
+            }
             Bindings::Transform(guest) => {
-                guest.call_init(&mut store, &world::transform_params(params))
+                guest.call_init(&mut store, &world::transform_v1::params(params))
+            }
+            Bindings::Filter2(guest) => {
+                guest.call_init(&mut store, &world::filter_v2::params(params))
+            }
+            Bindings::Transform2(guest) => {
+                guest.call_init(&mut store, &world::transform_v2::params(params))
             }
         });
         let error = match init {
@@ -254,6 +339,7 @@ impl fmt::Debug for Plugin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Plugin")
             .field("kind", &self.kind())
+            .field("wit", &self.wit_version())
             .field("hash", &self.inner.hash)
             .finish_non_exhaustive()
     }

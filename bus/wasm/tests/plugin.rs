@@ -135,7 +135,7 @@ fn load_component_of_other_world_is_invalid() {
         let component = wat::parse_str(source).expect("wat");
         let error = engine().load(&component).expect_err("must not load");
         assert!(
-            matches!(&error, PluginError::Invalid(m) if m.contains("edgebus:plugin@0.1.0")),
+            matches!(&error, PluginError::Invalid(m) if m.contains("edgebus:plugin@0.2.0")),
             "{error:?}"
         );
     }

@@ -17,9 +17,13 @@
 //! nothing to compare it with.
 //!
 //! The last kept timestamp per identity lives in the broker's state store,
-//! so in a pipeline it commits with the output and survives restarts. The
-//! state interface cannot list keys, so entries are overwritten but never
-//! expired: state grows with the number of distinct identities.
+//! so it survives restarts (in a pipeline it commits with the output, on
+//! an ingest chain it is stored after the records). Each entry expires
+//! `window_ms` of event time (the newest record timestamp the attachment
+//! has seen) after it was written, so state holds only the identities
+//! kept within about the last window, however many identities pass over
+//! time. A record arriving more than a window behind the newest one may
+//! find its identity forgotten and be kept.
 
 use edgebus_plugin::prelude::*;
 
@@ -81,7 +85,9 @@ impl Filter for Dedupe {
             // where the newest kept record put it.
             Some(last_kept_ms) if last_kept_ms > timestamp_ms => Ok(true),
             _ => {
-                state::set_i64(&state_key, timestamp_ms);
+                // Past the window after the newest record seen, this entry
+                // can no longer drop a record that is in time: it expires.
+                state::set_expiring(&state_key, &timestamp_ms.to_be_bytes(), self.window_ms);
                 Ok(true)
             }
         }
@@ -211,6 +217,20 @@ mod tests {
         assert_eq!(
             init_error(&[("windw_ms", "10")]),
             "unknown parameter `windw_ms` (accepted: window_ms, field)"
+        );
+    }
+
+    #[test]
+    fn filter_expires_identities_a_window_after_event_time() {
+        let mut harness = FilterHarness::<Dedupe>::new(&[("window_ms", "100")]).unwrap();
+        let batch: Vec<Record> = (0..50).map(|i| at(&format!("k{i}"), 1_000)).collect();
+        assert_eq!(harness.filter(&batch).map(|m| m.len()), Ok(50));
+        assert_eq!(harness.state().len(), 50);
+        assert_eq!(harness.filter(&[at("other", 1_100)]), Ok(vec![true]));
+        assert_eq!(
+            harness.state().len(),
+            1,
+            "the 50 identities expired at event time 1100"
         );
     }
 }

@@ -9,16 +9,28 @@
 //!   key's first record in each window. A record from a window before the
 //!   key's last kept one arrives late and is dropped.
 //!
+//! And optionally, with `every`:
+//!
+//! - `idle_ms=I` (default 3600000, at least 1): a key's count is forgotten
+//!   after `I` milliseconds of event time without a record of that key,
+//!   so the key's next record is kept as its first.
+//!
 //! Keyless records all count as one key, the empty one.
 //!
 //! The per-key position (a count, or the last kept window) lives in the
 //! broker's state store rather than in the instance: in a pipeline it then
 //! commits with the output, so a retried batch is not counted twice, and it
-//! survives restarts and hot swaps.
+//! survives restarts and hot swaps. Every entry expires (after `idle_ms`,
+//! or two windows of event time after it was written), so state holds only
+//! the keys seen recently, not every key ever seen.
 
 use edgebus_plugin::prelude::*;
 
-const PARAMS: &[&str] = &["every", "window_ms"];
+const PARAMS: &[&str] = &["every", "window_ms", "idle_ms"];
+
+/// How long a key's count is kept without a record of it, unless `idle_ms`
+/// says otherwise.
+pub const DEFAULT_IDLE_MS: u64 = 3_600_000;
 
 // Each mode keeps its state under its own prefix, so state left by an
 // attachment in the other mode is never misread.
@@ -27,7 +39,7 @@ const WINDOW_PREFIX: &[u8] = b"window/";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
-    Every(u64),
+    Every { every: u64, idle_ms: u64 },
     WindowMs(i64),
 }
 
@@ -39,12 +51,22 @@ pub struct Downsample {
 impl Filter for Downsample {
     fn init(params: &Params) -> Result<Self, String> {
         params.reject_unknown(PARAMS)?;
+        let idle_ms = params.get_u64("idle_ms")?;
+        if idle_ms == Some(0) {
+            return Err(at_least_one(params, "idle_ms"));
+        }
         let mode = match (params.get_u64("every")?, params.get_i64("window_ms")?) {
             (Some(every), None) => {
                 if every == 0 {
                     return Err(at_least_one(params, "every"));
                 }
-                Mode::Every(every)
+                Mode::Every {
+                    every,
+                    idle_ms: idle_ms.unwrap_or(DEFAULT_IDLE_MS),
+                }
+            }
+            (None, Some(_)) if idle_ms.is_some() => {
+                return Err("`idle_ms` goes with `every`; windows expire by themselves".to_owned());
             }
             (None, Some(window_ms)) => {
                 if window_ms < 1 {
@@ -65,11 +87,13 @@ impl Filter for Downsample {
     fn filter(&mut self, record: &Record) -> Result<bool, String> {
         let key = record.key.as_deref().unwrap_or_default();
         match self.mode {
-            Mode::Every(every) => {
+            Mode::Every { every, idle_ms } => {
                 let state_key = [EVERY_PREFIX, key].concat();
                 let seen = state::get_u64(&state_key)?.unwrap_or(0);
-                // Stored modulo N, so the count stays bounded.
-                state::set_u64(&state_key, (seen + 1) % every);
+                // Stored modulo N, so the count stays bounded; each record
+                // of the key moves its expiry on.
+                let next = (seen + 1) % every;
+                state::set_expiring(&state_key, &next.to_be_bytes(), idle_ms);
                 Ok(seen % every == 0)
             }
             Mode::WindowMs(window_ms) => {
@@ -78,7 +102,10 @@ impl Filter for Downsample {
                 match state::get_i64(&state_key)? {
                     Some(last_kept) if window <= last_kept => Ok(false),
                     _ => {
-                        state::set_i64(&state_key, window);
+                        // Kept through the window after this one, so a
+                        // record a little late is still recognised.
+                        let ttl_ms = (window_ms as u64).saturating_mul(2);
+                        state::set_expiring(&state_key, &window.to_be_bytes(), ttl_ms);
                         Ok(true)
                     }
                 }
@@ -214,7 +241,37 @@ mod tests {
     fn init_with_unknown_param_fails() {
         assert_eq!(
             init_error(&[("every", "2"), ("window", "10")]),
-            "unknown parameter `window` (accepted: every, window_ms)"
+            "unknown parameter `window` (accepted: every, window_ms, idle_ms)"
+        );
+    }
+
+    #[test]
+    fn every_forgets_an_idle_key_after_idle_ms() {
+        let params = [("every", "3"), ("idle_ms", "100")];
+        let mut harness = FilterHarness::<Downsample>::new(&params).unwrap();
+        assert_eq!(
+            harness.filter(&[at("k", 0), at("k", 50)]),
+            Ok(vec![true, false])
+        );
+        assert_eq!(harness.filter(&[at("k", 149)]), Ok(vec![false]));
+        assert_eq!(harness.filter(&[at("k", 300)]), Ok(vec![true]), "forgotten");
+        assert_eq!(harness.filter(&[at("j", 1_000)]), Ok(vec![true]));
+        assert_eq!(harness.state().len(), 1, "only `j` is kept");
+    }
+
+    #[test]
+    fn window_state_expires_two_windows_on() {
+        let mut harness = FilterHarness::<Downsample>::new(&[("window_ms", "1000")]).unwrap();
+        assert_eq!(harness.filter(&[at("a", 1_000)]), Ok(vec![true]));
+        assert_eq!(harness.filter(&[at("b", 3_000)]), Ok(vec![true]));
+        assert_eq!(harness.state().len(), 1, "`a` expired at 3000");
+    }
+
+    #[test]
+    fn init_with_idle_ms_and_window_fails() {
+        assert_eq!(
+            init_error(&[("window_ms", "10"), ("idle_ms", "10")]),
+            "`idle_ms` goes with `every`; windows expire by themselves"
         );
     }
 }

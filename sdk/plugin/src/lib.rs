@@ -32,10 +32,10 @@
 //!   init(list<param>) ──────────────▶ glue ──▶ Filter::init(&Params)
 //!   filter(list<record>) ───────────▶ glue ──▶ Filter::filter_batch(&[Record])
 //!   transform(list<record>) ────────▶ glue ──▶ Transform::transform_batch(Vec<Record>)
-//!   log / state imports ◀────────── host ◀─── log::*, state::*
+//!   log / state / budget ◀────────── host ◀─── log::*, state::*, budget::*
 //! ```
 //!
-//! The WIT in `wit/plugin.wit` is the contract; this crate generates its
+//! The WIT in `wit/plugin-0.2.wit` is the contract; this crate generates its
 //! bindings and hides them behind owned types. The same plugin crate
 //! compiles natively, where the export macros only check the trait and the
 //! `log` and `state` imports are served from memory, so its logic is tested
@@ -46,7 +46,7 @@
 //! - [`Filter`] and [`Transform`]: the traits a plugin implements.
 //! - [`export_filter!`] and [`export_transform!`]: the export line.
 //! - [`Record`] and [`Params`]: what a plugin is given.
-//! - [`log`] and [`state`]: the broker's two capabilities.
+//! - [`log`], [`state`] and [`budget`]: the broker's capabilities.
 //! - [`json`]: dotted field paths for JSON plugins.
 //! - [`testing`]: harnesses that run a plugin natively (not in guests).
 //! - [`prelude`]: everything a plugin usually needs, in one `use`.
@@ -60,6 +60,7 @@
 // `Guest` traits) that wit-bindgen leaves undocumented.
 #[allow(unsafe_code, missing_docs)]
 mod bindings;
+pub mod budget;
 mod export;
 mod filter;
 mod host;
@@ -85,6 +86,7 @@ pub use export::glue as __private;
 pub mod prelude {
     pub use crate::json::FieldPath;
     pub use crate::{
-        Filter, ParamError, Params, Record, Transform, export_filter, export_transform, log, state,
+        Filter, ParamError, Params, Record, Transform, budget, export_filter, export_transform,
+        log, state,
     };
 }

@@ -7,6 +7,12 @@
 //! survive a batch here, not in its own fields, which a failed batch does
 //! not roll back and a restart or hot swap empties.
 //!
+//! Keys can expire ([`set_expiring`]): time is event time, the largest
+//! record timestamp the attachment was given so far, so an expired key is
+//! gone the same way when a pipeline replays. [`list`] walks keys in
+//! bounded pages. On a topic's ingest chain the broker stores state after
+//! the batch's records, so a broker restart keeps it.
+//!
 //! Integers are stored as 8 bytes, big-endian, so they read the same from
 //! any plugin version. In native builds the store is an in-memory map (see
 //! [`crate::testing`]).
@@ -55,6 +61,21 @@ pub fn set(key: &[u8], value: &[u8]) {
 /// Removes `key`.
 pub fn delete(key: &[u8]) {
     crate::host::state_delete(key);
+}
+
+/// Stores `value` under `key` until `ttl_ms` milliseconds of event time
+/// after the newest record timestamp seen so far; then the key is gone,
+/// and its bytes no longer count against the state budget.
+pub fn set_expiring(key: &[u8], value: &[u8], ttl_ms: u64) {
+    crate::host::state_set_expiring(key, value, ttl_ms);
+}
+
+/// Up to `limit` live entries (never more than 1,000) whose key starts with
+/// `prefix` and sorts after `after`, in key order. Pass the last key
+/// returned as `after` for the next page; a page shorter than `limit`
+/// is the last.
+pub fn list(prefix: &[u8], after: Option<&[u8]>, limit: u32) -> Vec<(Vec<u8>, Vec<u8>)> {
+    crate::host::state_list(prefix, after, limit)
 }
 
 /// The unsigned integer stored under `key` by [`set_u64`], if any.
@@ -159,5 +180,17 @@ mod tests {
         map.insert(vec![1u8], 1u32);
         assert!(set_json(b"j", &map).is_err());
         assert_eq!(get(b"j"), None);
+    }
+
+    #[test]
+    fn list_pages_by_prefix_and_after() {
+        for key in ["a1", "a2", "a3", "b1"] {
+            set(key.as_bytes(), b"v");
+        }
+        let page = |after: Option<&[u8]>| -> Vec<Vec<u8>> {
+            list(b"a", after, 2).into_iter().map(|(k, _)| k).collect()
+        };
+        assert_eq!(page(None), [b"a1".to_vec(), b"a2".to_vec()]);
+        assert_eq!(page(Some(b"a2")), [b"a3".to_vec()]);
     }
 }

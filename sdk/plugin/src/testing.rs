@@ -83,8 +83,11 @@ impl<P: Filter> FilterHarness<P> {
         })
     }
 
-    /// Runs one batch.
+    /// Runs one batch. Event time first moves to its newest timestamp, and
+    /// keys that expired by then are removed, as the broker does.
     pub fn filter(&mut self, batch: &[Record]) -> Result<Vec<bool>, String> {
+        self.host
+            .advance(batch.iter().map(|record| record.timestamp_ms).max());
         let plugin = &mut self.plugin;
         with_host(&mut self.host, || filter::run_batch(plugin, batch))
     }
@@ -97,7 +100,8 @@ impl<P: Filter> FilterHarness<P> {
         Ok(())
     }
 
-    /// The state as the plugin left it.
+    /// The state as the plugin left it (keys that expired by the last
+    /// batch's event time removed).
     pub fn state(&self) -> &BTreeMap<Vec<u8>, Vec<u8>> {
         &self.host.state
     }
@@ -130,8 +134,11 @@ impl<P: Transform> TransformHarness<P> {
         })
     }
 
-    /// Runs one batch.
+    /// Runs one batch. Event time first moves to its newest timestamp, and
+    /// keys that expired by then are removed, as the broker does.
     pub fn transform(&mut self, batch: Vec<Record>) -> Result<Vec<Vec<Record>>, String> {
+        self.host
+            .advance(batch.iter().map(|record| record.timestamp_ms).max());
         let plugin = &mut self.plugin;
         with_host(&mut self.host, || transform::run_batch(plugin, batch))
     }
@@ -144,7 +151,8 @@ impl<P: Transform> TransformHarness<P> {
         Ok(())
     }
 
-    /// The state as the plugin left it.
+    /// The state as the plugin left it (keys that expired by the last
+    /// batch's event time removed).
     pub fn state(&self) -> &BTreeMap<Vec<u8>, Vec<u8>> {
         &self.host.state
     }

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use edgebus_core::partition::{AckLevel, AppendOutcome};
 use edgebus_core::producer::SequenceSpan;
-use edgebus_proto::batch::{self, BatchBuilder, BatchHeader, BatchInfo, Compression, Record};
+use edgebus_proto::batch::{
+    self, BatchBuilder, BatchHeader, BatchInfo, Compression, Record, StoredRecord,
+};
 use edgebus_proto::frame::{Acks, RecordAcks, RecordFate, Response, TopicSpec};
 use edgebus_proto::{CompressError, DecodeError, ErrorCode};
 use edgebus_store::{LogStore, StoreError};
@@ -274,11 +276,14 @@ async fn through_chain(
         max_batch_bytes: chain::MAX_OUTPUT_BATCH_BYTES,
         overhead_per_input: 0,
     };
-    let run = match chain
-        .run(&target.topic, target.partition, &records, limits)
-        .await
-    {
-        Ok(run) => run,
+    let at = (target.topic.as_str(), target.partition);
+    let appended = chain
+        .run(writer, at, &records, limits, async |run| {
+            append_run(run, spec, writer, dead_letters, &target, &records, batch).await
+        })
+        .await;
+    match appended {
+        Ok(pending) => pending,
         Err(refused) => {
             // A final refusal is never retried, so the producer's next
             // batch follows it: advance the sequence past it. A retriable
@@ -287,9 +292,22 @@ async fn through_chain(
             if target.sequence.is_some() && !refused.code().is_retriable() {
                 let _ = writer.append(target.append(Bytes::new(), 0)).await.await;
             }
-            return Err(refused.into());
+            Err(refused.into())
         }
-    };
+    }
+}
+
+/// Appends what the ingest chain made of a batch, with its dead letters in
+/// the same transaction.
+async fn append_run(
+    run: ChainRun,
+    spec: &TopicSpec,
+    writer: &Writer,
+    dead_letters: &DeadLetters,
+    target: &Target,
+    records: &[StoredRecord],
+    batch: Bytes,
+) -> Result<Pending, ProduceError> {
     if run.unchanged {
         let record_count = BatchHeader::parse(&batch)?.record_count;
         let batch = compress_for(spec, batch).await?;

@@ -149,7 +149,10 @@ pub async fn delete(
         Some(cluster) => cluster.delete_topic(&name).await?,
         None => topics.delete(name.clone()).await?,
     }
-    attachments.topic_deleted(&name);
+    // The topic is gone either way; stale plugin state is only logged.
+    if let Err(error) = attachments.topic_deleted(&name).await {
+        tracing::warn!(topic = %name, %error, "ingest plugin state of a deleted topic not deleted");
+    }
     dead_letters.topic_deleted(&name);
     Ok(Response::TopicDeleted)
 }

@@ -1,0 +1,270 @@
+//! Plugin state that outlives the broker process, in the store's plugin
+//! state table: one owner per attachment (a pipeline's name, or
+//! `ingest:<topic>` for a topic's ingest chain), and within it each stage
+//! under prefixes of its own, one per key space:
+//!
+//! ```text
+//!   owner            key
+//!   "p1"             "0/" + plugin key      → value     (pipeline stage 0, data)
+//!   "p1"             "0~" + host key        → bookkeeping (expiry times)
+//!   "ingest:t"       "0-dedupe/" + key      → value     (ingest stage 0, plugin dedupe)
+//! ```
+//!
+//! Pipeline stages are named by position only (a pipeline's chain never
+//! changes, and the names predate expiry); ingest stages by position and
+//! plugin, so a chain set anew with another plugin in a position does not
+//! inherit the state of the plugin that was there.
+//!
+//! Ingest state is held in memory while its chain runs (it is bounded by
+//! the state budget), loaded from the store when the chain is built, and
+//! every committed change is queued for the store through the writer after
+//! the batch's records (see [`IngestState::flush`]).
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use edgebus_proto::frame::PluginRef;
+use edgebus_store::{LogStore, StateEntries, StoreError};
+use edgebus_wasm::state::usage_of;
+use edgebus_wasm::{MemState, Space, StateStore, StateUsage};
+
+use crate::chain::StateFactory;
+use crate::writer::Writer;
+
+/// Entries read from the store per page when a stage's state is loaded or
+/// counted.
+const LOAD_PAGE_ENTRIES: usize = 1024;
+
+/// Changes in order: `Some` sets, `None` deletes; keys as stored.
+pub type Changes = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+
+/// The store keys of one stage: a prefix per key space.
+#[derive(Debug, Clone)]
+pub struct StageKeys {
+    data: Vec<u8>,
+    meta: Vec<u8>,
+}
+
+impl StageKeys {
+    /// The keys of stage `stage` (`"0"`, or `"0-dedupe"`).
+    pub fn new(stage: &str) -> StageKeys {
+        StageKeys {
+            data: format!("{stage}/").into_bytes(),
+            meta: format!("{stage}~").into_bytes(),
+        }
+    }
+
+    /// The prefix every stored key of `space` starts with.
+    pub fn prefix(&self, space: Space) -> &[u8] {
+        match space {
+            Space::Data => &self.data,
+            Space::Meta => &self.meta,
+        }
+    }
+
+    /// The stored key of `key` in `space`.
+    pub fn key(&self, space: Space, key: &[u8]) -> Vec<u8> {
+        [self.prefix(space), key].concat()
+    }
+
+    /// The key a stored key of `space` stands for.
+    pub fn strip<'a>(&self, space: Space, stored: &'a [u8]) -> Option<&'a [u8]> {
+        stored.strip_prefix(self.prefix(space))
+    }
+}
+
+/// Every entry of `owner` under `prefix`, read in pages.
+fn read_all(store: &dyn LogStore, owner: &str, prefix: &[u8]) -> Result<StateEntries, StoreError> {
+    let mut all = Vec::new();
+    loop {
+        let after = all.last().map(|(key, _): &(Vec<u8>, Vec<u8>)| key.clone());
+        let page = store.plugin_state_list(owner, prefix, after.as_deref(), LOAD_PAGE_ENTRIES)?;
+        let last = page.len() < LOAD_PAGE_ENTRIES;
+        all.extend(page);
+        if last {
+            return Ok(all);
+        }
+    }
+}
+
+/// What a stage keeps in the store for its plugin (its data space, keys
+/// counted without the stage's prefix), as the state budget counts it.
+pub fn stored_usage(
+    store: &dyn LogStore,
+    owner: &str,
+    keys: &StageKeys,
+) -> Result<StateUsage, StoreError> {
+    let entries = read_all(store, owner, keys.prefix(Space::Data))?;
+    let stripped: Vec<(Vec<u8>, Vec<u8>)> = entries
+        .into_iter()
+        .filter_map(|(key, value)| Some((keys.strip(Space::Data, &key)?.to_vec(), value)))
+        .collect();
+    Ok(usage_of(stripped.iter().map(|(k, v)| (k, v))))
+}
+
+/// The owner name of a topic's ingest chain state.
+pub fn ingest_owner(topic: &str) -> String {
+    format!("ingest:{topic}")
+}
+
+/// The stage name of an ingest chain's stage at `position`.
+fn ingest_stage(position: usize, plugin: &str) -> String {
+    format!("{position}-{plugin}")
+}
+
+/// A topic's ingest chain state: loaded from the store when the chain is
+/// built, changes queued until [`IngestState::flush`] hands them to the
+/// writer.
+#[derive(Clone)]
+pub struct IngestState {
+    store: Arc<dyn LogStore>,
+    owner: String,
+    changes: Arc<Mutex<Changes>>,
+}
+
+impl IngestState {
+    /// The state of `topic`'s ingest chain.
+    pub fn new(store: Arc<dyn LogStore>, topic: &str) -> IngestState {
+        IngestState {
+            store,
+            owner: ingest_owner(topic),
+            changes: Arc::default(),
+        }
+    }
+
+    /// Makes each stage's store for a chain of `refs`, loaded from the
+    /// store. A stage whose state cannot be read starts empty, and says so
+    /// in the log.
+    pub fn factory(&self, refs: &[PluginRef]) -> StateFactory {
+        let (this, stages) = (self.clone(), stage_names(refs));
+        Arc::new(move |position| {
+            let keys = StageKeys::new(&stages[position]);
+            let mem = match this.load(&keys) {
+                Ok(mem) => mem,
+                Err(error) => {
+                    tracing::error!(owner = %this.owner, %error,
+                        "stored plugin state unreadable; the stage starts with none");
+                    MemState::new()
+                }
+            };
+            Box::new(StageState {
+                mem,
+                keys,
+                changes: this.changes.clone(),
+            })
+        })
+    }
+
+    fn load(&self, keys: &StageKeys) -> Result<MemState, StoreError> {
+        let mut mem = MemState::new();
+        for space in [Space::Data, Space::Meta] {
+            for (key, value) in read_all(&*self.store, &self.owner, keys.prefix(space))? {
+                if let Some(key) = keys.strip(space, &key) {
+                    mem.set(space, key, &value);
+                }
+            }
+        }
+        Ok(mem)
+    }
+
+    /// Queues the changes committed since the last flush for the store,
+    /// after everything already queued on `writer` (the batch's records),
+    /// so stored state never runs ahead of stored records: after a crash
+    /// between the two, a retried batch is not taken for its own
+    /// duplicate. The caller holds the chain, so flushes keep their order.
+    /// A failed write is logged: the state stays right in memory, and the
+    /// next restart forgets the lost changes.
+    pub async fn flush(&self, writer: &Writer) {
+        let changes =
+            std::mem::take(&mut *self.changes.lock().unwrap_or_else(PoisonError::into_inner));
+        if changes.is_empty() {
+            return;
+        }
+        let owner = self.owner.clone();
+        let queued = writer.queue(move |store| store.put_plugin_state(&owner, &changes));
+        let owner = self.owner.clone();
+        if let Ok(done) = queued.await {
+            tokio::spawn(async move {
+                if let Ok(Err(error)) = done.await {
+                    tracing::warn!(%owner, %error, "plugin state not stored");
+                }
+            });
+        }
+    }
+
+    /// Deletes stored state that no stage of `refs` will read: all of it
+    /// for an empty chain.
+    pub fn prune(&self, refs: &[PluginRef]) -> Result<(), StoreError> {
+        let kept: Vec<StageKeys> = stage_names(refs)
+            .iter()
+            .map(|s| StageKeys::new(s))
+            .collect();
+        let stale: Changes = read_all(&*self.store, &self.owner, b"")?
+            .into_iter()
+            .filter(|(key, _)| {
+                !kept.iter().any(|keys| {
+                    key.starts_with(keys.prefix(Space::Data))
+                        || key.starts_with(keys.prefix(Space::Meta))
+                })
+            })
+            .map(|(key, _)| (key, None))
+            .collect();
+        if stale.is_empty() {
+            return Ok(());
+        }
+        self.store.put_plugin_state(&self.owner, &stale)
+    }
+}
+
+fn stage_names(refs: &[PluginRef]) -> Vec<String> {
+    refs.iter()
+        .enumerate()
+        .map(|(position, r)| ingest_stage(position, &r.name))
+        .collect()
+}
+
+/// One ingest stage's state: all of it in memory, each change also queued
+/// for the store under its stored key.
+struct StageState {
+    mem: MemState,
+    keys: StageKeys,
+    changes: Arc<Mutex<Changes>>,
+}
+
+impl StageState {
+    fn queue(&self, space: Space, key: &[u8], value: Option<&[u8]>) {
+        self.changes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((self.keys.key(space, key), value.map(<[u8]>::to_vec)));
+    }
+}
+
+impl StateStore for StageState {
+    fn get(&mut self, space: Space, key: &[u8]) -> Option<Vec<u8>> {
+        self.mem.get(space, key)
+    }
+
+    fn set(&mut self, space: Space, key: &[u8], value: &[u8]) {
+        self.mem.set(space, key, value);
+        self.queue(space, key, Some(value));
+    }
+
+    fn delete(&mut self, space: Space, key: &[u8]) {
+        self.mem.delete(space, key);
+        self.queue(space, key, None);
+    }
+
+    fn list(
+        &mut self,
+        space: Space,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Vec<(Vec<u8>, Vec<u8>)> {
+        self.mem.list(space, prefix, after, limit)
+    }
+
+    fn usage(&mut self) -> StateUsage {
+        self.mem.usage()
+    }
+}
