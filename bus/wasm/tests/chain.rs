@@ -246,6 +246,9 @@ fn chain_new_with_failing_init_names_the_stage() {
 fn chain_memory_hog_reports_memory_limit_per_record() {
     let engine = engine_with(EngineConfig {
         memory_max_bytes: HOG_MEMORY_MAX_BYTES,
+        // The memory limit is what is tested: on a loaded two-core box a
+        // debug build can take longer than the default 50 ms to grow 16 MiB.
+        deadline: Duration::from_secs(5),
         ..EngineConfig::default()
     });
     let plugin = engine.load(&plugin_wasm("memory_hog")).expect("load");
