@@ -205,19 +205,7 @@ impl Instance {
                 })
             })
             .map(|verdict| {
-                verdict.map(|outputs| {
-                    BatchOutput::Emit(
-                        outputs
-                            .into_iter()
-                            .map(|records| {
-                                records
-                                    .into_iter()
-                                    .map(world::transform_v1::from_record)
-                                    .collect()
-                            })
-                            .collect(),
-                    )
-                })
+                verdict.map(|outputs| emitted(outputs, world::transform_v1::from_record))
             }),
             Bindings::Transform2(guest) => catch_host_panic(|| {
                 world::transform_v2::with_records(batch, |records| {
@@ -225,19 +213,7 @@ impl Instance {
                 })
             })
             .map(|verdict| {
-                verdict.map(|outputs| {
-                    BatchOutput::Emit(
-                        outputs
-                            .into_iter()
-                            .map(|records| {
-                                records
-                                    .into_iter()
-                                    .map(world::transform_v2::from_record)
-                                    .collect()
-                            })
-                            .collect(),
-                    )
-                })
+                verdict.map(|outputs| emitted(outputs, world::transform_v2::from_record))
             }),
         };
         // A guest that trapped, whatever the reason (a state budget breach
@@ -342,4 +318,15 @@ impl fmt::Debug for Instance {
             .field("poisoned", &self.poisoned)
             .finish_non_exhaustive()
     }
+}
+
+/// A transform's outputs, per input record, as the host's records (the
+/// WIT versions generate record types of their own).
+fn emitted<R>(outputs: Vec<Vec<R>>, from: fn(R) -> PluginRecord) -> BatchOutput {
+    BatchOutput::Emit(
+        outputs
+            .into_iter()
+            .map(|records| records.into_iter().map(from).collect())
+            .collect(),
+    )
 }

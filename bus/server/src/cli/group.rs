@@ -150,14 +150,7 @@ pub async fn run(cmd: GroupCommand) -> Result<(), Failure> {
             }
         }
         GroupCommand::Describe(a) => {
-            // In a cluster only the group's coordinator answers.
-            let client = a
-                .common
-                .connect
-                .connect()
-                .await?
-                .coordinator(&a.group)
-                .await;
+            let client = coordinator(&a.common, &a.group).await?;
             let response = request(
                 &client,
                 Request::DescribeGroup {
@@ -246,14 +239,7 @@ pub async fn run(cmd: GroupCommand) -> Result<(), Failure> {
             }
         }
         GroupCommand::ResetOffsets(a) => {
-            // In a cluster only the group's coordinator answers.
-            let client = a
-                .common
-                .connect
-                .connect()
-                .await?
-                .coordinator(&a.group)
-                .await;
+            let client = coordinator(&a.common, &a.group).await?;
             let response = request(
                 &client,
                 Request::ResetPartitionOffsets {
@@ -271,14 +257,7 @@ pub async fn run(cmd: GroupCommand) -> Result<(), Failure> {
             print_resets(&a.group, &resets, a.dry_run, a.common.output);
         }
         GroupCommand::Delete(a) => {
-            // In a cluster only the group's coordinator answers.
-            let client = a
-                .common
-                .connect
-                .connect()
-                .await?
-                .coordinator(&a.group)
-                .await;
+            let client = coordinator(&a.common, &a.group).await?;
             request(
                 &client,
                 Request::DeleteGroup {
@@ -293,6 +272,12 @@ pub async fn run(cmd: GroupCommand) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// The client for the node coordinating `group`: in a cluster only it
+/// answers for the group's members, commits and resets.
+async fn coordinator(common: &CommonArgs, group: &str) -> Result<Client, Failure> {
+    Ok(common.connect.connect().await?.coordinator(group).await)
 }
 
 #[cfg(test)]
