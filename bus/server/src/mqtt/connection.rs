@@ -5,6 +5,9 @@
 //! is sent once the publish is durably committed, after those of every
 //! publish received before it, while later publishes are already on their
 //! way to the writer, so one connection's publishes share group commits.
+//! On their way, the consecutive QoS 1 publishes of one read to one
+//! partition travel as one part to that partition's gather task, which
+//! merges the parts of every connection into one append.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
@@ -14,9 +17,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use edgebus_core::producer::AppendRefused;
-use edgebus_proto::batch::{self, BatchBuilder, Header, ProducerStamp, Record, StoredRecord};
+use bytes::BytesMut;
+use edgebus_proto::batch::{self, ProducerStamp, StoredRecord};
 use edgebus_proto::frame::{Acks, Position};
 use futures::FutureExt;
 use futures::stream::{FuturesOrdered, StreamExt};
@@ -25,15 +27,15 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
+use super::gather::{self, Part, Verdict};
 use super::packet::{
     self, Connect, DecodeError, Goodbye, Inbound, Outbound, Publish, PublishRefusal, QoS, Refusal,
     Version, Will,
 };
 use super::session::{self, PendingRelease, StoredSession, StoredSubscription};
 use super::{Door, MqttRefusal, TOPIC_HEADER};
-use crate::cmd::produce::{self, Produce, ProduceError};
+use crate::cmd::produce;
 use crate::reader::Reader;
-use crate::writer::AppendFailure;
 
 /// How often a persistent session's delivery positions are saved while
 /// they change (and always when the connection ends). QoS 1 is at least
@@ -44,10 +46,10 @@ const SESSION_SAVE_INTERVAL: Duration = Duration::from_secs(1);
 /// subscription, so a subscribe to a long log stays bounded.
 const MAX_RETAINED_SCAN_BYTES: u64 = 64 << 20;
 
-/// Payload bytes of consecutive QoS 1 publishes stored as one batch at
-/// most (a single larger publish is a batch of its own), keeping batches
-/// well within what a fetch serves.
-const MAX_RUN_BYTES: usize = 256 << 10;
+/// Payload and topic bytes of consecutive QoS 1 publishes handed to a
+/// partition's gather task as one part at most (a single larger publish
+/// is a part of its own).
+const MAX_RUN_BYTES: usize = gather::MAX_GROUP_BYTES;
 
 /// Bytes one feed reads per store read (a larger batch is read whole).
 const FEED_READ_BYTES: u32 = 64 << 10;
@@ -405,6 +407,8 @@ struct Conn {
     next_pkid: u16,
     producer_id: Option<i64>,
     sequences: HashMap<(String, u32), i32>,
+    /// The gather task of each partition published to.
+    gathers: HashMap<(String, u32), mpsc::Sender<Part>>,
     will: Option<Will>,
     /// Positions moved since the session was last saved.
     dirty: bool,
@@ -439,6 +443,7 @@ impl Conn {
             next_pkid: 1,
             producer_id: None,
             sequences: HashMap::new(),
+            gathers: HashMap::new(),
             will: connect.will.clone(),
             dirty: false,
         }
@@ -538,23 +543,37 @@ impl Conn {
     async fn handle_buffered(&mut self, rbuf: &mut BytesMut) -> Result<(), End> {
         let max_bytes = self.door.config.max_packet_bytes as usize;
         let mut run: Option<Run> = None;
+        // The last MQTT topic routed and where it went: a device publishes
+        // to the same topic again and again, and within one read the
+        // mapping and the partition count stay what they were.
+        let mut routed: Option<(String, (String, u32))> = None;
         loop {
             match packet::decode(rbuf, Some(self.version), max_bytes) {
                 Ok(Some(Inbound::Publish(p))) if p.qos == QoS::AtLeastOnce => {
-                    let Some(target) = self.route(&p)? else {
-                        continue;
+                    let target = match routed {
+                        Some((ref topic, ref target)) if *topic == p.topic => {
+                            self.admit(&p)?;
+                            target
+                        }
+                        _ => {
+                            let Some(target) = self.route(&p)? else {
+                                continue;
+                            };
+                            &routed.insert((p.topic.clone(), target)).1
+                        }
                     };
                     self.qos1_pending += 1;
                     match run.as_mut() {
-                        Some(r) if r.target == target && r.bytes < MAX_RUN_BYTES => {
-                            r.bytes += p.payload.len() + p.topic.len();
+                        Some(r) if r.target == *target && r.bytes < MAX_RUN_BYTES => {
+                            r.bytes += gather::publish_bytes(&p);
                             r.publishes.push(p);
                         }
                         _ => {
+                            let target = target.clone();
                             self.flush_run(run.take()).await?;
                             run = Some(Run {
                                 target,
-                                bytes: p.payload.len() + p.topic.len(),
+                                bytes: gather::publish_bytes(&p),
                                 publishes: vec![p],
                             });
                         }
@@ -644,9 +663,9 @@ impl Conn {
         }
     }
 
-    /// Where a publish goes, checking the limits and the mapping first.
-    /// `Ok(None)`: refused, and the client told so.
-    fn route(&mut self, p: &Publish) -> Result<Option<(String, u32)>, End> {
+    /// The limits every publish is checked against: no topic aliases,
+    /// and no more unacknowledged than the receive maximum.
+    fn admit(&mut self, p: &Publish) -> Result<(), End> {
         if p.topic_alias.is_some() {
             return Err(End::Goodbye(Goodbye::TopicAliasInvalid));
         }
@@ -657,6 +676,13 @@ impl Conn {
             self.door.refused(MqttRefusal::MaxInflight);
             return Err(End::Goodbye(Goodbye::ReceiveMaximumExceeded));
         }
+        Ok(())
+    }
+
+    /// Where a publish goes, checking the limits and the mapping first.
+    /// `Ok(None)`: refused, and the client told so.
+    fn route(&mut self, p: &Publish) -> Result<Option<(String, u32)>, End> {
+        self.admit(p)?;
         let door = self.door.clone();
         let Some(mapping) = session::mapping_for_topic(&door.config.map, &p.topic) else {
             self.door.refused(MqttRefusal::UnmappedTopic);
@@ -691,36 +717,45 @@ impl Conn {
         if p.qos == QoS::ExactlyOnce {
             return self.publish_exactly_once(p, target).await;
         }
-        let batch = record_batch(std::slice::from_ref(&p), ProducerStamp::NONE);
-        if let Err(e) = produce_to(&self.door, &target, Acks::None, batch).await {
-            tracing::debug!(topic = p.topic, error = %e, "MQTT QoS 0 publish dropped");
-        }
+        let part = Part::Alone {
+            publish: p,
+            stamp: ProducerStamp::NONE,
+            acks: Acks::None,
+            done: None,
+        };
+        self.hand_over(target, part).await;
         Ok(())
     }
 
-    /// Stores a run of QoS 1 publishes as one batch, acknowledged together
-    /// once it is durable.
+    /// Hands a part to its partition's gather task. If that task is gone,
+    /// the part's answer is dropped with it, which refuses its publishes.
+    async fn hand_over(&mut self, target: (String, u32), part: Part) {
+        let tx = match self.gathers.get(&target) {
+            Some(tx) => tx,
+            None => {
+                let tx = self.door.gather(&target.0, target.1);
+                self.gathers.entry(target).or_insert(tx)
+            }
+        };
+        let _ = tx.send(part).await;
+    }
+
+    /// Hands a run of QoS 1 publishes over as one part, acknowledged
+    /// together once it is durable.
     async fn flush_run(&mut self, run: Option<Run>) -> Result<(), End> {
         let Some(run) = run else {
             return Ok(());
         };
-        let batch = record_batch(&run.publishes, ProducerStamp::NONE);
         let pkids: Vec<u16> = run.publishes.iter().map(|p| p.pkid).collect();
-        match produce_to(&self.door, &run.target, Acks::Durable, batch).await {
-            Ok(pending) => {
-                self.acks
-                    .push_back(ack_when(pending, pkids, QoS::AtLeastOnce));
-                Ok(())
-            }
-            Err(e) => {
-                tracing::debug!(topic = run.target.0, error = %e, "MQTT publishes refused");
-                self.qos1_pending -= run.publishes.len();
-                for p in &run.publishes {
-                    self.refuse_publish(p, PublishRefusal::Unspecified)?;
-                }
-                Ok(())
-            }
-        }
+        let (done, verdict) = oneshot::channel();
+        let part = Part::Shared {
+            publishes: run.publishes,
+            done,
+        };
+        self.hand_over(run.target, part).await;
+        self.acks
+            .push_back(ack_when(verdict, pkids, QoS::AtLeastOnce));
+        Ok(())
     }
 
     /// QoS 2: each new packet id gets the next producer sequence of its
@@ -776,25 +811,20 @@ impl Conn {
             producer_epoch: 0,
             base_sequence: sequence,
         };
-        match produce_to(
-            &self.door.clone(),
-            &target,
-            Acks::Durable,
-            record_batch(std::slice::from_ref(&p), stamp),
-        )
-        .await
-        {
-            Ok(pending) => {
-                self.acks
-                    .push_back(ack_when(pending, vec![p.pkid], QoS::ExactlyOnce));
-                Ok(())
-            }
-            Err(e) => {
-                tracing::debug!(topic = p.topic, error = %e, "MQTT QoS 2 publish refused");
-                self.qos2.remove(&p.pkid);
-                self.refuse_publish(&p, PublishRefusal::Unspecified)
-            }
-        }
+        let pkid = p.pkid;
+        let (done, verdict) = oneshot::channel();
+        let part = Part::Alone {
+            publish: p,
+            stamp,
+            acks: Acks::Durable,
+            done: Some(done),
+        };
+        self.hand_over(target, part).await;
+        // A refusal comes back as this acknowledgement, which then
+        // forgets the packet id.
+        self.acks
+            .push_back(ack_when(verdict, vec![pkid], QoS::ExactlyOnce));
+        Ok(())
     }
 
     fn acknowledge(&mut self, done: AckDone) -> Result<(), End> {
@@ -1178,11 +1208,12 @@ impl Conn {
         } else {
             Acks::Durable
         };
-        match produce_to(
-            &self.door.clone(),
-            &target,
+        match gather::produce_to(
+            &self.door.broker,
+            &target.0,
+            target.1,
             acks,
-            record_batch(std::slice::from_ref(&p), ProducerStamp::NONE),
+            gather::record_batch(std::iter::once(&p), ProducerStamp::NONE),
         )
         .await
         {
@@ -1195,30 +1226,6 @@ impl Conn {
             Err(e) => tracing::warn!(topic = p.topic, error = %e, "MQTT will not stored"),
         }
     }
-}
-
-/// Hands a record batch to the produce path every door shares.
-async fn produce_to(
-    door: &Door,
-    (topic, partition): &(String, u32),
-    acks: Acks,
-    batch: Bytes,
-) -> Result<produce::Pending, ProduceError> {
-    let b = &door.broker;
-    let request = Produce {
-        topic: topic.clone(),
-        partition: *partition,
-        acks,
-        batch,
-    };
-    produce::produce(
-        &b.topics,
-        &b.attachments,
-        &b.writer,
-        &b.dead_letters,
-        request,
-    )
-    .await
 }
 
 /// The last record of each MQTT topic matching `filter` below `ends`,
@@ -1281,57 +1288,13 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-/// The acknowledgement of publishes once the writer has decided on their
-/// batch.
-fn ack_when(pending: produce::Pending, pkids: Vec<u16>, qos: QoS) -> AckFuture {
+/// The acknowledgement of publishes once their gather task has the
+/// writer's answer (a task that dropped the part refuses them).
+fn ack_when(verdict: oneshot::Receiver<Verdict>, pkids: Vec<u16>, qos: QoS) -> AckFuture {
     Box::pin(async move {
-        let result = match produce::acknowledged(pending).await {
-            Ok(_) => Ok(()),
-            // A QoS 2 retransmission older than the dedup window's newest
-            // batch: stored before.
-            Err(ProduceError::Write(AppendFailure::Refused(AppendRefused::StaleDuplicate {
-                ..
-            }))) => Ok(()),
-            Err(e) => {
-                tracing::debug!(?pkids, error = %e, "MQTT publishes not stored");
-                Err(PublishRefusal::Unspecified)
-            }
-        };
+        let result = verdict.await.unwrap_or(Err(PublishRefusal::Unspecified));
         AckDone { pkids, qos, result }
     })
-}
-
-/// One batch of the publishes' records: each MQTT topic as key and
-/// `mqtt-topic` header, user properties as further headers, the payload
-/// as value.
-fn record_batch(publishes: &[Publish], stamp: ProducerStamp) -> Bytes {
-    let timestamp_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
-    let bytes: usize = publishes
-        .iter()
-        .map(|p| p.payload.len() + p.topic.len() * 2 + 32)
-        .sum();
-    let mut builder = BatchBuilder::with_capacity(bytes);
-    for p in publishes {
-        let topic = Bytes::copy_from_slice(p.topic.as_bytes());
-        let mut headers = Vec::with_capacity(1 + p.user_properties.len());
-        headers.push(Header {
-            key: TOPIC_HEADER.to_owned(),
-            value: topic.clone(),
-        });
-        headers.extend(p.user_properties.iter().map(|(k, v)| Header {
-            key: k.clone(),
-            value: Bytes::copy_from_slice(v.as_bytes()),
-        }));
-        builder.push(&Record {
-            key: Some(topic),
-            value: p.payload.clone(),
-            headers,
-            timestamp_ms,
-        });
-    }
-    builder.finish(stamp)
 }
 
 /// A record's MQTT topic: its `mqtt-topic` header, else its key, when

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //!  device ──TCP──▶ door (accept, max_clients) ──▶ connection (session state machine)
-//!                                                  │ PUBLISH → cmd::produce (ingest chains, writer)
+//!                                                  │ PUBLISH → gather (per partition) → cmd::produce (ingest chains, writer)
 //!                                                  │ SUBSCRIBE → feeds: one per partition, reader + notifier
 //!                                                  └ session state → metadata store (redb)
 //! ```
@@ -12,6 +12,8 @@
 //! - [`config`]: `[mqtt]`: listener, mappings, accounts, limits.
 //! - [`session`]: what a persistent session stores; topic mapping.
 //! - `connection`: one client connection, from CONNECT to its end.
+//! - `gather`: one task per partition published to, which appends the
+//!   publishes of every connection that arrive together as one batch.
 //!
 //! A publish goes through the same produce path as a QUIC `Produce`
 //! ([`crate::cmd::produce`]), so ingest plugins run on it and its record
@@ -20,6 +22,7 @@
 
 pub mod config;
 mod connection;
+mod gather;
 pub mod packet;
 pub mod session;
 
@@ -114,6 +117,8 @@ pub(crate) struct Door {
     clients: AtomicUsize,
     next_connection: AtomicU64,
     live: Mutex<HashMap<String, Live>>,
+    /// The gather task of each partition published to.
+    gathers: Mutex<HashMap<(String, u32), tokio::sync::mpsc::Sender<gather::Part>>>,
 }
 
 impl Door {
@@ -185,6 +190,7 @@ pub async fn bind(
             clients: AtomicUsize::new(0),
             next_connection: AtomicU64::new(1),
             live: Mutex::new(HashMap::new()),
+            gathers: Mutex::new(HashMap::new()),
         }),
     })
 }
@@ -272,6 +278,21 @@ fn common_name(cert: &rustls::pki_types::CertificateDer<'_>) -> Option<String> {
 }
 
 impl Door {
+    /// The queue of the gather task of `partition` of `topic`, started on
+    /// first use (and again should it have ended).
+    fn gather(&self, topic: &str, partition: u32) -> tokio::sync::mpsc::Sender<gather::Part> {
+        let mut gathers = self.gathers.lock().unwrap_or_else(PoisonError::into_inner);
+        let key = (topic.to_owned(), partition);
+        match gathers.get(&key) {
+            Some(tx) if !tx.is_closed() => tx.clone(),
+            _ => {
+                let tx = gather::spawn(self.broker.clone(), topic.to_owned(), partition);
+                gathers.insert(key, tx.clone());
+                tx
+            }
+        }
+    }
+
     /// Registers `connection` as the live one of `client_id`, kicking any
     /// other, and waits until that one has saved its session.
     async fn take_over(
