@@ -333,7 +333,7 @@ struct AckDone {
 
 type AckFuture = Pin<Box<dyn Future<Output = AckDone> + Send>>;
 
-/// Consecutive QoS 1 publishes to one partition, stored as one batch.
+/// Consecutive QoS 1 publishes to one partition, handed over as one part.
 struct Run {
     target: (String, u32),
     publishes: Vec<Publish>,
@@ -538,8 +538,9 @@ impl Conn {
     }
 
     /// Handles every whole packet in `rbuf`. Consecutive QoS 1
-    /// publishes to one partition become one batch (a [`Run`]), so a
-    /// client that pipelines costs the writer one append, not one each.
+    /// publishes to one partition become one part (a [`Run`]) for its
+    /// gather task, so a client that pipelines costs one hand-over, not
+    /// one each.
     async fn handle_buffered(&mut self, rbuf: &mut BytesMut) -> Result<(), End> {
         let max_bytes = self.door.config.max_packet_bytes as usize;
         let mut run: Option<Run> = None;

@@ -6,8 +6,9 @@
 //! arrives meanwhile becomes its next append. Under load one append then
 //! carries the QoS 1 publishes of many connections (one record batch, one
 //! trip through the produce path and one store insert per partition and
-//! group commit, instead of one per connection and read), while a publish
-//! that finds nothing in flight goes to the writer at once.
+//! group commit, instead of one per connection and read). Below that, a
+//! group waits only for the connections the runtime is about to run (one
+//! yield) before it goes to the writer.
 //!
 //! Order: one channel and one task per partition, so a connection's
 //! publishes to a partition reach the writer in the order it handed them
@@ -37,9 +38,12 @@ use crate::cmd::produce::{self, Produce, ProduceError};
 use crate::writer::AppendFailure;
 
 /// Appends of one partition's task the writer has not acknowledged yet,
-/// at most: one being committed and one queued for the next commit keep
-/// the writer busy; more would only make each smaller.
-pub(super) const MAX_APPENDS_IN_FLIGHT: usize = 2;
+/// at most. Under load the task reaches it and what arrives meanwhile
+/// waits to become one large append; below it an append goes out at once.
+/// Two (one being committed, one queued) made the largest batches but let
+/// a publish arriving just after the queued one was taken into a commit
+/// wait a whole commit more: p99 at 2,000 msg/s went from 9 to 13 ms.
+pub(super) const MAX_APPENDS_IN_FLIGHT: usize = 4;
 
 /// Payload and topic bytes of the publishes merged into one batch at
 /// most (a single larger part is a batch of its own), keeping batches
@@ -116,6 +120,11 @@ async fn run(broker: Broker, topic: String, partition: u32, mut rx: mpsc::Receiv
                 },
             },
         };
+        if let Part::Shared { .. } = first {
+            // Let the connections that are ready run first: what they
+            // hand over joins this group rather than making its own.
+            tokio::task::yield_now().await;
+        }
         let group = gather(first, &mut rx, &mut carry);
         let merge = broker.attachments.ingest_chain(&topic).is_none();
         if let Some(f) = append(&broker, &topic, partition, group, merge).await {
