@@ -1032,3 +1032,63 @@ fn pipelined_qos1_publishes_are_acknowledged_in_order_and_stored_once() {
     values.sort_unstable();
     assert_eq!(values, (1..=24).collect::<Vec<u16>>());
 }
+
+/// Publishes of many connections to one partition are appended as one
+/// batch: a publish the produce path refuses (here: over the topic's
+/// `max.message.bytes`) is refused to its own client only, and the
+/// others' publishes that arrived with it are still stored and
+/// acknowledged.
+#[test]
+fn a_refused_publish_refuses_only_its_own_client() {
+    let m = Mqtt::start("", &["sensors/#=sensors"]);
+    m.broker.ok(&[
+        "topic",
+        "create",
+        "sensors",
+        "--partitions",
+        "1",
+        "--max-message-bytes",
+        "200",
+    ]);
+    let mut big = connect_v5(m.port, "too-big");
+    let mut small = connect_v5(m.port, "small");
+    // Each round within the receive maximum (32: the dedup window).
+    let (rounds, per_round) = (5u16, 20u16);
+    for round in 0..rounds {
+        let mut p = v5::Publish::new("sensors/big", QoS::AtLeastOnce, vec![b'x'; 1000], None);
+        p.pkid = round + 1;
+        let mut burst = BytesMut::new();
+        for i in 0..per_round {
+            let pkid = round * per_round + i + 1;
+            let mut p = v5::Publish::new("sensors/small", QoS::AtLeastOnce, pkid.to_string(), None);
+            p.pkid = pkid;
+            v5::Packet::Publish(p).write(&mut burst, None).unwrap();
+        }
+        // Both at once, so the two clients' publishes reach the
+        // partition together.
+        send(&mut big, v5::Packet::Publish(p));
+        small.write_all(&burst).unwrap();
+        match read_v5(&mut big) {
+            Some(v5::Packet::PubAck(a)) => assert_eq!(
+                (a.pkid, a.reason),
+                (round + 1, v5::PubAckReason::UnspecifiedError)
+            ),
+            other => panic!("expected a refusing PUBACK, got {other:?}"),
+        }
+        for i in 0..per_round {
+            let pkid = round * per_round + i + 1;
+            match read_v5(&mut small) {
+                Some(v5::Packet::PubAck(a)) => {
+                    assert_eq!((a.pkid, a.reason), (pkid, v5::PubAckReason::Success))
+                }
+                other => panic!("expected PUBACK {pkid}, got {other:?}"),
+            }
+        }
+    }
+    let records = m.records("sensors", (rounds * per_round) as usize);
+    let values: Vec<u16> = records
+        .iter()
+        .map(|r| r["value"].as_str().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(values, (1..=rounds * per_round).collect::<Vec<u16>>());
+}

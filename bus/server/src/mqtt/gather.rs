@@ -197,12 +197,7 @@ async fn append(
 }
 
 /// One part as a batch of its own.
-async fn append_part(
-    broker: &Broker,
-    topic: &str,
-    partition: u32,
-    part: Part,
-) -> Option<InFlight> {
+async fn append_part(broker: &Broker, topic: &str, partition: u32, part: Part) -> Option<InFlight> {
     let (batch, acks, done) = match part {
         Part::Shared { publishes, done } => (
             record_batch(publishes.iter(), ProducerStamp::NONE),
@@ -305,7 +300,10 @@ pub(super) fn record_batch<'a>(
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64);
     let (topic_bytes, bytes) = publishes.clone().fold((0, 0), |(t, b), p| {
-        (t + p.topic.len(), b + p.payload.len() + p.topic.len() * 2 + 32)
+        (
+            t + p.topic.len(),
+            b + p.payload.len() + p.topic.len() * 2 + 32,
+        )
     });
     let mut names = BytesMut::with_capacity(topic_bytes);
     for p in publishes.clone() {
@@ -328,10 +326,12 @@ pub(super) fn record_batch<'a>(
         at += p.topic.len();
         record.headers.truncate(1);
         record.headers[0].value = topic.clone();
-        record.headers.extend(p.user_properties.iter().map(|(k, v)| Header {
-            key: k.clone(),
-            value: Bytes::copy_from_slice(v.as_bytes()),
-        }));
+        record
+            .headers
+            .extend(p.user_properties.iter().map(|(k, v)| Header {
+                key: k.clone(),
+                value: Bytes::copy_from_slice(v.as_bytes()),
+            }));
         record.key = Some(topic);
         record.value = p.payload.clone();
         builder.push(&record);
@@ -431,7 +431,11 @@ mod tests {
         let group = gather(carry.take().unwrap(), &mut rx, &mut carry);
         assert_eq!(pkids(&group), vec![2]);
         let group = gather(carry.take().unwrap(), &mut rx, &mut carry);
-        assert_eq!(pkids(&group), vec![3], "a part over the limit is a batch alone");
+        assert_eq!(
+            pkids(&group),
+            vec![3],
+            "a part over the limit is a batch alone"
+        );
         assert!(carry.is_none());
     }
 
@@ -439,7 +443,11 @@ mod tests {
     fn record_batch_keys_and_headers_each_publish_by_its_topic() {
         let mut with_props = publish("dev/2/temp", b"19.0", 2);
         with_props.user_properties = vec![("unit".into(), "celsius".into())];
-        let publishes = [publish("dev/1", b"21.5", 1), with_props, publish("d", b"", 3)];
+        let publishes = [
+            publish("dev/1", b"21.5", 1),
+            with_props,
+            publish("d", b"", 3),
+        ];
         let batch = record_batch(publishes.iter(), ProducerStamp::NONE);
         let records = batch::records(&batch).unwrap();
         assert_eq!(records.len(), 3);
