@@ -7,8 +7,9 @@
 //! carries the QoS 1 publishes of many connections (one record batch, one
 //! trip through the produce path and one store insert per partition and
 //! group commit, instead of one per connection and read). Below that, a
-//! group waits only for the connections the runtime is about to run (one
-//! yield) before it goes to the writer.
+//! group goes to the writer at once when nothing is in flight, and
+//! otherwise after the connections the runtime is about to run (one
+//! yield) have handed theirs over.
 //!
 //! Order: one channel and one task per partition, so a connection's
 //! publishes to a partition reach the writer in the order it handed them
@@ -120,9 +121,10 @@ async fn run(broker: Broker, topic: String, partition: u32, mut rx: mpsc::Receiv
                 },
             },
         };
-        if let Part::Shared { .. } = first {
-            // Let the connections that are ready run first: what they
-            // hand over joins this group rather than making its own.
+        if matches!(first, Part::Shared { .. }) && !in_flight.is_empty() {
+            // The writer is busy with an earlier append, so waiting costs
+            // nothing: let the connections that are ready run first, and
+            // what they hand over joins this group.
             tokio::task::yield_now().await;
         }
         let group = gather(first, &mut rx, &mut carry);
