@@ -136,6 +136,11 @@ pub struct FetchRequest {
     /// rebuilt replica back into the ISR.
     #[serde(default)]
     pub rebuilt: Option<u64>,
+    /// The high watermark the follower knows: a leader holding a fetch
+    /// that finds nothing new answers at once when its own is ahead, so
+    /// followers serve what is committed without waiting for more writes.
+    #[serde(default)]
+    pub high_watermark: u64,
 }
 
 /// Why a leader would not serve a fetch.
@@ -560,8 +565,10 @@ impl Replica {
                 });
                 if batches.is_empty() || !valid {
                     following.next_fetch = pause;
-                    if valid {
-                        self.raise_high_watermark(high_watermark);
+                    // An answer that only moves the high watermark is
+                    // progress, not an idle leader: fetch again at once.
+                    if valid && self.raise_high_watermark(high_watermark) {
+                        self.after_local_change(now, now);
                     }
                     return;
                 }
@@ -626,13 +633,16 @@ impl Replica {
     /// it and below its own log end is committed (its log matches the
     /// leader's up to its fetch offset, or the leader would have said it
     /// diverges), so readers here may see them.
-    fn raise_high_watermark(&mut self, leader_high_watermark: u64) {
+    /// Returns whether it moved.
+    fn raise_high_watermark(&mut self, leader_high_watermark: u64) -> bool {
         let known = leader_high_watermark.min(self.log_end);
         if known > self.high_watermark {
             self.high_watermark = known;
             self.commands
                 .push_back(ReplicaCommand::Engine(Command::HighWatermark(known)));
+            return true;
         }
+        false
     }
 
     /// The last `AppendReplicated` stored nothing.
@@ -731,6 +741,7 @@ impl Replica {
                             .find(|e| e.start_offset < self.log_end)
                             .map(|e| e.epoch),
                         rebuilt,
+                        high_watermark: self.high_watermark,
                     };
                     self.commands.push_back(ReplicaCommand::Fetch {
                         leader: following.leader,
@@ -1184,6 +1195,7 @@ mod tests {
             durable_end: offset,
             last_fetched_epoch: last,
             rebuilt: None,
+            high_watermark: 0,
         }
     }
 
@@ -1559,10 +1571,20 @@ mod tests {
         );
         let commands: Vec<_> = std::iter::from_fn(|| r.poll_command()).collect();
         assert_eq!(
-            commands,
-            vec![ReplicaCommand::Engine(Command::HighWatermark(5))],
+            commands.first(),
+            Some(&ReplicaCommand::Engine(Command::HighWatermark(5))),
             "capped at its own log end"
         );
         assert_eq!(r.high_watermark(), 5);
+        // An answer that moved the high watermark is progress: the next
+        // fetch goes at once, and tells the leader what it knows.
+        assert!(
+            matches!(
+                commands.get(1),
+                Some(ReplicaCommand::Fetch { request, .. }) if request.high_watermark == 5
+            ),
+            "{commands:?}"
+        );
+        assert_eq!(commands.len(), 2, "{commands:?}");
     }
 }

@@ -270,6 +270,17 @@ async fn serve_stream(
                     produce::produce(&b.topics, &b.attachments, &b.writer, &b.dead_letters, p)
                         .await;
                 match accepted {
+                    // A topic the control log has created but this node
+                    // has not yet: as Kafka's LEADER_NOT_AVAILABLE, the
+                    // producer looks up the leader again and retries.
+                    Err(produce::ProduceError::UnknownTopic(unknown))
+                        if b.cluster.as_ref().is_some_and(|c| c.has_topic(&unknown.0)) =>
+                    {
+                        Box::pin(std::future::ready(Some(Response::error(
+                            ErrorCode::NotLeader,
+                            format!("topic {:?} is not created on this node yet", unknown.0),
+                        ))))
+                    }
                     Err(e) => Box::pin(std::future::ready(Some(error::response(&e)))),
                     Ok(pending) => Box::pin(async move {
                         let response = cmd::respond(produce::acknowledged(pending).await);

@@ -314,6 +314,7 @@ pub struct Writer {
     tx: mpsc::Sender<Op>,
     engines: Arc<Mutex<Engines>>,
     watermarks: Arc<Watermarks>,
+    notifier: Notifier,
     commits: Arc<tokio::sync::Notify>,
     destinations: Arc<mirror::Destinations>,
 }
@@ -346,7 +347,7 @@ impl Writer {
             destinations: destinations.clone(),
             commits: commits.clone(),
             store,
-            notifier,
+            notifier: notifier.clone(),
             engines: engines.clone(),
             watermarks: watermarks.clone(),
             max_group_bytes,
@@ -365,6 +366,7 @@ impl Writer {
             tx,
             engines,
             watermarks,
+            notifier,
             commits,
             destinations,
         })
@@ -644,6 +646,15 @@ struct Group {
     /// Answers due once the group commits: appends that store nothing of
     /// their own but whose dead letters ride in the group.
     after_commit: Vec<(oneshot::Sender<AppendResult>, AppendOutcome)>,
+    /// Partitions whose follower appends (a replica's `AppendReplicated`)
+    /// ride in the group, told once it is durable.
+    replicated: Vec<Key>,
+}
+
+impl Group {
+    fn is_empty(&self) -> bool {
+        self.writes.is_empty() && self.after_commit.is_empty() && self.replicated.is_empty()
+    }
 }
 
 struct Shell {
@@ -697,7 +708,9 @@ impl Shell {
                         self.execute(ordered);
                     }
                     Op::Cluster(op) => {
-                        self.commit_group();
+                        if op.needs_group_committed() {
+                            self.commit_group();
+                        }
                         self.cluster_op(op);
                     }
                 }
@@ -707,8 +720,7 @@ impl Shell {
                     next = rx.try_recv().ok();
                 }
             }
-            self.commit_group();
-            self.replication_work();
+            self.settle();
             if !commits.is_empty() {
                 commit_offsets(&*self.store, &mut commits);
             }
@@ -993,25 +1005,31 @@ impl Shell {
 
     /// Sends an ack to its requester, or publishes a high watermark.
     fn route(&self, key: &Key, slot: &mut Slot, command: Command, failure: Option<&AppendFailure>) {
-        match command {
-            Command::Ack { id, result } => {
-                if let Some(reply) = slot.replies.remove(&id) {
-                    let _ = reply.send(result.map_err(|e| failure_of(e, failure)));
-                }
-            }
-            Command::HighWatermark(high_watermark) => {
-                self.watermarks.set(key.clone(), high_watermark);
-                self.notifier.publish(&key.0, key.1, high_watermark);
-            }
-            Command::Append { .. } => {
-                // Only the request being submitted emits an Append, and
-                // `submit` takes it.
-                tracing::error!(topic = %key.0, partition = key.1, "unexpected append command");
+        route(
+            &self.watermarks,
+            &self.notifier,
+            key,
+            slot,
+            command,
+            failure,
+        );
+    }
+
+    /// Commits the group, then what its commit set off (a follower's next
+    /// fetch, which may bring appends for the next group), until nothing
+    /// waits to be stored.
+    fn settle(&mut self) {
+        loop {
+            self.commit_group();
+            self.replication_work();
+            if self.group.is_empty() {
+                return;
             }
         }
     }
 
-    /// Commits the group, if it has writes, and tells the engines.
+    /// Commits the group, if it has writes, and tells the engines and
+    /// replicas.
     fn commit_group(&mut self) {
         let group = std::mem::take(&mut self.group);
         if group.writes.is_empty() {
@@ -1020,8 +1038,17 @@ impl Shell {
             }
             return;
         }
+        // A cluster leader makes a durable group visible before its fsync,
+        // so followers fetch it while it syncs: an `acks=all` ack then
+        // waits for the slower of the two fsyncs, not their sum. Nothing
+        // is acknowledged or shown to readers before the sync that
+        // follows (the high watermark counts only the leader's durable
+        // end), and a leader that crashes in between lost only unacked
+        // writes, which followers that copied them keep or truncate by
+        // epoch like any other.
+        let early = group.durable && self.replication.is_some() && !group.last.is_empty();
         let started = Instant::now();
-        let outcome = self.store.append_at(&group.writes, group.durable);
+        let outcome = self.store.append_at(&group.writes, group.durable && !early);
         let elapsed = started.elapsed();
         tracing::trace!(
             batches = group.writes.len(),
@@ -1031,14 +1058,19 @@ impl Shell {
         );
         self.metrics
             .writer
-            .group_commit(group.writes.len(), elapsed, group.durable);
-        match &outcome {
+            .group_commit(group.writes.len(), elapsed, group.durable && !early);
+        let stored = match &outcome {
             Ok(()) => {
                 self.count_appended(&group.writes);
-                self.written(group.last, group.durable);
+                self.written(group.last, group.durable && !early);
+                !early || self.flush()
             }
-            Err(e) => self.failed(&group.last, e),
-        }
+            Err(e) => {
+                self.failed(&group.last, e);
+                false
+            }
+        };
+        self.replicated(&group.replicated, stored);
         for (reply, answer) in group.after_commit {
             let answer = match &outcome {
                 Ok(()) => Ok(answer),
@@ -1162,16 +1194,23 @@ impl Shell {
 
     /// Makes every committed write durable with one fsync'd (empty)
     /// transaction, releasing the acks and the high watermark waiting on it.
-    fn flush(&mut self) {
+    /// Returns whether every commit is durable now.
+    fn flush(&mut self) -> bool {
         if self.unflushed_since.is_none() {
-            return;
+            return true;
         }
         let started = Instant::now();
         let outcome = self.store.append_at(&[], true);
         self.metrics.writer.commit(started.elapsed(), true);
         match outcome {
-            Ok(()) => self.written(HashMap::new(), true),
-            Err(e) => self.failed(&HashMap::new(), &e),
+            Ok(()) => {
+                self.written(HashMap::new(), true);
+                true
+            }
+            Err(e) => {
+                self.failed(&HashMap::new(), &e);
+                false
+            }
         }
     }
 
@@ -1251,6 +1290,35 @@ impl Shell {
 }
 
 /// The answer for appends whose transaction failed with `error`.
+/// Sends an ack to its requester, or publishes a high watermark; from the
+/// writer thread, or beside it (a follower's fetch, see
+/// [`Writer::serve_fetch`]), always under the engines' lock.
+fn route(
+    watermarks: &Watermarks,
+    notifier: &Notifier,
+    key: &Key,
+    slot: &mut Slot,
+    command: Command,
+    failure: Option<&AppendFailure>,
+) {
+    match command {
+        Command::Ack { id, result } => {
+            if let Some(reply) = slot.replies.remove(&id) {
+                let _ = reply.send(result.map_err(|e| failure_of(e, failure)));
+            }
+        }
+        Command::HighWatermark(high_watermark) => {
+            watermarks.set(key.clone(), high_watermark);
+            notifier.publish(&key.0, key.1, high_watermark);
+        }
+        Command::Append { .. } => {
+            // Only the request being submitted emits an Append, and
+            // `submit` takes it.
+            tracing::error!(topic = %key.0, partition = key.1, "unexpected append command");
+        }
+    }
+}
+
 fn write_failure(error: &WriteError) -> AppendFailure {
     match error {
         WriteError::Store(StoreError::DiskFull(detail)) => AppendFailure::DiskFull(detail.clone()),

@@ -399,7 +399,8 @@ impl Cluster {
     }
 
     /// Serves a follower's fetch as leader: holds it up to [`FETCH_WAIT`]
-    /// while there is nothing new, then sends the batches as stored.
+    /// while there is nothing new (no batch, and no high watermark the
+    /// follower lacks), then sends the batches as stored.
     pub(super) async fn serve_fetch(
         &self,
         topic: String,
@@ -416,10 +417,7 @@ impl Cluster {
             let committed = commits.notified();
             tokio::pin!(committed);
             committed.as_mut().enable();
-            let decision = data
-                .writer
-                .serve_fetch(topic.clone(), partition, request)
-                .await;
+            let decision = data.writer.serve_fetch(topic.clone(), partition, request);
             let (from, to, high_watermark) = match decision {
                 FetchDecision::Serve {
                     from,
@@ -439,7 +437,8 @@ impl Cluster {
                 }
                 FetchDecision::Refused(e) => return fetched(FetchReply::Refused(e)),
             };
-            if from >= to && tokio::time::Instant::now() < deadline {
+            let news = from < to || high_watermark > request.high_watermark;
+            if !news && tokio::time::Instant::now() < deadline {
                 let _ = tokio::time::timeout_at(deadline, committed).await;
                 continue;
             }

@@ -266,6 +266,12 @@ impl Cluster {
         self.inner.state.borrow().clone()
     }
 
+    /// Whether the control log holds topic `name` (this node may not have
+    /// created it yet).
+    pub fn has_topic(&self, name: &str) -> bool {
+        self.inner.state.borrow().topics.contains_key(name)
+    }
+
     /// Serves an incoming peer connection.
     pub async fn serve_peer(&self, connection: quinn::Connection) {
         peer::serve(

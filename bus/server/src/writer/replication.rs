@@ -10,13 +10,14 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use edgebus_core::controller::{ClusterState, NodeId};
+use edgebus_core::partition::Command;
 use edgebus_core::producer::ProducerState;
 use edgebus_core::replica::{
     EpochStart, FetchDecision, FetchError, FetchRequest, FetchResponse, LocalLog, Replica,
     ReplicaCommand, ReplicaConfig,
 };
-use edgebus_store::{LogWrite, ReadError, WriteError};
-use tokio::sync::{mpsc, oneshot};
+use edgebus_store::{LogWrite, ReadError};
+use tokio::sync::mpsc;
 
 use super::{Driver, Key, Op, Shell, Slot, Writer};
 
@@ -94,11 +95,9 @@ pub(super) enum ClusterOp {
     },
     Metadata(Arc<ClusterState>),
     Tick,
-    Fetch {
-        key: Key,
-        request: FetchRequest,
-        reply: oneshot::Sender<FetchDecision>,
-    },
+    /// Replicas have commands waiting (from a fetch served beside the
+    /// thread).
+    Work,
     Fetched {
         key: Key,
         fetch_id: u64,
@@ -156,24 +155,42 @@ impl Writer {
         let _ = self.tx.try_send(Op::Cluster(ClusterOp::Tick));
     }
 
-    /// A follower's fetch, decided by this node's replica of the partition.
-    pub async fn serve_fetch(
+    /// A follower's fetch, decided by this node's replica of the
+    /// partition. It is decided here, beside the writer thread rather than
+    /// in its queue, so it never waits behind a commit: followers copy a
+    /// group while the leader's fsync of it runs (see
+    /// `Shell::commit_group`). The acks and high watermark it releases go
+    /// out at once; what the replica asks the writer to do (an ISR
+    /// proposal) waits for the thread's next round, which this wakes.
+    pub fn serve_fetch(
         &self,
         topic: String,
         partition: u32,
         request: FetchRequest,
     ) -> FetchDecision {
-        let (reply, rx) = oneshot::channel();
-        let op = Op::Cluster(ClusterOp::Fetch {
-            key: (topic, partition),
-            request,
-            reply,
-        });
-        if self.tx.send(op).await.is_err() {
+        let key = (topic, partition);
+        let mut engines = self.engines.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(slot) = engines.get_mut(&key) else {
             return FetchDecision::Refused(FetchError::NotLeader);
+        };
+        let Driver::Cluster(replica) = &mut slot.engine else {
+            return FetchDecision::Refused(FetchError::NotLeader);
+        };
+        let decision = replica.handle_fetch(Instant::now(), &request);
+        let mut raised = false;
+        for command in slot.drain() {
+            raised |= matches!(command, Command::HighWatermark(_));
+            super::route(&self.watermarks, &self.notifier, &key, slot, command, None);
         }
-        rx.await
-            .unwrap_or(FetchDecision::Refused(FetchError::NotLeader))
+        if raised {
+            // Held fetches of the other followers take the new high
+            // watermark to them.
+            self.commits.notify_waiters();
+        }
+        if !slot.replication.is_empty() {
+            let _ = self.tx.try_send(Op::Cluster(ClusterOp::Work));
+        }
+        decision
     }
 
     /// The leader's answer to a fetch, with the bytes of the batches it
@@ -256,7 +273,43 @@ impl Writer {
     }
 }
 
+impl ClusterOp {
+    /// Whether the writes waiting in the group must be committed before
+    /// this is handled. The answer to this node's own fetch need not (its
+    /// appends join the group; cutting the group for it would cost an
+    /// fsync per fetch under load), nor waiting replica work.
+    pub(super) fn needs_group_committed(&self) -> bool {
+        !matches!(self, ClusterOp::Fetched { .. } | ClusterOp::Work)
+    }
+}
+
 impl Shell {
+    /// Tells the replicas of `keys` how the group carrying their follower
+    /// appends went. The group was durable, as a follower reports only
+    /// durable log ends. An IO failure has already stopped the node (see
+    /// `Shell::failed`).
+    pub(super) fn replicated(&mut self, keys: &[Key], stored: bool) {
+        if keys.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let engines = Arc::clone(&self.engines);
+        let mut engines = engines.lock().unwrap_or_else(PoisonError::into_inner);
+        for key in keys {
+            if let Some(slot) = engines.get_mut(key)
+                && let Driver::Cluster(replica) = &mut slot.engine
+            {
+                if stored {
+                    replica.handle_replicated(now);
+                } else {
+                    tracing::error!(topic = %key.0, partition = key.1, "replicated append failed with its group");
+                    replica.handle_replicated_failed(now);
+                }
+                self.drain(key, slot, None);
+            }
+        }
+    }
+
     pub(super) fn cluster_op(&mut self, op: ClusterOp) {
         let now = Instant::now();
         match op {
@@ -283,26 +336,7 @@ impl Shell {
                     }
                 }
             }
-            ClusterOp::Fetch {
-                key,
-                request,
-                reply,
-            } => {
-                let engines = Arc::clone(&self.engines);
-                let mut engines = engines.lock().unwrap_or_else(PoisonError::into_inner);
-                let decision = match engines.get_mut(&key) {
-                    Some(slot) => match &mut slot.engine {
-                        Driver::Cluster(replica) => {
-                            let decision = replica.handle_fetch(now, &request);
-                            self.drain(&key, slot, None);
-                            decision
-                        }
-                        Driver::Single(_) => FetchDecision::Refused(FetchError::NotLeader),
-                    },
-                    None => FetchDecision::Refused(FetchError::NotLeader),
-                };
-                let _ = reply.send(decision);
-            }
+            ClusterOp::Work => {}
             ClusterOp::Fetched {
                 key,
                 fetch_id,
@@ -523,29 +557,23 @@ impl Shell {
                         })
                     })
                     .collect();
-                let stored = match writes {
+                match writes {
+                    // Into the group commit, with the producers' appends
+                    // and other partitions' follower appends: one fsync
+                    // for all of them (see `Shell::replicated`).
                     Some(writes) => {
-                        let result = self.store.append_at(&writes, true);
-                        match &result {
-                            Ok(()) => self.count_appended(&writes),
-                            Err(WriteError::Store(e)) if super::reopens(e) => {
-                                self.stop_if_cluster(e);
-                            }
-                            Err(_) => {}
-                        }
-                        result.map_err(|e| e.to_string())
+                        let group = &mut self.group;
+                        group.bytes += writes.iter().map(|w| w.batch.len()).sum::<usize>();
+                        group.writes.extend(writes);
+                        group.durable = true;
+                        group.replicated.push(key.clone());
                     }
-                    None => Err("a fetched batch's bytes are missing".into()),
-                };
-                match stored {
-                    Ok(()) => replica.handle_replicated(now),
-                    Err(e) => {
-                        tracing::error!(topic = %key.0, partition = key.1, error = %e, "replicated append failed");
+                    None => {
+                        tracing::error!(topic = %key.0, partition = key.1, "replicated append failed: a fetched batch's bytes are missing");
                         replica.handle_replicated_failed(now);
+                        self.drain(key, slot, None);
                     }
                 }
-                self.drain(key, slot, None);
-                self.commits.notify_waiters();
             }
             ReplicaCommand::Truncate { offset } => {
                 match self.store.truncate_from(&key.0, key.1, offset) {
