@@ -440,6 +440,10 @@ pub async fn start_with_store(
         };
         tokio::spawn(kafka::listener::run(listener, tls, Arc::new(door)))
     });
+    // Up from here, before `start` returns and the banner says so: the
+    // endpoint is bound, and quinn holds new connections until the accept
+    // loop takes them.
+    broker.metrics.set_listening(true);
     let (shutdown, rx) = oneshot::channel();
     let task = tokio::spawn(server::run(endpoint, broker, async move {
         let _ = rx.await;

@@ -90,7 +90,6 @@ pub fn quic_config(
 pub async fn run(endpoint: quinn::Endpoint, broker: Broker, shutdown: impl Future<Output = ()>) {
     let connections = Arc::new(AtomicUsize::new(0));
     let metrics = broker.metrics.clone();
-    metrics.set_listening(true);
     tokio::pin!(shutdown);
     loop {
         let incoming = tokio::select! {
