@@ -1047,22 +1047,23 @@ impl Shell {
         // writes, which followers that copied them keep or truncate by
         // epoch like any other.
         let early = group.durable && self.replication.is_some() && !group.last.is_empty();
+        let durable = group.durable && !early;
         let started = Instant::now();
-        let outcome = self.store.append_at(&group.writes, group.durable && !early);
+        let outcome = self.store.append_at(&group.writes, durable);
         let elapsed = started.elapsed();
         tracing::trace!(
             batches = group.writes.len(),
-            durable = group.durable,
+            durable,
             elapsed_us = elapsed.as_micros() as u64,
             "group commit"
         );
         self.metrics
             .writer
-            .group_commit(group.writes.len(), elapsed, group.durable && !early);
+            .group_commit(group.writes.len(), elapsed, durable);
         let stored = match &outcome {
             Ok(()) => {
                 self.count_appended(&group.writes);
-                self.written(group.last, group.durable && !early);
+                self.written(group.last, durable);
                 !early || self.flush()
             }
             Err(e) => {
