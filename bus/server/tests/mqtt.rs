@@ -623,6 +623,45 @@ fn bad_input_is_refused_and_the_broker_keeps_serving_others() {
     assert_eq!(values, ["during-half-connect", "after-greedy", "after-big"]);
 }
 
+/// MQTT 3.1.1 has no receive maximum to announce, and clients such as
+/// rumqttc keep 100 QoS 1 publishes in flight by default: past the
+/// broker's limit such a client is slowed down, not cut off.
+#[test]
+fn mqtt311_client_past_the_inflight_limit_waits_and_is_not_cut_off() {
+    const MESSAGES: usize = 300;
+    let m = Mqtt::start("max_inflight_per_client = 2", &["sensors/#=sensors"]);
+    m.broker.ok(&["topic", "create", "sensors"]);
+    let mut options = rumqttc::MqttOptions::new("eager", "127.0.0.1", m.port);
+    options.set_inflight(40);
+    let (client, mut connection) = rumqttc::Client::new(options, MESSAGES);
+    for n in 0..MESSAGES {
+        client
+            .publish(
+                "sensors/eager",
+                rumqttc::QoS::AtLeastOnce,
+                false,
+                n.to_string(),
+            )
+            .unwrap();
+    }
+    let mut acked = 0;
+    while acked < MESSAGES {
+        match connection.recv_timeout(Duration::from_secs(10)) {
+            Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)))) => acked += 1,
+            Ok(Ok(_)) => {}
+            other => panic!("after {acked} PUBACKs: {other:?}"),
+        }
+    }
+    let values: Vec<String> = m
+        .records("sensors", MESSAGES)
+        .iter()
+        .map(|r| r["value"].as_str().unwrap().to_owned())
+        .collect();
+    let sent: Vec<String> = (0..MESSAGES).map(|n| n.to_string()).collect();
+    assert_eq!(values, sent);
+    assert_eq!(m.refusals("mqtt_max_inflight_per_client"), 0);
+}
+
 #[test]
 fn logins_are_checked_against_hashed_passwords_and_anonymous_is_refused() {
     let hash = edgebus::mqtt::config::hash_password(

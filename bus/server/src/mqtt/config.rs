@@ -33,8 +33,9 @@ pub struct MqttConfig {
     /// the connection (MQTT 5: DISCONNECT "packet too large").
     pub max_packet_bytes: u32,
     /// QoS 1 and 2 publishes a client may have unacknowledged, each way:
-    /// MQTT 5's receive maximum; a client over it is disconnected
-    /// ("receive maximum exceeded"), and deliveries to it wait.
+    /// MQTT 5's receive maximum; an MQTT 5 client over it is disconnected
+    /// ("receive maximum exceeded"), a 3.1.1 client (which is never told
+    /// it) waits until a commit frees room, and deliveries to either wait.
     pub max_inflight_per_client: u16,
     /// Connected clients; one more gets CONNACK "server busy" (3.1.1:
     /// "server unavailable").

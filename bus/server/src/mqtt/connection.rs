@@ -494,10 +494,13 @@ impl Conn {
             if let Err(end) = self.flush().await {
                 return end;
             }
-            let silent_until = keep_alive.map(|k| heard + k);
+            // A client waiting for room has sent what is left unread: it
+            // is not silent.
+            let waiting = self.waits_for_room(&rbuf);
+            let silent_until = keep_alive.filter(|_| !waiting).map(|k| heard + k);
             let room = self.outbound.len() < self.receive_max() as usize;
             tokio::select! {
-                read = rd.read_buf(&mut rbuf) => match read {
+                read = rd.read_buf(&mut rbuf), if !waiting => match read {
                     Ok(0) | Err(_) => return End::Lost,
                     Ok(_) => {
                         heard = Instant::now();
@@ -516,6 +519,9 @@ impl Conn {
                         if let Err(end) = self.acknowledge(done) {
                             return end;
                         }
+                    }
+                    if waiting && let Err(end) = self.handle_buffered(&mut rbuf).await {
+                        return end;
                     }
                 }
                 Some(d) = self.deliveries_rx.recv(), if self.queue.is_empty() && room => {
@@ -549,6 +555,9 @@ impl Conn {
         // mapping and the partition count stay what they were.
         let mut routed: Option<(String, (String, u32))> = None;
         loop {
+            if self.waits_for_room(rbuf) {
+                return self.flush_run(run.take()).await;
+            }
             match packet::decode(rbuf, Some(self.version), max_bytes) {
                 Ok(Some(Inbound::Publish(p))) if p.qos == QoS::AtLeastOnce => {
                     let target = match routed {
@@ -662,6 +671,22 @@ impl Conn {
                 Ok(())
             }
         }
+    }
+
+    /// MQTT 3.1.1 has no receive maximum to tell a client, so one past
+    /// ours is not cut off: its next QoS 1 or 2 publish is left unread,
+    /// and the socket with it, until a commit frees room. Only while QoS 1
+    /// acknowledgements are pending, which arrive without the client's
+    /// help; a client that fills the window with QoS 2 exchanges it never
+    /// releases is still disconnected by [`Self::admit`].
+    fn waits_for_room(&self, rbuf: &[u8]) -> bool {
+        const PUBLISH: u8 = 3;
+        self.version == Version::V311
+            && self.qos1_pending > 0
+            && self.qos1_pending + self.qos2.len() >= self.receive_max() as usize
+            && rbuf
+                .first()
+                .is_some_and(|&b| b >> 4 == PUBLISH && (b >> 1) & 3 != 0)
     }
 
     /// The limits every publish is checked against: no topic aliases,
