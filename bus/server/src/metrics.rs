@@ -71,6 +71,9 @@ pub struct Traffic {
     /// By topic, then partition index: looked up by `&str`, so counting
     /// allocates nothing once a partition has counters.
     topics: RwLock<HashMap<String, Vec<Arc<PartitionTraffic>>>>,
+    /// Bytes appended and read in all, to tell a quiet broker from a busy
+    /// one without walking the partitions.
+    moved: AtomicU64,
 }
 
 /// Records and bytes of encoded batches (empty ones, which carry only
@@ -105,6 +108,7 @@ impl Traffic {
         let p = self.partition(topic, partition);
         p.records_in.fetch_add(records, Ordering::Relaxed);
         p.bytes_in.fetch_add(bytes, Ordering::Relaxed);
+        self.moved.fetch_add(bytes, Ordering::Relaxed);
     }
 
     /// Counts batches read out of a partition.
@@ -116,6 +120,12 @@ impl Traffic {
         let p = self.partition(topic, partition);
         p.records_out.fetch_add(records, Ordering::Relaxed);
         p.bytes_out.fetch_add(bytes, Ordering::Relaxed);
+        self.moved.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Bytes appended and read since start, over every partition.
+    pub fn moved(&self) -> u64 {
+        self.moved.load(Ordering::Relaxed)
     }
 
     /// Forgets a deleted topic, so one created again under its name starts
