@@ -149,6 +149,10 @@ pub struct PluginLimits {
     pub log_lines_per_second: u32,
     /// Log bytes per second one attachment's plugins may write.
     pub log_bytes_per_second: usize,
+    /// Milliseconds per second one attachment's failing calls may take
+    /// (bursts of five seconds' worth); past it its batches fail without
+    /// a call until the budget refills.
+    pub failing_ms_per_second: u32,
 }
 
 impl Default for PluginLimits {
@@ -168,6 +172,7 @@ impl Default for PluginLimits {
             output_max_headers: budgets.output_max_headers,
             log_lines_per_second: budgets.log_lines_per_second,
             log_bytes_per_second: budgets.log_bytes_per_second,
+            failing_ms_per_second: budgets.failing_ms_per_second,
         }
     }
 }
@@ -185,6 +190,7 @@ impl PluginLimits {
             output_max_headers: self.output_max_headers,
             log_lines_per_second: self.log_lines_per_second,
             log_bytes_per_second: self.log_bytes_per_second,
+            failing_ms_per_second: self.failing_ms_per_second,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Budgets one attachment (a [`Chain`](crate::Chain)) lives within across
 //! calls, one-record retries and instance replacements: total state, output
-//! per input batch, and log lines and bytes per second.
+//! per input batch, log lines and bytes per second, and the time its
+//! failing calls may burn per second.
 //!
 //! The per-call limits (deadline, memory cap, state writes per call) stop
 //! one call from hurting the broker; a hostile plugin can still stay under
@@ -35,6 +36,14 @@ pub struct Budgets {
     pub log_lines_per_second: u32,
     /// Log bytes per second, sustained.
     pub log_bytes_per_second: usize,
+    /// Wall time per second, sustained, that calls ending in a failure
+    /// (deadline, trap, memory cap, budget breach, rejection) may take.
+    /// Once five seconds' worth is spent, the attachment's batches fail
+    /// at once with [`Breach::FailingTime`], without a call, until it
+    /// refills: a plugin that burns its deadline on every call costs the
+    /// broker this much CPU, not a core. Calls that succeed are never
+    /// held back.
+    pub failing_ms_per_second: u32,
 }
 
 /// Seconds of the sustained log rate a quiet attachment may spend at once.
@@ -54,6 +63,7 @@ impl Default for Budgets {
             output_max_headers: 64,
             log_lines_per_second: 20,
             log_bytes_per_second: 16 << 10,
+            failing_ms_per_second: 100,
         }
     }
 }
@@ -119,6 +129,13 @@ pub enum Breach {
         count: usize,
         /// The limit.
         max: usize,
+    },
+    /// The attachment's failing calls used up their time budget: the
+    /// batch failed without a call.
+    #[error("failing calls used more than {per_second_ms} ms per second")]
+    FailingTime {
+        /// The sustained budget, in milliseconds per second.
+        per_second_ms: u32,
     },
     /// The outputs of the batch up to this record would not fit in one
     /// stored batch that a fetch can serve.
@@ -338,6 +355,71 @@ pub(crate) fn log_budget(budget: &SharedLogBudget) -> std::sync::MutexGuard<'_, 
     budget.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// A token bucket of wall time for failing calls, shared by the stages
+/// and instances of one chain.
+#[derive(Debug)]
+pub(crate) struct FailingTime {
+    per_second_ms: u32,
+    /// Seconds of failing calls that may still run; may go below zero, as
+    /// a call's time is known only once it failed.
+    left: f64,
+    refilled_at: Instant,
+}
+
+/// A failing-time budget shared by the stages of one chain.
+pub(crate) type SharedFailingTime = Arc<Mutex<FailingTime>>;
+
+impl FailingTime {
+    pub(crate) fn shared(budgets: &Budgets) -> SharedFailingTime {
+        Arc::new(Mutex::new(FailingTime::new(budgets)))
+    }
+
+    fn new(budgets: &Budgets) -> FailingTime {
+        let per_second_ms = budgets.failing_ms_per_second;
+        FailingTime {
+            per_second_ms,
+            left: Self::burst(per_second_ms),
+            refilled_at: Instant::now(),
+        }
+    }
+
+    fn burst(per_second_ms: u32) -> f64 {
+        f64::from(per_second_ms) / 1000.0 * LOG_BURST_SECONDS
+    }
+
+    fn refill(&mut self) {
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.refilled_at).as_secs_f64();
+        self.refilled_at = now;
+        self.left = (self.left + elapsed * f64::from(self.per_second_ms) / 1000.0)
+            .min(Self::burst(self.per_second_ms));
+    }
+
+    /// `Err` while the budget is spent: the call must not be made.
+    pub(crate) fn admit(&mut self) -> Result<(), Breach> {
+        self.refill();
+        if self.left > 0.0 {
+            Ok(())
+        } else {
+            Err(Breach::FailingTime {
+                per_second_ms: self.per_second_ms,
+            })
+        }
+    }
+
+    /// Charges the wall time of a call that failed.
+    pub(crate) fn charge(&mut self, spent: std::time::Duration) {
+        self.refill();
+        self.left -= spent.as_secs_f64();
+    }
+}
+
+/// Locks a failing-time budget; poisoning costs at most one call's
+/// accounting.
+pub(crate) fn failing_time(budget: &SharedFailingTime) -> std::sync::MutexGuard<'_, FailingTime> {
+    budget.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -378,6 +460,30 @@ mod tests {
         l.drop_pending(add(1, 1));
         assert_eq!(l.charge(add(-6, -1)), Ok(()), "shrinking always passes");
         assert_eq!(l.committed(), add(6, 1));
+    }
+
+    #[test]
+    fn failing_time_admits_a_burst_then_refuses_until_it_refills() {
+        let budgets = Budgets {
+            failing_ms_per_second: 100,
+            ..Budgets::default()
+        };
+        let mut t = FailingTime::new(&budgets);
+        // Five seconds' worth, 500 ms: nine 60 ms failures get their call
+        // (the ninth takes the budget below zero).
+        let admitted = (0..20)
+            .take_while(|_| {
+                let admitted = t.admit().is_ok();
+                t.charge(std::time::Duration::from_millis(60));
+                admitted
+            })
+            .count();
+        assert_eq!(admitted, 9);
+        assert_eq!(t.admit(), Err(Breach::FailingTime { per_second_ms: 100 }));
+        // 100 ms per second: a second's refill pays the 40 ms debt of the
+        // ninth call and leaves room again.
+        t.refilled_at -= std::time::Duration::from_millis(1000);
+        assert!(t.admit().is_ok());
     }
 
     #[test]

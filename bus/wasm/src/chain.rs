@@ -12,9 +12,11 @@
 //! ```
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::budget::{
-    self, Breach, Budgets, LogBudget, OutputBudget, SharedLedger, SharedLogBudget, StateLedger,
+    self, Breach, Budgets, FailingTime, LogBudget, OutputBudget, SharedFailingTime, SharedLedger,
+    SharedLogBudget, StateLedger,
 };
 use crate::error::PluginError;
 use crate::instance::{BatchOutput, Instance};
@@ -103,6 +105,7 @@ struct Shared {
     budgets: Budgets,
     ledger: SharedLedger,
     log: SharedLogBudget,
+    failing: SharedFailingTime,
 }
 
 struct Stage {
@@ -111,6 +114,7 @@ struct Stage {
     params: Vec<(String, String)>,
     slot: Slot,
     log: SharedLogBudget,
+    failing: SharedFailingTime,
     max_headers: usize,
 }
 
@@ -149,6 +153,7 @@ impl Chain {
                 Shared {
                     ledger: StateLedger::shared(&budgets),
                     log: LogBudget::shared(&budgets),
+                    failing: FailingTime::shared(&budgets),
                     budgets,
                 }
             })
@@ -166,6 +171,7 @@ impl Chain {
             params,
             slot: Slot::Running(instance),
             log: shared.log,
+            failing: shared.failing,
             max_headers: shared.budgets.output_max_headers,
         });
         Ok(())
@@ -364,11 +370,31 @@ impl Stage {
         Ok(survivors)
     }
 
-    /// One call on a running instance, replacing the instance first if it
-    /// is missing and afterwards if the call poisoned it.
-    /// A transform's output is taken from `budget`; output over it fails
-    /// the call with [`PluginError::Budget`].
+    /// One call on a running instance, unless the chain's failing calls
+    /// have spent their time budget; a call that fails is charged its
+    /// time.
     fn call(
+        &mut self,
+        records: &[PluginRecord],
+        output: &mut ChainOutput,
+        budget: &mut OutputBudget,
+    ) -> Result<BatchOutput, PluginError> {
+        budget::failing_time(&self.failing)
+            .admit()
+            .map_err(PluginError::Budget)?;
+        let started = Instant::now();
+        let result = self.call_admitted(records, output, budget);
+        if result.is_err() {
+            budget::failing_time(&self.failing).charge(started.elapsed());
+        }
+        result
+    }
+
+    /// The call itself, replacing the instance first if it is missing and
+    /// afterwards if the call poisoned it. A transform's output is taken
+    /// from `budget`; output over it fails the call with
+    /// [`PluginError::Budget`].
+    fn call_admitted(
         &mut self,
         records: &[PluginRecord],
         output: &mut ChainOutput,

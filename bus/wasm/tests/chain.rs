@@ -96,6 +96,40 @@ fn chain_spin_deadline_fails_record_and_next_batch_still_runs() {
     }
 }
 
+/// A plugin that burns its deadline on every call gets the default
+/// failing-time budget (100 ms a second, bursts of 500 ms) and no more:
+/// past it, its batches fail at once without a call.
+#[test]
+fn chain_failing_calls_stop_getting_calls_once_their_time_budget_is_spent() {
+    let mut chain = Chain::new(vec![stage(&load("spin"), "spin", &[])]).expect("chain");
+    let started = Instant::now();
+    let errors: Vec<PluginError> = (0..40)
+        .map(|_| {
+            let output = chain.process(records(&["x"]));
+            assert!(output.outputs.is_empty());
+            output.failed.into_iter().next().expect("a failure").2
+        })
+        .collect();
+    let elapsed = started.elapsed();
+    let deadlines = errors
+        .iter()
+        .take_while(|e| matches!(e, PluginError::Deadline(_)))
+        .count();
+    // Ten 50 ms calls spend the burst, plus what the half second refilled.
+    assert!(
+        (10..=12).contains(&deadlines),
+        "{deadlines} calls: {errors:?}"
+    );
+    assert!(
+        errors[deadlines..].iter().all(|e| matches!(
+            e,
+            PluginError::Budget(Breach::FailingTime { per_second_ms: 100 })
+        )),
+        "{errors:?}"
+    );
+    assert!(elapsed < Duration::from_millis(1500), "took {elapsed:?}");
+}
+
 #[test]
 fn chain_guest_err_rejects_whole_batch_and_drops_state_writes() {
     let rejecting = engine()

@@ -41,7 +41,7 @@ use futures::stream::FuturesUnordered;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use super::connect::parse_duration;
 use super::plugin::parse_plugin_ref;
@@ -113,6 +113,11 @@ pub struct BenchArgs {
     /// Send at this steady rate (records/s); 0 sends as fast as possible.
     #[arg(long, default_value_t = 0)]
     rate: u64,
+    /// `produce`, `e2e`: records waiting for their ack at most, the way an
+    /// application with that many requests open would send; 0 is no limit
+    /// (as many as the producer's window and queue take).
+    #[arg(long, default_value_t = 0)]
+    in_flight: usize,
     /// `rebalance`, `failover`: how many deaths to time.
     #[arg(long, default_value_t = 5)]
     rounds: u32,
@@ -323,6 +328,7 @@ fn args_clone(a: &BenchArgs) -> BenchArgs {
         batch_bytes: a.batch_bytes,
         linger_ms: a.linger_ms,
         rate: a.rate,
+        in_flight: a.in_flight,
         rounds: a.rounds,
         session_ms: a.session_ms,
         ingest: a.ingest.clone(),
@@ -544,8 +550,9 @@ async fn produce(
             (0..args.size).map(|i| (i % 251) as u8).collect::<Vec<_>>(),
         )]
     };
-    let (tx, rx) = mpsc::channel::<(Instant, DeliveryFuture)>(65536);
+    let (tx, rx) = mpsc::channel::<Sent>(65536);
     let collector = tokio::spawn(collect_acks(rx, bar.clone()));
+    let open = (args.in_flight > 0).then(|| Arc::new(Semaphore::new(args.in_flight)));
     let start = Instant::now();
     let base = *BASE;
     let stamp = args.mode == Mode::E2e;
@@ -556,8 +563,12 @@ async fn produce(
         }
         let template = &templates[i as usize % templates.len()];
         let record = Record::new(value(template, base, stamp), 0);
+        let permit = match &open {
+            Some(open) => Some(open.clone().acquire_owned().await.map_err(Failure::other)?),
+            None => None,
+        };
         let fut = producer.send(topic, record).await?;
-        if tx.send((Instant::now(), fut)).await.is_err() {
+        if tx.send((Instant::now(), fut, permit)).await.is_err() {
             break;
         }
     }
@@ -576,8 +587,12 @@ async fn produce(
 
 static BASE: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
 
+/// A record handed to the producer: when, its ack to come, and its place
+/// among `--in-flight`, given back with the ack.
+type Sent = (Instant, DeliveryFuture, Option<OwnedSemaphorePermit>);
+
 async fn collect_acks(
-    mut rx: mpsc::Receiver<(Instant, DeliveryFuture)>,
+    mut rx: mpsc::Receiver<Sent>,
     bar: ProgressBar,
 ) -> Result<Histogram<u64>, ClientError> {
     let mut histogram = new_histogram();
@@ -587,7 +602,11 @@ async fn collect_acks(
     while open || !pending.is_empty() {
         tokio::select! {
             item = rx.recv(), if open => match item {
-                Some((sent, fut)) => pending.push(async move { (sent, fut.await) }),
+                Some((sent, fut, permit)) => pending.push(async move {
+                    let result = fut.await;
+                    drop(permit);
+                    (sent, result)
+                }),
                 None => open = false,
             },
             Some((sent, result)) = pending.next() => {
@@ -895,6 +914,7 @@ fn print_report(args: &BenchArgs, r: &Report, stored_bytes: Option<u64>) {
             "partitions": args.partitions,
             "acks": format!("{:?}", args.acks).to_lowercase(),
             "window": args.window,
+            "in_flight": args.in_flight,
             "elapsed_s": secs,
             "records_per_s": records_per_s,
             "mb_per_s": mb_per_s,
