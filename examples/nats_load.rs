@@ -44,7 +44,7 @@ fn args() -> anyhow::Result<Args> {
         let value = it.next().with_context(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--url" => a.url = value,
-            "--records" => a.records = value.parse()?,
+            "--records" => a.records = value.parse::<usize>()?.max(1),
             "--size" => a.size = value.parse()?,
             "--in-flight" => a.in_flight = value.parse::<usize>()?.max(1),
             "--rate" => a.rate = value.parse()?,
@@ -57,7 +57,11 @@ fn args() -> anyhow::Result<Args> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let a = args()?;
-    let js = jetstream::new(async_nats::connect(&a.url).await?);
+    // The client's own cap on publishes awaiting their ack would hold a
+    // publish until an ack future is polled: no lower than ours.
+    let js = jetstream::context::ContextBuilder::new()
+        .max_ack_inflight(a.in_flight)
+        .build(async_nats::connect(&a.url).await?);
     // A fresh stream per run, so every run starts from an empty one.
     let _ = js.delete_stream(STREAM).await;
     js.create_stream(stream::Config {

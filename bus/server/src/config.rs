@@ -151,7 +151,7 @@ pub struct PluginLimits {
     pub log_bytes_per_second: usize,
     /// Milliseconds per second one attachment's failing calls may take
     /// (bursts of five seconds' worth); past it its batches fail without
-    /// a call until the budget refills.
+    /// a call until the budget refills. 0 sets no limit.
     pub failing_ms_per_second: u32,
 }
 

@@ -66,7 +66,7 @@
 //!   commits.
 //! - [`retention`]: the background retention task.
 //! - `memory`: hands the heap a load freed back to the system when
-//!   traffic stops (glibc only).
+//!   traffic stops (Linux with glibc).
 //! - [`error`]: how a domain error becomes a client's error code.
 //! - [`writer`]: the single writer: drives the partition engines, group
 //!   commit, acks by level, high watermarks.
@@ -92,7 +92,7 @@ pub mod exporter;
 pub mod feed;
 pub mod groups;
 pub mod kafka;
-#[cfg(target_env = "gnu")]
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
 mod memory;
 pub mod metrics;
 pub mod mirror;
@@ -202,7 +202,7 @@ pub struct RunningBroker {
     task: JoinHandle<()>,
     retention: JoinHandle<()>,
     group_timer: JoinHandle<()>,
-    #[cfg(target_env = "gnu")]
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
     trimmer: JoinHandle<()>,
     pipelines: pipelines::Pipelines,
     mirrors: mirror::Mirrors,
@@ -222,7 +222,7 @@ impl RunningBroker {
         // The exporter holds the broker's handles, the store among them.
         let mut exporter = self.exporter.take();
         let mut kafka = self.kafka.take();
-        #[cfg(target_env = "gnu")]
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
         self.trimmer.abort();
         for task in [&mut self.retention, &mut self.group_timer]
             .into_iter()
@@ -408,7 +408,7 @@ pub async fn start_with_store(
         Duration::from_millis(config.retention_check_interval_ms.max(1)),
     ));
     let group_timer = tokio::spawn(broker.groups.clone().run_timer());
-    #[cfg(target_env = "gnu")]
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
     let trimmer = tokio::spawn(memory::trim_when_quiet(broker.metrics.clone()));
     let exporter = metrics_listener.map(|l| tokio::spawn(exporter::serve(l, broker.clone())));
     let (mqtt, mqtt_addr, mqtt_tls_addr) =
@@ -476,7 +476,7 @@ pub async fn start_with_store(
         task,
         retention,
         group_timer,
-        #[cfg(target_env = "gnu")]
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
         trimmer,
         pipelines,
         mirrors,

@@ -42,7 +42,7 @@ pub struct Budgets {
     /// at once with [`Breach::FailingTime`], without a call, until it
     /// refills: a plugin that burns its deadline on every call costs the
     /// broker this much CPU, not a core. Calls that succeed are never
-    /// held back.
+    /// held back. 0 sets no limit.
     pub failing_ms_per_second: u32,
 }
 
@@ -398,7 +398,7 @@ impl FailingTime {
     /// `Err` while the budget is spent: the call must not be made.
     pub(crate) fn admit(&mut self) -> Result<(), Breach> {
         self.refill();
-        if self.left > 0.0 {
+        if self.per_second_ms == 0 || self.left > 0.0 {
             Ok(())
         } else {
             Err(Breach::FailingTime {
@@ -484,6 +484,13 @@ mod tests {
         // ninth call and leaves room again.
         t.refilled_at -= std::time::Duration::from_millis(1000);
         assert!(t.admit().is_ok());
+        // 0: no limit.
+        let mut off = FailingTime::new(&Budgets {
+            failing_ms_per_second: 0,
+            ..Budgets::default()
+        });
+        off.charge(std::time::Duration::from_secs(10));
+        assert!(off.admit().is_ok());
     }
 
     #[test]

@@ -552,7 +552,8 @@ async fn produce(
     };
     let (tx, rx) = mpsc::channel::<Sent>(65536);
     let collector = tokio::spawn(collect_acks(rx, bar.clone()));
-    let open = (args.in_flight > 0).then(|| Arc::new(Semaphore::new(args.in_flight)));
+    let open = (args.in_flight > 0)
+        .then(|| Arc::new(Semaphore::new(args.in_flight.min(Semaphore::MAX_PERMITS))));
     let start = Instant::now();
     let base = *BASE;
     let stamp = args.mode == Mode::E2e;

@@ -490,13 +490,19 @@ impl Conn {
             return end;
         }
         loop {
-            self.pump();
+            // While its publishes wait unread, a client may be blocked
+            // writing them and not reading: deliveries wait too, so that
+            // neither side waits on a full socket for good (acks, which
+            // end the wait, are a few bytes each).
+            let waiting = self.waits_for_room(&rbuf);
+            if !waiting {
+                self.pump();
+            }
             if let Err(end) = self.flush().await {
                 return end;
             }
             // A client waiting for room has sent what is left unread: it
             // is not silent.
-            let waiting = self.waits_for_room(&rbuf);
             let silent_until = keep_alive.filter(|_| !waiting).map(|k| heard + k);
             let room = self.outbound.len() < self.receive_max() as usize;
             tokio::select! {
@@ -520,11 +526,15 @@ impl Conn {
                             return end;
                         }
                     }
-                    if waiting && let Err(end) = self.handle_buffered(&mut rbuf).await {
-                        return end;
+                    if waiting {
+                        // What it sent during the wait is heard now.
+                        heard = Instant::now();
+                        if let Err(end) = self.handle_buffered(&mut rbuf).await {
+                            return end;
+                        }
                     }
                 }
-                Some(d) = self.deliveries_rx.recv(), if self.queue.is_empty() && room => {
+                Some(d) = self.deliveries_rx.recv(), if self.queue.is_empty() && room && !waiting => {
                     for record in d.records {
                         self.queue.push_back(Queued::Record {
                             topic: d.topic.clone(),
