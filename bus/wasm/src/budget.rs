@@ -46,8 +46,38 @@ pub struct Budgets {
     pub failing_ms_per_second: u32,
 }
 
-/// Seconds of the sustained log rate a quiet attachment may spend at once.
-const LOG_BURST_SECONDS: f64 = 5.0;
+/// Seconds of a sustained rate (log lines, log bytes, failing time) a
+/// quiet attachment may spend at once.
+const BURST_SECONDS: f64 = 5.0;
+
+/// A token bucket: `rate` tokens a second, holding at most
+/// [`BURST_SECONDS`] worth. It may go below zero, for a cost known only
+/// once it was spent.
+#[derive(Debug)]
+struct Bucket {
+    rate: f64,
+    left: f64,
+    refilled_at: Instant,
+}
+
+impl Bucket {
+    fn full(rate: f64) -> Bucket {
+        Bucket {
+            rate,
+            left: rate * BURST_SECONDS,
+            refilled_at: Instant::now(),
+        }
+    }
+
+    /// Adds what the time since the last refill earned; returns what is
+    /// left.
+    fn refill(&mut self, now: Instant) -> f64 {
+        let elapsed = now.duration_since(self.refilled_at).as_secs_f64();
+        self.refilled_at = now;
+        self.left = (self.left + elapsed * self.rate).min(self.rate * BURST_SECONDS);
+        self.left
+    }
+}
 
 impl Default for Budgets {
     /// Sized for a gateway with 512 MiB of RAM running a handful of
@@ -291,11 +321,8 @@ pub(crate) fn ledger(ledger: &SharedLedger) -> std::sync::MutexGuard<'_, StateLe
 /// creates, so replacing a failed instance does not refill them.
 #[derive(Debug)]
 pub(crate) struct LogBudget {
-    lines_per_second: f64,
-    bytes_per_second: f64,
-    lines: f64,
-    bytes: f64,
-    refilled_at: Instant,
+    lines: Bucket,
+    bytes: Bucket,
     /// Lines dropped since the last one that got through.
     suppressed: u64,
     /// Lines written since the budget was made.
@@ -313,14 +340,9 @@ impl LogBudget {
     }
 
     pub(crate) fn new(budgets: &Budgets) -> LogBudget {
-        let lines_per_second = f64::from(budgets.log_lines_per_second);
-        let bytes_per_second = budgets.log_bytes_per_second as f64;
         LogBudget {
-            lines_per_second,
-            bytes_per_second,
-            lines: lines_per_second * LOG_BURST_SECONDS,
-            bytes: bytes_per_second * LOG_BURST_SECONDS,
-            refilled_at: Instant::now(),
+            lines: Bucket::full(f64::from(budgets.log_lines_per_second)),
+            bytes: Bucket::full(budgets.log_bytes_per_second as f64),
             suppressed: 0,
             written_total: 0,
             dropped_total: 0,
@@ -332,19 +354,14 @@ impl LogBudget {
     /// dropped.
     pub(crate) fn admit(&mut self, bytes: usize) -> Option<u64> {
         let now = Instant::now();
-        let elapsed = now.duration_since(self.refilled_at).as_secs_f64();
-        self.refilled_at = now;
-        self.lines = (self.lines + elapsed * self.lines_per_second)
-            .min(self.lines_per_second * LOG_BURST_SECONDS);
-        self.bytes = (self.bytes + elapsed * self.bytes_per_second)
-            .min(self.bytes_per_second * LOG_BURST_SECONDS);
-        if self.lines < 1.0 || self.bytes < bytes as f64 {
+        let (lines, bytes_left) = (self.lines.refill(now), self.bytes.refill(now));
+        if lines < 1.0 || bytes_left < bytes as f64 {
             self.suppressed += 1;
             self.dropped_total += 1;
             return None;
         }
-        self.lines -= 1.0;
-        self.bytes -= bytes as f64;
+        self.lines.left -= 1.0;
+        self.bytes.left -= bytes as f64;
         self.written_total += 1;
         Some(std::mem::take(&mut self.suppressed))
     }
@@ -360,10 +377,10 @@ pub(crate) fn log_budget(budget: &SharedLogBudget) -> std::sync::MutexGuard<'_, 
 #[derive(Debug)]
 pub(crate) struct FailingTime {
     per_second_ms: u32,
-    /// Seconds of failing calls that may still run; may go below zero, as
-    /// a call's time is known only once it failed.
-    left: f64,
-    refilled_at: Instant,
+    /// Seconds of failing calls that may still run; below zero after a
+    /// call took more than was left, as its time is known only once it
+    /// failed.
+    seconds: Bucket,
 }
 
 /// A failing-time budget shared by the stages of one chain.
@@ -378,27 +395,13 @@ impl FailingTime {
         let per_second_ms = budgets.failing_ms_per_second;
         FailingTime {
             per_second_ms,
-            left: Self::burst(per_second_ms),
-            refilled_at: Instant::now(),
+            seconds: Bucket::full(f64::from(per_second_ms) / 1000.0),
         }
-    }
-
-    fn burst(per_second_ms: u32) -> f64 {
-        f64::from(per_second_ms) / 1000.0 * LOG_BURST_SECONDS
-    }
-
-    fn refill(&mut self) {
-        let now = Instant::now();
-        let elapsed = now.duration_since(self.refilled_at).as_secs_f64();
-        self.refilled_at = now;
-        self.left = (self.left + elapsed * f64::from(self.per_second_ms) / 1000.0)
-            .min(Self::burst(self.per_second_ms));
     }
 
     /// `Err` while the budget is spent: the call must not be made.
     pub(crate) fn admit(&mut self) -> Result<(), Breach> {
-        self.refill();
-        if self.per_second_ms == 0 || self.left > 0.0 {
+        if self.per_second_ms == 0 || self.seconds.refill(Instant::now()) > 0.0 {
             Ok(())
         } else {
             Err(Breach::FailingTime {
@@ -409,8 +412,8 @@ impl FailingTime {
 
     /// Charges the wall time of a call that failed.
     pub(crate) fn charge(&mut self, spent: std::time::Duration) {
-        self.refill();
-        self.left -= spent.as_secs_f64();
+        self.seconds.refill(Instant::now());
+        self.seconds.left -= spent.as_secs_f64();
     }
 }
 
@@ -482,7 +485,7 @@ mod tests {
         assert_eq!(t.admit(), Err(Breach::FailingTime { per_second_ms: 100 }));
         // 100 ms per second: a second's refill pays the 40 ms debt of the
         // ninth call and leaves room again.
-        t.refilled_at -= std::time::Duration::from_millis(1000);
+        t.seconds.refilled_at -= std::time::Duration::from_millis(1000);
         assert!(t.admit().is_ok());
         // 0: no limit.
         let mut off = FailingTime::new(&Budgets {
