@@ -160,6 +160,17 @@ pub enum ControlRequest {
         /// The broker's topic settings.
         spec: Vec<u8>,
     },
+    /// Grows a topic to `partitions`, placing the new ones as its first
+    /// were placed, and replaces its broker settings (which name the new
+    /// count). Partitions are never removed: their records would go.
+    AddPartitions {
+        /// Topic name.
+        name: String,
+        /// The new partition count, above the current one.
+        partitions: u32,
+        /// The broker's topic settings.
+        spec: Vec<u8>,
+    },
     /// A consumer group commits offsets: they survive the loss of any
     /// node, whichever node the group's clients reach next.
     CommitOffsets {
@@ -555,6 +566,11 @@ impl ClusterState {
                 meta.spec = spec.clone();
                 Ok(ControlOutcome::Done)
             }
+            ControlRequest::AddPartitions {
+                name,
+                partitions,
+                spec,
+            } => self.add_partitions(name, *partitions, spec),
             ControlRequest::CommitOffsets { group, offsets } => {
                 let entry = self.offsets.entry(group.clone()).or_default();
                 entry.version += 1;
@@ -699,21 +715,7 @@ impl ClusterState {
         // well as across partitions.
         let start = self.topics.len();
         let partitions = (0..partitions as usize)
-            .map(|p| {
-                let replicas: Vec<NodeId> = (0..replication_factor as usize)
-                    .map(|r| nodes[(start + p + r) % nodes.len()])
-                    .collect();
-                let isr = replicas.clone();
-                let leader = replicas.iter().copied().find(|n| self.is_live(*n));
-                PartitionMeta {
-                    replicas,
-                    leader,
-                    leader_epoch: 0,
-                    isr,
-                    partition_epoch: 0,
-                    rebuilding: BTreeMap::new(),
-                }
-            })
+            .map(|p| self.place(&nodes, start + p, replication_factor))
             .collect();
         self.topics.insert(
             name.to_owned(),
@@ -725,6 +727,62 @@ impl ClusterState {
                 partitions,
             },
         );
+        Ok(ControlOutcome::Done)
+    }
+
+    /// A new partition whose replicas are `replication_factor` nodes in a
+    /// row from `nodes[slot]`, all in sync (it is empty), led by the first
+    /// live one.
+    fn place(&self, nodes: &[NodeId], slot: usize, replication_factor: u32) -> PartitionMeta {
+        let replicas: Vec<NodeId> = (0..replication_factor as usize)
+            .map(|r| nodes[(slot + r) % nodes.len()])
+            .collect();
+        let leader = replicas.iter().copied().find(|n| self.is_live(*n));
+        PartitionMeta {
+            isr: replicas.clone(),
+            replicas,
+            leader,
+            leader_epoch: 0,
+            partition_epoch: 0,
+            rebuilding: BTreeMap::new(),
+        }
+    }
+
+    fn add_partitions(
+        &mut self,
+        name: &str,
+        partitions: u32,
+        spec: &[u8],
+    ) -> Result<ControlOutcome, ControlError> {
+        let nodes: Vec<NodeId> = self.nodes.keys().copied().collect();
+        let meta = self
+            .topics
+            .get(name)
+            .ok_or_else(|| ControlError::UnknownTopic(name.to_owned()))?;
+        let had = meta.partitions.len();
+        if (partitions as usize) <= had {
+            return Err(ControlError::InvalidTopic(format!(
+                "topic {name:?} has {had} partitions; partitions can be added, not removed"
+            )));
+        }
+        // The new partitions go on where the topic's placement left off:
+        // partition p's first replica is p nodes after partition 0's.
+        let start = meta.partitions[0]
+            .replicas
+            .first()
+            .and_then(|first| nodes.iter().position(|n| n == first))
+            .unwrap_or(0);
+        let replication_factor = meta.replication_factor;
+        let added: Vec<PartitionMeta> = (had..partitions as usize)
+            .map(|p| self.place(&nodes, start + p, replication_factor))
+            .collect();
+        self.pipelines_take_partitions(name, &added)?;
+        let meta = self
+            .topics
+            .get_mut(name)
+            .ok_or_else(|| ControlError::UnknownTopic(name.to_owned()))?;
+        meta.partitions.extend(added);
+        meta.spec = spec.to_vec();
         Ok(ControlOutcome::Done)
     }
 
@@ -1148,6 +1206,52 @@ mod tests {
             assert_eq!(p.isr, p.replicas);
             assert_eq!(p.leader, Some(p.replicas[0]));
         }
+    }
+
+    #[test]
+    fn added_partitions_continue_the_placement_and_never_shrink() {
+        let mut state = cluster(3);
+        create(&mut state, "other", 1, 1, 1);
+        create(&mut state, "t", 2, 2, 1);
+        let add = |partitions| ControlRequest::AddPartitions {
+            name: "t".into(),
+            partitions,
+            spec: vec![partitions as u8],
+        };
+        let before = state.topics["t"].partitions.clone();
+        state.apply(&add(5)).unwrap();
+        let t = &state.topics["t"];
+        assert_eq!(t.partitions[..2], before[..], "old partitions untouched");
+        assert_eq!(t.spec, vec![5]);
+        let nodes: Vec<NodeId> = state.nodes.keys().copied().collect();
+        let first = |p: usize| {
+            let id = t.partitions[p].replicas[0];
+            nodes.iter().position(|n| *n == id).unwrap()
+        };
+        for p in 2..5 {
+            let part = &t.partitions[p];
+            assert_eq!(first(p), (first(0) + p) % nodes.len(), "partition {p}");
+            assert_eq!(part.replicas.len(), 2);
+            assert_ne!(part.replicas[0], part.replicas[1]);
+            assert_eq!(part.isr, part.replicas);
+            assert_eq!(part.leader, Some(part.replicas[0]));
+            assert_eq!(part.leader_epoch, 0);
+        }
+        for partitions in [5, 3] {
+            assert!(matches!(
+                state.apply(&add(partitions)),
+                Err(ControlError::InvalidTopic(_))
+            ));
+        }
+        assert_eq!(state.topics["t"].partitions.len(), 5);
+        assert_eq!(
+            state.apply(&ControlRequest::AddPartitions {
+                name: "nope".into(),
+                partitions: 2,
+                spec: Vec::new(),
+            }),
+            Err(ControlError::UnknownTopic("nope".into()))
+        );
     }
 
     #[test]

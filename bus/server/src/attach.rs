@@ -9,7 +9,7 @@ use std::time::Instant;
 use edgebus_proto::ErrorCode;
 use edgebus_proto::batch::StoredRecord;
 use edgebus_proto::frame::{AttachCounters, FailurePolicy, PluginRef};
-use edgebus_store::{ConfigKind, LogStore, StoreError};
+use edgebus_store::{ConfigKind, LogStore, StateWrite, StoreError};
 
 use crate::chain::{
     AttachPoint, ChainRun, ChainRunError, ChainRunner, Counters, Halt, OutputLimits,
@@ -123,11 +123,20 @@ impl IngestChain {
         }
     }
 
+    /// The state changes the chain made since they were last taken, to
+    /// store with the batch they were made for. Only while the chain is
+    /// held: inside [`IngestChain::run`]'s `store`.
+    pub fn take_state(&self) -> Option<StateWrite> {
+        self.state.take()
+    }
+
     /// Runs produced records of `topic` through the chain, unless it is
-    /// halted, and hands what it made to `store` (which queues the append
-    /// on `writer`). The chain's state changes are queued on `writer`
-    /// after that, while the chain is still held, so they reach the store
-    /// after the records and in the order of the batches.
+    /// halted, and hands what it made to `store`, which queues the append
+    /// on `writer` with the chain's state changes
+    /// ([`IngestChain::take_state`]). Changes it did not take (no batch
+    /// was stored) are queued on `writer` after that, while the chain is
+    /// still held, so they reach the store after the records and in the
+    /// order of the batches.
     pub async fn run<T>(
         &self,
         writer: &Writer,

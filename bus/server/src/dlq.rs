@@ -227,6 +227,7 @@ impl DeadLetters {
                 sequence: None,
                 acks: AckLevel::Durable,
                 dead_letters: None,
+                state: None,
             };
             match self.writer.append(append).await.await {
                 Ok(Ok(_)) => {}

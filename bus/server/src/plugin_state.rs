@@ -17,13 +17,14 @@
 //!
 //! Ingest state is held in memory while its chain runs (it is bounded by
 //! the state budget), loaded from the store when the chain is built, and
-//! every committed change is queued for the store through the writer after
-//! the batch's records (see [`IngestState::flush`]).
+//! the changes a batch made are stored in the group commit that stores
+//! the batch (see [`IngestState::take`]), or, when no batch is stored,
+//! queued for the store through the writer (see [`IngestState::flush`]).
 
 use std::sync::{Arc, Mutex, PoisonError};
 
 use edgebus_proto::frame::PluginRef;
-use edgebus_store::{LogStore, StateEntries, StoreError};
+use edgebus_store::{LogStore, StateEntries, StateWrite, StoreError};
 use edgebus_wasm::state::usage_of;
 use edgebus_wasm::{MemState, Space, StateStore, StateUsage};
 
@@ -166,20 +167,28 @@ impl IngestState {
         Ok(mem)
     }
 
-    /// Queues the changes committed since the last flush for the store,
-    /// after everything already queued on `writer` (the batch's records),
-    /// so stored state never runs ahead of stored records: after a crash
-    /// between the two, a retried batch is not taken for its own
-    /// duplicate. The caller holds the chain, so flushes keep their order.
+    /// Takes the changes committed since the last take or flush, for the
+    /// caller to store with the records they were made with.
+    pub fn take(&self) -> Option<StateWrite> {
+        let changes =
+            std::mem::take(&mut *self.changes.lock().unwrap_or_else(PoisonError::into_inner));
+        (!changes.is_empty()).then(|| StateWrite {
+            owner: self.owner.clone(),
+            changes,
+        })
+    }
+
+    /// Queues the changes not taken with a batch for the store, after
+    /// everything already queued on `writer`, so stored state never runs
+    /// ahead of stored records: after a crash between the two, a retried
+    /// batch is not taken for its own duplicate. The caller holds the
+    /// chain, so flushes keep their order.
     /// A failed write is logged: the state stays right in memory, and the
     /// next restart forgets the lost changes.
     pub async fn flush(&self, writer: &Writer) {
-        let changes =
-            std::mem::take(&mut *self.changes.lock().unwrap_or_else(PoisonError::into_inner));
-        if changes.is_empty() {
+        let Some(StateWrite { owner, changes }) = self.take() else {
             return;
-        }
-        let owner = self.owner.clone();
+        };
         let queued = writer.queue(move |store| store.put_plugin_state(&owner, &changes));
         let owner = self.owner.clone();
         if let Ok(done) = queued.await {

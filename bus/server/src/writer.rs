@@ -37,7 +37,7 @@ use edgebus_core::replica::{Replica, ReplicaCommand};
 use edgebus_proto::batch::ProducerStamp;
 use edgebus_store::{
     CommitError, LogStore, LogWrite, OffsetCommit, PipelineCommit, ReadError, RetentionHold,
-    RetentionReport, StoreError, TopicError, TopicSpec, WriteError,
+    RetentionReport, StateWrite, StoreError, TopicError, TopicSpec, WriteError,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -97,6 +97,10 @@ pub struct Append {
     /// Dead letters of this batch, stored in the same transaction, and only
     /// if the batch itself is stored (not a retry, not refused).
     pub dead_letters: Option<DeadLetters>,
+    /// The ingest chain's state changes made while computing `batch`,
+    /// stored in the same transaction (whether or not the batch is: they
+    /// are what the chain holds in memory already).
+    pub state: Option<StateWrite>,
 }
 
 /// Dead letters to append to partition 0 of a dead-letter topic.
@@ -649,11 +653,16 @@ struct Group {
     /// Partitions whose follower appends (a replica's `AppendReplicated`)
     /// ride in the group, told once it is durable.
     replicated: Vec<Key>,
+    /// Ingest chains' state changes, stored after the writes.
+    state: Vec<StateWrite>,
 }
 
 impl Group {
     fn is_empty(&self) -> bool {
-        self.writes.is_empty() && self.after_commit.is_empty() && self.replicated.is_empty()
+        self.writes.is_empty()
+            && self.after_commit.is_empty()
+            && self.replicated.is_empty()
+            && self.state.is_empty()
     }
 }
 
@@ -847,6 +856,7 @@ impl Shell {
         reply: Option<oneshot::Sender<AppendResult>>,
         group: &mut Group,
     ) {
+        group.state.extend(append.state);
         if self.destinations.get(&append.topic).is_some() {
             if let Some(reply) = reply {
                 let _ = reply.send(Err(AppendFailure::MirrorDestination(append.topic)));
@@ -1032,7 +1042,7 @@ impl Shell {
     /// replicas.
     fn commit_group(&mut self) {
         let group = std::mem::take(&mut self.group);
-        if group.writes.is_empty() {
+        if group.writes.is_empty() && group.state.is_empty() {
             for (reply, outcome) in group.after_commit {
                 let _ = reply.send(Ok(outcome));
             }
@@ -1049,7 +1059,9 @@ impl Shell {
         let early = group.durable && self.replication.is_some() && !group.last.is_empty();
         let durable = group.durable && !early;
         let started = Instant::now();
-        let outcome = self.store.append_at(&group.writes, durable);
+        let outcome = self
+            .store
+            .append_with_state(&group.writes, &group.state, durable);
         let elapsed = started.elapsed();
         tracing::trace!(
             batches = group.writes.len(),

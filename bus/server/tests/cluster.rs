@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -392,6 +393,11 @@ impl Cluster {
 
     /// [`Cluster::produce`] to `topic`.
     fn produce_to(&self, topic: &str, values: &[String]) -> Vec<String> {
+        self.produce_with(topic, &[], values)
+    }
+
+    /// [`Cluster::produce_to`] with more `produce` arguments.
+    fn produce_with(&self, topic: &str, args: &[&str], values: &[String]) -> Vec<String> {
         let mut child = Command::new(BIN)
             .args([
                 "produce",
@@ -403,6 +409,7 @@ impl Cluster {
                 "--output",
                 "json",
             ])
+            .args(args)
             .arg("--broker")
             .arg(self.brokers())
             .arg("--ca")
@@ -474,7 +481,15 @@ impl Cluster {
 
     /// [`Cluster::consume`] of `topic`.
     fn consume_from(&self, i: usize, topic: &str) -> Option<Vec<String>> {
-        let out = self.run(i, &["consume", topic, "--output", "json"]);
+        self.consume_with(i, &[topic])
+    }
+
+    /// The values `consume ARGS` through node `i` prints, in order.
+    fn consume_with(&self, i: usize, args: &[&str]) -> Option<Vec<String>> {
+        let mut args = args.to_vec();
+        args.splice(0..0, ["consume"]);
+        args.extend(["--output", "json"]);
+        let out = self.run(i, &args);
         out.status.success().then(|| {
             String::from_utf8_lossy(&out.stdout)
                 .lines()
@@ -530,14 +545,6 @@ fn acknowledged_records_survive_killed_leaders_on_every_replica() {
     }
     eprintln!(
         "{kills} leader kills; kill to all 20 records of the next round acknowledged: {failovers:?}"
-    );
-    let live = (0..3).find(|i| Some(*i) != down).unwrap();
-    let refused = cluster.run(live, &["topic", "alter", "t", "--partitions", "2"]);
-    assert!(
-        !refused.status.success()
-            && String::from_utf8_lossy(&refused.stderr).contains("adding partitions"),
-        "adding partitions to a replicated topic is refused: {}",
-        String::from_utf8_lossy(&refused.stderr)
     );
     if let Some(i) = down.take() {
         cluster.spawn(i);
@@ -629,6 +636,67 @@ fn a_killed_follower_catches_up_and_rejoins_the_in_sync_set() {
     }
     let all: Vec<String> = first.into_iter().chain(second).collect();
     assert_eq!(cluster.consume(follower), Some(all));
+}
+
+/// `topic alter --partitions` grows a replicated topic: the controller
+/// places the new partitions as the first were (leaders spread), every
+/// node creates its copies, and each new partition takes `acks=all` writes
+/// on its leader and serves them from every replica. Shrinking is refused.
+#[test]
+fn added_partitions_are_placed_replicated_and_served_by_every_node() {
+    let cluster = Cluster::start();
+    cluster.wait_until_up();
+    cluster.create_topic("t", 2);
+    let out = cluster.run(1, &["topic", "alter", "t", "--partitions", "1"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("partitions can be added, not removed"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let values = |p: u32| -> Vec<String> { (0..10).map(|n| format!("p{p}-{n}")).collect() };
+    assert_eq!(
+        cluster.produce_with("t", &["--partition", "0"], &values(0)),
+        values(0)
+    );
+
+    ok(&cluster, 1, &["topic", "alter", "t", "--partitions", "5"]);
+    let placed = |i: usize| -> Option<Vec<Value>> {
+        let out = cluster.run(i, &["topic", "describe", "t", "--output", "json"]);
+        let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+        let partitions = v["replication"].as_array()?.clone();
+        let whole = partitions.len() == 5
+            && partitions.iter().all(|p| {
+                p["leader"].is_u64() && p["isr"].as_array().is_some_and(|isr| isr.len() == 3)
+            });
+        whole.then_some(partitions)
+    };
+    eventually("every node shows five led partitions, all in sync", || {
+        (0..3).all(|i| placed(i).is_some())
+    });
+    let leaders: BTreeSet<u64> = placed(0)
+        .unwrap()
+        .iter()
+        .map(|p| p["leader"].as_u64().unwrap())
+        .collect();
+    assert_eq!(leaders.len(), 3, "leaders spread over the nodes");
+
+    for p in 1..5 {
+        let partition = p.to_string();
+        assert_eq!(
+            cluster.produce_with("t", &["--partition", &partition], &values(p)),
+            values(p),
+            "partition {p}"
+        );
+    }
+    for i in 0..3 {
+        for p in 0..5 {
+            let partition = p.to_string();
+            eventually(&format!("node {} serves partition {p}", i + 1), || {
+                cluster.consume_with(i, &["t", "--partition", &partition]) == Some(values(p))
+            });
+        }
+    }
 }
 
 /// `topic delete` goes through the control log: the topic is gone from

@@ -35,7 +35,7 @@ use crate::topic::{DEFAULT_MAX_MESSAGE_BYTES, UNLIMITED};
 use crate::{
     CommitError, CommittedOffset, ConfigKind, EpochEnd, EpochStart, LogStore, LogWrite, MetaStore,
     OffsetCommit, PartitionLog, PartitionOffsets, PipelineCommit, PluginInfo, ReadError,
-    RetentionHold, TopicError, TopicSpec, WriteError,
+    RetentionHold, StateWrite, TopicError, TopicSpec, WriteError,
 };
 
 /// How a store under test is made, restarted and broken.
@@ -104,6 +104,7 @@ pub fn run_all<H: Harness>(h: &mut H) {
     pipeline_commit_with_refused_write_applies_nothing(h);
     pipeline_delete_data_removes_only_that_pipeline(h);
     plugin_state_put_lists_by_prefix_and_after_and_survives_reopen(h);
+    append_with_state_commits_state_with_the_writes_or_neither(h);
     crash_after_n_writes_keeps_exactly_the_acknowledged_batches(h);
     crash_after_n_writes_truncation_applies_whole_or_not_at_all(h);
     crash_after_n_writes_keeps_exactly_the_acknowledged_offset_commits(h);
@@ -651,6 +652,63 @@ pub fn append_at_producer_state_commits_with_batch_and_survives_reopen<H: Harnes
         store.producer_states("t", 1).expect("producer_states"),
         vec![(1, Bytes::from_static(b"one-p1"))]
     );
+}
+
+/// Plugin state changes ride in a group's transaction: applied in order
+/// after the writes and kept across reopen, and a refused group applies
+/// neither its writes nor its state.
+pub fn append_with_state_commits_state_with_the_writes_or_neither<H: Harness>(h: &mut H) {
+    let store = h.fresh();
+    create(&store, &spec("t", 1));
+    let state = |owner: &str, changes: &[(&str, Option<&str>)]| StateWrite {
+        owner: owner.to_owned(),
+        changes: changes
+            .iter()
+            .map(|(k, v)| (k.as_bytes().to_vec(), v.map(|v| v.as_bytes().to_vec())))
+            .collect(),
+    };
+    store
+        .put_plugin_state("ingest:t", &[(b"gone".to_vec(), Some(b"x".to_vec()))])
+        .expect("put_plugin_state");
+    store
+        .append_with_state(
+            &[write_of(
+                "t",
+                0,
+                0,
+                batch_of("a", 2, 1, ProducerStamp::NONE),
+            )],
+            &[
+                state("ingest:t", &[("k", Some("1")), ("gone", None)]),
+                state("ingest:t", &[("k", Some("2"))]),
+                state("ingest:u", &[("j", Some("3"))]),
+            ],
+            true,
+        )
+        .expect("append_with_state");
+    let refused = store.append_with_state(
+        &[write_of(
+            "t",
+            0,
+            7,
+            batch_of("b", 1, 1, ProducerStamp::NONE),
+        )],
+        &[state("ingest:t", &[("k", Some("refused"))])],
+        true,
+    );
+    assert!(
+        matches!(refused, Err(WriteError::NotAtLogEnd { .. })),
+        "{refused:?}"
+    );
+    let store = h.reopen(store);
+    let list = |owner| {
+        store
+            .plugin_state_list(owner, b"", None, 10)
+            .expect("plugin_state_list")
+    };
+    assert_eq!(list("ingest:t"), vec![(b"k".to_vec(), b"2".to_vec())]);
+    assert_eq!(list("ingest:u"), vec![(b"j".to_vec(), b"3".to_vec())]);
+    assert_eq!(offsets(&store, "t", 0).log_end, 2);
 }
 
 /// A non-durable write is visible at once and kept by a clean restart.

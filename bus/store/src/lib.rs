@@ -662,6 +662,28 @@ pub trait LogStore: PartitionLog + MetaStore {
     /// applied. This is what makes pipelines exactly-once: after a crash,
     /// the stored position, state and outputs always agree.
     fn commit_pipeline(&self, commit: &PipelineCommit) -> Result<(), WriteError>;
+
+    /// [`PartitionLog::append_at`] with plugin state changes (as
+    /// [`MetaStore::put_plugin_state`] applies them) in the same
+    /// transaction, after the writes: an ingest chain's state is stored
+    /// with the records it was computed from, so after a crash the two
+    /// agree. All or nothing, like the writes alone.
+    fn append_with_state(
+        &self,
+        writes: &[LogWrite],
+        state: &[StateWrite],
+        durable: bool,
+    ) -> Result<(), WriteError>;
+}
+
+/// Plugin state changes of one owner, in order: `Some` sets, `None`
+/// deletes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateWrite {
+    /// The owner (see [`MetaStore::put_plugin_state`]).
+    pub owner: String,
+    /// The changes.
+    pub changes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
 }
 
 /// Plugin state entries, `(key, value)`, in key order.

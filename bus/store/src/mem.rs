@@ -15,7 +15,8 @@ use edgebus_proto::batch::{BatchHeader, set_base_offset, set_partition_leader_ep
 use crate::{
     CommitError, CommittedOffset, ConfigKind, EpochEnd, EpochStart, LogStore, LogWrite, MetaStore,
     OffsetCommit, PartitionLog, PartitionOffsets, PipelineCommit, PluginInfo, ReadBatches,
-    ReadError, RetentionHold, RetentionReport, StoreError, TopicError, TopicSpec, WriteError,
+    ReadError, RetentionHold, RetentionReport, StateWrite, StoreError, TopicError, TopicSpec,
+    WriteError,
 };
 use crate::{group, plugin, topic};
 
@@ -148,6 +149,17 @@ impl Inner {
 }
 
 impl State {
+    /// Applies `owner`'s plugin state changes in order.
+    fn put_state(&mut self, owner: &str, changes: &[(Vec<u8>, Option<Vec<u8>>)]) {
+        for (key, value) in changes {
+            let key = (owner.to_owned(), key.clone());
+            match value {
+                Some(value) => self.pipeline_state.insert(key, value.clone()),
+                None => self.pipeline_state.remove(&key),
+            };
+        }
+    }
+
     /// The committed offsets of one group, in key order.
     fn offsets_of_group<'a>(
         &'a self,
@@ -338,12 +350,8 @@ impl Partition {
 }
 
 impl PartitionLog for MemStore {
-    fn append_at(&self, writes: &[LogWrite], _durable: bool) -> Result<(), WriteError> {
-        let mut inner = self.lock();
-        let state = inner.begin_write()?;
-        let headers = state.check_writes(writes)?;
-        state.apply_writes(writes, &headers);
-        Ok(())
+    fn append_at(&self, writes: &[LogWrite], durable: bool) -> Result<(), WriteError> {
+        self.append_with_state(writes, &[], durable)
     }
 
     fn skip_to(&self, topic: &str, partition: u32, offset: u64) -> Result<u64, ReadError> {
@@ -744,14 +752,7 @@ impl MetaStore for MemStore {
         changes: &[(Vec<u8>, Option<Vec<u8>>)],
     ) -> Result<(), StoreError> {
         let mut inner = self.lock();
-        let state = inner.begin_write()?;
-        for (key, value) in changes {
-            let key = (owner.to_owned(), key.clone());
-            match value {
-                Some(value) => state.pipeline_state.insert(key, value.clone()),
-                None => state.pipeline_state.remove(&key),
-            };
-        }
+        inner.begin_write()?.put_state(owner, changes);
         Ok(())
     }
 
@@ -765,18 +766,28 @@ impl MetaStore for MemStore {
 }
 
 impl LogStore for MemStore {
+    fn append_with_state(
+        &self,
+        writes: &[LogWrite],
+        state: &[StateWrite],
+        _durable: bool,
+    ) -> Result<(), WriteError> {
+        let mut inner = self.lock();
+        let stored = inner.begin_write()?;
+        let headers = stored.check_writes(writes)?;
+        stored.apply_writes(writes, &headers);
+        for write in state {
+            stored.put_state(&write.owner, &write.changes);
+        }
+        Ok(())
+    }
+
     fn commit_pipeline(&self, commit: &PipelineCommit) -> Result<(), WriteError> {
         let mut inner = self.lock();
         let state = inner.begin_write()?;
         let headers = state.check_writes(&commit.writes)?;
         state.apply_writes(&commit.writes, &headers);
-        for (key, value) in &commit.state {
-            let key = (commit.pipeline.clone(), key.clone());
-            match value {
-                Some(value) => state.pipeline_state.insert(key, value.clone()),
-                None => state.pipeline_state.remove(&key),
-            };
-        }
+        state.put_state(&commit.pipeline, &commit.state);
         state.pipeline_positions.insert(
             (commit.pipeline.clone(), commit.source_partition),
             commit.source_next_offset,

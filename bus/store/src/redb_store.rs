@@ -99,7 +99,8 @@ use redb::{
 use crate::{
     CommitError, CommittedOffset, ConfigKind, EpochEnd, EpochStart, LogStore, LogWrite, MetaStore,
     OffsetCommit, PartitionLog, PartitionOffsets, PipelineCommit, PluginInfo, ReadBatches,
-    ReadError, RetentionHold, RetentionReport, StoreError, TopicError, TopicSpec, WriteError,
+    ReadError, RetentionHold, RetentionReport, StateWrite, StoreError, TopicError, TopicSpec,
+    WriteError,
 };
 use crate::{group, plugin, topic};
 
@@ -1016,21 +1017,29 @@ impl RedbStore {
 
     /// Applies a pipeline step's plugin state changes, in order, and moves
     /// its source position, in `txn`.
+    /// Applies `owner`'s plugin state changes in order.
+    fn put_state_in(
+        txn: &WriteTransaction,
+        owner: &str,
+        changes: &[(Vec<u8>, Option<Vec<u8>>)],
+    ) -> Result<(), StoreError> {
+        let mut state = txn.open_table(PIPELINE_STATE)?;
+        for (key, value) in changes {
+            let key = (owner, key.as_slice());
+            match value {
+                Some(value) => state.insert(key, value.as_slice())?,
+                None => state.remove(key)?,
+            };
+        }
+        Ok(())
+    }
+
     fn apply_pipeline_progress(
         txn: &WriteTransaction,
         commit: &PipelineCommit,
     ) -> Result<(), StoreError> {
         let pipeline = commit.pipeline.as_str();
-        {
-            let mut state = txn.open_table(PIPELINE_STATE)?;
-            for (key, value) in &commit.state {
-                let key = (pipeline, key.as_slice());
-                match value {
-                    Some(value) => state.insert(key, value.as_slice())?,
-                    None => state.remove(key)?,
-                };
-            }
-        }
+        Self::put_state_in(txn, pipeline, &commit.state)?;
         txn.open_table(PIPELINE_POSITIONS)?.insert(
             (pipeline, commit.source_partition),
             commit.source_next_offset,
@@ -1245,21 +1254,7 @@ impl RedbStore {
 
 impl PartitionLog for RedbStore {
     fn append_at(&self, writes: &[LogWrite], durable: bool) -> Result<(), WriteError> {
-        self.writing(|db| {
-            let mut txn = db.begin_write().or_backend()?;
-            txn.set_durability(if durable {
-                Durability::Immediate
-            } else {
-                Durability::None
-            })
-            .or_backend()?;
-            if let Err(e) = Self::append_at_in(&txn, writes) {
-                txn.abort().or_backend()?;
-                return Err(e);
-            }
-            txn.commit().or_backend()?;
-            Ok(())
-        })
+        self.append_with_state(writes, &[], durable)
     }
 
     fn truncate_from(&self, topic: &str, partition: u32, offset: u64) -> Result<u64, ReadError> {
@@ -1692,16 +1687,7 @@ impl MetaStore for RedbStore {
     ) -> Result<(), StoreError> {
         self.writing(|db| {
             let txn = Self::begin_durable(db)?;
-            {
-                let mut state = txn.open_table(PIPELINE_STATE)?;
-                for (key, value) in changes {
-                    let key = (owner, key.as_slice());
-                    match value {
-                        Some(value) => state.insert(key, value.as_slice())?,
-                        None => state.remove(key)?,
-                    };
-                }
-            }
+            Self::put_state_in(&txn, owner, changes)?;
             txn.commit()?;
             Ok(())
         })
@@ -1734,6 +1720,32 @@ impl MetaStore for RedbStore {
 }
 
 impl LogStore for RedbStore {
+    fn append_with_state(
+        &self,
+        writes: &[LogWrite],
+        state: &[StateWrite],
+        durable: bool,
+    ) -> Result<(), WriteError> {
+        self.writing(|db| {
+            let mut txn = db.begin_write().or_backend()?;
+            txn.set_durability(if durable {
+                Durability::Immediate
+            } else {
+                Durability::None
+            })
+            .or_backend()?;
+            if let Err(e) = Self::append_at_in(&txn, writes) {
+                txn.abort().or_backend()?;
+                return Err(e);
+            }
+            for write in state {
+                Self::put_state_in(&txn, &write.owner, &write.changes)?;
+            }
+            txn.commit().or_backend()?;
+            Ok(())
+        })
+    }
+
     fn commit_pipeline(&self, commit: &PipelineCommit) -> Result<(), WriteError> {
         self.writing(|db| {
             let txn = Self::begin_durable(db)?;

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::{ClusterState, ControlError, ControlOutcome};
+use super::{ClusterState, ControlError, ControlOutcome, PartitionMeta};
 
 /// The largest component the control log carries. Bundled plugins are
 /// about 130 KiB. The broker bounds how many entries one control-log
@@ -191,6 +191,43 @@ impl ClusterState {
             },
         );
         Ok(ControlOutcome::Done)
+    }
+
+    /// Refuses partitions added to `topic` that would break a pipeline's
+    /// placement: a destination must keep one partition, and every node
+    /// that may run a pipeline must hold a copy of each source partition.
+    pub(super) fn pipelines_take_partitions(
+        &self,
+        topic: &str,
+        added: &[PartitionMeta],
+    ) -> Result<(), ControlError> {
+        for (name, pipeline) in &self.pipelines {
+            if pipeline.to == topic {
+                return Err(ControlError::InvalidPipeline(format!(
+                    "pipeline {name:?} writes to {topic:?}, which must keep one partition \
+                     in a cluster"
+                )));
+            }
+            if pipeline.from != topic {
+                continue;
+            }
+            let runners = self
+                .topics
+                .get(&pipeline.to)
+                .and_then(|t| t.partitions.first())
+                .map(|p| p.replicas.as_slice())
+                .unwrap_or_default();
+            if let Some(node) = runners
+                .iter()
+                .find(|n| added.iter().any(|p| !p.replicas.contains(n)))
+            {
+                return Err(ControlError::InvalidPipeline(format!(
+                    "pipeline {name:?} reads {topic:?} and may run on node {node}, which \
+                     would hold no copy of some added partition"
+                )));
+            }
+        }
+        Ok(())
     }
 
     pub(super) fn checkpoint_pipeline(
@@ -470,6 +507,35 @@ mod tests {
             state.apply(&pipeline("pipe", "out")),
             Err(ControlError::PipelineExists("pipe".into()))
         );
+    }
+
+    #[test]
+    fn partitions_added_to_a_pipeline_topic_keep_its_placement_rules() {
+        let mut state = cluster_with_topics();
+        state.apply(&add("p", vec![1])).unwrap();
+        state.apply(&pipeline("pipe", "out")).unwrap();
+        let grow = |name: &str, partitions| ControlRequest::AddPartitions {
+            name: name.into(),
+            partitions,
+            spec: Vec::new(),
+        };
+        assert!(matches!(
+            state.apply(&grow("out", 2)),
+            Err(ControlError::InvalidPipeline(_))
+        ));
+        state.apply(&grow("in", 4)).unwrap();
+        assert_eq!(state.topics["in"].partitions.len(), 4);
+
+        // A source replicated to fewer nodes than may run the pipeline.
+        let mut narrow = cluster_with_topics();
+        narrow.apply(&add("p", vec![1])).unwrap();
+        narrow.apply(&pipeline("pipe", "out")).unwrap();
+        narrow.topics.get_mut("in").unwrap().replication_factor = 1;
+        assert!(matches!(
+            narrow.apply(&grow("in", 3)),
+            Err(ControlError::InvalidPipeline(_))
+        ));
+        assert_eq!(narrow.topics["in"].partitions.len(), 2);
     }
 
     #[test]

@@ -172,9 +172,10 @@ impl Cluster {
         Ok(())
     }
 
-    /// Changes a topic's settings through the control log; every node that
-    /// holds a copy applies them, this one before the answer. Adding
-    /// partitions to a replicated topic is not built.
+    /// Changes a topic's settings, or adds partitions, through the control
+    /// log; every node applies the change to its copy, this one before the
+    /// answer. The controller places added partitions; each node then
+    /// creates them and its replicas of those it holds.
     pub async fn alter_topic(
         &self,
         name: &str,
@@ -188,22 +189,34 @@ impl Cluster {
             .get(name)
             .and_then(|meta| spec_of(name, &meta.spec))
             .ok_or_else(unknown)?;
-        if changes.partitions.is_some_and(|p| p != old.partitions) {
-            return Err(TopicAdminError::Store(TopicError::Invalid(
-                "adding partitions to a replicated topic is not built yet".into(),
-            )));
+        if let Some(asked) = changes.partitions.filter(|p| *p < old.partitions) {
+            return Err(TopicAdminError::FewerPartitions {
+                topic: name.to_owned(),
+                partitions: old.partitions,
+                asked,
+            });
         }
         let new = TopicSpec {
+            partitions: changes.partitions.unwrap_or(old.partitions),
             retention_ms: changes.retention_ms.unwrap_or(old.retention_ms),
             retention_bytes: changes.retention_bytes.unwrap_or(old.retention_bytes),
             max_message_bytes: changes.max_message_bytes.unwrap_or(old.max_message_bytes),
-            ..old
+            ..old.clone()
         };
         let mut buf = BytesMut::new();
         Request::CreateTopic(new.clone()).encode(0, &mut buf);
-        let request = ControlRequest::AlterTopicSpec {
-            name: name.to_owned(),
-            spec: buf[4..].to_vec(),
+        let spec = buf[4..].to_vec();
+        let request = if new.partitions > old.partitions {
+            ControlRequest::AddPartitions {
+                name: name.to_owned(),
+                partitions: new.partitions,
+                spec,
+            }
+        } else {
+            ControlRequest::AlterTopicSpec {
+                name: name.to_owned(),
+                spec,
+            }
         };
         match self.propose(request).await {
             Ok(Ok(_)) => {}
@@ -626,13 +639,14 @@ fn spec_of(name: &str, encoded: &[u8]) -> Option<TopicSpec> {
     }
 }
 
-/// The settings of `wanted` that `local` lacks. A `max_message_bytes` of 0
+/// The settings of `wanted` that `local` lacks, and the partitions it
+/// adds (a copy never drops partitions). A `max_message_bytes` of 0
 /// is each node's own default, which a node resolved when it created its
 /// copy, so it never differs.
 fn differences(local: &TopicSpec, wanted: &TopicSpec) -> TopicChanges {
     let changed = |l: i64, w: i64| (l != w).then_some(w);
     TopicChanges {
-        partitions: None,
+        partitions: (wanted.partitions > local.partitions).then_some(wanted.partitions),
         retention_ms: changed(local.retention_ms, wanted.retention_ms),
         retention_bytes: changed(local.retention_bytes, wanted.retention_bytes),
         max_message_bytes: (wanted.max_message_bytes != 0

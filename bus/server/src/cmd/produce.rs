@@ -235,6 +235,7 @@ impl Target {
             sequence: self.sequence,
             acks: self.acks,
             dead_letters: None,
+            state: None,
         }
     }
 }
@@ -279,7 +280,8 @@ async fn through_chain(
     let at = (target.topic.as_str(), target.partition);
     let appended = chain
         .run(writer, at, &records, limits, async |run| {
-            append_run(run, spec, writer, dead_letters, &target, &records, batch).await
+            let to = (&target, dead_letters);
+            append_run(run, chain, spec, writer, to, &records, batch).await
         })
         .await;
     match appended {
@@ -297,21 +299,25 @@ async fn through_chain(
     }
 }
 
-/// Appends what the ingest chain made of a batch, with its dead letters in
-/// the same transaction.
+/// Appends what the ingest chain made of a batch, with its dead letters
+/// and the chain's state changes in the same transaction.
 async fn append_run(
     run: ChainRun,
+    chain: &IngestChain,
     spec: &TopicSpec,
     writer: &Writer,
-    dead_letters: &DeadLetters,
-    target: &Target,
+    (target, dead_letters): (&Target, &DeadLetters),
     records: &[StoredRecord],
     batch: Bytes,
 ) -> Result<Pending, ProduceError> {
     if run.unchanged {
         let record_count = BatchHeader::parse(&batch)?.record_count;
         let batch = compress_for(spec, batch).await?;
-        let ack = writer.append(target.append(batch, record_count)).await;
+        let append = Append {
+            state: chain.take_state(),
+            ..target.append(batch, record_count)
+        };
+        let ack = writer.append(append).await;
         return Ok(Pending::new(ack, Plan::AsSent));
     }
     let fates = fates(records.len(), &run);
@@ -335,6 +341,7 @@ async fn append_run(
         placed = Some((letters.topic.clone(), at));
         append.dead_letters = Some(letters);
     }
+    append.state = chain.take_state();
     let ack = writer.append(append).await;
     Ok(Pending::new(
         ack,
