@@ -12,9 +12,21 @@
 //!   records, so [`DeadLetters::append_once`] remembers which source records
 //!   were dead-lettered (read back from the dead-letter topic after a
 //!   restart) and writes each once, whichever subscriber hits it first.
+//!
+//! On a cluster node the dead-letter topic is a replicated topic created
+//! through the control log, and its leader may be another node, so no
+//! transaction can hold both a batch and its dead letters. There they are
+//! stored apart ([`DeadLetters::store_apart`]), through a
+//! [`DeadLetterRoute`], with `acks=all`, before the batch or step they came
+//! from: a failed record is never taken as handled before its dead letter
+//! is on every in-sync replica, and a batch retried after a failure in
+//! between dead-letters its records again (at least once).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
 
 use edgebus_core::partition::AckLevel;
 use edgebus_proto::batch::{self, Compression, Header, Record};
@@ -48,6 +60,17 @@ pub enum DeadLetterError {
     /// The dead-letter topic could not be read back.
     #[error(transparent)]
     Read(#[from] FetchError),
+    /// The node leading the dead-letter topic refused them or could not
+    /// be reached (a cluster).
+    #[error("dead letters not stored through node {node}: {detail}")]
+    Remote {
+        /// The node.
+        node: u64,
+        /// Its answer's code (`NotLeader` when it did not answer).
+        code: ErrorCode,
+        /// What it said.
+        detail: String,
+    },
 }
 
 impl Coded for DeadLetterError {
@@ -58,6 +81,7 @@ impl Coded for DeadLetterError {
             DeadLetterError::Write(e) => e.code(),
             DeadLetterError::WriterStopped => ErrorCode::ShuttingDown,
             DeadLetterError::Read(e) => e.code(),
+            DeadLetterError::Remote { code, .. } => *code,
         }
     }
 }
@@ -71,6 +95,24 @@ pub fn dlq_topic(topic: &str) -> String {
 /// letter is written; `None` until read back from the dead-letter topic.
 type Written = Arc<tokio::sync::Mutex<Option<HashSet<(u32, u64)>>>>;
 
+/// How a cluster node creates dead-letter topics and writes to them: on
+/// the topic's leader, wherever it is.
+pub trait DeadLetterRoute: Send + Sync {
+    /// Creates a dead-letter topic through the control log with the
+    /// cluster's default replication; an existing topic is no error.
+    fn create(&self, spec: TopicSpec) -> BoxFuture<'static, Result<(), TopicAdminError>>;
+
+    /// Appends one encoded batch to partition 0 of `topic` on its leader
+    /// with `acks=all`, following leader changes for a while; returns its
+    /// base offset.
+    fn append(
+        &self,
+        topic: String,
+        batch: Bytes,
+        record_count: u32,
+    ) -> BoxFuture<'static, Result<u64, DeadLetterError>>;
+}
+
 /// Where failed records go. Cheap to clone.
 #[derive(Clone)]
 pub struct DeadLetters {
@@ -78,6 +120,8 @@ pub struct DeadLetters {
     writer: Writer,
     reader: Reader,
     read_path: Arc<Mutex<HashMap<String, Written>>>,
+    /// Set once on a cluster node, before it serves clients.
+    route: Arc<OnceLock<Arc<dyn DeadLetterRoute>>>,
 }
 
 impl DeadLetters {
@@ -89,7 +133,20 @@ impl DeadLetters {
             writer,
             reader,
             read_path: Arc::default(),
+            route: Arc::default(),
         }
+    }
+
+    /// Makes this a cluster node's dead letters: topics are created and
+    /// written through `route`.
+    pub fn set_route(&self, route: Arc<dyn DeadLetterRoute>) {
+        let _ = self.route.set(route);
+    }
+
+    /// Whether dead letters must be stored apart from the batch they came
+    /// from ([`DeadLetters::store_apart`]): on a cluster node.
+    pub fn apart(&self) -> bool {
+        self.route.get().is_some()
     }
 
     /// Writes read-path dead letters of `topic`, skipping those whose
@@ -122,7 +179,7 @@ impl DeadLetters {
         if fresh.is_empty() {
             return Ok(());
         }
-        self.append(topic, &fresh).await?;
+        self.store_apart(topic, &fresh).await?;
         written.extend(fresh.iter().filter_map(|r| source_of(&r.headers)));
         Ok(())
     }
@@ -179,12 +236,58 @@ impl DeadLetters {
                 max_message_bytes: 0,
                 compression: Compression::None,
             };
-            match self.topics.create(spec).await {
+            let created = match self.route.get() {
+                Some(route) => route.create(spec).await,
+                None => self.topics.create(spec).await,
+            };
+            match created {
                 Ok(()) | Err(TopicAdminError::Store(TopicError::Exists(_))) => {}
                 Err(e) => return Err(e),
             }
         }
         Ok(dlq)
+    }
+
+    /// Stores dead letters of `topic` on their own, before the batch or
+    /// step they came from, and returns the offset of the first (none for
+    /// no letters): on a
+    /// cluster node through the route with `acks=all`, on a single node
+    /// durably. See the module's doc for why and what it promises.
+    pub async fn store_apart(
+        &self,
+        topic: &str,
+        letters: &[Record],
+    ) -> Result<Option<u64>, DeadLetterError> {
+        let dlq = self.ensure(topic).await?;
+        let mut first = None;
+        for output in chain::outputs(&dlq, 0, letters)? {
+            let base_offset = match self.route.get() {
+                Some(route) => {
+                    route
+                        .append(output.topic, output.batch, output.record_count)
+                        .await?
+                }
+                None => {
+                    let append = Append {
+                        topic: output.topic,
+                        partition: output.partition,
+                        batch: output.batch,
+                        record_count: output.record_count,
+                        sequence: None,
+                        acks: AckLevel::Durable,
+                        dead_letters: None,
+                        state: None,
+                    };
+                    match self.writer.append(append).await.await {
+                        Ok(Ok(outcome)) => outcome.base_offset(),
+                        Ok(Err(e)) => return Err(e.into()),
+                        Err(_) => return Err(DeadLetterError::WriterStopped),
+                    }
+                }
+            };
+            first.get_or_insert(base_offset);
+        }
+        Ok(first)
     }
 
     /// Dead letters of `topic`, in batches of the default size, to be
@@ -211,31 +314,6 @@ impl DeadLetters {
             placed: Some(placed),
         };
         Ok((letters, at))
-    }
-
-    /// Writes dead letters to `<topic>.dlq` on their own and waits for the
-    /// durable commit: a failed record is never treated as handled before
-    /// its dead letter is stored.
-    async fn append(&self, topic: &str, letters: &[Record]) -> Result<(), DeadLetterError> {
-        let dlq = self.ensure(topic).await?;
-        for output in chain::outputs(&dlq, 0, letters)? {
-            let append = Append {
-                topic: output.topic,
-                partition: output.partition,
-                batch: output.batch,
-                record_count: output.record_count,
-                sequence: None,
-                acks: AckLevel::Durable,
-                dead_letters: None,
-                state: None,
-            };
-            match self.writer.append(append).await.await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => return Err(e.into()),
-                Err(_) => return Err(DeadLetterError::WriterStopped),
-            }
-        }
-        Ok(())
     }
 }
 

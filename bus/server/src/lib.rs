@@ -386,6 +386,7 @@ pub async fn start_with_store(
             )
             .await;
         broker.groups.set_replicated(Arc::new(cluster.clone()));
+        broker.dead_letters.set_route(Arc::new(cluster.clone()));
         cluster.replicate_plugins(cluster::LocalPlugins {
             registry: broker.registry.clone(),
             attachments: broker.attachments.clone(),

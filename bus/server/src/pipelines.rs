@@ -729,7 +729,14 @@ async fn step(
     for (target, records) in &by_partition {
         outputs.extend(chain::outputs(&def.to, *target, records).map_err(encoding)?);
     }
-    if !run.dead_letters.is_empty() {
+    if !run.dead_letters.is_empty() && env.dead_letters.apart() {
+        // On a cluster node the dead-letter topic may be led elsewhere:
+        // stored before the step, at least once (see `crate::dlq`).
+        env.dead_letters
+            .store_apart(&def.from, &run.dead_letters)
+            .await
+            .map_err(|e| Halted(format!("dead letters: {e}")))?;
+    } else if !run.dead_letters.is_empty() {
         let dlq = env
             .dead_letters
             .ensure(&def.from)

@@ -33,7 +33,7 @@ use edgebus_core::partition::{
     ReplicaId, WriteId, WrittenError,
 };
 use edgebus_core::producer::{AppendRefused, ProducerState, SequenceSpan};
-use edgebus_core::replica::{Replica, ReplicaCommand};
+use edgebus_core::replica::{Replica, ReplicaCommand, RoleKind};
 use edgebus_proto::batch::ProducerStamp;
 use edgebus_store::{
     CommitError, LogStore, LogWrite, OffsetCommit, PipelineCommit, ReadError, RetentionHold,
@@ -410,6 +410,21 @@ impl Writer {
         engines
             .get(&(topic.to_owned(), partition))
             .and_then(|slot| slot.engine.duplicate_of(stamp, record_count))
+    }
+
+    /// Whether an append to the partition may be stored here: false only
+    /// on a cluster node whose replica of it follows or is idle, so work
+    /// done before the append (an ingest chain, its dead letters) can be
+    /// skipped for a request that would be refused with `NotLeader`.
+    pub fn may_lead(&self, topic: &str, partition: u32) -> bool {
+        let engines = self.engines.lock().unwrap_or_else(PoisonError::into_inner);
+        match engines
+            .get(&(topic.to_owned(), partition))
+            .map(|s| &s.engine)
+        {
+            Some(Driver::Cluster(replica)) => replica.role() == RoleKind::Leader,
+            Some(Driver::Single(_)) | None => true,
+        }
     }
 
     /// The partition's high watermark: readers see records below it only.

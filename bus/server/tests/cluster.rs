@@ -398,6 +398,15 @@ impl Cluster {
 
     /// [`Cluster::produce_to`] with more `produce` arguments.
     fn produce_with(&self, topic: &str, args: &[&str], values: &[String]) -> Vec<String> {
+        self.produce_acks(topic, args, values)
+            .iter()
+            .filter(|v| v["status"] == "stored")
+            .map(|v| values[v["line"].as_u64().unwrap() as usize - 1].clone())
+            .collect()
+    }
+
+    /// The JSON ack of each line [`Cluster::produce_with`] sends.
+    fn produce_acks(&self, topic: &str, args: &[&str], values: &[String]) -> Vec<Value> {
         let mut child = Command::new(BIN)
             .args([
                 "produce",
@@ -427,8 +436,6 @@ impl Cluster {
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|v| v["status"] == "stored")
-            .map(|v| values[v["line"].as_u64().unwrap() as usize - 1].clone())
             .collect()
     }
 
@@ -697,6 +704,93 @@ fn added_partitions_are_placed_replicated_and_served_by_every_node() {
             });
         }
     }
+}
+
+/// Dead letters on a cluster node: `<topic>.dlq` is a replicated topic,
+/// each dead letter is stored on its leader with `acks=all` before the
+/// batch it came from is acknowledged, the ack names where it went, every
+/// node serves it, and it outlives the node that led it.
+#[test]
+fn dead_letters_are_replicated_and_outlive_their_leader() {
+    let plugins = edgebus::bundled::ensure_built().expect("bundled plugins build");
+    let wasm = plugins.join("trap_on.wasm");
+    let mut cluster = Cluster::start_with(PLUGIN_DEADLINE);
+    cluster.wait_until_up();
+    ok(
+        &cluster,
+        0,
+        &["plugin", "add", "trap", wasm.to_str().unwrap()],
+    );
+    cluster.create_topic("t", 1);
+    ok(
+        &cluster,
+        0,
+        &[
+            "topic",
+            "alter",
+            "t",
+            "--ingest",
+            "trap:needle=boom",
+            "--on-failure",
+            "dead-letter",
+        ],
+    );
+    let lines = |tag: &str| -> Vec<String> {
+        ["ok-a", "boom-b", "ok-c", "boom-d"]
+            .iter()
+            .map(|v| format!("{v}-{tag}"))
+            .collect()
+    };
+    let acks = cluster.produce_acks("t", &[], &lines("1"));
+    let statuses: Vec<&str> = acks.iter().map(|v| v["status"].as_str().unwrap()).collect();
+    assert_eq!(
+        statuses,
+        ["stored", "dead-lettered", "stored", "dead-lettered"],
+        "{acks:?}"
+    );
+    assert_eq!(acks[1]["dead_letter_topic"], "t.dlq");
+    assert_eq!(acks[1]["dead_letter_offset"], 0);
+    assert_eq!(acks[3]["dead_letter_offset"], 1);
+
+    let dlq_leader = |i: usize| -> Option<usize> {
+        let out = cluster.run(i, &["topic", "describe", "t.dlq", "--output", "json"]);
+        let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+        let p = v["replication"].get(0)?;
+        let whole = p["replicas"].as_array()?.len() == 3 && p["isr"].as_array()?.len() == 3;
+        whole.then(|| p["leader"].as_u64().map(|l| l as usize - 1))?
+    };
+    eventually("t.dlq on three in-sync replicas", || {
+        dlq_leader(0).is_some()
+    });
+    let letters = |tag: &str| -> Vec<String> {
+        ["boom-b", "boom-d"]
+            .iter()
+            .map(|v| format!("{v}-{tag}"))
+            .collect()
+    };
+    for i in 0..3 {
+        eventually(&format!("node {} serving the dead letters", i + 1), || {
+            cluster.consume_from(i, "t.dlq") == Some(letters("1"))
+        });
+    }
+
+    let leader = dlq_leader(0).unwrap();
+    cluster.kill(leader);
+    let other = (leader + 1) % 3;
+    eventually("dead letters stored on the new leader of t.dlq", || {
+        let acks = cluster.produce_acks("t", &[], &lines("2"));
+        acks.iter()
+            .filter(|v| v["status"] == "dead-lettered")
+            .count()
+            == 2
+    });
+    // A produce retried after its dead letters were stored stores them
+    // again (at least once); none is lost.
+    eventually("every dead letter on a surviving node", || {
+        cluster.consume_from(other, "t.dlq").is_some_and(|got| {
+            got.starts_with(&letters("1")) && letters("2").iter().all(|l| got.contains(l))
+        })
+    });
 }
 
 /// `topic delete` goes through the control log: the topic is gone from

@@ -15,6 +15,7 @@
 //! forwards them to its leader.
 
 mod data;
+mod dead_letters;
 mod offsets;
 pub mod peer;
 mod pipelines;
@@ -515,6 +516,15 @@ impl PeerService for Cluster {
                 request,
                 max_bytes,
             } => return self.serve_fetch(topic, partition, request, max_bytes).await,
+            PeerRequest::AppendDeadLetters {
+                topic,
+                batch,
+                record_count,
+            } => PeerResponse::DeadLettersAppended(
+                self.append_here(topic, batch.into(), record_count)
+                    .await
+                    .map_err(|e| (crate::error::Coded::code(&e) as u16, e.to_string())),
+            ),
             PeerRequest::Hello { .. } => PeerResponse::Welcome,
             PeerRequest::AppendEntries(rpc) => {
                 PeerResponse::AppendEntries(raft.append_entries(rpc).await)

@@ -77,6 +77,17 @@ pub enum PeerRequest {
         /// Most bytes of batches to send (at least one batch is sent).
         max_bytes: u32,
     },
+    /// Dead letters for partition 0 of a dead-letter topic this node is
+    /// told the callee leads, appended there with `acks=all`.
+    AppendDeadLetters {
+        /// The dead-letter topic.
+        topic: String,
+        /// One encoded batch.
+        #[serde(with = "edgebus_core::controller::base64_bytes")]
+        batch: Vec<u8>,
+        /// Records in it.
+        record_count: u32,
+    },
 }
 
 /// The leader's answer to [`PeerRequest::Fetch`]; the batches' bytes are
@@ -138,6 +149,9 @@ pub enum PeerResponse {
     HeartbeatSeen,
     /// To `Fetch`.
     Fetched(FetchReply),
+    /// To `AppendDeadLetters`: the batch's base offset, or the refusal's
+    /// error code and message.
+    DeadLettersAppended(Result<u64, (u16, String)>),
     /// The callee does not lead the control log; `leader` does, if known.
     NotLeader {
         /// The leader the callee knows of.

@@ -16,7 +16,7 @@ use tokio::sync::oneshot;
 
 use crate::attach::{Attachments, IngestChain, IngestError};
 use crate::chain::{self, ChainRun, OutputLimits};
-use crate::dlq::{DeadLetterError, DeadLetters};
+use crate::dlq::{DeadLetterError, DeadLetters, dlq_topic};
 use crate::error::Coded;
 use crate::topics::{Topics, UnknownTopic};
 use crate::writer::{Append, AppendFailure, AppendResult, Writer};
@@ -206,6 +206,12 @@ pub async fn produce(
     };
     attachments.ingest_ready(&p.topic)?;
     if let Some(chain) = attachments.ingest_chain(&p.topic) {
+        // The chain's state changes and dead letters are not undone by a
+        // refusal, so a request to a node that does not lead the partition
+        // is refused before the chain runs.
+        if !writer.may_lead(&p.topic, p.partition) {
+            return Err(AppendFailure::NotLeader { leader: None }.into());
+        }
         return through_chain(&chain, &spec, writer, dead_letters, target, p.batch).await;
     }
     let batch = compress_for(&spec, p.batch).await?;
@@ -334,7 +340,16 @@ async fn append_run(
         None => target.append(Bytes::new(), 0),
     };
     let mut placed = None;
-    if !run.dead_letters.is_empty() {
+    if !run.dead_letters.is_empty() && dead_letters.apart() {
+        let first = dead_letters
+            .store_apart(&target.topic, &run.dead_letters)
+            .await?;
+        let (tx, at) = oneshot::channel();
+        if let Some(first) = first {
+            let _ = tx.send(first);
+        }
+        placed = Some((dlq_topic(&target.topic), at));
+    } else if !run.dead_letters.is_empty() {
         let (letters, at) = dead_letters
             .prepare(&target.topic, &run.dead_letters)
             .await?;
