@@ -806,6 +806,13 @@ pub enum Request {
         chain: Vec<PluginRef>,
         /// What the chain does with records a plugin fails on.
         on_failure: FailurePolicy,
+        /// A name for the chain's plugin state: with one, the state is
+        /// kept in the broker's store per topic, partition and name, and a
+        /// later subscription of the name (after a restart too) goes on
+        /// from it. Empty: the state lives and dies with the subscription.
+        /// Encoded last and optional, so a client that predates it still
+        /// subscribes.
+        state: String,
     },
     /// Resolve a position to an offset.
     ListOffsets {
@@ -1598,6 +1605,7 @@ impl Request {
                 max_bytes,
                 chain,
                 on_failure,
+                state,
             } => {
                 put_str(buf, topic);
                 buf.put_u32(*partition);
@@ -1605,6 +1613,9 @@ impl Request {
                 buf.put_u32(*max_bytes);
                 put_chain(buf, chain);
                 buf.put_u8(*on_failure as u8);
+                if !state.is_empty() {
+                    put_str(buf, state);
+                }
             }
             Request::ListOffsets {
                 topic,
@@ -1840,6 +1851,7 @@ impl Request {
                 max_bytes: r.u32()?,
                 chain: r.chain()?,
                 on_failure: r.policy()?,
+                state: if r.at_end() { String::new() } else { r.str()? },
             },
             FrameKind::ListOffsets => Request::ListOffsets {
                 topic: r.str()?,
@@ -2476,6 +2488,12 @@ impl Reader {
         Reader { buf, pos }
     }
 
+    /// Whether the body is read whole: an optional field at the end of a
+    /// frame is absent.
+    fn at_end(&self) -> bool {
+        self.pos >= self.buf.len()
+    }
+
     fn need(&self, n: usize) -> Result<(), DecodeError> {
         let have = self.buf.len() - self.pos;
         if have < n {
@@ -2941,18 +2959,22 @@ mod tests {
                 arb_position(),
                 any::<u32>(),
                 arb_chain(),
-                arb_policy()
+                arb_policy(),
+                "[a-z]{0,8}"
             )
-                .prop_map(|(topic, partition, from, max_bytes, chain, on_failure)| {
-                    Request::Subscribe {
-                        topic,
-                        partition,
-                        from,
-                        max_bytes,
-                        chain,
-                        on_failure,
+                .prop_map(
+                    |(topic, partition, from, max_bytes, chain, on_failure, state)| {
+                        Request::Subscribe {
+                            topic,
+                            partition,
+                            from,
+                            max_bytes,
+                            chain,
+                            on_failure,
+                            state,
+                        }
                     }
-                }),
+                ),
             ("[a-z]{1,8}", arb_bytes()).prop_map(|(name, wasm)| Request::PluginAdd { name, wasm }),
             Just(Request::PluginList),
             "[a-z]{1,8}".prop_map(|name| Request::PluginDescribe { name }),
@@ -3710,6 +3732,34 @@ mod tests {
             assert_eq!(FrameKind::from_u16(response as u16), Some(response));
         }
         assert_eq!(FrameKind::from_u16(0x8008), None);
+    }
+
+    /// A subscribe without a state name is the frame clients sent before
+    /// the field existed (it ends at the failure policy); one with a name
+    /// carries it last. Both decode.
+    #[test]
+    fn subscribe_state_name_is_an_optional_last_field() {
+        let subscribe = |state: &str| Request::Subscribe {
+            topic: "t".into(),
+            partition: 0,
+            from: Position::Earliest,
+            max_bytes: 1,
+            chain: Vec::new(),
+            on_failure: FailurePolicy::Skip,
+            state: state.into(),
+        };
+        let encode = |r: &Request| {
+            let mut buf = BytesMut::new();
+            r.encode(1, &mut buf);
+            body(buf)
+        };
+        let (old, named) = (encode(&subscribe("")), encode(&subscribe("g")));
+        assert_eq!(named[..old.len()], old[..], "the name only appends");
+        assert!(named.len() > old.len());
+        for (frame, state) in [(old, ""), (named, "g")] {
+            let (_, decoded) = Request::decode(frame).unwrap();
+            assert_eq!(decoded, subscribe(state));
+        }
     }
 
     #[test]

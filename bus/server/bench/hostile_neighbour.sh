@@ -3,7 +3,7 @@
 # `edgebus bench produce --rate 2000` on its own topic, alone, then beside a
 # load into a topic whose ingest plugin burns its deadline on every call
 # (plugins/test/spin; HOSTILE=NAME for another test plugin), then beside the
-# same load into a topic without a plugin (the control). Five alternating
+# same load into a topic without a plugin (the control). ROUNDS (5) alternating
 # rounds; one JSON line per run, labelled. Needs a release build and
 # plugins/build.sh. It starts one broker of its own, and stops it and the
 # load loops it started.
@@ -47,7 +47,7 @@ load_off() {
 bench() {
   $BIN bench produce $C --records 6000 --size 1024 --rate 2000 --window 8 --output json 2>/dev/null | tail -1
 }
-for i in 1 2 3 4 5; do
+for i in $(seq 1 "${ROUNDS:-5}"); do
   echo "alone $i $(bench)"
   load_on hostile
   echo "with-$HOSTILE $i $(bench)"

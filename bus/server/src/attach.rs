@@ -15,7 +15,7 @@ use crate::chain::{
     AttachPoint, ChainRun, ChainRunError, ChainRunner, Counters, Halt, OutputLimits,
 };
 use crate::error::Coded;
-use crate::plugin_state::IngestState;
+use crate::plugin_state::ChainState;
 use crate::registry::Registry;
 use crate::saved;
 use crate::writer::Writer;
@@ -93,7 +93,7 @@ pub struct IngestChain {
     /// Counters since start.
     pub counters: Arc<Counters>,
     /// The plugins' state, kept in the store.
-    state: IngestState,
+    state: ChainState,
     /// One batch at a time: produce calls of the topic queue here.
     run: tokio::sync::Mutex<(ChainRunner, Halt)>,
 }
@@ -101,7 +101,7 @@ pub struct IngestChain {
 impl IngestChain {
     fn new(
         registry: Arc<Registry>,
-        state: IngestState,
+        state: ChainState,
         refs: Vec<PluginRef>,
         policy: FailurePolicy,
     ) -> IngestChain {
@@ -218,8 +218,8 @@ impl Attachments {
         self.insert(topic, chain);
     }
 
-    fn state(&self, topic: &str) -> IngestState {
-        IngestState::new(self.store.clone(), topic)
+    fn state(&self, topic: &str) -> ChainState {
+        ChainState::ingest(self.store.clone(), topic)
     }
 
     fn insert(&self, topic: &str, chain: IngestChain) {
@@ -265,12 +265,18 @@ impl Attachments {
     }
 
     /// Forgets a deleted topic's chain (the store deletes its config) and
-    /// deletes its plugin state, so a topic made anew under the name
-    /// starts without it.
+    /// deletes its ingest and read-path plugin state, so a topic made anew
+    /// under the name starts without it.
     pub async fn topic_deleted(&self, topic: &str) -> Result<(), AttachError> {
         self.forget(topic);
-        let (store, owner) = (self.store.clone(), crate::plugin_state::ingest_owner(topic));
-        tokio::task::spawn_blocking(move || store.delete_pipeline_data(&owner)).await??;
+        let store = self.store.clone();
+        let ingest = crate::plugin_state::ingest_owner(topic);
+        let read_paths = crate::plugin_state::read_path_owners(topic);
+        tokio::task::spawn_blocking(move || {
+            store.delete_pipeline_data(&ingest)?;
+            store.delete_plugin_state_owners(&read_paths)
+        })
+        .await??;
         Ok(())
     }
 

@@ -100,6 +100,7 @@ impl Broker {
             dead_letters.clone(),
         );
         let subscriptions = Subscriptions::new(
+            (store.clone(), writer.clone()),
             reader.clone(),
             notifier.clone(),
             registry.clone(),

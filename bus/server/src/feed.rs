@@ -12,6 +12,7 @@ use bytes::{Bytes, BytesMut};
 use edgebus_proto::batch::{self, BatchBuilder, BatchHeader, ProducerStamp, Record, StoredRecord};
 use edgebus_proto::frame::{FailurePolicy, PluginRef, Position};
 use edgebus_proto::{DecodeError, ErrorCode};
+use edgebus_store::{LogStore, StoreError};
 use quinn::{RecvStream, SendStream};
 
 use crate::attach::Attachments;
@@ -19,9 +20,11 @@ use crate::chain::{self, AttachPoint, ChainRunError, ChainRunner, Halt, OutputLi
 use crate::dlq::{DeadLetterError, DeadLetters};
 use crate::error::{self, Coded};
 use crate::notify::Notifier;
+use crate::plugin_state::ChainState;
 use crate::reader::{self, FetchError, Reader};
 use crate::registry::Registry;
 use crate::wire;
+use crate::writer::Writer;
 
 /// What a client subscribed to.
 pub struct Subscribe {
@@ -37,6 +40,8 @@ pub struct Subscribe {
     pub chain: Vec<PluginRef>,
     /// What the chain does with records a plugin fails on.
     pub on_failure: FailurePolicy,
+    /// The name the chain's state is stored under; empty: in memory only.
+    pub state: String,
 }
 
 /// Why a feed ended with an error frame.
@@ -58,6 +63,9 @@ pub enum FeedError {
     /// The subscriber left while the chain was halted.
     #[error("subscriber left")]
     SubscriberLeft,
+    /// The chain's named state could not be stored.
+    #[error("plugin state not stored: {0}")]
+    State(#[from] StoreError),
 }
 
 impl Coded for FeedError {
@@ -68,6 +76,7 @@ impl Coded for FeedError {
             FeedError::Batch(_) => ErrorCode::CorruptBatch,
             FeedError::DeadLetter(e) => e.code(),
             FeedError::SubscriberLeft => ErrorCode::ShuttingDown,
+            FeedError::State(e) => e.code(),
         }
     }
 }
@@ -75,6 +84,8 @@ impl Coded for FeedError {
 /// What feeds read from and report to. Cheap to clone.
 #[derive(Clone)]
 pub struct Subscriptions {
+    store: Arc<dyn LogStore>,
+    writer: Writer,
     reader: Reader,
     notifier: Notifier,
     registry: Arc<Registry>,
@@ -96,9 +107,11 @@ impl Subscriptions {
         &self.notifier
     }
 
-    /// Feeds that read with `reader`, wake on `notifier`, and run read-path
-    /// chains from `registry`.
+    /// Feeds that read with `reader`, wake on `notifier`, run read-path
+    /// chains from `registry`, and keep named chain state in `store`
+    /// through `writer`.
     pub fn new(
+        (store, writer): (Arc<dyn LogStore>, Writer),
         reader: Reader,
         notifier: Notifier,
         registry: Arc<Registry>,
@@ -106,6 +119,8 @@ impl Subscriptions {
         dead_letters: DeadLetters,
     ) -> Subscriptions {
         Subscriptions {
+            store,
+            writer,
             reader,
             notifier,
             registry,
@@ -147,18 +162,26 @@ impl Subscriptions {
         let mut chain = if s.chain.is_empty() {
             None
         } else {
+            let stored = (!s.state.is_empty())
+                .then(|| ChainState::read_path(self.store.clone(), topic, partition, &s.state));
+            let state = match &stored {
+                Some(stored) => stored.factory(&s.chain),
+                None => chain::in_memory_state(),
+            };
             let mut runner = ChainRunner::new(
                 self.registry.clone(),
                 s.chain,
                 s.on_failure,
                 AttachPoint::ReadPath,
                 self.attachments.read_counters(topic),
-                chain::in_memory_state(),
+                state,
             );
             runner.build().await?;
             Some(ReadChain {
                 runner,
                 halt: Halt::default(),
+                stored,
+                writer: self.writer.clone(),
             })
         };
         let mut cursor = self.reader.resolve(topic, partition, s.from).await?;
@@ -197,6 +220,7 @@ impl Subscriptions {
                 read.batches = c
                     .run(&self.dead_letters, at, start, &read.batches, &mut recv)
                     .await?;
+                c.store_state().await?;
             }
             if let Some(e) = reader::unservable(&read.batches) {
                 return Err(e.into());
@@ -214,6 +238,10 @@ impl Subscriptions {
 struct ReadChain {
     runner: ChainRunner,
     halt: Halt,
+    /// Its state in the store, for a subscription that names it.
+    stored: Option<ChainState>,
+    /// Stores `stored`'s changes.
+    writer: Writer,
 }
 
 impl ReadChain {
@@ -252,6 +280,8 @@ impl ReadChain {
                 Err(ChainRunError::Failed { .. }) => {
                     let pause = self.halt.trip(Instant::now());
                     tracing::warn!(%topic, partition, ?pause, "read-path chain halted");
+                    // The rebuilt chain loads its state from the store.
+                    self.store_state().await?;
                     self.runner.reset();
                     // Pause, but stop at once if the subscriber goes away.
                     let mut probe = [0u8; 1];
@@ -263,6 +293,22 @@ impl ReadChain {
                     }
                 }
                 Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+impl ReadChain {
+    /// Stores the state changes of a chain whose subscription named its
+    /// state, and waits until they are stored. The future holds no borrow
+    /// of the chain (whose plugin instances cannot be shared across
+    /// threads).
+    fn store_state(&self) -> impl Future<Output = Result<(), FeedError>> + Send + 'static {
+        let (stored, writer) = (self.stored.clone(), self.writer.clone());
+        async move {
+            match stored {
+                Some(stored) => Ok(stored.store(&writer).await?),
+                None => Ok(()),
             }
         }
     }

@@ -1,25 +1,29 @@
 //! Plugin state that outlives the broker process, in the store's plugin
-//! state table: one owner per attachment (a pipeline's name, or
-//! `ingest:<topic>` for a topic's ingest chain), and within it each stage
-//! under prefixes of its own, one per key space:
+//! state table: one owner per attachment (a pipeline's name,
+//! `ingest:<topic>` for a topic's ingest chain, `read:<topic>/<partition>/
+//! <name>` for read-path subscriptions that name their state), and within
+//! it each stage under prefixes of its own, one per key space:
 //!
 //! ```text
 //!   owner            key
 //!   "p1"             "0/" + plugin key      → value     (pipeline stage 0, data)
 //!   "p1"             "0~" + host key        → bookkeeping (expiry times)
 //!   "ingest:t"       "0-dedupe/" + key      → value     (ingest stage 0, plugin dedupe)
+//!   "read:t/0/g"     "0-dedupe/" + key      → value     (read path of t/0 named g)
 //! ```
 //!
 //! Pipeline stages are named by position only (a pipeline's chain never
-//! changes, and the names predate expiry); ingest stages by position and
-//! plugin, so a chain set anew with another plugin in a position does not
-//! inherit the state of the plugin that was there.
+//! changes, and the names predate expiry); ingest and read-path stages by
+//! position and plugin, so a chain set anew with another plugin in a
+//! position does not inherit the state of the plugin that was there.
 //!
-//! Ingest state is held in memory while its chain runs (it is bounded by
-//! the state budget), loaded from the store when the chain is built, and
-//! the changes a batch made are stored in the group commit that stores
-//! the batch (see [`IngestState::take`]), or, when no batch is stored,
-//! queued for the store through the writer (see [`IngestState::flush`]).
+//! Ingest and named read-path state is held in memory while its chain
+//! runs (it is bounded by the state budget) and loaded from the store when
+//! the chain is built. The changes an ingest batch made are stored in the
+//! group commit that stores the batch (see [`ChainState::take`]), or, when
+//! no batch is stored, queued for the store through the writer (see
+//! [`ChainState::flush`]); a read path's are queued after each frame it
+//! pushes.
 
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -107,27 +111,48 @@ pub fn ingest_owner(topic: &str) -> String {
     format!("ingest:{topic}")
 }
 
-/// The stage name of an ingest chain's stage at `position`.
-fn ingest_stage(position: usize, plugin: &str) -> String {
+/// The prefix of every owner name of `topic`'s read-path state. Topic
+/// names hold no `/`, so no other topic's owners share it.
+pub fn read_path_owners(topic: &str) -> String {
+    format!("read:{topic}/")
+}
+
+/// The stage name of an ingest or read-path chain's stage at `position`.
+fn chain_stage(position: usize, plugin: &str) -> String {
     format!("{position}-{plugin}")
 }
 
-/// A topic's ingest chain state: loaded from the store when the chain is
-/// built, changes queued until [`IngestState::flush`] hands them to the
-/// writer.
+/// A chain's stored state (a topic's ingest chain, or a named read path):
+/// loaded from the store when the chain is built, changes queued until
+/// [`ChainState::take`] or [`ChainState::flush`] hands them to the writer.
 #[derive(Clone)]
-pub struct IngestState {
+pub struct ChainState {
     store: Arc<dyn LogStore>,
     owner: String,
     changes: Arc<Mutex<Changes>>,
 }
 
-impl IngestState {
+impl ChainState {
     /// The state of `topic`'s ingest chain.
-    pub fn new(store: Arc<dyn LogStore>, topic: &str) -> IngestState {
-        IngestState {
+    pub fn ingest(store: Arc<dyn LogStore>, topic: &str) -> ChainState {
+        ChainState {
             store,
             owner: ingest_owner(topic),
+            changes: Arc::default(),
+        }
+    }
+
+    /// The state of read-path subscriptions of `topic`'s `partition` that
+    /// name it `name`.
+    pub fn read_path(
+        store: Arc<dyn LogStore>,
+        topic: &str,
+        partition: u32,
+        name: &str,
+    ) -> ChainState {
+        ChainState {
+            store,
+            owner: format!("{}{partition}/{name}", read_path_owners(topic)),
             changes: Arc::default(),
         }
     }
@@ -200,6 +225,18 @@ impl IngestState {
         }
     }
 
+    /// Stores the changes not yet taken and waits until they are: a
+    /// chain built from the store after this (a read path's, rebuilt after
+    /// a failure) sees them.
+    pub async fn store(&self, writer: &Writer) -> Result<(), StoreError> {
+        let Some(StateWrite { owner, changes }) = self.take() else {
+            return Ok(());
+        };
+        writer
+            .run(move |store| store.put_plugin_state(&owner, &changes))
+            .await
+    }
+
     /// Deletes stored state that no stage of `refs` will read: all of it
     /// for an empty chain.
     pub fn prune(&self, refs: &[PluginRef]) -> Result<(), StoreError> {
@@ -227,11 +264,11 @@ impl IngestState {
 fn stage_names(refs: &[PluginRef]) -> Vec<String> {
     refs.iter()
         .enumerate()
-        .map(|(position, r)| ingest_stage(position, &r.name))
+        .map(|(position, r)| chain_stage(position, &r.name))
         .collect()
 }
 
-/// One ingest stage's state: all of it in memory, each change also queued
+/// One stage's state: all of it in memory, each change also queued
 /// for the store under its stored key.
 struct StageState {
     mem: MemState,

@@ -233,6 +233,7 @@ async fn serve_stream(
                 max_bytes,
                 chain,
                 on_failure,
+                state,
             } => {
                 drop(permit);
                 let subscribe = Subscribe {
@@ -242,6 +243,7 @@ async fn serve_stream(
                     max_bytes,
                     chain,
                     on_failure,
+                    state,
                 };
                 let _ = tx
                     .send(Outgoing::Subscribe {

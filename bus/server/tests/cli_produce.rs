@@ -315,6 +315,51 @@ fn ingest_dedupe_window_survives_a_broker_kill_and_restart() {
     assert_eq!(values, ["1", "1", "3"]);
 }
 
+/// Issue 12 item 4, read path: a subscription that names its plugin state
+/// (`consume --plugin-state`, or `--group`) goes on from the state the
+/// last one of the name left, after a broker kill too; an unnamed one
+/// starts empty, and a deleted topic's named state goes with it.
+#[test]
+fn named_read_path_state_survives_a_broker_kill_and_goes_with_its_topic() {
+    let mut b = Broker::start();
+    b.edgebus(&["plugin", "add", "--bundled", "dedupe"])
+        .assert()
+        .success();
+    b.create("r", &["--partitions", "1"]);
+    let consume = |b: &Broker, from: &str, state: Option<&str>| -> Vec<String> {
+        let mut args = vec!["consume", "r", "--from", from, "--output", "json"];
+        args.extend(["--filter", "dedupe:window_ms=600000"]);
+        if let Some(name) = state {
+            args.extend(["--plugin-state", name]);
+        }
+        let out = b.edgebus(&args).assert().success();
+        json_lines(&out.get_output().stdout)
+            .iter()
+            .map(|v| v["value"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(produce_statuses(&b, "r", "a:1\nb:1\na:2\n"), ["stored"; 3]);
+    assert_eq!(consume(&b, "earliest", Some("s")), ["1", "1"]);
+    assert_eq!(produce_statuses(&b, "r", "b:3\nc:3\n"), ["stored"; 2]);
+    b.restart();
+    assert_eq!(
+        consume(&b, "3", Some("s")),
+        ["3"],
+        "b was seen under the name before the kill"
+    );
+    assert_eq!(consume(&b, "3", None), ["3", "3"], "no name, no memory");
+    assert_eq!(consume(&b, "3", Some("other")), ["3", "3"]);
+
+    b.edgebus(&["topic", "delete", "r"]).assert().success();
+    b.create("r", &["--partitions", "1"]);
+    assert_eq!(produce_statuses(&b, "r", "a:1\nb:1\n"), ["stored"; 2]);
+    assert_eq!(
+        consume(&b, "earliest", Some("s")),
+        ["1", "1"],
+        "a topic made anew starts without the deleted one's state"
+    );
+}
+
 /// Issue 12 gap: a pipeline's state budget counted only what its chain
 /// wrote since it was last built, so every restart granted a plugin a
 /// fresh budget on top of the state already stored. Stored state counts

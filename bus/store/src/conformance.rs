@@ -105,6 +105,7 @@ pub fn run_all<H: Harness>(h: &mut H) {
     pipeline_delete_data_removes_only_that_pipeline(h);
     plugin_state_put_lists_by_prefix_and_after_and_survives_reopen(h);
     append_with_state_commits_state_with_the_writes_or_neither(h);
+    delete_plugin_state_owners_removes_only_owners_under_the_prefix(h);
     crash_after_n_writes_keeps_exactly_the_acknowledged_batches(h);
     crash_after_n_writes_truncation_applies_whole_or_not_at_all(h);
     crash_after_n_writes_keeps_exactly_the_acknowledged_offset_commits(h);
@@ -709,6 +710,49 @@ pub fn append_with_state_commits_state_with_the_writes_or_neither<H: Harness>(h:
     assert_eq!(list("ingest:t"), vec![(b"k".to_vec(), b"2".to_vec())]);
     assert_eq!(list("ingest:u"), vec![(b"j".to_vec(), b"3".to_vec())]);
     assert_eq!(offsets(&store, "t", 0).log_end, 2);
+}
+
+/// Deleting owners by prefix removes every owner under it, whatever its
+/// keys, and no other owner (an owner sorting just before or after, or one
+/// that is the prefix without its last character).
+pub fn delete_plugin_state_owners_removes_only_owners_under_the_prefix<H: Harness>(h: &mut H) {
+    let store = h.fresh();
+    for owner in [
+        "read:s/0/g",
+        "read:t",
+        "read:t/0/g",
+        "read:t/1/h",
+        "read:u/0/g",
+    ] {
+        store
+            .put_plugin_state(
+                owner,
+                &[
+                    (b"a".to_vec(), Some(b"1".to_vec())),
+                    (b"b".to_vec(), Some(b"2".to_vec())),
+                ],
+            )
+            .expect("put_plugin_state");
+    }
+    store
+        .delete_plugin_state_owners("read:t/")
+        .expect("delete_plugin_state_owners");
+    let store = h.reopen(store);
+    let count = |owner| {
+        store
+            .plugin_state_list(owner, b"", None, 10)
+            .expect("plugin_state_list")
+            .len()
+    };
+    for (owner, left) in [
+        ("read:s/0/g", 2),
+        ("read:t", 2),
+        ("read:t/0/g", 0),
+        ("read:t/1/h", 0),
+        ("read:u/0/g", 2),
+    ] {
+        assert_eq!(count(owner), left, "{owner}");
+    }
 }
 
 /// A non-durable write is visible at once and kept by a clean restart.

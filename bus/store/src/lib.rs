@@ -623,6 +623,10 @@ pub trait MetaStore: Send + Sync + 'static {
     /// state; see [`MetaStore::put_plugin_state`]).
     fn delete_pipeline_data(&self, pipeline: &str) -> Result<(), StoreError>;
 
+    /// Deletes the plugin state of every owner whose name starts with
+    /// `prefix` (the read-path states of a deleted topic), durably.
+    fn delete_plugin_state_owners(&self, prefix: &str) -> Result<(), StoreError>;
+
     /// Up to `limit` entries of an owner's plugin state (a pipeline's, or
     /// another owner's, see [`MetaStore::put_plugin_state`]) whose key
     /// starts with `prefix` and sorts after `after` (from the first when

@@ -763,6 +763,15 @@ impl MetaStore for MemStore {
         state.pipeline_state.retain(|(p, _), _| p != pipeline);
         Ok(())
     }
+
+    fn delete_plugin_state_owners(&self, prefix: &str) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        let state = inner.begin_write()?;
+        state
+            .pipeline_state
+            .retain(|(owner, _), _| !owner.starts_with(prefix));
+        Ok(())
+    }
 }
 
 impl LogStore for MemStore {

@@ -1717,6 +1717,29 @@ impl MetaStore for RedbStore {
             Ok(())
         })
     }
+
+    fn delete_plugin_state_owners(&self, prefix: &str) -> Result<(), StoreError> {
+        self.writing(|db| {
+            let txn = Self::begin_durable(db)?;
+            {
+                let mut state = txn.open_table(PIPELINE_STATE)?;
+                let mut keys = Vec::new();
+                for entry in state.range((prefix, &[][..])..)? {
+                    let (key, _) = entry?;
+                    let (owner, key) = key.value();
+                    if !owner.starts_with(prefix) {
+                        break;
+                    }
+                    keys.push((owner.to_owned(), key.to_vec()));
+                }
+                for (owner, key) in &keys {
+                    state.remove((owner.as_str(), key.as_slice()))?;
+                }
+            }
+            txn.commit()?;
+            Ok(())
+        })
+    }
 }
 
 impl LogStore for RedbStore {

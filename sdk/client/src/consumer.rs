@@ -39,6 +39,11 @@ pub struct SubscribeConfig {
     pub chain: Vec<PluginRef>,
     /// What the chain does with records a plugin fails on.
     pub on_failure: FailurePolicy,
+    /// A name for the chain's plugin state: the broker keeps it per topic,
+    /// partition and name, so the next subscription of the name (after a
+    /// reconnect or a broker restart too) goes on from it. Empty: the state
+    /// lives and dies with the subscription.
+    pub plugin_state: String,
 }
 
 impl Default for SubscribeConfig {
@@ -49,6 +54,7 @@ impl Default for SubscribeConfig {
             reconnect: true,
             chain: Vec::new(),
             on_failure: FailurePolicy::default(),
+            plugin_state: String::new(),
         }
     }
 }
@@ -279,6 +285,7 @@ impl Reader {
             max_bytes: self.config.max_bytes,
             chain: self.config.chain.clone(),
             on_failure: self.config.on_failure,
+            state: self.config.plugin_state.clone(),
         }
         .encode(corr, &mut buf);
         wire::write_frames(&mut send, &buf).await?;

@@ -59,6 +59,12 @@ pub struct ConsumeArgs {
     /// What the broker does with records a filter plugin fails on.
     #[arg(long, value_enum, default_value_t)]
     on_failure: PolicyArg,
+    /// Keep the filters' plugin state in the broker under this name (per
+    /// partition), so the next `consume` with the name goes on from it,
+    /// after a broker restart too. With `--group`, the group's name is the
+    /// default; otherwise the state ends with the command.
+    #[arg(long, value_name = "NAME", requires = "filters")]
+    plugin_state: Option<String>,
     /// `text` prints `key<TAB>value` (the value alone for records without
     /// a key); `json` one object per line; `yaml` one document per record.
     #[arg(long, value_enum, default_value_t)]
@@ -103,9 +109,11 @@ impl ConsumeArgs {
         if let Some(last) = chain.last_mut() {
             last.params.extend(self.params.iter().cloned());
         }
+        let plugin_state = self.plugin_state.clone().or_else(|| self.group.clone());
         SubscribeConfig {
             chain,
             on_failure: self.on_failure.into(),
+            plugin_state: plugin_state.unwrap_or_default(),
             ..SubscribeConfig::default()
         }
     }
