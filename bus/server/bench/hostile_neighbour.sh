@@ -4,7 +4,8 @@
 # load into a topic whose ingest plugin burns its deadline on every call
 # (plugins/test/spin; HOSTILE=NAME for another test plugin), then beside the
 # same load into a topic without a plugin (the control). ROUNDS (5) alternating
-# rounds; one JSON line per run, labelled. Needs a release build and
+# rounds; CONFIG=FILE serves with that config file. One JSON line per run,
+# labelled. Needs a release build and
 # plugins/build.sh. It starts one broker of its own, and stops it and the
 # load loops it started.
 set -u -m
@@ -17,7 +18,7 @@ D=$(mktemp -d)
 trap 'rm -rf "$D"' EXIT
 PORT=$(python3 -c 'import socket;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
 ADDR=127.0.0.1:$PORT
-RUST_LOG=error $BIN serve --data $D/data --listen $ADDR > $D/serve.out 2> $D/serve.err &
+RUST_LOG=error $BIN serve --data $D/data --listen $ADDR ${CONFIG:+--config "$CONFIG"} > $D/serve.out 2> $D/serve.err &
 SERVE=$!
 sleep 1
 CA=$D/data/tls/ca.pem

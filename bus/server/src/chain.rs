@@ -237,6 +237,9 @@ pub enum ChainRunError {
     /// The blocking task that ran the chain failed.
     #[error("plugin task: {0}")]
     Task(#[from] tokio::task::JoinError),
+    /// The low-priority thread that ran the chain lost it.
+    #[error(transparent)]
+    Lost(#[from] crate::low_priority::Lost),
 }
 
 impl Coded for ChainRunError {
@@ -245,7 +248,7 @@ impl Coded for ChainRunError {
             ChainRunError::Registry(e) => e.code(),
             ChainRunError::Rejected { .. } => ErrorCode::PluginRejected,
             ChainRunError::Failed { .. } => ErrorCode::PluginHalted,
-            ChainRunError::Task(_) => ErrorCode::StorageError,
+            ChainRunError::Task(_) | ChainRunError::Lost(_) => ErrorCode::StorageError,
         }
     }
 }
@@ -275,7 +278,19 @@ pub struct ChainRunner {
     counters: Arc<Counters>,
     state: StateFactory,
     live: Option<LiveChain>,
+    /// Until when the chain's calls run on the low-priority threads: it
+    /// burnt time failing (see [`DEMOTION`]).
+    demoted_until: Option<Instant>,
 }
+
+/// A run whose calls failed and took at least this long demotes its chain
+/// to the low-priority threads ([`crate::low_priority`]) for [`DEMOTION`]:
+/// a plugin that burns its deadline, not one that refuses a bad record in
+/// microseconds.
+const DEMOTE_AFTER: Duration = Duration::from_millis(1);
+
+/// How long a demotion lasts after the last slow failing run.
+const DEMOTION: Duration = Duration::from_secs(10);
 
 impl ChainRunner {
     /// A runner of `refs` at `attach`, counting into `counters`.
@@ -295,6 +310,7 @@ impl ChainRunner {
             counters,
             state,
             live: None,
+            demoted_until: None,
         }
     }
 
@@ -334,7 +350,7 @@ impl ChainRunner {
         let (registry, refs, state) =
             (self.registry.clone(), self.refs.clone(), self.state.clone());
         let live = self.live.take();
-        let (mut live, out, elapsed) = tokio::task::spawn_blocking(move || {
+        let work = move || {
             let mut live = match live {
                 Some(live) => live,
                 None => registry.build_chain(&refs, &*state)?,
@@ -343,8 +359,18 @@ impl ChainRunner {
             let started = Instant::now();
             let out = live.chain_mut().process(inputs);
             Ok::<_, RegistryError>((live, out, started.elapsed()))
-        })
-        .await??;
+        };
+        let demoted = self
+            .demoted_until
+            .is_some_and(|until| Instant::now() < until);
+        let (mut live, out, elapsed) = if demoted {
+            crate::low_priority::run(work).await??
+        } else {
+            tokio::task::spawn_blocking(work).await??
+        };
+        if !out.failed.is_empty() && elapsed >= DEMOTE_AFTER {
+            self.demoted_until = Some(Instant::now() + DEMOTION);
+        }
         self.counters
             .call(elapsed, out.replaced, live.chain_mut().state_bytes());
         let unchanged = live.only_filters();

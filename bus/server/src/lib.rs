@@ -92,6 +92,7 @@ pub mod exporter;
 pub mod feed;
 pub mod groups;
 pub mod kafka;
+mod low_priority;
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 mod memory;
 pub mod metrics;
