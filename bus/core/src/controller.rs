@@ -766,7 +766,9 @@ impl ClusterState {
             )));
         }
         // The new partitions go on where the topic's placement left off:
-        // partition p's first replica is p nodes after partition 0's.
+        // partition p's first replica is p nodes after partition 0's (the
+        // round robin of `create_topic`, exactly so while the registered
+        // nodes are those the topic was created among).
         let start = meta.partitions[0]
             .replicas
             .first()

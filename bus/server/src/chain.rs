@@ -278,18 +278,17 @@ pub struct ChainRunner {
     counters: Arc<Counters>,
     state: StateFactory,
     live: Option<LiveChain>,
-    /// Until when the chain's calls run on the low-priority threads: it
-    /// burnt time failing (see [`DEMOTION`]).
+    /// Until when the chain's calls run on the low-priority threads: a
+    /// call ran into its deadline (see [`DEMOTION`]).
     demoted_until: Option<Instant>,
 }
 
-/// A run whose calls failed and took at least this long demotes its chain
-/// to the low-priority threads ([`crate::low_priority`]) for [`DEMOTION`]:
-/// a plugin that burns its deadline, not one that refuses a bad record in
-/// microseconds.
-const DEMOTE_AFTER: Duration = Duration::from_millis(1);
-
-/// How long a demotion lasts after the last slow failing run.
+/// How long a chain runs on the low-priority threads
+/// ([`crate::low_priority`]) after a call of it ran into its deadline: a
+/// plugin that burns its time, not one that refuses a bad record in
+/// microseconds. Deadlines missed while demoted (a starved thread can miss
+/// one) do not renew it, so a chain is back at normal priority this long
+/// after its demotion whatever the load.
 const DEMOTION: Duration = Duration::from_secs(10);
 
 impl ChainRunner {
@@ -368,7 +367,9 @@ impl ChainRunner {
         } else {
             tokio::task::spawn_blocking(work).await??
         };
-        if !out.failed.is_empty() && elapsed >= DEMOTE_AFTER {
+        let burnt =
+            |(_, _, e): &(usize, String, PluginError)| matches!(e, PluginError::Deadline(_));
+        if !demoted && out.failed.iter().any(burnt) {
             self.demoted_until = Some(Instant::now() + DEMOTION);
         }
         self.counters

@@ -11,7 +11,8 @@
 //! - read path: every subscriber runs its own chain over the same stored
 //!   records, so [`DeadLetters::append_once`] remembers which source records
 //!   were dead-lettered (read back from the dead-letter topic after a
-//!   restart) and writes each once, whichever subscriber hits it first.
+//!   restart) and writes each once, whichever subscriber hits it first
+//!   (on a cluster node: once per node, each reading its own copy).
 //!
 //! On a cluster node the dead-letter topic is a replicated topic created
 //! through the control log, and its leader may be another node, so no

@@ -159,11 +159,26 @@ impl Subscriptions {
         s: Subscribe,
     ) -> Result<(), FeedError> {
         let (topic, partition) = (s.topic.as_str(), s.partition);
+        let mut cursor = self.reader.resolve(topic, partition, s.from).await?;
         let mut chain = if s.chain.is_empty() {
             None
         } else {
             let stored = (!s.state.is_empty())
                 .then(|| ChainState::read_path(self.store.clone(), topic, partition, &s.state));
+            if let Some(stored) = &stored
+                && stored
+                    .stored_through()?
+                    .is_some_and(|through| through > cursor)
+            {
+                // The stored state has seen records this subscription is
+                // about to read (a client that lost frames, a group that
+                // resumes from an older commit): with it, a dedupe would
+                // drop them. Starting without it lets duplicates through
+                // instead.
+                tracing::info!(%topic, partition, name = %s.state, cursor,
+                    "named read-path state is ahead of the subscription; it starts empty");
+                stored.forget(&self.writer).await?;
+            }
             let state = match &stored {
                 Some(stored) => stored.factory(&s.chain),
                 None => chain::in_memory_state(),
@@ -181,10 +196,8 @@ impl Subscriptions {
                 runner,
                 halt: Halt::default(),
                 stored,
-                writer: self.writer.clone(),
             })
         };
-        let mut cursor = self.reader.resolve(topic, partition, s.from).await?;
         let mut log_end = self.notifier.watch(topic, partition);
         let mut idle_sent = false;
         let mut scratch = [0u8; 64];
@@ -213,14 +226,14 @@ impl Subscriptions {
                 // One empty frame tells the client where the log ends.
                 idle_sent = true;
             }
+            let ran = chain.is_some() && !read.batches.is_empty();
             if let Some(c) = chain.as_mut()
-                && !read.batches.is_empty()
+                && ran
             {
                 let at = (topic, partition);
                 read.batches = c
                     .run(&self.dead_letters, at, start, &read.batches, &mut recv)
                     .await?;
-                c.store_state().await?;
             }
             if let Some(e) = reader::unservable(&read.batches) {
                 return Err(e.into());
@@ -229,6 +242,13 @@ impl Subscriptions {
                 wire::write_fetched(feed.send, feed.correlation_id, read, cursor, &mut feed.buf);
             if sent.await.is_err() {
                 return Ok(());
+            }
+            // Stored only once the frame is sent, so stored state never
+            // runs ahead of what the subscriber was given.
+            if let Some(stored) = chain.as_ref().and_then(|c| c.stored.clone())
+                && ran
+            {
+                stored.store_through(&self.writer, cursor).await?;
             }
         }
     }
@@ -240,8 +260,6 @@ struct ReadChain {
     halt: Halt,
     /// Its state in the store, for a subscription that names it.
     stored: Option<ChainState>,
-    /// Stores `stored`'s changes.
-    writer: Writer,
 }
 
 impl ReadChain {
@@ -280,8 +298,11 @@ impl ReadChain {
                 Err(ChainRunError::Failed { .. }) => {
                     let pause = self.halt.trip(Instant::now());
                     tracing::warn!(%topic, partition, ?pause, "read-path chain halted");
-                    // The rebuilt chain loads its state from the store.
-                    self.store_state().await?;
+                    // The rebuilt chain loads its state from the store, as
+                    // of the last frame sent: the failed run's changes go.
+                    if let Some(stored) = &self.stored {
+                        stored.discard();
+                    }
                     self.runner.reset();
                     // Pause, but stop at once if the subscriber goes away.
                     let mut probe = [0u8; 1];
@@ -293,22 +314,6 @@ impl ReadChain {
                     }
                 }
                 Err(e) => return Err(e.into()),
-            }
-        }
-    }
-}
-
-impl ReadChain {
-    /// Stores the state changes of a chain whose subscription named its
-    /// state, and waits until they are stored. The future holds no borrow
-    /// of the chain (whose plugin instances cannot be shared across
-    /// threads).
-    fn store_state(&self) -> impl Future<Output = Result<(), FeedError>> + Send + 'static {
-        let (stored, writer) = (self.stored.clone(), self.writer.clone());
-        async move {
-            match stored {
-                Some(stored) => Ok(stored.store(&writer).await?),
-                None => Ok(()),
             }
         }
     }

@@ -22,8 +22,9 @@
 //! the chain is built. The changes an ingest batch made are stored in the
 //! group commit that stores the batch (see [`ChainState::take`]), or, when
 //! no batch is stored, queued for the store through the writer (see
-//! [`ChainState::flush`]); a read path's are queued after each frame it
-//! pushes.
+//! [`ChainState::flush`]); a read path's are stored after each frame it
+//! sends, with the offset after that frame (see
+//! [`ChainState::store_through`]).
 
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -116,6 +117,10 @@ pub fn ingest_owner(topic: &str) -> String {
 pub fn read_path_owners(topic: &str) -> String {
     format!("read:{topic}/")
 }
+
+/// Where a read path's stored state stops: outside every stage's keys
+/// (stage names start with a digit).
+const THROUGH_KEY: &[u8] = b"@through";
 
 /// The stage name of an ingest or read-path chain's stage at `position`.
 fn chain_stage(position: usize, plugin: &str) -> String {
@@ -225,15 +230,42 @@ impl ChainState {
         }
     }
 
-    /// Stores the changes not yet taken and waits until they are: a
-    /// chain built from the store after this (a read path's, rebuilt after
-    /// a failure) sees them.
-    pub async fn store(&self, writer: &Writer) -> Result<(), StoreError> {
-        let Some(StateWrite { owner, changes }) = self.take() else {
-            return Ok(());
-        };
+    /// The offset after the last frame whose changes a read path stored
+    /// ([`ChainState::store_through`]): its state has seen the records
+    /// below it.
+    pub fn stored_through(&self) -> Result<Option<u64>, StoreError> {
+        let stored = self.store.pipeline_state(&self.owner, THROUGH_KEY)?;
+        Ok(stored.and_then(|v| Some(u64::from_be_bytes(v.try_into().ok()?))))
+    }
+
+    /// Stores a read path's changes with `next`, the offset after the frame
+    /// just sent, in one durable transaction, and waits until they are
+    /// stored (a chain rebuilt after a failure loads them). One commit per
+    /// frame: frames carry up to the subscription's `max_bytes`, so a busy
+    /// subscription sends few, large ones.
+    pub async fn store_through(&self, writer: &Writer, next: u64) -> Result<(), StoreError> {
+        let StateWrite { owner, mut changes } = self.take().unwrap_or_else(|| StateWrite {
+            owner: self.owner.clone(),
+            changes: Vec::new(),
+        });
+        changes.push((THROUGH_KEY.to_vec(), Some(next.to_be_bytes().to_vec())));
         writer
             .run(move |store| store.put_plugin_state(&owner, &changes))
+            .await
+    }
+
+    /// Drops the changes not yet stored (those of a run whose frame was
+    /// not sent).
+    pub fn discard(&self) {
+        drop(self.take());
+    }
+
+    /// Deletes everything stored under this owner.
+    pub async fn forget(&self, writer: &Writer) -> Result<(), StoreError> {
+        self.discard();
+        let owner = self.owner.clone();
+        writer
+            .run(move |store| store.delete_pipeline_data(&owner))
             .await
     }
 

@@ -321,6 +321,9 @@ pub struct Writer {
     notifier: Notifier,
     commits: Arc<tokio::sync::Notify>,
     destinations: Arc<mirror::Destinations>,
+    /// Set once the node joins a cluster: its partitions are driven by
+    /// replicas, and one it holds no copy of is not its to write.
+    clustered: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Writer {
@@ -373,6 +376,7 @@ impl Writer {
             notifier,
             commits,
             destinations,
+            clustered: Arc::default(),
         })
     }
 
@@ -412,10 +416,12 @@ impl Writer {
             .and_then(|slot| slot.engine.duplicate_of(stamp, record_count))
     }
 
-    /// Whether an append to the partition may be stored here: false only
-    /// on a cluster node whose replica of it follows or is idle, so work
+    /// Whether an append to the partition may be stored here, so work
     /// done before the append (an ingest chain, its dead letters) can be
-    /// skipped for a request that would be refused with `NotLeader`.
+    /// skipped for a request that would be refused with `NotLeader`. On a
+    /// single node always; on a cluster node only while its replica of the
+    /// partition leads (not while it follows, retires or waits, nor for a
+    /// partition it holds no copy of).
     pub fn may_lead(&self, topic: &str, partition: u32) -> bool {
         let engines = self.engines.lock().unwrap_or_else(PoisonError::into_inner);
         match engines
@@ -423,7 +429,8 @@ impl Writer {
             .map(|s| &s.engine)
         {
             Some(Driver::Cluster(replica)) => replica.role() == RoleKind::Leader,
-            Some(Driver::Single(_)) | None => true,
+            Some(Driver::Single(_)) => true,
+            None => !self.clustered.load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 

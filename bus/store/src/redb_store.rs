@@ -1015,9 +1015,7 @@ impl RedbStore {
             .collect()
     }
 
-    /// Applies a pipeline step's plugin state changes, in order, and moves
-    /// its source position, in `txn`.
-    /// Applies `owner`'s plugin state changes in order.
+    /// Applies `owner`'s plugin state changes in order, in `txn`.
     fn put_state_in(
         txn: &WriteTransaction,
         owner: &str,
@@ -1034,6 +1032,8 @@ impl RedbStore {
         Ok(())
     }
 
+    /// Applies a pipeline step's plugin state changes, in order, and moves
+    /// its source position, in `txn`.
     fn apply_pipeline_progress(
         txn: &WriteTransaction,
         commit: &PipelineCommit,

@@ -16,7 +16,9 @@ use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use edgebus_core::controller::{ClusterState, ControlError, ControlOutcome, ControlRequest};
+use edgebus_core::controller::{
+    ClusterState, ControlError, ControlOutcome, ControlRequest, TopicMeta,
+};
 use edgebus_core::producer::ProducerState;
 use edgebus_core::replica::{
     FetchDecision, FetchError, FetchRequest, FetchResponse, ReplicaConfig, ReplicatedBatch,
@@ -187,7 +189,7 @@ impl Cluster {
             .state()
             .topics
             .get(name)
-            .and_then(|meta| spec_of(name, &meta.spec))
+            .and_then(|meta| spec_of(name, meta))
             .ok_or_else(unknown)?;
         if let Some(asked) = changes.partitions.filter(|p| *p < old.partitions) {
             return Err(TopicAdminError::FewerPartitions {
@@ -283,7 +285,7 @@ impl Cluster {
             if registered && let Some(data) = self.data() {
                 create_local_topics(&data.topics, &state).await;
                 alter_local_topics(&data.topics, &state).await;
-                self.delete_local_copies(&data.topics, &state).await;
+                self.delete_local_copies(&data, &state).await;
                 data.writer.cluster_metadata(state).await;
             }
             if states.changed().await.is_err() {
@@ -600,19 +602,31 @@ impl Cluster {
     /// Deletes this node's copy of every topic being deleted that still
     /// counts it as a holder, and tells the controller. A proposal that is
     /// lost is made again on the next state applied.
-    async fn delete_local_copies(&self, topics: &Topics, state: &ClusterState) {
+    async fn delete_local_copies(&self, data: &DataPlane, state: &ClusterState) {
         let node = self.inner.node;
         for (name, holders) in &state.deleting {
             if !holders.contains(&node) {
                 continue;
             }
-            match topics.delete(name.clone()).await {
+            match data.topics.delete(name.clone()).await {
                 Ok(()) | Err(TopicAdminError::UnknownTopic(_)) => {}
                 Err(TopicAdminError::Store(TopicError::NotFound(_))) => {}
                 Err(e) => {
                     tracing::error!(topic = %name, error = %e, "deleting the local copy failed");
                     continue;
                 }
+            }
+            // The copy's plugin state goes with it, before the name is
+            // free again, so a topic made anew under it starts without.
+            let (store, topic) = (data.store.clone(), name.clone());
+            let forgotten = tokio::task::spawn_blocking(move || {
+                store.delete_pipeline_data(&crate::plugin_state::ingest_owner(&topic))?;
+                store.delete_plugin_state_owners(&crate::plugin_state::read_path_owners(&topic))
+            })
+            .await;
+            if !matches!(forgotten, Ok(Ok(()))) {
+                tracing::error!(topic = %name, ?forgotten, "deleting the copy's plugin state failed");
+                continue;
             }
             let cluster = self.clone();
             let request = ControlRequest::TopicCopyDeleted {
@@ -628,10 +642,16 @@ impl Cluster {
     }
 }
 
-/// A topic's settings as the control log holds them.
-fn spec_of(name: &str, encoded: &[u8]) -> Option<TopicSpec> {
-    match Request::decode(Bytes::from(encoded.to_vec())) {
-        Ok((_, Request::CreateTopic(spec))) => Some(spec),
+/// A topic's settings as the control log holds them. The partition count
+/// is the placement's, which only `AddPartitions` changes: the encoded
+/// settings of an `AlterTopicSpec` computed before a concurrent
+/// `AddPartitions` name the old count.
+fn spec_of(name: &str, meta: &TopicMeta) -> Option<TopicSpec> {
+    match Request::decode(Bytes::from(meta.spec.clone())) {
+        Ok((_, Request::CreateTopic(spec))) => Some(TopicSpec {
+            partitions: meta.partitions.len() as u32,
+            ..spec
+        }),
         other => {
             tracing::error!(topic = %name, ?other, "unreadable topic spec in the control log");
             None
@@ -661,7 +681,7 @@ async fn alter_local_topics(topics: &Topics, state: &ClusterState) {
         let Ok(local) = topics.spec(name) else {
             continue;
         };
-        let Some(wanted) = spec_of(name, &meta.spec) else {
+        let Some(wanted) = spec_of(name, meta) else {
             continue;
         };
         let changes = differences(&local, &wanted);
@@ -680,7 +700,7 @@ async fn create_local_topics(topics: &Topics, state: &ClusterState) {
         if topics.spec(name).is_ok() {
             continue;
         }
-        let Some(spec) = spec_of(name, &meta.spec) else {
+        let Some(spec) = spec_of(name, meta) else {
             continue;
         };
         match topics.create(spec).await {

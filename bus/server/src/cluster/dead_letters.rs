@@ -25,7 +25,9 @@ use crate::writer::{Append, AppendFailure};
 /// take 6–12 s).
 const APPEND_DEADLINE: Duration = Duration::from_secs(20);
 
-/// Longest one call to the leader waits for its answer.
+/// Longest one call to the leader waits for its answer (less when the
+/// deadline is nearer), so a produce holding its topic's ingest chain
+/// waits at most about [`APPEND_DEADLINE`].
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Pause before asking again after a retriable refusal.
@@ -71,7 +73,12 @@ impl Cluster {
                     .append_here(topic.clone(), batch.clone(), record_count)
                     .await
                     .map_err(DeadLetterError::from),
-                Some(node) => self.append_at(node, &topic, &batch, record_count).await,
+                Some(node) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    let call = CALL_TIMEOUT.min(left.max(RETRY_PAUSE));
+                    self.append_at(node, &topic, (&batch, record_count), call)
+                        .await
+                }
                 None => Err(DeadLetterError::Write(AppendFailure::NotLeader {
                     leader: None,
                 })),
@@ -92,8 +99,8 @@ impl Cluster {
         &self,
         node: u64,
         topic: &str,
-        batch: &Bytes,
-        record_count: u32,
+        (batch, record_count): (&Bytes, u32),
+        timeout: Duration,
     ) -> Result<u64, DeadLetterError> {
         let call = PeerRequest::AppendDeadLetters {
             topic: topic.to_owned(),
@@ -101,7 +108,7 @@ impl Cluster {
             record_count,
         };
         let remote = |code, detail| DeadLetterError::Remote { node, code, detail };
-        match self.inner.peers.call(node, &call, CALL_TIMEOUT).await {
+        match self.inner.peers.call(node, &call, timeout).await {
             Ok(PeerResponse::DeadLettersAppended(Ok(base_offset))) => Ok(base_offset),
             Ok(PeerResponse::DeadLettersAppended(Err((code, detail)))) => Err(remote(
                 ErrorCode::from_u16(code).unwrap_or(ErrorCode::StorageError),

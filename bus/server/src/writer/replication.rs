@@ -132,6 +132,8 @@ impl Writer {
         config: ReplicaConfig,
     ) -> mpsc::UnboundedReceiver<Outbound> {
         let (outbound, rx) = mpsc::unbounded_channel();
+        self.clustered
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let _ = self
             .tx
             .send(Op::Cluster(ClusterOp::Attach {
