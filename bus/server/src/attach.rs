@@ -269,12 +269,9 @@ impl Attachments {
     /// under the name starts without it.
     pub async fn topic_deleted(&self, topic: &str) -> Result<(), AttachError> {
         self.forget(topic);
-        let store = self.store.clone();
-        let ingest = crate::plugin_state::ingest_owner(topic);
-        let read_paths = crate::plugin_state::read_path_owners(topic);
+        let (store, topic) = (self.store.clone(), topic.to_owned());
         tokio::task::spawn_blocking(move || {
-            store.delete_pipeline_data(&ingest)?;
-            store.delete_plugin_state_owners(&read_paths)
+            crate::plugin_state::delete_topic_state(&*store, &topic)
         })
         .await??;
         Ok(())

@@ -55,9 +55,6 @@ pub enum DeadLetterError {
     /// The writer refused the append.
     #[error(transparent)]
     Write(#[from] AppendFailure),
-    /// The writer is gone.
-    #[error("writer stopped")]
-    WriterStopped,
     /// The dead-letter topic could not be read back.
     #[error(transparent)]
     Read(#[from] FetchError),
@@ -80,7 +77,6 @@ impl Coded for DeadLetterError {
             DeadLetterError::Topic(e) => e.code(),
             DeadLetterError::Batch(_) => ErrorCode::CorruptBatch,
             DeadLetterError::Write(e) => e.code(),
-            DeadLetterError::WriterStopped => ErrorCode::ShuttingDown,
             DeadLetterError::Read(e) => e.code(),
             DeadLetterError::Remote { code, .. } => *code,
         }
@@ -269,21 +265,8 @@ impl DeadLetters {
                         .await?
                 }
                 None => {
-                    let append = Append {
-                        topic: output.topic,
-                        partition: output.partition,
-                        batch: output.batch,
-                        record_count: output.record_count,
-                        sequence: None,
-                        acks: AckLevel::Durable,
-                        dead_letters: None,
-                        state: None,
-                    };
-                    match self.writer.append(append).await.await {
-                        Ok(Ok(outcome)) => outcome.base_offset(),
-                        Ok(Err(e)) => return Err(e.into()),
-                        Err(_) => return Err(DeadLetterError::WriterStopped),
-                    }
+                    let batch = (output.batch, output.record_count);
+                    append_letters(&self.writer, output.topic, batch, AckLevel::Durable).await?
                 }
             };
             first.get_or_insert(base_offset);
@@ -315,6 +298,31 @@ impl DeadLetters {
             placed: Some(placed),
         };
         Ok((letters, at))
+    }
+}
+
+/// Appends one batch of dead letters (with its record count) to partition
+/// 0 of the dead-letter topic `topic` through this node's writer at `acks`,
+/// and waits for it; returns its base offset.
+pub(crate) async fn append_letters(
+    writer: &Writer,
+    topic: String,
+    (batch, record_count): (Bytes, u32),
+    acks: AckLevel,
+) -> Result<u64, AppendFailure> {
+    let append = Append {
+        topic,
+        partition: 0,
+        batch,
+        record_count,
+        sequence: None,
+        acks,
+        dead_letters: None,
+        state: None,
+    };
+    match writer.append(append).await.await {
+        Ok(result) => result.map(|outcome| outcome.base_offset()),
+        Err(_) => Err(AppendFailure::Stopped),
     }
 }
 

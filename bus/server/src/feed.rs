@@ -245,9 +245,7 @@ impl Subscriptions {
             }
             // Stored only once the frame is sent, so stored state never
             // runs ahead of what the subscriber was given.
-            if let Some(stored) = chain.as_ref().and_then(|c| c.stored.clone())
-                && ran
-            {
+            if ran && let Some(stored) = chain.as_ref().and_then(|c| c.stored.as_ref()) {
                 stored.store_through(&self.writer, cursor).await?;
             }
         }

@@ -729,20 +729,22 @@ async fn step(
     for (target, records) in &by_partition {
         outputs.extend(chain::outputs(&def.to, *target, records).map_err(encoding)?);
     }
-    if !run.dead_letters.is_empty() && env.dead_letters.apart() {
-        // On a cluster node the dead-letter topic may be led elsewhere:
-        // stored before the step, at least once (see `crate::dlq`).
-        env.dead_letters
-            .store_apart(&def.from, &run.dead_letters)
-            .await
-            .map_err(|e| Halted(format!("dead letters: {e}")))?;
-    } else if !run.dead_letters.is_empty() {
-        let dlq = env
-            .dead_letters
-            .ensure(&def.from)
-            .await
-            .map_err(|e| Halted(format!("dead-letter topic: {e}")))?;
-        outputs.extend(chain::outputs(&dlq, 0, &run.dead_letters).map_err(encoding)?);
+    if !run.dead_letters.is_empty() {
+        if env.dead_letters.apart() {
+            // On a cluster node the dead-letter topic may be led elsewhere:
+            // stored before the step, at least once (see `crate::dlq`).
+            env.dead_letters
+                .store_apart(&def.from, &run.dead_letters)
+                .await
+                .map_err(|e| Halted(format!("dead letters: {e}")))?;
+        } else {
+            let dlq = env
+                .dead_letters
+                .ensure(&def.from)
+                .await
+                .map_err(|e| Halted(format!("dead-letter topic: {e}")))?;
+            outputs.extend(chain::outputs(&dlq, 0, &run.dead_letters).map_err(encoding)?);
+        }
     }
     let state: Vec<(Vec<u8>, Option<Vec<u8>>)> =
         std::mem::take(&mut *lock(overlay)).into_iter().collect();

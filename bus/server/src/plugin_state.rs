@@ -108,14 +108,22 @@ pub fn stored_usage(
 }
 
 /// The owner name of a topic's ingest chain state.
-pub fn ingest_owner(topic: &str) -> String {
+fn ingest_owner(topic: &str) -> String {
     format!("ingest:{topic}")
 }
 
 /// The prefix of every owner name of `topic`'s read-path state. Topic
 /// names hold no `/`, so no other topic's owners share it.
-pub fn read_path_owners(topic: &str) -> String {
+fn read_path_owners(topic: &str) -> String {
     format!("read:{topic}/")
+}
+
+/// Deletes the stored plugin state of `topic`: its ingest chain's and
+/// every named read path's, so a topic made anew under the name starts
+/// without it.
+pub fn delete_topic_state(store: &dyn LogStore, topic: &str) -> Result<(), StoreError> {
+    store.delete_pipeline_data(&ingest_owner(topic))?;
+    store.delete_plugin_state_owners(&read_path_owners(topic))
 }
 
 /// Where a read path's stored state stops: outside every stage's keys

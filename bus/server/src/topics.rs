@@ -61,6 +61,25 @@ impl Coded for TopicAdminError {
     }
 }
 
+/// `old` with `changes` applied; fewer partitions are refused (removing
+/// one would drop its records).
+pub fn altered(old: &TopicSpec, changes: &TopicChanges) -> Result<TopicSpec, TopicAdminError> {
+    if let Some(asked) = changes.partitions.filter(|p| *p < old.partitions) {
+        return Err(TopicAdminError::FewerPartitions {
+            topic: old.name.clone(),
+            partitions: old.partitions,
+            asked,
+        });
+    }
+    Ok(TopicSpec {
+        partitions: changes.partitions.unwrap_or(old.partitions),
+        retention_ms: changes.retention_ms.unwrap_or(old.retention_ms),
+        retention_bytes: changes.retention_bytes.unwrap_or(old.retention_bytes),
+        max_message_bytes: changes.max_message_bytes.unwrap_or(old.max_message_bytes),
+        ..old.clone()
+    })
+}
+
 /// The topics of a broker. Cheap to clone.
 #[derive(Clone)]
 pub struct Topics {
@@ -162,20 +181,7 @@ impl Topics {
     ) -> Result<TopicSpec, TopicAdminError> {
         let _admin = self.admin.lock().await;
         let old = self.spec(name)?;
-        if let Some(asked) = changes.partitions.filter(|p| *p < old.partitions) {
-            return Err(TopicAdminError::FewerPartitions {
-                topic: name.to_owned(),
-                partitions: old.partitions,
-                asked,
-            });
-        }
-        let new = TopicSpec {
-            partitions: changes.partitions.unwrap_or(old.partitions),
-            retention_ms: changes.retention_ms.unwrap_or(old.retention_ms),
-            retention_bytes: changes.retention_bytes.unwrap_or(old.retention_bytes),
-            max_message_bytes: changes.max_message_bytes.unwrap_or(old.max_message_bytes),
-            ..old.clone()
-        };
+        let new = altered(&old, &changes)?;
         let stored = new.clone();
         self.writer
             .run(move |store| Ok(store.alter_topic(&stored)))

@@ -1015,6 +1015,29 @@ impl RedbStore {
             .collect()
     }
 
+    /// Removes the plugin state of the owners from `first` on in key order
+    /// while `ours` holds for them, in `txn`.
+    fn remove_owners_in(
+        txn: &WriteTransaction,
+        first: &str,
+        ours: impl Fn(&str) -> bool,
+    ) -> Result<(), StoreError> {
+        let mut state = txn.open_table(PIPELINE_STATE)?;
+        let mut keys = Vec::new();
+        for entry in state.range((first, &[][..])..)? {
+            let (key, _) = entry?;
+            let (owner, key) = key.value();
+            if !ours(owner) {
+                break;
+            }
+            keys.push((owner.to_owned(), key.to_vec()));
+        }
+        for (owner, key) in &keys {
+            state.remove((owner.as_str(), key.as_slice()))?;
+        }
+        Ok(())
+    }
+
     /// Applies `owner`'s plugin state changes in order, in `txn`.
     fn put_state_in(
         txn: &WriteTransaction,
@@ -1698,21 +1721,7 @@ impl MetaStore for RedbStore {
             let txn = Self::begin_durable(db)?;
             txn.open_table(PIPELINE_POSITIONS)?
                 .retain_in((pipeline, 0)..=(pipeline, u32::MAX), |_, _| false)?;
-            {
-                let mut state = txn.open_table(PIPELINE_STATE)?;
-                let mut keys = Vec::new();
-                for entry in state.range((pipeline, &[][..])..)? {
-                    let (key, _) = entry?;
-                    let (owner, key) = key.value();
-                    if owner != pipeline {
-                        break;
-                    }
-                    keys.push(key.to_vec());
-                }
-                for key in &keys {
-                    state.remove((pipeline, key.as_slice()))?;
-                }
-            }
+            Self::remove_owners_in(&txn, pipeline, |owner| owner == pipeline)?;
             txn.commit()?;
             Ok(())
         })
@@ -1721,21 +1730,7 @@ impl MetaStore for RedbStore {
     fn delete_plugin_state_owners(&self, prefix: &str) -> Result<(), StoreError> {
         self.writing(|db| {
             let txn = Self::begin_durable(db)?;
-            {
-                let mut state = txn.open_table(PIPELINE_STATE)?;
-                let mut keys = Vec::new();
-                for entry in state.range((prefix, &[][..])..)? {
-                    let (key, _) = entry?;
-                    let (owner, key) = key.value();
-                    if !owner.starts_with(prefix) {
-                        break;
-                    }
-                    keys.push((owner.to_owned(), key.to_vec()));
-                }
-                for (owner, key) in &keys {
-                    state.remove((owner.as_str(), key.as_slice()))?;
-                }
-            }
+            Self::remove_owners_in(&txn, prefix, |owner| owner.starts_with(prefix))?;
             txn.commit()?;
             Ok(())
         })

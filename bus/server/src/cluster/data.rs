@@ -191,20 +191,7 @@ impl Cluster {
             .get(name)
             .and_then(|meta| spec_of(name, meta))
             .ok_or_else(unknown)?;
-        if let Some(asked) = changes.partitions.filter(|p| *p < old.partitions) {
-            return Err(TopicAdminError::FewerPartitions {
-                topic: name.to_owned(),
-                partitions: old.partitions,
-                asked,
-            });
-        }
-        let new = TopicSpec {
-            partitions: changes.partitions.unwrap_or(old.partitions),
-            retention_ms: changes.retention_ms.unwrap_or(old.retention_ms),
-            retention_bytes: changes.retention_bytes.unwrap_or(old.retention_bytes),
-            max_message_bytes: changes.max_message_bytes.unwrap_or(old.max_message_bytes),
-            ..old.clone()
-        };
+        let new = crate::topics::altered(&old, &changes)?;
         let mut buf = BytesMut::new();
         Request::CreateTopic(new.clone()).encode(0, &mut buf);
         let spec = buf[4..].to_vec();
@@ -620,8 +607,7 @@ impl Cluster {
             // free again, so a topic made anew under it starts without.
             let (store, topic) = (data.store.clone(), name.clone());
             let forgotten = tokio::task::spawn_blocking(move || {
-                store.delete_pipeline_data(&crate::plugin_state::ingest_owner(&topic))?;
-                store.delete_plugin_state_owners(&crate::plugin_state::read_path_owners(&topic))
+                crate::plugin_state::delete_topic_state(&*store, &topic)
             })
             .await;
             if !matches!(forgotten, Ok(Ok(()))) {

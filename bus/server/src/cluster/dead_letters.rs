@@ -15,10 +15,10 @@ use futures::future::BoxFuture;
 
 use super::Cluster;
 use super::peer::{PeerRequest, PeerResponse};
-use crate::dlq::{DeadLetterError, DeadLetterRoute};
+use crate::dlq::{DeadLetterError, DeadLetterRoute, append_letters};
 use crate::error::Coded;
 use crate::topics::TopicAdminError;
-use crate::writer::{Append, AppendFailure};
+use crate::writer::AppendFailure;
 
 /// How long an append follows leader changes: long enough for a dead
 /// leader's session to run out and a new one to be elected (the defaults
@@ -146,19 +146,6 @@ impl Cluster {
         let Some(data) = self.data() else {
             return Err(AppendFailure::NotLeader { leader: None });
         };
-        let append = Append {
-            topic,
-            partition: 0,
-            batch,
-            record_count,
-            sequence: None,
-            acks: AckLevel::All,
-            dead_letters: None,
-            state: None,
-        };
-        match data.writer.append(append).await.await {
-            Ok(result) => result.map(|outcome| outcome.base_offset()),
-            Err(_) => Err(AppendFailure::Stopped),
-        }
+        append_letters(&data.writer, topic, (batch, record_count), AckLevel::All).await
     }
 }

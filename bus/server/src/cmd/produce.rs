@@ -340,21 +340,23 @@ async fn append_run(
         None => target.append(Bytes::new(), 0),
     };
     let mut placed = None;
-    if !run.dead_letters.is_empty() && dead_letters.apart() {
-        let first = dead_letters
-            .store_apart(&target.topic, &run.dead_letters)
-            .await?;
-        let (tx, at) = oneshot::channel();
-        if let Some(first) = first {
-            let _ = tx.send(first);
+    if !run.dead_letters.is_empty() {
+        if dead_letters.apart() {
+            let first = dead_letters
+                .store_apart(&target.topic, &run.dead_letters)
+                .await?;
+            let (tx, at) = oneshot::channel();
+            if let Some(first) = first {
+                let _ = tx.send(first);
+            }
+            placed = Some((dlq_topic(&target.topic), at));
+        } else {
+            let (letters, at) = dead_letters
+                .prepare(&target.topic, &run.dead_letters)
+                .await?;
+            placed = Some((letters.topic.clone(), at));
+            append.dead_letters = Some(letters);
         }
-        placed = Some((dlq_topic(&target.topic), at));
-    } else if !run.dead_letters.is_empty() {
-        let (letters, at) = dead_letters
-            .prepare(&target.topic, &run.dead_letters)
-            .await?;
-        placed = Some((letters.topic.clone(), at));
-        append.dead_letters = Some(letters);
     }
     append.state = chain.take_state();
     let ack = writer.append(append).await;
