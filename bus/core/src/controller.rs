@@ -70,9 +70,10 @@ pub struct PartitionMeta {
     /// Bumped at every change of this partition, leader or ISR, so a
     /// proposal computed from an older state is refused.
     pub partition_epoch: u64,
-    /// Replicas whose copy failed its CRC, until they rejoin the ISR: each
+    /// Replicas whose copy failed its CRC, until they are whole again: each
     /// drops its log from the damaged batch on and copies it again from the
-    /// leader. They lead nothing, clean or unclean, meanwhile.
+    /// leader, or, as the last in-sync replica, mends the batch (see
+    /// [`Rebuild::mend`]). They lead nothing, clean or unclean, meanwhile.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub rebuilding: BTreeMap<NodeId, Rebuild>,
 }
@@ -86,6 +87,16 @@ pub struct Rebuild {
     /// once its log is cut back, so the leader never takes a report sent
     /// before the cut as proof that the replica is whole again.
     pub since: u64,
+    /// The replica was the last in-sync one: no leader holds what it alone
+    /// may hold past the damage, so instead of cutting its log it stays in
+    /// the ISR and replaces the damaged batch with the batch another
+    /// replica stores at the same offset and epoch (the same bytes: two
+    /// replicas never hold different batches at one offset and epoch), then
+    /// reports [`ControlRequest::ReplicaMended`] and may lead again. A
+    /// leader elected meanwhile (only by an unclean election) turns the
+    /// mark into a cut.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mend: bool,
 }
 
 /// A topic's cluster-wide settings and partitions.
@@ -191,9 +202,10 @@ pub enum ControlRequest {
         /// The node.
         node: NodeId,
     },
-    /// `node` found a batch of its copy that fails its CRC: it leaves the
-    /// ISR (even as its last member: a damaged copy must not lead), a new
-    /// leader is elected if it led, and it rebuilds from `offset` on.
+    /// `node` found a batch of its copy that fails its CRC: a damaged copy
+    /// must not lead, so a new leader is elected if it led. It leaves the
+    /// ISR and rebuilds from `offset` on, or, as the last ISR member, stays
+    /// and mends that batch (see [`Rebuild::mend`]).
     ReplicaDamaged {
         /// Topic name.
         topic: String,
@@ -208,6 +220,22 @@ pub enum ControlRequest {
         /// that already replaced the damaged copy (the node reports again
         /// at its next read or scrub).
         partition_epoch: u64,
+    },
+    /// `node`, the last in-sync replica, replaced its damaged batch at
+    /// `offset` with another replica's copy: its mark is cleared and it may
+    /// lead again.
+    ReplicaMended {
+        /// Topic name.
+        topic: String,
+        /// Partition number.
+        partition: u32,
+        /// The mended node.
+        node: NodeId,
+        /// Base offset of the mended batch.
+        offset: u64,
+        /// The [`Rebuild::since`] of the mark it mended for: a report for
+        /// an older mark proves nothing about the current one.
+        since: u64,
     },
     /// A leader changes its partition's in-sync set.
     AlterIsr {
@@ -341,6 +369,16 @@ pub enum ControlError {
     StaleDamageReport {
         /// Current partition epoch.
         partition_epoch: u64,
+    },
+    /// A mend report that names no current mend mark.
+    #[error(
+        "stale mend report: no mend of offset {offset} since partition epoch {since} is pending"
+    )]
+    StaleMendReport {
+        /// The offset reported mended.
+        offset: u64,
+        /// The mark it was mended for.
+        since: u64,
     },
     /// The node holds no copy of the partition.
     #[error("node {node} is not a replica of {topic:?} partition {partition}")]
@@ -606,6 +644,13 @@ impl ClusterState {
                 offset,
                 partition_epoch,
             } => self.replica_damaged(topic, *partition, *node, *offset, *partition_epoch),
+            ControlRequest::ReplicaMended {
+                topic,
+                partition,
+                node,
+                offset,
+                since,
+            } => self.replica_mended(topic, *partition, *node, *offset, *since),
             ControlRequest::AlterIsr {
                 topic,
                 partition,
@@ -835,16 +880,53 @@ impl ClusterState {
             Some(mark) => mark.from.min(offset),
             None => offset,
         };
+        // The last in-sync replica may alone hold records past the damage:
+        // it keeps them and mends the batch rather than cut its log.
+        let mend = meta.isr == [node];
         // Marked first, so the election below cannot pick it.
-        meta.rebuilding.insert(node, Rebuild { from, since: 0 });
-        meta.isr.retain(|n| *n != node);
+        meta.rebuilding.insert(
+            node,
+            Rebuild {
+                from,
+                since: 0,
+                mend,
+            },
+        );
+        if !mend {
+            meta.isr.retain(|n| *n != node);
+        }
         if meta.leader == Some(node) {
             elect(meta, &live, unclean, None);
         } else {
             meta.partition_epoch += 1;
         }
-        let since = meta.partition_epoch;
-        meta.rebuilding.insert(node, Rebuild { from, since });
+        if let Some(mark) = meta.rebuilding.get_mut(&node) {
+            mark.since = meta.partition_epoch;
+        }
+        Ok(ControlOutcome::Done)
+    }
+
+    fn replica_mended(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        node: NodeId,
+        offset: u64,
+        since: u64,
+    ) -> Result<ControlOutcome, ControlError> {
+        let live = self.live_nodes();
+        let (meta, unclean) = self.partition_mut(topic, partition)?;
+        let pending = meta
+            .rebuilding
+            .get(&node)
+            .is_some_and(|m| m.mend && m.from == offset && m.since == since);
+        if !pending {
+            return Err(ControlError::StaleMendReport { offset, since });
+        }
+        meta.rebuilding.remove(&node);
+        if meta.leader.is_none() {
+            elect(meta, &live, unclean, None);
+        }
         Ok(ControlOutcome::Done)
     }
 
@@ -918,8 +1000,15 @@ impl ClusterState {
                 }
                 if meta.leader == Some(node) {
                     elect(meta, &live, unclean, Some(node));
-                } else if shrinks {
+                    continue;
+                }
+                if shrinks {
                     meta.partition_epoch += 1;
+                }
+                if meta.leader.is_none() {
+                    // An unclean election may now pass over a fenced
+                    // mending replica.
+                    elect(meta, &live, unclean, None);
                 }
             }
         }
@@ -982,11 +1071,19 @@ impl ClusterState {
 /// Elects a leader for `meta` at the next epoch: the first live ISR member
 /// in replica order other than `avoid`, else `avoid` itself if it is live
 /// and in the ISR, else (only if `unclean`) any live replica, which becomes
-/// the whole ISR. A replica being rebuilt is never chosen. With none, the partition is left without a leader (the
-/// epoch still moves, so the old leader's epoch is over).
+/// the whole ISR. A replica being rebuilt is never chosen. With none, the
+/// partition is left without a leader (the epoch still moves, so the old
+/// leader's epoch is over).
 fn elect(meta: &mut PartitionMeta, live: &BTreeSet<NodeId>, unclean: bool, avoid: Option<NodeId>) {
     let whole = |n: &NodeId| live.contains(n) && !meta.rebuilding.contains_key(n);
     let in_isr = |n: &NodeId| meta.isr.contains(n) && whole(n);
+    // A live last ISR member mending its copy leads again in a moment: no
+    // unclean election passes over it.
+    let mending = meta
+        .isr
+        .iter()
+        .any(|n| live.contains(n) && meta.rebuilding.get(n).is_some_and(|m| m.mend));
+    let unclean = unclean && !mending;
     let chosen = meta
         .replicas
         .iter()
@@ -1010,6 +1107,18 @@ fn elect(meta: &mut PartitionMeta, live: &BTreeSet<NodeId>, unclean: bool, avoid
     meta.leader = chosen;
     meta.leader_epoch += 1;
     meta.partition_epoch += 1;
+    if chosen.is_some() {
+        // Only an unclean election passes over a mending last ISR member;
+        // it is out of the ISR now and rebuilds from the new leader.
+        let since = meta.partition_epoch;
+        for mark in meta.rebuilding.values_mut().filter(|m| m.mend) {
+            *mark = Rebuild {
+                from: mark.from,
+                since,
+                mend: false,
+            };
+        }
+    }
 }
 
 /// Which nodes the controller should fence or unfence: run on the node
@@ -1450,15 +1559,13 @@ mod tests {
         assert_eq!(state.partition("t", 0), Some(&p));
     }
 
-    #[test]
-    fn a_damaged_last_isr_member_leaves_the_partition_without_a_leader() {
-        let mut state = cluster(3);
-        create(&mut state, "t", 1, 3, 1);
-        let p = state.partition("t", 0).unwrap().clone();
+    /// Shrinks partition 0's ISR to its leader and returns the leader.
+    fn shrink_to_leader(state: &mut ClusterState, topic: &str) -> NodeId {
+        let p = state.partition(topic, 0).unwrap().clone();
         let leader = p.leader.unwrap();
         state
             .apply(&ControlRequest::AlterIsr {
-                topic: "t".into(),
+                topic: topic.into(),
                 partition: 0,
                 leader,
                 leader_epoch: p.leader_epoch,
@@ -1466,10 +1573,55 @@ mod tests {
                 isr: vec![leader],
             })
             .unwrap();
-        damaged(&mut state, "t", leader, 0);
-        let p = state.partition("t", 0).unwrap();
-        assert_eq!(p.leader, None);
-        assert!(p.isr.is_empty());
+        leader
+    }
+
+    fn mended(
+        state: &mut ClusterState,
+        node: NodeId,
+        offset: u64,
+        since: u64,
+    ) -> Result<ControlOutcome, ControlError> {
+        state.apply(&ControlRequest::ReplicaMended {
+            topic: "t".into(),
+            partition: 0,
+            node,
+            offset,
+            since,
+        })
+    }
+
+    #[test]
+    fn a_damaged_last_isr_member_stays_in_sync_mends_and_leads_again() {
+        let mut state = cluster(3);
+        create(&mut state, "t", 1, 3, 1);
+        let leader = shrink_to_leader(&mut state, "t");
+        let before = state.partition("t", 0).unwrap().clone();
+        damaged(&mut state, "t", leader, 4);
+        let p = state.partition("t", 0).unwrap().clone();
+        assert_eq!(p.leader, None, "a damaged copy never leads");
+        assert_eq!(p.isr, vec![leader], "it alone may hold what was acked");
+        assert_eq!(p.leader_epoch, before.leader_epoch + 1);
+        let mark = p.rebuilding[&leader];
+        assert!(mark.mend);
+        assert_eq!((mark.from, mark.since), (4, p.partition_epoch));
+
+        // Reports that name another batch or an older mark are refused.
+        assert!(matches!(
+            mended(&mut state, leader, 5, mark.since),
+            Err(ControlError::StaleMendReport { offset: 5, .. })
+        ));
+        assert!(mended(&mut state, leader, 4, mark.since - 1).is_err());
+        let other = p.replicas.iter().copied().find(|n| *n != leader).unwrap();
+        assert!(mended(&mut state, other, 4, mark.since).is_err());
+        assert_eq!(state.partition("t", 0), Some(&p));
+
+        mended(&mut state, leader, 4, mark.since).unwrap();
+        let p = state.partition("t", 0).unwrap().clone();
+        assert_eq!(p.leader, Some(leader));
+        assert_eq!(p.leader_epoch, before.leader_epoch + 2);
+        assert!(p.rebuilding.is_empty());
+        assert!(mended(&mut state, leader, 4, mark.since).is_err());
         assert!(matches!(
             state.apply(&ControlRequest::ReplicaDamaged {
                 topic: "t".into(),
@@ -1480,6 +1632,28 @@ mod tests {
             }),
             Err(ControlError::NotReplica { node: 9, .. })
         ));
+    }
+
+    #[test]
+    fn an_unclean_election_turns_a_mend_into_a_cut() {
+        let mut state = cluster(3);
+        create(&mut state, "t", 1, 3, 1);
+        state.topics.get_mut("t").unwrap().unclean_leader_election = true;
+        let damaged_node = shrink_to_leader(&mut state, "t");
+        damaged(&mut state, "t", damaged_node, 4);
+        let p = state.partition("t", 0).unwrap().clone();
+        // Unclean, but the mending member stays the ISR while it lives.
+        assert_eq!(p.leader, None);
+        state
+            .apply(&ControlRequest::FenceNode { node: damaged_node })
+            .unwrap();
+        let p = state.partition("t", 0).unwrap();
+        let leader = p.leader.expect("an unclean leader");
+        assert_ne!(leader, damaged_node);
+        assert_eq!(p.isr, vec![leader]);
+        let mark = p.rebuilding[&damaged_node];
+        assert!(!mark.mend, "rebuilt from the new leader");
+        assert_eq!((mark.from, mark.since), (4, p.partition_epoch));
     }
 
     #[test]

@@ -54,6 +54,12 @@
 //!   entries starting there and the producer batches there, durably, then
 //!   call [`Replica::handle_local_truncated`].
 //! - `ProposeIsr`: propose the ISR change to the controller.
+//! - `Mend`: replace the damaged batch at the offset with the batch one of
+//!   the sources stores there at that epoch (checked: its CRC, base offset
+//!   and epoch), durably, then call [`Replica::handle_mended`] (or
+//!   [`Replica::handle_mend_failed`] when no source had it).
+//! - `ReportMended`: tell the controller
+//!   ([`crate::controller::ControlRequest::ReplicaMended`]).
 //!
 //! [`Replica::handle_tick`] runs the timers (fetch pacing and timeouts, ISR
 //! lag, proposal retries); the shell calls it at least every
@@ -264,6 +270,23 @@ pub enum ReplicaCommand {
         /// The new in-sync set.
         isr: Vec<NodeId>,
     },
+    /// Replace the damaged batch at `offset` with the one a source stores
+    /// at that offset and epoch (see [`Rebuild::mend`]), durably.
+    Mend {
+        /// Base offset of the damaged batch.
+        offset: u64,
+        /// The epoch the local epoch table gives that batch.
+        leader_epoch: i32,
+        /// The other replicas, to ask in turn.
+        sources: Vec<NodeId>,
+    },
+    /// Tell the controller the damaged batch is mended.
+    ReportMended {
+        /// Base offset of the mended batch.
+        offset: u64,
+        /// The mark's [`Rebuild::since`].
+        since: u64,
+    },
 }
 
 /// What a replica is doing, for describe output.
@@ -300,6 +323,12 @@ pub struct Replica {
     /// its log back for (in memory: after a restart it cuts again, which
     /// costs a re-fetch and nothing else).
     cut_for: Option<u64>,
+    /// The [`Rebuild::since`] of the mend mark this replica mended its
+    /// batch for, and when it last reported it (in memory too: after a
+    /// restart it mends again, which rewrites the same bytes).
+    mended: Option<(u64, Instant)>,
+    /// A mend no source could serve is tried again from this time on.
+    mend_retry: Option<Instant>,
     fetches: u64,
     commands: VecDeque<ReplicaCommand>,
 }
@@ -364,6 +393,10 @@ enum Busy {
     Truncating {
         offset: u64,
     },
+    Mending {
+        offset: u64,
+        since: u64,
+    },
 }
 
 impl Replica {
@@ -381,6 +414,8 @@ impl Replica {
             role: Role::Idle,
             busy: None,
             cut_for: None,
+            mended: None,
+            mend_retry: None,
             fetches: 0,
             commands: VecDeque::new(),
         }
@@ -670,9 +705,48 @@ impl Replica {
         self.after_local_change(now, now);
     }
 
+    /// The last `Mend` is done: the batch is replaced, durably.
+    pub fn handle_mended(&mut self, now: Instant) {
+        let Some(Busy::Mending { offset, since }) = self.busy.take() else {
+            return;
+        };
+        self.mended = Some((since, now));
+        self.commands
+            .push_back(ReplicaCommand::ReportMended { offset, since });
+        self.reconcile(now);
+    }
+
+    /// The last `Mend` failed: no source served the batch (down, cut off,
+    /// or damaged too). It is tried again after `isr_retry`.
+    pub fn handle_mend_failed(&mut self, now: Instant) {
+        if !matches!(self.busy, Some(Busy::Mending { .. })) {
+            return;
+        }
+        self.busy = None;
+        self.mend_retry = Some(now + self.config.isr_retry);
+        self.reconcile(now);
+    }
+
     /// Runs the timers: fetch pacing and timeouts on a follower, ISR lag
     /// and proposal retries on a leader.
     pub fn handle_tick(&mut self, now: Instant) {
+        if let Some(mark) = self.rebuild_mark().filter(|m| m.mend) {
+            match self.mended {
+                Some((since, sent))
+                    if since == mark.since
+                        && now.saturating_duration_since(sent) >= self.config.isr_retry =>
+                {
+                    self.mended = Some((since, now));
+                    self.commands.push_back(ReplicaCommand::ReportMended {
+                        offset: mark.from,
+                        since,
+                    });
+                }
+                Some((since, _)) if since == mark.since => {}
+                _ if self.mend_retry.is_some_and(|at| now >= at) => self.reconcile(now),
+                _ => {}
+            }
+        }
         let rebuilt = self
             .rebuild_mark()
             .map(|mark| mark.since)
@@ -942,12 +1016,9 @@ impl Replica {
             return;
         };
         let leads = meta.leader == Some(self.local);
+        let mark = meta.rebuilding.get(&self.local).copied();
         // A rebuild mark this replica has not cut its log back for yet.
-        let pending_cut = meta
-            .rebuilding
-            .get(&self.local)
-            .copied()
-            .filter(|mark| self.cut_for != Some(mark.since));
+        let pending_cut = mark.filter(|mark| !mark.mend && self.cut_for != Some(mark.since));
         match &mut self.role {
             Role::Leader(leading) if leads && leading.epoch == meta.leader_epoch => {
                 leading.isr = meta.isr.clone();
@@ -994,6 +1065,11 @@ impl Replica {
             self.role = Role::Idle;
             return;
         }
+        if let Some(mark) = mark.filter(|m| m.mend) {
+            self.role = Role::Idle;
+            self.mend(now, mark, &meta);
+            return;
+        }
         if let Some(mark) = pending_cut {
             // Part of this copy failed its CRC: drop it from the damaged
             // batch on, then fetch it again from the leader.
@@ -1023,6 +1099,48 @@ impl Replica {
     /// The controller's rebuild mark on this replica, if any.
     fn rebuild_mark(&self) -> Option<Rebuild> {
         self.meta.as_ref()?.rebuilding.get(&self.local).copied()
+    }
+
+    /// Asks the shell to mend the damaged batch of a mend mark, unless it
+    /// is mended already (the report is repeated by the tick) or a failed
+    /// attempt is waiting out its retry pause.
+    fn mend(&mut self, now: Instant, mark: Rebuild, meta: &PartitionMeta) {
+        if self.mended.is_some_and(|(since, _)| since == mark.since)
+            || self.mend_retry.is_some_and(|at| now < at)
+        {
+            return;
+        }
+        self.mend_retry = None;
+        let epoch = self
+            .epochs
+            .iter()
+            .rev()
+            .find(|e| e.start_offset <= mark.from)
+            .map(|e| e.epoch);
+        let (Some(leader_epoch), true) = (epoch, mark.from < self.log_end) else {
+            // The log no longer holds the damaged offset: nothing to mend.
+            self.mended = Some((mark.since, now));
+            self.commands.push_back(ReplicaCommand::ReportMended {
+                offset: mark.from,
+                since: mark.since,
+            });
+            return;
+        };
+        let sources = meta
+            .replicas
+            .iter()
+            .copied()
+            .filter(|n| *n != self.local)
+            .collect();
+        self.commands.push_back(ReplicaCommand::Mend {
+            offset: mark.from,
+            leader_epoch,
+            sources,
+        });
+        self.busy = Some(Busy::Mending {
+            offset: mark.from,
+            since: mark.since,
+        });
     }
 
     /// Starts leading at `meta.leader_epoch`, if it is newer than every
@@ -1413,8 +1531,83 @@ mod tests {
 
     fn marked(mut meta: PartitionMeta, node: NodeId, from: u64) -> PartitionMeta {
         let since = meta.partition_epoch;
-        meta.rebuilding.insert(node, Rebuild { from, since });
+        meta.rebuilding.insert(
+            node,
+            Rebuild {
+                from,
+                since,
+                mend: false,
+            },
+        );
         meta
+    }
+
+    /// The last in-sync replica, the leader, finds batch 3 damaged: it
+    /// keeps its log, steps down, mends the batch from the others, reports
+    /// it, and leads again at the next epoch with its log whole.
+    #[test]
+    fn a_damaged_last_isr_member_mends_its_batch_and_leads_again() {
+        let start = Instant::now();
+        let log = LocalLog {
+            log_end: 9,
+            epochs: vec![
+                EpochStart {
+                    epoch: 1,
+                    start_offset: 0,
+                },
+                EpochStart {
+                    epoch: 2,
+                    start_offset: 6,
+                },
+            ],
+            producers: Vec::new(),
+        };
+        let config = ReplicaConfig::default();
+        let mut r = Replica::new(1, config, log);
+        r.handle_metadata(start, &meta(1, 3, &[1], 5), 1);
+        assert_eq!(r.role(), RoleKind::Leader);
+        drain(&mut r);
+
+        let mut marked = meta(1, 4, &[1], 6);
+        marked.leader = None;
+        marked.rebuilding.insert(
+            1,
+            Rebuild {
+                from: 3,
+                since: 6,
+                mend: true,
+            },
+        );
+        r.handle_metadata(start, &marked, 1);
+        assert_eq!(r.role(), RoleKind::Idle);
+        let mend = ReplicaCommand::Mend {
+            offset: 3,
+            leader_epoch: 1,
+            sources: vec![2, 3],
+        };
+        assert_eq!(drain(&mut r), vec![mend.clone()], "mends, never cuts");
+
+        // No source had it: tried again once the retry pause is over.
+        r.handle_mend_failed(start);
+        r.handle_tick(start + config.isr_retry / 2);
+        assert!(drain(&mut r).is_empty());
+        let now = start + config.isr_retry;
+        r.handle_tick(now);
+        assert_eq!(drain(&mut r), vec![mend]);
+
+        r.handle_mended(now);
+        let report = ReplicaCommand::ReportMended {
+            offset: 3,
+            since: 6,
+        };
+        assert_eq!(drain(&mut r), vec![report.clone()]);
+        r.handle_tick(now + config.isr_retry);
+        assert_eq!(drain(&mut r), vec![report], "repeated until cleared");
+        assert_eq!(r.log_end(), 9, "nothing was cut");
+
+        r.handle_metadata(now, &meta(1, 5, &[1], 7), 1);
+        assert_eq!(r.role(), RoleKind::Leader);
+        assert_eq!(r.leading_epoch(), Some(5));
     }
 
     #[test]

@@ -138,6 +138,11 @@ enum DiskOp {
         partition: u32,
         offset: u64,
     },
+    /// Replaces the damaged entry at the copy's offset and epoch, durably.
+    Mend {
+        partition: u32,
+        copy: Entry,
+    },
 }
 
 struct Node {
@@ -207,8 +212,9 @@ enum Msg {
         partition: u32,
         ok: bool,
         stale: bool,
-        /// The partition epoch the proposal was computed from.
-        from: u64,
+        /// The partition epoch an ISR proposal was computed from; `None`
+        /// for other proposals.
+        from: Option<u64>,
     },
     Fetch {
         partition: u32,
@@ -309,7 +315,8 @@ enum Action {
     /// Cut every link between the two groups (the controller is 0).
     Cut(Vec<u64>, Vec<u64>),
     HealLinks,
-    /// The newest committed batch of partition 0 rots on the node's disk.
+    /// A committed batch of partition 0 that another node holds rots on the
+    /// node's disk.
     Damage(NodeId),
     /// Stop producing new batches (in-flight ones are still retried).
     Pause,
@@ -582,8 +589,8 @@ impl Sim {
                 let proposal_from = match &request {
                     ControlRequest::AlterIsr {
                         partition_epoch, ..
-                    } => *partition_epoch,
-                    _ => 0,
+                    } => Some(*partition_epoch),
+                    _ => None,
                 };
                 let result = self.controller_apply(request);
                 self.send(
@@ -693,7 +700,9 @@ impl Sim {
                 stale,
                 from: proposal_from,
             } => {
-                if !ok && to_incarnation == self.nodes[&id].incarnation {
+                if let (false, Some(proposal_from)) = (ok, proposal_from)
+                    && to_incarnation == self.nodes[&id].incarnation
+                {
                     self.replica_mut(id, partition)
                         .handle_isr_rejected(now, proposal_from, stale);
                     self.drain(id, partition);
@@ -896,6 +905,58 @@ impl Sim {
                     };
                     self.send(id, CONTROLLER, Msg::Propose { partition, request });
                 }
+                ReplicaCommand::Mend {
+                    offset,
+                    leader_epoch,
+                    sources,
+                } => self.mend(id, partition, offset, leader_epoch, &sources),
+                ReplicaCommand::ReportMended { offset, since } => {
+                    let request = ControlRequest::ReplicaMended {
+                        topic: TOPIC.into(),
+                        partition,
+                        node: id,
+                        offset,
+                        since,
+                    };
+                    self.send(id, CONTROLLER, Msg::Propose { partition, request });
+                }
+            }
+        }
+    }
+
+    /// Asks the sources in turn for their batch at `offset` and `epoch`, as
+    /// the broker's mend call does: a source answers when it is up, reached
+    /// (the request and answer may be lost like any message) and holds
+    /// that batch whole. The first answer is written; with none, the mend
+    /// fails and the replica tries again later.
+    fn mend(&mut self, id: NodeId, partition: u32, offset: u64, epoch: i32, sources: &[NodeId]) {
+        let mut copy = None;
+        for source in sources {
+            let reached = self.nodes[source].up
+                && !self.cut.contains(&(id.min(*source), id.max(*source)))
+                && !(self.faulting && self.rng.random_bool(self.faults.drop));
+            copy = reached
+                .then(|| {
+                    self.nodes[source].disks[&partition]
+                        .entries
+                        .iter()
+                        .find(|e| e.base_offset == offset && e.epoch == epoch && !e.damaged)
+                        .cloned()
+                })
+                .flatten();
+            if copy.is_some() {
+                self.log(format!(
+                    "node {id} p{partition} mends its batch at {offset} from node {source}"
+                ));
+                break;
+            }
+        }
+        match copy {
+            Some(copy) => self.enqueue_disk(id, DiskOp::Mend { partition, copy }),
+            None => {
+                let now = self.instant(Some(id));
+                self.replica_mut(id, partition).handle_mend_failed(now);
+                self.drain(id, partition);
             }
         }
     }
@@ -972,7 +1033,7 @@ impl Sim {
                     .controller
                     .state
                     .partition(TOPIC, partition)
-                    .is_some_and(|m| m.rebuilding.contains_key(&id));
+                    .is_some_and(|m| m.rebuilding.get(&id).is_some_and(|r| !r.mend));
                 let committed: Vec<_> = entries
                     .iter()
                     .filter(|e| !rebuilding && e.base_offset >= offset)
@@ -993,6 +1054,27 @@ impl Sim {
                 disk.entries.retain(|e| e.base_offset < offset);
                 self.sync(id, now);
                 self.replica_mut(id, partition).handle_local_truncated(now);
+                self.drain(id, partition);
+            }
+            DiskOp::Mend { partition, copy } => {
+                let disk = self.node_mut(id).disks.get_mut(&partition).unwrap();
+                let local = disk
+                    .entries
+                    .iter_mut()
+                    .find(|e| e.base_offset == copy.base_offset && e.epoch == copy.epoch);
+                let differs = local.as_ref().is_some_and(|e| e.batch != copy.batch);
+                if let Some(local) = local {
+                    local.damaged = false;
+                }
+                self.assert(
+                    !differs,
+                    format!(
+                        "node {id} p{partition} mends its batch at {} with a different batch",
+                        copy.base_offset
+                    ),
+                );
+                self.sync(id, now);
+                self.replica_mut(id, partition).handle_mended(now);
                 self.drain(id, partition);
             }
         }
@@ -1364,17 +1446,14 @@ impl Sim {
     }
 
     /// Damage is a fault the cluster is built to survive only while another
-    /// whole in-sync copy exists: one damaged copy at a time, on a node that
-    /// is up and reaches the controller, with another in-sync copy when the
-    /// damaged one is in the ISR.
+    /// whole copy of the batch exists (see [`Sim::damage`]): one damaged
+    /// copy at a time, on a node that is up and reaches the controller.
     fn may_damage(&self, node: NodeId, partition: u32) -> bool {
         let whole = self
             .controller
             .state
             .partition(TOPIC, partition)
-            .is_some_and(|m| {
-                m.rebuilding.is_empty() && (m.isr.len() >= 2 || !m.isr.contains(&node))
-            });
+            .is_some_and(|m| m.rebuilding.is_empty());
         let undamaged = self.nodes.values().all(|n| {
             n.disks
                 .values()
@@ -1383,21 +1462,32 @@ impl Sim {
         whole && undamaged && self.cut.is_empty() && self.controller.up && self.nodes[&node].up
     }
 
-    /// Rots a durable batch of `node`'s copy, preferring a committed one.
+    /// Rots a committed durable batch of `node`'s copy that another node
+    /// also holds durably: the last in-sync replica mends from it, any
+    /// other copy is rebuilt from the leader.
     fn damage(&mut self, node: NodeId, partition: u32) {
         let disk = &self.nodes[&node].disks[&partition];
         let durable = &disk.entries[..disk.durable];
-        let committed: Vec<usize> = (0..durable.len())
+        let held_elsewhere = |e: &Entry| {
+            self.nodes.values().filter(|n| n.id != node).any(|n| {
+                let other = &n.disks[&partition];
+                other.entries[..other.durable]
+                    .iter()
+                    .any(|o| o.base_offset == e.base_offset && o.epoch == e.epoch)
+            })
+        };
+        let candidates: Vec<usize> = (0..durable.len())
             .filter(|i| {
                 self.checker
                     .committed
                     .contains_key(&(partition, durable[*i].base_offset))
+                    && held_elsewhere(&durable[*i])
             })
             .collect();
-        let Some(&at) = committed.last() else {
+        if candidates.is_empty() {
             return;
-        };
-        let at = self.rng.random_range(0..=at);
+        }
+        let at = candidates[self.rng.random_range(0..candidates.len())];
         let disk = self.node_mut(node).disks.get_mut(&partition).unwrap();
         disk.entries[at].damaged = true;
         let base = disk.entries[at].base_offset;
@@ -1814,4 +1904,44 @@ fn a_damaged_leader_is_replaced_and_rebuilt_from_a_follower() {
             "node {node} cut its copy back"
         );
     }
+}
+
+/// The ISR shrinks to the leader (cut off from both followers), which goes
+/// on acknowledging alone (min.insync.replicas 1); then a batch the
+/// followers also hold rots on the leader's disk. The leader, the last
+/// in-sync replica, may alone hold the newest acknowledged batches, so it
+/// neither leads nor cuts its log: it mends the batch from a follower (its
+/// first tries fail while the links are cut), leads again, and nothing
+/// acknowledged is lost.
+#[test]
+fn a_damaged_last_isr_member_mends_from_an_out_of_sync_replica() {
+    let sim = run_script(
+        1,
+        vec![
+            (1_500, Action::Cut(vec![1], vec![2, 3])),
+            (2_500, Action::Damage(1)),
+            (3_000, Action::HealLinks),
+        ],
+        |sim, at| {
+            let p = sim.controller.state.partition(TOPIC, 0).unwrap();
+            if at == 2_500 {
+                assert_eq!(
+                    (p.leader, p.isr.as_slice()),
+                    (Some(1), &[1][..]),
+                    "the leader acknowledged alone before the damage"
+                );
+            }
+        },
+    );
+    let has = |needle: &str| sim.trace.iter().any(|l| l.contains(needle));
+    assert!(has("node 1 p0: batch at"), "the leader's copy rotted");
+    assert!(has("node 1 p0 mends its batch at"), "and was mended");
+    assert!(
+        sim.trace
+            .iter()
+            .any(|l| l.contains("ReplicaMended") && l.contains("Ok(Done)")),
+        "the controller took the mend"
+    );
+    assert!(!has("node 1 p0 truncates at"), "the leader cut nothing");
+    assert_eq!(leader_of(&sim), 1, "the mended copy leads again");
 }

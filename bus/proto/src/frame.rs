@@ -616,7 +616,9 @@ pub struct ClusterStatus {
 /// Layout: `u32 partition, opt u64 leader, u32 count` of replicas (`u64`),
 /// `u32 count` of in-sync replicas (`u64`), `i32 leader_epoch, u64
 /// high_watermark, u64 log_end, u8 leading, u32 count` of replica log ends
-/// (`u64 node, u64 log_end`).
+/// (`u64 node, u64 log_end`). After the list, optional (absent from older
+/// nodes): per partition in list order, `u8 unclean_leader_election, u32
+/// count` of copies being rebuilt (`u64 node, u64 from, u8 mending`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartitionReplication {
     /// Partition number.
@@ -637,6 +639,23 @@ pub struct PartitionReplication {
     pub leading: bool,
     /// On the leader, each follower's durable log end as last reported.
     pub replica_log_ends: Vec<(u64, u64)>,
+    /// Copies whose data failed its CRC, until they are whole again.
+    pub rebuilding: Vec<RebuildingCopy>,
+    /// The topic's `unclean.leader.election`.
+    pub unclean_leader_election: bool,
+}
+
+/// A copy of a partition being rebuilt after damage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RebuildingCopy {
+    /// The node holding it.
+    pub node: u64,
+    /// The damaged batch's base offset.
+    pub from: u64,
+    /// `true`: the last in-sync replica, replacing the damaged batch with
+    /// another replica's copy; `false`: cut back to `from` and copied again
+    /// from the leader.
+    pub mending: bool,
 }
 
 /// One node in [`ClusterStatus`].
@@ -2182,6 +2201,15 @@ impl Response {
                         buf.put_u64(*end);
                     }
                 }
+                for p in states {
+                    buf.put_u8(u8::from(p.unclean_leader_election));
+                    buf.put_u32(p.rebuilding.len() as u32);
+                    for copy in &p.rebuilding {
+                        buf.put_u64(copy.node);
+                        buf.put_u64(copy.from);
+                        buf.put_u8(u8::from(copy.mending));
+                    }
+                }
             }
             Response::ClusterStatus(c) => {
                 buf.put_u64(c.node);
@@ -2418,7 +2446,23 @@ impl Response {
                         log_end,
                         leading,
                         replica_log_ends,
+                        rebuilding: Vec::new(),
+                        unclean_leader_election: false,
                     });
+                }
+                if !r.at_end() {
+                    for p in &mut states {
+                        p.unclean_leader_election = r.bool()?;
+                        p.rebuilding = (0..r.count(17)?)
+                            .map(|_| {
+                                Ok(RebuildingCopy {
+                                    node: r.u64()?,
+                                    from: r.u64()?,
+                                    mending: r.bool()?,
+                                })
+                            })
+                            .collect::<Result<_, DecodeError>>()?;
+                    }
                 }
                 Response::PartitionStates(states)
             }
@@ -3609,7 +3653,14 @@ mod tests {
                         proptest::collection::vec(any::<u64>(), 0..4)
                     ),
                     (any::<u64>(), any::<u64>(), any::<bool>()),
-                    proptest::collection::vec((any::<u64>(), any::<u64>()), 0..3)
+                    proptest::collection::vec((any::<u64>(), any::<u64>()), 0..3),
+                    (
+                        proptest::collection::vec(
+                            (any::<u64>(), any::<u64>(), any::<bool>()),
+                            0..3
+                        ),
+                        any::<bool>()
+                    )
                 ),
                 0..3
             )
@@ -3623,6 +3674,7 @@ mod tests {
                                 (replicas, isr),
                                 (high_watermark, log_end, leading),
                                 replica_log_ends,
+                                (rebuilding, unclean_leader_election),
                             )| PartitionReplication {
                                 partition,
                                 leader,
@@ -3633,6 +3685,15 @@ mod tests {
                                 log_end,
                                 leading,
                                 replica_log_ends,
+                                rebuilding: rebuilding
+                                    .into_iter()
+                                    .map(|(node, from, mending)| RebuildingCopy {
+                                        node,
+                                        from,
+                                        mending,
+                                    })
+                                    .collect(),
+                                unclean_leader_election,
                             },
                         )
                         .collect(),

@@ -1284,6 +1284,129 @@ fn a_damaged_copy_is_rebuilt_from_the_leader_and_can_lead_whole_again() {
     }
 }
 
+/// The last in-sync replica's copy rots: a topic with two copies loses
+/// one node, so its leader acknowledges `acks=all` writes alone
+/// (`min.insync.replicas` 1), and a record both copies hold rots in the
+/// leader's file while it is stopped. Restarted, the leader cannot lead a
+/// damaged copy, and cutting it back would lose what it alone holds: it
+/// mends the batch from the out-of-sync replica, leads again, and both
+/// copies end up holding every record, intact.
+#[test]
+fn a_damaged_last_in_sync_replica_mends_from_another_replica_and_loses_nothing() {
+    let mut cluster = Cluster::start_with("scrub_interval_ms = 300\n");
+    cluster.wait_until_up();
+    let out = cluster.run(
+        0,
+        &[
+            "topic",
+            "create",
+            "t",
+            "--replication-factor",
+            "2",
+            "--min-insync-replicas",
+            "1",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let values: Vec<String> = (0..30)
+        .map(|n| format!("record-{n:02}-{}", "payload".repeat(8)))
+        .collect();
+    assert_eq!(cluster.produce(&values[..20]), values[..20]);
+
+    let leader = cluster.leader();
+    let p = cluster.partition(leader).expect("described");
+    let replicas: Vec<usize> = p["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_u64().unwrap() as usize - 1)
+        .collect();
+    let other = *replicas.iter().find(|i| **i != leader).unwrap();
+    let deadline = Instant::now() + LIMIT;
+    while cluster
+        .partition(leader)
+        .is_none_or(|p| p["log_ends"][(other + 1).to_string()] != 20)
+    {
+        assert!(Instant::now() < deadline, "the second copy never caught up");
+        thread::sleep(Duration::from_millis(100));
+    }
+
+    // The other copy's node dies; the leader goes on alone.
+    cluster.kill(other);
+    let alone = serde_json::json!([leader + 1]);
+    let deadline = Instant::now() + LIMIT;
+    while cluster.partition(leader).is_none_or(|p| p["isr"] != alone) {
+        assert!(
+            Instant::now() < deadline,
+            "the in-sync set never shrank to the leader"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(cluster.produce(&values[20..]), values[20..]);
+
+    cluster.stop(leader);
+    let file = cluster.nodes[leader].data.join("edgebus.redb");
+    let mut bytes = std::fs::read(&file).unwrap();
+    let marker = values[7].as_bytes();
+    let found = positions(&bytes, marker);
+    assert!(!found.is_empty(), "records are stored verbatim");
+    for at in found {
+        bytes[at + 3] ^= 0x01;
+    }
+    std::fs::write(&file, &bytes).unwrap();
+
+    cluster.spawn(other);
+    cluster.spawn(leader);
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        // The correct bytes can only come back from the other copy.
+        let mended = std::fs::read(&file).is_ok_and(|b| !positions(&b, marker).is_empty());
+        let served = cluster.consume(leader).as_ref() == Some(&values);
+        if mended && served {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the leader's copy was not mended and served whole within {LIMIT:?} (mended {mended})"
+        );
+        thread::sleep(Duration::from_millis(300));
+    }
+
+    // The other copy catches up from the mended leader and, once the
+    // leader is gone, leads with every record.
+    let deadline = Instant::now() + LIMIT;
+    while cluster.partition(leader).is_none_or(|p| {
+        p["isr"].as_array().is_none_or(|isr| isr.len() != 2)
+            || p["log_ends"][(other + 1).to_string()] != 30
+    }) {
+        assert!(
+            Instant::now() < deadline,
+            "the other copy never caught up again"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    let out = cluster.run(leader, &["topic", "describe", "t", "--output", "json"]);
+    let described: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(described["unclean_leader_election"], false);
+    assert_eq!(
+        described["replication"][0]["rebuilding"],
+        serde_json::json!([])
+    );
+    cluster.kill(leader);
+    let deadline = Instant::now() + LIMIT;
+    while cluster.consume(other).as_ref() != Some(&values) {
+        assert!(
+            Instant::now() < deadline,
+            "the other copy never served every record"
+        );
+        thread::sleep(Duration::from_millis(300));
+    }
+}
+
 /// The leader's disk fills up under `acks=leader` produce, whose commits
 /// followers may fetch before they are fsync'd. The node stops (exit 6)
 /// rather than reopen its store at its last fsync and lead on at the same

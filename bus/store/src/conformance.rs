@@ -74,6 +74,7 @@ pub fn run_all<H: Harness>(h: &mut H) {
     append_at_older_epoch_refuses_group(h);
     truncate_from_removes_whole_batches_epochs_and_continues_at_new_end(h);
     truncate_from_at_batch_boundary_keeps_earlier_batches(h);
+    mend_batch_takes_only_a_whole_copy_of_the_same_offsets(h);
     read_bounded_by_upper_returns_only_batches_below_it(h);
     read_from_middle_of_batch_returns_holding_batch(h);
     read_max_bytes_bounds_batches_but_returns_at_least_one(h);
@@ -979,6 +980,48 @@ pub fn truncate_from_at_batch_boundary_keeps_earlier_batches<H: Harness>(h: &mut
     assert!(matches!(
         store.truncate_from("nope", 0, 0),
         Err(ReadError::UnknownTopic(_))
+    ));
+}
+
+/// A mend replaces a batch with a copy of the same offsets, durably, and
+/// refuses anything else with nothing changed: other offsets, a bad CRC,
+/// trailing bytes, an offset no batch starts at.
+pub fn mend_batch_takes_only_a_whole_copy_of_the_same_offsets<H: Harness>(h: &mut H) {
+    let store = h.fresh();
+    create(&store, &spec("t", 1));
+    let a = batch_of("a", 2, 1, ProducerStamp::NONE);
+    let b = batch_of("b", 3, 1, ProducerStamp::NONE);
+    append_all(&store, &[("t", 0, a.clone()), ("t", 0, b.clone())]);
+    let before = read_all(&store, "t", 0);
+    let bytes = store.partition_bytes("t", 0).expect("bytes");
+    let invalid = |offset: u64, batch: &[u8]| {
+        matches!(
+            store.mend_batch("t", 0, offset, batch),
+            Err(WriteError::InvalidBatch(_))
+        )
+    };
+    assert!(invalid(2, &stored(&a, 2)), "a copy of other offsets");
+    assert!(invalid(0, &stored(&b, 0)), "a copy with more records");
+    assert!(invalid(1, &stored(&a, 1)), "no batch starts at 1");
+    let mut rotten = BytesMut::from(&stored(&b, 2)[..]);
+    let last = rotten.len() - 1;
+    rotten[last] ^= 0x01;
+    assert!(invalid(2, &rotten), "a copy failing its CRC");
+    let mut trailing = BytesMut::from(&stored(&b, 2)[..]);
+    trailing.extend_from_slice(b"x");
+    assert!(invalid(2, &trailing), "trailing bytes");
+    assert_eq!(read_all(&store, "t", 0), before, "refusals change nothing");
+
+    store
+        .mend_batch("t", 0, 2, &stored(&b, 2))
+        .expect("a whole copy of the same offsets");
+    let store = h.reopen(store);
+    assert_eq!(read_all(&store, "t", 0), before);
+    assert_eq!(store.partition_bytes("t", 0).expect("bytes"), bytes);
+    assert_eq!(offsets(&store, "t", 0).log_end, 5);
+    assert!(matches!(
+        store.mend_batch("nope", 0, 0, &stored(&a, 0)),
+        Err(WriteError::UnknownTopic(_))
     ));
 }
 

@@ -102,6 +102,28 @@ impl LogWrite {
     }
 }
 
+/// Checks `batch` as a replacement for the stored batch at `offset`, which
+/// holds the offsets `offset..next` (see [`PartitionLog::mend_batch`]).
+pub(crate) fn check_mend(offset: u64, next: u64, batch: &[u8]) -> Result<(), WriteError> {
+    let header = edgebus_proto::batch::verify_crc(batch)
+        .map_err(|e| WriteError::InvalidBatch(format!("mending batch at {offset}: {e}")))?;
+    if header.base_offset != offset || header.next_offset() != next {
+        return Err(WriteError::InvalidBatch(format!(
+            "mending the batch holding offsets {offset}..{next} with one holding {}..{}",
+            header.base_offset,
+            header.next_offset()
+        )));
+    }
+    if header.total_len() != batch.len() {
+        return Err(WriteError::InvalidBatch(format!(
+            "mending batch is {} bytes, its header says {}",
+            batch.len(),
+            header.total_len()
+        )));
+    }
+    Ok(())
+}
+
 /// Why a group of log writes was refused. A refused group applied nothing:
 /// every write of a group commits in one transaction or none does.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -453,6 +475,21 @@ pub trait PartitionLog: Send + Sync + 'static {
     /// dedup state survives a truncation and writes it with its next
     /// [`PartitionLog::append_at`].
     fn truncate_from(&self, topic: &str, partition: u32, offset: u64) -> Result<u64, ReadError>;
+
+    /// Replaces the stored batch at `offset` (one that fails its CRC) with
+    /// `batch`, durably: another replica's copy of it, which must pass its
+    /// CRC and hold exactly the stored batch's offsets, from `offset` up to
+    /// the next stored batch (or the log end). Nothing else changes: the
+    /// epoch table, producer state and time index were written with the
+    /// original and hold for its copy. A batch that does not fit is
+    /// [`WriteError::InvalidBatch`], with nothing changed.
+    fn mend_batch(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        batch: &[u8],
+    ) -> Result<(), WriteError>;
 
     /// Reads whole batches starting with the one holding `from`, stopping
     /// before `max_bytes` would be exceeded, but always returning at least

@@ -382,6 +382,31 @@ impl PartitionLog for MemStore {
             .map_or(offset, |part| part.truncate_from(offset)))
     }
 
+    fn mend_batch(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        batch: &[u8],
+    ) -> Result<(), WriteError> {
+        let mut inner = self.lock();
+        let state = inner.begin_write()?;
+        state.partition(topic, partition)?;
+        let part = state
+            .partitions
+            .get_mut(&(topic.to_owned(), partition))
+            .ok_or_else(|| WriteError::UnknownTopic(topic.to_owned()))?;
+        let Some(stored) = part.log.get_mut(&offset) else {
+            return Err(WriteError::InvalidBatch(format!(
+                "no stored batch at {offset} to mend"
+            )));
+        };
+        crate::check_mend(offset, offset + u64::from(stored.record_count), batch)?;
+        part.bytes = part.bytes - stored.bytes.len() as u64 + batch.len() as u64;
+        stored.bytes = Bytes::copy_from_slice(batch);
+        Ok(())
+    }
+
     fn read(
         &self,
         topic: &str,

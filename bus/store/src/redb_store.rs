@@ -1296,6 +1296,51 @@ impl PartitionLog for RedbStore {
         })
     }
 
+    fn mend_batch(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        batch: &[u8],
+    ) -> Result<(), WriteError> {
+        self.writing(|db| {
+            let txn = Self::begin_durable(db)?;
+            let row = {
+                let partitions = txn.open_table(PARTITIONS).or_backend()?;
+                let row = partitions.get((topic, partition)).or_backend()?;
+                row.map(|r| PartitionRow::from_value(r.value()))
+            };
+            let Some(mut row) = row else {
+                return Err(Self::missing(&txn, topic, partition)?.into());
+            };
+            let tables = PartitionTables::new(topic, partition);
+            {
+                let mut log = txn.open_table(tables.log()).or_backend()?;
+                let old_len = match log.get(offset).or_backend()? {
+                    Some(old) => old.value().len() as u64,
+                    None => {
+                        return Err(WriteError::InvalidBatch(format!(
+                            "no stored batch at {offset} to mend"
+                        )));
+                    }
+                };
+                let next = match log.range(offset + 1..).or_backend()?.next() {
+                    Some(entry) => entry.or_backend()?.0.value(),
+                    None => row.log_end,
+                };
+                crate::check_mend(offset, next, batch)?;
+                log.insert(offset, batch).or_backend()?;
+                row.bytes = row.bytes.saturating_sub(old_len) + batch.len() as u64;
+            }
+            txn.open_table(PARTITIONS)
+                .or_backend()?
+                .insert((topic, partition), row.value())
+                .or_backend()?;
+            txn.commit().or_backend()?;
+            Ok(())
+        })
+    }
+
     fn read(
         &self,
         topic: &str,
@@ -1788,6 +1833,51 @@ mod tests {
         Database::builder()
             .create_with_backend(InMemoryBackend::new())
             .unwrap()
+    }
+
+    /// A batch whose bytes rot on disk is refused by reads until a mend
+    /// writes the same batch back.
+    #[test]
+    fn a_rotten_batch_reads_as_damaged_until_mended() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(&dir.path().join("edgebus.redb")).unwrap();
+        let spec = TopicSpec {
+            max_message_bytes: crate::topic::DEFAULT_MAX_MESSAGE_BYTES,
+            ..TopicSpec::new("t", 1)
+        };
+        store.create_topic(&spec).unwrap();
+        let mut builder = batch::BatchBuilder::new();
+        builder.push(&batch::Record::new("v", 1));
+        let write = LogWrite {
+            topic: "t".into(),
+            partition: 0,
+            base_offset: 0,
+            leader_epoch: 3,
+            batch: builder.finish(batch::ProducerStamp::NONE),
+            producer: None,
+        };
+        store.append_at(&[write], true).unwrap();
+        let whole = store.read("t", 0, 0, usize::MAX, u64::MAX).unwrap().batches;
+
+        let db = store.database().unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let tables = PartitionTables::new("t", 0);
+            let mut log = txn.open_table(tables.log()).unwrap();
+            let mut rotten = whole[0].to_vec();
+            let last = rotten.len() - 1;
+            rotten[last] ^= 0x01;
+            log.insert(0, rotten.as_slice()).unwrap();
+        }
+        txn.commit().unwrap();
+        assert!(matches!(
+            store.read("t", 0, 0, usize::MAX, u64::MAX),
+            Err(ReadError::DamagedBatch { offset: 0, .. })
+        ));
+
+        store.mend_batch("t", 0, 0, &whole[0]).unwrap();
+        let read = store.read("t", 0, 0, usize::MAX, u64::MAX).unwrap();
+        assert_eq!(read.batches, whole);
     }
 
     /// Regression: opening a data dir another broker holds failed with

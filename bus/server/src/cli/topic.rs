@@ -5,7 +5,7 @@ use edgebus_client::{
     AttachCounters, Client, Compression, FailurePolicy, PartitionInfo, PluginRef, TopicSpec,
 };
 use edgebus_proto::ErrorCode;
-use edgebus_proto::frame::{PartitionReplication, Request, Response, TopicChanges};
+use edgebus_proto::frame::{PartitionReplication, RebuildingCopy, Request, Response, TopicChanges};
 use serde_json::json;
 
 use super::plugin::{chain_text, parse_plugin_ref, policy_name};
@@ -350,6 +350,11 @@ async fn describe(a: NamedArgs) -> Result<(), Failure> {
             })
             .collect();
         v["replication"] = replication.iter().map(replication_json).collect();
+        if let Some(r) = replication.first()
+            && r.state.replicas.len() > 1
+        {
+            v["unclean_leader_election"] = json!(r.state.unclean_leader_election);
+        }
         out.emit(&v);
         return Ok(());
     }
@@ -395,6 +400,7 @@ async fn describe(a: NamedArgs) -> Result<(), Failure> {
             "ISR",
             "HIGH-WATERMARK",
             "LOG-ENDS",
+            "REBUILDING",
         ]);
         let list = |nodes: &[u64]| {
             nodes
@@ -418,9 +424,16 @@ async fn describe(a: NamedArgs) -> Result<(), Failure> {
                     .map(|(n, e)| format!("{n}:{e}"))
                     .collect::<Vec<_>>()
                     .join(" "),
+                rebuilding_text(&s.rebuilding),
             ]);
         }
         t.print();
+        if let Some(r) = replication.first() {
+            println!(
+                "unclean.leader.election: {}",
+                r.state.unclean_leader_election
+            );
+        }
     }
     Ok(())
 }
@@ -538,6 +551,22 @@ async fn replication(a: &NamedArgs, client: &Client) -> Result<Vec<Replication>,
     Ok(merged)
 }
 
+/// `node:from` per copy being rebuilt, `(mending)` for a last in-sync
+/// replica replacing its damaged batch; `-` for none.
+fn rebuilding_text(copies: &[RebuildingCopy]) -> String {
+    if copies.is_empty() {
+        return "-".to_owned();
+    }
+    copies
+        .iter()
+        .map(|c| {
+            let how = if c.mending { " (mending)" } else { "" };
+            format!("{}:{}{how}", c.node, c.from)
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn replication_json(r: &Replication) -> serde_json::Value {
     let s = &r.state;
     json!({
@@ -548,5 +577,10 @@ fn replication_json(r: &Replication) -> serde_json::Value {
         "leader_epoch": s.leader_epoch,
         "high_watermark": s.high_watermark,
         "log_ends": r.log_ends.iter().map(|(n, e)| (n.to_string(), json!(e))).collect::<serde_json::Map<_, _>>(),
+        "rebuilding": s.rebuilding.iter().map(|c| json!({
+            "node": c.node,
+            "from": c.from,
+            "mending": c.mending,
+        })).collect::<Vec<_>>(),
     })
 }

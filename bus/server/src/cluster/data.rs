@@ -40,7 +40,7 @@ pub const FETCH_WAIT: Duration = Duration::from_millis(500);
 const TICK: Duration = Duration::from_millis(10);
 
 /// A follower's fetch with no answer after this long is sent again.
-const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+pub(super) const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the cluster needs of the node's data side.
 pub(super) struct DataPlane {
@@ -327,6 +327,29 @@ impl Cluster {
                                 .isr_rejected(topic, partition, partition_epoch, stale)
                                 .await;
                         }
+                    });
+                }
+                Outbound::Mend {
+                    topic,
+                    partition,
+                    offset,
+                    leader_epoch,
+                    sources,
+                } => {
+                    tokio::spawn(async move {
+                        cluster
+                            .mend(topic, partition, offset, leader_epoch, sources)
+                            .await;
+                    });
+                }
+                Outbound::ReportMended {
+                    topic,
+                    partition,
+                    offset,
+                    since,
+                } => {
+                    tokio::spawn(async move {
+                        cluster.report_mended(topic, partition, offset, since).await;
                     });
                 }
                 Outbound::ReportDamaged {

@@ -16,6 +16,7 @@
 
 mod data;
 mod dead_letters;
+mod mend;
 mod offsets;
 pub mod peer;
 mod pipelines;
@@ -525,6 +526,16 @@ impl PeerService for Cluster {
                     .await
                     .map_err(|e| (crate::error::Coded::code(&e) as u16, e.to_string())),
             ),
+            PeerRequest::MendBatch {
+                topic,
+                partition,
+                offset,
+                leader_epoch,
+            } => {
+                return self
+                    .serve_mend(topic, partition, offset, leader_epoch)
+                    .await;
+            }
             PeerRequest::Hello { .. } => PeerResponse::Welcome,
             PeerRequest::AppendEntries(rpc) => {
                 PeerResponse::AppendEntries(raft.append_entries(rpc).await)

@@ -88,6 +88,18 @@ pub enum PeerRequest {
         /// Records in it.
         record_count: u32,
     },
+    /// The callee's batch at `offset`, stamped `leader_epoch`, for the last
+    /// in-sync replica mending its damaged copy of it.
+    MendBatch {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: u32,
+        /// Base offset of the batch.
+        offset: u64,
+        /// The epoch the asking replica's epoch table gives it.
+        leader_epoch: i32,
+    },
 }
 
 /// The leader's answer to [`PeerRequest::Fetch`]; the batches' bytes are
@@ -149,6 +161,9 @@ pub enum PeerResponse {
     HeartbeatSeen,
     /// To `Fetch`.
     Fetched(FetchReply),
+    /// To `MendBatch`: whether the callee has that batch whole; if so, its
+    /// bytes are the trailer.
+    MendCopy(bool),
     /// To `AppendDeadLetters`: the batch's base offset, or the refusal's
     /// error code and message.
     DeadLettersAppended(Result<u64, (u16, String)>),

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use edgebus_proto::frame::{
-    ClusterNode, ClusterStatus, Listener, NodeInfo, PartitionReplication, Response,
+    ClusterNode, ClusterStatus, Listener, NodeInfo, PartitionReplication, RebuildingCopy, Response,
 };
 
 use crate::broker::Broker;
@@ -102,6 +102,8 @@ pub fn partition_states(broker: &Broker, topic: &str) -> Response {
                     log_end: high_watermark,
                     leading: true,
                     replica_log_ends: Vec::new(),
+                    rebuilding: Vec::new(),
+                    unclean_leader_election: false,
                 }
             })
             .collect();
@@ -131,6 +133,16 @@ pub fn partition_states(broker: &Broker, topic: &str) -> Response {
                 log_end: mine.map_or(0, |s| s.log_end),
                 leading: mine.is_some_and(|s| s.leading_epoch.is_some()),
                 replica_log_ends: mine.map(|s| s.follower_ends.clone()).unwrap_or_default(),
+                rebuilding: p
+                    .rebuilding
+                    .iter()
+                    .map(|(node, mark)| RebuildingCopy {
+                        node: *node,
+                        from: mark.from,
+                        mending: mark.mend,
+                    })
+                    .collect(),
+                unclean_leader_election: meta.unclean_leader_election,
             }
         })
         .collect();

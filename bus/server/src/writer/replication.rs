@@ -16,7 +16,7 @@ use edgebus_core::replica::{
     EpochStart, FetchDecision, FetchError, FetchRequest, FetchResponse, LocalLog, Replica,
     ReplicaCommand, ReplicaConfig,
 };
-use edgebus_store::{LogWrite, ReadError};
+use edgebus_store::{LogWrite, ReadError, WriteError};
 use tokio::sync::mpsc;
 
 use super::{Driver, Key, Op, Shell, Slot, Writer};
@@ -51,6 +51,31 @@ pub enum Outbound {
         partition_epoch: u64,
         /// The set.
         isr: Vec<NodeId>,
+    },
+    /// Ask `sources` for their batch at `offset` and `leader_epoch`, to
+    /// mend this node's damaged one; answer with [`Writer::mend_copy`].
+    Mend {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: u32,
+        /// Base offset of the damaged batch.
+        offset: u64,
+        /// Its epoch, from this node's epoch table.
+        leader_epoch: i32,
+        /// The other replicas, to ask in turn.
+        sources: Vec<NodeId>,
+    },
+    /// Tell the controller the damaged batch at `offset` is mended.
+    ReportMended {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: u32,
+        /// Base offset of the mended batch.
+        offset: u64,
+        /// The mend mark's partition epoch.
+        since: u64,
     },
     /// Report this node's copy of the partition as damaged from `offset`
     /// on, as seen at `partition_epoch`.
@@ -107,6 +132,11 @@ pub(super) enum ClusterOp {
     Damaged {
         key: Key,
         offset: u64,
+    },
+    MendCopy {
+        key: Key,
+        offset: u64,
+        copy: Option<Bytes>,
     },
     IsrRejected {
         key: Key,
@@ -223,6 +253,18 @@ impl Writer {
         let op = Op::Cluster(ClusterOp::Damaged {
             key: (topic, partition),
             offset,
+        });
+        let _ = self.tx.send(op).await;
+    }
+
+    /// Another replica's copy of the damaged batch at `offset`, checked, or
+    /// `None` when no replica had one: stored over the damaged batch, or
+    /// the mend is tried again later.
+    pub async fn mend_copy(&self, topic: String, partition: u32, offset: u64, copy: Option<Bytes>) {
+        let op = Op::Cluster(ClusterOp::MendCopy {
+            key: (topic, partition),
+            offset,
+            copy,
         });
         let _ = self.tx.send(op).await;
     }
@@ -377,6 +419,33 @@ impl Shell {
                             partition_epoch,
                         });
                     }
+                }
+            }
+            ClusterOp::MendCopy { key, offset, copy } => {
+                let engines = Arc::clone(&self.engines);
+                let mut engines = engines.lock().unwrap_or_else(PoisonError::into_inner);
+                if let Some(slot) = engines.get_mut(&key)
+                    && let Driver::Cluster(replica) = &mut slot.engine
+                {
+                    let stored =
+                        copy.map(|copy| self.store.mend_batch(&key.0, key.1, offset, &copy));
+                    match stored {
+                        Some(Ok(())) => {
+                            tracing::warn!(topic = %key.0, partition = key.1, offset, "damaged batch mended");
+                            replica.handle_mended(now);
+                        }
+                        Some(Err(e)) => {
+                            tracing::error!(topic = %key.0, partition = key.1, offset, error = %e, "mend not stored");
+                            if let WriteError::Store(store) = &e
+                                && super::reopens(store)
+                            {
+                                self.stop_if_cluster(&e);
+                            }
+                            replica.handle_mend_failed(now);
+                        }
+                        None => replica.handle_mend_failed(now),
+                    }
+                    self.drain(&key, slot, None);
                 }
             }
             ClusterOp::IsrRejected {
@@ -593,6 +662,27 @@ impl Shell {
                     }
                 }
                 self.drain(key, slot, None);
+            }
+            ReplicaCommand::Mend {
+                offset,
+                leader_epoch,
+                sources,
+            } => {
+                let _ = outbound.send(Outbound::Mend {
+                    topic: key.0.clone(),
+                    partition: key.1,
+                    offset,
+                    leader_epoch,
+                    sources,
+                });
+            }
+            ReplicaCommand::ReportMended { offset, since } => {
+                let _ = outbound.send(Outbound::ReportMended {
+                    topic: key.0.clone(),
+                    partition: key.1,
+                    offset,
+                    since,
+                });
             }
             ReplicaCommand::Engine(command) => self.route(key, slot, command, None),
         }
