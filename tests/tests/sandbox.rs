@@ -377,8 +377,8 @@ async fn log_flood_is_held_to_the_log_budget_across_replaced_instances() {
 
 /// A plugin that burns its whole deadline on every call gets calls only
 /// until its failing-time budget (100 ms a second, bursts of 500 ms) is
-/// spent, then its records fail at once; acks on other topics do not wait
-/// for it meanwhile.
+/// spent, then its records fail at once, and its rate backs off; acks on
+/// other topics do not wait for it meanwhile.
 #[tokio::test]
 async fn deadline_burner_spends_its_failing_time_budget_and_other_topics_keep_acking() {
     let broker = TestBroker::start().await.unwrap();
@@ -411,4 +411,14 @@ async fn deadline_burner_spends_its_failing_time_budget_and_other_topics_keep_ac
         slowest < Duration::from_secs(2),
         "calm ack took {slowest:?}"
     );
+
+    // Spending it halved its rate, and each later spend halves it again:
+    // three seconds on, a fixed 100 ms a second would have earned five or
+    // six more 50 ms calls; the backed-off rate earns one or two.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    produce(&client, "spinning", &values, 40).await;
+    let later = ingest_counters(&client, "spinning").await;
+    let called = (later.records_in - later.budget_breaches) - (c.records_in - c.budget_breaches);
+    assert_eq!(later.records_in, 80);
+    assert!(called <= 3, "{called} calls three seconds on: {later:?}");
 }

@@ -876,6 +876,8 @@ impl ClusterState {
         }
         let from = match meta.rebuilding.get(&node) {
             // Already cut back at or below this batch: a repeated report.
+            // (A later batch found while an earlier one is being mended is
+            // reported again when next read, once the node leads again.)
             Some(mark) if mark.from <= offset => return Ok(ControlOutcome::Done),
             Some(mark) => mark.from.min(offset),
             None => offset,
@@ -895,9 +897,13 @@ impl ClusterState {
         if !mend {
             meta.isr.retain(|n| *n != node);
         }
-        if meta.leader == Some(node) {
+        let before = meta.partition_epoch;
+        // A leaderless partition may now elect unclean, passing over the
+        // mending replica.
+        if meta.leader == Some(node) || meta.leader.is_none() {
             elect(meta, &live, unclean, None);
-        } else {
+        }
+        if meta.partition_epoch == before {
             meta.partition_epoch += 1;
         }
         if let Some(mark) = meta.rebuilding.get_mut(&node) {
@@ -1006,8 +1012,7 @@ impl ClusterState {
                     meta.partition_epoch += 1;
                 }
                 if meta.leader.is_none() {
-                    // An unclean election may now pass over a fenced
-                    // mending replica.
+                    // An unclean election may find a replica now.
                     elect(meta, &live, unclean, None);
                 }
             }
@@ -1077,13 +1082,6 @@ impl ClusterState {
 fn elect(meta: &mut PartitionMeta, live: &BTreeSet<NodeId>, unclean: bool, avoid: Option<NodeId>) {
     let whole = |n: &NodeId| live.contains(n) && !meta.rebuilding.contains_key(n);
     let in_isr = |n: &NodeId| meta.isr.contains(n) && whole(n);
-    // A live last ISR member mending its copy leads again in a moment: no
-    // unclean election passes over it.
-    let mending = meta
-        .isr
-        .iter()
-        .any(|n| live.contains(n) && meta.rebuilding.get(n).is_some_and(|m| m.mend));
-    let unclean = unclean && !mending;
     let chosen = meta
         .replicas
         .iter()
@@ -1108,8 +1106,9 @@ fn elect(meta: &mut PartitionMeta, live: &BTreeSet<NodeId>, unclean: bool, avoid
     meta.leader_epoch += 1;
     meta.partition_epoch += 1;
     if chosen.is_some() {
-        // Only an unclean election passes over a mending last ISR member;
-        // it is out of the ISR now and rebuilds from the new leader.
+        // Only an unclean election passes over a mending last ISR member
+        // (availability over what it alone holds, as the topic chose); it
+        // is out of the ISR now and rebuilds from the new leader.
         let since = meta.partition_epoch;
         for mark in meta.rebuilding.values_mut().filter(|m| m.mend) {
             *mark = Rebuild {
@@ -1641,12 +1640,7 @@ mod tests {
         state.topics.get_mut("t").unwrap().unclean_leader_election = true;
         let damaged_node = shrink_to_leader(&mut state, "t");
         damaged(&mut state, "t", damaged_node, 4);
-        let p = state.partition("t", 0).unwrap().clone();
-        // Unclean, but the mending member stays the ISR while it lives.
-        assert_eq!(p.leader, None);
-        state
-            .apply(&ControlRequest::FenceNode { node: damaged_node })
-            .unwrap();
+        // Unclean: availability first, another replica leads at once.
         let p = state.partition("t", 0).unwrap();
         let leader = p.leader.expect("an unclean leader");
         assert_ne!(leader, damaged_node);

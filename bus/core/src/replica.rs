@@ -327,8 +327,9 @@ pub struct Replica {
     /// batch for, and when it last reported it (in memory too: after a
     /// restart it mends again, which rewrites the same bytes).
     mended: Option<(u64, Instant)>,
-    /// A mend no source could serve is tried again from this time on.
-    mend_retry: Option<Instant>,
+    /// A mend no source could serve: the mark's [`Rebuild::since`], and
+    /// when it is tried again.
+    mend_retry: Option<(u64, Instant)>,
     fetches: u64,
     commands: VecDeque<ReplicaCommand>,
 }
@@ -719,12 +720,20 @@ impl Replica {
     /// The last `Mend` failed: no source served the batch (down, cut off,
     /// or damaged too). It is tried again after `isr_retry`.
     pub fn handle_mend_failed(&mut self, now: Instant) {
-        if !matches!(self.busy, Some(Busy::Mending { .. })) {
+        let Some(Busy::Mending { since, .. }) = self.busy.take() else {
             return;
-        }
-        self.busy = None;
-        self.mend_retry = Some(now + self.config.isr_retry);
+        };
+        self.mend_retry = Some((since, now + self.config.isr_retry));
         self.reconcile(now);
+    }
+
+    /// The offset of the damaged batch the last `Mend` asked for, while it
+    /// is in flight: a copy arriving for anything else is not stored.
+    pub fn mending(&self) -> Option<u64> {
+        match self.busy {
+            Some(Busy::Mending { offset, .. }) => Some(offset),
+            _ => None,
+        }
     }
 
     /// Runs the timers: fetch pacing and timeouts on a follower, ISR lag
@@ -743,7 +752,12 @@ impl Replica {
                     });
                 }
                 Some((since, _)) if since == mark.since => {}
-                _ if self.mend_retry.is_some_and(|at| now >= at) => self.reconcile(now),
+                _ if self
+                    .mend_retry
+                    .is_some_and(|(since, at)| since == mark.since && now >= at) =>
+                {
+                    self.reconcile(now)
+                }
                 _ => {}
             }
         }
@@ -1106,7 +1120,9 @@ impl Replica {
     /// attempt is waiting out its retry pause.
     fn mend(&mut self, now: Instant, mark: Rebuild, meta: &PartitionMeta) {
         if self.mended.is_some_and(|(since, _)| since == mark.since)
-            || self.mend_retry.is_some_and(|at| now < at)
+            || self
+                .mend_retry
+                .is_some_and(|(since, at)| since == mark.since && now < at)
         {
             return;
         }

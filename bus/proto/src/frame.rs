@@ -617,8 +617,9 @@ pub struct ClusterStatus {
 /// `u32 count` of in-sync replicas (`u64`), `i32 leader_epoch, u64
 /// high_watermark, u64 log_end, u8 leading, u32 count` of replica log ends
 /// (`u64 node, u64 log_end`). After the list, optional (absent from older
-/// nodes): per partition in list order, `u8 unclean_leader_election, u32
-/// count` of copies being rebuilt (`u64 node, u64 from, u8 mending`).
+/// nodes, and when every partition has the defaults): per partition in
+/// list order, `u8 unclean_leader_election, u32 count` of copies being
+/// rebuilt (`u64 node, u64 from, u8 mending`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartitionReplication {
     /// Partition number.
@@ -2201,7 +2202,12 @@ impl Response {
                         buf.put_u64(*end);
                     }
                 }
-                for p in states {
+                // Only when it says something, so older readers, which take
+                // no trailing bytes, still read the usual answer.
+                let extra = states
+                    .iter()
+                    .any(|p| p.unclean_leader_election || !p.rebuilding.is_empty());
+                for p in states.iter().filter(|_| extra) {
                     buf.put_u8(u8::from(p.unclean_leader_election));
                     buf.put_u32(p.rebuilding.len() as u32);
                     for copy in &p.rebuilding {

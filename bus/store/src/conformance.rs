@@ -1003,6 +1003,10 @@ pub fn mend_batch_takes_only_a_whole_copy_of_the_same_offsets<H: Harness>(h: &mu
     assert!(invalid(2, &stored(&a, 2)), "a copy of other offsets");
     assert!(invalid(0, &stored(&b, 0)), "a copy with more records");
     assert!(invalid(1, &stored(&a, 1)), "no batch starts at 1");
+    assert!(
+        invalid(2, &stored_in_epoch(&b, 2, 7)),
+        "a copy of another epoch"
+    );
     let mut rotten = BytesMut::from(&stored(&b, 2)[..]);
     let last = rotten.len() - 1;
     rotten[last] ^= 0x01;

@@ -103,10 +103,24 @@ impl LogWrite {
 }
 
 /// Checks `batch` as a replacement for the stored batch at `offset`, which
-/// holds the offsets `offset..next` (see [`PartitionLog::mend_batch`]).
-pub(crate) fn check_mend(offset: u64, next: u64, batch: &[u8]) -> Result<(), WriteError> {
+/// holds the offsets `offset..next` and was stamped `epoch` by the epoch
+/// table (see [`PartitionLog::mend_batch`]).
+pub(crate) fn check_mend(
+    offset: u64,
+    next: u64,
+    epoch: Option<i32>,
+    batch: &[u8],
+) -> Result<(), WriteError> {
     let header = edgebus_proto::batch::verify_crc(batch)
         .map_err(|e| WriteError::InvalidBatch(format!("mending batch at {offset}: {e}")))?;
+    if let Some(epoch) = epoch
+        && header.partition_leader_epoch != epoch
+    {
+        return Err(WriteError::InvalidBatch(format!(
+            "mending the batch at {offset} of epoch {epoch} with one of epoch {}",
+            header.partition_leader_epoch
+        )));
+    }
     if header.base_offset != offset || header.next_offset() != next {
         return Err(WriteError::InvalidBatch(format!(
             "mending the batch holding offsets {offset}..{next} with one holding {}..{}",
@@ -478,8 +492,10 @@ pub trait PartitionLog: Send + Sync + 'static {
 
     /// Replaces the stored batch at `offset` (one that fails its CRC) with
     /// `batch`, durably: another replica's copy of it, which must pass its
-    /// CRC and hold exactly the stored batch's offsets, from `offset` up to
-    /// the next stored batch (or the log end). Nothing else changes: the
+    /// CRC, hold exactly the stored batch's offsets, from `offset` up to
+    /// the next stored batch (or the log end), and be stamped with the
+    /// epoch the epoch table gives `offset` (if it has one, as every
+    /// replicated partition's does). Nothing else changes: the
     /// epoch table, producer state and time index were written with the
     /// original and hold for its copy. A batch that does not fit is
     /// [`WriteError::InvalidBatch`], with nothing changed.

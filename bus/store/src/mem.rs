@@ -401,7 +401,18 @@ impl PartitionLog for MemStore {
                 "no stored batch at {offset} to mend"
             )));
         };
-        crate::check_mend(offset, offset + u64::from(stored.record_count), batch)?;
+        let epoch = part
+            .epochs
+            .iter()
+            .rev()
+            .find(|(_, start)| **start <= offset)
+            .map(|(epoch, _)| *epoch);
+        crate::check_mend(
+            offset,
+            offset + u64::from(stored.record_count),
+            epoch,
+            batch,
+        )?;
         part.bytes = part.bytes - stored.bytes.len() as u64 + batch.len() as u64;
         stored.bytes = Bytes::copy_from_slice(batch);
         Ok(())

@@ -1328,7 +1328,18 @@ impl PartitionLog for RedbStore {
                     Some(entry) => entry.or_backend()?.0.value(),
                     None => row.log_end,
                 };
-                crate::check_mend(offset, next, batch)?;
+                let epochs = txn.open_table(EPOCHS).or_backend()?;
+                let mut epoch = None;
+                for entry in epochs
+                    .range((topic, partition, i32::MIN)..=(topic, partition, i32::MAX))
+                    .or_backend()?
+                {
+                    let (key, start) = entry.or_backend()?;
+                    if start.value() <= offset {
+                        epoch = Some(key.value().2);
+                    }
+                }
+                crate::check_mend(offset, next, epoch, batch)?;
                 log.insert(offset, batch).or_backend()?;
                 row.bytes = row.bytes.saturating_sub(old_len) + batch.len() as u64;
             }

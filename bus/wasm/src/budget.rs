@@ -40,9 +40,12 @@ pub struct Budgets {
     /// (deadline, trap, memory cap, budget breach, rejection) may take.
     /// Once five seconds' worth is spent, the attachment's batches fail
     /// at once with [`Breach::FailingTime`], without a call, until it
-    /// refills: a plugin that burns its deadline on every call costs the
-    /// broker this much CPU, not a core. Calls that succeed are never
-    /// held back. 0 sets no limit.
+    /// refills. Every time failing calls spend it, the rate halves, down
+    /// to 1/64 of this; a call that succeeds restores it. A plugin that
+    /// burns its deadline on every call thus costs the broker a few
+    /// hundred ms, then about 1.5 ms per second (one 50 ms call every
+    /// half minute), not a core. Calls that succeed are never held back.
+    /// 0 sets no limit.
     pub failing_ms_per_second: u32,
 }
 
@@ -372,8 +375,13 @@ pub(crate) fn log_budget(budget: &SharedLogBudget) -> std::sync::MutexGuard<'_, 
     budget.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// How far the failing-time rate falls below its setting while calls keep
+/// failing: see [`Budgets::failing_ms_per_second`].
+const FAILING_RATE_FLOOR: f64 = 1.0 / 64.0;
+
 /// A token bucket of wall time for failing calls, shared by the stages
-/// and instances of one chain.
+/// and instances of one chain, whose rate backs off while calls keep
+/// failing.
 #[derive(Debug)]
 pub(crate) struct FailingTime {
     per_second_ms: u32,
@@ -410,10 +418,25 @@ impl FailingTime {
         }
     }
 
-    /// Charges the wall time of a call that failed.
+    /// Charges the wall time of a call that failed. The call that spends
+    /// the budget halves its rate: a plugin that fails on every call is
+    /// let run less and less often.
     pub(crate) fn charge(&mut self, spent: std::time::Duration) {
-        self.seconds.refill(Instant::now());
+        let before = self.seconds.refill(Instant::now());
         self.seconds.left -= spent.as_secs_f64();
+        if before > 0.0 && self.seconds.left <= 0.0 {
+            let floor = self.full_rate() * FAILING_RATE_FLOOR;
+            self.seconds.rate = (self.seconds.rate / 2.0).max(floor);
+        }
+    }
+
+    /// A call succeeded: the plugin works, and gets its full rate back.
+    pub(crate) fn succeeded(&mut self) {
+        self.seconds.rate = self.full_rate();
+    }
+
+    fn full_rate(&self) -> f64 {
+        f64::from(self.per_second_ms) / 1000.0
     }
 }
 
@@ -474,19 +497,27 @@ mod tests {
         let mut t = FailingTime::new(&budgets);
         // Five seconds' worth, 500 ms: nine 60 ms failures get their call
         // (the ninth takes the budget below zero).
-        let admitted = (0..20)
-            .take_while(|_| {
-                let admitted = t.admit().is_ok();
-                t.charge(std::time::Duration::from_millis(60));
-                admitted
-            })
-            .count();
+        let mut admitted = 0;
+        while t.admit().is_ok() {
+            admitted += 1;
+            t.charge(std::time::Duration::from_millis(60));
+        }
         assert_eq!(admitted, 9);
         assert_eq!(t.admit(), Err(Breach::FailingTime { per_second_ms: 100 }));
-        // 100 ms per second: a second's refill pays the 40 ms debt of the
-        // ninth call and leaves room again.
+        // Spent: the rate halved to 50 ms per second, so a second's refill
+        // pays the 40 ms debt of the ninth call and leaves room again.
         t.seconds.refilled_at -= std::time::Duration::from_millis(1000);
         assert!(t.admit().is_ok());
+        // Each failure that spends it halves the rate, down to 1/64 (1.56
+        // ms per second: a 60 ms failure every 38 s).
+        for _ in 0..10 {
+            t.charge(std::time::Duration::from_millis(60));
+            t.seconds.left = 0.001;
+        }
+        assert!((t.seconds.rate - 0.1 / 64.0).abs() < 1e-9);
+        // A call that succeeds gives the full rate back.
+        t.succeeded();
+        assert!((t.seconds.rate - 0.1).abs() < 1e-9);
         // 0: no limit.
         let mut off = FailingTime::new(&Budgets {
             failing_ms_per_second: 0,

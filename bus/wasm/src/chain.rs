@@ -384,9 +384,13 @@ impl Stage {
             .map_err(PluginError::Budget)?;
         let started = Instant::now();
         let result = self.call_admitted(records, output, budget);
+        let mut failing = budget::failing_time(&self.failing);
         if result.is_err() {
-            budget::failing_time(&self.failing).charge(started.elapsed());
+            failing.charge(started.elapsed());
+        } else {
+            failing.succeeded();
         }
+        drop(failing);
         result
     }
 

@@ -28,6 +28,20 @@ impl Cluster {
         let Some(data) = self.data() else {
             return;
         };
+        let store = data.store.clone();
+        let name = topic.clone();
+        let log_start = tokio::task::spawn_blocking(move || {
+            store.offsets(&name, partition).map(|o| o.log_start)
+        })
+        .await;
+        if let Ok(Ok(log_start)) = log_start
+            && log_start > offset
+        {
+            // Retention deleted the damaged batch: the writer reports the
+            // copy whole without asking anyone.
+            data.writer.mend_copy(topic, partition, offset, None).await;
+            return;
+        }
         let call = PeerRequest::MendBatch {
             topic: topic.clone(),
             partition,
@@ -61,6 +75,9 @@ impl Cluster {
                     tracing::info!(%topic, partition, offset, source, error = %e, "no copy to mend from");
                 }
             }
+        }
+        if copy.is_none() {
+            tracing::error!(%topic, partition, offset, "no other replica holds this batch whole; the partition stays without a leader until one does (asked again every second), or until this node is stopped with unclean.leader.election set");
         }
         data.writer.mend_copy(topic, partition, offset, copy).await;
     }

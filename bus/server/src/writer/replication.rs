@@ -426,15 +426,14 @@ impl Shell {
                 let mut engines = engines.lock().unwrap_or_else(PoisonError::into_inner);
                 if let Some(slot) = engines.get_mut(&key)
                     && let Driver::Cluster(replica) = &mut slot.engine
+                    // A copy for a mend no longer in flight (the mark moved,
+                    // or the topic was deleted and made again) is dropped.
+                    && replica.mending() == Some(offset)
                 {
-                    let stored =
-                        copy.map(|copy| self.store.mend_batch(&key.0, key.1, offset, &copy));
-                    match stored {
-                        Some(Ok(())) => {
-                            tracing::warn!(topic = %key.0, partition = key.1, offset, "damaged batch mended");
-                            replica.handle_mended(now);
-                        }
-                        Some(Err(e)) => {
+                    match self.mend(&key, offset, copy) {
+                        Ok(true) => replica.handle_mended(now),
+                        Ok(false) => replica.handle_mend_failed(now),
+                        Err(e) => {
                             tracing::error!(topic = %key.0, partition = key.1, offset, error = %e, "mend not stored");
                             if let WriteError::Store(store) = &e
                                 && super::reopens(store)
@@ -443,7 +442,6 @@ impl Shell {
                             }
                             replica.handle_mend_failed(now);
                         }
-                        None => replica.handle_mend_failed(now),
                     }
                     self.drain(&key, slot, None);
                 }
@@ -508,6 +506,28 @@ impl Shell {
                 }
             }
         }
+    }
+
+    /// Stores another replica's copy of the damaged batch at `offset`;
+    /// `false` when there is none. A batch retention has deleted meanwhile
+    /// needs none: the copy is whole without it.
+    fn mend(&self, key: &Key, offset: u64, copy: Option<Bytes>) -> Result<bool, WriteError> {
+        let (topic, partition) = (key.0.as_str(), key.1);
+        if self.store.offsets(topic, partition)?.log_start > offset {
+            tracing::warn!(
+                topic,
+                partition,
+                offset,
+                "damaged batch deleted by retention: nothing to mend"
+            );
+            return Ok(true);
+        }
+        let Some(copy) = copy else {
+            return Ok(false);
+        };
+        self.store.mend_batch(topic, partition, offset, &copy)?;
+        tracing::warn!(topic, partition, offset, "damaged batch mended");
+        Ok(true)
     }
 
     /// What the store holds of a partition, for a replica.
