@@ -529,12 +529,12 @@ fn within(
 /// assigned yet).
 fn to_plugin(r: &StoredRecord, partition: Option<u32>) -> PluginRecord {
     PluginRecord {
-        key: r.key.as_ref().map(|k| k.to_vec()),
-        value: r.value.to_vec(),
+        key: r.key.clone(),
+        value: r.value.clone(),
         headers: r
             .headers
             .iter()
-            .map(|h| (h.key.clone(), h.value.to_vec()))
+            .map(|h| (h.key.clone(), h.value.clone()))
             .collect(),
         timestamp_ms: r.timestamp_ms,
         offset: partition.map(|_| r.offset),
@@ -545,15 +545,12 @@ fn to_plugin(r: &StoredRecord, partition: Option<u32>) -> PluginRecord {
 /// A plugin's output as a record to store.
 fn from_plugin(r: PluginRecord) -> Record {
     Record {
-        key: r.key.map(Bytes::from),
-        value: Bytes::from(r.value),
+        key: r.key,
+        value: r.value,
         headers: r
             .headers
             .into_iter()
-            .map(|(key, value)| Header {
-                key,
-                value: Bytes::from(value),
-            })
+            .map(|(key, value)| Header { key, value })
             .collect(),
         timestamp_ms: r.timestamp_ms,
     }

@@ -14,6 +14,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
+
 use crate::budget::{
     self, Breach, Budgets, FailingTime, LogBudget, OutputBudget, SharedFailingTime, SharedLedger,
     SharedLogBudget, StateLedger,
@@ -504,7 +506,7 @@ fn payload_bytes(record: &PluginRecord) -> usize {
         .iter()
         .map(|(name, value)| name.len() + value.len())
         .sum();
-    record.key.as_ref().map_or(0, Vec::len) + record.value.len() + headers
+    record.key.as_ref().map_or(0, Bytes::len) + record.value.len() + headers
 }
 
 /// Lines written and dropped under `log`, so far.

@@ -1,18 +1,20 @@
 //! The host's view of a record crossing into and out of a plugin.
 
+use bytes::Bytes;
+
 /// One record as plugins see it, owned by the host.
 ///
-/// It mirrors the WIT `record` type field for field, so the broker converts
-/// its own record type once and this crate lowers it into guest memory
-/// without another copy.
+/// It mirrors the WIT `record` type field for field, so the broker hands
+/// its stored bytes over without copying them (`Bytes` share the batch's
+/// buffer) and this crate lowers them into guest memory with one copy.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct PluginRecord {
     /// Optional key; records with the same key share a partition.
-    pub key: Option<Vec<u8>>,
+    pub key: Option<Bytes>,
     /// The payload.
-    pub value: Vec<u8>,
+    pub value: Bytes,
     /// Application headers, in order; names may repeat.
-    pub headers: Vec<(String, Vec<u8>)>,
+    pub headers: Vec<(String, Bytes)>,
     /// Milliseconds since the Unix epoch, set by the producer or at append.
     pub timestamp_ms: i64,
     /// The record's offset in its partition, on the read path and in
@@ -25,7 +27,7 @@ pub struct PluginRecord {
 
 impl PluginRecord {
     /// A record with just a value, as a producer would send it on ingest.
-    pub fn with_value(value: impl Into<Vec<u8>>) -> PluginRecord {
+    pub fn with_value(value: impl Into<Bytes>) -> PluginRecord {
         PluginRecord {
             value: value.into(),
             ..PluginRecord::default()
@@ -37,6 +39,6 @@ impl PluginRecord {
         self.headers
             .iter()
             .find(|(name, _)| name == key)
-            .map(|(_, value)| value.as_slice())
+            .map(|(_, value)| value.as_ref())
     }
 }

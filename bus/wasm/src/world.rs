@@ -143,12 +143,12 @@ macro_rules! from_result_record {
     () => {
         pub(crate) fn from_record(record: types::RecordResult) -> PluginRecord {
             PluginRecord {
-                key: record.key,
-                value: record.value,
+                key: record.key.map(bytes::Bytes::from),
+                value: bytes::Bytes::from(record.value),
                 headers: record
                     .headers
                     .into_iter()
-                    .map(|header| (header.key, header.value))
+                    .map(|header| (header.key, bytes::Bytes::from(header.value)))
                     .collect(),
                 timestamp_ms: record.timestamp_ms,
                 offset: None,

@@ -5,6 +5,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use common::{engine, engine_with, params, plugin_wasm, records, values};
 use edgebus_wasm::{
     BatchOutput, Engine, EngineConfig, MemState, PluginError, PluginKind, PluginRecord,
@@ -73,9 +74,9 @@ fn redact_transform_masks_fields_and_clears_offsets() {
         )
         .expect("instantiate");
     let input = PluginRecord {
-        key: Some(b"k".to_vec()),
-        value: br#"{"user":{"name":"ann","ssn":"123"},"password":"hunter2"}"#.to_vec(),
-        headers: vec![("h".to_string(), b"v".to_vec())],
+        key: Some(Bytes::from_static(b"k")),
+        value: Bytes::from_static(br#"{"user":{"name":"ann","ssn":"123"},"password":"hunter2"}"#),
+        headers: vec![("h".to_string(), Bytes::from_static(b"v"))],
         timestamp_ms: 42,
         offset: Some(7),
         partition: Some(1),
@@ -86,7 +87,7 @@ fn redact_transform_masks_fields_and_clears_offsets() {
         .expect("process");
 
     let expected = PluginRecord {
-        value: br#"{"password":"***","user":{"name":"ann","ssn":"***"}}"#.to_vec(),
+        value: Bytes::from_static(br#"{"password":"***","user":{"name":"ann","ssn":"***"}}"#),
         offset: None,
         partition: None,
         ..input

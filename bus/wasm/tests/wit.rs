@@ -18,7 +18,7 @@ const REDACT_0_1: &[u8] = include_bytes!("fixtures/redact-0.1.wasm");
 
 fn keyed(key: &str, timestamp_ms: i64) -> PluginRecord {
     PluginRecord {
-        key: Some(key.as_bytes().to_vec()),
+        key: Some(key.as_bytes().to_vec().into()),
         timestamp_ms,
         ..PluginRecord::with_value("v")
     }
@@ -89,7 +89,7 @@ fn probe(chain: &mut Chain, at_ms: i64, commands: &[&str]) -> Vec<String> {
         .iter()
         .map(|c| PluginRecord {
             timestamp_ms: at_ms,
-            ..PluginRecord::with_value(*c)
+            ..PluginRecord::with_value(c.as_bytes().to_vec())
         })
         .collect();
     let out = chain.process(batch);

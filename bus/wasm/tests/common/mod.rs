@@ -127,7 +127,7 @@ pub fn params(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
 pub fn records(values: &[&str]) -> Vec<PluginRecord> {
     values
         .iter()
-        .map(|value| PluginRecord::with_value(value.as_bytes()))
+        .map(|value| PluginRecord::with_value(value.as_bytes().to_vec()))
         .collect()
 }
 
