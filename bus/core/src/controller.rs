@@ -92,9 +92,11 @@ pub struct Rebuild {
     /// the ISR and replaces the damaged batch with the batch another
     /// replica stores at the same offset and epoch (the same bytes: two
     /// replicas never hold different batches at one offset and epoch), then
-    /// reports [`ControlRequest::ReplicaMended`] and may lead again. A
-    /// leader elected meanwhile (only by an unclean election) turns the
-    /// mark into a cut.
+    /// reports [`ControlRequest::ReplicaMended`] and may lead again. While
+    /// it is live no election passes over it, not even an unclean one,
+    /// until it reports that no replica had a whole copy
+    /// ([`ControlRequest::ReplicaMendFailed`]); a leader elected then turns
+    /// the mark into a cut.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub mend: bool,
 }
@@ -235,6 +237,23 @@ pub enum ControlRequest {
         offset: u64,
         /// The [`Rebuild::since`] of the mark it mended for: a report for
         /// an older mark proves nothing about the current one.
+        since: u64,
+    },
+    /// `node`, mending its damaged batch at `offset`, found no replica
+    /// with a whole copy. On a topic with `unclean.leader.election`, it
+    /// leaves the ISR and another live replica may lead (its copy is then
+    /// rebuilt from that leader); otherwise nothing changes and the
+    /// partition waits.
+    ReplicaMendFailed {
+        /// Topic name.
+        topic: String,
+        /// Partition number.
+        partition: u32,
+        /// The mending node.
+        node: NodeId,
+        /// Base offset of the damaged batch.
+        offset: u64,
+        /// The [`Rebuild::since`] of the mark it tried to mend for.
         since: u64,
     },
     /// A leader changes its partition's in-sync set.
@@ -651,6 +670,13 @@ impl ClusterState {
                 offset,
                 since,
             } => self.replica_mended(topic, *partition, *node, *offset, *since),
+            ControlRequest::ReplicaMendFailed {
+                topic,
+                partition,
+                node,
+                offset,
+                since,
+            } => self.replica_mend_failed(topic, *partition, *node, *offset, *since),
             ControlRequest::AlterIsr {
                 topic,
                 partition,
@@ -936,6 +962,50 @@ impl ClusterState {
         Ok(ControlOutcome::Done)
     }
 
+    fn replica_mend_failed(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        node: NodeId,
+        offset: u64,
+        since: u64,
+    ) -> Result<ControlOutcome, ControlError> {
+        let live = self.live_nodes();
+        let (meta, unclean) = self.partition_mut(topic, partition)?;
+        let pending = meta
+            .rebuilding
+            .get(&node)
+            .is_some_and(|m| m.mend && m.from == offset && m.since == since);
+        if !pending {
+            return Err(ControlError::StaleMendReport { offset, since });
+        }
+        let other = meta
+            .replicas
+            .iter()
+            .any(|n| *n != node && live.contains(n) && !meta.rebuilding.contains_key(n));
+        if unclean && other {
+            // A cut mark: the election below no longer waits for it.
+            meta.rebuilding.insert(
+                node,
+                Rebuild {
+                    from: offset,
+                    since,
+                    mend: false,
+                },
+            );
+            meta.isr.retain(|n| *n != node);
+            let before = meta.partition_epoch;
+            elect(meta, &live, unclean, None);
+            if meta.partition_epoch == before {
+                meta.partition_epoch += 1;
+            }
+            if let Some(mark) = meta.rebuilding.get_mut(&node) {
+                mark.since = meta.partition_epoch;
+            }
+        }
+        Ok(ControlOutcome::Done)
+    }
+
     fn alter_isr(
         &mut self,
         topic: &str,
@@ -1082,6 +1152,13 @@ impl ClusterState {
 fn elect(meta: &mut PartitionMeta, live: &BTreeSet<NodeId>, unclean: bool, avoid: Option<NodeId>) {
     let whole = |n: &NodeId| live.contains(n) && !meta.rebuilding.contains_key(n);
     let in_isr = |n: &NodeId| meta.isr.contains(n) && whole(n);
+    // A live last ISR member mending its copy is whole again in a moment,
+    // unless it reports that it cannot be: no election passes over it.
+    let mending = meta
+        .isr
+        .iter()
+        .any(|n| live.contains(n) && meta.rebuilding.get(n).is_some_and(|m| m.mend));
+    let unclean = unclean && !mending;
     let chosen = meta
         .replicas
         .iter()
@@ -1106,9 +1183,10 @@ fn elect(meta: &mut PartitionMeta, live: &BTreeSet<NodeId>, unclean: bool, avoid
     meta.leader_epoch += 1;
     meta.partition_epoch += 1;
     if chosen.is_some() {
-        // Only an unclean election passes over a mending last ISR member
-        // (availability over what it alone holds, as the topic chose); it
-        // is out of the ISR now and rebuilds from the new leader.
+        // Only an unclean election passes over a mending last ISR member,
+        // once it is fenced (availability over what it alone holds, as the
+        // topic chose); it is out of the ISR now and rebuilds from the new
+        // leader.
         let since = meta.partition_epoch;
         for mark in meta.rebuilding.values_mut().filter(|m| m.mend) {
             *mark = Rebuild {
@@ -1634,20 +1712,51 @@ mod tests {
     }
 
     #[test]
-    fn an_unclean_election_turns_a_mend_into_a_cut() {
+    fn an_unclean_election_waits_for_a_mend_until_it_fails() {
         let mut state = cluster(3);
         create(&mut state, "t", 1, 3, 1);
         state.topics.get_mut("t").unwrap().unclean_leader_election = true;
         let damaged_node = shrink_to_leader(&mut state, "t");
         damaged(&mut state, "t", damaged_node, 4);
-        // Unclean: availability first, another replica leads at once.
+        // Unclean, but the live mending member holds what others may not:
+        // nobody is elected over it while its mend may succeed.
+        let p = state.partition("t", 0).unwrap().clone();
+        assert_eq!(p.leader, None);
+        let since = p.rebuilding[&damaged_node].since;
+        let failed = |state: &mut ClusterState, topic: &str, since| {
+            state.apply(&ControlRequest::ReplicaMendFailed {
+                topic: topic.into(),
+                partition: 0,
+                node: damaged_node,
+                offset: 4,
+                since,
+            })
+        };
+        assert!(failed(&mut state, "t", since - 1).is_err(), "stale");
+        failed(&mut state, "t", since).unwrap();
         let p = state.partition("t", 0).unwrap();
-        let leader = p.leader.expect("an unclean leader");
+        let leader = p.leader.expect("an unclean leader once the mend failed");
         assert_ne!(leader, damaged_node);
         assert_eq!(p.isr, vec![leader]);
         let mark = p.rebuilding[&damaged_node];
         assert!(!mark.mend, "rebuilt from the new leader");
         assert_eq!((mark.from, mark.since), (4, p.partition_epoch));
+
+        // A clean topic keeps waiting.
+        create(&mut state, "c", 1, 3, 1);
+        let node = shrink_to_leader(&mut state, "c");
+        damaged(&mut state, "c", node, 4);
+        let before = state.partition("c", 0).unwrap().clone();
+        state
+            .apply(&ControlRequest::ReplicaMendFailed {
+                topic: "c".into(),
+                partition: 0,
+                node,
+                offset: 4,
+                since: before.rebuilding[&node].since,
+            })
+            .unwrap();
+        assert_eq!(state.partition("c", 0), Some(&before));
     }
 
     #[test]

@@ -287,6 +287,14 @@ pub enum ReplicaCommand {
         /// The mark's [`Rebuild::since`].
         since: u64,
     },
+    /// Tell the controller no source had a whole copy (once per mark):
+    /// a topic that allows unclean elections stops waiting for the mend.
+    ReportMendFailed {
+        /// Base offset of the damaged batch.
+        offset: u64,
+        /// The mark's [`Rebuild::since`].
+        since: u64,
+    },
 }
 
 /// What a replica is doing, for describe output.
@@ -330,6 +338,9 @@ pub struct Replica {
     /// A mend no source could serve: the mark's [`Rebuild::since`], and
     /// when it is tried again.
     mend_retry: Option<(u64, Instant)>,
+    /// The [`Rebuild::since`] of the last mark whose failed mend was
+    /// reported.
+    mend_failure_reported: Option<u64>,
     fetches: u64,
     commands: VecDeque<ReplicaCommand>,
 }
@@ -417,6 +428,7 @@ impl Replica {
             cut_for: None,
             mended: None,
             mend_retry: None,
+            mend_failure_reported: None,
             fetches: 0,
             commands: VecDeque::new(),
         }
@@ -708,9 +720,10 @@ impl Replica {
 
     /// The last `Mend` is done: the batch is replaced, durably.
     pub fn handle_mended(&mut self, now: Instant) {
-        let Some(Busy::Mending { offset, since }) = self.busy.take() else {
+        let Some(Busy::Mending { offset, since }) = self.busy else {
             return;
         };
+        self.busy = None;
         self.mended = Some((since, now));
         self.commands
             .push_back(ReplicaCommand::ReportMended { offset, since });
@@ -720,10 +733,16 @@ impl Replica {
     /// The last `Mend` failed: no source served the batch (down, cut off,
     /// or damaged too). It is tried again after `isr_retry`.
     pub fn handle_mend_failed(&mut self, now: Instant) {
-        let Some(Busy::Mending { since, .. }) = self.busy.take() else {
+        let Some(Busy::Mending { offset, since }) = self.busy else {
             return;
         };
+        self.busy = None;
         self.mend_retry = Some((since, now + self.config.isr_retry));
+        if self.mend_failure_reported != Some(since) {
+            self.mend_failure_reported = Some(since);
+            self.commands
+                .push_back(ReplicaCommand::ReportMendFailed { offset, since });
+        }
         self.reconcile(now);
     }
 
@@ -1603,13 +1622,25 @@ mod tests {
         };
         assert_eq!(drain(&mut r), vec![mend.clone()], "mends, never cuts");
 
-        // No source had it: tried again once the retry pause is over.
+        // No source had it: reported once, tried again once the retry
+        // pause is over.
         r.handle_mend_failed(start);
+        assert_eq!(
+            drain(&mut r),
+            vec![ReplicaCommand::ReportMendFailed {
+                offset: 3,
+                since: 6
+            }]
+        );
         r.handle_tick(start + config.isr_retry / 2);
         assert!(drain(&mut r).is_empty());
         let now = start + config.isr_retry;
         r.handle_tick(now);
-        assert_eq!(drain(&mut r), vec![mend]);
+        assert_eq!(drain(&mut r), vec![mend.clone()]);
+        r.handle_mend_failed(now);
+        r.handle_tick(now + config.isr_retry);
+        assert_eq!(drain(&mut r), vec![mend], "the failure is reported once");
+        let now = now + config.isr_retry;
 
         r.handle_mended(now);
         let report = ReplicaCommand::ReportMended {

@@ -920,6 +920,16 @@ impl Sim {
                     };
                     self.send(id, CONTROLLER, Msg::Propose { partition, request });
                 }
+                ReplicaCommand::ReportMendFailed { offset, since } => {
+                    let request = ControlRequest::ReplicaMendFailed {
+                        topic: TOPIC.into(),
+                        partition,
+                        node: id,
+                        offset,
+                        since,
+                    };
+                    self.send(id, CONTROLLER, Msg::Propose { partition, request });
+                }
             }
         }
     }

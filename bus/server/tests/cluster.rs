@@ -1220,6 +1220,20 @@ fn positions(hay: &[u8], needle: &[u8]) -> Vec<usize> {
         .collect()
 }
 
+/// Flips a bit in every stored copy of `marker` in stopped node `i`'s data
+/// file (as rot would); returns the file.
+fn rot(cluster: &Cluster, i: usize, marker: &[u8]) -> PathBuf {
+    let file = cluster.nodes[i].data.join("edgebus.redb");
+    let mut bytes = std::fs::read(&file).unwrap();
+    let found = positions(&bytes, marker);
+    assert!(!found.is_empty(), "records are stored verbatim");
+    for at in found {
+        bytes[at + 3] ^= 0x01;
+    }
+    std::fs::write(&file, &bytes).unwrap();
+    file
+}
+
 /// A record rots in the leader's data file while it is stopped. Restarted,
 /// the node's scrub finds the batch failing its CRC; the node reports it,
 /// leaves the in-sync set, cuts its log back and copies it again from the
@@ -1238,15 +1252,8 @@ fn a_damaged_copy_is_rebuilt_from_the_leader_and_can_lead_whole_again() {
 
     let damaged = cluster.leader();
     cluster.stop(damaged);
-    let file = cluster.nodes[damaged].data.join("edgebus.redb");
-    let mut bytes = std::fs::read(&file).unwrap();
     let marker = values[7].as_bytes();
-    let found = positions(&bytes, marker);
-    assert!(!found.is_empty(), "records are stored verbatim");
-    for at in found {
-        bytes[at + 3] ^= 0x01;
-    }
-    std::fs::write(&file, &bytes).unwrap();
+    let file = rot(&cluster, damaged, marker);
 
     cluster.spawn(damaged);
     let deadline = Instant::now() + LIMIT;
@@ -1349,15 +1356,8 @@ fn a_damaged_last_in_sync_replica_mends_from_another_replica_and_loses_nothing()
     assert_eq!(cluster.produce(&values[20..]), values[20..]);
 
     cluster.stop(leader);
-    let file = cluster.nodes[leader].data.join("edgebus.redb");
-    let mut bytes = std::fs::read(&file).unwrap();
     let marker = values[7].as_bytes();
-    let found = positions(&bytes, marker);
-    assert!(!found.is_empty(), "records are stored verbatim");
-    for at in found {
-        bytes[at + 3] ^= 0x01;
-    }
-    std::fs::write(&file, &bytes).unwrap();
+    let file = rot(&cluster, leader, marker);
 
     cluster.spawn(other);
     cluster.spawn(leader);

@@ -36,16 +36,18 @@ pub struct Budgets {
     pub log_lines_per_second: u32,
     /// Log bytes per second, sustained.
     pub log_bytes_per_second: usize,
-    /// Wall time per second, sustained, that calls ending in a failure
-    /// (deadline, trap, memory cap, budget breach, rejection) may take.
+    /// CPU time per second, sustained, that calls ending in a failure
+    /// (deadline, trap, memory cap, budget breach, rejection) may take
+    /// (wall time where the platform cannot tell a thread's CPU time).
     /// Once five seconds' worth is spent, the attachment's batches fail
     /// at once with [`Breach::FailingTime`], without a call, until it
-    /// refills. Every time failing calls spend it, the rate halves, down
-    /// to 1/64 of this; a call that succeeds restores it. A plugin that
-    /// burns its deadline on every call thus costs the broker a few
-    /// hundred ms, then about 1.5 ms per second (one 50 ms call every
-    /// half minute), not a core. Calls that succeed are never held back.
-    /// 0 sets no limit.
+    /// refills. Every time a stage's failing calls spend it, the rate
+    /// halves, down to 1/64 of this; once that stage's next call succeeds
+    /// it is restored. A plugin that burns its deadline on every call thus
+    /// costs the broker a few hundred ms, then about 1.5 ms per second
+    /// (one 50 ms call every half minute), not a core. A call that missed
+    /// its deadline because the broker's CPU was busy elsewhere used
+    /// little CPU and costs little. 0 sets no limit.
     pub failing_ms_per_second: u32,
 }
 
@@ -375,16 +377,20 @@ pub(crate) fn log_budget(budget: &SharedLogBudget) -> std::sync::MutexGuard<'_, 
     budget.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// How far the failing-time rate falls below its setting while calls keep
-/// failing: see [`Budgets::failing_ms_per_second`].
-const FAILING_RATE_FLOOR: f64 = 1.0 / 64.0;
+/// How many times the failing-time rate halves while calls keep failing,
+/// at most (to 1/64 of its setting): see
+/// [`Budgets::failing_ms_per_second`].
+const MAX_BACKOFF_STEPS: u32 = 6;
 
-/// A token bucket of wall time for failing calls, shared by the stages
-/// and instances of one chain, whose rate backs off while calls keep
-/// failing.
+/// A token bucket of CPU time for failing calls, shared by the stages
+/// and instances of one chain, whose rate backs off while a stage's calls
+/// keep failing.
 #[derive(Debug)]
 pub(crate) struct FailingTime {
     per_second_ms: u32,
+    /// Per stage: how many times in a row its failing calls spent the
+    /// budget (each halves the rate, see [`MAX_BACKOFF_STEPS`]).
+    backoff: Vec<u32>,
     /// Seconds of failing calls that may still run; below zero after a
     /// call took more than was left, as its time is known only once it
     /// failed.
@@ -403,6 +409,7 @@ impl FailingTime {
         let per_second_ms = budgets.failing_ms_per_second;
         FailingTime {
             per_second_ms,
+            backoff: Vec::new(),
             seconds: Bucket::full(f64::from(per_second_ms) / 1000.0),
         }
     }
@@ -418,25 +425,38 @@ impl FailingTime {
         }
     }
 
-    /// Charges the wall time of a call that failed. The call that spends
-    /// the budget halves its rate: a plugin that fails on every call is
-    /// let run less and less often.
-    pub(crate) fn charge(&mut self, spent: std::time::Duration) {
+    /// Charges the time of a call of `stage` that failed. The call that
+    /// spends the budget halves its rate: a plugin that fails on every
+    /// call is let run less and less often.
+    pub(crate) fn charge(&mut self, stage: usize, spent: std::time::Duration) {
         let before = self.seconds.refill(Instant::now());
         self.seconds.left -= spent.as_secs_f64();
         if before > 0.0 && self.seconds.left <= 0.0 {
-            let floor = self.full_rate() * FAILING_RATE_FLOOR;
-            self.seconds.rate = (self.seconds.rate / 2.0).max(floor);
+            if self.backoff.len() <= stage {
+                self.backoff.resize(stage + 1, 0);
+            }
+            self.backoff[stage] += 1;
+            self.set_rate();
         }
     }
 
-    /// A call succeeded: the plugin works, and gets its full rate back.
-    pub(crate) fn succeeded(&mut self) {
-        self.seconds.rate = self.full_rate();
+    /// A call of `stage` succeeded: that plugin works, and no longer holds
+    /// the rate down (another stage still failing may).
+    pub(crate) fn succeeded(&mut self, stage: usize) {
+        if let Some(level) = self.backoff.get_mut(stage)
+            && *level > 0
+        {
+            *level = 0;
+            self.set_rate();
+        }
     }
 
-    fn full_rate(&self) -> f64 {
-        f64::from(self.per_second_ms) / 1000.0
+    /// The full rate halved once per back-off step of the stage furthest
+    /// backed off.
+    fn set_rate(&mut self) {
+        let full = f64::from(self.per_second_ms) / 1000.0;
+        let steps = self.backoff.iter().copied().max().unwrap_or(0);
+        self.seconds.rate = full / f64::from(1u32 << steps.min(MAX_BACKOFF_STEPS));
     }
 }
 
@@ -500,7 +520,7 @@ mod tests {
         let mut admitted = 0;
         while t.admit().is_ok() {
             admitted += 1;
-            t.charge(std::time::Duration::from_millis(60));
+            t.charge(0, std::time::Duration::from_millis(60));
         }
         assert_eq!(admitted, 9);
         assert_eq!(t.admit(), Err(Breach::FailingTime { per_second_ms: 100 }));
@@ -511,19 +531,22 @@ mod tests {
         // Each failure that spends it halves the rate, down to 1/64 (1.56
         // ms per second: a 60 ms failure every 38 s).
         for _ in 0..10 {
-            t.charge(std::time::Duration::from_millis(60));
+            t.charge(1, std::time::Duration::from_millis(60));
             t.seconds.left = 0.001;
         }
         assert!((t.seconds.rate - 0.1 / 64.0).abs() < 1e-9);
-        // A call that succeeds gives the full rate back.
-        t.succeeded();
+        // Another stage's success does not lift it; the failing stage's
+        // own does.
+        t.succeeded(0);
+        assert!((t.seconds.rate - 0.1 / 64.0).abs() < 1e-9);
+        t.succeeded(1);
         assert!((t.seconds.rate - 0.1).abs() < 1e-9);
         // 0: no limit.
         let mut off = FailingTime::new(&Budgets {
             failing_ms_per_second: 0,
             ..Budgets::default()
         });
-        off.charge(std::time::Duration::from_secs(10));
+        off.charge(0, std::time::Duration::from_secs(10));
         assert!(off.admit().is_ok());
     }
 

@@ -12,7 +12,7 @@
 //! ```
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -111,6 +111,9 @@ struct Shared {
 }
 
 struct Stage {
+    /// Its place in the chain, which the failing-time budget tells stages
+    /// apart by.
+    position: usize,
     plugin: Plugin,
     name: Arc<str>,
     params: Vec<(String, String)>,
@@ -168,6 +171,7 @@ impl Chain {
                 error: failed.error,
             })?;
         self.stages.push(Stage {
+            position: self.stages.len(),
             plugin,
             name: Arc::from(name),
             params,
@@ -384,13 +388,13 @@ impl Stage {
         budget::failing_time(&self.failing)
             .admit()
             .map_err(PluginError::Budget)?;
-        let started = Instant::now();
+        let started = CallClock::start();
         let result = self.call_admitted(records, output, budget);
         let mut failing = budget::failing_time(&self.failing);
         if result.is_err() {
-            failing.charge(started.elapsed());
+            failing.charge(self.position, started.spent());
         } else {
-            failing.succeeded();
+            failing.succeeded(self.position);
         }
         drop(failing);
         result
@@ -496,6 +500,54 @@ impl Stage {
             Slot::Vacant => {}
         }
     }
+}
+
+/// What a call costs the broker: the CPU time of the calling thread (the
+/// call runs on it from start to end), so a call that ran out of its
+/// deadline while other threads had the CPU costs what it ran, not what it
+/// waited. Wall time where the platform cannot tell.
+struct CallClock {
+    wall: Instant,
+    cpu: Option<Duration>,
+}
+
+impl CallClock {
+    fn start() -> CallClock {
+        CallClock {
+            wall: Instant::now(),
+            cpu: thread_cpu_time(),
+        }
+    }
+
+    fn spent(&self) -> Duration {
+        match (self.cpu, thread_cpu_time()) {
+            (Some(start), Some(now)) => now.saturating_sub(start),
+            _ => self.wall.elapsed(),
+        }
+    }
+}
+
+/// The calling thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`).
+#[cfg(unix)]
+#[allow(unsafe_code)]
+fn thread_cpu_time() -> Option<Duration> {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid, writable timespec for the call's duration.
+    let done = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+    (done == 0).then(|| {
+        Duration::new(
+            u64::try_from(now.tv_sec).unwrap_or(0),
+            u32::try_from(now.tv_nsec).unwrap_or(0),
+        )
+    })
+}
+
+#[cfg(not(unix))]
+fn thread_cpu_time() -> Option<Duration> {
+    None
 }
 
 /// The bytes of a record that count against the output budget: key,

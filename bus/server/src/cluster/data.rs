@@ -349,7 +349,21 @@ impl Cluster {
                     since,
                 } => {
                     tokio::spawn(async move {
-                        cluster.report_mended(topic, partition, offset, since).await;
+                        cluster
+                            .report_mend(topic, partition, offset, since, true)
+                            .await;
+                    });
+                }
+                Outbound::ReportMendFailed {
+                    topic,
+                    partition,
+                    offset,
+                    since,
+                } => {
+                    tokio::spawn(async move {
+                        cluster
+                            .report_mend(topic, partition, offset, since, false)
+                            .await;
                     });
                 }
                 Outbound::ReportDamaged {

@@ -77,7 +77,7 @@ impl Cluster {
             }
         }
         if copy.is_none() {
-            tracing::error!(%topic, partition, offset, "no other replica holds this batch whole; the partition stays without a leader until one does (asked again every second), or until this node is stopped with unclean.leader.election set");
+            tracing::error!(%topic, partition, offset, "no other replica holds this batch whole; the partition stays without a leader until one does (asked again every second), unless the topic allows unclean elections");
         }
         data.writer.mend_copy(topic, partition, offset, copy).await;
     }
@@ -118,25 +118,38 @@ impl Cluster {
         }
     }
 
-    /// Tells the controller the damaged batch at `offset` is mended.
-    pub(super) async fn report_mended(
+    /// Tells the controller the damaged batch at `offset` is mended, or
+    /// that no replica had a whole copy of it.
+    pub(super) async fn report_mend(
         &self,
         topic: String,
         partition: u32,
         offset: u64,
         since: u64,
+        mended: bool,
     ) {
-        let request = ControlRequest::ReplicaMended {
-            topic: topic.clone(),
-            partition,
-            node: self.inner.node,
-            offset,
-            since,
+        let node = self.inner.node;
+        let request = if mended {
+            ControlRequest::ReplicaMended {
+                topic: topic.clone(),
+                partition,
+                node,
+                offset,
+                since,
+            }
+        } else {
+            ControlRequest::ReplicaMendFailed {
+                topic: topic.clone(),
+                partition,
+                node,
+                offset,
+                since,
+            }
         };
-        // A lost or refused report is repeated by the replica until its
-        // mark is gone.
+        // A lost or refused mended report is repeated by the replica until
+        // its mark is gone; a failure is reported once per mark.
         let outcome = self.propose(request).await;
-        tracing::warn!(%topic, partition, offset, ?outcome, "reported a mended copy");
+        tracing::warn!(%topic, partition, offset, mended, ?outcome, "reported a mend");
     }
 }
 

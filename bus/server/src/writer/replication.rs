@@ -66,6 +66,18 @@ pub enum Outbound {
         /// The other replicas, to ask in turn.
         sources: Vec<NodeId>,
     },
+    /// Tell the controller no replica had a whole copy of the damaged
+    /// batch at `offset`.
+    ReportMendFailed {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: u32,
+        /// Base offset of the damaged batch.
+        offset: u64,
+        /// The mend mark's partition epoch.
+        since: u64,
+    },
     /// Tell the controller the damaged batch at `offset` is mended.
     ReportMended {
         /// Topic.
@@ -698,6 +710,14 @@ impl Shell {
             }
             ReplicaCommand::ReportMended { offset, since } => {
                 let _ = outbound.send(Outbound::ReportMended {
+                    topic: key.0.clone(),
+                    partition: key.1,
+                    offset,
+                    since,
+                });
+            }
+            ReplicaCommand::ReportMendFailed { offset, since } => {
+                let _ = outbound.send(Outbound::ReportMendFailed {
                     topic: key.0.clone(),
                     partition: key.1,
                     offset,
