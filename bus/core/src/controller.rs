@@ -352,6 +352,39 @@ pub enum ControlOutcome {
     },
 }
 
+impl ControlRequest {
+    /// `node`'s report on its mend of the damaged batch at `offset` under
+    /// the mark set at `since`: [`ControlRequest::ReplicaMended`], or
+    /// [`ControlRequest::ReplicaMendFailed`] when no replica had a whole
+    /// copy.
+    pub fn mend_report(
+        topic: String,
+        partition: u32,
+        node: NodeId,
+        offset: u64,
+        since: u64,
+        mended: bool,
+    ) -> ControlRequest {
+        if mended {
+            ControlRequest::ReplicaMended {
+                topic,
+                partition,
+                node,
+                offset,
+                since,
+            }
+        } else {
+            ControlRequest::ReplicaMendFailed {
+                topic,
+                partition,
+                node,
+                offset,
+                since,
+            }
+        }
+    }
+}
+
 /// Why a request changed nothing. Refusals are part of the replicated
 /// state machine's output, so every node refuses the same requests.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
@@ -669,14 +702,14 @@ impl ClusterState {
                 node,
                 offset,
                 since,
-            } => self.replica_mended(topic, *partition, *node, *offset, *since),
+            } => self.replica_mend(topic, *partition, *node, *offset, *since, true),
             ControlRequest::ReplicaMendFailed {
                 topic,
                 partition,
                 node,
                 offset,
                 since,
-            } => self.replica_mend_failed(topic, *partition, *node, *offset, *since),
+            } => self.replica_mend(topic, *partition, *node, *offset, *since, false),
             ControlRequest::AlterIsr {
                 topic,
                 partition,
@@ -938,46 +971,26 @@ impl ClusterState {
         Ok(ControlOutcome::Done)
     }
 
-    fn replica_mended(
+    /// A mending node's report: see [`ControlRequest::ReplicaMended`] and
+    /// [`ControlRequest::ReplicaMendFailed`].
+    fn replica_mend(
         &mut self,
         topic: &str,
         partition: u32,
         node: NodeId,
         offset: u64,
         since: u64,
+        mended: bool,
     ) -> Result<ControlOutcome, ControlError> {
         let live = self.live_nodes();
         let (meta, unclean) = self.partition_mut(topic, partition)?;
-        let pending = meta
-            .rebuilding
-            .get(&node)
-            .is_some_and(|m| m.mend && m.from == offset && m.since == since);
-        if !pending {
-            return Err(ControlError::StaleMendReport { offset, since });
-        }
-        meta.rebuilding.remove(&node);
-        if meta.leader.is_none() {
-            elect(meta, &live, unclean, None);
-        }
-        Ok(ControlOutcome::Done)
-    }
-
-    fn replica_mend_failed(
-        &mut self,
-        topic: &str,
-        partition: u32,
-        node: NodeId,
-        offset: u64,
-        since: u64,
-    ) -> Result<ControlOutcome, ControlError> {
-        let live = self.live_nodes();
-        let (meta, unclean) = self.partition_mut(topic, partition)?;
-        let pending = meta
-            .rebuilding
-            .get(&node)
-            .is_some_and(|m| m.mend && m.from == offset && m.since == since);
-        if !pending {
-            return Err(ControlError::StaleMendReport { offset, since });
+        pending_mend(meta, node, offset, since)?;
+        if mended {
+            meta.rebuilding.remove(&node);
+            if meta.leader.is_none() {
+                elect(meta, &live, unclean, None);
+            }
+            return Ok(ControlOutcome::Done);
         }
         let other = meta
             .replicas
@@ -1141,6 +1154,21 @@ impl ClusterState {
             .map(|(id, _)| *id)
             .collect()
     }
+}
+
+/// Whether `node` has the mend mark a report names: of the batch at
+/// `offset`, set at partition epoch `since`.
+fn pending_mend(
+    meta: &PartitionMeta,
+    node: NodeId,
+    offset: u64,
+    since: u64,
+) -> Result<(), ControlError> {
+    meta.rebuilding
+        .get(&node)
+        .is_some_and(|m| m.mend && m.from == offset && m.since == since)
+        .then_some(())
+        .ok_or(ControlError::StaleMendReport { offset, since })
 }
 
 /// Elects a leader for `meta` at the next epoch: the first live ISR member

@@ -58,8 +58,9 @@
 //!   the sources stores there at that epoch (checked: its CRC, base offset
 //!   and epoch), durably, then call [`Replica::handle_mended`] (or
 //!   [`Replica::handle_mend_failed`] when no source had it).
-//! - `ReportMended`: tell the controller
-//!   ([`crate::controller::ControlRequest::ReplicaMended`]).
+//! - `ReportMend`: tell the controller
+//!   ([`crate::controller::ControlRequest::ReplicaMended`], or
+//!   [`crate::controller::ControlRequest::ReplicaMendFailed`]).
 //!
 //! [`Replica::handle_tick`] runs the timers (fetch pacing and timeouts, ISR
 //! lag, proposal retries); the shell calls it at least every
@@ -280,20 +281,16 @@ pub enum ReplicaCommand {
         /// The other replicas, to ask in turn.
         sources: Vec<NodeId>,
     },
-    /// Tell the controller the damaged batch is mended.
-    ReportMended {
-        /// Base offset of the mended batch.
-        offset: u64,
-        /// The mark's [`Rebuild::since`].
-        since: u64,
-    },
-    /// Tell the controller no source had a whole copy (once per mark):
-    /// a topic that allows unclean elections stops waiting for the mend.
-    ReportMendFailed {
+    /// Tell the controller the damaged batch is mended, or (once per
+    /// mark) that no source had a whole copy: a topic that allows unclean
+    /// elections then stops waiting for the mend.
+    ReportMend {
         /// Base offset of the damaged batch.
         offset: u64,
         /// The mark's [`Rebuild::since`].
         since: u64,
+        /// Whether it is mended.
+        mended: bool,
     },
 }
 
@@ -725,8 +722,11 @@ impl Replica {
         };
         self.busy = None;
         self.mended = Some((since, now));
-        self.commands
-            .push_back(ReplicaCommand::ReportMended { offset, since });
+        self.commands.push_back(ReplicaCommand::ReportMend {
+            offset,
+            since,
+            mended: true,
+        });
         self.reconcile(now);
     }
 
@@ -740,8 +740,11 @@ impl Replica {
         self.mend_retry = Some((since, now + self.config.isr_retry));
         if self.mend_failure_reported != Some(since) {
             self.mend_failure_reported = Some(since);
-            self.commands
-                .push_back(ReplicaCommand::ReportMendFailed { offset, since });
+            self.commands.push_back(ReplicaCommand::ReportMend {
+                offset,
+                since,
+                mended: false,
+            });
         }
         self.reconcile(now);
     }
@@ -765,9 +768,10 @@ impl Replica {
                         && now.saturating_duration_since(sent) >= self.config.isr_retry =>
                 {
                     self.mended = Some((since, now));
-                    self.commands.push_back(ReplicaCommand::ReportMended {
+                    self.commands.push_back(ReplicaCommand::ReportMend {
                         offset: mark.from,
                         since,
+                        mended: true,
                     });
                 }
                 Some((since, _)) if since == mark.since => {}
@@ -1155,9 +1159,10 @@ impl Replica {
         let (Some(leader_epoch), true) = (epoch, mark.from < self.log_end) else {
             // The log no longer holds the damaged offset: nothing to mend.
             self.mended = Some((mark.since, now));
-            self.commands.push_back(ReplicaCommand::ReportMended {
+            self.commands.push_back(ReplicaCommand::ReportMend {
                 offset: mark.from,
                 since: mark.since,
+                mended: true,
             });
             return;
         };
@@ -1627,9 +1632,10 @@ mod tests {
         r.handle_mend_failed(start);
         assert_eq!(
             drain(&mut r),
-            vec![ReplicaCommand::ReportMendFailed {
+            vec![ReplicaCommand::ReportMend {
                 offset: 3,
-                since: 6
+                since: 6,
+                mended: false,
             }]
         );
         r.handle_tick(start + config.isr_retry / 2);
@@ -1643,9 +1649,10 @@ mod tests {
         let now = now + config.isr_retry;
 
         r.handle_mended(now);
-        let report = ReplicaCommand::ReportMended {
+        let report = ReplicaCommand::ReportMend {
             offset: 3,
             since: 6,
+            mended: true,
         };
         assert_eq!(drain(&mut r), vec![report.clone()]);
         r.handle_tick(now + config.isr_retry);

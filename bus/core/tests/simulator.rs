@@ -910,24 +910,19 @@ impl Sim {
                     leader_epoch,
                     sources,
                 } => self.mend(id, partition, offset, leader_epoch, &sources),
-                ReplicaCommand::ReportMended { offset, since } => {
-                    let request = ControlRequest::ReplicaMended {
-                        topic: TOPIC.into(),
+                ReplicaCommand::ReportMend {
+                    offset,
+                    since,
+                    mended,
+                } => {
+                    let request = ControlRequest::mend_report(
+                        TOPIC.into(),
                         partition,
-                        node: id,
+                        id,
                         offset,
                         since,
-                    };
-                    self.send(id, CONTROLLER, Msg::Propose { partition, request });
-                }
-                ReplicaCommand::ReportMendFailed { offset, since } => {
-                    let request = ControlRequest::ReplicaMendFailed {
-                        topic: TOPIC.into(),
-                        partition,
-                        node: id,
-                        offset,
-                        since,
-                    };
+                        mended,
+                    );
                     self.send(id, CONTROLLER, Msg::Propose { partition, request });
                 }
             }

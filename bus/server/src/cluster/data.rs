@@ -342,28 +342,28 @@ impl Cluster {
                             .await;
                     });
                 }
-                Outbound::ReportMended {
+                Outbound::ReportMend {
                     topic,
                     partition,
                     offset,
                     since,
+                    mended,
                 } => {
                     tokio::spawn(async move {
-                        cluster
-                            .report_mend(topic, partition, offset, since, true)
-                            .await;
-                    });
-                }
-                Outbound::ReportMendFailed {
-                    topic,
-                    partition,
-                    offset,
-                    since,
-                } => {
-                    tokio::spawn(async move {
-                        cluster
-                            .report_mend(topic, partition, offset, since, false)
-                            .await;
+                        let node = cluster.inner.node;
+                        let request = ControlRequest::mend_report(
+                            topic.clone(),
+                            partition,
+                            node,
+                            offset,
+                            since,
+                            mended,
+                        );
+                        // A lost or refused mended report is repeated by
+                        // the replica until its mark is gone; a failure is
+                        // reported once per mark.
+                        let outcome = cluster.propose(request).await;
+                        tracing::warn!(%topic, partition, offset, mended, ?outcome, "reported a mend");
                     });
                 }
                 Outbound::ReportDamaged {

@@ -5,7 +5,7 @@
 //! it over its own.
 
 use bytes::Bytes;
-use edgebus_core::controller::{ControlRequest, NodeId};
+use edgebus_core::controller::NodeId;
 use edgebus_proto::batch::{self, BatchHeader};
 use edgebus_store::ReadError;
 
@@ -116,40 +116,6 @@ impl Cluster {
             }
             _ => none,
         }
-    }
-
-    /// Tells the controller the damaged batch at `offset` is mended, or
-    /// that no replica had a whole copy of it.
-    pub(super) async fn report_mend(
-        &self,
-        topic: String,
-        partition: u32,
-        offset: u64,
-        since: u64,
-        mended: bool,
-    ) {
-        let node = self.inner.node;
-        let request = if mended {
-            ControlRequest::ReplicaMended {
-                topic: topic.clone(),
-                partition,
-                node,
-                offset,
-                since,
-            }
-        } else {
-            ControlRequest::ReplicaMendFailed {
-                topic: topic.clone(),
-                partition,
-                node,
-                offset,
-                since,
-            }
-        };
-        // A lost or refused mended report is repeated by the replica until
-        // its mark is gone; a failure is reported once per mark.
-        let outcome = self.propose(request).await;
-        tracing::warn!(%topic, partition, offset, mended, ?outcome, "reported a mend");
     }
 }
 

@@ -66,9 +66,9 @@ pub enum Outbound {
         /// The other replicas, to ask in turn.
         sources: Vec<NodeId>,
     },
-    /// Tell the controller no replica had a whole copy of the damaged
-    /// batch at `offset`.
-    ReportMendFailed {
+    /// Tell the controller the damaged batch at `offset` is mended, or
+    /// that no replica had a whole copy of it.
+    ReportMend {
         /// Topic.
         topic: String,
         /// Partition.
@@ -77,17 +77,8 @@ pub enum Outbound {
         offset: u64,
         /// The mend mark's partition epoch.
         since: u64,
-    },
-    /// Tell the controller the damaged batch at `offset` is mended.
-    ReportMended {
-        /// Topic.
-        topic: String,
-        /// Partition.
-        partition: u32,
-        /// Base offset of the mended batch.
-        offset: u64,
-        /// The mend mark's partition epoch.
-        since: u64,
+        /// Whether it is mended.
+        mended: bool,
     },
     /// Report this node's copy of the partition as damaged from `offset`
     /// on, as seen at `partition_epoch`.
@@ -708,20 +699,17 @@ impl Shell {
                     sources,
                 });
             }
-            ReplicaCommand::ReportMended { offset, since } => {
-                let _ = outbound.send(Outbound::ReportMended {
+            ReplicaCommand::ReportMend {
+                offset,
+                since,
+                mended,
+            } => {
+                let _ = outbound.send(Outbound::ReportMend {
                     topic: key.0.clone(),
                     partition: key.1,
                     offset,
                     since,
-                });
-            }
-            ReplicaCommand::ReportMendFailed { offset, since } => {
-                let _ = outbound.send(Outbound::ReportMendFailed {
-                    topic: key.0.clone(),
-                    partition: key.1,
-                    offset,
-                    since,
+                    mended,
                 });
             }
             ReplicaCommand::Engine(command) => self.route(key, slot, command, None),
