@@ -731,14 +731,16 @@ impl Replica {
     }
 
     /// The last `Mend` failed: no source served the batch (down, cut off,
-    /// or damaged too). It is tried again after `isr_retry`.
-    pub fn handle_mend_failed(&mut self, now: Instant) {
+    /// or damaged too). It is tried again after `isr_retry`. `nowhere`:
+    /// every source answered and none holds it whole, which is reported
+    /// (once per mark).
+    pub fn handle_mend_failed(&mut self, now: Instant, nowhere: bool) {
         let Some(Busy::Mending { offset, since }) = self.busy else {
             return;
         };
         self.busy = None;
         self.mend_retry = Some((since, now + self.config.isr_retry));
-        if self.mend_failure_reported != Some(since) {
+        if nowhere && self.mend_failure_reported != Some(since) {
             self.mend_failure_reported = Some(since);
             self.commands.push_back(ReplicaCommand::ReportMend {
                 offset,
@@ -1627,9 +1629,15 @@ mod tests {
         };
         assert_eq!(drain(&mut r), vec![mend.clone()], "mends, never cuts");
 
+        // A source did not answer: tried again, not reported.
+        r.handle_mend_failed(start, false);
+        assert!(drain(&mut r).is_empty());
+        r.handle_tick(start + config.isr_retry);
+        assert_eq!(drain(&mut r), vec![mend.clone()]);
         // No source had it: reported once, tried again once the retry
         // pause is over.
-        r.handle_mend_failed(start);
+        let start = start + config.isr_retry;
+        r.handle_mend_failed(start, true);
         assert_eq!(
             drain(&mut r),
             vec![ReplicaCommand::ReportMend {
@@ -1643,7 +1651,7 @@ mod tests {
         let now = start + config.isr_retry;
         r.handle_tick(now);
         assert_eq!(drain(&mut r), vec![mend.clone()]);
-        r.handle_mend_failed(now);
+        r.handle_mend_failed(now, true);
         r.handle_tick(now + config.isr_retry);
         assert_eq!(drain(&mut r), vec![mend], "the failure is reported once");
         let now = now + config.isr_retry;

@@ -936,10 +936,12 @@ impl Sim {
     /// fails and the replica tries again later.
     fn mend(&mut self, id: NodeId, partition: u32, offset: u64, epoch: i32, sources: &[NodeId]) {
         let mut copy = None;
+        let mut unreached = false;
         for source in sources {
             let reached = self.nodes[source].up
                 && !self.cut.contains(&(id.min(*source), id.max(*source)))
                 && !(self.faulting && self.rng.random_bool(self.faults.drop));
+            unreached |= !reached;
             copy = reached
                 .then(|| {
                     self.nodes[source].disks[&partition]
@@ -960,7 +962,8 @@ impl Sim {
             Some(copy) => self.enqueue_disk(id, DiskOp::Mend { partition, copy }),
             None => {
                 let now = self.instant(Some(id));
-                self.replica_mut(id, partition).handle_mend_failed(now);
+                self.replica_mut(id, partition)
+                    .handle_mend_failed(now, !unreached);
                 self.drain(id, partition);
             }
         }

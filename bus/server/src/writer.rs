@@ -47,7 +47,7 @@ use crate::notify::Notifier;
 mod mirror;
 mod replication;
 pub use mirror::{MirrorBatches, MirrorCommit, MirrorRefused, MirrorSkip};
-pub use replication::{Outbound, ReplicaState};
+pub use replication::{MendSource, Outbound, ReplicaState};
 
 /// Appends queued for the writer before producers wait.
 const QUEUE_DEPTH: usize = 8192;

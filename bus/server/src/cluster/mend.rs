@@ -12,6 +12,7 @@ use edgebus_store::ReadError;
 use super::Cluster;
 use super::data::FETCH_TIMEOUT;
 use super::peer::{PeerRequest, PeerResponse};
+use crate::writer::MendSource;
 
 impl Cluster {
     /// Asks `sources` in turn for their batch at `offset` and
@@ -39,7 +40,9 @@ impl Cluster {
         {
             // Retention deleted the damaged batch: the writer reports the
             // copy whole without asking anyone.
-            data.writer.mend_copy(topic, partition, offset, None).await;
+            data.writer
+                .mend_copy(topic, partition, offset, MendSource::Unreached)
+                .await;
             return;
         }
         let call = PeerRequest::MendBatch {
@@ -49,6 +52,7 @@ impl Cluster {
             leader_epoch,
         };
         let mut copy = None;
+        let mut unreached = false;
         for source in sources {
             let answer = self
                 .inner
@@ -68,18 +72,30 @@ impl Cluster {
                         }
                     }
                 }
+                Ok((PeerResponse::MendCopy(false), _)) => {
+                    tracing::info!(%topic, partition, offset, source, "no whole copy there to mend from");
+                }
                 Ok((other, _)) => {
-                    tracing::info!(%topic, partition, offset, source, ?other, "no copy to mend from");
+                    unreached = true;
+                    tracing::info!(%topic, partition, offset, source, ?other, "mend not served");
                 }
                 Err(e) => {
-                    tracing::info!(%topic, partition, offset, source, error = %e, "no copy to mend from");
+                    unreached = true;
+                    tracing::info!(%topic, partition, offset, source, error = %e, "mend not served");
                 }
             }
         }
-        if copy.is_none() {
-            tracing::error!(%topic, partition, offset, "no other replica holds this batch whole; the partition stays without a leader until one does (asked again every second), unless the topic allows unclean elections");
-        }
-        data.writer.mend_copy(topic, partition, offset, copy).await;
+        let source = match copy {
+            Some(copy) => MendSource::Copy(copy),
+            None if unreached => MendSource::Unreached,
+            None => {
+                tracing::error!(%topic, partition, offset, "no other replica holds this batch whole; the partition stays without a leader until one does (asked again every second), unless the topic allows unclean elections");
+                MendSource::Nowhere
+            }
+        };
+        data.writer
+            .mend_copy(topic, partition, offset, source)
+            .await;
     }
 
     /// Serves another replica's mend: this node's batch at `offset`, if it

@@ -94,6 +94,17 @@ pub enum Outbound {
     },
 }
 
+/// What asking the other replicas for a damaged batch found.
+#[derive(Debug)]
+pub enum MendSource {
+    /// A whole copy, checked.
+    Copy(Bytes),
+    /// Every other replica answered, and none holds the batch whole.
+    Nowhere,
+    /// No whole copy from those that answered; some did not.
+    Unreached,
+}
+
 /// Least time between two identical damage reports of one partition: a
 /// report lost with a controller change is sent again, a busy reader does
 /// not flood the control log.
@@ -139,7 +150,7 @@ pub(super) enum ClusterOp {
     MendCopy {
         key: Key,
         offset: u64,
-        copy: Option<Bytes>,
+        source: MendSource,
     },
     IsrRejected {
         key: Key,
@@ -260,14 +271,14 @@ impl Writer {
         let _ = self.tx.send(op).await;
     }
 
-    /// Another replica's copy of the damaged batch at `offset`, checked, or
-    /// `None` when no replica had one: stored over the damaged batch, or
-    /// the mend is tried again later.
-    pub async fn mend_copy(&self, topic: String, partition: u32, offset: u64, copy: Option<Bytes>) {
+    /// What the other replicas had of the damaged batch at `offset`: a
+    /// copy is stored over the damaged batch; otherwise the mend is tried
+    /// again later.
+    pub async fn mend_copy(&self, topic: String, partition: u32, offset: u64, source: MendSource) {
         let op = Op::Cluster(ClusterOp::MendCopy {
             key: (topic, partition),
             offset,
-            copy,
+            source,
         });
         let _ = self.tx.send(op).await;
     }
@@ -424,7 +435,11 @@ impl Shell {
                     }
                 }
             }
-            ClusterOp::MendCopy { key, offset, copy } => {
+            ClusterOp::MendCopy {
+                key,
+                offset,
+                source,
+            } => {
                 let engines = Arc::clone(&self.engines);
                 let mut engines = engines.lock().unwrap_or_else(PoisonError::into_inner);
                 if let Some(slot) = engines.get_mut(&key)
@@ -433,9 +448,14 @@ impl Shell {
                     // or the topic was deleted and made again) is dropped.
                     && replica.mending() == Some(offset)
                 {
+                    let nowhere = matches!(source, MendSource::Nowhere);
+                    let copy = match source {
+                        MendSource::Copy(copy) => Some(copy),
+                        MendSource::Nowhere | MendSource::Unreached => None,
+                    };
                     match self.mend(&key, offset, copy) {
                         Ok(true) => replica.handle_mended(now),
-                        Ok(false) => replica.handle_mend_failed(now),
+                        Ok(false) => replica.handle_mend_failed(now, nowhere),
                         Err(e) => {
                             tracing::error!(topic = %key.0, partition = key.1, offset, error = %e, "mend not stored");
                             if let WriteError::Store(store) = &e
@@ -443,7 +463,7 @@ impl Shell {
                             {
                                 self.stop_if_cluster(&e);
                             }
-                            replica.handle_mend_failed(now);
+                            replica.handle_mend_failed(now, false);
                         }
                     }
                     self.drain(&key, slot, None);
