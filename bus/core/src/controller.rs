@@ -944,30 +944,7 @@ impl ClusterState {
         // The last in-sync replica may alone hold records past the damage:
         // it keeps them and mends the batch rather than cut its log.
         let mend = meta.isr == [node];
-        // Marked first, so the election below cannot pick it.
-        meta.rebuilding.insert(
-            node,
-            Rebuild {
-                from,
-                since: 0,
-                mend,
-            },
-        );
-        if !mend {
-            meta.isr.retain(|n| *n != node);
-        }
-        let before = meta.partition_epoch;
-        // A leaderless partition may now elect unclean, passing over the
-        // mending replica.
-        if meta.leader == Some(node) || meta.leader.is_none() {
-            elect(meta, &live, unclean, None);
-        }
-        if meta.partition_epoch == before {
-            meta.partition_epoch += 1;
-        }
-        if let Some(mark) = meta.rebuilding.get_mut(&node) {
-            mark.since = meta.partition_epoch;
-        }
+        mark_rebuilding(meta, &live, unclean, node, from, mend);
         Ok(ControlOutcome::Done)
     }
 
@@ -997,24 +974,8 @@ impl ClusterState {
             .iter()
             .any(|n| *n != node && live.contains(n) && !meta.rebuilding.contains_key(n));
         if unclean && other {
-            // A cut mark: the election below no longer waits for it.
-            meta.rebuilding.insert(
-                node,
-                Rebuild {
-                    from: offset,
-                    since,
-                    mend: false,
-                },
-            );
-            meta.isr.retain(|n| *n != node);
-            let before = meta.partition_epoch;
-            elect(meta, &live, unclean, None);
-            if meta.partition_epoch == before {
-                meta.partition_epoch += 1;
-            }
-            if let Some(mark) = meta.rebuilding.get_mut(&node) {
-                mark.since = meta.partition_epoch;
-            }
+            // A cut mark: the election no longer waits for it.
+            mark_rebuilding(meta, &live, unclean, node, offset, false);
         }
         Ok(ControlOutcome::Done)
     }
@@ -1153,6 +1114,43 @@ impl ClusterState {
             .filter(|(_, m)| !m.fenced)
             .map(|(id, _)| *id)
             .collect()
+    }
+}
+
+/// Marks `node`'s copy as rebuilt from `from`, by mending that batch in
+/// place (`mend`, staying in the ISR) or by cutting its log back (out of
+/// the ISR). Marked before the election it may cause, so the election
+/// cannot pick it; the mark gets the new partition epoch that results.
+fn mark_rebuilding(
+    meta: &mut PartitionMeta,
+    live: &BTreeSet<NodeId>,
+    unclean: bool,
+    node: NodeId,
+    from: u64,
+    mend: bool,
+) {
+    meta.rebuilding.insert(
+        node,
+        Rebuild {
+            from,
+            since: 0,
+            mend,
+        },
+    );
+    if !mend {
+        meta.isr.retain(|n| *n != node);
+    }
+    let before = meta.partition_epoch;
+    // A leaderless partition may now elect, unclean too, passing over a
+    // replica whose mend failed.
+    if meta.leader == Some(node) || meta.leader.is_none() {
+        elect(meta, live, unclean, None);
+    }
+    if meta.partition_epoch == before {
+        meta.partition_epoch += 1;
+    }
+    if let Some(mark) = meta.rebuilding.get_mut(&node) {
+        mark.since = meta.partition_epoch;
     }
 }
 
