@@ -545,6 +545,9 @@ pub struct ClusterState {
     /// Pipelines by name.
     #[serde(default)]
     pub pipelines: BTreeMap<String, PipelineMeta>,
+    /// The serial of the last pipeline created.
+    #[serde(default)]
+    pub pipeline_serial: u64,
 }
 
 /// One consumer group's committed offsets.

@@ -22,6 +22,8 @@
 //! - [`replica`]: one partition on one node of a cluster, leader or
 //!   follower: Kafka's fetch protocol with epoch truncation, ISR changes and
 //!   `min.insync.replicas`, around the partition engine.
+//! - [`sourced`]: the producer stamps of a cluster pipeline's outputs,
+//!   whose sequences are source offsets.
 //! - [`controller`]: the control-plane state machine the control log
 //!   applies: nodes, placement, elections, fencing and ISR changes.
 #![warn(missing_docs)]
@@ -31,3 +33,4 @@ pub mod group;
 pub mod partition;
 pub mod producer;
 pub mod replica;
+pub mod sourced;

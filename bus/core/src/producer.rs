@@ -290,6 +290,11 @@ impl ProducerState {
             .find(|base| (from..to).contains(base))
     }
 
+    /// The last sequence of the newest remembered batch.
+    pub fn newest_last_sequence(&self) -> Option<i32> {
+        self.recent.last().map(|b| b.last_seq)
+    }
+
     /// Encodes the state for the `producers` table. Big-endian throughout:
     ///
     /// ```text

@@ -616,6 +616,7 @@ pub fn outputs(
                 partition,
                 record_count: BatchHeader::parse(&batch)?.record_count,
                 batch,
+                sequence: None,
             })
         })
         .collect()

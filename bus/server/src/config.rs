@@ -69,6 +69,12 @@ pub struct ClusterConfig {
     pub scrub_interval_ms: u64,
     /// The scrub's read rate bound.
     pub scrub_bytes_per_second: u64,
+    /// How often a pipeline's runner proposes its progress to the control
+    /// log. A new runner resumes from there, or from its copy of the
+    /// destination where that shows more; a longer interval costs fewer
+    /// proposals and, with stateful plugins, more state lost in a
+    /// takeover.
+    pub pipeline_checkpoint_ms: u64,
 }
 
 impl Default for ClusterConfig {
@@ -84,6 +90,7 @@ impl Default for ClusterConfig {
             replica_lag_time_max_ms: 10_000,
             scrub_interval_ms: 3_600_000,
             scrub_bytes_per_second: 32 << 20,
+            pipeline_checkpoint_ms: 200,
         }
     }
 }

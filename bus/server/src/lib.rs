@@ -498,6 +498,13 @@ fn cluster_setup(
         return Ok(None);
     };
     let invalid = |detail: String| cluster::ClusterError::Config(detail);
+    if let Some(id) = c.peers.keys().find(|id| **id > cmd::produce::MAX_NODE_ID) {
+        return Err(invalid(format!(
+            "node id {id} is above the largest, {}",
+            cmd::produce::MAX_NODE_ID
+        ))
+        .into());
+    }
     if !c.peers.contains_key(&node) {
         return Err(invalid(format!(
             "node {node} must be in the peer list (--peer {node}=ADDR), which names {:?}",
@@ -548,6 +555,7 @@ fn cluster_setup(
         files,
         control_path,
         session_timeout: Duration::from_millis(c.session_timeout_ms),
+        pipeline_checkpoint: Duration::from_millis(c.pipeline_checkpoint_ms),
     }))
 }
 

@@ -13,8 +13,10 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use edgebus_core::producer::{DEDUP_WINDOW, ProducerState, SequenceSpan};
+use edgebus_core::sourced;
 use edgebus_proto::ErrorCode;
-use edgebus_proto::batch::{self, BatchHeader, Record, StoredRecord};
+use edgebus_proto::batch::{self, BatchBuilder, BatchHeader, ProducerStamp, Record, StoredRecord};
 use edgebus_proto::frame::{FailurePolicy, PipelineDescription, PluginRef};
 use edgebus_proto::partitioner::partition_for_key;
 use edgebus_store::{ConfigKind, LogStore, StoreError};
@@ -31,7 +33,7 @@ use crate::reader::Reader;
 use crate::registry::Registry;
 use crate::saved;
 use crate::topics::{Topics, UnknownTopic};
-use crate::writer::{PipelineStep, Writer};
+use crate::writer::{Output, PipelineStep, Writer};
 
 /// Bytes of source batches one step reads at most.
 const STEP_MAX_BYTES: u32 = 1 << 20;
@@ -101,6 +103,10 @@ struct Definition {
     to: String,
     chain: Vec<PluginRef>,
     on_failure: FailurePolicy,
+    /// A cluster pipeline's serial, naming the producer ids its outputs
+    /// are stamped with; 0 on a single node, whose outputs commit with
+    /// their source position in one transaction and need no stamp.
+    serial: u64,
 }
 
 impl Definition {
@@ -121,6 +127,7 @@ impl Definition {
             to: d.to,
             chain: d.chain,
             on_failure: d.on_failure,
+            serial: 0,
         })
     }
 }
@@ -260,6 +267,7 @@ impl Pipelines {
             to: to.to_owned(),
             chain,
             on_failure,
+            serial: 0,
         };
         // Check the chain initialises before storing anything.
         ChainRunner::new(
@@ -284,22 +292,27 @@ impl Pipelines {
     /// Starts here a pipeline a cluster's control log defines (`blob`, as
     /// [`saved::encode_pipeline`] wrote it), on the node that runs it: it
     /// resumes from the control log's checkpoint `positions`, not from what
-    /// this node may hold of an earlier run, and its definition is not
-    /// stored here. Nothing happens if it already runs here.
+    /// this node may hold of an earlier run, or further where the outputs
+    /// on this node's copy of the destination, stamped under `serial`,
+    /// show that it got further (see [`edgebus_core::sourced`]); its
+    /// definition is not stored here. Nothing happens if it already runs
+    /// here.
     pub async fn start_replicated(
         &self,
         name: &str,
         blob: &[u8],
         positions: &BTreeMap<u32, u64>,
+        serial: u64,
     ) -> Result<(), PipelinesError> {
         if lock(&self.running).contains_key(name) {
             return Ok(());
         }
-        let definition =
+        let mut definition =
             Definition::decode(name.to_owned(), blob).map_err(|e| StoreError::Corrupt {
                 table: "control log".to_owned(),
                 detail: format!("pipeline {name:?}: {e}"),
             })?;
+        definition.serial = serial;
         let pipeline = name.to_owned();
         self.env
             .writer
@@ -584,7 +597,7 @@ async fn run(env: Env, def: Definition, shared: Arc<Shared>) {
         }
         let (store, name) = (env.store.clone(), def.name.clone());
         let stored = tokio::task::spawn_blocking(move || store.pipeline_positions(&name)).await;
-        let mut positions: BTreeMap<u32, u64> = match stored {
+        let positions: BTreeMap<u32, u64> = match stored {
             Ok(Ok(p)) => p.into_iter().collect(),
             Ok(Err(e)) => {
                 backoff(&shared, &mut halt, format!("cannot read positions: {e}")).await;
@@ -595,7 +608,26 @@ async fn run(env: Env, def: Definition, shared: Arc<Shared>) {
                 continue;
             }
         };
-        lock(&shared.positions).clone_from(&positions);
+        let mut progress = Progress {
+            positions,
+            ..Progress::default()
+        };
+        if def.serial != 0 {
+            match resume_points(&env, &def).await {
+                Ok(points) => {
+                    for (p, resume) in points {
+                        let at = progress.positions.entry(p).or_default();
+                        *at = (*at).max(resume);
+                        progress.emitted.insert(p, resume);
+                    }
+                }
+                Err(why) => {
+                    backoff(&shared, &mut halt, why).await;
+                    continue;
+                }
+            }
+        }
+        lock(&shared.positions).clone_from(&progress.positions);
         *lock(&shared.status) = "running".into();
         let Halted(why) = steps(
             &env,
@@ -603,12 +635,48 @@ async fn run(env: Env, def: Definition, shared: Arc<Shared>) {
             &shared,
             &mut runner,
             &overlay,
-            &mut positions,
+            &mut progress,
             &mut halt,
         )
         .await;
         backoff(&shared, &mut halt, why).await;
     }
+}
+
+/// How far a running pipeline got.
+#[derive(Default)]
+struct Progress {
+    /// Source partition → the next source offset to read.
+    positions: BTreeMap<u32, u64>,
+    /// For a cluster pipeline, source partition → where the span of its
+    /// last stamped output on this copy of the destination ended.
+    emitted: BTreeMap<u32, u64>,
+    /// Destination offsets of stamped outputs written here and not yet
+    /// below the high watermark, oldest first.
+    unreplicated: VecDeque<u64>,
+}
+
+/// Source partition → the offset after the last input whose outputs this
+/// node's copy of the destination holds, from the dedup state stored with
+/// them.
+async fn resume_points(env: &Env, def: &Definition) -> Result<Vec<(u32, u64)>, String> {
+    let (store, to) = (env.store.clone(), def.to.clone());
+    let states = tokio::task::spawn_blocking(move || store.producer_states(&to, 0))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("cannot read the destination's producer states: {e}"))?;
+    let mut points = Vec::new();
+    for (id, bytes) in states {
+        let Some(p) = sourced::source_partition(def.serial, id) else {
+            continue;
+        };
+        let state = ProducerState::decode(&bytes)
+            .map_err(|e| format!("producer state of {}/0: {e}", def.to))?;
+        if let Some(resume) = sourced::resume_point(&state) {
+            points.push((p, resume));
+        }
+    }
+    Ok(points)
 }
 
 /// Runs steps over every source partition until one fails.
@@ -618,7 +686,7 @@ async fn steps(
     shared: &Shared,
     runner: &mut ChainRunner,
     overlay: &Overlay,
-    positions: &mut BTreeMap<u32, u64>,
+    progress: &mut Progress,
     halt: &mut Halt,
 ) -> Halted {
     loop {
@@ -629,10 +697,10 @@ async fn steps(
         };
         let mut progressed = false;
         for p in 0..spec.partitions {
-            let at = positions.get(&p).copied().unwrap_or(0);
-            match step(env, def, runner, overlay, p, at).await {
+            let at = progress.positions.get(&p).copied().unwrap_or(0);
+            match step(env, def, runner, overlay, progress, p, at).await {
                 Ok(Some(next)) => {
-                    positions.insert(p, next);
+                    progress.positions.insert(p, next);
                     lock(&shared.positions).insert(p, next);
                     progressed = true;
                     halt.clear();
@@ -669,6 +737,7 @@ async fn step(
     def: &Definition,
     runner: &mut ChainRunner,
     overlay: &Overlay,
+    progress: &mut Progress,
     p: u32,
     at: u64,
 ) -> Result<Option<u64>, Halted> {
@@ -715,19 +784,40 @@ async fn step(
         }
         Err(e) => return Err(Halted(e.to_string())),
     };
-    let to_partitions = to.partitions;
-    let mut by_partition: BTreeMap<u32, Vec<Record>> = BTreeMap::new();
-    for (_, record) in run.outputs {
-        let target = match &record.key {
-            Some(k) => partition_for_key(k, to_partitions),
-            None => p % to_partitions,
-        };
-        by_partition.entry(target).or_default().push(record);
-    }
     let encoding = |e: edgebus_proto::DecodeError| Halted(e.to_string());
     let mut outputs = Vec::new();
-    for (target, records) in &by_partition {
-        outputs.extend(chain::outputs(&def.to, *target, records).map_err(encoding)?);
+    let mut emitted = progress.emitted.get(&p).copied();
+    if def.serial != 0 {
+        if to.partitions != 1 {
+            return Err(Halted(format!(
+                "destination {:?} has {} partitions; a cluster pipeline writes to one",
+                def.to, to.partitions
+            )));
+        }
+        let producer_id = sourced::producer_id(def.serial, p);
+        let tiled = Tiling {
+            producer_id,
+            inputs: &inputs,
+            next,
+        };
+        outputs = tiled
+            .outputs(&def.to, run.outputs, &mut emitted)
+            .map_err(|e| Halted(format!("stamping outputs of {}/{p}: {e}", def.from)))?;
+        let stamped = outputs.iter().filter(|o| o.sequence.is_some()).count();
+        until_replicated(env, &def.to, &mut progress.unreplicated, stamped).await;
+    } else {
+        let to_partitions = to.partitions;
+        let mut by_partition: BTreeMap<u32, Vec<Record>> = BTreeMap::new();
+        for (_, record) in run.outputs {
+            let target = match &record.key {
+                Some(k) => partition_for_key(k, to_partitions),
+                None => p % to_partitions,
+            };
+            by_partition.entry(target).or_default().push(record);
+        }
+        for (target, records) in &by_partition {
+            outputs.extend(chain::outputs(&def.to, *target, records).map_err(encoding)?);
+        }
     }
     if !run.dead_letters.is_empty() {
         if env.dead_letters.apart() {
@@ -755,9 +845,242 @@ async fn step(
         source_partition: p,
         source_next_offset: next,
     };
-    env.writer
+    let base_offsets = env
+        .writer
         .commit_pipeline(commit)
         .await
         .map_err(|e| Halted(format!("commit failed: {e}")))?;
+    if let Some(end) = emitted {
+        progress.emitted.insert(p, end);
+    }
+    if def.serial != 0 {
+        progress.unreplicated.extend(base_offsets);
+    }
     Ok(Some(next))
+}
+
+/// Batches of a stamped destination this many outputs beyond its high
+/// watermark at most (unless one step writes more): a follower gets each
+/// producer's dedup state with the last of its batches it fetches, from
+/// the leader's window of the last [`DEDUP_WINDOW`] batches, so an in-sync
+/// follower, which is never further behind than the high watermark, gets
+/// the state of every stamped output it holds, and a runner taking over
+/// there resumes after the right input.
+const STAMPED_AHEAD: usize = DEDUP_WINDOW;
+
+/// Waits until `adding` more stamped outputs keep those of `to` beyond its
+/// high watermark within [`STAMPED_AHEAD`]; a step adding more goes alone.
+async fn until_replicated(env: &Env, to: &str, unreplicated: &mut VecDeque<u64>, adding: usize) {
+    let mut watch = env.notifier.watch(to, 0);
+    loop {
+        let high_watermark = env.reader.high_watermark(to, 0);
+        while unreplicated.front().is_some_and(|o| *o < high_watermark) {
+            unreplicated.pop_front();
+        }
+        if unreplicated.is_empty() || unreplicated.len() + adding <= STAMPED_AHEAD {
+            return;
+        }
+        let _ = tokio::time::timeout(IDLE_POLL, watch.changed()).await;
+    }
+}
+
+/// A step's outputs for a cluster pipeline's one-partition destination,
+/// stamped so that their sequences are the source offsets they cover
+/// (see [`edgebus_core::sourced`]).
+struct Tiling<'a> {
+    producer_id: i64,
+    /// The step's inputs, which `outputs` index.
+    inputs: &'a [StoredRecord],
+    /// The source offset after the step.
+    next: u64,
+}
+
+/// The bytes a stamped batch holds before the next input's outputs go to
+/// another: each input's outputs stay in one batch where they fit.
+const STAMPED_BATCH_BYTES: usize = 1 << 20;
+
+impl Tiling<'_> {
+    /// Batches cut between inputs, each covering from the end of the span
+    /// before (`emitted`, which it advances) to one past its last input,
+    /// the last to the step's end: a copy holding only the first batches
+    /// of a step names the first input whose outputs it lacks. One input's
+    /// outputs too large for one frame are split, and only their last
+    /// batch is stamped.
+    fn outputs(
+        &self,
+        to: &str,
+        mut records: Vec<(usize, Record)>,
+        emitted: &mut Option<u64>,
+    ) -> Result<Vec<Output>, String> {
+        records.sort_by_key(|(input, _)| *input);
+        let mut out = Vec::new();
+        let mut builder = BatchBuilder::new();
+        // The first and last input whose outputs `builder` holds.
+        let mut covers: Option<(usize, usize)> = None;
+        for group in records.chunk_by(|a, b| a.0 == b.0) {
+            let input = group[0].0;
+            let sizes: Vec<usize> = group
+                .iter()
+                .map(|(_, r)| BatchBuilder::record_size(r, i64::MIN, u32::MAX))
+                .collect();
+            if let Some((first, last)) = covers
+                && builder.size_bytes() + sizes.iter().sum::<usize>() > STAMPED_BATCH_BYTES
+            {
+                let end = self.inputs[last].offset + 1;
+                out.push(self.stamped(to, &mut builder, first, end, emitted)?);
+                covers = None;
+            }
+            // Here `builder` holds outputs of earlier inputs only if this
+            // input's fit beside them.
+            for ((_, record), size) in group.iter().zip(sizes) {
+                if !builder.is_empty()
+                    && builder.size_bytes() + size > chain::MAX_OUTPUT_BATCH_BYTES
+                {
+                    out.push(finish(to, std::mem::take(&mut builder), None)?);
+                }
+                builder.push(record);
+            }
+            covers = Some(covers.map_or((input, input), |(first, _)| (first, input)));
+        }
+        if let Some((first, _)) = covers {
+            out.push(self.stamped(to, &mut builder, first, self.next, emitted)?);
+        }
+        Ok(out)
+    }
+
+    /// The batch in `builder`, holding outputs of inputs from `first` on,
+    /// stamped to cover the source offsets up to `end`.
+    fn stamped(
+        &self,
+        to: &str,
+        builder: &mut BatchBuilder,
+        first: usize,
+        end: u64,
+        emitted: &mut Option<u64>,
+    ) -> Result<Output, String> {
+        let start = sourced::span_start(*emitted, self.inputs[first].offset);
+        let span = sourced::span(self.producer_id, start, end).map_err(|e| e.to_string())?;
+        *emitted = Some(end);
+        finish(to, std::mem::take(builder), Some(span))
+    }
+}
+
+/// An output batch of what `builder` holds, stamped with `span`.
+fn finish(to: &str, builder: BatchBuilder, span: Option<SequenceSpan>) -> Result<Output, String> {
+    let batch = builder.finish(span.map_or(ProducerStamp::NONE, |s| s.producer));
+    Ok(Output {
+        topic: to.to_owned(),
+        partition: 0,
+        record_count: BatchHeader::parse(&batch)
+            .map_err(|e| e.to_string())?
+            .record_count,
+        batch,
+        sequence: span,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+
+    fn inputs(offsets: impl IntoIterator<Item = u64>) -> Vec<StoredRecord> {
+        offsets
+            .into_iter()
+            .map(|offset| StoredRecord {
+                offset,
+                timestamp_ms: 0,
+                key: None,
+                value: Bytes::new(),
+                headers: Vec::new(),
+            })
+            .collect()
+    }
+
+    /// `per_input` outputs of `bytes` bytes for each input index given.
+    fn outputs(of: &[usize], per_input: usize, bytes: usize) -> Vec<(usize, Record)> {
+        of.iter()
+            .flat_map(|i| (0..per_input).map(move |_| (*i, Record::new(vec![b'x'; bytes], 0))))
+            .collect()
+    }
+
+    /// Each output's span as source offsets, `None` where unstamped.
+    fn spans(outputs: &[Output]) -> Vec<Option<(u64, u64)>> {
+        outputs
+            .iter()
+            .map(|o| {
+                o.sequence.map(|s| {
+                    let start = (u64::try_from(s.producer.producer_epoch).unwrap() << 30)
+                        + u64::try_from(s.producer.base_sequence).unwrap();
+                    (start, start + u64::from(s.record_count))
+                })
+            })
+            .collect()
+    }
+
+    const PID: i64 = 1 << 62 | 1 << 10;
+
+    #[test]
+    fn stamped_outputs_tile_the_source_offsets_from_the_last_span_to_the_steps_end() {
+        // Inputs at 100..110 after a retention gap; 0..5 and 9 have outputs.
+        let step = inputs(100..110);
+        let tiling = Tiling {
+            producer_id: PID,
+            inputs: &step,
+            next: 110,
+        };
+        let mut emitted = Some(90);
+        let small = outputs(&[0, 1, 2, 3, 4, 9], 2, 100);
+        let out = tiling.outputs("t", small, &mut emitted).unwrap();
+        assert_eq!(spans(&out), [Some((90, 110))]);
+        assert_eq!(out[0].record_count, 12);
+        assert_eq!(emitted, Some(110));
+        // Nothing out: nothing stamped, nothing moves.
+        assert!(
+            tiling
+                .outputs("t", Vec::new(), &mut emitted)
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(emitted, Some(110));
+
+        // Outputs too large for one batch are cut between inputs, each cut
+        // one past the last input whose outputs the batch holds.
+        let mut emitted = None;
+        let large = outputs(&[2, 0, 5, 5, 7], 1, STAMPED_BATCH_BYTES / 2 + 1);
+        let out = tiling.outputs("t", large, &mut emitted).unwrap();
+        assert_eq!(
+            spans(&out),
+            [
+                Some((100, 101)),
+                Some((101, 103)),
+                Some((103, 106)),
+                Some((106, 110))
+            ]
+        );
+        assert_eq!(
+            out.iter().map(|o| o.record_count).collect::<Vec<_>>(),
+            [1, 1, 2, 1]
+        );
+        assert_eq!(emitted, Some(110));
+    }
+
+    #[test]
+    fn one_inputs_outputs_beyond_a_frame_are_split_and_only_their_last_batch_is_stamped() {
+        let step = inputs([7, 8]);
+        let tiling = Tiling {
+            producer_id: PID,
+            inputs: &step,
+            next: 9,
+        };
+        let mut emitted = Some(7);
+        let huge = outputs(&[0], 3, chain::MAX_OUTPUT_BATCH_BYTES / 3);
+        let out = tiling.outputs("t", huge, &mut emitted).unwrap();
+        assert_eq!(spans(&out), [None, Some((7, 9))]);
+        assert_eq!(
+            out.iter().map(|o| o.record_count).collect::<Vec<_>>(),
+            [2, 1]
+        );
+    }
 }

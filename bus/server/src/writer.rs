@@ -128,6 +128,10 @@ pub struct Output {
     pub batch: Bytes,
     /// Records in it.
     pub record_count: u32,
+    /// The producer sequence span it is stamped with, for the partition
+    /// engine's sequence check (a cluster pipeline's outputs, see
+    /// [`edgebus_core::sourced`]); `None` for unstamped outputs.
+    pub sequence: Option<SequenceSpan>,
 }
 
 /// One exactly-once pipeline step: outputs, plugin state and the source
@@ -1249,6 +1253,18 @@ impl Shell {
         }
     }
 
+    /// Rolls back the outputs of a refused pipeline step decided so far:
+    /// nothing of it is written.
+    fn roll_back(&self, engines: &mut Engines, decided: &Group) {
+        for key in decided.last.keys() {
+            if let Some(slot) = engines.get_mut(key) {
+                slot.engine.handle_write_failed(Instant::now());
+                let refused = AppendFailure::Storage("pipeline step refused".into());
+                self.drain(key, slot, Some(&refused));
+            }
+        }
+    }
+
     /// Decides the offsets of a pipeline step's outputs and commits them
     /// with its state and position in one durable transaction.
     fn commit_pipeline(&mut self, step: PipelineStep) -> Result<Vec<u64>, StepError> {
@@ -1275,30 +1291,42 @@ impl Shell {
                 _ => self.load(&mut engines, &key),
             };
             if let Err(e) = loaded {
-                // Roll back the outputs decided so far: nothing is written.
-                for key in decided.last.keys() {
-                    if let Some(slot) = engines.get_mut(key) {
-                        slot.engine.handle_write_failed(Instant::now());
-                        let refused = AppendFailure::Storage("pipeline step refused".into());
-                        self.drain(key, slot, Some(&refused));
-                    }
-                }
+                self.roll_back(&mut engines, &decided);
                 return Err(StepError::Target(e));
             }
+            // The leader level answers a refusal or a duplicate at once,
+            // before anything is written: only the step's own outputs are
+            // decided in this group.
+            let (reply, mut answer) = oneshot::channel();
             let request = AppendRequest {
                 id: self.next_id(),
                 record_count: output.record_count,
-                sequence: None,
-                acks: AckLevel::None,
+                sequence: output.sequence,
+                acks: AckLevel::Leader,
             };
-            self.submit(
+            if self.submit(
                 &mut engines,
                 &key,
                 request,
                 output.batch,
-                None,
+                Some(reply),
                 &mut decided,
-            );
+            ) {
+                continue;
+            }
+            match answer.try_recv() {
+                // Already stored by an earlier step: a stamped output that
+                // a runner resuming behind its copy's outputs sends again.
+                Ok(Ok(AppendOutcome::Duplicate { .. })) => {}
+                refused => {
+                    let e = match refused {
+                        Ok(Err(e)) => e,
+                        _ => AppendFailure::Storage("a pipeline output was not stored".into()),
+                    };
+                    self.roll_back(&mut engines, &decided);
+                    return Err(StepError::Target(e));
+                }
+            }
         }
         drop(engines);
         let Group { writes, last, .. } = decided;

@@ -59,6 +59,11 @@ pub struct PipelineMeta {
     /// Source partition → the next source offset whose outputs are not
     /// known to be on every in-sync replica of the destination.
     pub positions: BTreeMap<u32, u64>,
+    /// Names the producer ids its outputs are stamped with (see
+    /// [`crate::sourced`]); unique in the cluster's life. 0 for a pipeline
+    /// created before outputs were stamped: it writes them unstamped.
+    #[serde(default)]
+    pub serial: u64,
 }
 
 impl ClusterState {
@@ -180,6 +185,12 @@ impl ClusterState {
                 path,
             });
         }
+        if self.pipeline_serial >= crate::sourced::MAX_SERIAL {
+            return Err(ControlError::InvalidPipeline(
+                "the cluster has created as many pipelines as producer ids can name".into(),
+            ));
+        }
+        self.pipeline_serial += 1;
         self.pipelines.insert(
             name.to_owned(),
             PipelineMeta {
@@ -188,6 +199,7 @@ impl ClusterState {
                 plugins: plugins.to_vec(),
                 definition: definition.to_vec(),
                 positions: BTreeMap::new(),
+                serial: self.pipeline_serial,
             },
         );
         Ok(ControlOutcome::Done)

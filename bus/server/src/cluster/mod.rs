@@ -25,7 +25,6 @@ mod registry;
 pub mod scrub;
 
 pub use data::FETCH_WAIT;
-pub use pipelines::CHECKPOINT_INTERVAL;
 pub use registry::{LocalPlugins, PluginClusterError, ReplicatedError};
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -77,6 +76,8 @@ pub struct Setup {
     pub control_path: std::path::PathBuf,
     /// Fence a node silent this long.
     pub session_timeout: Duration,
+    /// How often a pipeline's runner checkpoints its progress.
+    pub pipeline_checkpoint: Duration,
 }
 
 /// Why a cluster node could not start.
@@ -120,6 +121,7 @@ struct Inner {
     verifier: Arc<PeerVerifier>,
     addrs: BTreeMap<NodeId, String>,
     session_timeout: Duration,
+    pipeline_checkpoint: Duration,
     /// The controller's view of sessions; `None` while this node does not
     /// lead the control log.
     liveness: Mutex<Option<Liveness>>,
@@ -243,6 +245,7 @@ impl Cluster {
                 verifier,
                 addrs: setup.peers,
                 session_timeout: setup.session_timeout,
+                pipeline_checkpoint: setup.pipeline_checkpoint,
                 liveness: Mutex::new(None),
                 heard: Mutex::new(BTreeMap::new()),
                 kafka: Mutex::new(BTreeMap::new()),

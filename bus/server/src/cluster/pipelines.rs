@@ -13,23 +13,31 @@
 //! at the same leader epoch. A deposed runner's late commits are refused
 //! by its engine, which no longer leads.
 //!
-//! # Progress and takeover: at-least-once
+//! # Progress and takeover: exactly-once outputs
 //!
 //! The runner commits outputs, plugin state and source positions in one
-//! local transaction, as on a single node. Every [`CHECKPOINT_INTERVAL`]
-//! it reads its positions, then its destination's log end, and once the
-//! destination's high watermark reaches that end (every output of those
-//! positions is on every in-sync replica) proposes the positions to the
-//! control log. A new runner starts from the checkpoint. Outputs committed
-//! after the last checkpoint are on the new runner's copy (it was in sync)
-//! and are produced again: a takeover can duplicate up to a checkpoint
-//! interval of outputs, never lose one. Plugin state is the runner's own
-//! and starts empty on a new runner.
+//! local transaction, as on a single node, and stamps the outputs as an
+//! idempotent producer of the pipeline's own whose sequences are the
+//! source offsets they cover ([`edgebus_core::sourced`]). Every replica
+//! stores each output batch with that producer's dedup state, so a new
+//! runner reads from its own copy of the destination the source offset
+//! after the last output it holds, and resumes there: outputs the dead
+//! runner committed after its last checkpoint are neither lost (it was in
+//! sync) nor written again. The partition engine's sequence check refuses
+//! a span that would repeat stored outputs; the runner then starts over
+//! from what its copy shows.
+//!
+//! Every `cluster.pipeline_checkpoint_ms` the runner also reads its
+//! positions, then its destination's log end, and once the destination's
+//! high watermark reaches that end proposes the positions to the control
+//! log: where `pipeline describe` shows progress on other nodes, and where
+//! a new runner starts when its copy shows less (inputs filtered out
+//! whole since the last output). Plugin state is the runner's own and
+//! starts empty on a new runner.
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
 
 use edgebus_core::controller::{ClusterState, ControlRequest, PipelineMeta};
 use edgebus_proto::frame::{FailurePolicy, PipelineDescription, PluginRef};
@@ -40,9 +48,6 @@ use crate::chain::{self, AttachPoint, ChainRunner};
 use crate::pipelines::{Pipelines, PipelinesError};
 use crate::registry::Registry;
 use crate::saved::{self, PipelineDefinition};
-
-/// How often a runner checkpoints its pipelines' progress.
-pub const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(200);
 
 impl Cluster {
     /// `pipeline create` on a cluster node: the chain must initialise here
@@ -179,7 +184,7 @@ impl Cluster {
             }
             let started = local
                 .pipelines
-                .start_replicated(name, &meta.definition, &meta.positions)
+                .start_replicated(name, &meta.definition, &meta.positions, meta.serial)
                 .await;
             if let Err(e) = started {
                 tracing::error!(pipeline = %name, error = %e, "starting a pipeline failed");
@@ -188,13 +193,13 @@ impl Cluster {
     }
 
     /// Checkpoints the progress of the pipelines running here, every
-    /// [`CHECKPOINT_INTERVAL`].
+    /// `cluster.pipeline_checkpoint_ms`.
     pub(super) async fn checkpoints(self, local: LocalPlugins) {
         // Per pipeline: positions read, and the destination log end they
         // wait for the high watermark to reach.
         let mut pending: HashMap<String, (Vec<(u32, u64)>, u64)> = HashMap::new();
         loop {
-            tokio::time::sleep(CHECKPOINT_INTERVAL).await;
+            tokio::time::sleep(self.inner.pipeline_checkpoint).await;
             let state = self.state();
             let running = local.pipelines.running();
             pending.retain(|name, _| running.contains(name));

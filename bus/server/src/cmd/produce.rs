@@ -139,6 +139,9 @@ impl Pending {
 
 /// Producer ids a node hands out on its own, below its node id's prefix.
 const NODE_PRODUCER_ID_BITS: u32 = 40;
+/// The largest node id: the ids its node hands out stay below bit 62,
+/// which pipeline producer ids set (see [`edgebus_core::sourced`]).
+pub const MAX_NODE_ID: u64 = (1 << (62 - NODE_PRODUCER_ID_BITS)) - 1;
 
 /// `InitProducer`: a new producer id for idempotent produce. A cluster
 /// node puts its node id above the ids its store counts, so ids are unique

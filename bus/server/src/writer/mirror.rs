@@ -342,6 +342,7 @@ impl Shell {
                 partition: c.partition,
                 batch: bytes,
                 record_count: header.record_count,
+                sequence: None,
             });
         }
         let step = super::PipelineStep {
