@@ -599,6 +599,11 @@ impl PartitionEngine {
         self.epoch_start
     }
 
+    /// One producer's dedup state, counting decided appends.
+    pub fn producer_state(&self, producer_id: i64) -> Option<&ProducerState> {
+        self.producers.get(&producer_id)
+    }
+
     /// Every producer's dedup state, counting decided appends.
     pub fn producer_states(&self) -> Vec<(i64, ProducerState)> {
         self.producers

@@ -970,6 +970,16 @@ impl Replica {
         }
     }
 
+    /// On a leader, the dedup state of one producer as its engine checks
+    /// the next append against it: with every append decided so far and
+    /// without what truncations removed.
+    pub fn leader_producer_state(&self, producer_id: i64) -> Option<ProducerState> {
+        match &self.role {
+            Role::Leader(leading) => leading.engine.producer_state(producer_id).cloned(),
+            _ => None,
+        }
+    }
+
     /// On a leader, the durable log end each follower last reported.
     pub fn follower_ends(&self) -> BTreeMap<NodeId, u64> {
         match &self.role {

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use edgebus_core::producer::{DEDUP_WINDOW, ProducerState, SequenceSpan};
+use edgebus_core::producer::{DEDUP_WINDOW, SequenceSpan};
 use edgebus_core::sourced;
 use edgebus_proto::ErrorCode;
 use edgebus_proto::batch::{self, BatchBuilder, BatchHeader, ProducerStamp, Record, StoredRecord};
@@ -39,6 +39,9 @@ use crate::writer::{Output, PipelineStep, Writer};
 const STEP_MAX_BYTES: u32 = 1 << 20;
 /// How long an idle pipeline waits before looking again, even unwoken.
 const IDLE_POLL: Duration = Duration::from_millis(500);
+/// How often a cluster pipeline's runner looks whether its copy of the
+/// destination leads yet.
+const LEAD_POLL: Duration = Duration::from_millis(50);
 
 /// Why a pipeline request failed.
 #[derive(Debug, thiserror::Error)]
@@ -613,19 +616,25 @@ async fn run(env: Env, def: Definition, shared: Arc<Shared>) {
             ..Progress::default()
         };
         if def.serial != 0 {
-            match resume_points(&env, &def).await {
-                Ok(points) => {
-                    for (p, resume) in points {
-                        let at = progress.positions.entry(p).or_default();
-                        *at = (*at).max(resume);
-                        progress.emitted.insert(p, resume);
-                    }
+            // Resume from what the engine that checks the outputs holds,
+            // once this node's copy leads (the control log may say so
+            // before the copy has stopped following).
+            let (log_end, points) = loop {
+                if let Some(found) = resume_points(&env, &def) {
+                    break found;
                 }
-                Err(why) => {
-                    backoff(&shared, &mut halt, why).await;
-                    continue;
-                }
+                *lock(&shared.status) = format!("waiting for this node to lead {:?}", def.to);
+                tokio::time::sleep(LEAD_POLL).await;
+            };
+            for (p, resume, epoch) in points {
+                let at = progress.positions.entry(p).or_default();
+                *at = (*at).max(resume);
+                progress.emitted.insert(p, resume);
+                progress.epochs.insert(p, epoch);
             }
+            // How many stamped outputs an earlier run left beyond the high
+            // watermark is not known: wait for all of them.
+            progress.settle = log_end;
         }
         lock(&shared.positions).clone_from(&progress.positions);
         *lock(&shared.status) = "running".into();
@@ -651,32 +660,40 @@ struct Progress {
     /// For a cluster pipeline, source partition → where the span of its
     /// last stamped output on this copy of the destination ended.
     emitted: BTreeMap<u32, u64>,
+    /// The producer epoch of that output's span.
+    epochs: BTreeMap<u32, i16>,
     /// Destination offsets of stamped outputs written here and not yet
     /// below the high watermark, oldest first.
     unreplicated: VecDeque<u64>,
+    /// The destination's log end when this run started: the high
+    /// watermark must reach it before anything more is written.
+    settle: u64,
 }
 
-/// Source partition → the offset after the last input whose outputs this
-/// node's copy of the destination holds, from the dedup state stored with
-/// them.
-async fn resume_points(env: &Env, def: &Definition) -> Result<Vec<(u32, u64)>, String> {
-    let (store, to) = (env.store.clone(), def.to.clone());
-    let states = tokio::task::spawn_blocking(move || store.producer_states(&to, 0))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("cannot read the destination's producer states: {e}"))?;
-    let mut points = Vec::new();
-    for (id, bytes) in states {
-        let Some(p) = sourced::source_partition(def.serial, id) else {
-            continue;
-        };
-        let state = ProducerState::decode(&bytes)
-            .map_err(|e| format!("producer state of {}/0: {e}", def.to))?;
-        if let Some(resume) = sourced::resume_point(&state) {
-            points.push((p, resume));
-        }
-    }
-    Ok(points)
+/// Source partition, the offset to resume it at and the producer epoch
+/// of the last output.
+type ResumePoint = (u32, u64, i16);
+
+/// The destination's log end and, per source partition, the offset after
+/// the last input whose outputs this node's copy of the destination holds
+/// and the producer epoch it was stamped with, from the dedup state its
+/// engine checks the next stamped output against; `None` while the copy
+/// does not lead.
+fn resume_points(env: &Env, def: &Definition) -> Option<(u64, Vec<ResumePoint>)> {
+    let partitions = env.topics.spec(&def.from).map_or(0, |s| s.partitions);
+    let ids = (0..partitions).map(|p| sourced::producer_id(def.serial, p));
+    let (log_end, states) = env.writer.leader_producer_states(&def.to, 0, ids)?;
+    let points = states
+        .iter()
+        .filter_map(|(id, state)| {
+            Some((
+                sourced::source_partition(def.serial, *id)?,
+                sourced::resume_point(state)?,
+                state.epoch,
+            ))
+        })
+        .collect();
+    Some((log_end, points))
 }
 
 /// Runs steps over every source partition until one fails.
@@ -787,6 +804,7 @@ async fn step(
     let encoding = |e: edgebus_proto::DecodeError| Halted(e.to_string());
     let mut outputs = Vec::new();
     let mut emitted = progress.emitted.get(&p).copied();
+    let mut last_epoch = None;
     if def.serial != 0 {
         if to.partitions != 1 {
             return Err(Halted(format!(
@@ -803,8 +821,18 @@ async fn step(
         outputs = tiled
             .outputs(&def.to, run.outputs, &mut emitted)
             .map_err(|e| Halted(format!("stamping outputs of {}/{p}: {e}", def.from)))?;
-        let stamped = outputs.iter().filter(|o| o.sequence.is_some()).count();
-        until_replicated(env, &def.to, &mut progress.unreplicated, stamped).await;
+        let stamped: Vec<SequenceSpan> = outputs.iter().filter_map(|o| o.sequence).collect();
+        // Outputs in a newer producer epoch replace the producer's window
+        // of recent batches with their own: the batches before them must
+        // be on every in-sync replica first, with their dedup state.
+        let before = progress.epochs.get(&p);
+        let new_epoch = stamped
+            .iter()
+            .any(|s| before.is_some_and(|b| *b != s.producer.producer_epoch));
+        if let Some(last) = stamped.last() {
+            last_epoch = Some(last.producer.producer_epoch);
+        }
+        until_replicated(env, &def.to, progress, stamped.len(), new_epoch).await;
     } else {
         let to_partitions = to.partitions;
         let mut by_partition: BTreeMap<u32, Vec<Record>> = BTreeMap::new();
@@ -853,6 +881,9 @@ async fn step(
     if let Some(end) = emitted {
         progress.emitted.insert(p, end);
     }
+    if let Some(epoch) = last_epoch {
+        progress.epochs.insert(p, epoch);
+    }
     if def.serial != 0 {
         progress.unreplicated.extend(base_offsets);
     }
@@ -869,15 +900,19 @@ async fn step(
 const STAMPED_AHEAD: usize = DEDUP_WINDOW;
 
 /// Waits until `adding` more stamped outputs keep those of `to` beyond its
-/// high watermark within [`STAMPED_AHEAD`]; a step adding more goes alone.
-async fn until_replicated(env: &Env, to: &str, unreplicated: &mut VecDeque<u64>, adding: usize) {
+/// high watermark within [`STAMPED_AHEAD`] (a step adding more goes
+/// alone), or with `all`, until none is beyond it.
+async fn until_replicated(env: &Env, to: &str, progress: &mut Progress, adding: usize, all: bool) {
     let mut watch = env.notifier.watch(to, 0);
     loop {
         let high_watermark = env.reader.high_watermark(to, 0);
+        let unreplicated = &mut progress.unreplicated;
         while unreplicated.front().is_some_and(|o| *o < high_watermark) {
             unreplicated.pop_front();
         }
-        if unreplicated.is_empty() || unreplicated.len() + adding <= STAMPED_AHEAD {
+        if high_watermark >= progress.settle
+            && (unreplicated.is_empty() || (!all && unreplicated.len() + adding <= STAMPED_AHEAD))
+        {
             return;
         }
         let _ = tokio::time::timeout(IDLE_POLL, watch.changed()).await;

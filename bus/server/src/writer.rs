@@ -438,6 +438,30 @@ impl Writer {
         }
     }
 
+    /// On a cluster node whose replica of the partition leads, the log end
+    /// and each of `producer_ids`' dedup state as the engine checks the
+    /// next append against them; `None` elsewhere.
+    pub fn leader_producer_states(
+        &self,
+        topic: &str,
+        partition: u32,
+        producer_ids: impl IntoIterator<Item = i64>,
+    ) -> Option<(u64, Vec<(i64, ProducerState)>)> {
+        let engines = self.engines.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(Driver::Cluster(replica)) = engines
+            .get(&(topic.to_owned(), partition))
+            .map(|s| &s.engine)
+        else {
+            return None;
+        };
+        replica.leading_epoch()?;
+        let states = producer_ids
+            .into_iter()
+            .filter_map(|id| Some((id, replica.leader_producer_state(id)?)))
+            .collect();
+        Some((replica.log_end(), states))
+    }
+
     /// The partition's high watermark: readers see records below it only.
     /// `None` for a partition that does not exist.
     pub fn high_watermark(&self, topic: &str, partition: u32) -> Option<u64> {
@@ -1294,9 +1318,8 @@ impl Shell {
                 self.roll_back(&mut engines, &decided);
                 return Err(StepError::Target(e));
             }
-            // The leader level answers a refusal or a duplicate at once,
-            // before anything is written: only the step's own outputs are
-            // decided in this group.
+            // With an ack level, an output not stored is answered: refused
+            // or a duplicate (below).
             let (reply, mut answer) = oneshot::channel();
             let request = AppendRequest {
                 id: self.next_id(),
@@ -1314,19 +1337,18 @@ impl Shell {
             ) {
                 continue;
             }
-            match answer.try_recv() {
-                // Already stored by an earlier step: a stamped output that
-                // a runner resuming behind its copy's outputs sends again.
-                Ok(Ok(AppendOutcome::Duplicate { .. })) => {}
-                refused => {
-                    let e = match refused {
-                        Ok(Err(e)) => e,
-                        _ => AppendFailure::Storage("a pipeline output was not stored".into()),
-                    };
-                    self.roll_back(&mut engines, &decided);
-                    return Err(StepError::Target(e));
+            // Refusals are answered at once. A duplicate is answered once
+            // the output it repeats is written: at once, or with this
+            // step's transaction when that output is part of it.
+            let refused = match answer.try_recv() {
+                Ok(Err(e)) => e,
+                Err(oneshot::error::TryRecvError::Closed) => {
+                    AppendFailure::Storage("a pipeline output was not stored".into())
                 }
-            }
+                Ok(Ok(_)) | Err(oneshot::error::TryRecvError::Empty) => continue,
+            };
+            self.roll_back(&mut engines, &decided);
+            return Err(StepError::Target(refused));
         }
         drop(engines);
         let Group { writes, last, .. } = decided;
@@ -1434,5 +1456,71 @@ fn commit_offsets(store: &dyn LogStore, pending: &mut Vec<PendingCommit>) {
                 let _ = reply.send(store.commit_offsets(&commits));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use edgebus_core::sourced;
+    use edgebus_proto::batch::{BatchBuilder, Record};
+    use edgebus_store::TopicSpec;
+    use edgebus_store::mem::MemStore;
+
+    use super::*;
+
+    /// A step of pipeline "p" over source offsets `start..end` of
+    /// partition 0, with one output stamped to cover them.
+    fn step(start: u64, end: u64) -> PipelineStep {
+        let span = sourced::span(sourced::producer_id(1, 0), start, end).unwrap();
+        let mut builder = BatchBuilder::new();
+        builder.push(&Record::new(format!("{start}..{end}"), 0));
+        PipelineStep {
+            pipeline: "p".into(),
+            outputs: vec![Output {
+                topic: "out".into(),
+                partition: 0,
+                batch: builder.finish(span.producer),
+                record_count: 1,
+                sequence: Some(span),
+            }],
+            state: vec![(b"k".to_vec(), Some(format!("{end}").into_bytes()))],
+            source_partition: 0,
+            source_next_offset: end,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stamped_pipeline_step_stores_each_output_once_and_a_refused_one_nothing() {
+        let store: Arc<dyn LogStore> = Arc::new(MemStore::new());
+        let metrics = Arc::new(Metrics::default());
+        let writer = Writer::spawn(store.clone(), Notifier::default(), 1 << 20, metrics).unwrap();
+        let spec = TopicSpec::new("out", 1).with_max_message_bytes(1 << 20);
+        writer.create_topic(spec).await.unwrap();
+        let log_end = || store.offsets("out", 0).unwrap().log_end;
+        let position = || store.pipeline_positions("p").unwrap();
+        let state = || store.pipeline_state("p", b"k").unwrap().unwrap();
+
+        assert_eq!(writer.commit_pipeline(step(0, 5)).await.unwrap(), [0]);
+        assert_eq!(writer.commit_pipeline(step(5, 9)).await.unwrap(), [1]);
+        // The same span again, as a runner resuming behind its outputs
+        // sends it: nothing stored again, the position still moves.
+        assert_eq!(
+            writer.commit_pipeline(step(5, 9)).await.unwrap(),
+            Vec::<u64>::new()
+        );
+        assert_eq!((log_end(), position()), (2, vec![(0, 9)]));
+        // Overlapping what is stored, or leaving a gap after it: refused,
+        // and neither the output nor the position nor the state lands.
+        for (start, end) in [(3, 12), (10, 12)] {
+            let refused = writer.commit_pipeline(step(start, end)).await;
+            assert!(
+                matches!(refused, Err(StepError::Target(AppendFailure::Refused(_)))),
+                "{start}..{end}: {refused:?}"
+            );
+            assert_eq!((log_end(), position()), (2, vec![(0, 9)]));
+            assert_eq!(state(), b"9");
+        }
+        assert_eq!(writer.commit_pipeline(step(9, 12)).await.unwrap(), [2]);
+        assert_eq!((log_end(), position()), (3, vec![(0, 12)]));
     }
 }
