@@ -257,10 +257,14 @@ pub enum ReplicaCommand {
         /// The batches, contiguous from the log end.
         batches: Vec<ReplicatedBatch>,
     },
-    /// Truncate the log at this offset, durably.
+    /// Truncate the log at this offset, durably, and store these dedup
+    /// states in the same transaction.
     Truncate {
         /// The new log end.
         offset: u64,
+        /// Each producer with batches at or past `offset`, and its dedup
+        /// state without them.
+        producers: Vec<(i64, ProducerState)>,
     },
     /// Propose this ISR to the controller.
     ProposeIsr {
@@ -635,7 +639,7 @@ impl Replica {
                 };
                 let offset = end_offset.min(local_end).min(self.log_end);
                 if offset < self.log_end {
-                    self.commands.push_back(ReplicaCommand::Truncate { offset });
+                    self.commands.push_back(self.truncation(offset));
                     self.busy = Some(Busy::Truncating { offset });
                 } else {
                     following.next_fetch = pause;
@@ -696,6 +700,22 @@ impl Replica {
             self.busy = None;
             self.after_local_change(now, now + self.config.fetch_interval);
         }
+    }
+
+    /// The command cutting the log at `offset`.
+    fn truncation(&self, offset: u64) -> ReplicaCommand {
+        let mut producers: Vec<(i64, ProducerState)> = self
+            .producers
+            .iter()
+            .filter(|(_, state)| state.last_batch_in(offset, u64::MAX).is_some())
+            .map(|(id, state)| {
+                let mut state = state.clone();
+                state.truncate(offset);
+                (*id, state)
+            })
+            .collect();
+        producers.sort_by_key(|(id, _)| *id);
+        ReplicaCommand::Truncate { offset, producers }
     }
 
     /// The last `Truncate` is done.
@@ -1125,8 +1145,7 @@ impl Replica {
             self.cut_for = Some(mark.since);
             if self.log_end > mark.from {
                 self.role = Role::Idle;
-                self.commands
-                    .push_back(ReplicaCommand::Truncate { offset: mark.from });
+                self.commands.push_back(self.truncation(mark.from));
                 self.busy = Some(Busy::Truncating { offset: mark.from });
                 return;
             }
@@ -1492,6 +1511,21 @@ mod tests {
         );
     }
 
+    /// The dedup state of producer `id` after one-record batches stored at
+    /// `offsets`.
+    fn batches_at(id: i64, offsets: &[u64]) -> ProducerState {
+        let mut state = None;
+        for (seq, offset) in offsets.iter().enumerate() {
+            let stamp = edgebus_proto::batch::ProducerStamp {
+                producer_id: id,
+                producer_epoch: 0,
+                base_sequence: seq as i32,
+            };
+            state = Some(crate::producer::record(state, stamp, 1, *offset));
+        }
+        state.expect("at least one batch")
+    }
+
     #[test]
     fn a_follower_truncates_by_epoch_never_to_its_high_watermark() {
         let now = Instant::now();
@@ -1507,7 +1541,7 @@ mod tests {
                     start_offset: 4,
                 },
             ],
-            producers: Vec::new(),
+            producers: vec![(9, batches_at(9, &[1, 5])), (10, batches_at(10, &[2]))],
         };
         let mut r = Replica::new(2, ReplicaConfig::default(), log);
         r.handle_metadata(now, &meta(1, 2, &[1, 2], 3), 1);
@@ -1534,7 +1568,12 @@ mod tests {
         );
         assert_eq!(
             drain(&mut r),
-            vec![ReplicaCommand::Truncate { offset: 4 }],
+            vec![ReplicaCommand::Truncate {
+                offset: 4,
+                // Producer 9 loses its batch at 5 and keeps the one at 1;
+                // nothing of producer 10's is cut.
+                producers: vec![(9, batches_at(9, &[1]))]
+            }],
             "epoch 0 ends at 4 here, before the leader's end of it"
         );
         r.handle_local_truncated(now);
@@ -1701,7 +1740,13 @@ mod tests {
             matches!(first.as_slice(), [ReplicaCommand::Fetch { request, .. }] if request.rebuilt.is_none())
         );
         r.handle_metadata(now, &marked(meta(1, 2, &[1, 3], 4), 2, 5), 1);
-        assert_eq!(drain(&mut r), vec![ReplicaCommand::Truncate { offset: 5 }]);
+        assert_eq!(
+            drain(&mut r),
+            vec![ReplicaCommand::Truncate {
+                offset: 5,
+                producers: Vec::new()
+            }]
+        );
         r.handle_tick(now);
         assert!(
             drain(&mut r).is_empty(),

@@ -887,7 +887,9 @@ impl Sim {
                 ReplicaCommand::AppendReplicated { batches } => {
                     self.enqueue_disk(id, DiskOp::Replicate { partition, batches });
                 }
-                ReplicaCommand::Truncate { offset } => {
+                // The simulated disk keeps each batch's producer state
+                // with it, so a cut drops the states of the batches cut.
+                ReplicaCommand::Truncate { offset, .. } => {
                     self.enqueue_disk(id, DiskOp::Truncate { partition, offset });
                 }
                 ReplicaCommand::ProposeIsr {

@@ -439,7 +439,7 @@ pub fn partition_bytes_follow_appends_retention_and_truncation<H: Harness>(h: &m
     assert_eq!(bytes(1), 0, "other partitions are counted apart");
     store.enforce_retention(0).expect("retention");
     assert_eq!(bytes(0), 2 * size, "retention takes deleted batches off");
-    store.truncate_from("t", 0, 9).expect("truncate");
+    store.truncate_from("t", 0, 9, &[]).expect("truncate");
     assert_eq!(bytes(0), size, "truncation takes removed batches off");
     assert!(matches!(
         store.partition_bytes("t", 2),
@@ -909,7 +909,7 @@ pub fn truncate_from_removes_whole_batches_epochs_and_continues_at_new_end<H: Ha
     ];
     store.append_at(&writes, true).expect("append_at");
     assert_eq!(
-        store.truncate_from("t", 0, 4).expect("truncate"),
+        store.truncate_from("t", 0, 4, &[]).expect("truncate"),
         3,
         "the batch holding offset 4 starts at 3 and goes whole"
     );
@@ -938,7 +938,9 @@ pub fn truncate_from_removes_whole_batches_epochs_and_continues_at_new_end<H: Ha
         "no time-index entry points past the new end"
     );
     assert_eq!(
-        store.truncate_from("t", 0, 3).expect("truncate at the end"),
+        store
+            .truncate_from("t", 0, 3, &[])
+            .expect("truncate at the end"),
         3,
         "truncating at the log end changes nothing"
     );
@@ -971,14 +973,14 @@ pub fn truncate_from_at_batch_boundary_keeps_earlier_batches<H: Harness>(h: &mut
     let a = batch_of("a", 2, 1, ProducerStamp::NONE);
     let b = batch_of("b", 2, 1, ProducerStamp::NONE);
     append_all(&store, &[("t", 0, a.clone()), ("t", 0, b)]);
-    assert_eq!(store.truncate_from("t", 0, 2).expect("truncate"), 2);
+    assert_eq!(store.truncate_from("t", 0, 2, &[]).expect("truncate"), 2);
     assert_eq!(read_all(&store, "t", 0), vec![stored(&a, 0)]);
     assert!(matches!(
-        store.truncate_from("t", 9, 0),
+        store.truncate_from("t", 9, 0, &[]),
         Err(ReadError::UnknownPartition { .. })
     ));
     assert!(matches!(
-        store.truncate_from("nope", 0, 0),
+        store.truncate_from("nope", 0, 0, &[]),
         Err(ReadError::UnknownTopic(_))
     ));
 }
@@ -2397,8 +2399,9 @@ pub fn crash_after_n_writes_keeps_exactly_the_acknowledged_batches<H: Harness>(h
 }
 
 /// A truncation interrupted by a fault applies whole or not at all: after
-/// a restart the log, its end, its epoch table and its time index are
-/// either all as before or all as after.
+/// a restart the log, its end, its epoch table, its time index and the
+/// producer states given with the truncation are either all as before or
+/// all as after.
 pub fn crash_after_n_writes_truncation_applies_whole_or_not_at_all<H: Harness>(h: &mut H) {
     for n in 0..4 {
         let store = h.fresh();
@@ -2412,16 +2415,33 @@ pub fn crash_after_n_writes_truncation_applies_whole_or_not_at_all<H: Harness>(h
                 batch_of(tag, n, ts, ProducerStamp::NONE),
             )
         };
-        let writes = [in_epoch(0, 1, "a", 2, 10), in_epoch(2, 2, "b", 2, 20)];
+        // Producer 7's dedup state, as stored with its batch "b" and as
+        // the engine has it once "b" is cut.
+        let (with_b, without_b) = (Bytes::from_static(b"ab"), Bytes::from_static(b"a"));
+        let writes = [
+            in_epoch(0, 1, "a", 2, 10),
+            LogWrite {
+                producer: Some((7, with_b.clone())),
+                ..in_epoch(2, 2, "b", 2, 20)
+            },
+        ];
         store.append_at(&writes, true).expect("append_at");
         h.fail_after_writes(&store, n);
-        let truncated = store.truncate_from("t", 0, 2).is_ok();
+        let truncated = store
+            .truncate_from("t", 0, 2, &[(7, without_b.clone())])
+            .is_ok();
         let store = h.reopen(store);
-        let (log_end, batches, epochs) = if truncated || offsets(&store, "t", 0).log_end == 2 {
-            (2, 1, vec![(1, 0)])
+        let (log_end, batches, epochs, state) = if truncated || offsets(&store, "t", 0).log_end == 2
+        {
+            (2, 1, vec![(1, 0)], without_b.clone())
         } else {
-            (4, 2, vec![(1, 0), (2, 2)])
+            (4, 2, vec![(1, 0), (2, 2)], with_b.clone())
         };
+        assert_eq!(
+            store.producer_states("t", 0).expect("producer states"),
+            vec![(7, state)],
+            "fault point {n}: the producer state goes with the truncation"
+        );
         assert_eq!(offsets(&store, "t", 0).log_end, log_end, "fault point {n}");
         assert_eq!(read_all(&store, "t", 0).len(), batches, "fault point {n}");
         let epochs: Vec<EpochStart> = epochs

@@ -486,9 +486,17 @@ pub trait PartitionLog: Send + Sync + 'static {
     /// is returned. Truncating at or past the log end changes nothing.
     ///
     /// Producer state is the caller's: the partition engine decides what
-    /// dedup state survives a truncation and writes it with its next
-    /// [`PartitionLog::append_at`].
-    fn truncate_from(&self, topic: &str, partition: u32, offset: u64) -> Result<u64, ReadError>;
+    /// dedup state survives a truncation, and `producers` replaces the
+    /// stored state of each producer it names in the same transaction (a
+    /// producer whose batches were cut), so a restart does not find the
+    /// state of batches that are gone.
+    fn truncate_from(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        producers: &[(i64, Bytes)],
+    ) -> Result<u64, ReadError>;
 
     /// Replaces the stored batch at `offset` (one that fails its CRC) with
     /// `batch`, durably: another replica's copy of it, which must pass its

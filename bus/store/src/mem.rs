@@ -371,11 +371,22 @@ impl PartitionLog for MemStore {
         Ok(part.offsets.log_end)
     }
 
-    fn truncate_from(&self, topic: &str, partition: u32, offset: u64) -> Result<u64, ReadError> {
+    fn truncate_from(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        producers: &[(i64, Bytes)],
+    ) -> Result<u64, ReadError> {
         let mut inner = self.lock();
         let state = inner.begin_write()?;
         state.partition(topic, partition)?;
         let key = (topic.to_owned(), partition);
+        for (producer_id, bytes) in producers {
+            state
+                .producers
+                .insert((*producer_id, topic.to_owned(), partition), bytes.clone());
+        }
         Ok(state
             .partitions
             .get_mut(&key)
@@ -929,7 +940,7 @@ mod tests {
             Err(WriteError::Store(StoreError::Injected(10)))
         );
         assert!(matches!(
-            store.truncate_from("t", 0, 0),
+            store.truncate_from("t", 0, 0, &[]),
             Err(ReadError::Store(StoreError::Injected(10)))
         ));
         injected(store.enforce_retention(0).map(drop));

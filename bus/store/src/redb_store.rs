@@ -1280,10 +1280,25 @@ impl PartitionLog for RedbStore {
         self.append_with_state(writes, &[], durable)
     }
 
-    fn truncate_from(&self, topic: &str, partition: u32, offset: u64) -> Result<u64, ReadError> {
+    fn truncate_from(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        producers: &[(i64, Bytes)],
+    ) -> Result<u64, ReadError> {
         self.writing(|db| {
             let txn = Self::begin_durable(db)?;
-            match Self::truncate_in(&txn, topic, partition, offset) {
+            let truncated = Self::truncate_in(&txn, topic, partition, offset).and_then(|end| {
+                let mut table = txn.open_table(PRODUCERS).or_backend()?;
+                for (producer_id, state) in producers {
+                    table
+                        .insert((*producer_id, topic, partition), state.as_ref())
+                        .or_backend()?;
+                }
+                Ok(end)
+            });
+            match truncated {
                 Ok(new_end) => {
                     txn.commit().or_backend()?;
                     Ok(new_end)

@@ -132,6 +132,10 @@ pub struct GroupConsumer {
     task: JoinHandle<()>,
 }
 
+/// How many times a first join refused with `NotCoordinator` looks for
+/// the coordinator again.
+const JOIN_COORDINATOR_ATTEMPTS: u32 = 5;
+
 impl GroupConsumer {
     /// Joins the group and starts consuming what the broker assigns.
     pub async fn join(client: Client, config: GroupConfig) -> Result<GroupConsumer, ClientError> {
@@ -156,7 +160,23 @@ impl GroupConsumer {
             incarnation: 0,
             committed: BTreeMap::new(),
         };
-        let interval = task.join().await?;
+        // The lookup may have timed out or the group moved since: a node
+        // that does not coordinate it says so, and the join goes to the
+        // coordinator found again, as Kafka clients retry it.
+        let mut attempts = 0;
+        let interval = loop {
+            match task.join().await {
+                Err(e)
+                    if e.code() == Some(ErrorCode::NotCoordinator)
+                        && attempts < JOIN_COORDINATOR_ATTEMPTS =>
+                {
+                    attempts += 1;
+                    tokio::time::sleep(Duration::from_millis(100) * attempts).await;
+                    task.client = task.client.coordinator(&task.config.group).await;
+                }
+                joined => break joined?,
+            }
+        };
         let task = tokio::spawn(task.run(control_rx, interval));
         Ok(GroupConsumer {
             records,

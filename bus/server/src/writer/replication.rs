@@ -689,8 +689,12 @@ impl Shell {
                     }
                 }
             }
-            ReplicaCommand::Truncate { offset } => {
-                match self.store.truncate_from(&key.0, key.1, offset) {
+            ReplicaCommand::Truncate { offset, producers } => {
+                let producers: Vec<(i64, Bytes)> = producers
+                    .iter()
+                    .map(|(id, state)| (*id, Bytes::from(state.encode())))
+                    .collect();
+                match self.store.truncate_from(&key.0, key.1, offset, &producers) {
                     Ok(_) => {
                         tracing::info!(topic = %key.0, partition = key.1, offset, "truncated to the leader's log");
                         replica.handle_local_truncated(now);
