@@ -36,7 +36,8 @@ use crate::partition::ReplicaId;
 mod registry;
 
 pub use registry::{
-    IngestMeta, MAX_REPLICATED_PLUGIN_BYTES, PipelineMeta, PluginMeta, base64_bytes,
+    IngestMeta, MAX_PIPELINE_STATE_BYTES, MAX_REPLICATED_PLUGIN_BYTES, PipelineMeta,
+    PipelineStateCheckpoint, PluginMeta, base64_bytes,
 };
 
 /// A node of the cluster; the same ids replicas use.
@@ -326,6 +327,10 @@ pub enum ControlRequest {
         name: String,
         /// `(source partition, next source offset)`.
         positions: Vec<(u32, u64)>,
+        /// Its plugin state with the positions it goes with, replacing the
+        /// one held unless behind it on some partition.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        state: Option<PipelineStateCheckpoint>,
     },
 }
 
@@ -753,9 +758,11 @@ impl ClusterState {
                 .remove(name)
                 .map(|_| ControlOutcome::Done)
                 .ok_or_else(|| ControlError::UnknownPipeline(name.clone())),
-            ControlRequest::CheckpointPipeline { name, positions } => {
-                self.checkpoint_pipeline(name, positions)
-            }
+            ControlRequest::CheckpointPipeline {
+                name,
+                positions,
+                state,
+            } => self.checkpoint_pipeline(name, positions, state.as_ref()),
         }
     }
 

@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use edgebus_core::controller::{MAX_PIPELINE_STATE_BYTES, PipelineMeta};
 use edgebus_core::producer::{DEDUP_WINDOW, SequenceSpan};
 use edgebus_core::sourced;
 use edgebus_proto::ErrorCode;
@@ -133,6 +134,66 @@ impl Definition {
             serial: 0,
         })
     }
+}
+
+/// A pipeline's committed progress on this node, as a cluster runner
+/// checkpoints it.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// Source partition, next source offset.
+    pub positions: Vec<(u32, u64)>,
+    /// Its plugin state, encoded for the control log; `None` above
+    /// [`MAX_PIPELINE_STATE_BYTES`].
+    pub state: Option<Vec<u8>>,
+    /// The destination's log end: every output of the steps up to
+    /// `positions` is below it.
+    pub destination_end: u64,
+}
+
+/// Entries of plugin state listed from the store at a time.
+const STATE_PAGE: usize = 256;
+
+/// A pipeline's stored plugin state as the control log keeps it: each
+/// entry as its key's length (u32, big-endian), the key, its value's
+/// length and the value, in key order. `None` above
+/// [`MAX_PIPELINE_STATE_BYTES`].
+fn encode_state(store: &dyn LogStore, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    let mut out = Vec::new();
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let page = store.plugin_state_list(name, b"", after.as_deref(), STATE_PAGE)?;
+        let Some((last, _)) = page.last() else {
+            return Ok(Some(out));
+        };
+        after = Some(last.clone());
+        for (key, value) in &page {
+            for part in [key, value] {
+                out.extend_from_slice(&(part.len() as u32).to_be_bytes());
+                out.extend_from_slice(part);
+            }
+        }
+        if out.len() > MAX_PIPELINE_STATE_BYTES {
+            return Ok(None);
+        }
+    }
+}
+
+/// The entries [`encode_state`] wrote, as state changes to store.
+fn decode_state(mut bytes: &[u8]) -> Result<plugin_state::Changes, String> {
+    fn part(bytes: &mut &[u8]) -> Result<Vec<u8>, String> {
+        let cut = || "state checkpoint cut short".to_owned();
+        let (len, rest) = bytes.split_first_chunk::<4>().ok_or_else(cut)?;
+        let len = u32::from_be_bytes(*len) as usize;
+        let part = rest.get(..len).ok_or_else(cut)?.to_vec();
+        *bytes = &rest[len..];
+        Ok(part)
+    }
+    let mut entries = Vec::new();
+    while !bytes.is_empty() {
+        let key = part(&mut bytes)?;
+        entries.push((key, Some(part(&mut bytes)?)));
+    }
+    Ok(entries)
 }
 
 /// What a running pipeline shares with `describe`.
@@ -292,40 +353,47 @@ impl Pipelines {
         Ok(())
     }
 
-    /// Starts here a pipeline a cluster's control log defines (`blob`, as
-    /// [`saved::encode_pipeline`] wrote it), on the node that runs it: it
-    /// resumes from the control log's checkpoint `positions`, not from what
-    /// this node may hold of an earlier run, or further where the outputs
-    /// on this node's copy of the destination, stamped under `serial`,
-    /// show that it got further (see [`edgebus_core::sourced`]); its
+    /// Starts here a pipeline a cluster's control log defines (`meta`), on
+    /// the node that runs it: it resumes from the control log's state
+    /// checkpoint (plugin state and the positions it goes with), or
+    /// without one from the checkpointed positions with no state, not from
+    /// what this node may hold of an earlier run. Inputs whose outputs
+    /// this node's copy of the destination already holds (stamped, see
+    /// [`edgebus_core::sourced`]) are run again for their state only. Its
     /// definition is not stored here. Nothing happens if it already runs
     /// here.
     pub async fn start_replicated(
         &self,
         name: &str,
-        blob: &[u8],
-        positions: &BTreeMap<u32, u64>,
-        serial: u64,
+        meta: &PipelineMeta,
     ) -> Result<(), PipelinesError> {
         if lock(&self.running).contains_key(name) {
             return Ok(());
         }
-        let mut definition =
-            Definition::decode(name.to_owned(), blob).map_err(|e| StoreError::Corrupt {
-                table: "control log".to_owned(),
-                detail: format!("pipeline {name:?}: {e}"),
-            })?;
-        definition.serial = serial;
+        let corrupt = |e: String| StoreError::Corrupt {
+            table: "control log".to_owned(),
+            detail: format!("pipeline {name:?}: {e}"),
+        };
+        let mut definition = Definition::decode(name.to_owned(), &meta.definition)
+            .map_err(|e| corrupt(e.to_string()))?;
+        definition.serial = meta.serial;
+        let (positions, mut state) = match &meta.state {
+            Some(checkpoint) => (
+                checkpoint.positions.clone(),
+                decode_state(&checkpoint.state).map_err(corrupt)?,
+            ),
+            None => (meta.positions.clone(), Vec::new()),
+        };
         let pipeline = name.to_owned();
         self.env
             .writer
             .run(move |store| store.delete_pipeline_data(&pipeline))
             .await?;
-        for (partition, offset) in positions {
+        for (partition, offset) in &positions {
             let step = PipelineStep {
                 pipeline: name.to_owned(),
                 outputs: Vec::new(),
-                state: Vec::new(),
+                state: std::mem::take(&mut state),
                 source_partition: *partition,
                 source_next_offset: *offset,
             };
@@ -337,6 +405,28 @@ impl Pipelines {
         }
         self.spawn(definition);
         Ok(())
+    }
+
+    /// What a cluster pipeline's runner checkpoints, read in one writer
+    /// turn so that no step commits in between.
+    pub async fn progress(&self, name: &str, to: &str) -> Result<Snapshot, StoreError> {
+        let (name, to) = (name.to_owned(), to.to_owned());
+        self.env
+            .writer
+            .run(move |store| {
+                let positions = store.pipeline_positions(&name)?;
+                let state = encode_state(store, &name)?;
+                let destination_end = store
+                    .offsets(&to, 0)
+                    .map_err(|e| StoreError::Backend(e.to_string()))?
+                    .log_end;
+                Ok(Snapshot {
+                    positions,
+                    state,
+                    destination_end,
+                })
+            })
+            .await
     }
 
     /// Stops a pipeline here and keeps what it stored (it runs on another
@@ -627,8 +717,9 @@ async fn run(env: Env, def: Definition, shared: Arc<Shared>) {
                 tokio::time::sleep(LEAD_POLL).await;
             };
             for (p, resume, epoch) in points {
-                let at = progress.positions.entry(p).or_default();
-                *at = (*at).max(resume);
+                if resume > progress.positions.get(&p).copied().unwrap_or(0) {
+                    progress.replay_until.insert(p, resume);
+                }
                 progress.emitted.insert(p, resume);
                 progress.epochs.insert(p, epoch);
             }
@@ -662,6 +753,10 @@ struct Progress {
     emitted: BTreeMap<u32, u64>,
     /// The producer epoch of that output's span.
     epochs: BTreeMap<u32, i16>,
+    /// Source partition → where the outputs this copy of the destination
+    /// holds end, when that is past the position: the inputs up to there
+    /// run again for their plugin state only.
+    replay_until: BTreeMap<u32, u64>,
     /// Destination offsets of stamped outputs written here and not yet
     /// below the high watermark, oldest first.
     unreplicated: VecDeque<u64>,
@@ -766,13 +861,20 @@ async fn step(
     let Some(last) = read.batches.last() else {
         return Ok(None);
     };
-    let next = BatchHeader::parse(last)
+    let replay_until = progress.replay_until.get(&p).copied();
+    let read_end = BatchHeader::parse(last)
         .map(|h| h.next_offset())
         .map_err(|e| Halted(e.to_string()))?;
+    // A replay stops where the outputs held end: an input boundary.
+    let next = replay_until.map_or(read_end, |until| read_end.min(until));
     let mut inputs: Vec<StoredRecord> = Vec::new();
     for b in &read.batches {
         let records = batch::records(b).map_err(|e| Halted(e.to_string()))?;
-        inputs.extend(records.into_iter().filter(|r| r.offset >= at));
+        inputs.extend(
+            records
+                .into_iter()
+                .filter(|r| (at..next).contains(&r.offset)),
+        );
     }
     let to = env
         .topics
@@ -805,7 +907,9 @@ async fn step(
     let mut outputs = Vec::new();
     let mut emitted = progress.emitted.get(&p).copied();
     let mut last_epoch = None;
-    if def.serial != 0 {
+    if replay_until.is_some() {
+        // Stored already, with the dead letters of these inputs.
+    } else if def.serial != 0 {
         if to.partitions != 1 {
             return Err(Halted(format!(
                 "destination {:?} has {} partitions; a cluster pipeline writes to one",
@@ -847,7 +951,7 @@ async fn step(
             outputs.extend(chain::outputs(&def.to, *target, records).map_err(encoding)?);
         }
     }
-    if !run.dead_letters.is_empty() {
+    if !run.dead_letters.is_empty() && replay_until.is_none() {
         if env.dead_letters.apart() {
             // On a cluster node the dead-letter topic may be led elsewhere:
             // stored before the step, at least once (see `crate::dlq`).
@@ -883,6 +987,9 @@ async fn step(
     }
     if let Some(epoch) = last_epoch {
         progress.epochs.insert(p, epoch);
+    }
+    if replay_until.is_some_and(|until| next >= until) {
+        progress.replay_until.remove(&p);
     }
     if def.serial != 0 {
         progress.unreplicated.extend(base_offsets);

@@ -1129,14 +1129,30 @@ fn leader_of(cluster: &Cluster, i: usize, topic: &str) -> Option<u64> {
 /// destination: SIGKILLing that node moves the pipeline to the new leader.
 /// No checkpoint is ever written here, so the new runner resumes from what
 /// its own copy of the destination shows, after the last input whose
-/// outputs it holds: the output holds every input the filter keeps, once,
-/// in order. A topic a pipeline uses is not deleted, whichever node is
-/// asked.
+/// outputs it holds, and runs the inputs before it again for their plugin
+/// state only: the output holds what one node would have written, once, in
+/// order (a filter, then a downsampler whose count is plugin state). A
+/// topic a pipeline uses is not deleted, whichever node is asked.
 #[test]
 fn a_pipeline_moves_with_its_destination_leader_and_writes_each_output_once() {
-    let mut cluster = Cluster::start_with(&format!(
-        "pipeline_checkpoint_ms = 3600000\n{PLUGIN_DEADLINE}"
-    ));
+    pipeline_takeover("pipeline_checkpoint_ms = 3600000\n", false);
+}
+
+/// The same takeover once the control log holds a checkpoint of the
+/// pipeline's plugin state with its positions: the new runner restores
+/// that state and goes on from there.
+#[test]
+fn a_pipeline_takeover_restores_plugin_state_from_its_checkpoint() {
+    pipeline_takeover("", true);
+}
+
+/// Runs a filter and a downsampler (every third record it is given) from
+/// `in` to `out` on a cluster with `config`, SIGKILLs the runner once the
+/// outputs of the first half of the inputs are replicated (and, with
+/// `checkpointed`, checkpointed), writes the second half, and checks the
+/// output.
+fn pipeline_takeover(config: &str, checkpointed: bool) {
+    let mut cluster = Cluster::start_with(&format!("{config}{PLUGIN_DEADLINE}"));
     cluster.wait_for(0, "a controller and three nodes up", |s| {
         controller(s).is_some() && up(s) == [1, 2, 3]
     });
@@ -1147,7 +1163,9 @@ fn a_pipeline_moves_with_its_destination_leader_and_writes_each_output_once() {
             &["topic", "create", topic, "--partitions", "1"],
         );
     }
-    ok(&cluster, 0, &["plugin", "add", "--bundled", "json-filter"]);
+    for plugin in ["json-filter", "downsample"] {
+        ok(&cluster, 0, &["plugin", "add", "--bundled", plugin]);
+    }
     ok(
         &cluster,
         0,
@@ -1161,6 +1179,8 @@ fn a_pipeline_moves_with_its_destination_leader_and_writes_each_output_once() {
             "out",
             "--plugin",
             "json-filter:field=n,op=>=,value=0",
+            "--plugin",
+            "downsample:every=3",
         ],
     );
     let inputs: Vec<String> = (0..40)
@@ -1169,6 +1189,7 @@ fn a_pipeline_moves_with_its_destination_leader_and_writes_each_output_once() {
     let kept: Vec<String> = inputs
         .iter()
         .filter(|v| !v.contains('-'))
+        .step_by(3)
         .cloned()
         .collect();
     let runner = (leader_of(&cluster, 0, "out").unwrap() - 1) as usize;
@@ -1198,6 +1219,16 @@ fn a_pipeline_moves_with_its_destination_leader_and_writes_each_output_once() {
             .consume_from(other, "out")
             .is_some_and(|out| out.len() == first_half)
     });
+    let checkpoint = || {
+        let out = cluster.run(other, &["pipeline", "describe", "p", "--output", "json"]);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v["positions"][0]["next_offset"].as_u64()
+    };
+    if checkpointed {
+        eventually("the first half checkpointed", || checkpoint() == Some(20));
+    } else {
+        assert_eq!(checkpoint(), None, "no checkpoint is written");
+    }
     cluster.kill(runner);
     assert_eq!(cluster.produce_to("in", &inputs[20..]), inputs[20..]);
     let mut last = None;

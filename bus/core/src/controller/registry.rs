@@ -64,7 +64,27 @@ pub struct PipelineMeta {
     /// created before outputs were stamped: it writes them unstamped.
     #[serde(default)]
     pub serial: u64,
+    /// Its plugin state as of some source positions, for a new runner to
+    /// start from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<PipelineStateCheckpoint>,
 }
+
+/// A pipeline's plugin state as it stood after its steps up to some source
+/// positions, which a new runner restores with them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PipelineStateCheckpoint {
+    /// Source partition → the next source offset.
+    pub positions: BTreeMap<u32, u64>,
+    /// The broker's encoding of the state entries, opaque here; at most
+    /// [`MAX_PIPELINE_STATE_BYTES`].
+    #[serde(with = "base64_bytes")]
+    pub state: Vec<u8>,
+}
+
+/// The largest pipeline state checkpoint the control log takes: every
+/// checkpoint is a proposal every node applies and keeps.
+pub const MAX_PIPELINE_STATE_BYTES: usize = 256 << 10;
 
 impl ClusterState {
     pub(super) fn add_plugin(
@@ -200,6 +220,7 @@ impl ClusterState {
                 definition: definition.to_vec(),
                 positions: BTreeMap::new(),
                 serial: self.pipeline_serial,
+                state: None,
             },
         );
         Ok(ControlOutcome::Done)
@@ -246,11 +267,32 @@ impl ClusterState {
         &mut self,
         name: &str,
         positions: &[(u32, u64)],
+        state: Option<&PipelineStateCheckpoint>,
     ) -> Result<ControlOutcome, ControlError> {
         let meta = self
             .pipelines
             .get_mut(name)
             .ok_or_else(|| ControlError::UnknownPipeline(name.to_owned()))?;
+        if let Some(state) = state {
+            if state.state.len() > MAX_PIPELINE_STATE_BYTES {
+                return Err(ControlError::InvalidPipeline(format!(
+                    "a state checkpoint of {} bytes is above the {MAX_PIPELINE_STATE_BYTES} \
+                     the control log takes",
+                    state.state.len()
+                )));
+            }
+            // Never back on any partition: a deposed runner's late
+            // checkpoint cannot replace its successor's.
+            let behind = meta.state.as_ref().is_some_and(|current| {
+                current
+                    .positions
+                    .iter()
+                    .any(|(p, o)| state.positions.get(p).is_none_or(|n| n < o))
+            });
+            if !behind {
+                meta.state = Some(state.clone());
+            }
+        }
         // Never backwards: a deposed runner's late checkpoint cannot undo
         // progress its successor made.
         for (partition, offset) in positions {
@@ -624,20 +666,45 @@ mod tests {
         let mut state = cluster_with_topics();
         state.apply(&add("p", vec![1])).unwrap();
         state.apply(&pipeline("pipe", "out")).unwrap();
-        let checkpoint = |positions: Vec<(u32, u64)>| ControlRequest::CheckpointPipeline {
-            name: "pipe".into(),
-            positions,
+        let with_state = |positions: Vec<(u32, u64)>, tag: u8| {
+            let state = PipelineStateCheckpoint {
+                positions: positions.iter().copied().collect(),
+                state: vec![tag],
+            };
+            ControlRequest::CheckpointPipeline {
+                name: "pipe".into(),
+                positions,
+                state: Some(state),
+            }
         };
-        state.apply(&checkpoint(vec![(0, 10), (1, 4)])).unwrap();
-        state.apply(&checkpoint(vec![(0, 7), (1, 9)])).unwrap();
+        state.apply(&with_state(vec![(0, 10), (1, 4)], 1)).unwrap();
+        state.apply(&with_state(vec![(0, 7), (1, 9)], 2)).unwrap();
         assert_eq!(
             state.pipelines["pipe"].positions,
             BTreeMap::from([(0, 10), (1, 9)])
         );
+        // A state goes with its own positions, all at once: one behind on
+        // any partition is not taken.
+        let kept = state.pipelines["pipe"].state.clone().unwrap();
+        assert_eq!(
+            (kept.positions, kept.state),
+            (BTreeMap::from([(0, 10), (1, 4)]), vec![1])
+        );
+        state.apply(&with_state(vec![(0, 11), (1, 4)], 3)).unwrap();
+        assert_eq!(state.pipelines["pipe"].state.as_ref().unwrap().state, [3]);
+        let mut too_large = with_state(vec![(0, 12), (1, 5)], 4);
+        if let ControlRequest::CheckpointPipeline { state: Some(s), .. } = &mut too_large {
+            s.state = vec![0; MAX_PIPELINE_STATE_BYTES + 1];
+        }
+        assert!(matches!(
+            state.apply(&too_large),
+            Err(ControlError::InvalidPipeline(_))
+        ));
         assert_eq!(
             state.apply(&ControlRequest::CheckpointPipeline {
                 name: "gone".into(),
                 positions: Vec::new(),
+                state: None,
             }),
             Err(ControlError::UnknownPipeline("gone".into()))
         );

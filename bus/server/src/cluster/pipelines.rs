@@ -39,13 +39,15 @@ use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use edgebus_core::controller::{ClusterState, ControlRequest, PipelineMeta};
+use edgebus_core::controller::{
+    ClusterState, ControlRequest, PipelineMeta, PipelineStateCheckpoint,
+};
 use edgebus_proto::frame::{FailurePolicy, PipelineDescription, PluginRef};
 
 use super::Cluster;
 use super::registry::{LocalPlugins, PluginClusterError};
 use crate::chain::{self, AttachPoint, ChainRunner};
-use crate::pipelines::{Pipelines, PipelinesError};
+use crate::pipelines::{Pipelines, PipelinesError, Snapshot};
 use crate::registry::Registry;
 use crate::saved::{self, PipelineDefinition};
 
@@ -182,10 +184,7 @@ impl Cluster {
             if runner(state, meta) != Some(node) {
                 continue;
             }
-            let started = local
-                .pipelines
-                .start_replicated(name, &meta.definition, &meta.positions, meta.serial)
-                .await;
+            let started = local.pipelines.start_replicated(name, meta).await;
             if let Err(e) = started {
                 tracing::error!(pipeline = %name, error = %e, "starting a pipeline failed");
             }
@@ -195,9 +194,9 @@ impl Cluster {
     /// Checkpoints the progress of the pipelines running here, every
     /// `cluster.pipeline_checkpoint_ms`.
     pub(super) async fn checkpoints(self, local: LocalPlugins) {
-        // Per pipeline: positions read, and the destination log end they
-        // wait for the high watermark to reach.
-        let mut pending: HashMap<String, (Vec<(u32, u64)>, u64)> = HashMap::new();
+        // Per pipeline: what was read, waiting for the high watermark to
+        // reach the destination log end read with it.
+        let mut pending: HashMap<String, Snapshot> = HashMap::new();
         loop {
             tokio::time::sleep(self.inner.pipeline_checkpoint).await;
             let state = self.state();
@@ -207,13 +206,18 @@ impl Cluster {
                 let Some(meta) = state.pipelines.get(&name) else {
                     continue;
                 };
-                if let Some((positions, end)) = pending.get(&name)
-                    && local.reader.high_watermark(&meta.to, 0) >= *end
+                if let Some(read) = pending.get(&name)
+                    && local.reader.high_watermark(&meta.to, 0) >= read.destination_end
                 {
-                    if ahead(positions, &meta.positions) {
+                    if ahead(&read.positions, &meta.positions) {
+                        let state = read.state.clone().map(|state| PipelineStateCheckpoint {
+                            positions: read.positions.iter().copied().collect(),
+                            state,
+                        });
                         let request = ControlRequest::CheckpointPipeline {
                             name: name.clone(),
-                            positions: positions.clone(),
+                            positions: read.positions.clone(),
+                            state,
                         };
                         if let Err(e) = self.commit(request).await {
                             tracing::debug!(pipeline = %name, error = %e, "checkpoint not committed");
@@ -222,7 +226,7 @@ impl Cluster {
                     pending.remove(&name);
                 }
                 if let Entry::Vacant(slot) = pending.entry(name) {
-                    match progress(&local, slot.key(), &meta.to).await {
+                    match local.pipelines.progress(slot.key(), &meta.to).await {
                         Ok(read) => {
                             slot.insert(read);
                         }
@@ -247,23 +251,6 @@ fn ahead(positions: &[(u32, u64)], checkpointed: &BTreeMap<u32, u64>) -> bool {
     positions
         .iter()
         .any(|(p, o)| checkpointed.get(p).is_none_or(|c| o > c))
-}
-
-/// A pipeline's committed positions here, then the destination's log end:
-/// read in that order, every output of those positions is below the end.
-async fn progress(
-    local: &LocalPlugins,
-    name: &str,
-    to: &str,
-) -> Result<(Vec<(u32, u64)>, u64), String> {
-    let (store, name, to) = (local.store.clone(), name.to_owned(), to.to_owned());
-    tokio::task::spawn_blocking(move || {
-        let positions = store.pipeline_positions(&name).map_err(|e| e.to_string())?;
-        let end = store.offsets(&to, 0).map_err(|e| e.to_string())?.log_end;
-        Ok((positions, end))
-    })
-    .await
-    .map_err(|e| e.to_string())?
 }
 
 impl From<PipelinesError> for PluginClusterError {
