@@ -21,19 +21,19 @@
 //! source offsets they cover ([`edgebus_core::sourced`]). Every replica
 //! stores each output batch with that producer's dedup state, so a new
 //! runner reads from its own copy of the destination the source offset
-//! after the last output it holds, and resumes there: outputs the dead
+//! after the last output it holds, and writes outputs only from there on:
+//! outputs the dead
 //! runner committed after its last checkpoint are neither lost (it was in
 //! sync) nor written again. The partition engine's sequence check refuses
 //! a span that would repeat stored outputs; the runner then starts over
 //! from what its copy shows.
 //!
 //! Every `cluster.pipeline_checkpoint_ms` the runner also reads its
-//! positions, then its destination's log end, and once the destination's
-//! high watermark reaches that end proposes the positions to the control
-//! log: where `pipeline describe` shows progress on other nodes, and where
-//! a new runner starts when its copy shows less (inputs filtered out
-//! whole since the last output). Plugin state is the runner's own and
-//! starts empty on a new runner.
+//! positions and plugin state, with its destination's log end, and once
+//! the destination's high watermark reaches that end proposes them to the
+//! control log. A new runner restores that state at those positions and
+//! runs the inputs up to the end of the outputs its copy holds again for
+//! their state only.
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
