@@ -331,6 +331,11 @@ pub enum ControlRequest {
         /// one held unless behind it on some partition.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         state: Option<PipelineStateCheckpoint>,
+        /// The destination's leader epoch the runner read all this under:
+        /// refused unless still the current one, so a deposed runner's
+        /// late checkpoint cannot name outputs its successor's copy lacks.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        leader_epoch: Option<i32>,
     },
 }
 
@@ -762,7 +767,8 @@ impl ClusterState {
                 name,
                 positions,
                 state,
-            } => self.checkpoint_pipeline(name, positions, state.as_ref()),
+                leader_epoch,
+            } => self.checkpoint_pipeline(name, positions, state.as_ref(), *leader_epoch),
         }
     }
 

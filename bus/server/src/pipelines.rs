@@ -148,6 +148,9 @@ pub struct Snapshot {
     /// The destination's log end: every output of the steps up to
     /// `positions` is below it.
     pub destination_end: u64,
+    /// The destination's leader epoch this node led at before reading
+    /// the rest: no step committed under another.
+    pub leader_epoch: i32,
 }
 
 /// Entries of plugin state listed from the store at a time.
@@ -208,6 +211,9 @@ struct Running {
     definition: Definition,
     shared: Arc<Shared>,
     task: JoinHandle<()>,
+    /// For a cluster pipeline, the destination's leader epoch it was
+    /// started under.
+    leader_epoch: Option<i32>,
 }
 
 /// What pipeline tasks work with.
@@ -286,6 +292,10 @@ impl Pipelines {
     }
 
     fn spawn(&self, definition: Definition) {
+        self.spawn_under(definition, None);
+    }
+
+    fn spawn_under(&self, definition: Definition, leader_epoch: Option<i32>) {
         let shared = Arc::new(Shared::default());
         *lock(&shared.status) = "starting".into();
         let task = tokio::spawn(run(self.env.clone(), definition.clone(), shared.clone()));
@@ -295,6 +305,7 @@ impl Pipelines {
                 definition,
                 shared,
                 task,
+                leader_epoch,
             },
         );
     }
@@ -360,12 +371,13 @@ impl Pipelines {
     /// what this node may hold of an earlier run. Inputs whose outputs
     /// this node's copy of the destination already holds (stamped, see
     /// [`edgebus_core::sourced`]) are run again for their state only. Its
-    /// definition is not stored here. Nothing happens if it already runs
-    /// here.
+    /// definition is not stored here. `leader_epoch` is the destination's,
+    /// which this node leads at. Nothing happens if it already runs here.
     pub async fn start_replicated(
         &self,
         name: &str,
         meta: &PipelineMeta,
+        leader_epoch: i32,
     ) -> Result<(), PipelinesError> {
         if lock(&self.running).contains_key(name) {
             return Ok(());
@@ -382,6 +394,10 @@ impl Pipelines {
                 checkpoint.positions.clone(),
                 decode_state(&checkpoint.state).map_err(corrupt)?,
             ),
+            // Without a state checkpoint the state is rebuilt from the
+            // source's start, the inputs whose outputs are held replayed.
+            None if meta.serial != 0 => (BTreeMap::new(), Vec::new()),
+            // Unstamped outputs: nothing tells what was written.
             None => (meta.positions.clone(), Vec::new()),
         };
         let pipeline = name.to_owned();
@@ -403,13 +419,23 @@ impl Pipelines {
                 .await
                 .map_err(|e| StoreError::Backend(e.to_string()))?;
         }
-        self.spawn(definition);
+        self.spawn_under(definition, Some(leader_epoch));
         Ok(())
     }
 
+    /// The destination's leader epoch a cluster pipeline running here was
+    /// started under.
+    pub fn started_under(&self, name: &str) -> Option<i32> {
+        lock(&self.running).get(name)?.leader_epoch
+    }
+
     /// What a cluster pipeline's runner checkpoints, read in one writer
-    /// turn so that no step commits in between.
-    pub async fn progress(&self, name: &str, to: &str) -> Result<Snapshot, StoreError> {
+    /// turn so that no step commits in between; `None` while this node
+    /// does not lead the destination.
+    pub async fn progress(&self, name: &str, to: &str) -> Result<Option<Snapshot>, StoreError> {
+        let Some(leader_epoch) = self.env.writer.leading_epoch(to, 0) else {
+            return Ok(None);
+        };
         let (name, to) = (name.to_owned(), to.to_owned());
         self.env
             .writer
@@ -420,11 +446,12 @@ impl Pipelines {
                     .offsets(&to, 0)
                     .map_err(|e| StoreError::Backend(e.to_string()))?
                     .log_end;
-                Ok(Snapshot {
+                Ok(Some(Snapshot {
                     positions,
                     state,
                     destination_end,
-                })
+                    leader_epoch,
+                }))
             })
             .await
     }
@@ -1004,7 +1031,11 @@ async fn step(
 /// follower, which is never further behind than the high watermark, gets
 /// the state of every stamped output it holds, and a runner taking over
 /// there resumes after the right input.
-const STAMPED_AHEAD: usize = DEDUP_WINDOW;
+///
+/// One less than the window: a truncation cuts nothing at or below the
+/// high watermark, so a copy cut back keeps the state of at least one of
+/// the producer's batches (if it has older ones) and names where to resume.
+const STAMPED_AHEAD: usize = DEDUP_WINDOW - 1;
 
 /// Waits until `adding` more stamped outputs keep those of `to` beyond its
 /// high watermark within [`STAMPED_AHEAD`] (a step adding more goes

@@ -438,6 +438,16 @@ impl Writer {
         }
     }
 
+    /// The leader epoch this node's replica of the partition leads at, if
+    /// it leads (a cluster node).
+    pub fn leading_epoch(&self, topic: &str, partition: u32) -> Option<i32> {
+        let engines = self.engines.lock().unwrap_or_else(PoisonError::into_inner);
+        match &engines.get(&(topic.to_owned(), partition))?.engine {
+            Driver::Cluster(replica) => replica.leading_epoch(),
+            Driver::Single(_) => None,
+        }
+    }
+
     /// On a cluster node whose replica of the partition leads, the log end
     /// and each of `producer_ids`' dedup state as the engine checks the
     /// next append against them; `None` elsewhere.

@@ -268,7 +268,21 @@ impl ClusterState {
         name: &str,
         positions: &[(u32, u64)],
         state: Option<&PipelineStateCheckpoint>,
+        leader_epoch: Option<i32>,
     ) -> Result<ControlOutcome, ControlError> {
+        let current = self
+            .pipelines
+            .get(name)
+            .and_then(|meta| self.partition(&meta.to, 0))
+            .map(|p| p.leader_epoch);
+        if let Some(epoch) = leader_epoch
+            && current != Some(epoch)
+        {
+            return Err(ControlError::InvalidPipeline(format!(
+                "checkpoint of pipeline {name:?} from leader epoch {epoch} of its destination, \
+                 which is at {current:?}"
+            )));
+        }
         let meta = self
             .pipelines
             .get_mut(name)
@@ -675,6 +689,7 @@ mod tests {
                 name: "pipe".into(),
                 positions,
                 state: Some(state),
+                leader_epoch: None,
             }
         };
         state.apply(&with_state(vec![(0, 10), (1, 4)], 1)).unwrap();
@@ -705,9 +720,25 @@ mod tests {
                 name: "gone".into(),
                 positions: Vec::new(),
                 state: None,
+                leader_epoch: None,
             }),
             Err(ControlError::UnknownPipeline("gone".into()))
         );
+        // Only the runner of the destination's current leader epoch
+        // checkpoints.
+        let epoch = state.partition("out", 0).unwrap().leader_epoch;
+        let from_epoch = |leader_epoch, offset| ControlRequest::CheckpointPipeline {
+            name: "pipe".into(),
+            positions: vec![(0, offset)],
+            state: None,
+            leader_epoch: Some(leader_epoch),
+        };
+        assert!(matches!(
+            state.apply(&from_epoch(epoch - 1, 50)),
+            Err(ControlError::InvalidPipeline(_))
+        ));
+        state.apply(&from_epoch(epoch, 40)).unwrap();
+        assert_eq!(state.pipelines["pipe"].positions[&0], 40);
     }
 
     #[test]

@@ -175,16 +175,24 @@ impl Cluster {
             if !registered || runner(state, meta) != Some(node) {
                 tracing::info!(pipeline = %name, "pipeline moves to another node");
                 local.pipelines.stop(&name).await;
+            } else if local.pipelines.started_under(&name) != leader_epoch(state, meta) {
+                // This node led the destination again after another did:
+                // what it wrote meanwhile may have been cut, so it starts
+                // over from the control log's checkpoint and its copy.
+                tracing::info!(pipeline = %name, "pipeline restarts under a new leader epoch");
+                local.pipelines.stop(&name).await;
             }
         }
         if !registered {
             return;
         }
         for (name, meta) in &state.pipelines {
-            if runner(state, meta) != Some(node) {
+            let Some(epoch) =
+                leader_epoch(state, meta).filter(|_| runner(state, meta) == Some(node))
+            else {
                 continue;
-            }
-            let started = local.pipelines.start_replicated(name, meta).await;
+            };
+            let started = local.pipelines.start_replicated(name, meta, epoch).await;
             if let Err(e) = started {
                 tracing::error!(pipeline = %name, error = %e, "starting a pipeline failed");
             }
@@ -218,6 +226,7 @@ impl Cluster {
                             name: name.clone(),
                             positions: read.positions.clone(),
                             state,
+                            leader_epoch: Some(read.leader_epoch),
                         };
                         if let Err(e) = self.commit(request).await {
                             tracing::debug!(pipeline = %name, error = %e, "checkpoint not committed");
@@ -227,9 +236,10 @@ impl Cluster {
                 }
                 if let Entry::Vacant(slot) = pending.entry(name) {
                     match local.pipelines.progress(slot.key(), &meta.to).await {
-                        Ok(read) => {
+                        Ok(Some(read)) => {
                             slot.insert(read);
                         }
+                        Ok(None) => {}
                         Err(e) => {
                             tracing::debug!(pipeline = %slot.key(), error = %e, "progress unreadable");
                         }
@@ -244,6 +254,11 @@ impl Cluster {
 /// partition 0.
 fn runner(state: &ClusterState, meta: &PipelineMeta) -> Option<u64> {
     state.partition(&meta.to, 0)?.leader
+}
+
+/// The leader epoch of a pipeline's destination partition.
+fn leader_epoch(state: &ClusterState, meta: &PipelineMeta) -> Option<i32> {
+    Some(state.partition(&meta.to, 0)?.leader_epoch)
 }
 
 /// Whether `positions` are past what the control log holds somewhere.
