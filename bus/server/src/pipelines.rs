@@ -111,6 +111,13 @@ struct Definition {
     /// are stamped with; 0 on a single node, whose outputs commit with
     /// their source position in one transaction and need no stamp.
     serial: u64,
+    /// A cluster pipeline's destination leader epoch it runs under: its
+    /// steps commit only while this node leads at that epoch.
+    leader_epoch: Option<i32>,
+    /// A cluster pipeline's checkpointed positions when it started: inputs
+    /// below them are known processed, their outputs replicated, so a run
+    /// starting further back replays them for state only.
+    replay_floor: BTreeMap<u32, u64>,
 }
 
 impl Definition {
@@ -132,6 +139,8 @@ impl Definition {
             chain: d.chain,
             on_failure: d.on_failure,
             serial: 0,
+            leader_epoch: None,
+            replay_floor: BTreeMap::new(),
         })
     }
 }
@@ -343,6 +352,8 @@ impl Pipelines {
             chain,
             on_failure,
             serial: 0,
+            leader_epoch: None,
+            replay_floor: BTreeMap::new(),
         };
         // Check the chain initialises before storing anything.
         ChainRunner::new(
@@ -389,6 +400,10 @@ impl Pipelines {
         let mut definition = Definition::decode(name.to_owned(), &meta.definition)
             .map_err(|e| corrupt(e.to_string()))?;
         definition.serial = meta.serial;
+        definition.leader_epoch = Some(leader_epoch);
+        if meta.serial != 0 {
+            definition.replay_floor = meta.positions.clone();
+        }
         let (positions, mut state) = match &meta.state {
             Some(checkpoint) => (
                 checkpoint.positions.clone(),
@@ -412,6 +427,7 @@ impl Pipelines {
                 state: std::mem::take(&mut state),
                 source_partition: *partition,
                 source_next_offset: *offset,
+                fence: None,
             };
             self.env
                 .writer
@@ -431,9 +447,11 @@ impl Pipelines {
 
     /// What a cluster pipeline's runner checkpoints, read in one writer
     /// turn so that no step commits in between; `None` while this node
-    /// does not lead the destination.
+    /// does not lead the destination at the epoch the pipeline runs under.
     pub async fn progress(&self, name: &str, to: &str) -> Result<Option<Snapshot>, StoreError> {
-        let Some(leader_epoch) = self.env.writer.leading_epoch(to, 0) else {
+        let leader_epoch = self.env.writer.leading_epoch(to, 0);
+        let Some(leader_epoch) = leader_epoch.filter(|e| self.started_under(name) == Some(*e))
+        else {
             return Ok(None);
         };
         let (name, to) = (name.to_owned(), to.to_owned());
@@ -743,19 +761,23 @@ async fn run(env: Env, def: Definition, shared: Arc<Shared>) {
                 *lock(&shared.status) = format!("waiting for this node to lead {:?}", def.to);
                 tokio::time::sleep(LEAD_POLL).await;
             };
+            let mut until = def.replay_floor.clone();
             for (p, resume, epoch) in points {
-                if resume > progress.positions.get(&p).copied().unwrap_or(0) {
-                    progress.replay_until.insert(p, resume);
-                }
+                let at = until.entry(p).or_default();
+                *at = (*at).max(resume);
                 progress.emitted.insert(p, resume);
                 progress.epochs.insert(p, epoch);
+            }
+            for (p, until) in until {
+                if until > progress.positions.get(&p).copied().unwrap_or(0) {
+                    progress.replay_until.insert(p, until);
+                }
             }
             // How many stamped outputs an earlier run left beyond the high
             // watermark is not known: wait for all of them.
             progress.settle = log_end;
         }
         lock(&shared.positions).clone_from(&progress.positions);
-        *lock(&shared.status) = "running".into();
         let Halted(why) = steps(
             &env,
             &def,
@@ -800,11 +822,13 @@ type ResumePoint = (u32, u64, i16);
 /// the last input whose outputs this node's copy of the destination holds
 /// and the producer epoch it was stamped with, from the dedup state its
 /// engine checks the next stamped output against; `None` while the copy
-/// does not lead.
+/// does not lead at the epoch the pipeline runs under.
 fn resume_points(env: &Env, def: &Definition) -> Option<(u64, Vec<ResumePoint>)> {
     let partitions = env.topics.spec(&def.from).map_or(0, |s| s.partitions);
     let ids = (0..partitions).map(|p| sourced::producer_id(def.serial, p));
-    let (log_end, states) = env.writer.leader_producer_states(&def.to, 0, ids)?;
+    let (log_end, states) =
+        env.writer
+            .leader_producer_states(&def.to, 0, def.leader_epoch?, ids)?;
     let points = states
         .iter()
         .filter_map(|(id, state)| {
@@ -828,9 +852,24 @@ async fn steps(
     progress: &mut Progress,
     halt: &mut Halt,
 ) -> Halted {
+    // Whether the status shows a replay, once it shows this run at all.
+    let mut shown: Option<bool> = None;
     loop {
+        let replaying = !progress.replay_until.is_empty();
+        if shown != Some(replaying) {
+            *lock(&shared.status) = if replaying {
+                format!(
+                    "replaying for plugin state up to {:?} (their outputs are stored)",
+                    progress.replay_until
+                )
+            } else {
+                "running".into()
+            };
+            shown = Some(replaying);
+        }
         let Ok(spec) = env.topics.spec(&def.from) else {
             *lock(&shared.status) = format!("source topic {:?} is missing", def.from);
+            shown = None;
             tokio::time::sleep(IDLE_POLL).await;
             continue;
         };
@@ -1003,6 +1042,7 @@ async fn step(
         state,
         source_partition: p,
         source_next_offset: next,
+        fence: def.leader_epoch.map(|epoch| (def.to.clone(), epoch)),
     };
     let base_offsets = env
         .writer

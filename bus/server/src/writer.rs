@@ -148,6 +148,10 @@ pub struct PipelineStep {
     pub source_partition: u32,
     /// The next source offset after the step.
     pub source_next_offset: u64,
+    /// A cluster pipeline's destination and the leader epoch its runner
+    /// was started under: the step commits only while this node's copy of
+    /// the destination leads at that epoch.
+    pub fence: Option<(String, i32)>,
 }
 
 /// Result of one append, as the writer reports it.
@@ -448,13 +452,15 @@ impl Writer {
         }
     }
 
-    /// On a cluster node whose replica of the partition leads, the log end
-    /// and each of `producer_ids`' dedup state as the engine checks the
-    /// next append against them; `None` elsewhere.
+    /// On a cluster node whose replica of the partition leads at
+    /// `leader_epoch`, the log end and each of `producer_ids`' dedup state
+    /// as the engine checks the next append against them; `None`
+    /// elsewhere.
     pub fn leader_producer_states(
         &self,
         topic: &str,
         partition: u32,
+        leader_epoch: i32,
         producer_ids: impl IntoIterator<Item = i64>,
     ) -> Option<(u64, Vec<(i64, ProducerState)>)> {
         let engines = self.engines.lock().unwrap_or_else(PoisonError::into_inner);
@@ -464,7 +470,9 @@ impl Writer {
         else {
             return None;
         };
-        replica.leading_epoch()?;
+        if replica.leading_epoch() != Some(leader_epoch) {
+            return None;
+        }
         let states = producer_ids
             .into_iter()
             .filter_map(|id| Some((id, replica.leader_producer_state(id)?)))
@@ -1315,6 +1323,15 @@ impl Shell {
     ) -> Result<Vec<u64>, StepError> {
         let engines = Arc::clone(&self.engines);
         let mut engines = engines.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((topic, epoch)) = &step.fence {
+            let leads = match engines.get(&(topic.clone(), 0)).map(|s| &s.engine) {
+                Some(Driver::Cluster(replica)) => replica.leading_epoch() == Some(*epoch),
+                _ => false,
+            };
+            if !leads {
+                return Err(StepError::Target(AppendFailure::NotLeader { leader: None }));
+            }
+        }
         let mut decided = Group::default();
         for output in step.outputs {
             let key = (output.topic, output.partition);
@@ -1496,6 +1513,7 @@ mod tests {
             state: vec![(b"k".to_vec(), Some(format!("{end}").into_bytes()))],
             source_partition: 0,
             source_next_offset: end,
+            fence: None,
         }
     }
 
@@ -1531,6 +1549,17 @@ mod tests {
             assert_eq!(state(), b"9");
         }
         assert_eq!(writer.commit_pipeline(step(9, 12)).await.unwrap(), [2]);
+        assert_eq!((log_end(), position()), (3, vec![(0, 12)]));
+        // A step fenced to a leader epoch commits only while this node's
+        // copy leads at it; a single node's never does.
+        let fenced = PipelineStep {
+            fence: Some(("out".into(), 0)),
+            ..step(12, 14)
+        };
+        assert!(matches!(
+            writer.commit_pipeline(fenced).await,
+            Err(StepError::Target(AppendFailure::NotLeader { .. }))
+        ));
         assert_eq!((log_end(), position()), (3, vec![(0, 12)]));
     }
 }

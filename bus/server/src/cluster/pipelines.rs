@@ -36,11 +36,11 @@
 //! their state only.
 
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use edgebus_core::controller::{
-    ClusterState, ControlRequest, PipelineMeta, PipelineStateCheckpoint,
+    ClusterState, ControlRequest, MAX_PIPELINE_STATE_BYTES, PipelineMeta, PipelineStateCheckpoint,
 };
 use edgebus_proto::frame::{FailurePolicy, PipelineDescription, PluginRef};
 
@@ -205,6 +205,8 @@ impl Cluster {
         // Per pipeline: what was read, waiting for the high watermark to
         // reach the destination log end read with it.
         let mut pending: HashMap<String, Snapshot> = HashMap::new();
+        // Pipelines warned of a state too large to checkpoint.
+        let mut oversized: HashSet<String> = HashSet::new();
         loop {
             tokio::time::sleep(self.inner.pipeline_checkpoint).await;
             let state = self.state();
@@ -217,6 +219,14 @@ impl Cluster {
                 if let Some(read) = pending.get(&name)
                     && local.reader.high_watermark(&meta.to, 0) >= read.destination_end
                 {
+                    if read.state.is_none() && oversized.insert(name.clone()) {
+                        tracing::warn!(
+                            pipeline = %name,
+                            "plugin state above the {MAX_PIPELINE_STATE_BYTES} bytes a checkpoint \
+                             holds: checkpointing positions only, so a new runner replays from \
+                             the last state checkpoint or the source's start"
+                        );
+                    }
                     if ahead(&read.positions, &meta.positions) {
                         let state = read.state.clone().map(|state| PipelineStateCheckpoint {
                             positions: read.positions.iter().copied().collect(),

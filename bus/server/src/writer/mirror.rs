@@ -351,6 +351,7 @@ impl Shell {
             state: Vec::new(),
             source_partition: c.partition,
             source_next_offset: c.source_to,
+            fence: None,
         };
         self.commit_step(step, Some(&c.mirror))
             .map_err(|e| match e {
