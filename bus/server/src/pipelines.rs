@@ -378,10 +378,12 @@ impl Pipelines {
     /// Starts here a pipeline a cluster's control log defines (`meta`), on
     /// the node that runs it: it resumes from the control log's state
     /// checkpoint (plugin state and the positions it goes with), or
-    /// without one from the checkpointed positions with no state, not from
+    /// without one from the source's start (from the checkpointed
+    /// positions for a pipeline whose outputs are not stamped), not from
     /// what this node may hold of an earlier run. Inputs whose outputs
     /// this node's copy of the destination already holds (stamped, see
-    /// [`edgebus_core::sourced`]) are run again for their state only. Its
+    /// [`edgebus_core::sourced`]) or that the control log's positions pass
+    /// are run again for their state only. Its
     /// definition is not stored here. `leader_epoch` is the destination's,
     /// which this node leads at. Nothing happens if it already runs here.
     pub async fn start_replicated(
