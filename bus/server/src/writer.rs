@@ -446,10 +446,7 @@ impl Writer {
     /// it leads (a cluster node).
     pub fn leading_epoch(&self, topic: &str, partition: u32) -> Option<i32> {
         let engines = self.engines.lock().unwrap_or_else(PoisonError::into_inner);
-        match &engines.get(&(topic.to_owned(), partition))?.engine {
-            Driver::Cluster(replica) => replica.leading_epoch(),
-            Driver::Single(_) => None,
-        }
+        replica(&engines, topic, partition)?.leading_epoch()
     }
 
     /// On a cluster node whose replica of the partition leads at
@@ -464,15 +461,8 @@ impl Writer {
         producer_ids: impl IntoIterator<Item = i64>,
     ) -> Option<(u64, Vec<(i64, ProducerState)>)> {
         let engines = self.engines.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(Driver::Cluster(replica)) = engines
-            .get(&(topic.to_owned(), partition))
-            .map(|s| &s.engine)
-        else {
-            return None;
-        };
-        if replica.leading_epoch() != Some(leader_epoch) {
-            return None;
-        }
+        let replica = replica(&engines, topic, partition)
+            .filter(|r| r.leading_epoch() == Some(leader_epoch))?;
         let states = producer_ids
             .into_iter()
             .filter_map(|id| Some((id, replica.leader_producer_state(id)?)))
@@ -706,6 +696,14 @@ impl Slot {
 }
 
 type Engines = HashMap<Key, Slot>;
+
+/// This cluster node's replica of a partition, if it holds one.
+fn replica<'a>(engines: &'a Engines, topic: &str, partition: u32) -> Option<&'a Replica> {
+    match &engines.get(&(topic.to_owned(), partition))?.engine {
+        Driver::Cluster(replica) => Some(replica),
+        Driver::Single(_) => None,
+    }
+}
 
 /// The writes of one group commit, not yet committed.
 #[derive(Default)]
@@ -1323,14 +1321,10 @@ impl Shell {
     ) -> Result<Vec<u64>, StepError> {
         let engines = Arc::clone(&self.engines);
         let mut engines = engines.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((topic, epoch)) = &step.fence {
-            let leads = match engines.get(&(topic.clone(), 0)).map(|s| &s.engine) {
-                Some(Driver::Cluster(replica)) => replica.leading_epoch() == Some(*epoch),
-                _ => false,
-            };
-            if !leads {
-                return Err(StepError::Target(AppendFailure::NotLeader { leader: None }));
-            }
+        if let Some((topic, epoch)) = &step.fence
+            && replica(&engines, topic, 0).and_then(Replica::leading_epoch) != Some(*epoch)
+        {
+            return Err(StepError::Target(AppendFailure::NotLeader { leader: None }));
         }
         let mut decided = Group::default();
         for output in step.outputs {

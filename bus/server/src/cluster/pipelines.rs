@@ -172,24 +172,27 @@ impl Cluster {
                 }
                 continue;
             };
-            if !registered || runner(state, meta) != Some(node) {
-                tracing::info!(pipeline = %name, "pipeline moves to another node");
-                local.pipelines.stop(&name).await;
-            } else if local.pipelines.started_under(&name) != leader_epoch(state, meta) {
-                // This node led the destination again after another did:
-                // what it wrote meanwhile may have been cut, so it starts
-                // over from the control log's checkpoint and its copy.
-                tracing::info!(pipeline = %name, "pipeline restarts under a new leader epoch");
-                local.pipelines.stop(&name).await;
+            match runs_here(state, meta, node).filter(|_| registered) {
+                None => {
+                    tracing::info!(pipeline = %name, "pipeline moves to another node");
+                    local.pipelines.stop(&name).await;
+                }
+                Some(epoch) if local.pipelines.started_under(&name) != Some(epoch) => {
+                    // This node led the destination again after another
+                    // did: what it wrote meanwhile may have been cut, so it
+                    // starts over from the control log's checkpoint and its
+                    // copy.
+                    tracing::info!(pipeline = %name, "pipeline restarts under a new leader epoch");
+                    local.pipelines.stop(&name).await;
+                }
+                Some(_) => {}
             }
         }
         if !registered {
             return;
         }
         for (name, meta) in &state.pipelines {
-            let Some(epoch) =
-                leader_epoch(state, meta).filter(|_| runner(state, meta) == Some(node))
-            else {
+            let Some(epoch) = runs_here(state, meta, node) else {
                 continue;
             };
             let started = local.pipelines.start_replicated(name, meta, epoch).await;
@@ -266,9 +269,11 @@ fn runner(state: &ClusterState, meta: &PipelineMeta) -> Option<u64> {
     state.partition(&meta.to, 0)?.leader
 }
 
-/// The leader epoch of a pipeline's destination partition.
-fn leader_epoch(state: &ClusterState, meta: &PipelineMeta) -> Option<i32> {
-    Some(state.partition(&meta.to, 0)?.leader_epoch)
+/// The leader epoch of a pipeline's destination partition when `node`
+/// leads it, and so runs the pipeline.
+fn runs_here(state: &ClusterState, meta: &PipelineMeta, node: u64) -> Option<i32> {
+    let destination = state.partition(&meta.to, 0)?;
+    (destination.leader == Some(node)).then_some(destination.leader_epoch)
 }
 
 /// Whether `positions` are past what the control log holds somewhere.
