@@ -687,6 +687,16 @@ impl Client {
         found.map_or_else(|| self.root(), |node| self.with_node(node))
     }
 
+    /// Whether a node of the cluster named the leader of `partition` of
+    /// `topic` since it was last forgotten: the topic is in that node's
+    /// control state, even where a node has not applied its creation yet.
+    pub fn names_leader(&self, topic: &str, partition: u32) -> bool {
+        self.routes()
+            .leaders
+            .get(&(topic.to_owned(), partition))
+            .is_some_and(|route| !route.stale)
+    }
+
     /// Marks who leads `partition` of `topic` as unknown, after that node
     /// refused or could not be reached.
     pub fn forget_leader(&self, topic: &str, partition: u32) {

@@ -831,6 +831,16 @@ impl LaneTask {
                 Ok(())
             }
             Err(e) if e.is_retriable() => Err(e),
+            // A topic the control log has created that the leader it names
+            // has not applied yet: as Kafka's retriable
+            // UNKNOWN_TOPIC_OR_PARTITION, the lane asks who leads and tries
+            // again. Once no node names a leader, the refusal is final.
+            Err(e)
+                if e.code() == Some(ErrorCode::UnknownTopic)
+                    && self.client.names_leader(&self.topic, self.partition) =>
+            {
+                Err(e)
+            }
             // A retry of a batch older than the broker's dedup window: it
             // was stored (the broker accepted later sequences), but where
             // is no longer known. Delivered, never a failure: sending it

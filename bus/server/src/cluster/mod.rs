@@ -61,6 +61,10 @@ const CONTROLLER_TICK: Duration = Duration::from_millis(200);
 /// Longest a proposal waits for a control log leader to commit it.
 const PROPOSE_DEADLINE: Duration = Duration::from_secs(10);
 
+/// Longest a committed proposal waits to be applied on the node that made
+/// it; a node cut off from the control log answers after this.
+const APPLY_WAIT: Duration = Duration::from_secs(5);
+
 /// Everything a node needs to join its cluster.
 #[derive(Debug, Clone)]
 pub struct Setup {
@@ -288,20 +292,42 @@ impl Cluster {
     }
 
     /// Commits `request` through the control log, forwarding it to the
-    /// control log's leader, and returns the state machine's answer.
+    /// control log's leader, and returns the state machine's answer once
+    /// this node has applied it too (for at most [`APPLY_WAIT`]): whoever
+    /// asked this node reads its state next, as a client that created a
+    /// topic here asks this node about it.
     pub async fn propose(&self, request: ControlRequest) -> Result<ControlResult, ProposeError> {
+        let (answer, index) = self.commit_entry(request).await?;
+        let applied = self
+            .inner
+            .raft
+            .wait(Some(APPLY_WAIT))
+            .applied_index_at_least(Some(index), "a proposal applied here")
+            .await;
+        if let Err(e) = applied {
+            tracing::warn!(index, error = %e, "a committed proposal is not applied on this node yet");
+        }
+        Ok(answer)
+    }
+
+    /// Commits `request` through the control log's leader: its answer and
+    /// the entry's index.
+    async fn commit_entry(
+        &self,
+        request: ControlRequest,
+    ) -> Result<(ControlResult, u64), ProposeError> {
         let deadline = Instant::now() + PROPOSE_DEADLINE;
         while Instant::now() < deadline {
             match self.inner.raft.client_write(request.clone()).await {
-                Ok(response) => return Ok(response.data),
+                Ok(response) => return Ok((response.data, response.log_id.index)),
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
                     if let Some(leader) = forward.leader_id.filter(|l| *l != self.inner.node) {
                         let call = PeerRequest::Propose(request.clone());
                         let left = deadline.saturating_duration_since(Instant::now());
-                        if let Ok(PeerResponse::Proposed(answer)) =
+                        if let Ok(PeerResponse::Proposed(answer, index)) =
                             self.inner.peers.call(leader, &call, left).await
                         {
-                            return Ok(answer);
+                            return Ok((answer, index));
                         }
                     }
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -548,7 +574,7 @@ impl PeerService for Cluster {
                 PeerResponse::InstallSnapshot(raft.install_snapshot(rpc).await)
             }
             PeerRequest::Propose(request) => match raft.client_write(request).await {
-                Ok(response) => PeerResponse::Proposed(response.data),
+                Ok(response) => PeerResponse::Proposed(response.data, response.log_id.index),
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
                     PeerResponse::NotLeader {
                         leader: forward.leader_id,

@@ -155,8 +155,9 @@ pub enum PeerResponse {
     InstallSnapshot(
         Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>,
     ),
-    /// To `Propose`: the state machine's answer once committed.
-    Proposed(ControlResult),
+    /// To `Propose`: the state machine's answer once committed, and the
+    /// index of the entry in the control log.
+    Proposed(ControlResult, u64),
     /// To `Heartbeat`.
     HeartbeatSeen,
     /// To `Fetch`.
