@@ -487,6 +487,9 @@ pub fn peer_client_config(
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
     transport
+        .stream_receive_window((8u32 << 20).into())
+        .receive_window((32u32 << 20).into())
+        .send_window(32 << 20)
         .keep_alive_interval(Some(std::time::Duration::from_millis(500)))
         .max_idle_timeout(Some(
             quinn::IdleTimeout::try_from(std::time::Duration::from_secs(10))

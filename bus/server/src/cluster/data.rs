@@ -29,7 +29,7 @@ use edgebus_store::{LogStore, ReadError, StoreError, TopicError};
 use tokio::sync::mpsc;
 
 use super::Cluster;
-use super::peer::{BatchMeta, FetchReply, PeerRequest, PeerResponse};
+use super::peer::{BatchMeta, FetchReply, PeerRequest, PeerResponse, Trailer};
 use crate::topics::{TopicAdminError, Topics};
 use crate::writer::{Outbound, Writer};
 
@@ -446,7 +446,7 @@ impl Cluster {
         partition: u32,
         request: FetchRequest,
         max_bytes: u32,
-    ) -> (PeerResponse, Bytes) {
+    ) -> (PeerResponse, Trailer) {
         let Some(data) = self.data() else {
             return fetched(FetchReply::Refused(FetchError::NotLeader));
         };
@@ -499,18 +499,18 @@ impl Cluster {
                     }),
                     trailer,
                 ),
-                Ok(Err(e)) => (PeerResponse::Failed(e.to_string()), Bytes::new()),
-                Err(e) => (PeerResponse::Failed(e.to_string()), Bytes::new()),
+                Ok(Err(e)) => (PeerResponse::Failed(e.to_string()), Vec::new()),
+                Err(e) => (PeerResponse::Failed(e.to_string()), Vec::new()),
             };
         }
     }
 }
 
-fn fetched(reply: FetchReply) -> (PeerResponse, Bytes) {
-    (PeerResponse::Fetched(reply), Bytes::new())
+fn fetched(reply: FetchReply) -> (PeerResponse, Trailer) {
+    (PeerResponse::Fetched(reply), Vec::new())
 }
 
-type Served = (Vec<BatchMeta>, Vec<(i64, u64, Vec<u8>)>, Bytes);
+type Served = (Vec<BatchMeta>, Vec<(i64, u64, Vec<u8>)>, Trailer);
 
 /// Reads batches `from..to` (at most `max_bytes`, at least one) as stored,
 /// with the dedup state of every producer whose batch is among them.
@@ -530,7 +530,6 @@ fn read_for_follower(
     };
     let read = store.read(topic, partition, from, max_bytes, to)?;
     let mut metas = Vec::with_capacity(read.batches.len());
-    let mut trailer = BytesMut::new();
     let mut end = from;
     for batch in &read.batches {
         let header = BatchHeader::parse(batch).map_err(|e| corrupt(e.to_string()))?;
@@ -541,7 +540,6 @@ fn read_for_follower(
             leader_epoch: header.partition_leader_epoch,
             len: batch.len() as u32,
         });
-        trailer.extend_from_slice(batch);
     }
     let mut producers = Vec::new();
     for (id, state) in store.producer_states(topic, partition)? {
@@ -550,7 +548,7 @@ fn read_for_follower(
             producers.push((id, last, state.to_vec()));
         }
     }
-    Ok((metas, producers, trailer.freeze()))
+    Ok((metas, producers, read.batches))
 }
 
 /// Turns a leader's answer into the replica's, checking each batch: whole,

@@ -4,14 +4,13 @@
 //! offset and epoch, which is the same batch, checks the copy, and writes
 //! it over its own.
 
-use bytes::Bytes;
 use edgebus_core::controller::NodeId;
 use edgebus_proto::batch::{self, BatchHeader};
 use edgebus_store::ReadError;
 
 use super::Cluster;
 use super::data::FETCH_TIMEOUT;
-use super::peer::{PeerRequest, PeerResponse};
+use super::peer::{PeerRequest, PeerResponse, Trailer};
 use crate::writer::MendSource;
 
 impl Cluster {
@@ -107,8 +106,8 @@ impl Cluster {
         partition: u32,
         offset: u64,
         leader_epoch: i32,
-    ) -> (PeerResponse, Bytes) {
-        let none = (PeerResponse::MendCopy(false), Bytes::new());
+    ) -> (PeerResponse, Trailer) {
+        let none = (PeerResponse::MendCopy(false), Vec::new());
         let Some(data) = self.data() else {
             return none;
         };
@@ -128,7 +127,7 @@ impl Cluster {
         };
         match batch {
             Some(batch) if check_copy(&batch, offset, leader_epoch).is_ok() => {
-                (PeerResponse::MendCopy(true), batch)
+                (PeerResponse::MendCopy(true), vec![batch])
             }
             _ => none,
         }

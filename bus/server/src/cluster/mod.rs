@@ -537,7 +537,7 @@ impl Cluster {
 }
 
 impl PeerService for Cluster {
-    async fn handle(&self, _from: NodeId, request: PeerRequest) -> (PeerResponse, bytes::Bytes) {
+    async fn handle(&self, _from: NodeId, request: PeerRequest) -> (PeerResponse, peer::Trailer) {
         let raft = &self.inner.raft;
         let response = match request {
             PeerRequest::Fetch {
@@ -601,7 +601,7 @@ impl PeerService for Cluster {
                 }
             }
         };
-        (response, bytes::Bytes::new())
+        (response, Vec::new())
     }
 }
 

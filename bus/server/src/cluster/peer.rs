@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use super::raft::{ControlResult, NodeId, TypeConfig};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use edgebus_core::controller::ControlRequest;
 use edgebus_core::replica::{FetchError, FetchRequest};
 use openraft::error::{InstallSnapshotError, RaftError};
@@ -217,19 +217,28 @@ async fn write_frame<T: Serialize>(send: &mut quinn::SendStream, value: &T) -> R
     send.write_all(&body).await.map_err(|e| e.to_string())
 }
 
+/// A response's raw trailer, in pieces sent back to back as one: batches
+/// as the store read them go to QUIC without being copied together.
+pub type Trailer = Vec<Bytes>;
+
 /// Writes a raw trailer: length and bytes.
-async fn write_trailer(send: &mut quinn::SendStream, bytes: &[u8]) -> Result<(), String> {
-    let len = u32::try_from(bytes.len())
+async fn write_trailer(send: &mut quinn::SendStream, mut pieces: Trailer) -> Result<(), String> {
+    let total: usize = pieces.iter().map(Bytes::len).sum();
+    let len = u32::try_from(total)
         .ok()
         .filter(|len| *len <= MAX_PEER_FRAME)
-        .ok_or_else(|| format!("trailer of {} bytes over {MAX_PEER_FRAME}", bytes.len()))?;
+        .ok_or_else(|| format!("trailer of {total} bytes over {MAX_PEER_FRAME}"))?;
     send.write_all(&len.to_be_bytes())
         .await
         .map_err(|e| e.to_string())?;
-    send.write_all(bytes).await.map_err(|e| e.to_string())
+    send.write_all_chunks(&mut pieces)
+        .await
+        .map_err(|e| e.to_string())
 }
 
-/// Reads a raw trailer, refusing one over [`MAX_PEER_FRAME`].
+/// Reads a raw trailer, refusing one over [`MAX_PEER_FRAME`]. It is read
+/// chunk by chunk as QUIC received it, into a buffer it is copied to once
+/// (not zeroed first).
 async fn read_trailer(recv: &mut quinn::RecvStream) -> Result<Bytes, String> {
     let mut len = [0u8; 4];
     recv.read_exact(&mut len).await.map_err(|e| e.to_string())?;
@@ -237,11 +246,17 @@ async fn read_trailer(recv: &mut quinn::RecvStream) -> Result<Bytes, String> {
     if len > MAX_PEER_FRAME {
         return Err(format!("trailer of {len} bytes over {MAX_PEER_FRAME}"));
     }
-    let mut bytes = vec![0u8; len as usize];
-    recv.read_exact(&mut bytes)
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(Bytes::from(bytes))
+    let len = len as usize;
+    let mut bytes = BytesMut::with_capacity(len);
+    while bytes.len() < len {
+        let chunk = recv
+            .read_chunk(len - bytes.len(), true)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("trailer cut short at {} of {len} bytes", bytes.len()))?;
+        bytes.extend_from_slice(&chunk.bytes);
+    }
+    Ok(bytes.freeze())
 }
 
 /// Reads one frame, refusing one over [`MAX_PEER_FRAME`].
@@ -411,7 +426,7 @@ pub trait PeerService: Send + Sync + 'static {
         &self,
         from: NodeId,
         request: PeerRequest,
-    ) -> impl std::future::Future<Output = (PeerResponse, Bytes)> + Send;
+    ) -> impl std::future::Future<Output = (PeerResponse, Trailer)> + Send;
 }
 
 /// Serves a peer connection: the first stream must introduce a node the
@@ -439,7 +454,7 @@ pub async fn serve<S: PeerService>(
             .await
             .is_ok()
         {
-            let _ = write_trailer(&mut send, &[]).await;
+            let _ = write_trailer(&mut send, Vec::new()).await;
         }
         let _ = send.finish();
         connection.close(1u32.into(), b"peer certificate refused");
@@ -448,7 +463,7 @@ pub async fn serve<S: PeerService>(
     if write_frame(&mut send, &PeerResponse::Welcome)
         .await
         .is_err()
-        || write_trailer(&mut send, &[]).await.is_err()
+        || write_trailer(&mut send, Vec::new()).await.is_err()
     {
         return;
     }
@@ -467,13 +482,10 @@ pub async fn serve<S: PeerService>(
             let (response, trailer) = match read_frame::<PeerRequest>(&mut recv).await {
                 Ok(Some(request)) => service.handle(node, request).await,
                 Ok(None) => return,
-                Err(e) => (
-                    PeerResponse::Failed(format!("bad frame: {e}")),
-                    Bytes::new(),
-                ),
+                Err(e) => (PeerResponse::Failed(format!("bad frame: {e}")), Vec::new()),
             };
             if write_frame(&mut send, &response).await.is_ok()
-                && write_trailer(&mut send, &trailer).await.is_ok()
+                && write_trailer(&mut send, trailer).await.is_ok()
             {
                 let _ = send.finish();
             }
