@@ -36,8 +36,8 @@ use edgebus_core::producer::{AppendRefused, ProducerState, SequenceSpan};
 use edgebus_core::replica::{Replica, ReplicaCommand, RoleKind};
 use edgebus_proto::batch::ProducerStamp;
 use edgebus_store::{
-    CommitError, LogStore, LogWrite, OffsetCommit, PipelineCommit, ReadError, RetentionHold,
-    RetentionReport, StateWrite, StoreError, TopicError, TopicSpec, WriteError,
+    CommitError, DRAIN_STEP_BYTES, LogStore, LogWrite, OffsetCommit, PipelineCommit, ReadError,
+    RetentionHold, RetentionReport, StateWrite, StoreError, TopicError, TopicSpec, WriteError,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -372,6 +372,8 @@ impl Writer {
             group: Group::default(),
             unflushed_since: None,
             unflushed: HashSet::new(),
+            // A restart carries on with what an earlier run left.
+            draining: true,
         };
         std::thread::Builder::new()
             .name("edgebus-writer".into())
@@ -751,6 +753,9 @@ struct Shell {
     unflushed_since: Option<Instant>,
     /// Partitions with committed writes not yet fsync'd.
     unflushed: HashSet<Key>,
+    /// Whether deleted topics may have records left to free (see
+    /// [`Shell::drain_deleted`]).
+    draining: bool,
 }
 
 impl Shell {
@@ -763,6 +768,10 @@ impl Shell {
                     // Idle: make every committed write durable before
                     // sleeping, so readers see it.
                     self.flush();
+                    if self.draining {
+                        self.drain_deleted();
+                        continue;
+                    }
                     match rx.blocking_recv() {
                         Some(op) => op,
                         None => return,
@@ -799,6 +808,7 @@ impl Shell {
             if !commits.is_empty() {
                 commit_offsets(&*self.store, &mut commits);
             }
+            self.drain_deleted();
             if self
                 .unflushed_since
                 .is_some_and(|since| since.elapsed() >= FLUSH_INTERVAL)
@@ -831,8 +841,12 @@ impl Shell {
                 let _ = reply.send(created);
             }
             Ordered::DeleteTopic { name, reply } => {
+                let started = Instant::now();
                 let deleted = self.store.delete_topic(&name);
+                let elapsed_us = started.elapsed().as_micros() as u64;
+                tracing::debug!(topic = %name, elapsed_us, "deleted a topic");
                 if deleted.is_ok() {
+                    self.draining = true;
                     self.destinations.remove(&name);
                     self.watermarks.remove_topic(&name);
                     self.metrics.traffic.remove_topic(&name);
@@ -1268,6 +1282,35 @@ impl Shell {
         let commands = slot.drain();
         for command in commands {
             self.route(key, slot, command, failure);
+        }
+    }
+
+    /// Frees one step of deleted topics' records (about
+    /// [`DRAIN_STEP_BYTES`]) if any are left: a large topic's deletion
+    /// runs between groups instead of holding every partition's appends
+    /// up until all its pages are freed. The step is not fsync'd itself.
+    fn drain_deleted(&mut self) {
+        if !self.draining {
+            return;
+        }
+        let started = Instant::now();
+        let step = self.store.drain_deleted(DRAIN_STEP_BYTES);
+        let elapsed_us = started.elapsed().as_micros() as u64;
+        tracing::trace!(elapsed_us, ?step, "freed deleted records");
+        match step {
+            Ok(more) => {
+                self.draining = more;
+                self.unflushed_since.get_or_insert_with(Instant::now);
+            }
+            Err(e) => {
+                // Tried again at the next deletion or start.
+                self.draining = false;
+                if reopens(&e) {
+                    self.failed(&HashMap::new(), &WriteError::Store(e));
+                } else {
+                    tracing::error!(error = %e, "freeing a deleted topic's records failed");
+                }
+            }
         }
     }
 

@@ -63,6 +63,7 @@ pub fn run_all<H: Harness>(h: &mut H) {
     topic_create_invalid_returns_invalid_and_stores_nothing(h);
     topic_delete_unknown_returns_not_found(h);
     topic_delete_then_recreate_starts_empty_without_producer_state(h);
+    topic_delete_of_large_logs_is_whole_at_once_and_their_space_freed_in_steps(h);
     append_at_log_end_keeps_offsets_dense(h);
     append_at_group_across_topics_and_partitions_applies_in_order(h);
     append_at_wrong_offset_refuses_group_and_applies_nothing(h);
@@ -344,6 +345,74 @@ pub fn topic_delete_then_recreate_starts_empty_without_producer_state<H: Harness
         }],
         "other topics keep their epoch table"
     );
+}
+
+/// Deleting topics whose logs are larger than a drain step: each is gone at
+/// once, and [`MetaStore::drain_deleted`] frees what it left in steps that
+/// carry on after a reopen and end. A topic created or grown under a
+/// deleted name meanwhile starts empty, and other topics keep their
+/// records throughout.
+pub fn topic_delete_of_large_logs_is_whole_at_once_and_their_space_freed_in_steps<H: Harness>(
+    h: &mut H,
+) {
+    let store = h.fresh();
+    // 40 batches of one 256 KiB record: 10 MiB a partition.
+    let large = |tag: &str, i: u32| {
+        let mut builder = BatchBuilder::new();
+        builder.push(&Record::new(format!("{tag}-{i}-").repeat(1 << 16), 1));
+        builder.finish(ProducerStamp::NONE)
+    };
+    let fill = |store: &H::Store, topic: &str, partitions: u32| {
+        create(store, &spec(topic, partitions));
+        for partition in 0..partitions {
+            for i in 0..40 {
+                append_one(store, topic, partition, large(topic, i));
+            }
+        }
+    };
+    let drain = |store: &H::Store| {
+        let mut steps = 0;
+        while store.drain_deleted(1 << 20).expect("drain_deleted") {
+            steps += 1;
+            assert!(steps <= 200, "draining never ends");
+        }
+    };
+    fill(&store, "t", 2);
+    fill(&store, "u", 1);
+    create(&store, &spec("other", 1));
+    let kept = batch_of("o", 3, 10, ProducerStamp::NONE);
+    append_one(&store, "other", 0, kept.clone());
+
+    store.delete_topic("t").expect("delete_topic");
+    store.delete_topic("u").expect("delete_topic");
+    for topic in ["t", "u"] {
+        assert_eq!(store.topic(topic).expect("topic"), None);
+        assert!(
+            matches!(store.offsets(topic, 0), Err(ReadError::UnknownTopic(_))),
+            "{topic} is gone at once"
+        );
+    }
+    let store = h.reopen(store);
+    store.drain_deleted(1 << 20).expect("drain_deleted");
+    // One partition, then a second: each takes over a log that may still be
+    // draining.
+    create(&store, &spec("t", 1));
+    store.alter_topic(&spec("t", 2)).expect("alter_topic");
+    for partition in 0..2 {
+        assert_eq!(offsets(&store, "t", partition), PartitionOffsets::default());
+        assert_eq!(read_all(&store, "t", partition), Vec::<Bytes>::new());
+    }
+    let fresh = batch_of("n", 2, 10, ProducerStamp::NONE);
+    assert_eq!(append_one(&store, "t", 1, fresh.clone()), 0);
+    drain(&store);
+    assert!(!store.drain_deleted(1 << 20).expect("drain_deleted"));
+    assert_eq!(read_all(&store, "t", 1), vec![stored(&fresh, 0)]);
+    assert_eq!(read_all(&store, "other", 0), vec![stored(&kept, 0)]);
+    create(&store, &spec("u", 1));
+    assert_eq!(read_all(&store, "u", 0), Vec::<Bytes>::new());
+    let store = h.reopen(store);
+    assert!(!store.drain_deleted(1 << 20).expect("drain_deleted"));
+    assert_eq!(read_all(&store, "t", 1), vec![stored(&fresh, 0)]);
 }
 
 /// Altering a topic replaces its settings and adds partitions that start

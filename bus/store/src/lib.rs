@@ -46,6 +46,11 @@ pub mod topic;
 pub use mem::MemStore;
 pub use redb_store::RedbStore;
 
+/// About how many bytes of a deleted topic's records one step of
+/// [`MetaStore::drain_deleted`] frees: about a millisecond of the writer's
+/// time, so appends to other partitions wait at most that long behind it.
+pub const DRAIN_STEP_BYTES: u64 = 8 << 20;
+
 /// One write to a partition log at an offset the caller chose (the
 /// partition engine in `edgebus-core` decides offsets; the store only
 /// refuses anything but the current log end).
@@ -601,8 +606,17 @@ pub trait MetaStore: Send + Sync + 'static {
     /// Deletes a topic, its records, its producer state, its epoch table
     /// and every group's committed offsets for it, in one transaction: a
     /// topic recreated under the same name starts at offset 0, and an old
-    /// committed offset must not point a group into the new log.
+    /// committed offset must not point a group into the new log. The topic
+    /// is gone at once; a store may free a large log's space later, in
+    /// steps of [`MetaStore::drain_deleted`] (a topic created under the
+    /// name meanwhile frees the rest first).
     fn delete_topic(&self, name: &str) -> Result<(), TopicError>;
+
+    /// Frees about `budget` bytes of deleted topics' records that
+    /// [`MetaStore::delete_topic`] left to free later. Returns whether more
+    /// is left. The step need not be durable: one lost to a crash is done
+    /// again.
+    fn drain_deleted(&self, budget: u64) -> Result<bool, StoreError>;
 
     /// All topics, sorted by name.
     fn topics(&self) -> Result<Vec<TopicSpec>, StoreError>;

@@ -591,6 +591,11 @@ impl MetaStore for MemStore {
         Ok(())
     }
 
+    fn drain_deleted(&self, _budget: u64) -> Result<bool, StoreError> {
+        // Deletion frees a topic's memory at once.
+        Ok(false)
+    }
+
     fn delete_topic(&self, name: &str) -> Result<(), TopicError> {
         let mut inner = self.lock();
         if !inner.state.topics.contains_key(name) {

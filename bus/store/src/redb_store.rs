@@ -102,7 +102,7 @@ use crate::{
     ReadError, RetentionHold, RetentionReport, StateWrite, StoreError, TopicError, TopicSpec,
     WriteError,
 };
-use crate::{group, plugin, topic};
+use crate::{DRAIN_STEP_BYTES, group, plugin, topic};
 
 const TOPICS: TableDefinition<&str, &[u8]> = TableDefinition::new("topics");
 const PARTITIONS: TableDefinition<(&str, u32), (u64, u64, u64)> =
@@ -119,6 +119,9 @@ const PIPELINE_STATE: TableDefinition<(&str, &[u8]), &[u8]> =
     TableDefinition::new("pipeline_state");
 const PIPELINE_POSITIONS: TableDefinition<(&str, u32), u64> =
     TableDefinition::new("pipeline_positions");
+/// Logs of deleted partitions whose records are still being removed, a
+/// step at a time (see [`MetaStore::drain_deleted`]).
+const DELETING: TableDefinition<(&str, u32), ()> = TableDefinition::new("deleting");
 const NEXT_PRODUCER_ID: &str = "next_producer_id";
 /// Random identity of the store, written at its first open, so a reopen
 /// can tell it reached the same storage.
@@ -679,6 +682,7 @@ impl RedbStore {
                 (spec.name.as_str(), partition),
                 PartitionRow::default().value(),
             )?;
+            Self::finish_deleting(txn, &spec.name, partition)?;
             let tables = PartitionTables::new(&spec.name, partition);
             txn.open_table(tables.log())?;
             txn.open_table(tables.time())?;
@@ -701,6 +705,7 @@ impl RedbStore {
                 (new.name.as_str(), partition),
                 PartitionRow::default().value(),
             )?;
+            Self::finish_deleting(txn, &new.name, partition)?;
             let tables = PartitionTables::new(&new.name, partition);
             txn.open_table(tables.log())?;
             txn.open_table(tables.time())?;
@@ -717,11 +722,20 @@ impl RedbStore {
         let spec = topic::decode_spec(name, encoded.value())?;
         drop(encoded);
         let mut partitions = txn.open_table(PARTITIONS)?;
+        let mut deleting = txn.open_table(DELETING)?;
         for partition in 0..spec.partitions {
-            partitions.remove((name, partition))?;
+            let row = partitions.remove((name, partition))?;
+            let bytes = row.map_or(0, |row| PartitionRow::from_value(row.value()).bytes);
             let tables = PartitionTables::new(name, partition);
-            txn.delete_table(tables.log())?;
             txn.delete_table(tables.time())?;
+            // Freeing a large log's pages takes the writer about 0.14 ms a
+            // MB here: a large one is removed a step at a time instead, so
+            // other partitions' appends are not held up behind it.
+            if bytes <= DRAIN_STEP_BYTES {
+                txn.delete_table(tables.log())?;
+            } else {
+                deleting.insert((name, partition), ())?;
+            }
         }
         txn.open_table(PRODUCERS)?
             .retain(|(_, topic, _), _| topic != name)?;
@@ -735,6 +749,63 @@ impl RedbStore {
         configs.remove((ConfigKind::Ingest.tag(), name))?;
         configs.remove((ConfigKind::MirrorDestination.tag(), name))?;
         Ok(true)
+    }
+
+    /// Removes, in `txn`, what is left of an earlier partition `partition`
+    /// of a topic named `name` that is still being removed, before a new one
+    /// takes its tables.
+    fn finish_deleting(
+        txn: &WriteTransaction,
+        name: &str,
+        partition: u32,
+    ) -> Result<(), StoreError> {
+        if txn
+            .open_table(DELETING)?
+            .remove((name, partition))?
+            .is_some()
+        {
+            txn.delete_table(PartitionTables::new(name, partition).log())?;
+        }
+        Ok(())
+    }
+
+    /// One step of [`MetaStore::drain_deleted`] in `txn`: removes about
+    /// `budget` bytes of the first deleted log still holding records, and the
+    /// log itself once it is empty. Returns whether anything is left.
+    fn drain_in(txn: &WriteTransaction, budget: u64) -> Result<bool, StoreError> {
+        let mut deleting = txn.open_table(DELETING)?;
+        let Some(first) = deleting.first()? else {
+            return Ok(false);
+        };
+        let (name, partition) = first.0.value();
+        let (name, partition) = (name.to_owned(), partition);
+        drop(first);
+        let tables = PartitionTables::new(&name, partition);
+        let emptied = {
+            let mut log = txn.open_table(tables.log())?;
+            let mut last = None;
+            let mut taken = 0u64;
+            for entry in log.iter()? {
+                let (offset, batch) = entry?;
+                taken += batch.value().len() as u64;
+                last = Some(offset.value());
+                if taken >= budget {
+                    break;
+                }
+            }
+            match last {
+                Some(last) => {
+                    log.retain_in(..=last, |_, _| false)?;
+                    log.is_empty()?
+                }
+                None => true,
+            }
+        };
+        if emptied {
+            txn.delete_table(tables.log())?;
+            deleting.remove((name.as_str(), partition))?;
+        }
+        Ok(!deleting.is_empty()?)
     }
 
     /// Refuses, in `txn`, commits of which any names a topic or partition
@@ -1521,6 +1592,17 @@ impl MetaStore for RedbStore {
         })
     }
 
+    fn drain_deleted(&self, budget: u64) -> Result<bool, StoreError> {
+        self.writing(|db| {
+            let mut txn = db.begin_write()?;
+            // A step lost to a crash is done again from the `deleting` row.
+            txn.set_durability(Durability::None)?;
+            let more = Self::drain_in(&txn, budget)?;
+            txn.commit()?;
+            Ok(more)
+        })
+    }
+
     fn topics(&self) -> Result<Vec<TopicSpec>, StoreError> {
         self.snapshot(|txn| {
             let topics = txn.open_table(TOPICS)?;
@@ -1859,6 +1941,43 @@ mod tests {
         Database::builder()
             .create_with_backend(InMemoryBackend::new())
             .unwrap()
+    }
+
+    /// A deleted log over a drain step is freed a step at a time, each step
+    /// about its budget, and a small one at once.
+    #[test]
+    fn a_large_deleted_log_is_freed_in_steps_of_about_the_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(&dir.path().join("edgebus.redb")).unwrap();
+        for (name, batches) in [("large", 40u64), ("small", 1)] {
+            let spec = TopicSpec {
+                max_message_bytes: crate::topic::DEFAULT_MAX_MESSAGE_BYTES,
+                ..TopicSpec::new(name, 1)
+            };
+            store.create_topic(&spec).unwrap();
+            for offset in 0..batches {
+                let mut builder = batch::BatchBuilder::new();
+                builder.push(&batch::Record::new(vec![7u8; 256 << 10], 1));
+                let write = LogWrite {
+                    topic: name.into(),
+                    partition: 0,
+                    base_offset: offset,
+                    leader_epoch: 0,
+                    batch: builder.finish(batch::ProducerStamp::NONE),
+                    producer: None,
+                };
+                store.append_at(&[write], true).unwrap();
+            }
+        }
+        store.delete_topic("small").unwrap();
+        assert!(!store.drain_deleted(1 << 20).unwrap(), "freed at once");
+        store.delete_topic("large").unwrap();
+        let mut steps = 1;
+        while store.drain_deleted(1 << 20).unwrap() {
+            steps += 1;
+        }
+        // 10 MiB in steps of 1 MiB: a batch over the budget ends a step.
+        assert!((9..=11).contains(&steps), "{steps} steps");
     }
 
     /// A batch whose bytes rot on disk is refused by reads until a mend
