@@ -7,22 +7,14 @@ mod common;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use common::Broker;
+use common::{Broker, free_tcp_port};
 use rumqttc::v5::mqttbytes::{QoS, v5};
 use serde_json::Value;
-
-/// A TCP port free right now on 127.0.0.1.
-fn free_tcp_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free TCP port")
-}
 
 /// A broker with the MQTT door on, and its config file.
 struct Mqtt {

@@ -3,29 +3,47 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
-use std::net::UdpSocket;
+use std::net::{TcpListener, UdpSocket};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// The `edgebus` binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_edgebus");
 
-/// A UDP port free right now on 127.0.0.1.
+/// A UDP port free right now on 127.0.0.1 (see [`low_free_port`]).
 pub fn free_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map(|a| a.port())
-        .expect("a free UDP port")
+    low_free_port(|port| UdpSocket::bind(("127.0.0.1", port)).is_ok())
 }
 
-/// A TCP port free right now on 127.0.0.1.
+/// A TCP port free right now on 127.0.0.1 (see [`low_free_port`]).
 pub fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map(|a| a.port())
-        .expect("a free TCP port")
+    low_free_port(|port| TcpListener::bind(("127.0.0.1", port)).is_ok())
+}
+
+/// A port that `free` finds free, picked below the kernel's ephemeral range
+/// (32768 and up by default): a port the kernel hands out for binding to
+/// port 0 can be taken by any client's outgoing connection (another test's)
+/// between this pick and the broker's bind, which then fails with "Address
+/// already in use". Picks are spread by process and time so parallel tests
+/// rarely try the same port, and a taken one is skipped.
+fn low_free_port(free: impl Fn(u16) -> bool) -> u16 {
+    static CALLS: AtomicU32 = AtomicU32::new(0);
+    const FIRST: u32 = 20_000;
+    const PORTS: u32 = 12_000;
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let start = std::process::id()
+        .wrapping_mul(7_919)
+        .wrapping_add(nanos)
+        .wrapping_add(CALLS.fetch_add(1, Ordering::Relaxed).wrapping_mul(104_729));
+    (0..PORTS)
+        .map(|i| (FIRST + start.wrapping_add(i) % PORTS) as u16)
+        .find(|&port| free(port))
+        .expect("a free port below the ephemeral range")
 }
 
 /// Starts `edgebus serve` and waits for its "listening" line.
