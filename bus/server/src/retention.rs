@@ -29,14 +29,28 @@ pub async fn run(writer: Writer, holder: Arc<dyn Holder>, interval: Duration) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        match writer.enforce_retention(now_ms(), holder.holds()).await {
-            Ok((report, holds)) => {
-                if report.batches > 0 {
-                    tracing::info!(batches = report.batches, bytes = report.bytes, "retention");
+        let (mut batches, mut bytes) = (0, 0);
+        // A pass deletes one step's worth at most, so appends queued behind
+        // it wait that long at worst; the next pass follows them at once
+        // while more is due.
+        loop {
+            match writer.enforce_retention(now_ms(), holder.holds()).await {
+                Ok((report, holds)) => {
+                    holder.dropped(&holds);
+                    batches += report.batches;
+                    bytes += report.bytes;
+                    if !report.more {
+                        break;
+                    }
                 }
-                holder.dropped(&holds);
+                Err(e) => {
+                    tracing::warn!(error = %e, "retention failed");
+                    break;
+                }
             }
-            Err(e) => tracing::warn!(error = %e, "retention failed"),
+        }
+        if batches > 0 {
+            tracing::info!(batches, bytes, "retention");
         }
     }
 }

@@ -36,7 +36,7 @@ use edgebus_core::producer::{AppendRefused, ProducerState, SequenceSpan};
 use edgebus_core::replica::{Replica, ReplicaCommand, RoleKind};
 use edgebus_proto::batch::ProducerStamp;
 use edgebus_store::{
-    CommitError, DRAIN_STEP_BYTES, LogStore, LogWrite, OffsetCommit, PipelineCommit, ReadError,
+    CommitError, DELETE_STEP_BYTES, LogStore, LogWrite, OffsetCommit, PipelineCommit, ReadError,
     RetentionHold, RetentionReport, StateWrite, StoreError, TopicError, TopicSpec, WriteError,
 };
 use tokio::sync::{mpsc, oneshot};
@@ -1286,7 +1286,7 @@ impl Shell {
     }
 
     /// Frees one step of deleted topics' records (about
-    /// [`DRAIN_STEP_BYTES`]) if any are left: a large topic's deletion
+    /// [`DELETE_STEP_BYTES`]) if any are left: a large topic's deletion
     /// runs between groups instead of holding every partition's appends
     /// up until all its pages are freed. The step is not fsync'd itself.
     fn drain_deleted(&mut self) {
@@ -1294,7 +1294,7 @@ impl Shell {
             return;
         }
         let started = Instant::now();
-        let step = self.store.drain_deleted(DRAIN_STEP_BYTES);
+        let step = self.store.drain_deleted(DELETE_STEP_BYTES);
         let elapsed_us = started.elapsed().as_micros() as u64;
         tracing::trace!(elapsed_us, ?step, "freed deleted records");
         match step {

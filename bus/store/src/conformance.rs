@@ -33,9 +33,9 @@ use edgebus_proto::batch::{self, BatchBuilder, ProducerStamp, Record};
 
 use crate::topic::{DEFAULT_MAX_MESSAGE_BYTES, UNLIMITED};
 use crate::{
-    CommitError, CommittedOffset, ConfigKind, EpochEnd, EpochStart, LogStore, LogWrite, MetaStore,
-    OffsetCommit, PartitionLog, PartitionOffsets, PipelineCommit, PluginInfo, ReadError,
-    RetentionHold, StateWrite, TopicError, TopicSpec, WriteError,
+    CommitError, CommittedOffset, ConfigKind, DELETE_STEP_BYTES, EpochEnd, EpochStart, LogStore,
+    LogWrite, MetaStore, OffsetCommit, PartitionLog, PartitionOffsets, PipelineCommit, PluginInfo,
+    ReadError, RetentionHold, StateWrite, TopicError, TopicSpec, WriteError,
 };
 
 /// How a store under test is made, restarted and broken.
@@ -88,6 +88,7 @@ pub fn run_all<H: Harness>(h: &mut H) {
     retention_of_everything_keeps_log_end_and_never_reuses_offsets(h);
     retention_keeps_timestamp_lookup_conservative(h);
     retention_hold_keeps_undelivered_batches_up_to_its_cap_and_counts_the_rest(h);
+    retention_of_a_large_backlog_deletes_a_step_a_pass_and_says_more_is_due(h);
     skip_to_moves_the_log_end_over_offsets_that_never_hold_records(h);
     read_below_log_start_reads_from_log_start(h);
     allocate_producer_id_is_unique_across_reopen(h);
@@ -1415,6 +1416,60 @@ pub fn retention_by_bytes_keeps_partition_at_limit<H: Harness>(h: &mut H) {
         0,
         "retention is idempotent"
     );
+}
+
+/// A pass deletes about [`DELETE_STEP_BYTES`] at most, so the writer's
+/// other work waits one step behind it, and says when more is due; passes
+/// repeated until none is due delete what one unbounded pass would.
+pub fn retention_of_a_large_backlog_deletes_a_step_a_pass_and_says_more_is_due<H: Harness>(
+    h: &mut H,
+) {
+    let store = h.fresh();
+    let batch = {
+        let mut builder = BatchBuilder::new();
+        builder.push(&Record::new(vec![b'x'; 256 << 10], 1));
+        builder.finish(ProducerStamp::NONE)
+    };
+    let size = batch.len() as u64;
+    create(
+        &store,
+        &TopicSpec {
+            retention_bytes: 1,
+            ..spec("big", 2)
+        },
+    );
+    for partition in 0..2 {
+        for _ in 0..40 {
+            append_one(&store, "big", partition, batch.clone());
+        }
+    }
+    let mut reports = Vec::new();
+    loop {
+        let report = store.enforce_retention(0).expect("retention");
+        reports.push(report);
+        assert!(reports.len() <= 10, "retention passes never end");
+        if !report.more {
+            break;
+        }
+        assert!(
+            (DELETE_STEP_BYTES..DELETE_STEP_BYTES + size).contains(&report.bytes),
+            "a pass with more due stops at its step: {report:?}"
+        );
+    }
+    assert!(reports.len() >= 3, "20 MiB take several steps: {reports:?}");
+    let batches: u64 = reports.iter().map(|r| r.batches).sum();
+    assert_eq!(batches, 78, "all but each partition's last batch go");
+    for partition in 0..2 {
+        assert_eq!(
+            offsets(&store, "big", partition),
+            PartitionOffsets {
+                log_start: 39,
+                log_end: 40
+            }
+        );
+    }
+    let after = store.enforce_retention(0).expect("retention");
+    assert_eq!((after.batches, after.more), (0, false));
 }
 
 /// A hold keeps the batches at or after its offset that retention would

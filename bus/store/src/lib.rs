@@ -46,10 +46,11 @@ pub mod topic;
 pub use mem::MemStore;
 pub use redb_store::RedbStore;
 
-/// About how many bytes of a deleted topic's records one step of
-/// [`MetaStore::drain_deleted`] frees: about a millisecond of the writer's
-/// time, so appends to other partitions wait at most that long behind it.
-pub const DRAIN_STEP_BYTES: u64 = 8 << 20;
+/// About how many bytes of records one step of deletion frees (a step of
+/// [`MetaStore::drain_deleted`] or one retention pass): about a millisecond
+/// of the writer's time, so appends to other partitions wait at most that
+/// long behind it.
+pub const DELETE_STEP_BYTES: u64 = 8 << 20;
 
 /// One write to a partition log at an offset the caller chose (the
 /// partition engine in `edgebus-core` decides offsets; the store only
@@ -464,6 +465,20 @@ pub struct RetentionReport {
     pub batches: u64,
     /// Bytes of those batches.
     pub bytes: u64,
+    /// Whether the pass stopped at [`DELETE_STEP_BYTES`] with more due: the
+    /// caller runs another pass.
+    pub more: bool,
+}
+
+impl RetentionReport {
+    /// Whether the pass has deleted its step's worth, marking it as having
+    /// more due: called with a batch that retention would delete next.
+    pub fn step_spent(&mut self) -> bool {
+        if self.bytes >= DELETE_STEP_BYTES {
+            self.more = true;
+        }
+        self.more
+    }
 }
 
 /// The partition logs: the half of the storage seam that replication
@@ -567,7 +582,8 @@ pub trait PartitionLog: Send + Sync + 'static {
     /// Deletes whole batches that retention allows deleting as of `now_ms`:
     /// batches whose max timestamp is older than `retention.ms`, and the
     /// oldest batches while a partition exceeds `retention.bytes`. Never
-    /// deletes a batch that neither rule covers.
+    /// deletes a batch that neither rule covers. A pass deletes about
+    /// [`DELETE_STEP_BYTES`] at most and says whether more is due.
     fn enforce_retention(&self, now_ms: i64) -> Result<RetentionReport, StoreError> {
         self.enforce_retention_holding(now_ms, &mut [])
     }

@@ -537,6 +537,7 @@ impl PartitionLog for MemStore {
                     .log
                     .first_key_value()
                     .is_some_and(|(_, b)| b.max_timestamp_ms < cutoff)
+                    && !report.step_spent()
                     && allow(part)
                 {
                     part.delete_oldest(&mut report);
@@ -544,7 +545,8 @@ impl PartitionLog for MemStore {
             }
             while part.log.first_key_value().is_some_and(|(_, b)| {
                 topic::oldest_over_size(spec, part.bytes, b.bytes.len() as u64)
-            }) && allow(part)
+            }) && !report.step_spent()
+                && allow(part)
             {
                 part.delete_oldest(&mut report);
             }
