@@ -84,7 +84,9 @@ pub struct ReplicaConfig {
     /// `replica.lag.time.max.ms`: a follower that has not caught up for this
     /// long leaves the in-sync set.
     pub replica_lag_max: Duration,
-    /// Pause before the next fetch after an empty or refused one.
+    /// Pause before the next fetch after a refused one, or an empty one the
+    /// leader answered sooner than this (a leader holds a fetch that finds
+    /// nothing new, so one held this long is followed at once).
     pub fetch_interval: Duration,
     /// A fetch with no answer after this long is given up and sent again.
     pub fetch_timeout: Duration,
@@ -593,7 +595,7 @@ impl Replica {
         if following.outstanding.map(|(id, _)| id) != Some(fetch_id) || self.busy.is_some() {
             return;
         }
-        following.outstanding = None;
+        let sent = following.outstanding.take().map_or(now, |(_, sent)| sent);
         let pause = now + self.config.fetch_interval;
         match response {
             FetchResponse::Records {
@@ -616,7 +618,13 @@ impl Replica {
                     following.next_fetch = pause;
                     // An answer that only moves the high watermark is
                     // progress, not an idle leader: fetch again at once.
-                    if valid && self.raise_high_watermark(high_watermark) {
+                    // So is an empty one the leader held for a pause or
+                    // longer (it waits for news before answering): pausing
+                    // after it would leave a record written in the pause
+                    // waiting out the rest of it for its `acks=all`.
+                    let held = now.saturating_duration_since(sent) >= self.config.fetch_interval;
+                    let raised = valid && self.raise_high_watermark(high_watermark);
+                    if raised || (valid && held) {
                         self.after_local_change(now, now);
                     }
                     return;
@@ -1896,5 +1904,49 @@ mod tests {
             "{commands:?}"
         );
         assert_eq!(commands.len(), 2, "{commands:?}");
+    }
+
+    /// An empty answer the leader held (it had nothing new) is followed by
+    /// the next fetch at once; one it gave at once is followed after the
+    /// pause, so a leader that does not hold fetches is not polled in a
+    /// tight loop.
+    #[test]
+    fn a_follower_fetches_again_at_once_after_a_held_empty_answer_only() {
+        let start = Instant::now();
+        let config = ReplicaConfig::default();
+        let log = LocalLog {
+            log_end: 5,
+            epochs: vec![EpochStart {
+                epoch: 0,
+                start_offset: 0,
+            }],
+            producers: Vec::new(),
+        };
+        let mut r = Replica::new(2, config, log);
+        r.handle_metadata(start, &meta(1, 0, &[1, 2], 0), 1);
+        let empty = || FetchResponse::Records {
+            batches: Vec::new(),
+            high_watermark: 0,
+        };
+        let fetch_id = |commands: &[ReplicaCommand]| match commands {
+            [ReplicaCommand::Fetch { fetch_id, .. }] => Some(*fetch_id),
+            _ => None,
+        };
+        r.handle_tick(start);
+        let first = fetch_id(&drain(&mut r)).expect("a fetch");
+        let quick = start + config.fetch_interval / 2;
+        r.handle_fetch_response(quick, first, empty());
+        assert_eq!(drain(&mut r), Vec::new(), "a quick empty answer pauses");
+        r.handle_tick(quick);
+        assert_eq!(drain(&mut r), Vec::new(), "still pausing");
+        let resumed = quick + config.fetch_interval;
+        r.handle_tick(resumed);
+        let second = fetch_id(&drain(&mut r)).expect("a fetch after the pause");
+        // The server holds a fetch up to 500 ms.
+        r.handle_fetch_response(resumed + Duration::from_millis(500), second, empty());
+        assert!(
+            fetch_id(&drain(&mut r)).is_some(),
+            "a held empty answer is followed at once"
+        );
     }
 }
