@@ -30,13 +30,17 @@ pub async fn run(writer: Writer, holder: Arc<dyn Holder>, interval: Duration) {
     loop {
         tick.tick().await;
         let (mut batches, mut bytes) = (0, 0);
+        // The holds of this tick count what every pass takes from them (a
+        // hold's start may have moved on meanwhile: it then keeps more, not
+        // less), so the holder hears once per tick.
+        let mut holds = holder.holds();
         // A pass deletes one step's worth at most, so appends queued behind
         // it wait that long at worst; the next pass follows them at once
         // while more is due.
         loop {
-            match writer.enforce_retention(now_ms(), holder.holds()).await {
-                Ok((report, holds)) => {
-                    holder.dropped(&holds);
+            match writer.enforce_retention(now_ms(), holds.clone()).await {
+                Ok((report, counted)) => {
+                    holds = counted;
                     batches += report.batches;
                     bytes += report.bytes;
                     if !report.more {
@@ -49,6 +53,7 @@ pub async fn run(writer: Writer, holder: Arc<dyn Holder>, interval: Duration) {
                 }
             }
         }
+        holder.dropped(&holds);
         if batches > 0 {
             tracing::info!(batches, bytes, "retention");
         }

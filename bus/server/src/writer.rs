@@ -766,9 +766,9 @@ impl Shell {
                 Ok(op) => op,
                 Err(mpsc::error::TryRecvError::Empty) => {
                     // Idle: make every committed write durable before
-                    // sleeping, so readers see it.
-                    self.flush();
-                    if self.draining {
+                    // sleeping, so readers see it; free deleted records
+                    // meanwhile, unless the store is failing.
+                    if self.flush() && self.draining {
                         self.drain_deleted();
                         continue;
                     }
@@ -1241,10 +1241,13 @@ impl Shell {
     /// registers a new incarnation, so its partitions are led at new
     /// epochs and it truncates by epoch like after any crash.
     fn failed(&mut self, last: &HashMap<Key, WriteId>, error: &WriteError) {
-        tracing::error!(error = %error, "group commit failed");
+        tracing::error!(error = %error, "write failed");
         let io = matches!(error, WriteError::Store(e) if reopens(e));
         if io {
             self.stop_if_cluster(error);
+            // The store went back to its last durable commit, which may
+            // have deleted records left to free again.
+            self.draining = true;
         }
         let failure = write_failure(error);
         let engines = Arc::clone(&self.engines);
@@ -1303,13 +1306,13 @@ impl Shell {
                 self.unflushed_since.get_or_insert_with(Instant::now);
             }
             Err(e) => {
-                // Tried again at the next deletion or start.
-                self.draining = false;
+                tracing::error!(error = %e, "freeing a deleted topic's records failed");
                 if reopens(&e) {
                     self.failed(&HashMap::new(), &WriteError::Store(e));
-                } else {
-                    tracing::error!(error = %e, "freeing a deleted topic's records failed");
                 }
+                // Tried again at the next deletion, reopen after another
+                // write or start, not at once against a failing store.
+                self.draining = false;
             }
         }
     }

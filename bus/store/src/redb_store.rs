@@ -14,6 +14,7 @@
 //! configs                (u8, &str)      → config blob (ConfigKind::tag, key)
 //! pipeline_state         (&str, &[u8])   → &[u8] (pipeline or other state owner, plugin state key)
 //! pipeline_positions     (&str, u32)     → u64 (pipeline, source partition → next offset)
+//! deleting               (&str, u32)     → () (a deleted partition whose log is still being freed)
 //! log/{topic}/{p}        u64 base_offset → whole batch (Kafka RecordBatch v2), base offset
 //!                                          and leader epoch written in
 //! time/{topic}/{p}       i64 max_ts_ms   → u64 base offset
@@ -42,7 +43,12 @@
 //!
 //! Every write is one redb write transaction: a group append, a retention
 //! pass, a topic creation or deletion, an offset commit all apply completely
-//! or not at all, and dedup state commits with the batches it describes
+//! or not at all (a deleted topic is gone at once; a large log's pages are
+//! freed later, a step at a time, from its `deleting` row, and a topic
+//! created under the name first frees the rest in its own transaction; a
+//! release from before the `deleting` table would reuse such a log with
+//! its old batches, so it must not open a store with rows in it), and
+//! dedup state commits with the batches it describes
 //! (invariant 4). A pipeline step's outputs, plugin state and source
 //! position share one durable transaction too, which is what makes a
 //! pipeline exactly-once: whatever a crash interrupts, the stored position
