@@ -1371,6 +1371,19 @@ mod tests {
         }
     }
 
+    /// A log of `log_end` offsets, all written at leader epoch `epoch`,
+    /// with no producer state.
+    fn one_epoch_log(epoch: i32, log_end: u64) -> LocalLog {
+        LocalLog {
+            log_end,
+            epochs: vec![EpochStart {
+                epoch,
+                start_offset: 0,
+            }],
+            producers: Vec::new(),
+        }
+    }
+
     fn drain(replica: &mut Replica) -> Vec<ReplicaCommand> {
         std::iter::from_fn(|| replica.poll_command()).collect()
     }
@@ -1478,14 +1491,7 @@ mod tests {
     fn a_follower_ahead_in_an_old_epoch_is_told_where_to_truncate() {
         let now = Instant::now();
         // The leader holds epoch 0 at 0..3 and was elected at epoch 2.
-        let log = LocalLog {
-            log_end: 3,
-            epochs: vec![EpochStart {
-                epoch: 0,
-                start_offset: 0,
-            }],
-            producers: Vec::new(),
-        };
+        let log = one_epoch_log(0, 3);
         let mut r = Replica::new(1, ReplicaConfig::default(), log);
         r.handle_metadata(now, &meta(1, 2, &[1, 2], 3), 1);
         assert_eq!(
@@ -1732,14 +1738,7 @@ mod tests {
     #[test]
     fn a_damaged_follower_cuts_its_log_back_and_says_so_in_its_fetches() {
         let now = Instant::now();
-        let log = LocalLog {
-            log_end: 9,
-            epochs: vec![EpochStart {
-                epoch: 1,
-                start_offset: 0,
-            }],
-            producers: Vec::new(),
-        };
+        let log = one_epoch_log(1, 9);
         let mut r = Replica::new(2, ReplicaConfig::default(), log);
         r.handle_metadata(now, &meta(1, 2, &[1, 2, 3], 3), 1);
         r.handle_tick(now);
@@ -1838,14 +1837,7 @@ mod tests {
     #[test]
     fn a_replica_never_leads_at_an_epoch_its_log_already_holds() {
         let now = Instant::now();
-        let log = LocalLog {
-            log_end: 3,
-            epochs: vec![EpochStart {
-                epoch: 4,
-                start_offset: 0,
-            }],
-            producers: Vec::new(),
-        };
+        let log = one_epoch_log(4, 3);
         let mut r = Replica::new(1, ReplicaConfig::default(), log);
         r.handle_metadata(now, &meta(1, 4, &[1], 1), 1);
         assert_eq!(r.role(), RoleKind::Idle);
@@ -1856,14 +1848,7 @@ mod tests {
     #[test]
     fn a_follower_publishes_the_high_watermark_it_learns_up_to_its_log_end() {
         let now = Instant::now();
-        let log = LocalLog {
-            log_end: 5,
-            epochs: vec![EpochStart {
-                epoch: 0,
-                start_offset: 0,
-            }],
-            producers: Vec::new(),
-        };
+        let log = one_epoch_log(0, 5);
         let mut r = Replica::new(2, ReplicaConfig::default(), log);
         let meta = PartitionMeta {
             replicas: vec![1, 2],
@@ -1914,14 +1899,7 @@ mod tests {
     fn a_follower_fetches_again_at_once_after_a_held_empty_answer_only() {
         let start = Instant::now();
         let config = ReplicaConfig::default();
-        let log = LocalLog {
-            log_end: 5,
-            epochs: vec![EpochStart {
-                epoch: 0,
-                start_offset: 0,
-            }],
-            producers: Vec::new(),
-        };
+        let log = one_epoch_log(0, 5);
         let mut r = Replica::new(2, config, log);
         r.handle_metadata(start, &meta(1, 0, &[1, 2], 0), 1);
         let empty = || FetchResponse::Records {
