@@ -1,9 +1,10 @@
 //! The shared runtime: one wasmtime engine with its pooling allocator,
-//! compile cache, linker and epoch ticker.
+//! compile cache, linker and epoch ticker, built when the first plugin
+//! loads.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -66,13 +67,23 @@ impl Default for EngineConfig {
 
 /// The plugin runtime: compiles plugins and hosts their instances.
 ///
-/// One per broker. Cloning is cheap and shares everything. A background
-/// thread advances the engine's epoch every few milliseconds, which is how
-/// calls meet their deadline; it stops once the `Engine` and every
-/// [`Plugin`] and [`Instance`](crate::Instance) made from it are dropped.
+/// One per broker. Cloning is cheap and shares everything. The wasmtime
+/// engine behind it is built when the first plugin loads, so a broker that
+/// runs no plugin spends no memory or code pages on it and has no thread
+/// waking every few milliseconds. From then on a background thread
+/// advances the engine's epoch, which is how calls meet their deadline; it
+/// stops once the `Engine` and every [`Plugin`] and
+/// [`Instance`](crate::Instance) made from it are dropped.
 #[derive(Clone)]
 pub struct Engine {
-    inner: Arc<EngineInner>,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    config: EngineConfig,
+    built: OnceLock<Arc<EngineInner>>,
+    /// Held while the engine is built, so two first loads build it once.
+    building: Mutex<()>,
 }
 
 pub(crate) struct EngineInner {
@@ -87,6 +98,86 @@ pub(crate) struct EngineInner {
 }
 
 impl Engine {
+    /// Checks `config` and returns the runtime it describes; the wasmtime
+    /// engine itself is built by the first [`Engine::load`] (see
+    /// [`EngineInner::build`]), and a failure to build it is that load's
+    /// error.
+    pub fn new(config: EngineConfig) -> Result<Engine, PluginError> {
+        validate(&config)?;
+        Ok(Engine {
+            shared: Arc::new(Shared {
+                config,
+                built: OnceLock::new(),
+                building: Mutex::new(()),
+            }),
+        })
+    }
+
+    /// The built engine, building it first if no load has yet.
+    fn built(&self) -> Result<&Arc<EngineInner>, PluginError> {
+        if let Some(inner) = self.shared.built.get() {
+            return Ok(inner);
+        }
+        let _building = self
+            .shared
+            .building
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(inner) = self.shared.built.get() {
+            return Ok(inner);
+        }
+        let inner = Arc::new(EngineInner::build(self.shared.config.clone())?);
+        Ok(self.shared.built.get_or_init(|| inner))
+    }
+    /// Loads a plugin from the bytes of a Wasm component.
+    ///
+    /// Validates and compiles the component (or, with a cache directory,
+    /// loads the native code compiled earlier for the same bytes), checks
+    /// that the broker provides every import, and checks that it exports
+    /// `init` and either `filter` or `transform` of `edgebus:plugin@0.2.0`
+    /// or `@0.1.0` (the version of the interfaces it imports) with the
+    /// right types. Anything else is [`PluginError::Invalid`].
+    ///
+    /// Compiling is CPU work that can take a second or more for a large
+    /// plugin: call this from a blocking thread.
+    pub fn load(&self, wasm: &[u8]) -> Result<Plugin, PluginError> {
+        check_component_header(wasm)?;
+        let started = Instant::now();
+        let inner = self.built()?;
+        let component = Component::new(&inner.engine, wasm)
+            .map_err(|e| PluginError::Invalid(format!("cannot compile component: {e:#}")))?;
+        let load_time = started.elapsed();
+        plugin::link(Arc::clone(inner), &component, wasm, load_time)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn inner(&self) -> &EngineInner {
+        self.built().expect("the engine builds")
+    }
+
+    /// The limits this engine was built with.
+    pub fn config(&self) -> &EngineConfig {
+        &self.shared.config
+    }
+
+    /// The compile cache, once the engine is built.
+    fn cache(&self) -> Option<&Cache> {
+        self.shared.built.get()?.cache.as_ref()
+    }
+
+    /// Loads served from the on-disk compile cache since this engine was
+    /// built, or 0 without a cache directory.
+    pub fn cache_hits(&self) -> usize {
+        self.cache().map_or(0, Cache::cache_hits)
+    }
+
+    /// Loads that compiled and stored a new artifact in the on-disk cache.
+    pub fn cache_misses(&self) -> usize {
+        self.cache().map_or(0, Cache::cache_misses)
+    }
+}
+
+impl EngineInner {
     /// Builds the engine: Cranelift, the component model, epoch
     /// interruption, and a pooling allocator sized by `config`.
     ///
@@ -94,8 +185,7 @@ impl Engine {
     /// Wasm page) plus a guard region, instead of wasmtime's default 4 GiB:
     /// the pool then fits the 39-bit address space of small ARM boards, at
     /// the price of explicit bounds checks in compiled code.
-    pub fn new(config: EngineConfig) -> Result<Engine, PluginError> {
-        validate(&config)?;
+    fn build(config: EngineConfig) -> Result<EngineInner, PluginError> {
         let memory_slot_bytes = config.memory_max_bytes.next_multiple_of(WASM_PAGE_BYTES);
         let mut pool = PoolingAllocationConfig::new();
         pool.total_component_instances(config.max_instances)
@@ -145,64 +235,21 @@ impl Engine {
             .unwrap_or(u64::MAX)
             .saturating_add(1);
         let ticker = Ticker::start(engine.clone(), tick)?;
-        Ok(Engine {
-            inner: Arc::new(EngineInner {
-                engine,
-                linker,
-                config,
-                deadline_ticks,
-                cache,
-                _ticker: ticker,
-            }),
+        Ok(EngineInner {
+            engine,
+            linker,
+            config,
+            deadline_ticks,
+            cache,
+            _ticker: ticker,
         })
-    }
-
-    /// Loads a plugin from the bytes of a Wasm component.
-    ///
-    /// Validates and compiles the component (or, with a cache directory,
-    /// loads the native code compiled earlier for the same bytes), checks
-    /// that the broker provides every import, and checks that it exports
-    /// `init` and either `filter` or `transform` of `edgebus:plugin@0.2.0`
-    /// or `@0.1.0` (the version of the interfaces it imports) with the
-    /// right types. Anything else is [`PluginError::Invalid`].
-    ///
-    /// Compiling is CPU work that can take a second or more for a large
-    /// plugin: call this from a blocking thread.
-    pub fn load(&self, wasm: &[u8]) -> Result<Plugin, PluginError> {
-        check_component_header(wasm)?;
-        let started = Instant::now();
-        let component = Component::new(&self.inner.engine, wasm)
-            .map_err(|e| PluginError::Invalid(format!("cannot compile component: {e:#}")))?;
-        let load_time = started.elapsed();
-        plugin::link(Arc::clone(&self.inner), &component, wasm, load_time)
-    }
-
-    #[cfg(test)]
-    pub(crate) fn inner(&self) -> &EngineInner {
-        &self.inner
-    }
-
-    /// The limits this engine was built with.
-    pub fn config(&self) -> &EngineConfig {
-        &self.inner.config
-    }
-
-    /// Loads served from the on-disk compile cache since this engine was
-    /// built, or 0 without a cache directory.
-    pub fn cache_hits(&self) -> usize {
-        self.inner.cache.as_ref().map_or(0, Cache::cache_hits)
-    }
-
-    /// Loads that compiled and stored a new artifact in the on-disk cache.
-    pub fn cache_misses(&self) -> usize {
-        self.inner.cache.as_ref().map_or(0, Cache::cache_misses)
     }
 }
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine")
-            .field("config", &self.inner.config)
+            .field("config", &self.shared.config)
             .finish_non_exhaustive()
     }
 }
@@ -304,6 +351,33 @@ mod tests {
         let started = Instant::now();
         drop(ticker);
         assert!(started.elapsed() < Duration::from_millis(100));
+    }
+
+    #[test]
+    fn the_runtime_is_built_by_the_first_load_that_compiles_and_only_once() {
+        let engine = Engine::new(EngineConfig::default()).expect("engine");
+        assert!(engine.shared.built.get().is_none(), "built before any load");
+        assert!(matches!(
+            engine.load(b"hello"),
+            Err(PluginError::Invalid(_))
+        ));
+        assert!(
+            engine.shared.built.get().is_none(),
+            "a load refused before compiling built the runtime"
+        );
+        // A component that compiles but exports nothing a plugin must.
+        let component = wat::parse_str("(component)").expect("wat");
+        assert!(matches!(
+            engine.load(&component),
+            Err(PluginError::Invalid(_))
+        ));
+        let built = Arc::as_ptr(engine.shared.built.get().expect("built by the load"));
+        let _ = engine.clone().load(&component);
+        assert_eq!(
+            Arc::as_ptr(engine.shared.built.get().expect("still built")),
+            built,
+            "a second load built the runtime again"
+        );
     }
 
     #[test]
