@@ -311,6 +311,18 @@ impl GroupCoordinator {
         self.groups.retain(|_, g| !g.members.is_empty());
     }
 
+    /// When the first member's session runs out if nobody hears from it
+    /// again: [`GroupCoordinator::tick`] at any later instant expires it.
+    /// `None` without members. Heartbeats only move this later; a join may
+    /// move it earlier.
+    pub fn next_expiry(&self) -> Option<Instant> {
+        self.groups
+            .values()
+            .flat_map(|g| g.members.values())
+            .map(|m| m.last_seen + m.session_timeout)
+            .min()
+    }
+
     /// Checks that `member_id` at `epoch` may commit offsets for `partitions`.
     pub fn check_commit(
         &self,
@@ -705,6 +717,24 @@ mod tests {
             h.coordinator.heartbeat(h.now, "g", &ids[2], &[]),
             Err(GroupError::UnknownMember { .. })
         ));
+    }
+
+    #[test]
+    fn next_expiry_is_the_earliest_session_end_and_ticks_past_it_expire() {
+        let mut h = Harness::new(2);
+        assert_eq!(h.coordinator.next_expiry(), None);
+        let a = h.join();
+        h.now += SESSION / 2;
+        let b = h.join();
+        assert_eq!(h.coordinator.next_expiry(), Some(h.now + SESSION / 2));
+        h.coordinator.heartbeat(h.now, "g", &a, &[]).unwrap();
+        assert_eq!(h.coordinator.next_expiry(), Some(h.now + SESSION));
+        let expiry = h.coordinator.next_expiry().unwrap();
+        h.coordinator.tick(expiry);
+        assert!(h.coordinator.is_member("g", &a) && h.coordinator.is_member("g", &b));
+        h.coordinator.tick(expiry + Duration::from_millis(1));
+        assert!(!h.coordinator.is_member("g", &a) && !h.coordinator.is_member("g", &b));
+        assert_eq!(h.coordinator.next_expiry(), None);
     }
 
     #[test]

@@ -19,8 +19,7 @@ use tokio::sync::Notify;
 use crate::error::Coded;
 use crate::writer::Writer;
 
-/// How often the coordinator checks session timeouts: the delay between a
-/// member's timeout and the rebalance it causes.
+/// The shortest pause between two expiry checks of the coordinator.
 pub const TICK: Duration = Duration::from_millis(10);
 /// Longest a heartbeat is held waiting for a change.
 pub const MAX_HEARTBEAT_WAIT: Duration = Duration::from_secs(10);
@@ -121,6 +120,8 @@ type OtherDoorMembers = Arc<std::sync::OnceLock<Box<dyn Fn(&str) -> bool + Send 
 pub struct Groups {
     coordinator: Arc<Mutex<GroupCoordinator>>,
     wakers: Arc<Mutex<Wakers>>,
+    /// Wakes the expiry timer: a join may bring an earlier expiry.
+    joined: Arc<Notify>,
     store: Arc<dyn LogStore>,
     writer: Writer,
     other_door: OtherDoorMembers,
@@ -139,6 +140,7 @@ impl Groups {
         Groups {
             coordinator: Arc::default(),
             wakers: Arc::default(),
+            joined: Arc::default(),
             store,
             writer,
             other_door: Arc::default(),
@@ -189,15 +191,29 @@ impl Groups {
         self.wake();
     }
 
-    /// Expires members past their session timeout, every [`TICK`].
+    /// Expires members once their session runs out (checking at most once
+    /// a [`TICK`]). It sleeps until the first session could run out, and
+    /// with no member until one joins: an idle broker is not woken a
+    /// hundred times a second for nothing.
     pub async fn run_timer(self) {
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut earliest = Instant::now();
         loop {
-            tick.tick().await;
-            self.lock().tick(Instant::now());
+            let next = self.lock().next_expiry();
+            let due = async {
+                match next {
+                    Some(expiry) => tokio::time::sleep_until(expiry.max(earliest).into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = due => {}
+                () = self.joined.notified() => continue,
+            }
+            let now = Instant::now();
+            self.lock().tick(now);
             self.wake();
             self.forget_expired();
+            earliest = now + TICK;
         }
     }
 
@@ -261,6 +277,7 @@ impl Groups {
             session,
             strategy,
         );
+        self.joined.notify_one();
         self.wake();
         Ok(joined?)
     }
