@@ -7,17 +7,13 @@
 //! node reads what it wrote.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use edgebus_core::controller::{ControlError, ControlOutcome, ControlRequest};
 use edgebus_store::{CommitError, CommittedOffset, OffsetCommit};
 use futures::future::BoxFuture;
 
-use super::Cluster;
+use super::{APPLY_WAIT, Cluster};
 use crate::groups::{GroupsError, ReplicatedOffsets};
-
-/// How long a node waits to apply a commit the control log has taken.
-const APPLY_WAIT: Duration = Duration::from_secs(5);
 
 impl ReplicatedOffsets for Cluster {
     fn commit(&self, commits: Vec<OffsetCommit>) -> BoxFuture<'static, Result<(), GroupsError>> {
@@ -49,7 +45,15 @@ impl ReplicatedOffsets for Cluster {
                     group: group.clone(),
                     offsets,
                 };
-                let version = match cluster.propose(request).await {
+                // `commit_entry`, not `propose`: `applied` below is the one
+                // wait for this node to apply the commit. After `propose`'s
+                // own wait, a node cut off from the control log answered
+                // only after twice APPLY_WAIT.
+                let answer = cluster
+                    .commit_entry(request)
+                    .await
+                    .map(|(answer, _)| answer);
+                let version = match answer {
                     Ok(Ok(ControlOutcome::OffsetsCommitted { version })) => version,
                     Ok(Ok(other)) => {
                         return Err(GroupsError::ControlLog(format!("unexpected {other:?}")));
