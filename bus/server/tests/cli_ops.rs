@@ -595,3 +595,18 @@ fn help_of_operations_commands_shows_examples() {
         );
     }
 }
+
+/// The binary packs its relative relocations (`build.rs`): without that
+/// the dynamic loader reads 1.3 MB of `.rela.dyn` at every start, which
+/// stays resident: about 1.2 MiB of an idle broker's 16 MiB.
+#[test]
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn the_binary_packs_its_relative_relocations() {
+    let out = Command::new("readelf")
+        .args(["--dynamic", BIN])
+        .output()
+        .expect("readelf (binutils, which the C toolchain brings)");
+    assert!(out.status.success(), "readelf: {}", text(&out.stderr));
+    let dynamic = text(&out.stdout);
+    assert!(dynamic.contains("(RELR)"), "no DT_RELR entry:\n{dynamic}");
+}
