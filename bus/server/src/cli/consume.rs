@@ -200,6 +200,20 @@ pub fn parse_from(s: &str) -> Result<Position, String> {
 pub async fn run(args: ConsumeArgs) -> Result<(), Failure> {
     let format = args.record_format()?;
     let client = args.connect.connect().await?;
+    let consumed = consume(&client, &args, &format).await;
+    // Closed, not dropped with the process: the broker then learns at once
+    // that the subscriptions are gone. Otherwise it finds out at its idle
+    // timeout, and until then a subscription goes on reading new records
+    // and storing its named plugin state past what was printed.
+    client.close().await;
+    consumed
+}
+
+async fn consume(
+    client: &Client,
+    args: &ConsumeArgs,
+    format: &RecordFormat,
+) -> Result<(), Failure> {
     // Asked first even for a group, so an unknown topic is an error at
     // once rather than a member that never gets a partition.
     let (spec, offsets) = client.describe_topic(&args.topic).await?;
@@ -208,7 +222,7 @@ pub async fn run(args: ConsumeArgs) -> Result<(), Failure> {
     }
     let mut out = Stdout::new();
     if let Some(group) = &args.group {
-        return run_group(client, group, &args, &format, &mut out).await;
+        return run_group(client.clone(), group, args, format, &mut out).await;
     }
     let partitions: Vec<u32> = match args.partition {
         Some(p) if p >= spec.partitions => {
