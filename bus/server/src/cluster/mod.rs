@@ -298,16 +298,22 @@ impl Cluster {
     /// topic here asks this node about it.
     pub async fn propose(&self, request: ControlRequest) -> Result<ControlResult, ProposeError> {
         let (answer, index) = self.commit_entry(request).await?;
-        let applied = self
-            .inner
-            .raft
-            .wait(Some(APPLY_WAIT))
-            .applied_index_at_least(Some(index), "a proposal applied here")
-            .await;
-        if let Err(e) = applied {
+        if let Err(e) = self.applied_here(index).await {
             tracing::warn!(index, error = %e, "a committed proposal is not applied on this node yet");
         }
         Ok(answer)
+    }
+
+    /// Waits, for at most [`APPLY_WAIT`], until this node has applied the
+    /// control log up to `index`: its state then shows that entry, since
+    /// the state is published as entries are applied.
+    async fn applied_here(&self, index: u64) -> Result<(), impl std::fmt::Display + use<>> {
+        self.inner
+            .raft
+            .wait(Some(APPLY_WAIT))
+            .applied_index_at_least(Some(index), "an entry applied here")
+            .await
+            .map(drop)
     }
 
     /// Commits `request` through the control log's leader: its answer and

@@ -2,9 +2,8 @@
 //! [`ReplicatedOffsets`], so committed offsets survive the loss of any node.
 //!
 //! Each commit is one control-log entry per group. The node that proposed
-//! it answers only once its own state shows the commit (the entry's
-//! version), so a client that commits and then fetches through the same
-//! node reads what it wrote.
+//! it answers only once it has applied the entry, so a client that
+//! commits and then fetches through the same node reads what it wrote.
 
 use std::collections::BTreeMap;
 
@@ -45,23 +44,26 @@ impl ReplicatedOffsets for Cluster {
                     group: group.clone(),
                     offsets,
                 };
-                // `commit_entry`, not `propose`: `applied` below is the one
-                // wait for this node to apply the commit. After `propose`'s
-                // own wait, a node cut off from the control log answered
-                // only after twice APPLY_WAIT.
-                let answer = cluster
+                // One wait, for the entry's index, which fails the commit
+                // when it runs out: `propose`'s wait only warns. A group's
+                // version cannot stand in for the index, since versions
+                // start again after the group's offsets are deleted.
+                let (answer, index) = cluster
                     .commit_entry(request)
                     .await
-                    .map(|(answer, _)| answer);
-                let version = match answer {
-                    Ok(Ok(ControlOutcome::OffsetsCommitted { version })) => version,
-                    Ok(Ok(other)) => {
+                    .map_err(|e| GroupsError::ControlLog(e.to_string()))?;
+                match answer {
+                    Ok(ControlOutcome::OffsetsCommitted { .. }) => {}
+                    Ok(other) => {
                         return Err(GroupsError::ControlLog(format!("unexpected {other:?}")));
                     }
-                    Ok(Err(e)) => return Err(GroupsError::ControlLog(e.to_string())),
                     Err(e) => return Err(GroupsError::ControlLog(e.to_string())),
-                };
-                cluster.applied(&group, version).await?;
+                }
+                cluster.applied_here(index).await.map_err(|_| {
+                    GroupsError::ControlLog(format!(
+                        "the commit was taken but not applied on this node within {APPLY_WAIT:?}"
+                    ))
+                })?;
             }
             Ok(())
         })
@@ -104,25 +106,5 @@ impl ReplicatedOffsets for Cluster {
                 Err(e) => Err(GroupsError::ControlLog(e.to_string())),
             }
         })
-    }
-}
-
-impl Cluster {
-    /// Waits until this node's state holds `group`'s offsets at `version`
-    /// or later (a later commit also means this one was applied).
-    async fn applied(&self, group: &str, version: u64) -> Result<(), GroupsError> {
-        let mut states = self.inner.state.clone();
-        let wait = states.wait_for(|state| {
-            state
-                .offsets
-                .get(group)
-                .is_some_and(|g| g.version >= version)
-        });
-        match tokio::time::timeout(APPLY_WAIT, wait).await {
-            Ok(Ok(_)) => Ok(()),
-            _ => Err(GroupsError::ControlLog(format!(
-                "the commit was taken but not applied on this node within {APPLY_WAIT:?}"
-            ))),
-        }
     }
 }
