@@ -81,6 +81,9 @@ pub struct Engine {
 
 struct Shared {
     config: EngineConfig,
+    /// Made at once, so a cache directory that cannot be used stops the
+    /// broker at start rather than failing its first plugin.
+    cache: Option<Cache>,
     built: OnceLock<Arc<EngineInner>>,
     /// Held while the engine is built, so two first loads build it once.
     building: Mutex<()>,
@@ -93,20 +96,33 @@ pub(crate) struct EngineInner {
     /// Epoch ticks a call may run: the deadline, rounded up, plus one tick
     /// so that a call is never cut short of its deadline.
     pub(crate) deadline_ticks: u64,
-    cache: Option<Cache>,
     _ticker: Ticker,
 }
 
 impl Engine {
-    /// Checks `config` and returns the runtime it describes; the wasmtime
-    /// engine itself is built by the first [`Engine::load`] (see
+    /// Checks `config` and opens the compile cache; the wasmtime engine
+    /// itself is built by the first [`Engine::load`] (see
     /// [`EngineInner::build`]), and a failure to build it is that load's
-    /// error.
+    /// error (the next load tries again).
     pub fn new(config: EngineConfig) -> Result<Engine, PluginError> {
         validate(&config)?;
+        let cache = match &config.cache_dir {
+            Some(dir) => {
+                let mut cache_config = CacheConfig::new();
+                cache_config.with_directory(dir);
+                Some(Cache::new(cache_config).map_err(|e| {
+                    PluginError::Internal(format!(
+                        "compile cache at {} unusable: {e:#}",
+                        dir.display()
+                    ))
+                })?)
+            }
+            None => None,
+        };
         Ok(Engine {
             shared: Arc::new(Shared {
                 config,
+                cache,
                 built: OnceLock::new(),
                 building: Mutex::new(()),
             }),
@@ -126,7 +142,10 @@ impl Engine {
         if let Some(inner) = self.shared.built.get() {
             return Ok(inner);
         }
-        let inner = Arc::new(EngineInner::build(self.shared.config.clone())?);
+        let inner = Arc::new(EngineInner::build(
+            self.shared.config.clone(),
+            self.shared.cache.clone(),
+        )?);
         Ok(self.shared.built.get_or_init(|| inner))
     }
     /// Loads a plugin from the bytes of a Wasm component.
@@ -160,20 +179,15 @@ impl Engine {
         &self.shared.config
     }
 
-    /// The compile cache, once the engine is built.
-    fn cache(&self) -> Option<&Cache> {
-        self.shared.built.get()?.cache.as_ref()
-    }
-
     /// Loads served from the on-disk compile cache since this engine was
     /// built, or 0 without a cache directory.
     pub fn cache_hits(&self) -> usize {
-        self.cache().map_or(0, Cache::cache_hits)
+        self.shared.cache.as_ref().map_or(0, Cache::cache_hits)
     }
 
     /// Loads that compiled and stored a new artifact in the on-disk cache.
     pub fn cache_misses(&self) -> usize {
-        self.cache().map_or(0, Cache::cache_misses)
+        self.shared.cache.as_ref().map_or(0, Cache::cache_misses)
     }
 }
 
@@ -185,7 +199,7 @@ impl EngineInner {
     /// Wasm page) plus a guard region, instead of wasmtime's default 4 GiB:
     /// the pool then fits the 39-bit address space of small ARM boards, at
     /// the price of explicit bounds checks in compiled code.
-    fn build(config: EngineConfig) -> Result<EngineInner, PluginError> {
+    fn build(config: EngineConfig, cache: Option<Cache>) -> Result<EngineInner, PluginError> {
         let memory_slot_bytes = config.memory_max_bytes.next_multiple_of(WASM_PAGE_BYTES);
         let mut pool = PoolingAllocationConfig::new();
         pool.total_component_instances(config.max_instances)
@@ -201,20 +215,6 @@ impl EngineInner {
             .max_tables_per_component(TABLES_PER_COMPONENT)
             .max_memory_size(memory_slot_bytes);
 
-        let cache = match &config.cache_dir {
-            Some(dir) => {
-                let mut cache_config = CacheConfig::new();
-                cache_config.with_directory(dir);
-                Some(Cache::new(cache_config).map_err(|e| {
-                    PluginError::Internal(format!(
-                        "compile cache at {} unusable: {e:#}",
-                        dir.display()
-                    ))
-                })?)
-            }
-            None => None,
-        };
-
         let mut wasm_config = Config::new();
         wasm_config
             .strategy(Strategy::Cranelift)
@@ -224,7 +224,7 @@ impl EngineInner {
             .memory_reservation_for_growth(0)
             .memory_may_move(false)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
-            .cache(cache.clone());
+            .cache(cache);
         let engine = wasmtime::Engine::new(&wasm_config)
             .map_err(|e| PluginError::Internal(format!("wasmtime engine setup failed: {e:#}")))?;
         let linker = host::linker(&engine)
@@ -240,7 +240,6 @@ impl EngineInner {
             linker,
             config,
             deadline_ticks,
-            cache,
             _ticker: ticker,
         })
     }
@@ -377,6 +376,19 @@ mod tests {
             Arc::as_ptr(engine.shared.built.get().expect("still built")),
             built,
             "a second load built the runtime again"
+        );
+    }
+
+    #[test]
+    fn an_unusable_cache_directory_is_refused_at_once_not_at_the_first_load() {
+        let config = EngineConfig {
+            cache_dir: Some(PathBuf::from("relative/cache")),
+            ..EngineConfig::default()
+        };
+        let err = Engine::new(config).map(|_| ()).unwrap_err();
+        assert!(
+            matches!(&err, PluginError::Internal(m) if m.contains("compile cache")),
+            "{err:?}"
         );
     }
 
