@@ -46,12 +46,37 @@ fn main() {
         git(&["rev-parse", "--git-common-dir"]),
     );
     println!("cargo:rustc-env=EDGEBUS_GIT_COMMIT={commit}");
-    // Relative relocations packed (DT_RELR, glibc 2.36 and later; GNU ld
-    // 2.38 and lld know the flag): the dynamic loader reads a few KB at
-    // start instead of this position-independent binary's 1.3 MB
+    // Relative relocations packed (DT_RELR): the dynamic loader reads a few
+    // KB at start instead of this position-independent binary's 1.3 MB
     // `.rela.dyn`, which then stays resident. Idle RSS is a gateway figure.
-    let target = |key: &str| std::env::var(key).unwrap_or_default();
-    if target("CARGO_CFG_TARGET_OS") == "linux" && target("CARGO_CFG_TARGET_ENV") == "gnu" {
+    // Only where the C library linked against can load such a binary.
+    if libc_loads_packed_relocations() {
         println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
+        println!("cargo:rustc-env=EDGEBUS_PACKED_RELOCS=1");
     }
+}
+
+/// Whether the target is glibc Linux and the glibc the linker finds
+/// defines `GLIBC_ABI_DT_RELR` (2.36 and later), the version a binary with
+/// packed relocations requires: with an older one it would not start.
+fn libc_loads_packed_relocations() -> bool {
+    let target = |key: &str| std::env::var(key).unwrap_or_default();
+    if target("CARGO_CFG_TARGET_OS") != "linux" || target("CARGO_CFG_TARGET_ENV") != "gnu" {
+        return false;
+    }
+    // The linker cargo resolved for the target (a cross compiler's driver),
+    // else rustc's default driver.
+    let linker = std::env::var("RUSTC_LINKER").unwrap_or_else(|_| "cc".to_owned());
+    let Ok(out) = Command::new(linker)
+        .arg("-print-file-name=libc.so.6")
+        .output()
+    else {
+        return false;
+    };
+    // The driver prints the bare name back when it has no such file.
+    let libc = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    const VERSION: &[u8] = b"GLIBC_ABI_DT_RELR";
+    libc.is_absolute()
+        && std::fs::read(&libc)
+            .is_ok_and(|bytes| bytes.windows(VERSION.len()).any(|w| w == VERSION))
 }

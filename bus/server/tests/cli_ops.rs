@@ -596,12 +596,17 @@ fn help_of_operations_commands_shows_examples() {
     }
 }
 
-/// The binary packs its relative relocations (`build.rs`): without that
-/// the dynamic loader reads 1.3 MB of `.rela.dyn` at every start, which
-/// stays resident: about 1.2 MiB of an idle broker's 16 MiB.
+/// The binary packs its relative relocations where its glibc can load
+/// that (`build.rs`, which sets `EDGEBUS_PACKED_RELOCS`): without them the
+/// dynamic loader reads 1.3 MB of `.rela.dyn` at every start, which stays
+/// resident: about 1.2 MiB of an idle broker's 16 MiB. This fails where
+/// the linker ignored the flag.
 #[test]
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn the_binary_packs_its_relative_relocations() {
+fn the_binary_packs_its_relative_relocations_where_its_libc_allows() {
+    if option_env!("EDGEBUS_PACKED_RELOCS").is_none() {
+        eprintln!("skipped: the C library linked against predates packed relocations");
+        return;
+    }
     let out = Command::new("readelf")
         .args(["--dynamic", BIN])
         .output()
