@@ -148,6 +148,7 @@ impl Engine {
         )?);
         Ok(self.shared.built.get_or_init(|| inner))
     }
+
     /// Loads a plugin from the bytes of a Wasm component.
     ///
     /// Validates and compiles the component (or, with a cache directory,
