@@ -895,6 +895,55 @@ impl Replica {
         }
     }
 
+    /// The first instant at which [`Replica::handle_tick`] has something
+    /// to do, unless another input comes first; `None` if only an input
+    /// can give it work. An instant at or before `now` means at once. The
+    /// shell sleeps until then instead of ticking an idle replica, so this
+    /// is never later than a tick would act (the simulator checks that a
+    /// tick before it does nothing).
+    pub fn next_tick(&self, now: Instant) -> Option<Instant> {
+        let mut next: Option<Instant> = None;
+        // An instant past what `Instant` holds is never.
+        let mut at = |from: Instant, wait: Duration| {
+            if let Some(t) = from.checked_add(wait) {
+                next = Some(next.map_or(t, |n| n.min(t)));
+            }
+        };
+        if let Some(mark) = self.rebuild_mark().filter(|m| m.mend) {
+            match (self.mended, self.mend_retry) {
+                (Some((since, sent)), _) if since == mark.since => at(sent, self.config.isr_retry),
+                (_, Some((since, retry))) if since == mark.since => at(retry, Duration::ZERO),
+                _ => {}
+            }
+        }
+        match &self.role {
+            Role::Leader(leading) => match &leading.pending {
+                Some(pending) if !pending.refused => at(pending.sent, self.config.isr_retry),
+                Some(_) => {}
+                None => {
+                    for node in leading.isr.iter().filter(|n| **n != self.local) {
+                        match leading.followers.get(node) {
+                            // It lags once strictly more than the lag time
+                            // has passed since it was caught up.
+                            Some(track) => at(
+                                track.caught_up,
+                                self.config.replica_lag_max.saturating_add(Duration::from_nanos(1)),
+                            ),
+                            None => at(now, Duration::ZERO),
+                        }
+                    }
+                }
+            },
+            Role::Follower(following) => match following.outstanding {
+                Some((_, sent)) => at(sent, self.config.fetch_timeout),
+                None if self.busy.is_none() => at(following.next_fetch, Duration::ZERO),
+                None => {}
+            },
+            Role::Idle | Role::Retiring(_) => {}
+        }
+        next
+    }
+
     /// The controller refused this replica's ISR proposal computed from
     /// `partition_epoch`; a refusal of an older proposal is ignored.
     ///

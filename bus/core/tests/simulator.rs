@@ -505,8 +505,17 @@ impl Sim {
                     let now = self.instant(Some(id));
                     for p in 0..self.partitions {
                         self.scrub(id, p);
-                        self.replica_mut(id, p).handle_tick(now);
                         self.drain(id, p);
+                        // The shell ticks a replica only once it is due
+                        // (`next_tick`), so a tick before then must do
+                        // nothing.
+                        let due = self.nodes[&id].replicas[&p].next_tick(now);
+                        self.replica_mut(id, p).handle_tick(now);
+                        if self.drain(id, p) > 0 && due.is_none_or(|due| due > now) {
+                            self.fail(format!(
+                                "node {id} p{p} acted on a tick before its next tick ({due:?}, now {now:?})"
+                            ));
+                        }
                     }
                 }
                 self.schedule(TICK_MS, Event::NodeTick(id));
@@ -819,8 +828,11 @@ impl Sim {
     }
 
     /// Executes a replica's commands.
-    fn drain(&mut self, id: NodeId, partition: u32) {
+    /// Carries out the replica's commands; returns how many there were.
+    fn drain(&mut self, id: NodeId, partition: u32) -> usize {
+        let mut handled = 0;
         while let Some(command) = self.replica_mut(id, partition).poll_command() {
+            handled += 1;
             match command {
                 ReplicaCommand::Engine(Command::Append {
                     id: request,
@@ -929,6 +941,7 @@ impl Sim {
                 }
             }
         }
+        handled
     }
 
     /// Asks the sources in turn for their batch at `offset` and `epoch`, as

@@ -328,6 +328,8 @@ pub struct Writer {
     watermarks: Arc<Watermarks>,
     notifier: Notifier,
     commits: Arc<tokio::sync::Notify>,
+    /// When the replicas' timers next need running.
+    ticks: Arc<replication::Ticks>,
     destinations: Arc<mirror::Destinations>,
     /// Set once the node joins a cluster: its partitions are driven by
     /// replicas, and one it holds no copy of is not its to write.
@@ -356,11 +358,13 @@ impl Writer {
         }
         let engines = Arc::new(Mutex::new(Engines::default()));
         let commits = Arc::new(tokio::sync::Notify::new());
+        let ticks = Arc::new(replication::Ticks::default());
         let destinations = Arc::new(mirror::Destinations::load(&*store)?);
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let shell = Shell {
             destinations: destinations.clone(),
             commits: commits.clone(),
+            ticks: ticks.clone(),
             store,
             notifier: notifier.clone(),
             engines: engines.clone(),
@@ -385,6 +389,7 @@ impl Writer {
             watermarks,
             notifier,
             commits,
+            ticks,
             destinations,
             clustered: Arc::default(),
         })
@@ -679,8 +684,9 @@ impl Slot {
     }
 
     /// The engine's commands, in order; a replica's other commands are
-    /// kept aside for the replication work.
-    fn drain(&mut self) -> Vec<Command> {
+    /// kept aside for the replication work. Every input to a replica ends
+    /// here, so this is also where its next timer goes to `ticks`.
+    fn drain(&mut self, ticks: &replication::Ticks) -> Vec<Command> {
         match &mut self.engine {
             Driver::Single(engine) => engine.drain_commands().collect(),
             Driver::Cluster(replica) => {
@@ -690,6 +696,9 @@ impl Slot {
                         ReplicaCommand::Engine(command) => engine.push(command),
                         other => self.replication.push(other),
                     }
+                }
+                if let Some(at) = replica.next_tick(Instant::now()) {
+                    ticks.schedule(at);
                 }
                 engine
             }
@@ -746,6 +755,8 @@ struct Shell {
     next_request: u64,
     /// Notified after every commit.
     commits: Arc<tokio::sync::Notify>,
+    /// When the replicas' timers next need running.
+    ticks: Arc<replication::Ticks>,
     /// The cluster side, on a cluster node.
     replication: Option<replication::Replication>,
     group: Group,
@@ -1055,7 +1066,7 @@ impl Shell {
         slot.engine.handle_append(Instant::now(), request);
         let mut batch = Some(batch);
         let mut stored = false;
-        let commands = slot.drain();
+        let commands = slot.drain(&self.ticks);
         for command in commands {
             if let Command::Append {
                 id,
@@ -1208,7 +1219,7 @@ impl Shell {
             if let Err(e) = slot.engine.handle_written(Instant::now(), write, durable) {
                 tracing::error!(error = %e, topic = %key.0, partition = key.1, "engine refused a write report");
             }
-            let commands = slot.drain();
+            let commands = slot.drain(&self.ticks);
             for command in commands {
                 match command {
                     Command::HighWatermark(_) => self.route(&key, slot, command, None),
@@ -1282,7 +1293,7 @@ impl Shell {
     }
 
     fn drain(&self, key: &Key, slot: &mut Slot, failure: Option<&AppendFailure>) {
-        let commands = slot.drain();
+        let commands = slot.drain(&self.ticks);
         for command in commands {
             self.route(key, slot, command, failure);
         }

@@ -7,6 +7,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use clap::Args;
@@ -18,6 +19,24 @@ use futures::stream::FuturesUnordered;
 use super::Failure;
 use super::profile::{Profile, Profiles};
 use edgebus_client::local::{DEFAULT_PORT, default_data_dir, local_ca_path};
+
+/// Every client a command connected, for [`close_connected`].
+static CONNECTED: Mutex<Vec<Client>> = Mutex::new(Vec::new());
+
+/// Longest the closing handshakes may hold up a command's exit.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+/// Closes every client the command connected (QUIC's closing handshake),
+/// rather than letting them drop with the process: the broker then learns
+/// at once that the command is gone. Otherwise it finds out at its idle
+/// timeout, and until then the connection holds one of its connection
+/// slots, and a subscription goes on reading new records and storing its
+/// named plugin state past what was printed.
+pub async fn close_connected() {
+    let clients = std::mem::take(&mut *CONNECTED.lock().unwrap_or_else(PoisonError::into_inner));
+    let closing = futures::future::join_all(clients.iter().map(Client::close));
+    let _ = tokio::time::timeout(CLOSE_WAIT, closing).await;
+}
 
 /// Exit code of a broker that cannot be reached or authenticated.
 const UNREACHABLE: u8 = 3;
@@ -215,7 +234,13 @@ impl Target {
         loop {
             tokio::select! {
                 attempt = attempts.next() => match attempt {
-                    Some(Ok(client)) => return Ok(client),
+                    Some(Ok(client)) => {
+                        CONNECTED
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .push(client.clone());
+                        return Ok(client);
+                    }
                     Some(Err(e)) => errors.push(e),
                     None => break,
                 },

@@ -200,13 +200,7 @@ pub fn parse_from(s: &str) -> Result<Position, String> {
 pub async fn run(args: ConsumeArgs) -> Result<(), Failure> {
     let format = args.record_format()?;
     let client = args.connect.connect().await?;
-    let consumed = consume(&client, &args, &format).await;
-    // Closed, not dropped with the process: the broker then learns at once
-    // that the subscriptions are gone. Otherwise it finds out at its idle
-    // timeout, and until then a subscription goes on reading new records
-    // and storing its named plugin state past what was printed.
-    client.close().await;
-    consumed
+    consume(&client, &args, &format).await
 }
 
 async fn consume(

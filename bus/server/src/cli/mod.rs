@@ -228,6 +228,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Completion(args) => completion::run(args),
         Command::Version(args) => version::run(args),
     };
+    connect::close_connected().await;
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) if f.code == 0 => ExitCode::SUCCESS,

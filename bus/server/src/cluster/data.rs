@@ -8,9 +8,9 @@
 //! between two nodes): QUIC streams are cheap, a call per fetch keeps a
 //! slow partition from holding up another (no head-of-line blocking), and
 //! the leader holds a fetch that finds nothing new for up to
-//! [`FETCH_WAIT`] until a commit brings records, so an idle partition costs
-//! about two calls a second and a busy one is fetched as soon as the leader
-//! writes.
+//! [`FETCH_WAIT_MAX`] until a commit brings records, so an idle partition
+//! costs about one call per follower every two seconds and a busy one is
+//! fetched as soon as the leader writes.
 
 use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
@@ -33,10 +33,20 @@ use super::peer::{BatchMeta, FetchReply, PeerRequest, PeerResponse, Trailer};
 use crate::topics::{TopicAdminError, Topics};
 use crate::writer::{Outbound, Writer};
 
-/// Longest a leader holds a follower's fetch that finds nothing new.
-pub const FETCH_WAIT: Duration = Duration::from_millis(500);
+/// Longest a leader holds a follower's fetch that finds nothing new, if
+/// the replica lag time allows: each fetch answered empty is a call, so
+/// the longer the hold, the less an idle partition costs.
+pub const FETCH_WAIT_MAX: Duration = Duration::from_secs(2);
 
-/// How often the replicas' timers run.
+/// How long a leader holds a follower's fetch that finds nothing new: at
+/// most a quarter of the replica lag time, since a follower shows it is
+/// caught up only by fetching, and one that fetches less often than the
+/// lag time leaves the ISR.
+fn fetch_wait(replica_lag_max: Duration) -> Duration {
+    FETCH_WAIT_MAX.min(replica_lag_max / 4)
+}
+
+/// How often the replicas' timers run at most.
 const TICK: Duration = Duration::from_millis(10);
 
 /// A follower's fetch with no answer after this long is sent again.
@@ -48,6 +58,8 @@ pub(super) struct DataPlane {
     pub(super) store: Arc<dyn LogStore>,
     topics: Topics,
     max_fetch_bytes: u32,
+    /// See [`fetch_wait`].
+    fetch_wait: Duration,
 }
 
 impl Cluster {
@@ -75,6 +87,7 @@ impl Cluster {
             store,
             topics,
             max_fetch_bytes,
+            fetch_wait: fetch_wait(replica_lag_max),
         };
         {
             let mut data = self
@@ -90,14 +103,7 @@ impl Cluster {
         self.spawn(self.clone().outbound(outbound));
         self.spawn(self.clone().forward_metadata());
         self.spawn(self.clone().scrub(scrub));
-        self.spawn(async move {
-            let mut tick = tokio::time::interval(TICK);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-            loop {
-                tick.tick().await;
-                writer.cluster_tick();
-            }
-        });
+        self.spawn(async move { writer.run_cluster_ticks(TICK).await });
     }
 
     pub(super) fn data(&self) -> Option<Arc<DataPlane>> {
@@ -437,7 +443,7 @@ impl Cluster {
             .await;
     }
 
-    /// Serves a follower's fetch as leader: holds it up to [`FETCH_WAIT`]
+    /// Serves a follower's fetch as leader: holds it up to [`fetch_wait`]
     /// while there is nothing new (no batch, and no high watermark the
     /// follower lacks), then sends the batches as stored.
     pub(super) async fn serve_fetch(
@@ -450,7 +456,7 @@ impl Cluster {
         let Some(data) = self.data() else {
             return fetched(FetchReply::Refused(FetchError::NotLeader));
         };
-        let deadline = tokio::time::Instant::now() + FETCH_WAIT;
+        let deadline = tokio::time::Instant::now() + data.fetch_wait;
         let commits = data.writer.commits();
         loop {
             let committed = commits.notified();

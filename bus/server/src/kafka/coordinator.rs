@@ -584,6 +584,25 @@ impl Coordinator {
         self.groups.retain(|_, g| g.state != State::Empty);
     }
 
+    /// The first instant at which [`Coordinator::tick`] has something to
+    /// do unless a request comes first (a session that runs out, a
+    /// rebalance deadline); `None` with no groups.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let sessions = self.groups.values().flat_map(|g| {
+            g.members
+                .values()
+                .filter(|m| !m.joining && !m.syncing)
+                // A session ends once strictly more than its timeout has
+                // passed.
+                .filter_map(|m| m.last_seen.checked_add(m.session_timeout + Duration::from_nanos(1)))
+        });
+        let rebalances = self.groups.values().filter_map(|g| match g.state {
+            State::PreparingRebalance { deadline, .. } => Some(deadline),
+            _ => None,
+        });
+        sessions.chain(rebalances).min()
+    }
+
     /// Whether an offset commit from `member_id` at `generation` may be
     /// stored: a member of the current generation, or (no member id,
     /// generation -1) anyone while the group has no members.
@@ -738,6 +757,35 @@ mod tests {
             Err(ResponseError::UnknownMemberId),
             "a simple commit only while the group has no members"
         );
+    }
+
+    /// The door's timer sleeps until `next_deadline`, so it must name the
+    /// rebalance deadline while members join and the first session that
+    /// can run out afterwards, and nothing once the groups are gone (the
+    /// timer used to wake every 50 ms whatever the groups held).
+    #[test]
+    fn coordinator_next_deadline_is_the_first_thing_a_tick_would_do() {
+        let t0 = Instant::now();
+        let mut c = Coordinator::new(DELAY);
+        assert_eq!(c.next_deadline(), None, "no groups, nothing to wait for");
+        let a = held(c.join(t0, "g", join("", "a")));
+        assert_eq!(c.next_deadline(), Some(t0 + DELAY), "a joining member's session is held");
+        c.tick(t0 + DELAY - Duration::from_nanos(1));
+        assert!(c.poll().is_empty(), "a tick before the deadline changes nothing");
+        c.tick(t0 + DELAY);
+        assert_eq!(joined(&c.poll(), &a).generation, 1);
+        let now = t0 + Duration::from_secs(1);
+        let SyncOutcome::Now(_) = c.sync(now, "g", &a, 1, vec![]) else {
+            panic!("the leader's sync is answered at once");
+        };
+        assert_eq!(c.heartbeat(now, "g", &a, 1), Ok(()));
+        let expiry = now + SESSION + Duration::from_nanos(1);
+        assert_eq!(c.next_deadline(), Some(expiry));
+        c.tick(expiry - Duration::from_nanos(1));
+        assert!(c.has_members("g"), "a tick before the deadline changes nothing");
+        c.tick(expiry);
+        assert!(!c.has_members("g"), "the session ran out at the deadline");
+        assert_eq!(c.next_deadline(), None);
     }
 
     /// A member leaving sends the others back to JoinGroup through their

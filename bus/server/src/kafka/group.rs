@@ -31,7 +31,7 @@ use kafka_protocol::messages::offset_fetch_response::{
 };
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
 
 use super::api::{Call, NODE_ID, str_bytes};
 use super::coordinator::{
@@ -41,8 +41,8 @@ use super::error;
 use super::listener::Door;
 use crate::groups;
 
-/// How often sessions and rebalance deadlines are checked: the delay
-/// between a deadline and what it causes.
+/// Least time between two checks of sessions and rebalance deadlines: the
+/// longest delay between a deadline and what it causes.
 pub const TICK: Duration = Duration::from_millis(50);
 /// `FindCoordinator` key type of a transaction coordinator.
 const KEY_TYPE_TRANSACTION: i8 = 1;
@@ -75,10 +75,40 @@ impl Inner {
     }
 }
 
+/// The coordinator locked for a request. Unlocking wakes the timer, since
+/// what the request did may have brought a deadline closer than the one
+/// it sleeps until (a new group's, or a session no longer held by a join).
+struct Locked<'a> {
+    inner: std::sync::MutexGuard<'a, Inner>,
+    changed: &'a Notify,
+}
+
+impl std::ops::Deref for Locked<'_> {
+    type Target = Inner;
+
+    fn deref(&self) -> &Inner {
+        &self.inner
+    }
+}
+
+impl std::ops::DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut Inner {
+        &mut self.inner
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        self.changed.notify_one();
+    }
+}
+
 /// The Kafka door's consumer groups. Cheap to clone.
 #[derive(Clone)]
 pub struct ClassicGroups {
     inner: Arc<Mutex<Inner>>,
+    /// Wakes the timer: see [`Locked`].
+    changed: Arc<Notify>,
 }
 
 impl ClassicGroups {
@@ -90,11 +120,16 @@ impl ClassicGroups {
                 joins: HashMap::new(),
                 syncs: HashMap::new(),
             })),
+            changed: Arc::new(Notify::new()),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    /// The coordinator, for a request: see [`Locked`].
+    fn lock(&self) -> Locked<'_> {
+        Locked {
+            inner: self.inner.lock().unwrap_or_else(|p| p.into_inner()),
+            changed: &self.changed,
+        }
     }
 
     /// Whether Kafka clients are members of `group`.
@@ -110,13 +145,23 @@ impl ClassicGroups {
         out
     }
 
-    /// Expires sessions and ends rebalances, every [`TICK`]; never returns.
+    /// Expires sessions and ends rebalances as their deadlines come, at
+    /// most once per [`TICK`], and sleeps while no group has one; never
+    /// returns.
     pub async fn run_timer(self) {
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tick.tick().await;
-            self.with(|c| c.tick(Instant::now()));
+            let next = {
+                let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+                inner.coordinator.tick(Instant::now());
+                inner.deliver();
+                inner.coordinator.next_deadline()
+            };
+            tokio::time::sleep(TICK).await;
+            let sleep = tokio::time::sleep_until(next.unwrap_or_else(Instant::now).into());
+            tokio::select! {
+                () = sleep, if next.is_some() => {}
+                () = self.changed.notified() => {}
+            }
         }
     }
 

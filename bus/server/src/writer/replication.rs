@@ -5,7 +5,7 @@
 //! ISR proposals) goes out through [`Outbound`] to async tasks, whose
 //! answers come back as [`ClusterOp`]s, in order with the appends.
 
-use std::sync::{Arc, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -159,6 +159,42 @@ pub(super) enum ClusterOp {
     },
 }
 
+/// When the replicas' timers next need running: the earliest
+/// [`Replica::next_tick`] reported since the last tick. Every tick asks
+/// each replica again.
+#[derive(Default)]
+pub(super) struct Ticks {
+    next: Mutex<Option<Instant>>,
+    changed: tokio::sync::Notify,
+}
+
+impl Ticks {
+    /// A replica's timer is due at `at`.
+    pub(super) fn schedule(&self, at: Instant) {
+        let mut next = self.next.lock().unwrap_or_else(PoisonError::into_inner);
+        if next.is_none_or(|n| at < n) {
+            *next = Some(at);
+            drop(next);
+            self.changed.notify_one();
+        }
+    }
+
+    fn next(&self) -> Option<Instant> {
+        *self.next.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether a timer is due at `now`; if so, the tick about to run takes
+    /// it (and reports every replica's next one afresh).
+    fn take_due(&self, now: Instant) -> bool {
+        let mut next = self.next.lock().unwrap_or_else(PoisonError::into_inner);
+        let due = next.is_some_and(|at| at <= now);
+        if due {
+            *next = None;
+        }
+        due
+    }
+}
+
 /// What the writer thread knows of its cluster.
 pub(super) struct Replication {
     node: NodeId,
@@ -195,10 +231,26 @@ impl Writer {
         let _ = self.tx.send(Op::Cluster(ClusterOp::Metadata(state))).await;
     }
 
-    /// Runs the replicas' timers. Skipped while the writer is busy: a tick
-    /// queued behind work is as good as the next one.
-    pub fn cluster_tick(&self) {
-        let _ = self.tx.try_send(Op::Cluster(ClusterOp::Tick));
+    /// Runs the replicas' timers when the first of them is due (see
+    /// [`Replica::next_tick`]), at most once per `min_interval`; between
+    /// ticks this sleeps, so an idle node is not woken for nothing.
+    /// Returns when the writer stops.
+    pub async fn run_cluster_ticks(&self, min_interval: Duration) {
+        loop {
+            if self.ticks.take_due(Instant::now()) {
+                if self.tx.send(Op::Cluster(ClusterOp::Tick)).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(min_interval).await;
+                continue;
+            }
+            let next = self.ticks.next();
+            let sleep = tokio::time::sleep_until(next.unwrap_or_else(Instant::now).into());
+            tokio::select! {
+                () = self.ticks.changed.notified() => {}
+                () = sleep, if next.is_some() => {}
+            }
+        }
     }
 
     /// A follower's fetch, decided by this node's replica of the
@@ -224,7 +276,7 @@ impl Writer {
         };
         let decision = replica.handle_fetch(Instant::now(), &request);
         let mut raised = false;
-        for command in slot.drain() {
+        for command in slot.drain(&self.ticks) {
             raised |= matches!(command, Command::HighWatermark(_));
             super::route(&self.watermarks, &self.notifier, &key, slot, command, None);
         }
