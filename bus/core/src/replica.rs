@@ -927,7 +927,9 @@ impl Replica {
                             // has passed since it was caught up.
                             Some(track) => at(
                                 track.caught_up,
-                                self.config.replica_lag_max.saturating_add(Duration::from_nanos(1)),
+                                self.config
+                                    .replica_lag_max
+                                    .saturating_add(Duration::from_nanos(1)),
                             ),
                             None => at(now, Duration::ZERO),
                         }

@@ -15,7 +15,7 @@ use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{BIN, cli, free_port, wait_with_deadline};
 
@@ -107,6 +107,46 @@ impl Broker {
     fn get(&self, path: &str) -> (u16, String) {
         http_get(&self.metrics, path)
     }
+}
+
+/// Every CLI command closes its QUIC connection before it exits. Before,
+/// only `consume` did: the others' connections stayed open on the broker
+/// until the idle timeout (10 s), each holding one of `max_connections`,
+/// so a script running commands in a loop could fill them.
+#[test]
+fn cli_commands_close_their_connections_before_exiting() {
+    let b = Broker::start();
+    b.ok(&["topic", "create", "c", "--partitions", "2"]);
+    b.produce("c", &["v".to_owned()]);
+    for _ in 0..5 {
+        b.ok(&["topic", "list"]);
+        b.ok(&["topic", "describe", "c"]);
+        b.ok(&["group", "list"]);
+        b.ok(&["consume", "c"]);
+    }
+    let open = |b: &Broker| {
+        let (status, text) = b.get("/metrics");
+        assert_eq!(status, 200, "{text}");
+        let s = parse(&text);
+        (
+            sample(&s, "edgebus_connections_open{}"),
+            sample(&s, "edgebus_connections_accepted_total{}"),
+        )
+    };
+    // The broker hears each close within a round trip; a loaded box gets
+    // 3 s, still well inside the idle timeout.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut seen = open(&b);
+    while seen.0 != 0.0 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(50));
+        seen = open(&b);
+    }
+    let (still_open, accepted) = seen;
+    assert!(accepted >= 22.0, "{accepted} connections accepted");
+    assert_eq!(
+        still_open, 0.0,
+        "of {accepted} connections, {still_open} still open"
+    );
 }
 
 /// `GET path` over HTTP/1.1: the status code and the body.

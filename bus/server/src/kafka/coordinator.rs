@@ -594,7 +594,10 @@ impl Coordinator {
                 .filter(|m| !m.joining && !m.syncing)
                 // A session ends once strictly more than its timeout has
                 // passed.
-                .filter_map(|m| m.last_seen.checked_add(m.session_timeout + Duration::from_nanos(1)))
+                .filter_map(|m| {
+                    m.last_seen
+                        .checked_add(m.session_timeout + Duration::from_nanos(1))
+                })
         });
         let rebalances = self.groups.values().filter_map(|g| match g.state {
             State::PreparingRebalance { deadline, .. } => Some(deadline),
@@ -769,9 +772,16 @@ mod tests {
         let mut c = Coordinator::new(DELAY);
         assert_eq!(c.next_deadline(), None, "no groups, nothing to wait for");
         let a = held(c.join(t0, "g", join("", "a")));
-        assert_eq!(c.next_deadline(), Some(t0 + DELAY), "a joining member's session is held");
+        assert_eq!(
+            c.next_deadline(),
+            Some(t0 + DELAY),
+            "a joining member's session is held"
+        );
         c.tick(t0 + DELAY - Duration::from_nanos(1));
-        assert!(c.poll().is_empty(), "a tick before the deadline changes nothing");
+        assert!(
+            c.poll().is_empty(),
+            "a tick before the deadline changes nothing"
+        );
         c.tick(t0 + DELAY);
         assert_eq!(joined(&c.poll(), &a).generation, 1);
         let now = t0 + Duration::from_secs(1);
@@ -782,7 +792,10 @@ mod tests {
         let expiry = now + SESSION + Duration::from_nanos(1);
         assert_eq!(c.next_deadline(), Some(expiry));
         c.tick(expiry - Duration::from_nanos(1));
-        assert!(c.has_members("g"), "a tick before the deadline changes nothing");
+        assert!(
+            c.has_members("g"),
+            "a tick before the deadline changes nothing"
+        );
         c.tick(expiry);
         assert!(!c.has_members("g"), "the session ran out at the deadline");
         assert_eq!(c.next_deadline(), None);
