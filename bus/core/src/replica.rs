@@ -1971,7 +1971,7 @@ mod tests {
         let resumed = quick + config.fetch_interval;
         r.handle_tick(resumed);
         let second = fetch_id(&drain(&mut r)).expect("a fetch after the pause");
-        // The server holds a fetch up to 500 ms.
+        // The server holds a fetch that finds nothing new (up to 2 s).
         r.handle_fetch_response(resumed + Duration::from_millis(500), second, empty());
         assert!(
             fetch_id(&drain(&mut r)).is_some(),

@@ -827,7 +827,6 @@ impl Sim {
         }
     }
 
-    /// Executes a replica's commands.
     /// Carries out the replica's commands; returns how many there were.
     fn drain(&mut self, id: NodeId, partition: u32) -> usize {
         let mut handled = 0;

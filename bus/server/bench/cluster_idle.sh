@@ -7,7 +7,7 @@
 # usage: bus/server/bench/cluster_idle.sh BIN [TOPICS] (a release edgebus)
 set -eu
 B=$1; topics=${2:-0}; d=$(mktemp -d); base=$((20000 + RANDOM % 20000)); pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$d"; }
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait; rm -rf "$d"; }
 trap cleanup EXIT
 "$B" tls init "$d/ca" > /dev/null
 peers=(); brokers=
@@ -20,10 +20,13 @@ for n in 1 2 3; do
     "${peers[@]}" --cluster-ca "$d/ca" > "$d/log$n" 2>&1 < /dev/null & pids+=($!)
 done
 C=(--broker "$brokers" --ca "$d/ca/ca.pem")
+up=0
 for _ in $(seq 100); do
-  [ "$("$B" cluster status "${C[@]}" --output json 2>/dev/null | grep -o '"up":true' | wc -l)" = 3 ] && break
+  up=$("$B" cluster status "${C[@]}" --output json 2>/dev/null | grep -o '"up":true' | wc -l) || true
+  [ "$up" = 3 ] && break
   sleep 0.2
 done
+[ "$up" = 3 ] || { echo "only $up of 3 nodes up; their logs:" >&2; cat "$d"/log* >&2; exit 1; }
 for i in $(seq "$topics"); do
   "$B" topic create "t$i" --partitions 3 --replication-factor 3 "${C[@]}" > /dev/null
 done

@@ -23,22 +23,20 @@ use edgebus_client::local::{DEFAULT_PORT, default_data_dir, local_ca_path};
 /// Every client a command connected, for [`close_connected`].
 static CONNECTED: Mutex<Vec<Client>> = Mutex::new(Vec::new());
 
-/// How long a command's exit waits for its connections to close. The
-/// close goes out at once; waiting out QUIC's whole closing period (three
-/// probe timeouts, about 90 ms here) would only resend it if it were lost,
-/// and would make every command that much slower.
-const CLOSE_WAIT: Duration = Duration::from_millis(1);
+/// Longest a command's exit waits for its connections' closes to go out
+/// (see [`Client::close_promptly`]); they normally take a millisecond or
+/// two.
+const CLOSE_WAIT: Duration = Duration::from_millis(100);
 
-/// Closes every client the command connected (QUIC's closing handshake),
-/// rather than letting them drop with the process: the broker then learns
-/// at once that the command is gone. Otherwise it finds out at its idle
-/// timeout, and until then the connection holds one of its connection
-/// slots, and a subscription goes on reading new records and storing its
-/// named plugin state past what was printed.
+/// Closes every client the command connected, rather than letting them
+/// drop with the process: the broker then learns at once that the command
+/// is gone. Otherwise it finds out at its idle timeout, and until then the
+/// connection holds one of its connection slots, and a subscription goes
+/// on reading new records and storing its named plugin state past what was
+/// printed.
 pub async fn close_connected() {
     let clients = std::mem::take(&mut *CONNECTED.lock().unwrap_or_else(PoisonError::into_inner));
-    let closing = futures::future::join_all(clients.iter().map(Client::close));
-    let _ = tokio::time::timeout(CLOSE_WAIT, closing).await;
+    futures::future::join_all(clients.iter().map(|c| c.close_promptly(CLOSE_WAIT))).await;
 }
 
 /// Exit code of a broker that cannot be reached or authenticated.

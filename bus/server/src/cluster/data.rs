@@ -36,7 +36,7 @@ use crate::writer::{Outbound, Writer};
 /// Longest a leader holds a follower's fetch that finds nothing new, if
 /// the replica lag time allows: each fetch answered empty is a call, so
 /// the longer the hold, the less an idle partition costs.
-pub const FETCH_WAIT_MAX: Duration = Duration::from_secs(2);
+const FETCH_WAIT_MAX: Duration = Duration::from_secs(2);
 
 /// How long a leader holds a follower's fetch that finds nothing new: at
 /// most a quarter of the replica lag time, since a follower shows it is

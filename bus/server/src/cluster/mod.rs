@@ -24,7 +24,6 @@ pub mod raft;
 mod registry;
 pub mod scrub;
 
-pub use data::FETCH_WAIT_MAX;
 pub use registry::{LocalPlugins, PluginClusterError, ReplicatedError};
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -169,7 +169,8 @@ pub(super) struct Ticks {
 }
 
 impl Ticks {
-    /// A replica's timer is due at `at`.
+    /// A replica's timer is due at `at`; wakes the tick task when that is
+    /// sooner than what it sleeps until.
     pub(super) fn schedule(&self, at: Instant) {
         let mut next = self.next.lock().unwrap_or_else(PoisonError::into_inner);
         if next.is_none_or(|n| at < n) {
@@ -179,6 +180,7 @@ impl Ticks {
         }
     }
 
+    /// What the tick task sleeps until; `None`: until woken.
     fn next(&self) -> Option<Instant> {
         *self.next.lock().unwrap_or_else(PoisonError::into_inner)
     }
