@@ -388,7 +388,8 @@ impl Client {
         }
     }
 
-    /// Whether [`Client::close`] has been called on this client or a clone.
+    /// Whether [`Client::close`] or [`Client::close_promptly`] has been
+    /// called on this client or a clone.
     pub fn is_closed(&self) -> bool {
         self.shared.closed.load(Ordering::SeqCst)
     }
