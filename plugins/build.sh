@@ -72,7 +72,8 @@ declare -A worlds=(
 # under a lock while it builds (checkouts on one machine take turns), and
 # source paths are remapped (std's already are, to /rustc/<commit>; the
 # cargo home's to /cargo). Flags of the caller's would change the bytes
-# too.
+# too, and so would a workspace wrapper (CI's test builds run clippy-driver
+# as one, which compiles without MIR optimisations).
 command -v flock >/dev/null 2>&1 || fail "flock (util-linux) is needed"
 fixed=/tmp/edgebus-plugins-build
 mkdir -p "$fixed" 2>/dev/null || fail "cannot create $fixed"
@@ -80,7 +81,7 @@ exec 9>"$fixed/lock" || fail "cannot open $fixed/lock (another user's?)"
 flock 9
 ln -sfn "$repo" "$fixed/src" || fail "cannot point $fixed/src at $repo"
 cd "$fixed/src"
-unset RUSTFLAGS CARGO_ENCODED_RUSTFLAGS CARGO_BUILD_RUSTFLAGS
+unset RUSTFLAGS CARGO_ENCODED_RUSTFLAGS CARGO_BUILD_RUSTFLAGS RUSTC_WORKSPACE_WRAPPER
 export CARGO_TARGET_WASM32_WASIP2_RUSTFLAGS="--remap-path-prefix=$fixed/src=/edgebus --remap-path-prefix=${CARGO_HOME:-$HOME/.cargo}=/cargo"
 start_s=$(date +%s)
 cargo build --manifest-path "$fixed/src/plugins/Cargo.toml" --target-dir "$here/target" \
