@@ -207,6 +207,9 @@ impl From<ReadError> for WriteError {
                 table: "log".into(),
                 detail: damaged.to_string(),
             }),
+            too_large @ ReadError::OffsetTooLarge(_) => {
+                WriteError::InvalidBatch(too_large.to_string())
+            }
         }
     }
 }
@@ -250,6 +253,9 @@ pub enum TopicError {
     Store(#[from] StoreError),
 }
 
+/// The largest offset a log can reach: Kafka's offsets are `i64`.
+pub const MAX_OFFSET: u64 = i64::MAX as u64;
+
 /// Why a read failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -281,6 +287,9 @@ pub enum ReadError {
         /// What failed.
         detail: String,
     },
+    /// An offset past Kafka's largest, [`MAX_OFFSET`], which no log reaches.
+    #[error("offset {0} is past the largest a log can reach ({MAX_OFFSET})")]
+    OffsetTooLarge(u64),
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -362,6 +362,9 @@ impl PartitionLog for MemStore {
             .partitions
             .get_mut(&(topic.to_owned(), partition))
             .ok_or_else(|| ReadError::UnknownTopic(topic.to_owned()))?;
+        if offset > crate::MAX_OFFSET {
+            return Err(ReadError::OffsetTooLarge(offset));
+        }
         if offset > part.offsets.log_end {
             if part.offsets.log_start == part.offsets.log_end {
                 part.offsets.log_start = offset;

@@ -4,8 +4,6 @@
 //!
 //! ```text
 //! topics                 &str            → topic settings (topic::encode_spec)
-//! partitions             (&str, u32)     → (log_start u64, log_end u64, bytes u64)
-//! producers              (i64, &str, u32)→ producer dedup state (opaque; edgebus-core encodes it)
 //! epochs                 (&str, u32, i32) → u64 (topic, partition, leader epoch → start offset)
 //! group_offsets          (&str, &str, u32) → u64 (group, topic, partition → offset)
 //! node                   &str            → u64   ("next_producer_id", "store_id", "format_version")
@@ -17,17 +15,34 @@
 //! deleting               (&str, u32)     → () (a deleted partition whose log is still being freed)
 //! log/{topic}/{p}        u64 base_offset → whole batch (Kafka RecordBatch v2), base offset
 //!                                          and leader epoch written in
+//!                        ROW_KEY         → the partition's row: log_start, log_end, bytes,
+//!                                          the sparse time index's state (PartitionRow)
+//!                        ROW_KEY + 1 + id→ producer `id`'s dedup state (opaque; edgebus-core
+//!                                          encodes it)
 //! time/{topic}/{p}       i64 max_ts_ms   → u64 base offset
 //! ```
 //!
-//! The `partitions` row is the source of truth for a partition's offsets:
-//! it keeps `log_end` when retention has deleted every batch, so offsets are
-//! never reused, and it keeps the partition's stored bytes so size
-//! retention knows when to act without scanning the log.
+//! The partition's row is the source of truth for its offsets: it keeps
+//! `log_end` when retention has deleted every batch, so offsets are never
+//! reused, and it keeps the partition's stored bytes so size retention knows
+//! when to act without scanning the log.
 //!
-//! The time index follows Kafka's: an entry is added only when a batch's
-//! max timestamp exceeds every earlier one in the partition, so keys and
-//! values both increase and a lookup is one range probe.
+//! The row and the producer states sit in the log table itself, at keys above
+//! every offset (Kafka offsets are `i64`), because a durable commit costs
+//! about one page write per B-tree page it changes: a batch appended at the
+//! log end changes the table's rightmost leaf, and the row and a few producers'
+//! states ride in that same leaf, where tables of their own (format 2) cost a
+//! leaf each. The time index is sparse for the same reason. Measured on a
+//! broker taking 1,000 single-record batches a second: 9.2 pages written
+//! per fsync in format 2, 7.6 in format 3.
+//!
+//! The time index follows Kafka's: an entry is added only for a batch
+//! whose max timestamp exceeds every earlier one in the partition, so keys
+//! and values both increase, and, like Kafka's `index.interval.bytes`, only
+//! once [`TIME_INDEX_INTERVAL`] bytes were stored since the last entry. A
+//! lookup probes the entries on either side of the time and reads at most
+//! that interval of batches between them; it answers exactly as an entry
+//! for every such batch would.
 //!
 //! Topic names are `[A-Za-z0-9._-]`, so the `/` in table names cannot be
 //! forged by a topic name.
@@ -39,7 +54,10 @@
 //! 0.1's own batch layout) had no such key; a store holding topics or
 //! configuration in it is refused with [`StoreError::IncompatibleFormat`]
 //! rather than misread, and an empty one is simply stamped with the current
-//! format.
+//! format. Format 2 kept partition rows and producer states in tables of
+//! their own (`partitions`, `producers`); it is upgraded in place at open,
+//! in one transaction, and a release that reads only format 2 refuses the
+//! result.
 //!
 //! Every write is one redb write transaction: a group append, a retention
 //! pass, a topic creation or deletion, an offset commit all apply completely
@@ -86,6 +104,7 @@
 //! (a file replaced under the broker, a backend factory returning new empty
 //! storage) is refused, because serving it would restart offsets at 0.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::hash::{BuildHasher, RandomState};
 use std::ops::Bound;
@@ -98,8 +117,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use edgebus_proto::batch::{self, BatchHeader};
 use redb::{
-    Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata,
-    StorageBackend, Table, TableDefinition, TableError, WriteTransaction,
+    Database, Durability, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable,
+    ReadableTableMetadata, StorageBackend, Table, TableDefinition, TableError, WriteTransaction,
 };
 
 use crate::{
@@ -108,12 +127,9 @@ use crate::{
     ReadError, RetentionHold, RetentionReport, StateWrite, StoreError, TopicError, TopicSpec,
     WriteError,
 };
-use crate::{DELETE_STEP_BYTES, group, plugin, topic};
+use crate::{DELETE_STEP_BYTES, MAX_OFFSET, group, plugin, topic};
 
 const TOPICS: TableDefinition<&str, &[u8]> = TableDefinition::new("topics");
-const PARTITIONS: TableDefinition<(&str, u32), (u64, u64, u64)> =
-    TableDefinition::new("partitions");
-const PRODUCERS: TableDefinition<(i64, &str, u32), &[u8]> = TableDefinition::new("producers");
 const EPOCHS: TableDefinition<(&str, u32, i32), u64> = TableDefinition::new("epochs");
 const GROUP_OFFSETS: TableDefinition<(&str, &str, u32), u64> =
     TableDefinition::new("group_offsets");
@@ -135,10 +151,29 @@ const STORE_ID: &str = "store_id";
 /// The on-disk format of the store; see the module docs.
 const FORMAT_VERSION: &str = "format_version";
 /// The format this release reads and writes: batches are Kafka
-/// RecordBatch v2, leader epochs are recorded.
-pub const FORMAT: u64 = 2;
+/// RecordBatch v2, leader epochs are recorded, partition rows and producer
+/// states sit in the partition's log table.
+pub const FORMAT: u64 = 3;
 /// Format 1 stores carry no `format_version` key.
 const LEGACY_FORMAT: u64 = 1;
+/// The format [`RedbStore`] upgrades in place; see the module docs.
+const FORMAT_2: u64 = 2;
+
+/// The key of a partition's row in its log table. Batches sit below it
+/// (no log reaches past [`MAX_OFFSET`]), producer states above.
+const ROW_KEY: u64 = MAX_OFFSET;
+
+/// The log-table key of idempotent producer `id`'s dedup state (`id` ≥ 0,
+/// as Kafka's are: a negative id is no idempotent producer).
+fn producer_key(id: i64) -> Option<u64> {
+    u64::try_from(id).ok().map(|id| ROW_KEY + 1 + id)
+}
+
+/// The producer whose dedup state is at log-table key `key` (above
+/// [`ROW_KEY`]).
+fn producer_of_key(key: u64) -> i64 {
+    (key - ROW_KEY - 1) as i64
+}
 
 /// How long a reopen waits for reads still running on the old database
 /// before giving up with [`StoreError::Recovering`] (and leaving the old
@@ -207,25 +242,111 @@ impl PartitionTables {
     }
 }
 
-/// A decoded `partitions` row.
+/// A partition's row, at [`ROW_KEY`] of its log table.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct PartitionRow {
     log_start: u64,
     log_end: u64,
     bytes: u64,
+    /// The largest max timestamp of any batch stored so far, deleted ones
+    /// included (Kafka's "max timestamp so far"); `None` before the first
+    /// batch, and once truncation or retention has emptied the time index
+    /// (the next batch then gets an entry).
+    max_ts: Option<i64>,
+    /// Bytes of the batches stored since the last time index entry, up to
+    /// at least [`TIME_INDEX_INTERVAL`]: see [`PartitionRow::index_time`].
+    unindexed: u64,
 }
 
+/// The sparse time index's spacing. A batch that raises the partition's
+/// max timestamp gets an entry only when this many bytes have been stored
+/// since the last entry, like Kafka's `index.interval.bytes`; so a lookup
+/// reads at most this much past the entry it starts from, and most small
+/// commits leave the time table alone, which saves a page in each.
+const TIME_INDEX_INTERVAL: u64 = 64 << 10;
+
 impl PartitionRow {
-    fn from_value((log_start, log_end, bytes): (u64, u64, u64)) -> Self {
-        PartitionRow {
-            log_start,
-            log_end,
-            bytes,
+    const LEN: usize = 41;
+
+    fn encode(self) -> [u8; Self::LEN] {
+        let mut out = [0; Self::LEN];
+        out[..8].copy_from_slice(&self.log_start.to_le_bytes());
+        out[8..16].copy_from_slice(&self.log_end.to_le_bytes());
+        out[16..24].copy_from_slice(&self.bytes.to_le_bytes());
+        out[24..32].copy_from_slice(&self.unindexed.to_le_bytes());
+        if let Some(max_ts) = self.max_ts {
+            out[32] = 1;
+            out[33..].copy_from_slice(&max_ts.to_le_bytes());
+        }
+        out
+    }
+
+    fn decode(table: &str, bytes: &[u8]) -> Result<Self, StoreError> {
+        let field = |at: usize| -> Option<[u8; 8]> { bytes.get(at..at + 8)?.try_into().ok() };
+        let u = |at| field(at).map(u64::from_le_bytes);
+        let max_ts = match bytes.get(32) {
+            Some(0) => Some(None),
+            Some(1) => field(33).map(|ts| Some(i64::from_le_bytes(ts))),
+            _ => None,
+        };
+        match (bytes.len(), u(0), u(8), u(16), u(24), max_ts) {
+            (
+                Self::LEN,
+                Some(log_start),
+                Some(log_end),
+                Some(bytes),
+                Some(unindexed),
+                Some(max_ts),
+            ) => Ok(PartitionRow {
+                log_start,
+                log_end,
+                bytes,
+                max_ts,
+                unindexed,
+            }),
+            _ => Err(corrupt(
+                table,
+                format!("partition row of {} bytes", bytes.len()),
+            )),
         }
     }
 
-    fn value(self) -> (u64, u64, u64) {
-        (self.log_start, self.log_end, self.bytes)
+    /// Takes a stored batch of `len` bytes and max timestamp `ts` into
+    /// the max timestamp so far; returns whether it gets a time index
+    /// entry. Only a batch that raises the max can (the index's keys and
+    /// offsets both increase, as Kafka's do), and only once
+    /// [`TIME_INDEX_INTERVAL`] bytes were stored since the last entry. So
+    /// the first batch after an entry whose max timestamp reaches a given
+    /// time lies within that many bytes of it, or is the next entry: what
+    /// [`RedbStore::offset_for_timestamp`] relies on.
+    fn index_time(&mut self, ts: i64, len: u64) -> bool {
+        let raises = self.max_ts.is_none_or(|max| ts > max);
+        if raises {
+            let first = self.max_ts.is_none();
+            self.max_ts = Some(ts);
+            if first || self.unindexed >= TIME_INDEX_INTERVAL {
+                self.unindexed = 0;
+                return true;
+            }
+        }
+        self.unindexed = self.unindexed.saturating_add(len);
+        false
+    }
+
+    /// The row in `log`, the partition's log table; `None` if it has none
+    /// (a log being removed after its topic was deleted).
+    fn read(
+        log: &impl ReadableTable<u64, &'static [u8]>,
+        table: &str,
+    ) -> Result<Option<Self>, StoreError> {
+        log.get(ROW_KEY)?
+            .map(|row| Self::decode(table, row.value()))
+            .transpose()
+    }
+
+    fn write(self, log: &mut Table<u64, &'static [u8]>) -> Result<(), StoreError> {
+        log.insert(ROW_KEY, self.encode().as_slice())?;
+        Ok(())
     }
 
     fn offsets(self) -> PartitionOffsets {
@@ -509,8 +630,6 @@ impl RedbStore {
     fn init(db: Database, open: Opener) -> Result<Self, StoreError> {
         let txn = db.begin_write()?;
         txn.open_table(TOPICS)?;
-        txn.open_table(PARTITIONS)?;
-        txn.open_table(PRODUCERS)?;
         txn.open_table(EPOCHS)?;
         txn.open_table(GROUP_OFFSETS)?;
         txn.open_table(PLUGINS)?;
@@ -550,10 +669,12 @@ impl RedbStore {
 
     /// Refuses a store written in another format, unless it is a legacy
     /// store holding nothing the format change affects (no topics, no saved
-    /// configuration), which may simply be stamped with [`FORMAT`].
+    /// configuration), which may simply be stamped with [`FORMAT`], or a
+    /// format 2 store, which is upgraded in `txn`.
     fn check_format(txn: &WriteTransaction, format: Option<u64>) -> Result<(), StoreError> {
         let found = match format {
             Some(FORMAT) => return Ok(()),
+            Some(FORMAT_2) => return Self::upgrade_from_2(txn),
             Some(other) => other,
             None => {
                 let empty =
@@ -570,6 +691,59 @@ impl RedbStore {
             advice: "start this release on a new, empty data directory; records in the old one \
                      can be read with the release that wrote them and produced again",
         })
+    }
+
+    /// Moves format 2's `partitions` rows and `producers` states into
+    /// each partition's log table, in `txn`, and drops those tables.
+    fn upgrade_from_2(txn: &WriteTransaction) -> Result<(), StoreError> {
+        const PARTITIONS: TableDefinition<(&str, u32), (u64, u64, u64)> =
+            TableDefinition::new("partitions");
+        const PRODUCERS: TableDefinition<(i64, &str, u32), &[u8]> =
+            TableDefinition::new("producers");
+        let mut rows = BTreeMap::new();
+        for entry in txn.open_table(PARTITIONS)?.iter()? {
+            let (key, value) = entry?;
+            let ((topic, partition), (log_start, log_end, bytes)) = (key.value(), value.value());
+            rows.insert((topic.to_owned(), partition), (log_start, log_end, bytes));
+        }
+        for ((topic, partition), (log_start, log_end, bytes)) in &rows {
+            let tables = PartitionTables::new(topic, *partition);
+            // Format 2's time index has an entry for every batch that
+            // raised the max timestamp, so its last key is that max; the
+            // next raising batch gets an entry.
+            let max_ts = txn
+                .open_table(tables.time())?
+                .last()?
+                .map(|(ts, _)| ts.value());
+            let row = PartitionRow {
+                log_start: *log_start,
+                log_end: *log_end,
+                bytes: *bytes,
+                max_ts,
+                unindexed: TIME_INDEX_INTERVAL,
+            };
+            row.write(&mut txn.open_table(tables.log())?)?;
+        }
+        let mut states = Vec::new();
+        for entry in txn.open_table(PRODUCERS)?.iter()? {
+            let (key, state) = entry?;
+            let (id, topic, partition) = key.value();
+            states.push((id, topic.to_owned(), partition, state.value().to_vec()));
+        }
+        for (id, topic, partition, state) in &states {
+            // Format 2 kept a state only for a partition it had a row for,
+            // and only for idempotent producers; anything else is no
+            // partition's and no producer's, and is dropped.
+            let known = rows.contains_key(&(topic.clone(), *partition));
+            if let (Some(key), true) = (producer_key(*id), known) {
+                let tables = PartitionTables::new(topic, *partition);
+                txn.open_table(tables.log())?
+                    .insert(key, state.as_slice())?;
+            }
+        }
+        txn.delete_table(PARTITIONS)?;
+        txn.delete_table(PRODUCERS)?;
+        Ok(())
     }
 
     /// The open database, for one operation.
@@ -682,18 +856,24 @@ impl RedbStore {
             return Ok(false);
         }
         topics.insert(spec.name.as_str(), topic::encode_spec(spec).as_slice())?;
-        let mut partitions = txn.open_table(PARTITIONS)?;
         for partition in 0..spec.partitions {
-            partitions.insert(
-                (spec.name.as_str(), partition),
-                PartitionRow::default().value(),
-            )?;
-            Self::finish_deleting(txn, &spec.name, partition)?;
-            let tables = PartitionTables::new(&spec.name, partition);
-            txn.open_table(tables.log())?;
-            txn.open_table(tables.time())?;
+            Self::create_partition(txn, &spec.name, partition)?;
         }
         Ok(true)
+    }
+
+    /// Creates an empty partition's tables and row in `txn`, after what is
+    /// left of an earlier partition of that name.
+    fn create_partition(
+        txn: &WriteTransaction,
+        topic: &str,
+        partition: u32,
+    ) -> Result<(), StoreError> {
+        Self::finish_deleting(txn, topic, partition)?;
+        let tables = PartitionTables::new(topic, partition);
+        PartitionRow::default().write(&mut txn.open_table(tables.log())?)?;
+        txn.open_table(tables.time())?;
+        Ok(())
     }
 
     /// Alters the topic in `txn` from `old` to `new`, adding the partitions
@@ -705,16 +885,8 @@ impl RedbStore {
     ) -> Result<(), StoreError> {
         let mut topics = txn.open_table(TOPICS)?;
         topics.insert(new.name.as_str(), topic::encode_spec(new).as_slice())?;
-        let mut partitions = txn.open_table(PARTITIONS)?;
         for partition in old.partitions..new.partitions {
-            partitions.insert(
-                (new.name.as_str(), partition),
-                PartitionRow::default().value(),
-            )?;
-            Self::finish_deleting(txn, &new.name, partition)?;
-            let tables = PartitionTables::new(&new.name, partition);
-            txn.open_table(tables.log())?;
-            txn.open_table(tables.time())?;
+            Self::create_partition(txn, &new.name, partition)?;
         }
         Ok(())
     }
@@ -727,24 +899,24 @@ impl RedbStore {
         };
         let spec = topic::decode_spec(name, encoded.value())?;
         drop(encoded);
-        let mut partitions = txn.open_table(PARTITIONS)?;
         let mut deleting = txn.open_table(DELETING)?;
         for partition in 0..spec.partitions {
-            let row = partitions.remove((name, partition))?;
-            let bytes = row.map_or(0, |row| PartitionRow::from_value(row.value()).bytes);
             let tables = PartitionTables::new(name, partition);
             txn.delete_table(tables.time())?;
+            let mut log = txn.open_table(tables.log())?;
+            let bytes = PartitionRow::read(&log, &tables.log)?.map_or(0, |row| row.bytes);
             // Freeing a large log's pages takes the writer about 0.14 ms a
             // MB here: a large one is removed a step at a time instead, so
-            // other partitions' appends are not held up behind it.
+            // other partitions' appends are not held up behind it. Its row
+            // and producer states go now: the partition is gone at once.
             if bytes <= DELETE_STEP_BYTES {
+                drop(log);
                 txn.delete_table(tables.log())?;
             } else {
+                log.retain_in(ROW_KEY.., |_, _| false)?;
                 deleting.insert((name, partition), ())?;
             }
         }
-        txn.open_table(PRODUCERS)?
-            .retain(|(_, topic, _), _| topic != name)?;
         txn.open_table(EPOCHS)?
             .retain_in((name, 0, i32::MIN)..=(name, u32::MAX, i32::MAX), |_, _| {
                 false
@@ -791,7 +963,7 @@ impl RedbStore {
             let mut log = txn.open_table(tables.log())?;
             let mut last = None;
             let mut taken = 0u64;
-            for entry in log.iter()? {
+            for entry in log.range(..ROW_KEY)? {
                 let (offset, batch) = entry?;
                 taken += batch.value().len() as u64;
                 last = Some(offset.value());
@@ -820,23 +992,31 @@ impl RedbStore {
         txn: &WriteTransaction,
         commits: &[OffsetCommit],
     ) -> Result<(), CommitError> {
-        let partitions = txn.open_table(PARTITIONS).or_backend()?;
         let topics = txn.open_table(TOPICS).or_backend()?;
+        let mut partitions: BTreeMap<&str, Option<u32>> = BTreeMap::new();
         for commit in commits {
-            let key = (commit.topic.as_str(), commit.partition);
-            if partitions.get(key).or_backend()?.is_some() {
-                continue;
-            }
-            return Err(
-                if topics.get(commit.topic.as_str()).or_backend()?.is_some() {
-                    CommitError::UnknownPartition {
+            let name = commit.topic.as_str();
+            let count = match partitions.get(name) {
+                Some(count) => *count,
+                None => {
+                    let spec = topics.get(name).or_backend()?;
+                    let count = spec
+                        .map(|spec| topic::decode_spec(name, spec.value()))
+                        .transpose()?
+                        .map(|spec| spec.partitions);
+                    *partitions.entry(name).or_insert(count)
+                }
+            };
+            match count {
+                Some(count) if commit.partition < count => {}
+                Some(_) => {
+                    return Err(CommitError::UnknownPartition {
                         topic: commit.topic.clone(),
                         partition: commit.partition,
-                    }
-                } else {
-                    CommitError::UnknownTopic(commit.topic.clone())
-                },
-            );
+                    });
+                }
+                None => return Err(CommitError::UnknownTopic(commit.topic.clone())),
+            }
         }
         Ok(())
     }
@@ -888,21 +1068,18 @@ impl RedbStore {
     /// checks, index entries and accounting as produced batches. On error
     /// the caller aborts `txn`.
     fn append_at_in(txn: &WriteTransaction, writes: &[LogWrite]) -> Result<(), WriteError> {
-        let mut partitions = txn.open_table(PARTITIONS).or_backend()?;
-        let mut producers = txn.open_table(PRODUCERS).or_backend()?;
         let mut epochs = txn.open_table(EPOCHS).or_backend()?;
         // Consecutive writes to one partition share its opened tables.
         for run in writes.chunk_by(|a, b| a.topic == b.topic && a.partition == b.partition) {
             let (topic, partition) = (run[0].topic.as_str(), run[0].partition);
-            let row = partitions.get((topic, partition)).or_backend()?;
-            let Some(row) = row.map(|r| PartitionRow::from_value(r.value())) else {
+            let tables = PartitionTables::new(topic, partition);
+            // Opening a missing table in a write transaction creates it; the
+            // caller aborts this one on the error below, so nothing stays.
+            let mut log = txn.open_table(tables.log()).or_backend()?;
+            let Some(mut row) = PartitionRow::read(&log, &tables.log)? else {
                 return Err(Self::missing(txn, topic, partition)?.into());
             };
-            let mut row = row;
-            let tables = PartitionTables::new(topic, partition);
-            let mut log = txn.open_table(tables.log()).or_backend()?;
             let mut time = txn.open_table(tables.time()).or_backend()?;
-            let mut running_max_ms = time.last().or_backend()?.map(|(ts, _)| ts.value());
             let mut latest_epoch = Self::latest_epoch(&epochs, topic, partition)?;
             for write in run {
                 let header = write.header()?;
@@ -913,6 +1090,13 @@ impl RedbStore {
                         base_offset: write.base_offset,
                         log_end: row.log_end,
                     });
+                }
+                // The log end is below ROW_KEY, so this cannot overflow.
+                if write.end(header.as_ref()) > ROW_KEY {
+                    return Err(WriteError::InvalidBatch(format!(
+                        "a batch at {} would reach past Kafka's largest offset",
+                        write.base_offset
+                    )));
                 }
                 if let Some(header) = &header {
                     match latest_epoch {
@@ -932,24 +1116,18 @@ impl RedbStore {
                             latest_epoch = Some(write.leader_epoch);
                         }
                     }
-                    Self::write_batch(
-                        &mut log,
-                        &mut time,
-                        &mut running_max_ms,
-                        &mut row,
-                        write,
-                        header,
-                    )?;
+                    Self::write_batch(&mut log, &mut time, &mut row, write, header)?;
                 }
                 if let Some((producer_id, state)) = &write.producer {
-                    producers
-                        .insert((*producer_id, topic, partition), state.as_ref())
-                        .or_backend()?;
+                    let key = producer_key(*producer_id).ok_or_else(|| {
+                        WriteError::InvalidBatch(format!(
+                            "producer id {producer_id} is no idempotent producer's"
+                        ))
+                    })?;
+                    log.insert(key, state.as_ref()).or_backend()?;
                 }
             }
-            partitions
-                .insert((topic, partition), row.value())
-                .or_backend()?;
+            row.write(&mut log)?;
         }
         Ok(())
     }
@@ -967,8 +1145,8 @@ impl RedbStore {
         Ok(last.map(|(key, _)| key.value().2))
     }
 
-    /// The error for a partition without a `partitions` row: an unknown
-    /// topic, or a partition the topic does not have.
+    /// The error for a partition without a row: an unknown topic, or a
+    /// partition the topic does not have.
     fn missing(
         txn: &WriteTransaction,
         topic: &str,
@@ -989,7 +1167,6 @@ impl RedbStore {
     fn write_batch(
         log: &mut Table<u64, &'static [u8]>,
         time: &mut Table<i64, u64>,
-        running_max_ms: &mut Option<i64>,
         row: &mut PartitionRow,
         write: &LogWrite,
         header: &BatchHeader,
@@ -1004,9 +1181,8 @@ impl RedbStore {
         }
         row.log_end = write.end(Some(header));
         row.bytes += write.batch.len() as u64;
-        if running_max_ms.is_none_or(|max| header.max_timestamp_ms > max) {
+        if row.index_time(header.max_timestamp_ms, write.batch.len() as u64) {
             time.insert(header.max_timestamp_ms, base_offset)?;
-            *running_max_ms = Some(header.max_timestamp_ms);
         }
         Ok(())
     }
@@ -1018,19 +1194,17 @@ impl RedbStore {
         partition: u32,
         offset: u64,
     ) -> Result<u64, ReadError> {
-        let mut partitions = txn.open_table(PARTITIONS).or_backend()?;
-        let row = partitions.get((topic, partition)).or_backend()?;
-        let Some(mut row) = row.map(|r| PartitionRow::from_value(r.value())) else {
+        let tables = PartitionTables::new(topic, partition);
+        let mut log = txn.open_table(tables.log()).or_backend()?;
+        let Some(mut row) = PartitionRow::read(&log, &tables.log)? else {
             return Err(Self::missing(txn, topic, partition)?);
         };
         if offset >= row.log_end {
             return Ok(row.log_end);
         }
-        let tables = PartitionTables::new(topic, partition);
-        let mut log = txn.open_table(tables.log()).or_backend()?;
         let new_end = Self::holding_batch(&log, &tables.log, offset)?.unwrap_or(offset);
         let mut removed = Vec::new();
-        for entry in log.range(new_end..).or_backend()? {
+        for entry in log.range(new_end..ROW_KEY).or_backend()? {
             let (key, value) = entry.or_backend()?;
             removed.push((key.value(), value.value().len() as u64));
         }
@@ -1038,10 +1212,9 @@ impl RedbStore {
             log.remove(base).or_backend()?;
             row.bytes = row.bytes.saturating_sub(*size);
         }
-        txn.open_table(tables.time())
-            .or_backend()?
-            .retain(|_, base| base < new_end)
-            .or_backend()?;
+        let mut time = txn.open_table(tables.time()).or_backend()?;
+        time.retain(|_, base| base < new_end).or_backend()?;
+        Self::rescan_time(&log, &time, &tables.log, &mut row, new_end)?;
         txn.open_table(EPOCHS)
             .or_backend()?
             .retain_in(
@@ -1051,10 +1224,66 @@ impl RedbStore {
             .or_backend()?;
         row.log_end = new_end;
         row.log_start = row.log_start.min(new_end);
-        partitions
-            .insert((topic, partition), row.value())
-            .or_backend()?;
+        row.write(&mut log)?;
         Ok(new_end)
+    }
+
+    /// Sets `row`'s max timestamp so far and bytes since the last time index
+    /// entry for a log truncated to end at `log_end`, whose index keeps
+    /// only entries below it. With no entry left the log is as good as new
+    /// for the index: the next batch gets one.
+    fn rescan_time(
+        log: &impl ReadableTable<u64, &'static [u8]>,
+        time: &impl ReadableTable<i64, u64>,
+        table: &str,
+        row: &mut PartitionRow,
+        log_end: u64,
+    ) -> Result<(), StoreError> {
+        let Some((key, base)) = time.last()?.map(|(k, b)| (k.value(), b.value())) else {
+            row.max_ts = None;
+            row.unindexed = 0;
+            return Ok(());
+        };
+        let mut max_ts = key;
+        row.unindexed = Self::after_time_entry(log, table, base, log_end, |_, header| {
+            max_ts = max_ts.max(header.max_timestamp_ms);
+            true
+        })?;
+        row.max_ts = Some(max_ts);
+        Ok(())
+    }
+
+    /// Visits the batches from the one at `entry` (a time index entry's
+    /// offset) up to `until` for as long as one that raised the max
+    /// timestamp without an entry of its own may lie among them: the
+    /// entry's own batch (an entry retention moved to the log start may sit
+    /// at a later batch than its key's), then those within
+    /// [`TIME_INDEX_INTERVAL`] bytes after it (see
+    /// [`PartitionRow::index_time`]). `visit` gets each batch's base offset
+    /// and header, and returns `false` to stop. Returns the bytes visited
+    /// after the entry's batch.
+    fn after_time_entry(
+        log: &impl ReadableTable<u64, &'static [u8]>,
+        table: &str,
+        entry: u64,
+        until: u64,
+        mut visit: impl FnMut(u64, &BatchHeader) -> bool,
+    ) -> Result<u64, StoreError> {
+        let mut past = 0u64;
+        for stored in log.range(entry..until.min(ROW_KEY))? {
+            if past >= TIME_INDEX_INTERVAL {
+                break;
+            }
+            let (key, value) = stored?;
+            let header = stored_header(table, key.value(), value.value())?;
+            if !visit(key.value(), &header) {
+                break;
+            }
+            if key.value() != entry {
+                past += value.value().len() as u64;
+            }
+        }
+        Ok(past)
     }
 
     /// The base offset of the stored batch holding `offset`, if any.
@@ -1063,7 +1292,7 @@ impl RedbStore {
         table: &str,
         offset: u64,
     ) -> Result<Option<u64>, StoreError> {
-        let Some(entry) = log.range(..=offset)?.next_back() else {
+        let Some(entry) = log.range(..=offset.min(ROW_KEY - 1))?.next_back() else {
             return Ok(None);
         };
         let (key, value) = entry?;
@@ -1147,7 +1376,7 @@ impl RedbStore {
         Ok(())
     }
 
-    /// Applies retention to one partition; returns the updated row.
+    /// Applies retention to one partition whose row is `row`, updating it.
     fn retain_partition(
         txn: &WriteTransaction,
         spec: &TopicSpec,
@@ -1156,14 +1385,15 @@ impl RedbStore {
         now_ms: i64,
         report: &mut RetentionReport,
         holds: &mut [RetentionHold],
-    ) -> Result<PartitionRow, StoreError> {
+    ) -> Result<(), StoreError> {
         let tables = PartitionTables::new(&spec.name, partition);
         let mut log = txn.open_table(tables.log())?;
         type Oldest = Option<(u64, u64, i64, u64)>;
         let oldest = |log: &Table<u64, &[u8]>| -> Result<Oldest, StoreError> {
-            let Some((key, value)) = log.first()? else {
+            let Some(entry) = log.range(..ROW_KEY)?.next() else {
                 return Ok(None);
             };
+            let (key, value) = entry?;
             let header = stored_header(&tables.log, key.value(), value.value())?;
             Ok(Some((
                 key.value(),
@@ -1176,6 +1406,8 @@ impl RedbStore {
             RetentionHold::allow(holds, &spec.name, partition, (base, end, size), bytes)
         };
         let before = report.batches;
+        // The largest max timestamp of the batches removed.
+        let mut removed_max_ts = None;
         if let Some(cutoff_ms) = topic::retention_cutoff_ms(spec, now_ms) {
             while let Some((base, end, max_ts, size)) = oldest(&log)? {
                 if max_ts >= cutoff_ms || report.step_spent() || !allow(base, end, size, row.bytes)
@@ -1183,12 +1415,13 @@ impl RedbStore {
                     break;
                 }
                 log.remove(base)?;
+                removed_max_ts = removed_max_ts.max(Some(max_ts));
                 row.bytes = row.bytes.saturating_sub(size);
                 report.batches += 1;
                 report.bytes += size;
             }
         }
-        while let Some((base, end, _, size)) = oldest(&log)? {
+        while let Some((base, end, max_ts, size)) = oldest(&log)? {
             if !topic::oldest_over_size(spec, row.bytes, size)
                 || report.step_spent()
                 || !allow(base, end, size, row.bytes)
@@ -1196,18 +1429,24 @@ impl RedbStore {
                 break;
             }
             log.remove(base)?;
+            removed_max_ts = removed_max_ts.max(Some(max_ts));
             row.bytes = row.bytes.saturating_sub(size);
             report.batches += 1;
             report.bytes += size;
         }
         if report.batches == before {
-            return Ok(row);
+            return Ok(());
         }
-        let first = log.first()?.map(|(key, _)| key.value());
+        let first = match log.range(..ROW_KEY)?.next() {
+            Some(entry) => Some(entry?.0.value()),
+            None => None,
+        };
         row.log_start = first.unwrap_or(row.log_end);
-        // Drop index entries below the new log start, but keep the largest
-        // dropped timestamp pointing at the log start: remaining batches may
-        // hold records up to it, and later appends compare against it.
+        // Drop index entries below the new log start, but keep the max
+        // timestamp so far at the log start (the largest dropped key, or a
+        // batch the sparse index skipped): remaining batches may hold
+        // records up to it, and later appends compare against it. An
+        // emptied log starts the index afresh.
         let mut time = txn.open_table(tables.time())?;
         let mut dropped = Vec::new();
         for entry in time.iter()? {
@@ -1220,10 +1459,18 @@ impl RedbStore {
         for ts in &dropped {
             time.remove(ts)?;
         }
-        if let (Some(ts), Some(_)) = (dropped.last(), first) {
-            time.insert(ts, row.log_start)?;
+        match (dropped.last(), first) {
+            (Some(&ts), Some(_)) => {
+                time.insert(ts.max(removed_max_ts.unwrap_or(ts)), row.log_start)?;
+            }
+            (_, None) => {
+                row.max_ts = None;
+                row.unindexed = 0;
+            }
+            (None, Some(_)) => {}
         }
-        Ok(row)
+        row.write(&mut log)?;
+        Ok(())
     }
 
     /// One retention pass over every topic that has a limit, in one write
@@ -1249,17 +1496,11 @@ impl RedbStore {
                     })
                 })
                 .collect::<Result<_, _>>()?;
-            let mut partitions = txn.open_table(PARTITIONS)?;
             for spec in &specs {
                 for partition in 0..spec.partitions {
-                    let key = (spec.name.as_str(), partition);
-                    let row = partitions.get(key)?.map(|r| r.value()).ok_or_else(|| {
-                        corrupt(
-                            "partitions",
-                            format!("no row for {}/{partition}", spec.name),
-                        )
-                    })?;
-                    let row = PartitionRow::from_value(row);
+                    let tables = PartitionTables::new(&spec.name, partition);
+                    let row = PartitionRow::read(&txn.open_table(tables.log())?, &tables.log)?
+                        .ok_or_else(|| corrupt(&tables.log, "no partition row"))?;
                     // Size retention needs more than the limit stored to act.
                     let over_size =
                         u64::try_from(spec.retention_bytes).is_ok_and(|limit| row.bytes > limit);
@@ -1268,18 +1509,7 @@ impl RedbStore {
                     {
                         continue;
                     }
-                    let retained = Self::retain_partition(
-                        &txn,
-                        spec,
-                        partition,
-                        row,
-                        now_ms,
-                        &mut report,
-                        holds,
-                    )?;
-                    if retained != row {
-                        partitions.insert(key, retained.value())?;
-                    }
+                    Self::retain_partition(&txn, spec, partition, row, now_ms, &mut report, holds)?;
                 }
             }
         }
@@ -1296,7 +1526,7 @@ impl RedbStore {
         max_bytes: usize,
         upper: u64,
     ) -> Result<ReadBatches, ReadError> {
-        let row = Self::partition_row(txn, topic, partition)?;
+        let (log, row) = Self::partition_log(txn, topic, partition)?;
         let offsets = row.offsets().bounded(upper);
         let from = from.max(offsets.log_start);
         let mut batches = Vec::new();
@@ -1304,10 +1534,9 @@ impl RedbStore {
             return Ok(ReadBatches { batches, offsets });
         }
         let tables = PartitionTables::new(topic, partition);
-        let log = txn.open_table(tables.log()).or_backend()?;
         let start = Self::holding_batch(&log, &tables.log, from)?.unwrap_or(from);
         let mut total = 0usize;
-        for entry in log.range(start..).or_backend()? {
+        for entry in log.range(start..offsets.log_end).or_backend()? {
             let (key, value) = entry.or_backend()?;
             let bytes = value.value();
             if !batches.is_empty() && total + bytes.len() > max_bytes {
@@ -1332,16 +1561,33 @@ impl RedbStore {
         Ok(ReadBatches { batches, offsets })
     }
 
-    /// Reads the `partitions` row, telling an unknown topic from an unknown
+    /// Reads the partition's row, telling an unknown topic from an unknown
     /// partition.
     fn partition_row(
         txn: &ReadTransaction,
         topic: &str,
         partition: u32,
     ) -> Result<PartitionRow, ReadError> {
-        let partitions = txn.open_table(PARTITIONS).or_backend()?;
-        if let Some(row) = partitions.get((topic, partition)).or_backend()? {
-            return Ok(PartitionRow::from_value(row.value()));
+        Ok(Self::partition_log(txn, topic, partition)?.1)
+    }
+
+    /// Opens the partition's log table and reads its row, telling an
+    /// unknown topic from an unknown partition.
+    fn partition_log(
+        txn: &ReadTransaction,
+        topic: &str,
+        partition: u32,
+    ) -> Result<(ReadOnlyTable<u64, &'static [u8]>, PartitionRow), ReadError> {
+        let tables = PartitionTables::new(topic, partition);
+        let log = match txn.open_table(tables.log()) {
+            Ok(log) => Some(log),
+            Err(TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err(StoreError::from(e).into()),
+        };
+        if let Some(log) = log
+            && let Some(row) = PartitionRow::read(&log, &tables.log)?
+        {
+            return Ok((log, row));
         }
         let topics = txn.open_table(TOPICS).or_backend()?;
         if topics.get(topic).or_backend()?.is_some() {
@@ -1370,11 +1616,16 @@ impl PartitionLog for RedbStore {
         self.writing(|db| {
             let txn = Self::begin_durable(db)?;
             let truncated = Self::truncate_in(&txn, topic, partition, offset).and_then(|end| {
-                let mut table = txn.open_table(PRODUCERS).or_backend()?;
+                let tables = PartitionTables::new(topic, partition);
+                let mut log = txn.open_table(tables.log()).or_backend()?;
                 for (producer_id, state) in producers {
-                    table
-                        .insert((*producer_id, topic, partition), state.as_ref())
-                        .or_backend()?;
+                    let key = producer_key(*producer_id).ok_or_else(|| {
+                        corrupt(
+                            &tables.log,
+                            format!("producer id {producer_id} is no idempotent producer's"),
+                        )
+                    })?;
+                    log.insert(key, state.as_ref()).or_backend()?;
                 }
                 Ok(end)
             });
@@ -1400,26 +1651,27 @@ impl PartitionLog for RedbStore {
     ) -> Result<(), WriteError> {
         self.writing(|db| {
             let txn = Self::begin_durable(db)?;
-            let row = {
-                let partitions = txn.open_table(PARTITIONS).or_backend()?;
-                let row = partitions.get((topic, partition)).or_backend()?;
-                row.map(|r| PartitionRow::from_value(r.value()))
-            };
-            let Some(mut row) = row else {
-                return Err(Self::missing(&txn, topic, partition)?.into());
-            };
             let tables = PartitionTables::new(topic, partition);
             {
                 let mut log = txn.open_table(tables.log()).or_backend()?;
-                let old_len = match log.get(offset).or_backend()? {
-                    Some(old) => old.value().len() as u64,
+                let Some(mut row) = PartitionRow::read(&log, &tables.log)? else {
+                    drop(log);
+                    return Err(Self::missing(&txn, topic, partition)?.into());
+                };
+                let stored = if offset < row.log_end {
+                    log.get(offset).or_backend()?.map(|old| old.value().len())
+                } else {
+                    None
+                };
+                let old_len = match stored {
+                    Some(len) => len as u64,
                     None => {
                         return Err(WriteError::InvalidBatch(format!(
                             "no stored batch at {offset} to mend"
                         )));
                     }
                 };
-                let next = match log.range(offset + 1..).or_backend()?.next() {
+                let next = match log.range(offset + 1..ROW_KEY).or_backend()?.next() {
                     Some(entry) => entry.or_backend()?.0.value(),
                     None => row.log_end,
                 };
@@ -1437,11 +1689,8 @@ impl PartitionLog for RedbStore {
                 crate::check_mend(offset, next, epoch, batch)?;
                 log.insert(offset, batch).or_backend()?;
                 row.bytes = row.bytes.saturating_sub(old_len) + batch.len() as u64;
+                row.write(&mut log)?;
             }
-            txn.open_table(PARTITIONS)
-                .or_backend()?
-                .insert((topic, partition), row.value())
-                .or_backend()?;
             txn.commit().or_backend()?;
             Ok(())
         })
@@ -1473,13 +1722,31 @@ impl PartitionLog for RedbStore {
         timestamp_ms: i64,
     ) -> Result<u64, ReadError> {
         self.snapshot(|txn| {
-            let row = Self::partition_row(txn, topic, partition)?;
+            let (log, row) = Self::partition_log(txn, topic, partition)?;
             let tables = PartitionTables::new(topic, partition);
             let time = txn.open_table(tables.time()).or_backend()?;
-            let found = match time.range(timestamp_ms..).or_backend()?.next() {
+            // The first batch whose max timestamp reaches `timestamp_ms` is
+            // the next entry's, or one the sparse index skipped, found
+            // within its interval after the entry before.
+            let next = match time.range(timestamp_ms..).or_backend()?.next() {
                 Some(entry) => Some(entry.or_backend()?.1.value()),
                 None => None,
             };
+            let before = match time.range(..timestamp_ms).or_backend()?.next_back() {
+                Some(entry) => Some(entry.or_backend()?.1.value()),
+                None => None,
+            };
+            let mut found = next;
+            if let Some(before) = before {
+                let until = next.unwrap_or(row.log_end);
+                Self::after_time_entry(&log, &tables.log, before, until, |base, header| {
+                    let reaches = header.max_timestamp_ms >= timestamp_ms;
+                    if reaches {
+                        found = Some(base);
+                    }
+                    !reaches
+                })?;
+            }
             Ok(found.map_or(row.log_end, |base| base.max(row.log_start)))
         })
     }
@@ -1503,15 +1770,14 @@ impl PartitionLog for RedbStore {
 
     fn producer_states(&self, topic: &str, partition: u32) -> Result<Vec<(i64, Bytes)>, ReadError> {
         self.snapshot(|txn| {
-            Self::partition_row(txn, topic, partition)?;
-            let producers = txn.open_table(PRODUCERS).or_backend()?;
+            let (log, _) = Self::partition_log(txn, topic, partition)?;
             let mut states = Vec::new();
-            for entry in producers.iter().or_backend()? {
+            for entry in log.range(ROW_KEY + 1..).or_backend()? {
                 let (key, state) = entry.or_backend()?;
-                let (producer_id, t, p) = key.value();
-                if t == topic && p == partition {
-                    states.push((producer_id, Bytes::copy_from_slice(state.value())));
-                }
+                states.push((
+                    producer_of_key(key.value()),
+                    Bytes::copy_from_slice(state.value()),
+                ));
             }
             Ok(states)
         })
@@ -1535,20 +1801,21 @@ impl PartitionLog for RedbStore {
         self.writing(|db| {
             let txn = Self::begin_durable(db)?;
             let end = {
-                let mut partitions = txn.open_table(PARTITIONS).or_backend()?;
-                let row = partitions.get((topic, partition)).or_backend()?;
-                let Some(mut row) = row.map(|r| PartitionRow::from_value(r.value())) else {
-                    drop(partitions);
+                let tables = PartitionTables::new(topic, partition);
+                let mut log = txn.open_table(tables.log()).or_backend()?;
+                let Some(mut row) = PartitionRow::read(&log, &tables.log)? else {
+                    drop(log);
                     return Err(Self::missing(&txn, topic, partition)?);
                 };
+                if offset > ROW_KEY {
+                    return Err(ReadError::OffsetTooLarge(offset));
+                }
                 if offset > row.log_end {
                     if row.log_start == row.log_end {
                         row.log_start = offset;
                     }
                     row.log_end = offset;
-                    partitions
-                        .insert((topic, partition), row.value())
-                        .or_backend()?;
+                    row.write(&mut log)?;
                 }
                 row.log_end
             };
@@ -1942,6 +2209,7 @@ impl LogStore for RedbStore {
 
 #[cfg(test)]
 mod tests {
+    use redb::TableHandle;
     use redb::backends::InMemoryBackend;
 
     use super::*;
@@ -2032,6 +2300,123 @@ mod tests {
         store.mend_batch("t", 0, 0, &whole[0]).unwrap();
         let read = store.read("t", 0, 0, usize::MAX, u64::MAX).unwrap();
         assert_eq!(read.batches, whole);
+    }
+
+    /// A format 2 store, with partition rows and producer states in tables
+    /// of their own, is upgraded in place at open: offsets, bytes, batches
+    /// and producer states are all where format 3 keeps them, appends go
+    /// on after the last batch, and the old tables are gone.
+    #[test]
+    fn a_format_2_store_is_upgraded_in_place_at_open() {
+        const PARTITIONS: TableDefinition<(&str, u32), (u64, u64, u64)> =
+            TableDefinition::new("partitions");
+        const PRODUCERS: TableDefinition<(i64, &str, u32), &[u8]> =
+            TableDefinition::new("producers");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("edgebus.redb");
+        let spec = TopicSpec {
+            max_message_bytes: crate::topic::DEFAULT_MAX_MESSAGE_BYTES,
+            ..TopicSpec::new("t", 2)
+        };
+        let stamped = |records: i32, base_sequence: i32, base_offset: u64| {
+            let mut builder = batch::BatchBuilder::new();
+            for i in 0..records {
+                builder.push(&batch::Record::new(format!("v{i}"), 1));
+            }
+            let mut bytes = builder
+                .finish(batch::ProducerStamp {
+                    producer_id: 7,
+                    producer_epoch: 0,
+                    base_sequence,
+                })
+                .to_vec();
+            batch::set_base_offset(&mut bytes, base_offset);
+            batch::set_partition_leader_epoch(&mut bytes, 0);
+            Bytes::from(bytes)
+        };
+        let first = stamped(3, 0, 0);
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut node = txn.open_table(NODE).unwrap();
+                node.insert(STORE_ID, 42).unwrap();
+                node.insert(FORMAT_VERSION, FORMAT_2).unwrap();
+                let encoded = topic::encode_spec(&spec);
+                txn.open_table(TOPICS)
+                    .unwrap()
+                    .insert("t", encoded.as_slice())
+                    .unwrap();
+                let mut partitions = txn.open_table(PARTITIONS).unwrap();
+                partitions
+                    .insert(("t", 0), (0, 3, first.len() as u64))
+                    .unwrap();
+                partitions.insert(("t", 1), (0, 0, 0)).unwrap();
+                let mut producers = txn.open_table(PRODUCERS).unwrap();
+                producers.insert((7, "t", 0), &b"state-7"[..]).unwrap();
+                // Of no partition: dropped by the upgrade.
+                producers.insert((8, "gone", 0), &b"orphan"[..]).unwrap();
+                txn.open_table(EPOCHS)
+                    .unwrap()
+                    .insert(("t", 0, 0), 0)
+                    .unwrap();
+                for partition in 0..2 {
+                    let tables = PartitionTables::new("t", partition);
+                    let mut log = txn.open_table(tables.log()).unwrap();
+                    let mut time = txn.open_table(tables.time()).unwrap();
+                    if partition == 0 {
+                        log.insert(0, first.as_ref()).unwrap();
+                        time.insert(1, 0).unwrap();
+                    }
+                }
+            }
+            txn.commit().unwrap();
+        }
+
+        let store = RedbStore::open(&path).unwrap();
+        let offsets = |p| store.offsets("t", p).unwrap();
+        assert_eq!((offsets(0).log_start, offsets(0).log_end), (0, 3));
+        assert_eq!((offsets(1).log_start, offsets(1).log_end), (0, 0));
+        assert_eq!(store.partition_bytes("t", 0).unwrap(), first.len() as u64);
+        assert_eq!(
+            store.producer_states("t", 0).unwrap(),
+            vec![(7, Bytes::from_static(b"state-7"))]
+        );
+        assert!(store.producer_states("t", 1).unwrap().is_empty());
+        let read = store.read("t", 0, 0, usize::MAX, u64::MAX).unwrap();
+        assert_eq!(read.batches, vec![first.clone()]);
+        let next = stamped(2, 3, 3);
+        let write = LogWrite {
+            topic: "t".into(),
+            partition: 0,
+            base_offset: 3,
+            leader_epoch: 0,
+            batch: next.clone(),
+            producer: Some((7, Bytes::from_static(b"state-7b"))),
+        };
+        store.append_at(&[write], true).unwrap();
+        assert_eq!(offsets(0).log_end, 5);
+        assert_eq!(
+            store.producer_states("t", 0).unwrap(),
+            vec![(7, Bytes::from_static(b"state-7b"))]
+        );
+        let read = store.read("t", 0, 0, usize::MAX, u64::MAX).unwrap();
+        assert_eq!(read.batches, vec![first, next]);
+        drop(store);
+
+        let db = Database::open(&path).unwrap();
+        let txn = db.begin_read().unwrap();
+        let tables: Vec<String> = txn
+            .list_tables()
+            .unwrap()
+            .map(|t| t.name().to_owned())
+            .collect();
+        assert!(
+            !tables.iter().any(|t| t == "partitions" || t == "producers"),
+            "{tables:?}"
+        );
+        let node = txn.open_table(NODE).unwrap();
+        assert_eq!(node.get(FORMAT_VERSION).unwrap().unwrap().value(), FORMAT);
     }
 
     /// Regression: opening a data dir another broker holds failed with
