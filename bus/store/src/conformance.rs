@@ -90,6 +90,7 @@ pub fn run_all<H: Harness>(h: &mut H) {
     retention_hold_keeps_undelivered_batches_up_to_its_cap_and_counts_the_rest(h);
     retention_of_a_large_backlog_deletes_a_step_a_pass_and_says_more_is_due(h);
     skip_to_moves_the_log_end_over_offsets_that_never_hold_records(h);
+    offsets_stop_at_the_largest_a_log_can_reach(h);
     read_below_log_start_reads_from_log_start(h);
     allocate_producer_id_is_unique_across_reopen(h);
     group_commit_then_read_back_returns_offsets_sorted_per_group(h);
@@ -1570,6 +1571,38 @@ pub fn skip_to_moves_the_log_end_over_offsets_that_never_hold_records<H: Harness
         store.skip_to("nope", 0, 1),
         Err(ReadError::UnknownTopic(_))
     ));
+}
+
+/// No log reaches past [`crate::MAX_OFFSET`] (Kafka's offsets are `i64`):
+/// a skip or a batch that would is refused with a typed error and changes
+/// nothing, a batch ending exactly there is stored, and dedup state of a
+/// producer that is not idempotent (a negative id) is refused.
+pub fn offsets_stop_at_the_largest_a_log_can_reach<H: Harness>(h: &mut H) {
+    let max = crate::MAX_OFFSET;
+    let store = h.fresh();
+    create(&store, &spec("t", 1));
+    assert!(matches!(
+        store.skip_to("t", 0, max + 1),
+        Err(ReadError::OffsetTooLarge(offset)) if offset == max + 1
+    ));
+    assert_eq!(store.skip_to("t", 0, max - 1).expect("skip"), max - 1);
+    let two = write_of("t", 0, max - 1, batch_of("v", 2, 1, ProducerStamp::NONE));
+    assert!(matches!(
+        store.append_at(&[two], true),
+        Err(WriteError::InvalidBatch(_))
+    ));
+    let mut not_idempotent = write_of("t", 0, max - 1, batch_of("v", 1, 1, ProducerStamp::NONE));
+    not_idempotent.producer = Some((-1, Bytes::from_static(b"state")));
+    assert!(matches!(
+        store.append_at(&[not_idempotent], true),
+        Err(WriteError::InvalidBatch(_))
+    ));
+    assert_eq!(offsets(&store, "t", 0).log_end, max - 1, "nothing applied");
+    let one = batch_of("v", 1, 1, ProducerStamp::NONE);
+    assert_eq!(append_one(&store, "t", 0, one.clone()), max - 1);
+    let store = h.reopen(store);
+    assert_eq!(offsets(&store, "t", 0).log_end, max);
+    assert_eq!(read_all(&store, "t", 0), vec![stored(&one, max - 1)]);
 }
 
 /// Deleting every batch keeps the log end; the next append continues there

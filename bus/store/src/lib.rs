@@ -108,6 +108,28 @@ impl LogWrite {
     }
 }
 
+/// Refuses, for both stores alike, a write no log may hold: a batch reaching
+/// past [`MAX_OFFSET`] (`write` starts at the log end, which is at most
+/// that, so the end cannot overflow), or dedup state of a producer that is
+/// not idempotent (a negative id).
+pub(crate) fn check_write_bounds(
+    write: &LogWrite,
+    header: Option<&BatchHeader>,
+) -> Result<(), WriteError> {
+    if write.end(header) > MAX_OFFSET {
+        return Err(WriteError::InvalidBatch(format!(
+            "a batch at {} would reach past the largest offset, {MAX_OFFSET}",
+            write.base_offset
+        )));
+    }
+    match &write.producer {
+        Some((id, _)) if *id < 0 => Err(WriteError::InvalidBatch(format!(
+            "producer id {id} is no idempotent producer's"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Checks `batch` as a replacement for the stored batch at `offset`, which
 /// holds the offsets `offset..next` and was stamped `epoch` by the epoch
 /// table (see [`PartitionLog::mend_batch`]).

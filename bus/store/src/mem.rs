@@ -223,6 +223,7 @@ impl State {
                         log_end: *log_end,
                     });
                 }
+                crate::check_write_bounds(write, header.as_ref())?;
                 if header.is_some() {
                     if let Some(latest) = *latest_epoch
                         && write.leader_epoch < latest

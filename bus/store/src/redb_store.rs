@@ -704,6 +704,14 @@ impl RedbStore {
         for entry in txn.open_table(PARTITIONS)?.iter()? {
             let (key, value) = entry?;
             let ((topic, partition), (log_start, log_end, bytes)) = (key.value(), value.value());
+            if log_end > MAX_OFFSET {
+                // Format 2 let a mirror move a log end anywhere; format 3
+                // keeps the row where such offsets would go.
+                return Err(corrupt(
+                    "partitions",
+                    format!("{topic}/{partition} ends at {log_end}, past {MAX_OFFSET}"),
+                ));
+            }
             rows.insert((topic.to_owned(), partition), (log_start, log_end, bytes));
         }
         for ((topic, partition), (log_start, log_end, bytes)) in &rows {
@@ -1091,13 +1099,7 @@ impl RedbStore {
                         log_end: row.log_end,
                     });
                 }
-                // The log end is below ROW_KEY, so this cannot overflow.
-                if write.end(header.as_ref()) > ROW_KEY {
-                    return Err(WriteError::InvalidBatch(format!(
-                        "a batch at {} would reach past Kafka's largest offset",
-                        write.base_offset
-                    )));
-                }
+                crate::check_write_bounds(write, header.as_ref())?;
                 if let Some(header) = &header {
                     match latest_epoch {
                         Some(latest) if write.leader_epoch < latest => {
@@ -1118,12 +1120,12 @@ impl RedbStore {
                     }
                     Self::write_batch(&mut log, &mut time, &mut row, write, header)?;
                 }
-                if let Some((producer_id, state)) = &write.producer {
-                    let key = producer_key(*producer_id).ok_or_else(|| {
-                        WriteError::InvalidBatch(format!(
-                            "producer id {producer_id} is no idempotent producer's"
-                        ))
-                    })?;
+                // check_write_bounds refused negative ids.
+                if let Some((key, state)) = write
+                    .producer
+                    .as_ref()
+                    .and_then(|(id, state)| Some((producer_key(*id)?, state)))
+                {
                     log.insert(key, state.as_ref()).or_backend()?;
                 }
             }
@@ -1275,8 +1277,12 @@ impl RedbStore {
                 break;
             }
             let (key, value) = stored?;
-            let header = stored_header(table, key.value(), value.value())?;
-            if !visit(key.value(), &header) {
+            // A batch whose header is damaged is passed over: its records
+            // are not served until it is mended, and a truncation or lookup
+            // must not fail on a batch it only looks at.
+            if let Ok(header) = stored_header(table, key.value(), value.value())
+                && !visit(key.value(), &header)
+            {
                 break;
             }
             if key.value() != entry {
