@@ -1001,20 +1001,13 @@ impl RedbStore {
         commits: &[OffsetCommit],
     ) -> Result<(), CommitError> {
         let topics = txn.open_table(TOPICS).or_backend()?;
-        let mut partitions: BTreeMap<&str, Option<u32>> = BTreeMap::new();
         for commit in commits {
             let name = commit.topic.as_str();
-            let count = match partitions.get(name) {
-                Some(count) => *count,
-                None => {
-                    let spec = topics.get(name).or_backend()?;
-                    let count = spec
-                        .map(|spec| topic::decode_spec(name, spec.value()))
-                        .transpose()?
-                        .map(|spec| spec.partitions);
-                    *partitions.entry(name).or_insert(count)
-                }
-            };
+            let spec = topics.get(name).or_backend()?;
+            let count = spec
+                .map(|spec| topic::decode_spec(name, spec.value()))
+                .transpose()?
+                .map(|spec| spec.partitions);
             match count {
                 Some(count) if commit.partition < count => {}
                 Some(_) => {
@@ -1189,18 +1182,29 @@ impl RedbStore {
         Ok(())
     }
 
-    /// Truncates one partition in `txn`: see [`PartitionLog::truncate_from`].
+    /// Truncates one partition in `txn` and stores its `producers`' dedup
+    /// states: see [`PartitionLog::truncate_from`].
     fn truncate_in(
         txn: &WriteTransaction,
         topic: &str,
         partition: u32,
         offset: u64,
+        producers: &[(i64, Bytes)],
     ) -> Result<u64, ReadError> {
         let tables = PartitionTables::new(topic, partition);
         let mut log = txn.open_table(tables.log()).or_backend()?;
         let Some(mut row) = PartitionRow::read(&log, &tables.log)? else {
             return Err(Self::missing(txn, topic, partition)?);
         };
+        for (producer_id, state) in producers {
+            let key = producer_key(*producer_id).ok_or_else(|| {
+                corrupt(
+                    &tables.log,
+                    format!("producer id {producer_id} is no idempotent producer's"),
+                )
+            })?;
+            log.insert(key, state.as_ref()).or_backend()?;
+        }
         if offset >= row.log_end {
             return Ok(row.log_end);
         }
@@ -1621,21 +1625,7 @@ impl PartitionLog for RedbStore {
     ) -> Result<u64, ReadError> {
         self.writing(|db| {
             let txn = Self::begin_durable(db)?;
-            let truncated = Self::truncate_in(&txn, topic, partition, offset).and_then(|end| {
-                let tables = PartitionTables::new(topic, partition);
-                let mut log = txn.open_table(tables.log()).or_backend()?;
-                for (producer_id, state) in producers {
-                    let key = producer_key(*producer_id).ok_or_else(|| {
-                        corrupt(
-                            &tables.log,
-                            format!("producer id {producer_id} is no idempotent producer's"),
-                        )
-                    })?;
-                    log.insert(key, state.as_ref()).or_backend()?;
-                }
-                Ok(end)
-            });
-            match truncated {
+            match Self::truncate_in(&txn, topic, partition, offset, producers) {
                 Ok(new_end) => {
                     txn.commit().or_backend()?;
                     Ok(new_end)
