@@ -530,6 +530,9 @@ pub struct AttachCounters {
     pub call_p99_us: u64,
     /// Bytes of keys and values the chain's plugins keep in state now.
     pub state_bytes: u64,
+    /// CPU time of the plugin calls that failed, in microseconds: what the
+    /// failing-time budget was charged.
+    pub failing_cpu_us: u64,
 }
 
 /// A registered plugin.
@@ -1415,6 +1418,7 @@ fn put_counters(buf: &mut BytesMut, c: &AttachCounters) {
         c.call_p50_us,
         c.call_p99_us,
         c.state_bytes,
+        c.failing_cpu_us,
     ] {
         buf.put_u64(v);
     }
@@ -2745,6 +2749,7 @@ impl Reader {
             call_p50_us: self.u64()?,
             call_p99_us: self.u64()?,
             state_bytes: self.u64()?,
+            failing_cpu_us: self.u64()?,
         })
     }
 
@@ -3351,7 +3356,7 @@ mod tests {
     }
 
     fn arb_counters() -> impl Strategy<Value = AttachCounters> {
-        any::<[u64; 13]>().prop_map(|c| AttachCounters {
+        any::<[u64; 14]>().prop_map(|c| AttachCounters {
             records_in: c[0],
             records_out: c[1],
             filtered: c[2],
@@ -3365,6 +3370,7 @@ mod tests {
             call_p50_us: c[10],
             call_p99_us: c[11],
             state_bytes: c[12],
+            failing_cpu_us: c[13],
         })
     }
 

@@ -76,6 +76,7 @@ pub struct Counters {
     budget_breaches: AtomicU64,
     log_lines: AtomicU64,
     log_lines_dropped: AtomicU64,
+    failing_cpu_us: AtomicU64,
 }
 
 impl Counters {
@@ -90,6 +91,7 @@ impl Counters {
         add(&self.budget_breaches, run.budget_breaches);
         add(&self.log_lines, run.log_lines);
         add(&self.log_lines_dropped, run.log_lines_dropped);
+        add(&self.failing_cpu_us, run.failing_cpu_us);
     }
 
     /// Counts one call of the chain on one batch.
@@ -138,6 +140,7 @@ impl Counters {
             budget_breaches: get(&self.budget_breaches),
             log_lines: get(&self.log_lines),
             log_lines_dropped: get(&self.log_lines_dropped),
+            failing_cpu_us: get(&self.failing_cpu_us),
         }
     }
 }
@@ -383,6 +386,7 @@ impl ChainRunner {
             rejected,
             log_lines,
             log_lines_dropped,
+            failing_time,
             ..
         } = out;
         let last_stage = self.refs.last().map(|r| r.name.clone()).unwrap_or_default();
@@ -401,6 +405,7 @@ impl ChainRunner {
                         .count() as u64,
                     log_lines,
                     log_lines_dropped,
+                    failing_cpu_us: u64::try_from(failing_time.as_micros()).unwrap_or(u64::MAX),
                     ..AttachCounters::default()
                 }
             };

@@ -23,7 +23,7 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeCounterValue, EncodeMetric};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
@@ -66,11 +66,11 @@ fn gauge<'a>(
     Ok(())
 }
 
-fn counter<'a>(
+fn counter<'a, N: EncodeCounterValue + Copy>(
     encoder: &mut DescriptorEncoder<'a>,
     name: &str,
     help: &str,
-    rows: &[(Labels, u64)],
+    rows: &[(Labels, N)],
 ) -> std::fmt::Result {
     let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
     for (labels, value) in rows {
@@ -272,6 +272,21 @@ impl Collector for State {
         for (name, help, f) in plugin_counters {
             counter(e, name, help, &column(f))?;
         }
+        let failing_cpu: Vec<(Labels, f64)> = attached
+            .iter()
+            .map(|(l, c)| {
+                (
+                    l.clone(),
+                    Duration::from_micros(c.failing_cpu_us).as_secs_f64(),
+                )
+            })
+            .collect();
+        counter(
+            e,
+            "plugin_failing_cpu_seconds",
+            "CPU time of plugin calls that failed, which the failing-time budget limits",
+            &failing_cpu,
+        )?;
         let plugin_gauges: [PluginCounter; 3] = [
             (
                 "plugin_call_p50_microseconds",

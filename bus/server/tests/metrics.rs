@@ -332,6 +332,7 @@ fn metrics_endpoint_serves_parseable_values_and_health() {
         "edgebus_plugin_records_in",
         "edgebus_plugin_failures",
         "edgebus_plugin_budget_breaches",
+        "edgebus_plugin_failing_cpu_seconds",
     ] {
         assert!(
             text.contains(&format!("# TYPE {family}_total counter")),

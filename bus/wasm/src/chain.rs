@@ -80,6 +80,9 @@ pub struct ChainOutput {
     pub log_lines: u64,
     /// Lines dropped because the chain's log budget was spent.
     pub log_lines_dropped: u64,
+    /// What the calls that failed cost, as the failing-time budget was
+    /// charged for them (see [`Budgets::failing_ms_per_second`]).
+    pub failing_time: Duration,
 }
 
 /// An ordered list of plugin instances, each with its name, parameters
@@ -392,7 +395,9 @@ impl Stage {
         let result = self.call_admitted(records, output, budget);
         let mut failing = budget::failing_time(&self.failing);
         if result.is_err() {
-            failing.charge(self.position, started.spent());
+            let spent = started.spent();
+            failing.charge(self.position, spent);
+            output.failing_time += spent;
         } else {
             failing.succeeded(self.position);
         }

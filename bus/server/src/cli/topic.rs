@@ -176,7 +176,7 @@ pub(super) fn counters_text(c: &AttachCounters) -> String {
     format!(
         "in={} out={} filtered={} failed={} dead-lettered={} budget-breaches={} log-lines={} \
          log-lines-dropped={} calls={} call-p50={}µs call-p99={}µs instance-replacements={} \
-         state={}",
+         state={} failing-cpu={}µs",
         c.records_in,
         c.records_out,
         c.filtered,
@@ -189,7 +189,8 @@ pub(super) fn counters_text(c: &AttachCounters) -> String {
         c.call_p50_us,
         c.call_p99_us,
         c.instance_replacements,
-        table::bytes(c.state_bytes)
+        table::bytes(c.state_bytes),
+        c.failing_cpu_us
     )
 }
 
@@ -209,6 +210,7 @@ pub(super) fn counters_json(c: &AttachCounters) -> serde_json::Value {
         "call_p99_us": c.call_p99_us,
         "instance_replacements": c.instance_replacements,
         "state_bytes": c.state_bytes,
+        "failing_cpu_us": c.failing_cpu_us,
     })
 }
 
