@@ -2,7 +2,7 @@
 //! attachment budgets: state, output per batch, output over the topic's
 //! limits, unservable batches, log floods, and other topics' acks while a
 //! plugin misbehaves. A test binary of its own, so RSS is measured with no
-//! other test allocating.
+//! other test binary allocating; within it, see [`RSS`].
 
 use std::time::{Duration, Instant};
 
@@ -15,6 +15,12 @@ use edgebus_proto::ErrorCode;
 use edgebus_proto::batch::{BatchBuilder, ProducerStamp};
 use edgebus_proto::frame::{Acks, Request, Response};
 use edgebus_tests::{TestBroker, add_plugin, exchange, frame, raw_default};
+use tokio::sync::RwLock;
+
+/// RSS is the whole process's, and libtest runs tests side by side: a test
+/// that measures it holds this for writing, so it runs alone; the others,
+/// some of which allocate tens of MiB, hold it for reading.
+static RSS: RwLock<()> = RwLock::const_new(());
 
 fn pref(name: &str, params: &[(&str, &str)]) -> PluginRef {
     PluginRef {
@@ -164,6 +170,7 @@ async fn calm_acks_while(client: &Client, busy: impl std::future::Future<Output 
 /// breach, and so does every batch after it.
 #[tokio::test]
 async fn state_hog_stops_at_the_state_budget_and_broker_memory_stays_bounded() {
+    let _alone = RSS.write().await;
     let broker = TestBroker::start_with(|c| c.plugins.state_max_bytes = 4 << 20)
         .await
         .unwrap();
@@ -206,6 +213,7 @@ async fn state_hog_stops_at_the_state_budget_and_broker_memory_stays_bounded() {
 /// single-record retry breaches, and the rest fail without another call.
 #[tokio::test]
 async fn amplifying_transform_is_held_to_the_output_budget_and_other_topics_keep_acking() {
+    let _alone = RSS.write().await;
     // Budgets, not the deadline, are under test: on a loaded machine a
     // debug build copying 50,000 records out of the guest can take longer
     // than 50 ms.
@@ -250,6 +258,7 @@ async fn amplifying_transform_is_held_to_the_output_budget_and_other_topics_keep
 /// topic's limits and its input goes to the failure policy.
 #[tokio::test]
 async fn output_over_the_topic_limits_is_never_stored() {
+    let _beside = RSS.read().await;
     // A generous output budget, so the topic's limit is what stops it,
     // and a deadline a loaded machine's debug build copying 4 MiB keys
     // out of the guest cannot miss.
@@ -285,6 +294,7 @@ async fn output_over_the_topic_limits_is_never_stored() {
 /// typed error instead of resubscribing forever.
 #[tokio::test]
 async fn oversized_stored_batch_is_a_typed_error_for_a_subscriber() {
+    let _beside = RSS.read().await;
     let broker = TestBroker::start_with(|c| c.limits.max_frame_bytes = 32 << 20)
         .await
         .unwrap();
@@ -345,6 +355,7 @@ async fn oversized_stored_batch_is_a_typed_error_for_a_subscriber() {
 /// second) holds across instances, host warnings included.
 #[tokio::test]
 async fn log_flood_is_held_to_the_log_budget_across_replaced_instances() {
+    let _beside = RSS.read().await;
     let broker = TestBroker::start().await.unwrap();
     let client = broker.client().await.unwrap();
     add_plugin(&client, "flood", "log_flood").await.unwrap();
@@ -386,6 +397,7 @@ async fn log_flood_is_held_to_the_log_budget_across_replaced_instances() {
 /// more so as a chain that missed a deadline runs on `SCHED_IDLE` threads.
 #[tokio::test]
 async fn deadline_burner_spends_its_failing_time_budget_and_other_topics_keep_acking() {
+    let _beside = RSS.read().await;
     // What one call may be charged: its CPU time is at most its wall time,
     // which ends within a tick (5 ms) of the 50 ms deadline; twice the
     // deadline allows for a late tick on a busy machine.

@@ -92,7 +92,10 @@ fn chain_spin_deadline_fails_record_and_next_batch_still_runs() {
         );
         assert!(output.outputs.is_empty());
         assert_eq!(output.replaced, 1);
-        assert!(elapsed < Duration::from_millis(100), "took {elapsed:?}");
+        // The deadline stopped it (50 ms), not the spin ending: a loaded
+        // box delays the interrupt and the respawn by tens of ms, so the
+        // bound is loose, as in plugin.rs.
+        assert!(elapsed < Duration::from_secs(1), "took {elapsed:?}");
     }
 }
 
@@ -345,11 +348,18 @@ fn chain_log_budget_holds_across_replaced_instances() {
     .expect("chain");
     let inputs: Vec<String> = (0..40).map(|i| format!("r{i}")).collect();
     let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+    let started = Instant::now();
     let output = chain.process(records(&inputs));
+    let seconds = started.elapsed().as_secs() + 1;
     assert_eq!(output.failed.len(), 40);
     assert_eq!(output.replaced, 41, "the batch call, then one per record");
     // A burst of five seconds at 20 lines a second, plus what the
-    // seconds this took refilled.
-    assert!(output.log_lines <= 140, "{} lines", output.log_lines);
-    assert!(output.log_lines_dropped >= 4_000 - 140);
+    // seconds this took refilled (about one; more on a loaded box).
+    let most = 100 + 20 * seconds;
+    assert!(
+        output.log_lines <= most,
+        "{} lines in {seconds} s",
+        output.log_lines
+    );
+    assert!(output.log_lines_dropped >= 4_000 - most);
 }
